@@ -1,0 +1,233 @@
+//! The TOML configuration, its defaults and its validation.
+//!
+//! ```toml
+//! volumes_root = "/srv/ExchVols"      # alias AutoDagVolumesRootFolderPath
+//! databases_root = "/srv/ExchDBs"     # alias AutoDagDatabasesRootFolderPath
+//! databases = ["db001", "db002"]
+//! copies = 2                          # copies of each database, on distinct volumes
+//! copies_per_volume = 1               # alias AutoDagDatabaseCopiesPerVolume
+//! state_dir = "/run/reseedfs"         # control socket and event log
+//! threads = 8                         # FUSE request threads
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout;
+
+/// Where `init` writes the config and every other command reads it by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/reseedfs/reseedfs.toml";
+
+/// The whole configuration of one reseedfs mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Folder holding the volumes `Volume1..N`. No default.
+    #[serde(alias = "AutoDagVolumesRootFolderPath")]
+    pub volumes_root: PathBuf,
+    /// Folder where the databases are mounted. No default.
+    #[serde(alias = "AutoDagDatabasesRootFolderPath")]
+    pub databases_root: PathBuf,
+    /// The databases, by name. No default.
+    pub databases: Vec<String>,
+    /// Copies of each database. Default 2.
+    #[serde(default = "default_copies")]
+    pub copies: u32,
+    /// At most this many databases share a volume. Default 1.
+    #[serde(default = "default_copies_per_volume", alias = "AutoDagDatabaseCopiesPerVolume")]
+    pub copies_per_volume: u32,
+    /// Control socket and event log. Default `/run/reseedfs`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Threads serving FUSE requests. Default 8.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_copies() -> u32 {
+    2
+}
+fn default_copies_per_volume() -> u32 {
+    1
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/reseedfs")
+}
+fn default_threads() -> usize {
+    8
+}
+
+/// A configuration that cannot be used; every variant names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source} (create one with `reseedfs init`, or pass --config FILE)")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        message: String,
+    },
+    /// A key has a value that cannot work.
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl Config {
+    /// A config with defaults for everything but the paths and databases.
+    pub fn new(volumes_root: PathBuf, databases_root: PathBuf, databases: Vec<String>) -> Config {
+        Config {
+            volumes_root,
+            databases_root,
+            databases,
+            copies: default_copies(),
+            copies_per_volume: default_copies_per_volume(),
+            state_dir: default_state_dir(),
+            threads: default_threads(),
+        }
+    }
+
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if self.databases.is_empty() {
+            return Err(invalid("databases", "name at least one database".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for db in &self.databases {
+            layout::check_db_name(db).map_err(|e| invalid("databases", e.to_string()))?;
+            if !seen.insert(db) {
+                return Err(invalid("databases", format!("database {db:?} is listed twice")));
+            }
+        }
+        if self.copies == 0 {
+            return Err(invalid("copies", "must be at least 1".into()));
+        }
+        if self.copies_per_volume == 0 {
+            return Err(invalid("copies_per_volume", "must be at least 1".into()));
+        }
+        if self.threads == 0 || self.threads > 256 {
+            return Err(invalid("threads", "must be between 1 and 256".into()));
+        }
+        for (key, p) in [
+            ("volumes_root", &self.volumes_root),
+            ("databases_root", &self.databases_root),
+            ("state_dir", &self.state_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+            }
+        }
+        if self.databases_root.starts_with(&self.volumes_root)
+            || self.volumes_root.starts_with(&self.databases_root)
+        {
+            return Err(invalid(
+                "databases_root",
+                "the databases root and the volumes root must not contain each other".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The config as TOML text, with a header comment.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).unwrap_or_default();
+        format!("# reseedfs configuration (written by `reseedfs init`)\n{body}")
+    }
+
+    /// Path of the control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    /// Path of the persisted event log.
+    pub fn events_path(&self) -> PathBuf {
+        self.state_dir.join("events.jsonl")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/reseedfs/test.toml"))
+    }
+
+    #[test]
+    fn defaults_and_exchange_aliases() {
+        let c = parse(
+            r#"
+            AutoDagVolumesRootFolderPath = "/srv/ExchVols"
+            AutoDagDatabasesRootFolderPath = "/srv/ExchDBs"
+            AutoDagDatabaseCopiesPerVolume = 4
+            databases = ["db001"]
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(c.volumes_root, PathBuf::from("/srv/ExchVols"));
+        assert_eq!(c.databases_root, PathBuf::from("/srv/ExchDBs"));
+        assert_eq!(c.copies_per_volume, 4);
+        assert_eq!(c.copies, 2);
+        assert_eq!(c.state_dir, PathBuf::from("/run/reseedfs"));
+        let again = parse(&c.to_toml()).expect("round trip");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\n";
+        let e = parse(&format!("{base}databases = [\"db 1\"]")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("test.toml") && m.contains("`databases`"), "{m}");
+        let e = parse(&format!("{base}databases = [\"a\", \"a\"]")).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let e = parse(&format!("{base}databases = [\"a\"]\ncopies = \"two\"")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("test.toml") && m.contains("copies"), "{m}");
+        let e = parse(&format!("{base}databases = [\"a\"]\nvolume_root = \"/x\"")).unwrap_err();
+        assert!(e.to_string().contains("volume_root"), "{e}");
+        let e = parse("volumes_root = \"/v\"\ndatabases_root = \"/v/d\"\ndatabases=[\"a\"]")
+            .unwrap_err();
+        assert!(e.to_string().contains("contain each other"), "{e}");
+    }
+}

@@ -1,0 +1,170 @@
+//! The control socket (`<state_dir>/control.sock`, mode 0600): one JSON request per
+//! connection, one JSON response back.
+//!
+//! | request   | legal when    | answer                          |
+//! |-----------|---------------|---------------------------------|
+//! | `Status`  | always        | copies, volumes, states         |
+//! | `Events`  | always        | events after a sequence number  |
+//! | `Unmount` | always        | `Ok`, then the mount goes down  |
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// The status of every copy and volume.
+    Status,
+    /// Events with a sequence number above `since`.
+    Events {
+        /// Last sequence number already seen (0: all).
+        since: u64,
+    },
+    /// Unmount and stop the daemon.
+    Unmount,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `Status`.
+    Status(Status),
+    /// Answer to `Events`.
+    Events(Vec<Event>),
+    /// Done.
+    Ok,
+    /// The request failed.
+    Error(String),
+}
+
+/// One copy in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    /// `db001\Volume1`, as Exchange names copies.
+    pub name: String,
+    /// `Volume1`.
+    pub volume: String,
+    /// `Mounted`, `Healthy`, `FailedAndSuspended`, ...
+    pub status: String,
+    /// Whether it serves reads.
+    pub active: bool,
+}
+
+/// One database in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbStatus {
+    /// `db001`.
+    pub name: String,
+    /// Its copies.
+    pub copies: Vec<CopyStatus>,
+}
+
+/// One volume in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// `Volume1`.
+    pub name: String,
+    /// `InUse`, `Spare` or `Failed`.
+    pub state: String,
+    /// Free bytes (unknown for a failed volume).
+    pub free_bytes: Option<u64>,
+    /// Size in bytes (unknown for a failed volume).
+    pub total_bytes: Option<u64>,
+    /// I/O errors seen since the mount.
+    pub io_errors: u64,
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The pool state's epoch.
+    pub epoch: u64,
+    /// Databases and copies.
+    pub databases: Vec<DbStatus>,
+    /// Volumes.
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// Handles one request.
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// Binds the socket at `path` (refusing if a live daemon answers there, replacing a
+/// stale one) and serves requests on a thread.
+pub fn serve(path: &Path, handler: Handler) -> std::io::Result<JoinHandle<()>> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "a reseedfs daemon already answers on {}: unmount it first, or give this mount its own state_dir",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let handler = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || serve_one(stream, &handler));
+            }
+        })
+}
+
+fn serve_one(stream: UnixStream, handler: &Handler) {
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handler(req),
+        Err(e) => Response::Error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = (&stream).write_all(&out);
+}
+
+/// Why the daemon could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot reach the reseedfs daemon at {path}: {source} (is `reseedfs mount` running with this config?)"
+)]
+pub struct CallError {
+    /// The socket.
+    pub path: PathBuf,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Sends one request to the daemon at `path`.
+pub fn call(path: &Path, req: &Request) -> Result<Response, CallError> {
+    let err = |source| CallError {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(err)?;
+    let mut out = serde_json::to_vec(req).map_err(|e| err(e.into()))?;
+    out.push(b'\n');
+    stream.write_all(&out).map_err(err)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).map_err(err)?;
+    serde_json::from_str(&line).map_err(|e| err(e.into()))
+}

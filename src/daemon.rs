@@ -1,0 +1,116 @@
+//! `reseedfs mount`: config -> pool -> core -> FUSE mount -> control socket, then wait
+//! for SIGINT/SIGTERM, an `unmount` request or the kernel ending the mount.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
+use crate::fs::Core;
+use crate::pool::Pool;
+
+/// Why the daemon stops.
+#[derive(Debug)]
+enum Stop {
+    Signal(i32),
+    Request,
+}
+
+/// Mounts the pool of `config` and serves it until told to stop.
+pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
+    // Modes given by the kernel are final (it already applied the caller's umask).
+    rustix::process::umask(rustix::fs::Mode::empty());
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("create state_dir {}", config.state_dir.display()))?;
+    let log = Arc::new(
+        EventLog::open(&config.events_path())
+            .with_context(|| format!("open event log {}", config.events_path().display()))?,
+    );
+    let events: Arc<dyn EventSink> = log.clone();
+    let pool = Pool::open(config, events.clone())
+        .with_context(|| format!("open the pool of {}", config_path.display()))?;
+    if !config.databases_root.is_dir() {
+        bail!(
+            "databases root {} is not a directory: create it (reseedfs init does)",
+            config.databases_root.display()
+        );
+    }
+    let core = Arc::new(Core::new(pool.clone(), config.threads * 2).context("start fan-out threads")?);
+    let mount = crate::sys::fuse::mount(core, &config.databases_root, config.threads)
+        .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))?;
+
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
+    let handler: control::Handler = {
+        let pool = pool.clone();
+        let events_path = config.events_path();
+        let stop_tx = stop_tx.clone();
+        Arc::new(move |req| match req {
+            Request::Status => Response::Status(pool.status()),
+            Request::Events { since } => match events::read_events(&events_path) {
+                Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
+                Err(e) => Response::Error(format!("read {}: {e}", events_path.display())),
+            },
+            Request::Unmount => {
+                let _ = stop_tx.try_send(Stop::Request);
+                Response::Ok
+            }
+        })
+    };
+    let socket = config.socket_path();
+    if let Err(e) = control::serve(&socket, handler) {
+        let _ = mount.unmount();
+        return Err(e).with_context(|| format!("serve the control socket {}", socket.display()));
+    }
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("install signal handlers")?;
+    let signal_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = stop_tx.try_send(Stop::Signal(sig));
+            }
+        })
+        .context("start the signal thread")?;
+
+    let serving: Vec<String> = pool
+        .databases()
+        .iter()
+        .map(|d| format!("{} on {}", d.name, d.active_volume().unwrap_or_default()))
+        .collect();
+    events.emit(NewEvent::new(
+        EventId::MountStarted,
+        format!(
+            "mounted {} ({}); control socket {}",
+            config.databases_root.display(),
+            serving.join(", "),
+            socket.display()
+        ),
+    ));
+    let why = loop {
+        match stop_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Stop::Signal(sig)) => break format!("signal {sig}"),
+            Ok(Stop::Request) => break "unmount request".to_owned(),
+            Err(RecvTimeoutError::Timeout) if mount.is_finished() => {
+                break "the kernel ended the mount (umount)".to_owned();
+            }
+            Err(_) => {}
+        }
+    };
+    signal_handle.close();
+    let result = mount.unmount();
+    let _ = std::fs::remove_file(&socket);
+    events.emit(NewEvent::new(
+        EventId::MountFinished,
+        format!("unmounted {} ({why})", config.databases_root.display()),
+    ));
+    result.with_context(|| format!("unmount {}", config.databases_root.display()))
+}

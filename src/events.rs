@@ -1,0 +1,256 @@
+//! Numbered, structured records of what reseedfs did, persisted as JSON lines in the
+//! state directory (`events.jsonl`).
+//!
+//! Every event id is in one table, [`EventId`], also printed in the README:
+//!
+//! | id   | kind                | meaning |
+//! |------|---------------------|---------|
+//! | 1109 | `copy.failed`       | a copy's volume failed (I/O error, missing or dead at mount): copy FailedAndSuspended |
+//! | 3001 | `mount.started`     | the mount is up; which copies serve each database |
+//! | 3002 | `mount.finished`    | the mount is down (unmount, signal, or the kernel ended it) |
+//! | 3003 | `copy.diverged`     | a copy gave a different result than the active copy: failed to keep copies identical |
+//! | 3004 | `active.changed`    | a database's active copy moved to another volume |
+//! | 3005 | `state.persist_failed` | the pool state could not be written to a volume |
+//!
+//! Ids 825–828, 1110 and 2058 are reserved for seeding, verification and incremental
+//! resync, with the meanings of Exchange's events.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// The event ids, one table for the whole product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventId {
+    /// 1109: a copy's volume failed; the copy is FailedAndSuspended.
+    CopyFailed,
+    /// 3001: the mount is up.
+    MountStarted,
+    /// 3002: the mount is down.
+    MountFinished,
+    /// 3003: a copy disagreed with the active copy and was failed.
+    CopyDiverged,
+    /// 3004: a database's active copy moved.
+    ActiveChanged,
+    /// 3005: the pool state could not be persisted on a volume.
+    StatePersistFailed,
+}
+
+impl EventId {
+    /// The number shown to operators.
+    pub fn number(self) -> u32 {
+        match self {
+            EventId::CopyFailed => 1109,
+            EventId::MountStarted => 3001,
+            EventId::MountFinished => 3002,
+            EventId::CopyDiverged => 3003,
+            EventId::ActiveChanged => 3004,
+            EventId::StatePersistFailed => 3005,
+        }
+    }
+
+    /// The `source.event` name.
+    pub fn kind(self) -> &'static str {
+        match self {
+            EventId::CopyFailed => "copy.failed",
+            EventId::MountStarted => "mount.started",
+            EventId::MountFinished => "mount.finished",
+            EventId::CopyDiverged => "copy.diverged",
+            EventId::ActiveChanged => "active.changed",
+            EventId::StatePersistFailed => "state.persist_failed",
+        }
+    }
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Which event.
+    pub id: EventId,
+    /// The database concerned, if any.
+    pub database: Option<String>,
+    /// The volume concerned, if any.
+    pub volume: Option<String>,
+    /// A sentence for humans.
+    pub message: String,
+    /// Machine-readable details (operation, errno, ...).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NewEvent {
+    /// An event with a message and no database, volume or fields.
+    pub fn new(id: EventId, message: impl Into<String>) -> NewEvent {
+        NewEvent {
+            id,
+            database: None,
+            volume: None,
+            message: message.into(),
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    /// Names the database.
+    pub fn database(mut self, db: &str) -> Self {
+        self.database = Some(db.to_owned());
+        self
+    }
+
+    /// Names the volume.
+    pub fn volume(mut self, volume: &str) -> Self {
+        self.volume = Some(volume.to_owned());
+        self
+    }
+
+    /// Adds a machine-readable field.
+    pub fn field(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.fields.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// A recorded event, as persisted and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// The event id (1109, ...).
+    pub id: u32,
+    /// `source.event` name.
+    pub kind: String,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// The database concerned.
+    pub database: Option<String>,
+    /// The volume concerned.
+    pub volume: Option<String>,
+    /// A sentence for humans.
+    pub message: String,
+    /// Details.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where events go. The daemon writes to an [`EventLog`]; tests use [`VecSink`].
+pub trait EventSink: Send + Sync {
+    /// Records one event. Never fails the caller: a sink that cannot persist logs it.
+    fn emit(&self, event: NewEvent);
+}
+
+/// Collects events in memory (tests).
+#[derive(Debug, Default)]
+pub struct VecSink(pub Mutex<Vec<NewEvent>>);
+
+impl EventSink for VecSink {
+    fn emit(&self, event: NewEvent) {
+        self.0.lock().push(event);
+    }
+}
+
+impl VecSink {
+    /// The ids recorded so far.
+    pub fn ids(&self) -> Vec<EventId> {
+        self.0.lock().iter().map(|e| e.id).collect()
+    }
+}
+
+/// The persisted event log of one mount (`<state_dir>/events.jsonl`).
+#[derive(Debug)]
+pub struct EventLog {
+    path: PathBuf,
+    inner: Mutex<(File, u64)>,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log and continues its numbering.
+    pub fn open(path: &Path) -> std::io::Result<EventLog> {
+        let last = read_events(path)?.last().map_or(0, |e| e.seq);
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(EventLog {
+            path: path.to_owned(),
+            inner: Mutex::new((file, last)),
+        })
+    }
+
+    /// The file behind the log.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl EventSink for EventLog {
+    fn emit(&self, e: NewEvent) {
+        let mut inner = self.inner.lock();
+        inner.1 += 1;
+        let event = Event {
+            seq: inner.1,
+            id: e.id.number(),
+            kind: e.id.kind().to_owned(),
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            database: e.database,
+            volume: e.volume,
+            message: e.message,
+            fields: e.fields,
+        };
+        match event.id {
+            1109 | 3003 | 3005 => tracing::error!(id = event.id, "{}", event.message),
+            _ => tracing::info!(id = event.id, "{}", event.message),
+        }
+        let mut line = serde_json::to_string(&event).unwrap_or_default();
+        line.push('\n');
+        let file = &mut inner.0;
+        if let Err(err) = file.write_all(line.as_bytes()).and_then(|()| file.sync_data()) {
+            tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
+        }
+    }
+}
+
+/// Reads every event of a log file; a missing file is an empty log. Lines that do not
+/// parse (a torn last line after a crash) are skipped.
+pub fn read_events(path: &Path) -> std::io::Result<Vec<Event>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut events = Vec::new();
+    for line in BufReader::new(file).lines() {
+        if let Ok(event) = serde_json::from_str::<Event>(&line?) {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_numbers_and_persists() {
+        let dir = std::env::temp_dir().join(format!("reseedfs-ev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tempdir");
+        let path = dir.join("events.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let log = EventLog::open(&path).expect("open");
+        log.emit(
+            NewEvent::new(EventId::CopyFailed, "Volume1 failed")
+                .database("db001")
+                .volume("Volume1")
+                .field("errno", 5),
+        );
+        drop(log);
+        let log = EventLog::open(&path).expect("reopen");
+        log.emit(NewEvent::new(EventId::MountFinished, "down"));
+        let events = read_events(&path).expect("read");
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[0].seq, events[0].id), (1, 1109));
+        assert_eq!(events[0].fields["errno"], 5);
+        assert_eq!(events[0].volume.as_deref(), Some("Volume1"));
+        assert_eq!((events[1].seq, events[1].id), (2, 3002));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,809 @@
+//! The platform-neutral filesystem core: the node and handle tables and every operation
+//! the adapters (FUSE, later WinFsp) call. It knows no kernel types: nodes are
+//! [`NodeId`]s, open files are [`HandleId`]s, errors are [`Errno`]s.
+//!
+//! The tree it presents:
+//!
+//! ```text
+//! /                  root (virtual, read-only): one directory per database
+//! /<db>/             database directory (virtual, read-only): <db>.db and <db>.log
+//! /<db>/<db>.db/...  backing files: the same relative path on every copy's volume
+//! ```
+//!
+//! Node ids are handed out on first lookup and stay the same for a path while the
+//! mount lives (renames carry them along; hard links share them).
+
+mod node;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::RwLock;
+use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
+
+use crate::copyset::{Database, Fanout};
+use crate::layout::{self, ComponentError};
+use crate::pool::Pool;
+use crate::volume::child_path;
+
+pub use node::{NodeId, Place};
+use node::{Node, Table};
+
+/// An errno for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<ComponentError> for Errno {
+    fn from(e: ComponentError) -> Errno {
+        match e {
+            ComponentError::TooLong => Errno(libc::ENAMETOOLONG),
+            ComponentError::Invalid => Errno(libc::EINVAL),
+        }
+    }
+}
+
+/// Result of a core operation.
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// An open file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HandleId(pub u64);
+
+/// Kinds of nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Block device.
+    BlockDevice,
+    /// Character device.
+    CharDevice,
+    /// FIFO.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl Kind {
+    fn from_mode(mode: u32) -> Kind {
+        match FileType::from_raw_mode(mode) {
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::BlockDevice => Kind::BlockDevice,
+            FileType::CharacterDevice => Kind::CharDevice,
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            _ => Kind::File,
+        }
+    }
+}
+
+/// Attributes of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// The node.
+    pub node: NodeId,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Change time.
+    pub ctime: SystemTime,
+    /// Kind.
+    pub kind: Kind,
+    /// Permission bits (with setuid/setgid/sticky).
+    pub perm: u16,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number.
+    pub rdev: u32,
+    /// Preferred I/O size.
+    pub blksize: u32,
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = u32::try_from(nsec.clamp(0, 999_999_999)).unwrap_or(0);
+    if sec >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(sec.unsigned_abs(), nsec)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec)
+    }
+}
+
+impl Attr {
+    fn from_stat(node: NodeId, st: &Stat) -> Attr {
+        Attr {
+            node,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+            atime: time(st.st_atime, st.st_atime_nsec as i64),
+            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
+            kind: Kind::from_mode(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: u32::try_from(st.st_rdev).unwrap_or(0),
+            blksize: u32::try_from(st.st_blksize).unwrap_or(4096),
+        }
+    }
+
+    fn virtual_dir(node: NodeId, at: SystemTime) -> Attr {
+        Attr {
+            node,
+            size: 4096,
+            blocks: 8,
+            atime: at,
+            mtime: at,
+            ctime: at,
+            kind: Kind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    /// The current time.
+    Now,
+    /// A given time.
+    At(SystemTime),
+}
+
+/// The attributes a `setattr` changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// Who asks (for ownership of new files).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The node (the parent's for `..`).
+    pub node: NodeId,
+    /// Kind.
+    pub kind: Kind,
+    /// Name.
+    pub name: OsString,
+}
+
+/// Filesystem statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+enum Handle {
+    File {
+        node: Arc<Node>,
+        db: Arc<Database>,
+        files: Box<[Option<Arc<File>>]>,
+    },
+    Dir {
+        entries: Vec<DirEntry>,
+    },
+}
+
+const HANDLE_SHARDS: usize = 16;
+
+/// The filesystem core of one mount.
+pub struct Core {
+    pool: Arc<Pool>,
+    fanout: Fanout,
+    nodes: RwLock<Table>,
+    handles: [RwLock<std::collections::HashMap<u64, Arc<Handle>>>; HANDLE_SHARDS],
+    next_handle: AtomicU64,
+    started: SystemTime,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+/// Flags that must not reach a backing open.
+fn backing_open_flags(flags: i32) -> OFlags {
+    let strip = libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | libc::O_DIRECT
+        | libc::O_NOCTTY
+        | libc::O_NOFOLLOW
+        | libc::O_CLOEXEC
+        | libc::O_PATH;
+    OFlags::from_bits_retain((flags & !strip) as u32)
+}
+
+impl Core {
+    /// A core over `pool`, with `fanout_threads` threads for parallel copy I/O.
+    pub fn new(pool: Arc<Pool>, fanout_threads: usize) -> io::Result<Core> {
+        let names: Vec<String> = pool.databases().iter().map(|d| d.name.clone()).collect();
+        Ok(Core {
+            fanout: Fanout::new(fanout_threads)?,
+            nodes: RwLock::new(Table::new(&names)),
+            handles: Default::default(),
+            next_handle: AtomicU64::new(1),
+            started: SystemTime::now(),
+            pool,
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn node(&self, id: NodeId) -> Result<Arc<Node>> {
+        self.nodes.read().get(id).ok_or(Errno(libc::ENOENT))
+    }
+
+    fn db(&self, index: usize) -> &Arc<Database> {
+        &self.pool.databases()[index]
+    }
+
+    /// The database and volume-relative path of a backing node; EPERM for virtual ones.
+    fn backing(&self, id: NodeId) -> Result<(Arc<Node>, &Arc<Database>, PathBuf)> {
+        let node = self.node(id)?;
+        match node.place {
+            Place::Backing(db) => {
+                let path = node.path().ok_or(Errno(libc::ENOENT))?;
+                Ok((node, self.db(db), path))
+            }
+            _ => Err(Errno(libc::EPERM)),
+        }
+    }
+
+    /// Where a new child `name` of `parent` lives; EPERM under the fixed top levels.
+    fn child(&self, parent: NodeId, name: &OsStr) -> Result<(usize, PathBuf)> {
+        layout::check_component(name)?;
+        let (node, db, path) = self.backing(parent)?;
+        let _ = node;
+        Ok((db.index, child_path(&path, name)))
+    }
+
+    fn stat_backing(&self, db: &Database, path: &Path) -> Result<Stat> {
+        Ok(db.read_op("stat", |_, v| v.stat(path))?)
+    }
+
+    fn entry(&self, db: usize, path: PathBuf, st: &Stat) -> Attr {
+        let id = self.nodes.write().intern(db, path, true);
+        Attr::from_stat(id, st)
+    }
+
+    /// Looks `name` up in `parent` and counts a kernel reference to the result.
+    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Attr> {
+        layout::check_component(name)?;
+        let p = self.node(parent)?;
+        match p.place {
+            Place::Root => {
+                let name = name.to_str().ok_or(Errno(libc::ENOENT))?;
+                let db = self.pool.database(name).ok_or(Errno(libc::ENOENT))?;
+                let id = self.nodes.write().db_dir(db.index, true);
+                Ok(Attr::virtual_dir(id, self.started))
+            }
+            Place::DbDir(db) => {
+                let d = self.db(db);
+                let name_s = name.to_str().unwrap_or("");
+                if !layout::db_folders(&d.name).iter().any(|f| f == name_s) {
+                    return Err(Errno(libc::ENOENT));
+                }
+                let path = PathBuf::from(name);
+                let st = self.stat_backing(d, &path)?;
+                Ok(self.entry(db, path, &st))
+            }
+            Place::Backing(db) => {
+                let path = child_path(&p.path().ok_or(Errno(libc::ENOENT))?, name);
+                let st = self.stat_backing(self.db(db), &path)?;
+                Ok(self.entry(db, path, &st))
+            }
+        }
+    }
+
+    /// Drops `n` kernel references to `node`.
+    pub fn forget(&self, node: NodeId, n: u64) {
+        self.nodes.write().forget(node, n);
+    }
+
+    /// Attributes of `node`.
+    pub fn getattr(&self, id: NodeId) -> Result<Attr> {
+        let node = self.node(id)?;
+        match node.place {
+            Place::Root | Place::DbDir(_) => Ok(Attr::virtual_dir(id, self.started)),
+            Place::Backing(db) => {
+                let path = node.path().ok_or(Errno(libc::ENOENT))?;
+                let st = self.stat_backing(self.db(db), &path)?;
+                Ok(Attr::from_stat(id, &st))
+            }
+        }
+    }
+
+    fn handle(&self, h: HandleId) -> Result<Arc<Handle>> {
+        self.handles[(h.0 as usize) % HANDLE_SHARDS]
+            .read()
+            .get(&h.0)
+            .cloned()
+            .ok_or(Errno(libc::EBADF))
+    }
+
+    fn insert_handle(&self, handle: Handle) -> HandleId {
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles[(id as usize) % HANDLE_SHARDS]
+            .write()
+            .insert(id, Arc::new(handle));
+        HandleId(id)
+    }
+
+    /// Changes attributes; `fh` is used for the size when given.
+    pub fn setattr(&self, id: NodeId, fh: Option<HandleId>, set: SetAttr) -> Result<Attr> {
+        let (node, db, path) = self.backing(id)?;
+        if let Some(size) = set.size {
+            let _resize = node.io.resize.write();
+            match fh.map(|h| self.handle(h)) {
+                Some(Ok(h)) if matches!(*h, Handle::File { .. }) => {
+                    if let Handle::File { files, db, .. } = &*h {
+                        db.mutate_files("truncate", files, |f| f.set_len(size))?;
+                    }
+                }
+                _ => db.mutate("truncate", |_, v| v.truncate(&path, size))?,
+            }
+        }
+        if let Some(mode) = set.mode {
+            db.mutate("chmod", |_, v| v.chmod(&path, Mode::from_raw_mode(mode & 0o7777)))?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            db.mutate("chown", |_, v| v.chown(&path, set.uid, set.gid))?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = |t: Option<SetTime>| match t {
+                None => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(SetTime::Now) => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
+                Some(SetTime::At(t)) => {
+                    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                    Timespec {
+                        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                        tv_nsec: i64::from(d.subsec_nanos()),
+                    }
+                }
+            };
+            let times = Timestamps {
+                last_access: ts(set.atime),
+                last_modification: ts(set.mtime),
+            };
+            db.mutate("utimens", |_, v| v.set_times(&path, &times))?;
+        }
+        self.getattr(id)
+    }
+
+    /// Reads a symlink.
+    pub fn readlink(&self, id: NodeId) -> Result<Vec<u8>> {
+        let (_, db, path) = self.backing(id)?;
+        Ok(db.read_op("readlink", |_, v| v.readlink(&path))?)
+    }
+
+    /// Ownership of a new node: the caller's, with the parent's group under a setgid dir.
+    fn owner(&self, db: &Database, parent: &Path, who: Caller) -> (u32, u32) {
+        let gid = match self.stat_backing(db, parent) {
+            Ok(st) if st.st_mode & libc::S_ISGID != 0 => st.st_gid,
+            _ => who.gid,
+        };
+        (who.uid, gid)
+    }
+
+    fn make(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        who: Caller,
+        op: &str,
+        f: impl Fn(&crate::volume::Volume, &Path) -> io::Result<()>,
+    ) -> Result<Attr> {
+        let (db, path) = self.child(parent, name)?;
+        let d = self.db(db);
+        let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (uid, gid) = self.owner(d, &parent_path, who);
+        d.mutate(op, |_, v| {
+            f(v, &path)?;
+            v.chown(&path, Some(uid), Some(gid))
+        })?;
+        let st = self.stat_backing(d, &path)?;
+        Ok(self.entry(db, path, &st))
+    }
+
+    /// Creates a special or regular file.
+    pub fn mknod(&self, parent: NodeId, name: &OsStr, mode: u32, rdev: u64, who: Caller) -> Result<Attr> {
+        let kind = FileType::from_raw_mode(mode);
+        let perm = Mode::from_raw_mode(mode & 0o7777);
+        self.make(parent, name, who, "mknod", |v, p| v.mknod(p, kind, perm, rdev))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: NodeId, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
+        let perm = Mode::from_raw_mode(mode & 0o7777);
+        self.make(parent, name, who, "mkdir", |v, p| v.mkdir(p, perm))
+    }
+
+    /// Creates a symlink.
+    pub fn symlink(&self, parent: NodeId, name: &OsStr, target: &Path, who: Caller) -> Result<Attr> {
+        self.make(parent, name, who, "symlink", |v, p| v.symlink(target, p))
+    }
+
+    /// Removes a file or an empty directory.
+    pub fn remove(&self, parent: NodeId, name: &OsStr, dir: bool) -> Result<()> {
+        let (db, path) = self.child(parent, name)?;
+        let op = if dir { "rmdir" } else { "unlink" };
+        self.db(db).mutate(op, |_, v| v.remove(&path, dir))?;
+        self.nodes.write().unlinked(db, &path);
+        Ok(())
+    }
+
+    /// Renames with `renameat2` flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    pub fn rename(&self, parent: NodeId, name: &OsStr, newparent: NodeId, newname: &OsStr, flags: u32) -> Result<()> {
+        let (db, from) = self.child(parent, name)?;
+        let (db2, to) = self.child(newparent, newname)?;
+        if db != db2 {
+            return Err(Errno(libc::EXDEV));
+        }
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno(libc::EINVAL))?;
+        self.db(db).mutate("rename", |_, v| v.rename(&from, &to, flags))?;
+        self.nodes
+            .write()
+            .renamed(db, &from, &to, flags.contains(RenameFlags::EXCHANGE));
+        Ok(())
+    }
+
+    /// Makes a hard link.
+    pub fn link(&self, id: NodeId, newparent: NodeId, newname: &OsStr) -> Result<Attr> {
+        let (_, d, from) = self.backing(id)?;
+        let (db, to) = self.child(newparent, newname)?;
+        if d.index != db {
+            return Err(Errno(libc::EXDEV));
+        }
+        d.mutate("link", |_, v| v.link(&from, &to))?;
+        self.nodes.write().linked(id, db, to.clone());
+        let st = self.stat_backing(d, &to)?;
+        Ok(Attr::from_stat(id, &st))
+    }
+
+    fn open_on_copies(
+        &self,
+        db: &Arc<Database>,
+        op: &str,
+        open: impl Fn(&crate::volume::Volume) -> io::Result<File>,
+    ) -> Result<Box<[Option<Arc<File>>]>> {
+        let files = parking_lot::Mutex::new(vec![None; db.copies().len()]);
+        db.mutate(op, |i, v| {
+            let f = open(v)?;
+            files.lock()[i] = Some(Arc::new(f));
+            Ok(())
+        })?;
+        Ok(files.into_inner().into_boxed_slice())
+    }
+
+    /// Opens a file on every in-sync copy.
+    pub fn open(&self, id: NodeId, flags: i32) -> Result<HandleId> {
+        let (node, db, path) = self.backing(id)?;
+        let oflags = backing_open_flags(flags);
+        let files = self.open_on_copies(db, "open", |v| v.open_file(&path, oflags, Mode::empty()))?;
+        Ok(self.insert_handle(Handle::File {
+            node,
+            db: db.clone(),
+            files,
+        }))
+    }
+
+    /// Creates and opens a file.
+    pub fn create(&self, parent: NodeId, name: &OsStr, mode: u32, flags: i32, who: Caller) -> Result<(Attr, HandleId)> {
+        let (db, path) = self.child(parent, name)?;
+        let d = self.db(db);
+        let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (uid, gid) = self.owner(d, &parent_path, who);
+        let oflags = backing_open_flags(flags) | OFlags::CREATE | (OFlags::from_bits_retain((flags & libc::O_EXCL) as u32));
+        let perm = Mode::from_raw_mode(mode & 0o7777);
+        let files = self.open_on_copies(d, "create", |v| {
+            let f = v.open_file(&path, oflags, perm)?;
+            rustix::fs::fchown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
+            Ok(f)
+        })?;
+        let st = self.stat_backing(d, &path)?;
+        let attr = self.entry(db, path, &st);
+        let node = self.node(attr.node)?;
+        let h = self.insert_handle(Handle::File {
+            node,
+            db: d.clone(),
+            files,
+        });
+        Ok((attr, h))
+    }
+
+    fn file(&self, h: HandleId) -> Result<Arc<Handle>> {
+        let handle = self.handle(h)?;
+        match *handle {
+            Handle::File { .. } => Ok(handle),
+            Handle::Dir { .. } => Err(Errno(libc::EISDIR)),
+        }
+    }
+
+    /// Reads into `buf` from the active copy; returns the bytes read.
+    pub fn read(&self, h: HandleId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let handle = self.file(h)?;
+        let Handle::File { db, files, .. } = &*handle else {
+            return Err(Errno(libc::EBADF));
+        };
+        Ok(db.read_at(files, offset, buf)?)
+    }
+
+    /// Writes `data` at `offset` on every in-sync copy; overlapping writes are applied
+    /// in the same order on every copy.
+    pub fn write(&self, h: HandleId, offset: u64, data: &[u8]) -> Result<usize> {
+        let handle = self.file(h)?;
+        let Handle::File { node, db, files } = &*handle else {
+            return Err(Errno(libc::EBADF));
+        };
+        let _resize = node.io.resize.read();
+        let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, data.len() as u64));
+        Ok(db.write_at(&self.fanout, files, offset, data)?)
+    }
+
+    /// `fsync`/`fdatasync`: durable on every in-sync copy when it returns.
+    pub fn fsync(&self, h: HandleId, datasync: bool) -> Result<()> {
+        let handle = self.file(h)?;
+        let Handle::File { db, files, .. } = &*handle else {
+            return Err(Errno(libc::EBADF));
+        };
+        Ok(db.sync(&self.fanout, files, datasync)?)
+    }
+
+    /// `fallocate` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).
+    pub fn fallocate(&self, h: HandleId, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let handle = self.file(h)?;
+        let Handle::File { node, db, files } = &*handle else {
+            return Err(Errno(libc::EBADF));
+        };
+        let _resize = node.io.resize.write();
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        Ok(db.mutate_files("fallocate", files, |f| {
+            Ok(rustix::fs::fallocate(f, flags, offset, len)?)
+        })?)
+    }
+
+    /// `lseek` for SEEK_DATA / SEEK_HOLE, answered by the active copy.
+    pub fn lseek(&self, h: HandleId, offset: i64, whence: i32) -> Result<i64> {
+        let handle = self.file(h)?;
+        let Handle::File { db, files, .. } = &*handle else {
+            return Err(Errno(libc::EBADF));
+        };
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?),
+            _ => return Err(Errno(libc::EINVAL)),
+        };
+        let r = db.read_op("lseek", |i, _| {
+            let f = files[i].as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            Ok(rustix::fs::seek(f, pos)?)
+        })?;
+        i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, h: HandleId) {
+        self.handles[(h.0 as usize) % HANDLE_SHARDS]
+            .write()
+            .remove(&h.0);
+    }
+
+    /// Opens a directory: its entries are read once, here.
+    pub fn opendir(&self, id: NodeId) -> Result<HandleId> {
+        let node = self.node(id)?;
+        let mut entries = vec![
+            DirEntry {
+                node: id,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                node: id,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
+        ];
+        match node.place {
+            Place::Root => {
+                let mut t = self.nodes.write();
+                for d in self.pool.databases() {
+                    entries.push(DirEntry {
+                        node: t.db_dir(d.index, false),
+                        kind: Kind::Dir,
+                        name: d.name.clone().into(),
+                    });
+                }
+            }
+            Place::DbDir(db) => {
+                let mut t = self.nodes.write();
+                for f in layout::db_folders(&self.db(db).name) {
+                    entries.push(DirEntry {
+                        node: t.intern(db, PathBuf::from(&f), false),
+                        kind: Kind::Dir,
+                        name: f.into(),
+                    });
+                }
+            }
+            Place::Backing(db) => {
+                let path = node.path().ok_or(Errno(libc::ENOENT))?;
+                let list = self.db(db).read_op("readdir", |_, v| v.read_dir(&path))?;
+                let mut t = self.nodes.write();
+                for e in list {
+                    entries.push(DirEntry {
+                        node: t.intern(db, child_path(&path, &e.name), false),
+                        kind: Kind::from_mode(e.kind.as_raw_mode()),
+                        name: e.name,
+                    });
+                }
+            }
+        }
+        Ok(self.insert_handle(Handle::Dir { entries }))
+    }
+
+    /// Entries of an open directory from position `offset`, passed to `add` with the
+    /// position of the next entry, until `add` returns true (buffer full).
+    pub fn readdir(&self, h: HandleId, offset: u64, mut add: impl FnMut(&DirEntry, u64) -> bool) -> Result<()> {
+        let handle = self.handle(h)?;
+        let Handle::Dir { entries } = &*handle else {
+            return Err(Errno(libc::ENOTDIR));
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in entries.iter().enumerate().skip(start) {
+            if add(e, i as u64 + 1) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a directory's entries durable on every in-sync copy.
+    pub fn fsyncdir(&self, id: NodeId) -> Result<()> {
+        let (_, db, path) = match self.backing(id) {
+            Ok(b) => b,
+            Err(_) => return Ok(()),
+        };
+        Ok(db.mutate("fsyncdir", |_, v| {
+            v.open_file(&path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
+                .sync_all()
+        })?)
+    }
+
+    /// Space of the database's volumes: the smallest free space among its in-sync copies
+    /// (a write must fit on all of them).
+    pub fn statfs(&self, id: NodeId) -> Result<StatFs> {
+        let node = self.node(id)?;
+        let dbs: Vec<&Arc<Database>> = match node.place {
+            Place::Root => self.pool.databases().iter().collect(),
+            Place::DbDir(db) | Place::Backing(db) => vec![self.db(db)],
+        };
+        let mut out: Option<StatFs> = None;
+        for d in dbs {
+            for c in d.copies() {
+                let Some(v) = c.in_sync_volume() else { continue };
+                let Ok(s) = v.statvfs() else { continue };
+                let frsize = s.f_frsize.max(1);
+                let candidate = StatFs {
+                    blocks: s.f_blocks,
+                    bfree: s.f_bfree,
+                    bavail: s.f_bavail,
+                    files: s.f_files,
+                    ffree: s.f_ffree,
+                    bsize: u32::try_from(s.f_bsize).unwrap_or(4096),
+                    namelen: layout::NAME_MAX as u32,
+                    frsize: u32::try_from(frsize).unwrap_or(4096),
+                };
+                out = Some(match out {
+                    Some(o) if o.bavail <= candidate.bavail => o,
+                    _ => candidate,
+                });
+            }
+        }
+        out.ok_or(Errno(libc::EIO))
+    }
+
+    /// Reads an xattr (empty `buf`: asks for the size).
+    pub fn getxattr(&self, id: NodeId, key: &OsStr, buf: &mut [u8]) -> Result<usize> {
+        let (_, db, path) = self.backing(id).map_err(|_| Errno(libc::ENODATA))?;
+        Ok(db.read_op("getxattr", |_, v| v.get_xattr(&path, key, buf))?)
+    }
+
+    /// Lists xattr names (empty `buf`: asks for the size).
+    pub fn listxattr(&self, id: NodeId, buf: &mut [u8]) -> Result<usize> {
+        let Ok((_, db, path)) = self.backing(id) else {
+            return Ok(0);
+        };
+        Ok(db.read_op("listxattr", |_, v| v.list_xattr(&path, buf))?)
+    }
+
+    /// Sets an xattr on every in-sync copy.
+    pub fn setxattr(&self, id: NodeId, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let (_, db, path) = self.backing(id)?;
+        Ok(db.mutate("setxattr", |_, v| v.set_xattr(&path, key, value, flags))?)
+    }
+
+    /// Removes an xattr on every in-sync copy.
+    pub fn removexattr(&self, id: NodeId, key: &OsStr) -> Result<()> {
+        let (_, db, path) = self.backing(id)?;
+        Ok(db.mutate("removexattr", |_, v| v.remove_xattr(&path, key))?)
+    }
+}

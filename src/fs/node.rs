@@ -1,0 +1,287 @@
+//! The node table: ids for paths, stable while the mount lives.
+//!
+//! A node id is given to a path on first sight and kept for it: renames move the id
+//! with the path (a directory's whole subtree moves), hard links add a path to an id,
+//! unlink removes one. Ids are never reused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+/// A node (inode) of the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// The root of the mount.
+    pub const ROOT: NodeId = NodeId(1);
+}
+
+/// Where a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The mount's root.
+    Root,
+    /// A database's directory (by database index).
+    DbDir(usize),
+    /// A backing file or directory of a database (by index).
+    Backing(usize),
+}
+
+const STRIPES: usize = 16;
+const STRIPE_BYTES_SHIFT: u32 = 20; // 1 MiB
+
+/// Per-node locks that keep the copies identical: writes hold `resize` shared and the
+/// stripes of their range; truncate and fallocate hold `resize` exclusively.
+#[derive(Debug, Default)]
+pub struct NodeIo {
+    /// Shared by writes, exclusive for size changes.
+    pub resize: RwLock<()>,
+    stripes: [Mutex<()>; STRIPES],
+}
+
+/// The stripe locks held by one write.
+pub struct RangeGuard<'a> {
+    _guards: [Option<MutexGuard<'a, ()>>; STRIPES],
+}
+
+impl NodeIo {
+    /// Locks the stripes that `[offset, offset+len)` touches, in index order.
+    pub fn lock_range(&self, offset: u64, len: u64) -> RangeGuard<'_> {
+        let first = offset >> STRIPE_BYTES_SHIFT;
+        let last = (offset + len.max(1) - 1) >> STRIPE_BYTES_SHIFT;
+        let mut mask = 0u32;
+        if last - first >= STRIPES as u64 {
+            mask = (1 << STRIPES) - 1;
+        } else {
+            for c in first..=last {
+                mask |= 1 << (c % STRIPES as u64);
+            }
+        }
+        let mut guards: [Option<MutexGuard<'_, ()>>; STRIPES] = Default::default();
+        for (i, g) in guards.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                *g = Some(self.stripes[i].lock());
+            }
+        }
+        RangeGuard { _guards: guards }
+    }
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    /// Its id.
+    pub id: NodeId,
+    /// Where it is.
+    pub place: Place,
+    paths: Mutex<Vec<PathBuf>>,
+    /// Write ordering locks.
+    pub io: NodeIo,
+}
+
+impl Node {
+    /// Its volume-relative path (the first of its hard links), if it still has one.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.paths.lock().first().cloned()
+    }
+}
+
+/// All nodes of a mount.
+#[derive(Debug)]
+pub struct Table {
+    by_id: HashMap<NodeId, (Arc<Node>, u64)>,
+    by_path: BTreeMap<(usize, PathBuf), NodeId>,
+    db_dirs: Vec<NodeId>,
+    next: u64,
+}
+
+impl Table {
+    /// A table with the root and one directory per database.
+    pub fn new(dbs: &[String]) -> Table {
+        let mut t = Table {
+            by_id: HashMap::new(),
+            by_path: BTreeMap::new(),
+            db_dirs: Vec::new(),
+            next: 2,
+        };
+        t.insert(NodeId::ROOT, Place::Root, Vec::new());
+        for i in 0..dbs.len() {
+            let id = t.fresh();
+            t.insert(id, Place::DbDir(i), Vec::new());
+            t.db_dirs.push(id);
+        }
+        t
+    }
+
+    fn fresh(&mut self) -> NodeId {
+        let id = NodeId(self.next);
+        self.next += 1;
+        id
+    }
+
+    fn insert(&mut self, id: NodeId, place: Place, paths: Vec<PathBuf>) {
+        let node = Node {
+            id,
+            place,
+            paths: Mutex::new(paths),
+            io: NodeIo::default(),
+        };
+        self.by_id.insert(id, (Arc::new(node), 0));
+    }
+
+    /// The node `id`.
+    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
+        self.by_id.get(&id).map(|(n, _)| n.clone())
+    }
+
+    /// The directory node of database `db`; counts a lookup when `lookup`.
+    pub fn db_dir(&mut self, db: usize, lookup: bool) -> NodeId {
+        let id = self.db_dirs[db];
+        if lookup {
+            if let Some(e) = self.by_id.get_mut(&id) {
+                e.1 += 1;
+            }
+        }
+        id
+    }
+
+    /// The node of `path` in database `db`, made if new; counts a lookup when `lookup`.
+    pub fn intern(&mut self, db: usize, path: PathBuf, lookup: bool) -> NodeId {
+        let key = (db, path);
+        let id = match self.by_path.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.fresh();
+                self.insert(id, Place::Backing(db), vec![key.1.clone()]);
+                self.by_path.insert(key, id);
+                id
+            }
+        };
+        if lookup {
+            if let Some(e) = self.by_id.get_mut(&id) {
+                e.1 += 1;
+            }
+        }
+        id
+    }
+
+    /// The kernel dropped `n` references to `id`. A node with no path and no reference
+    /// left is removed.
+    pub fn forget(&mut self, id: NodeId, n: u64) {
+        if let Some(e) = self.by_id.get_mut(&id) {
+            e.1 = e.1.saturating_sub(n);
+            if e.1 == 0 && e.0.paths.lock().is_empty() && matches!(e.0.place, Place::Backing(_)) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// `path` was unlinked or removed.
+    pub fn unlinked(&mut self, db: usize, path: &Path) {
+        if let Some(id) = self.by_path.remove(&(db, path.to_owned())) {
+            if let Some((node, _)) = self.by_id.get(&id) {
+                node.paths.lock().retain(|p| p != path);
+            }
+        }
+    }
+
+    /// `to` is a new hard link of `id`.
+    pub fn linked(&mut self, id: NodeId, db: usize, to: PathBuf) {
+        if let Some((node, _)) = self.by_id.get(&id) {
+            node.paths.lock().push(to.clone());
+        }
+        self.by_path.insert((db, to), id);
+    }
+
+    /// Takes every path equal to `root` or under it out of the table.
+    fn take_subtree(&mut self, db: usize, root: &Path) -> Vec<(PathBuf, NodeId)> {
+        let keys: Vec<(usize, PathBuf)> = self
+            .by_path
+            .range((db, root.to_owned())..)
+            .take_while(|((d, p), _)| *d == db && p.starts_with(root))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.by_path.remove(&k).map(|id| (k.1, id)))
+            .collect()
+    }
+
+    fn put_subtree(&mut self, db: usize, from: &Path, to: &Path, moved: Vec<(PathBuf, NodeId)>) {
+        for (old, id) in moved {
+            let rest = old.strip_prefix(from).unwrap_or(Path::new(""));
+            let new = if rest.as_os_str().is_empty() {
+                to.to_owned()
+            } else {
+                to.join(rest)
+            };
+            if let Some((node, _)) = self.by_id.get(&id) {
+                for p in node.paths.lock().iter_mut() {
+                    if *p == old {
+                        *p = new.clone();
+                    }
+                }
+            }
+            self.by_path.insert((db, new), id);
+        }
+    }
+
+    /// `from` was renamed to `to` (swapped with it when `exchange`).
+    pub fn renamed(&mut self, db: usize, from: &Path, to: &Path, exchange: bool) {
+        let a = self.take_subtree(db, from);
+        let b = self.take_subtree(db, to);
+        if exchange {
+            self.put_subtree(db, to, from, b);
+        } else {
+            for (p, id) in b {
+                if let Some((node, _)) = self.by_id.get(&id) {
+                    node.paths.lock().retain(|q| *q != p);
+                }
+            }
+        }
+        self.put_subtree(db, from, to, a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_renames_and_links() {
+        let mut t = Table::new(&["db".into()]);
+        let d = t.intern(0, "db.db/dir".into(), true);
+        let f = t.intern(0, "db.db/dir/f".into(), true);
+        let sib = t.intern(0, "db.db/dir0".into(), true);
+        t.renamed(0, Path::new("db.db/dir"), Path::new("db.db/moved"), false);
+        assert_eq!(t.intern(0, "db.db/moved".into(), false), d);
+        assert_eq!(t.intern(0, "db.db/moved/f".into(), false), f);
+        assert_eq!(t.intern(0, "db.db/dir0".into(), false), sib);
+        assert_eq!(t.get(f).and_then(|n| n.path()), Some("db.db/moved/f".into()));
+        // Exchange swaps ids.
+        let a = t.intern(0, "db.db/a".into(), true);
+        let b = t.intern(0, "db.db/b".into(), true);
+        t.renamed(0, Path::new("db.db/a"), Path::new("db.db/b"), true);
+        assert_eq!(t.intern(0, "db.db/a".into(), false), b);
+        assert_eq!(t.intern(0, "db.db/b".into(), false), a);
+        // A hard link shares the id and survives the unlink of the first name.
+        t.linked(a, 0, "db.db/l".into());
+        t.unlinked(0, Path::new("db.db/b"));
+        assert_eq!(t.intern(0, "db.db/l".into(), false), a);
+        assert_eq!(t.get(a).and_then(|n| n.path()), Some("db.db/l".into()));
+    }
+
+    #[test]
+    fn range_locks_cover_touched_stripes() {
+        let io = NodeIo::default();
+        {
+            let _g = io.lock_range(0, 2 << 20);
+            assert!(io.stripes[0].is_locked() && io.stripes[1].is_locked());
+            assert!(!io.stripes[2].is_locked());
+        }
+        let _g = io.lock_range(0, 64 << 20);
+        assert!(io.stripes.iter().all(|s| s.is_locked()));
+    }
+}

@@ -1,0 +1,38 @@
+//! reseedfs: stable database paths over a pool of volumes, every write mirrored to the
+//! database's copies, and a disk's death hidden from the database.
+//!
+//! Layer map (a request travels top to bottom):
+//!
+//! ```text
+//! cli/            one module per subcommand (init, mount, status, events, unmount, demo)
+//! daemon          mount orchestration: config -> pool -> core -> control socket -> adapter
+//! sys (platform/) OS adapters only: FUSE (fuser) on Linux, the ext4 shutdown ioctl
+//! fs/             platform-neutral filesystem core: NodeId/HandleId tables and the ops
+//! copyset/        one database's copies: write fan-out, read failover, copy states
+//! volume          one backing volume: safe relative paths (openat2 RESOLVE_BENEATH)
+//! pool/           volumes, placement map, persisted pool state, `init`
+//! events          numbered event records (ids in one table), persisted as JSON lines
+//! control         control socket: status, events, unmount
+//! config, layout  TOML config (Exchange aliases), naming convention and name checks
+//! testbed         throwaway pools on loop-mounted ext4 volumes (demo, tests, benches)
+//! ```
+//!
+//! `src/` is free of `unsafe`; the few system calls that need it live in `platform/`.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod copyset;
+pub mod daemon;
+pub mod events;
+pub mod fs;
+pub mod layout;
+pub mod pool;
+pub mod testbed;
+pub mod volume;
+
+/// OS adapters (the `platform/` tree). Only this module may contain `unsafe`.
+#[cfg(target_os = "linux")]
+#[path = "../platform/linux/mod.rs"]
+#[allow(unsafe_code)]
+pub mod sys;

@@ -1,0 +1,266 @@
+//! `reseedfs init`: check the pool, place the copies, write the volume metadata, the
+//! pool state and the config. Everything is checked before anything is written, so a
+//! refused init changes nothing.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::{
+    CopyRecord, CopyState, DbRecord, PoolState, VolumeMeta, list_volumes, pool_state_path,
+    volume_meta_path,
+};
+use crate::config::Config;
+use crate::layout;
+use crate::volume::Volume;
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The placement: database -> volumes of its copies.
+    pub placement: Vec<(String, Vec<String>)>,
+    /// Volumes left without copies.
+    pub spares: Vec<String>,
+    /// Warnings the operator must read (volumes sharing a filesystem, ...).
+    pub warnings: Vec<String>,
+}
+
+fn new_pool_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:x}-{:x}", t.as_nanos(), std::process::id())
+}
+
+/// Initialises the pool described by `config` and writes the config to `config_path`.
+pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
+    config.validate(config_path)?;
+    let root = &config.volumes_root;
+    let meta = std::fs::metadata(root).with_context(|| {
+        format!(
+            "volumes root {} does not exist: create it and mount one disk per VolumeN folder under it",
+            root.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("volumes root {} is not a directory", root.display());
+    }
+    let mut volumes = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("list {}", root.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("Volume") && layout::volume_number(&name).is_none() {
+            bail!("{}", layout::NameError::Volume(name));
+        }
+    }
+    for (_, name, path) in list_volumes(root).with_context(|| format!("list {}", root.display()))? {
+        let m = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+        if !m.is_dir() {
+            bail!(
+                "volume {} is not a directory: every VolumeN under {} must be a directory (the mount point of one disk)",
+                path.display(),
+                root.display()
+            );
+        }
+        if path.join(layout::META_DIR).join("pool.json").exists() {
+            bail!(
+                "volume {} already belongs to a reseedfs pool ({}): refusing to initialise over it",
+                path.display(),
+                path.join(layout::META_DIR).join("pool.json").display()
+            );
+        }
+        volumes.push((name, path, m.dev()));
+    }
+    if volumes.is_empty() {
+        bail!(
+            "no volumes under {}: create Volume1, Volume2, ... (one mounted disk each)",
+            root.display()
+        );
+    }
+    let mut warnings = Vec::new();
+    let mut by_dev: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for (name, _, dev) in &volumes {
+        by_dev.entry(*dev).or_default().push(name);
+    }
+    for names in by_dev.values().filter(|n| n.len() > 1) {
+        warnings.push(format!(
+            "volumes {} are on the same filesystem: one disk failure takes all their copies, which defeats redundancy",
+            names.join(", ")
+        ));
+    }
+    let copies = config.copies as usize;
+    if copies > volumes.len() {
+        bail!(
+            "{copies} copies per database need {copies} distinct volumes, but {} has only {}",
+            root.display(),
+            volumes.len()
+        );
+    }
+    // Place copies: each database on `copies` distinct volumes, volumes filled in order,
+    // at most `copies_per_volume` databases per volume.
+    let mut load = vec![0u32; volumes.len()];
+    let mut placement = Vec::new();
+    for db in &config.databases {
+        let mut chosen = Vec::new();
+        for (i, l) in load.iter_mut().enumerate() {
+            if chosen.len() == copies {
+                break;
+            }
+            if *l < config.copies_per_volume {
+                *l += 1;
+                chosen.push(i);
+            }
+        }
+        if chosen.len() < copies {
+            bail!(
+                "not enough room to place {copies} copies of {db}: {} volumes with {} database(s) each are full; add volumes or raise copies_per_volume",
+                volumes.len(),
+                config.copies_per_volume
+            );
+        }
+        for &i in &chosen {
+            for folder in layout::db_folders(db) {
+                let p = volumes[i].1.join(&folder);
+                if p.exists() {
+                    bail!(
+                        "{} already exists: move it away or choose another database name (init never adopts existing files)",
+                        p.display()
+                    );
+                }
+            }
+        }
+        placement.push((db.clone(), chosen));
+    }
+    if config.databases_root.exists() && !config.databases_root.is_dir() {
+        bail!("databases root {} is not a directory", config.databases_root.display());
+    }
+
+    // Everything checked: write.
+    let pool_id = new_pool_id();
+    let state = PoolState {
+        pool_id: pool_id.clone(),
+        epoch: 1,
+        failed_volumes: Vec::new(),
+        databases: placement
+            .iter()
+            .map(|(db, chosen)| DbRecord {
+                name: db.clone(),
+                copies: chosen
+                    .iter()
+                    .map(|&i| CopyRecord {
+                        volume: volumes[i].0.clone(),
+                        state: CopyState::InSync,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let state_bytes = serde_json::to_vec_pretty(&state)?;
+    for (i, (name, path, _)) in volumes.iter().enumerate() {
+        let meta_dir = path.join(layout::META_DIR);
+        std::fs::create_dir_all(&meta_dir).with_context(|| format!("create {}", meta_dir.display()))?;
+        let v = Volume::open(name, path).with_context(|| format!("open volume {}", path.display()))?;
+        let meta = VolumeMeta {
+            pool_id: pool_id.clone(),
+            name: name.clone(),
+        };
+        v.write_atomic(&volume_meta_path(), &serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("write {}", meta_dir.join("volume.json").display()))?;
+        for (db, chosen) in &placement {
+            if chosen.contains(&i) {
+                for folder in layout::db_folders(db) {
+                    let p = path.join(folder);
+                    std::fs::create_dir(&p).with_context(|| format!("create {}", p.display()))?;
+                }
+            }
+        }
+        v.write_atomic(&pool_state_path(), &state_bytes)
+            .with_context(|| format!("write {}", meta_dir.join("pool.json").display()))?;
+    }
+    std::fs::create_dir_all(&config.databases_root)
+        .with_context(|| format!("create {}", config.databases_root.display()))?;
+    if let Some(dir) = config_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(config_path, config.to_toml())
+        .with_context(|| format!("write config {}", config_path.display()))?;
+    let placement: Vec<(String, Vec<String>)> = placement
+        .into_iter()
+        .map(|(db, chosen)| (db, chosen.iter().map(|&i| volumes[i].0.clone()).collect()))
+        .collect();
+    let spares = volumes
+        .iter()
+        .filter(|(n, _, _)| !placement.iter().any(|(_, vs)| vs.contains(n)))
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    Ok(InitReport {
+        placement,
+        spares,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn bed(tag: &str, n: usize) -> (PathBuf, Config) {
+        let root = std::env::temp_dir().join(format!("reseedfs-init-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for k in 1..=n {
+            std::fs::create_dir_all(root.join(format!("vols/Volume{k}"))).expect("mkdir");
+        }
+        let mut c = Config::new(
+            root.join("vols"),
+            root.join("dbs"),
+            vec!["db001".into(), "db002".into()],
+        );
+        c.state_dir = root.join("state");
+        (root, c)
+    }
+
+    #[test]
+    fn places_copies_on_distinct_volumes_and_leaves_spares() {
+        let (root, c) = bed("place", 5);
+        let r = init(&c, &root.join("cfg.toml")).expect("init");
+        assert_eq!(
+            r.placement,
+            vec![
+                ("db001".into(), vec!["Volume1".into(), "Volume2".into()]),
+                ("db002".into(), vec!["Volume3".into(), "Volume4".into()]),
+            ]
+        );
+        assert_eq!(r.spares, vec!["Volume5".to_string()]);
+        assert!(!r.warnings.is_empty(), "same-filesystem warning expected");
+        assert!(root.join("vols/Volume1/db001.db").is_dir());
+        assert!(root.join("vols/Volume4/db002.log").is_dir());
+        assert!(root.join("vols/Volume5/.reseedfs/volume.json").is_file());
+        assert!(Config::load(&root.join("cfg.toml")).is_ok());
+        // A second init over the same pool is refused and changes nothing.
+        let e = init(&c, &root.join("cfg.toml")).expect_err("second init");
+        assert!(e.to_string().contains("already belongs"), "{e:#}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let (root, mut c) = bed("refuse", 3);
+        c.copies = 2;
+        // 2 databases x 2 copies on 3 volumes with 1 per volume: no room.
+        let e = init(&c, &root.join("cfg.toml")).expect_err("no room");
+        assert!(e.to_string().contains("not enough room"), "{e:#}");
+        assert!(!root.join("vols/Volume1/.reseedfs").exists());
+        assert!(!root.join("cfg.toml").exists());
+        std::fs::write(root.join("vols/Volume4"), b"x").expect("file");
+        c.databases = vec!["db001".into()];
+        let e = init(&c, &root.join("cfg.toml")).expect_err("not a dir");
+        assert!(e.to_string().contains("not a directory"), "{e:#}");
+        c.volumes_root = root.join("missing");
+        let e = init(&c, &root.join("cfg.toml")).expect_err("missing root");
+        assert!(e.to_string().contains("does not exist"), "{e:#}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}

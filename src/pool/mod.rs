@@ -1,0 +1,578 @@
+//! The pool: its volumes, the placement of every database's copies, and the pool state
+//! persisted on every healthy volume (`.reseedfs/pool.json`).
+//!
+//! The persisted state is what makes a restart safe: when a copy fails, the new state
+//! (with a higher `epoch`) is written to every volume still healthy *before* any write
+//! that skipped the failed copy is acknowledged. At mount the highest epoch wins, so a
+//! copy that missed writes is never trusted again, even if its disk comes back.
+
+mod init;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::copyset::{Copy, Database};
+use crate::events::{EventId, EventSink, NewEvent};
+use crate::layout;
+use crate::volume::Volume;
+
+pub use init::{InitReport, init};
+
+/// The persisted state of one copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyState {
+    /// Has every acknowledged mutation; serves reads and takes writes.
+    InSync,
+    /// Its volume failed; it misses writes and is never trusted again as it is.
+    FailedAndSuspended,
+}
+
+/// One copy in the persisted placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    /// `Volume1`.
+    pub volume: String,
+    /// Its state.
+    pub state: CopyState,
+}
+
+/// One database in the persisted placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRecord {
+    /// `db001`.
+    pub name: String,
+    /// Its copies, the preferred active copy first.
+    pub copies: Vec<CopyRecord>,
+}
+
+/// The pool state, written to `.reseedfs/pool.json` on every healthy volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolState {
+    /// Identifies the pool; every volume's metadata carries it.
+    pub pool_id: String,
+    /// Grows with every change; the highest epoch found at mount wins.
+    pub epoch: u64,
+    /// Volumes known to have failed.
+    pub failed_volumes: Vec<String>,
+    /// Placement and copy states.
+    pub databases: Vec<DbRecord>,
+}
+
+/// `.reseedfs/volume.json`: who this volume is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMeta {
+    /// The pool this volume belongs to.
+    pub pool_id: String,
+    /// `Volume1`.
+    pub name: String,
+}
+
+/// Relative path of the volume metadata.
+pub fn volume_meta_path() -> PathBuf {
+    Path::new(layout::META_DIR).join("volume.json")
+}
+
+/// Relative path of the pool state.
+pub fn pool_state_path() -> PathBuf {
+    Path::new(layout::META_DIR).join("pool.json")
+}
+
+/// Why a pool cannot be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The volumes root cannot be listed.
+    #[error("cannot list the volumes root {path}: {source}")]
+    VolumesRoot {
+        /// The volumes root.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No volume has readable pool state.
+    #[error(
+        "no volume under {0} holds reseedfs pool state (.reseedfs/pool.json): run `reseedfs init` first, or check that the volumes are mounted"
+    )]
+    NoState(PathBuf),
+    /// The config and the pool disagree on the databases.
+    #[error(
+        "database {0} is in the config but not in the pool state: the pool was initialised with other databases"
+    )]
+    UnknownDatabase(String),
+    /// No copy of a database can serve.
+    #[error("database {db} has no copy in sync, refusing to mount: {reasons}")]
+    NoCopyInSync {
+        /// The database.
+        db: String,
+        /// One reason per copy.
+        reasons: String,
+    },
+}
+
+/// A volume of the pool at run time.
+#[derive(Debug)]
+pub struct PoolVolume {
+    /// `Volume1`.
+    pub name: String,
+    /// The open volume, when it could be opened.
+    pub volume: Option<Arc<Volume>>,
+}
+
+/// The pool at run time: volumes, databases and the persisted state.
+pub struct Pool {
+    /// The configuration it was opened with.
+    pub config: Config,
+    volumes: Vec<PoolVolume>,
+    databases: Vec<Arc<Database>>,
+    /// The persisted state; its lock also orders failures against acknowledgements.
+    state: Mutex<PoolState>,
+    events: Arc<dyn EventSink>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("volumes", &self.volumes)
+            .field("databases", &self.databases)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lists `VolumeN` directories of the volumes root, in number order.
+pub fn list_volumes(root: &Path) -> std::io::Result<Vec<(u32, String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = layout::volume_number(&name) {
+            out.push((n, name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opens a volume and checks that it answers: reads its metadata, writes and reads back
+/// a canary. Returns the volume and the pool state it holds, or why it is unusable.
+fn probe_volume(
+    name: &str,
+    path: &Path,
+) -> Result<(Volume, VolumeMeta, Option<PoolState>), String> {
+    let v = Volume::open(name, path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta: VolumeMeta = serde_json::from_slice(
+        &v.read_file(&volume_meta_path())
+            .map_err(|e| format!("cannot read {}/.reseedfs/volume.json: {e}", path.display()))?,
+    )
+    .map_err(|e| format!("{}/.reseedfs/volume.json is damaged: {e}", path.display()))?;
+    let canary = Path::new(layout::META_DIR).join("probe");
+    let stamp = format!("{:?}", std::time::SystemTime::now());
+    v.write_atomic(&canary, stamp.as_bytes())
+        .and_then(|()| v.read_file(&canary))
+        .map_err(|e| format!("health probe failed: {e}"))
+        .and_then(|back| {
+            if back == stamp.as_bytes() {
+                Ok(())
+            } else {
+                Err("health probe read back other bytes".to_owned())
+            }
+        })?;
+    let state = v
+        .read_file(&pool_state_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<PoolState>(&b).ok());
+    Ok((v, meta, state))
+}
+
+impl Pool {
+    /// Opens the pool for a mount: probes every volume, takes the newest persisted state,
+    /// fails the copies whose volume is missing or dead, and persists the result.
+    pub fn open(config: &Config, events: Arc<dyn EventSink>) -> Result<Arc<Pool>, OpenError> {
+        let listed = list_volumes(&config.volumes_root).map_err(|source| OpenError::VolumesRoot {
+            path: config.volumes_root.clone(),
+            source,
+        })?;
+        let mut probed = Vec::new();
+        let mut best: Option<PoolState> = None;
+        for (_, name, path) in &listed {
+            match probe_volume(name, path) {
+                Ok((v, meta, state)) => {
+                    if let Some(s) = state {
+                        if s.pool_id == meta.pool_id
+                            && best.as_ref().is_none_or(|b| s.epoch > b.epoch)
+                        {
+                            best = Some(s);
+                        }
+                    }
+                    probed.push((name.clone(), Ok((v, meta))));
+                }
+                Err(why) => probed.push((name.clone(), Err(why))),
+            }
+        }
+        let mut state = best.ok_or_else(|| OpenError::NoState(config.volumes_root.clone()))?;
+        for db in &config.databases {
+            if !state.databases.iter().any(|d| &d.name == db) {
+                return Err(OpenError::UnknownDatabase(db.clone()));
+            }
+        }
+        let mut volumes = Vec::new();
+        let mut unusable = std::collections::BTreeMap::new();
+        for (name, res) in probed {
+            match res {
+                Ok((v, meta)) if meta.pool_id == state.pool_id && meta.name == name => {
+                    volumes.push(PoolVolume {
+                        name,
+                        volume: Some(Arc::new(v)),
+                    });
+                }
+                Ok((_, meta)) => {
+                    unusable.insert(
+                        name.clone(),
+                        format!(
+                            "it belongs to pool {} as {}, not to this pool",
+                            meta.pool_id, meta.name
+                        ),
+                    );
+                    volumes.push(PoolVolume { name, volume: None });
+                }
+                Err(why) => {
+                    unusable.insert(name.clone(), why);
+                    volumes.push(PoolVolume { name, volume: None });
+                }
+            }
+        }
+        // Copies on a volume that is gone, dead or known failed cannot be trusted.
+        let mut failed_now = Vec::new();
+        for db in &mut state.databases {
+            for c in &mut db.copies {
+                let why = if state.failed_volumes.contains(&c.volume) {
+                    Some("its volume failed earlier".to_owned())
+                } else if !volumes.iter().any(|v| v.name == c.volume) {
+                    Some("its volume is missing".to_owned())
+                } else {
+                    unusable.get(&c.volume).cloned()
+                };
+                if let (Some(why), CopyState::InSync) = (why, c.state) {
+                    c.state = CopyState::FailedAndSuspended;
+                    failed_now.push((db.name.clone(), c.volume.clone(), why));
+                }
+            }
+        }
+        for db in &state.databases {
+            if config.databases.contains(&db.name)
+                && !db.copies.iter().any(|c| c.state == CopyState::InSync)
+            {
+                let reasons = db
+                    .copies
+                    .iter()
+                    .map(|c| {
+                        let why = failed_now
+                            .iter()
+                            .find(|(d, v, _)| d == &db.name && v == &c.volume)
+                            .map(|(_, _, w)| w.clone())
+                            .unwrap_or_else(|| "it missed writes after an earlier failure".into());
+                        format!("copy on {} is {:?}: {why}", c.volume, c.state)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(OpenError::NoCopyInSync {
+                    db: db.name.clone(),
+                    reasons,
+                });
+            }
+        }
+        for (db, vol, why) in &failed_now {
+            if !state.failed_volumes.contains(vol) {
+                state.failed_volumes.push(vol.clone());
+            }
+            events.emit(
+                NewEvent::new(
+                    EventId::CopyFailed,
+                    format!("copy {db}\\{vol} is FailedAndSuspended at mount: {why}"),
+                )
+                .database(db)
+                .volume(vol)
+                .field("operation", "mount")
+                .field("status", "FailedAndSuspended"),
+            );
+        }
+        Ok(Arc::new_cyclic(|weak| {
+            let databases = state
+                .databases
+                .iter()
+                .filter(|d| config.databases.contains(&d.name))
+                .enumerate()
+                .map(|(index, d)| {
+                    let copies = d
+                        .copies
+                        .iter()
+                        .map(|c| {
+                            let volume = volumes
+                                .iter()
+                                .find(|v| v.name == c.volume)
+                                .and_then(|v| v.volume.clone());
+                            Copy::new(c.volume.clone(), volume, c.state)
+                        })
+                        .collect();
+                    Arc::new(Database::new(d.name.clone(), index, copies, weak.clone()))
+                })
+                .collect();
+            let pool = Pool {
+                config: config.clone(),
+                volumes,
+                databases,
+                state: Mutex::new(state),
+                events,
+            };
+            for v in &pool.volumes {
+                if let Some(vol) = &v.volume {
+                    if pool.state.lock().failed_volumes.contains(&v.name) {
+                        vol.mark_failed();
+                    }
+                }
+            }
+            pool.persist_locked(&mut pool.state.lock());
+            pool
+        }))
+    }
+
+    /// The databases, in config order.
+    pub fn databases(&self) -> &[Arc<Database>] {
+        &self.databases
+    }
+
+    /// The database named `name`.
+    pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The volumes, in number order.
+    pub fn volumes(&self) -> &[PoolVolume] {
+        &self.volumes
+    }
+
+    /// The event sink.
+    pub fn events(&self) -> &Arc<dyn EventSink> {
+        &self.events
+    }
+
+    /// The current persisted state (a copy).
+    pub fn state(&self) -> PoolState {
+        self.state.lock().clone()
+    }
+
+    /// Waits until every failure already visible in copy states is persisted. Called
+    /// before acknowledging a mutation that skipped a copy.
+    pub fn barrier(&self) {
+        drop(self.state.lock());
+    }
+
+    /// Marks `volume` failed after `err` during `op`: every copy on it becomes
+    /// FailedAndSuspended, the state is persisted on every healthy volume, events are
+    /// emitted. Returns once persisted. Idempotent.
+    pub fn fail_volume(&self, volume: &Volume, db: Option<&str>, op: &str, err: &std::io::Error) {
+        let mut state = self.state.lock();
+        let mut pending = vec![(volume.name().to_owned(), db.map(str::to_owned), op.to_owned(), err.raw_os_error())];
+        let mut newly_failed = Vec::new();
+        while let Some((vol, db, op, errno)) = pending.pop() {
+            if state.failed_volumes.contains(&vol) {
+                continue;
+            }
+            state.failed_volumes.push(vol.clone());
+            if let Some(v) = self.volume(&vol) {
+                v.mark_failed();
+            }
+            for d in &self.databases {
+                let before = d.active_volume();
+                if d.fail_copies_on(&vol) {
+                    if let Some(rec) = state.databases.iter_mut().find(|r| r.name == d.name) {
+                        for c in rec.copies.iter_mut().filter(|c| c.volume == vol) {
+                            c.state = CopyState::FailedAndSuspended;
+                        }
+                    }
+                    newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno, db.clone()));
+                    let after = d.active_volume();
+                    if before != after {
+                        self.events.emit(
+                            NewEvent::new(
+                                EventId::ActiveChanged,
+                                format!(
+                                    "database {}: active copy moved from {} to {}",
+                                    d.name,
+                                    before.as_deref().unwrap_or("none"),
+                                    after.as_deref().unwrap_or("none (no copy in sync)")
+                                ),
+                            )
+                            .database(&d.name)
+                            .volume(after.as_deref().unwrap_or(&vol)),
+                        );
+                    }
+                }
+            }
+            // Persisting may itself find another dying volume.
+            for (v2, e2) in self.persist_locked(&mut state) {
+                pending.push((v2, None, "persist pool state".to_owned(), e2));
+            }
+        }
+        drop(state);
+        for (db, vol, op, errno, _) in newly_failed {
+            let errno_name = errno.map(|e| std::io::Error::from_raw_os_error(e).to_string());
+            self.events.emit(
+                NewEvent::new(
+                    EventId::CopyFailed,
+                    format!(
+                        "copy {db}\\{vol} is FailedAndSuspended: volume {vol} failed during {op} ({})",
+                        errno_name.as_deref().unwrap_or("unknown error")
+                    ),
+                )
+                .database(&db)
+                .volume(&vol)
+                .field("operation", op)
+                .field("errno", errno.unwrap_or(0))
+                .field("status", "FailedAndSuspended"),
+            );
+        }
+    }
+
+    /// Fails copy `i` of `db` alone: it answered `err` to `op` while another copy took
+    /// the mutation, so the copies are no longer identical.
+    pub fn fail_diverged(&self, db: &Database, i: usize, op: &str, err: &std::io::Error) {
+        let mut state = self.state.lock();
+        if !db.fail_copy(i) {
+            return;
+        }
+        let vol = db.copies()[i].volume_name().to_owned();
+        if let Some(rec) = state.databases.iter_mut().find(|r| r.name == db.name) {
+            for c in rec.copies.iter_mut().filter(|c| c.volume == vol) {
+                c.state = CopyState::FailedAndSuspended;
+            }
+        }
+        let dead = self.persist_locked(&mut state);
+        drop(state);
+        self.events.emit(
+            NewEvent::new(
+                EventId::CopyDiverged,
+                format!(
+                    "copy {}\\{vol} is FailedAndSuspended: it answered {op} with \"{err}\" while another copy succeeded",
+                    db.name
+                ),
+            )
+            .database(&db.name)
+            .volume(&vol)
+            .field("operation", op)
+            .field("errno", err.raw_os_error().unwrap_or(0))
+            .field("status", "FailedAndSuspended"),
+        );
+        for (v, errno) in dead {
+            if let Some(vol) = self.volume(&v) {
+                let e = std::io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO));
+                self.fail_volume(vol, None, "persist pool state", &e);
+            }
+        }
+    }
+
+    fn volume(&self, name: &str) -> Option<&Arc<Volume>> {
+        self.volumes
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.volume.as_ref())
+    }
+
+    /// Bumps the epoch and writes the state to every healthy volume; returns the volumes
+    /// whose write failed with a media error.
+    fn persist_locked(&self, state: &mut PoolState) -> Vec<(String, Option<i32>)> {
+        state.epoch += 1;
+        let bytes = match serde_json::to_vec_pretty(&*state) {
+            Ok(b) => b,
+            Err(_) => return Vec::new(),
+        };
+        let mut dead = Vec::new();
+        for v in &self.volumes {
+            let Some(vol) = &v.volume else { continue };
+            if state.failed_volumes.contains(&v.name) {
+                continue;
+            }
+            if let Err(err) = vol.write_atomic(&pool_state_path(), &bytes) {
+                vol.count_io_error();
+                self.events.emit(
+                    NewEvent::new(
+                        EventId::StatePersistFailed,
+                        format!("cannot write the pool state to {}: {err}", v.name),
+                    )
+                    .volume(&v.name),
+                );
+                if crate::volume::is_media_error(&err) {
+                    dead.push((v.name.clone(), err.raw_os_error()));
+                }
+            }
+        }
+        dead
+    }
+
+    /// The status of the pool, as `status` shows it.
+    pub fn status(&self) -> crate::control::Status {
+        use crate::control::{CopyStatus, DbStatus, Status, VolumeStatus};
+        let state = self.state.lock().clone();
+        let databases = self
+            .databases
+            .iter()
+            .map(|d| DbStatus {
+                name: d.name.clone(),
+                copies: d
+                    .copies()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| CopyStatus {
+                        name: format!("{}\\{}", d.name, c.volume_name()),
+                        volume: c.volume_name().to_owned(),
+                        status: d.status_word(i).to_owned(),
+                        active: d.active_index() == Some(i),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let volumes = self
+            .volumes
+            .iter()
+            .map(|v| {
+                let in_use = state
+                    .databases
+                    .iter()
+                    .any(|d| d.copies.iter().any(|c| c.volume == v.name));
+                let failed = state.failed_volumes.contains(&v.name) || v.volume.is_none();
+                let (free_bytes, total_bytes) = v
+                    .volume
+                    .as_ref()
+                    .filter(|_| !failed)
+                    .and_then(|vol| vol.statvfs().ok())
+                    .map_or((None, None), |s| {
+                        (
+                            Some(s.f_bavail * s.f_frsize),
+                            Some(s.f_blocks * s.f_frsize),
+                        )
+                    });
+                VolumeStatus {
+                    name: v.name.clone(),
+                    state: if failed {
+                        "Failed"
+                    } else if in_use {
+                        "InUse"
+                    } else {
+                        "Spare"
+                    }
+                    .to_owned(),
+                    free_bytes,
+                    total_bytes,
+                    io_errors: v.volume.as_ref().map_or(0, |vol| vol.io_errors()),
+                }
+            })
+            .collect();
+        Status {
+            epoch: state.epoch,
+            databases,
+            volumes,
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! One backing volume: every operation takes a path relative to the volume root and
+//! cannot leave it. Parents are opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`, the last component is used with `*at` calls that do not follow
+//! symlinks, so neither `..` nor a symlink can lead outside the volume.
+//!
+//! A volume also carries its health: `failed` once an I/O error marked it, and an
+//! injectable fault (an errno returned by every operation) for tests.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+use rustix::fs::{
+    AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Timestamps,
+    XattrFlags,
+};
+
+/// A backing volume (`<volumes_root>/VolumeN`).
+#[derive(Debug)]
+pub struct Volume {
+    name: String,
+    root: PathBuf,
+    root_fd: OwnedFd,
+    failed: AtomicBool,
+    fault: AtomicI32,
+    io_errors: AtomicU64,
+}
+
+/// One directory entry of a backing directory.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The entry's name.
+    pub name: OsString,
+    /// Its type.
+    pub kind: FileType,
+}
+
+/// The relative path of a child: `parent/name` (or `name` at the volume root).
+pub fn child_path(parent: &Path, name: &OsStr) -> PathBuf {
+    if parent.as_os_str().is_empty() {
+        PathBuf::from(name)
+    } else {
+        parent.join(name)
+    }
+}
+
+fn split(rel: &Path) -> io::Result<(&Path, &OsStr)> {
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+impl Volume {
+    /// Opens the volume directory `root` under the name `name` (`Volume1`).
+    pub fn open(name: &str, root: &Path) -> io::Result<Volume> {
+        let root_fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Volume {
+            name: name.to_owned(),
+            root: root.to_owned(),
+            root_fd,
+            failed: AtomicBool::new(false),
+            fault: AtomicI32::new(0),
+            io_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// `Volume1`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The volume's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True once an I/O error marked the volume failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the volume failed; returns whether it was already.
+    pub fn mark_failed(&self) -> bool {
+        self.failed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Counts one I/O error seen on this volume.
+    pub fn count_io_error(&self) {
+        self.io_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// I/O errors seen on this volume since the mount.
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Makes every later operation fail with `errno` (0 clears it): a dying disk, for tests.
+    pub fn inject_fault(&self, errno: i32) {
+        self.fault.store(errno, Ordering::Release);
+    }
+
+    /// Fails with the injected fault, if any. Called before every operation, including
+    /// I/O on files opened earlier.
+    #[inline]
+    pub fn check(&self) -> io::Result<()> {
+        match self.fault.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+
+    fn with_parent<T>(
+        &self,
+        rel: &Path,
+        f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> rustix::io::Result<T>,
+    ) -> io::Result<T> {
+        self.check()?;
+        let (parent, name) = split(rel)?;
+        if parent.as_os_str().is_empty() {
+            return Ok(f(self.root_fd.as_fd(), name)?);
+        }
+        let dir = rustix::fs::openat2(
+            &self.root_fd,
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )?;
+        Ok(f(dir.as_fd(), name)?)
+    }
+
+    /// `lstat` of `rel` (the volume root for an empty path).
+    pub fn stat(&self, rel: &Path) -> io::Result<Stat> {
+        if rel.as_os_str().is_empty() {
+            self.check()?;
+            return Ok(rustix::fs::fstat(&self.root_fd)?);
+        }
+        self.with_parent(rel, |dir, name| {
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        })
+    }
+
+    /// Opens `rel` (never following a symlink); `mode` applies with `O_CREAT`.
+    pub fn open_file(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<File> {
+        self.check()?;
+        let fd = rustix::fs::openat2(
+            &self.root_fd,
+            rel,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            mode,
+            RESOLVE,
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, rel: &Path, mode: Mode) -> io::Result<()> {
+        self.with_parent(rel, |dir, name| rustix::fs::mkdirat(dir, name, mode))
+    }
+
+    /// Creates a special file or a regular file without opening it.
+    pub fn mknod(&self, rel: &Path, kind: FileType, mode: Mode, dev: u64) -> io::Result<()> {
+        self.with_parent(rel, |dir, name| {
+            rustix::fs::mknodat(dir, name, kind, mode, dev)
+        })
+    }
+
+    /// Creates a symlink at `rel` pointing to `target` (stored as given).
+    pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
+        self.with_parent(rel, |dir, name| rustix::fs::symlinkat(target, dir, name))
+    }
+
+    /// Reads the symlink at `rel`.
+    pub fn readlink(&self, rel: &Path) -> io::Result<Vec<u8>> {
+        self.with_parent(rel, |dir, name| {
+            rustix::fs::readlinkat(dir, name, Vec::new()).map(|c| c.into_bytes())
+        })
+    }
+
+    /// Removes a file (`dir == false`) or an empty directory.
+    pub fn remove(&self, rel: &Path, dir: bool) -> io::Result<()> {
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        self.with_parent(rel, |d, name| rustix::fs::unlinkat(d, name, flags))
+    }
+
+    /// Renames `from` to `to` with `renameat2` flags.
+    pub fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
+        self.with_parent(from, |from_dir, from_name| {
+            let (to_parent, to_name) = split(to).map_err(|_| rustix::io::Errno::INVAL)?;
+            let to_dir;
+            let to_fd = if to_parent.as_os_str().is_empty() {
+                self.root_fd.as_fd()
+            } else {
+                to_dir = rustix::fs::openat2(
+                    &self.root_fd,
+                    to_parent,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                )?;
+                to_dir.as_fd()
+            };
+            rustix::fs::renameat_with(from_dir, from_name, to_fd, to_name, flags)
+        })
+    }
+
+    /// Makes `to` a hard link of `from`.
+    pub fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check()?;
+        let src = self.open_path(from)?;
+        self.with_parent(to, |dir, name| {
+            rustix::fs::linkat(&src, "", dir, name, AtFlags::EMPTY_PATH)
+        })
+    }
+
+    /// An `O_PATH` descriptor of `rel` itself (a symlink is not followed).
+    fn open_path(&self, rel: &Path) -> io::Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return Ok(self.root_fd.try_clone()?);
+        }
+        Ok(self.with_parent(rel, |dir, name| {
+            rustix::fs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        })?)
+    }
+
+    /// `chmod`; refused with `EOPNOTSUPP` on a symlink, as Linux does.
+    pub fn chmod(&self, rel: &Path, mode: Mode) -> io::Result<()> {
+        self.with_parent(rel, |dir, name| {
+            let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                return Err(rustix::io::Errno::OPNOTSUPP);
+            }
+            rustix::fs::chmodat(dir, name, mode, AtFlags::empty())
+        })
+    }
+
+    /// `lchown`.
+    pub fn chown(&self, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let uid = uid.map(rustix::fs::Uid::from_raw);
+        let gid = gid.map(rustix::fs::Gid::from_raw);
+        self.with_parent(rel, |dir, name| {
+            rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+        })
+    }
+
+    /// `utimensat` without following symlinks.
+    pub fn set_times(&self, rel: &Path, times: &Timestamps) -> io::Result<()> {
+        self.with_parent(rel, |dir, name| {
+            rustix::fs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)
+        })
+    }
+
+    /// `truncate` by path.
+    pub fn truncate(&self, rel: &Path, size: u64) -> io::Result<()> {
+        let f = self.open_file(rel, OFlags::WRONLY, Mode::empty())?;
+        Ok(rustix::fs::ftruncate(&f, size)?)
+    }
+
+    /// Lists a directory (without `.` and `..`).
+    pub fn read_dir(&self, rel: &Path) -> io::Result<Vec<DirEntry>> {
+        let fd = if rel.as_os_str().is_empty() {
+            self.check()?;
+            rustix::fs::openat(
+                &self.root_fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?
+        } else {
+            self.open_file(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
+                .into()
+        };
+        let mut out = Vec::new();
+        for entry in Dir::new(fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            out.push(DirEntry {
+                name: OsStr::from_encoded_bytes_unchecked_safe(name),
+                kind: entry.file_type(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `statvfs` of the volume.
+    pub fn statvfs(&self) -> io::Result<StatVfs> {
+        self.check()?;
+        Ok(rustix::fs::fstatvfs(&self.root_fd)?)
+    }
+
+    fn proc_path(fd: &OwnedFd) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+
+    /// Reads xattr `key` of `rel` into `buf` (an empty `buf` asks for the size).
+    pub fn get_xattr(&self, rel: &Path, key: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.open_path(rel)?;
+        let p = Self::proc_path(&fd);
+        if buf.is_empty() {
+            return Ok(rustix::fs::getxattr_query(&p, key)?);
+        }
+        Ok(rustix::fs::getxattr(&p, key, buf)?)
+    }
+
+    /// Lists the xattr names of `rel` into `buf` (an empty `buf` asks for the size).
+    pub fn list_xattr(&self, rel: &Path, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.open_path(rel)?;
+        let p = Self::proc_path(&fd);
+        if buf.is_empty() {
+            return Ok(rustix::fs::listxattr_query(&p)?);
+        }
+        Ok(rustix::fs::listxattr(&p, buf)?)
+    }
+
+    /// Sets xattr `key` of `rel`.
+    pub fn set_xattr(&self, rel: &Path, key: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let fd = self.open_path(rel)?;
+        let flags = XattrFlags::from_bits_retain(flags as u32);
+        Ok(rustix::fs::setxattr(
+            Self::proc_path(&fd),
+            key,
+            value,
+            flags,
+        )?)
+    }
+
+    /// Removes xattr `key` of `rel`.
+    pub fn remove_xattr(&self, rel: &Path, key: &OsStr) -> io::Result<()> {
+        let fd = self.open_path(rel)?;
+        Ok(rustix::fs::removexattr(Self::proc_path(&fd), key)?)
+    }
+
+    /// Writes `data` to `rel` durably and atomically: temp file, fsync, rename, fsync of
+    /// the directory. Used for metadata under `.reseedfs/`.
+    pub fn write_atomic(&self, rel: &Path, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let (parent, name) = split(rel)?;
+        let mut tmp_name = name.to_owned();
+        tmp_name.push(".tmp");
+        let tmp = child_path(parent, &tmp_name);
+        let mut f = self.open_file(
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        self.rename(&tmp, rel, RenameFlags::empty())?;
+        let dir = if parent.as_os_str().is_empty() {
+            self.open_file(Path::new("."), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
+        } else {
+            self.open_file(parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
+        };
+        dir.sync_all()
+    }
+
+    /// Reads a whole (small) file.
+    pub fn read_file(&self, rel: &Path) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut f = self.open_file(rel, OFlags::RDONLY, Mode::empty())?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// `OsStr` from raw bytes of a directory entry (on Unix every byte string is an `OsStr`).
+trait FromBytes {
+    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> OsString;
+}
+
+impl FromBytes for OsStr {
+    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> OsString {
+        use std::os::unix::ffi::OsStrExt;
+        OsStr::from_bytes(b).to_owned()
+    }
+}
+
+/// True for the errors that mean a volume is failing, not that the caller erred.
+pub fn is_media_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EIO | libc::ENXIO | libc::ENODEV | libc::ESHUTDOWN | libc::EROFS | libc::EUCLEAN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("reseedfs-vol-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tempdir");
+        d
+    }
+
+    #[test]
+    fn paths_cannot_escape_the_volume() {
+        let d = tempdir("escape");
+        std::fs::create_dir_all(d.join("v/db.db")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", d.join("v/db.db/out")).expect("symlink");
+        let v = Volume::open("Volume1", &d.join("v")).expect("open");
+        assert!(v.stat(Path::new("db.db/out/passwd")).is_err());
+        assert!(
+            v.open_file(Path::new("db.db/out/passwd"), OFlags::RDONLY, Mode::empty())
+                .is_err()
+        );
+        assert!(
+            v.open_file(Path::new("db.db/out"), OFlags::RDONLY, Mode::empty())
+                .is_err()
+        );
+        assert!(v.stat(Path::new("../../etc/passwd")).is_err());
+        assert!(v.mkdir(Path::new("db.db/out/x"), Mode::from_raw_mode(0o755)).is_err());
+        assert!(!Path::new("/etc/x").exists());
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn fault_injection_fails_every_operation() {
+        let d = tempdir("fault");
+        let v = Volume::open("Volume1", &d).expect("open");
+        v.mkdir(Path::new("a"), Mode::from_raw_mode(0o755)).expect("mkdir");
+        v.inject_fault(libc::EIO);
+        let e = v.stat(Path::new("a")).expect_err("fault");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert!(is_media_error(&e));
+        v.inject_fault(0);
+        assert!(v.stat(Path::new("a")).is_ok());
+        v.write_atomic(Path::new("a/state.json"), b"{}").expect("write");
+        assert_eq!(v.read_file(Path::new("a/state.json")).expect("read"), b"{}");
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+}

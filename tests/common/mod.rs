@@ -1,0 +1,418 @@
+//! Helpers for the integration tests that run the real `reseedfs` binary on real mounts.
+//!
+//! Every privileged test starts with `if !common::require_mount_privileges("name") { return; }`,
+//! builds a [`Testbed`] (loop-mounted ext4 volumes), and hands it to [`Mounted::start`], which
+//! runs `reseedfs init` and `reseedfs mount` and waits for the FUSE mount to appear. Dropping a
+//! [`Mounted`] stops the daemon and unmounts whatever is left; dropping the `Testbed` removes
+//! the volumes.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reseedfs::testbed::{self, Testbed};
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
+
+/// How long `reseedfs mount` may take to show the FUSE mount.
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the daemon may take to exit after `reseedfs unmount` or SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Polling period while waiting for the mount or the daemon.
+pub const POLL: Duration = Duration::from_millis(50);
+/// The file system type of our FUSE mount in `/proc/self/mountinfo`.
+pub const FSTYPE: &str = "fuse.reseedfs";
+
+/// Returns true when privileged mount tests can run. Otherwise prints a loud banner to stderr
+/// (`SKIPPED: <test>: <reason>`) and returns false; but when `CI=true` it panics instead: a
+/// skipped mount test is a failure in CI.
+pub fn require_mount_privileges(test: &str) -> bool {
+    match testbed::mount_privileges() {
+        Ok(()) => true,
+        Err(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: cannot run a privileged mount test in CI: {reason}");
+            }
+            eprintln!();
+            eprintln!("==================================================================");
+            eprintln!("SKIPPED: {test}: {reason}");
+            eprintln!("  (run the tests as root on Linux with /dev/fuse and loop devices)");
+            eprintln!("==================================================================");
+            false
+        }
+    }
+}
+
+/// Runs `reseedfs init` for `dbs` on the testbed (`copies` copies each) and asserts that it
+/// succeeds.
+pub fn init(bed: &Testbed, dbs: &[&str], copies: u32) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("init")
+        .arg("--volumes")
+        .arg(&bed.volumes_root)
+        .arg("--databases")
+        .arg(&bed.databases_root);
+    for db in dbs {
+        cmd.args(["--database", db]);
+    }
+    cmd.arg("--copies")
+        .arg(copies.to_string())
+        .arg("--config")
+        .arg(&bed.config_path)
+        .arg("--state-dir")
+        .arg(&bed.state_dir);
+    let out = cmd.output().expect("run reseedfs init");
+    assert!(
+        out.status.success(),
+        "reseedfs init failed ({}):\n{}",
+        out.status,
+        describe_output(&out)
+    );
+}
+
+/// `root/mount.log`: stdout and stderr of every `reseedfs mount` run on the testbed.
+pub fn mount_log_path(bed: &Testbed) -> PathBuf {
+    bed.root.join("mount.log")
+}
+
+/// The content of `root/mount.log` (empty when there is none yet).
+pub fn read_mount_log(bed: &Testbed) -> String {
+    fs::read(mount_log_path(bed))
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
+/// Spawns `reseedfs mount --config <cfg>` with `RESEEDFS_LOG=info`, its output appended to
+/// `root/mount.log`.
+fn spawn_mount(bed: &Testbed) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(mount_log_path(bed))
+        .expect("open mount.log");
+    let log_too = log.try_clone().expect("clone mount.log handle");
+    Command::new(BIN)
+        .arg("mount")
+        .arg("--config")
+        .arg(&bed.config_path)
+        .env("RESEEDFS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_too)
+        .stderr(log)
+        .spawn()
+        .expect("spawn reseedfs mount")
+}
+
+/// What became of a `reseedfs mount` run by [`try_mount`].
+#[derive(Debug)]
+pub enum MountAttempt {
+    /// The daemon exited before mounting anything.
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed (`mount.log`).
+        log: String,
+    },
+    /// The mount appeared (the daemon was then stopped and the mount removed).
+    Mounted {
+        /// What it printed (`mount.log`).
+        log: String,
+    },
+    /// Neither within the timeout (the daemon was then killed).
+    Hung {
+        /// What it printed (`mount.log`).
+        log: String,
+    },
+}
+
+/// Runs `reseedfs mount` on an initialised testbed and reports whether it mounted or exited;
+/// for tests where the mount must be refused. Never leaves a daemon or a mount behind.
+pub fn try_mount(bed: &Testbed, timeout: Duration) -> MountAttempt {
+    let mut child = spawn_mount(bed);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for reseedfs mount") {
+            return MountAttempt::Exited {
+                status,
+                log: read_mount_log(bed),
+            };
+        }
+        let mounted = testbed::mount_fstype(&bed.databases_root).as_deref() == Some(FSTYPE);
+        if mounted || Instant::now() >= deadline {
+            stop_daemon(&mut child, &bed.databases_root);
+            let log = read_mount_log(bed);
+            return if mounted {
+                MountAttempt::Mounted { log }
+            } else {
+                MountAttempt::Hung { log }
+            };
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// SIGTERM, up to [`EXIT_TIMEOUT`] for the daemon to exit, then SIGKILL; then a lazy umount
+/// of `mountpoint` when it is still mounted. Returns the exit status when there is one.
+fn stop_daemon(child: &mut Child, mountpoint: &Path) -> Option<ExitStatus> {
+    let mut status = child.try_wait().ok().flatten();
+    if status.is_none() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        status = wait_timeout(child, EXIT_TIMEOUT);
+        if status.is_none() {
+            eprintln!(
+                "reseedfs mount (pid {}) ignored SIGTERM: killing it",
+                child.id()
+            );
+            let _ = child.kill();
+            status = child.wait().ok();
+        }
+    }
+    if !mountpoint.as_os_str().is_empty() && testbed::is_mount_point(mountpoint) {
+        let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+    }
+    status
+}
+
+/// Waits up to `timeout` for `child` to exit.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// stdout and stderr of a finished command, for failure messages.
+pub fn describe_output(out: &Output) -> String {
+    format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A testbed with `reseedfs mount` running on it.
+pub struct Mounted {
+    /// The pool under the mount.
+    pub bed: Testbed,
+    /// The `reseedfs mount` process.
+    pub child: Child,
+}
+
+impl Mounted {
+    /// Runs `reseedfs init` (see [`init`]), then [`Mounted::mount_only`].
+    pub fn start(bed: Testbed, dbs: &[&str], copies: u32) -> Mounted {
+        init(&bed, dbs, copies);
+        Mounted::mount_only(bed)
+    }
+
+    /// Only the mount part, for a bed already initialised (remount tests): spawns
+    /// `reseedfs mount` and waits up to [`MOUNT_TIMEOUT`] for `databases_root` to be a
+    /// `fuse.reseedfs` mount. Panics with `mount.log` when the daemon exits first.
+    pub fn mount_only(bed: Testbed) -> Mounted {
+        let child = spawn_mount(&bed);
+        let mut mounted = Mounted { bed, child };
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if mounted.fstype().as_deref() == Some(FSTYPE) {
+                return mounted;
+            }
+            if let Some(status) = mounted.child.try_wait().expect("wait for reseedfs mount") {
+                panic!(
+                    "reseedfs mount exited ({status}) before mounting; mount.log:\n{}",
+                    mounted.mount_log()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no {FSTYPE} mount at {} after {MOUNT_TIMEOUT:?}; mount.log:\n{}",
+                    mounted.bed.databases_root.display(),
+                    mounted.mount_log()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// What is mounted at `databases_root`, if anything.
+    pub fn fstype(&self) -> Option<String> {
+        testbed::mount_fstype(&self.bed.databases_root)
+    }
+
+    /// `databases_root/<db>`.
+    pub fn db_path(&self, db: &str) -> PathBuf {
+        self.bed.databases_root.join(db)
+    }
+
+    /// `databases_root/<db>/<db>.db`: where a database keeps its files.
+    pub fn db_files(&self, db: &str) -> PathBuf {
+        self.db_path(db).join(format!("{db}.db"))
+    }
+
+    /// Where copy files of `db` live on volume `k` (from 1): `VolumeK/<db>.db`.
+    pub fn backing_files(&self, k: usize, db: &str) -> PathBuf {
+        self.bed.volume_path(k).join(format!("{db}.db"))
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn mount_log(&self) -> String {
+        read_mount_log(&self.bed)
+    }
+
+    /// Runs the binary with `args` followed by `--config <cfg>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.bed.config_path)
+            .output()
+            .expect("run reseedfs")
+    }
+
+    /// `reseedfs status --config cfg --json`, parsed.
+    pub fn status_json(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "reseedfs status --json failed ({}):\n{}",
+            out.status,
+            describe_output(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "reseedfs status --json printed no JSON ({e}):\n{}",
+                describe_output(&out)
+            )
+        })
+    }
+
+    /// `reseedfs events --config cfg --json`: one object per line.
+    pub fn events_json(&self) -> Vec<Value> {
+        let out = self.cli(&["events", "--json"]);
+        assert!(
+            out.status.success(),
+            "reseedfs events --json failed ({}):\n{}",
+            out.status,
+            describe_output(&out)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!("reseedfs events --json printed a line that is no JSON ({e}): {line}")
+                })
+            })
+            .collect()
+    }
+
+    /// `reseedfs unmount --config cfg`, then waits for the daemon ([`EXIT_TIMEOUT`], then
+    /// kill) and asserts that it exited 0 and the mount is gone. Returns the testbed.
+    pub fn unmount(mut self) -> Testbed {
+        let out = self.cli(&["unmount"]);
+        assert!(
+            out.status.success(),
+            "reseedfs unmount failed ({}):\n{}\nmount.log:\n{}",
+            out.status,
+            describe_output(&out),
+            self.mount_log()
+        );
+        let status = wait_timeout(&mut self.child, EXIT_TIMEOUT);
+        let Some(status) = status else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "reseedfs mount still running {EXIT_TIMEOUT:?} after `reseedfs unmount`; \
+                 mount.log:\n{}",
+                self.mount_log()
+            );
+        };
+        assert!(
+            status.success(),
+            "reseedfs mount exited with {status} after `reseedfs unmount`; mount.log:\n{}",
+            self.mount_log()
+        );
+        assert!(
+            !testbed::is_mount_point(&self.bed.databases_root),
+            "{} is still mounted after the daemon exited",
+            self.bed.databases_root.display()
+        );
+        self.bed.take()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let mountpoint = self.bed.databases_root.clone();
+        stop_daemon(&mut self.child, &mountpoint);
+    }
+}
+
+/// Reads a whole file; panics naming it on error.
+pub fn read_all(path: &Path) -> Vec<u8> {
+    let mut data = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    data
+}
+
+/// Polls `probe` every 100 ms until it returns `Some` or `timeout` passes; then `None`.
+pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The copy of `db` on `volume` in a `status --json` document.
+pub fn copy_status<'a>(status: &'a Value, db: &str, volume: &str) -> Option<&'a Value> {
+    status["databases"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == db)?["copies"]
+        .as_array()?
+        .iter()
+        .find(|c| c["volume"] == volume)
+}
+
+/// The state word of `volume` in a `status --json` document.
+pub fn volume_state<'a>(status: &'a Value, volume: &str) -> Option<&'a str> {
+    status["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == volume)?["state"]
+        .as_str()
+}
+
+/// Whether the copy of `db` on `volume` has status `word` and the given `active` flag.
+pub fn copy_is(status: &Value, db: &str, volume: &str, word: &str, active: bool) -> bool {
+    copy_status(status, db, volume)
+        .is_some_and(|c| c["status"] == word && c["active"].as_bool() == Some(active))
+}
+
+/// An event's numeric id, whether the JSON holds it as a number or a string.
+pub fn event_id(event: &Value) -> Option<u64> {
+    event["id"]
+        .as_u64()
+        .or_else(|| event["id"].as_str()?.parse().ok())
+}
