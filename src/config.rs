@@ -35,7 +35,10 @@ pub struct Config {
     #[serde(default = "default_copies")]
     pub copies: u32,
     /// At most this many databases share a volume. Default 1.
-    #[serde(default = "default_copies_per_volume", alias = "AutoDagDatabaseCopiesPerVolume")]
+    #[serde(
+        default = "default_copies_per_volume",
+        alias = "AutoDagDatabaseCopiesPerVolume"
+    )]
     pub copies_per_volume: u32,
     /// Control socket and event log. Default `/run/reseedfs`.
     #[serde(default = "default_state_dir")]
@@ -62,7 +65,9 @@ fn default_threads() -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source} (create one with `reseedfs init`, or pass --config FILE)")]
+    #[error(
+        "cannot read config {path}: {source} (create one with `reseedfs init`, or pass --config FILE)"
+    )]
     Read {
         /// The config file.
         path: PathBuf,
@@ -136,7 +141,10 @@ impl Config {
         for db in &self.databases {
             layout::check_db_name(db).map_err(|e| invalid("databases", e.to_string()))?;
             if !seen.insert(db) {
-                return Err(invalid("databases", format!("database {db:?} is listed twice")));
+                return Err(invalid(
+                    "databases",
+                    format!("database {db:?} is listed twice"),
+                ));
             }
         }
         if self.copies == 0 {
@@ -154,7 +162,10 @@ impl Config {
             ("state_dir", &self.state_dir),
         ] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", p.display()),
+                ));
             }
         }
         if self.databases_root.starts_with(&self.volumes_root)

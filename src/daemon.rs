@@ -40,7 +40,8 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             config.databases_root.display()
         );
     }
-    let core = Arc::new(Core::new(pool.clone(), config.threads * 2).context("start fan-out threads")?);
+    let core =
+        Arc::new(Core::new(pool.clone(), config.threads * 2).context("start fan-out threads")?);
     let mount = crate::sys::fuse::mount(core, &config.databases_root, config.threads)
         .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))?;
 
@@ -107,6 +108,9 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     };
     signal_handle.close();
     let result = mount.unmount();
+    if result.is_ok() {
+        pool.close();
+    }
     let _ = std::fs::remove_file(&socket);
     events.emit(NewEvent::new(
         EventId::MountFinished,

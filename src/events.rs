@@ -202,7 +202,10 @@ impl EventSink for EventLog {
         let mut line = serde_json::to_string(&event).unwrap_or_default();
         line.push('\n');
         let file = &mut inner.0;
-        if let Err(err) = file.write_all(line.as_bytes()).and_then(|()| file.sync_data()) {
+        if let Err(err) = file
+            .write_all(line.as_bytes())
+            .and_then(|()| file.sync_data())
+        {
             tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
         }
     }

@@ -109,7 +109,9 @@ mod tests {
     fn volume_names() {
         assert_eq!(volume_number("Volume1"), Some(1));
         assert_eq!(volume_number("Volume12"), Some(12));
-        for bad in ["Volume", "Volume0", "Volume01", "volume1", "Volume1a", "Vol1"] {
+        for bad in [
+            "Volume", "Volume0", "Volume01", "volume1", "Volume1a", "Vol1",
+        ] {
             assert_eq!(volume_number(bad), None, "{bad}");
         }
     }

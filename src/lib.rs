@@ -19,6 +19,8 @@
 //!
 //! `src/` is free of `unsafe`; the few system calls that need it live in `platform/`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -232,16 +232,16 @@ impl Volume {
     /// An `O_PATH` descriptor of `rel` itself (a symlink is not followed).
     fn open_path(&self, rel: &Path) -> io::Result<OwnedFd> {
         if rel.as_os_str().is_empty() {
-            return Ok(self.root_fd.try_clone()?);
+            return self.root_fd.try_clone();
         }
-        Ok(self.with_parent(rel, |dir, name| {
+        self.with_parent(rel, |dir, name| {
             rustix::fs::openat(
                 dir,
                 name,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-        })?)
+        })
     }
 
     /// `chmod`; refused with `EOPNOTSUPP` on a symlink, as Linux does.
@@ -373,7 +373,11 @@ impl Volume {
         drop(f);
         self.rename(&tmp, rel, RenameFlags::empty())?;
         let dir = if parent.as_os_str().is_empty() {
-            self.open_file(Path::new("."), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
+            self.open_file(
+                Path::new("."),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )?
         } else {
             self.open_file(parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
         };
@@ -406,7 +410,9 @@ impl FromBytes for OsStr {
 pub fn is_media_error(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
-        Some(libc::EIO | libc::ENXIO | libc::ENODEV | libc::ESHUTDOWN | libc::EROFS | libc::EUCLEAN)
+        Some(
+            libc::EIO | libc::ENXIO | libc::ENODEV | libc::ESHUTDOWN | libc::EROFS | libc::EUCLEAN
+        )
     )
 }
 
@@ -437,7 +443,10 @@ mod tests {
                 .is_err()
         );
         assert!(v.stat(Path::new("../../etc/passwd")).is_err());
-        assert!(v.mkdir(Path::new("db.db/out/x"), Mode::from_raw_mode(0o755)).is_err());
+        assert!(
+            v.mkdir(Path::new("db.db/out/x"), Mode::from_raw_mode(0o755))
+                .is_err()
+        );
         assert!(!Path::new("/etc/x").exists());
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
@@ -446,14 +455,16 @@ mod tests {
     fn fault_injection_fails_every_operation() {
         let d = tempdir("fault");
         let v = Volume::open("Volume1", &d).expect("open");
-        v.mkdir(Path::new("a"), Mode::from_raw_mode(0o755)).expect("mkdir");
+        v.mkdir(Path::new("a"), Mode::from_raw_mode(0o755))
+            .expect("mkdir");
         v.inject_fault(libc::EIO);
         let e = v.stat(Path::new("a")).expect_err("fault");
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
         assert!(is_media_error(&e));
         v.inject_fault(0);
         assert!(v.stat(Path::new("a")).is_ok());
-        v.write_atomic(Path::new("a/state.json"), b"{}").expect("write");
+        v.write_atomic(Path::new("a/state.json"), b"{}")
+            .expect("write");
         assert_eq!(v.read_file(Path::new("a/state.json")).expect("read"), b"{}");
         std::fs::remove_dir_all(&d).expect("cleanup");
     }

@@ -22,8 +22,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    MountAttempt, Mounted, copy_is, event_id, read_all, require_mount_privileges, try_mount,
-    volume_state, wait_for,
+    MountAttempt, Mounted, copy_is, drop_caches, event_id, read_all, require_mount_privileges,
+    try_mount, volume_state, wait_for,
 };
 use reseedfs::testbed::Testbed;
 use serde_json::Value;
@@ -532,7 +532,7 @@ fn r2_checksummed_writers_survive_active_volume_death() {
     assert_initial_placement(&m);
 
     let dir = m.db_files(DB);
-    let (writers, writes) = (4, 150);
+    let (writers, writes) = (4, 300);
     let models = (0..writers).map(WriterModel::new).collect();
     let kill = Kill {
         volume: &m.bed.volumes[0],
@@ -540,6 +540,7 @@ fn r2_checksummed_writers_survive_active_volume_death() {
     };
     let models = run_writers(&m, &dir, seed.value, models, writes, Some(kill));
 
+    drop_caches();
     for model in &models {
         verify_writer_file(&dir, seed.value, model);
     }
@@ -617,6 +618,7 @@ fn r2_sqlite_wal_survives_active_volume_death() {
     assert!(killed, "the workload ended before Volume1 was killed");
     eprintln!("SQLite workload done in {:?}", started.elapsed());
 
+    drop_caches();
     sqlite::verify(&path, seed.value, &models);
     // Every connection is closed: the WAL is checkpointed into the database file.
     let compared = assert_same_as_backing(&m.db_files(DB), &m.backing_files(2, DB));
@@ -646,6 +648,7 @@ fn r2_passive_volume_death_is_invisible() {
     };
     let models = run_writers(&m, &dir, seed.value, models, writes, Some(kill));
 
+    drop_caches();
     for model in &models {
         verify_writer_file(&dir, seed.value, model);
     }

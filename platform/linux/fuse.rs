@@ -183,8 +183,19 @@ impl fuser::Filesystem for Adapter {
         reply_entry(r, reply);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply_entry(self.core.mkdir(node(parent), name, mode, caller(req)), reply);
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            self.core.mkdir(node(parent), name, mode, caller(req)),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -195,8 +206,19 @@ impl fuser::Filesystem for Adapter {
         reply_empty(self.core.remove(node(parent), name, true), reply);
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        reply_entry(self.core.symlink(node(parent), link_name, target, caller(req)), reply);
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            self.core
+                .symlink(node(parent), link_name, target, caller(req)),
+            reply,
+        );
     }
 
     fn rename(
@@ -215,7 +237,14 @@ impl fuser::Filesystem for Adapter {
         reply_empty(r, reply);
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         reply_entry(self.core.link(node(ino), node(newparent), newname), reply);
     }
 
@@ -267,7 +296,14 @@ impl fuser::Filesystem for Adapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -285,7 +321,14 @@ impl fuser::Filesystem for Adapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.core.fsync(HandleId(fh.0), datasync), reply);
     }
 
@@ -296,7 +339,14 @@ impl fuser::Filesystem for Adapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.core.readdir(HandleId(fh.0), offset, |e, next| {
             reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
         });
@@ -306,18 +356,34 @@ impl fuser::Filesystem for Adapter {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.core.release(HandleId(fh.0));
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.core.fsyncdir(node(ino)), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         match self.core.statfs(node(ino)) {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -367,8 +433,17 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(node(parent), name, mode, flags, caller(req)) {
-            Ok((a, h)) => reply.created(&TTL, &attr(&a), Generation(0), FileHandle(h.0), FopenFlags::empty()),
+        match self
+            .core
+            .create(node(parent), name, mode, flags, caller(req))
+        {
+            Ok((a, h)) => reply.created(
+                &TTL,
+                &attr(&a),
+                Generation(0),
+                FileHandle(h.0),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -383,10 +458,21 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.fallocate(HandleId(fh.0), offset, length, mode), reply);
+        reply_empty(
+            self.core.fallocate(HandleId(fh.0), offset, length, mode),
+            reply,
+        );
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.core.lseek(HandleId(fh.0), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),

@@ -213,7 +213,11 @@ impl Database {
 
     /// Runs `f` on the active copy; a media error fails that copy and `f` runs again on
     /// the next one. For reads and lookups.
-    pub fn read_op<T>(&self, op: &str, mut f: impl FnMut(usize, &Volume) -> io::Result<T>) -> io::Result<T> {
+    pub fn read_op<T>(
+        &self,
+        op: &str,
+        mut f: impl FnMut(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
         loop {
             let Some(i) = self.active_index() else {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -234,7 +238,11 @@ impl Database {
 
     /// Applies a metadata mutation: first on the active copy (whose answer decides), then
     /// on every other in-sync copy. Returns the active copy's result.
-    pub fn mutate<T>(&self, op: &str, f: impl Fn(usize, &Volume) -> io::Result<T>) -> io::Result<T> {
+    pub fn mutate<T>(
+        &self,
+        op: &str,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
         let (first, result) = loop {
             let Some(i) = self.active_index() else {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -295,13 +303,22 @@ impl Database {
     pub fn sync(&self, fanout: &Fanout, files: &CopyFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
         self.fan_out(fanout, files, op, &[], move |f, _| {
-            if datasync { f.sync_data() } else { f.sync_all() }
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
         })
     }
 
     /// Applies `f` to the open file of every in-sync copy (active first): truncate,
     /// fallocate, setattr through a handle.
-    pub fn mutate_files<T>(&self, op: &str, files: &CopyFiles, f: impl Fn(&File) -> io::Result<T>) -> io::Result<T> {
+    pub fn mutate_files<T>(
+        &self,
+        op: &str,
+        files: &CopyFiles,
+        f: impl Fn(&File) -> io::Result<T>,
+    ) -> io::Result<T> {
         self.mutate(op, |i, _| match files.get(i).and_then(Option::as_ref) {
             Some(file) => f(file),
             None => Err(io::Error::from_raw_os_error(libc::EIO)),
@@ -323,7 +340,9 @@ impl Database {
             let mut n = 0;
             let active = self.active_index();
             // Active copy first: its error decides when no copy succeeds.
-            let order = active.into_iter().chain((0..self.copies.len()).filter(|&i| Some(i) != active));
+            let order = active
+                .into_iter()
+                .chain((0..self.copies.len()).filter(|&i| Some(i) != active));
             for i in order {
                 if n < targets.len()
                     && self.copies[i].in_sync_volume().is_some()
@@ -337,9 +356,14 @@ impl Database {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let run = |i: usize, d: &[u8]| -> io::Result<T> {
-                let v = self.copies[i].volume.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let v = self.copies[i]
+                    .volume
+                    .as_ref()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
                 v.check()?;
-                let f = files[i].as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let f = files[i]
+                    .as_ref()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
                 job(f, d)
             };
             let mut results: [Option<io::Result<T>>; fanout::MAX_COPIES] = Default::default();
@@ -372,13 +396,11 @@ impl Database {
             let mut caller_err = None;
             for (slot, r) in results.into_iter().take(n).enumerate() {
                 match r {
-                    Some(Ok(t)) => {
-                        if first_ok.is_none() {
-                            first_ok = Some(t);
-                        }
-                    }
+                    Some(Ok(t)) if first_ok.is_none() => first_ok = Some(t),
+                    Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        if !self.on_error(targets[slot], op, &e, any_ok) && caller_err.is_none() {
+                        let failed = self.on_error(targets[slot], op, &e, any_ok);
+                        if !failed && caller_err.is_none() {
                             caller_err = Some(e);
                         }
                     }

@@ -31,8 +31,8 @@ use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
 use crate::volume::child_path;
 
-pub use node::{NodeId, Place};
 use node::{Node, Table};
+pub use node::{NodeId, Place};
 
 /// An errno for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +263,9 @@ pub struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("pool", &self.pool).finish_non_exhaustive()
+        f.debug_struct("Core")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
     }
 }
 
@@ -415,7 +417,9 @@ impl Core {
             }
         }
         if let Some(mode) = set.mode {
-            db.mutate("chmod", |_, v| v.chmod(&path, Mode::from_raw_mode(mode & 0o7777)))?;
+            db.mutate("chmod", |_, v| {
+                v.chmod(&path, Mode::from_raw_mode(mode & 0o7777))
+            })?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             db.mutate("chown", |_, v| v.chown(&path, set.uid, set.gid))?;
@@ -483,10 +487,19 @@ impl Core {
     }
 
     /// Creates a special or regular file.
-    pub fn mknod(&self, parent: NodeId, name: &OsStr, mode: u32, rdev: u64, who: Caller) -> Result<Attr> {
+    pub fn mknod(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        who: Caller,
+    ) -> Result<Attr> {
         let kind = FileType::from_raw_mode(mode);
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mknod", |v, p| v.mknod(p, kind, perm, rdev))
+        self.make(parent, name, who, "mknod", |v, p| {
+            v.mknod(p, kind, perm, rdev)
+        })
     }
 
     /// Creates a directory.
@@ -496,7 +509,13 @@ impl Core {
     }
 
     /// Creates a symlink.
-    pub fn symlink(&self, parent: NodeId, name: &OsStr, target: &Path, who: Caller) -> Result<Attr> {
+    pub fn symlink(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        target: &Path,
+        who: Caller,
+    ) -> Result<Attr> {
         self.make(parent, name, who, "symlink", |v, p| v.symlink(target, p))
     }
 
@@ -510,14 +529,22 @@ impl Core {
     }
 
     /// Renames with `renameat2` flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
-    pub fn rename(&self, parent: NodeId, name: &OsStr, newparent: NodeId, newname: &OsStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        newparent: NodeId,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         let (db, from) = self.child(parent, name)?;
         let (db2, to) = self.child(newparent, newname)?;
         if db != db2 {
             return Err(Errno(libc::EXDEV));
         }
         let flags = RenameFlags::from_bits(flags).ok_or(Errno(libc::EINVAL))?;
-        self.db(db).mutate("rename", |_, v| v.rename(&from, &to, flags))?;
+        self.db(db)
+            .mutate("rename", |_, v| v.rename(&from, &to, flags))?;
         self.nodes
             .write()
             .renamed(db, &from, &to, flags.contains(RenameFlags::EXCHANGE));
@@ -556,7 +583,8 @@ impl Core {
     pub fn open(&self, id: NodeId, flags: i32) -> Result<HandleId> {
         let (node, db, path) = self.backing(id)?;
         let oflags = backing_open_flags(flags);
-        let files = self.open_on_copies(db, "open", |v| v.open_file(&path, oflags, Mode::empty()))?;
+        let files =
+            self.open_on_copies(db, "open", |v| v.open_file(&path, oflags, Mode::empty()))?;
         Ok(self.insert_handle(Handle::File {
             node,
             db: db.clone(),
@@ -565,12 +593,21 @@ impl Core {
     }
 
     /// Creates and opens a file.
-    pub fn create(&self, parent: NodeId, name: &OsStr, mode: u32, flags: i32, who: Caller) -> Result<(Attr, HandleId)> {
+    pub fn create(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Attr, HandleId)> {
         let (db, path) = self.child(parent, name)?;
         let d = self.db(db);
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let (uid, gid) = self.owner(d, &parent_path, who);
-        let oflags = backing_open_flags(flags) | OFlags::CREATE | (OFlags::from_bits_retain((flags & libc::O_EXCL) as u32));
+        let oflags = backing_open_flags(flags)
+            | OFlags::CREATE
+            | (OFlags::from_bits_retain((flags & libc::O_EXCL) as u32));
         let perm = Mode::from_raw_mode(mode & 0o7777);
         let files = self.open_on_copies(d, "create", |v| {
             let f = v.open_file(&path, oflags, perm)?;
@@ -650,12 +687,18 @@ impl Core {
             return Err(Errno(libc::EBADF));
         };
         let pos = match whence {
-            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?),
-            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?),
+            libc::SEEK_DATA => {
+                rustix::fs::SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
+            }
+            libc::SEEK_HOLE => {
+                rustix::fs::SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
+            }
             _ => return Err(Errno(libc::EINVAL)),
         };
         let r = db.read_op("lseek", |i, _| {
-            let f = files[i].as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            let f = files[i]
+                .as_ref()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
             Ok(rustix::fs::seek(f, pos)?)
         })?;
         i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
@@ -722,7 +765,12 @@ impl Core {
 
     /// Entries of an open directory from position `offset`, passed to `add` with the
     /// position of the next entry, until `add` returns true (buffer full).
-    pub fn readdir(&self, h: HandleId, offset: u64, mut add: impl FnMut(&DirEntry, u64) -> bool) -> Result<()> {
+    pub fn readdir(
+        &self,
+        h: HandleId,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> Result<()> {
         let handle = self.handle(h)?;
         let Handle::Dir { entries } = &*handle else {
             return Err(Errno(libc::ENOTDIR));
@@ -759,7 +807,9 @@ impl Core {
         let mut out: Option<StatFs> = None;
         for d in dbs {
             for c in d.copies() {
-                let Some(v) = c.in_sync_volume() else { continue };
+                let Some(v) = c.in_sync_volume() else {
+                    continue;
+                };
                 let Ok(s) = v.statvfs() else { continue };
                 let frsize = s.f_frsize.max(1);
                 let candidate = StatFs {
@@ -807,3 +857,6 @@ impl Core {
         Ok(db.mutate("removexattr", |_, v| v.remove_xattr(&path, key))?)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -73,8 +73,6 @@ impl NodeIo {
 /// One node.
 #[derive(Debug)]
 pub struct Node {
-    /// Its id.
-    pub id: NodeId,
     /// Where it is.
     pub place: Place,
     paths: Mutex<Vec<PathBuf>>,
@@ -124,7 +122,6 @@ impl Table {
 
     fn insert(&mut self, id: NodeId, place: Place, paths: Vec<PathBuf>) {
         let node = Node {
-            id,
             place,
             paths: Mutex::new(paths),
             io: NodeIo::default(),
@@ -259,7 +256,10 @@ mod tests {
         assert_eq!(t.intern(0, "db.db/moved".into(), false), d);
         assert_eq!(t.intern(0, "db.db/moved/f".into(), false), f);
         assert_eq!(t.intern(0, "db.db/dir0".into(), false), sib);
-        assert_eq!(t.get(f).and_then(|n| n.path()), Some("db.db/moved/f".into()));
+        assert_eq!(
+            t.get(f).and_then(|n| n.path()),
+            Some("db.db/moved/f".into())
+        );
         // Exchange swaps ids.
         let a = t.intern(0, "db.db/a".into(), true);
         let b = t.intern(0, "db.db/b".into(), true);

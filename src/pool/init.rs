@@ -134,7 +134,10 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
         placement.push((db.clone(), chosen));
     }
     if config.databases_root.exists() && !config.databases_root.is_dir() {
-        bail!("databases root {} is not a directory", config.databases_root.display());
+        bail!(
+            "databases root {} is not a directory",
+            config.databases_root.display()
+        );
     }
 
     // Everything checked: write.
@@ -143,6 +146,7 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
         pool_id: pool_id.clone(),
         epoch: 1,
         failed_volumes: Vec::new(),
+        clean: true,
         databases: placement
             .iter()
             .map(|(db, chosen)| DbRecord {
@@ -160,8 +164,10 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
     let state_bytes = serde_json::to_vec_pretty(&state)?;
     for (i, (name, path, _)) in volumes.iter().enumerate() {
         let meta_dir = path.join(layout::META_DIR);
-        std::fs::create_dir_all(&meta_dir).with_context(|| format!("create {}", meta_dir.display()))?;
-        let v = Volume::open(name, path).with_context(|| format!("open volume {}", path.display()))?;
+        std::fs::create_dir_all(&meta_dir)
+            .with_context(|| format!("create {}", meta_dir.display()))?;
+        let v =
+            Volume::open(name, path).with_context(|| format!("open volume {}", path.display()))?;
         let meta = VolumeMeta {
             pool_id: pool_id.clone(),
             name: name.clone(),

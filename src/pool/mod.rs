@@ -58,6 +58,10 @@ pub struct PoolState {
     pub epoch: u64,
     /// Volumes known to have failed.
     pub failed_volumes: Vec<String>,
+    /// True when written by a clean unmount: every in-sync copy had every write and no
+    /// failure could have gone unrecorded since.
+    #[serde(default)]
+    pub clean: bool,
     /// Placement and copy states.
     pub databases: Vec<DbRecord>,
 }
@@ -102,6 +106,18 @@ pub enum OpenError {
         "database {0} is in the config but not in the pool state: the pool was initialised with other databases"
     )]
     UnknownDatabase(String),
+    /// A copy that was in sync is gone after an unclean stop: the others may be stale.
+    #[error(
+        "database {db}: the copy on {lost} was in sync but its volume is missing or dead, and the last pool state (epoch {epoch}) was written while mounted (the daemon did not stop cleanly): the other copies may have missed writes that only that volume took. Bring {lost} back and mount again"
+    )]
+    Uncertain {
+        /// The database.
+        db: String,
+        /// The volumes of the lost in-sync copies.
+        lost: String,
+        /// The epoch of the newest state found.
+        epoch: u64,
+    },
     /// No copy of a database can serve.
     #[error("database {db} has no copy in sync, refusing to mount: {reasons}")]
     NoCopyInSync {
@@ -190,10 +206,11 @@ impl Pool {
     /// Opens the pool for a mount: probes every volume, takes the newest persisted state,
     /// fails the copies whose volume is missing or dead, and persists the result.
     pub fn open(config: &Config, events: Arc<dyn EventSink>) -> Result<Arc<Pool>, OpenError> {
-        let listed = list_volumes(&config.volumes_root).map_err(|source| OpenError::VolumesRoot {
-            path: config.volumes_root.clone(),
-            source,
-        })?;
+        let listed =
+            list_volumes(&config.volumes_root).map_err(|source| OpenError::VolumesRoot {
+                path: config.volumes_root.clone(),
+                source,
+            })?;
         let mut probed = Vec::new();
         let mut best: Option<PoolState> = None;
         for (_, name, path) in &listed {
@@ -257,6 +274,29 @@ impl Pool {
                 if let (Some(why), CopyState::InSync) = (why, c.state) {
                     c.state = CopyState::FailedAndSuspended;
                     failed_now.push((db.name.clone(), c.volume.clone(), why));
+                }
+            }
+        }
+        // After an unclean stop, a copy whose volume is now missing may have taken writes
+        // that the others missed (their failure recorded only on the missing volume): the
+        // others cannot be trusted alone. DRBD makes the same choice.
+        if !state.clean {
+            for db in state
+                .databases
+                .iter()
+                .filter(|d| config.databases.contains(&d.name))
+            {
+                let lost: Vec<&str> = failed_now
+                    .iter()
+                    .filter(|(d, _, _)| d == &db.name)
+                    .map(|(_, v, _)| v.as_str())
+                    .collect();
+                if !lost.is_empty() {
+                    return Err(OpenError::Uncertain {
+                        db: db.name.clone(),
+                        lost: lost.join(", "),
+                        epoch: state.epoch,
+                    });
                 }
             }
         }
@@ -333,9 +373,20 @@ impl Pool {
                     }
                 }
             }
-            pool.persist_locked(&mut pool.state.lock());
+            {
+                let mut state = pool.state.lock();
+                state.clean = false;
+                pool.persist_locked(&mut state);
+            }
             pool
         }))
+    }
+
+    /// Records a clean stop on every healthy volume. Call after the mount is down.
+    pub fn close(&self) {
+        let mut state = self.state.lock();
+        state.clean = true;
+        self.persist_locked(&mut state);
     }
 
     /// The databases, in config order.
@@ -374,7 +425,12 @@ impl Pool {
     /// emitted. Returns once persisted. Idempotent.
     pub fn fail_volume(&self, volume: &Volume, db: Option<&str>, op: &str, err: &std::io::Error) {
         let mut state = self.state.lock();
-        let mut pending = vec![(volume.name().to_owned(), db.map(str::to_owned), op.to_owned(), err.raw_os_error())];
+        let mut pending = vec![(
+            volume.name().to_owned(),
+            db.map(str::to_owned),
+            op.to_owned(),
+            err.raw_os_error(),
+        )];
         let mut newly_failed = Vec::new();
         while let Some((vol, db, op, errno)) = pending.pop() {
             if state.failed_volumes.contains(&vol) {
@@ -548,10 +604,7 @@ impl Pool {
                     .filter(|_| !failed)
                     .and_then(|vol| vol.statvfs().ok())
                     .map_or((None, None), |s| {
-                        (
-                            Some(s.f_bavail * s.f_frsize),
-                            Some(s.f_blocks * s.f_frsize),
-                        )
+                        (Some(s.f_bavail * s.f_frsize), Some(s.f_blocks * s.f_frsize))
                     });
                 VolumeStatus {
                     name: v.name.clone(),

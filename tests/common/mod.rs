@@ -361,6 +361,15 @@ impl Drop for Mounted {
     }
 }
 
+/// Drops the kernel's clean page cache, dentries and inodes, so that what is read through the
+/// mount next comes from the daemon (and so from the copies), not from pages the kernel kept
+/// from the writes. Best effort: a failure is only reported.
+pub fn drop_caches() {
+    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("warning: cannot drop the page cache: {e}");
+    }
+}
+
 /// Reads a whole file; panics naming it on error.
 pub fn read_all(path: &Path) -> Vec<u8> {
     let mut data = Vec::new();

@@ -1,0 +1,353 @@
+//! Core tests on temp directories with fault-injecting volumes: no kernel mount.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Config;
+use crate::events::{EventId, VecSink};
+use crate::pool::{CopyState, Pool, PoolState};
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+struct Bed {
+    root: PathBuf,
+    config: Config,
+}
+
+impl Bed {
+    fn new(tag: &str, volumes: usize, copies: u32) -> Bed {
+        let root = std::env::temp_dir().join(format!("reseedfs-core-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for k in 1..=volumes {
+            std::fs::create_dir_all(root.join(format!("vols/Volume{k}"))).expect("mkdir volume");
+        }
+        let mut config = Config::new(root.join("vols"), root.join("dbs"), vec!["db001".into()]);
+        config.copies = copies;
+        config.state_dir = root.join("state");
+        crate::pool::init(&config, &root.join("cfg.toml")).expect("init");
+        Bed { root, config }
+    }
+
+    fn open(&self) -> (Arc<Core>, Arc<VecSink>) {
+        let sink = Arc::new(VecSink::default());
+        let pool = Pool::open(&self.config, sink.clone()).expect("open pool");
+        (Arc::new(Core::new(pool, 2).expect("core")), sink)
+    }
+
+    fn backing(&self, k: usize, rel: &str) -> PathBuf {
+        self.root.join(format!("vols/Volume{k}")).join(rel)
+    }
+
+    fn persisted(&self, k: usize) -> PoolState {
+        let b = std::fs::read(self.backing(k, ".reseedfs/pool.json")).expect("pool.json");
+        serde_json::from_slice(&b).expect("parse pool.json")
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The node of `<db>/db001.db`.
+fn db_folder(core: &Core) -> NodeId {
+    let db = core
+        .lookup(NodeId::ROOT, OsStr::new("db001"))
+        .expect("db dir");
+    core.lookup(db.node, OsStr::new("db001.db"))
+        .expect("db folder")
+        .node
+}
+
+fn volume(core: &Core, k: usize) -> Arc<crate::volume::Volume> {
+    core.pool().volumes()[k - 1]
+        .volume
+        .clone()
+        .expect("volume open")
+}
+
+fn copy_state(core: &Core, k: usize) -> CopyState {
+    core.pool().databases()[0].copies()[k - 1].state()
+}
+
+#[test]
+fn writes_reach_every_copy_and_reads_come_back() {
+    let bed = Bed::new("mirror", 3, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (attr, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    assert_eq!(core.write(h, 4096, b"hello").expect("write"), 5);
+    core.fsync(h, false).expect("fsync");
+    let mut buf = [0u8; 5];
+    assert_eq!(core.read(h, 4096, &mut buf).expect("read"), 5);
+    assert_eq!(&buf, b"hello");
+    for k in [1, 2] {
+        let b = std::fs::read(bed.backing(k, "db001.db/f")).expect("backing");
+        assert_eq!(b.len(), 4101);
+        assert_eq!(&b[4096..], b"hello");
+    }
+    assert!(
+        !bed.backing(3, "db001.db/f").exists(),
+        "the spare holds no copy"
+    );
+    assert_eq!(core.getattr(attr.node).expect("getattr").size, 4101);
+    core.release(h);
+}
+
+#[test]
+fn active_volume_death_is_hidden_and_persisted() {
+    let bed = Bed::new("failover", 3, 2);
+    let (core, sink) = bed.open();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    core.write(h, 0, &[1u8; 8192]).expect("write before");
+    volume(&core, 1).inject_fault(libc::EIO);
+    // The write, the fsync and the read all succeed on the surviving copy.
+    core.write(h, 8192, &[2u8; 4096])
+        .expect("write after death");
+    core.fsync(h, true).expect("fsync after death");
+    let mut buf = vec![0u8; 12288];
+    assert_eq!(core.read(h, 0, &mut buf).expect("read"), 12288);
+    assert!(buf[..8192].iter().all(|&b| b == 1) && buf[8192..].iter().all(|&b| b == 2));
+    assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
+    assert_eq!(copy_state(&core, 2), CopyState::InSync);
+    assert_eq!(
+        core.pool().databases()[0].active_volume().as_deref(),
+        Some("Volume2")
+    );
+    assert!(
+        sink.ids().contains(&EventId::CopyFailed),
+        "{:?}",
+        sink.ids()
+    );
+    assert!(
+        sink.ids().contains(&EventId::ActiveChanged),
+        "{:?}",
+        sink.ids()
+    );
+    // Persisted on the survivors (the copy's volume and the spare) before the reply.
+    for k in [2, 3] {
+        let s = bed.persisted(k);
+        assert!(s.failed_volumes.contains(&"Volume1".to_string()));
+        assert_eq!(
+            s.databases[0].copies[0].state,
+            CopyState::FailedAndSuspended
+        );
+    }
+    // New opens and creates keep working on the survivor.
+    let (_, h2) = core
+        .create(dir, OsStr::new("g"), 0o644, libc::O_RDWR, ME)
+        .expect("create after");
+    core.write(h2, 0, b"x").expect("write g");
+    let status = core.pool().status();
+    assert_eq!(status.databases[0].copies[0].status, "FailedAndSuspended");
+    assert_eq!(status.databases[0].copies[1].status, "Mounted");
+    assert_eq!(status.volumes[0].state, "Failed");
+    assert_eq!(status.volumes[2].state, "Spare");
+}
+
+#[test]
+fn restart_never_trusts_a_copy_that_missed_writes() {
+    let bed = Bed::new("restart", 2, 2);
+    {
+        let (core, _) = bed.open();
+        let dir = db_folder(&core);
+        let (_, h) = core
+            .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        volume(&core, 2).inject_fault(libc::EIO);
+        core.write(h, 0, b"only on Volume1").expect("write");
+    }
+    // The disk "comes back" (a fresh Volume object has no fault): still not trusted.
+    let (core, _) = bed.open();
+    assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+}
+
+#[test]
+fn mount_refuses_when_no_copy_is_in_sync() {
+    let bed = Bed::new("refuse", 3, 2);
+    {
+        let (core, _) = bed.open();
+        let dir = db_folder(&core);
+        let (_, h) = core
+            .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        volume(&core, 2).inject_fault(libc::EIO);
+        core.write(h, 0, b"x").expect("write");
+        core.pool().close();
+    }
+    // Now Volume1, the only copy in sync, disappears.
+    std::fs::rename(bed.root.join("vols/Volume1"), bed.root.join("gone")).expect("remove volume");
+    let e = Pool::open(&bed.config, Arc::new(VecSink::default())).expect_err("must refuse");
+    let m = e.to_string();
+    assert!(
+        m.contains("db001") && m.contains("Volume1") && m.contains("Volume2"),
+        "{m}"
+    );
+    assert!(m.contains("missing"), "{m}");
+}
+
+#[test]
+fn unclean_stop_with_a_lost_in_sync_copy_refuses_the_stale_one() {
+    let bed = Bed::new("unclean", 2, 2);
+    {
+        let (core, _) = bed.open();
+        let dir = db_folder(&core);
+        let (_, h) = core
+            .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        volume(&core, 2).inject_fault(libc::EIO);
+        core.write(h, 0, b"only on Volume1").expect("write");
+        // No clean close: the daemon "crashed".
+    }
+    // Volume1, which knew Volume2 had failed, is gone; Volume2's own state is stale.
+    std::fs::rename(bed.root.join("vols/Volume1"), bed.root.join("gone")).expect("remove volume");
+    let e = Pool::open(&bed.config, Arc::new(VecSink::default())).expect_err("must refuse");
+    let m = e.to_string();
+    assert!(
+        m.contains("Volume1") && m.contains("did not stop cleanly"),
+        "{m}"
+    );
+}
+
+#[test]
+fn clean_stop_then_disk_death_mounts_on_the_survivor() {
+    let bed = Bed::new("clean", 2, 2);
+    {
+        let (core, _) = bed.open();
+        let dir = db_folder(&core);
+        core.create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        core.pool().close();
+    }
+    std::fs::rename(bed.root.join("vols/Volume1"), bed.root.join("gone")).expect("remove volume");
+    let (core, sink) = bed.open();
+    assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
+    assert_eq!(copy_state(&core, 2), CopyState::InSync);
+    assert!(sink.ids().contains(&EventId::CopyFailed));
+}
+
+#[test]
+fn caller_errors_fail_nothing() {
+    let bed = Bed::new("caller", 2, 2);
+    let (core, sink) = bed.open();
+    let dir = db_folder(&core);
+    core.mkdir(dir, OsStr::new("d"), 0o755, ME).expect("mkdir");
+    assert_eq!(
+        core.mkdir(dir, OsStr::new("d"), 0o755, ME).unwrap_err(),
+        Errno(libc::EEXIST)
+    );
+    assert_eq!(
+        core.lookup(dir, OsStr::new("nope")).unwrap_err(),
+        Errno(libc::ENOENT)
+    );
+    assert_eq!(
+        core.remove(dir, OsStr::new("nope"), false).unwrap_err(),
+        Errno(libc::ENOENT)
+    );
+    let long = "n".repeat(256);
+    assert_eq!(
+        core.mkdir(dir, OsStr::new(&long), 0o755, ME).unwrap_err(),
+        Errno(libc::ENAMETOOLONG)
+    );
+    // The fixed top levels are read-only.
+    assert_eq!(
+        core.mkdir(NodeId::ROOT, OsStr::new("x"), 0o755, ME)
+            .unwrap_err(),
+        Errno(libc::EPERM)
+    );
+    assert!(sink.ids().is_empty(), "{:?}", sink.ids());
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+    assert_eq!(copy_state(&core, 2), CopyState::InSync);
+}
+
+#[test]
+fn enospc_on_one_copy_fails_that_copy_enospc_everywhere_is_the_callers() {
+    let bed = Bed::new("enospc", 2, 2);
+    let (core, sink) = bed.open();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    // Both copies full: the caller gets ENOSPC and nothing fails.
+    volume(&core, 1).inject_fault(libc::ENOSPC);
+    volume(&core, 2).inject_fault(libc::ENOSPC);
+    assert_eq!(core.write(h, 0, b"x").unwrap_err(), Errno(libc::ENOSPC));
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+    assert_eq!(copy_state(&core, 2), CopyState::InSync);
+    // Only the passive copy full: the write succeeds and that copy is failed.
+    volume(&core, 1).inject_fault(0);
+    core.write(h, 0, b"x").expect("write with one full copy");
+    assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
+    assert!(
+        sink.ids().contains(&EventId::CopyDiverged),
+        "{:?}",
+        sink.ids()
+    );
+}
+
+#[test]
+fn every_copy_dead_gives_eio() {
+    let bed = Bed::new("alldead", 2, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    volume(&core, 1).inject_fault(libc::EIO);
+    volume(&core, 2).inject_fault(libc::EIO);
+    assert_eq!(core.write(h, 0, b"x").unwrap_err(), Errno(libc::EIO));
+    let mut b = [0u8; 1];
+    assert_eq!(core.read(h, 0, &mut b).unwrap_err(), Errno(libc::EIO));
+}
+
+#[test]
+fn renames_links_and_xattrs_reach_every_copy() {
+    let bed = Bed::new("meta", 2, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (a, h) = core
+        .create(dir, OsStr::new("a"), 0o600, libc::O_RDWR, ME)
+        .expect("create");
+    core.release(h);
+    core.rename(dir, OsStr::new("a"), dir, OsStr::new("b"), 0)
+        .expect("rename");
+    assert_eq!(
+        core.lookup(dir, OsStr::new("b")).expect("lookup b").node,
+        a.node
+    );
+    core.link(a.node, dir, OsStr::new("c")).expect("link");
+    core.setxattr(a.node, OsStr::new("user.k"), b"v", 0)
+        .expect("setxattr");
+    core.setattr(
+        a.node,
+        None,
+        SetAttr {
+            mode: Some(0o640),
+            size: Some(10),
+            ..SetAttr::default()
+        },
+    )
+    .expect("setattr");
+    for k in [1, 2] {
+        let b = bed.backing(k, "db001.db/b");
+        let c = bed.backing(k, "db001.db/c");
+        let mb = std::fs::metadata(&b).expect("b");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(mb.nlink(), 2);
+        assert_eq!(mb.ino(), std::fs::metadata(&c).expect("c").ino());
+        assert_eq!(mb.mode() & 0o7777, 0o640);
+        assert_eq!(mb.len(), 10);
+        let mut v = [0u8; 8];
+        let n = rustix::fs::getxattr(&b, "user.k", &mut v[..]).expect("getxattr");
+        assert_eq!(&v[..n], b"v");
+    }
+}
