@@ -53,14 +53,23 @@ type Check = fn(&Path, &[PathBuf]);
 // Mounted runners
 // ---------------------------------------------------------------------------------------
 
-/// Mounts a fresh 3-volume testbed with `dbs` (2 copies each), runs `body`, unmounts.
-/// When `body` panics, the tail of the mount log is printed before the panic goes on.
-fn with_mount(dbs: &[&str], body: impl FnOnce(&common::Mounted)) {
-    let bed = Testbed::plain_dirs(3).must("create a testbed of 3 plain-directory volumes");
+/// Mounts a fresh testbed of `volumes` plain-directory volumes with `dbs` (2 copies each),
+/// runs `body`, unmounts. When `body` panics, the tail of the mount log is printed before the
+/// panic goes on.
+fn with_mount(volumes: usize, dbs: &[&str], body: impl FnOnce(&common::Mounted)) {
+    let bed = Testbed::plain_dirs(volumes).must(format!(
+        "create a testbed of {volumes} plain-directory volumes"
+    ));
     let mounted = common::Mounted::start(bed, dbs, 2);
+    assert_eq!(
+        mounted.fstype().as_deref(),
+        Some(common::FSTYPE),
+        "{} is not a reseedfs mount",
+        mounted.bed.databases_root.display()
+    );
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&mounted)));
     if outcome.is_err() {
-        print_mount_log(&mounted.bed.root);
+        print_mount_log(&mounted);
     }
     let unmounted = catch_unwind(AssertUnwindSafe(|| mounted.unmount()));
     if let Err(panic) = outcome {
@@ -71,9 +80,10 @@ fn with_mount(dbs: &[&str], body: impl FnOnce(&common::Mounted)) {
     }
 }
 
-/// Mounts `db001` and runs `check` on its `db001.db` folder and its two copies.
+/// Mounts `db001` (3 volumes: 2 copies and a spare) and runs `check` on its `db001.db`
+/// folder and its two copies.
 fn on_db001(check: impl FnOnce(&Path, &[PathBuf])) {
-    with_mount(&["db001"], |m| {
+    with_mount(3, &["db001"], |m| {
         let (root, copies) = db001_site(m);
         check(&root, &copies);
     });
@@ -82,9 +92,7 @@ fn on_db001(check: impl FnOnce(&Path, &[PathBuf])) {
 /// The mount path of `db001.db` and its copies' backing folders (Volume1 and Volume2).
 fn db001_site(m: &common::Mounted) -> (PathBuf, Vec<PathBuf>) {
     let root = m.db_files("db001");
-    let copies: Vec<PathBuf> = (1..=2)
-        .map(|k| m.bed.volume_path(k).join("db001.db"))
-        .collect();
+    let copies: Vec<PathBuf> = (1..=2).map(|k| m.backing_files(k, "db001")).collect();
     for copy in &copies {
         assert!(
             copy.is_dir(),
@@ -97,21 +105,17 @@ fn db001_site(m: &common::Mounted) -> (PathBuf, Vec<PathBuf>) {
     (root, copies)
 }
 
-fn print_mount_log(bed_root: &Path) {
-    let log = bed_root.join("mount.log");
-    match fs::read_to_string(&log) {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!(
-                "---- last {} lines of {} ----\n{}\n---- end of mount log ----",
-                tail.len(),
-                log.display(),
-                tail.join("\n")
-            );
-        }
-        Err(e) => eprintln!("(no mount log at {}: {e})", log.display()),
-    }
+/// The tail of the daemon's log, for a failing check.
+fn print_mount_log(m: &common::Mounted) {
+    let log = m.mount_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(60)..];
+    eprintln!(
+        "---- last {} lines of {} ----\n{}\n---- end of mount log ----",
+        tail.len(),
+        common::mount_log_path(&m.bed).display(),
+        tail.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -235,7 +239,7 @@ fn r2_sem_permissions() {
     if !common::require_mount_privileges("r2_sem_permissions") {
         return;
     }
-    with_mount(&["db001"], |m| {
+    with_mount(3, &["db001"], |m| {
         // The testbed's own folders are ours to open up; the mount and everything below it
         // must already be traversable (that is part of what is checked).
         for dir in m.bed.databases_root.ancestors().skip(1) {
@@ -254,77 +258,95 @@ fn r2_sem_top_level() {
         return;
     }
     let dbs = ["db001", "db002"];
-    with_mount(&dbs, |m| {
-        let volumes: Vec<PathBuf> = (1..=3).map(|k| m.bed.volume_path(k)).collect();
+    // Two databases of 2 copies each, plus a spare.
+    let volume_count = 5;
+    with_mount(volume_count, &dbs, |m| {
+        let volumes: Vec<PathBuf> = (1..=volume_count).map(|k| m.bed.volume_path(k)).collect();
         check_top_level(&m.bed.databases_root, &dbs, &volumes);
     });
 }
 
-/// Runs every `check_*` (but the top-level one, which needs a mount) on a plain directory
-/// with `copies == [root]`, so the checks are known to be right before the product is.
+/// Every `check_*` but the top-level one (which needs a mount), with whether it needs root
+/// (chown, drop_caches, setpriv).
+const PLAIN_CHECKS: [(&str, Check, bool); 15] = [
+    ("read_write", check_read_write, false),
+    ("fsync", check_fsync, false),
+    ("truncate", check_truncate, false),
+    ("fallocate", check_fallocate, false),
+    ("rename", check_rename, false),
+    ("dirs", check_dirs, false),
+    ("attrs", check_attrs, true),
+    ("statfs", check_statfs, false),
+    ("links", check_links, false),
+    ("xattrs", check_xattrs, false),
+    ("locks", check_locks, false),
+    ("mmap", check_mmap, false),
+    ("name_max", check_name_max, false),
+    ("inode_stability", check_inode_stability, true),
+    ("permissions", check_permissions, true),
+];
+
+/// The checks of [`PLAIN_CHECKS`] this process can run on a plain directory under `scratch`
+/// (a note on stderr for each one skipped).
+fn runnable_checks(scratch: &Path) -> impl Iterator<Item = (&'static str, Check)> {
+    let is_root = rustix::process::geteuid().is_root();
+    let blocked = untraversable_ancestor(scratch);
+    PLAIN_CHECKS
+        .into_iter()
+        .filter_map(move |(name, check, needs_root)| {
+            let skip = if needs_root && !is_root {
+                Some("it needs root".to_owned())
+            } else if let (Some((dir, mode)), "permissions") = (&blocked, name) {
+                Some(format!(
+                    "{} (mode {mode:o}) keeps uid 65534 out",
+                    dir.display()
+                ))
+            } else {
+                None
+            };
+            match skip {
+                Some(why) => {
+                    eprintln!("selfcheck: skipping check_{name}: {why}");
+                    None
+                }
+                None => Some((name, check)),
+            }
+        })
+}
+
+/// A fresh folder `scratch/name`, mode 0755.
+fn scratch_subdir(scratch: &Path, name: &str) -> PathBuf {
+    let dir = scratch.join(name);
+    fs::create_dir(&dir).must(format!("mkdir {}", dir.display()));
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+        .must(format!("chmod 0755 {}", dir.display()));
+    dir
+}
+
+/// Runs the checks on a plain directory with `copies == [root]`, so the checks are known to
+/// be right before the product is.
 #[test]
 fn r2_sem_selfcheck_on_plain_ext4() {
-    let is_root = rustix::process::geteuid().is_root();
-    let checks: [(&str, Check, bool); 15] = [
-        ("read_write", check_read_write, false),
-        ("fsync", check_fsync, false),
-        ("truncate", check_truncate, false),
-        ("fallocate", check_fallocate, false),
-        ("rename", check_rename, false),
-        ("dirs", check_dirs, false),
-        ("attrs", check_attrs, true),
-        ("statfs", check_statfs, false),
-        ("links", check_links, false),
-        ("xattrs", check_xattrs, false),
-        ("locks", check_locks, false),
-        ("mmap", check_mmap, false),
-        ("name_max", check_name_max, false),
-        ("inode_stability", check_inode_stability, true),
-        ("permissions", check_permissions, true),
-    ];
     let scratch = ScratchDir::new("selfcheck");
     allow_others_to_traverse(scratch.path());
-    for (name, check, needs_root) in checks {
-        if needs_root && !is_root {
-            eprintln!("selfcheck: skipping check_{name}: it needs root");
-            continue;
-        }
-        let dir = scratch.path().join(name);
-        fs::create_dir(&dir).must(format!("mkdir {}", dir.display()));
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).must("chmod 0755 scratch");
+    for (name, check) in runnable_checks(scratch.path()) {
+        let dir = scratch_subdir(scratch.path(), name);
         check(&dir, std::slice::from_ref(&dir));
         eprintln!("selfcheck: check_{name} passed on {}", dir.display());
     }
 }
 
-/// The mirror assertions have teeth: with a "copy" folder that never receives the
+/// The mirror assertions have teeth: with a second "copy" folder that never receives the
 /// mutations, every check that promises something about the copies must fail.
 #[test]
 fn r2_sem_selfcheck_detects_a_stale_copy() {
-    let checks: [(&str, Check); 11] = [
-        ("read_write", check_read_write),
-        ("fsync", check_fsync),
-        ("truncate", check_truncate),
-        ("fallocate", check_fallocate),
-        ("rename", check_rename),
-        ("dirs", check_dirs),
-        ("links", check_links),
-        ("xattrs", check_xattrs),
-        ("mmap", check_mmap),
-        ("name_max", check_name_max),
-        ("inode_stability", check_inode_stability),
-    ];
     let scratch = ScratchDir::new("stale");
-    let is_root = rustix::process::geteuid().is_root();
-    for (name, check) in checks {
-        if name == "inode_stability" && !is_root {
-            continue;
-        }
-        let dir = scratch.path().join(name);
-        let stale = scratch.path().join(format!("{name}-stale-copy"));
-        for d in [&dir, &stale] {
-            fs::create_dir(d).must(format!("mkdir {}", d.display()));
-        }
+    allow_others_to_traverse(scratch.path());
+    let about_copies =
+        runnable_checks(scratch.path()).filter(|(name, _)| !["statfs", "locks"].contains(name));
+    for (name, check) in about_copies {
+        let dir = scratch_subdir(scratch.path(), name);
+        let stale = scratch_subdir(scratch.path(), &format!("{name}-stale-copy"));
         let caught = catch_unwind(|| check(&dir, &[dir.clone(), stale.clone()]));
         assert!(
             caught.is_err(),
@@ -466,6 +488,32 @@ fn check_read_write(root: &Path, copies: &[PathBuf]) {
         s.expect_content(&file, &data);
         drop(f);
     }
+
+    s.step("8 threads write disjoint 256 KiB regions of one file at once");
+    let region = 256 * KIB as usize;
+    let parallel = open_new(&s.m("parallel"));
+    let mut parallel_expected = vec![0u8; 8 * region];
+    std::thread::scope(|scope| {
+        for (i, chunk) in parallel_expected.chunks_mut(region).enumerate() {
+            chunk.copy_from_slice(&pattern(region, 20 + i as u8));
+            let (f, chunk) = (&parallel, &*chunk);
+            scope.spawn(move || {
+                f.write_all_at(chunk, (i * region) as u64)
+                    .must(format!("thread {i}: pwrite 256 KiB at {}", i * region));
+            });
+        }
+    });
+    drop(parallel);
+    s.expect_content("parallel", &parallel_expected);
+
+    s.step("one 4 MiB write at an odd offset");
+    let big = pattern(4 * MIB as usize, 30);
+    open_new(&s.m("big"))
+        .write_all_at(&big, 12_345)
+        .must("pwrite 4 MiB at 12345");
+    let mut big_expected = vec![0u8; 12_345];
+    big_expected.extend_from_slice(&big);
+    s.expect_content("big", &big_expected);
 
     s.step("reads at and past EOF return 0 bytes");
     let f = File::open(s.m("data")).must("open data for reading");
@@ -1511,12 +1559,25 @@ impl<'a> Site<'a> {
     }
 
     /// `rel` has exactly `expected` as content everywhere.
+    /// Through the mount it is read twice: normally (the kernel may answer from its page
+    /// cache) and with O_DIRECT, which the kernel passes to the daemon.
     fn expect_content(&self, rel: &str, expected: &[u8]) {
-        for view in self.views() {
-            let got = fs::read(view.path(rel))
-                .unwrap_or_else(|e| self.fail(&view, rel, format!("read failed: {e}")));
+        let uncached = View {
+            label: format!("mount ({}) read with O_DIRECT", self.root.display()),
+            base: self.root.to_path_buf(),
+        };
+        let views = self.views();
+        let reads = views
+            .iter()
+            .map(|v| (v, fs::read(v.path(rel))))
+            .chain(std::iter::once((
+                &uncached,
+                read_uncached(&uncached.path(rel)),
+            )));
+        for (view, got) in reads {
+            let got = got.unwrap_or_else(|e| self.fail(view, rel, format!("read failed: {e}")));
             if let Some(diff) = first_difference(&got, expected) {
-                self.fail(&view, rel, diff);
+                self.fail(view, rel, diff);
             }
         }
     }
@@ -1931,6 +1992,25 @@ impl AlignedBuf {
     }
 }
 
+/// The whole file read with O_DIRECT (aligned buffer), bypassing the kernel's page cache.
+fn read_uncached(p: &Path) -> io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)?;
+    let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+    let mut buf = AlignedBuf::new(len.div_ceil(DIRECT_ALIGN).max(1) * DIRECT_ALIGN);
+    let mut done = 0;
+    loop {
+        let n = f.read_at(&mut buf.as_mut_slice()[done..], done as u64)?;
+        done += n;
+        if n == 0 || done == buf.as_slice().len() {
+            break;
+        }
+    }
+    Ok(buf.as_slice()[..done].to_vec())
+}
+
 /// Empties the kernel's page, dentry and inode caches, so FUSE must look names up again.
 fn drop_caches() {
     rustix::fs::sync();
@@ -1974,16 +2054,20 @@ fn allow_others_to_traverse(dir: &Path) {
     }
 }
 
+/// The first of `dir` and its ancestors that other users cannot search, if any.
+fn untraversable_ancestor(dir: &Path) -> Option<(PathBuf, u32)> {
+    dir.ancestors()
+        .map(|p| (p.to_path_buf(), lstat(p).mode() & 0o7777))
+        .find(|(_, mode)| mode & 0o001 == 0)
+}
+
 /// Every ancestor of `dir` (and `dir`) must be searchable by others, or the permission
 /// checks would fail for the wrong reason.
 fn expect_others_can_traverse(dir: &Path) {
-    for p in dir.ancestors() {
-        let mode = lstat(p).mode();
-        assert!(
-            mode & 0o001 != 0,
-            "{} (mode {:o}) is not searchable by other users, so uid 65534 cannot reach {}",
+    if let Some((p, mode)) = untraversable_ancestor(dir) {
+        panic!(
+            "{} (mode {mode:o}) is not searchable by other users, so uid 65534 cannot reach {}",
             p.display(),
-            mode & 0o7777,
             dir.display()
         );
     }

@@ -110,6 +110,9 @@ impl fuser::Filesystem for Adapter {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // We clear setuid/setgid ourselves (FUSE_WRITE_KILL_SUIDGID), so the kernel stops
+        // asking for security.capability before every write.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -281,15 +284,20 @@ impl fuser::Filesystem for Adapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.core.kill_suidgid(node(ino)) {
+                return reply.error(errno(e));
+            }
+        }
         match self.core.write(HandleId(fh.0), offset, data) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(e)),
@@ -511,7 +519,25 @@ pub fn mount(core: Arc<Core>, mountpoint: &Path, threads: usize) -> io::Result<F
     let session = std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || session.run())?;
+    raise_readahead(mountpoint);
     Ok(FuseMount { unmounter, session })
+}
+
+/// Reads reach us in the size of the mount's readahead window (128 KiB by default);
+/// raise it to the largest request so sequential reads come as 1 MiB requests.
+fn raise_readahead(mountpoint: &Path) {
+    let Ok(st) = rustix::fs::stat(mountpoint) else {
+        return;
+    };
+    let dev = st.st_dev;
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    if let Err(err) = std::fs::write(&knob, (MAX_WRITE / 1024).to_string()) {
+        tracing::debug!(%knob, %err, "cannot raise the mount's readahead (needs root)");
+    }
 }
 
 impl FuseMount {

@@ -192,7 +192,7 @@ impl Database {
         if is_media_error(err) {
             if let Some(v) = &copy.volume {
                 v.count_io_error();
-                pool.fail_volume(v, Some(&self.name), op, err);
+                pool.fail_volume(v, op, err);
             }
             true
         } else if another_succeeded {

@@ -451,6 +451,19 @@ impl Core {
         self.getattr(id)
     }
 
+    /// Clears setuid/setgid after a write by someone else than the owner (the kernel asks
+    /// for it with FUSE_WRITE_KILL_SUIDGID).
+    pub fn kill_suidgid(&self, id: NodeId) -> Result<()> {
+        let (_, db, path) = self.backing(id)?;
+        let st = self.stat_backing(db, &path)?;
+        let mode = st.st_mode & 0o7777;
+        let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
+        if cleared != mode {
+            db.mutate("chmod", |_, v| v.chmod(&path, Mode::from_raw_mode(cleared)))?;
+        }
+        Ok(())
+    }
+
     /// Reads a symlink.
     pub fn readlink(&self, id: NodeId) -> Result<Vec<u8>> {
         let (_, db, path) = self.backing(id)?;

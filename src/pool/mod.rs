@@ -423,16 +423,12 @@ impl Pool {
     /// Marks `volume` failed after `err` during `op`: every copy on it becomes
     /// FailedAndSuspended, the state is persisted on every healthy volume, events are
     /// emitted. Returns once persisted. Idempotent.
-    pub fn fail_volume(&self, volume: &Volume, db: Option<&str>, op: &str, err: &std::io::Error) {
+    pub fn fail_volume(&self, volume: &Volume, op: &str, err: &std::io::Error) {
         let mut state = self.state.lock();
-        let mut pending = vec![(
-            volume.name().to_owned(),
-            db.map(str::to_owned),
-            op.to_owned(),
-            err.raw_os_error(),
-        )];
+        let mut pending = vec![(volume.name().to_owned(), op.to_owned(), err.raw_os_error())];
         let mut newly_failed = Vec::new();
-        while let Some((vol, db, op, errno)) = pending.pop() {
+        let mut moved = Vec::new();
+        while let Some((vol, op, errno)) = pending.pop() {
             if state.failed_volumes.contains(&vol) {
                 continue;
             }
@@ -448,32 +444,20 @@ impl Pool {
                             c.state = CopyState::FailedAndSuspended;
                         }
                     }
-                    newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno, db.clone()));
+                    newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno));
                     let after = d.active_volume();
                     if before != after {
-                        self.events.emit(
-                            NewEvent::new(
-                                EventId::ActiveChanged,
-                                format!(
-                                    "database {}: active copy moved from {} to {}",
-                                    d.name,
-                                    before.as_deref().unwrap_or("none"),
-                                    after.as_deref().unwrap_or("none (no copy in sync)")
-                                ),
-                            )
-                            .database(&d.name)
-                            .volume(after.as_deref().unwrap_or(&vol)),
-                        );
+                        moved.push((d.name.clone(), before, after, vol.clone()));
                     }
                 }
             }
             // Persisting may itself find another dying volume.
             for (v2, e2) in self.persist_locked(&mut state) {
-                pending.push((v2, None, "persist pool state".to_owned(), e2));
+                pending.push((v2, "persist pool state".to_owned(), e2));
             }
         }
         drop(state);
-        for (db, vol, op, errno, _) in newly_failed {
+        for (db, vol, op, errno) in newly_failed {
             let errno_name = errno.map(|e| std::io::Error::from_raw_os_error(e).to_string());
             self.events.emit(
                 NewEvent::new(
@@ -488,6 +472,20 @@ impl Pool {
                 .field("operation", op)
                 .field("errno", errno.unwrap_or(0))
                 .field("status", "FailedAndSuspended"),
+            );
+        }
+        for (db, before, after, vol) in moved {
+            self.events.emit(
+                NewEvent::new(
+                    EventId::ActiveChanged,
+                    format!(
+                        "database {db}: active copy moved from {} to {}",
+                        before.as_deref().unwrap_or("none"),
+                        after.as_deref().unwrap_or("none (no copy in sync)")
+                    ),
+                )
+                .database(&db)
+                .volume(after.as_deref().unwrap_or(&vol)),
             );
         }
     }
@@ -524,7 +522,7 @@ impl Pool {
         for (v, errno) in dead {
             if let Some(vol) = self.volume(&v) {
                 let e = std::io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO));
-                self.fail_volume(vol, None, "persist pool state", &e);
+                self.fail_volume(vol, "persist pool state", &e);
             }
         }
     }
