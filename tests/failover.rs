@@ -10,6 +10,8 @@
 //! fail under `CI=true`). Workloads are random but seeded: the seed is printed when a test
 //! fails, and `RESEEDFS_TEST_SEED=<seed>` replays it.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::fs;

@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
@@ -41,11 +41,14 @@ pub fn require_mount_privileges(test: &str) -> bool {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: cannot run a privileged mount test in CI: {reason}");
             }
-            eprintln!();
-            eprintln!("==================================================================");
-            eprintln!("SKIPPED: {test}: {reason}");
-            eprintln!("  (run the tests as root on Linux with /dev/fuse and loop devices)");
-            eprintln!("==================================================================");
+            // Straight to the process's stderr: the test harness captures `eprintln!`, and a
+            // skipped test must be seen even when it "passes".
+            let banner = format!(
+                "\n{rule}\nSKIPPED: {test}: {reason}\n  (run the tests as root on Linux with \
+                 /dev/fuse and loop devices)\n{rule}\n",
+                rule = "=".repeat(70)
+            );
+            let _ = std::io::stderr().lock().write_all(banner.as_bytes());
             false
         }
     }
