@@ -7,6 +7,7 @@
 //! copies = 2                          # copies of each database, on distinct volumes
 //! copies_per_volume = 1               # alias AutoDagDatabaseCopiesPerVolume
 //! state_dir = "/run/reseedfs"         # control socket and event log
+//! witness_dir = "/var/lib/reseedfs"   # a copy of the pool state on the system disk
 //! threads = 8                         # FUSE request threads
 //! ```
 
@@ -43,6 +44,11 @@ pub struct Config {
     /// Control socket and event log. Default `/run/reseedfs`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// A copy of the pool state off the pool, on the system disk: after a crash that also
+    /// killed a disk, it tells whether the surviving copies are current. Default
+    /// `/var/lib/reseedfs`.
+    #[serde(default = "default_witness_dir")]
+    pub witness_dir: PathBuf,
     /// Threads serving FUSE requests. Default 8.
     #[serde(default = "default_threads")]
     pub threads: usize,
@@ -56,6 +62,9 @@ fn default_copies_per_volume() -> u32 {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/run/reseedfs")
+}
+fn default_witness_dir() -> PathBuf {
+    PathBuf::from("/var/lib/reseedfs")
 }
 fn default_threads() -> usize {
     8
@@ -104,6 +113,7 @@ impl Config {
             copies: default_copies(),
             copies_per_volume: default_copies_per_volume(),
             state_dir: default_state_dir(),
+            witness_dir: default_witness_dir(),
             threads: default_threads(),
         }
     }
@@ -160,6 +170,7 @@ impl Config {
             ("volumes_root", &self.volumes_root),
             ("databases_root", &self.databases_root),
             ("state_dir", &self.state_dir),
+            ("witness_dir", &self.witness_dir),
         ] {
             if !p.is_absolute() {
                 return Err(invalid(

@@ -481,6 +481,7 @@ fn init_pool(bed: &Testbed, plain: bool) -> anyhow::Result<(Config, Vec<String>)
     );
     config.copies = COPIES;
     config.state_dir = abs(&bed.state_dir)?;
+    config.witness_dir = abs(&bed.root.join("witness"))?;
     let report = crate::pool::init(&config, &bed.config_path)
         .with_context(|| format!("initialise the pool under {}", bed.volumes_root.display()))?;
     for w in &report.warnings {

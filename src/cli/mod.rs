@@ -74,6 +74,9 @@ pub struct InitArgs {
     /// State directory (control socket, events) written into the config.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Where the copy of the pool state on the system disk lives (default /var/lib/reseedfs).
+    #[arg(long)]
+    pub witness_dir: Option<PathBuf>,
 }
 
 /// Arguments of `status`.
@@ -167,6 +170,9 @@ fn init(a: InitArgs) -> anyhow::Result<Exit> {
     config.copies_per_volume = a.copies_per_volume;
     if let Some(s) = a.state_dir {
         config.state_dir = absolute(&s)?;
+    }
+    if let Some(w) = a.witness_dir {
+        config.witness_dir = absolute(&w)?;
     }
     let report = crate::pool::init(&config, &a.config)?;
     for w in &report.warnings {

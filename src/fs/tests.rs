@@ -26,6 +26,7 @@ impl Bed {
         let mut config = Config::new(root.join("vols"), root.join("dbs"), vec!["db001".into()]);
         config.copies = copies;
         config.state_dir = root.join("state");
+        config.witness_dir = root.join("witness");
         crate::pool::init(&config, &root.join("cfg.toml")).expect("init");
         Bed { root, config }
     }
@@ -208,14 +209,65 @@ fn unclean_stop_with_a_lost_in_sync_copy_refuses_the_stale_one() {
         core.write(h, 0, b"only on Volume1").expect("write");
         // No clean close: the daemon "crashed".
     }
-    // Volume1, which knew Volume2 had failed, is gone; Volume2's own state is stale.
+    // Volume1, which knew Volume2 had failed, is gone; Volume2's own state is stale; and
+    // the system disk was replaced too (no witness).
     std::fs::rename(bed.root.join("vols/Volume1"), bed.root.join("gone")).expect("remove volume");
+    std::fs::remove_dir_all(bed.root.join("witness")).expect("remove witness");
     let e = Pool::open(&bed.config, Arc::new(VecSink::default())).expect_err("must refuse");
     let m = e.to_string();
     assert!(
         m.contains("Volume1") && m.contains("did not stop cleanly"),
         "{m}"
     );
+}
+
+#[test]
+fn the_witness_vouches_for_the_survivor_after_a_crash() {
+    let bed = Bed::new("witness", 2, 2);
+    {
+        let (core, _) = bed.open();
+        core.create(db_folder(&core), OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        // No clean close: the host "crashed", and Volume1's disk died with it.
+    }
+    std::fs::rename(bed.root.join("vols/Volume1"), bed.root.join("gone")).expect("remove volume");
+    // The witness on the system disk has the newest state: Volume2 is current.
+    let (core, sink) = bed.open();
+    assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
+    assert_eq!(copy_state(&core, 2), CopyState::InSync);
+    assert!(sink.ids().contains(&EventId::CopyFailed));
+}
+
+#[test]
+fn the_last_copy_in_sync_is_not_demoted() {
+    let bed = Bed::new("last", 1, 1);
+    {
+        let (core, sink) = bed.open();
+        let (_, h) = core
+            .create(db_folder(&core), OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        core.write(h, 0, b"kept").expect("write");
+        volume(&core, 1).inject_fault(libc::EIO);
+        assert_eq!(core.write(h, 0, b"lost").unwrap_err(), Errno(libc::EIO));
+        assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
+        assert!(sink.ids().contains(&EventId::CopyFailed));
+        // Persisted as still in sync: it has every acknowledged write.
+        assert_eq!(
+            bed.persisted(1).databases[0].copies[0].state,
+            CopyState::InSync
+        );
+    }
+    // The volume answers again: the copy is trusted and the data is there.
+    let (core, _) = bed.open();
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+    let f = core
+        .lookup(db_folder(&core), OsStr::new("f"))
+        .expect("lookup");
+    let h = core.open(f.node, libc::O_RDONLY).expect("open");
+    let mut buf = [0u8; 4];
+    core.read(h, 0, &mut buf).expect("read");
+    assert_eq!(&buf, b"kept");
+    assert_eq!(core.pool().status().volumes[0].state, "InUse");
 }
 
 #[test]

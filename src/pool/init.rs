@@ -185,6 +185,12 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
         v.write_atomic(&pool_state_path(), &state_bytes)
             .with_context(|| format!("write {}", meta_dir.join("pool.json").display()))?;
     }
+    super::write_witness(config, &state).with_context(|| {
+        format!(
+            "write the pool state witness {}",
+            super::witness_path(config, &pool_id).display()
+        )
+    })?;
     std::fs::create_dir_all(&config.databases_root)
         .with_context(|| format!("create {}", config.databases_root.display()))?;
     if let Some(dir) = config_path.parent() {
@@ -225,6 +231,7 @@ mod tests {
             vec!["db001".into(), "db002".into()],
         );
         c.state_dir = root.join("state");
+        c.witness_dir = root.join("witness");
         (root, c)
     }
 

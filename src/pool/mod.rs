@@ -85,6 +85,31 @@ pub fn pool_state_path() -> PathBuf {
     Path::new(layout::META_DIR).join("pool.json")
 }
 
+/// Where the witness of pool `pool_id` lives.
+pub fn witness_path(config: &Config, pool_id: &str) -> PathBuf {
+    config.witness_dir.join(format!("{pool_id}.json"))
+}
+
+/// Writes the witness durably (temp file, fsync, rename, directory fsync).
+pub fn write_witness(config: &Config, state: &PoolState) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = witness_path(config, &state.pool_id);
+    std::fs::create_dir_all(&config.witness_dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(state)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&config.witness_dir)?.sync_all()
+}
+
+fn read_witness(config: &Config, pool_id: &str) -> Option<PoolState> {
+    let bytes = std::fs::read(witness_path(config, pool_id)).ok()?;
+    serde_json::from_slice::<PoolState>(&bytes)
+        .ok()
+        .filter(|s| s.pool_id == pool_id)
+}
+
 /// Why a pool cannot be mounted.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -229,6 +254,12 @@ impl Pool {
             }
         }
         let mut state = best.ok_or_else(|| OpenError::NoState(config.volumes_root.clone()))?;
+        // The witness on the system disk saw every state change that reached a volume.
+        let witness = read_witness(config, &state.pool_id);
+        let vouched = witness.as_ref().is_some_and(|w| w.epoch >= state.epoch);
+        if let Some(w) = witness.filter(|w| w.epoch > state.epoch) {
+            state = w;
+        }
         for db in &config.databases {
             if !state.databases.iter().any(|d| &d.name == db) {
                 return Err(OpenError::UnknownDatabase(db.clone()));
@@ -260,13 +291,11 @@ impl Pool {
                 }
             }
         }
-        // Copies on a volume that is gone, dead or known failed cannot be trusted.
+        // Copies on a volume that is gone or dead cannot be trusted.
         let mut failed_now = Vec::new();
         for db in &mut state.databases {
             for c in &mut db.copies {
-                let why = if state.failed_volumes.contains(&c.volume) {
-                    Some("its volume failed earlier".to_owned())
-                } else if !volumes.iter().any(|v| v.name == c.volume) {
+                let why = if !volumes.iter().any(|v| v.name == c.volume) {
                     Some("its volume is missing".to_owned())
                 } else {
                     unusable.get(&c.volume).cloned()
@@ -279,8 +308,9 @@ impl Pool {
         }
         // After an unclean stop, a copy whose volume is now missing may have taken writes
         // that the others missed (their failure recorded only on the missing volume): the
-        // others cannot be trusted alone. DRBD makes the same choice.
-        if !state.clean {
+        // others cannot be trusted alone, unless the witness vouches that no newer state
+        // exists. DRBD makes the same choice for an outdated peer.
+        if !state.clean && !vouched {
             for db in state
                 .databases
                 .iter()
@@ -323,6 +353,14 @@ impl Pool {
                 });
             }
         }
+        let trusted: Vec<String> = state
+            .databases
+            .iter()
+            .flat_map(|d| d.copies.iter())
+            .filter(|c| c.state == CopyState::InSync)
+            .map(|c| c.volume.clone())
+            .collect();
+        state.failed_volumes.retain(|v| !trusted.contains(v));
         for (db, vol, why) in &failed_now {
             if !state.failed_volumes.contains(vol) {
                 state.failed_volumes.push(vol.clone());
@@ -439,12 +477,15 @@ impl Pool {
             for d in &self.databases {
                 let before = d.active_volume();
                 if d.fail_copies_on(&vol) {
+                    // The last copy in sync keeps every acknowledged write (the failing
+                    // request was not acknowledged): it stays trusted for the next mount.
+                    let last = d.active_index().is_none();
                     if let Some(rec) = state.databases.iter_mut().find(|r| r.name == d.name) {
-                        for c in rec.copies.iter_mut().filter(|c| c.volume == vol) {
+                        for c in rec.copies.iter_mut().filter(|c| c.volume == vol && !last) {
                             c.state = CopyState::FailedAndSuspended;
                         }
                     }
-                    newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno));
+                    newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno, last));
                     let after = d.active_volume();
                     if before != after {
                         moved.push((d.name.clone(), before, after, vol.clone()));
@@ -457,13 +498,20 @@ impl Pool {
             }
         }
         drop(state);
-        for (db, vol, op, errno) in newly_failed {
+        for (db, vol, op, errno, last) in newly_failed {
             let errno_name = errno.map(|e| std::io::Error::from_raw_os_error(e).to_string());
+            let tail = if last {
+                format!(
+                    ". It was the last copy of {db} in sync: {db} gets EIO until {vol} answers again; the copy keeps every acknowledged write and will be trusted by the next mount"
+                )
+            } else {
+                String::new()
+            };
             self.events.emit(
                 NewEvent::new(
                     EventId::CopyFailed,
                     format!(
-                        "copy {db}\\{vol} is FailedAndSuspended: volume {vol} failed during {op} ({})",
+                        "copy {db}\\{vol} is FailedAndSuspended: volume {vol} failed during {op} ({}){tail}",
                         errno_name.as_deref().unwrap_or("unknown error")
                     ),
                 )
@@ -471,7 +519,8 @@ impl Pool {
                 .volume(&vol)
                 .field("operation", op)
                 .field("errno", errno.unwrap_or(0))
-                .field("status", "FailedAndSuspended"),
+                .field("status", "FailedAndSuspended")
+                .field("last_copy", last),
             );
         }
         for (db, before, after, vol) in moved {
@@ -538,6 +587,18 @@ impl Pool {
     /// whose write failed with a media error.
     fn persist_locked(&self, state: &mut PoolState) -> Vec<(String, Option<i32>)> {
         state.epoch += 1;
+        if let Err(err) = write_witness(&self.config, state) {
+            // A stale witness would vouch for a state that is not the newest: remove it.
+            let path = witness_path(&self.config, &state.pool_id);
+            let _ = std::fs::remove_file(&path);
+            self.events.emit(NewEvent::new(
+                EventId::StatePersistFailed,
+                format!(
+                    "cannot write the pool state witness {}: {err} (removed it; a crash that also kills a disk will need that disk back to mount)",
+                    path.display()
+                ),
+            ));
+        }
         let bytes = match serde_json::to_vec_pretty(&*state) {
             Ok(b) => b,
             Err(_) => return Vec::new(),

@@ -71,7 +71,9 @@ pub fn init(bed: &Testbed, dbs: &[&str], copies: u32) {
         .arg("--config")
         .arg(&bed.config_path)
         .arg("--state-dir")
-        .arg(&bed.state_dir);
+        .arg(&bed.state_dir)
+        .arg("--witness-dir")
+        .arg(bed.root.join("witness"));
     let out = cmd.output().expect("run reseedfs init");
     assert!(
         out.status.success(),
