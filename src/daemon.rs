@@ -14,11 +14,12 @@ use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
 use crate::fs::Core;
 use crate::pool::Pool;
 
-/// Why the daemon stops.
+/// Why the daemon is asked to stop.
 #[derive(Debug)]
 enum Stop {
     Signal(i32),
-    Request,
+    /// An `unmount` request; the outcome goes back to the client.
+    Request(crossbeam_channel::Sender<Result<(), String>>),
 }
 
 /// Mounts the pool of `config` and serves it until told to stop.
@@ -57,8 +58,14 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
                 Err(e) => Response::Error(format!("read {}: {e}", events_path.display())),
             },
             Request::Unmount => {
-                let _ = stop_tx.try_send(Stop::Request);
-                Response::Ok
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                if stop_tx.send(Stop::Request(tx)).is_err() {
+                    return Response::Ok;
+                }
+                match rx.recv() {
+                    Ok(Ok(())) | Err(_) => Response::Ok,
+                    Ok(Err(e)) => Response::Error(e),
+                }
             }
         })
     };
@@ -96,14 +103,37 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             socket.display()
         ),
     ));
+    let root = config.databases_root.display().to_string();
     let why = loop {
-        match stop_rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Stop::Signal(sig)) => break format!("signal {sig}"),
-            Ok(Stop::Request) => break "unmount request".to_owned(),
+        let (why, reply) = match stop_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Stop::Signal(sig)) => (format!("signal {sig}"), None),
+            Ok(Stop::Request(reply)) => ("unmount request".to_owned(), Some(reply)),
             Err(RecvTimeoutError::Timeout) if mount.is_finished() => {
                 break "the kernel ended the mount (umount)".to_owned();
             }
-            Err(_) => {}
+            Err(_) => continue,
+        };
+        match mount.try_unmount() {
+            Ok(()) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+                break why;
+            }
+            Err(err) => {
+                let busy = err.raw_os_error() == Some(libc::EBUSY);
+                let msg = if busy {
+                    format!(
+                        "cannot unmount {root} ({why}): it is busy, a process still has files open under it (see `fuser -vm {root}`); stop the database first. The mount keeps serving"
+                    )
+                } else {
+                    format!("cannot unmount {root} ({why}): {err}. The mount keeps serving")
+                };
+                tracing::error!("{msg}");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(msg));
+                }
+            }
         }
     };
     signal_handle.close();

@@ -490,6 +490,8 @@ impl fuser::Filesystem for Adapter {
 
 /// A live FUSE mount.
 pub struct FuseMount {
+    mountpoint: std::path::PathBuf,
+    unmounted: std::sync::atomic::AtomicBool,
     unmounter: SessionUnmounter,
     session: JoinHandle<io::Result<()>>,
 }
@@ -520,7 +522,12 @@ pub fn mount(core: Arc<Core>, mountpoint: &Path, threads: usize) -> io::Result<F
         .name("fuse-session".into())
         .spawn(move || session.run())?;
     raise_readahead(mountpoint);
-    Ok(FuseMount { unmounter, session })
+    Ok(FuseMount {
+        mountpoint: mountpoint.to_owned(),
+        unmounted: std::sync::atomic::AtomicBool::new(false),
+        unmounter,
+        session,
+    })
 }
 
 /// Reads reach us in the size of the mount's readahead window (128 KiB by default);
@@ -546,9 +553,25 @@ impl FuseMount {
         self.session.is_finished()
     }
 
-    /// Unmounts and waits for the request threads to end.
+    /// Tries to unmount; `EBUSY` while a process still has files open under the mount,
+    /// which then keeps serving. After `Ok`, [`FuseMount::unmount`] finishes the session.
+    pub fn try_unmount(&self) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(());
+        }
+        rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::empty())?;
+        self.unmounted
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Unmounts (if still mounted) and waits for the request threads to end.
     pub fn unmount(mut self) -> io::Result<()> {
-        let unmounted = self.unmounter.unmount();
+        let unmounted = if self.unmounted.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.unmounter.unmount()
+        };
         let joined = self
             .session
             .join()
