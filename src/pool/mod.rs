@@ -10,6 +10,7 @@ mod init;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -171,6 +172,8 @@ pub struct Pool {
     /// The persisted state; its lock also orders failures against acknowledgements.
     state: Mutex<PoolState>,
     events: Arc<dyn EventSink>,
+    /// Failures made visible in copy states but not yet persisted.
+    unpersisted: AtomicUsize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -179,6 +182,23 @@ impl std::fmt::Debug for Pool {
             .field("volumes", &self.volumes)
             .field("databases", &self.databases)
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts a failure in progress, from before its copy states change until it is
+/// persisted (dropped after the persist, before the state lock is released).
+struct Unpersisted<'a>(&'a AtomicUsize);
+
+impl<'a> Unpersisted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Unpersisted(counter)
+    }
+}
+
+impl Drop for Unpersisted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -403,6 +423,7 @@ impl Pool {
                 databases,
                 state: Mutex::new(state),
                 events,
+                unpersisted: AtomicUsize::new(0),
             };
             for v in &pool.volumes {
                 if let Some(vol) = &v.volume {
@@ -455,7 +476,9 @@ impl Pool {
     /// Waits until every failure already visible in copy states is persisted. Called
     /// before acknowledging a mutation that skipped a copy.
     pub fn barrier(&self) {
-        drop(self.state.lock());
+        if self.unpersisted.load(Ordering::SeqCst) != 0 {
+            drop(self.state.lock());
+        }
     }
 
     /// Marks `volume` failed after `err` during `op`: every copy on it becomes
@@ -463,6 +486,7 @@ impl Pool {
     /// emitted. Returns once persisted. Idempotent.
     pub fn fail_volume(&self, volume: &Volume, op: &str, err: &std::io::Error) {
         let mut state = self.state.lock();
+        let unpersisted = Unpersisted::new(&self.unpersisted);
         let mut pending = vec![(volume.name().to_owned(), op.to_owned(), err.raw_os_error())];
         let mut newly_failed = Vec::new();
         let mut moved = Vec::new();
@@ -497,6 +521,7 @@ impl Pool {
                 pending.push((v2, "persist pool state".to_owned(), e2));
             }
         }
+        drop(unpersisted);
         drop(state);
         for (db, vol, op, errno, last) in newly_failed {
             let errno_name = errno.map(|e| std::io::Error::from_raw_os_error(e).to_string());
@@ -543,6 +568,7 @@ impl Pool {
     /// the mutation, so the copies are no longer identical.
     pub fn fail_diverged(&self, db: &Database, i: usize, op: &str, err: &std::io::Error) {
         let mut state = self.state.lock();
+        let pending = Unpersisted::new(&self.unpersisted);
         if !db.fail_copy(i) {
             return;
         }
@@ -553,6 +579,7 @@ impl Pool {
             }
         }
         let dead = self.persist_locked(&mut state);
+        drop(pending);
         drop(state);
         self.events.emit(
             NewEvent::new(
