@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,9 +98,36 @@ pub struct Status {
 /// Handles one request.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
+/// A serving control socket.
+#[derive(Debug)]
+pub struct Server {
+    in_flight: Arc<AtomicUsize>,
+    _thread: JoinHandle<()>,
+}
+
+impl Server {
+    /// Waits (up to `timeout`) until every accepted request has had its answer written:
+    /// the daemon calls it last, so that `unmount` gets its answer before the exit.
+    pub fn drain(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight.load(Ordering::Acquire) != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Counts one connection from accept until its answer is written.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Binds the socket at `path` (refusing if a live daemon answers there, replacing a
 /// stale one) and serves requests on a thread.
-pub fn serve(path: &Path, handler: Handler) -> std::io::Result<JoinHandle<()>> {
+pub fn serve(path: &Path, handler: Handler) -> std::io::Result<Server> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -113,17 +142,28 @@ pub fn serve(path: &Path, handler: Handler) -> std::io::Result<JoinHandle<()>> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new()
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let counter = in_flight.clone();
+    let thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                counter.fetch_add(1, Ordering::AcqRel);
+                let guard = InFlight(counter.clone());
                 let handler = handler.clone();
                 let _ = std::thread::Builder::new()
                     .name("control-conn".into())
-                    .spawn(move || serve_one(stream, &handler));
+                    .spawn(move || {
+                        serve_one(stream, &handler);
+                        drop(guard);
+                    });
             }
-        })
+        })?;
+    Ok(Server {
+        in_flight,
+        _thread: thread,
+    })
 }
 
 fn serve_one(stream: UnixStream, handler: &Handler) {

@@ -41,11 +41,6 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             config.databases_root.display()
         );
     }
-    let core =
-        Arc::new(Core::new(pool.clone(), config.threads * 2).context("start fan-out threads")?);
-    let mount = crate::sys::fuse::mount(core, &config.databases_root, config.threads)
-        .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))?;
-
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
     let handler: control::Handler = {
         let pool = pool.clone();
@@ -69,11 +64,11 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             }
         })
     };
+    // The socket and the signal handlers come first: once the mount is visible, `status`
+    // answers and SIGTERM unmounts cleanly.
     let socket = config.socket_path();
-    if let Err(e) = control::serve(&socket, handler) {
-        let _ = mount.unmount();
-        return Err(e).with_context(|| format!("serve the control socket {}", socket.display()));
-    }
+    let control = control::serve(&socket, handler)
+        .with_context(|| format!("serve the control socket {}", socket.display()))?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -83,11 +78,27 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
                 let _ = stop_tx.try_send(Stop::Signal(sig));
             }
         })
         .context("start the signal thread")?;
+    let mounted = Core::new(pool.clone(), config.threads * 2)
+        .context("start fan-out threads")
+        .and_then(|core| {
+            crate::sys::fuse::mount(Arc::new(core), &config.databases_root, config.threads)
+                .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))
+        });
+    let mount = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing was served: the copies are exactly as the last clean state left them.
+            pool.close();
+            signal_handle.close();
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
 
     let serving: Vec<String> = pool
         .databases()
@@ -146,5 +157,6 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         EventId::MountFinished,
         format!("unmounted {} ({why})", config.databases_root.display()),
     ));
+    control.drain(Duration::from_secs(2));
     result.with_context(|| format!("unmount {}", config.databases_root.display()))
 }

@@ -623,6 +623,23 @@ fn tool(name: &str) -> PathBuf {
     find_tool(name).unwrap_or_else(|| PathBuf::from(OsStr::new(name)))
 }
 
+/// Waits up to `timeout` for `child` to exit; `None` if it is still running.
+pub fn wait_child(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

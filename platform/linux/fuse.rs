@@ -559,7 +559,18 @@ impl FuseMount {
         if self.is_finished() {
             return Ok(());
         }
-        rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::empty())?;
+        // A reference can linger for a moment after its owner let go (a process exiting,
+        // a fork that has not exec'd yet): retry for a second before calling it busy.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::BUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.unmounted
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())

@@ -25,7 +25,7 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -696,7 +696,7 @@ impl Daemon {
         }
         let asked = control::call(&self.socket, &Request::Unmount);
         if let Ok(Response::Ok) = asked {
-            if let Some(status) = wait_timeout(&mut child, EXIT_TIMEOUT) {
+            if let Some(status) = testbed::wait_child(&mut child, EXIT_TIMEOUT) {
                 return Some(format!("unmounted; the daemon exited ({status})"));
             }
         }
@@ -710,7 +710,7 @@ impl Daemon {
         };
         let pid = rustix::process::Pid::from_child(&child);
         if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
-            if let Some(status) = wait_timeout(&mut child, EXIT_TIMEOUT) {
+            if let Some(status) = testbed::wait_child(&mut child, EXIT_TIMEOUT) {
                 return Some(format!("{why}: stopped it with SIGTERM ({status})"));
             }
         }
@@ -726,17 +726,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(how) = self.stop() {
             println!("  stopping the daemon: {how}");
-        }
-    }
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
-            Ok(None) | Err(_) => return None,
         }
     }
 }

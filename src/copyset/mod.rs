@@ -211,6 +211,20 @@ impl Database {
         }
     }
 
+    /// The active copy and its volume; `EIO` when no copy is in sync.
+    fn active(&self) -> io::Result<(usize, &Arc<Volume>)> {
+        loop {
+            let i = self
+                .active_index()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            match self.copies[i].in_sync_volume() {
+                Some(v) => return Ok((i, v)),
+                // Failed since it was read: elect again.
+                None => self.elect(),
+            }
+        }
+    }
+
     /// Runs `f` on the active copy; a media error fails that copy and `f` runs again on
     /// the next one. For reads and lookups.
     pub fn read_op<T>(
@@ -219,13 +233,7 @@ impl Database {
         mut f: impl FnMut(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
         loop {
-            let Some(i) = self.active_index() else {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            };
-            let Some(v) = self.copies[i].in_sync_volume() else {
-                self.elect();
-                continue;
-            };
+            let (i, v) = self.active()?;
             match v.check().and_then(|()| f(i, v)) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_media_error(&e) => {
@@ -244,13 +252,7 @@ impl Database {
         f: impl Fn(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
         let (first, result) = loop {
-            let Some(i) = self.active_index() else {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            };
-            let Some(v) = self.copies[i].in_sync_volume() else {
-                self.elect();
-                continue;
-            };
+            let (i, v) = self.active()?;
             match v.check().and_then(|()| f(i, v)) {
                 Ok(t) => break (i, t),
                 Err(e) => {

@@ -190,14 +190,7 @@ fn stop_daemon(child: &mut Child, mountpoint: &Path) -> Option<ExitStatus> {
 
 /// Waits up to `timeout` for `child` to exit.
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
-            Ok(None) | Err(_) => return None,
-        }
-    }
+    testbed::wait_child(child, timeout)
 }
 
 /// stdout and stderr of a finished command, for failure messages.
