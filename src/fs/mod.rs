@@ -269,18 +269,19 @@ impl std::fmt::Debug for Core {
     }
 }
 
-/// Flags that must not reach a backing open.
+/// The open flags a backing open keeps: the access mode and the flags that change how
+/// I/O behaves. Creation flags are handled by the core, O_APPEND by the kernel (it sends
+/// explicit offsets), O_DIRECT is dropped (FUSE hands us unaligned buffers), and kernel-
+/// internal bits (such as `__FMODE_EXEC`) would make `openat2` fail.
 fn backing_open_flags(flags: i32) -> OFlags {
-    let strip = libc::O_CREAT
-        | libc::O_EXCL
-        | libc::O_TRUNC
-        | libc::O_APPEND
-        | libc::O_DIRECT
-        | libc::O_NOCTTY
-        | libc::O_NOFOLLOW
-        | libc::O_CLOEXEC
-        | libc::O_PATH;
-    OFlags::from_bits_retain((flags & !strip) as u32)
+    let keep = libc::O_ACCMODE
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME
+        | libc::O_NONBLOCK
+        | libc::O_DIRECTORY
+        | libc::O_LARGEFILE;
+    OFlags::from_bits_retain((flags & keep) as u32)
 }
 
 impl Core {

@@ -185,10 +185,11 @@ impl Table {
         }
     }
 
-    /// `to` is a new hard link of `id`.
+    /// `to` is a new hard link of `id`; the reply counts as a kernel reference.
     pub fn linked(&mut self, id: NodeId, db: usize, to: PathBuf) {
-        if let Some((node, _)) = self.by_id.get(&id) {
+        if let Some((node, lookups)) = self.by_id.get_mut(&id) {
             node.paths.lock().push(to.clone());
+            *lookups += 1;
         }
         self.by_path.insert((db, to), id);
     }

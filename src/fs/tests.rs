@@ -403,3 +403,24 @@ fn renames_links_and_xattrs_reach_every_copy() {
         assert_eq!(&v[..n], b"v");
     }
 }
+
+#[test]
+fn kernel_internal_open_flags_do_not_reach_the_backing_open() {
+    let bed = Bed::new("flags", 2, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (a, h) = core
+        .create(dir, OsStr::new("prog"), 0o755, libc::O_RDWR, ME)
+        .expect("create");
+    core.release(h);
+    // What the kernel sends when a program on the mount is executed: O_RDONLY|__FMODE_EXEC
+    // (0x20) with O_LARGEFILE; and an O_DIRECT|O_APPEND open for writing.
+    let h = core
+        .open(a.node, libc::O_LARGEFILE | 0x20)
+        .expect("exec-style open");
+    core.release(h);
+    let h = core
+        .open(a.node, libc::O_WRONLY | libc::O_DIRECT | libc::O_APPEND)
+        .expect("direct append open");
+    assert_eq!(core.write(h, 0, b"abc").expect("unaligned write"), 3);
+}
