@@ -157,8 +157,9 @@ impl Config {
                 ));
             }
         }
-        if self.copies == 0 {
-            return Err(invalid("copies", "must be at least 1".into()));
+        let max = crate::copyset::MAX_COPIES as u32;
+        if self.copies == 0 || self.copies > max {
+            return Err(invalid("copies", format!("must be between 1 and {max}")));
         }
         if self.copies_per_volume == 0 {
             return Err(invalid("copies_per_volume", "must be at least 1".into()));

@@ -12,7 +12,7 @@
 //!   the workload goes through the filesystem core ([`Core`]); the disk death is an `EIO`
 //!   injected into the volume layer.
 //!
-//! Both paths share the workload and the verification: a [`Target`] makes [`DemoFile`]s,
+//! Both paths share the workload and the verification: a `Target` makes `DemoFile`s,
 //! either files under a directory or handles of the core.
 //!
 //! SIGINT and SIGTERM stop the demo at the next step: the daemon is asked to unmount (then

@@ -14,7 +14,7 @@ use crate::events::Event;
 
 /// reseedfs: keeps a database running when a disk dies.
 ///
-/// Stable database paths (<databases_root>/<db>/) over a pool of volumes; every write
+/// Stable database paths (`<databases_root>/<db>/`) over a pool of volumes; every write
 /// goes to each copy; a failing disk is taken out of service without the database
 /// noticing.
 #[derive(Debug, Parser)]

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-pub use fanout::Fanout;
+pub use fanout::{Fanout, MAX_COPIES};
 
 use crate::pool::{CopyState, Pool};
 use crate::volume::{Volume, is_media_error};
