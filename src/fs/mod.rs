@@ -326,8 +326,7 @@ impl Core {
     /// Where a new child `name` of `parent` lives; EPERM under the fixed top levels.
     fn child(&self, parent: NodeId, name: &OsStr) -> Result<(usize, PathBuf)> {
         layout::check_component(name)?;
-        let (node, db, path) = self.backing(parent)?;
-        let _ = node;
+        let (_, db, path) = self.backing(parent)?;
         Ok((db.index, child_path(&path, name)))
     }
 
@@ -408,13 +407,14 @@ impl Core {
         let (node, db, path) = self.backing(id)?;
         if let Some(size) = set.size {
             let _resize = node.io.resize.write();
-            match fh.map(|h| self.handle(h)) {
-                Some(Ok(h)) if matches!(*h, Handle::File { .. }) => {
-                    if let Handle::File { files, db, .. } = &*h {
-                        db.mutate_files("truncate", files, |f| f.set_len(size))?;
-                    }
-                }
-                _ => db.mutate("truncate", |_, v| v.truncate(&path, size))?,
+            let through_handle = fh.and_then(|h| {
+                self.with_file(h, |_, db, files| {
+                    Ok(db.mutate_files("truncate", files, |f| f.set_len(size))?)
+                })
+                .ok()
+            });
+            if through_handle.is_none() {
+                db.mutate("truncate", |_, v| v.truncate(&path, size))?;
             }
         }
         if let Some(mode) = set.mode {
@@ -643,79 +643,72 @@ impl Core {
         Ok((attr, h))
     }
 
-    fn file(&self, h: HandleId) -> Result<Arc<Handle>> {
-        let handle = self.handle(h)?;
-        match *handle {
-            Handle::File { .. } => Ok(handle),
+    /// Runs `f` on an open file handle; `EISDIR` for a directory handle.
+    fn with_file<T>(
+        &self,
+        h: HandleId,
+        f: impl FnOnce(&Arc<Node>, &Arc<Database>, &[Option<Arc<File>>]) -> Result<T>,
+    ) -> Result<T> {
+        match &*self.handle(h)? {
+            Handle::File { node, db, files } => f(node, db, files),
             Handle::Dir { .. } => Err(Errno(libc::EISDIR)),
         }
     }
 
     /// Reads into `buf` from the active copy; returns the bytes read.
     pub fn read(&self, h: HandleId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let handle = self.file(h)?;
-        let Handle::File { db, files, .. } = &*handle else {
-            return Err(Errno(libc::EBADF));
-        };
-        Ok(db.read_at(files, offset, buf)?)
+        self.with_file(h, |_, db, files| Ok(db.read_at(files, offset, buf)?))
     }
 
     /// Writes `data` at `offset` on every in-sync copy; overlapping writes are applied
     /// in the same order on every copy.
     pub fn write(&self, h: HandleId, offset: u64, data: &[u8]) -> Result<usize> {
-        let handle = self.file(h)?;
-        let Handle::File { node, db, files } = &*handle else {
-            return Err(Errno(libc::EBADF));
-        };
-        let _resize = node.io.resize.read();
-        let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, data.len() as u64));
-        Ok(db.write_at(&self.fanout, files, offset, data)?)
+        self.with_file(h, |node, db, files| {
+            let _resize = node.io.resize.read();
+            let _order =
+                (db.copies().len() > 1).then(|| node.io.lock_range(offset, data.len() as u64));
+            Ok(db.write_at(&self.fanout, files, offset, data)?)
+        })
     }
 
     /// `fsync`/`fdatasync`: durable on every in-sync copy when it returns.
     pub fn fsync(&self, h: HandleId, datasync: bool) -> Result<()> {
-        let handle = self.file(h)?;
-        let Handle::File { db, files, .. } = &*handle else {
-            return Err(Errno(libc::EBADF));
-        };
-        Ok(db.sync(&self.fanout, files, datasync)?)
+        self.with_file(h, |_, db, files| {
+            Ok(db.sync(&self.fanout, files, datasync)?)
+        })
     }
 
     /// `fallocate` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).
     pub fn fallocate(&self, h: HandleId, offset: u64, len: u64, mode: i32) -> Result<()> {
-        let handle = self.file(h)?;
-        let Handle::File { node, db, files } = &*handle else {
-            return Err(Errno(libc::EBADF));
-        };
-        let _resize = node.io.resize.write();
-        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        Ok(db.mutate_files("fallocate", files, |f| {
-            Ok(rustix::fs::fallocate(f, flags, offset, len)?)
-        })?)
+        self.with_file(h, |node, db, files| {
+            let _resize = node.io.resize.write();
+            let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+            Ok(db.mutate_files("fallocate", files, |f| {
+                Ok(rustix::fs::fallocate(f, flags, offset, len)?)
+            })?)
+        })
     }
 
     /// `lseek` for SEEK_DATA / SEEK_HOLE, answered by the active copy.
     pub fn lseek(&self, h: HandleId, offset: i64, whence: i32) -> Result<i64> {
-        let handle = self.file(h)?;
-        let Handle::File { db, files, .. } = &*handle else {
-            return Err(Errno(libc::EBADF));
-        };
-        let pos = match whence {
-            libc::SEEK_DATA => {
-                rustix::fs::SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
-            }
-            libc::SEEK_HOLE => {
-                rustix::fs::SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
-            }
-            _ => return Err(Errno(libc::EINVAL)),
-        };
-        let r = db.read_op("lseek", |i, _| {
-            let f = files[i]
-                .as_ref()
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            Ok(rustix::fs::seek(f, pos)?)
-        })?;
-        i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
+        self.with_file(h, |_, db, files| {
+            let pos = match whence {
+                libc::SEEK_DATA => rustix::fs::SeekFrom::Data(
+                    u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?,
+                ),
+                libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(
+                    u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?,
+                ),
+                _ => return Err(Errno(libc::EINVAL)),
+            };
+            let r = db.read_op("lseek", |i, _| {
+                let f = files[i]
+                    .as_ref()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                Ok(rustix::fs::seek(f, pos)?)
+            })?;
+            i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
+        })
     }
 
     /// Closes a file or directory handle.
