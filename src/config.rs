@@ -9,6 +9,21 @@
 //! state_dir = "/run/reseedfs"         # control socket and event log
 //! witness_dir = "/var/lib/reseedfs"   # a copy of the pool state on the system disk
 //! threads = 8                         # FUSE request threads
+//!
+//! [autoreseed]                        # defaults shown
+//! enabled = true
+//! dwell = "15m"
+//! resume_attempts = 3
+//! resume_interval = "5m"
+//! spare_attempts = 5
+//! spare_interval = "1h"
+//! seed_attempts = 5
+//! seed_interval = "1h"
+//! reset_after = "3d"
+//! max_failed_copies = 8
+//!
+//! [reseed]
+//! engine = "auto"                     # or "io_uring", "threads"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -52,6 +67,20 @@ pub struct Config {
     /// Threads serving FUSE requests. Default 8.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// The AutoReseed workflow's timings and limits.
+    #[serde(default)]
+    pub autoreseed: crate::autoreseed::Timings,
+    /// How reseeds copy.
+    #[serde(default)]
+    pub reseed: ReseedConfig,
+}
+
+/// The `[reseed]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReseedConfig {
+    /// `auto` (io_uring when the kernel allows it, else threads), `io_uring` or `threads`.
+    pub engine: crate::reseed::engine::EngineChoice,
 }
 
 fn default_copies() -> u32 {
@@ -115,6 +144,8 @@ impl Config {
             state_dir: default_state_dir(),
             witness_dir: default_witness_dir(),
             threads: default_threads(),
+            autoreseed: Default::default(),
+            reseed: Default::default(),
         }
     }
 

@@ -11,6 +11,8 @@
 //! copyset/        one database's copies: write fan-out, read failover, copy states
 //! volume          one backing volume: safe relative paths (openat2 RESOLVE_BENEATH)
 //! pool/           volumes, placement map, persisted pool state, `init`
+//! reseed/         online block copy of a database onto a new copy, and its engines
+//! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
@@ -21,6 +23,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod autoreseed;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -30,6 +33,7 @@ pub mod events;
 pub mod fs;
 pub mod layout;
 pub mod pool;
+pub mod reseed;
 pub mod testbed;
 pub mod volume;
 

@@ -1,0 +1,1 @@
+//! The AutoReseed state machine (to be written).

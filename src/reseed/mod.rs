@@ -1,0 +1,3 @@
+//! Reseed: a full, online block copy of a database onto a copy's volume.
+
+pub mod engine;
