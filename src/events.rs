@@ -3,17 +3,34 @@
 //!
 //! Every event id is in one table, [`EventId`], also printed in the README:
 //!
-//! | id   | kind                | meaning |
-//! |------|---------------------|---------|
-//! | 1109 | `copy.failed`       | a copy's volume failed (I/O error, missing or dead at mount): copy FailedAndSuspended |
-//! | 3001 | `mount.started`     | the mount is up; which copies serve each database |
-//! | 3002 | `mount.finished`    | the mount is down (unmount, signal, or the kernel ended it) |
-//! | 3003 | `copy.diverged`     | a copy gave a different result than the active copy: failed to keep copies identical |
-//! | 3004 | `active.changed`    | a database's active copy moved to another volume |
-//! | 3005 | `state.persist_failed` | the pool state could not be written to a volume |
+//! | id   | kind                        | meaning |
+//! |------|-----------------------------|---------|
+//! | 825  | `seed.started`              | seeding of a copy started (source, target, bytes, engine) |
+//! | 826  | `seed.completed`            | seeding completed: every byte copied (bytes, seconds, MiB/s) |
+//! | 827  | `verify.started`            | verification of the new copy against its source started |
+//! | 828  | `verify.completed`          | verification completed: the new copy matches its source (checksums) |
+//! | 1109 | `copy.failed`               | a copy's volume failed (I/O error, missing or dead at mount): copy FailedAndSuspended |
+//! | 1110 | `copy.healthy`              | final checks passed: the copy is Healthy (in sync) |
+//! | 3001 | `mount.started`             | the mount is up; which copies serve each database |
+//! | 3002 | `mount.finished`            | the mount is down (unmount, signal, or the kernel ended it) |
+//! | 3003 | `copy.diverged`             | a copy gave a different result than the active copy: failed to keep copies identical |
+//! | 3004 | `active.changed`            | a database's active copy moved to another volume |
+//! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
+//! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
+//! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
+//! | 3012 | `autoreseed.attempt_failed` | the attempt failed (why); when the next one is due |
+//! | 3013 | `autoreseed.spare_assigned` | a spare volume took the failed copy's place in the placement |
+//! | 3014 | `autoreseed.spares_exhausted` | no spare can take the copy (each volume's reason) |
+//! | 3015 | `autoreseed.blocked`        | a prerequisite fails (reason code and the command that clears it) |
+//! | 3016 | `autoreseed.unblocked`      | the blocking prerequisite holds again |
+//! | 3017 | `autoreseed.stopped`        | every attempt failed; the workflow waits for its reset |
+//! | 3018 | `autoreseed.reset`          | still failed after `reset_after`: the workflow starts over |
+//! | 3019 | `seed.failed`               | a reseed failed (why); the database runs on its other copies |
+//! | 3020 | `seed.source_changed`       | the reseed's source failed; it goes on from another in-sync copy |
+//! | 3021 | `copy.block_changed`        | an operator set or cleared ReseedBlocked / ResumeBlocked |
+//! | 3022 | `volume.returned`           | a failed volume answers its health probe again |
 //!
-//! Ids 825–828, 1110 and 2058 are reserved for seeding, verification and incremental
-//! resync, with the meanings of Exchange's events.
+//! Id 2058 is reserved for incremental resync errors, with the meaning of Exchange's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -38,6 +55,42 @@ pub enum EventId {
     ActiveChanged,
     /// 3005: the pool state could not be persisted on a volume.
     StatePersistFailed,
+    /// 825: seeding of a copy started.
+    SeedingStarted,
+    /// 826: seeding of a copy completed (every byte copied).
+    SeedingCompleted,
+    /// 827: verification of a seeded copy against its source started.
+    VerifyStarted,
+    /// 828: verification completed: the new copy matches its source.
+    VerifyCompleted,
+    /// 1110: final checks passed; the copy is Healthy (in sync).
+    CopyHealthy,
+    /// 3010: a copy was FailedAndSuspended for the dwell time: the AutoReseed workflow starts.
+    AutoReseedStarted,
+    /// 3011: an AutoReseed attempt (resume, spare assignment or in-place seed) starts.
+    AutoReseedAttempt,
+    /// 3012: an AutoReseed attempt failed; the next one is scheduled.
+    AutoReseedAttemptFailed,
+    /// 3013: a spare volume was assigned to a failed copy; the placement moved.
+    SpareAssigned,
+    /// 3014: no spare volume can take a failed copy.
+    SparesExhausted,
+    /// 3015: an AutoReseed prerequisite fails; the workflow waits (reason code).
+    AutoReseedBlocked,
+    /// 3016: the prerequisite that blocked the workflow holds again.
+    AutoReseedUnblocked,
+    /// 3017: every AutoReseed attempt failed; the workflow stops until its reset.
+    AutoReseedStopped,
+    /// 3018: the copy is still failed after reset_after: the workflow starts over.
+    AutoReseedReset,
+    /// 3019: a reseed failed; the database runs on its other copies.
+    ReseedFailed,
+    /// 3020: the reseed's source copy failed; the reseed goes on from another in-sync copy.
+    ReseedSourceChanged,
+    /// 3021: an operator set or cleared ReseedBlocked / ResumeBlocked on a copy.
+    BlockChanged,
+    /// 3022: a failed volume answers its health probe again.
+    VolumeReturned,
 }
 
 impl EventId {
@@ -50,6 +103,24 @@ impl EventId {
             EventId::CopyDiverged => 3003,
             EventId::ActiveChanged => 3004,
             EventId::StatePersistFailed => 3005,
+            EventId::SeedingStarted => 825,
+            EventId::SeedingCompleted => 826,
+            EventId::VerifyStarted => 827,
+            EventId::VerifyCompleted => 828,
+            EventId::CopyHealthy => 1110,
+            EventId::AutoReseedStarted => 3010,
+            EventId::AutoReseedAttempt => 3011,
+            EventId::AutoReseedAttemptFailed => 3012,
+            EventId::SpareAssigned => 3013,
+            EventId::SparesExhausted => 3014,
+            EventId::AutoReseedBlocked => 3015,
+            EventId::AutoReseedUnblocked => 3016,
+            EventId::AutoReseedStopped => 3017,
+            EventId::AutoReseedReset => 3018,
+            EventId::ReseedFailed => 3019,
+            EventId::ReseedSourceChanged => 3020,
+            EventId::BlockChanged => 3021,
+            EventId::VolumeReturned => 3022,
         }
     }
 
@@ -62,6 +133,24 @@ impl EventId {
             EventId::CopyDiverged => "copy.diverged",
             EventId::ActiveChanged => "active.changed",
             EventId::StatePersistFailed => "state.persist_failed",
+            EventId::SeedingStarted => "seed.started",
+            EventId::SeedingCompleted => "seed.completed",
+            EventId::VerifyStarted => "verify.started",
+            EventId::VerifyCompleted => "verify.completed",
+            EventId::CopyHealthy => "copy.healthy",
+            EventId::AutoReseedStarted => "autoreseed.started",
+            EventId::AutoReseedAttempt => "autoreseed.attempt",
+            EventId::AutoReseedAttemptFailed => "autoreseed.attempt_failed",
+            EventId::SpareAssigned => "autoreseed.spare_assigned",
+            EventId::SparesExhausted => "autoreseed.spares_exhausted",
+            EventId::AutoReseedBlocked => "autoreseed.blocked",
+            EventId::AutoReseedUnblocked => "autoreseed.unblocked",
+            EventId::AutoReseedStopped => "autoreseed.stopped",
+            EventId::AutoReseedReset => "autoreseed.reset",
+            EventId::ReseedFailed => "seed.failed",
+            EventId::ReseedSourceChanged => "seed.source_changed",
+            EventId::BlockChanged => "copy.block_changed",
+            EventId::VolumeReturned => "volume.returned",
         }
     }
 }

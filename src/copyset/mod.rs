@@ -12,32 +12,58 @@
 //! - only when no copy is in sync does the caller see `EIO`.
 
 mod fanout;
+mod seed;
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::{
+    Mutex, MutexGuard, RecursiveRwLock, RecursiveRwLockReadGuard, RecursiveRwLockWriteGuard,
+};
+
 pub use fanout::{Fanout, MAX_COPIES};
+pub use seed::SeedFile;
 
 use crate::pool::{CopyState, Pool};
 use crate::volume::{Volume, is_media_error};
 
 const NO_ACTIVE: usize = usize::MAX;
 
+const IN_SYNC: u8 = 0;
+const FAILED: u8 = 1;
+const SEEDING: u8 = 2;
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Where a copy lives. Replaced as a whole when the copy moves to a spare or its
+/// volume is opened again; `generation` tells files opened on an earlier placement
+/// from current ones.
+#[derive(Debug)]
+pub struct Placement {
+    /// `Volume1`.
+    pub volume_name: String,
+    /// The volume; `None` when it could not be opened.
+    pub volume: Option<Arc<Volume>>,
+    /// Unique per placement.
+    pub generation: u64,
+}
+
 /// One copy of a database.
 #[derive(Debug)]
 pub struct Copy {
-    volume_name: String,
-    volume: Option<Arc<Volume>>,
+    placement: ArcSwap<Placement>,
     state: AtomicU8,
 }
 
 fn state_to_u8(s: CopyState) -> u8 {
     match s {
-        CopyState::InSync => 0,
-        CopyState::FailedAndSuspended => 1,
+        CopyState::InSync => IN_SYNC,
+        CopyState::FailedAndSuspended => FAILED,
+        CopyState::Seeding => SEEDING,
     }
 }
 
@@ -50,36 +76,96 @@ impl Copy {
             state
         };
         Copy {
-            volume_name,
-            volume,
+            placement: ArcSwap::from_pointee(Placement {
+                volume_name,
+                volume,
+                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            }),
             state: AtomicU8::new(state_to_u8(state)),
         }
     }
 
-    /// `Volume1`.
-    pub fn volume_name(&self) -> &str {
-        &self.volume_name
+    /// Where the copy lives now.
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement.load_full()
     }
 
-    /// The volume, when it is in sync.
-    pub fn in_sync_volume(&self) -> Option<&Arc<Volume>> {
-        if self.state.load(Ordering::Acquire) == 0 {
-            self.volume.as_ref()
+    /// `Volume1`.
+    pub fn volume_name(&self) -> String {
+        self.placement.load().volume_name.clone()
+    }
+
+    /// The volume, when the copy is in sync.
+    pub fn in_sync_volume(&self) -> Option<Arc<Volume>> {
+        if self.state.load(Ordering::Acquire) == IN_SYNC {
+            self.placement.load().volume.clone()
         } else {
             None
+        }
+    }
+
+    /// The placement, when the copy takes mutations: in sync or being seeded.
+    fn writable(&self) -> Option<arc_swap::Guard<Arc<Placement>>> {
+        match self.state.load(Ordering::Acquire) {
+            IN_SYNC | SEEDING => Some(self.placement.load()).filter(|p| p.volume.is_some()),
+            _ => None,
         }
     }
 
     /// The copy's state.
     pub fn state(&self) -> CopyState {
         match self.state.load(Ordering::Acquire) {
-            0 => CopyState::InSync,
+            IN_SYNC => CopyState::InSync,
+            SEEDING => CopyState::Seeding,
             _ => CopyState::FailedAndSuspended,
         }
     }
 
+    fn is(&self, state: u8) -> bool {
+        self.state.load(Ordering::Acquire) == state
+    }
+
     fn fail(&self) -> bool {
-        self.state.swap(1, Ordering::AcqRel) == 0
+        self.state.swap(FAILED, Ordering::AcqRel) != FAILED
+    }
+}
+
+/// A backing file opened on one copy, tagged with the placement it was opened on.
+#[derive(Debug)]
+pub struct BackingFile {
+    /// The placement's generation.
+    pub generation: u64,
+    /// The open file.
+    pub file: File,
+}
+
+/// The backing files of one open handle, by copy index. A slot is refreshed when its
+/// copy gets a new placement (a reseed opens the file on the new copy for every open
+/// handle), so a file held open across a remap keeps working.
+#[derive(Debug)]
+pub struct OpenFiles {
+    slots: Box<[ArcSwapOption<BackingFile>]>,
+}
+
+impl OpenFiles {
+    /// No file open on any of `n` copies.
+    pub fn new(n: usize) -> OpenFiles {
+        OpenFiles {
+            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+
+    /// Records `file`, opened on copy `i` at placement `generation`.
+    pub fn set(&self, i: usize, generation: u64, file: File) {
+        if let Some(slot) = self.slots.get(i) {
+            slot.store(Some(Arc::new(BackingFile { generation, file })));
+        }
+    }
+
+    /// The file of copy `i`, if it was opened on the copy's current placement.
+    pub fn get(&self, i: usize, copy: &Copy) -> Option<Arc<BackingFile>> {
+        let f = self.slots.get(i)?.load_full()?;
+        (f.generation == copy.placement.load().generation).then_some(f)
     }
 }
 
@@ -93,17 +179,19 @@ pub struct Database {
     copies: Vec<Copy>,
     active: AtomicUsize,
     pool: Weak<Pool>,
+    /// Held shared by every namespace mutation and handle open, exclusively by a reseed
+    /// while it lays out the new copy.
+    namespace: RecursiveRwLock<()>,
+    /// One reseed at a time per database.
+    seeding: Mutex<()>,
 }
-
-/// The open backing files of one handle, by copy index (`None`: not open on that copy).
-pub type CopyFiles = [Option<Arc<File>>];
 
 impl Database {
     /// A database over `copies`; the first in-sync copy becomes active.
     pub fn new(name: String, index: usize, copies: Vec<Copy>, pool: Weak<Pool>) -> Database {
         let active = copies
             .iter()
-            .position(|c| c.in_sync_volume().is_some())
+            .position(|c| c.is(IN_SYNC))
             .unwrap_or(NO_ACTIVE);
         Database {
             name,
@@ -111,6 +199,8 @@ impl Database {
             copies,
             active: AtomicUsize::new(active),
             pool,
+            namespace: RecursiveRwLock::new(()),
+            seeding: Mutex::new(()),
         }
     }
 
@@ -129,8 +219,12 @@ impl Database {
 
     /// Volume name of the active copy.
     pub fn active_volume(&self) -> Option<String> {
-        self.active_index()
-            .map(|i| self.copies[i].volume_name.clone())
+        self.active_index().map(|i| self.copies[i].volume_name())
+    }
+
+    /// Index of the copy being seeded, if any.
+    pub fn seeding_index(&self) -> Option<usize> {
+        self.copies.iter().position(|c| c.is(SEEDING))
     }
 
     /// The Exchange status word of copy `i`.
@@ -138,20 +232,70 @@ impl Database {
         match (self.copies[i].state(), self.active_index() == Some(i)) {
             (CopyState::InSync, true) => "Mounted",
             (CopyState::InSync, false) => "Healthy",
+            (CopyState::Seeding, _) => "Seeding",
             (CopyState::FailedAndSuspended, _) => "FailedAndSuspended",
         }
     }
 
     /// True when a copy is not in sync.
     pub fn degraded(&self) -> bool {
-        self.copies.iter().any(|c| c.in_sync_volume().is_none())
+        self.copies.iter().any(|c| !c.is(IN_SYNC))
+    }
+
+    /// Shared hold on the namespace: no reseed lays out a new copy meanwhile. Taken
+    /// around a handle's open and its registration, so every handle either is refreshed
+    /// by the reseed or opens the new copy itself.
+    pub fn namespace_shared(&self) -> RecursiveRwLockReadGuard<'_, ()> {
+        self.namespace.read()
+    }
+
+    /// Exclusive hold on the namespace (a reseed laying out a new copy).
+    pub fn namespace_exclusive(&self) -> RecursiveRwLockWriteGuard<'_, ()> {
+        self.namespace.write()
+    }
+
+    /// The right to seed a copy of this database; `None` while a reseed runs.
+    pub fn try_seed_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        self.seeding.try_lock()
+    }
+
+    /// Moves copy `i` to a new placement in state Seeding; returns its generation.
+    /// Called by the pool with its state lock and the namespace held exclusively.
+    pub(crate) fn start_seeding(&self, i: usize, volume_name: String, volume: Arc<Volume>) -> u64 {
+        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+        let copy = &self.copies[i];
+        copy.state.store(FAILED, Ordering::Release);
+        copy.placement.store(Arc::new(Placement {
+            volume_name,
+            volume: Some(volume),
+            generation,
+        }));
+        copy.state.store(SEEDING, Ordering::Release);
+        generation
+    }
+
+    /// Copy `i` finished seeding: in sync. False when it failed meanwhile. Called by the
+    /// pool with its state lock held.
+    pub(crate) fn seeded(&self, i: usize) -> bool {
+        let ok = self.copies[i]
+            .state
+            .compare_exchange(SEEDING, IN_SYNC, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ok {
+            self.elect();
+        }
+        ok
     }
 
     /// Fails every copy on volume `vol` and elects a new active copy. Called by the pool
     /// with its state lock held. Returns whether a copy changed.
     pub(crate) fn fail_copies_on(&self, vol: &str) -> bool {
         let mut changed = false;
-        for c in self.copies.iter().filter(|c| c.volume_name == vol) {
+        for c in self
+            .copies
+            .iter()
+            .filter(|c| c.placement.load().volume_name == vol)
+        {
             changed |= c.fail();
         }
         if changed {
@@ -171,26 +315,32 @@ impl Database {
 
     fn elect(&self) {
         let cur = self.active.load(Ordering::Acquire);
-        if cur != NO_ACTIVE && self.copies[cur].in_sync_volume().is_some() {
+        if cur != NO_ACTIVE && self.copies[cur].is(IN_SYNC) {
             return;
         }
         let next = self
             .copies
             .iter()
-            .position(|c| c.in_sync_volume().is_some())
+            .position(|c| c.is(IN_SYNC))
             .unwrap_or(NO_ACTIVE);
         self.active.store(next, Ordering::Release);
     }
 
     /// Handles an error of copy `i` during `op`. Returns true when the copy was failed (the
     /// caller goes on without it), false when the error belongs to the caller.
-    fn on_error(&self, i: usize, op: &str, err: &io::Error, another_succeeded: bool) -> bool {
+    pub(crate) fn on_error(
+        &self,
+        i: usize,
+        op: &str,
+        err: &io::Error,
+        another_succeeded: bool,
+    ) -> bool {
         let Some(pool) = self.pool.upgrade() else {
             return false;
         };
-        let copy = &self.copies[i];
+        let placement = self.copies[i].placement();
         if is_media_error(err) {
-            if let Some(v) = &copy.volume {
+            if let Some(v) = &placement.volume {
                 v.count_io_error();
                 pool.fail_volume(v, op, err);
             }
@@ -212,7 +362,7 @@ impl Database {
     }
 
     /// The active copy and its volume; `EIO` when no copy is in sync.
-    fn active(&self) -> io::Result<(usize, &Arc<Volume>)> {
+    fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
         loop {
             let i = self
                 .active_index()
@@ -234,7 +384,7 @@ impl Database {
     ) -> io::Result<T> {
         loop {
             let (i, v) = self.active()?;
-            match v.check().and_then(|()| f(i, v)) {
+            match v.check().and_then(|()| f(i, &v)) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_media_error(&e) => {
                     self.on_error(i, op, &e, false);
@@ -245,15 +395,38 @@ impl Database {
     }
 
     /// Applies a metadata mutation: first on the active copy (whose answer decides), then
-    /// on every other in-sync copy. Returns the active copy's result.
+    /// on every other copy that takes mutations (in sync or being seeded). Returns the
+    /// active copy's result.
     pub fn mutate<T>(
         &self,
         op: &str,
         f: impl Fn(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
+        self.mutate_where(op, |_| true, f)
+    }
+
+    /// [`Database::mutate`] on the copies for which `has(i)` holds.
+    fn mutate_where<T>(
+        &self,
+        op: &str,
+        has: impl Fn(usize) -> bool,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let _namespace = self.namespace_shared();
         let (first, result) = loop {
-            let (i, v) = self.active()?;
-            match v.check().and_then(|()| f(i, v)) {
+            let (active, _) = self.active()?;
+            let order = std::iter::once(active).chain(
+                (0..self.copies.len()).filter(|&i| i != active && self.copies[i].is(IN_SYNC)),
+            );
+            let mut target = None;
+            for i in order.filter(|&i| has(i)) {
+                if let Some(v) = self.copies[i].in_sync_volume() {
+                    target = Some((i, v));
+                    break;
+                }
+            }
+            let (i, v) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            match v.check().and_then(|()| f(i, &v)) {
                 Ok(t) => break (i, t),
                 Err(e) => {
                     if !self.on_error(i, op, &e, false) {
@@ -263,13 +436,13 @@ impl Database {
             }
         };
         for (i, c) in self.copies.iter().enumerate() {
-            if i == first {
+            if i == first || !has(i) {
                 continue;
             }
-            if let Some(v) = c.in_sync_volume() {
-                if let Err(e) = v.check().and_then(|()| f(i, v)) {
-                    self.on_error(i, op, &e, true);
-                }
+            let Some(p) = c.writable() else { continue };
+            let Some(v) = &p.volume else { continue };
+            if let Err(e) = v.check().and_then(|()| f(i, v)) {
+                self.on_error(i, op, &e, true);
             }
         }
         self.settle();
@@ -278,33 +451,64 @@ impl Database {
 
     /// Reads from the active copy's file, failing over on media errors. Fills `buf`
     /// unless end of file comes first; returns the bytes read.
-    pub fn read_at(&self, files: &CopyFiles, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_op("read", |i, _| {
-            let f = files
-                .get(i)
-                .and_then(Option::as_ref)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            read_full(f, offset, buf)
-        })
+    pub fn read_at(&self, files: &OpenFiles, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_file_op("read", files, |f| read_full(f, offset, buf))
     }
 
-    /// Writes `data` at `offset` to every in-sync copy, in parallel through `fanout`.
+    /// Runs `f` on the handle's file of the active copy (or, when the handle has no file
+    /// there, of another in-sync copy); a media error fails that copy and `f` runs again.
+    pub fn read_file_op<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        mut f: impl FnMut(&File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            let (active, _) = self.active()?;
+            let order = std::iter::once(active).chain(
+                (0..self.copies.len()).filter(|&i| i != active && self.copies[i].is(IN_SYNC)),
+            );
+            let mut target = None;
+            for i in order {
+                if let (Some(v), Some(file)) = (
+                    self.copies[i].in_sync_volume(),
+                    files.get(i, &self.copies[i]),
+                ) {
+                    target = Some((i, v, file));
+                    break;
+                }
+            }
+            let (i, v, file) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            match v.check().and_then(|()| f(&file.file)) {
+                Ok(t) => return Ok(t),
+                Err(e) if is_media_error(&e) => {
+                    self.on_error(i, op, &e, false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` to every in-sync copy, in parallel through `fanout`;
+    /// to the copy being seeded too when `to_seeding` (see [`SeedFile`]).
     pub fn write_at(
         &self,
         fanout: &Fanout,
-        files: &CopyFiles,
+        files: &OpenFiles,
         offset: u64,
         data: &[u8],
+        to_seeding: bool,
     ) -> io::Result<usize> {
-        self.fan_out(fanout, files, "write", data, move |f, d| {
+        self.fan_out(fanout, files, "write", data, to_seeding, move |f, d| {
             f.write_all_at(d, offset).map(|()| d.len())
         })
     }
 
-    /// `fsync`/`fdatasync` on every in-sync copy in parallel: returns when all are durable.
-    pub fn sync(&self, fanout: &Fanout, files: &CopyFiles, datasync: bool) -> io::Result<()> {
+    /// `fsync`/`fdatasync` on every copy that takes writes, in parallel: returns when all
+    /// are durable.
+    pub fn sync(&self, fanout: &Fanout, files: &OpenFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(fanout, files, op, &[], move |f, _| {
+        self.fan_out(fanout, files, op, &[], true, move |f, _| {
             if datasync {
                 f.sync_data()
             } else {
@@ -313,95 +517,110 @@ impl Database {
         })
     }
 
-    /// Applies `f` to the open file of every in-sync copy (active first): truncate,
-    /// fallocate, setattr through a handle.
+    /// Applies `f` to the open file of every copy that takes mutations (active first):
+    /// truncate, fallocate, setattr through a handle. A copy where the handle has no file
+    /// (it was unlinked before that copy was laid out) has nothing to change.
     pub fn mutate_files<T>(
         &self,
         op: &str,
-        files: &CopyFiles,
+        files: &OpenFiles,
         f: impl Fn(&File) -> io::Result<T>,
     ) -> io::Result<T> {
-        self.mutate(op, |i, _| match files.get(i).and_then(Option::as_ref) {
-            Some(file) => f(file),
-            None => Err(io::Error::from_raw_os_error(libc::EIO)),
-        })
+        self.mutate_where(
+            op,
+            |i| files.get(i, &self.copies[i]).is_some(),
+            |i, _| match files.get(i, &self.copies[i]) {
+                Some(file) => f(&file.file),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            },
+        )
     }
 
-    /// Runs `job(file, data)` on every in-sync copy, the first on this thread and the others
-    /// on the fan-out threads at the same time, then reconciles the outcomes.
+    /// Runs `job(file, data)` on every in-sync copy (and the seeding copy when
+    /// `to_seeding`) where the handle has a file: the first on this thread, the others on
+    /// the fan-out threads at the same time; then reconciles the outcomes.
     fn fan_out<T: Send + 'static>(
         &self,
         fanout: &Fanout,
-        files: &CopyFiles,
+        files: &OpenFiles,
         op: &str,
         data: &[u8],
+        to_seeding: bool,
         job: impl Fn(&File, &[u8]) -> io::Result<T> + Send + Sync + std::marker::Copy + 'static,
     ) -> io::Result<T> {
         loop {
-            let mut targets = [NO_ACTIVE; fanout::MAX_COPIES];
+            let mut targets: [Option<(usize, Arc<Volume>, Arc<BackingFile>)>; MAX_COPIES] =
+                Default::default();
             let mut n = 0;
             let active = self.active_index();
-            // Active copy first: its error decides when no copy succeeds.
+            // Active copy first: its error decides when no copy succeeds. A seeding copy
+            // never goes first and never makes a write count as done on its own.
             let order = active
                 .into_iter()
                 .chain((0..self.copies.len()).filter(|&i| Some(i) != active));
+            let mut in_sync = 0;
             for i in order {
-                if n < targets.len()
-                    && self.copies[i].in_sync_volume().is_some()
-                    && files.get(i).is_some_and(Option::is_some)
-                {
-                    targets[n] = i;
-                    n += 1;
+                let c = &self.copies[i];
+                let take = c.is(IN_SYNC) || (to_seeding && c.is(SEEDING) && n > 0);
+                if !take || n == targets.len() {
+                    continue;
                 }
+                let Some(p) = c.writable() else { continue };
+                let (Some(v), Some(f)) = (p.volume.clone(), files.get(i, c)) else {
+                    continue;
+                };
+                in_sync += usize::from(c.is(IN_SYNC));
+                targets[n] = Some((i, v, f));
+                n += 1;
             }
-            if n == 0 {
+            if in_sync == 0 {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            let run = |i: usize, d: &[u8]| -> io::Result<T> {
-                let v = self.copies[i]
-                    .volume
-                    .as_ref()
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-                v.check()?;
-                let f = files[i]
-                    .as_ref()
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-                job(f, d)
-            };
-            let mut results: [Option<io::Result<T>>; fanout::MAX_COPIES] = Default::default();
+            let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
             if n == 1 {
-                results[0] = Some(run(targets[0], data));
+                if let Some((_, v, f)) = &targets[0] {
+                    results[0] = Some(v.check().and_then(|()| job(&f.file, data)));
+                }
             } else {
                 let shared: Arc<[u8]> = Arc::from(data);
                 let (completer, waiter) = fanout.batch(n - 1);
-                for (slot, &i) in targets[1..n].iter().enumerate() {
-                    let v = self.copies[i].volume.clone();
-                    let f = files[i].clone();
+                for (slot, t) in targets[1..n].iter().enumerate() {
+                    let Some((_, v, f)) = t.clone() else { continue };
                     let d = shared.clone();
                     let w = completer.clone();
                     fanout.submit(Box::new(move || {
-                        let r = match (v, f) {
-                            (Some(v), Some(f)) => v.check().and_then(|()| job(&f, &d)),
-                            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
-                        };
+                        let r = v.check().and_then(|()| job(&f.file, &d));
                         w.done(slot + 1, r);
                     }));
                 }
                 drop(completer);
-                results[0] = Some(run(targets[0], data));
+                if let Some((_, v, f)) = &targets[0] {
+                    results[0] = Some(v.check().and_then(|()| job(&f.file, data)));
+                }
                 for (slot, r) in waiter.wait() {
                     results[slot] = Some(r);
                 }
             }
-            let any_ok = results[..n].iter().any(|r| matches!(r, Some(Ok(_))));
+            let seeding = |slot: usize| {
+                targets[slot]
+                    .as_ref()
+                    .is_some_and(|(i, _, _)| !self.copies[*i].is(IN_SYNC))
+            };
+            let any_ok = (0..n).any(|slot| !seeding(slot) && matches!(results[slot], Some(Ok(_))));
             let mut first_ok = None;
             let mut caller_err = None;
+            let mut seeded_alone = Vec::new();
             for (slot, r) in results.into_iter().take(n).enumerate() {
+                let Some((i, _, _)) = &targets[slot] else {
+                    continue;
+                };
                 match r {
-                    Some(Ok(t)) if first_ok.is_none() => first_ok = Some(t),
+                    Some(Ok(_)) if seeding(slot) && !any_ok => seeded_alone.push(*i),
+                    Some(Ok(t)) if first_ok.is_none() && !seeding(slot) => first_ok = Some(t),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        let failed = self.on_error(targets[slot], op, &e, any_ok);
+                        // A seeding copy never decides: any error of its own fails it.
+                        let failed = self.on_error(*i, op, &e, any_ok || seeding(slot));
                         if !failed && caller_err.is_none() {
                             caller_err = Some(e);
                         }
@@ -414,6 +633,10 @@ impl Database {
                 return Ok(t);
             }
             if let Some(e) = caller_err {
+                // The seeding copy took what every in-sync copy refused: it differs now.
+                for i in seeded_alone {
+                    self.on_error(i, op, &e, true);
+                }
                 return Err(e);
             }
             // Every target failed with a media error: try again on what is left.

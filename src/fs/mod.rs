@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::RwLock;
 use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
 
-use crate::copyset::{Database, Fanout};
+use crate::copyset::{Database, Fanout, OpenFiles, SeedFile};
 use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
 use crate::volume::child_path;
@@ -242,7 +242,9 @@ enum Handle {
     File {
         node: Arc<Node>,
         db: Arc<Database>,
-        files: Box<[Option<Arc<File>>]>,
+        files: OpenFiles,
+        /// The backing open flags, to open the file on a new copy.
+        flags: OFlags,
     },
     Dir {
         entries: Vec<DirEntry>,
@@ -583,26 +585,29 @@ impl Core {
         db: &Arc<Database>,
         op: &str,
         open: impl Fn(&crate::volume::Volume) -> io::Result<File>,
-    ) -> Result<Box<[Option<Arc<File>>]>> {
-        let files = parking_lot::Mutex::new(vec![None; db.copies().len()]);
+    ) -> Result<OpenFiles> {
+        let files = OpenFiles::new(db.copies().len());
         db.mutate(op, |i, v| {
             let f = open(v)?;
-            files.lock()[i] = Some(Arc::new(f));
+            files.set(i, db.copies()[i].placement().generation, f);
             Ok(())
         })?;
-        Ok(files.into_inner().into_boxed_slice())
+        Ok(files)
     }
 
     /// Opens a file on every in-sync copy.
     pub fn open(&self, id: NodeId, flags: i32) -> Result<HandleId> {
         let (node, db, path) = self.backing(id)?;
         let oflags = backing_open_flags(flags);
+        // No reseed lays out a new copy between the open and the handle's registration.
+        let _namespace = db.namespace_shared();
         let files =
             self.open_on_copies(db, "open", |v| v.open_file(&path, oflags, Mode::empty()))?;
         Ok(self.insert_handle(Handle::File {
             node,
             db: db.clone(),
             files,
+            flags: oflags,
         }))
     }
 
@@ -623,6 +628,7 @@ impl Core {
             | OFlags::CREATE
             | (OFlags::from_bits_retain((flags & libc::O_EXCL) as u32));
         let perm = Mode::from_raw_mode(mode & 0o7777);
+        let _namespace = d.namespace_shared();
         let files = self.open_on_copies(d, "create", |v| {
             let f = v.open_file(&path, oflags, perm)?;
             rustix::fs::fchown(
@@ -639,6 +645,7 @@ impl Core {
             node,
             db: d.clone(),
             files,
+            flags: backing_open_flags(flags),
         });
         Ok((attr, h))
     }
@@ -647,10 +654,12 @@ impl Core {
     fn with_file<T>(
         &self,
         h: HandleId,
-        f: impl FnOnce(&Arc<Node>, &Arc<Database>, &[Option<Arc<File>>]) -> Result<T>,
+        f: impl FnOnce(&Arc<Node>, &Arc<Database>, &OpenFiles) -> Result<T>,
     ) -> Result<T> {
         match &*self.handle(h)? {
-            Handle::File { node, db, files } => f(node, db, files),
+            Handle::File {
+                node, db, files, ..
+            } => f(node, db, files),
             Handle::Dir { .. } => Err(Errno(libc::EISDIR)),
         }
     }
@@ -665,9 +674,17 @@ impl Core {
     pub fn write(&self, h: HandleId, offset: u64, data: &[u8]) -> Result<usize> {
         self.with_file(h, |node, db, files| {
             let _resize = node.io.resize.read();
-            let _order =
-                (db.copies().len() > 1).then(|| node.io.lock_range(offset, data.len() as u64));
-            Ok(db.write_at(&self.fanout, files, offset, data)?)
+            let len = data.len() as u64;
+            let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, len));
+            // Decided under the range's stripe locks: see copyset::SeedFile.
+            let to_seeding = db.seeding_index().is_some()
+                && node
+                    .io
+                    .seed
+                    .lock()
+                    .as_ref()
+                    .is_none_or(|s| s.route_write(offset, len));
+            Ok(db.write_at(&self.fanout, files, offset, data, to_seeding)?)
         })
     }
 
@@ -683,6 +700,15 @@ impl Core {
         self.with_file(h, |node, db, files| {
             let _resize = node.io.resize.write();
             let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+            if flags.intersects(
+                rustix::fs::FallocateFlags::COLLAPSE_RANGE
+                    | rustix::fs::FallocateFlags::INSERT_RANGE,
+            ) {
+                // Data moves inside the file: a copy being seeded copies it again from here.
+                if let Some(seed) = node.io.seed.lock().as_ref() {
+                    seed.rewind(offset);
+                }
+            }
             Ok(db.mutate_files("fallocate", files, |f| {
                 Ok(rustix::fs::fallocate(f, flags, offset, len)?)
             })?)
@@ -701,12 +727,7 @@ impl Core {
                 ),
                 _ => return Err(Errno(libc::EINVAL)),
             };
-            let r = db.read_op("lseek", |i, _| {
-                let f = files[i]
-                    .as_ref()
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-                Ok(rustix::fs::seek(f, pos)?)
-            })?;
+            let r = db.read_file_op("lseek", files, |f| Ok(rustix::fs::seek(f, pos)?))?;
             i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
         })
     }

@@ -34,12 +34,15 @@ const STRIPES: usize = 16;
 const STRIPE_BYTES_SHIFT: u32 = 20; // 1 MiB
 
 /// Per-node locks that keep the copies identical: writes hold `resize` shared and the
-/// stripes of their range; truncate and fallocate hold `resize` exclusively.
+/// stripes of their range; truncate and fallocate hold `resize` exclusively; a reseed
+/// holds `resize` shared while it copies a window of the file.
 #[derive(Debug, Default)]
 pub struct NodeIo {
     /// Shared by writes, exclusive for size changes.
     pub resize: RwLock<()>,
     stripes: [Mutex<()>; STRIPES],
+    /// While a copy of the database is being seeded: how far this file is copied.
+    pub seed: Mutex<Option<Arc<crate::copyset::SeedFile>>>,
 }
 
 /// The stripe locks held by one write.

@@ -30,6 +30,8 @@ pub enum CopyState {
     InSync,
     /// Its volume failed; it misses writes and is never trusted again as it is.
     FailedAndSuspended,
+    /// Being seeded from an in-sync copy; not trusted until seeding and verification end.
+    Seeding,
 }
 
 /// One copy in the persisted placement.
