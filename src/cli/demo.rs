@@ -417,7 +417,7 @@ fn in_process_story(
         .volumes()
         .iter()
         .find(|v| &v.name == active)
-        .and_then(|v| v.volume.clone())
+        .and_then(|v| v.volume())
         .with_context(|| format!("find the open volume {active} in the pool"))?;
     let kill = || {
         victim.inject_fault(libc::EIO);

@@ -153,11 +153,9 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
                 name: db.clone(),
                 copies: chosen
                     .iter()
-                    .map(|&i| CopyRecord {
-                        volume: volumes[i].0.clone(),
-                        state: CopyState::InSync,
-                    })
+                    .map(|&i| CopyRecord::new(&volumes[i].0, CopyState::InSync))
                     .collect(),
+                retired: Vec::new(),
             })
             .collect(),
     };

@@ -11,6 +11,9 @@ mod init;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,55 @@ pub struct CopyRecord {
     pub volume: String,
     /// Its state.
     pub state: CopyState,
+    /// When it became FailedAndSuspended (the AutoReseed dwell counts from here).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failed_at: Option<SystemTime>,
+    /// An operator keeps AutoReseed and `reseed` off this copy.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reseed_blocked: bool,
+    /// An operator keeps AutoReseed from resuming this copy.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resume_blocked: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl CopyRecord {
+    /// A copy on `volume` in `state`, unblocked.
+    pub fn new(volume: &str, state: CopyState) -> CopyRecord {
+        CopyRecord {
+            volume: volume.to_owned(),
+            state,
+            failed_at: None,
+            reseed_blocked: false,
+            resume_blocked: false,
+        }
+    }
+
+    fn set_failed(&mut self) {
+        if self.state != CopyState::FailedAndSuspended {
+            self.state = CopyState::FailedAndSuspended;
+            self.failed_at = Some(SystemTime::now());
+        }
+    }
+}
+
+/// A copy that left the placement (its volume failed and a spare took its place).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredCopy {
+    /// The volume it was on.
+    pub volume: String,
+    /// When it was retired.
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+    /// The volume that took its place.
+    pub replaced_by: String,
 }
 
 /// One database in the persisted placement.
@@ -50,6 +102,9 @@ pub struct DbRecord {
     pub name: String,
     /// Its copies, the preferred active copy first.
     pub copies: Vec<CopyRecord>,
+    /// Copies retired from the placement, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredCopy>,
 }
 
 /// The pool state, written to `.reseedfs/pool.json` on every healthy volume.
@@ -161,8 +216,25 @@ pub enum OpenError {
 pub struct PoolVolume {
     /// `Volume1`.
     pub name: String,
-    /// The open volume, when it could be opened.
-    pub volume: Option<Arc<Volume>>,
+    /// Its directory.
+    pub path: PathBuf,
+    /// The open volume, when it could be opened (opened again when it comes back).
+    volume: ArcSwapOption<Volume>,
+}
+
+impl PoolVolume {
+    fn new(name: String, path: PathBuf, volume: Option<Volume>) -> PoolVolume {
+        PoolVolume {
+            name,
+            path,
+            volume: ArcSwapOption::from(volume.map(Arc::new)),
+        }
+    }
+
+    /// The open volume, if it could be opened.
+    pub fn volume(&self) -> Option<Arc<Volume>> {
+        self.volume.load_full()
+    }
 }
 
 /// The pool at run time: volumes, databases and the persisted state.
@@ -270,9 +342,9 @@ impl Pool {
                             best = Some(s);
                         }
                     }
-                    probed.push((name.clone(), Ok((v, meta))));
+                    probed.push((name.clone(), path.clone(), Ok((v, meta))));
                 }
-                Err(why) => probed.push((name.clone(), Err(why))),
+                Err(why) => probed.push((name.clone(), path.clone(), Err(why))),
             }
         }
         let mut state = best.ok_or_else(|| OpenError::NoState(config.volumes_root.clone()))?;
@@ -289,13 +361,10 @@ impl Pool {
         }
         let mut volumes = Vec::new();
         let mut unusable = std::collections::BTreeMap::new();
-        for (name, res) in probed {
+        for (name, path, res) in probed {
             match res {
                 Ok((v, meta)) if meta.pool_id == state.pool_id && meta.name == name => {
-                    volumes.push(PoolVolume {
-                        name,
-                        volume: Some(Arc::new(v)),
-                    });
+                    volumes.push(PoolVolume::new(name, path, Some(v)));
                 }
                 Ok((_, meta)) => {
                     unusable.insert(
@@ -305,16 +374,17 @@ impl Pool {
                             meta.pool_id, meta.name
                         ),
                     );
-                    volumes.push(PoolVolume { name, volume: None });
+                    volumes.push(PoolVolume::new(name, path, None));
                 }
                 Err(why) => {
                     unusable.insert(name.clone(), why);
-                    volumes.push(PoolVolume { name, volume: None });
+                    volumes.push(PoolVolume::new(name, path, None));
                 }
             }
         }
         // Copies on a volume that is gone or dead cannot be trusted.
         let mut failed_now = Vec::new();
+        let mut interrupted = Vec::new();
         for db in &mut state.databases {
             for c in &mut db.copies {
                 let why = if !volumes.iter().any(|v| v.name == c.volume) {
@@ -322,9 +392,20 @@ impl Pool {
                 } else {
                     unusable.get(&c.volume).cloned()
                 };
-                if let (Some(why), CopyState::InSync) = (why, c.state) {
-                    c.state = CopyState::FailedAndSuspended;
-                    failed_now.push((db.name.clone(), c.volume.clone(), why));
+                match (why, c.state) {
+                    (Some(why), CopyState::InSync) => {
+                        c.set_failed();
+                        failed_now.push((db.name.clone(), c.volume.clone(), why));
+                    }
+                    (why, CopyState::Seeding) => {
+                        // A reseed interrupted by a stop: the copy is incomplete.
+                        c.set_failed();
+                        let why = why.unwrap_or_else(|| {
+                            "its reseed was interrupted by a stop of the daemon".into()
+                        });
+                        interrupted.push((db.name.clone(), c.volume.clone(), why));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -383,6 +464,18 @@ impl Pool {
             .map(|c| c.volume.clone())
             .collect();
         state.failed_volumes.retain(|v| !trusted.contains(v));
+        for (db, vol, why) in &interrupted {
+            events.emit(
+                NewEvent::new(
+                    EventId::CopyFailed,
+                    format!("copy {db}\\{vol} is FailedAndSuspended at mount: {why}"),
+                )
+                .database(db)
+                .volume(vol)
+                .field("operation", "mount")
+                .field("status", "FailedAndSuspended"),
+            );
+        }
         for (db, vol, why) in &failed_now {
             if !state.failed_volumes.contains(vol) {
                 state.failed_volumes.push(vol.clone());
@@ -412,7 +505,7 @@ impl Pool {
                             let volume = volumes
                                 .iter()
                                 .find(|v| v.name == c.volume)
-                                .and_then(|v| v.volume.clone());
+                                .and_then(PoolVolume::volume);
                             Copy::new(c.volume.clone(), volume, c.state)
                         })
                         .collect();
@@ -428,7 +521,7 @@ impl Pool {
                 unpersisted: AtomicUsize::new(0),
             };
             for v in &pool.volumes {
-                if let Some(vol) = &v.volume {
+                if let Some(vol) = v.volume() {
                     if pool.state.lock().failed_volumes.contains(&v.name) {
                         vol.mark_failed();
                     }
@@ -508,7 +601,7 @@ impl Pool {
                     let last = d.active_index().is_none();
                     if let Some(rec) = state.databases.iter_mut().find(|r| r.name == d.name) {
                         for c in rec.copies.iter_mut().filter(|c| c.volume == vol && !last) {
-                            c.state = CopyState::FailedAndSuspended;
+                            c.set_failed();
                         }
                     }
                     newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno, last));
@@ -574,10 +667,10 @@ impl Pool {
         if !db.fail_copy(i) {
             return;
         }
-        let vol = db.copies()[i].volume_name().to_owned();
+        let vol = db.copies()[i].volume_name();
         if let Some(rec) = state.databases.iter_mut().find(|r| r.name == db.name) {
-            for c in rec.copies.iter_mut().filter(|c| c.volume == vol) {
-                c.state = CopyState::FailedAndSuspended;
+            if let Some(c) = rec.copies.get_mut(i) {
+                c.set_failed();
             }
         }
         let dead = self.persist_locked(&mut state);
@@ -600,16 +693,16 @@ impl Pool {
         for (v, errno) in dead {
             if let Some(vol) = self.volume(&v) {
                 let e = std::io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO));
-                self.fail_volume(vol, "persist pool state", &e);
+                self.fail_volume(&vol, "persist pool state", &e);
             }
         }
     }
 
-    fn volume(&self, name: &str) -> Option<&Arc<Volume>> {
+    fn volume(&self, name: &str) -> Option<Arc<Volume>> {
         self.volumes
             .iter()
             .find(|v| v.name == name)
-            .and_then(|v| v.volume.as_ref())
+            .and_then(PoolVolume::volume)
     }
 
     /// Bumps the epoch and writes the state to every healthy volume; returns the volumes
@@ -634,7 +727,7 @@ impl Pool {
         };
         let mut dead = Vec::new();
         for v in &self.volumes {
-            let Some(vol) = &v.volume else { continue };
+            let Some(vol) = v.volume() else { continue };
             if state.failed_volumes.contains(&v.name) {
                 continue;
             }
@@ -670,7 +763,7 @@ impl Pool {
                     .enumerate()
                     .map(|(i, c)| CopyStatus {
                         name: format!("{}\\{}", d.name, c.volume_name()),
-                        volume: c.volume_name().to_owned(),
+                        volume: c.volume_name(),
                         status: d.status_word(i).to_owned(),
                         active: d.active_index() == Some(i),
                     })
@@ -685,9 +778,9 @@ impl Pool {
                     .databases
                     .iter()
                     .any(|d| d.copies.iter().any(|c| c.volume == v.name));
-                let failed = state.failed_volumes.contains(&v.name) || v.volume.is_none();
-                let (free_bytes, total_bytes) = v
-                    .volume
+                let volume = v.volume();
+                let failed = state.failed_volumes.contains(&v.name) || volume.is_none();
+                let (free_bytes, total_bytes) = volume
                     .as_ref()
                     .filter(|_| !failed)
                     .and_then(|vol| vol.statvfs().ok())
@@ -706,7 +799,7 @@ impl Pool {
                     .to_owned(),
                     free_bytes,
                     total_bytes,
-                    io_errors: v.volume.as_ref().map_or(0, |vol| vol.io_errors()),
+                    io_errors: volume.as_ref().map_or(0, |vol| vol.io_errors()),
                 }
             })
             .collect();
