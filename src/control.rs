@@ -6,6 +6,8 @@
 //! | `Status`  | always        | copies, volumes, states         |
 //! | `Events`  | always        | events after a sequence number  |
 //! | `Unmount` | always        | `Ok`, then the mount goes down  |
+//! | `Reseed`  | a copy is not in sync, or `to` names one | `Started`; progress in `Status` |
+//! | `Block`   | always        | the copies changed              |
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +34,30 @@ pub enum Request {
     },
     /// Unmount and stop the daemon.
     Unmount,
+    /// Start a reseed of a copy of `db`.
+    Reseed {
+        /// The database.
+        db: String,
+        /// Source volume (an in-sync copy); default: chosen by the daemon.
+        from: Option<String>,
+        /// Target volume: a volume holding a copy of `db` (reseeded in place) or a
+        /// spare (takes the place of the copy that is not in sync). Default: the copy
+        /// that is not in sync, in place when its volume answers, else the best spare.
+        to: Option<String>,
+    },
+    /// Set or clear ReseedBlocked / ResumeBlocked.
+    Block {
+        /// The database.
+        db: String,
+        /// Only the copy on this volume (default: every copy of `db`).
+        volume: Option<String>,
+        /// Change ReseedBlocked.
+        reseed: bool,
+        /// Change ResumeBlocked.
+        resume: bool,
+        /// Set (true) or clear (false).
+        set: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -45,23 +71,78 @@ pub enum Response {
     Ok,
     /// The request failed.
     Error(String),
+    /// A reseed started.
+    Started {
+        /// The database.
+        db: String,
+        /// The volume that receives the copy.
+        target: String,
+    },
+    /// Copies whose flags changed, as `db001\Volume1`.
+    Changed(Vec<String>),
 }
 
 /// One copy in `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CopyStatus {
     /// `db001\Volume1`, as Exchange names copies.
     pub name: String,
     /// `Volume1`.
     pub volume: String,
-    /// `Mounted`, `Healthy`, `FailedAndSuspended`, ...
+    /// `Mounted`, `Healthy`, `Seeding`, `FailedAndSuspended`, ...
     pub status: String,
     /// Whether it serves reads.
     pub active: bool,
+    /// ReseedBlocked.
+    #[serde(default)]
+    pub reseed_blocked: bool,
+    /// ResumeBlocked.
+    #[serde(default)]
+    pub resume_blocked: bool,
+    /// When it became FailedAndSuspended.
+    #[serde(default, with = "humantime_serde::option")]
+    pub failed_at: Option<std::time::SystemTime>,
+    /// The reseed running for it (or the last one, when it failed).
+    #[serde(default)]
+    pub seed: Option<crate::reseed::SeedStatus>,
+    /// Where AutoReseed is with it.
+    #[serde(default)]
+    pub autoreseed: Option<WorkflowStatus>,
+}
+
+/// AutoReseed's state for one copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowStatus {
+    /// `Dwell`, `Resume`, `AssignSpare`, `SeedInPlace`, `Stopped`, `Done`.
+    pub step: String,
+    /// Attempts made in this step.
+    pub attempt: u32,
+    /// Attempts allowed in this step.
+    pub of: u32,
+    /// The action running now.
+    pub running: Option<String>,
+    /// When the next thing happens (dwell end, next attempt, reset).
+    #[serde(default, with = "humantime_serde::option")]
+    pub next_at: Option<std::time::SystemTime>,
+    /// The prerequisite that holds the workflow.
+    pub blocked: Option<Blocker>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// A prerequisite that fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocker {
+    /// Reason code (`ReseedBlocked`, `NoSourceCopy`, ...).
+    pub code: String,
+    /// What it means.
+    pub description: String,
+    /// What clears it.
+    pub remedy: String,
 }
 
 /// One database in `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DbStatus {
     /// `db001`.
     pub name: String,
@@ -85,7 +166,7 @@ pub struct VolumeStatus {
 }
 
 /// The answer to `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The pool state's epoch.
     pub epoch: u64,

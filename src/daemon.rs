@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use crossbeam_channel::RecvTimeoutError;
 
+use crate::autoreseed::{Runner, SystemClock};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
@@ -41,13 +42,45 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             config.databases_root.display()
         );
     }
+    let core = match Core::new(pool.clone(), config.threads * 2) {
+        Ok(core) => Arc::new(core),
+        Err(e) => {
+            pool.close();
+            return Err(e).context("start fan-out threads");
+        }
+    };
+    let runner = Runner::new(core.clone(), Arc::new(SystemClock));
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
     let handler: control::Handler = {
         let pool = pool.clone();
+        let runner = runner.clone();
         let events_path = config.events_path();
         let stop_tx = stop_tx.clone();
         Arc::new(move |req| match req {
-            Request::Status => Response::Status(pool.status()),
+            Request::Status => {
+                let mut status = pool.status();
+                runner.annotate(&mut status);
+                Response::Status(status)
+            }
+            Request::Reseed { db, from, to } => match runner.manual_reseed(&db, from, to) {
+                Ok(target) => Response::Started { db, target },
+                Err(e) => Response::Error(e),
+            },
+            Request::Block {
+                db,
+                volume,
+                reseed,
+                resume,
+                set,
+            } => match pool.set_blocks(
+                &db,
+                volume.as_deref(),
+                reseed.then_some(set),
+                resume.then_some(set),
+            ) {
+                Ok(changed) => Response::Changed(changed),
+                Err(e) => Response::Error(e),
+            },
             Request::Events { since } => match events::read_events(&events_path) {
                 Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
                 Err(e) => Response::Error(format!("read {}: {e}", events_path.display())),
@@ -83,13 +116,13 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             }
         })
         .context("start the signal thread")?;
-    let mounted = Core::new(pool.clone(), config.threads * 2)
-        .context("start fan-out threads")
-        .and_then(|core| {
-            crate::sys::fuse::mount(Arc::new(core), &config.databases_root, config.threads)
-                .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))
+    let mounted = crate::sys::fuse::mount(core, &config.databases_root, config.threads)
+        .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))
+        .and_then(|m| {
+            let autoreseed = runner.start().context("start the AutoReseed runner")?;
+            Ok((m, autoreseed))
         });
-    let mount = match mounted {
+    let (mount, autoreseed) = match mounted {
         Ok(m) => m,
         Err(e) => {
             // Nothing was served: the copies are exactly as the last clean state left them.
@@ -148,6 +181,8 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         }
     };
     signal_handle.close();
+    // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
+    autoreseed.stop();
     let result = mount.unmount();
     if result.is_ok() {
         pool.close();

@@ -26,6 +26,7 @@ pub struct Volume {
     root_fd: OwnedFd,
     failed: AtomicBool,
     fault: AtomicI32,
+    read_fault: AtomicI32,
     io_errors: AtomicU64,
 }
 
@@ -72,6 +73,7 @@ impl Volume {
             root_fd,
             failed: AtomicBool::new(false),
             fault: AtomicI32::new(0),
+            read_fault: AtomicI32::new(0),
             io_errors: AtomicU64::new(0),
         })
     }
@@ -109,6 +111,20 @@ impl Volume {
     /// Makes every later operation fail with `errno` (0 clears it): a dying disk, for tests.
     pub fn inject_fault(&self, errno: i32) {
         self.fault.store(errno, Ordering::Release);
+    }
+
+    /// Makes reads of file data through [`Volume::check_read`] fail with `errno` (0 clears
+    /// it): unreadable sectors while writes still work, for tests.
+    pub fn inject_read_fault(&self, errno: i32) {
+        self.read_fault.store(errno, Ordering::Release);
+    }
+
+    /// [`Volume::check`] for a bulk read of file data (a reseed's source).
+    pub fn check_read(&self) -> io::Result<()> {
+        match self.read_fault.load(Ordering::Relaxed) {
+            0 => self.check(),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
     }
 
     /// Fails with the injected fault, if any. Called before every operation, including
@@ -382,6 +398,32 @@ impl Volume {
             self.open_file(parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
         };
         dir.sync_all()
+    }
+
+    /// Removes `rel` and everything under it (never following a symlink).
+    pub fn remove_tree(&self, rel: &Path) -> io::Result<()> {
+        let st = self.stat(rel)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            for e in self.read_dir(rel)? {
+                self.remove_tree(&child_path(rel, &e.name))?;
+            }
+            self.remove(rel, true)
+        } else {
+            self.remove(rel, false)
+        }
+    }
+
+    /// Creates `rel` and its missing parents as directories (mode 0700).
+    pub fn mkdir_all(&self, rel: &Path) -> io::Result<()> {
+        let mut cur = PathBuf::new();
+        for c in rel.components() {
+            cur.push(c);
+            match self.mkdir(&cur, Mode::from_raw_mode(0o700)) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Reads a whole (small) file.

@@ -17,6 +17,9 @@
 //! reseeds lives next to it.
 
 pub mod policy;
+mod runner;
+
+pub use runner::{Runner, RunnerHandle};
 
 use std::time::{Duration, SystemTime};
 

@@ -31,8 +31,8 @@ use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
 use crate::volume::child_path;
 
-use node::{Node, Table};
-pub use node::{NodeId, Place};
+use node::Table;
+pub use node::{Node, NodeId, Place};
 
 /// An errno for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -859,6 +859,56 @@ impl Core {
         out.ok_or(Errno(libc::EIO))
     }
 
+    /// For a reseed: the node of `path` in database `db` (made if new), its seeding
+    /// state set to `seed`.
+    pub fn seed_node(&self, db: usize, path: PathBuf, seed: &Arc<SeedFile>) -> Option<Arc<Node>> {
+        let mut nodes = self.nodes.write();
+        let id = nodes.intern(db, path, false);
+        let node = nodes.get(id)?;
+        *node.io.seed.lock() = Some(seed.clone());
+        Some(node)
+    }
+
+    /// For a reseed laying out copy `slot` of `db` (namespace held exclusively): opens
+    /// the file of every open handle of `db` on the copy's new placement. A handle whose
+    /// file has no name any more has nothing there. Returns the handles refreshed.
+    pub fn refresh_handles(&self, db: &Database, slot: usize) -> io::Result<usize> {
+        let placement = db.copies()[slot].placement();
+        let volume = placement
+            .volume
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        let mut handles = Vec::new();
+        for shard in &self.handles {
+            handles.extend(shard.read().values().cloned());
+        }
+        let mut n = 0;
+        for h in handles {
+            let Handle::File {
+                node,
+                db: hdb,
+                files,
+                flags,
+            } = &*h
+            else {
+                continue;
+            };
+            if hdb.index != db.index {
+                continue;
+            }
+            let Some(path) = node.path() else { continue };
+            match volume.open_file(&path, *flags, Mode::empty()) {
+                Ok(f) => {
+                    files.set(slot, placement.generation, f);
+                    n += 1;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     /// Reads an xattr (empty `buf`: asks for the size).
     pub fn getxattr(&self, id: NodeId, key: &OsStr, buf: &mut [u8]) -> Result<usize> {
         let (_, db, path) = self.backing(id).map_err(|_| Errno(libc::ENODATA))?;
@@ -887,4 +937,4 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

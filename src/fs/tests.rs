@@ -9,15 +9,15 @@ use crate::config::Config;
 use crate::events::{EventId, VecSink};
 use crate::pool::{CopyState, Pool, PoolState};
 
-const ME: Caller = Caller { uid: 0, gid: 0 };
+pub(crate) const ME: Caller = Caller { uid: 0, gid: 0 };
 
-struct Bed {
-    root: PathBuf,
-    config: Config,
+pub(crate) struct Bed {
+    pub(crate) root: PathBuf,
+    pub(crate) config: Config,
 }
 
 impl Bed {
-    fn new(tag: &str, volumes: usize, copies: u32) -> Bed {
+    pub(crate) fn new(tag: &str, volumes: usize, copies: u32) -> Bed {
         let root = std::env::temp_dir().join(format!("reseedfs-core-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for k in 1..=volumes {
@@ -31,17 +31,17 @@ impl Bed {
         Bed { root, config }
     }
 
-    fn open(&self) -> (Arc<Core>, Arc<VecSink>) {
+    pub(crate) fn open(&self) -> (Arc<Core>, Arc<VecSink>) {
         let sink = Arc::new(VecSink::default());
         let pool = Pool::open(&self.config, sink.clone()).expect("open pool");
         (Arc::new(Core::new(pool, 2).expect("core")), sink)
     }
 
-    fn backing(&self, k: usize, rel: &str) -> PathBuf {
+    pub(crate) fn backing(&self, k: usize, rel: &str) -> PathBuf {
         self.root.join(format!("vols/Volume{k}")).join(rel)
     }
 
-    fn persisted(&self, k: usize) -> PoolState {
+    pub(crate) fn persisted(&self, k: usize) -> PoolState {
         let b = std::fs::read(self.backing(k, ".reseedfs/pool.json")).expect("pool.json");
         serde_json::from_slice(&b).expect("parse pool.json")
     }
@@ -54,7 +54,7 @@ impl Drop for Bed {
 }
 
 /// The node of `<db>/db001.db`.
-fn db_folder(core: &Core) -> NodeId {
+pub(crate) fn db_folder(core: &Core) -> NodeId {
     let db = core
         .lookup(NodeId::ROOT, OsStr::new("db001"))
         .expect("db dir");
@@ -63,14 +63,11 @@ fn db_folder(core: &Core) -> NodeId {
         .node
 }
 
-fn volume(core: &Core, k: usize) -> Arc<crate::volume::Volume> {
-    core.pool().volumes()[k - 1]
-        .volume
-        .clone()
-        .expect("volume open")
+pub(crate) fn volume(core: &Core, k: usize) -> Arc<crate::volume::Volume> {
+    core.pool().volumes()[k - 1].volume().expect("volume open")
 }
 
-fn copy_state(core: &Core, k: usize) -> CopyState {
+pub(crate) fn copy_state(core: &Core, k: usize) -> CopyState {
     core.pool().databases()[0].copies()[k - 1].state()
 }
 

@@ -748,6 +748,310 @@ impl Pool {
         dead
     }
 
+    /// The volume named `name`.
+    pub fn pool_volume(&self, name: &str) -> Option<&PoolVolume> {
+        self.volumes.iter().find(|v| v.name == name)
+    }
+
+    /// The persisted record of copy `slot` of database `db`.
+    pub fn copy_record(&self, db: &str, slot: usize) -> Option<CopyRecord> {
+        let state = self.state.lock();
+        state
+            .databases
+            .iter()
+            .find(|d| d.name == db)
+            .and_then(|d| d.copies.get(slot).cloned())
+    }
+
+    /// True when volume `name` is recorded as failed.
+    pub fn is_failed(&self, name: &str) -> bool {
+        self.state.lock().failed_volumes.iter().any(|v| v == name)
+    }
+
+    /// Probes volume `name` again (open its directory anew, read its metadata, write,
+    /// fsync and read back a canary). When it answers, the pool uses the new handle and
+    /// a volume recorded as failed is failed no more (event 3022).
+    pub fn reprobe_volume(&self, name: &str) -> Result<Arc<Volume>, String> {
+        let pv = self
+            .pool_volume(name)
+            .ok_or_else(|| format!("{name} is not a volume of this pool"))?;
+        let (v, meta, _) = probe_volume(name, &pv.path)?;
+        let pool_id = self.state.lock().pool_id.clone();
+        if meta.pool_id != pool_id || meta.name != name {
+            return Err(format!(
+                "{} now holds volume {} of pool {}, not {name} of this pool",
+                pv.path.display(),
+                meta.name,
+                meta.pool_id
+            ));
+        }
+        let v = Arc::new(v);
+        let returned = {
+            let mut state = self.state.lock();
+            pv.volume.store(Some(v.clone()));
+            let was = state.failed_volumes.len();
+            state.failed_volumes.retain(|f| f != name);
+            let returned = state.failed_volumes.len() != was;
+            if returned {
+                self.persist_locked(&mut state);
+            }
+            returned
+        };
+        if returned {
+            self.events.emit(
+                NewEvent::new(
+                    EventId::VolumeReturned,
+                    format!("volume {name} answers its health probe again"),
+                )
+                .volume(name),
+            );
+        }
+        Ok(v)
+    }
+
+    /// The volumes that could take a new copy of `db` needing `bytes` (plus a margin of
+    /// 10% and 64 MiB), best first (most free space), and why each other volume cannot.
+    pub fn spares(&self, db: &str, bytes: u64) -> (Vec<String>, Vec<(String, String)>) {
+        let state = self.state.lock().clone();
+        let needed = bytes + bytes / 10 + (64 << 20);
+        let mut ok = Vec::new();
+        let mut rejected = Vec::new();
+        for v in &self.volumes {
+            let holding = state
+                .databases
+                .iter()
+                .filter(|d| d.copies.iter().any(|c| c.volume == v.name))
+                .count() as u32;
+            let why = if state.failed_volumes.contains(&v.name) {
+                Some("it is failed".to_owned())
+            } else if state
+                .databases
+                .iter()
+                .any(|d| d.name == db && d.copies.iter().any(|c| c.volume == v.name))
+            {
+                Some(format!("it already holds a copy of {db}"))
+            } else if holding >= self.config.copies_per_volume {
+                Some(format!(
+                    "it holds {holding} database copies and copies_per_volume is {}",
+                    self.config.copies_per_volume
+                ))
+            } else {
+                match v.volume().map(|vol| vol.statvfs()) {
+                    None => Some("it could not be opened".to_owned()),
+                    Some(Err(e)) => Some(format!("statvfs failed: {e}")),
+                    Some(Ok(st)) if st.f_bavail * st.f_frsize < needed => Some(format!(
+                        "{} MiB free, {} MiB needed",
+                        st.f_bavail * st.f_frsize >> 20,
+                        needed >> 20
+                    )),
+                    Some(Ok(st)) => {
+                        ok.push((st.f_bavail * st.f_frsize, v.name.clone()));
+                        None
+                    }
+                }
+            };
+            if let Some(why) = why {
+                rejected.push((v.name.clone(), why));
+            }
+        }
+        ok.sort_by(|a, b| b.0.cmp(&a.0));
+        (ok.into_iter().map(|(_, n)| n).collect(), rejected)
+    }
+
+    /// Starts seeding copy `slot` of `db` on volume `target` (its own volume, or a spare
+    /// that takes the failed copy's place in the placement): the copy becomes Seeding and
+    /// the placement is persisted on every healthy volume before this returns. Refused
+    /// unless the copy is FailedAndSuspended (or `allow_in_sync` and another copy is in
+    /// sync) and not ReseedBlocked. The caller holds the database's namespace exclusively.
+    /// Returns the new placement's generation.
+    pub fn begin_seed(
+        &self,
+        db: &Database,
+        slot: usize,
+        target: &str,
+        volume: Arc<Volume>,
+        allow_in_sync: bool,
+    ) -> Result<u64, String> {
+        let mut state = self.state.lock();
+        let pending = Unpersisted::new(&self.unpersisted);
+        let rec = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db.name)
+            .ok_or_else(|| format!("database {} is not in the pool state", db.name))?;
+        let copy = rec
+            .copies
+            .get(slot)
+            .cloned()
+            .ok_or_else(|| format!("{} has no copy #{slot}", db.name))?;
+        let label = format!("{}\\{}", db.name, copy.volume);
+        if copy.reseed_blocked {
+            return Err(format!(
+                "copy {label} is ReseedBlocked: `reseedfs unblock {} --volume {} --reseed` first",
+                db.name, copy.volume
+            ));
+        }
+        let others_in_sync = db
+            .copies()
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != slot && c.state() == CopyState::InSync);
+        if !others_in_sync {
+            return Err(format!(
+                "no other copy of {} is in sync to seed {label} from",
+                db.name
+            ));
+        }
+        match db.copies()[slot].state() {
+            CopyState::FailedAndSuspended => {}
+            CopyState::InSync if allow_in_sync => {}
+            s => {
+                return Err(format!(
+                    "copy {label} is {s:?}: only a FailedAndSuspended copy is reseeded"
+                ));
+            }
+        }
+        if target != copy.volume && rec.copies.iter().any(|c| c.volume == target) {
+            return Err(format!("{target} already holds a copy of {}", db.name));
+        }
+        if target != copy.volume {
+            rec.retired.push(RetiredCopy {
+                volume: copy.volume.clone(),
+                at: SystemTime::now(),
+                replaced_by: target.to_owned(),
+            });
+        }
+        rec.copies[slot] = CopyRecord {
+            volume: target.to_owned(),
+            state: CopyState::Seeding,
+            failed_at: None,
+            reseed_blocked: false,
+            resume_blocked: copy.resume_blocked,
+        };
+        state.failed_volumes.retain(|v| v != target);
+        let generation = db.start_seeding(slot, target.to_owned(), volume);
+        let dead = self.persist_locked(&mut state);
+        drop(pending);
+        drop(state);
+        self.fail_dead(dead);
+        Ok(generation)
+    }
+
+    /// Copy `slot` of `db` finished seeding and verification: in sync, persisted. False
+    /// when the copy failed meanwhile.
+    pub fn finish_seed(&self, db: &Database, slot: usize) -> bool {
+        let mut state = self.state.lock();
+        if !db.seeded(slot) {
+            return false;
+        }
+        if let Some(c) = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db.name)
+            .and_then(|d| d.copies.get_mut(slot))
+        {
+            c.state = CopyState::InSync;
+            c.failed_at = None;
+        }
+        let dead = self.persist_locked(&mut state);
+        drop(state);
+        self.fail_dead(dead);
+        true
+    }
+
+    /// A reseed of copy `slot` of `db` failed: the copy is FailedAndSuspended again.
+    pub fn abort_seed(&self, db: &Database, slot: usize) {
+        let mut state = self.state.lock();
+        let pending = Unpersisted::new(&self.unpersisted);
+        db.fail_copy(slot);
+        if let Some(c) = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db.name)
+            .and_then(|d| d.copies.get_mut(slot))
+        {
+            c.set_failed();
+        }
+        let dead = self.persist_locked(&mut state);
+        drop(pending);
+        drop(state);
+        self.fail_dead(dead);
+    }
+
+    /// Sets or clears ReseedBlocked / ResumeBlocked on the copies of `db` (on `volume`
+    /// only, when given); persisted. Returns the labels of the copies changed.
+    pub fn set_blocks(
+        &self,
+        db: &str,
+        volume: Option<&str>,
+        reseed: Option<bool>,
+        resume: Option<bool>,
+    ) -> Result<Vec<String>, String> {
+        let mut state = self.state.lock();
+        let rec = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db)
+            .ok_or_else(|| format!("no database {db} in this pool"))?;
+        if let Some(v) = volume {
+            if !rec.copies.iter().any(|c| c.volume == v) {
+                let on: Vec<&str> = rec.copies.iter().map(|c| c.volume.as_str()).collect();
+                return Err(format!(
+                    "{db} has no copy on {v} (its copies are on {})",
+                    on.join(", ")
+                ));
+            }
+        }
+        let mut changed = Vec::new();
+        for c in rec
+            .copies
+            .iter_mut()
+            .filter(|c| volume.is_none_or(|v| c.volume == v))
+        {
+            let before = (c.reseed_blocked, c.resume_blocked);
+            c.reseed_blocked = reseed.unwrap_or(c.reseed_blocked);
+            c.resume_blocked = resume.unwrap_or(c.resume_blocked);
+            if before != (c.reseed_blocked, c.resume_blocked) {
+                changed.push((
+                    format!("{db}\\{}", c.volume),
+                    c.volume.clone(),
+                    c.reseed_blocked,
+                    c.resume_blocked,
+                ));
+            }
+        }
+        if !changed.is_empty() {
+            let dead = self.persist_locked(&mut state);
+            drop(state);
+            self.fail_dead(dead);
+        } else {
+            drop(state);
+        }
+        for (label, vol, reseed, resume) in &changed {
+            self.events.emit(
+                NewEvent::new(
+                    EventId::BlockChanged,
+                    format!("copy {label}: ReseedBlocked={reseed} ResumeBlocked={resume}"),
+                )
+                .database(db)
+                .volume(vol)
+                .field("reseed_blocked", *reseed)
+                .field("resume_blocked", *resume),
+            );
+        }
+        Ok(changed.into_iter().map(|c| c.0).collect())
+    }
+
+    /// Fails the volumes a persist found dead.
+    fn fail_dead(&self, dead: Vec<(String, Option<i32>)>) {
+        for (v, errno) in dead {
+            if let Some(vol) = self.volume(&v) {
+                let e = std::io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO));
+                self.fail_volume(&vol, "persist pool state", &e);
+            }
+        }
+    }
+
     /// The status of the pool, as `status` shows it.
     pub fn status(&self) -> crate::control::Status {
         use crate::control::{CopyStatus, DbStatus, Status, VolumeStatus};
@@ -761,11 +1065,23 @@ impl Pool {
                     .copies()
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| CopyStatus {
-                        name: format!("{}\\{}", d.name, c.volume_name()),
-                        volume: c.volume_name(),
-                        status: d.status_word(i).to_owned(),
-                        active: d.active_index() == Some(i),
+                    .map(|(i, c)| {
+                        let rec = state
+                            .databases
+                            .iter()
+                            .find(|r| r.name == d.name)
+                            .and_then(|r| r.copies.get(i));
+                        CopyStatus {
+                            name: format!("{}\\{}", d.name, c.volume_name()),
+                            volume: c.volume_name(),
+                            status: d.status_word(i).to_owned(),
+                            active: d.active_index() == Some(i),
+                            reseed_blocked: rec.is_some_and(|r| r.reseed_blocked),
+                            resume_blocked: rec.is_some_and(|r| r.resume_blocked),
+                            failed_at: rec.and_then(|r| r.failed_at),
+                            seed: None,
+                            autoreseed: None,
+                        }
                     })
                     .collect(),
             })
