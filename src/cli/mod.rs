@@ -1,6 +1,9 @@
 //! The command line: parse, run one subcommand, map the outcome to an exit code.
 
 pub mod demo;
+mod reseed;
+
+pub use reseed::{BlockArgs, ReseedArgs};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +41,12 @@ pub enum Command {
     Events(EventsArgs),
     /// Ask the running mount to unmount and stop.
     Unmount(ConfigArg),
+    /// Reseed a copy now (a full online copy from an in-sync copy), optionally waiting.
+    Reseed(ReseedArgs),
+    /// Keep AutoReseed off a copy: --reseed (no reseed) and/or --resume (no resume).
+    Block(BlockArgs),
+    /// Clear ReseedBlocked and/or ResumeBlocked.
+    Unblock(BlockArgs),
     /// The whole story in a throwaway pool: mount, write, kill a disk, verify, clean up.
     Demo(demo::DemoArgs),
 }
@@ -153,6 +162,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(a) => status(&a),
         Command::Events(a) => events(&a),
         Command::Unmount(a) => unmount(&a.config),
+        Command::Reseed(a) => reseed::reseed(&a),
+        Command::Block(a) => reseed::block(&a, true),
+        Command::Unblock(a) => reseed::block(&a, false),
         Command::Demo(a) => demo::run(&a),
     };
     match r {
@@ -216,17 +228,70 @@ fn fmt_bytes(b: Option<u64>) -> String {
     }
 }
 
+fn when(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// The status as a table.
 pub fn render_status(s: &Status) -> String {
     let mut out = format!("{:<24} {:<20} {:<7}\n", "COPY", "STATUS", "ACTIVE");
     for d in &s.databases {
         for c in &d.copies {
+            let mut flags = Vec::new();
+            if c.reseed_blocked {
+                flags.push("ReseedBlocked");
+            }
+            if c.resume_blocked {
+                flags.push("ResumeBlocked");
+            }
             out += &format!(
-                "{:<24} {:<20} {:<7}\n",
+                "{:<24} {:<20} {:<7} {}\n",
                 c.name,
                 c.status,
-                if c.active { "yes" } else { "" }
+                if c.active { "yes" } else { "" },
+                flags.join(" ")
             );
+            if let Some(seed) = &c.seed {
+                let pct = if seed.bytes_total > 0 {
+                    100.0 * seed.bytes_done as f64 / seed.bytes_total as f64
+                } else {
+                    0.0
+                };
+                out += &format!(
+                    "    {:?}: {} of {} ({pct:.0}%), {:.0} MiB/s, ETA {}, from {} ({})\n",
+                    seed.phase,
+                    fmt_bytes(Some(seed.bytes_done)),
+                    fmt_bytes(Some(seed.bytes_total)),
+                    seed.mib_s,
+                    seed.eta_s.map_or("-".into(), |s| format!("{s:.0} s")),
+                    seed.source,
+                    seed.engine
+                );
+                if let Some(e) = &seed.error {
+                    out += &format!("    last reseed failed: {e}\n");
+                }
+            }
+            if let Some(w) = &c.autoreseed {
+                let next = w.next_at.map_or("-".into(), when);
+                let doing = match &w.running {
+                    Some(a) => format!("running {a} (attempt {} of {})", w.attempt, w.of),
+                    None if w.of > 0 => format!(
+                        "{} attempts {} of {} made, next at {next}",
+                        w.step, w.attempt, w.of
+                    ),
+                    None => format!("{}, next at {next}", w.step),
+                };
+                out += &format!("    AutoReseed: {doing}\n");
+                if let Some(b) = &w.blocked {
+                    out += &format!(
+                        "    blocked ({}): {} To clear: {}\n",
+                        b.code, b.description, b.remedy
+                    );
+                }
+                if let Some(e) = &w.last_error {
+                    out += &format!("    last error: {e}\n");
+                }
+            }
         }
     }
     out += &format!(

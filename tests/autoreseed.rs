@@ -1,0 +1,299 @@
+//! AutoReseed end to end, on real mounts with short timings: the active copy's disk dies
+//! under a write workload, the workflow tries to resume it (the disk is dead), assigns the
+//! spare, seeds it online and verifies it, and the workload never sees an error. Without a
+//! spare, the workflow reports spares exhausted and the database runs on one copy.
+//!
+//! Needs root, `/dev/fuse` and loop devices; elsewhere prints `SKIPPED` (fails under
+//! `CI=true`).
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{Mounted, copy_is, copy_status, event_id, require_mount_privileges, wait_for};
+use reseedfs::config::Config;
+use reseedfs::testbed::Testbed;
+use serde_json::Value;
+
+const DB: &str = "db001";
+const PAGE: usize = 4096;
+/// Pages per writer file (16 MiB).
+const PAGES: u64 = 4096;
+
+fn page(file: u64, index: u64, version: u64) -> Vec<u8> {
+    let mut x = (file << 48) ^ (index << 16) ^ version ^ 0x9E37_79B9_7F4A_7C15;
+    (0..PAGE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Short AutoReseed timings written into the testbed's config.
+fn short_timings(bed: &Testbed) {
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.autoreseed.dwell = Duration::from_millis(500);
+    c.autoreseed.resume_attempts = 1;
+    c.autoreseed.resume_interval = Duration::from_millis(500);
+    c.autoreseed.spare_attempts = 2;
+    c.autoreseed.spare_interval = Duration::from_secs(1);
+    c.autoreseed.seed_attempts = 1;
+    c.autoreseed.seed_interval = Duration::from_secs(1);
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+}
+
+/// Writers, each rewriting random pages of its own file with an fsync every 8 writes,
+/// keeping the version of every page; `stop` ends them. Returns (file, versions).
+fn start_writers(
+    dir: &Path,
+    n: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<(PathBuf, Vec<u64>, u64)>> {
+    (0..n)
+        .map(|w| {
+            let path = dir.join(format!("writer{w}.dat"));
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                let mut versions = vec![0u64; PAGES as usize];
+                // First pass: the whole file, so the reseed has data to move.
+                for i in 0..PAGES {
+                    versions[i as usize] = 1;
+                    f.write_all_at(&page(w, i, 1), i * PAGE as u64)
+                        .unwrap_or_else(|e| panic!("writer {w} page {i}: {e}"));
+                }
+                f.sync_all().expect("fsync");
+                let mut x = w + 1;
+                let mut writes = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let i = (x >> 33) % PAGES;
+                    let v = versions[i as usize] + 1;
+                    f.write_all_at(&page(w, i, v), i * PAGE as u64)
+                        .unwrap_or_else(|e| panic!("writer {w} page {i} (write {writes}): {e}"));
+                    versions[i as usize] = v;
+                    writes += 1;
+                    if writes % 8 == 0 {
+                        f.sync_data()
+                            .unwrap_or_else(|e| panic!("writer {w} fsync (write {writes}): {e}"));
+                    }
+                }
+                f.sync_all().expect("final fsync");
+                (path, versions, writes)
+            })
+        })
+        .collect()
+}
+
+fn verify_file(path: &Path, w: u64, versions: &[u64]) {
+    let data = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(data.len(), PAGES as usize * PAGE, "{} size", path.display());
+    for (i, v) in versions.iter().enumerate() {
+        let got = &data[i * PAGE..(i + 1) * PAGE];
+        assert!(
+            got == page(w, i as u64, *v).as_slice(),
+            "{} page {i}: not version {v}",
+            path.display()
+        );
+    }
+}
+
+/// Every file under `a/<db>.db` and `a/<db>.log` equals `b`'s.
+fn assert_same_tree(a: &Path, b: &Path) {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(root.join(rel)).expect("read_dir") {
+            let e = e.expect("dir entry");
+            let r = rel.join(e.file_name());
+            if e.file_type().expect("file type").is_dir() {
+                walk(root, &r, out);
+            }
+            out.push(r);
+        }
+    }
+    let mut files = 0;
+    for folder in [format!("{DB}.db"), format!("{DB}.log")] {
+        let (mut la, mut lb) = (Vec::new(), Vec::new());
+        walk(a, Path::new(&folder), &mut la);
+        walk(b, Path::new(&folder), &mut lb);
+        la.sort();
+        lb.sort();
+        assert_eq!(
+            la,
+            lb,
+            "{} and {} list different files",
+            a.display(),
+            b.display()
+        );
+        for p in la {
+            if a.join(&p).is_file() {
+                let (da, db) = (
+                    fs::read(a.join(&p)).expect("a"),
+                    fs::read(b.join(&p)).expect("b"),
+                );
+                assert!(
+                    da == db,
+                    "{} differs between {} and {}",
+                    p.display(),
+                    a.display(),
+                    b.display()
+                );
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 0, "no file compared");
+}
+
+fn ids(events: &[Value]) -> Vec<u64> {
+    events.iter().filter_map(event_id).collect()
+}
+
+#[test]
+fn the_active_disk_dies_and_the_spare_is_seeded_while_the_database_writes() {
+    if !require_mount_privileges(
+        "the_active_disk_dies_and_the_spare_is_seeded_while_the_database_writes",
+    ) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(3, 384 << 20).expect("three loop volumes");
+    common::init(&bed, &[DB], 2);
+    short_timings(&bed);
+    let m = Mounted::mount_only(bed);
+    let dir = m.db_files(DB);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&dir, 3, &stop);
+    // The database is busy; then Volume1 (the active copy) dies.
+    thread::sleep(Duration::from_secs(2));
+    m.bed.volumes[0].shutdown().expect("shut down Volume1");
+    // AutoReseed: resume fails (the disk is dead), the spare Volume3 is assigned, seeded
+    // and verified while the writers go on.
+    let healthy = wait_for(Duration::from_secs(180), || {
+        let s = m.status_json();
+        copy_is(&s, DB, "Volume3", "Healthy", false).then_some(s)
+    });
+    let Some(status) = healthy else {
+        panic!(
+            "Volume3 never became Healthy; status: {}\nevents: {:#?}\nmount.log:\n{}",
+            m.status_json(),
+            m.events_json(),
+            m.mount_log()
+        );
+    };
+    assert!(copy_is(&status, DB, "Volume2", "Mounted", true), "{status}");
+    assert!(
+        copy_status(&status, DB, "Volume1").is_none(),
+        "Volume1 left the placement: {status}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let results: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer failed"))
+        .collect();
+    for (w, (path, versions, writes)) in results.iter().enumerate() {
+        verify_file(path, w as u64, versions);
+        total += writes;
+    }
+    assert!(total > 0, "the writers wrote during the reseed");
+
+    let events = m.events_json();
+    let seq: Vec<u64> = ids(&events)
+        .into_iter()
+        .filter(|id| [1109, 825, 826, 827, 828, 1110].contains(id))
+        .collect();
+    assert_eq!(
+        seq,
+        [1109, 825, 826, 827, 828, 1110],
+        "events in order: {events:#?}"
+    );
+    for id in [3010, 3011, 3012, 3013] {
+        assert!(
+            ids(&events).contains(&id),
+            "event {id} missing: {events:#?}"
+        );
+    }
+    let bed = m.unmount();
+    // The new copy is byte-identical to the surviving one, and what the writers last wrote.
+    assert_same_tree(&bed.volume_path(2), &bed.volume_path(3));
+    for (w, (_, versions, _)) in results.iter().enumerate() {
+        verify_file(
+            &bed.volume_path(3).join(format!("{DB}.db/writer{w}.dat")),
+            w as u64,
+            versions,
+        );
+    }
+}
+
+#[test]
+fn without_a_spare_autoreseed_reports_spares_exhausted_and_the_database_runs_on() {
+    if !require_mount_privileges(
+        "without_a_spare_autoreseed_reports_spares_exhausted_and_the_database_runs_on",
+    ) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop volumes");
+    common::init(&bed, &[DB], 2);
+    short_timings(&bed);
+    let m = Mounted::mount_only(bed);
+    let dir = m.db_files(DB);
+    fs::write(dir.join("before"), b"written before the failure").expect("write before");
+    m.bed.volumes[0].shutdown().expect("shut down Volume1");
+    fs::write(dir.join("after"), b"written after the failure").expect("write after the failure");
+    let exhausted = wait_for(Duration::from_secs(60), || {
+        let events = m.events_json();
+        events.iter().find(|e| event_id(e) == Some(3014)).cloned()
+    });
+    let Some(event) = exhausted else {
+        panic!(
+            "no spares-exhausted event; events: {:#?}\nmount.log:\n{}",
+            m.events_json(),
+            m.mount_log()
+        );
+    };
+    let msg = event["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("Volume2") && msg.contains("already holds a copy"),
+        "{msg}"
+    );
+    // Still running on Volume2; the status says what AutoReseed is doing and why.
+    fs::write(dir.join("later"), b"still running").expect("write on one copy");
+    assert_eq!(
+        fs::read(dir.join("before")).expect("read"),
+        b"written before the failure"
+    );
+    let status = m.status_json();
+    assert!(copy_is(&status, DB, "Volume2", "Mounted", true), "{status}");
+    let failed = copy_status(&status, DB, "Volume1").expect("Volume1 still in the placement");
+    assert_eq!(failed["status"], "FailedAndSuspended", "{status}");
+    let last = failed["autoreseed"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last.contains("no spare") || last.contains("does not answer"),
+        "AutoReseed's last error is shown: {status}"
+    );
+    let text = m.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("AutoReseed:"), "{text}");
+    drop(m.unmount());
+}
