@@ -14,7 +14,7 @@
 //! included. `RESEED_BENCH_ROUNDS` (default 2) rounds, in alternating order; the table shows
 //! the best run of each, and `$CARGO_TARGET_DIR/bench/reseed.json` (or `target/...`) gets
 //! the figures. `RESEED_BENCH_DIRECT=0` makes the reseed copy buffered instead of with
-//! `O_DIRECT`.
+//! `O_DIRECT`; `RESEED_BENCH_THREADS=N` gives the thread engine N workers.
 
 use std::process::ExitCode;
 
@@ -187,7 +187,13 @@ mod linux {
                 None
             }
         };
-        let mut threads = ThreadEngine::new();
+        let mut threads = match std::env::var("RESEED_BENCH_THREADS") {
+            Ok(s) => ThreadEngine::with_threads(
+                s.parse()
+                    .map_err(|e| format!("RESEED_BENCH_THREADS={s}: {e}"))?,
+            ),
+            Err(_) => ThreadEngine::new(),
+        };
         let mut methods = vec![Method::ReseedThreads, Method::Cp, Method::Dd];
         if uring.is_some() {
             methods.insert(0, Method::ReseedUring);

@@ -139,14 +139,25 @@ fn uring_engine() -> Result<Box<dyn CopyEngine>, String> {
     Err("io_uring unavailable: it exists only on Linux".into())
 }
 
+/// The sysctl that disables io_uring (Linux 6.6+): 0 allowed, 1 only for
+/// `kernel.io_uring_group`, 2 disabled for everyone.
+#[cfg(target_os = "linux")]
+const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
+
 /// Why io_uring is unavailable, from the setup error and the `io_uring_disabled` sysctl.
 #[cfg(target_os = "linux")]
 fn uring_unavailable(e: &io::Error) -> String {
-    const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
-    let disabled = std::fs::read_to_string(SYSCTL).map(|s| s.trim().to_owned());
-    match disabled.as_deref() {
-        Ok("2") => format!("io_uring unavailable: {SYSCTL} is 2"),
-        Ok("1") if e.kind() == io::ErrorKind::PermissionDenied => format!(
+    let disabled = std::fs::read_to_string(IO_URING_DISABLED).ok();
+    unavailable_reason(e, disabled.as_deref().map(str::trim))
+}
+
+/// [`uring_unavailable`] given the sysctl's value.
+#[cfg(target_os = "linux")]
+fn unavailable_reason(e: &io::Error, disabled: Option<&str>) -> String {
+    const SYSCTL: &str = IO_URING_DISABLED;
+    match disabled {
+        Some("2") => format!("io_uring unavailable: {SYSCTL} is 2"),
+        Some("1") if e.kind() == io::ErrorKind::PermissionDenied => format!(
             "io_uring unavailable: {SYSCTL} is 1 and this process is not in \
              kernel.io_uring_group ({e})"
         ),
@@ -618,6 +629,26 @@ mod tests {
                 len: 50
             }]
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn explains_why_io_uring_is_unavailable() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(
+            unavailable_reason(&eperm, Some("2")),
+            "io_uring unavailable: /proc/sys/kernel/io_uring_disabled is 2"
+        );
+        let one = unavailable_reason(&eperm, Some("1"));
+        assert!(
+            one.contains("is 1") && one.contains("io_uring_group"),
+            "{one}"
+        );
+        let seccomp = unavailable_reason(&eperm, Some("0"));
+        assert!(seccomp.contains("seccomp"), "{seccomp}");
+        let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
+        let old = unavailable_reason(&enosys, None);
+        assert!(old.contains("without io_uring"), "{old}");
     }
 
     #[test]
