@@ -381,11 +381,11 @@ impl CopyEngine for UringEngine {
             .register_files_update(0, &[src.as_raw_fd(), dst.as_raw_fd()])
             .map_err(|e| CopyError::Dest(context("io_uring register the files")(e)))?;
         let result = self.pipeline(extents, direct);
-        if self.poisoned.is_none() {
-            // Every request has completed: the files can leave the table.
-            if let Err(e) = self.ring.submitter().register_files_update(0, &[-1, -1]) {
-                self.poisoned = Some(format!("io_uring unregister the files: {e}"));
-            }
+        // The files leave the table (requests still in flight on a poisoned ring keep their
+        // own references), so the engine does not hold them open.
+        if let Err(e) = self.ring.submitter().register_files_update(0, &[-1, -1]) {
+            self.poisoned
+                .get_or_insert_with(|| format!("io_uring unregister the files: {e}"));
         }
         result
     }
