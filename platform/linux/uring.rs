@@ -1,5 +1,6 @@
 //! The io_uring copy engine: one ring, [`IN_FLIGHT`] registered buffers of [`CHUNK`]
-//! bytes, and a pipeline in which each buffer (a *slot*) goes read → write → next read.
+//! bytes (other sizes through [`UringEngine::with_geometry`], for benchmarks), and a
+//! pipeline in which each buffer (a *slot*) goes read → write → next read.
 //!
 //! The ring is made disabled, given its buffers, two fixed-file slots (source and
 //! destination) and an allowlist (only `READ_FIXED` and `WRITE_FIXED` on fixed files, and
@@ -23,9 +24,7 @@ use io_uring::register::Restriction;
 use io_uring::{IoUring, opcode, squeue, types};
 use memmap2::MmapMut;
 
-use crate::reseed::engine::{
-    ALIGN, CHUNK, Chunks, CopyEngine, CopyError, Extent, IN_FLIGHT, chunk_len,
-};
+use crate::reseed::engine::{ALIGN, CHUNK, Chunks, CopyEngine, CopyError, Extent, IN_FLIGHT};
 
 /// Fixed-file index of the source.
 const SRC: types::Fixed = types::Fixed(0);
@@ -66,9 +65,11 @@ pub struct UringEngine {
     /// The ring; declared before `bufs` so that it is closed (and the buffers unregistered)
     /// before the buffers are unmapped.
     ring: IoUring,
-    /// The registered buffers, `bufs[i]` with buffer index `i`, [`CHUNK`] bytes each. They
+    /// The registered buffers, `bufs[i]` with buffer index `i`, `chunk` bytes each. They
     /// never move or shrink while the ring lives.
     bufs: Vec<MmapMut>,
+    /// Bytes per request (a multiple of [`ALIGN`]).
+    chunk: u32,
     /// Set when the engine lost track of requests in flight; it then refuses to copy.
     poisoned: Option<String>,
     /// Completions taken from the ring, kept to reuse the allocation.
@@ -79,7 +80,7 @@ impl fmt::Debug for UringEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UringEngine")
             .field("buffers", &self.bufs.len())
-            .field("buffer_bytes", &CHUNK)
+            .field("buffer_bytes", &self.chunk)
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
@@ -91,18 +92,40 @@ fn context(doing: &'static str) -> impl Fn(io::Error) -> io::Error {
 }
 
 impl UringEngine {
-    /// A ring with [`IN_FLIGHT`] entries, its buffers registered, two empty fixed-file
-    /// slots and the opcode allowlist. Fails cleanly (the error names the step: e.g.
-    /// `io_uring_setup: Operation not permitted`) when io_uring is disabled, blocked by
-    /// seccomp, missing from the kernel, or the buffers exceed `RLIMIT_MEMLOCK`.
+    /// A ring with [`IN_FLIGHT`] entries and as many registered buffers of [`CHUNK`] bytes,
+    /// two empty fixed-file slots and the opcode allowlist. Fails cleanly (the error names
+    /// the step: e.g. `io_uring_setup: Operation not permitted`) when io_uring is disabled,
+    /// blocked by seccomp, missing from the kernel, or the buffers exceed `RLIMIT_MEMLOCK`.
     pub fn new() -> io::Result<UringEngine> {
-        let entries = u32::try_from(IN_FLIGHT).map_err(io::Error::other)?;
+        UringEngine::with_geometry(CHUNK, IN_FLIGHT)
+    }
+
+    /// Like [`UringEngine::new`] with `depth` requests in flight of `chunk_bytes` each
+    /// (for benchmarks and tuning). `chunk_bytes` must be a non-zero multiple of [`ALIGN`]
+    /// up to 64 MiB, `depth` between 1 and 1024.
+    pub fn with_geometry(chunk_bytes: u64, depth: usize) -> io::Result<UringEngine> {
+        if chunk_bytes == 0 || chunk_bytes % ALIGN != 0 || chunk_bytes > 64 << 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "io_uring chunk of {chunk_bytes} bytes: not a multiple of {ALIGN} up to 64 MiB"
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&depth) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("io_uring depth {depth}: not between 1 and 1024"),
+            ));
+        }
+        let chunk = u32::try_from(chunk_bytes).map_err(io::Error::other)?;
+        let entries = u32::try_from(depth).map_err(io::Error::other)?;
         let ring = IoUring::builder()
             .setup_r_disabled()
             .build(entries)
             .map_err(context("io_uring_setup"))?;
-        let mut bufs = (0..IN_FLIGHT)
-            .map(|_| MmapMut::map_anon(chunk_len()))
+        let mut bufs = (0..depth)
+            .map(|_| MmapMut::map_anon(chunk as usize))
             .collect::<io::Result<Vec<_>>>()
             .map_err(context("map io_uring buffers"))?;
         let iovecs: Vec<libc::iovec> = bufs
@@ -138,8 +161,9 @@ impl UringEngine {
         Ok(UringEngine {
             ring,
             bufs,
+            chunk,
             poisoned: None,
-            completions: Vec::with_capacity(2 * IN_FLIGHT),
+            completions: Vec::with_capacity(2 * depth),
         })
     }
 
@@ -169,7 +193,7 @@ impl UringEngine {
         .user_data(i as u64);
         loop {
             // SAFETY: the entry points into `bufs[i]` (registered as buffer `i`), within its
-            // `CHUNK` bytes (`done <= len <= CHUNK`); slot `i` has no other request in flight,
+            // `chunk` bytes (`done <= len <= chunk`); slot `i` has no other request in flight,
             // and the buffer stays untouched until this request's completion is reaped.
             // The fixed files are in the table until every request has completed.
             match unsafe { self.ring.submission().push(&entry) } {
@@ -185,8 +209,9 @@ impl UringEngine {
     /// The pipeline: keeps every slot busy until all chunks are copied or an error
     /// happened, then waits for every request in flight.
     fn pipeline(&mut self, extents: &[Extent], direct: bool) -> Result<u64, CopyError> {
-        let mut slots = [Slot::Idle; IN_FLIGHT];
-        let mut chunks = Chunks::new(extents);
+        let depth = self.bufs.len();
+        let mut slots = vec![Slot::Idle; depth];
+        let mut chunks = Chunks::with_size(extents, u64::from(self.chunk));
         let mut in_flight = 0usize;
         let mut copied = 0u64;
         let mut failure: Option<CopyError> = None;
@@ -233,7 +258,7 @@ impl UringEngine {
             );
             for k in 0..self.completions.len() {
                 let (user_data, res) = self.completions[k];
-                let Some(i) = usize::try_from(user_data).ok().filter(|&i| i < IN_FLIGHT) else {
+                let Some(i) = usize::try_from(user_data).ok().filter(|&i| i < depth) else {
                     continue; // not ours; cannot happen
                 };
                 in_flight -= 1;
@@ -447,6 +472,19 @@ mod tests {
         if let Some(mut engine) = engine() {
             ts::reports_a_source_error(&mut engine);
         }
+    }
+
+    #[test]
+    fn uring_small_geometry_reuses_few_buffers() {
+        if engine().is_none() {
+            return;
+        }
+        let mut small = UringEngine::with_geometry(64 << 10, 3).unwrap();
+        ts::copies_holes_and_unaligned_tail(&mut small);
+        ts::copies_direct(&mut small);
+        ts::reports_a_dest_error(&mut small);
+        assert!(UringEngine::with_geometry(1000, 4).is_err());
+        assert!(UringEngine::with_geometry(1 << 20, 0).is_err());
     }
 
     #[test]

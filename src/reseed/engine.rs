@@ -268,19 +268,30 @@ pub fn split_aligned(extents: &[Extent]) -> (Vec<Extent>, Vec<Extent>) {
     (aligned, unaligned)
 }
 
-/// Cuts extents into requests of at most [`CHUNK`] bytes, in order.
+/// Cuts extents into requests of at most [`CHUNK`] (or another size) bytes, in order.
 #[derive(Debug)]
 pub(crate) struct Chunks<'a> {
     /// The extents still to cut.
     extents: &'a [Extent],
     /// Bytes of `extents[0]` already handed out.
     done: u64,
+    /// Largest chunk.
+    size: u64,
 }
 
 impl<'a> Chunks<'a> {
-    /// The chunks of `extents`.
+    /// The [`CHUNK`]-byte chunks of `extents`.
     pub(crate) fn new(extents: &'a [Extent]) -> Chunks<'a> {
-        Chunks { extents, done: 0 }
+        Chunks::with_size(extents, CHUNK)
+    }
+
+    /// The chunks of `extents`, at most `size` (> 0) bytes each.
+    pub(crate) fn with_size(extents: &'a [Extent], size: u64) -> Chunks<'a> {
+        Chunks {
+            extents,
+            done: 0,
+            size: size.max(1),
+        }
     }
 }
 
@@ -295,7 +306,7 @@ impl Iterator for Chunks<'_> {
                 self.done = 0;
                 continue;
             }
-            let len = (first.len - self.done).min(CHUNK);
+            let len = (first.len - self.done).min(self.size);
             let chunk = Extent {
                 offset: first.offset + self.done,
                 len,
