@@ -14,7 +14,9 @@
 //! included. `RESEED_BENCH_ROUNDS` (default 2) rounds, in alternating order; the table shows
 //! the best run of each, and `$CARGO_TARGET_DIR/bench/reseed.json` (or `target/...`) gets
 //! the figures. `RESEED_BENCH_DIRECT=0` makes the reseed copy buffered instead of with
-//! `O_DIRECT`; `RESEED_BENCH_THREADS=N` gives the thread engine N workers.
+//! `O_DIRECT`; `RESEED_BENCH_THREADS=N` gives the thread engine N workers;
+//! `RESEED_BENCH_SWEEP=1` instead compares io_uring chunk sizes and depths, direct and
+//! buffered, and 4 or 8 threads, against `cp` (byte counts checked, no JSON).
 
 use std::process::ExitCode;
 
@@ -44,6 +46,7 @@ mod linux {
         self, CHUNK, CopyEngine, EngineChoice, Extent, IN_FLIGHT, ThreadEngine, data_extents,
         split_aligned,
     };
+    use reseedfs::sys::uring::UringEngine;
     use reseedfs::testbed::{TESTBED_DIR_ENV, Testbed};
 
     /// Size of each volume image (sparse on the host).
@@ -79,23 +82,52 @@ mod linux {
         }
     }
 
-    /// One way of copying the database to volume 2.
+    /// What a variant stands for in the summary and the JSON file.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Method {
+    enum Role {
         ReseedUring,
         ReseedThreads,
         Cp,
         Dd,
+        /// A tuning variant (`RESEED_BENCH_SWEEP=1`).
+        Tuning,
     }
 
-    impl Method {
-        fn label(self) -> &'static str {
-            match self {
-                Method::ReseedUring => "reseed (io_uring)",
-                Method::ReseedThreads => "reseed (threads)",
-                Method::Cp => "cp -a + sync",
-                Method::Dd => "dd direct (per file)",
+    /// How a variant copies.
+    enum Kind {
+        /// `reseed_tree` with this engine; `direct`: `O_DIRECT` where the filesystem allows.
+        Reseed {
+            engine: Box<dyn CopyEngine>,
+            direct: bool,
+        },
+        Cp,
+        Dd,
+    }
+
+    /// One way of copying the database to volume 2, and its timed runs.
+    struct Variant {
+        label: String,
+        role: Role,
+        kind: Kind,
+        runs: Vec<Run>,
+    }
+
+    impl Variant {
+        fn new(label: impl Into<String>, role: Role, kind: Kind) -> Variant {
+            Variant {
+                label: label.into(),
+                role,
+                kind,
+                runs: Vec::new(),
             }
+        }
+
+        /// The fastest run.
+        fn best(&self) -> Option<Run> {
+            self.runs
+                .iter()
+                .copied()
+                .max_by(|a, b| a.mib_s().total_cmp(&b.mib_s()))
         }
     }
 
@@ -180,78 +212,68 @@ mod linux {
         // method writes over blocks that exist.
         warm_volume(&vol2, &stop)?;
 
-        let mut uring = match engine::select(EngineChoice::IoUring) {
-            Ok((engine, _)) => Some(engine),
-            Err(reason) => {
-                println!("reseed (io_uring) skipped: {reason}");
-                None
-            }
+        let sweep = std::env::var("RESEED_BENCH_SWEEP").as_deref() == Ok("1");
+        let mut variants = if sweep {
+            sweep_variants()?
+        } else {
+            standard_variants()?
         };
-        let mut threads = match std::env::var("RESEED_BENCH_THREADS") {
-            Ok(s) => ThreadEngine::with_threads(
-                s.parse()
-                    .map_err(|e| format!("RESEED_BENCH_THREADS={s}: {e}"))?,
-            ),
-            Err(_) => ThreadEngine::new(),
-        };
-        let mut methods = vec![Method::ReseedThreads, Method::Cp, Method::Dd];
-        if uring.is_some() {
-            methods.insert(0, Method::ReseedUring);
-        }
-        let mut runs: Vec<(Method, Vec<Run>)> = methods.iter().map(|&m| (m, Vec::new())).collect();
 
         for round in 0..rounds {
-            let order: Vec<Method> = if round % 2 == 0 {
-                methods.clone()
-            } else {
-                methods.iter().rev().copied().collect()
-            };
-            for method in order {
+            let mut order: Vec<usize> = (0..variants.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for k in order {
+                let variant = &mut variants[k];
                 stop()?;
                 clear_volume(&vol2)?;
                 drop_caches()?;
                 let started = Instant::now();
-                let bytes = match method {
-                    Method::ReseedUring => match uring.as_deref_mut() {
-                        Some(engine) => reseed_folders(&vol1, &vol2, engine)?,
-                        None => continue,
-                    },
-                    Method::ReseedThreads => reseed_folders(&vol1, &vol2, &mut threads)?,
-                    Method::Cp => copy_with_cp(&vol1, &vol2.join("cp"))?,
-                    Method::Dd => copy_with_dd(&vol1, &vol2.join("dd"), &stop)?,
+                let bytes = match &mut variant.kind {
+                    Kind::Reseed { engine, direct } => {
+                        DIRECT.store(*direct, Ordering::Relaxed);
+                        reseed_folders(&vol1, &vol2, engine.as_mut())?
+                    }
+                    Kind::Cp => copy_with_cp(&vol1, &vol2.join("cp"))?,
+                    Kind::Dd => copy_with_dd(&vol1, &vol2.join("dd"), &stop)?,
                 };
                 let run = Run {
                     seconds: started.elapsed().as_secs_f64(),
                     bytes,
                 };
                 println!(
-                    "round {}: {:<22} {:>7.2} s {:>8.0} MiB {:>7.1} MiB/s",
+                    "round {}: {:<34} {:>7.2} s {:>8.0} MiB {:>7.1} MiB/s",
                     round + 1,
-                    method.label(),
+                    variant.label,
                     run.seconds,
                     run.bytes as f64 / MIB,
                     run.mib_s()
                 );
-                if matches!(method, Method::ReseedUring | Method::ReseedThreads) {
+                if matches!(variant.kind, Kind::Reseed { .. }) {
                     if bytes != db.data_bytes {
                         return Err(format!(
                             "{}: copied {bytes} bytes, the database holds {}",
-                            method.label(),
-                            db.data_bytes
+                            variant.label, db.data_bytes
                         ));
                     }
-                    for folder in db_folders() {
-                        verify_tree(&vol1.join(&folder), &vol2.join(&folder), &stop)?;
+                    // The sweep checks the byte count only, to keep its runs short.
+                    if !sweep {
+                        for folder in db_folders() {
+                            verify_tree(&vol1.join(&folder), &vol2.join(&folder), &stop)?;
+                        }
                     }
                 }
-                if let Some((_, list)) = runs.iter_mut().find(|(m, _)| *m == method) {
-                    list.push(run);
-                }
+                variant.runs.push(run);
             }
         }
         clear_volume(&vol2)?;
-        println!("verified: every reseeded tree is byte-identical, holes included");
-        report(&runs, &db)?;
+        if sweep {
+            print_table(&variants);
+        } else {
+            println!("verified: every reseeded tree is byte-identical, holes included");
+            report(&variants, &db)?;
+        }
         println!("load average at the end {}", load_average());
         drop(bed);
         Ok(())
@@ -262,43 +284,121 @@ mod linux {
         [format!("{DB}.db"), format!("{DB}.log")]
     }
 
-    /// Prints the table and writes the JSON file.
-    fn report(runs: &[(Method, Vec<Run>)], db: &DbStats) -> Result<()> {
-        let best = |method: Method| -> Option<Run> {
-            runs.iter()
-                .find(|(m, _)| *m == method)?
-                .1
-                .iter()
-                .copied()
-                .max_by(|a, b| a.mib_s().total_cmp(&b.mib_s()))
+    /// The io_uring engine with `CHUNK` x `IN_FLIGHT`, the thread engine, `cp` and `dd`.
+    fn standard_variants() -> Result<Vec<Variant>> {
+        let direct = std::env::var("RESEED_BENCH_DIRECT").as_deref() != Ok("0");
+        let mut variants = Vec::new();
+        match engine::select(EngineChoice::IoUring) {
+            Ok((engine, _)) => variants.push(Variant::new(
+                "reseed (io_uring)",
+                Role::ReseedUring,
+                Kind::Reseed { engine, direct },
+            )),
+            Err(reason) => println!("reseed (io_uring) skipped: {reason}"),
+        }
+        let threads: Box<dyn CopyEngine> = match std::env::var("RESEED_BENCH_THREADS") {
+            Ok(s) => Box::new(ThreadEngine::with_threads(
+                s.parse()
+                    .map_err(|e| format!("RESEED_BENCH_THREADS={s}: {e}"))?,
+            )),
+            Err(_) => Box::new(ThreadEngine::new()),
         };
+        variants.push(Variant::new(
+            "reseed (threads)",
+            Role::ReseedThreads,
+            Kind::Reseed {
+                engine: threads,
+                direct,
+            },
+        ));
+        variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
+        variants.push(Variant::new("dd direct (per file)", Role::Dd, Kind::Dd));
+        Ok(variants)
+    }
+
+    /// `RESEED_BENCH_SWEEP=1`: io_uring chunk sizes and depths, direct and buffered, and
+    /// the thread engine with 4 and 8 workers, against `cp`.
+    fn sweep_variants() -> Result<Vec<Variant>> {
+        let mut variants = Vec::new();
+        for (chunk_kib, depth, direct) in [
+            (256u64, 16usize, true),
+            (512, 16, true),
+            (1024, 4, true),
+            (1024, 8, true),
+            (1024, 16, true),
+            (1024, 32, true),
+            (2048, 16, true),
+            (4096, 8, true),
+            (1024, 16, false),
+        ] {
+            let engine = UringEngine::with_geometry(chunk_kib << 10, depth)
+                .map_err(|e| format!("io_uring {chunk_kib} KiB x {depth}: {e}"))?;
+            let mode = if direct { "direct" } else { "buffered" };
+            variants.push(Variant::new(
+                format!("io_uring {chunk_kib:>4} KiB x {depth:>2} {mode}"),
+                Role::Tuning,
+                Kind::Reseed {
+                    engine: Box::new(engine),
+                    direct,
+                },
+            ));
+        }
+        for (threads, direct) in [(4usize, true), (8, true), (4, false), (8, false)] {
+            let mode = if direct { "direct" } else { "buffered" };
+            variants.push(Variant::new(
+                format!("threads x {threads} {mode}"),
+                Role::Tuning,
+                Kind::Reseed {
+                    engine: Box::new(ThreadEngine::with_threads(threads)),
+                    direct,
+                },
+            ));
+        }
+        variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
+        Ok(variants)
+    }
+
+    /// The best run of each variant, and all runs.
+    fn print_table(variants: &[Variant]) {
         println!();
         println!(
-            "{:<22} {:>9} {:>9} {:>9}   all runs (MiB/s)",
+            "{:<34} {:>9} {:>9} {:>9}   all runs (MiB/s)",
             "best of rounds", "seconds", "MiB", "MiB/s"
         );
-        for (method, list) in runs {
-            let Some(run) = best(*method) else { continue };
-            let all: Vec<String> = list.iter().map(|r| format!("{:.0}", r.mib_s())).collect();
+        for variant in variants {
+            let Some(run) = variant.best() else { continue };
+            let all: Vec<String> = variant
+                .runs
+                .iter()
+                .map(|r| format!("{:.0}", r.mib_s()))
+                .collect();
             println!(
-                "{:<22} {:>9.2} {:>9.0} {:>9.1}   {}",
-                method.label(),
+                "{:<34} {:>9.2} {:>9.0} {:>9.1}   {}",
+                variant.label,
                 run.seconds,
                 run.bytes as f64 / MIB,
                 run.mib_s(),
                 all.join(" ")
             );
         }
-        let (engine_name, reseed) = match best(Method::ReseedUring) {
-            Some(run) => ("io_uring", run),
-            None => (
-                "threads",
-                best(Method::ReseedThreads).ok_or("no reseed run")?,
-            ),
+    }
+
+    /// Prints the table and the ratios, and writes the JSON file.
+    fn report(variants: &[Variant], db: &DbStats) -> Result<()> {
+        let best = |role: Role| -> Option<Run> {
+            variants
+                .iter()
+                .find(|v| v.role == role)
+                .and_then(Variant::best)
         };
-        let threads = best(Method::ReseedThreads).ok_or("no threads run")?;
-        let cp = best(Method::Cp).ok_or("no cp run")?;
-        let dd = best(Method::Dd).ok_or("no dd run")?;
+        print_table(variants);
+        let (engine_name, reseed) = match best(Role::ReseedUring) {
+            Some(run) => ("io_uring", run),
+            None => ("threads", best(Role::ReseedThreads).ok_or("no reseed run")?),
+        };
+        let threads = best(Role::ReseedThreads).ok_or("no threads run")?;
+        let cp = best(Role::Cp).ok_or("no cp run")?;
+        let dd = best(Role::Dd).ok_or("no dd run")?;
         println!(
             "reseed ({engine_name}) / cp = {:.2}, reseed / dd = {:.2}, reseed / max(cp, dd) = {:.2}",
             reseed.mib_s() / cp.mib_s(),
@@ -553,10 +653,8 @@ mod linux {
         Ok(bytes)
     }
 
-    /// `RESEED_BENCH_DIRECT=0` makes the reseed use buffered I/O throughout (for tuning).
-    fn use_direct() -> bool {
-        std::env::var("RESEED_BENCH_DIRECT").as_deref() != Ok("0")
-    }
+    /// Whether `reseed_tree` opens files with `O_DIRECT` (set per variant).
+    static DIRECT: AtomicBool = AtomicBool::new(true);
 
     /// Opens with `O_DIRECT`.
     fn open_direct(path: &Path, write: bool) -> io::Result<File> {
@@ -600,10 +698,10 @@ mod linux {
         let (aligned, unaligned) = split_aligned(&extents);
         let mut bytes = 0;
         if !aligned.is_empty() {
-            let direct = if use_direct() {
+            let direct = if DIRECT.load(Ordering::Relaxed) {
                 open_direct(src_path, false).and_then(|s| Ok((s, open_direct(dst_path, true)?)))
             } else {
-                Err(io::Error::other("RESEED_BENCH_DIRECT=0"))
+                Err(io::Error::other("buffered variant"))
             };
             // Buffered where the filesystem refuses O_DIRECT (EINVAL).
             bytes += match direct {
