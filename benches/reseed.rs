@@ -16,7 +16,8 @@
 //! the figures. `RESEED_BENCH_DIRECT=0` makes the reseed copy buffered instead of with
 //! `O_DIRECT`; `RESEED_BENCH_THREADS=N` gives the thread engine N workers;
 //! `RESEED_BENCH_SWEEP=1` instead compares io_uring chunk sizes and depths, direct and
-//! buffered, and 4 or 8 threads, against `cp` (byte counts checked, no JSON).
+//! buffered, with and without preallocation, and the thread engine, against `cp` (byte
+//! counts checked, no JSON).
 
 use std::process::ExitCode;
 
@@ -95,10 +96,12 @@ mod linux {
 
     /// How a variant copies.
     enum Kind {
-        /// `reseed_tree` with this engine; `direct`: `O_DIRECT` where the filesystem allows.
+        /// `reseed_tree` with this engine; `direct`: `O_DIRECT` where the filesystem allows;
+        /// `prealloc`: `fallocate` the data extents first.
         Reseed {
             engine: Box<dyn CopyEngine>,
             direct: bool,
+            prealloc: bool,
         },
         Cp,
         Dd,
@@ -231,8 +234,13 @@ mod linux {
                 drop_caches()?;
                 let started = Instant::now();
                 let bytes = match &mut variant.kind {
-                    Kind::Reseed { engine, direct } => {
+                    Kind::Reseed {
+                        engine,
+                        direct,
+                        prealloc,
+                    } => {
                         DIRECT.store(*direct, Ordering::Relaxed);
+                        PREALLOC.store(*prealloc, Ordering::Relaxed);
                         reseed_folders(&vol1, &vol2, engine.as_mut())?
                     }
                     Kind::Cp => copy_with_cp(&vol1, &vol2.join("cp"))?,
@@ -292,7 +300,11 @@ mod linux {
             Ok((engine, _)) => variants.push(Variant::new(
                 "reseed (io_uring)",
                 Role::ReseedUring,
-                Kind::Reseed { engine, direct },
+                Kind::Reseed {
+                    engine,
+                    direct,
+                    prealloc: true,
+                },
             )),
             Err(reason) => println!("reseed (io_uring) skipped: {reason}"),
         }
@@ -309,6 +321,7 @@ mod linux {
             Kind::Reseed {
                 engine: threads,
                 direct,
+                prealloc: true,
             },
         ));
         variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
@@ -320,42 +333,54 @@ mod linux {
     /// the thread engine with 4 and 8 workers, against `cp`.
     fn sweep_variants() -> Result<Vec<Variant>> {
         let mut variants = Vec::new();
-        for (chunk_kib, depth, direct) in [
-            (256u64, 16usize, true),
-            (512, 16, true),
-            (1024, 4, true),
-            (1024, 8, true),
-            (1024, 16, true),
-            (1024, 32, true),
-            (2048, 16, true),
-            (4096, 8, true),
-            (1024, 16, false),
+        for (chunk_kib, depth, direct, prealloc) in [
+            (512u64, 16usize, true, true),
+            (1024, 16, true, true),
+            (1024, 32, true, true),
+            (4096, 8, true, true),
+            (1024, 16, true, false),
+            (1024, 16, false, true),
         ] {
             let engine = UringEngine::with_geometry(chunk_kib << 10, depth)
                 .map_err(|e| format!("io_uring {chunk_kib} KiB x {depth}: {e}"))?;
-            let mode = if direct { "direct" } else { "buffered" };
             variants.push(Variant::new(
-                format!("io_uring {chunk_kib:>4} KiB x {depth:>2} {mode}"),
+                format!(
+                    "io_uring {chunk_kib:>4} KiB x {depth:>2} {}",
+                    mode(direct, prealloc)
+                ),
                 Role::Tuning,
                 Kind::Reseed {
                     engine: Box::new(engine),
                     direct,
+                    prealloc,
                 },
             ));
         }
-        for (threads, direct) in [(4usize, true), (8, true), (4, false), (8, false)] {
-            let mode = if direct { "direct" } else { "buffered" };
+        for (threads, direct, prealloc) in
+            [(4usize, true, true), (4, true, false), (8, false, true)]
+        {
             variants.push(Variant::new(
-                format!("threads x {threads} {mode}"),
+                format!("threads x {threads} {}", mode(direct, prealloc)),
                 Role::Tuning,
                 Kind::Reseed {
                     engine: Box::new(ThreadEngine::with_threads(threads)),
                     direct,
+                    prealloc,
                 },
             ));
         }
         variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
         Ok(variants)
+    }
+
+    /// `direct`/`buffered`, and whether the data extents are preallocated.
+    fn mode(direct: bool, prealloc: bool) -> String {
+        let io = if direct { "direct" } else { "buffered" };
+        if prealloc {
+            io.to_owned()
+        } else {
+            format!("{io} no-prealloc")
+        }
     }
 
     /// The best run of each variant, and all runs.
@@ -655,6 +680,8 @@ mod linux {
 
     /// Whether `reseed_tree` opens files with `O_DIRECT` (set per variant).
     static DIRECT: AtomicBool = AtomicBool::new(true);
+    /// Whether `reseed_tree` preallocates the data extents (set per variant).
+    static PREALLOC: AtomicBool = AtomicBool::new(true);
 
     /// Opens with `O_DIRECT`.
     fn open_direct(path: &Path, write: bool) -> io::Result<File> {
@@ -684,7 +711,7 @@ mod linux {
         // ext4 would serialize for direct I/O. Then allocate the data extents in one go,
         // so that the direct writes are overwrites of preallocated blocks.
         dst.set_len(size)?;
-        for e in &extents {
+        for e in extents.iter().filter(|_| PREALLOC.load(Ordering::Relaxed)) {
             match rustix::fs::fallocate(
                 &dst,
                 rustix::fs::FallocateFlags::KEEP_SIZE,
