@@ -251,7 +251,7 @@ mod linux {
                     bytes,
                 };
                 println!(
-                    "round {}: {:<34} {:>7.2} s {:>8.0} MiB {:>7.1} MiB/s",
+                    "round {}: {:<42} {:>7.2} s {:>8.0} MiB {:>7.1} MiB/s",
                     round + 1,
                     variant.label,
                     run.seconds,
@@ -387,7 +387,7 @@ mod linux {
     fn print_table(variants: &[Variant]) {
         println!();
         println!(
-            "{:<34} {:>9} {:>9} {:>9}   all runs (MiB/s)",
+            "{:<42} {:>9} {:>9} {:>9}   all runs (MiB/s)",
             "best of rounds", "seconds", "MiB", "MiB/s"
         );
         for variant in variants {
@@ -398,7 +398,7 @@ mod linux {
                 .map(|r| format!("{:.0}", r.mib_s()))
                 .collect();
             println!(
-                "{:<34} {:>9.2} {:>9.0} {:>9.1}   {}",
+                "{:<42} {:>9.2} {:>9.0} {:>9.1}   {}",
                 variant.label,
                 run.seconds,
                 run.bytes as f64 / MIB,
