@@ -14,7 +14,8 @@
 //! everything it made; it never panics and logs what it could not undo.
 //!
 //! The images and directories live under [`std::env::temp_dir`], or under the directory named
-//! by the `RESEEDFS_TESTBED_DIR` environment variable when it is set.
+//! by the `RESEEDFS_TESTBED_DIR` environment variable when it is set, or under the directory
+//! given to [`Testbed::loop_volumes_in`].
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -243,7 +244,13 @@ impl Testbed {
     /// `n` loop-mounted ext4 volumes of `size_bytes` each at `volumes_root/VolumeK` (K from 1).
     /// Needs root (see [`mount_privileges`]).
     pub fn loop_volumes(n: usize, size_bytes: u64) -> io::Result<Testbed> {
-        let mut bed = Testbed::empty()?;
+        Testbed::loop_volumes_in(&base_dir(), n, size_bytes)
+    }
+
+    /// Like [`Testbed::loop_volumes`], but under `base` whatever [`TESTBED_DIR_ENV`] says
+    /// (the benchmarks put their images on a disk, never on a tmpfs `/tmp`).
+    pub fn loop_volumes_in(base: &Path, n: usize, size_bytes: u64) -> io::Result<Testbed> {
+        let mut bed = Testbed::empty_in(base)?;
         let images = bed.root.join("images");
         for k in 1..=n {
             let image = images.join(format!("Volume{k}.img"));
@@ -256,7 +263,7 @@ impl Testbed {
     /// `n` plain directories `volumes_root/VolumeK` (no root needed; they share one
     /// filesystem, so no disk can die).
     pub fn plain_dirs(n: usize) -> io::Result<Testbed> {
-        let bed = Testbed::empty()?;
+        let bed = Testbed::empty_in(&base_dir())?;
         for k in 1..=n {
             let path = bed.volume_path(k);
             fs::create_dir_all(&path).map_err(|e| with_path(e, "create volume", &path))?;
@@ -282,12 +289,9 @@ impl Testbed {
         }
     }
 
-    /// A fresh root with `vols/`, `dbs/` and `state/`, and no volume yet.
-    fn empty() -> io::Result<Testbed> {
+    /// A fresh root under `base` with `vols/`, `dbs/` and `state/`, and no volume yet.
+    fn empty_in(base: &Path) -> io::Result<Testbed> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::var_os(TESTBED_DIR_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -298,7 +302,7 @@ impl Testbed {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let root = base.join(name);
-        fs::create_dir_all(&base).map_err(|e| with_path(e, "create directory", &base))?;
+        fs::create_dir_all(base).map_err(|e| with_path(e, "create directory", base))?;
         fs::create_dir(&root).map_err(|e| with_path(e, "create testbed root", &root))?;
         // From here on, dropping `bed` removes `root`.
         let bed = Testbed {
@@ -314,6 +318,13 @@ impl Testbed {
         }
         Ok(bed)
     }
+}
+
+/// Where testbeds go by default: [`TESTBED_DIR_ENV`], else the system temporary directory.
+fn base_dir() -> PathBuf {
+    std::env::var_os(TESTBED_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 impl Drop for Testbed {

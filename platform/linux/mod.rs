@@ -1,5 +1,6 @@
-//! Linux adapters: the FUSE session (fuser) over the core, and the ext4 shutdown ioctl
-//! that simulates a dead disk.
+//! Linux adapters: the FUSE session (fuser) over the core, the ext4 shutdown ioctl that
+//! simulates a dead disk, and the io_uring copy engine.
 
 pub mod ext4;
 pub mod fuse;
+pub mod uring;
