@@ -20,7 +20,6 @@
 //! 4. **In sync** (1110): the copy is persisted `InSync` and serves reads again.
 
 pub mod engine;
-mod interim;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,8 +41,7 @@ use crate::layout;
 use crate::pool::CopyState;
 use crate::volume::{Volume, child_path, is_media_error};
 
-use engine::{CopyEngine, CopyError, Extent};
-use interim::{data_extents, select, split_aligned};
+use engine::{CopyEngine, CopyError, Extent, data_extents, select, split_aligned};
 
 /// Bytes of a file copied per window (the stripe locks of a window are taken once, to
 /// let the writes already inside it finish).
