@@ -1,23 +1,33 @@
-//! `cargo bench --bench reseed`: how fast a reseed copies a database from one volume to
-//! another, against `cp -a` and `dd` with direct I/O, in the same run on the same volumes.
+//! `cargo bench --bench reseed`: how fast the production seeder (`reseed::reseed`) copies a
+//! database from one volume to another, against `cp -a` and `dd` with direct I/O, in the
+//! same run on the same volumes.
 //!
 //! Needs root (loop devices, mounts, `drop_caches`); without it the bench says so and
-//! exits 0 without numbers (non-zero under `CI=true`). It builds two ext4 volumes on loop
-//! devices attached with `--direct-io=on` (images under `RESEEDFS_TESTBED_DIR`, default
-//! `/var/tmp`), writes a database of about 2.1 GiB of incompressible data on volume 1
-//! (`db001.db/`: two large files and a sparse one; `db001.log/`: log files, some with
-//! unaligned sizes), and then, after `sync` and `drop_caches` each time, copies it to
-//! volume 2 with: the reseed (io_uring engine), the reseed (thread engine), `cp -a
-//! --reflink=never` followed by `sync -f`, and `dd bs=1M iflag=direct oflag=direct
-//! conv=fsync` file by file (dd fills holes: it writes the sparse file's holes as zeros and
-//! is credited with those bytes). Each reseeded tree is checked byte for byte, holes
-//! included. `RESEED_BENCH_ROUNDS` (default 2) rounds, in alternating order; the table shows
-//! the best run of each, and `$CARGO_TARGET_DIR/bench/reseed.json` (or `target/...`) gets
-//! the figures. `RESEED_BENCH_DIRECT=0` makes the reseed copy buffered instead of with
-//! `O_DIRECT`; `RESEED_BENCH_THREADS=N` gives the thread engine N workers;
-//! `RESEED_BENCH_SWEEP=1` instead compares io_uring chunk sizes and depths, direct and
-//! buffered, with and without preallocation, and the thread engine, against `cp` (byte
-//! counts checked, no JSON).
+//! exits 0 without numbers (non-zero under `CI=true`). It builds two ext4 volumes,
+//! `Volume1` and `Volume2`, on loop devices attached with `--direct-io=on` (images under
+//! `RESEEDFS_TESTBED_DIR`, default `/var/tmp`), initialises a pool over them (`copies =
+//! 2`, database `db001`), writes a database of about 2.1 GiB of incompressible data on
+//! Volume1 (`db001.db/`: two large files and a sparse one; `db001.log/`: log files, some
+//! with unaligned sizes), and then, after `sync` and `drop_caches` each time, copies it
+//! to Volume2 with: the reseed with the io_uring engine and with the thread engine (the
+//! pool opened without a mount, the copy on Volume2 failed first, then
+//! `reseed::reseed`), `cp -a --reflink=never` followed by `sync -f`, and `dd bs=1M
+//! iflag=direct oflag=direct conv=fsync` file by file (dd fills holes: it writes the
+//! sparse file's holes as zeros and is credited with those bytes).
+//!
+//! A reseed's throughput is its copy phase as the seeder reports it (`SeedReport::mib_s`:
+//! data extents, fsyncs included, as for `cp` and `dd`); the whole call (layout, copy,
+//! verification, persisting the state) is shown beside it. Before each run Volume2's
+//! copy folders are emptied (two copies do not fit on a volume), so the seeder moves
+//! empty folders aside. Each reseeded tree is checked byte for byte against Volume1,
+//! holes included. `RESEED_BENCH_ROUNDS` (default 2) rounds, in alternating order; the
+//! table shows the best run of each, and `$CARGO_TARGET_DIR/bench/reseed.json` (or
+//! `target/...`) gets the figures.
+//!
+//! `RESEED_BENCH_SWEEP=1` is an engine sweep instead: the copy engines driven directly,
+//! file by file (io_uring chunk sizes and depths, direct and buffered, with and without
+//! preallocation, whole files or 64 MiB windows as the seeder copies, the thread engine),
+//! against the reseed (io_uring) and `cp` (byte counts checked, no JSON).
 
 use std::process::ExitCode;
 
@@ -43,10 +53,16 @@ mod linux {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
+    use parking_lot::Mutex;
+    use reseedfs::config::Config;
+    use reseedfs::events::{EventId, EventSink, NewEvent};
+    use reseedfs::fs::Core;
+    use reseedfs::pool::{self, CopyState, Pool};
     use reseedfs::reseed::engine::{
         self, CHUNK, CopyEngine, EngineChoice, Extent, IN_FLIGHT, ThreadEngine, data_extents,
         split_aligned,
     };
+    use reseedfs::reseed::{self, Progress, SeedRequest};
     use reseedfs::sys::uring::UringEngine;
     use reseedfs::testbed::{TESTBED_DIR_ENV, Testbed};
 
@@ -57,6 +73,11 @@ mod linux {
     const HOST_FREE_BYTES: u64 = 7 << 30;
     /// The database's name, as in the naming convention (`db001.db/`, `db001.log/`).
     const DB: &str = "db001";
+    /// The volume that receives every copy, and its copy's index in the placement.
+    const TARGET: &str = "Volume2";
+    const TARGET_SLOT: usize = 1;
+    /// The seeder's window (`reseed::WINDOW`), for the engine sweep.
+    const WINDOW: u64 = 64 << 20;
     const MIB: f64 = (1u64 << 20) as f64;
 
     type Result<T> = std::result::Result<T, String>;
@@ -90,18 +111,23 @@ mod linux {
         ReseedThreads,
         Cp,
         Dd,
-        /// A tuning variant (`RESEED_BENCH_SWEEP=1`).
+        /// An engine sweep variant (`RESEED_BENCH_SWEEP=1`).
         Tuning,
     }
 
     /// How a variant copies.
     enum Kind {
-        /// `reseed_tree` with this engine; `direct`: `O_DIRECT` where the filesystem allows;
-        /// `prealloc`: `fallocate` the data extents first.
-        Reseed {
+        /// `reseed::reseed` with this engine.
+        Reseed(EngineChoice),
+        /// The engine driven directly (engine sweep); `direct`: `O_DIRECT` where the
+        /// filesystem allows; `prealloc`: `fallocate` the data extents first; `windowed`:
+        /// in the seeder's windows (extents, preallocation and hole punching per window,
+        /// the engine drained at each window's end).
+        Engine {
             engine: Box<dyn CopyEngine>,
             direct: bool,
             prealloc: bool,
+            windowed: bool,
         },
         Cp,
         Dd,
@@ -137,13 +163,56 @@ mod linux {
     /// One timed copy.
     #[derive(Debug, Clone, Copy)]
     struct Run {
+        /// Seconds copying (for a reseed: its copy phase, fsyncs included).
         seconds: f64,
         bytes: u64,
+        /// A reseed's whole call.
+        reseed: Option<ReseedTimes>,
     }
 
     impl Run {
         fn mib_s(&self) -> f64 {
             self.bytes as f64 / MIB / self.seconds
+        }
+    }
+
+    /// Where a reseed's time went, from the call and its events.
+    #[derive(Debug, Clone, Copy)]
+    struct ReseedTimes {
+        /// The whole `reseed::reseed` call.
+        total: f64,
+        /// Call to SeedingStarted: checks, persisting Seeding, moving aside, layout.
+        layout: f64,
+        /// VerifyStarted to VerifyCompleted.
+        verify: f64,
+        bytes_verified: u64,
+    }
+
+    impl ReseedTimes {
+        fn verify_mib_s(&self) -> f64 {
+            self.bytes_verified as f64 / MIB / self.verify
+        }
+    }
+
+    /// An event sink that remembers when each event came.
+    #[derive(Default)]
+    struct Timeline(Mutex<Vec<(Instant, NewEvent)>>);
+
+    impl EventSink for Timeline {
+        fn emit(&self, event: NewEvent) {
+            self.0.lock().push((Instant::now(), event));
+        }
+    }
+
+    impl Timeline {
+        /// When the first event `id` came.
+        fn at(&self, id: EventId) -> Result<Instant> {
+            self.0
+                .lock()
+                .iter()
+                .find(|(_, e)| e.id == id)
+                .map(|(t, _)| *t)
+                .ok_or_else(|| format!("the reseed emitted no {id:?} event"))
         }
     }
 
@@ -184,9 +253,11 @@ mod linux {
             .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
         check_host_dir(&base)?;
         println!(
-            "reseed bench: load average at start {}; CHUNK {} KiB, IN_FLIGHT {IN_FLIGHT}",
+            "reseed bench: load average at start {}; CHUNK {} KiB, IN_FLIGHT {IN_FLIGHT}, \
+             seeder window {} MiB",
             load_average(),
-            CHUNK >> 10
+            CHUNK >> 10,
+            WINDOW >> 20
         );
 
         let bed = Testbed::loop_volumes_in(&base, 2, VOLUME_BYTES)
@@ -200,6 +271,7 @@ mod linux {
                 VOLUME_BYTES >> 30
             );
         }
+        let config = init_pool(&bed)?;
 
         let started = Instant::now();
         let db = make_database(&vol1, &stop)?;
@@ -219,7 +291,7 @@ mod linux {
         let mut variants = if sweep {
             sweep_variants()?
         } else {
-            standard_variants()?
+            standard_variants()
         };
 
         for round in 0..rounds {
@@ -231,45 +303,54 @@ mod linux {
                 let variant = &mut variants[k];
                 stop()?;
                 clear_volume(&vol2)?;
-                drop_caches()?;
-                let started = Instant::now();
-                let bytes = match &mut variant.kind {
-                    Kind::Reseed {
+                let run = match &mut variant.kind {
+                    Kind::Reseed(choice) => reseed_once(&config, *choice)?,
+                    Kind::Engine {
                         engine,
                         direct,
                         prealloc,
+                        windowed,
                     } => {
-                        DIRECT.store(*direct, Ordering::Relaxed);
-                        PREALLOC.store(*prealloc, Ordering::Relaxed);
-                        reseed_folders(&vol1, &vol2, engine.as_mut())?
+                        let opts = EngineOpts {
+                            direct: *direct,
+                            prealloc: *prealloc,
+                            windowed: *windowed,
+                        };
+                        timed(|| engine_copy_folders(&vol1, &vol2, engine.as_mut(), opts))?
                     }
-                    Kind::Cp => copy_with_cp(&vol1, &vol2.join("cp"))?,
-                    Kind::Dd => copy_with_dd(&vol1, &vol2.join("dd"), &stop)?,
+                    Kind::Cp => timed(|| copy_with_cp(&vol1, &vol2.join("cp")))?,
+                    Kind::Dd => timed(|| copy_with_dd(&vol1, &vol2.join("dd"), &stop))?,
                 };
-                let run = Run {
-                    seconds: started.elapsed().as_secs_f64(),
-                    bytes,
-                };
-                println!(
-                    "round {}: {:<42} {:>7.2} s {:>8.0} MiB {:>7.1} MiB/s",
+                print!(
+                    "round {}: {:<44} {:>7.2} s {:>8.0} MiB {:>7.1} MiB/s",
                     round + 1,
                     variant.label,
                     run.seconds,
                     run.bytes as f64 / MIB,
                     run.mib_s()
                 );
-                if matches!(variant.kind, Kind::Reseed { .. }) {
-                    if bytes != db.data_bytes {
-                        return Err(format!(
-                            "{}: copied {bytes} bytes, the database holds {}",
-                            variant.label, db.data_bytes
-                        ));
-                    }
-                    // The sweep checks the byte count only, to keep its runs short.
-                    if !sweep {
-                        for folder in db_folders() {
-                            verify_tree(&vol1.join(&folder), &vol2.join(&folder), &stop)?;
-                        }
+                match run.reseed {
+                    Some(t) => println!(
+                        "  (whole call {:.2} s: layout {:.2} s, verify {:.2} s at {:.0} MiB/s)",
+                        t.total,
+                        t.layout,
+                        t.verify,
+                        t.verify_mib_s()
+                    ),
+                    None => println!(),
+                }
+                if matches!(variant.kind, Kind::Reseed(_) | Kind::Engine { .. })
+                    && run.bytes != db.data_bytes
+                {
+                    return Err(format!(
+                        "{}: copied {} bytes, the database holds {}",
+                        variant.label, run.bytes, db.data_bytes
+                    ));
+                }
+                // The sweep checks the byte count only, to keep its runs short.
+                if matches!(variant.kind, Kind::Reseed(_)) && !sweep {
+                    for folder in db_folders() {
+                        verify_tree(&vol1.join(&folder), &vol2.join(&folder), &stop)?;
                     }
                 }
                 variant.runs.push(run);
@@ -287,72 +368,164 @@ mod linux {
         Ok(())
     }
 
+    /// Times `copy`, which returns the bytes it moved.
+    fn timed(copy: impl FnOnce() -> Result<u64>) -> Result<Run> {
+        drop_caches()?;
+        let started = Instant::now();
+        let bytes = copy()?;
+        Ok(Run {
+            seconds: started.elapsed().as_secs_f64(),
+            bytes,
+            reseed: None,
+        })
+    }
+
     /// The database's two folders.
     fn db_folders() -> [String; 2] {
         [format!("{DB}.db"), format!("{DB}.log")]
     }
 
-    /// The io_uring engine with `CHUNK` x `IN_FLIGHT`, the thread engine, `cp` and `dd`.
-    fn standard_variants() -> Result<Vec<Variant>> {
-        let direct = std::env::var("RESEED_BENCH_DIRECT").as_deref() != Ok("0");
+    /// Initialises a pool over the testbed's volumes: two copies of `db001` (copy 0 on
+    /// Volume1, copy 1 on Volume2), the state and the witness under the testbed's root.
+    fn init_pool(bed: &Testbed) -> Result<Config> {
+        let mut config = Config::new(
+            bed.volumes_root.clone(),
+            bed.databases_root.clone(),
+            vec![DB.into()],
+        );
+        config.copies = 2;
+        config.state_dir = bed.state_dir.clone();
+        config.witness_dir = bed.root.join("witness");
+        pool::init(&config, &bed.config_path).map_err(|e| format!("init the pool: {e:#}"))?;
+        Ok(config)
+    }
+
+    /// One production reseed of copy 1 onto Volume2 with `choice`: opens the pool (no
+    /// mount), fails the copy on Volume2, drops the caches and times `reseed::reseed`.
+    fn reseed_once(config: &Config, choice: EngineChoice) -> Result<Run> {
+        let mut config = config.clone();
+        config.reseed.engine = choice;
+        let timeline = Arc::new(Timeline::default());
+        let pool =
+            Pool::open(&config, timeline.clone()).map_err(|e| format!("open the pool: {e}"))?;
+        let core = Core::new(pool.clone(), 2).map_err(|e| format!("start the core: {e}"))?;
+        let db = pool
+            .database(DB)
+            .cloned()
+            .ok_or_else(|| format!("the pool has no {DB}"))?;
+        let state = |db: &reseedfs::copyset::Database| db.copies()[TARGET_SLOT].state();
+        let on = db.copies()[TARGET_SLOT].volume_name();
+        if on != TARGET {
+            return Err(format!(
+                "copy {TARGET_SLOT} of {DB} is on {on}, not {TARGET}"
+            ));
+        }
+        // The previous round left the copy in sync: fail it again.
+        if state(&db) != CopyState::FailedAndSuspended {
+            let eio = io::Error::from_raw_os_error(libc::EIO);
+            pool.fail_diverged(&db, TARGET_SLOT, "bench", &eio);
+        }
+        if state(&db) != CopyState::FailedAndSuspended {
+            return Err(format!(
+                "{DB}\\{TARGET} is {:?} after failing it",
+                state(&db)
+            ));
+        }
+        drop_caches()?;
+        let req = SeedRequest {
+            db: db.clone(),
+            slot: TARGET_SLOT,
+            target: TARGET.into(),
+            from: None,
+            allow_in_sync: false,
+        };
+        let progress = Progress::new(DB, TARGET);
+        let started = Instant::now();
+        let report = reseed::reseed(&core, &req, &progress)
+            .map_err(|e| format!("reseed ({choice:?}): {e}"))?;
+        let total = started.elapsed().as_secs_f64();
+        if state(&db) != CopyState::InSync {
+            return Err(format!(
+                "{DB}\\{TARGET} is {:?} after the reseed",
+                state(&db)
+            ));
+        }
+        let want = match choice {
+            EngineChoice::Threads => "threads",
+            _ => "io_uring",
+        };
+        if report.engine != want {
+            return Err(format!(
+                "reseed ({choice:?}) ran the {} engine",
+                report.engine
+            ));
+        }
+        let since =
+            |id| -> Result<f64> { Ok(timeline.at(id)?.duration_since(started).as_secs_f64()) };
+        let times = ReseedTimes {
+            total,
+            layout: since(EventId::SeedingStarted)?,
+            verify: since(EventId::VerifyCompleted)? - since(EventId::VerifyStarted)?,
+            bytes_verified: report.bytes_verified,
+        };
+        pool.close();
+        drop(core);
+        Ok(Run {
+            seconds: report.copy_seconds,
+            bytes: report.bytes_copied,
+            reseed: Some(times),
+        })
+    }
+
+    /// The reseed with either engine, `cp` and `dd`.
+    fn standard_variants() -> Vec<Variant> {
         let mut variants = Vec::new();
         match engine::select(EngineChoice::IoUring) {
-            Ok((engine, _)) => variants.push(Variant::new(
+            Ok(_) => variants.push(Variant::new(
                 "reseed (io_uring)",
                 Role::ReseedUring,
-                Kind::Reseed {
-                    engine,
-                    direct,
-                    prealloc: true,
-                },
+                Kind::Reseed(EngineChoice::IoUring),
             )),
             Err(reason) => println!("reseed (io_uring) skipped: {reason}"),
         }
-        let threads: Box<dyn CopyEngine> = match std::env::var("RESEED_BENCH_THREADS") {
-            Ok(s) => Box::new(ThreadEngine::with_threads(
-                s.parse()
-                    .map_err(|e| format!("RESEED_BENCH_THREADS={s}: {e}"))?,
-            )),
-            Err(_) => Box::new(ThreadEngine::new()),
-        };
         variants.push(Variant::new(
             "reseed (threads)",
             Role::ReseedThreads,
-            Kind::Reseed {
-                engine: threads,
-                direct,
-                prealloc: true,
-            },
+            Kind::Reseed(EngineChoice::Threads),
         ));
         variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
         variants.push(Variant::new("dd direct (per file)", Role::Dd, Kind::Dd));
-        Ok(variants)
+        variants
     }
 
-    /// `RESEED_BENCH_SWEEP=1`: io_uring chunk sizes and depths, direct and buffered, and
-    /// the thread engine with 4 and 8 workers, against `cp`.
+    /// `RESEED_BENCH_SWEEP=1`: the engines driven directly (io_uring chunk sizes and
+    /// depths, direct and buffered, whole files or the seeder's windows; the thread engine
+    /// with 4 and 8 workers) against the reseed (io_uring) and `cp`.
     fn sweep_variants() -> Result<Vec<Variant>> {
         let mut variants = Vec::new();
-        for (chunk_kib, depth, direct, prealloc) in [
-            (512u64, 16usize, true, true),
-            (1024, 16, true, true),
-            (1024, 32, true, true),
-            (4096, 8, true, true),
-            (1024, 16, true, false),
-            (1024, 16, false, true),
+        for (chunk_kib, depth, direct, prealloc, windowed) in [
+            (512u64, 16usize, true, true, false),
+            (1024, 16, true, true, false),
+            (1024, 16, true, true, true),
+            (1024, 32, true, true, false),
+            (4096, 8, true, true, false),
+            (4096, 8, true, true, true),
+            (1024, 16, true, false, false),
+            (1024, 16, false, true, false),
         ] {
             let engine = UringEngine::with_geometry(chunk_kib << 10, depth)
                 .map_err(|e| format!("io_uring {chunk_kib} KiB x {depth}: {e}"))?;
             variants.push(Variant::new(
                 format!(
-                    "io_uring {chunk_kib:>4} KiB x {depth:>2} {}",
-                    mode(direct, prealloc)
+                    "engine io_uring {chunk_kib:>4} KiB x {depth:>2} {}",
+                    mode(direct, prealloc, windowed)
                 ),
                 Role::Tuning,
-                Kind::Reseed {
+                Kind::Engine {
                     engine: Box::new(engine),
                     direct,
                     prealloc,
+                    windowed,
                 },
             ));
         }
@@ -360,34 +533,46 @@ mod linux {
             [(4usize, true, true), (4, true, false), (8, false, true)]
         {
             variants.push(Variant::new(
-                format!("threads x {threads} {}", mode(direct, prealloc)),
+                format!(
+                    "engine threads x {threads} {}",
+                    mode(direct, prealloc, false)
+                ),
                 Role::Tuning,
-                Kind::Reseed {
+                Kind::Engine {
                     engine: Box::new(ThreadEngine::with_threads(threads)),
                     direct,
                     prealloc,
+                    windowed: false,
                 },
             ));
         }
+        variants.push(Variant::new(
+            "reseed (io_uring)",
+            Role::ReseedUring,
+            Kind::Reseed(EngineChoice::IoUring),
+        ));
         variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
         Ok(variants)
     }
 
-    /// `direct`/`buffered`, and whether the data extents are preallocated.
-    fn mode(direct: bool, prealloc: bool) -> String {
-        let io = if direct { "direct" } else { "buffered" };
-        if prealloc {
-            io.to_owned()
-        } else {
-            format!("{io} no-prealloc")
+    /// `direct`/`buffered`, whether the data extents are preallocated, and whether the
+    /// copy goes by windows.
+    fn mode(direct: bool, prealloc: bool, windowed: bool) -> String {
+        let mut s = String::from(if direct { "direct" } else { "buffered" });
+        if !prealloc {
+            s.push_str(" no-prealloc");
         }
+        if windowed {
+            s.push_str(&format!(" {}M-win", WINDOW >> 20));
+        }
+        s
     }
 
     /// The best run of each variant, and all runs.
     fn print_table(variants: &[Variant]) {
         println!();
         println!(
-            "{:<42} {:>9} {:>9} {:>9}   all runs (MiB/s)",
+            "{:<44} {:>9} {:>9} {:>9}   all runs (MiB/s); reseed: whole call",
             "best of rounds", "seconds", "MiB", "MiB/s"
         );
         for variant in variants {
@@ -397,8 +582,16 @@ mod linux {
                 .iter()
                 .map(|r| format!("{:.0}", r.mib_s()))
                 .collect();
+            let whole = run.reseed.map_or_else(String::new, |t| {
+                format!(
+                    "; {:.2} s ({:.0} MiB/s), verify {:.0} MiB/s",
+                    t.total,
+                    run.bytes as f64 / MIB / t.total,
+                    t.verify_mib_s()
+                )
+            });
             println!(
-                "{:<42} {:>9.2} {:>9.0} {:>9.1}   {}",
+                "{:<44} {:>9.2} {:>9.0} {:>9.1}   {}{whole}",
                 variant.label,
                 run.seconds,
                 run.bytes as f64 / MIB,
@@ -421,14 +614,27 @@ mod linux {
             Some(run) => ("io_uring", run),
             None => ("threads", best(Role::ReseedThreads).ok_or("no reseed run")?),
         };
+        let times = reseed.reseed.ok_or("the reseed run has no call times")?;
         let threads = best(Role::ReseedThreads).ok_or("no threads run")?;
         let cp = best(Role::Cp).ok_or("no cp run")?;
         let dd = best(Role::Dd).ok_or("no dd run")?;
+        let fastest_tool = cp.mib_s().max(dd.mib_s());
         println!(
-            "reseed ({engine_name}) / cp = {:.2}, reseed / dd = {:.2}, reseed / max(cp, dd) = {:.2}",
+            "reseed ({engine_name}, copy phase) / cp = {:.2}, reseed / dd = {:.2}, \
+             reseed / max(cp, dd) = {:.2}; threads / max(cp, dd) = {:.2}",
             reseed.mib_s() / cp.mib_s(),
             reseed.mib_s() / dd.mib_s(),
-            reseed.mib_s() / cp.mib_s().max(dd.mib_s())
+            reseed.mib_s() / fastest_tool,
+            threads.mib_s() / fastest_tool
+        );
+        println!(
+            "reseed ({engine_name}) whole call: {:.2} s = {:.0} MiB/s, {:.2} of max(cp, dd) \
+             (it also verifies {:.0} MiB at {:.0} MiB/s)",
+            times.total,
+            reseed.bytes as f64 / MIB / times.total,
+            reseed.bytes as f64 / MIB / times.total / fastest_tool,
+            times.bytes_verified as f64 / MIB,
+            times.verify_mib_s()
         );
         println!(
             "(MiB/s = bytes moved / time; dd also writes the {:.0} MiB of holes as zeros)",
@@ -446,6 +652,8 @@ mod linux {
             "dd_mib_s": round1(dd.mib_s()),
             "engine": engine_name,
             "threads_mib_s": round1(threads.mib_s()),
+            "reseed_total_s": (times.total * 100.0).round() / 100.0,
+            "verify_mib_s": round1(times.verify_mib_s()),
         });
         let path = dir.join("reseed.json");
         fs::write(&path, format!("{json}\n"))
@@ -618,17 +826,24 @@ mod linux {
         Ok(())
     }
 
-    /// Removes every copy a method made on volume 2.
+    /// Removes every copy a method made on volume 2; the pool's copy folders stay, empty
+    /// (two copies do not fit on the volume, so the seeder moves empty folders aside).
     fn clear_volume(volume: &Path) -> Result<()> {
-        let mut names = db_folders().to_vec();
-        names.extend(["cp".into(), "dd".into()]);
-        for name in names {
-            let path = volume.join(name);
+        for name in ["cp", "dd", "engine"]
+            .into_iter()
+            .map(String::from)
+            .chain(db_folders())
+        {
+            let path = volume.join(&name);
             match fs::remove_dir_all(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("remove {}: {e}", path.display())),
             }
+        }
+        for folder in db_folders() {
+            let path = volume.join(folder);
+            fs::create_dir(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         }
         Ok(())
     }
@@ -639,49 +854,40 @@ mod linux {
             .map_err(|e| format!("fsync {}: {e}", dir.display()))
     }
 
-    /// Reseeds the database's folders from volume `src` to volume `dst`.
-    fn reseed_folders(src: &Path, dst: &Path, engine: &mut dyn CopyEngine) -> Result<u64> {
+    /// How the engine sweep drives an engine.
+    #[derive(Debug, Clone, Copy)]
+    struct EngineOpts {
+        direct: bool,
+        prealloc: bool,
+        windowed: bool,
+    }
+
+    /// Engine sweep: copies the database's files from volume `src` to `dst/engine/` with
+    /// `engine` alone, file by file. Returns the data bytes copied.
+    fn engine_copy_folders(
+        src: &Path,
+        dst: &Path,
+        engine: &mut dyn CopyEngine,
+        opts: EngineOpts,
+    ) -> Result<u64> {
+        let dst = dst.join("engine");
         let mut bytes = 0;
         for folder in db_folders() {
-            // The production seeder replaces this call once it lands
-            bytes += reseed_tree(&src.join(&folder), &dst.join(&folder), engine)?;
-        }
-        sync_dir(dst)?;
-        Ok(bytes)
-    }
-
-    /// A stand-in for the seeder: copies the tree at `src_root` to `dst_root` (which must
-    /// not exist) with `engine`, file by file: preallocates the data extents, copies the
-    /// aligned part with `O_DIRECT` (buffered where refused) and the unaligned pieces
-    /// buffered, sets the length, fsyncs files and directories. Returns the data bytes
-    /// copied.
-    fn reseed_tree(src_root: &Path, dst_root: &Path, engine: &mut dyn CopyEngine) -> Result<u64> {
-        fs::create_dir(dst_root).map_err(|e| format!("create {}: {e}", dst_root.display()))?;
-        let mut entries: Vec<_> = fs::read_dir(src_root)
-            .and_then(|dir| dir.collect::<io::Result<Vec<_>>>())
-            .map_err(|e| format!("list {}: {e}", src_root.display()))?;
-        entries.sort_by_key(|e| e.file_name());
-        let mut bytes = 0;
-        for entry in entries {
-            let (src, dst) = (entry.path(), dst_root.join(entry.file_name()));
-            let kind = entry
-                .file_type()
-                .map_err(|e| format!("stat {}: {e}", src.display()))?;
-            if kind.is_dir() {
-                bytes += reseed_tree(&src, &dst, engine)?;
-            } else if kind.is_file() {
-                bytes += reseed_file(&src, &dst, engine)
-                    .map_err(|e| format!("reseed {}: {e}", src.display()))?;
+            for file in tree_files(&src.join(&folder))? {
+                let rel = file.strip_prefix(src).map_err(|e| e.to_string())?;
+                let target = dst.join(rel);
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| format!("create {}: {e}", parent.display()))?;
+                }
+                bytes += engine_copy_file(&file, &target, engine, opts)
+                    .map_err(|e| format!("copy {}: {e}", file.display()))?;
             }
+            sync_dir(&dst.join(&folder))?;
         }
-        sync_dir(dst_root)?;
+        sync_dir(&dst)?;
         Ok(bytes)
     }
-
-    /// Whether `reseed_tree` opens files with `O_DIRECT` (set per variant).
-    static DIRECT: AtomicBool = AtomicBool::new(true);
-    /// Whether `reseed_tree` preallocates the data extents (set per variant).
-    static PREALLOC: AtomicBool = AtomicBool::new(true);
 
     /// Opens with `O_DIRECT`.
     fn open_direct(path: &Path, write: bool) -> io::Result<File> {
@@ -692,54 +898,78 @@ mod linux {
             .open(path)
     }
 
-    /// Copies one file; see [`reseed_tree`].
-    fn reseed_file(
+    /// Copies one file as the seeder does, minus its locking and write routing: the
+    /// length set first, the data extents preallocated, the aligned part copied with
+    /// `O_DIRECT` (buffered where refused) and the unaligned pieces buffered, the length
+    /// set again, an fsync. Whole file at once, or `WINDOW` by `WINDOW` with the source's
+    /// holes punched on the destination (as `copy_range` does).
+    fn engine_copy_file(
         src_path: &Path,
         dst_path: &Path,
         engine: &mut dyn CopyEngine,
+        opts: EngineOpts,
     ) -> io::Result<u64> {
+        use rustix::fs::FallocateFlags;
         let src = File::open(src_path)?;
-        let meta = src.metadata()?;
-        let size = meta.len();
+        let size = src.metadata()?.len();
         let dst = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(dst_path)?;
-        dst.set_permissions(meta.permissions())?;
-        let extents = data_extents(&src, 0, size)?;
-        // The full length first: writes inside the size are not extending writes, which
-        // ext4 would serialize for direct I/O. Then allocate the data extents in one go,
-        // so that the direct writes are overwrites of preallocated blocks.
+        // Writes inside the size are not extending writes, which ext4 serializes for
+        // direct I/O.
         dst.set_len(size)?;
-        for e in extents.iter().filter(|_| PREALLOC.load(Ordering::Relaxed)) {
-            match rustix::fs::fallocate(
-                &dst,
-                rustix::fs::FallocateFlags::KEEP_SIZE,
-                e.offset,
-                e.len,
-            ) {
-                Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (aligned, unaligned) = split_aligned(&extents);
-        let mut bytes = 0;
-        if !aligned.is_empty() {
-            let direct = if DIRECT.load(Ordering::Relaxed) {
-                open_direct(src_path, false).and_then(|s| Ok((s, open_direct(dst_path, true)?)))
-            } else {
-                Err(io::Error::other("buffered variant"))
+        let direct = if opts.direct {
+            open_direct(src_path, false)
+                .and_then(|s| Ok((s, open_direct(dst_path, true)?)))
+                .ok()
+        } else {
+            None
+        };
+        let step = if opts.windowed { WINDOW } else { u64::MAX };
+        let (mut start, mut bytes) = (0, 0);
+        while start < size {
+            let stop = start.saturating_add(step).min(size);
+            let extents = data_extents(&src, start, stop)?;
+            let mut pos = start;
+            let end = Extent {
+                offset: stop,
+                len: 0,
             };
-            // Buffered where the filesystem refuses O_DIRECT (EINVAL).
-            bytes += match direct {
-                Ok((s, d)) => engine.copy(&s, &d, &aligned, true),
-                Err(_) => engine.copy(&src, &dst, &aligned, false),
+            for e in extents.iter().chain([&end]) {
+                if opts.windowed && e.offset > pos {
+                    let len = e.offset - pos;
+                    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+                    match rustix::fs::fallocate(&dst, flags, pos, len) {
+                        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if opts.prealloc && e.len > 0 {
+                    let flags = FallocateFlags::KEEP_SIZE;
+                    match rustix::fs::fallocate(&dst, flags, e.offset, e.len) {
+                        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                pos = e.offset + e.len;
             }
-            .map_err(io::Error::other)?;
+            bytes += match &direct {
+                Some((s, d)) => {
+                    let (aligned, rest) = split_aligned(&extents);
+                    engine
+                        .copy(s, d, &aligned, true)
+                        .map_err(io::Error::other)?
+                        + engine
+                            .copy(&src, &dst, &rest, false)
+                            .map_err(io::Error::other)?
+                }
+                None => engine
+                    .copy(&src, &dst, &extents, false)
+                    .map_err(io::Error::other)?,
+            };
+            start = stop;
         }
-        bytes += engine
-            .copy(&src, &dst, &unaligned, false)
-            .map_err(io::Error::other)?;
         // A direct read that met an unaligned end of file was written padded.
         dst.set_len(size)?;
         dst.sync_all()?;

@@ -203,7 +203,16 @@ fn the_active_disk_dies_and_the_spare_is_seeded_while_the_database_writes() {
         copy_status(&status, DB, "Volume1").is_none(),
         "Volume1 left the placement: {status}"
     );
-    thread::sleep(Duration::from_millis(500));
+    // An operator reseeds the new copy again, in place, while the writers go on.
+    let out = m.cli(&["reseed", DB, "--to", "Volume3", "--wait"]);
+    assert!(
+        out.status.success(),
+        "reseedfs reseed --wait failed:\n{}\nmount.log:\n{}",
+        common::describe_output(&out),
+        m.mount_log()
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("is in sync"), "{said}");
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     let results: Vec<_> = writers
@@ -223,8 +232,8 @@ fn the_active_disk_dies_and_the_spare_is_seeded_while_the_database_writes() {
         .collect();
     assert_eq!(
         seq,
-        [1109, 825, 826, 827, 828, 1110],
-        "events in order: {events:#?}"
+        [1109, 825, 826, 827, 828, 1110, 825, 826, 827, 828, 1110],
+        "events in order (AutoReseed, then the operator's reseed): {events:#?}"
     );
     for id in [3010, 3011, 3012, 3013] {
         assert!(
@@ -295,5 +304,40 @@ fn without_a_spare_autoreseed_reports_spares_exhausted_and_the_database_runs_on(
     let text = m.cli(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("AutoReseed:"), "{text}");
+
+    // An operator blocks the copy: the workflow says so, with the command that clears it.
+    let out = m.cli(&["block", DB, "--volume", "Volume1", "--reseed"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let blocked = wait_for(Duration::from_secs(30), || {
+        let s = m.status_json();
+        let c = copy_status(&s, DB, "Volume1")?.clone();
+        (c["reseed_blocked"] == true && c["autoreseed"]["blocked"]["code"] == "ReseedBlocked")
+            .then_some(c)
+    });
+    let Some(copy) = blocked else {
+        panic!("the block never showed: {}", m.status_json());
+    };
+    let remedy = copy["autoreseed"]["blocked"]["remedy"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(remedy.contains("reseedfs unblock db001"), "{copy}");
+    let out = m.cli(&["unblock", DB, "--volume", "Volume1", "--reseed"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let s = m.status_json();
+    assert_eq!(
+        copy_status(&s, DB, "Volume1").expect("copy")["reseed_blocked"],
+        false
+    );
+    let events = ids(&m.events_json());
+    assert!(
+        events.contains(&3021) && events.contains(&3015),
+        "{events:?}"
+    );
+    // Nothing to reseed from: a manual reseed is refused with the reason.
+    let out = m.cli(&["reseed", DB, "--to", "Volume2"]);
+    assert!(
+        !out.status.success(),
+        "reseeding the only in-sync copy must be refused"
+    );
     drop(m.unmount());
 }

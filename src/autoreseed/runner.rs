@@ -24,7 +24,7 @@ use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout;
 use crate::pool::CopyState;
-use crate::reseed::{self, Progress, SeedRequest};
+use crate::reseed::{self, Phase, Progress, SeedRequest};
 
 /// A copy: database name and index in its placement.
 type CopyKey = (String, usize);
@@ -504,6 +504,23 @@ impl Runner {
         if pool.pool_volume(&target).is_none() {
             return Err(format!("{target} is not a volume of this pool"));
         }
+        // Refuse now what the reseed would refuse: the operator gets the reason at once.
+        let label = format!("{db}\\{}", copies[slot].volume_name());
+        if !copies
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != slot && c.state() == CopyState::InSync)
+        {
+            return Err(format!(
+                "no other copy of {db} is in sync to seed {label} from: it would leave {db} without a copy"
+            ));
+        }
+        if pool.copy_record(db, slot).is_some_and(|r| r.reseed_blocked) {
+            return Err(format!(
+                "copy {label} is ReseedBlocked: `reseedfs unblock {db} --volume {} --reseed` first",
+                copies[slot].volume_name()
+            ));
+        }
         self.spawn_reseed(d, slot, target.clone(), from, allow_in_sync, false)?;
         Ok(target)
     }
@@ -511,14 +528,14 @@ impl Runner {
     /// Fills in seed progress and AutoReseed state in `status`.
     pub fn annotate(&self, status: &mut Status) {
         let shared = self.shared.lock();
-        let now = self.clock.now();
-        let _ = now;
         for d in &mut status.databases {
             for (slot, c) in d.copies.iter_mut().enumerate() {
                 let key = (d.name.clone(), slot);
+                // A reseed shows while it runs, and after it failed until the copy is
+                // in sync again.
                 if let Some(p) = shared.seeds.get(&key) {
                     let s = p.snapshot();
-                    if s.target == c.volume && (p.is_running() || c.status != "Healthy") {
+                    if s.target == c.volume && (p.is_running() || s.phase == Phase::Failed) {
                         c.seed = Some(s);
                     }
                 }

@@ -92,6 +92,12 @@ pub fn reseed(a: &ReseedArgs) -> anyhow::Result<Exit> {
             }
         };
         let Some(s) = seed_of(&status, &a.db, &target) else {
+            // Status shows a reseed while it runs or after it failed: gone means done.
+            if copy_in_sync(&status, &a.db, &target) {
+                bar.finish_and_clear();
+                println!("{}\\{target} is in sync", a.db);
+                return Ok(Exit::Ok);
+            }
             continue;
         };
         if shown != Some(s.phase) {
@@ -128,6 +134,14 @@ pub fn reseed(a: &ReseedArgs) -> anyhow::Result<Exit> {
             _ => {}
         }
     }
+}
+
+fn copy_in_sync(s: &Status, db: &str, volume: &str) -> bool {
+    s.databases
+        .iter()
+        .filter(|d| d.name == db)
+        .flat_map(|d| d.copies.iter())
+        .any(|c| c.volume == volume && matches!(c.status.as_str(), "Healthy" | "Mounted"))
 }
 
 fn seed_of(s: &Status, db: &str, target: &str) -> Option<SeedStatus> {

@@ -130,6 +130,9 @@ impl Copy {
     }
 }
 
+/// One copy a fan-out writes to: its index, volume and the handle's file there.
+type Target = (usize, Arc<Volume>, Arc<BackingFile>);
+
 /// A backing file opened on one copy, tagged with the placement it was opened on.
 #[derive(Debug)]
 pub struct BackingFile {
@@ -549,8 +552,7 @@ impl Database {
         job: impl Fn(&File, &[u8]) -> io::Result<T> + Send + Sync + std::marker::Copy + 'static,
     ) -> io::Result<T> {
         loop {
-            let mut targets: [Option<(usize, Arc<Volume>, Arc<BackingFile>)>; MAX_COPIES] =
-                Default::default();
+            let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
             let mut n = 0;
             let active = self.active_index();
             // Active copy first: its error decides when no copy succeeds. A seeding copy

@@ -841,7 +841,7 @@ impl Pool {
                     Some(Err(e)) => Some(format!("statvfs failed: {e}")),
                     Some(Ok(st)) if st.f_bavail * st.f_frsize < needed => Some(format!(
                         "{} MiB free, {} MiB needed",
-                        st.f_bavail * st.f_frsize >> 20,
+                        (st.f_bavail * st.f_frsize) >> 20,
                         needed >> 20
                     )),
                     Some(Ok(st)) => {
@@ -854,7 +854,7 @@ impl Pool {
                 rejected.push((v.name.clone(), why));
             }
         }
-        ok.sort_by(|a, b| b.0.cmp(&a.0));
+        ok.sort_by_key(|v| std::cmp::Reverse(v.0));
         (ok.into_iter().map(|(_, n)| n).collect(), rejected)
     }
 

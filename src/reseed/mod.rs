@@ -680,7 +680,7 @@ fn lay_out(
                 dirs.push(path.clone());
             }
             FileType::RegularFile => {
-                let key = (st.st_dev as u64, st.st_ino as u64);
+                let key = (st.st_dev, st.st_ino);
                 if let Some((job, first)) = by_inode.get(&key).filter(|_| st.st_nlink > 1) {
                     dst.link(first, &path).map_err(|e| dst_err(&path, e))?;
                     let job = &mut files[*job];
@@ -713,7 +713,7 @@ fn lay_out(
                     .map_err(|e| dst_err(&path, e))?;
             }
             other => {
-                dst.mknod(&path, other, mode, st.st_rdev as u64)
+                dst.mknod(&path, other, mode, st.st_rdev)
                     .map_err(|e| dst_err(&path, e))?;
             }
         }
@@ -731,8 +731,8 @@ fn lay_out(
             tv_nsec: nsec as _,
         };
         let t = rustix::fs::Timestamps {
-            last_access: ts(st.st_atime, st.st_atime_nsec as u64),
-            last_modification: ts(st.st_mtime, st.st_mtime_nsec as u64),
+            last_access: ts(st.st_atime, st.st_atime_nsec),
+            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
         };
         dst.set_times(path, &t).map_err(|e| dst_err(path, e))?;
     }
