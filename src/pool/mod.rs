@@ -464,22 +464,12 @@ impl Pool {
             .map(|c| c.volume.clone())
             .collect();
         state.failed_volumes.retain(|v| !trusted.contains(v));
-        for (db, vol, why) in &interrupted {
-            events.emit(
-                NewEvent::new(
-                    EventId::CopyFailed,
-                    format!("copy {db}\\{vol} is FailedAndSuspended at mount: {why}"),
-                )
-                .database(db)
-                .volume(vol)
-                .field("operation", "mount")
-                .field("status", "FailedAndSuspended"),
-            );
-        }
-        for (db, vol, why) in &failed_now {
+        for (_, vol, _) in &failed_now {
             if !state.failed_volumes.contains(vol) {
                 state.failed_volumes.push(vol.clone());
             }
+        }
+        for (db, vol, why) in interrupted.iter().chain(&failed_now) {
             events.emit(
                 NewEvent::new(
                     EventId::CopyFailed,
@@ -690,12 +680,7 @@ impl Pool {
             .field("errno", err.raw_os_error().unwrap_or(0))
             .field("status", "FailedAndSuspended"),
         );
-        for (v, errno) in dead {
-            if let Some(vol) = self.volume(&v) {
-                let e = std::io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO));
-                self.fail_volume(&vol, "persist pool state", &e);
-            }
-        }
+        self.fail_dead(dead);
     }
 
     fn volume(&self, name: &str) -> Option<Arc<Volume>> {

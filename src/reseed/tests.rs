@@ -217,26 +217,42 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
     core.release(hs);
 }
 
-#[test]
-fn a_source_read_error_moves_the_reseed_to_another_copy() {
-    let bed = Bed::new("reseed-src", 4, 3);
+/// A database with one file of `mib` MiB whose copy on Volume1 failed, and a reseed
+/// request for that copy onto `target`.
+fn failed_copy(
+    bed: &Bed,
+    mib: u64,
+    target: &str,
+    from: Option<&str>,
+) -> (
+    Arc<Core>,
+    Arc<crate::events::VecSink>,
+    HandleId,
+    SeedRequest,
+) {
     let (core, sink) = bed.open();
     let dir = db_folder(&core);
     let (_, h) = core
         .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
         .expect("create");
-    for i in 0..6u64 {
+    for i in 0..mib {
         core.write(h, i << 20, &pattern(i, 1 << 20)).expect("write");
     }
     fail_copy_on(&core, 1, h);
-    let db = core.pool().databases()[0].clone();
     let req = SeedRequest {
-        db: db.clone(),
+        db: core.pool().databases()[0].clone(),
         slot: 0,
-        target: "Volume1".into(),
-        from: Some("Volume2".into()),
+        target: target.into(),
+        from: from.map(Into::into),
         allow_in_sync: false,
     };
+    (core, sink, h, req)
+}
+
+#[test]
+fn a_source_read_error_moves_the_reseed_to_another_copy() {
+    let bed = Bed::new("reseed-src", 4, 3);
+    let (core, sink, h, req) = failed_copy(&bed, 6, "Volume1", Some("Volume2"));
     let progress = Progress::new("db001", "Volume1");
     // Volume2 dies after the first window.
     let v2 = volume(&core, 2);
@@ -253,23 +269,7 @@ fn a_source_read_error_moves_the_reseed_to_another_copy() {
 #[test]
 fn a_read_error_on_the_last_source_fails_the_reseed_not_the_database() {
     let bed = Bed::new("reseed-last", 3, 2);
-    let (core, sink) = bed.open();
-    let dir = db_folder(&core);
-    let (_, h) = core
-        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
-        .expect("create");
-    for i in 0..4u64 {
-        core.write(h, i << 20, &pattern(i, 1 << 20)).expect("write");
-    }
-    fail_copy_on(&core, 1, h);
-    let db = core.pool().databases()[0].clone();
-    let req = SeedRequest {
-        db: db.clone(),
-        slot: 0,
-        target: "Volume3".into(),
-        from: None,
-        allow_in_sync: false,
-    };
+    let (core, sink, h, req) = failed_copy(&bed, 4, "Volume3", None);
     let progress = Progress::new("db001", "Volume3");
     let v2 = volume(&core, 2);
     let v2_hook = v2.clone();
