@@ -49,6 +49,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             return Err(e).context("start fan-out threads");
         }
     };
+    core.watch_failures();
     let runner = Runner::new(core.clone(), Arc::new(SystemClock));
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
     let handler: control::Handler = {

@@ -341,3 +341,70 @@ fn without_a_spare_autoreseed_reports_spares_exhausted_and_the_database_runs_on(
     );
     drop(m.unmount());
 }
+
+#[test]
+fn a_disk_that_comes_back_is_resumed_in_place_while_the_database_writes() {
+    if !require_mount_privileges(
+        "a_disk_that_comes_back_is_resumed_in_place_while_the_database_writes",
+    ) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop volumes");
+    common::init(&bed, &[DB], 2);
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.autoreseed.dwell = Duration::from_millis(300);
+    c.autoreseed.resume_attempts = 100;
+    c.autoreseed.resume_interval = Duration::from_millis(300);
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&m.db_files(DB), 2, &stop);
+    thread::sleep(Duration::from_secs(1));
+    // Volume2 (the passive copy) dies; the writers' next write fails it.
+    m.bed.volumes[1].shutdown().expect("shut down Volume2");
+    let failed = wait_for(Duration::from_secs(30), || {
+        let s = m.status_json();
+        copy_is(&s, DB, "Volume2", "FailedAndSuspended", false).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "Volume2 never failed: {}",
+        m.status_json()
+    );
+    // The disk comes back: umount, e2fsck -fy, mount. The daemon holds nothing on the dead
+    // filesystem, so this works while the database runs.
+    m.bed.volumes[1]
+        .revive()
+        .expect("revive Volume2 while mounted (the daemon must let go of it)");
+    let healthy = wait_for(Duration::from_secs(120), || {
+        let s = m.status_json();
+        copy_is(&s, DB, "Volume2", "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "Volume2 never came back: {}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer failed"))
+        .collect();
+    for (w, (path, versions, _)) in results.iter().enumerate() {
+        verify_file(path, w as u64, versions);
+    }
+    let events = m.events_json();
+    let returned = events.iter().position(|e| event_id(e) == Some(3022));
+    let seeded = events.iter().position(|e| event_id(e) == Some(1110));
+    assert!(
+        returned.is_some() && seeded > returned,
+        "volume returned (3022) then copy healthy (1110): {events:#?}"
+    );
+    let resumed = events.iter().any(|e| {
+        event_id(e) == Some(3011) && e["message"].as_str().is_some_and(|m| m.contains("Resume"))
+    });
+    assert!(resumed, "a Resume attempt brought it back: {events:#?}");
+    let bed = m.unmount();
+    assert_same_tree(&bed.volume_path(1), &bed.volume_path(2));
+}

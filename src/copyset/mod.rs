@@ -165,6 +165,19 @@ impl OpenFiles {
         }
     }
 
+    /// Closes the files opened on an earlier placement of their copy.
+    pub fn release_stale(&self, copies: &[Copy]) {
+        for (slot, copy) in self.slots.iter().zip(copies) {
+            let stale = slot
+                .load()
+                .as_ref()
+                .is_some_and(|f| f.generation != copy.placement.load().generation);
+            if stale {
+                slot.store(None);
+            }
+        }
+    }
+
     /// The file of copy `i`, if it was opened on the copy's current placement.
     pub fn get(&self, i: usize, copy: &Copy) -> Option<Arc<BackingFile>> {
         let f = self.slots.get(i)?.load_full()?;
@@ -291,7 +304,9 @@ impl Database {
     }
 
     /// Fails every copy on volume `vol` and elects a new active copy. Called by the pool
-    /// with its state lock held. Returns whether a copy changed.
+    /// with its state lock held. The copies let go of the dead volume (a new placement
+    /// without it), so that nothing keeps its filesystem alive once it is unmounted: the
+    /// disk can come back while the database runs. Returns whether a copy changed.
     pub(crate) fn fail_copies_on(&self, vol: &str) -> bool {
         let mut changed = false;
         for c in self
@@ -300,6 +315,11 @@ impl Database {
             .filter(|c| c.placement.load().volume_name == vol)
         {
             changed |= c.fail();
+            c.placement.store(Arc::new(Placement {
+                volume_name: vol.to_owned(),
+                volume: None,
+                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            }));
         }
         if changed {
             self.elect();

@@ -859,6 +859,29 @@ impl Core {
         out.ok_or(Errno(libc::EIO))
     }
 
+    /// Closes every handle's files on failed volumes as soon as a volume fails, so that
+    /// nothing keeps the dead filesystem alive. Call once the core is shared.
+    pub fn watch_failures(self: &Arc<Core>) {
+        let core = Arc::downgrade(self);
+        self.pool.watch_failures(Box::new(move |_volume| {
+            if let Some(core) = core.upgrade() {
+                core.release_stale_files();
+            }
+        }));
+    }
+
+    fn release_stale_files(&self) {
+        let mut handles = Vec::new();
+        for shard in &self.handles {
+            handles.extend(shard.read().values().cloned());
+        }
+        for h in handles {
+            if let Handle::File { db, files, .. } = &*h {
+                files.release_stale(db.copies());
+            }
+        }
+    }
+
     /// For a reseed: the node of `path` in database `db` (made if new), its seeding
     /// state set to `seed`.
     pub fn seed_node(&self, db: usize, path: PathBuf, seed: &Arc<SeedFile>) -> Option<Arc<Node>> {

@@ -220,6 +220,8 @@ pub struct PoolVolume {
     pub path: PathBuf,
     /// The open volume, when it could be opened (opened again when it comes back).
     volume: ArcSwapOption<Volume>,
+    /// I/O errors counted on handles of this volume that were let go.
+    past_io_errors: std::sync::atomic::AtomicU64,
 }
 
 impl PoolVolume {
@@ -228,12 +230,27 @@ impl PoolVolume {
             name,
             path,
             volume: ArcSwapOption::from(volume.map(Arc::new)),
+            past_io_errors: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// The open volume, if it could be opened.
     pub fn volume(&self) -> Option<Arc<Volume>> {
         self.volume.load_full()
+    }
+
+    /// I/O errors seen on this volume since the mount.
+    pub fn io_errors(&self) -> u64 {
+        self.past_io_errors.load(Ordering::Relaxed)
+            + self.volume.load().as_ref().map_or(0, |v| v.io_errors())
+    }
+
+    /// Lets go of the open volume (it failed): nothing of it stays open here.
+    fn release(&self) {
+        if let Some(v) = self.volume.swap(None) {
+            self.past_io_errors
+                .fetch_add(v.io_errors(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -248,7 +265,12 @@ pub struct Pool {
     events: Arc<dyn EventSink>,
     /// Failures made visible in copy states but not yet persisted.
     unpersisted: AtomicUsize,
+    /// Called with a volume's name once it failed (to close what is open on it).
+    failure_watchers: Mutex<Vec<FailureWatcher>>,
 }
+
+/// See [`Pool::watch_failures`].
+pub type FailureWatcher = Box<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -509,6 +531,7 @@ impl Pool {
                 state: Mutex::new(state),
                 events,
                 unpersisted: AtomicUsize::new(0),
+                failure_watchers: Mutex::new(Vec::new()),
             };
             for v in &pool.volumes {
                 if let Some(vol) = v.volume() {
@@ -607,7 +630,21 @@ impl Pool {
             }
         }
         drop(unpersisted);
+        let failed: Vec<String> = state.failed_volumes.clone();
         drop(state);
+        // Nothing may keep a dead volume's filesystem alive: the disk can then be
+        // unmounted, checked and mounted again while the database runs (AutoReseed's
+        // resume step finds it back).
+        for name in &failed {
+            if let Some(pv) = self.pool_volume(name) {
+                if pv.volume.load().as_ref().is_some_and(|v| v.is_failed()) {
+                    pv.release();
+                    for watch in self.failure_watchers.lock().iter() {
+                        watch(name);
+                    }
+                }
+            }
+        }
         for (db, vol, op, errno, last) in newly_failed {
             let errno_name = errno.map(|e| std::io::Error::from_raw_os_error(e).to_string());
             let tail = if last {
@@ -731,6 +768,12 @@ impl Pool {
             }
         }
         dead
+    }
+
+    /// Calls `watch` with a volume's name each time one fails, after the failure is
+    /// persisted (the filesystem core closes its files on it).
+    pub fn watch_failures(&self, watch: FailureWatcher) {
+        self.failure_watchers.lock().push(watch);
     }
 
     /// The volume named `name`.
@@ -1100,7 +1143,7 @@ impl Pool {
                     .to_owned(),
                     free_bytes,
                     total_bytes,
-                    io_errors: volume.as_ref().map_or(0, |vol| vol.io_errors()),
+                    io_errors: v.io_errors(),
                 }
             })
             .collect();

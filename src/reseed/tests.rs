@@ -67,10 +67,13 @@ fn assert_identical(bed: &Bed, a: usize, b: usize) {
 /// Fails Volume `k` through a write that hits an injected EIO, then clears the fault
 /// (the disk "comes back" but the copy missed writes).
 fn fail_copy_on(core: &Core, k: usize, h: HandleId) {
-    volume(core, k).inject_fault(libc::EIO);
+    let v = volume(core, k);
+    v.inject_fault(libc::EIO);
     core.write(h, 0, b"x")
         .expect("write is hidden from the caller");
-    volume(core, k).inject_fault(0);
+    // The pool let go of the failed volume; the next reseed opens it anew.
+    assert!(core.pool().volumes()[k - 1].volume().is_none());
+    v.inject_fault(0);
 }
 
 #[test]
