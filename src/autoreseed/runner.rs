@@ -200,11 +200,11 @@ impl Runner {
                 let Some(db) = pool.database(&key.0) else {
                     continue;
                 };
-                let blocker = if seeding.contains(&key) {
-                    None
-                } else {
-                    self.blocker(db, key.1)
-                };
+                if seeding.contains(&key) {
+                    // A reseed (an operator's) is on it already: let it finish.
+                    continue;
+                }
+                let blocker = self.blocker(db, key.1);
                 let Some(wf) = shared.workflows.get_mut(&key) else {
                     continue;
                 };

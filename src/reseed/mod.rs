@@ -413,7 +413,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         .filter_map(|f| f.nodes.first())
         .filter_map(|n| n.path())
         .filter_map(|p| source.volume.stat(&p).ok())
-        .map(|st| (st.st_blocks as u64 * 512).min(st.st_size as u64))
+        .map(|st| st.st_size as u64)
         .sum();
     progress.total.store(total, Ordering::Relaxed);
     progress.set_phase(Phase::Copying);
