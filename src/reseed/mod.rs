@@ -1040,6 +1040,9 @@ fn verify(
         };
         let mut offset = 0u64;
         loop {
+            progress
+                .check_cancel()
+                .map_err(|e| SeedError::Dest(e.to_string()))?;
             if db.copies()[slot].state() != CopyState::Seeding {
                 return Err(SeedError::Dest(
                     "the new copy was failed during verification (see its events)".into(),
