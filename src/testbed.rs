@@ -221,6 +221,42 @@ impl Drop for LoopVolume {
     }
 }
 
+/// A bind mount of `source` at `target` (`mount --bind`); dropping it unmounts it (retried,
+/// then lazily). For pools whose volumes are folders of one loop volume, as the benchmarks
+/// build them. Needs root.
+#[derive(Debug)]
+pub struct BindMount {
+    /// Where the bind mount is.
+    pub target: PathBuf,
+}
+
+impl BindMount {
+    /// Bind-mounts `source` at `target`, creating `target` when it is missing.
+    pub fn new(source: &Path, target: &Path) -> io::Result<BindMount> {
+        fs::create_dir_all(target).map_err(|e| with_path(e, "create mount point", target))?;
+        run(
+            Command::new(tool("mount"))
+                .arg("--bind")
+                .arg(source)
+                .arg(target),
+            target,
+        )?;
+        Ok(BindMount {
+            target: target.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        if is_mount_point(&self.target) {
+            if let Err(e) = umount_retrying(&self.target) {
+                tracing::warn!(mountpoint = %self.target.display(), "testbed: {e}");
+            }
+        }
+    }
+}
+
 /// A throwaway pool: volumes, an empty mount point, a state directory and a config path, all
 /// under one fresh directory that dropping the `Testbed` removes.
 #[derive(Debug)]

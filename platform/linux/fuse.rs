@@ -29,6 +29,9 @@ const TTL: Duration = Duration::from_secs(1);
 /// The largest write the kernel sends (its cap is 1 MiB with max_pages 256).
 const MAX_WRITE: u32 = 1 << 20;
 
+/// The most background requests (async direct I/O, readahead) the kernel keeps in flight.
+const MAX_BACKGROUND: u16 = 128;
+
 struct Adapter {
     core: Arc<Core>,
 }
@@ -110,6 +113,14 @@ impl fuser::Filesystem for Adapter {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // O_DIRECT aio (libaio, io_uring) reaches us as concurrent requests instead of one
+        // at a time: without it the kernel runs every direct request synchronously in the
+        // submitter, so a queue depth of 32 arrives as depth 1.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
+        // Async direct I/O and readahead are background requests, capped at
+        // max_background in flight (fuser's default: 16).
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
         // We clear setuid/setgid ourselves (FUSE_WRITE_KILL_SUIDGID), so the kernel stops
         // asking for security.capability before every write.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
