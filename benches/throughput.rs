@@ -413,10 +413,12 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                 };
                 let shown = match &result {
                     Ok(v) => format!("{v:>10.1} {:<6}", w.unit()),
-                    Err(e) => format!(
-                        "FAILED: {}",
-                        e.to_string().lines().next().unwrap_or_default()
-                    ),
+                    Err(e) => {
+                        let text = e.to_string();
+                        let first = text.lines().next().unwrap_or_default();
+                        let cut = first.char_indices().nth(90).map_or(first.len(), |(i, _)| i);
+                        format!("FAILED ({}): {}", short_error(e), &first[..cut])
+                    }
                 };
                 println!(
                     "  {:<22} {:<17} {shown}{}",
