@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use super::policy::{Action, Checks, Notice, Reason, Step, Workflow, first_blocker};
+use super::policy::{Action, Checks, Notice, Reason, Workflow, first_blocker};
 use super::{Clock, Timings};
 use crate::control::{Blocker, Status, WorkflowStatus};
 use crate::copyset::Database;
@@ -556,15 +556,6 @@ impl Runner {
                 }
             }
         }
-    }
-
-    /// The workflow step of copy `slot` of `db`, for tests and tools.
-    pub fn step_of(&self, db: &str, slot: usize) -> Option<Step> {
-        self.shared
-            .lock()
-            .workflows
-            .get(&(db.to_owned(), slot))
-            .map(Workflow::step)
     }
 }
 

@@ -791,11 +791,6 @@ impl Pool {
             .and_then(|d| d.copies.get(slot).cloned())
     }
 
-    /// True when volume `name` is recorded as failed.
-    pub fn is_failed(&self, name: &str) -> bool {
-        self.state.lock().failed_volumes.iter().any(|v| v == name)
-    }
-
     /// Probes volume `name` again (open its directory anew, read its metadata, write,
     /// fsync and read back a canary). When it answers, the pool uses the new handle and
     /// a volume recorded as failed is failed no more (event 3022).

@@ -215,7 +215,7 @@ impl Progress {
             engine: self.engine.lock().clone(),
             phase,
             bytes_total: total,
-            bytes_done: done.min(total.max(done)),
+            bytes_done: done,
             mib_s,
             eta_s,
             elapsed_s: self.started.elapsed().as_secs_f64(),
@@ -1026,6 +1026,13 @@ fn verify(
     let mut files = 0;
     let mut bytes = 0;
     let mut all = crc32fast::Hasher::new();
+    let source_err = |path: &Path, e: io::Error| {
+        SeedError::Source(format!(
+            "verifying {} against {}: reading the source failed: {e}",
+            path.display(),
+            source.volume.name()
+        ))
+    };
     let mut a = vec![0u8; VERIFY_CHUNK];
     let mut b = vec![0u8; VERIFY_CHUNK];
     for job in &layout.files {
@@ -1033,8 +1040,7 @@ fn verify(
             let _namespace = db.namespace_shared();
             let Some(path) = job.path() else { continue };
             let open = |v: &Volume| v.open_file(&path, OFlags::RDONLY, Mode::empty());
-            let src = open(&source.volume)
-                .map_err(|e| SeedError::Source(format!("verify {}: {e}", path.display())))?;
+            let src = open(&source.volume).map_err(|e| source_err(&path, e))?;
             let dst = open(target).map_err(|e| dest_failed(db, slot, "reseed verify", e))?;
             (path, src, dst)
         };
@@ -1055,7 +1061,7 @@ fn verify(
                 .map(|n| n.io.lock_range(offset, VERIFY_CHUNK as u64))
                 .collect();
             let (ls, ld) = (
-                size_of(&src).map_err(|e| SeedError::Source(e.to_string()))?,
+                size_of(&src).map_err(|e| source_err(&path, e))?,
                 size_of(&dst).map_err(|e| dest_failed(db, slot, "reseed verify", e))?,
             );
             if ls != ld {
@@ -1078,7 +1084,7 @@ fn verify(
                     .unwrap_or_else(|_| Err(io::Error::other("verification reader panicked")));
                 (n, m)
             });
-            let n = n.map_err(|e| SeedError::Source(e.to_string()))?;
+            let n = n.map_err(|e| source_err(&path, e))?;
             let m = m.map_err(|e| dest_failed(db, slot, "reseed verify", e))?;
             let (ca, cb) = (crc32fast::hash(&a[..n]), crc32fast::hash(&b[..m]));
             if n != m || ca != cb {
