@@ -909,6 +909,14 @@ impl Core {
         Some(node)
     }
 
+    /// The node of `path` in database `db` (made if new, without a kernel reference):
+    /// its locks order a resync's copying against the database's writes.
+    pub fn node_for(&self, db: usize, path: PathBuf) -> Option<Arc<Node>> {
+        let mut nodes = self.nodes.write();
+        let id = nodes.intern(db, path, false);
+        nodes.get(id)
+    }
+
     /// For a reseed laying out copy `slot` of `db` (namespace held exclusively): opens
     /// the file of every open handle of `db` on the copy's new placement. A handle whose
     /// file has no name any more has nothing there. Returns the handles refreshed.

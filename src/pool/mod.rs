@@ -66,6 +66,10 @@ pub struct CopyRecord {
     /// dirty map starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty_base: Option<u64>,
+    /// Why its incremental resync was impossible (event 2058's code): a full reseed of it
+    /// keeps its old files in quarantine instead of deleting them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -83,6 +87,7 @@ impl CopyRecord {
             resume_blocked: false,
             suspended: false,
             dirty_base: None,
+            divergence: None,
         }
     }
 
@@ -568,8 +573,13 @@ impl Pool {
         }))
     }
 
-    /// Records a clean stop on every healthy volume. Call after the mount is down.
+    /// Records a clean stop on every healthy volume. Call after the mount is down: the
+    /// last tap checkpoint syncs every copy, persists the dirty maps and marks the
+    /// activity logs clean.
     pub fn close(&self) {
+        for db in &self.databases {
+            db.checkpoint(true);
+        }
         let mut state = self.state.lock();
         state.clean = true;
         self.persist_locked(&mut state);
@@ -989,6 +999,7 @@ impl Pool {
             resume_blocked: copy.resume_blocked,
             suspended: false,
             dirty_base: None,
+            divergence: copy.divergence.clone(),
         };
         // A full copy needs no record of what the old one missed.
         db.tap().stop_lagging(slot);
@@ -1019,6 +1030,7 @@ impl Pool {
             c.failed_at = None;
             c.dirty_base = None;
             c.suspended = false;
+            c.divergence = None;
         }
         let dead = self.persist_locked(&mut state);
         // The copy has the in-sync copies' generation now; what it missed is copied.
@@ -1139,6 +1151,72 @@ impl Pool {
             .field("status", "FailedAndSuspended"),
         );
         Ok(())
+    }
+
+    /// After an unclean stop: compares and repairs the in-sync copies of every database
+    /// where the activity log says they may differ (event 3033). Call before serving.
+    pub fn repair_after_crash(&self) -> Vec<tap::repair::RepairReport> {
+        if self.was_clean {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for db in &self.databases {
+            let started = std::time::Instant::now();
+            match tap::repair::after_crash(db) {
+                Ok(r) => {
+                    self.events.emit(
+                        NewEvent::new(
+                            EventId::CrashRepaired,
+                            format!(
+                                "{} was not stopped cleanly: {} extents of {} files compared on {} copies ({} KiB read per copy), {} KiB and {} tree entries repaired, {:.2} s",
+                                db.name,
+                                r.extents,
+                                r.files,
+                                r.copies,
+                                r.bytes_read >> 10,
+                                r.bytes_repaired >> 10,
+                                r.tree_fixed,
+                                started.elapsed().as_secs_f64()
+                            ),
+                        )
+                        .database(&db.name)
+                        .field("extents", r.extents as u64)
+                        .field("files", r.files as u64)
+                        .field("bytes_read", r.bytes_read)
+                        .field("bytes_repaired", r.bytes_repaired)
+                        .field("tree_fixed", r.tree_fixed as u64),
+                    );
+                    out.push(r);
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    self.events.emit(
+                        NewEvent::new(EventId::CrashRepaired, format!("crash repair: {e}"))
+                            .database(&db.name)
+                            .field("error", e.as_str()),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Records that copy `slot` of `db` cannot be resynced incrementally (`code`), and
+    /// suspends it when an operator must decide (`on_divergence = "manual"`).
+    pub fn mark_divergent(&self, db: &Database, slot: usize, code: &str, suspend: bool) {
+        let mut state = self.state.lock();
+        if let Some(c) = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db.name)
+            .and_then(|d| d.copies.get_mut(slot))
+        {
+            c.divergence = Some(code.to_owned());
+            c.suspended |= suspend;
+        }
+        let dead = self.persist_locked(&mut state);
+        drop(state);
+        self.fail_dead(dead);
     }
 
     /// True when the previous stop of the pool was clean.

@@ -91,6 +91,8 @@ pub struct ActivityLog {
     inflight: [AtomicU64; 2],
     state: Mutex<State>,
     files: Mutex<Files>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
 }
 
 fn record(kind: u8, epoch: u64, body: &[u8]) -> Vec<u8> {
@@ -262,6 +264,7 @@ impl ActivityLog {
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             state: Mutex::new(State::default()),
             files: Mutex::new(Files::default()),
+            checkpointing: Mutex::new(()),
         }
     }
 
@@ -394,7 +397,11 @@ impl ActivityLog {
                 self.db,
                 db.copies()[slot].volume_name()
             );
-            db.on_error(slot, "activity log", &e, true);
+            // A dying disk fails its copy; anything else (a full volume) leaves the log
+            // to the other copies, and the write itself will tell.
+            if crate::volume::is_media_error(&e) {
+                db.on_error(slot, "activity log", &e, true);
+            }
         }
     }
 
@@ -428,6 +435,7 @@ impl ActivityLog {
     /// synced, `persist` run (the dirty maps), the log rewritten with the new epoch's
     /// extents. `clean` appends the clean-stop mark (no write may run any more).
     pub fn checkpoint(&self, db: &Database, persist: impl FnOnce(), clean: bool) {
+        let _one = self.checkpointing.lock();
         let old = {
             let mut s = self.state.lock();
             let cur = std::mem::take(&mut s.current);

@@ -415,6 +415,61 @@ impl Tap {
     }
 }
 
+/// The thread that runs the tap checkpoints of every database of a pool.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `pool`'s databases every `every`.
+    pub fn start(
+        pool: std::sync::Arc<crate::pool::Pool>,
+        every: std::time::Duration,
+    ) -> std::io::Result<Checkpointer> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tap-checkpoint".into())
+            .spawn(move || {
+                let tick = std::time::Duration::from_millis(50);
+                let mut next = std::time::Instant::now() + every;
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(tick);
+                    if std::time::Instant::now() >= next {
+                        for db in pool.databases() {
+                            db.checkpoint(false);
+                        }
+                        next = std::time::Instant::now() + every;
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (after the checkpoint in progress).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// Reads the dirty map of the copy of `db` on `volume` from the in-sync `volumes`: the
 /// one with the most mutations wins (they are written together).
 pub fn read_dirty_map(volumes: &[std::sync::Arc<Volume>], db: &str, volume: &str) -> Option<DirtyMap> {

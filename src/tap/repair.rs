@@ -59,10 +59,10 @@ pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
     let Some(log) = recovered(db) else {
         return Ok(report);
     };
-    db.tap().widen(&log.as_dirty());
     if log.clean {
         return Ok(report);
     }
+    db.tap().widen(&log.as_dirty());
     report.files = log.extents.len();
     report.extents = log.extents.values().map(|e| e.len()).sum();
     let Some(active) = db.active_index() else {
