@@ -24,6 +24,12 @@
 //!
 //! [reseed]
 //! engine = "auto"                     # or "io_uring", "threads"
+//!
+//! [throttle]                          # every reseed, resync and verify of the host
+//! max_bytes_per_s = "200MiB/s"        # default: unlimited
+//! floor_bytes_per_s = "16MiB/s"       # latency backoff never goes below
+//! latency_target = "20ms"             # default: 2x the latency without a rebuild (>= 1 ms)
+//! estimate_bytes_per_s = "100MiB/s"   # explain's guess until a reseed was measured
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,6 +79,9 @@ pub struct Config {
     /// How reseeds copy.
     #[serde(default)]
     pub reseed: ReseedConfig,
+    /// The bandwidth budget of rebuilds and its latency backoff.
+    #[serde(default)]
+    pub throttle: crate::throttle::ThrottleConfig,
 }
 
 /// The `[reseed]` section.
@@ -146,6 +155,7 @@ impl Config {
             threads: default_threads(),
             autoreseed: Default::default(),
             reseed: Default::default(),
+            throttle: Default::default(),
         }
     }
 
@@ -236,6 +246,11 @@ impl Config {
     /// Path of the persisted event log.
     pub fn events_path(&self) -> PathBuf {
         self.state_dir.join("events.jsonl")
+    }
+
+    /// Path of the last throughputs measured by the rebuild throttle.
+    pub fn throughput_path(&self) -> PathBuf {
+        self.state_dir.join("throughput.json")
     }
 }
 

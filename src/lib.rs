@@ -13,6 +13,7 @@
 //! pool/           volumes, placement map, persisted pool state, `init`
 //! reseed/         online block copy of a database onto a new copy, and its engines
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
+//! throttle        the host's rebuild scheduler: shared budget, fair shares, latency backoff
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
@@ -35,6 +36,7 @@ pub mod layout;
 pub mod pool;
 pub mod reseed;
 pub mod testbed;
+pub mod throttle;
 pub mod volume;
 
 /// OS adapters (the `platform/` tree). Only this module may contain `unsafe`.

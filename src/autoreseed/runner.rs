@@ -25,6 +25,7 @@ use crate::fs::Core;
 use crate::layout;
 use crate::pool::CopyState;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
+use crate::throttle::Throttle;
 
 /// A copy: database name and index in its placement.
 type CopyKey = (String, usize);
@@ -52,6 +53,8 @@ pub struct Runner {
     done_tx: Sender<Outcome>,
     done_rx: Receiver<Outcome>,
     stop: AtomicBool,
+    /// The host's rebuild throttle: every reseed started here is paced by it.
+    throttle: Arc<Throttle>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -119,6 +122,8 @@ impl Runner {
     /// A runner for `core`'s pool, with the pool config's timings.
     pub fn new(core: Arc<Core>, clock: Arc<dyn Clock>) -> Arc<Runner> {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let config = &core.pool().config;
+        let throttle = Throttle::new(&config.throttle, Some(config.throughput_path()));
         Arc::new(Runner {
             timings: core.pool().config.autoreseed.clone(),
             core,
@@ -131,7 +136,13 @@ impl Runner {
             done_tx,
             done_rx,
             stop: AtomicBool::new(false),
+            throttle,
         })
+    }
+
+    /// The host's rebuild throttle (reseeds, resyncs and verifies take their bytes from it).
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
     }
 
     /// Starts the runner's thread.
@@ -423,6 +434,7 @@ impl Runner {
     ) -> Result<(), String> {
         let key = (db.name.clone(), slot);
         let progress = Arc::new(Progress::new(&db.name, &target));
+        progress.pacer.set_throttle(self.throttle.clone());
         let mut shared = self.shared.lock();
         if shared
             .seeds
