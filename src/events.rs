@@ -29,6 +29,7 @@
 //! | 3020 | `seed.source_changed`       | the reseed's source failed; it goes on from another in-sync copy |
 //! | 3021 | `copy.block_changed`        | an operator set or cleared ReseedBlocked / ResumeBlocked |
 //! | 3022 | `volume.returned`           | a failed volume answers its health probe again |
+//! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
 //!
 //! Id 2058 is reserved for incremental resync errors, with the meaning of Exchange's.
 
@@ -91,6 +92,8 @@ pub enum EventId {
     BlockChanged,
     /// 3022: a failed volume answers its health probe again.
     VolumeReturned,
+    /// 3050: the rebuild throttle's budget was changed at run time.
+    ThrottleChanged,
 }
 
 impl EventId {
@@ -121,6 +124,7 @@ impl EventId {
             EventId::ReseedSourceChanged => 3020,
             EventId::BlockChanged => 3021,
             EventId::VolumeReturned => 3022,
+            EventId::ThrottleChanged => 3050,
         }
     }
 
@@ -151,6 +155,7 @@ impl EventId {
             EventId::ReseedSourceChanged => "seed.source_changed",
             EventId::BlockChanged => "copy.block_changed",
             EventId::VolumeReturned => "volume.returned",
+            EventId::ThrottleChanged => "throttle.changed",
         }
     }
 }

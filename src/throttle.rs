@@ -110,9 +110,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         .trim();
     let bytes = number
         .parse::<bytesize::ByteSize>()
-        .map_err(|e| {
-            format!("{text:?} is not a rate like 200MiB/s, 1.5GiB/s or 500MB/s ({e})")
-        })?
+        .map_err(|e| format!("{text:?} is not a rate like 200MiB/s, 1.5GiB/s or 500MB/s ({e})"))?
         .as_u64();
     if bytes == 0 {
         return Err(format!(
@@ -538,7 +536,11 @@ impl Sched {
             let r = (s.bytes - s.bytes_at_adjust) as f64 / secs;
             s.bytes_at_adjust = s.bytes;
             // A little smoothing: status shows a steady figure.
-            s.rate = if s.rate == 0.0 { r } else { 0.5 * s.rate + 0.5 * r };
+            s.rate = if s.rate == 0.0 {
+                r
+            } else {
+                0.5 * s.rate + 0.5 * r
+            };
             measured += s.rate;
         }
         let pressure = self.latency_pressure();
@@ -619,7 +621,11 @@ impl Sched {
                     .map(|e| (e * f64::from(s.weight()) / f64::from(weights.max(1))) as u64),
                 bytes_per_s: s.rate as u64,
                 bytes: s.bytes,
-                volumes: s.marks.iter().map(|m| m.volume().name().to_owned()).collect(),
+                volumes: s
+                    .marks
+                    .iter()
+                    .map(|m| m.volume().name().to_owned())
+                    .collect(),
             })
             .collect();
         ThrottleStatus {
@@ -726,7 +732,10 @@ impl Throttle {
         }
         if let Some(path) = &self.record {
             if let Err(e) = write_atomic(path, &measured) {
-                tracing::warn!("cannot record the measured throughput in {}: {e}", path.display());
+                tracing::warn!(
+                    "cannot record the measured throughput in {}: {e}",
+                    path.display()
+                );
             }
         }
     }
@@ -929,6 +938,8 @@ mod tests {
             }
             each_step(sched, now);
         }
+        // The streams stop wanting: their last requests leave the queue.
+        sched.queue.retain(|w| !tickets.contains(&w.ticket));
         (got, now)
     }
 
@@ -1004,7 +1015,10 @@ mod tests {
         s.set_cap(Some(10 * MB), end);
         let (got, end2) = drive(&mut s, &[a], end, 5.0, |_, _| {});
         let rate = got[0] as f64 / (end2 - end).as_secs_f64() / MIB;
-        assert!((rate - 10.0).abs() < 0.5, "the new budget applies at once: {rate}");
+        assert!(
+            (rate - 10.0).abs() < 0.5,
+            "the new budget applies at once: {rate}"
+        );
     }
 
     #[test]
@@ -1013,7 +1027,10 @@ mod tests {
         let a = s.register("db001", StreamKind::Reseed, false, Duration::ZERO);
         let b = s.register("db002", StreamKind::Reseed, false, Duration::ZERO);
         let now = Duration::from_secs(1);
-        assert!(s.try_grant(a, 2 * MB, now), "a full bucket (1 MiB) goes into debt");
+        assert!(
+            s.try_grant(a, 2 * MB, now),
+            "a full bucket (1 MiB) goes into debt"
+        );
         assert!(!s.try_grant(a, MB, now), "in debt: no");
         let t = s.request(b, MB);
         let later = Duration::from_secs(2);
@@ -1050,16 +1067,27 @@ mod tests {
         assert!(first < 200.0 * MIB, "backed off: {}", first / MIB);
         assert!(s.status().backoff.expect("why").contains("Volume2"));
         let (got, t2) = drive(&mut s, &[a], t1, 5.0, slow);
-        assert_eq!(s.effective(), Some(16.0 * MIB), "down to the floor, not below");
+        assert_eq!(
+            s.effective(),
+            Some(16.0 * MIB),
+            "down to the floor, not below"
+        );
         let (got2, t3) = drive(&mut s, &[a], t2, 5.0, slow);
         let at_floor = got2[0] as f64 / (t3 - t2).as_secs_f64() / MIB;
-        assert!((at_floor - 16.0).abs() < 1.0, "rebuilds still progress: {at_floor}");
+        assert!(
+            (at_floor - 16.0).abs() < 1.0,
+            "rebuilds still progress: {at_floor}"
+        );
         assert!(got[0] > 0);
         // Back to 2 ms: the budget grows back step by step (additively), then whole.
         let fast = |_: &mut Sched, _: Duration| v.observe(Duration::from_millis(2));
         let (_, t4) = drive(&mut s, &[a], t3, 0.6, fast);
         let step1 = s.effective().expect("limited");
-        assert!(step1 > 16.0 * MIB && step1 <= 36.0 * MIB + 1.0, "{}", step1 / MIB);
+        assert!(
+            step1 > 16.0 * MIB && step1 <= 36.0 * MIB + 1.0,
+            "{}",
+            step1 / MIB
+        );
         let (_, _) = drive(&mut s, &[a], t4, 6.0, fast);
         assert_eq!(s.effective(), Some(200.0 * MIB), "recovered");
         assert_eq!(s.status().backoff, None);
@@ -1110,7 +1138,10 @@ mod tests {
         // 32 MiB at 64 MiB/s: half a second, less the first burst (1 MiB).
         let secs = started.elapsed().as_secs_f64();
         assert!(secs >= 0.45, "{secs} s");
-        assert!(t.status().streams.is_empty(), "streams unregister when dropped");
+        assert!(
+            t.status().streams.is_empty(),
+            "streams unregister when dropped"
+        );
         assert_eq!(t.set_budget(None), Some(64 * MB));
         let s = t.stream("db001", StreamKind::Reseed, false);
         let started = Instant::now();

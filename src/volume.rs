@@ -602,7 +602,10 @@ mod tests {
         assert_eq!(v.latency_totals().0, 1000);
         drop(mark);
         v.observe(Duration::from_millis(10));
-        assert!(v.baseline_latency().expect("baseline") > base, "learns again");
+        assert!(
+            v.baseline_latency().expect("baseline") > base,
+            "learns again"
+        );
         let (n, sum) = v.latency_totals();
         assert_eq!(n, 1001);
         assert_eq!(sum, 500 * 100_000 + 501 * 10_000_000);

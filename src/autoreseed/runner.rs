@@ -572,7 +572,7 @@ impl Runner {
 }
 
 /// Bytes a copy of `db` takes (allocated on an in-sync copy).
-fn db_bytes(db: &Database) -> u64 {
+pub(crate) fn db_bytes(db: &Database) -> u64 {
     let Some(v) = db.copies().iter().find_map(|c| c.in_sync_volume()) else {
         return 0;
     };

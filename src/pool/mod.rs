@@ -1104,6 +1104,10 @@ impl Pool {
                             failed_at: rec.and_then(|r| r.failed_at),
                             seed: None,
                             autoreseed: None,
+                            queue_length: None,
+                            queue_bytes: None,
+                            volume_free_bytes: None,
+                            last_error: None,
                         }
                     })
                     .collect(),
@@ -1146,6 +1150,7 @@ impl Pool {
             epoch: state.epoch,
             databases,
             volumes,
+            throttle: None,
         }
     }
 }

@@ -443,7 +443,9 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
     );
 
     // Phase 2: copy.
-    let paced = progress.pacer.begin(Reseed, db, req.slot, &[&source.volume, &target]);
+    let paced = progress
+        .pacer
+        .begin(Reseed, db, req.slot, &[&source.volume, &target]);
     engine.set_throttle(paced);
     let started = Instant::now();
     let mut copied = 0;
@@ -492,7 +494,9 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
 
     // Phase 3: verify.
     engine.set_throttle(None);
-    progress.pacer.begin(Verify, db, req.slot, &[&source.volume, &target]);
+    progress
+        .pacer
+        .begin(Verify, db, req.slot, &[&source.volume, &target]);
     progress.set_phase(Phase::Verifying);
     pool.events().emit(
         NewEvent::new(
@@ -1067,7 +1071,9 @@ fn verify(
             }
             // Tokens first: no lock is held while waiting for them.
             let left = size_of(&src).map_err(|e| source_err(&path, e))?;
-            progress.pacer.take(left.saturating_sub(offset).min(VERIFY_CHUNK as u64));
+            progress
+                .pacer
+                .take(left.saturating_sub(offset).min(VERIFY_CHUNK as u64));
             let _resize: Vec<_> = job.nodes.iter().map(|n| n.io.resize.read()).collect();
             let _stripes: Vec<_> = job
                 .nodes
