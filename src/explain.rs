@@ -733,6 +733,18 @@ fn explain_copy(i: &Inputs, d: &DbStatus, slot: usize, pool: &Pool) -> CopyExpla
     out
 }
 
+/// The volumes of `status` that could take a new copy of `db` needing `bytes`, best
+/// first, and why each other cannot: the rules of [`crate::pool::Pool::spares`], on the
+/// status's view of the pool.
+pub fn spares(
+    status: &Status,
+    copies_per_volume: u32,
+    db: &str,
+    bytes: u64,
+) -> (Vec<String>, Vec<(String, String)>) {
+    Pool::new(status, copies_per_volume).spares(db, bytes)
+}
+
 /// Explains every copy that is not healthy, of `db` or of every database.
 pub fn explain(i: &Inputs, db: Option<&str>) -> Result<Explanation, String> {
     if let Some(db) = db {
@@ -744,23 +756,51 @@ pub fn explain(i: &Inputs, db: Option<&str>) -> Result<Explanation, String> {
             ));
         }
     }
-    let pool = Pool::new(i.status, i.copies_per_volume);
+    // Every copy of the pool (not only those asked about) may compete for the spares:
+    // each is planned alone first, then the spares go to the copies that reach their
+    // AssignSpare step first (unblocked ones before blocked ones), one copy per spare
+    // and copies_per_volume respected, as the runner would hand them out.
+    let fresh = Pool::new(i.status, i.copies_per_volume);
+    let mut copies: Vec<(usize, usize, CopyExplanation)> = Vec::new();
+    for (k, d) in i.status.databases.iter().enumerate() {
+        for (slot, c) in d.copies.iter().enumerate().filter(|(_, c)| !in_sync(c)) {
+            let _ = c;
+            copies.push((k, slot, explain_copy(i, d, slot, &fresh)));
+        }
+    }
+    let start = |e: &CopyExplanation| {
+        e.plan
+            .as_ref()
+            .filter(|p| p.target_kind == "Spare")
+            .map(|p| (e.blocked.is_some(), p.expected_done_at - Duration::from_secs(p.expected_s)))
+    };
+    let mut wanting: Vec<usize> = (0..copies.len()).filter(|&n| start(&copies[n].2).is_some()).collect();
+    wanting.sort_by_key(|&n| (start(&copies[n].2), n));
+    let mut pool = fresh.clone();
+    for n in wanting {
+        let (k, slot, _) = copies[n];
+        let d = &i.status.databases[k];
+        let e = explain_copy(i, d, slot, &pool);
+        if let Some(p) = e.plan.as_ref().filter(|p| p.target_kind == "Spare") {
+            pool.assign(&d.name, &p.target, p.bytes);
+        }
+        copies[n].2 = e;
+    }
     let databases = i
         .status
         .databases
         .iter()
-        .filter(|d| db.is_none_or(|n| d.name == n))
-        .map(|d| DbExplanation {
+        .enumerate()
+        .filter(|(_, d)| db.is_none_or(|n| d.name == n))
+        .map(|(k, d)| DbExplanation {
             name: d.name.clone(),
             copies_in_sync: d.copies.iter().filter(|c| in_sync(c)).count(),
             copies: d.copies.len(),
             bytes: i.db_bytes.get(&d.name).copied().unwrap_or(0),
-            not_healthy: d
-                .copies
+            not_healthy: copies
                 .iter()
-                .enumerate()
-                .filter(|(_, c)| !in_sync(c))
-                .map(|(slot, _)| explain_copy(i, d, slot, &pool))
+                .filter(|(dk, _, _)| *dk == k)
+                .map(|(_, _, e)| e.clone())
                 .collect(),
         })
         .collect();
