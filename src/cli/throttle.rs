@@ -59,7 +59,7 @@ pub fn render_throttle(t: &ThrottleStatus) -> String {
     );
     for s in &t.streams {
         let weight = if s.single_copy {
-            format!("{} (1 copy)", s.weight)
+            format!("{} (single)", s.weight)
         } else {
             s.weight.to_string()
         };
