@@ -356,8 +356,7 @@ mod linux {
                 if matches!(
                     variant.kind,
                     Kind::Reseed(_) | Kind::Throttled(..) | Kind::Engine { .. }
-                )
-                    && run.bytes != db.data_bytes
+                ) && run.bytes != db.data_bytes
                 {
                     return Err(format!(
                         "{}: copied {} bytes, the database holds {}",

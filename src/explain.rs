@@ -772,9 +772,16 @@ pub fn explain(i: &Inputs, db: Option<&str>) -> Result<Explanation, String> {
         e.plan
             .as_ref()
             .filter(|p| p.target_kind == "Spare")
-            .map(|p| (e.blocked.is_some(), p.expected_done_at - Duration::from_secs(p.expected_s)))
+            .map(|p| {
+                (
+                    e.blocked.is_some(),
+                    p.expected_done_at - Duration::from_secs(p.expected_s),
+                )
+            })
     };
-    let mut wanting: Vec<usize> = (0..copies.len()).filter(|&n| start(&copies[n].2).is_some()).collect();
+    let mut wanting: Vec<usize> = (0..copies.len())
+        .filter(|&n| start(&copies[n].2).is_some())
+        .collect();
     wanting.sort_by_key(|&n| (start(&copies[n].2), n));
     let mut pool = fresh.clone();
     for n in wanting {

@@ -20,7 +20,7 @@
 //!   operator's budget itself is lower. With no budget set, backing off starts from the
 //!   throughput measured at that moment, and ends when the limit is back above it.
 //!
-//! The scheduling itself ([`Sched`]) is pure: it takes the time as an argument, so its
+//! The scheduling itself (`Sched`) is pure: it takes the time as an argument, so its
 //! tests drive a virtual clock. [`Throttle`] wraps it with a monotonic clock (a wall
 //! clock stepping back would stall rebuilds) and a condition variable.
 //!

@@ -2,7 +2,13 @@
 //! compared exactly with the golden files in `tests/golden/` (time and throughput are
 //! fixed, so they are deterministic). `UPDATE_GOLDEN=1` rewrites them; read the diff.
 //!
-//! A last test checks that explain's spare rules are the pool's own, on a real pool.
+//! Then explain's spare rules are checked against the pool's own on a real pool, and
+//! `status`, `throttle` and `explain` go through a real mount and its daemon: a budget set
+//! at run time paces a reseed, shows in `status`, is recorded (event 3050), and the
+//! measured throughput feeds explain.
+
+#[cfg(target_os = "linux")]
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -190,7 +196,11 @@ fn healthy_pool_with_spares() {
     assert_eq!(w.single_copy, vec!["db001"]);
     assert!(w.down.is_empty());
     let d = &w.databases[0];
-    assert_eq!(d.spare.as_deref(), Some("Volume5"), "the spare with the most room");
+    assert_eq!(
+        d.spare.as_deref(),
+        Some("Volume5"),
+        "the spare with the most room"
+    );
     // 15 min dwell + 2 failed Resume attempts 5 min apart, then 100 GiB copied at 400
     // MiB/s and verified at 600 MiB/s.
     assert_eq!(d.spare_assigned_in_s, Some(25 * 60));
@@ -199,8 +209,16 @@ fn healthy_pool_with_spares() {
 
     let spare = explain::what_if_fail(&i, "Volume6").expect("what if");
     assert!(spare.spare_lost && spare.copies_failing.is_empty());
-    assert!(explain::what_if_fail(&i, "Volume9").unwrap_err().contains("Volume1, Volume2"));
-    assert!(explain::explain(&i, Some("db009")).unwrap_err().contains("db001, db002"));
+    assert!(
+        explain::what_if_fail(&i, "Volume9")
+            .expect_err("refused")
+            .contains("Volume1, Volume2")
+    );
+    assert!(
+        explain::explain(&i, Some("db009"))
+            .expect_err("refused")
+            .contains("db001, db002")
+    );
 }
 
 #[test]
@@ -213,7 +231,9 @@ fn one_failed_copy_with_a_spare_and_one_seeding() {
         running: None,
         next_at: Some(now() + Duration::from_secs(240)),
         blocked: None,
-        last_error: Some("volume Volume1 does not answer: health probe failed: Input/output error".into()),
+        last_error: Some(
+            "volume Volume1 does not answer: health probe failed: Input/output error".into(),
+        ),
     });
     let mut seeding = copy("db002", "Volume4", "Seeding");
     seeding.seed = Some(SeedStatus {
@@ -247,7 +267,11 @@ fn one_failed_copy_with_a_spare_and_one_seeding() {
             volume("Volume7", "Failed", None),
         ],
     );
-    let bytes = sizes(&[("db001", 10 * GIB), ("db002", 100 * GIB), ("db003", 5 * GIB)]);
+    let bytes = sizes(&[
+        ("db001", 10 * GIB),
+        ("db002", 100 * GIB),
+        ("db003", 5 * GIB),
+    ]);
     let t = Timings::default();
     let i = Inputs {
         now: now(),
@@ -262,7 +286,10 @@ fn one_failed_copy_with_a_spare_and_one_seeding() {
     assert_eq!(c1.step, "Resume");
     assert_eq!(c1.next_action.in_s, Some(240));
     let plan = c1.plan.as_ref().expect("a plan");
-    assert_eq!((plan.source.as_str(), plan.target.as_str()), ("Volume2", "Volume5"));
+    assert_eq!(
+        (plan.source.as_str(), plan.target.as_str()),
+        ("Volume2", "Volume5")
+    );
     // Bounded by the budget: 10 GiB at 200 MiB/s, twice (copy and verify).
     assert_eq!(plan.expected_s, 103);
     let c2 = &e.databases[1].not_healthy[0];
@@ -270,7 +297,10 @@ fn one_failed_copy_with_a_spare_and_one_seeding() {
     let c3 = &e.databases[2].not_healthy[0];
     let b = c3.blocked.as_ref().expect("blocked");
     assert_eq!(b.code, "ReseedBlocked");
-    assert!(b.remedy.contains("reseedfs unblock db003 --volume Volume7 --reseed"));
+    assert!(
+        b.remedy
+            .contains("reseedfs unblock db003 --volume Volume7 --reseed")
+    );
     golden("explain_one_failed", &e);
     let only = explain::explain(&i, Some("db001")).expect("explain db001");
     assert_eq!(only.databases.len(), 1);
@@ -443,7 +473,11 @@ fn spare_rules_are_the_pools() {
     pool::init(&config, &bed.config_path).expect("init");
     let pool = Pool::open(&config, Arc::new(VecSink::default())).expect("open");
     let s = pool.status();
-    let digits = |t: &str| t.chars().filter(|c| !c.is_ascii_digit()).collect::<String>();
+    let digits = |t: &str| {
+        t.chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect::<String>()
+    };
     for db in ["db001", "db002"] {
         for bytes in [0, 1 << 50] {
             let (mut ok_a, no_a) = explain::spares(&s, config.copies_per_volume, db, bytes);
@@ -459,4 +493,118 @@ fn spare_rules_are_the_pools() {
         }
     }
     pool.close();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn status_throttle_and_explain_through_the_daemon() {
+    use common::{Mounted, copy_status, event_id, require_mount_privileges, wait_for};
+    if !require_mount_privileges("status_throttle_and_explain_through_the_daemon") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(3).expect("testbed");
+    let m = Mounted::start(bed, &["db001"], 2);
+    let data: Vec<u8> = (0..80u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m.db_files("db001").join("big"), &data).expect("write 80 MiB");
+
+    let s = m.status_json();
+    let c = copy_status(&s, "db001", "Volume1").expect("copy").clone();
+    assert_eq!(
+        (c["queue_length"].as_u64(), c["queue_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        c["volume_free_bytes"].as_u64().is_some_and(|f| f > 0),
+        "{c}"
+    );
+    assert!(s["throttle"]["max_bytes_per_s"].is_null(), "unlimited: {s}");
+    let text = m.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("NAME") && text.contains("THROTTLE  budget unlimited"),
+        "{text}"
+    );
+
+    let out = m.cli(&["throttle", "bogus"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("200MiB/s"));
+    let out = m.cli(&["throttle", "40MiB/s"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("budget 40.0 MiB/s"));
+    let changed = m
+        .events_json()
+        .into_iter()
+        .find(|e| event_id(e) == Some(3050))
+        .expect("event 3050");
+    assert_eq!(changed["new"], 40 << 20, "{changed}");
+    assert!(changed["old"].is_null(), "{changed}");
+    assert!(
+        changed["by"]
+            .as_str()
+            .is_some_and(|b| b.contains("reseedfs throttle"))
+    );
+
+    let e: serde_json::Value =
+        serde_json::from_slice(&m.cli(&["explain", "--json"]).stdout).expect("explain json");
+    assert_eq!(
+        e["databases"][0]["not_healthy"],
+        serde_json::json!([]),
+        "{e}"
+    );
+    assert_eq!(e["rate"]["source"], "Estimate", "{e}");
+    let w = m.cli(&["explain", "--what-if-fail", "Volume1", "--json"]);
+    let w: serde_json::Value = serde_json::from_slice(&w.stdout).expect("what-if json");
+    assert_eq!(w["single_copy"], serde_json::json!(["db001"]), "{w}");
+    assert_eq!(w["databases"][0]["spare"], "Volume3", "{w}");
+    let out = m.cli(&["explain", "db009"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database db009"));
+
+    // A reseed under the budget: its stream shows in status, with priority (db001 runs on
+    // one copy meanwhile), and its measured throughput is kept for explain.
+    let out = m.cli(&["reseed", "db001", "--to", "Volume2"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let stream = wait_for(Duration::from_secs(20), || {
+        let s = m.status_json();
+        s["throttle"]["streams"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    })
+    .expect("the reseed's stream in status");
+    assert_eq!(
+        (stream["db"].as_str(), stream["weight"].as_u64()),
+        (Some("db001"), Some(4))
+    );
+    assert_eq!(stream["share_bytes_per_s"], 40 << 20, "{stream}");
+    let done = wait_for(Duration::from_secs(60), || {
+        let s = m.status_json();
+        let c = copy_status(&s, "db001", "Volume2")?;
+        (c["status"] == "Healthy" && s["throttle"]["streams"] == serde_json::json!([]))
+            .then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "the reseed did not end: {}",
+        m.status_json()
+    );
+    let measured: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(m.bed.state_dir.join("throughput.json")).expect("throughput.json"),
+    )
+    .expect("json");
+    let copy_rate = measured["copy"]["bytes_per_s"].as_f64().expect("copy rate");
+    assert!(copy_rate <= 1.1 * f64::from(40u32 << 20), "{measured}");
+    let e: serde_json::Value =
+        serde_json::from_slice(&m.cli(&["explain", "--json"]).stdout).expect("explain json");
+    assert_eq!(e["rate"]["source"], "Measured", "{e}");
+    assert_eq!(e["rate"]["budget_bytes_per_s"], 40 << 20, "{e}");
+
+    let config = m.bed.config_path.clone();
+    let _bed = m.unmount();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reseedfs"))
+        .args(["explain", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run explain");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the daemon is not running"));
 }

@@ -272,14 +272,16 @@ pub fn render_status(s: &Status) -> String {
             if c.resume_blocked {
                 flags.push("ResumeBlocked");
             }
-            out += &format!(
-                "{:<24} {:<20} {:<7} {:>12} {}\n",
+            let row = format!(
+                "{:<24} {:<20} {:<7} {:>12} {}",
                 c.name,
                 c.status,
                 if c.active { "yes" } else { "" },
                 fmt_bytes(c.volume_free_bytes),
                 flags.join(" ")
             );
+            out += row.trim_end();
+            out += "\n";
             if !matches!(c.status.as_str(), "Mounted" | "Healthy") {
                 out += &format!("    CopyQueueLength: {}\n", queue_text(c));
             }
