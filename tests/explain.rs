@@ -608,3 +608,70 @@ fn status_throttle_and_explain_through_the_daemon() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the daemon is not running"));
 }
+
+/// The latency backoff end to end: with a target no request can meet, a database writing
+/// with fsync during a reseed makes the throttle back off from its budget (32 MiB/s) to
+/// its floor (8 MiB/s), and `status` says why (the source volume and its latency).
+#[cfg(target_os = "linux")]
+#[test]
+fn database_latency_makes_a_reseed_back_off_to_the_floor() {
+    use common::{Mounted, copy_status, init, require_mount_privileges, wait_for};
+    use std::io::Write as _;
+    if !require_mount_privileges("database_latency_makes_a_reseed_back_off_to_the_floor") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(3).expect("testbed");
+    init(&bed, &["db001"], 2);
+    let config = std::fs::read_to_string(&bed.config_path).expect("config");
+    let floor = "floor_bytes_per_s = \"16MiB/s\"";
+    assert!(
+        config.contains(floor),
+        "init writes the throttle's defaults: {config}"
+    );
+    let config = config.replace(
+        floor,
+        "floor_bytes_per_s = \"8MiB/s\"\nlatency_target = \"1us\"\nmax_bytes_per_s = \"32MiB/s\"",
+    );
+    std::fs::write(&bed.config_path, config).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(m.db_files("db001").join("big"), &data).expect("write 48 MiB");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let log = m.db_files("db001").join("log");
+        let stop = &stop;
+        scope.spawn(move || {
+            let mut f = std::fs::File::create(log).expect("create the log");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[7u8; 4096]).expect("write");
+                f.sync_data().expect("fsync");
+            }
+        });
+        let out = m.cli(&["reseed", "db001", "--to", "Volume2"]);
+        assert!(out.status.success(), "{}", common::describe_output(&out));
+        let backed_off = wait_for(Duration::from_secs(20), || {
+            let s = m.status_json();
+            let t = &s["throttle"];
+            (t["effective_bytes_per_s"] == 8 << 20 && !t["streams"].as_array()?.is_empty())
+                .then(|| t["backoff"].as_str().map(str::to_owned))
+                .flatten()
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let why = backed_off.unwrap_or_else(|| panic!("no backoff: {}", m.status_json()));
+        assert!(
+            why.contains("Volume1") && why.contains("above the target"),
+            "{why}"
+        );
+    });
+    let healthy = wait_for(Duration::from_secs(60), || {
+        let s = m.status_json();
+        (copy_status(&s, "db001", "Volume2")?["status"] == "Healthy").then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "the reseed never ended: {}",
+        m.status_json()
+    );
+    m.unmount();
+}
