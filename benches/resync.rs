@@ -131,7 +131,10 @@ mod linux {
         let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         loop {
             let n = fa.read(&mut x).map_err(|e| e.to_string())?;
-            let m = fb.read_exact(&mut y[..n]).map(|()| n).map_err(|e| e.to_string())?;
+            let m = fb
+                .read_exact(&mut y[..n])
+                .map(|()| n)
+                .map_err(|e| e.to_string())?;
             if x[..n] != y[..m] {
                 return Err(format!("{} and {} differ", a.display(), b.display()));
             }
@@ -143,14 +146,17 @@ mod linux {
 
     fn open_data(core: &Core) -> Result<reseedfs::fs::HandleId> {
         let err = |what: &'static str| move |e: reseedfs::fs::Errno| format!("{what}: {e:?}");
-        let dir = core.lookup(NodeId::ROOT, OsStr::new(DB)).map_err(err("lookup db"))?;
+        let dir = core
+            .lookup(NodeId::ROOT, OsStr::new(DB))
+            .map_err(err("lookup db"))?;
         let sub = core
             .lookup(dir.node, OsStr::new(&format!("{DB}.db")))
             .map_err(err("lookup folder"))?;
         let f = core
             .lookup(sub.node, OsStr::new("data.bin"))
             .map_err(err("lookup data.bin"))?;
-        core.open(f.node, libc::O_RDWR).map_err(err("open data.bin"))
+        core.open(f.node, libc::O_RDWR)
+            .map_err(err("open data.bin"))
     }
 
     /// Rewrites `n` distinct random blocks of the first `span` bytes; returns the bytes
@@ -204,8 +210,8 @@ mod linux {
         drop_caches()?;
         let progress = Progress::new(DB, "Volume2");
         let started = Instant::now();
-        let report = resync::resync(&core, &db, SLOT, &progress)
-            .map_err(|e| format!("resync: {e}"))?;
+        let report =
+            resync::resync(&core, &db, SLOT, &progress).map_err(|e| format!("resync: {e}"))?;
         let resync_s = started.elapsed().as_secs_f64();
         if db.copies()[SLOT].state() != CopyState::InSync {
             return Err("the copy is not in sync after the resync".into());
@@ -248,11 +254,10 @@ mod linux {
 
         let ratio_bytes = report.bytes_copied as f64 / DB_BYTES as f64;
         let ratio_time = resync_s / reseed_s;
-        println!("resync bench (1 GiB database, 1% of its 4 KiB blocks rewritten while the copy was out)");
         println!(
-            "  {:<34} {:>12} {:>10}",
-            "", "bytes", "seconds"
+            "resync bench (1 GiB database, 1% of its 4 KiB blocks rewritten while the copy was out)"
         );
+        println!("  {:<34} {:>12} {:>10}", "", "bytes", "seconds");
         println!(
             "  {:<34} {:>12} {:>10.3}",
             "incremental resync", report.bytes_copied, resync_s
@@ -296,14 +301,16 @@ mod linux {
             "crash_repair_bytes_repaired": repair.bytes_repaired,
             "crash_repair_s": repair_s,
         });
-        let dir = PathBuf::from(
-            std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
-        )
-        .join("bench");
+        let dir =
+            PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+                .join("bench");
         fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let path = dir.join("resync.json");
-        fs::write(&path, serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?)
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        fs::write(
+            &path,
+            serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
         println!("  wrote {}", path.display());
         Ok(())
     }

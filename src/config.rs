@@ -24,6 +24,12 @@
 //!
 //! [reseed]
 //! engine = "auto"                     # or "io_uring", "threads"
+//!
+//! [throttle]                          # every reseed, resync and verify of the host
+//! max_bytes_per_s = "200MiB/s"        # default: unlimited
+//! floor_bytes_per_s = "16MiB/s"       # latency backoff never goes below
+//! latency_target = "20ms"             # default: 2x the latency without a rebuild (>= 1 ms)
+//! estimate_bytes_per_s = "100MiB/s"   # explain's guess until a reseed was measured
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -76,6 +82,9 @@ pub struct Config {
     /// The log tap: checkpoints and what to do when a copy diverged.
     #[serde(default)]
     pub tap: TapConfig,
+    /// The bandwidth budget of rebuilds and its latency backoff.
+    #[serde(default)]
+    pub throttle: crate::throttle::ThrottleConfig,
 }
 
 /// The `[tap]` section.
@@ -182,6 +191,7 @@ impl Config {
             autoreseed: Default::default(),
             reseed: Default::default(),
             tap: Default::default(),
+            throttle: Default::default(),
         }
     }
 
@@ -272,6 +282,11 @@ impl Config {
     /// Path of the persisted event log.
     pub fn events_path(&self) -> PathBuf {
         self.state_dir.join("events.jsonl")
+    }
+
+    /// Path of the last throughputs measured by the rebuild throttle.
+    pub fn throughput_path(&self) -> PathBuf {
+        self.state_dir.join("throughput.json")
     }
 }
 

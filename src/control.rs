@@ -8,6 +8,12 @@
 //! | `Unmount` | always        | `Ok`, then the mount goes down  |
 //! | `Reseed`  | a copy is not in sync, or `to` names one | `Started`; progress in `Status` |
 //! | `Block`   | always        | the copies changed              |
+//! | `Throttle` | always       | the rebuild throttle, budget changed (event 3050) |
+//! | `Explain` | always        | per copy not healthy: step, next action, blocker, plan; or what if a volume failed |
+//!
+//! The JSON of every answer is an API: fields are only ever added (with defaults), never
+//! renamed or removed, so scripts written against `status --json` and `explain --json`
+//! keep working.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -72,6 +78,21 @@ pub enum Request {
         /// Set (true) or clear (false).
         set: bool,
     },
+    /// Change the rebuild throttle's budget at run time (until the mount stops).
+    Throttle {
+        /// The new budget in bytes per second; `None`: unlimited.
+        max_bytes_per_s: Option<u64>,
+        /// Who asks (user and process), for the event.
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// Explain the copies that are not healthy, or what a volume's failure would do.
+    Explain {
+        /// Only this database (default: all).
+        db: Option<String>,
+        /// Instead: what would happen if this volume failed now.
+        what_if_fail: Option<String>,
+    },
 }
 
 /// The daemon's answer.
@@ -94,6 +115,12 @@ pub enum Response {
     },
     /// Copies whose flags changed, as `db001\Volume1`.
     Changed(Vec<String>),
+    /// Answer to `Throttle`: the throttle with its new budget.
+    Throttle(crate::throttle::ThrottleStatus),
+    /// Answer to `Explain`.
+    Explain(Box<crate::explain::Explanation>),
+    /// Answer to `Explain` with `what_if_fail`.
+    WhatIf(Box<crate::explain::WhatIf>),
 }
 
 /// One copy in `status`.
@@ -122,6 +149,18 @@ pub struct CopyStatus {
     /// Where AutoReseed is with it.
     #[serde(default)]
     pub autoreseed: Option<WorkflowStatus>,
+    /// CopyQueueLength: mutations the copy lacks (0 in sync; unknown: `None`).
+    #[serde(default)]
+    pub queue_length: Option<u64>,
+    /// The bytes the copy lacks (0 in sync; for a copy being seeded, what is left to copy).
+    #[serde(default)]
+    pub queue_bytes: Option<u64>,
+    /// Free space on the copy's volume (unknown when the volume failed).
+    #[serde(default)]
+    pub volume_free_bytes: Option<u64>,
+    /// The last error about this copy: its failure, a reseed's or an AutoReseed attempt's.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// AutoReseed's state for one copy.
@@ -188,6 +227,9 @@ pub struct Status {
     pub databases: Vec<DbStatus>,
     /// Volumes.
     pub volumes: Vec<VolumeStatus>,
+    /// The rebuild throttle: budget, effective budget, each stream's share.
+    #[serde(default)]
+    pub throttle: Option<crate::throttle::ThrottleStatus>,
 }
 
 /// Handles one request.

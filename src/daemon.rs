@@ -33,7 +33,9 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         EventLog::open(&config.events_path())
             .with_context(|| format!("open event log {}", config.events_path().display()))?,
     );
-    let events: Arc<dyn EventSink> = log.clone();
+    // Remembers each copy's last error for `status`.
+    let last_errors = Arc::new(crate::status::LastErrors::new(log.clone()));
+    let events: Arc<dyn EventSink> = last_errors.clone();
     let pool = Pool::open(config, events.clone())
         .with_context(|| format!("open the pool of {}", config_path.display()))?;
     // After a crash: the copies are made identical where they may differ, before serving.
@@ -61,12 +63,49 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         let runner = runner.clone();
         let events_path = config.events_path();
         let stop_tx = stop_tx.clone();
-        Arc::new(move |req| match req {
-            Request::Status => {
+        let events = events.clone();
+        let status = {
+            let (pool, runner) = (pool.clone(), runner.clone());
+            move || {
                 let mut status = pool.status();
                 runner.annotate(&mut status);
-                Response::Status(status)
+                crate::status::complete(&mut status, Some(runner.throttle()), Some(&last_errors));
+                status
             }
+        };
+        Arc::new(move |req| match req {
+            Request::Status => Response::Status(status()),
+            Request::Throttle {
+                max_bytes_per_s,
+                by,
+            } => {
+                let throttle = runner.throttle();
+                let old = throttle.set_budget(max_bytes_per_s);
+                let by = by.unwrap_or_else(|| "a control socket client".into());
+                let rate = crate::throttle::fmt_rate;
+                events.emit(
+                    NewEvent::new(
+                        EventId::ThrottleChanged,
+                        format!(
+                            "rebuild budget changed from {} to {} by {by}",
+                            rate(old),
+                            rate(max_bytes_per_s)
+                        ),
+                    )
+                    .field("old", old)
+                    .field("new", max_bytes_per_s)
+                    .field("by", by),
+                );
+                Response::Throttle(throttle.status())
+            }
+            Request::Explain { db, what_if_fail } => crate::explain::live(
+                &pool,
+                &runner,
+                &status(),
+                db.as_deref(),
+                what_if_fail.as_deref(),
+            )
+            .unwrap_or_else(Response::Error),
             Request::Reseed { db, from, to } => match runner.manual_reseed(&db, from, to) {
                 Ok(target) => Response::Started { db, target },
                 Err(e) => Response::Error(e),

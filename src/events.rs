@@ -35,6 +35,7 @@
 //! | 3032 | `copy.divergence` | a returning copy was changed behind reseedfs's back: its divergent extents and files are kept in quarantine, the first diverged log named |
 //! | 3033 | `tap.crash_repaired` | after an unclean stop the copies were compared where the activity log says they may differ, and repaired |
 //! | 3034 | `copy.suspended` | an operator suspended a copy; what it misses is recorded for an incremental resume |
+//! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -107,6 +108,8 @@ pub enum EventId {
     CrashRepaired,
     /// 3034: an operator suspended a copy.
     CopySuspended,
+    /// 3050: the rebuild throttle's budget was changed at run time.
+    ThrottleChanged,
 }
 
 impl EventId {
@@ -143,6 +146,7 @@ impl EventId {
             EventId::DivergenceFound => 3032,
             EventId::CrashRepaired => 3033,
             EventId::CopySuspended => 3034,
+            EventId::ThrottleChanged => 3050,
         }
     }
 
@@ -179,6 +183,7 @@ impl EventId {
             EventId::DivergenceFound => "copy.divergence",
             EventId::CrashRepaired => "tap.crash_repaired",
             EventId::CopySuspended => "copy.suspended",
+            EventId::ThrottleChanged => "throttle.changed",
         }
     }
 }

@@ -16,6 +16,9 @@
 //! reseed/         online block copy of a database onto a new copy (and incremental
 //!                 resync of a copy that missed writes), and its engines
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
+//! throttle        the host's rebuild scheduler: shared budget, fair shares, latency backoff
+//! explain         why each copy is not healthy and what happens next; what if a volume dies
+//! status          what `status` adds to the pool's view (free space, last error, queue)
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
@@ -33,12 +36,15 @@ pub mod control;
 pub mod copyset;
 pub mod daemon;
 pub mod events;
+pub mod explain;
 pub mod fs;
 pub mod layout;
 pub mod pool;
 pub mod reseed;
+pub mod status;
 pub mod tap;
 pub mod testbed;
+pub mod throttle;
 pub mod volume;
 
 /// OS adapters (the `platform/` tree). Only this module may contain `unsafe`.

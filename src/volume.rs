@@ -4,14 +4,18 @@
 //! symlinks, so neither `..` nor a symlink can lead outside the volume.
 //!
 //! A volume also carries its health: `failed` once an I/O error marked it, and an
-//! injectable fault (an errno returned by every operation) for tests.
+//! injectable fault (an errno returned by every operation) for tests; and the latency the
+//! database's requests see on it ([`Volume::observe`]), which the rebuild throttle
+//! ([`crate::throttle`]) watches.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{
     AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Timestamps,
@@ -28,6 +32,39 @@ pub struct Volume {
     fault: AtomicI32,
     read_fault: AtomicI32,
     io_errors: AtomicU64,
+    latency: Latency,
+}
+
+/// The latency of the database's requests on a volume: running totals, and a baseline
+/// learned while no rebuild (reseed, resync, verify) touches the volume.
+#[derive(Debug, Default)]
+struct Latency {
+    /// Requests observed.
+    count: AtomicU64,
+    /// Their summed latency, in nanoseconds.
+    sum_ns: AtomicU64,
+    /// Moving average (1/64 per request) of the latency while no rebuild runs; 0: none yet.
+    baseline_ns: AtomicU64,
+    /// Rebuilds touching the volume now ([`RebuildMark`]s alive).
+    rebuilds: AtomicU32,
+}
+
+/// Marks a volume as touched by a rebuild while it lives: the volume's latency baseline
+/// stops learning, so that it keeps describing the volume without a rebuild.
+#[derive(Debug)]
+pub struct RebuildMark(Arc<Volume>);
+
+impl RebuildMark {
+    /// The volume marked.
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.0
+    }
+}
+
+impl Drop for RebuildMark {
+    fn drop(&mut self) {
+        self.0.latency.rebuilds.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One directory entry of a backing directory.
@@ -75,7 +112,61 @@ impl Volume {
             fault: AtomicI32::new(0),
             read_fault: AtomicI32::new(0),
             io_errors: AtomicU64::new(0),
+            latency: Latency::default(),
         })
+    }
+
+    /// Records the latency of one database request served by this volume (a read, a
+    /// write or an fsync through the mount). Two relaxed atomic adds, and the baseline's
+    /// update while no rebuild touches the volume.
+    pub fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let l = &self.latency;
+        l.count.fetch_add(1, Ordering::Relaxed);
+        l.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        if l.rebuilds.load(Ordering::Relaxed) == 0 {
+            // Racing updates may lose one another's sample: harmless for an average.
+            let old = l.baseline_ns.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                ns.max(1)
+            } else {
+                (old - old / 64).saturating_add(ns / 64).max(1)
+            };
+            l.baseline_ns.store(new, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `request` and records how long it took ([`Volume::observe`]).
+    #[inline]
+    pub fn timed<T>(&self, request: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = request();
+        self.observe(started.elapsed());
+        result
+    }
+
+    /// Requests observed and their summed latency in nanoseconds, since the volume was
+    /// opened: the difference of two readings gives the mean latency in between.
+    pub fn latency_totals(&self) -> (u64, u64) {
+        (
+            self.latency.count.load(Ordering::Relaxed),
+            self.latency.sum_ns.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The typical request latency measured while no rebuild touched the volume, if any
+    /// request was observed then.
+    pub fn baseline_latency(&self) -> Option<Duration> {
+        match self.latency.baseline_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Marks the volume as touched by a rebuild until the mark is dropped.
+    pub fn mark_rebuild(self: &Arc<Self>) -> RebuildMark {
+        self.latency.rebuilds.fetch_add(1, Ordering::AcqRel);
+        RebuildMark(self.clone())
     }
 
     /// `Volume1`.
@@ -501,6 +592,34 @@ mod tests {
                 .is_err()
         );
         assert!(!Path::new("/etc/x").exists());
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn latency_baseline_learns_only_without_a_rebuild() {
+        let d = tempdir("latency");
+        let v = Arc::new(Volume::open("Volume1", &d).expect("open"));
+        assert_eq!(v.baseline_latency(), None);
+        for _ in 0..500 {
+            v.observe(Duration::from_micros(100));
+        }
+        let base = v.baseline_latency().expect("a baseline");
+        assert!(base.as_micros().abs_diff(100) <= 1, "{base:?}");
+        let mark = v.mark_rebuild();
+        for _ in 0..500 {
+            v.observe(Duration::from_millis(10));
+        }
+        assert_eq!(v.baseline_latency(), Some(base), "frozen during a rebuild");
+        assert_eq!(v.latency_totals().0, 1000);
+        drop(mark);
+        v.observe(Duration::from_millis(10));
+        assert!(
+            v.baseline_latency().expect("baseline") > base,
+            "learns again"
+        );
+        let (n, sum) = v.latency_totals();
+        assert_eq!(n, 1001);
+        assert_eq!(sum, 500 * 100_000 + 501 * 10_000_000);
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 

@@ -366,7 +366,9 @@ fn a_disk_that_comes_back_is_resynced_in_place_while_the_database_writes() {
     let cold = m.db_files(DB).join("cold.dat");
     let cold_bytes: Vec<u8> = (0..COLD).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(&cold, &cold_bytes).expect("write cold.dat");
-    fs::File::open(&cold).and_then(|f| f.sync_all()).expect("fsync cold.dat");
+    fs::File::open(&cold)
+        .and_then(|f| f.sync_all())
+        .expect("fsync cold.dat");
     // Two checkpoints later the activity log no longer lists it: a dying disk cannot
     // have lost any of it.
     thread::sleep(Duration::from_millis(1500));

@@ -62,7 +62,11 @@ fn check_pages(data: &[u8], w: u64, what: &str) {
         let crc = u32::from_le_bytes([p[PAGE - 4], p[PAGE - 3], p[PAGE - 2], p[PAGE - 1]]);
         assert_eq!(crc, crc32(&p[..PAGE - 4]), "{what}: page {i} is torn");
         let num = |k: usize| u64::from_le_bytes(p[k..k + 8].try_into().expect("8 bytes"));
-        assert_eq!((num(0), num(8)), (w, i as u64), "{what}: page {i} misplaced");
+        assert_eq!(
+            (num(0), num(8)),
+            (w, i as u64),
+            "{what}: page {i} misplaced"
+        );
         let v = num(16);
         assert_eq!(p, page(w, i as u64, v).as_slice(), "{what}: page {i} v{v}");
     }
@@ -153,9 +157,18 @@ fn assert_copies_identical(a: &Path, b: &Path) {
         files_under(b, Path::new(&folder), &mut lb);
         la.sort();
         lb.sort();
-        assert_eq!(la, lb, "{} and {} list different files", a.display(), b.display());
+        assert_eq!(
+            la,
+            lb,
+            "{} and {} list different files",
+            a.display(),
+            b.display()
+        );
         for p in la.iter().filter(|p| a.join(p).is_file()) {
-            let (da, db) = (fs::read(a.join(p)).expect("a"), fs::read(b.join(p)).expect("b"));
+            let (da, db) = (
+                fs::read(a.join(p)).expect("a"),
+                fs::read(b.join(p)).expect("b"),
+            );
             let first = (0..da.len().max(db.len()))
                 .step_by(PAGE)
                 .find(|&o| da.get(o..o + PAGE) != db.get(o..o + PAGE));
@@ -210,7 +223,10 @@ fn suspended_copy_resumes_incrementally_and_divergent_writes_go_to_quarantine() 
 
     ok(&m.cli(&["suspend", DB, "--volume", "Volume2"]), "suspend");
     let s = m.status_json();
-    assert!(copy_is(&s, DB, "Volume2", "FailedAndSuspended", false), "{s}");
+    assert!(
+        copy_is(&s, DB, "Volume2", "FailedAndSuspended", false),
+        "{s}"
+    );
     // The database keeps writing on Volume1 alone.
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&m.db_files(DB), 2, &stop, false);
@@ -222,7 +238,8 @@ fn suspended_copy_resumes_incrementally_and_divergent_writes_go_to_quarantine() 
         .write(true)
         .open(backing.join("cold.dat"))
         .expect("open the suspended copy's cold.dat");
-    f.write_all_at(&rogue, 5 * PAGE as u64).expect("write behind its back");
+    f.write_all_at(&rogue, 5 * PAGE as u64)
+        .expect("write behind its back");
     f.sync_all().expect("fsync");
     fs::write(backing.join("only-on-volume2.txt"), b"mine").expect("a file only it has");
 
@@ -238,13 +255,19 @@ fn suspended_copy_resumes_incrementally_and_divergent_writes_go_to_quarantine() 
     let resync = find_event(&events, 3031).unwrap_or_else(|| panic!("no 3031: {events:#?}"));
     let copied = resync["bytes_copied"].as_u64().expect("bytes_copied");
     eprintln!("{}", resync["message"]);
-    assert!(copied > 0 && resync["extents"].as_u64() > Some(0), "{resync}");
+    assert!(
+        copied > 0 && resync["extents"].as_u64() > Some(0),
+        "{resync}"
+    );
     assert!(
         copied < COLD / 2,
         "copied {copied} bytes: the untouched part of cold.dat must not be copied"
     );
     let divergence = find_event(&events, 3032).unwrap_or_else(|| panic!("no 3032: {events:#?}"));
-    assert!(find_event(&events, 825).is_none(), "no full reseed: {events:#?}");
+    assert!(
+        find_event(&events, 825).is_none(),
+        "no full reseed: {events:#?}"
+    );
 
     // The quarantine lists both, and holds the rogue bytes at their offsets.
     let out = m.cli(&["quarantine", DB, "--json"]);
@@ -267,12 +290,16 @@ fn suspended_copy_resumes_incrementally_and_divergent_writes_go_to_quarantine() 
         "{q}"
     );
     assert!(
-        files.iter().any(|f| f["path"] == format!("{DB}.db/only-on-volume2.txt")),
+        files
+            .iter()
+            .any(|f| f["path"] == format!("{DB}.db/only-on-volume2.txt")),
         "{q}"
     );
     let dir = PathBuf::from(q["path"].as_str().expect("path"));
     assert_eq!(
-        divergence["quarantine"].as_str().map(|p| m.bed.volume_path(2).join(p)),
+        divergence["quarantine"]
+            .as_str()
+            .map(|p| m.bed.volume_path(2).join(p)),
         Some(dir.clone())
     );
     let kept = fs::read(dir.join(format!("{DB}.db/cold.dat"))).expect("quarantined cold.dat");
@@ -289,7 +316,11 @@ fn suspended_copy_resumes_incrementally_and_divergent_writes_go_to_quarantine() 
         let data = fs::read(m.db_files(DB).join(format!("writer{w}.dat"))).expect("read");
         check_pages(&data, w as u64, "after resume");
         for (i, v) in versions.iter().enumerate() {
-            assert_eq!(data[i * PAGE + 16..i * PAGE + 24], v.to_le_bytes(), "page {i}");
+            assert_eq!(
+                data[i * PAGE + 16..i * PAGE + 24],
+                v.to_le_bytes(),
+                "page {i}"
+            );
         }
     }
     let bed = m.unmount();
@@ -307,16 +338,22 @@ fn unknown_generation_raises_2058_and_waits_for_the_operator() {
     let m = Mounted::mount_only(bed);
     seed_files(&m, 1, 4 << 20);
     ok(&m.cli(&["suspend", DB, "--volume", "Volume2"]), "suspend");
-    fs::write(m.db_files(DB).join("later.dat"), b"written while Volume2 was out")
-        .expect("write");
+    fs::write(
+        m.db_files(DB).join("later.dat"),
+        b"written while Volume2 was out",
+    )
+    .expect("write");
     // The copy comes back from somewhere else: a generation this database never had.
     let gen_file = m
         .bed
         .volume_path(2)
         .join(format!(".reseedfs/tap/{DB}/generation.json"));
     assert!(gen_file.exists(), "{} exists", gen_file.display());
-    fs::write(&gen_file, format!(r#"{{"db":"{DB}","current":12345,"history":[]}}"#))
-        .expect("overwrite its generation");
+    fs::write(
+        &gen_file,
+        format!(r#"{{"db":"{DB}","current":12345,"history":[]}}"#),
+    )
+    .expect("overwrite its generation");
     ok(&m.cli(&["resume", DB, "--volume", "Volume2"]), "resume");
     let e2058 = wait_for(Duration::from_secs(30), || {
         find_event(&m.events_json(), 2058).cloned()
@@ -329,7 +366,10 @@ fn unknown_generation_raises_2058_and_waits_for_the_operator() {
     // It waits: still suspended, nothing copied.
     thread::sleep(Duration::from_secs(1));
     let s = m.status_json();
-    assert!(copy_is(&s, DB, "Volume2", "FailedAndSuspended", false), "{s}");
+    assert!(
+        copy_is(&s, DB, "Volume2", "FailedAndSuspended", false),
+        "{s}"
+    );
     assert!(find_event(&m.events_json(), 825).is_none());
     // The operator decides: a full reseed, the copy's old files kept in quarantine.
     ok(
@@ -339,7 +379,10 @@ fn unknown_generation_raises_2058_and_waits_for_the_operator() {
     let out = m.cli(&["quarantine", DB, "--json"]);
     ok(&out, "quarantine");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2058"), "the old files are in quarantine: {text}");
+    assert!(
+        text.contains("2058"),
+        "the old files are in quarantine: {text}"
+    );
     let bed = m.unmount();
     assert_copies_identical(&bed.volume_path(1), &bed.volume_path(2));
 }
@@ -369,7 +412,10 @@ fn kill_9_under_writes_is_repaired_from_the_activity_log_at_the_next_mount() {
         let _ = w.join();
     }
     let root = m.bed.databases_root.clone();
-    let _ = std::process::Command::new("umount").arg("-l").arg(&root).status();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&root)
+        .status();
     let bed = m.bed.take();
     drop(m);
 
@@ -395,8 +441,8 @@ fn kill_9_under_writes_is_repaired_from_the_activity_log_at_the_next_mount() {
     let bed = m.unmount();
     assert_copies_identical(&bed.volume_path(1), &bed.volume_path(2));
     for w in 0..4 {
-        let data = fs::read(bed.volume_path(2).join(format!("{DB}.db/writer{w}.dat")))
-            .expect("read copy");
+        let data =
+            fs::read(bed.volume_path(2).join(format!("{DB}.db/writer{w}.dat"))).expect("read copy");
         check_pages(&data, w, "Volume2 after the repair");
     }
 }

@@ -19,12 +19,14 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
 
 use io_uring::register::Restriction;
 use io_uring::{IoUring, opcode, squeue, types};
 use memmap2::MmapMut;
 
 use crate::reseed::engine::{ALIGN, CHUNK, Chunks, CopyEngine, CopyError, Extent, IN_FLIGHT};
+use crate::throttle::Stream;
 
 /// Fixed-file index of the source.
 const SRC: types::Fixed = types::Fixed(0);
@@ -74,6 +76,8 @@ pub struct UringEngine {
     poisoned: Option<String>,
     /// Completions taken from the ring, kept to reuse the allocation.
     completions: Vec<(u64, i32)>,
+    /// The rebuild throttle's stream, when paced.
+    throttle: Option<Arc<Stream>>,
 }
 
 impl fmt::Debug for UringEngine {
@@ -164,6 +168,7 @@ impl UringEngine {
             chunk,
             poisoned: None,
             completions: Vec::with_capacity(2 * depth),
+            throttle: None,
         })
     }
 
@@ -212,6 +217,8 @@ impl UringEngine {
         let depth = self.bufs.len();
         let mut slots = vec![Slot::Idle; depth];
         let mut chunks = Chunks::with_size(extents, u64::from(self.chunk));
+        // A chunk the throttle did not allow yet.
+        let mut held: Option<Extent> = None;
         let mut in_flight = 0usize;
         let mut copied = 0u64;
         let mut failure: Option<CopyError> = None;
@@ -221,9 +228,19 @@ impl UringEngine {
                     if !matches!(slot, Slot::Idle) {
                         continue;
                     }
-                    let Some(chunk) = chunks.next() else {
+                    let Some(chunk) = held.take().or_else(|| chunks.next()) else {
                         break;
                     };
+                    // Paced: wait for tokens only with nothing in flight, so that waiting
+                    // never holds back the writes of reads already done.
+                    if let Some(t) = &self.throttle {
+                        if in_flight == 0 {
+                            t.take(chunk.len);
+                        } else if !t.try_take(chunk.len) {
+                            held = Some(chunk);
+                            break;
+                        }
+                    }
                     *slot = Slot::Read { chunk, done: 0 };
                     // A push error leaves the slot idle; nothing was queued for it.
                     if let Err(e) = self.push(i, *slot) {
@@ -413,6 +430,10 @@ impl CopyEngine for UringEngine {
                 .get_or_insert_with(|| format!("io_uring unregister the files: {e}"));
         }
         result
+    }
+
+    fn set_throttle(&mut self, stream: Option<Arc<Stream>>) {
+        self.throttle = stream;
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod policy;
 mod runner;
 
+pub(crate) use runner::db_bytes;
 pub use runner::{Runner, RunnerHandle};
 
 use std::time::{Duration, SystemTime};

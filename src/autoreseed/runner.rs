@@ -18,16 +18,17 @@ use parking_lot::Mutex;
 
 use super::policy::{Action, Checks, Notice, Reason, Workflow, first_blocker};
 use super::{Clock, Timings};
+use crate::config::OnDivergence;
 use crate::control::{Blocker, Status, WorkflowStatus};
 use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout;
 use crate::pool::CopyState;
-use crate::config::OnDivergence;
 use crate::reseed::resync::ResyncError;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
 use crate::tap::IncrementalError;
+use crate::throttle::Throttle;
 
 /// A copy: database name and index in its placement.
 type CopyKey = (String, usize);
@@ -55,6 +56,8 @@ pub struct Runner {
     done_tx: Sender<Outcome>,
     done_rx: Receiver<Outcome>,
     stop: AtomicBool,
+    /// The host's rebuild throttle: every reseed started here is paced by it.
+    throttle: Arc<Throttle>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -122,6 +125,8 @@ impl Runner {
     /// A runner for `core`'s pool, with the pool config's timings.
     pub fn new(core: Arc<Core>, clock: Arc<dyn Clock>) -> Arc<Runner> {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let config = &core.pool().config;
+        let throttle = Throttle::new(&config.throttle, Some(config.throughput_path()));
         Arc::new(Runner {
             timings: core.pool().config.autoreseed.clone(),
             core,
@@ -134,7 +139,13 @@ impl Runner {
             done_tx,
             done_rx,
             stop: AtomicBool::new(false),
+            throttle,
         })
+    }
+
+    /// The host's rebuild throttle (reseeds, resyncs and verifies take their bytes from it).
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
     }
 
     /// Starts the runner's thread.
@@ -182,7 +193,9 @@ impl Runner {
                     let key = (db.name.clone(), slot);
                     // A copy an operator suspended is theirs until they resume it.
                     let failed = c.state() == CopyState::FailedAndSuspended
-                        && !pool.copy_record(&db.name, slot).is_some_and(|r| r.suspended);
+                        && !pool
+                            .copy_record(&db.name, slot)
+                            .is_some_and(|r| r.suspended);
                     let busy = seeding.contains(&key);
                     match shared.workflows.get(&key) {
                         None if failed && !busy => {
@@ -432,6 +445,7 @@ impl Runner {
     ) -> Result<(), String> {
         let key = (db.name.clone(), slot);
         let progress = Arc::new(Progress::new(&db.name, &target));
+        progress.pacer.set_throttle(self.throttle.clone());
         let mut shared = self.shared.lock();
         if shared
             .seeds
@@ -481,6 +495,7 @@ impl Runner {
         let key = (db.name.clone(), slot);
         let volume = db.copies()[slot].volume_name();
         let progress = Arc::new(Progress::new(&db.name, &volume));
+        progress.pacer.set_throttle(self.throttle.clone());
         let mut shared = self.shared.lock();
         if shared
             .seeds
@@ -530,7 +545,10 @@ impl Runner {
         let (d, slot) = self.copy_on(db, volume)?;
         let label = format!("{db}\\{volume}");
         if d.copies()[slot].state() != CopyState::FailedAndSuspended {
-            return Err(format!("copy {label} is {}: nothing to resume", d.status_word(slot)));
+            return Err(format!(
+                "copy {label} is {}: nothing to resume",
+                d.status_word(slot)
+            ));
         }
         if pool.copy_record(db, slot).is_some_and(|r| r.resume_blocked) {
             return Err(format!(
@@ -560,7 +578,10 @@ impl Runner {
             .position(|c| c.volume_name() == volume)
             .ok_or_else(|| {
                 let on: Vec<String> = d.copies().iter().map(|c| c.volume_name()).collect();
-                format!("{db} has no copy on {volume} (its copies are on {})", on.join(", "))
+                format!(
+                    "{db} has no copy on {volume} (its copies are on {})",
+                    on.join(", ")
+                )
             })?;
         Ok((d, slot))
     }
@@ -690,7 +711,10 @@ fn incremental_failed(
     pool.events().emit(
         NewEvent::new(
             EventId::IncrementalReseedError,
-            format!("incremental resync of {label} is impossible ({}): {why}; {next}", code.code()),
+            format!(
+                "incremental resync of {label} is impossible ({}): {why}; {next}",
+                code.code()
+            ),
         )
         .database(&db.name)
         .volume(volume)
@@ -720,7 +744,7 @@ fn incremental_failed(
 }
 
 /// Bytes a copy of `db` takes (allocated on an in-sync copy).
-fn db_bytes(db: &Database) -> u64 {
+pub(crate) fn db_bytes(db: &Database) -> u64 {
     let Some(v) = db.copies().iter().find_map(|c| c.in_sync_volume()) else {
         return 0;
     };

@@ -1,10 +1,14 @@
 //! The command line: parse, run one subcommand, map the outcome to an exit code.
 
 pub mod demo;
+mod explain;
 mod reseed;
 mod tap;
+mod throttle;
 
+pub use explain::{ExplainArgs, render_explanation, render_what_if};
 pub use reseed::{BlockArgs, ReseedArgs};
+pub use throttle::{ThrottleArgs, render_throttle};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,6 +60,11 @@ pub enum Command {
     Quarantine(tap::QuarantineArgs),
     /// The whole story in a throwaway pool: mount, write, kill a disk, verify, clean up.
     Demo(demo::DemoArgs),
+    /// Why each copy is not healthy and what happens next; or what a volume's failure
+    /// would do (--what-if-fail VolumeN).
+    Explain(ExplainArgs),
+    /// Show or change the budget shared by every reseed, resync and verify.
+    Throttle(ThrottleArgs),
 }
 
 /// `--config FILE`.
@@ -101,9 +110,12 @@ pub struct StatusArgs {
     /// The config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table (stable field names: an API).
     #[arg(long)]
     pub json: bool,
+    /// Refresh every SECS seconds (default 2) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<f64>,
 }
 
 /// Arguments of `events`.
@@ -176,6 +188,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Resume(a) => tap::resume(&a),
         Command::Quarantine(a) => tap::quarantine(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Explain(a) => explain::explain(&a),
+        Command::Throttle(a) => throttle::throttle(&a),
     };
     match r {
         Ok(e) => e.into(),
@@ -242,9 +256,23 @@ fn when(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The status as a table.
+/// CopyQueueLength as `status` prints it: mutations and bytes the copy lacks.
+fn queue_text(c: &crate::control::CopyStatus) -> String {
+    match (c.queue_length, c.queue_bytes) {
+        (Some(n), Some(b)) => format!("{n} mutations ({})", fmt_bytes(Some(b))),
+        (Some(n), None) => format!("{n} mutations"),
+        (None, Some(b)) => format!("{} to copy", fmt_bytes(Some(b))),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// The status as a table: one line per copy (name, status, active, its volume's free
+/// space), details under each copy that is not in sync, then the volumes and the throttle.
 pub fn render_status(s: &Status) -> String {
-    let mut out = format!("{:<24} {:<20} {:<7}\n", "COPY", "STATUS", "ACTIVE");
+    let mut out = format!(
+        "{:<24} {:<20} {:<7} {:>12}\n",
+        "NAME", "STATUS", "ACTIVE", "VOLUME FREE"
+    );
     for d in &s.databases {
         for c in &d.copies {
             let mut flags = Vec::new();
@@ -254,13 +282,19 @@ pub fn render_status(s: &Status) -> String {
             if c.resume_blocked {
                 flags.push("ResumeBlocked");
             }
-            out += &format!(
-                "{:<24} {:<20} {:<7} {}\n",
+            let row = format!(
+                "{:<24} {:<20} {:<7} {:>12} {}",
                 c.name,
                 c.status,
                 if c.active { "yes" } else { "" },
+                fmt_bytes(c.volume_free_bytes),
                 flags.join(" ")
             );
+            out += row.trim_end();
+            out += "\n";
+            if !matches!(c.status.as_str(), "Mounted" | "Healthy") {
+                out += &format!("    CopyQueueLength: {}\n", queue_text(c));
+            }
             if let Some(seed) = &c.seed {
                 let pct = if seed.bytes_total > 0 {
                     100.0 * seed.bytes_done as f64 / seed.bytes_total as f64
@@ -277,9 +311,6 @@ pub fn render_status(s: &Status) -> String {
                     seed.source,
                     seed.engine
                 );
-                if let Some(e) = &seed.error {
-                    out += &format!("    last reseed failed: {e}\n");
-                }
             }
             if let Some(w) = &c.autoreseed {
                 let next = w.next_at.map_or("-".into(), when);
@@ -298,9 +329,14 @@ pub fn render_status(s: &Status) -> String {
                         b.code, b.description, b.remedy
                     );
                 }
-                if let Some(e) = &w.last_error {
-                    out += &format!("    last error: {e}\n");
-                }
+            }
+            let last = c
+                .last_error
+                .as_ref()
+                .or_else(|| c.autoreseed.as_ref().and_then(|w| w.last_error.as_ref()))
+                .or_else(|| c.seed.as_ref().and_then(|s| s.error.as_ref()));
+            if let Some(e) = last {
+                out += &format!("    last error: {e}\n");
             }
         }
     }
@@ -318,6 +354,10 @@ pub fn render_status(s: &Status) -> String {
             v.io_errors
         );
     }
+    if let Some(t) = &s.throttle {
+        out += "\n";
+        out += &render_throttle(t);
+    }
     out
 }
 
@@ -326,15 +366,42 @@ fn status(a: &StatusArgs) -> anyhow::Result<Exit> {
         Ok(c) => c,
         Err(e) => return Ok(e),
     };
-    let Ok(Response::Status(s)) = ask(&config, &Request::Status) else {
-        return Ok(Exit::Unreachable);
+    let Some(every) = a.watch else {
+        let Ok(Response::Status(s)) = ask(&config, &Request::Status) else {
+            return Ok(Exit::Unreachable);
+        };
+        if a.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            print!("{}", render_status(&s));
+        }
+        return Ok(Exit::Ok);
     };
-    if a.json {
-        println!("{}", serde_json::to_string(&s)?);
-    } else {
-        print!("{}", render_status(&s));
+    let every = std::time::Duration::from_secs_f64(every.clamp(0.1, 3600.0));
+    // Redraw until interrupted; a daemon that went away is shown, and looked for again.
+    loop {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let answer = control::call(&config.socket_path(), &Request::Status);
+        if a.json {
+            match answer {
+                Ok(Response::Status(s)) => println!("{}", serde_json::to_string(&s)?),
+                Ok(other) => eprintln!("reseedfs: unexpected answer: {other:?}"),
+                Err(e) => eprintln!("reseedfs: {e}"),
+            }
+        } else {
+            let body = match answer {
+                Ok(Response::Status(s)) => render_status(&s),
+                Ok(other) => format!("unexpected answer from the daemon: {other:?}\n"),
+                Err(e) => format!("{e}\n"),
+            };
+            print!(
+                "\x1b[H\x1b[2J{now}  reseedfs status (every {every:?}; Ctrl-C to stop)\n\n{body}"
+            );
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(every);
     }
-    Ok(Exit::Ok)
 }
 
 /// One event as a line of text.

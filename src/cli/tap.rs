@@ -132,7 +132,10 @@ pub fn quarantine(a: &QuarantineArgs) -> anyhow::Result<Exit> {
     let mut found = 0;
     for (_, name, path) in volumes {
         let Ok(v) = Volume::open(&name, &path) else {
-            eprintln!("reseedfs: {name} ({}) cannot be opened; skipped", path.display());
+            eprintln!(
+                "reseedfs: {name} ({}) cannot be opened; skipped",
+                path.display()
+            );
             continue;
         };
         for (dir, m) in list_quarantine(&v, &a.db) {

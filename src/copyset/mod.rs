@@ -551,7 +551,7 @@ impl Database {
                 }
             }
             let (i, v, file) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match v.check().and_then(|()| f(&file.file)) {
+            match v.timed(|| v.check().and_then(|()| f(&file.file))) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_media_error(&e) => {
                     self.on_error(i, op, &e, false);
@@ -650,7 +650,7 @@ impl Database {
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
             if n == 1 {
                 if let Some((_, v, f)) = &targets[0] {
-                    results[0] = Some(v.check().and_then(|()| job(&f.file, data)));
+                    results[0] = Some(v.timed(|| v.check().and_then(|()| job(&f.file, data))));
                 }
             } else {
                 let shared: Arc<[u8]> = Arc::from(data);
@@ -660,13 +660,13 @@ impl Database {
                     let d = shared.clone();
                     let w = completer.clone();
                     fanout.submit(Box::new(move || {
-                        let r = v.check().and_then(|()| job(&f.file, &d));
+                        let r = v.timed(|| v.check().and_then(|()| job(&f.file, &d)));
                         w.done(slot + 1, r);
                     }));
                 }
                 drop(completer);
                 if let Some((_, v, f)) = &targets[0] {
-                    results[0] = Some(v.check().and_then(|()| job(&f.file, data)));
+                    results[0] = Some(v.timed(|| v.check().and_then(|()| job(&f.file, data))));
                 }
                 for (slot, r) in waiter.wait() {
                     results[slot] = Some(r);

@@ -1076,7 +1076,10 @@ impl Pool {
             .enumerate()
             .any(|(i, c)| i != slot && c.state() == CopyState::InSync)
         {
-            return Err(format!("no other copy of {} is in sync to resync {label} from", db.name));
+            return Err(format!(
+                "no other copy of {} is in sync to resync {label} from",
+                db.name
+            ));
         }
         c.state = CopyState::Seeding;
         c.suspended = false;
@@ -1396,6 +1399,10 @@ impl Pool {
                             failed_at: rec.and_then(|r| r.failed_at),
                             seed: None,
                             autoreseed: None,
+                            queue_length: d.tap().queue(i).map(|q| q.0),
+                            queue_bytes: d.tap().queue(i).map(|q| q.1),
+                            volume_free_bytes: None,
+                            last_error: None,
                         }
                     })
                     .collect(),
@@ -1438,6 +1445,7 @@ impl Pool {
             epoch: state.epoch,
             databases,
             volumes,
+            throttle: None,
         }
     }
 }
@@ -1466,7 +1474,11 @@ fn copy_left(rec: &mut DbRecord, db: &Database, slot: usize, was: CopyState) -> 
 fn write_generations(db: &Database, g: &Generation) {
     for v in db.in_sync_volumes() {
         if let Err(e) = tap::write_copy_generation(&v, &db.name, g) {
-            tracing::warn!("cannot write the generation of {} on {}: {e}", db.name, v.name());
+            tracing::warn!(
+                "cannot write the generation of {} on {}: {e}",
+                db.name,
+                v.name()
+            );
         }
     }
 }

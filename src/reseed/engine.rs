@@ -15,10 +15,13 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::throttle::Stream;
 
 /// Bytes per request.
 pub const CHUNK: u64 = 1 << 20;
@@ -103,6 +106,11 @@ pub trait CopyEngine: Send + std::fmt::Debug {
         extents: &[Extent],
         direct: bool,
     ) -> Result<u64, CopyError>;
+
+    /// Paces the copies that follow through the host's rebuild throttle: the engine takes
+    /// each chunk's bytes from `stream` ([`Stream::take`]) before it reads the chunk.
+    /// `None`: as fast as the disks go.
+    fn set_throttle(&mut self, stream: Option<Arc<Stream>>);
 }
 
 /// Picks the engine for `choice`, and says why when `Auto` fell back to threads.
@@ -374,6 +382,8 @@ pub struct ThreadEngine {
     threads: usize,
     /// One buffer per worker, allocated by the first copy and kept.
     bufs: Vec<ChunkBuf>,
+    /// The rebuild throttle's stream, when paced.
+    throttle: Option<Arc<Stream>>,
 }
 
 impl Default for ThreadEngine {
@@ -393,6 +403,7 @@ impl ThreadEngine {
         ThreadEngine {
             threads: threads.max(1),
             bufs: Vec::new(),
+            throttle: None,
         }
     }
 }
@@ -432,6 +443,7 @@ impl CopyEngine for ThreadEngine {
         let stop = AtomicBool::new(false);
         let first_error = Mutex::new(None);
         let copied = AtomicU64::new(0);
+        let throttle = self.throttle.as_deref();
         std::thread::scope(|scope| {
             for buf in self.bufs.iter_mut().take(workers) {
                 let (next, stop, first_error, copied) = (&next, &stop, &first_error, &copied);
@@ -441,6 +453,9 @@ impl CopyEngine for ThreadEngine {
                         let Some(chunk) = next.lock().next() else {
                             break;
                         };
+                        if let Some(t) = throttle {
+                            t.take(chunk.len);
+                        }
                         match copy_chunk(src, dst, buf, chunk, direct) {
                             Ok(n) => {
                                 copied.fetch_add(n, Ordering::Relaxed);
@@ -459,6 +474,10 @@ impl CopyEngine for ThreadEngine {
             Some(e) => Err(e),
             None => Ok(copied.into_inner()),
         }
+    }
+
+    fn set_throttle(&mut self, stream: Option<Arc<Stream>>) {
+        self.throttle = stream;
     }
 }
 

@@ -40,6 +40,7 @@ use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
 use crate::pool::CopyState;
+use crate::throttle::StreamKind::{Reseed, Verify};
 use crate::volume::{Volume, child_path, is_media_error};
 
 use engine::{CopyEngine, CopyError, Extent, data_extents, select, split_aligned};
@@ -97,6 +98,8 @@ pub struct Progress {
     started: Instant,
     error: Mutex<Option<String>>,
     cancelled: std::sync::atomic::AtomicBool,
+    /// The host's rebuild throttle, when whoever started the reseed set one.
+    pub pacer: crate::throttle::Pacer,
     /// Tests: runs after every window copied.
     #[cfg(test)]
     pub(crate) after_window: Mutex<Option<Box<dyn FnMut() + Send>>>,
@@ -155,6 +158,7 @@ impl Progress {
             started: now,
             error: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
+            pacer: Default::default(),
             #[cfg(test)]
             after_window: Mutex::new(None),
         }
@@ -351,6 +355,7 @@ pub fn reseed(
     progress: &Progress,
 ) -> Result<SeedReport, SeedError> {
     let result = run(core, req, progress);
+    progress.pacer.end();
     match &result {
         Ok(_) => progress.set_phase(Phase::Done),
         Err(e) => {
@@ -448,6 +453,10 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
     );
 
     // Phase 2: copy.
+    let paced = progress
+        .pacer
+        .begin(Reseed, db, req.slot, &[&source.volume, &target]);
+    engine.set_throttle(paced);
     let started = Instant::now();
     let mut copied = 0;
     for job in &layout.files {
@@ -494,6 +503,10 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
     );
 
     // Phase 3: verify.
+    engine.set_throttle(None);
+    progress
+        .pacer
+        .begin(Verify, db, req.slot, &[&source.volume, &target]);
     progress.set_phase(Phase::Verifying);
     pool.events().emit(
         NewEvent::new(
@@ -957,8 +970,9 @@ fn copy_file_from(
         let _resize: Vec<_> = job.nodes.iter().map(|n| n.io.resize.read()).collect();
         let size = size_of(&pair.src).map_err(CopyError::Source)?;
         let start = job.seed.copied();
-        let end = if size > start.saturating_add(WINDOW) {
-            start + WINDOW
+        let window = progress.pacer.window(WINDOW);
+        let end = if size > start.saturating_add(window) {
+            start + window
         } else {
             u64::MAX
         };
@@ -979,6 +993,7 @@ fn copy_file_from(
             pair.dst.set_len(stop).map_err(CopyError::Dest)?;
         }
         for (off, len) in job.seed.close_window() {
+            progress.pacer.take(len);
             let _stripes: Vec<_> = job
                 .nodes
                 .iter()
@@ -1109,6 +1124,11 @@ fn verify(
                     "the new copy was failed during verification (see its events)".into(),
                 ));
             }
+            // Tokens first: no lock is held while waiting for them.
+            let left = size_of(&src).map_err(|e| source_err(&path, e))?;
+            progress
+                .pacer
+                .take(left.saturating_sub(offset).min(VERIFY_CHUNK as u64));
             let _resize: Vec<_> = job.nodes.iter().map(|n| n.io.resize.read()).collect();
             let _stripes: Vec<_> = job
                 .nodes

@@ -151,7 +151,10 @@ fn changed_since(v: &Volume, db: &str, cutoff: SystemTime) -> io::Result<Vec<(Pa
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let mut out = Vec::new();
-    let mut todo: Vec<PathBuf> = layout::db_folders(db).into_iter().map(PathBuf::from).collect();
+    let mut todo: Vec<PathBuf> = layout::db_folders(db)
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     while let Some(p) = todo.pop() {
         let st = match v.stat(&p) {
             Ok(st) => st,
@@ -200,6 +203,9 @@ fn differing_blocks(a: Option<&File>, b: &File) -> io::Result<FileDirty> {
     Ok(out)
 }
 
+/// What step 2 kept: the quarantine folder, the blocks to resync, the entries kept.
+type Quarantined = (PathBuf, BTreeMap<PathBuf, FileDirty>, Vec<QuarantinedFile>);
+
 /// Step 2: keeps what the copy changed on its own, returns the blocks to resync.
 fn quarantine_divergence(
     db: &Database,
@@ -207,7 +213,7 @@ fn quarantine_divergence(
     target: &Volume,
     changed: &[(PathBuf, FileType)],
     common: Option<u64>,
-) -> Result<(PathBuf, BTreeMap<PathBuf, FileDirty>, Vec<QuarantinedFile>), SeedError> {
+) -> Result<Quarantined, SeedError> {
     let dst = |e: io::Error| SeedError::Dest(format!("quarantine on {}: {e}", target.name()));
     let src = |e: io::Error| SeedError::Source(format!("reading {}: {e}", source.name()));
     let dir = quarantine_dir(target).map_err(dst)?;
@@ -247,7 +253,11 @@ fn quarantine_divergence(
             continue;
         }
         let q = target
-            .open_file(&keep, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
+            .open_file(
+                &keep,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o600),
+            )
             .map_err(dst)?;
         let len = b.metadata().map_err(dst)?.len();
         q.set_len(len).map_err(dst)?;
@@ -421,7 +431,10 @@ fn run(
             }
         }
     };
-    let total: u64 = jobs.iter().map(|j| j.ranges.iter().map(|r| r.1.min(1 << 40)).sum::<u64>()).sum();
+    let total: u64 = jobs
+        .iter()
+        .map(|j| j.ranges.iter().map(|r| r.1.min(1 << 40)).sum::<u64>())
+        .sum();
     progress.total.store(total, Ordering::Relaxed);
     progress.set_phase(Phase::Copying);
     pool.events().emit(
@@ -449,6 +462,12 @@ fn run(
         ..ResyncReport::default()
     };
     report.prepare_s = started.elapsed().as_secs_f64();
+    progress.pacer.begin(
+        crate::throttle::StreamKind::Resync,
+        db,
+        slot,
+        &[&source.volume, &target],
+    );
     let copied = copy_jobs(db, slot, &source, &target, &jobs, progress, &mut report)
         .and_then(|()| {
             report.copy_s = started.elapsed().as_secs_f64() - report.prepare_s;
@@ -457,6 +476,7 @@ fn run(
         })
         .and_then(|()| compare_trees(db, &source, &target));
     report.verify_s = started.elapsed().as_secs_f64() - report.prepare_s - report.copy_s;
+    progress.pacer.end();
     if let Err(e) = copied {
         pool.abort_seed(db, slot);
         return Err(e.into());
@@ -576,7 +596,10 @@ fn open_pair(
     let Some(path) = job.path() else {
         return Ok(None);
     };
-    let a = match source.volume.open_file(&path, OFlags::RDONLY, Mode::empty()) {
+    let a = match source
+        .volume
+        .open_file(&path, OFlags::RDONLY, Mode::empty())
+    {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(SideError::Source(e)),
@@ -612,7 +635,8 @@ fn copy_jobs(
     report: &mut ResyncReport,
 ) -> Result<(), SeedError> {
     for job in jobs {
-        let Some((a, b)) = open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
+        let Some((a, b)) =
+            open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
         else {
             continue;
         };
@@ -625,7 +649,12 @@ fn copy_jobs(
         let chunks = chunks(&job.ranges, size);
         // Scattered small extents: let the source's disk read them all at once.
         for &(off, len) in &chunks {
-            let _ = rustix::fs::fadvise(&a, off, std::num::NonZeroU64::new(len), rustix::fs::Advice::WillNeed);
+            let _ = rustix::fs::fadvise(
+                &a,
+                off,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::WillNeed,
+            );
         }
         for (off, len) in chunks {
             progress
@@ -636,8 +665,11 @@ fn copy_jobs(
                     "the copy was failed during its resync (see its events)".into(),
                 ));
             }
+            // The budget is waited for before the file's locks are taken.
+            progress.pacer.take(len);
             let _stripes = job.node.as_ref().map(|n| n.io.lock_range(off, len));
-            let n = reconcile::copy_extent(&a, &b, off, len).map_err(|e| side(db, slot, source, e))?;
+            let n =
+                reconcile::copy_extent(&a, &b, off, len).map_err(|e| side(db, slot, source, e))?;
             report.bytes_copied += n;
             report.extents += 1;
             copied_any = true;
@@ -662,7 +694,8 @@ fn compare_jobs(
     let mut x = vec![0u8; CHUNK as usize];
     let mut y = vec![0u8; CHUNK as usize];
     for job in jobs {
-        let Some((a, b)) = open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
+        let Some((a, b)) =
+            open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
         else {
             continue;
         };

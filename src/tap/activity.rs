@@ -229,7 +229,9 @@ pub fn parse(bytes: &[u8]) -> Recovered {
             KIND_RENAME if body.len() >= 5 => {
                 let exchange = body[0] != 0;
                 let n = u32::from_le_bytes([body[1], body[2], body[3], body[4]]) as usize;
-                let Some(from) = body.get(5..5 + n) else { break };
+                let Some(from) = body.get(5..5 + n) else {
+                    break;
+                };
                 let to = &body[5 + n..];
                 rename_keys(
                     &mut out.extents,
@@ -311,10 +313,7 @@ impl ActivityLog {
         let Some(path) = path() else { return };
         let lsn = {
             let mut s = self.state.lock();
-            s.current
-                .entry(path.clone())
-                .or_default()
-                .extend(from..=to);
+            s.current.entry(path.clone()).or_default().extend(from..=to);
             let rec = extents_record(guard.epoch, &path, from, to - from + 1);
             s.pending.extend_from_slice(&rec);
             s.next_lsn += 1;
@@ -414,7 +413,9 @@ impl ActivityLog {
         });
         let mut failed = Vec::new();
         for (slot, c) in db.copies().iter().enumerate() {
-            let Some(v) = c.in_sync_volume() else { continue };
+            let Some(v) = c.in_sync_volume() else {
+                continue;
+            };
             let open = files.open.iter().any(|(s, _, _)| *s == slot);
             if open && content.is_none() {
                 continue;
@@ -449,7 +450,9 @@ impl ActivityLog {
             std::thread::sleep(Duration::from_micros(200));
         }
         for (slot, c) in db.copies().iter().enumerate() {
-            let Some(v) = c.in_sync_volume() else { continue };
+            let Some(v) = c.in_sync_volume() else {
+                continue;
+            };
             if let Err(e) = v.syncfs() {
                 db.on_error(slot, "checkpoint syncfs", &e, true);
             }
@@ -501,7 +504,12 @@ mod tests {
         let mut log = record(KIND_HEADER, 3, &[]);
         log.extend(extents_record(3, Path::new("db.db/a"), 0, 2));
         log.extend(extents_record(3, Path::new("db.db/d/b"), 5, 1));
-        log.extend(rename_record(3, Path::new("db.db/d"), Path::new("db.db/e"), false));
+        log.extend(rename_record(
+            3,
+            Path::new("db.db/d"),
+            Path::new("db.db/e"),
+            false,
+        ));
         log.extend(extents_record(3, Path::new("db.db/c"), 1, 1));
         let r = parse(&log);
         assert!(!r.clean);

@@ -73,7 +73,11 @@ impl FileDirty {
 
     /// Bytes marked (4 KiB per block).
     pub fn bytes(&self) -> u64 {
-        self.bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * BLOCK
+        self.bits
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum::<u64>()
+            * BLOCK
     }
 
     /// Adds what `other` marks.

@@ -17,7 +17,6 @@ pub mod dirty;
 pub mod reconcile;
 pub mod repair;
 
-
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -472,7 +471,11 @@ impl Drop for Checkpointer {
 
 /// Reads the dirty map of the copy of `db` on `volume` from the in-sync `volumes`: the
 /// one with the most mutations wins (they are written together).
-pub fn read_dirty_map(volumes: &[std::sync::Arc<Volume>], db: &str, volume: &str) -> Option<DirtyMap> {
+pub fn read_dirty_map(
+    volumes: &[std::sync::Arc<Volume>],
+    db: &str,
+    volume: &str,
+) -> Option<DirtyMap> {
     volumes
         .iter()
         .filter_map(|v| v.read_file(&dirty_path(db, volume)).ok())
@@ -504,7 +507,10 @@ mod tests {
             current,
             history,
         };
-        assert_eq!(classify(Some(&copy(10, vec![])), &g, Some(10)), Lineage::Behind);
+        assert_eq!(
+            classify(Some(&copy(10, vec![])), &g, Some(10)),
+            Lineage::Behind
+        );
         assert_eq!(
             classify(Some(&copy(99, vec![10, 5])), &g, Some(10)),
             Lineage::Diverged { common: 10 }

@@ -108,7 +108,10 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
     let d = |e| SideError::Dest(e);
     let mut report = TreeReport::default();
     let mut links: HashMap<u64, PathBuf> = HashMap::new();
-    let mut todo: Vec<PathBuf> = layout::db_folders(db).into_iter().map(PathBuf::from).collect();
+    let mut todo: Vec<PathBuf> = layout::db_folders(db)
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     let mut times = Vec::new();
     while let Some(path) = todo.pop() {
         let a = src.stat(&path).map_err(s)?;
@@ -176,7 +179,8 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
         }
         let b = dst.stat(&path).map_err(d)?;
         if (b.st_uid, b.st_gid) != (a.st_uid, a.st_gid) {
-            dst.chown(&path, Some(a.st_uid), Some(a.st_gid)).map_err(d)?;
+            dst.chown(&path, Some(a.st_uid), Some(a.st_gid))
+                .map_err(d)?;
             report.fixed += 1;
         }
         if kind(&a) != FileType::Symlink {
@@ -184,7 +188,10 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
                 dst.chmod(&path, mode).map_err(d)?;
                 report.fixed += 1;
             }
-            let (xa, xb) = (xattrs(src, &path).map_err(s)?, xattrs(dst, &path).map_err(d)?);
+            let (xa, xb) = (
+                xattrs(src, &path).map_err(s)?,
+                xattrs(dst, &path).map_err(d)?,
+            );
             if xa != xb {
                 for (k, _) in xb.iter().filter(|(k, _)| !xa.iter().any(|(ka, _)| ka == k)) {
                     dst.remove_xattr(&path, k).map_err(d)?;
@@ -200,7 +207,11 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
                 Ok(v.read_dir(&path)?.into_iter().map(|e| e.name).collect())
             };
             let na = names(src).map_err(s)?;
-            for extra in names(dst).map_err(d)?.into_iter().filter(|n| !na.contains(n)) {
+            for extra in names(dst)
+                .map_err(d)?
+                .into_iter()
+                .filter(|n| !na.contains(n))
+            {
                 let p = child_path(&path, &extra);
                 dst.remove_tree(&p).map_err(d)?;
                 report.removed.push(p);
@@ -280,7 +291,12 @@ pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64,
 /// Compares `[offset, offset+len)` of two copies of a file block by block (4 KiB) and
 /// rewrites the blocks of `dst` that differ from `src`. Returns (bytes read from each,
 /// bytes rewritten).
-pub fn repair_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<(u64, u64), SideError> {
+pub fn repair_extent(
+    src: &File,
+    dst: &File,
+    offset: u64,
+    len: u64,
+) -> Result<(u64, u64), SideError> {
     const BLOCK: usize = 4096;
     let mut a = vec![0u8; len.min(4 << 20) as usize];
     let mut b = vec![0u8; a.len()];
@@ -312,10 +328,8 @@ mod tests {
     use super::*;
 
     fn volume(tag: &str) -> (PathBuf, Volume) {
-        let dir = std::env::temp_dir().join(format!(
-            "reseedfs-reconcile-{tag}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("reseedfs-reconcile-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("db.db/sub")).expect("mkdir");
         std::fs::create_dir_all(dir.join("db.log")).expect("mkdir");
@@ -345,7 +359,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(
             std::fs::metadata(b.join("db.db/new")).expect("m").ino(),
-            std::fs::metadata(b.join("db.db/sub/link")).expect("m").ino()
+            std::fs::metadata(b.join("db.db/sub/link"))
+                .expect("m")
+                .ino()
         );
         assert_eq!(
             std::fs::read_link(b.join("db.log/sym")).expect("readlink"),

@@ -75,7 +75,9 @@ pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
         if slot == active {
             continue;
         }
-        let Some(dst) = c.in_sync_volume() else { continue };
+        let Some(dst) = c.in_sync_volume() else {
+            continue;
+        };
         report.copies += 1;
         let fail = |e: SideError| match e {
             SideError::Source(e) => format!(
