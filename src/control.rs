@@ -108,6 +108,9 @@ pub struct CopyStatus {
     /// Where AutoReseed is with it.
     #[serde(default)]
     pub autoreseed: Option<WorkflowStatus>,
+    /// Bytes the copy still lacks (CopyQueueLength in bytes); None when unknown.
+    #[serde(default)]
+    pub queue_bytes: Option<u64>,
 }
 
 /// AutoReseed's state for one copy.

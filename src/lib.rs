@@ -15,6 +15,8 @@
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
+//! metrics         Prometheus `/metrics` (request latency, copies, volumes, reseeds)
+//! mountpoint      what is mounted at the databases root; dead mounts of a crashed daemon
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
 //! testbed         throwaway pools on loop-mounted ext4 volumes (demo, tests, benches)
 //! ```
@@ -32,6 +34,8 @@ pub mod daemon;
 pub mod events;
 pub mod fs;
 pub mod layout;
+pub mod metrics;
+pub mod mountpoint;
 pub mod pool;
 pub mod reseed;
 pub mod testbed;

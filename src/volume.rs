@@ -28,6 +28,7 @@ pub struct Volume {
     fault: AtomicI32,
     read_fault: AtomicI32,
     io_errors: AtomicU64,
+    written_bytes: AtomicU64,
 }
 
 /// One directory entry of a backing directory.
@@ -75,6 +76,7 @@ impl Volume {
             fault: AtomicI32::new(0),
             read_fault: AtomicI32::new(0),
             io_errors: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
         })
     }
 
@@ -106,6 +108,17 @@ impl Volume {
     /// I/O errors seen on this volume since the mount.
     pub fn io_errors(&self) -> u64 {
         self.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes of file data written to this volume's copies through the mount.
+    #[inline]
+    pub fn count_written(&self, n: usize) {
+        self.written_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes of file data written to this volume's copies through the mount.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes.load(Ordering::Relaxed)
     }
 
     /// Makes every later operation fail with `errno` (0 clears it): a dying disk, for tests.
