@@ -28,7 +28,10 @@ enum Stop {
 pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     // Modes given by the kernel are final (it already applied the caller's umask).
     rustix::process::umask(rustix::fs::Mode::empty());
-    std::fs::create_dir_all(&config.state_dir)
+    // With the umask cleared, say the mode: nobody else may write where the socket and the
+    // event log live.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
+        .create(&config.state_dir)
         .with_context(|| format!("create state_dir {}", config.state_dir.display()))?;
     let log = Arc::new(
         EventLog::open(&config.events_path())

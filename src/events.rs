@@ -38,6 +38,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -290,7 +291,11 @@ impl EventLog {
     /// Opens (or creates) the log and continues its numbering.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
         let last = read_events(path)?.last().map_or(0, |e| e.seq);
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(path)?;
         Ok(EventLog {
             path: path.to_owned(),
             inner: Mutex::new((file, last)),

@@ -260,7 +260,7 @@ fn parse_exposition(text: &str) -> Result<Scrape, String> {
                 done_families.insert(previous);
             }
         }
-        if types[&family] == "counter" && !(sample.value >= 0.0) {
+        if types[&family] == "counter" && (sample.value.is_nan() || sample.value < 0.0) {
             return Err(at("a negative or NaN counter".into()));
         }
         let key = format!("{}{:?}", sample.name, sample.labels);
@@ -475,6 +475,16 @@ fn metrics_move_when_a_copy_fails_and_events_follow_it() {
     std::fs::write(&bed.config_path, config.to_toml()).expect("write the metrics key");
     let m = Mounted::mount_only(bed);
 
+    let events_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(m.bed.state_dir.join("events.jsonl"))
+            .expect("events.jsonl")
+            .permissions(),
+    );
+    assert_eq!(
+        events_mode & 0o022,
+        0,
+        "events.jsonl is writable by others: {events_mode:o}"
+    );
     let (status, _) = http_get(addr, "/");
     assert!(status.starts_with("HTTP/1.1 404"), "GET /: {status}");
     let first = scrape(addr);

@@ -27,7 +27,7 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::mountpoint::{self, FSTYPE, MountState};
 
-/// Names under which the binary acts as the mount helper (argv[0]'s file name).
+/// Names under which the binary acts as the mount helper (`argv[0]`'s file name).
 pub const HELPER_NAMES: [&str; 2] = ["mount.fuse.reseedfs", "mount.reseedfs"];
 
 /// mount(8)'s exit code for a mount failure.
@@ -101,7 +101,7 @@ pub struct HelperArgs {
     pub fstype: Option<String>,
 }
 
-/// True when the binary was started as the mount helper (argv[0] is
+/// True when the binary was started as the mount helper (`argv[0]` is
 /// `mount.fuse.reseedfs`): the caller then parses `reseedfs mount-helper ARGS...`.
 pub fn invoked_as_helper(argv0: Option<&OsString>) -> bool {
     argv0
