@@ -9,6 +9,7 @@
 //! state_dir = "/run/reseedfs"         # control socket and event log
 //! witness_dir = "/var/lib/reseedfs"   # a copy of the pool state on the system disk
 //! threads = 8                         # FUSE request threads
+//! metrics = "127.0.0.1:9477"          # Prometheus /metrics; default: none (off)
 //!
 //! [autoreseed]                        # defaults shown
 //! enabled = true
@@ -73,6 +74,10 @@ pub struct Config {
     /// Threads serving FUSE requests. Default 8.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`), as `127.0.0.1:9477`. Default:
+    /// none, no metrics endpoint. `reseedfs mount --metrics ADDR` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// The AutoReseed workflow's timings and limits.
     #[serde(default)]
     pub autoreseed: crate::autoreseed::Timings,
@@ -192,6 +197,7 @@ impl Config {
             reseed: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
+            metrics: None,
         }
     }
 
@@ -334,5 +340,17 @@ mod tests {
         let e = parse("volumes_root = \"/v\"\ndatabases_root = \"/v/d\"\ndatabases=[\"a\"]")
             .unwrap_err();
         assert!(e.to_string().contains("contain each other"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address() {
+        let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\ndatabases = [\"a\"]\n";
+        assert_eq!(parse(base).expect("no metrics key").metrics, None);
+        let c = parse(&format!("{base}metrics = \"127.0.0.1:9477\"")).expect("metrics");
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().expect("addr")));
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        let e = parse(&format!("{base}metrics = \"localhost\"")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("test.toml") && m.contains("metrics"), "{m}");
     }
 }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
 use crate::fs::Core;
+use crate::metrics::{CountingSink, Metrics};
 use crate::pool::Pool;
 
 /// Why the daemon is asked to stop.
@@ -27,15 +28,21 @@ enum Stop {
 pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     // Modes given by the kernel are final (it already applied the caller's umask).
     rustix::process::umask(rustix::fs::Mode::empty());
-    std::fs::create_dir_all(&config.state_dir)
+    // With the umask cleared, say the mode: nobody else may write where the socket and the
+    // event log live.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
+        .create(&config.state_dir)
         .with_context(|| format!("create state_dir {}", config.state_dir.display()))?;
     let log = Arc::new(
         EventLog::open(&config.events_path())
             .with_context(|| format!("open event log {}", config.events_path().display()))?,
     );
+    let metrics = Arc::new(Metrics::new());
+    let counting: Arc<dyn EventSink> = Arc::new(CountingSink::new(log.clone(), metrics.clone()));
     // Remembers each copy's last error for `status`.
-    let last_errors = Arc::new(crate::status::LastErrors::new(log.clone()));
+    let last_errors = Arc::new(crate::status::LastErrors::new(counting));
     let events: Arc<dyn EventSink> = last_errors.clone();
+    crate::mountpoint::clear_stale(&config.databases_root)?;
     let pool = Pool::open(config, events.clone())
         .with_context(|| format!("open the pool of {}", config_path.display()))?;
     // After a crash: the copies are made identical where they may differ, before serving.
@@ -168,12 +175,36 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             }
         })
         .context("start the signal thread")?;
-    let mounted = crate::sys::fuse::mount(core, &config.databases_root, config.threads)
-        .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))
-        .and_then(|m| {
-            let autoreseed = runner.start().context("start the AutoReseed runner")?;
-            Ok((m, autoreseed))
-        });
+    if let Some(addr) = config.metrics {
+        let render: crate::metrics::Render = {
+            let (pool, runner, metrics) = (pool.clone(), runner.clone(), metrics.clone());
+            Arc::new(move || {
+                let mut status = pool.status();
+                runner.annotate(&mut status);
+                let mirrored: Vec<(String, u64)> = pool
+                    .volumes()
+                    .iter()
+                    .map(|v| (v.name.clone(), v.written_bytes()))
+                    .collect();
+                metrics.render(&status, &mirrored)
+            })
+        };
+        if let Err(e) = crate::metrics::serve(addr, render) {
+            pool.close();
+            signal_handle.close();
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
+        }
+    }
+    let fsname = crate::mountpoint::fsname(config_path);
+    let timed = config.metrics.map(|_| metrics.clone());
+    let mounted =
+        crate::sys::fuse::mount(core, &config.databases_root, config.threads, &fsname, timed)
+            .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))
+            .and_then(|m| {
+                let autoreseed = runner.start().context("start the AutoReseed runner")?;
+                Ok((m, autoreseed))
+            });
     let (mount, autoreseed) = match mounted {
         Ok(m) => m,
         Err(e) => {
@@ -199,6 +230,8 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             socket.display()
         ),
     ));
+    // Type=notify under systemd: the databases are reachable now.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let root = config.databases_root.display().to_string();
     let why = loop {
         let (why, reply) = match stop_rx.recv_timeout(Duration::from_millis(200)) {
@@ -233,6 +266,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         }
     };
     signal_handle.close();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
     autoreseed.stop();
     let result = mount.unmount();

@@ -36,9 +36,15 @@
 //! | 3033 | `tap.crash_repaired` | after an unclean stop the copies were compared where the activity log says they may differ, and repaired |
 //! | 3034 | `copy.suspended` | an operator suspended a copy; what it misses is recorded for an incremental resume |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
+//!
+//!
+//! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
+//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019), at WARN when the system carried on around
+//! a problem (3004, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -150,6 +156,27 @@ impl EventId {
         }
     }
 
+    /// How loudly the daemon logs it: [`Severity::Error`] when a human must act (one log
+    /// line each), [`Severity::Warn`] when the system carried on around a problem.
+    pub fn severity(self) -> Severity {
+        match self {
+            EventId::CopyFailed
+            | EventId::CopyDiverged
+            | EventId::StatePersistFailed
+            | EventId::SparesExhausted
+            | EventId::AutoReseedStopped
+            | EventId::IncrementalReseedError
+            | EventId::ReseedFailed => Severity::Error,
+            EventId::ActiveChanged
+            | EventId::AutoReseedAttemptFailed
+            | EventId::AutoReseedBlocked
+            | EventId::ReseedSourceChanged
+            | EventId::DivergenceFound
+            | EventId::CopySuspended => Severity::Warn,
+            _ => Severity::Info,
+        }
+    }
+
     /// The `source.event` name.
     pub fn kind(self) -> &'static str {
         match self {
@@ -186,6 +213,17 @@ impl EventId {
             EventId::ThrottleChanged => "throttle.changed",
         }
     }
+}
+
+/// How loudly an event is logged (`RESEEDFS_LOG` filters the log by level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// A human must act: a copy or the pool state was lost, AutoReseed gave up.
+    Error,
+    /// The system carried on around a problem (an attempt failed, the active copy moved).
+    Warn,
+    /// A state change.
+    Info,
 }
 
 /// An event about to be recorded.
@@ -290,7 +328,11 @@ impl EventLog {
     /// Opens (or creates) the log and continues its numbering.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
         let last = read_events(path)?.last().map_or(0, |e| e.seq);
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(path)?;
         Ok(EventLog {
             path: path.to_owned(),
             inner: Mutex::new((file, last)),
@@ -317,10 +359,7 @@ impl EventSink for EventLog {
             message: e.message,
             fields: e.fields,
         };
-        match event.id {
-            1109 | 3003 | 3005 => tracing::error!(id = event.id, "{}", event.message),
-            _ => tracing::info!(id = event.id, "{}", event.message),
-        }
+        log(e.id.severity(), &event);
         let mut line = serde_json::to_string(&event).unwrap_or_default();
         line.push('\n');
         let file = &mut inner.0;
@@ -329,6 +368,25 @@ impl EventSink for EventLog {
             .and_then(|()| file.sync_data())
         {
             tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
+        }
+    }
+}
+
+/// Logs one event as one line, at its severity, with its id, kind, database and volume.
+fn log(severity: Severity, e: &Event) {
+    // One line per event: a message never spans lines in the log.
+    let message = e.message.replace(['\n', '\r'], " ");
+    let db = e.database.as_deref().unwrap_or("-");
+    let volume = e.volume.as_deref().unwrap_or("-");
+    match severity {
+        Severity::Error => {
+            tracing::error!(id = e.id, kind = %e.kind, database = db, volume, "{message}");
+        }
+        Severity::Warn => {
+            tracing::warn!(id = e.id, kind = %e.kind, database = db, volume, "{message}");
+        }
+        Severity::Info => {
+            tracing::info!(id = e.id, kind = %e.kind, database = db, volume, "{message}");
         }
     }
 }

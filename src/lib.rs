@@ -21,6 +21,8 @@
 //! status          what `status` adds to the pool's view (free space, last error, queue)
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
+//! metrics         Prometheus `/metrics` (request latency, copies, volumes, reseeds)
+//! mountpoint      what is mounted at the databases root; dead mounts of a crashed daemon
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
 //! testbed         throwaway pools on loop-mounted ext4 volumes (demo, tests, benches)
 //! ```
@@ -39,6 +41,8 @@ pub mod events;
 pub mod explain;
 pub mod fs;
 pub mod layout;
+pub mod metrics;
+pub mod mountpoint;
 pub mod pool;
 pub mod reseed;
 pub mod status;

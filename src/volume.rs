@@ -33,6 +33,7 @@ pub struct Volume {
     read_fault: AtomicI32,
     io_errors: AtomicU64,
     latency: Latency,
+    written_bytes: AtomicU64,
 }
 
 /// The latency of the database's requests on a volume: running totals, and a baseline
@@ -113,6 +114,7 @@ impl Volume {
             read_fault: AtomicI32::new(0),
             io_errors: AtomicU64::new(0),
             latency: Latency::default(),
+            written_bytes: AtomicU64::new(0),
         })
     }
 
@@ -197,6 +199,17 @@ impl Volume {
     /// I/O errors seen on this volume since the mount.
     pub fn io_errors(&self) -> u64 {
         self.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes of file data written to this volume's copies through the mount.
+    #[inline]
+    pub fn count_written(&self, n: usize) {
+        self.written_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes of file data written to this volume's copies through the mount.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes.load(Ordering::Relaxed)
     }
 
     /// Makes every later operation fail with `errno` (0 clears it): a dying disk, for tests.

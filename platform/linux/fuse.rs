@@ -21,6 +21,7 @@ use fuser::{
 };
 
 use crate::fs::{Attr, Caller, Core, HandleId, Kind, NodeId, SetAttr, SetTime};
+use crate::metrics::{Metrics, Op};
 
 /// How long the kernel may cache attributes and entries. Every change goes through
 /// this mount, so the cache is only invalidated by our own replies.
@@ -34,6 +35,24 @@ const MAX_BACKGROUND: u16 = 128;
 
 struct Adapter {
     core: Arc<Core>,
+    /// Request latencies, when the metrics endpoint is on.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Adapter {
+    /// Runs `f` (one core call), timing it for `op` when metrics are on.
+    #[inline]
+    fn timed<T>(&self, op: Op, f: impl FnOnce() -> T) -> T {
+        match &self.metrics {
+            None => f(),
+            Some(m) => {
+                let start = std::time::Instant::now();
+                let r = f();
+                m.observe(op, start.elapsed());
+                r
+            }
+        }
+    }
 }
 
 fn errno(e: crate::fs::Errno) -> Errno {
@@ -128,15 +147,18 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(self.core.lookup(node(parent), name), reply);
+        reply_entry(
+            self.timed(Op::Lookup, || self.core.lookup(node(parent), name)),
+            reply,
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.core.forget(node(ino), nlookup);
+        self.timed(Op::Forget, || self.core.forget(node(ino), nlookup));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(node(ino)) {
+        match self.timed(Op::Getattr, || self.core.getattr(node(ino))) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -168,14 +190,15 @@ impl fuser::Filesystem for Adapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.core.setattr(node(ino), fh.map(|h| HandleId(h.0)), set) {
+        let fh = fh.map(|h| HandleId(h.0));
+        match self.timed(Op::Setattr, || self.core.setattr(node(ino), fh, set)) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.core.readlink(node(ino)) {
+        match self.timed(Op::Readlink, || self.core.readlink(node(ino))) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -191,9 +214,10 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .core
-            .mknod(node(parent), name, mode, u64::from(rdev), caller(req));
+        let r = self.timed(Op::Mknod, || {
+            self.core
+                .mknod(node(parent), name, mode, u64::from(rdev), caller(req))
+        });
         reply_entry(r, reply);
     }
 
@@ -206,18 +230,20 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(
-            self.core.mkdir(node(parent), name, mode, caller(req)),
-            reply,
-        );
+        let r = self.timed(Op::Mkdir, || {
+            self.core.mkdir(node(parent), name, mode, caller(req))
+        });
+        reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.remove(node(parent), name, false), reply);
+        let r = self.timed(Op::Unlink, || self.core.remove(node(parent), name, false));
+        reply_empty(r, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.remove(node(parent), name, true), reply);
+        let r = self.timed(Op::Rmdir, || self.core.remove(node(parent), name, true));
+        reply_empty(r, reply);
     }
 
     fn symlink(
@@ -228,11 +254,11 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        reply_entry(
+        let r = self.timed(Op::Symlink, || {
             self.core
-                .symlink(node(parent), link_name, target, caller(req)),
-            reply,
-        );
+                .symlink(node(parent), link_name, target, caller(req))
+        });
+        reply_entry(r, reply);
     }
 
     fn rename(
@@ -245,9 +271,10 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .core
-            .rename(node(parent), name, node(newparent), newname, flags.bits());
+        let r = self.timed(Op::Rename, || {
+            self.core
+                .rename(node(parent), name, node(newparent), newname, flags.bits())
+        });
         reply_empty(r, reply);
     }
 
@@ -259,11 +286,14 @@ impl fuser::Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(self.core.link(node(ino), node(newparent), newname), reply);
+        let r = self.timed(Op::Link, || {
+            self.core.link(node(ino), node(newparent), newname)
+        });
+        reply_entry(r, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(node(ino), flags.0) {
+        match self.timed(Op::Open, || self.core.open(node(ino), flags.0)) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -285,7 +315,10 @@ impl fuser::Filesystem for Adapter {
             if buf.len() < size {
                 buf.resize(size, 0);
             }
-            match self.core.read(HandleId(fh.0), offset, &mut buf[..size]) {
+            let r = self.timed(Op::Read, || {
+                self.core.read(HandleId(fh.0), offset, &mut buf[..size])
+            });
+            match r {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno(e)),
             }
@@ -304,12 +337,13 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self.core.kill_suidgid(node(ino)) {
-                return reply.error(errno(e));
+        let r = self.timed(Op::Write, || {
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                self.core.kill_suidgid(node(ino))?;
             }
-        }
-        match self.core.write(HandleId(fh.0), offset, data) {
+            self.core.write(HandleId(fh.0), offset, data)
+        });
+        match r {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(e)),
         }
@@ -336,7 +370,7 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(HandleId(fh.0));
+        self.timed(Op::Release, || self.core.release(HandleId(fh.0)));
         reply.ok();
     }
 
@@ -348,11 +382,12 @@ impl fuser::Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.fsync(HandleId(fh.0), datasync), reply);
+        let r = self.timed(Op::Fsync, || self.core.fsync(HandleId(fh.0), datasync));
+        reply_empty(r, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(node(ino)) {
+        match self.timed(Op::Opendir, || self.core.opendir(node(ino))) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -366,8 +401,10 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.core.readdir(HandleId(fh.0), offset, |e, next| {
-            reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
+        let r = self.timed(Op::Readdir, || {
+            self.core.readdir(HandleId(fh.0), offset, |e, next| {
+                reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
+            })
         });
         match r {
             Ok(()) => reply.ok(),
@@ -383,7 +420,7 @@ impl fuser::Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.core.release(HandleId(fh.0));
+        self.timed(Op::Releasedir, || self.core.release(HandleId(fh.0)));
         reply.ok();
     }
 
@@ -395,11 +432,14 @@ impl fuser::Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.fsyncdir(node(ino)), reply);
+        reply_empty(
+            self.timed(Op::Fsyncdir, || self.core.fsyncdir(node(ino))),
+            reply,
+        );
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.core.statfs(node(ino)) {
+        match self.timed(Op::Statfs, || self.core.statfs(node(ino))) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -417,12 +457,17 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.setxattr(node(ino), name, value, flags), reply);
+        let r = self.timed(Op::Setxattr, || {
+            self.core.setxattr(node(ino), name, value, flags)
+        });
+        reply_empty(r, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.core.getxattr(node(ino), name, &mut buf) {
+        match self.timed(Op::Getxattr, || {
+            self.core.getxattr(node(ino), name, &mut buf)
+        }) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
@@ -431,7 +476,7 @@ impl fuser::Filesystem for Adapter {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.core.listxattr(node(ino), &mut buf) {
+        match self.timed(Op::Listxattr, || self.core.listxattr(node(ino), &mut buf)) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
@@ -439,7 +484,8 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.removexattr(node(ino), name), reply);
+        let r = self.timed(Op::Removexattr, || self.core.removexattr(node(ino), name));
+        reply_empty(r, reply);
     }
 
     fn create(
@@ -452,10 +498,11 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .core
-            .create(node(parent), name, mode, flags, caller(req))
-        {
+        let r = self.timed(Op::Create, || {
+            self.core
+                .create(node(parent), name, mode, flags, caller(req))
+        });
+        match r {
             Ok((a, h)) => reply.created(
                 &TTL,
                 &attr(&a),
@@ -477,10 +524,10 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            self.core.fallocate(HandleId(fh.0), offset, length, mode),
-            reply,
-        );
+        let r = self.timed(Op::Fallocate, || {
+            self.core.fallocate(HandleId(fh.0), offset, length, mode)
+        });
+        reply_empty(r, reply);
     }
 
     fn lseek(
@@ -492,7 +539,9 @@ impl fuser::Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.core.lseek(HandleId(fh.0), offset, whence) {
+        match self.timed(Op::Lseek, || {
+            self.core.lseek(HandleId(fh.0), offset, whence)
+        }) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
         }
@@ -514,11 +563,18 @@ impl std::fmt::Debug for FuseMount {
 }
 
 /// Mounts `core` at `mountpoint` (type `fuse.reseedfs`, `allow_other`,
-/// `default_permissions`) served by `threads` request threads.
-pub fn mount(core: Arc<Core>, mountpoint: &Path, threads: usize) -> io::Result<FuseMount> {
+/// `default_permissions`, source `fsname`: the config file, as in an fstab line) served by
+/// `threads` request threads, timing every request into `metrics` when given.
+pub fn mount(
+    core: Arc<Core>,
+    mountpoint: &Path,
+    threads: usize,
+    fsname: &str,
+    metrics: Option<Arc<Metrics>>,
+) -> io::Result<FuseMount> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        MountOption::FSName("reseedfs".into()),
+        MountOption::FSName(fsname.into()),
         MountOption::CUSTOM("subtype=reseedfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -527,7 +583,7 @@ pub fn mount(core: Arc<Core>, mountpoint: &Path, threads: usize) -> io::Result<F
     config.acl = SessionACL::All;
     config.n_threads = Some(threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(Adapter { core }, mountpoint, &config)?;
+    let mut session = fuser::Session::new(Adapter { core, metrics }, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     let session = std::thread::Builder::new()
         .name("fuse-session".into())

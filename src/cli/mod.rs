@@ -1,7 +1,9 @@
 //! The command line: parse, run one subcommand, map the outcome to an exit code.
 
 pub mod demo;
+mod events;
 mod explain;
+pub mod mount_helper;
 mod reseed;
 mod tap;
 mod throttle;
@@ -39,10 +41,10 @@ pub enum Command {
     /// Check a pool of volumes, place the databases' copies, write the config.
     Init(InitArgs),
     /// Mount the databases (foreground; SIGINT/SIGTERM unmount cleanly).
-    Mount(ConfigArg),
+    Mount(MountArgs),
     /// Show every copy and volume.
     Status(StatusArgs),
-    /// List the numbered events.
+    /// List the numbered events (--follow: as they happen).
     Events(EventsArgs),
     /// Ask the running mount to unmount and stop.
     Unmount(ConfigArg),
@@ -65,6 +67,10 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Show or change the budget shared by every reseed, resync and verify.
     Throttle(ThrottleArgs),
+    /// The mount(8) helper (`mount -t fuse.reseedfs CONFIG DIR -o OPTIONS`), also run as
+    /// `/sbin/mount.fuse.reseedfs`.
+    #[command(hide = true)]
+    MountHelper(mount_helper::HelperArgs),
 }
 
 /// `--config FILE`.
@@ -73,6 +79,20 @@ pub struct ConfigArg {
     /// The config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
+}
+
+/// Arguments of `mount`.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The config file.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (overrides the `metrics` config key).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Start a session of its own first (the mount helper's daemon outlives mount(8)).
+    #[arg(long, hide = true)]
+    pub detach: bool,
 }
 
 /// Arguments of `init`.
@@ -127,6 +147,15 @@ pub struct EventsArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Keep printing events as they happen (until interrupted).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only events since a duration ago (`10m`, `2h`, `3d`) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only events about this database.
+    #[arg(long, value_name = "DB")]
+    pub database: Option<String>,
 }
 
 /// Exit codes.
@@ -177,9 +206,9 @@ fn ask(config: &Config, req: &Request) -> Result<Response, Exit> {
 pub fn run(cli: Cli) -> ExitCode {
     let r = match cli.command {
         Command::Init(a) => init(a),
-        Command::Mount(a) => mount(&a.config),
+        Command::Mount(a) => mount(&a),
         Command::Status(a) => status(&a),
-        Command::Events(a) => events(&a),
+        Command::Events(a) => events::run(&a),
         Command::Unmount(a) => unmount(&a.config),
         Command::Reseed(a) => reseed::reseed(&a),
         Command::Block(a) => reseed::block(&a, true),
@@ -190,6 +219,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo(a) => demo::run(&a),
         Command::Explain(a) => explain::explain(&a),
         Command::Throttle(a) => throttle::throttle(&a),
+        Command::MountHelper(a) => return mount_helper::run(&a),
     };
     match r {
         Ok(e) => e.into(),
@@ -227,11 +257,19 @@ fn init(a: InitArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn mount(path: &Path) -> anyhow::Result<Exit> {
-    let config = match load(path) {
+fn mount(a: &MountArgs) -> anyhow::Result<Exit> {
+    let path = &a.config;
+    let mut config = match load(path) {
         Ok(c) => c,
         Err(e) => return Ok(e),
     };
+    config.metrics = a.metrics.or(config.metrics);
+    if a.detach {
+        // Started by the mount helper: no terminal, no process group of mount(8)'s.
+        if let Err(e) = rustix::process::setsid() {
+            tracing::debug!(%e, "setsid");
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         crate::daemon::run(&config, path)?;
@@ -416,27 +454,6 @@ pub fn render_event(e: &Event) -> String {
         e.volume.as_deref().unwrap_or("-"),
         e.message
     )
-}
-
-fn events(a: &EventsArgs) -> anyhow::Result<Exit> {
-    let config = match load(&a.config) {
-        Ok(c) => c,
-        Err(e) => return Ok(e),
-    };
-    // The daemon serves the log; when it is not running, the persisted file still tells.
-    let list = match control::call(&config.socket_path(), &Request::Events { since: 0 }) {
-        Ok(Response::Events(list)) => list,
-        _ => crate::events::read_events(&config.events_path())
-            .with_context(|| format!("read {}", config.events_path().display()))?,
-    };
-    for e in &list {
-        if a.json {
-            println!("{}", serde_json::to_string(e)?);
-        } else {
-            println!("{}", render_event(e));
-        }
-    }
-    Ok(Exit::Ok)
 }
 
 fn unmount(path: &Path) -> anyhow::Result<Exit> {

@@ -650,7 +650,9 @@ impl Database {
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
             if n == 1 {
                 if let Some((_, v, f)) = &targets[0] {
-                    results[0] = Some(v.timed(|| v.check().and_then(|()| job(&f.file, data))));
+                    let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
+                    count_written(v, &r, data.len());
+                    results[0] = Some(r);
                 }
             } else {
                 let shared: Arc<[u8]> = Arc::from(data);
@@ -661,12 +663,15 @@ impl Database {
                     let w = completer.clone();
                     fanout.submit(Box::new(move || {
                         let r = v.timed(|| v.check().and_then(|()| job(&f.file, &d)));
+                        count_written(&v, &r, d.len());
                         w.done(slot + 1, r);
                     }));
                 }
                 drop(completer);
                 if let Some((_, v, f)) = &targets[0] {
-                    results[0] = Some(v.timed(|| v.check().and_then(|()| job(&f.file, data))));
+                    let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
+                    count_written(v, &r, data.len());
+                    results[0] = Some(r);
                 }
                 for (slot, r) in waiter.wait() {
                     results[slot] = Some(r);
@@ -712,6 +717,14 @@ impl Database {
             }
             // Every target failed with a media error: try again on what is left.
         }
+    }
+}
+
+/// Counts the data of a mutation that succeeded on `v` (metrics: bytes mirrored).
+#[inline]
+fn count_written<T>(v: &Volume, r: &io::Result<T>, len: usize) {
+    if len > 0 && r.is_ok() {
+        v.count_written(len);
     }
 }
 

@@ -241,6 +241,8 @@ pub struct PoolVolume {
     volume: ArcSwapOption<Volume>,
     /// I/O errors counted on handles of this volume that were let go.
     past_io_errors: std::sync::atomic::AtomicU64,
+    /// Bytes written through handles of this volume that were let go.
+    past_written_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl PoolVolume {
@@ -250,6 +252,7 @@ impl PoolVolume {
             path,
             volume: ArcSwapOption::from(volume.map(Arc::new)),
             past_io_errors: std::sync::atomic::AtomicU64::new(0),
+            past_written_bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -264,11 +267,19 @@ impl PoolVolume {
             + self.volume.load().as_ref().map_or(0, |v| v.io_errors())
     }
 
+    /// Bytes of file data mirrored onto this volume's copies since the mount.
+    pub fn written_bytes(&self) -> u64 {
+        self.past_written_bytes.load(Ordering::Relaxed)
+            + self.volume.load().as_ref().map_or(0, |v| v.written_bytes())
+    }
+
     /// Lets go of the open volume (it failed): nothing of it stays open here.
     fn release(&self) {
         if let Some(v) = self.volume.swap(None) {
             self.past_io_errors
                 .fetch_add(v.io_errors(), Ordering::Relaxed);
+            self.past_written_bytes
+                .fetch_add(v.written_bytes(), Ordering::Relaxed);
         }
     }
 }

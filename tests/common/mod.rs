@@ -423,3 +423,34 @@ pub fn event_id(event: &Value) -> Option<u64> {
         .as_u64()
         .or_else(|| event["id"].as_str()?.parse().ok())
 }
+
+/// `GET path` over HTTP/1.1 from `addr`: the status line and the body. Panics when the
+/// server cannot be reached or answers no HTTP.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send GET {path} to {addr}: {e}"));
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("read the answer to GET {path} from {addr}: {e}"));
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr}{path}: {answer:?}"));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port on 127.0.0.1")
+}

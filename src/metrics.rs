@@ -1,0 +1,781 @@
+//! Prometheus metrics: `reseedfs mount --metrics 127.0.0.1:9477` (config key `metrics`)
+//! serves the text exposition format at `GET /metrics`.
+//!
+//! Every series is prefixed `reseedfs_`:
+//!
+//! | series | type | labels | what |
+//! |---|---|---|---|
+//! | `reseedfs_build_info` | gauge | `version` | always 1 |
+//! | `reseedfs_pool_epoch` | gauge | | the persisted pool state's epoch |
+//! | `reseedfs_copy_state` | gauge | `database`, `volume`, `state` | 1 for the copy's status word, 0 for the others |
+//! | `reseedfs_copy_active` | gauge | `database`, `volume` | 1 for the copy that serves reads |
+//! | `reseedfs_copy_pending_resync_bytes` | gauge | `database`, `volume` | bytes the copy still lacks (when known) |
+//! | `reseedfs_reseed_phase_bytes` | gauge | `database`, `volume`, `phase` | bytes to move in the running reseed's phase |
+//! | `reseedfs_reseed_done_bytes` | gauge | `database`, `volume`, `phase` | bytes moved so far in that phase |
+//! | `reseedfs_reseed_throughput_bytes_per_second` | gauge | `database`, `volume`, `phase` | that phase's throughput |
+//! | `reseedfs_reseed_copied_bytes_total` | counter | `database` | bytes copied by reseeds that completed their copy (826) |
+//! | `reseedfs_volume_state` | gauge | `volume`, `state` | 1 for `InUse`, `Spare` or `Failed`, 0 for the others |
+//! | `reseedfs_volume_io_errors_total` | counter | `volume` | I/O errors seen on the volume |
+//! | `reseedfs_volume_mirrored_bytes_total` | counter | `volume` | file data written to the volume's copies through the mount |
+//! | `reseedfs_volume_free_bytes`, `reseedfs_volume_size_bytes` | gauge | `volume` | when the volume answers |
+//! | `reseedfs_events_total` | counter | `id`, `kind` | events recorded, from the first of each id |
+//! | `reseedfs_request_duration_seconds` | histogram | `op` | FUSE request latency per operation (50 µs .. 5 s) |
+//!
+//! The hot path only touches atomics: a request adds to one bucket and to the sum of its
+//! operation's histogram. Everything else is read from the pool's status at scrape time.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::control::Status;
+use crate::events::{EventSink, NewEvent};
+use crate::reseed::Phase;
+
+/// Upper bounds of the latency buckets, in seconds (`le`), from 50 µs to 5 s.
+pub const BUCKET_BOUNDS_S: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+/// The same bounds in nanoseconds, for the hot path.
+const BUCKET_BOUNDS_NS: [u64; 16] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+];
+
+/// Buckets per histogram: one per bound, and the overflow (`+Inf`).
+const BUCKETS: usize = BUCKET_BOUNDS_NS.len() + 1;
+
+/// The copy status words, each a `state` label of `reseedfs_copy_state`.
+const COPY_STATES: [&str; 7] = [
+    "Mounted",
+    "Healthy",
+    "Seeding",
+    "Resynchronizing",
+    "Suspended",
+    "FailedAndSuspended",
+    "Failed",
+];
+
+/// The volume states, each a `state` label of `reseedfs_volume_state`.
+const VOLUME_STATES: [&str; 3] = ["InUse", "Spare", "Failed"];
+
+/// A filesystem operation, as timed in `reseedfs_request_duration_seconds{op}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)] // one variant per FUSE operation, named after it
+pub enum Op {
+    Lookup,
+    Forget,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Create,
+    Fallocate,
+    Lseek,
+}
+
+impl Op {
+    /// Every operation, in the order of the exposition.
+    pub const ALL: [Op; 29] = [
+        Op::Lookup,
+        Op::Forget,
+        Op::Getattr,
+        Op::Setattr,
+        Op::Readlink,
+        Op::Mknod,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Rename,
+        Op::Link,
+        Op::Open,
+        Op::Read,
+        Op::Write,
+        Op::Release,
+        Op::Fsync,
+        Op::Opendir,
+        Op::Readdir,
+        Op::Releasedir,
+        Op::Fsyncdir,
+        Op::Statfs,
+        Op::Setxattr,
+        Op::Getxattr,
+        Op::Listxattr,
+        Op::Removexattr,
+        Op::Create,
+        Op::Fallocate,
+        Op::Lseek,
+    ];
+
+    /// The `op` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Forget => "forget",
+            Op::Getattr => "getattr",
+            Op::Setattr => "setattr",
+            Op::Readlink => "readlink",
+            Op::Mknod => "mknod",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Open => "open",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Release => "release",
+            Op::Fsync => "fsync",
+            Op::Opendir => "opendir",
+            Op::Readdir => "readdir",
+            Op::Releasedir => "releasedir",
+            Op::Fsyncdir => "fsyncdir",
+            Op::Statfs => "statfs",
+            Op::Setxattr => "setxattr",
+            Op::Getxattr => "getxattr",
+            Op::Listxattr => "listxattr",
+            Op::Removexattr => "removexattr",
+            Op::Create => "create",
+            Op::Fallocate => "fallocate",
+            Op::Lseek => "lseek",
+        }
+    }
+}
+
+/// A latency histogram with fixed buckets; observing is two relaxed atomic adds. Aligned
+/// so that two operations never share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Histogram {
+    /// Observations per bucket (not cumulative); the last is the overflow.
+    buckets: [AtomicU64; BUCKETS],
+    /// Sum of the observations, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    #[inline]
+    fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // The first bound >= ns: buckets count values <= their bound (`le`).
+        let i = BUCKET_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Cumulative bucket counts (the last is `+Inf`, also the count) and the sum in seconds.
+    fn snapshot(&self) -> ([u64; BUCKETS], f64) {
+        let mut cumulative = [0u64; BUCKETS];
+        let mut total = 0u64;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            total += b.load(Ordering::Relaxed);
+            *c = total;
+        }
+        (cumulative, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}
+
+/// What the daemon counts for the metrics endpoint: request latencies (fed by the FUSE
+/// adapter) and events (fed by [`CountingSink`]).
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [Histogram; Op::ALL.len()],
+    /// Events recorded, by (id, kind).
+    events: Mutex<BTreeMap<(u32, String), u64>>,
+    /// Bytes copied by reseeds that completed their copy, by database.
+    reseed_copied: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Empty counters.
+    pub fn new() -> Metrics {
+        Metrics {
+            requests: std::array::from_fn(|_| Histogram::default()),
+            events: Mutex::new(BTreeMap::new()),
+            reseed_copied: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records the latency of one request.
+    #[inline]
+    pub fn observe(&self, op: Op, d: Duration) {
+        self.requests[op as usize].observe(d);
+    }
+
+    /// Counts one event (and the bytes of a completed seed).
+    pub fn count_event(&self, e: &NewEvent) {
+        *self
+            .events
+            .lock()
+            .entry((e.id.number(), e.id.kind().to_owned()))
+            .or_default() += 1;
+        if e.id == crate::events::EventId::SeedingCompleted {
+            let bytes = e.fields.get("bytes").and_then(|b| b.as_u64()).unwrap_or(0);
+            let db = e.database.clone().unwrap_or_default();
+            *self.reseed_copied.lock().entry(db).or_default() += bytes;
+        }
+    }
+
+    /// The exposition: the counters kept here, the pool's `status` (copies, volumes and
+    /// reseeds, as annotated by the runner) and `mirrored` (bytes written per volume).
+    pub fn render(&self, status: &Status, mirrored: &[(String, u64)]) -> String {
+        let mut out = Exposition::default();
+        out.family("reseedfs_build_info", "gauge", "The running reseedfs.");
+        out.sample(
+            "reseedfs_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        out.family(
+            "reseedfs_pool_epoch",
+            "gauge",
+            "Epoch of the persisted pool state (it grows with every state change).",
+        );
+        out.sample("reseedfs_pool_epoch", &[], status.epoch);
+        render_copies(&mut out, status);
+        self.render_reseeds(&mut out, status);
+        render_volumes(&mut out, status, mirrored);
+        self.render_events(&mut out);
+        self.render_requests(&mut out);
+        out.text
+    }
+
+    fn render_reseeds(&self, out: &mut Exposition, status: &Status) {
+        let running: Vec<_> = status
+            .databases
+            .iter()
+            .flat_map(|d| d.copies.iter().map(move |c| (d, c)))
+            .filter_map(|(d, c)| Some((d, c, c.seed.as_ref()?)))
+            .filter(|(_, _, s)| !matches!(s.phase, Phase::Done | Phase::Failed))
+            .collect();
+        let series: [(&str, &str, SeedValue); 3] = [
+            (
+                "reseedfs_reseed_phase_bytes",
+                "Bytes to move (copy) or compare (verify) in the running reseed's phase.",
+                |s| s.bytes_total as f64,
+            ),
+            (
+                "reseedfs_reseed_done_bytes",
+                "Bytes moved or compared so far in the running reseed's phase.",
+                |s| s.bytes_done as f64,
+            ),
+            (
+                "reseedfs_reseed_throughput_bytes_per_second",
+                "Throughput of the running reseed's phase.",
+                |s| s.mib_s * 1048576.0,
+            ),
+        ];
+        for (name, help, value) in series {
+            out.family(name, "gauge", help);
+            for (d, c, s) in &running {
+                let phase = format!("{:?}", s.phase);
+                let labels = [
+                    ("database", d.name.as_str()),
+                    ("volume", c.volume.as_str()),
+                    ("phase", phase.as_str()),
+                ];
+                out.sample(name, &labels, value(s));
+            }
+        }
+        let name = "reseedfs_reseed_copied_bytes_total";
+        out.family(
+            name,
+            "counter",
+            "Bytes copied by reseeds that completed their copy phase (event 826).",
+        );
+        let mut copied = self.reseed_copied.lock().clone();
+        for d in &status.databases {
+            copied.entry(d.name.clone()).or_default();
+        }
+        for (db, bytes) in &copied {
+            out.sample(name, &[("database", db)], bytes);
+        }
+    }
+
+    fn render_events(&self, out: &mut Exposition) {
+        let name = "reseedfs_events_total";
+        out.family(
+            name,
+            "counter",
+            "Events recorded by this daemon, by id (a series appears with its first event).",
+        );
+        for ((id, kind), n) in self.events.lock().iter() {
+            out.sample(name, &[("id", &id.to_string()), ("kind", kind)], n);
+        }
+    }
+
+    fn render_requests(&self, out: &mut Exposition) {
+        let name = "reseedfs_request_duration_seconds";
+        out.family(
+            name,
+            "histogram",
+            "Time the filesystem core took to serve a FUSE request, by operation.",
+        );
+        let bucket = format!("{name}_bucket");
+        let sum = format!("{name}_sum");
+        let count = format!("{name}_count");
+        for op in Op::ALL {
+            let (cumulative, seconds) = self.requests[op as usize].snapshot();
+            for (le, n) in BUCKET_BOUNDS_S.iter().zip(&cumulative) {
+                let le = le.to_string();
+                out.sample(&bucket, &[("op", op.name()), ("le", &le)], n);
+            }
+            let total = cumulative[BUCKETS - 1];
+            out.sample(&bucket, &[("op", op.name()), ("le", "+Inf")], total);
+            out.sample(&sum, &[("op", op.name())], seconds);
+            out.sample(&count, &[("op", op.name())], total);
+        }
+    }
+}
+
+/// One number of a reseed's status.
+type SeedValue = fn(&crate::reseed::SeedStatus) -> f64;
+
+fn render_copies(out: &mut Exposition, status: &Status) {
+    let copies: Vec<_> = status
+        .databases
+        .iter()
+        .flat_map(|d| d.copies.iter().map(move |c| (d.name.as_str(), c)))
+        .collect();
+    let name = "reseedfs_copy_state";
+    out.family(
+        name,
+        "gauge",
+        "1 for the copy's status (Mounted, Healthy, Seeding, FailedAndSuspended, ...), 0 for the others.",
+    );
+    for (db, c) in &copies {
+        let known = COPY_STATES.contains(&c.status.as_str());
+        let states = COPY_STATES
+            .iter()
+            .copied()
+            .chain((!known).then_some(c.status.as_str()));
+        for state in states {
+            let labels = [("database", *db), ("volume", &c.volume), ("state", state)];
+            out.sample(name, &labels, u8::from(state == c.status));
+        }
+    }
+    let name = "reseedfs_copy_active";
+    out.family(
+        name,
+        "gauge",
+        "1 for the copy that serves the database's reads.",
+    );
+    for (db, c) in &copies {
+        let labels = [("database", *db), ("volume", c.volume.as_str())];
+        out.sample(name, &labels, u8::from(c.active));
+    }
+    let name = "reseedfs_copy_pending_resync_bytes";
+    out.family(
+        name,
+        "gauge",
+        "Bytes the copy still lacks (its copy queue length in bytes), when known.",
+    );
+    for (db, c) in &copies {
+        if let Some(bytes) = c.queue_bytes {
+            let labels = [("database", *db), ("volume", c.volume.as_str())];
+            out.sample(name, &labels, bytes);
+        }
+    }
+}
+
+fn render_volumes(out: &mut Exposition, status: &Status, mirrored: &[(String, u64)]) {
+    let name = "reseedfs_volume_state";
+    out.family(
+        name,
+        "gauge",
+        "1 for the volume's state (InUse, Spare or Failed), 0 for the others.",
+    );
+    for v in &status.volumes {
+        for state in VOLUME_STATES {
+            let labels = [("volume", v.name.as_str()), ("state", state)];
+            out.sample(name, &labels, u8::from(state == v.state));
+        }
+    }
+    let name = "reseedfs_volume_io_errors_total";
+    out.family(
+        name,
+        "counter",
+        "I/O errors seen on the volume since the mount.",
+    );
+    for v in &status.volumes {
+        out.sample(name, &[("volume", v.name.as_str())], v.io_errors);
+    }
+    let name = "reseedfs_volume_mirrored_bytes_total";
+    out.family(
+        name,
+        "counter",
+        "File data written to the volume's copies through the mount since it started.",
+    );
+    for (volume, bytes) in mirrored {
+        out.sample(name, &[("volume", volume.as_str())], bytes);
+    }
+    for (name, help, field) in [
+        (
+            "reseedfs_volume_free_bytes",
+            "Bytes available on the volume (absent while it is failed).",
+            (|v| v.free_bytes) as fn(&crate::control::VolumeStatus) -> Option<u64>,
+        ),
+        (
+            "reseedfs_volume_size_bytes",
+            "Size of the volume (absent while it is failed).",
+            |v| v.total_bytes,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        for v in &status.volumes {
+            if let Some(bytes) = field(v) {
+                out.sample(name, &[("volume", v.name.as_str())], bytes);
+            }
+        }
+    }
+}
+
+/// The text exposition format, version 0.0.4.
+#[derive(Debug, Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// `# HELP` and `# TYPE` of a family; its samples follow.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        self.text += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    }
+
+    /// One sample line.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.text += name;
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                self.text += &format!("{k}=\"{v}\"");
+            }
+            self.text.push('}');
+        }
+        self.text += &format!(" {value}\n");
+    }
+}
+
+/// An [`EventSink`] that counts every event for the metrics, then hands it on.
+pub struct CountingSink {
+    inner: Arc<dyn EventSink>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for CountingSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingSink").finish_non_exhaustive()
+    }
+}
+
+impl CountingSink {
+    /// Counts into `metrics`, records into `inner`.
+    pub fn new(inner: Arc<dyn EventSink>, metrics: Arc<Metrics>) -> CountingSink {
+        CountingSink { inner, metrics }
+    }
+}
+
+impl EventSink for CountingSink {
+    fn emit(&self, event: NewEvent) {
+        self.metrics.count_event(&event);
+        self.inner.emit(event);
+    }
+}
+
+/// Produces the exposition at each scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The largest request head read (`GET /metrics HTTP/1.1` and its headers).
+const MAX_REQUEST_BYTES: usize = 8192;
+
+/// How long a client may take to send its request or read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `addr` from a thread (one connection at a time; anything else
+/// is 404 or 405). Returns the bound address (the port, when `addr` asked for port 0).
+pub fn serve(addr: SocketAddr, render: Render) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("serve metrics on {addr}: {e} (pick another address with --metrics ADDR or the `metrics` config key)"),
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if let Err(err) = answer(stream, &render) {
+                    tracing::debug!(%err, "metrics client");
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+/// Reads one request and writes its answer.
+fn answer(mut stream: TcpStream, render: &Render) -> io::Result<()> {
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let head = read_head(&mut stream)?;
+    let line = head.lines().next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next());
+    let path = target.map(|t| t.split('?').next().unwrap_or_default());
+    let (code, body, extra) = match (method, path) {
+        (_, None) => ("400 Bad Request", "bad request\n".to_owned(), ""),
+        ("GET" | "HEAD", Some("/metrics")) => ("200 OK", render(), ""),
+        (_, Some("/metrics")) => (
+            "405 Method Not Allowed",
+            "only GET\n".to_owned(),
+            "Allow: GET, HEAD\r\n",
+        ),
+        _ => ("404 Not Found", "not found: try /metrics\n".to_owned(), ""),
+    };
+    let content_type = if code.starts_with("200") {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        response += &body;
+    }
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+/// Reads up to the blank line that ends the request head.
+fn read_head(stream: &mut TcpStream) -> io::Result<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if head.len() > MAX_REQUEST_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{CopyStatus, DbStatus, VolumeStatus};
+    use crate::events::EventId;
+
+    fn status() -> Status {
+        let copy = |volume: &str, status: &str, active| CopyStatus {
+            name: format!("db001\\{volume}"),
+            volume: volume.to_owned(),
+            status: status.to_owned(),
+            active,
+            reseed_blocked: false,
+            resume_blocked: false,
+            failed_at: None,
+            seed: None,
+            autoreseed: None,
+            queue_length: None,
+            queue_bytes: None,
+            volume_free_bytes: None,
+            last_error: None,
+        };
+        let volume = |name: &str, state: &str, io_errors| VolumeStatus {
+            name: name.to_owned(),
+            state: state.to_owned(),
+            free_bytes: (state != "Failed").then_some(1 << 20),
+            total_bytes: (state != "Failed").then_some(2 << 20),
+            io_errors,
+        };
+        let mut queued = copy("Volume2", "Mounted", true);
+        queued.queue_bytes = Some(4096);
+        Status {
+            epoch: 7,
+            databases: vec![DbStatus {
+                name: "db001".into(),
+                copies: vec![copy("Volume1", "FailedAndSuspended", false), queued],
+            }],
+            volumes: vec![
+                volume("Volume1", "Failed", 3),
+                volume("Volume2", "InUse", 0),
+            ],
+            throttle: None,
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_le_and_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50)); // == the first bound: first bucket
+        h.observe(Duration::from_micros(51));
+        h.observe(Duration::from_secs(10)); // overflow
+        let (c, sum) = h.snapshot();
+        assert_eq!((c[0], c[1], c[BUCKETS - 2], c[BUCKETS - 1]), (1, 2, 2, 3));
+        assert!((sum - 10.000101).abs() < 1e-9, "{sum}");
+        assert_eq!(BUCKET_BOUNDS_S.len(), BUCKET_BOUNDS_NS.len());
+        for (s, ns) in BUCKET_BOUNDS_S.iter().zip(BUCKET_BOUNDS_NS) {
+            assert_eq!((s * 1e9).round() as u64, ns);
+        }
+    }
+
+    #[test]
+    fn render_names_every_copy_volume_and_op() {
+        let m = Metrics::new();
+        m.observe(Op::Write, Duration::from_millis(2));
+        m.count_event(&NewEvent::new(EventId::CopyFailed, "Volume1 failed"));
+        m.count_event(
+            &NewEvent::new(EventId::SeedingCompleted, "done")
+                .database("db001")
+                .field("bytes", 1000u64),
+        );
+        let mirrored = vec![("Volume1".to_owned(), 10), ("Volume2".to_owned(), 20)];
+        let text = m.render(&status(), &mirrored);
+        for line in [
+            "reseedfs_pool_epoch 7",
+            "reseedfs_copy_state{database=\"db001\",volume=\"Volume1\",state=\"FailedAndSuspended\"} 1",
+            "reseedfs_copy_state{database=\"db001\",volume=\"Volume1\",state=\"Mounted\"} 0",
+            "reseedfs_copy_active{database=\"db001\",volume=\"Volume2\"} 1",
+            "reseedfs_copy_pending_resync_bytes{database=\"db001\",volume=\"Volume2\"} 4096",
+            "reseedfs_volume_io_errors_total{volume=\"Volume1\"} 3",
+            "reseedfs_volume_state{volume=\"Volume1\",state=\"Failed\"} 1",
+            "reseedfs_volume_mirrored_bytes_total{volume=\"Volume2\"} 20",
+            "reseedfs_events_total{id=\"1109\",kind=\"copy.failed\"} 1",
+            "reseedfs_reseed_copied_bytes_total{database=\"db001\"} 1000",
+            "reseedfs_request_duration_seconds_bucket{op=\"write\",le=\"0.001\"} 0",
+            "reseedfs_request_duration_seconds_bucket{op=\"write\",le=\"0.0025\"} 1",
+            "reseedfs_request_duration_seconds_bucket{op=\"write\",le=\"+Inf\"} 1",
+            "reseedfs_request_duration_seconds_count{op=\"write\"} 1",
+            "reseedfs_request_duration_seconds_count{op=\"lseek\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("reseedfs_volume_free_bytes{volume=\"Volume1\"}"));
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("reseedfs_") || l.starts_with("# ")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ops_index_their_histograms() {
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i, "{}", op.name());
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut e = Exposition::default();
+        e.sample("x", &[("a", "q\"b\\s\nn")], 1);
+        assert_eq!(e.text, "x{a=\"q\\\"b\\\\s\\nn\"} 1\n");
+    }
+
+    fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_get_metrics_only() {
+        let render: Render = Arc::new(|| "reseedfs_up 1\n".to_owned());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), render).unwrap();
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("Content-Type: text/plain; version=0.0.4"),
+            "{ok}"
+        );
+        assert!(ok.ends_with("\r\n\r\nreseedfs_up 1\n"), "{ok}");
+        let q = get(addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n");
+        assert!(q.starts_with("HTTP/1.1 200 OK\r\n"), "{q}");
+        let missing = get(addr, "GET / HTTP/1.1\r\n\r\n");
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+        let post = get(addr, "POST /metrics HTTP/1.1\r\n\r\n");
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        let head = get(addr, "HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            head.ends_with("\r\n\r\n") && head.contains("Content-Length: 14"),
+            "{head}"
+        );
+        let taken = serve(addr, Arc::new(String::new)).unwrap_err();
+        assert!(taken.to_string().contains(&addr.to_string()), "{taken}");
+    }
+}
