@@ -12,6 +12,7 @@
 //! volume          one backing volume: safe relative paths (openat2 RESOLVE_BENEATH)
 //! pool/           volumes, placement map, persisted pool state, `init`
 //! reseed/         online block copy of a database onto a new copy, and its engines
+//! tap/            the log tap: the log folder as a log stream (first diverged log)
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
@@ -34,6 +35,7 @@ pub mod fs;
 pub mod layout;
 pub mod pool;
 pub mod reseed;
+pub mod tap;
 pub mod testbed;
 pub mod volume;
 

@@ -1,0 +1,3 @@
+//! The log tap.
+
+pub mod logstream;
