@@ -8,6 +8,8 @@
 //! | `Unmount` | always        | `Ok`, then the mount goes down  |
 //! | `Reseed`  | a copy is not in sync, or `to` names one | `Started`; progress in `Status` |
 //! | `Block`   | always        | the copies changed              |
+//! | `Verify`  | two copies in sync, none verifying | `Verify` (its status); progress with `VerifyStatus` |
+//! | `VerifyStatus` | a verification ran since the mount | `Verify`: progress, then the report |
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -58,6 +60,20 @@ pub enum Request {
         /// Set (true) or clear (false).
         set: bool,
     },
+    /// Start an online verification of `db`'s in-sync copies against its active copy.
+    Verify {
+        /// The database.
+        db: String,
+        /// Rewrite what differs from the active copy.
+        repair: bool,
+        /// Read at most this many bytes per second (per copy); `None`: unlimited.
+        max_bytes_per_s: Option<u64>,
+    },
+    /// Progress (then the report) of the running or last verification of `db`.
+    VerifyStatus {
+        /// The database.
+        db: String,
+    },
 }
 
 /// The daemon's answer.
@@ -80,6 +96,8 @@ pub enum Response {
     },
     /// Copies whose flags changed, as `db001\Volume1`.
     Changed(Vec<String>),
+    /// Answer to `Verify` and `VerifyStatus`.
+    Verify(Box<crate::verify::VerifyStatus>),
 }
 
 /// One copy in `status`.

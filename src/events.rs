@@ -29,6 +29,8 @@
 //! | 3020 | `seed.source_changed`       | the reseed's source failed; it goes on from another in-sync copy |
 //! | 3021 | `copy.block_changed`        | an operator set or cleared ReseedBlocked / ResumeBlocked |
 //! | 3022 | `volume.returned`           | a failed volume answers its health probe again |
+//! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
+//! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //!
 //! Id 2058 is reserved for incremental resync errors, with the meaning of Exchange's.
 
@@ -91,6 +93,11 @@ pub enum EventId {
     BlockChanged,
     /// 3022: a failed volume answers its health probe again.
     VolumeReturned,
+    /// 3040: an online verification of a database's in-sync copies started.
+    OnlineVerifyStarted,
+    /// 3041: an online verification ended (what differed, what was repaired, or why it
+    /// stopped).
+    OnlineVerifyCompleted,
 }
 
 impl EventId {
@@ -121,6 +128,8 @@ impl EventId {
             EventId::ReseedSourceChanged => 3020,
             EventId::BlockChanged => 3021,
             EventId::VolumeReturned => 3022,
+            EventId::OnlineVerifyStarted => 3040,
+            EventId::OnlineVerifyCompleted => 3041,
         }
     }
 
@@ -151,6 +160,8 @@ impl EventId {
             EventId::ReseedSourceChanged => "seed.source_changed",
             EventId::BlockChanged => "copy.block_changed",
             EventId::VolumeReturned => "volume.returned",
+            EventId::OnlineVerifyStarted => "verify.online_started",
+            EventId::OnlineVerifyCompleted => "verify.online_completed",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! pool/           volumes, placement map, persisted pool state, `init`
 //! reseed/         online block copy of a database onto a new copy, and its engines
 //! tap/            the log tap: the log folder as a log stream (first diverged log)
+//! verify          online comparison of a database's in-sync copies, and repair
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! events          numbered event records (ids in one table), persisted as JSON lines
 //! control         control socket: status, events, unmount
@@ -37,6 +38,7 @@ pub mod pool;
 pub mod reseed;
 pub mod tap;
 pub mod testbed;
+pub mod verify;
 pub mod volume;
 
 /// OS adapters (the `platform/` tree). Only this module may contain `unsafe`.

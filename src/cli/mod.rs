@@ -2,8 +2,10 @@
 
 pub mod demo;
 mod reseed;
+mod verify;
 
 pub use reseed::{BlockArgs, ReseedArgs};
+pub use verify::VerifyArgs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +51,9 @@ pub enum Command {
     Unblock(BlockArgs),
     /// The whole story in a throwaway pool: mount, write, kill a disk, verify, clean up.
     Demo(demo::DemoArgs),
+    /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
+    /// differences, 2 error); --repair rewrites what differs from the active copy.
+    Verify(VerifyArgs),
 }
 
 /// `--config FILE`.
@@ -115,8 +120,10 @@ pub struct EventsArgs {
 pub enum Exit {
     /// Success.
     Ok = 0,
-    /// Any failure.
+    /// Any failure (`verify`: the copies differ).
     Failure = 1,
+    /// `verify` could not finish (an I/O error, fewer than two copies in sync).
+    Incomplete = 2,
     /// The config or the pool is unusable.
     Config = 3,
     /// The daemon cannot be reached.
@@ -166,6 +173,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Block(a) => reseed::block(&a, true),
         Command::Unblock(a) => reseed::block(&a, false),
         Command::Demo(a) => demo::run(&a),
+        Command::Verify(a) => verify::verify(&a),
     };
     match r {
         Ok(e) => e.into(),

@@ -892,6 +892,14 @@ impl Core {
         Some(node)
     }
 
+    /// For an online verification: the node of `path` in database `db` (made if new, with
+    /// no kernel reference), whose write-ordering locks keep writers out of what it reads.
+    pub fn io_node(&self, db: usize, path: PathBuf) -> Option<Arc<Node>> {
+        let mut nodes = self.nodes.write();
+        let id = nodes.intern(db, path, false);
+        nodes.get(id)
+    }
+
     /// For a reseed laying out copy `slot` of `db` (namespace held exclusively): opens
     /// the file of every open handle of `db` on the copy's new placement. A handle whose
     /// file has no name any more has nothing there. Returns the handles refreshed.
