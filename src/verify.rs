@@ -212,7 +212,7 @@ pub struct VerifyReport {
     pub directories: u64,
     /// Bytes of file data compared (read on every copy).
     pub bytes_compared: u64,
-    /// Data differences (the first [`LISTED_MAX`]).
+    /// Data differences (the first 1000).
     pub extents: Vec<ExtentMismatch>,
     /// Data differences found, listed or not.
     pub extents_total: u64,
@@ -220,7 +220,7 @@ pub struct VerifyReport {
     pub bytes_mismatched: u64,
     /// Data differences repaired and confirmed.
     pub extents_repaired: u64,
-    /// Tree differences (the first [`LISTED_MAX`]).
+    /// Tree differences (the first 1000).
     pub tree: Vec<TreeMismatch>,
     /// Tree differences found, listed or not.
     pub tree_total: u64,

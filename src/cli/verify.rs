@@ -21,8 +21,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub repair: bool,
     /// Read at most this fast, per copy (`200MiB/s`, `1GiB/s`, `unlimited`).
-    #[arg(long, default_value = "200MiB/s", value_parser = parse_rate)]
-    pub max_rate: Option<u64>,
+    #[arg(long, default_value = "200MiB/s", value_parser = parse_max_rate)]
+    pub max_rate: MaxRate,
     /// Do not start one: follow the running verification (or show the last one).
     #[arg(long, conflicts_with = "repair")]
     pub status: bool,
@@ -32,6 +32,14 @@ pub struct VerifyArgs {
     /// The config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
+}
+
+/// `--max-rate`: bytes per second, or `None` for unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxRate(pub Option<u64>);
+
+fn parse_max_rate(s: &str) -> Result<MaxRate, String> {
+    parse_rate(s).map(MaxRate)
 }
 
 /// `reseedfs verify`: exits 0 when the copies are identical (or every difference was
@@ -46,7 +54,7 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<Exit> {
         let req = Request::Verify {
             db: a.db.clone(),
             repair: a.repair,
-            max_bytes_per_s: a.max_rate,
+            max_bytes_per_s: a.max_rate.0,
         };
         match ask(&config, &req) {
             Ok(Response::Verify(_)) => {}
@@ -181,8 +189,9 @@ pub fn render_report(r: &VerifyReport) -> String {
         )
     } else if r.repair && r.all_repaired() {
         format!(
-            "{} extents ({} bytes) and {} tree entries differed; all repaired from {} and read back identical\n",
-            r.extents_total, r.bytes_mismatched, r.tree_total, r.active
+            "{}; all repaired from {} and read back identical\n",
+            counts(r),
+            r.active
         )
     } else {
         let left = r.extents_total + r.tree_total - r.extents_repaired - r.tree_repaired;
@@ -197,10 +206,80 @@ pub fn render_report(r: &VerifyReport) -> String {
                 r.db, r.active
             )
         };
-        format!(
-            "{} extents ({} bytes) and {} tree entries differ, {left} not repaired: {hint}\n",
-            r.extents_total, r.bytes_mismatched, r.tree_total
-        )
+        format!("{}; {left} not repaired: {hint}\n", counts(r))
     };
     out
+}
+
+/// `2 extents (8192 bytes) and 1 tree entry differ`.
+fn counts(r: &VerifyReport) -> String {
+    let n = |k: u64, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+    let verb = if r.extents_total + r.tree_total == 1 {
+        "differs"
+    } else {
+        "differ"
+    };
+    format!(
+        "{} ({} bytes) and {} {verb}",
+        n(r.extents_total, "extent", "extents"),
+        r.bytes_mismatched,
+        n(r.tree_total, "tree entry", "tree entries")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> VerifyArgs {
+        let cli = Cli::try_parse_from(args).expect("parse");
+        match cli.command {
+            Command::Verify(a) => a,
+            other => panic!("not verify: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arguments() {
+        let a = parse(&["reseedfs", "verify", "db001"]);
+        assert_eq!(
+            (a.db.as_str(), a.repair, a.max_rate),
+            ("db001", false, MaxRate(Some(200 << 20)))
+        );
+        let a = parse(&[
+            "reseedfs",
+            "verify",
+            "db001",
+            "--repair",
+            "--max-rate",
+            "unlimited",
+        ]);
+        assert_eq!((a.repair, a.max_rate), (true, MaxRate(None)));
+        let a = parse(&["reseedfs", "verify", "db001", "--max-rate", "1GiB/s"]);
+        assert_eq!(a.max_rate, MaxRate(Some(1 << 30)));
+        assert!(Cli::try_parse_from(["reseedfs", "verify", "db001", "--max-rate", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["reseedfs", "verify", "db001", "--status", "--repair"]).is_err()
+        );
+    }
+
+    #[test]
+    fn exit_codes() {
+        let mut r = VerifyReport::default();
+        assert!(matches!(exit_of(&r), Exit::Ok));
+        r.extents_total = 1;
+        assert!(matches!(exit_of(&r), Exit::Failure));
+        r.repair = true;
+        assert!(matches!(exit_of(&r), Exit::Failure), "found, not repaired");
+        r.extents_repaired = 1;
+        assert!(
+            matches!(exit_of(&r), Exit::Ok),
+            "all repaired and confirmed"
+        );
+        r.tree_total = 1;
+        assert!(matches!(exit_of(&r), Exit::Failure), "a tree entry left");
+    }
 }
