@@ -74,6 +74,9 @@ impl<F: Fn(u64) + Send + Sync> Pacer for F {
     }
 }
 
+/// Credit a [`RateLimit`] lets build up while its user is busy elsewhere.
+const BURST: Duration = Duration::from_millis(250);
+
 /// A sleep-based rate limit: `take` sleeps until the bytes taken so far fit the rate.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -96,10 +99,12 @@ impl Pacer for RateLimit {
         let wait = {
             let mut next = self.next.lock();
             let now = Instant::now();
-            // No credit for idle time: the rate holds over any window.
-            *next =
-                (*next).max(now) + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
-            *next - now
+            // The time spent reading counts, but no more credit than a short burst builds
+            // up while the reader is busy elsewhere.
+            let floor = now.checked_sub(BURST).unwrap_or(now);
+            *next = (*next).max(floor)
+                + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+            next.saturating_duration_since(now)
         };
         std::thread::sleep(wait);
     }
@@ -1031,12 +1036,16 @@ impl Run<'_> {
         // fast as it is read would keep it here for ever.
         let size = self.compare_sizes(&f)?;
         let mut offset = 0u64;
+        let mut confirmed = false;
         loop {
             self.check_copies()?;
             let mut chunk = self.compare_chunk(&f, offset, bufs, false)?;
             if chunk.differs() {
-                // Confirm before reporting: the file opened again, the chunk read again.
-                std::thread::sleep(Duration::from_millis(20));
+                // Confirm before reporting: the file opened again (a rename racing the
+                // table of nodes settles in microseconds), the chunk read again.
+                if !confirmed {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let Some(again) = self.open_group(group)? else {
                     return Ok(());
                 };
@@ -1050,6 +1059,7 @@ impl Run<'_> {
                 f = again;
                 self.check_copies()?;
                 chunk = self.compare_chunk(&f, offset, bufs, self.opts.repair)?;
+                confirmed |= chunk.differs();
                 // A copy that left sync meanwhile: what it read is not its copy any more.
                 self.check_copies()?;
                 for (i, extents) in chunk.mismatches.iter().enumerate() {
