@@ -438,6 +438,7 @@ mod linux {
             target: TARGET.into(),
             from: None,
             allow_in_sync: false,
+            keep_replaced: false,
         };
         let progress = Progress::new(DB, TARGET);
         let started = Instant::now();

@@ -73,6 +73,41 @@ pub struct Config {
     /// How reseeds copy.
     #[serde(default)]
     pub reseed: ReseedConfig,
+    /// The log tap: checkpoints and what to do when a copy diverged.
+    #[serde(default)]
+    pub tap: TapConfig,
+}
+
+/// The `[tap]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapConfig {
+    /// When a returning copy cannot be resynced incrementally (event 2058): `reseed` it in
+    /// full (its old files kept in quarantine), or wait for the operator (`manual`).
+    pub on_divergence: OnDivergence,
+    /// How often the activity log starts a new epoch (after syncing the copies): the
+    /// longer, the fewer log writes, the more to compare after a crash. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: std::time::Duration,
+}
+
+impl Default for TapConfig {
+    fn default() -> Self {
+        TapConfig {
+            on_divergence: OnDivergence::Reseed,
+            checkpoint_interval: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// `on_divergence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDivergence {
+    /// Full reseed; the copy's old files go to quarantine.
+    Reseed,
+    /// The copy stays suspended until an operator reseeds it.
+    Manual,
 }
 
 /// The `[reseed]` section.
@@ -146,6 +181,7 @@ impl Config {
             threads: default_threads(),
             autoreseed: Default::default(),
             reseed: Default::default(),
+            tap: Default::default(),
         }
     }
 

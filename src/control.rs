@@ -47,6 +47,20 @@ pub enum Request {
         /// that is not in sync, in place when its volume answers, else the best spare.
         to: Option<String>,
     },
+    /// Suspend the copy of `db` on `volume` (it misses writes from here on, recorded).
+    Suspend {
+        /// The database.
+        db: String,
+        /// The copy's volume.
+        volume: String,
+    },
+    /// Resume the copy of `db` on `volume`: incremental resync from its dirty map.
+    Resume {
+        /// The database.
+        db: String,
+        /// The copy's volume.
+        volume: String,
+    },
     /// Set or clear ReseedBlocked / ResumeBlocked.
     Block {
         /// The database.

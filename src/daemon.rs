@@ -36,6 +36,10 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     let events: Arc<dyn EventSink> = log.clone();
     let pool = Pool::open(config, events.clone())
         .with_context(|| format!("open the pool of {}", config_path.display()))?;
+    // After a crash: the copies are made identical where they may differ, before serving.
+    pool.repair_after_crash();
+    let checkpoints = crate::tap::Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
+        .context("start the tap checkpoint thread")?;
     if !config.databases_root.is_dir() {
         bail!(
             "databases root {} is not a directory: create it (reseedfs init does)",
@@ -67,6 +71,14 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             }
             Request::Reseed { db, from, to } => match runner.manual_reseed(&db, from, to) {
                 Ok(target) => Response::Started { db, target },
+                Err(e) => Response::Error(e),
+            },
+            Request::Suspend { db, volume } => match runner.suspend(&db, &volume) {
+                Ok(label) => Response::Changed(vec![label]),
+                Err(e) => Response::Error(e),
+            },
+            Request::Resume { db, volume } => match runner.resume(&db, &volume) {
+                Ok(_) => Response::Started { db, target: volume },
                 Err(e) => Response::Error(e),
             },
             Request::Block {
@@ -208,6 +220,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     autoreseed.stop();
     verifier.stop();
     let result = mount.unmount();
+    checkpoints.stop();
     if result.is_ok() {
         pool.close();
     }

@@ -29,10 +29,14 @@
 //! | 3020 | `seed.source_changed`       | the reseed's source failed; it goes on from another in-sync copy |
 //! | 3021 | `copy.block_changed`        | an operator set or cleared ReseedBlocked / ResumeBlocked |
 //! | 3022 | `volume.returned`           | a failed volume answers its health probe again |
+//! | 2058 | `resync.incremental_error` | an incremental resync is impossible (error code: no common generation, no dirty map); then a full reseed or the operator, per `on_divergence` |
+//! | 3030 | `resync.started` | an incremental resync of a copy that missed writes started (files, bytes to copy) |
+//! | 3031 | `resync.completed` | the resync completed: `bytes_copied`, `extents`, seconds; the copy is in sync |
+//! | 3032 | `copy.divergence` | a returning copy was changed behind reseedfs's back: its divergent extents and files are kept in quarantine, the first diverged log named |
+//! | 3033 | `tap.crash_repaired` | after an unclean stop the copies were compared where the activity log says they may differ, and repaired |
+//! | 3034 | `copy.suspended` | an operator suspended a copy; what it misses is recorded for an incremental resume |
 //! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
-//!
-//! Id 2058 is reserved for incremental resync errors, with the meaning of Exchange's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -93,6 +97,18 @@ pub enum EventId {
     BlockChanged,
     /// 3022: a failed volume answers its health probe again.
     VolumeReturned,
+    /// 2058: an incremental resync cannot be done (IncrementalReseedError).
+    IncrementalReseedError,
+    /// 3030: an incremental resync started.
+    ResyncStarted,
+    /// 3031: an incremental resync completed.
+    ResyncCompleted,
+    /// 3032: a returning copy diverged; its changes were quarantined.
+    DivergenceFound,
+    /// 3033: crash repair after an unclean stop.
+    CrashRepaired,
+    /// 3034: an operator suspended a copy.
+    CopySuspended,
     /// 3040: an online verification of a database's in-sync copies started.
     OnlineVerifyStarted,
     /// 3041: an online verification ended (what differed, what was repaired, or why it
@@ -128,6 +144,12 @@ impl EventId {
             EventId::ReseedSourceChanged => 3020,
             EventId::BlockChanged => 3021,
             EventId::VolumeReturned => 3022,
+            EventId::IncrementalReseedError => 2058,
+            EventId::ResyncStarted => 3030,
+            EventId::ResyncCompleted => 3031,
+            EventId::DivergenceFound => 3032,
+            EventId::CrashRepaired => 3033,
+            EventId::CopySuspended => 3034,
             EventId::OnlineVerifyStarted => 3040,
             EventId::OnlineVerifyCompleted => 3041,
         }
@@ -160,6 +182,12 @@ impl EventId {
             EventId::ReseedSourceChanged => "seed.source_changed",
             EventId::BlockChanged => "copy.block_changed",
             EventId::VolumeReturned => "volume.returned",
+            EventId::IncrementalReseedError => "resync.incremental_error",
+            EventId::ResyncStarted => "resync.started",
+            EventId::ResyncCompleted => "resync.completed",
+            EventId::DivergenceFound => "copy.divergence",
+            EventId::CrashRepaired => "tap.crash_repaired",
+            EventId::CopySuspended => "copy.suspended",
             EventId::OnlineVerifyStarted => "verify.online_started",
             EventId::OnlineVerifyCompleted => "verify.online_completed",
         }

@@ -11,8 +11,10 @@
 //! copyset/        one database's copies: write fan-out, read failover, copy states
 //! volume          one backing volume: safe relative paths (openat2 RESOLVE_BENEATH)
 //! pool/           volumes, placement map, persisted pool state, `init`
-//! reseed/         online block copy of a database onto a new copy, and its engines
-//! tap/            the log tap: the log folder as a log stream (first diverged log)
+//! tap/            the log tap: mutation numbers, dirty maps of lagging copies, activity
+//!                 log, generations, tree reconciliation and crash repair
+//! reseed/         online block copy of a database onto a new copy (and incremental
+//!                 resync of a copy that missed writes), and its engines
 //! verify          online comparison of a database's in-sync copies, and repair
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! events          numbered event records (ids in one table), persisted as JSON lines

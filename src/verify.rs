@@ -1144,7 +1144,7 @@ impl Run<'_> {
         }
         let mut nodes: Vec<Arc<Node>> = Vec::new();
         for p in paths {
-            if let Some(n) = self.core.io_node(self.db.index, p) {
+            if let Some(n) = self.core.node_for(self.db.index, p) {
                 if !nodes.iter().any(|m| Arc::ptr_eq(m, &n)) {
                     nodes.push(n);
                 }

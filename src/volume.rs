@@ -426,6 +426,17 @@ impl Volume {
         Ok(())
     }
 
+    /// Flushes everything written to the volume's filesystem (`syncfs`).
+    pub fn syncfs(&self) -> io::Result<()> {
+        // An O_PATH descriptor (the root's) does not do: open the root for reading.
+        let root = self.open_file(
+            Path::new("."),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?;
+        Ok(rustix::fs::syncfs(&root)?)
+    }
+
     /// Reads a whole (small) file.
     pub fn read_file(&self, rel: &Path) -> io::Result<Vec<u8>> {
         use std::io::Read;

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Mounted, copy_is, copy_status, event_id, require_mount_privileges, wait_for};
+use common::{
+    Mounted, copy_is, copy_status, event_id, read_all, require_mount_privileges, wait_for,
+};
 use reseedfs::config::Config;
 use reseedfs::testbed::Testbed;
 use serde_json::Value;
@@ -27,6 +29,8 @@ const DB: &str = "db001";
 const PAGE: usize = 4096;
 /// Pages per writer file (16 MiB).
 const PAGES: u64 = 4096;
+/// A file written once before the disk dies.
+const COLD: u64 = 48 << 20;
 
 fn page(file: u64, index: u64, version: u64) -> Vec<u8> {
     let mut x = (file << 48) ^ (index << 16) ^ version ^ 0x9E37_79B9_7F4A_7C15;
@@ -343,7 +347,7 @@ fn without_a_spare_autoreseed_reports_spares_exhausted_and_the_database_runs_on(
 }
 
 #[test]
-fn a_disk_that_comes_back_is_resumed_in_place_while_the_database_writes() {
+fn a_disk_that_comes_back_is_resynced_in_place_while_the_database_writes() {
     if !require_mount_privileges(
         "a_disk_that_comes_back_is_resumed_in_place_while_the_database_writes",
     ) {
@@ -355,8 +359,17 @@ fn a_disk_that_comes_back_is_resumed_in_place_while_the_database_writes() {
     c.autoreseed.dwell = Duration::from_millis(300);
     c.autoreseed.resume_attempts = 100;
     c.autoreseed.resume_interval = Duration::from_millis(300);
+    c.tap.checkpoint_interval = Duration::from_millis(500);
     fs::write(&bed.config_path, c.to_toml()).expect("write config");
     let m = Mounted::mount_only(bed);
+    // Data the database does not touch while the disk is away: the resync leaves it be.
+    let cold = m.db_files(DB).join("cold.dat");
+    let cold_bytes: Vec<u8> = (0..COLD).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&cold, &cold_bytes).expect("write cold.dat");
+    fs::File::open(&cold).and_then(|f| f.sync_all()).expect("fsync cold.dat");
+    // Two checkpoints later the activity log no longer lists it: a dying disk cannot
+    // have lost any of it.
+    thread::sleep(Duration::from_millis(1500));
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&m.db_files(DB), 2, &stop);
     thread::sleep(Duration::from_secs(1));
@@ -405,6 +418,25 @@ fn a_disk_that_comes_back_is_resumed_in_place_while_the_database_writes() {
         event_id(e) == Some(3011) && e["message"].as_str().is_some_and(|m| m.contains("Resume"))
     });
     assert!(resumed, "a Resume attempt brought it back: {events:#?}");
+    // Incrementally: only what it missed was copied, and the event says how much.
+    let resync = events
+        .iter()
+        .find(|e| event_id(e) == Some(3031))
+        .unwrap_or_else(|| panic!("no resync.completed (3031): {events:#?}"));
+    let copied = resync["bytes_copied"].as_u64().expect("bytes_copied");
+    let extents = resync["extents"].as_u64().expect("extents");
+    let total = COLD + 2 * PAGES * PAGE as u64;
+    eprintln!("resync copied {copied} bytes in {extents} extents of a {total}-byte database");
+    assert!(copied > 0 && extents > 0, "{resync}");
+    assert!(
+        copied < total / 2,
+        "the resync copied {copied} of {total} bytes: it must not copy the untouched file"
+    );
+    assert!(
+        !events.iter().any(|e| event_id(e) == Some(825)),
+        "no full reseed (825) happened: {events:#?}"
+    );
+    assert_eq!(read_all(&cold), cold_bytes, "cold.dat through the mount");
     let bed = m.unmount();
     assert_same_tree(&bed.volume_path(1), &bed.volume_path(2));
 }

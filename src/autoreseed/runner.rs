@@ -24,7 +24,10 @@ use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout;
 use crate::pool::CopyState;
+use crate::config::OnDivergence;
+use crate::reseed::resync::ResyncError;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
+use crate::tap::IncrementalError;
 
 /// A copy: database name and index in its placement.
 type CopyKey = (String, usize);
@@ -177,7 +180,9 @@ impl Runner {
             for db in pool.databases() {
                 for (slot, c) in db.copies().iter().enumerate() {
                     let key = (db.name.clone(), slot);
-                    let failed = c.state() == CopyState::FailedAndSuspended;
+                    // A copy an operator suspended is theirs until they resume it.
+                    let failed = c.state() == CopyState::FailedAndSuspended
+                        && !pool.copy_record(&db.name, slot).is_some_and(|r| r.suspended);
                     let busy = seeding.contains(&key);
                     match shared.workflows.get(&key) {
                         None if failed && !busy => {
@@ -378,6 +383,10 @@ impl Runner {
             Action::Resume => {
                 pool.reprobe_volume(&volume)
                     .map_err(|why| format!("volume {volume} does not answer: {why}"))?;
+                if db.tap().snapshot(key.1).is_some() {
+                    // The copy missed only what its dirty map holds: resync that.
+                    return self.spawn_resync(db, key.1, true);
+                }
                 volume
             }
             Action::SeedInPlace => volume,
@@ -432,12 +441,18 @@ impl Runner {
             return Err(format!("a reseed of {} is already running", db.name));
         }
         shared.seeds.insert(key.clone(), progress.clone());
+        let keep_replaced = self
+            .core
+            .pool()
+            .copy_record(&db.name, slot)
+            .is_some_and(|r| r.divergence.is_some() && r.volume == target);
         let req = SeedRequest {
             db,
             slot,
             target,
             from,
             allow_in_sync,
+            keep_replaced,
         };
         let core = self.core.clone();
         let done = self.done_tx.clone();
@@ -457,6 +472,97 @@ impl Runner {
         shared.threads.retain(|t| !t.is_finished());
         shared.threads.push(thread);
         Ok(())
+    }
+
+    /// Resyncs copy `slot` of `db` from its dirty map on a new thread. When that is
+    /// impossible (event 2058), `[tap] on_divergence` decides: a full reseed in place
+    /// that keeps the copy's old files in quarantine, or the operator.
+    fn spawn_resync(&self, db: Arc<Database>, slot: usize, automatic: bool) -> Result<(), String> {
+        let key = (db.name.clone(), slot);
+        let volume = db.copies()[slot].volume_name();
+        let progress = Arc::new(Progress::new(&db.name, &volume));
+        let mut shared = self.shared.lock();
+        if shared
+            .seeds
+            .values()
+            .any(|p| p.db() == db.name && p.is_running())
+        {
+            return Err(format!("a reseed of {} is already running", db.name));
+        }
+        shared.seeds.insert(key.clone(), progress.clone());
+        let core = self.core.clone();
+        let done = self.done_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("resync-{}", key.0))
+            .spawn(move || {
+                let result = match reseed::resync::resync(&core, &db, slot, &progress) {
+                    Ok(_) => Ok(()),
+                    Err(ResyncError::Incremental(code, why)) => {
+                        incremental_failed(&core, &db, slot, &volume, code, &why, &progress)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = done.send(Outcome {
+                    key,
+                    result,
+                    automatic,
+                });
+            })
+            .map_err(|e| format!("cannot start a resync thread: {e}"))?;
+        shared.threads.retain(|t| !t.is_finished());
+        shared.threads.push(thread);
+        Ok(())
+    }
+
+    /// An operator's suspend of the copy of `db` on `volume`.
+    pub fn suspend(&self, db: &str, volume: &str) -> Result<String, String> {
+        let pool = self.core.pool();
+        let (d, slot) = self.copy_on(db, volume)?;
+        pool.suspend(&d, slot)?;
+        self.shared.lock().workflows.remove(&(db.to_owned(), slot));
+        Ok(format!("{db}\\{volume}"))
+    }
+
+    /// An operator's resume of the copy of `db` on `volume`: an incremental resync when
+    /// its dirty map allows it, else (event 2058) as `[tap] on_divergence` says.
+    pub fn resume(&self, db: &str, volume: &str) -> Result<String, String> {
+        let pool = self.core.pool();
+        let (d, slot) = self.copy_on(db, volume)?;
+        let label = format!("{db}\\{volume}");
+        if d.copies()[slot].state() != CopyState::FailedAndSuspended {
+            return Err(format!("copy {label} is {}: nothing to resume", d.status_word(slot)));
+        }
+        if pool.copy_record(db, slot).is_some_and(|r| r.resume_blocked) {
+            return Err(format!(
+                "copy {label} is ResumeBlocked: `reseedfs unblock {db} --volume {volume} --resume` first"
+            ));
+        }
+        pool.reprobe_volume(volume)
+            .map_err(|why| format!("volume {volume} does not answer: {why}"))?;
+        if d.tap().snapshot(slot).is_some() {
+            self.spawn_resync(d, slot, false)?;
+        } else {
+            self.spawn_reseed(d, slot, volume.to_owned(), None, false, false)?;
+        }
+        Ok(label)
+    }
+
+    fn copy_on(&self, db: &str, volume: &str) -> Result<(Arc<Database>, usize), String> {
+        let d = self
+            .core
+            .pool()
+            .database(db)
+            .ok_or_else(|| format!("no database {db} in this mount"))?
+            .clone();
+        let slot = d
+            .copies()
+            .iter()
+            .position(|c| c.volume_name() == volume)
+            .ok_or_else(|| {
+                let on: Vec<String> = d.copies().iter().map(|c| c.volume_name()).collect();
+                format!("{db} has no copy on {volume} (its copies are on {})", on.join(", "))
+            })?;
+        Ok((d, slot))
     }
 
     /// An operator's reseed of `db` (see `control::Request::Reseed`). Returns the target.
@@ -557,6 +663,60 @@ impl Runner {
             }
         }
     }
+}
+
+/// Event 2058, then what `[tap] on_divergence` says: a full reseed in place keeping the
+/// copy's old files in quarantine, or a suspended copy waiting for its operator.
+fn incremental_failed(
+    core: &Arc<Core>,
+    db: &Arc<Database>,
+    slot: usize,
+    volume: &str,
+    code: IncrementalError,
+    why: &str,
+    progress: &Progress,
+) -> Result<(), String> {
+    let pool = core.pool();
+    let label = format!("{}\\{volume}", db.name);
+    let manual = pool.config.tap.on_divergence == OnDivergence::Manual;
+    let next = if manual {
+        format!(
+            "it stays suspended until an operator decides: `reseedfs reseed {} --to {volume}` copies it in full and keeps its old files in quarantine",
+            db.name
+        )
+    } else {
+        "a full reseed in place follows; its old files are kept in quarantine".to_owned()
+    };
+    pool.events().emit(
+        NewEvent::new(
+            EventId::IncrementalReseedError,
+            format!("incremental resync of {label} is impossible ({}): {why}; {next}", code.code()),
+        )
+        .database(&db.name)
+        .volume(volume)
+        .field("error_code", code.code())
+        .field("on_divergence", if manual { "manual" } else { "reseed" }),
+    );
+    pool.mark_divergent(db, slot, code.code(), manual);
+    if manual {
+        let why = format!(
+            "incremental resync impossible ({}); waiting for the operator",
+            code.code()
+        );
+        progress.fail(&why);
+        return Err(why);
+    }
+    let req = SeedRequest {
+        db: db.clone(),
+        slot,
+        target: volume.to_owned(),
+        from: None,
+        allow_in_sync: false,
+        keep_replaced: true,
+    };
+    reseed::reseed(core, &req, progress)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Bytes a copy of `db` takes (allocated on an in-sync copy).

@@ -2,6 +2,7 @@
 
 pub mod demo;
 mod reseed;
+mod tap;
 mod verify;
 
 pub use reseed::{BlockArgs, ReseedArgs};
@@ -49,6 +50,12 @@ pub enum Command {
     Block(BlockArgs),
     /// Clear ReseedBlocked and/or ResumeBlocked.
     Unblock(BlockArgs),
+    /// Take a copy out of service by hand; what it misses is recorded for its resume.
+    Suspend(tap::SuspendArgs),
+    /// Bring a suspended or returning copy back: an incremental resync of what it missed.
+    Resume(tap::ResumeArgs),
+    /// List what divergent copies kept in quarantine (read from the volumes).
+    Quarantine(tap::QuarantineArgs),
     /// The whole story in a throwaway pool: mount, write, kill a disk, verify, clean up.
     Demo(demo::DemoArgs),
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
@@ -116,7 +123,7 @@ pub struct EventsArgs {
 }
 
 /// Exit codes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Success.
     Ok = 0,
@@ -172,6 +179,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Reseed(a) => reseed::reseed(&a),
         Command::Block(a) => reseed::block(&a, true),
         Command::Unblock(a) => reseed::block(&a, false),
+        Command::Suspend(a) => tap::suspend(&a),
+        Command::Resume(a) => tap::resume(&a),
+        Command::Quarantine(a) => tap::quarantine(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Verify(a) => verify::verify(&a),
     };

@@ -72,6 +72,11 @@ pub fn reseed(a: &ReseedArgs) -> anyhow::Result<Exit> {
         println!("follow it with `reseedfs status` (or pass --wait)");
         return Ok(Exit::Ok);
     }
+    Ok(wait_seed(&config, &a.db, &target))
+}
+
+/// Waits for the reseed or resync of `db` onto `target` to end, with a progress bar.
+pub(super) fn wait_seed(config: &crate::config::Config, db: &str, target: &str) -> Exit {
     let bar = ProgressBar::new(0);
     let style = |phase: &str| {
         ProgressStyle::with_template(&format!(
@@ -83,20 +88,20 @@ pub fn reseed(a: &ReseedArgs) -> anyhow::Result<Exit> {
     let mut shown = None;
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let status = match ask(&config, &Request::Status) {
+        let status = match ask(config, &Request::Status) {
             Ok(Response::Status(s)) => s,
             Ok(_) => continue,
             Err(e) => {
                 bar.abandon();
-                return Ok(e);
+                return e;
             }
         };
-        let Some(s) = seed_of(&status, &a.db, &target) else {
+        let Some(s) = seed_of(&status, db, target) else {
             // Status shows a reseed while it runs or after it failed: gone means done.
-            if copy_in_sync(&status, &a.db, &target) {
+            if copy_in_sync(&status, db, target) {
                 bar.finish_and_clear();
-                println!("{}\\{target} is in sync", a.db);
-                return Ok(Exit::Ok);
+                println!("{}\\{target} is in sync", db);
+                return Exit::Ok;
             }
             continue;
         };
@@ -118,18 +123,18 @@ pub fn reseed(a: &ReseedArgs) -> anyhow::Result<Exit> {
                 bar.finish_and_clear();
                 println!(
                     "{}\\{target} is in sync ({:.1} s; source {}, engine {})",
-                    a.db, s.elapsed_s, s.source, s.engine
+                    db, s.elapsed_s, s.source, s.engine
                 );
-                return Ok(Exit::Ok);
+                return Exit::Ok;
             }
             Phase::Failed => {
                 bar.abandon();
                 eprintln!(
                     "reseedfs: the reseed of {}\\{target} failed: {}",
-                    a.db,
+                    db,
                     s.error.as_deref().unwrap_or("see `reseedfs events`")
                 );
-                return Ok(Exit::Failure);
+                return Exit::Failure;
             }
             _ => {}
         }

@@ -29,6 +29,7 @@ pub use fanout::{Fanout, MAX_COPIES};
 pub use seed::SeedFile;
 
 use crate::pool::{CopyState, Pool};
+use crate::tap::Tap;
 use crate::volume::{Volume, is_media_error};
 
 const NO_ACTIVE: usize = usize::MAX;
@@ -200,6 +201,8 @@ pub struct Database {
     namespace: RecursiveRwLock<()>,
     /// One reseed at a time per database.
     seeding: Mutex<()>,
+    /// Numbers mutations and records what lagging copies miss.
+    tap: Tap,
 }
 
 impl Database {
@@ -210,13 +213,38 @@ impl Database {
             .position(|c| c.is(IN_SYNC))
             .unwrap_or(NO_ACTIVE);
         Database {
-            name,
-            index,
-            copies,
             active: AtomicUsize::new(active),
             pool,
             namespace: RecursiveRwLock::new(()),
             seeding: Mutex::new(()),
+            tap: Tap::new(&name, copies.len()),
+            name,
+            index,
+            copies,
+        }
+    }
+
+    /// The log tap.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// The volumes of the in-sync copies.
+    pub fn in_sync_volumes(&self) -> Vec<Arc<Volume>> {
+        self.copies
+            .iter()
+            .filter_map(Copy::in_sync_volume)
+            .collect()
+    }
+
+    /// A tap checkpoint: the activity log starts a new epoch once the in-sync copies are
+    /// synced, and the lagging copies' dirty maps are persisted (all of them when
+    /// `clean`: the last checkpoint of a clean stop, which marks the log clean).
+    pub fn checkpoint(&self, clean: bool) {
+        let persist = || self.tap.persist(&self.in_sync_volumes(), clean);
+        match &self.tap.activity {
+            Some(al) => al.checkpoint(self, persist, clean),
+            None => persist(),
         }
     }
 
@@ -325,6 +353,26 @@ impl Database {
             self.elect();
         }
         changed
+    }
+
+    /// Takes copy `i` out of service on an operator's request (suspend): like a failure,
+    /// its placement lets go of the volume so no file stays open there. False unless it
+    /// was in sync. Called by the pool with its state lock held.
+    pub(crate) fn suspend_copy(&self, i: usize) -> bool {
+        let c = &self.copies[i];
+        if c.state
+            .compare_exchange(IN_SYNC, FAILED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        c.placement.store(Arc::new(Placement {
+            volume_name: c.volume_name(),
+            volume: None,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        }));
+        self.elect();
+        true
     }
 
     /// Fails copy `i` alone (it diverged). Called by the pool with its state lock held.
@@ -468,6 +516,7 @@ impl Database {
                 self.on_error(i, op, &e, true);
             }
         }
+        self.tap.mutated();
         self.settle();
         Ok(result)
     }

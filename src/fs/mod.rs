@@ -418,6 +418,7 @@ impl Core {
             if through_handle.is_none() {
                 db.mutate("truncate", |_, v| v.truncate(&path, size))?;
             }
+            db.tap().meta(|m| m.truncated(&path, size));
         }
         if let Some(mode) = set.mode {
             db.mutate("chmod", |_, v| {
@@ -540,6 +541,7 @@ impl Core {
         let (db, path) = self.child(parent, name)?;
         let op = if dir { "rmdir" } else { "unlink" };
         self.db(db).mutate(op, |_, v| v.remove(&path, dir))?;
+        self.db(db).tap().meta(|m| m.removed(&path));
         self.nodes.write().unlinked(db, &path);
         Ok(())
     }
@@ -559,8 +561,10 @@ impl Core {
             return Err(Errno(libc::EXDEV));
         }
         let flags = RenameFlags::from_bits(flags).ok_or(Errno(libc::EINVAL))?;
-        self.db(db)
-            .mutate("rename", |_, v| v.rename(&from, &to, flags))?;
+        let d = self.db(db);
+        d.mutate("rename", |_, v| v.rename(&from, &to, flags))?;
+        d.tap()
+            .renamed(d, &from, &to, flags.contains(RenameFlags::EXCHANGE));
         self.nodes
             .write()
             .renamed(db, &from, &to, flags.contains(RenameFlags::EXCHANGE));
@@ -575,6 +579,7 @@ impl Core {
             return Err(Errno(libc::EXDEV));
         }
         d.mutate("link", |_, v| v.link(&from, &to))?;
+        d.tap().meta(|m| m.linked(&from, &to));
         self.nodes.write().linked(id, db, to.clone());
         let st = self.stat_backing(d, &to)?;
         Ok(Attr::from_stat(id, &st))
@@ -638,6 +643,7 @@ impl Core {
             )?;
             Ok(f)
         })?;
+        d.tap().meta(|m| m.created(&path));
         let st = self.stat_backing(d, &path)?;
         let attr = self.entry(db, path, &st);
         let node = self.node(attr.node)?;
@@ -676,6 +682,9 @@ impl Core {
             let _resize = node.io.resize.read();
             let len = data.len() as u64;
             let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, len));
+            let tap = db.tap();
+            let m = tap.begin();
+            tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
             // Decided under the range's stripe locks: see copyset::SeedFile.
             let to_seeding = db.seeding_index().is_some()
                 && node
@@ -708,7 +717,15 @@ impl Core {
                 if let Some(seed) = node.io.seed.lock().as_ref() {
                     seed.rewind(offset);
                 }
+                db.tap().meta(|m| {
+                    if let Some(p) = node.path() {
+                        m.reshaped(&p);
+                    }
+                });
             }
+            let tap = db.tap();
+            let m = tap.begin();
+            tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
             Ok(db.mutate_files("fallocate", files, |f| {
                 Ok(rustix::fs::fallocate(f, flags, offset, len)?)
             })?)
@@ -892,9 +909,9 @@ impl Core {
         Some(node)
     }
 
-    /// For an online verification: the node of `path` in database `db` (made if new, with
-    /// no kernel reference), whose write-ordering locks keep writers out of what it reads.
-    pub fn io_node(&self, db: usize, path: PathBuf) -> Option<Arc<Node>> {
+    /// The node of `path` in database `db` (made if new, without a kernel reference):
+    /// its locks order a resync's copying against the database's writes.
+    pub fn node_for(&self, db: usize, path: PathBuf) -> Option<Arc<Node>> {
         let mut nodes = self.nodes.write();
         let id = nodes.intern(db, path, false);
         nodes.get(id)

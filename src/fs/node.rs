@@ -43,6 +43,8 @@ pub struct NodeIo {
     stripes: [Mutex<()>; STRIPES],
     /// While a copy of the database is being seeded: how far this file is copied.
     pub seed: Mutex<Option<Arc<crate::copyset::SeedFile>>>,
+    /// The activity log extents recorded for this file in the current epoch.
+    pub marks: crate::tap::NodeMarks,
 }
 
 /// The stripe locks held by one write.

@@ -156,6 +156,10 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
                     .map(|&i| CopyRecord::new(&volumes[i].0, CopyState::InSync))
                     .collect(),
                 retired: Vec::new(),
+                generation: crate::tap::Generation {
+                    current: crate::tap::new_generation_id(),
+                    history: Vec::new(),
+                },
             })
             .collect(),
     };

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::copyset::{Copy, Database};
 use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
+use crate::tap::{self, Generation};
 use crate::volume::Volume;
 
 pub use init::{InitReport, init};
@@ -57,6 +58,18 @@ pub struct CopyRecord {
     /// An operator keeps AutoReseed from resuming this copy.
     #[serde(default, skip_serializing_if = "is_false")]
     pub resume_blocked: bool,
+    /// An operator suspended the copy (`reseedfs suspend`): AutoReseed leaves it alone
+    /// until `reseedfs resume`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspended: bool,
+    /// While the copy is not in sync: the database generation it left at, which its
+    /// dirty map starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_base: Option<u64>,
+    /// Why its incremental resync was impossible (event 2058's code): a full reseed of it
+    /// keeps its old files in quarantine instead of deleting them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -72,6 +85,9 @@ impl CopyRecord {
             failed_at: None,
             reseed_blocked: false,
             resume_blocked: false,
+            suspended: false,
+            dirty_base: None,
+            divergence: None,
         }
     }
 
@@ -105,6 +121,9 @@ pub struct DbRecord {
     /// Copies retired from the placement, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredCopy>,
+    /// The generation the in-sync copies share (see [`crate::tap`]).
+    #[serde(default)]
+    pub generation: Generation,
 }
 
 /// The pool state, written to `.reseedfs/pool.json` on every healthy volume.
@@ -267,6 +286,8 @@ pub struct Pool {
     unpersisted: AtomicUsize,
     /// Called with a volume's name once it failed (to close what is open on it).
     failure_watchers: Mutex<Vec<FailureWatcher>>,
+    /// The previous stop was clean (no crash repair needed).
+    was_clean: bool,
 }
 
 /// See [`Pool::watch_failures`].
@@ -503,6 +524,7 @@ impl Pool {
                 .field("status", "FailedAndSuspended"),
             );
         }
+        let was_clean = state.clean;
         Ok(Arc::new_cyclic(|weak| {
             let databases = state
                 .databases
@@ -532,6 +554,7 @@ impl Pool {
                 events,
                 unpersisted: AtomicUsize::new(0),
                 failure_watchers: Mutex::new(Vec::new()),
+                was_clean,
             };
             for v in &pool.volumes {
                 if let Some(vol) = v.volume() {
@@ -543,14 +566,20 @@ impl Pool {
             {
                 let mut state = pool.state.lock();
                 state.clean = false;
+                pool.start_taps(&mut state);
                 pool.persist_locked(&mut state);
             }
             pool
         }))
     }
 
-    /// Records a clean stop on every healthy volume. Call after the mount is down.
+    /// Records a clean stop on every healthy volume. Call after the mount is down: the
+    /// last tap checkpoint syncs every copy, persists the dirty maps and marks the
+    /// activity logs clean.
     pub fn close(&self) {
+        for db in &self.databases {
+            db.checkpoint(true);
+        }
         let mut state = self.state.lock();
         state.clean = true;
         self.persist_locked(&mut state);
@@ -598,6 +627,7 @@ impl Pool {
         let mut pending = vec![(volume.name().to_owned(), op.to_owned(), err.raw_os_error())];
         let mut newly_failed = Vec::new();
         let mut moved = Vec::new();
+        let mut bumped = Vec::new();
         while let Some((vol, op, errno)) = pending.pop() {
             if state.failed_volumes.contains(&vol) {
                 continue;
@@ -613,8 +643,14 @@ impl Pool {
                     // request was not acknowledged): it stays trusted for the next mount.
                     let last = d.active_index().is_none();
                     if let Some(rec) = state.databases.iter_mut().find(|r| r.name == d.name) {
-                        for c in rec.copies.iter_mut().filter(|c| c.volume == vol && !last) {
-                            c.set_failed();
+                        for slot in 0..rec.copies.len() {
+                            if rec.copies[slot].volume == vol && !last {
+                                let was = rec.copies[slot].state;
+                                rec.copies[slot].set_failed();
+                                if copy_left(rec, d, slot, was) {
+                                    bumped.push(d.index);
+                                }
+                            }
                         }
                     }
                     newly_failed.push((d.name.clone(), vol.clone(), op.clone(), errno, last));
@@ -628,6 +664,12 @@ impl Pool {
             for (v2, e2) in self.persist_locked(&mut state) {
                 pending.push((v2, "persist pool state".to_owned(), e2));
             }
+            for d in self.databases.iter().filter(|d| bumped.contains(&d.index)) {
+                if let Some(rec) = state.databases.iter().find(|r| r.name == d.name) {
+                    write_generations(d, &rec.generation);
+                }
+            }
+            bumped.clear();
         }
         drop(unpersisted);
         let failed: Vec<String> = state.failed_volumes.clone();
@@ -697,10 +739,15 @@ impl Pool {
         let vol = db.copies()[i].volume_name();
         if let Some(rec) = state.databases.iter_mut().find(|r| r.name == db.name) {
             if let Some(c) = rec.copies.get_mut(i) {
+                let was = c.state;
                 c.set_failed();
+                copy_left(rec, db, i, was);
             }
         }
         let dead = self.persist_locked(&mut state);
+        if let Some(rec) = state.databases.iter().find(|r| r.name == db.name) {
+            write_generations(db, &rec.generation);
+        }
         drop(pending);
         drop(state);
         self.events.emit(
@@ -950,7 +997,13 @@ impl Pool {
             failed_at: None,
             reseed_blocked: false,
             resume_blocked: copy.resume_blocked,
+            suspended: false,
+            dirty_base: None,
+            divergence: copy.divergence.clone(),
         };
+        // A full copy needs no record of what the old one missed.
+        db.tap().stop_lagging(slot);
+        tap::remove_dirty_map(&db.in_sync_volumes(), &db.name, &copy.volume);
         state.failed_volumes.retain(|v| v != target);
         let generation = db.start_seeding(slot, target.to_owned(), volume);
         let dead = self.persist_locked(&mut state);
@@ -975,11 +1028,250 @@ impl Pool {
         {
             c.state = CopyState::InSync;
             c.failed_at = None;
+            c.dirty_base = None;
+            c.suspended = false;
+            c.divergence = None;
+        }
+        let dead = self.persist_locked(&mut state);
+        // The copy has the in-sync copies' generation now; what it missed is copied.
+        if let Some(rec) = state.databases.iter().find(|r| r.name == db.name) {
+            write_generations(db, &rec.generation);
+        }
+        if let Some(map) = db.tap().stop_lagging(slot) {
+            tap::remove_dirty_map(&db.in_sync_volumes(), &db.name, &map.volume);
+        }
+        drop(state);
+        self.fail_dead(dead);
+        true
+    }
+
+    /// Starts an incremental resync of copy `slot` of `db` on its own volume: the copy
+    /// becomes Seeding (takes every mutation from here on) and keeps its dirty map until
+    /// [`Pool::finish_seed`]. The caller holds the namespace exclusively.
+    pub fn begin_resync(
+        &self,
+        db: &Database,
+        slot: usize,
+        volume: Arc<Volume>,
+    ) -> Result<u64, String> {
+        let mut state = self.state.lock();
+        let pending = Unpersisted::new(&self.unpersisted);
+        let name = db.copies()[slot].volume_name();
+        let label = format!("{}\\{name}", db.name);
+        let c = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db.name)
+            .and_then(|d| d.copies.get_mut(slot))
+            .ok_or_else(|| format!("{label} is not in the pool state"))?;
+        if db.copies()[slot].state() != CopyState::FailedAndSuspended {
+            return Err(format!(
+                "copy {label} is {:?}: only a FailedAndSuspended copy is resynced",
+                db.copies()[slot].state()
+            ));
+        }
+        if !db
+            .copies()
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != slot && c.state() == CopyState::InSync)
+        {
+            return Err(format!("no other copy of {} is in sync to resync {label} from", db.name));
+        }
+        c.state = CopyState::Seeding;
+        c.suspended = false;
+        state.failed_volumes.retain(|v| *v != name);
+        let generation = db.start_seeding(slot, name, volume);
+        let dead = self.persist_locked(&mut state);
+        drop(pending);
+        drop(state);
+        self.fail_dead(dead);
+        Ok(generation)
+    }
+
+    /// Suspends copy `slot` of `db` by an operator's request: it stops taking mutations
+    /// (recorded in its dirty map from here on), its volume is synced and released, and
+    /// AutoReseed leaves it alone until it is resumed.
+    pub fn suspend(&self, db: &Database, slot: usize) -> Result<(), String> {
+        let label = format!("{}\\{}", db.name, db.copies()[slot].volume_name());
+        if db.copies()[slot].state() != CopyState::InSync {
+            return Err(format!(
+                "copy {label} is {}: only a copy in sync can be suspended",
+                db.status_word(slot)
+            ));
+        }
+        if !db
+            .copies()
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != slot && c.state() == CopyState::InSync)
+        {
+            return Err(format!(
+                "copy {label} is the last copy of {} in sync: suspending it would stop the database",
+                db.name
+            ));
+        }
+        // Writes in flight finish on the copy; later ones are recorded for it.
+        let _namespace = db.namespace_exclusive();
+        let volume = db.copies()[slot].in_sync_volume();
+        let mut state = self.state.lock();
+        let pending = Unpersisted::new(&self.unpersisted);
+        if !db.suspend_copy(slot) {
+            return Err(format!("copy {label} changed state meanwhile; try again"));
+        }
+        if let Some(rec) = state.databases.iter_mut().find(|r| r.name == db.name) {
+            if let Some(c) = rec.copies.get_mut(slot) {
+                c.set_failed();
+                c.suspended = true;
+            }
+            copy_left(rec, db, slot, CopyState::InSync);
+        }
+        let dead = self.persist_locked(&mut state);
+        if let Some(rec) = state.databases.iter().find(|r| r.name == db.name) {
+            write_generations(db, &rec.generation);
+        }
+        drop(pending);
+        drop(state);
+        if let Some(v) = volume {
+            if let Err(e) = v.syncfs() {
+                tracing::warn!("suspending {label}: syncfs of {}: {e}", v.name());
+            }
+        }
+        self.fail_dead(dead);
+        for watch in self.failure_watchers.lock().iter() {
+            watch(&db.copies()[slot].volume_name());
+        }
+        self.events.emit(
+            NewEvent::new(
+                EventId::CopySuspended,
+                format!("copy {label} is suspended by an operator: what it misses is recorded for an incremental resume"),
+            )
+            .database(&db.name)
+            .volume(&db.copies()[slot].volume_name())
+            .field("status", "FailedAndSuspended"),
+        );
+        Ok(())
+    }
+
+    /// After an unclean stop: compares and repairs the in-sync copies of every database
+    /// where the activity log says they may differ (event 3033). Call before serving.
+    pub fn repair_after_crash(&self) -> Vec<tap::repair::RepairReport> {
+        if self.was_clean {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for db in &self.databases {
+            let started = std::time::Instant::now();
+            match tap::repair::after_crash(db) {
+                Ok(r) => {
+                    self.events.emit(
+                        NewEvent::new(
+                            EventId::CrashRepaired,
+                            format!(
+                                "{} was not stopped cleanly: {} extents of {} files compared on {} copies ({} KiB read per copy), {} KiB and {} tree entries repaired, {:.2} s",
+                                db.name,
+                                r.extents,
+                                r.files,
+                                r.copies,
+                                r.bytes_read >> 10,
+                                r.bytes_repaired >> 10,
+                                r.tree_fixed,
+                                started.elapsed().as_secs_f64()
+                            ),
+                        )
+                        .database(&db.name)
+                        .field("extents", r.extents as u64)
+                        .field("files", r.files as u64)
+                        .field("bytes_read", r.bytes_read)
+                        .field("bytes_repaired", r.bytes_repaired)
+                        .field("tree_fixed", r.tree_fixed as u64),
+                    );
+                    out.push(r);
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    self.events.emit(
+                        NewEvent::new(EventId::CrashRepaired, format!("crash repair: {e}"))
+                            .database(&db.name)
+                            .field("error", e.as_str()),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Records that copy `slot` of `db` cannot be resynced incrementally (`code`), and
+    /// suspends it when an operator must decide (`on_divergence = "manual"`).
+    pub fn mark_divergent(&self, db: &Database, slot: usize, code: &str, suspend: bool) {
+        let mut state = self.state.lock();
+        if let Some(c) = state
+            .databases
+            .iter_mut()
+            .find(|d| d.name == db.name)
+            .and_then(|d| d.copies.get_mut(slot))
+        {
+            c.divergence = Some(code.to_owned());
+            c.suspended |= suspend;
         }
         let dead = self.persist_locked(&mut state);
         drop(state);
         self.fail_dead(dead);
-        true
+    }
+
+    /// True when the previous stop of the pool was clean.
+    pub fn was_clean(&self) -> bool {
+        self.was_clean
+    }
+
+    /// At open (state lock held): every database gets a generation, every copy that is
+    /// not in sync its dirty map back from the in-sync volumes.
+    fn start_taps(&self, state: &mut PoolState) {
+        for d in &self.databases {
+            let Some(rec) = state.databases.iter_mut().find(|r| r.name == d.name) else {
+                continue;
+            };
+            if rec.generation.current == 0 {
+                rec.generation.current = tap::new_generation_id();
+            }
+            write_generations(d, &rec.generation);
+            let volumes = d.in_sync_volumes();
+            for (slot, c) in rec.copies.iter().enumerate() {
+                let Some(base) = c.dirty_base else { continue };
+                if c.state == CopyState::InSync {
+                    continue;
+                }
+                match tap::read_dirty_map(&volumes, &d.name, &c.volume) {
+                    Some(map) => d.tap().restore_lagging(slot, map),
+                    // Never persisted: the crash came before the first checkpoint, and the
+                    // activity log (merged in by the crash repair) holds what it missed.
+                    None if !state.clean => d.tap().restore_lagging(
+                        slot,
+                        tap::DirtyMap::new(
+                            &c.volume,
+                            base,
+                            c.failed_at.unwrap_or_else(SystemTime::now),
+                        ),
+                    ),
+                    None => tracing::warn!(
+                        "the dirty map of {}\\{} is lost: it will need a full reseed",
+                        d.name,
+                        c.volume
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The generation of database `db` as its in-sync copies hold it.
+    pub fn generation(&self, db: &str) -> Generation {
+        let state = self.state.lock();
+        state
+            .databases
+            .iter()
+            .find(|d| d.name == db)
+            .map(|d| d.generation.clone())
+            .unwrap_or_default()
     }
 
     /// A reseed of copy `slot` of `db` failed: the copy is FailedAndSuspended again.
@@ -1146,6 +1438,35 @@ impl Pool {
             epoch: state.epoch,
             databases,
             volumes,
+        }
+    }
+}
+
+/// Copy `slot` of `db` left the in-sync copies: the database moves to a new generation
+/// and the tap records what the copy misses from the old one on. A copy already lagging
+/// (it failed again during its resync) keeps its map.
+/// `was` is the copy's state before it failed: only a copy that was in sync has a known
+/// content to record changes against. Returns whether the generation moved.
+fn copy_left(rec: &mut DbRecord, db: &Database, slot: usize, was: CopyState) -> bool {
+    let Some(c) = rec.copies.get(slot) else {
+        return false;
+    };
+    if c.dirty_base.is_some() || was != CopyState::InSync {
+        return false;
+    }
+    let since = c.failed_at.unwrap_or_else(SystemTime::now);
+    let volume = c.volume.clone();
+    let base = rec.generation.bump();
+    rec.copies[slot].dirty_base = Some(base);
+    db.tap().start_lagging(slot, &volume, base, since);
+    true
+}
+
+/// Writes `g` as the copy generation of every in-sync copy of `db`.
+fn write_generations(db: &Database, g: &Generation) {
+    for v in db.in_sync_volumes() {
+        if let Err(e) = tap::write_copy_generation(&v, &db.name, g) {
+            tracing::warn!("cannot write the generation of {} on {}: {e}", db.name, v.name());
         }
     }
 }

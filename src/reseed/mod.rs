@@ -20,6 +20,7 @@
 //! 4. **In sync** (1110): the copy is persisted `InSync` and serves reads again.
 
 pub mod engine;
+pub mod resync;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,6 +64,9 @@ pub struct SeedRequest {
     pub from: Option<String>,
     /// Reseed even an in-sync copy (an operator asked for it by name).
     pub allow_in_sync: bool,
+    /// Keep what the target held in quarantine instead of deleting it once the new copy
+    /// is verified (the copy diverged: its own writes may exist nowhere else).
+    pub keep_replaced: bool,
 }
 
 /// Where a reseed is.
@@ -173,6 +177,12 @@ impl Progress {
     /// True until the reseed ends (either way).
     pub fn is_running(&self) -> bool {
         !matches!(self.phase(), Phase::Done | Phase::Failed)
+    }
+
+    /// Marks the work failed with `why` (for a caller that gives up on it).
+    pub fn fail(&self, why: &str) {
+        *self.error.lock() = Some(why.to_owned());
+        self.set_phase(Phase::Failed);
     }
 
     /// Asks the reseed to stop (the daemon is stopping): it fails at its next window
@@ -524,7 +534,20 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         return Err(give_up(core, req, &layout.files, e));
     }
     clear_seeds(&layout.files);
-    if let Some(old) = &layout.replaced {
+    if let Some(old) = layout.replaced.as_ref().filter(|_| req.keep_replaced) {
+        match keep_in_quarantine(&target, &db.name, old) {
+            Ok(dir) => tracing::warn!(
+                "the files {label} held before its reseed are kept in {}/{}",
+                target.root().display(),
+                dir.display()
+            ),
+            Err(e) => tracing::error!(
+                "could not move the files {label} held before its reseed ({}/{}) to quarantine: {e}; they stay where they are",
+                target.root().display(),
+                old.display()
+            ),
+        }
+    } else if let Some(old) = &layout.replaced {
         if let Err(e) = target.remove_tree(old) {
             tracing::warn!(
                 "could not delete the replaced files {}/{}: {e}",
@@ -552,6 +575,38 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         engine: engine.name().to_owned(),
         source: source.volume.name().to_owned(),
     })
+}
+
+/// Moves the folders a reseed replaced into a new quarantine with its manifest.
+fn keep_in_quarantine(target: &Volume, db: &str, old: &Path) -> io::Result<PathBuf> {
+    let dir = resync::quarantine_dir(target)?;
+    let mut files = Vec::new();
+    for e in target.read_dir(old)? {
+        target.rename(
+            &old.join(&e.name),
+            &dir.join(&e.name),
+            rustix::fs::RenameFlags::NOREPLACE,
+        )?;
+        files.push(resync::QuarantinedFile {
+            path: e.name.to_string_lossy().into_owned(),
+            kind: "file".into(),
+            extents: Vec::new(),
+        });
+    }
+    target.remove(old, true)?;
+    resync::write_manifest(
+        target,
+        &dir,
+        &resync::Manifest {
+            db: db.to_owned(),
+            volume: target.name().to_owned(),
+            at: SystemTime::now(),
+            reason: "replaced by a full reseed after event 2058: no common generation".into(),
+            common_generation: None,
+            files,
+        },
+    )?;
+    Ok(dir)
 }
 
 fn clear_seeds(files: &[FileJob]) {

@@ -158,6 +158,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
         target: "Volume3".into(),
         from: None,
         allow_in_sync: false,
+        keep_replaced: false,
     };
     let progress = Progress::new("db001", "Volume3");
     let report = reseed(&core, &req, &progress).expect("reseed");
@@ -248,6 +249,7 @@ fn failed_copy(
         target: target.into(),
         from: from.map(Into::into),
         allow_in_sync: false,
+        keep_replaced: false,
     };
     (core, sink, h, req)
 }

@@ -1,0 +1,524 @@
+//! The activity log: which 4 MiB extents of which files may differ between the copies
+//! right now, made durable before a write touches an extent not recorded yet (DRBD's
+//! activity log, kept on every in-sync copy's volume as
+//! `.reseedfs/tap/<db>/activity.log`).
+//!
+//! An extent stays in the log for the epoch it was written in and the next one. Every
+//! few seconds a checkpoint starts a new epoch, waits for the writes of the old one to
+//! finish, `syncfs`es every in-sync copy and persists the dirty maps; the log is then
+//! rewritten with the new epoch's extents only. So after a crash (or a kill -9 of the
+//! daemon) only the extents in the log can differ between the copies, and a copy whose
+//! disk dies may have lost only writes to those extents.
+//!
+//! The cost: one group-committed `fdatasync` per copy when a write reaches an extent
+//! not recorded in this epoch; a write that continues a sequential run records the next
+//! 16 extents at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rustix::fs::{Mode, OFlags};
+
+use super::dirty::FileDirty;
+use crate::copyset::Database;
+use crate::volume::Volume;
+
+/// log2 of the activity log's extent size (4 MiB).
+pub const EXTENT_SHIFT: u32 = 22;
+
+/// Extents recorded ahead of a sequential writer.
+const AHEAD: u64 = 16;
+
+const KIND_HEADER: u8 = 0;
+const KIND_EXTENTS: u8 = 1;
+const KIND_RENAME: u8 = 2;
+const KIND_CLEAN: u8 = 3;
+
+/// The log's path on a volume.
+pub fn log_path(db: &str) -> PathBuf {
+    super::tap_dir(db).join("activity.log")
+}
+
+/// Which extents of one file are recorded in the current epoch (kept with the file's
+/// node, so that the common case costs one uncontended lock).
+#[derive(Debug, Default)]
+pub struct NodeMarks {
+    inner: Mutex<(u64, Vec<u64>)>,
+}
+
+/// Holds a write in its epoch until it is done; a checkpoint waits for these.
+#[derive(Debug)]
+pub struct WriteGuard<'a> {
+    counter: &'a AtomicU64,
+    /// The epoch the write belongs to.
+    pub epoch: u64,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type Extents = BTreeMap<PathBuf, BTreeSet<u64>>;
+
+#[derive(Debug, Default)]
+struct State {
+    current: Extents,
+    previous: Extents,
+    pending: Vec<u8>,
+    next_lsn: u64,
+}
+
+#[derive(Debug, Default)]
+struct Files {
+    /// Open log files: copy slot, placement generation, file.
+    open: Vec<(usize, u64, File)>,
+    durable_lsn: u64,
+}
+
+/// One database's activity log.
+#[derive(Debug)]
+pub struct ActivityLog {
+    db: String,
+    epoch: AtomicU64,
+    inflight: [AtomicU64; 2],
+    state: Mutex<State>,
+    files: Mutex<Files>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
+}
+
+fn record(kind: u8, epoch: u64, body: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(9 + body.len());
+    payload.push(kind);
+    payload.extend_from_slice(&epoch.to_le_bytes());
+    payload.extend_from_slice(body);
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn extents_record(epoch: u64, path: &Path, first: u64, count: u64) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&first.to_le_bytes());
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(path.as_os_str().as_bytes());
+    record(KIND_EXTENTS, epoch, &body)
+}
+
+fn rename_record(epoch: u64, from: &Path, to: &Path, exchange: bool) -> Vec<u8> {
+    let from = from.as_os_str().as_bytes();
+    let mut body = vec![u8::from(exchange)];
+    body.extend_from_slice(&(from.len() as u32).to_le_bytes());
+    body.extend_from_slice(from);
+    body.extend_from_slice(to.as_os_str().as_bytes());
+    record(KIND_RENAME, epoch, &body)
+}
+
+/// Renames the keys of `map` under `from` to under `to` (and back when `exchange`).
+fn rename_keys(map: &mut Extents, from: &Path, to: &Path, exchange: bool) {
+    let keys: Vec<PathBuf> = map.keys().cloned().collect();
+    let mut moved = Vec::new();
+    for k in keys {
+        let new = if let Ok(rest) = k.strip_prefix(from) {
+            Some(super::join_rest(to, rest))
+        } else if let Ok(rest) = k.strip_prefix(to) {
+            exchange.then(|| super::join_rest(from, rest))
+        } else {
+            None
+        };
+        if let Some(v) = map.remove(&k) {
+            match new {
+                Some(n) => moved.push((n, v)),
+                // Replaced by the rename: its file is gone.
+                None if k.starts_with(to) => {}
+                None => {
+                    map.insert(k, v);
+                }
+            }
+        }
+    }
+    for (k, v) in moved {
+        map.entry(k).or_default().extend(v);
+    }
+}
+
+/// What a log file says after a stop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The log ends with a clean stop.
+    pub clean: bool,
+    /// Extents (4 MiB) that may differ, per path.
+    pub extents: BTreeMap<PathBuf, BTreeSet<u64>>,
+}
+
+impl Recovered {
+    /// The extents as byte ranges per file, for a dirty map.
+    pub fn as_dirty(&self) -> BTreeMap<PathBuf, FileDirty> {
+        to_dirty(&self.extents)
+    }
+
+    /// Adds another copy's log.
+    pub fn merge(&mut self, other: Recovered) {
+        self.clean &= other.clean;
+        for (p, e) in other.extents {
+            self.extents.entry(p).or_default().extend(e);
+        }
+    }
+}
+
+fn to_dirty(extents: &Extents) -> BTreeMap<PathBuf, FileDirty> {
+    extents
+        .iter()
+        .map(|(p, set)| {
+            let mut f = FileDirty::default();
+            for &e in set {
+                f.mark(e << EXTENT_SHIFT, 1 << EXTENT_SHIFT);
+            }
+            (p.clone(), f)
+        })
+        .collect()
+}
+
+/// Parses a log file; a torn or corrupt tail ends it.
+pub fn parse(bytes: &[u8]) -> Recovered {
+    let mut out = Recovered::default();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+            as usize;
+        let crc = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]);
+        let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
+        if len < 9 || crc32fast::hash(payload) != crc {
+            break;
+        }
+        pos += 8 + len;
+        let body = &payload[9..];
+        match payload[0] {
+            KIND_HEADER => out.clean = false,
+            KIND_EXTENTS if body.len() >= 16 => {
+                let num = |b: &[u8]| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    u64::from_le_bytes(a)
+                };
+                let (first, count) = (num(&body[..8]), num(&body[8..16]));
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&body[16..]));
+                out.extents
+                    .entry(path)
+                    .or_default()
+                    .extend(first..first.saturating_add(count.min(1 << 20)));
+                out.clean = false;
+            }
+            KIND_RENAME if body.len() >= 5 => {
+                let exchange = body[0] != 0;
+                let n = u32::from_le_bytes([body[1], body[2], body[3], body[4]]) as usize;
+                let Some(from) = body.get(5..5 + n) else { break };
+                let to = &body[5 + n..];
+                rename_keys(
+                    &mut out.extents,
+                    Path::new(std::ffi::OsStr::from_bytes(from)),
+                    Path::new(std::ffi::OsStr::from_bytes(to)),
+                    exchange,
+                );
+                out.clean = false;
+            }
+            KIND_CLEAN => out.clean = true,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Reads the log of `db` on `volume`: `None` when there is none.
+pub fn read(volume: &Volume, db: &str) -> io::Result<Option<Recovered>> {
+    match volume.read_file(&log_path(db)) {
+        Ok(b) => Ok(Some(parse(&b))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl ActivityLog {
+    /// The log of database `db` (nothing recorded yet).
+    pub fn new(db: &str) -> ActivityLog {
+        ActivityLog {
+            db: db.to_owned(),
+            epoch: AtomicU64::new(1),
+            inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+            state: Mutex::new(State::default()),
+            files: Mutex::new(Files::default()),
+            checkpointing: Mutex::new(()),
+        }
+    }
+
+    /// Enters the current epoch for one write.
+    pub fn begin(&self) -> WriteGuard<'_> {
+        loop {
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let counter = &self.inflight[(epoch % 2) as usize];
+            counter.fetch_add(1, Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                return WriteGuard { counter, epoch };
+            }
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Records that the write `guard` makes to `[offset, offset+len)` of the file with
+    /// `marks` (named by `path`) may make the copies differ; durable when this returns.
+    pub fn note(
+        &self,
+        db: &Database,
+        guard: &WriteGuard<'_>,
+        marks: &NodeMarks,
+        path: impl FnOnce() -> Option<PathBuf>,
+        offset: u64,
+        len: u64,
+    ) {
+        let first = offset >> EXTENT_SHIFT;
+        let last = (offset + len.max(1) - 1) >> EXTENT_SHIFT;
+        let (from, to) = {
+            let mut m = marks.inner.lock();
+            if m.0 != guard.epoch {
+                *m = (guard.epoch, Vec::new());
+            }
+            let missing: Vec<u64> = (first..=last)
+                .filter(|e| m.1.binary_search(e).is_err())
+                .collect();
+            let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) else {
+                return;
+            };
+            let sequential = lo > 0 && m.1.binary_search(&(lo - 1)).is_ok();
+            (lo, if sequential { hi + AHEAD } else { hi })
+        };
+        let Some(path) = path() else { return };
+        let lsn = {
+            let mut s = self.state.lock();
+            s.current
+                .entry(path.clone())
+                .or_default()
+                .extend(from..=to);
+            let rec = extents_record(guard.epoch, &path, from, to - from + 1);
+            s.pending.extend_from_slice(&rec);
+            s.next_lsn += 1;
+            s.next_lsn
+        };
+        self.flush(db, lsn);
+        let mut m = marks.inner.lock();
+        if m.0 == guard.epoch {
+            for e in from..=to {
+                if let Err(i) = m.1.binary_search(&e) {
+                    m.1.insert(i, e);
+                }
+            }
+        }
+    }
+
+    /// `from` was renamed to `to`: extents recorded under the old name follow it.
+    pub fn renamed(&self, db: &Database, from: &Path, to: &Path, exchange: bool) {
+        let lsn = {
+            let mut s = self.state.lock();
+            let under = |m: &Extents, p: &Path| {
+                m.range(p.to_path_buf()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(p))
+            };
+            let touched = under(&s.current, from)
+                || under(&s.previous, from)
+                || (exchange && (under(&s.current, to) || under(&s.previous, to)));
+            if !touched {
+                return;
+            }
+            rename_keys(&mut s.current, from, to, exchange);
+            rename_keys(&mut s.previous, from, to, exchange);
+            let rec = rename_record(self.epoch.load(Ordering::SeqCst), from, to, exchange);
+            s.pending.extend_from_slice(&rec);
+            s.next_lsn += 1;
+            s.next_lsn
+        };
+        self.flush(db, lsn);
+    }
+
+    /// Every extent that may differ now (both epochs), as byte ranges per file.
+    pub fn extents(&self) -> BTreeMap<PathBuf, FileDirty> {
+        let s = self.state.lock();
+        let mut all = s.previous.clone();
+        for (p, e) in &s.current {
+            all.entry(p.clone()).or_default().extend(e);
+        }
+        to_dirty(&all)
+    }
+
+    /// Makes every record up to `lsn` durable on every in-sync copy (group commit: one
+    /// caller writes what all waiting callers added).
+    fn flush(&self, db: &Database, lsn: u64) {
+        let mut files = self.files.lock();
+        if files.durable_lsn >= lsn {
+            return;
+        }
+        let (pending, upto) = {
+            let mut s = self.state.lock();
+            (std::mem::take(&mut s.pending), s.next_lsn)
+        };
+        self.open_files(db, &mut files, None);
+        let mut failed = Vec::new();
+        for (slot, _, f) in &files.open {
+            let mut w: &File = f;
+            if let Err(e) = w.write_all(&pending).and_then(|()| f.sync_data()) {
+                failed.push((*slot, e));
+            }
+        }
+        files.durable_lsn = upto;
+        self.drop_failed(db, &mut files, failed);
+    }
+
+    fn drop_failed(&self, db: &Database, files: &mut Files, failed: Vec<(usize, io::Error)>) {
+        for (slot, e) in failed {
+            files.open.retain(|(s, _, _)| *s != slot);
+            tracing::warn!(
+                "activity log of {} on {}: {e}",
+                self.db,
+                db.copies()[slot].volume_name()
+            );
+            // A dying disk fails its copy; anything else (a full volume) leaves the log
+            // to the other copies, and the write itself will tell.
+            if crate::volume::is_media_error(&e) {
+                db.on_error(slot, "activity log", &e, true);
+            }
+        }
+    }
+
+    /// Opens the log on every in-sync copy that has none open (rewritten with `content`
+    /// when given: a checkpoint).
+    fn open_files(&self, db: &Database, files: &mut Files, content: Option<&[u8]>) {
+        files.open.retain(|(slot, generation, _)| {
+            let c = &db.copies()[*slot];
+            c.in_sync_volume().is_some() && c.placement().generation == *generation
+        });
+        let mut failed = Vec::new();
+        for (slot, c) in db.copies().iter().enumerate() {
+            let Some(v) = c.in_sync_volume() else { continue };
+            let open = files.open.iter().any(|(s, _, _)| *s == slot);
+            if open && content.is_none() {
+                continue;
+            }
+            let generation = c.placement().generation;
+            match open_log(&v, &self.db, content) {
+                Ok(f) => {
+                    files.open.retain(|(s, _, _)| *s != slot);
+                    files.open.push((slot, generation, f));
+                }
+                Err(e) => failed.push((slot, e)),
+            }
+        }
+        self.drop_failed(db, files, failed);
+    }
+
+    /// A checkpoint: new epoch, old epoch's writes drained, every in-sync copy's volume
+    /// synced, `persist` run (the dirty maps), the log rewritten with the new epoch's
+    /// extents. `clean` appends the clean-stop mark (no write may run any more).
+    pub fn checkpoint(&self, db: &Database, persist: impl FnOnce(), clean: bool) {
+        let _one = self.checkpointing.lock();
+        let old = {
+            let mut s = self.state.lock();
+            let cur = std::mem::take(&mut s.current);
+            for (p, e) in cur {
+                s.previous.entry(p).or_default().extend(e);
+            }
+            self.epoch.fetch_add(1, Ordering::SeqCst)
+        };
+        let counter = &self.inflight[(old % 2) as usize];
+        while counter.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for (slot, c) in db.copies().iter().enumerate() {
+            let Some(v) = c.in_sync_volume() else { continue };
+            if let Err(e) = v.syncfs() {
+                db.on_error(slot, "checkpoint syncfs", &e, true);
+            }
+        }
+        persist();
+        let mut files = self.files.lock();
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let (content, upto) = {
+            let mut s = self.state.lock();
+            let mut content = record(KIND_HEADER, epoch, &[]);
+            for (p, set) in &s.current {
+                for &e in set {
+                    content.extend_from_slice(&extents_record(epoch, p, e, 1));
+                }
+            }
+            if clean {
+                content.extend_from_slice(&record(KIND_CLEAN, epoch, &[]));
+            }
+            s.pending.clear();
+            s.previous.clear();
+            (content, s.next_lsn)
+        };
+        self.open_files(db, &mut files, Some(&content));
+        files.durable_lsn = upto;
+    }
+}
+
+fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<File> {
+    let path = log_path(db);
+    if let Some(parent) = path.parent() {
+        v.mkdir_all(parent)?;
+    }
+    if let Some(content) = content {
+        v.write_atomic(&path, content)?;
+    }
+    v.open_file(
+        &path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+        Mode::from_raw_mode(0o600),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_replay_with_renames_and_torn_tails() {
+        let mut log = record(KIND_HEADER, 3, &[]);
+        log.extend(extents_record(3, Path::new("db.db/a"), 0, 2));
+        log.extend(extents_record(3, Path::new("db.db/d/b"), 5, 1));
+        log.extend(rename_record(3, Path::new("db.db/d"), Path::new("db.db/e"), false));
+        log.extend(extents_record(3, Path::new("db.db/c"), 1, 1));
+        let r = parse(&log);
+        assert!(!r.clean);
+        assert_eq!(r.extents[Path::new("db.db/a")], BTreeSet::from([0, 1]));
+        assert_eq!(r.extents[Path::new("db.db/e/b")], BTreeSet::from([5]));
+        assert!(!r.extents.contains_key(Path::new("db.db/d/b")));
+        // A torn last record is ignored; the ones before it count.
+        let torn = &log[..log.len() - 3];
+        let t = parse(torn);
+        assert!(!t.extents.contains_key(Path::new("db.db/c")));
+        assert_eq!(t.extents.len(), 2);
+        let mut clean = log.clone();
+        clean.extend(record(KIND_CLEAN, 3, &[]));
+        assert!(parse(&clean).clean);
+        assert_eq!(
+            r.as_dirty()[Path::new("db.db/a")].extents(),
+            vec![(0, 8 << 20)]
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The dirty map of a copy that is not in sync: what it missed since it left, kept by
+//! the in-sync copies and persisted on their volumes (`.reseedfs/tap/<db>/dirty-<vol>.json`).
+//!
+//! Data is tracked per file in 4 KiB blocks (a bitmap, held as runs on disk); a file
+//! created while the copy was out, or whose contents moved (collapse/insert range), is
+//! `whole`. Namespace operations that the copy's old tree must replay before it is
+//! reconciled (removes, renames, links) are kept in order; every other metadata change
+//! (mode, owner, times, xattrs, new directories) is found by comparing the trees.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PathText, decode_path};
+
+/// Granularity of the dirty bitmap.
+pub const BLOCK: u64 = 4096;
+
+/// What one file missed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileDirty {
+    /// Copy the whole file (created or reshaped while the copy was out).
+    pub whole: bool,
+    /// The smallest size the file was truncated to: everything from there on is copied.
+    pub truncated_to: Option<u64>,
+    bits: Vec<u64>,
+}
+
+impl FileDirty {
+    /// Marks `[offset, offset+len)`.
+    pub fn mark(&mut self, offset: u64, len: u64) {
+        if len == 0 || self.whole {
+            return;
+        }
+        let first = offset / BLOCK;
+        let last = (offset + len - 1) / BLOCK;
+        let words = (last / 64 + 1) as usize;
+        if self.bits.len() < words {
+            self.bits.resize(words, 0);
+        }
+        for b in first..=last {
+            self.bits[(b / 64) as usize] |= 1 << (b % 64);
+        }
+    }
+
+    /// Marks the file as truncated to `size`.
+    pub fn truncated(&mut self, size: u64) {
+        self.truncated_to = Some(self.truncated_to.map_or(size, |t| t.min(size)));
+    }
+
+    /// The marked block runs, as byte extents `(offset, len)`, in order.
+    pub fn extents(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (w, &word) in self.bits.iter().enumerate() {
+            if word == 0 {
+                continue;
+            }
+            for bit in 0..64 {
+                if word & (1 << bit) == 0 {
+                    continue;
+                }
+                let off = (w as u64 * 64 + bit) * BLOCK;
+                match out.last_mut() {
+                    Some((o, l)) if *o + *l == off => *l += BLOCK,
+                    _ => out.push((off, BLOCK)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes marked (4 KiB per block).
+    pub fn bytes(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * BLOCK
+    }
+
+    /// Adds what `other` marks.
+    pub fn merge(&mut self, other: &FileDirty) {
+        self.whole |= other.whole;
+        if let Some(t) = other.truncated_to {
+            self.truncated(t);
+        }
+        if self.bits.len() < other.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a |= b;
+        }
+    }
+}
+
+/// A namespace operation the lagging copy must replay, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// A file, symlink or empty directory was removed.
+    Remove(PathBuf),
+    /// `from` was renamed to `to` (swapped with it when `exchange`).
+    Rename {
+        /// Old name.
+        from: PathBuf,
+        /// New name.
+        to: PathBuf,
+        /// `RENAME_EXCHANGE`.
+        exchange: bool,
+    },
+    /// `to` was made a hard link of `from`.
+    Link {
+        /// Existing name.
+        from: PathBuf,
+        /// New name.
+        to: PathBuf,
+    },
+}
+
+/// Everything a copy missed since it left the in-sync set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyMap {
+    /// The volume the lagging copy is on.
+    pub volume: String,
+    /// The database generation the copy had when it left.
+    pub base: u64,
+    /// When it stopped taking writes: anything on it changed later was written behind
+    /// reseedfs's back.
+    pub since: SystemTime,
+    /// Data missed, per volume-relative path (paths follow renames).
+    pub files: BTreeMap<PathBuf, FileDirty>,
+    /// Namespace operations to replay, oldest first.
+    pub ops: Vec<MetaOp>,
+    /// Mutations missed (CopyQueueLength).
+    pub mutations: u64,
+    /// Changed since last persisted.
+    pub dirty: bool,
+}
+
+/// Moves `path` from under `from` to under `to`, if it is there.
+fn moved(path: &Path, from: &Path, to: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix(from).ok()?;
+    Some(if rest.as_os_str().is_empty() {
+        to.to_owned()
+    } else {
+        to.join(rest)
+    })
+}
+
+impl DirtyMap {
+    /// An empty map for the copy on `volume` that left at generation `base`.
+    pub fn new(volume: &str, base: u64, since: SystemTime) -> DirtyMap {
+        DirtyMap {
+            volume: volume.to_owned(),
+            base,
+            since,
+            files: BTreeMap::new(),
+            ops: Vec::new(),
+            mutations: 0,
+            dirty: true,
+        }
+    }
+
+    fn file(&mut self, path: &Path) -> &mut FileDirty {
+        self.files.entry(path.to_owned()).or_default()
+    }
+
+    /// A write of `[offset, offset+len)` to `path`.
+    pub fn write(&mut self, path: &Path, offset: u64, len: u64) {
+        self.mutations += 1;
+        self.dirty = true;
+        match self.files.get_mut(path) {
+            Some(f) => f.mark(offset, len),
+            None => self.file(path).mark(offset, len),
+        }
+    }
+
+    /// A metadata mutation (its namespace effect, if any, recorded separately).
+    pub fn touch(&mut self) {
+        self.mutations += 1;
+        self.dirty = true;
+    }
+
+    /// `path` was created (or replaced): copied whole. (Like the other namespace records,
+    /// not counted: the mutation that carries it was, by [`DirtyMap::touch`].)
+    pub fn created(&mut self, path: &Path) {
+        self.dirty = true;
+        let f = self.file(path);
+        *f = FileDirty {
+            whole: true,
+            ..FileDirty::default()
+        };
+    }
+
+    /// `path` was truncated to `size`.
+    pub fn truncated(&mut self, path: &Path, size: u64) {
+        self.dirty = true;
+        self.file(path).truncated(size);
+    }
+
+    /// The contents of `path` moved (collapse or insert range): copied whole.
+    pub fn reshaped(&mut self, path: &Path) {
+        self.dirty = true;
+        self.file(path).whole = true;
+    }
+
+    /// `path` was removed.
+    pub fn removed(&mut self, path: &Path) {
+        self.dirty = true;
+        self.files.remove(path);
+        self.ops.push(MetaOp::Remove(path.to_owned()));
+    }
+
+    /// `from` was renamed to `to`.
+    pub fn renamed(&mut self, from: &Path, to: &Path, exchange: bool) {
+        self.dirty = true;
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let keys: Vec<PathBuf> = self.files.keys().cloned().collect();
+        for k in keys {
+            if let Some(n) = moved(&k, from, to) {
+                if let Some(f) = self.files.remove(&k) {
+                    a.push((n, f));
+                }
+            } else if let Some(n) = moved(&k, to, from) {
+                if let Some(f) = self.files.remove(&k) {
+                    b.push((n, f));
+                }
+            }
+        }
+        self.files.extend(a);
+        if exchange {
+            self.files.extend(b);
+        }
+        self.ops.push(MetaOp::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            exchange,
+        });
+    }
+
+    /// `to` became a hard link of `from`.
+    pub fn linked(&mut self, from: &Path, to: &Path) {
+        self.dirty = true;
+        self.ops.push(MetaOp::Link {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        });
+    }
+
+    /// Bytes known to be missed (whole files not counted: their size is on the source).
+    pub fn bytes(&self) -> u64 {
+        self.files.values().map(FileDirty::bytes).sum()
+    }
+
+    /// Adds what `other` records (the activity log's extents after a crash, a divergent
+    /// copy's own changes).
+    pub fn merge_files(&mut self, other: &BTreeMap<PathBuf, FileDirty>) {
+        for (p, f) in other {
+            self.file(p).merge(f);
+        }
+        self.dirty = true;
+    }
+
+    /// The persisted form.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let files = self
+            .files
+            .iter()
+            .map(|(p, f)| FileRecord {
+                path: PathText::from(p.as_path()),
+                whole: f.whole,
+                truncated_to: f.truncated_to,
+                extents: f.extents(),
+            })
+            .collect();
+        let ops = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                MetaOp::Remove(p) => OpRecord::Remove {
+                    path: PathText::from(p.as_path()),
+                },
+                MetaOp::Rename { from, to, exchange } => OpRecord::Rename {
+                    from: PathText::from(from.as_path()),
+                    to: PathText::from(to.as_path()),
+                    exchange: *exchange,
+                },
+                MetaOp::Link { from, to } => OpRecord::Link {
+                    from: PathText::from(from.as_path()),
+                    to: PathText::from(to.as_path()),
+                },
+            })
+            .collect();
+        serde_json::to_vec(&MapRecord {
+            volume: self.volume.clone(),
+            base: self.base,
+            since: self.since,
+            mutations: self.mutations,
+            files,
+            ops,
+        })
+    }
+
+    /// Reads the persisted form.
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<DirtyMap> {
+        let r: MapRecord = serde_json::from_slice(bytes)?;
+        let mut m = DirtyMap::new(&r.volume, r.base, r.since);
+        m.mutations = r.mutations;
+        m.dirty = false;
+        for f in r.files {
+            let mut d = FileDirty {
+                whole: f.whole,
+                truncated_to: f.truncated_to,
+                bits: Vec::new(),
+            };
+            for (o, l) in f.extents {
+                d.mark(o, l);
+            }
+            m.files.insert(decode_path(&f.path), d);
+        }
+        for op in r.ops {
+            m.ops.push(match op {
+                OpRecord::Remove { path } => MetaOp::Remove(decode_path(&path)),
+                OpRecord::Rename { from, to, exchange } => MetaOp::Rename {
+                    from: decode_path(&from),
+                    to: decode_path(&to),
+                    exchange,
+                },
+                OpRecord::Link { from, to } => MetaOp::Link {
+                    from: decode_path(&from),
+                    to: decode_path(&to),
+                },
+            });
+        }
+        Ok(m)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct MapRecord {
+    volume: String,
+    base: u64,
+    #[serde(with = "humantime_serde")]
+    since: SystemTime,
+    mutations: u64,
+    files: Vec<FileRecord>,
+    ops: Vec<OpRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileRecord {
+    path: PathText,
+    #[serde(default)]
+    whole: bool,
+    #[serde(default)]
+    truncated_to: Option<u64>,
+    extents: Vec<(u64, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum OpRecord {
+    Remove {
+        path: PathText,
+    },
+    Rename {
+        from: PathText,
+        to: PathText,
+        exchange: bool,
+    },
+    Link {
+        from: PathText,
+        to: PathText,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_merge_into_extents_and_follow_renames() {
+        let mut m = DirtyMap::new("Volume2", 7, SystemTime::UNIX_EPOCH);
+        m.write(Path::new("db.db/a"), 0, 10);
+        m.write(Path::new("db.db/a"), 4096, 8192);
+        m.write(Path::new("db.db/a"), 1 << 20, 1);
+        m.write(Path::new("db.db/d/b"), 5000, 1);
+        assert_eq!(
+            m.files[Path::new("db.db/a")].extents(),
+            vec![(0, 12288), (1 << 20, 4096)]
+        );
+        m.renamed(Path::new("db.db/d"), Path::new("db.db/e"), false);
+        assert_eq!(
+            m.files[Path::new("db.db/e/b")].extents(),
+            vec![(4096, 4096)]
+        );
+        m.created(Path::new("db.db/new"));
+        m.truncated(Path::new("db.db/a"), 100);
+        m.removed(Path::new("db.db/gone"));
+        assert_eq!(m.mutations, 4);
+        assert_eq!(m.bytes(), 5 * 4096);
+        let back = DirtyMap::from_json(&m.to_json().expect("json")).expect("parse");
+        assert_eq!(back.files, m.files);
+        assert_eq!(back.ops, m.ops);
+        assert_eq!((back.base, back.mutations), (7, 4));
+    }
+}
