@@ -14,6 +14,8 @@
 //! The JSON of every answer is an API: fields are only ever added (with defaults), never
 //! renamed or removed, so scripts written against `status --json` and `explain --json`
 //! keep working.
+//! | `Verify`  | two copies in sync, none verifying | `Verify` (its status); progress with `VerifyStatus` |
+//! | `VerifyStatus` | a verification ran since the mount | `Verify`: progress, then the report |
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -93,6 +95,20 @@ pub enum Request {
         /// Instead: what would happen if this volume failed now.
         what_if_fail: Option<String>,
     },
+    /// Start an online verification of `db`'s in-sync copies against its active copy.
+    Verify {
+        /// The database.
+        db: String,
+        /// Rewrite what differs from the active copy.
+        repair: bool,
+        /// Read at most this many bytes per second (per copy); `None`: unlimited.
+        max_bytes_per_s: Option<u64>,
+    },
+    /// Progress (then the report) of the running or last verification of `db`.
+    VerifyStatus {
+        /// The database.
+        db: String,
+    },
 }
 
 /// The daemon's answer.
@@ -121,6 +137,8 @@ pub enum Response {
     Explain(Box<crate::explain::Explanation>),
     /// Answer to `Explain` with `what_if_fail`.
     WhatIf(Box<crate::explain::WhatIf>),
+    /// Answer to `Verify` and `VerifyStatus`.
+    Verify(Box<crate::verify::VerifyStatus>),
 }
 
 /// One copy in `status`.

@@ -64,12 +64,16 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     };
     core.watch_failures();
     let runner = Runner::new(core.clone(), Arc::new(SystemClock));
+    let verifier = Arc::new(
+        crate::verify::Verifier::new(core.clone()).with_throttle(runner.throttle().clone()),
+    );
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
     let handler: control::Handler = {
         let pool = pool.clone();
         let runner = runner.clone();
         let events_path = config.events_path();
         let stop_tx = stop_tx.clone();
+        let verifier = verifier.clone();
         let events = events.clone();
         let status = {
             let (pool, runner) = (pool.clone(), runner.clone());
@@ -139,6 +143,26 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             ) {
                 Ok(changed) => Response::Changed(changed),
                 Err(e) => Response::Error(e),
+            },
+            Request::Verify {
+                db,
+                repair,
+                max_bytes_per_s,
+            } => {
+                let options = crate::verify::VerifyOptions {
+                    repair,
+                    max_bytes_per_s,
+                };
+                match verifier.start(&db, options) {
+                    Ok(s) => Response::Verify(Box::new(s)),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::VerifyStatus { db } => match verifier.status(&db) {
+                Some(s) => Response::Verify(Box::new(s)),
+                None => Response::Error(format!(
+                    "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
+                )),
             },
             Request::Events { since } => match events::read_events(&events_path) {
                 Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
@@ -269,6 +293,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
     autoreseed.stop();
+    verifier.stop();
     let result = mount.unmount();
     checkpoints.stop();
     if result.is_ok() {

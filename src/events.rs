@@ -35,8 +35,9 @@
 //! | 3032 | `copy.divergence` | a returning copy was changed behind reseedfs's back: its divergent extents and files are kept in quarantine, the first diverged log named |
 //! | 3033 | `tap.crash_repaired` | after an unclean stop the copies were compared where the activity log says they may differ, and repaired |
 //! | 3034 | `copy.suspended` | an operator suspended a copy; what it misses is recorded for an incremental resume |
+//! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
+//! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
-//!
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
 //! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019), at WARN when the system carried on around
@@ -116,6 +117,11 @@ pub enum EventId {
     CopySuspended,
     /// 3050: the rebuild throttle's budget was changed at run time.
     ThrottleChanged,
+    /// 3040: an online verification of a database's in-sync copies started.
+    OnlineVerifyStarted,
+    /// 3041: an online verification ended (what differed, what was repaired, or why it
+    /// stopped).
+    OnlineVerifyCompleted,
 }
 
 impl EventId {
@@ -153,6 +159,8 @@ impl EventId {
             EventId::CrashRepaired => 3033,
             EventId::CopySuspended => 3034,
             EventId::ThrottleChanged => 3050,
+            EventId::OnlineVerifyStarted => 3040,
+            EventId::OnlineVerifyCompleted => 3041,
         }
     }
 
@@ -211,6 +219,8 @@ impl EventId {
             EventId::CrashRepaired => "tap.crash_repaired",
             EventId::CopySuspended => "copy.suspended",
             EventId::ThrottleChanged => "throttle.changed",
+            EventId::OnlineVerifyStarted => "verify.online_started",
+            EventId::OnlineVerifyCompleted => "verify.online_completed",
         }
     }
 }

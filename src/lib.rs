@@ -15,6 +15,7 @@
 //!                 log, generations, tree reconciliation and crash repair
 //! reseed/         online block copy of a database onto a new copy (and incremental
 //!                 resync of a copy that missed writes), and its engines
+//! verify          online comparison of a database's in-sync copies, and repair
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! throttle        the host's rebuild scheduler: shared budget, fair shares, latency backoff
 //! explain         why each copy is not healthy and what happens next; what if a volume dies
@@ -49,6 +50,7 @@ pub mod status;
 pub mod tap;
 pub mod testbed;
 pub mod throttle;
+pub mod verify;
 pub mod volume;
 
 /// OS adapters (the `platform/` tree). Only this module may contain `unsafe`.

@@ -700,6 +700,13 @@ fn incremental_failed(
     let pool = core.pool();
     let label = format!("{}\\{volume}", db.name);
     let manual = pool.config.tap.on_divergence == OnDivergence::Manual;
+    let first_log = match (
+        db.in_sync_volumes().first(),
+        pool.pool_volume(volume).and_then(|v| v.volume()),
+    ) {
+        (Some(a), Some(b)) => reseed::resync::first_diverged_log(&db.name, a, &b),
+        _ => "unknown: no volume to compare".to_owned(),
+    };
     let next = if manual {
         format!(
             "it stays suspended until an operator decides: `reseedfs reseed {} --to {volume}` copies it in full and keeps its old files in quarantine",
@@ -719,6 +726,7 @@ fn incremental_failed(
         .database(&db.name)
         .volume(volume)
         .field("error_code", code.code())
+        .field("first_diverged_log", first_log.as_str())
         .field("on_divergence", if manual { "manual" } else { "reseed" }),
     );
     pool.mark_divergent(db, slot, code.code(), manual);

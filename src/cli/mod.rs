@@ -7,10 +7,12 @@ pub mod mount_helper;
 mod reseed;
 mod tap;
 mod throttle;
+mod verify;
 
 pub use explain::{ExplainArgs, render_explanation, render_what_if};
 pub use reseed::{BlockArgs, ReseedArgs};
 pub use throttle::{ThrottleArgs, render_throttle};
+pub use verify::VerifyArgs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +73,9 @@ pub enum Command {
     /// `/sbin/mount.fuse.reseedfs`.
     #[command(hide = true)]
     MountHelper(mount_helper::HelperArgs),
+    /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
+    /// differences, 2 error); --repair rewrites what differs from the active copy.
+    Verify(VerifyArgs),
 }
 
 /// `--config FILE`.
@@ -163,8 +168,10 @@ pub struct EventsArgs {
 pub enum Exit {
     /// Success.
     Ok = 0,
-    /// Any failure.
+    /// Any failure (`verify`: the copies differ).
     Failure = 1,
+    /// `verify` could not finish (an I/O error, fewer than two copies in sync).
+    Incomplete = 2,
     /// The config or the pool is unusable.
     Config = 3,
     /// The daemon cannot be reached.
@@ -220,6 +227,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Explain(a) => explain::explain(&a),
         Command::Throttle(a) => throttle::throttle(&a),
         Command::MountHelper(a) => return mount_helper::run(&a),
+        Command::Verify(a) => verify::verify(&a),
     };
     match r {
         Ok(e) => e.into(),

@@ -661,7 +661,7 @@ fn dest_failed(db: &Database, slot: usize, op: &str, e: io::Error) -> SeedError 
     SeedError::Dest(msg)
 }
 
-fn copy_xattrs(src: &Volume, dst: &Volume, rel: &Path) -> Result<(), SeedError> {
+pub(crate) fn copy_xattrs(src: &Volume, dst: &Volume, rel: &Path) -> Result<(), SeedError> {
     let src_err = |e: io::Error| SeedError::Source(format!("{}: {e}", rel.display()));
     let n = match src.list_xattr(rel, &mut []) {
         Ok(n) => n,

@@ -286,6 +286,23 @@ fn quarantine_divergence(
     Ok((dir, extra, kept))
 }
 
+/// The first log where `b`'s log stream leaves `a`'s, for events: `E0000000003.log
+/// (checksum)`, `none`, or why it could not be told. A log `b` merely lacks at the end
+/// (it missed it) is not a divergence.
+pub fn first_diverged_log(db: &str, a: &Volume, b: &Volume) -> String {
+    use crate::tap::logstream::{self, Divergence};
+    match logstream::first_diverged_log(db, a, b) {
+        Ok(c) => match c.first_diverged {
+            Some(d) if d.reason == Divergence::MissingOnB => {
+                format!("none ({} logs agree)", c.compared)
+            }
+            Some(d) => format!("{} ({:?})", d.name, d.reason),
+            None => format!("none ({} logs agree)", c.compared),
+        },
+        Err(e) => format!("unknown: {e}"),
+    }
+}
+
 /// One file to bring up to date: its node (the path follows renames) and its ranges.
 struct Job {
     path: PathBuf,
@@ -389,13 +406,11 @@ fn run(
     let mut extra = BTreeMap::new();
     let mut quarantine = None;
     if !changed.is_empty() || common.is_some() {
+        // Before the copy's own files move to quarantine: where its log stream leaves
+        // the in-sync copies' (Exchange's first diverged log).
+        let first_log = first_diverged_log(&db.name, &source.volume, &target);
         let (dir, blocks, kept) =
             quarantine_divergence(db, &source.volume, &target, &changed, common)?;
-        let first_log = kept
-            .iter()
-            .filter(|k| k.path.starts_with(&layout::log_folder(&db.name)))
-            .map(|k| k.path.clone())
-            .min();
         pool.events().emit(
             NewEvent::new(
                 EventId::DivergenceFound,
@@ -410,7 +425,7 @@ fn run(
             .volume(&name)
             .field("quarantine", dir.to_string_lossy().as_ref())
             .field("entries", kept.len() as u64)
-            .field("first_diverged_log", first_log.unwrap_or_default()),
+            .field("first_diverged_log", first_log.as_str()),
         );
         extra = blocks;
         quarantine = Some(dir);

@@ -10,10 +10,11 @@
 //!   a new one and the leaving copy's dirty map remembers the old one (its base). A copy
 //!   that comes back with its base generation missed exactly what its map holds; one
 //!   that comes back with anything else diverged or is unknown (event 2058).
-//! - `logstream`: the `<db>.log/` folder compared as a log stream.
+//! - [`logstream`]: the `<db>.log/` folder compared as a log stream (the first diverged log).
 
 pub mod activity;
 pub mod dirty;
+pub mod logstream;
 pub mod reconcile;
 pub mod repair;
 
