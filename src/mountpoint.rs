@@ -26,7 +26,8 @@ pub enum MountState {
     NotMounted,
     /// A reseedfs mount whose daemon answers.
     Live,
-    /// A reseedfs mount whose daemon is gone: every access fails with ENOTCONN.
+    /// A reseedfs mount whose daemon is gone: every access fails with ENOTCONN (or
+    /// ECONNABORTED, as newer kernels say once the connection was torn down).
     Dead,
 }
 
@@ -36,7 +37,9 @@ pub fn state(root: &Path) -> MountState {
         return MountState::NotMounted;
     }
     match std::fs::metadata(root) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => MountState::Dead,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            MountState::Dead
+        }
         _ => MountState::Live,
     }
 }
