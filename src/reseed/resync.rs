@@ -554,17 +554,18 @@ fn lay_out(
     target: &Volume,
     extra: &BTreeMap<PathBuf, FileDirty>,
 ) -> Result<(Vec<Job>, usize), SeedError> {
-    // What was recorded up to here; later writes reach the copy itself once its handles
-    // are refreshed below (a write records before it picks its copies).
-    let map = db
-        .tap()
-        .snapshot(slot)
-        .ok_or_else(|| SeedError::Refused("the dirty map went away".into()))?;
-    let replayed = reconcile::replay(target, &map.ops).map_err(|e| side(db, slot, source, e))?;
+    let gone = || SeedError::Refused("the dirty map went away".into());
+    // Namespace operations cannot happen meanwhile (the namespace is held).
+    let ops = db.tap().snapshot(slot).ok_or_else(gone)?.ops;
+    let replayed = reconcile::replay(target, &ops).map_err(|e| side(db, slot, source, e))?;
     let tree =
         reconcile::tree(&source.volume, target, &db.name).map_err(|e| side(db, slot, source, e))?;
     core.refresh_handles(db, slot)
         .map_err(|e| dest_failed(db, slot, "resync open handles", e))?;
+    // Data writes do not wait for the namespace: the map is read only now that every
+    // handle has its file on the copy. A write records itself before it picks its
+    // copies, so each write either is in this map or reaches the copy itself.
+    let map = db.tap().snapshot(slot).ok_or_else(gone)?;
     let mut files = map.files.clone();
     for (p, f) in extra {
         files.entry(p.clone()).or_default().merge(f);
