@@ -443,18 +443,6 @@ impl Runner {
         allow_in_sync: bool,
         automatic: bool,
     ) -> Result<(), String> {
-        let key = (db.name.clone(), slot);
-        let progress = Arc::new(Progress::new(&db.name, &target));
-        progress.pacer.set_throttle(self.throttle.clone());
-        let mut shared = self.shared.lock();
-        if shared
-            .seeds
-            .values()
-            .any(|p| p.db() == db.name && p.is_running())
-        {
-            return Err(format!("a reseed of {} is already running", db.name));
-        }
-        shared.seeds.insert(key.clone(), progress.clone());
         let keep_replaced = self
             .core
             .pool()
@@ -468,33 +456,57 @@ impl Runner {
             allow_in_sync,
             keep_replaced,
         };
-        let core = self.core.clone();
-        let done = self.done_tx.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("reseed-{}", key.0))
-            .spawn(move || {
-                let result = reseed::reseed(&core, &req, &progress)
+        let (db, target) = (req.db.clone(), req.target.clone());
+        self.spawn_work(
+            "reseed",
+            &db,
+            slot,
+            &target,
+            automatic,
+            move |core, progress| {
+                reseed::reseed(core, &req, progress)
                     .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let _ = done.send(Outcome {
-                    key,
-                    result,
-                    automatic,
-                });
-            })
-            .map_err(|e| format!("cannot start a reseed thread: {e}"))?;
-        shared.threads.retain(|t| !t.is_finished());
-        shared.threads.push(thread);
-        Ok(())
+                    .map_err(|e| e.to_string())
+            },
+        )
     }
 
     /// Resyncs copy `slot` of `db` from its dirty map on a new thread. When that is
     /// impossible (event 2058), `[tap] on_divergence` decides: a full reseed in place
     /// that keeps the copy's old files in quarantine, or the operator.
     fn spawn_resync(&self, db: Arc<Database>, slot: usize, automatic: bool) -> Result<(), String> {
-        let key = (db.name.clone(), slot);
         let volume = db.copies()[slot].volume_name();
-        let progress = Arc::new(Progress::new(&db.name, &volume));
+        let d = db.clone();
+        self.spawn_work(
+            "resync",
+            &db,
+            slot,
+            &volume.clone(),
+            automatic,
+            move |core, progress| match reseed::resync::resync(core, &d, slot, progress) {
+                Ok(_) => Ok(()),
+                Err(ResyncError::Incremental(code, why)) => {
+                    incremental_failed(core, &d, slot, &volume, code, &why, progress)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        )
+    }
+
+    /// Runs `work` (a reseed or a resync of copy `slot` of `db` onto `target`) on its own
+    /// thread, one per database at a time, its progress shown by `status`; its outcome
+    /// goes back to the workflow.
+    fn spawn_work(
+        &self,
+        what: &str,
+        db: &Database,
+        slot: usize,
+        target: &str,
+        automatic: bool,
+        work: impl FnOnce(&Arc<Core>, &Progress) -> Result<(), String> + Send + 'static,
+    ) -> Result<(), String> {
+        let key = (db.name.clone(), slot);
+        let progress = Arc::new(Progress::new(&db.name, target));
         progress.pacer.set_throttle(self.throttle.clone());
         let mut shared = self.shared.lock();
         if shared
@@ -508,22 +520,16 @@ impl Runner {
         let core = self.core.clone();
         let done = self.done_tx.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("resync-{}", key.0))
+            .name(format!("{what}-{}", key.0))
             .spawn(move || {
-                let result = match reseed::resync::resync(&core, &db, slot, &progress) {
-                    Ok(_) => Ok(()),
-                    Err(ResyncError::Incremental(code, why)) => {
-                        incremental_failed(&core, &db, slot, &volume, code, &why, &progress)
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
+                let result = work(&core, &progress);
                 let _ = done.send(Outcome {
                     key,
                     result,
                     automatic,
                 });
             })
-            .map_err(|e| format!("cannot start a resync thread: {e}"))?;
+            .map_err(|e| format!("cannot start a {what} thread: {e}"))?;
         shared.threads.retain(|t| !t.is_finished());
         shared.threads.push(thread);
         Ok(())
