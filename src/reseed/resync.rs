@@ -431,7 +431,9 @@ fn run(
         quarantine = Some(dir);
     }
 
-    // Step 3: lay out.
+    // Step 3: lay out. The copy's own changes are settled: from here on it is written by
+    // this resync, which a later scan (after a crash) must not take for divergence.
+    db.tap().restart_since(slot, SystemTime::now());
     let (jobs, tree_fixed) = {
         let _namespace = db.namespace_exclusive();
         pool.begin_resync(db, slot, target.clone())

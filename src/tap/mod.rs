@@ -365,6 +365,16 @@ impl Tap {
         map
     }
 
+    /// From now on, anything on copy `slot` changed later than `at` was not written by
+    /// the tap's owner: called when a resync starts writing to the copy, so that a resync
+    /// interrupted by a crash is not mistaken for writes behind reseedfs's back.
+    pub fn restart_since(&self, slot: usize, at: SystemTime) {
+        if let Some(m) = self.lagging[slot].lock().as_mut() {
+            m.since = at;
+            m.dirty = true;
+        }
+    }
+
     /// A copy of the map of copy `slot`.
     pub fn snapshot(&self, slot: usize) -> Option<DirtyMap> {
         self.lagging[slot].lock().clone()
