@@ -371,7 +371,7 @@ fn a_disk_that_comes_back_is_resynced_in_place_while_the_database_writes() {
         .expect("fsync cold.dat");
     // Two checkpoints later the activity log no longer lists it: a dying disk cannot
     // have lost any of it.
-    thread::sleep(Duration::from_millis(1500));
+    common::wait_out_of_activity_log(&m.bed, DB, &format!("{DB}.db/cold.dat"));
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&m.db_files(DB), 2, &stop);
     thread::sleep(Duration::from_secs(1));

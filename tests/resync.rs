@@ -219,7 +219,7 @@ fn suspended_copy_resumes_incrementally_and_divergent_writes_go_to_quarantine() 
     const COLD: u64 = 64 << 20;
     seed_files(&m, 2, COLD);
     // Two checkpoints: nothing written so far can still differ between the copies.
-    thread::sleep(Duration::from_millis(1500));
+    common::wait_out_of_activity_log(&m.bed, DB, &format!("{DB}.db/cold.dat"));
 
     ok(&m.cli(&["suspend", DB, "--volume", "Volume2"]), "suspend");
     let s = m.status_json();
@@ -400,7 +400,7 @@ fn kill_9_under_writes_is_repaired_from_the_activity_log_at_the_next_mount() {
     let mut m = Mounted::mount_only(bed);
     const COLD: u64 = 64 << 20;
     seed_files(&m, 4, COLD);
-    thread::sleep(Duration::from_millis(1500));
+    common::wait_out_of_activity_log(&m.bed, DB, &format!("{DB}.db/cold.dat"));
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&m.db_files(DB), 4, &stop, true);
     thread::sleep(Duration::from_secs(2));

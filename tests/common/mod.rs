@@ -454,3 +454,26 @@ pub fn free_local_addr() -> std::net::SocketAddr {
         .and_then(|l| l.local_addr())
         .expect("find a free port on 127.0.0.1")
 }
+
+/// Waits (up to 30 s) until the activity log of `db` on every volume of `bed` that has one
+/// no longer lists `file` (a volume-relative path such as `db001.db/cold.dat`): two
+/// checkpoints have passed since it was last written, so a dying disk cannot have lost
+/// any of it. Panics when it stays listed.
+pub fn wait_out_of_activity_log(bed: &Testbed, db: &str, file: &str) {
+    let listed = || {
+        let vols = reseedfs::pool::list_volumes(&bed.volumes_root).unwrap_or_default();
+        vols.iter().any(|(_, name, path)| {
+            let Ok(v) = reseedfs::volume::Volume::open(name, path) else {
+                return false;
+            };
+            matches!(
+                reseedfs::tap::activity::read(&v, db),
+                Ok(Some(r)) if r.extents.contains_key(Path::new(file))
+            )
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || (!listed()).then_some(())).is_some(),
+        "{file} stays in the activity log of {db}"
+    );
+}
