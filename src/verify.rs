@@ -635,29 +635,13 @@ fn names(v: &Volume, dir: &Path) -> io::Result<BTreeSet<OsString>> {
     }
 }
 
-/// Every xattr of `rel` (none where the filesystem has none).
+/// Every xattr of `rel` (none where the filesystem has none), by raw name.
 fn xattrs(v: &Volume, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
-    let mut out = BTreeMap::new();
-    let n = match v.list_xattr(rel, &mut []) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    if n == 0 {
-        return Ok(out);
-    }
-    let mut list = vec![0u8; n];
-    let n = v.list_xattr(rel, &mut list)?;
-    for key in list[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        let k = std::ffi::OsStr::from_bytes(key);
-        let len = v.get_xattr(rel, k, &mut [])?;
-        let mut value = vec![0u8; len];
-        let len = v.get_xattr(rel, k, &mut value)?;
-        value.truncate(len);
-        out.insert(key.to_vec(), value);
-    }
-    Ok(out)
+    Ok(v.xattrs(rel)?
+        .into_iter()
+        .map(|(k, val)| (k.as_bytes().to_vec(), val))
+        .collect())
 }
 
 fn kind_name(mode: u32) -> &'static str {

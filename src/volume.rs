@@ -530,6 +530,33 @@ impl Volume {
         Ok(())
     }
 
+    /// Every xattr of `rel`, sorted by name (none where the filesystem has none).
+    pub fn xattrs(&self, rel: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+        use std::os::unix::ffi::OsStrExt;
+        let n = match self.list_xattr(rel, &mut []) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = vec![0u8; n];
+        let n = if n == 0 {
+            0
+        } else {
+            self.list_xattr(rel, &mut names)?
+        };
+        let mut out = Vec::new();
+        for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
+            let key = OsStr::from_bytes(key);
+            let len = self.get_xattr(rel, key, &mut [])?;
+            let mut value = vec![0u8; len];
+            let len = self.get_xattr(rel, key, &mut value)?;
+            value.truncate(len);
+            out.push((key.to_owned(), value));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Flushes everything written to the volume's filesystem (`syncfs`).
     pub fn syncfs(&self) -> io::Result<()> {
         // An O_PATH descriptor (the root's) does not do: open the root for reading.
@@ -560,6 +587,21 @@ impl FromBytes for OsStr {
     fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> OsString {
         use std::os::unix::ffi::OsStrExt;
         OsStr::from_bytes(b).to_owned()
+    }
+}
+
+/// Punches a hole in `[offset, offset+len)` of `f`, keeping its size. On a filesystem that
+/// cannot punch holes (EOPNOTSUPP) nothing is done and this is not an error, as for every
+/// copy path of reseedfs so far.
+pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(
+        f,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    ) {
+        Err(e) if e != rustix::io::Errno::OPNOTSUPP => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -41,7 +41,7 @@ use crate::fs::{Core, Node};
 use crate::layout;
 use crate::pool::CopyState;
 use crate::throttle::StreamKind::{Reseed, Verify};
-use crate::volume::{Volume, child_path, is_media_error};
+use crate::volume::{Volume, child_path, is_media_error, punch_hole};
 
 use engine::{CopyEngine, CopyError, Extent, data_extents, select, split_aligned};
 
@@ -662,24 +662,11 @@ fn dest_failed(db: &Database, slot: usize, op: &str, e: io::Error) -> SeedError 
 }
 
 pub(crate) fn copy_xattrs(src: &Volume, dst: &Volume, rel: &Path) -> Result<(), SeedError> {
-    let src_err = |e: io::Error| SeedError::Source(format!("{}: {e}", rel.display()));
-    let n = match src.list_xattr(rel, &mut []) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
-        Err(e) => return Err(src_err(e)),
-    };
-    if n == 0 {
-        return Ok(());
-    }
-    let mut names = vec![0u8; n];
-    let n = src.list_xattr(rel, &mut names).map_err(src_err)?;
-    for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        use std::os::unix::ffi::OsStrExt;
-        let key = std::ffi::OsStr::from_bytes(key);
-        let len = src.get_xattr(rel, key, &mut []).map_err(src_err)?;
-        let mut value = vec![0u8; len];
-        let len = src.get_xattr(rel, key, &mut value).map_err(src_err)?;
-        dst.set_xattr(rel, key, &value[..len], 0)
+    let all = src
+        .xattrs(rel)
+        .map_err(|e| SeedError::Source(format!("{}: {e}", rel.display())))?;
+    for (key, value) in all {
+        dst.set_xattr(rel, &key, &value, 0)
             .map_err(|e| SeedError::Dest(format!("{}: setting xattr: {e}", rel.display())))?;
     }
     Ok(())
@@ -1038,17 +1025,7 @@ fn copy_range(
         if e.offset > pos {
             // A hole in the source: make sure the destination has one too (it may hold
             // data there after a collapse or insert range moved the file's contents).
-            let r = rustix::fs::fallocate(
-                &pair.dst,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                pos,
-                e.offset - pos,
-            );
-            if let Err(err) = r {
-                if err != rustix::io::Errno::OPNOTSUPP {
-                    return Err(CopyError::Dest(err.into()));
-                }
-            }
+            punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
         }
         if e.len > 0 {
             let _ = rustix::fs::fallocate(&pair.dst, FallocateFlags::KEEP_SIZE, e.offset, e.len);

@@ -556,7 +556,13 @@ fn lay_out(
     target: &Volume,
     extra: &BTreeMap<PathBuf, FileDirty>,
 ) -> Result<(Vec<Job>, usize), SeedError> {
-    let gone = || SeedError::Refused("the dirty map went away".into());
+    let gone = || {
+        SeedError::Refused(format!(
+            "the dirty map of {}\\{} was dropped during the resync (a full reseed of the copy started?); resume it again, or reseed it",
+            db.name,
+            db.copies()[slot].volume_name()
+        ))
+    };
     // Namespace operations cannot happen meanwhile (the namespace is held).
     let ops = db.tap().snapshot(slot).ok_or_else(gone)?.ops;
     let replayed = reconcile::replay(target, &ops).map_err(|e| side(db, slot, source, e))?;

@@ -13,12 +13,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FallocateFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat};
 
 use super::dirty::MetaOp;
 use crate::layout;
 use crate::reseed::engine::data_extents;
-use crate::volume::{Volume, child_path};
+use crate::volume::{Volume, child_path, punch_hole};
 
 /// Which side an error came from.
 #[derive(Debug, thiserror::Error)]
@@ -79,27 +79,6 @@ pub fn replay(dst: &Volume, ops: &[MetaOp]) -> Result<usize, SideError> {
 
 fn kind(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
-}
-
-fn xattrs(v: &Volume, rel: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-    let n = match v.list_xattr(rel, &mut []) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut names = vec![0u8; n];
-    let n = v.list_xattr(rel, &mut names)?;
-    let mut out = Vec::new();
-    for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        let key = std::ffi::OsStr::from_bytes(key);
-        let len = v.get_xattr(rel, key, &mut [])?;
-        let mut value = vec![0u8; len];
-        let len = v.get_xattr(rel, key, &mut value)?;
-        value.truncate(len);
-        out.push((key.to_owned(), value));
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Makes `dst`'s tree of database `db` match `src`'s (metadata only).
@@ -188,10 +167,7 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
                 dst.chmod(&path, mode).map_err(d)?;
                 report.fixed += 1;
             }
-            let (xa, xb) = (
-                xattrs(src, &path).map_err(s)?,
-                xattrs(dst, &path).map_err(d)?,
-            );
+            let (xa, xb) = (src.xattrs(&path).map_err(s)?, dst.xattrs(&path).map_err(d)?);
             if xa != xb {
                 for (k, _) in xb.iter().filter(|(k, _)| !xa.iter().any(|(ka, _)| ka == k)) {
                     dst.remove_xattr(&path, k).map_err(d)?;
@@ -258,17 +234,7 @@ pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64,
         .chain(std::iter::once((end, 0)));
     for (off, elen) in stops {
         if off > pos {
-            let r = rustix::fs::fallocate(
-                dst,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                pos,
-                off - pos,
-            );
-            if let Err(e) = r {
-                if e != rustix::io::Errno::OPNOTSUPP {
-                    return Err(SideError::Dest(e.into()));
-                }
-            }
+            punch_hole(dst, pos, off - pos).map_err(SideError::Dest)?;
         }
         let mut done = 0;
         while done < elen {
