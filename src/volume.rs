@@ -590,6 +590,19 @@ impl FromBytes for OsStr {
     }
 }
 
+/// Starts writing back the dirty pages of `[offset, offset+len)` of `f` without waiting for
+/// the disk, so that a sequential writer's data reaches the disk while it writes more
+/// instead of all at its `fsync`. A no-op on systems without such a call.
+pub fn start_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return crate::sys::writeback::start(f, offset, len);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (f, offset, len);
+        Ok(())
+    }
+}
+
 /// Punches a hole in `[offset, offset+len)` of `f`, keeping its size. On a filesystem that
 /// cannot punch holes (EOPNOTSUPP) nothing is done and this is not an error, as for every
 /// copy path of reseedfs so far.

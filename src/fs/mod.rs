@@ -679,21 +679,27 @@ impl Core {
     /// in the same order on every copy.
     pub fn write(&self, h: HandleId, offset: u64, data: &[u8]) -> Result<usize> {
         self.with_file(h, |node, db, files| {
-            let _resize = node.io.resize.read();
             let len = data.len() as u64;
-            let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, len));
-            let tap = db.tap();
-            let m = tap.begin();
-            tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
-            // Decided under the range's stripe locks: see copyset::SeedFile.
-            let to_seeding = db.seeding_index().is_some()
-                && node
-                    .io
-                    .seed
-                    .lock()
-                    .as_ref()
-                    .is_none_or(|s| s.route_write(offset, len));
-            Ok(db.write_at(&self.fanout, files, offset, data, to_seeding)?)
+            let written = {
+                let _resize = node.io.resize.read();
+                let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, len));
+                let tap = db.tap();
+                let m = tap.begin();
+                tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
+                // Decided under the range's stripe locks: see copyset::SeedFile.
+                let to_seeding = db.seeding_index().is_some()
+                    && node
+                        .io
+                        .seed
+                        .lock()
+                        .as_ref()
+                        .is_none_or(|s| s.route_write(offset, len));
+                db.write_at(&self.fanout, files, offset, data, to_seeding)?
+            };
+            if let Some((from, len)) = node.io.run.note(offset, written as u64) {
+                db.start_writeback(files, from, len);
+            }
+            Ok(written)
         })
     }
 

@@ -45,6 +45,37 @@ pub struct NodeIo {
     pub seed: Mutex<Option<Arc<crate::copyset::SeedFile>>>,
     /// The activity log extents recorded for this file in the current epoch.
     pub marks: crate::tap::NodeMarks,
+    /// A sequential writer's run not yet sent to the disks.
+    pub run: WriteRun,
+}
+
+/// How much a sequential run writes between two writeback kicks.
+const KICK_BYTES: u64 = 4 << 20;
+
+/// A sequential writer's run since its last writeback kick.
+#[derive(Debug, Default)]
+pub struct WriteRun {
+    /// (where the next sequential write starts, where the unkicked part begins)
+    inner: Mutex<(u64, u64)>,
+}
+
+impl WriteRun {
+    /// Notes a write of `[offset, offset+len)`. When it extends a sequential run to
+    /// [`KICK_BYTES`] past the last kick, returns the range to start writing back.
+    /// Random writes never kick: the page cache sorts them and `fsync` writes them.
+    pub fn note(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let mut r = self.inner.lock();
+        if offset != r.0 {
+            r.1 = offset;
+        }
+        r.0 = offset + len;
+        let pending = r.0 - r.1;
+        (pending >= KICK_BYTES).then(|| {
+            let next = r.0;
+            let from = std::mem::replace(&mut r.1, next);
+            (from, pending)
+        })
+    }
 }
 
 /// The stripe locks held by one write.
