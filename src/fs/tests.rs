@@ -421,3 +421,55 @@ fn kernel_internal_open_flags_do_not_reach_the_backing_open() {
         .expect("direct append open");
     assert_eq!(core.write(h, 0, b"abc").expect("unaligned write"), 3);
 }
+
+#[test]
+fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
+    let mut bed = Bed::new("carry", 2, 2);
+    bed.config.tap.checkpoint_interval = std::time::Duration::from_secs(3600);
+    let (core, _) = bed.open();
+    let db = core.pool().databases()[0].clone();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    const MIB4: u64 = 4 << 20;
+    let logged = || {
+        let r = crate::tap::activity::read(&volume(&core, 1), "db001")
+            .expect("read log")
+            .expect("a log");
+        r.extents
+            .get(std::path::Path::new("db001.db/f"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let log_len = || {
+        std::fs::metadata(bed.backing(1, ".reseedfs/tap/db001/activity.log"))
+            .expect("log")
+            .len()
+    };
+    // Random (not sequential) writes to extents 0 and 5.
+    core.write(h, 5 * MIB4, b"x").expect("write");
+    core.write(h, 0, b"x").expect("write");
+    assert_eq!(logged(), [0, 5].into());
+    // The checkpoint carries both over: they were written in the epoch it ends.
+    db.checkpoint(false);
+    assert_eq!(logged(), [0, 5].into());
+    // A write to a carried extent needs no log record.
+    let before = log_len();
+    core.write(h, 100, b"y").expect("write");
+    assert_eq!(log_len(), before, "a carried extent was logged again");
+    // Extent 5 was not written in the last epoch: it leaves; extent 0 stays.
+    db.checkpoint(false);
+    assert_eq!(logged(), [0].into());
+    // Nothing written for a whole epoch: the log is empty of the file.
+    db.checkpoint(false);
+    assert!(logged().is_empty());
+    // A clean stop carries nothing.
+    core.write(h, 0, b"z").expect("write");
+    db.checkpoint(true);
+    let r = crate::tap::activity::read(&volume(&core, 1), "db001")
+        .expect("read log")
+        .expect("a log");
+    assert!(r.clean && r.extents.is_empty());
+    core.release(h);
+}

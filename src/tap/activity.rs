@@ -3,16 +3,24 @@
 //! activity log, kept on every in-sync copy's volume as
 //! `.reseedfs/tap/<db>/activity.log`).
 //!
-//! An extent stays in the log for the epoch it was written in and the next one. Every
-//! few seconds a checkpoint starts a new epoch, waits for the writes of the old one to
-//! finish, `syncfs`es every in-sync copy and persists the dirty maps; the log is then
-//! rewritten with the new epoch's extents only. So after a crash (or a kill -9 of the
-//! daemon) only the extents in the log can differ between the copies, and a copy whose
-//! disk dies may have lost only writes to those extents.
+//! Every few seconds a checkpoint starts a new epoch, waits for the writes of the old one
+//! to finish, `syncfs`es every in-sync copy and persists the dirty maps; the log is then
+//! rewritten with the extents written in the old epoch (the hot set, carried over: a
+//! write to them in the new epoch needs no log write) and those recorded in the new one
+//! so far. An extent not written for a whole epoch leaves the log at the next rewrite.
+//! So after a crash (or a kill -9 of the daemon) only the extents in the log can differ
+//! between the copies, and a copy whose disk dies may have lost only writes to those
+//! extents.
 //!
 //! The cost: one group-committed `fdatasync` per copy when a write reaches an extent
-//! not recorded in this epoch; a write that continues a sequential run records the next
-//! 16 extents at once.
+//! that is neither recorded in this epoch nor carried over from the last one; a write
+//! that continues a sequential run records the next 16 extents at once.
+//!
+//! Why carried extents are safe without a log write: an extent written in epoch `e` is
+//! in the log file until the rewrite that ends checkpoint `e -> e+1` (recorded in `e`,
+//! or carried into `e` by the rewrite before), and that rewrite lists every extent
+//! written in `e` again. A write of epoch `e+1` that finds its extent among the node's
+//! marks of epoch `e` therefore finds it in the log file, before and after the rewrite.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -45,11 +53,46 @@ pub fn log_path(db: &str) -> PathBuf {
     super::tap_dir(db).join("activity.log")
 }
 
-/// Which extents of one file are recorded in the current epoch (kept with the file's
+/// Which extents of one file are in the log for the current epoch (kept with the file's
 /// node, so that the common case costs one uncontended lock).
 #[derive(Debug, Default)]
 pub struct NodeMarks {
-    inner: Mutex<(u64, Vec<u64>)>,
+    inner: Mutex<Marks>,
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    /// The epoch `current` belongs to.
+    epoch: u64,
+    /// Extents written in `epoch` (sorted).
+    current: Vec<u64>,
+    /// Extents written in `epoch - 1` (sorted): carried over, in the log already.
+    carried: Vec<u64>,
+}
+
+impl Marks {
+    /// Moves the marks to `epoch` when it is newer. A write of an older epoch (one that
+    /// began before a checkpoint turned the epoch) leaves them as they are: both sets are
+    /// in the log file until that checkpoint has drained it.
+    fn advance(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            let written = std::mem::take(&mut self.current);
+            self.carried = if epoch == self.epoch + 1 {
+                written
+            } else {
+                Vec::new()
+            };
+            self.epoch = epoch;
+        }
+    }
+
+    fn add(&mut self, extents: impl IntoIterator<Item = u64>) {
+        for e in extents {
+            if let Err(i) = self.current.binary_search(&e) {
+                self.current.insert(i, e);
+            }
+        }
+    }
 }
 
 /// Holds a write in its epoch until it is done; a checkpoint waits for these.
@@ -70,8 +113,12 @@ type Extents = BTreeMap<PathBuf, BTreeSet<u64>>;
 
 #[derive(Debug, Default)]
 struct State {
+    /// Extents written in the current epoch.
     current: Extents,
+    /// During a checkpoint: extents written in the epoch it ended.
     previous: Extents,
+    /// Extents carried into the log file by its last rewrite.
+    carried: Extents,
     pending: Vec<u8>,
     next_lsn: u64,
 }
@@ -296,37 +343,48 @@ impl ActivityLog {
     ) {
         let first = offset >> EXTENT_SHIFT;
         let last = (offset + len.max(1) - 1) >> EXTENT_SHIFT;
-        let (from, to) = {
+        let (carried, fresh) = {
             let mut m = marks.inner.lock();
-            if m.0 != guard.epoch {
-                *m = (guard.epoch, Vec::new());
-            }
-            let missing: Vec<u64> = (first..=last)
-                .filter(|e| m.1.binary_search(e).is_err())
-                .collect();
-            let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) else {
-                return;
+            m.advance(guard.epoch);
+            let (carried, missing): (Vec<u64>, Vec<u64>) = (first..=last)
+                .filter(|e| m.current.binary_search(e).is_err())
+                .partition(|e| m.carried.binary_search(e).is_ok());
+            let fresh = match (missing.first(), missing.last()) {
+                (Some(&lo), Some(&hi)) => {
+                    let sequential = lo > 0 && m.current.binary_search(&(lo - 1)).is_ok();
+                    Some((lo, if sequential { hi + AHEAD } else { hi }))
+                }
+                _ => None,
             };
-            let sequential = lo > 0 && m.1.binary_search(&(lo - 1)).is_ok();
-            (lo, if sequential { hi + AHEAD } else { hi })
+            (carried, fresh)
         };
+        if carried.is_empty() && fresh.is_none() {
+            return;
+        }
         let Some(path) = path() else { return };
         let lsn = {
             let mut s = self.state.lock();
-            s.current.entry(path.clone()).or_default().extend(from..=to);
-            let rec = extents_record(guard.epoch, &path, from, to - from + 1);
-            s.pending.extend_from_slice(&rec);
-            s.next_lsn += 1;
-            s.next_lsn
-        };
-        self.flush(db, lsn);
-        let mut m = marks.inner.lock();
-        if m.0 == guard.epoch {
-            for e in from..=to {
-                if let Err(i) = m.1.binary_search(&e) {
-                    m.1.insert(i, e);
-                }
+            let set = s.current.entry(path.clone()).or_default();
+            // Written again in this epoch: carried over at the next rewrite too.
+            set.extend(&carried);
+            if let Some((from, to)) = fresh {
+                set.extend(from..=to);
             }
+            fresh.map(|(from, to)| {
+                let rec = extents_record(guard.epoch, &path, from, to - from + 1);
+                s.pending.extend_from_slice(&rec);
+                s.next_lsn += 1;
+                s.next_lsn
+            })
+        };
+        if let Some(lsn) = lsn {
+            self.flush(db, lsn);
+        }
+        let mut m = marks.inner.lock();
+        m.advance(guard.epoch);
+        m.add(carried);
+        if let Some((from, to)) = fresh {
+            m.add(from..=to);
         }
     }
 
@@ -339,14 +397,15 @@ impl ActivityLog {
                     .next()
                     .is_some_and(|(k, _)| k.starts_with(p))
             };
-            let touched = under(&s.current, from)
-                || under(&s.previous, from)
-                || (exchange && (under(&s.current, to) || under(&s.previous, to)));
-            if !touched {
+            let logged = |s: &State, p: &Path| {
+                under(&s.current, p) || under(&s.previous, p) || under(&s.carried, p)
+            };
+            if !logged(&s, from) && !(exchange && logged(&s, to)) {
                 return;
             }
             rename_keys(&mut s.current, from, to, exchange);
             rename_keys(&mut s.previous, from, to, exchange);
+            rename_keys(&mut s.carried, from, to, exchange);
             let rec = rename_record(self.epoch.load(Ordering::SeqCst), from, to, exchange);
             s.pending.extend_from_slice(&rec);
             s.next_lsn += 1;
@@ -355,11 +414,12 @@ impl ActivityLog {
         self.flush(db, lsn);
     }
 
-    /// Every extent that may differ now (both epochs), as byte ranges per file.
+    /// Every extent that may differ now (everything the log file lists), as byte ranges
+    /// per file.
     pub fn extents(&self) -> BTreeMap<PathBuf, FileDirty> {
         let s = self.state.lock();
-        let mut all = s.previous.clone();
-        for (p, e) in &s.current {
+        let mut all = s.carried.clone();
+        for (p, e) in s.previous.iter().chain(&s.current) {
             all.entry(p.clone()).or_default().extend(e);
         }
         to_dirty(&all)
@@ -433,8 +493,9 @@ impl ActivityLog {
     }
 
     /// A checkpoint: new epoch, old epoch's writes drained, every in-sync copy's volume
-    /// synced, `persist` run (the dirty maps), the log rewritten with the new epoch's
-    /// extents. `clean` appends the clean-stop mark (no write may run any more).
+    /// synced, `persist` run (the dirty maps), the log rewritten with the extents written
+    /// in the old epoch (carried over) and the new one. `clean` appends the clean-stop
+    /// mark (no write may run any more) and carries nothing: every write is durable.
     pub fn checkpoint(&self, db: &Database, persist: impl FnOnce(), clean: bool) {
         let _one = self.checkpointing.lock();
         let old = {
@@ -462,22 +523,44 @@ impl ActivityLog {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let (content, upto) = {
             let mut s = self.state.lock();
+            let carried = if clean {
+                Extents::new()
+            } else {
+                std::mem::take(&mut s.previous)
+            };
+            s.previous.clear();
             let mut content = record(KIND_HEADER, epoch, &[]);
-            for (p, set) in &s.current {
-                for &e in set {
-                    content.extend_from_slice(&extents_record(epoch, p, e, 1));
+            let mut listed = carried.clone();
+            for (p, e) in &s.current {
+                listed.entry(p.clone()).or_default().extend(e);
+            }
+            for (p, set) in &listed {
+                for (first, count) in runs(set) {
+                    content.extend_from_slice(&extents_record(epoch, p, first, count));
                 }
             }
             if clean {
                 content.extend_from_slice(&record(KIND_CLEAN, epoch, &[]));
             }
+            s.carried = carried;
             s.pending.clear();
-            s.previous.clear();
             (content, s.next_lsn)
         };
         self.open_files(db, &mut files, Some(&content));
         files.durable_lsn = upto;
     }
+}
+
+/// `set` as runs of consecutive extents: (first, count).
+fn runs(set: &BTreeSet<u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &e in set {
+        match out.last_mut() {
+            Some((first, count)) if *first + *count == e => *count += 1,
+            _ => out.push((e, 1)),
+        }
+    }
+    out
 }
 
 fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<File> {
