@@ -1,5 +1,5 @@
 //! One database's copies: routing of reads to the active copy with failover, fan-out of
-//! mutations to every in-sync copy (data writes and fsyncs in parallel), and the rule
+//! mutations to every in-sync copy (large data writes and fsyncs in parallel), and the rule
 //! that turns a copy's error into a failed volume instead of an error for the caller.
 //!
 //! Outcome rules, applied to every mutation:
@@ -33,6 +33,11 @@ use crate::tap::Tap;
 use crate::volume::{Volume, is_media_error};
 
 const NO_ACTIVE: usize = usize::MAX;
+
+/// Data writes from this size up go to the copies in parallel (fan-out threads); smaller
+/// ones are written to each copy in turn on the request thread. `fsync`s always go out in
+/// parallel: they wait for the disks.
+const PARALLEL_WRITE: usize = 128 << 10;
 
 const IN_SYNC: u8 = 0;
 const FAILED: u8 = 1;
@@ -561,8 +566,8 @@ impl Database {
         }
     }
 
-    /// Writes `data` at `offset` to every in-sync copy, in parallel through `fanout`;
-    /// to the copy being seeded too when `to_seeding` (see [`SeedFile`]).
+    /// Writes `data` at `offset` to every in-sync copy (in parallel through `fanout` when
+    /// it is large); to the copy being seeded too when `to_seeding` (see [`SeedFile`]).
     pub fn write_at(
         &self,
         fanout: &Fanout,
@@ -574,6 +579,22 @@ impl Database {
         self.fan_out(fanout, files, "write", data, to_seeding, move |f, d| {
             f.write_all_at(d, offset).map(|()| d.len())
         })
+    }
+
+    /// Starts writing `[offset, offset+len)` of the handle's files back to every copy's
+    /// disk, without waiting (a sequential writer's run, see `fs::node::WriteRun`). An
+    /// error here is left to the next write or `fsync` to report.
+    pub fn start_writeback(&self, files: &OpenFiles, offset: u64, len: u64) {
+        for (i, c) in self.copies.iter().enumerate() {
+            if c.writable().is_none() {
+                continue;
+            }
+            if let Some(f) = files.get(i, c)
+                && let Err(e) = crate::volume::start_writeback(&f.file, offset, len)
+            {
+                tracing::debug!("writeback of {} on copy {i}: {e}", self.name);
+            }
+        }
     }
 
     /// `fsync`/`fdatasync` on every copy that takes writes, in parallel: returns when all
@@ -610,7 +631,8 @@ impl Database {
 
     /// Runs `job(file, data)` on every in-sync copy (and the seeding copy when
     /// `to_seeding`) where the handle has a file: the first on this thread, the others on
-    /// the fan-out threads at the same time; then reconciles the outcomes.
+    /// the fan-out threads at the same time (or all here in turn, for a small write);
+    /// then reconciles the outcomes.
     fn fan_out<T: Send + 'static>(
         &self,
         fanout: &Fanout,
@@ -648,11 +670,16 @@ impl Database {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
-            if n == 1 {
-                if let Some((_, v, f)) = &targets[0] {
-                    let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
-                    count_written(v, &r, data.len());
-                    results[0] = Some(r);
+            // A small write into the backing page cache takes less time than handing it
+            // to another thread: the copies are written one after the other.
+            let serial = n == 1 || (!data.is_empty() && data.len() < PARALLEL_WRITE);
+            if serial {
+                for (slot, t) in targets[..n].iter().enumerate() {
+                    if let Some((_, v, f)) = t {
+                        let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
+                        count_written(v, &r, data.len());
+                        results[slot] = Some(r);
+                    }
                 }
             } else {
                 let shared: Arc<[u8]> = Arc::from(data);
