@@ -590,6 +590,26 @@ impl FromBytes for OsStr {
     }
 }
 
+/// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
+/// description of the same inode, whatever its name is now). `Unsupported` where there is
+/// no way to do that.
+pub fn reopen_direct(f: &File) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = f;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// Starts writing back the dirty pages of `[offset, offset+len)` of `f` without waiting for
 /// the disk, so that a sequential writer's data reaches the disk while it writes more
 /// instead of all at its `fsync`. A no-op on systems without such a call.

@@ -312,9 +312,13 @@ impl fuser::Filesystem for Adapter {
     ) {
         READ_BUF.with_borrow_mut(|buf| {
             let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
+            // Page-aligned, so that the core may read it with O_DIRECT.
+            let align = crate::copyset::DIRECT_ALIGN;
+            if buf.len() < size + align {
+                buf.resize(size + align, 0);
             }
+            let start = buf.as_ptr().align_offset(align);
+            let buf = &mut buf[start..];
             let r = self.timed(Op::Read, || {
                 self.core.read(HandleId(fh.0), offset, &mut buf[..size])
             });

@@ -34,6 +34,13 @@ use crate::volume::{Volume, is_media_error};
 
 const NO_ACTIVE: usize = usize::MAX;
 
+/// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
+const DIRECT_READ_MAX: usize = 64 << 10;
+
+/// The alignment of offset, length and buffer an `O_DIRECT` backing read needs here (a
+/// page: enough for every logical block size up to 4 KiB).
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Data writes from this size up go to the copies in parallel (fan-out threads); smaller
 /// ones are written to each copy in turn on the request thread. `fsync`s always go out in
 /// parallel: they wait for the disks.
@@ -144,8 +151,20 @@ type Target = (usize, Arc<Volume>, Arc<BackingFile>);
 pub struct BackingFile {
     /// The placement's generation.
     pub generation: u64,
-    /// The open file.
+    /// The open file (through the page cache).
     pub file: File,
+    /// The same file opened again with `O_DIRECT`, for the small reads of a caller that
+    /// opened it so; opened at the first such read (`None`: not possible here).
+    direct: std::sync::OnceLock<Option<File>>,
+}
+
+impl BackingFile {
+    /// The file opened with `O_DIRECT`, when the system allows it.
+    fn direct(&self) -> Option<&File> {
+        self.direct
+            .get_or_init(|| crate::volume::reopen_direct(&self.file).ok())
+            .as_ref()
+    }
 }
 
 /// The backing files of one open handle, by copy index. A slot is refreshed when its
@@ -167,7 +186,11 @@ impl OpenFiles {
     /// Records `file`, opened on copy `i` at placement `generation`.
     pub fn set(&self, i: usize, generation: u64, file: File) {
         if let Some(slot) = self.slots.get(i) {
-            slot.store(Some(Arc::new(BackingFile { generation, file })));
+            slot.store(Some(Arc::new(BackingFile {
+                generation,
+                file,
+                direct: std::sync::OnceLock::new(),
+            })));
         }
     }
 
@@ -528,8 +551,31 @@ impl Database {
 
     /// Reads from the active copy's file, failing over on media errors. Fills `buf`
     /// unless end of file comes first; returns the bytes read.
-    pub fn read_at(&self, files: &OpenFiles, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_file_op("read", files, |f| read_full(f, offset, buf))
+    ///
+    /// `direct`: the caller opened the file with `O_DIRECT`. Its small aligned reads then
+    /// bypass the backing page cache too, as they would on the disk itself: no memory
+    /// spent caching what the database caches, and less work per read. Large reads stay
+    /// buffered, where the backing readahead makes them faster than the disk alone.
+    pub fn read_at(
+        &self,
+        files: &OpenFiles,
+        offset: u64,
+        buf: &mut [u8],
+        direct: bool,
+    ) -> io::Result<usize> {
+        let direct = direct
+            && buf.len() <= DIRECT_READ_MAX
+            && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
+        self.read_backing_op("read", files, |f| {
+            if direct && let Some(d) = f.direct() {
+                match read_full(d, offset, buf) {
+                    // The backing filesystem wants a larger alignment than ours.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    r => return r,
+                }
+            }
+            read_full(&f.file, offset, buf)
+        })
     }
 
     /// Runs `f` on the handle's file of the active copy (or, when the handle has no file
@@ -539,6 +585,16 @@ impl Database {
         op: &str,
         files: &OpenFiles,
         mut f: impl FnMut(&File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.read_backing_op(op, files, |b| f(&b.file))
+    }
+
+    /// [`Database::read_file_op`] on the handle's [`BackingFile`].
+    fn read_backing_op<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        mut f: impl FnMut(&BackingFile) -> io::Result<T>,
     ) -> io::Result<T> {
         loop {
             let (active, _) = self.active()?;
@@ -556,7 +612,7 @@ impl Database {
                 }
             }
             let (i, v, file) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match v.timed(|| v.check().and_then(|()| f(&file.file))) {
+            match v.timed(|| v.check().and_then(|()| f(&file))) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_media_error(&e) => {
                     self.on_error(i, op, &e, false);

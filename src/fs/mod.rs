@@ -245,6 +245,8 @@ enum Handle {
         files: OpenFiles,
         /// The backing open flags, to open the file on a new copy.
         flags: OFlags,
+        /// Opened with `O_DIRECT` (see `Database::read_at`).
+        direct: bool,
     },
     Dir {
         entries: Vec<DirEntry>,
@@ -613,6 +615,7 @@ impl Core {
             db: db.clone(),
             files,
             flags: oflags,
+            direct: flags & libc::O_DIRECT != 0,
         }))
     }
 
@@ -652,6 +655,7 @@ impl Core {
             db: d.clone(),
             files,
             flags: backing_open_flags(flags),
+            direct: flags & libc::O_DIRECT != 0,
         });
         Ok((attr, h))
     }
@@ -672,7 +676,12 @@ impl Core {
 
     /// Reads into `buf` from the active copy; returns the bytes read.
     pub fn read(&self, h: HandleId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.with_file(h, |_, db, files| Ok(db.read_at(files, offset, buf)?))
+        match &*self.handle(h)? {
+            Handle::File {
+                db, files, direct, ..
+            } => Ok(db.read_at(files, offset, buf, *direct)?),
+            Handle::Dir { .. } => Err(Errno(libc::EISDIR)),
+        }
     }
 
     /// Writes `data` at `offset` on every in-sync copy; overlapping writes are applied
@@ -943,6 +952,7 @@ impl Core {
                 db: hdb,
                 files,
                 flags,
+                ..
             } = &*h
             else {
                 continue;

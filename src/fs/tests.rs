@@ -473,3 +473,34 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
     assert!(r.clean && r.extents.is_empty());
     core.release(h);
 }
+
+#[test]
+fn direct_callers_read_what_was_just_written_aligned_or_not() {
+    let bed = Bed::new("direct-read", 2, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (attr, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    let data: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
+    core.write(h, 0, &data).expect("write");
+    // Still dirty in the backing page cache: an O_DIRECT read must see it all the same.
+    let d = core
+        .open(attr.node, libc::O_RDONLY | libc::O_DIRECT)
+        .expect("open O_DIRECT");
+    let mut raw = vec![0u8; 80 << 10];
+    let start = raw.as_ptr().align_offset(crate::copyset::DIRECT_ALIGN);
+    let buf = &mut raw[start..start + (8 << 10)];
+    assert_eq!(core.read(d, 4096, buf).expect("aligned read"), 8 << 10);
+    assert_eq!(buf, &data[4096..4096 + (8 << 10)]);
+    // Unaligned offset, length and buffer: served through the page cache.
+    let odd = &mut raw[start + 1..start + 1 + 1000];
+    assert_eq!(core.read(d, 17, odd).expect("unaligned read"), 1000);
+    assert_eq!(odd, &data[17..1017]);
+    // At end of file: short.
+    let tail = &mut raw[start..start + (8 << 10)];
+    assert_eq!(core.read(d, 60 << 10, tail).expect("tail read"), 4 << 10);
+    assert_eq!(&tail[..4 << 10], &data[60 << 10..]);
+    core.release(d);
+    core.release(h);
+}
