@@ -501,6 +501,12 @@ fn direct_callers_read_what_was_just_written_aligned_or_not() {
     let tail = &mut raw[start..start + (8 << 10)];
     assert_eq!(core.read(d, 60 << 10, tail).expect("tail read"), 4 << 10);
     assert_eq!(&tail[..4 << 10], &data[60 << 10..]);
+    // The active copy's disk dies: the direct read fails over like any other.
+    volume(&core, 1).inject_fault(libc::EIO);
+    let buf = &mut raw[start..start + (16 << 10)];
+    assert_eq!(core.read(d, 16 << 10, buf).expect("read after death"), 16 << 10);
+    assert_eq!(buf, &data[16 << 10..32 << 10]);
+    assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
     core.release(d);
     core.release(h);
 }
