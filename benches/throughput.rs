@@ -1038,14 +1038,31 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
     rows
 }
 
-/// The rows of `target/bench/reseed.json` (written by `cargo bench --bench reseed`), as
-/// they are; empty when it does not exist or is not a list.
+/// The reseed row from `target/bench/reseed.json` (written by `cargo bench --bench
+/// reseed`): the reseed's copy rate, and its ratio to the faster of `cp` and `dd` on the
+/// same volumes (the reseed's own baseline: there is no "direct" reseed). Empty when the
+/// file does not exist.
 fn reseed_rows() -> Vec<Value> {
     let path = bench_dir().join("reseed.json");
+    let row = |r: &Value| {
+        let value = r["reseed_mib_s"].as_f64();
+        let base = match (r["cp_mib_s"].as_f64(), r["dd_mib_s"].as_f64()) {
+            (Some(cp), Some(dd)) => Some(cp.max(dd)),
+            (cp, dd) => cp.or(dd),
+        };
+        serde_json::json!({
+            "workload": "reseed",
+            "target": format!("reseedfs_2copies ({})", r["engine"].as_str().unwrap_or("?")),
+            "value": value,
+            "unit": "MiB/s",
+            "ratio": value.zip(base).map(|(v, b)| (v / b * 100.0).round() / 100.0),
+            "baseline": "max(cp, dd) on the same volumes",
+        })
+    };
     match fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Array(rows)) => rows,
-            Ok(other) => vec![other],
+            Ok(Value::Array(rows)) => rows.iter().map(row).collect(),
+            Ok(other) => vec![row(&other)],
             Err(e) => {
                 eprintln!("throughput: {} is no JSON: {e}", path.display());
                 Vec::new()
@@ -1142,7 +1159,9 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
              shown here when present\n",
         );
     } else {
-        out.push_str("from target/bench/reseed.json (cargo bench --bench reseed), as recorded:\n");
+        out.push_str(
+            "from target/bench/reseed.json (cargo bench --bench reseed), ratio to max(cp, dd):\n",
+        );
         for r in reseed {
             let _ = writeln!(
                 out,
