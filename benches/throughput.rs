@@ -48,9 +48,10 @@
 //!
 //! # Reading the figures
 //!
-//! - reseedfs accepts `O_DIRECT` but opens its backing files without it (FUSE hands the
-//!   daemon unaligned buffers): an `O_DIRECT` write through reseedfs lands in the backing
-//!   page cache and reaches the disk at the final `fsync`, sorted. Random writes through it
+//! - reseedfs accepts `O_DIRECT` but writes its backing files without it (FUSE hands the
+//!   daemon unaligned buffers; only reads of up to 64 KiB go `O_DIRECT` to the backing
+//!   file): an `O_DIRECT` write through reseedfs lands in the backing page cache and
+//!   reaches the disk soon after (a sequential run) or at the final `fsync`, sorted. Random writes through it
 //!   can therefore beat `direct` (ratio > 1): that is a weaker `O_DIRECT`, not a faster
 //!   path. Durability at `fsync` is the same.
 //! - mergerfs passes `O_DIRECT` to its branch with libfuse's unaligned write buffers, so

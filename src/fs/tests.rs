@@ -504,7 +504,10 @@ fn direct_callers_read_what_was_just_written_aligned_or_not() {
     // The active copy's disk dies: the direct read fails over like any other.
     volume(&core, 1).inject_fault(libc::EIO);
     let buf = &mut raw[start..start + (16 << 10)];
-    assert_eq!(core.read(d, 16 << 10, buf).expect("read after death"), 16 << 10);
+    assert_eq!(
+        core.read(d, 16 << 10, buf).expect("read after death"),
+        16 << 10
+    );
     assert_eq!(buf, &data[16 << 10..32 << 10]);
     assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
     core.release(d);

@@ -400,7 +400,8 @@ impl ActivityLog {
             let logged = |s: &State, p: &Path| {
                 under(&s.current, p) || under(&s.previous, p) || under(&s.carried, p)
             };
-            if !logged(&s, from) && !(exchange && logged(&s, to)) {
+            let touched = logged(&s, from) || (exchange && logged(&s, to));
+            if !touched {
                 return;
             }
             rename_keys(&mut s.current, from, to, exchange);
