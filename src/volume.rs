@@ -590,6 +590,18 @@ impl FromBytes for OsStr {
     }
 }
 
+/// The access and modification times of `st`, as `set_times` takes them.
+pub fn stat_times(st: &Stat) -> Timestamps {
+    let ts = |sec: i64, nsec: u64| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    Timestamps {
+        last_access: ts(st.st_atime, st.st_atime_nsec),
+        last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
 /// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
 /// description of the same inode, whatever its name is now). `Unsupported` where there is
 /// no way to do that.

@@ -201,14 +201,7 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
     }
     // Times last: changing children changed the directories'.
     for (path, st) in times.iter().rev() {
-        let ts = |sec: i64, nsec: u64| rustix::fs::Timespec {
-            tv_sec: sec,
-            tv_nsec: nsec as _,
-        };
-        let t = rustix::fs::Timestamps {
-            last_access: ts(st.st_atime, st.st_atime_nsec),
-            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
-        };
+        let t = crate::volume::stat_times(st);
         if kind(st) != FileType::Symlink {
             dst.set_times(path, &t).map_err(d)?;
         }
