@@ -420,8 +420,15 @@ fn in_process_story(
         .and_then(|v| v.volume())
         .with_context(|| format!("find the open volume {active} in the pool"))?;
     let kill = || {
-        victim.inject_fault(libc::EIO);
-        Ok(())
+        #[cfg(any(test, feature = "failpoints"))]
+        {
+            victim.inject_fault(libc::EIO);
+            Ok(())
+        }
+        #[cfg(not(any(test, feature = "failpoints")))]
+        anyhow::bail!(
+            "the simulated disk death needs the fault-injecting volume layer: run the demo as root, or build with `--features failpoints`"
+        )
     };
     let plan = Plan {
         threads: args.threads,

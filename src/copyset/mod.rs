@@ -160,9 +160,9 @@ pub struct BackingFile {
 
 impl BackingFile {
     /// The file opened with `O_DIRECT`, when the system allows it.
-    fn direct(&self) -> Option<&File> {
+    fn direct(&self, volume: &Volume) -> Option<&File> {
         self.direct
-            .get_or_init(|| crate::volume::reopen_direct(&self.file).ok())
+            .get_or_init(|| volume.reopen_direct(&self.file).ok())
             .as_ref()
     }
 }
@@ -483,7 +483,7 @@ impl Database {
     ) -> io::Result<T> {
         loop {
             let (i, v) = self.active()?;
-            match v.check().and_then(|()| f(i, &v)) {
+            match f(i, &v) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_media_error(&e) => {
                     self.on_error(i, op, &e, false);
@@ -525,7 +525,7 @@ impl Database {
                 }
             }
             let (i, v) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match v.check().and_then(|()| f(i, &v)) {
+            match f(i, &v) {
                 Ok(t) => break (i, t),
                 Err(e) => {
                     if !self.on_error(i, op, &e, false) {
@@ -540,7 +540,7 @@ impl Database {
             }
             let Some(p) = c.writable() else { continue };
             let Some(v) = &p.volume else { continue };
-            if let Err(e) = v.check().and_then(|()| f(i, v)) {
+            if let Err(e) = f(i, v) {
                 self.on_error(i, op, &e, true);
             }
         }
@@ -566,15 +566,15 @@ impl Database {
         let direct = direct
             && buf.len() <= DIRECT_READ_MAX
             && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
-        self.read_backing_op("read", files, |f| {
-            if direct && let Some(d) = f.direct() {
-                match read_full(d, offset, buf) {
+        self.read_backing_op("read", files, |v, f| {
+            if direct && let Some(d) = f.direct(v) {
+                match v.read_at(d, offset, buf) {
                     // The backing filesystem wants a larger alignment than ours.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                     r => return r,
                 }
             }
-            read_full(&f.file, offset, buf)
+            v.read_at(&f.file, offset, buf)
         })
     }
 
@@ -584,9 +584,9 @@ impl Database {
         &self,
         op: &str,
         files: &OpenFiles,
-        mut f: impl FnMut(&File) -> io::Result<T>,
+        mut f: impl FnMut(&Volume, &File) -> io::Result<T>,
     ) -> io::Result<T> {
-        self.read_backing_op(op, files, |b| f(&b.file))
+        self.read_backing_op(op, files, |v, b| f(v, &b.file))
     }
 
     /// [`Database::read_file_op`] on the handle's [`BackingFile`].
@@ -594,7 +594,7 @@ impl Database {
         &self,
         op: &str,
         files: &OpenFiles,
-        mut f: impl FnMut(&BackingFile) -> io::Result<T>,
+        mut f: impl FnMut(&Volume, &BackingFile) -> io::Result<T>,
     ) -> io::Result<T> {
         loop {
             let (active, _) = self.active()?;
@@ -612,7 +612,7 @@ impl Database {
                 }
             }
             let (i, v, file) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match v.timed(|| v.check().and_then(|()| f(&file))) {
+            match v.timed(|| f(&v, &file)) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_media_error(&e) => {
                     self.on_error(i, op, &e, false);
@@ -632,8 +632,8 @@ impl Database {
         data: &[u8],
         to_seeding: bool,
     ) -> io::Result<usize> {
-        self.fan_out(fanout, files, "write", data, to_seeding, move |f, d| {
-            f.write_all_at(d, offset).map(|()| d.len())
+        self.fan_out(fanout, files, "write", data, to_seeding, move |v, f, d| {
+            v.write_all_at(f, offset, d).map(|()| d.len())
         })
     }
 
@@ -642,11 +642,9 @@ impl Database {
     /// error here is left to the next write or `fsync` to report.
     pub fn start_writeback(&self, files: &OpenFiles, offset: u64, len: u64) {
         for (i, c) in self.copies.iter().enumerate() {
-            if c.writable().is_none() {
-                continue;
-            }
-            if let Some(f) = files.get(i, c)
-                && let Err(e) = crate::volume::start_writeback(&f.file, offset, len)
+            let Some(p) = c.writable() else { continue };
+            if let (Some(v), Some(f)) = (&p.volume, files.get(i, c))
+                && let Err(e) = v.start_writeback(&f.file, offset, len)
             {
                 tracing::debug!("writeback of {} on copy {i}: {e}", self.name);
             }
@@ -657,12 +655,8 @@ impl Database {
     /// are durable.
     pub fn sync(&self, fanout: &Fanout, files: &OpenFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(fanout, files, op, &[], true, move |f, _| {
-            if datasync {
-                f.sync_data()
-            } else {
-                f.sync_all()
-            }
+        self.fan_out(fanout, files, op, &[], true, move |v, f, _| {
+            v.sync_file(f, datasync)
         })
     }
 
@@ -673,13 +667,13 @@ impl Database {
         &self,
         op: &str,
         files: &OpenFiles,
-        f: impl Fn(&File) -> io::Result<T>,
+        f: impl Fn(&Volume, &File) -> io::Result<T>,
     ) -> io::Result<T> {
         self.mutate_where(
             op,
             |i| files.get(i, &self.copies[i]).is_some(),
-            |i, _| match files.get(i, &self.copies[i]) {
-                Some(file) => f(&file.file),
+            |i, v| match files.get(i, &self.copies[i]) {
+                Some(file) => f(v, &file.file),
                 None => Err(io::Error::from_raw_os_error(libc::EIO)),
             },
         )
@@ -696,7 +690,7 @@ impl Database {
         op: &str,
         data: &[u8],
         to_seeding: bool,
-        job: impl Fn(&File, &[u8]) -> io::Result<T> + Send + Sync + std::marker::Copy + 'static,
+        job: impl Fn(&Volume, &File, &[u8]) -> io::Result<T> + Send + Sync + std::marker::Copy + 'static,
     ) -> io::Result<T> {
         loop {
             let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
@@ -732,7 +726,7 @@ impl Database {
             if serial {
                 for (slot, t) in targets[..n].iter().enumerate() {
                     if let Some((_, v, f)) = t {
-                        let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
+                        let r = v.timed(|| job(v, &f.file, data));
                         count_written(v, &r, data.len());
                         results[slot] = Some(r);
                     }
@@ -745,14 +739,14 @@ impl Database {
                     let d = shared.clone();
                     let w = completer.clone();
                     fanout.submit(Box::new(move || {
-                        let r = v.timed(|| v.check().and_then(|()| job(&f.file, &d)));
+                        let r = v.timed(|| job(&v, &f.file, &d));
                         count_written(&v, &r, d.len());
                         w.done(slot + 1, r);
                     }));
                 }
                 drop(completer);
                 if let Some((_, v, f)) = &targets[0] {
-                    let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
+                    let r = v.timed(|| job(v, &f.file, data));
                     count_written(v, &r, data.len());
                     results[0] = Some(r);
                 }

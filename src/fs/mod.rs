@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::volume::{
+    FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec, Timestamps,
+};
 use parking_lot::RwLock;
-use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
 
 use crate::copyset::{Database, Fanout, OpenFiles, SeedFile};
 use crate::layout::{self, ComponentError};
@@ -413,7 +415,7 @@ impl Core {
             let _resize = node.io.resize.write();
             let through_handle = fh.and_then(|h| {
                 self.with_file(h, |_, db, files| {
-                    Ok(db.mutate_files("truncate", files, |f| f.set_len(size))?)
+                    Ok(db.mutate_files("truncate", files, |v, f| v.set_len(f, size))?)
                 })
                 .ok()
             });
@@ -639,11 +641,7 @@ impl Core {
         let _namespace = d.namespace_shared();
         let files = self.open_on_copies(d, "create", |v| {
             let f = v.open_file(&path, oflags, perm)?;
-            rustix::fs::fchown(
-                &f,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )?;
+            v.fchown(&f, Some(uid), Some(gid))?;
             Ok(f)
         })?;
         d.tap().meta(|m| m.created(&path));
@@ -723,11 +721,8 @@ impl Core {
     pub fn fallocate(&self, h: HandleId, offset: u64, len: u64, mode: i32) -> Result<()> {
         self.with_file(h, |node, db, files| {
             let _resize = node.io.resize.write();
-            let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-            if flags.intersects(
-                rustix::fs::FallocateFlags::COLLAPSE_RANGE
-                    | rustix::fs::FallocateFlags::INSERT_RANGE,
-            ) {
+            let flags = FallocateFlags::from_bits_retain(mode as u32);
+            if flags.intersects(FallocateFlags::COLLAPSE_RANGE | FallocateFlags::INSERT_RANGE) {
                 // Data moves inside the file: a copy being seeded copies it again from here.
                 if let Some(seed) = node.io.seed.lock().as_ref() {
                     seed.rewind(offset);
@@ -741,8 +736,8 @@ impl Core {
             let tap = db.tap();
             let m = tap.begin();
             tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
-            Ok(db.mutate_files("fallocate", files, |f| {
-                Ok(rustix::fs::fallocate(f, flags, offset, len)?)
+            Ok(db.mutate_files("fallocate", files, |v, f| {
+                v.fallocate(f, flags, offset, len)
             })?)
         })
     }
@@ -751,15 +746,15 @@ impl Core {
     pub fn lseek(&self, h: HandleId, offset: i64, whence: i32) -> Result<i64> {
         self.with_file(h, |_, db, files| {
             let pos = match whence {
-                libc::SEEK_DATA => rustix::fs::SeekFrom::Data(
-                    u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?,
-                ),
-                libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(
-                    u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?,
-                ),
+                libc::SEEK_DATA => {
+                    SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
+                }
+                libc::SEEK_HOLE => {
+                    SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
+                }
                 _ => return Err(Errno(libc::EINVAL)),
             };
-            let r = db.read_file_op("lseek", files, |f| Ok(rustix::fs::seek(f, pos)?))?;
+            let r = db.read_file_op("lseek", files, |v, f| v.seek(f, pos))?;
             i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
         })
     }

@@ -41,7 +41,7 @@ use crate::fs::{Core, Node};
 use crate::layout;
 use crate::pool::CopyState;
 use crate::throttle::StreamKind::{Reseed, Verify};
-use crate::volume::{Volume, child_path, is_media_error, punch_hole};
+use crate::volume::{Volume, child_path, is_media_error};
 
 use engine::{CopyEngine, CopyError, Extent, data_extents, select, split_aligned};
 
@@ -1018,7 +1018,7 @@ fn copy_range(
         if e.offset > pos {
             // A hole in the source: make sure the destination has one too (it may hold
             // data there after a collapse or insert range moved the file's contents).
-            punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
+            crate::volume::punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
         }
         if e.len > 0 {
             let _ = rustix::fs::fallocate(&pair.dst, FallocateFlags::KEEP_SIZE, e.offset, e.len);

@@ -24,18 +24,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rustix::fs::{Mode, OFlags};
 
 use super::dirty::FileDirty;
 use crate::copyset::Database;
-use crate::volume::Volume;
+use crate::volume::{Mode, OFlags, Volume};
 
 /// log2 of the activity log's extent size (4 MiB).
 pub const EXTENT_SHIFT: u32 = 22;
@@ -125,8 +125,8 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Files {
-    /// Open log files: copy slot, placement generation, file.
-    open: Vec<(usize, u64, File)>,
+    /// Open log files: copy slot, placement generation, volume, file.
+    open: Vec<(usize, u64, Arc<Volume>, File)>,
     durable_lsn: u64,
 }
 
@@ -439,9 +439,8 @@ impl ActivityLog {
         };
         self.open_files(db, &mut files, None);
         let mut failed = Vec::new();
-        for (slot, _, f) in &files.open {
-            let mut w: &File = f;
-            if let Err(e) = w.write_all(&pending).and_then(|()| f.sync_data()) {
+        for (slot, _, v, f) in &files.open {
+            if let Err(e) = v.append(f, &pending).and_then(|()| v.sync_file(f, true)) {
                 failed.push((*slot, e));
             }
         }
@@ -451,7 +450,7 @@ impl ActivityLog {
 
     fn drop_failed(&self, db: &Database, files: &mut Files, failed: Vec<(usize, io::Error)>) {
         for (slot, e) in failed {
-            files.open.retain(|(s, _, _)| *s != slot);
+            files.open.retain(|(s, ..)| *s != slot);
             tracing::warn!(
                 "activity log of {} on {}: {e}",
                 self.db,
@@ -468,7 +467,7 @@ impl ActivityLog {
     /// Opens the log on every in-sync copy that has none open (rewritten with `content`
     /// when given: a checkpoint).
     fn open_files(&self, db: &Database, files: &mut Files, content: Option<&[u8]>) {
-        files.open.retain(|(slot, generation, _)| {
+        files.open.retain(|(slot, generation, ..)| {
             let c = &db.copies()[*slot];
             c.in_sync_volume().is_some() && c.placement().generation == *generation
         });
@@ -477,15 +476,15 @@ impl ActivityLog {
             let Some(v) = c.in_sync_volume() else {
                 continue;
             };
-            let open = files.open.iter().any(|(s, _, _)| *s == slot);
+            let open = files.open.iter().any(|(s, ..)| *s == slot);
             if open && content.is_none() {
                 continue;
             }
             let generation = c.placement().generation;
             match open_log(&v, &self.db, content) {
                 Ok(f) => {
-                    files.open.retain(|(s, _, _)| *s != slot);
-                    files.open.push((slot, generation, f));
+                    files.open.retain(|(s, ..)| *s != slot);
+                    files.open.push((slot, generation, v.clone(), f));
                 }
                 Err(e) => failed.push((slot, e)),
             }

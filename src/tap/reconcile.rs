@@ -13,12 +13,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat};
-
 use super::dirty::MetaOp;
 use crate::layout;
 use crate::reseed::engine::data_extents;
-use crate::volume::{Volume, child_path, punch_hole};
+use crate::volume::{FileType, Mode, OFlags, RenameFlags, Stat, Volume, child_path};
 
 /// Which side an error came from.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +225,7 @@ pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64,
         .chain(std::iter::once((end, 0)));
     for (off, elen) in stops {
         if off > pos {
-            punch_hole(dst, pos, off - pos).map_err(SideError::Dest)?;
+            crate::volume::punch_hole(dst, pos, off - pos).map_err(SideError::Dest)?;
         }
         let mut done = 0;
         while done < elen {

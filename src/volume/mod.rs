@@ -1,36 +1,114 @@
-//! One backing volume: every operation takes a path relative to the volume root and
-//! cannot leave it. Parents are opened with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)`, the last component is used with `*at` calls that do not follow
-//! symlinks, so neither `..` nor a symlink can lead outside the volume.
+//! One backing volume, reached through one interface: a [`Backend`] does the operations
+//! (the Unix one, [`unix::UnixBackend`], today), and the [`Volume`] front in this module adds
+//! what every backend shares: the volume's health (`failed` once an I/O error marked it),
+//! its error and byte counters, and the latency the database's requests see on it
+//! ([`Volume::observe`]), which the rebuild throttle ([`crate::throttle`]) watches.
 //!
-//! A volume also carries its health: `failed` once an I/O error marked it, and an
-//! injectable fault (an errno returned by every operation) for tests; and the latency the
-//! database's requests see on it ([`Volume::observe`]), which the rebuild throttle
-//! ([`crate::throttle`]) watches.
+//! Every path is relative to the volume root and cannot leave it (the backend's promise);
+//! every operation of reseedfs on a volume, file data included, passes through a method of
+//! [`Volume`], so that a wrapper around the backend sees all of them: the fault-injecting
+//! one of the tests ([`faults`], compiled only with `cfg(test)` or the `failpoints`
+//! feature) today.
+//!
+//! The types of the interface ([`Stat`], [`Mode`], [`OFlags`], ...) are named through this
+//! module: the core never names the OS crate that defines them.
+
+#[cfg(any(test, feature = "failpoints"))]
+pub mod faults;
+pub mod unix;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{
-    AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Timestamps,
-    XattrFlags,
+pub use rustix::fs::{
+    Advice, FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, StatVfs, Timespec,
+    Timestamps,
 };
 
-/// A backing volume (`<volumes_root>/VolumeN`).
+/// The operations of one kind of volume. Every path is relative to the volume root and
+/// must not leave it (neither `..` nor a symlink may lead out); a symlink is never
+/// followed. Any call may block on the disk. [`Volume`] is the front every caller uses.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// `lstat` of `rel` (the volume root for an empty path).
+    fn stat(&self, rel: &Path) -> io::Result<Stat>;
+    /// Opens `rel` (never following a symlink); `mode` applies with `O_CREAT`.
+    fn open(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<File>;
+    /// Creates a directory.
+    fn mkdir(&self, rel: &Path, mode: Mode) -> io::Result<()>;
+    /// Creates a special file or a regular file without opening it.
+    fn mknod(&self, rel: &Path, kind: FileType, mode: Mode, dev: u64) -> io::Result<()>;
+    /// Creates a symlink at `rel` pointing to `target` (stored as given).
+    fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()>;
+    /// Reads the symlink at `rel`.
+    fn readlink(&self, rel: &Path) -> io::Result<Vec<u8>>;
+    /// Removes a file (`dir == false`) or an empty directory.
+    fn remove(&self, rel: &Path, dir: bool) -> io::Result<()>;
+    /// Renames `from` to `to` with `renameat2` flags.
+    fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()>;
+    /// Makes `to` a hard link of `from`.
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `chmod`; refused with `EOPNOTSUPP` on a symlink, as Linux does.
+    fn chmod(&self, rel: &Path, mode: Mode) -> io::Result<()>;
+    /// `lchown`.
+    fn chown(&self, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()>;
+    /// Sets the access and modification times (of a symlink itself, not its target).
+    fn set_times(&self, rel: &Path, times: &Timestamps) -> io::Result<()>;
+    /// Lists a directory (without `.` and `..`).
+    fn read_dir(&self, rel: &Path) -> io::Result<Vec<DirEntry>>;
+    /// Space and inodes of the volume's filesystem.
+    fn statvfs(&self) -> io::Result<StatVfs>;
+    /// Reads xattr `key` of `rel` into `buf` (an empty `buf` asks for the size).
+    fn get_xattr(&self, rel: &Path, key: &OsStr, buf: &mut [u8]) -> io::Result<usize>;
+    /// Lists the xattr names of `rel` into `buf` (an empty `buf` asks for the size).
+    fn list_xattr(&self, rel: &Path, buf: &mut [u8]) -> io::Result<usize>;
+    /// Sets xattr `key` of `rel`.
+    fn set_xattr(&self, rel: &Path, key: &OsStr, value: &[u8], flags: i32) -> io::Result<()>;
+    /// Removes xattr `key` of `rel`.
+    fn remove_xattr(&self, rel: &Path, key: &OsStr) -> io::Result<()>;
+    /// Flushes everything written to the volume's filesystem.
+    fn syncfs(&self) -> io::Result<()>;
+    /// Reads from an open file at `offset` (short only at end of file or on a signal).
+    fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes all of `data` to an open file at `offset`.
+    fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes all of `data` at the end of a file opened for appending.
+    fn append(&self, f: &File, data: &[u8]) -> io::Result<()>;
+    /// `fsync` (`fdatasync` when `data_only`).
+    fn sync(&self, f: &File, data_only: bool) -> io::Result<()>;
+    /// `ftruncate`.
+    fn set_len(&self, f: &File, size: u64) -> io::Result<()>;
+    /// `fallocate` with its mode bits.
+    fn fallocate(&self, f: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()>;
+    /// `lseek` (`SEEK_DATA`, `SEEK_HOLE`, ...).
+    fn seek(&self, f: &File, pos: SeekFrom) -> io::Result<u64>;
+    /// `fstat`.
+    fn fstat(&self, f: &File) -> io::Result<Stat>;
+    /// `fchown`.
+    fn fchown(&self, f: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()>;
+    /// An access-pattern hint (`posix_fadvise`); `len` 0 means to the end.
+    fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()>;
+    /// Starts writing `[offset, offset+len)` of `f` back to the disk without waiting.
+    fn start_writeback(&self, f: &File, offset: u64, len: u64) -> io::Result<()>;
+    /// The file `f` is open on, opened again read-only with `O_DIRECT` (`Unsupported`
+    /// where there is no way to do that).
+    fn reopen_direct(&self, f: &File) -> io::Result<File>;
+}
+
+/// A backing volume (`<volumes_root>/VolumeN`): its backend, health and counters.
 #[derive(Debug)]
 pub struct Volume {
     name: String,
     root: PathBuf,
-    root_fd: OwnedFd,
+    backend: Box<dyn Backend>,
+    /// The faults armed on this volume (tests and the demo).
+    #[cfg(any(test, feature = "failpoints"))]
+    faults: Arc<faults::Faults>,
     failed: AtomicBool,
-    fault: AtomicI32,
-    read_fault: AtomicI32,
     io_errors: AtomicU64,
     latency: Latency,
     written_bytes: AtomicU64,
@@ -93,29 +171,36 @@ fn split(rel: &Path) -> io::Result<(&Path, &OsStr)> {
     }
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
-
 impl Volume {
-    /// Opens the volume directory `root` under the name `name` (`Volume1`).
+    /// Opens the volume directory `root` under the name `name` (`Volume1`), with the
+    /// backend of this system.
     pub fn open(name: &str, root: &Path) -> io::Result<Volume> {
-        let root_fd = rustix::fs::open(
+        Ok(Volume::with_backend(
+            name,
             root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(Volume {
+            Box::new(unix::UnixBackend::open(root)?),
+        ))
+    }
+
+    /// A volume named `name` at `root` served by `backend`.
+    pub fn with_backend(name: &str, root: &Path, backend: Box<dyn Backend>) -> Volume {
+        #[cfg(any(test, feature = "failpoints"))]
+        let (backend, faults) = {
+            let faults = Arc::new(faults::Faults::default());
+            let wrapped: Box<dyn Backend> = Box::new(faults::Faulty::new(backend, faults.clone()));
+            (wrapped, faults)
+        };
+        Volume {
             name: name.to_owned(),
             root: root.to_owned(),
-            root_fd,
+            backend,
+            #[cfg(any(test, feature = "failpoints"))]
+            faults,
             failed: AtomicBool::new(false),
-            fault: AtomicI32::new(0),
-            read_fault: AtomicI32::new(0),
             io_errors: AtomicU64::new(0),
             latency: Latency::default(),
             written_bytes: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Records the latency of one database request served by this volume (a read, a
@@ -212,296 +297,253 @@ impl Volume {
         self.written_bytes.load(Ordering::Relaxed)
     }
 
-    /// Makes every later operation fail with `errno` (0 clears it): a dying disk, for tests.
+    /// The faults armed on this volume: every later operation, or every read of file
+    /// data, fails with a chosen errno (tests, and the demo's simulated disk death).
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn faults(&self) -> &faults::Faults {
+        &self.faults
+    }
+
+    /// Makes every later operation fail with `errno` (0 clears it): a dying disk.
+    #[cfg(any(test, feature = "failpoints"))]
     pub fn inject_fault(&self, errno: i32) {
-        self.fault.store(errno, Ordering::Release);
+        self.faults.fail_all(errno);
     }
 
-    /// Makes reads of file data through [`Volume::check_read`] fail with `errno` (0 clears
-    /// it): unreadable sectors while writes still work, for tests.
+    /// Makes every later read of file data fail with `errno` (0 clears it): unreadable
+    /// sectors while writes still work.
+    #[cfg(any(test, feature = "failpoints"))]
     pub fn inject_read_fault(&self, errno: i32) {
-        self.read_fault.store(errno, Ordering::Release);
+        self.faults.fail_reads(errno);
     }
 
-    /// [`Volume::check`] for a bulk read of file data (a reseed's source).
-    pub fn check_read(&self) -> io::Result<()> {
-        match self.read_fault.load(Ordering::Relaxed) {
-            0 => self.check(),
-            errno => Err(io::Error::from_raw_os_error(errno)),
-        }
-    }
-
-    /// Fails with the injected fault, if any. Called before every operation, including
-    /// I/O on files opened earlier.
+    /// The seam of bulk reads of file data that bypass [`Volume::read_at`] (a reseed
+    /// engine reading the source's descriptors itself): fails as an armed read fault
+    /// says. Always `Ok` in the product, where nothing can be armed.
     #[inline]
-    pub fn check(&self) -> io::Result<()> {
-        match self.fault.load(Ordering::Relaxed) {
-            0 => Ok(()),
-            errno => Err(io::Error::from_raw_os_error(errno)),
-        }
-    }
-
-    fn with_parent<T>(
-        &self,
-        rel: &Path,
-        f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> rustix::io::Result<T>,
-    ) -> io::Result<T> {
-        self.check()?;
-        let (parent, name) = split(rel)?;
-        if parent.as_os_str().is_empty() {
-            return Ok(f(self.root_fd.as_fd(), name)?);
-        }
-        let dir = rustix::fs::openat2(
-            &self.root_fd,
-            parent,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE,
-        )?;
-        Ok(f(dir.as_fd(), name)?)
+    pub fn check_read(&self) -> io::Result<()> {
+        #[cfg(any(test, feature = "failpoints"))]
+        self.faults.check_read()?;
+        Ok(())
     }
 
     /// `lstat` of `rel` (the volume root for an empty path).
     pub fn stat(&self, rel: &Path) -> io::Result<Stat> {
-        if rel.as_os_str().is_empty() {
-            self.check()?;
-            return Ok(rustix::fs::fstat(&self.root_fd)?);
-        }
-        self.with_parent(rel, |dir, name| {
-            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        })
+        self.backend.stat(rel)
     }
 
     /// Opens `rel` (never following a symlink); `mode` applies with `O_CREAT`.
     pub fn open_file(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<File> {
-        self.check()?;
-        let fd = rustix::fs::openat2(
-            &self.root_fd,
-            rel,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            mode,
-            RESOLVE,
-        )?;
-        Ok(File::from(fd))
+        self.backend.open(rel, flags, mode)
     }
 
     /// Creates a directory.
     pub fn mkdir(&self, rel: &Path, mode: Mode) -> io::Result<()> {
-        self.with_parent(rel, |dir, name| rustix::fs::mkdirat(dir, name, mode))
+        self.backend.mkdir(rel, mode)
     }
 
     /// Creates a special file or a regular file without opening it.
     pub fn mknod(&self, rel: &Path, kind: FileType, mode: Mode, dev: u64) -> io::Result<()> {
-        self.with_parent(rel, |dir, name| {
-            rustix::fs::mknodat(dir, name, kind, mode, dev)
-        })
+        self.backend.mknod(rel, kind, mode, dev)
     }
 
     /// Creates a symlink at `rel` pointing to `target` (stored as given).
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
-        self.with_parent(rel, |dir, name| rustix::fs::symlinkat(target, dir, name))
+        self.backend.symlink(target, rel)
     }
 
     /// Reads the symlink at `rel`.
     pub fn readlink(&self, rel: &Path) -> io::Result<Vec<u8>> {
-        self.with_parent(rel, |dir, name| {
-            rustix::fs::readlinkat(dir, name, Vec::new()).map(|c| c.into_bytes())
-        })
+        self.backend.readlink(rel)
     }
 
     /// Removes a file (`dir == false`) or an empty directory.
     pub fn remove(&self, rel: &Path, dir: bool) -> io::Result<()> {
-        let flags = if dir {
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
-        };
-        self.with_parent(rel, |d, name| rustix::fs::unlinkat(d, name, flags))
+        self.backend.remove(rel, dir)
     }
 
     /// Renames `from` to `to` with `renameat2` flags.
     pub fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
-        self.with_parent(from, |from_dir, from_name| {
-            let (to_parent, to_name) = split(to).map_err(|_| rustix::io::Errno::INVAL)?;
-            let to_dir;
-            let to_fd = if to_parent.as_os_str().is_empty() {
-                self.root_fd.as_fd()
-            } else {
-                to_dir = rustix::fs::openat2(
-                    &self.root_fd,
-                    to_parent,
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    RESOLVE,
-                )?;
-                to_dir.as_fd()
-            };
-            rustix::fs::renameat_with(from_dir, from_name, to_fd, to_name, flags)
-        })
+        self.backend.rename(from, to, flags)
     }
 
     /// Makes `to` a hard link of `from`.
     pub fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check()?;
-        let src = self.open_path(from)?;
-        self.with_parent(to, |dir, name| {
-            rustix::fs::linkat(&src, "", dir, name, AtFlags::EMPTY_PATH)
-        })
-    }
-
-    /// An `O_PATH` descriptor of `rel` itself (a symlink is not followed).
-    fn open_path(&self, rel: &Path) -> io::Result<OwnedFd> {
-        if rel.as_os_str().is_empty() {
-            return self.root_fd.try_clone();
-        }
-        self.with_parent(rel, |dir, name| {
-            rustix::fs::openat(
-                dir,
-                name,
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-        })
+        self.backend.link(from, to)
     }
 
     /// `chmod`; refused with `EOPNOTSUPP` on a symlink, as Linux does.
     pub fn chmod(&self, rel: &Path, mode: Mode) -> io::Result<()> {
-        self.with_parent(rel, |dir, name| {
-            let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-                return Err(rustix::io::Errno::OPNOTSUPP);
-            }
-            rustix::fs::chmodat(dir, name, mode, AtFlags::empty())
-        })
+        self.backend.chmod(rel, mode)
     }
 
     /// `lchown`.
     pub fn chown(&self, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-        let uid = uid.map(rustix::fs::Uid::from_raw);
-        let gid = gid.map(rustix::fs::Gid::from_raw);
-        self.with_parent(rel, |dir, name| {
-            rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-        })
+        self.backend.chown(rel, uid, gid)
     }
 
-    /// `utimensat` without following symlinks.
+    /// Sets the access and modification times, never following a symlink.
     pub fn set_times(&self, rel: &Path, times: &Timestamps) -> io::Result<()> {
-        self.with_parent(rel, |dir, name| {
-            rustix::fs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)
-        })
+        self.backend.set_times(rel, times)
     }
 
     /// `truncate` by path.
     pub fn truncate(&self, rel: &Path, size: u64) -> io::Result<()> {
         let f = self.open_file(rel, OFlags::WRONLY, Mode::empty())?;
-        Ok(rustix::fs::ftruncate(&f, size)?)
+        self.set_len(&f, size)
     }
 
     /// Lists a directory (without `.` and `..`).
     pub fn read_dir(&self, rel: &Path) -> io::Result<Vec<DirEntry>> {
-        let fd = if rel.as_os_str().is_empty() {
-            self.check()?;
-            rustix::fs::openat(
-                &self.root_fd,
-                ".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?
-        } else {
-            self.open_file(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
-                .into()
-        };
-        let mut out = Vec::new();
-        for entry in Dir::new(fd)? {
-            let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            out.push(DirEntry {
-                name: OsStr::from_encoded_bytes_unchecked_safe(name),
-                kind: entry.file_type(),
-            });
-        }
-        Ok(out)
+        self.backend.read_dir(rel)
     }
 
     /// `statvfs` of the volume.
     pub fn statvfs(&self) -> io::Result<StatVfs> {
-        self.check()?;
-        Ok(rustix::fs::fstatvfs(&self.root_fd)?)
-    }
-
-    fn proc_path(fd: &OwnedFd) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        self.backend.statvfs()
     }
 
     /// Reads xattr `key` of `rel` into `buf` (an empty `buf` asks for the size).
     pub fn get_xattr(&self, rel: &Path, key: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
-        let fd = self.open_path(rel)?;
-        let p = Self::proc_path(&fd);
-        if buf.is_empty() {
-            return Ok(rustix::fs::getxattr_query(&p, key)?);
-        }
-        Ok(rustix::fs::getxattr(&p, key, buf)?)
+        self.backend.get_xattr(rel, key, buf)
     }
 
     /// Lists the xattr names of `rel` into `buf` (an empty `buf` asks for the size).
     pub fn list_xattr(&self, rel: &Path, buf: &mut [u8]) -> io::Result<usize> {
-        let fd = self.open_path(rel)?;
-        let p = Self::proc_path(&fd);
-        if buf.is_empty() {
-            return Ok(rustix::fs::listxattr_query(&p)?);
-        }
-        Ok(rustix::fs::listxattr(&p, buf)?)
+        self.backend.list_xattr(rel, buf)
     }
 
     /// Sets xattr `key` of `rel`.
     pub fn set_xattr(&self, rel: &Path, key: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        let fd = self.open_path(rel)?;
-        let flags = XattrFlags::from_bits_retain(flags as u32);
-        Ok(rustix::fs::setxattr(
-            Self::proc_path(&fd),
-            key,
-            value,
-            flags,
-        )?)
+        self.backend.set_xattr(rel, key, value, flags)
     }
 
     /// Removes xattr `key` of `rel`.
     pub fn remove_xattr(&self, rel: &Path, key: &OsStr) -> io::Result<()> {
-        let fd = self.open_path(rel)?;
-        Ok(rustix::fs::removexattr(Self::proc_path(&fd), key)?)
+        self.backend.remove_xattr(rel, key)
+    }
+
+    /// Flushes everything written to the volume's filesystem (`syncfs`).
+    pub fn syncfs(&self) -> io::Result<()> {
+        self.backend.syncfs()
+    }
+
+    /// Reads from `f` (a file of this volume) at `offset` until `buf` is full or end of
+    /// file comes first; returns the bytes read.
+    pub fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self
+                .backend
+                .read_at(f, offset + done as u64, &mut buf[done..])?
+            {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes all of `data` to `f` at `offset`.
+    pub fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.backend.write_all_at(f, offset, data)
+    }
+
+    /// Writes all of `data` at the end of `f`, opened for appending.
+    pub fn append(&self, f: &File, data: &[u8]) -> io::Result<()> {
+        self.backend.append(f, data)
+    }
+
+    /// `fsync` of `f` (`fdatasync` when `data_only`).
+    pub fn sync_file(&self, f: &File, data_only: bool) -> io::Result<()> {
+        self.backend.sync(f, data_only)
+    }
+
+    /// `ftruncate` of `f`.
+    pub fn set_len(&self, f: &File, size: u64) -> io::Result<()> {
+        self.backend.set_len(f, size)
+    }
+
+    /// `fallocate` on `f` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).
+    pub fn fallocate(
+        &self,
+        f: &File,
+        mode: FallocateFlags,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        self.backend.fallocate(f, mode, offset, len)
+    }
+
+    /// Punches a hole in `[offset, offset+len)` of `f`, keeping its size. On a filesystem
+    /// that cannot punch holes (EOPNOTSUPP) nothing is done and this is not an error, as
+    /// for every copy path of reseedfs so far.
+    pub fn punch_hole(&self, f: &File, offset: u64, len: u64) -> io::Result<()> {
+        match self.fallocate(
+            f,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `lseek` on `f`.
+    pub fn seek(&self, f: &File, pos: SeekFrom) -> io::Result<u64> {
+        self.backend.seek(f, pos)
+    }
+
+    /// `fstat` of `f`.
+    pub fn fstat(&self, f: &File) -> io::Result<Stat> {
+        self.backend.fstat(f)
+    }
+
+    /// `fchown` of `f`.
+    pub fn fchown(&self, f: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        self.backend.fchown(f, uid, gid)
+    }
+
+    /// An access-pattern hint for `f` (`len` 0: to the end); a hint that cannot be given
+    /// is not an error.
+    pub fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) {
+        let _ = self.backend.advise(f, offset, len, advice);
+    }
+
+    /// Starts writing the dirty pages of `[offset, offset+len)` of `f` back to the disk
+    /// without waiting for it, so that a sequential writer's data reaches the disk while
+    /// it writes more instead of all at its `fsync`. A no-op on systems without such a
+    /// call.
+    pub fn start_writeback(&self, f: &File, offset: u64, len: u64) -> io::Result<()> {
+        self.backend.start_writeback(f, offset, len)
+    }
+
+    /// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
+    /// description of the same inode, whatever its name is now). `Unsupported` where
+    /// there is no way to do that.
+    pub fn reopen_direct(&self, f: &File) -> io::Result<File> {
+        self.backend.reopen_direct(f)
     }
 
     /// Writes `data` to `rel` durably and atomically: temp file, fsync, rename, fsync of
     /// the directory. Used for metadata under `.reseedfs/`.
     pub fn write_atomic(&self, rel: &Path, data: &[u8]) -> io::Result<()> {
-        use std::io::Write;
         let (parent, name) = split(rel)?;
         let mut tmp_name = name.to_owned();
         tmp_name.push(".tmp");
         let tmp = child_path(parent, &tmp_name);
-        let mut f = self.open_file(
+        let f = self.open_file(
             &tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
             Mode::from_raw_mode(0o600),
         )?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        self.write_all_at(&f, 0, data)?;
+        self.sync_file(&f, false)?;
         drop(f);
         self.rename(&tmp, rel, RenameFlags::empty())?;
-        let dir = if parent.as_os_str().is_empty() {
-            self.open_file(
-                Path::new("."),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                Mode::empty(),
-            )?
-        } else {
-            self.open_file(parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
-        };
-        dir.sync_all()
+        let dir = self.open_file(parent, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        self.sync_file(&dir, false)
     }
 
     /// Removes `rel` and everything under it (never following a symlink).
@@ -557,36 +599,18 @@ impl Volume {
         Ok(out)
     }
 
-    /// Flushes everything written to the volume's filesystem (`syncfs`).
-    pub fn syncfs(&self) -> io::Result<()> {
-        // An O_PATH descriptor (the root's) does not do: open the root for reading.
-        let root = self.open_file(
-            Path::new("."),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )?;
-        Ok(rustix::fs::syncfs(&root)?)
-    }
-
     /// Reads a whole (small) file.
     pub fn read_file(&self, rel: &Path) -> io::Result<Vec<u8>> {
-        use std::io::Read;
-        let mut f = self.open_file(rel, OFlags::RDONLY, Mode::empty())?;
+        let f = self.open_file(rel, OFlags::RDONLY, Mode::empty())?;
         let mut out = Vec::new();
-        f.read_to_end(&mut out)?;
-        Ok(out)
-    }
-}
-
-/// `OsStr` from raw bytes of a directory entry (on Unix every byte string is an `OsStr`).
-trait FromBytes {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> OsString;
-}
-
-impl FromBytes for OsStr {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> OsString {
-        use std::os::unix::ffi::OsStrExt;
-        OsStr::from_bytes(b).to_owned()
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = self.read_at(&f, out.len() as u64, &mut buf)?;
+            out.extend_from_slice(&buf[..n]);
+            if n < buf.len() {
+                return Ok(out);
+            }
+        }
     }
 }
 
@@ -602,46 +626,13 @@ pub fn stat_times(st: &Stat) -> Timestamps {
     }
 }
 
-/// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
-/// description of the same inode, whatever its name is now). `Unsupported` where there is
-/// no way to do that.
-pub fn reopen_direct(f: &File) -> io::Result<File> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = f;
-        Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-/// Starts writing back the dirty pages of `[offset, offset+len)` of `f` without waiting for
-/// the disk, so that a sequential writer's data reaches the disk while it writes more
-/// instead of all at its `fsync`. A no-op on systems without such a call.
-pub fn start_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    return crate::sys::writeback::start(f, offset, len);
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (f, offset, len);
-        Ok(())
-    }
-}
-
-/// Punches a hole in `[offset, offset+len)` of `f`, keeping its size. On a filesystem that
-/// cannot punch holes (EOPNOTSUPP) nothing is done and this is not an error, as for every
-/// copy path of reseedfs so far.
+/// Punches a hole in `[offset, offset+len)` of `f` without going through a [`Volume`]: for
+/// the copy paths that hold their own descriptors (the reseed's engines, the resync's
+/// extent copy). See [`Volume::punch_hole`].
 pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
     match rustix::fs::fallocate(
         f,
-        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
         offset,
         len,
     ) {
