@@ -35,11 +35,11 @@ use parking_lot::Mutex;
 use rustix::fs::{FallocateFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::copyset::CopyState;
 use crate::copyset::{Database, SeedFile};
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
-use crate::pool::CopyState;
 use crate::throttle::StreamKind::{Reseed, Verify};
 use crate::volume::{Volume, child_path, is_media_error};
 
@@ -577,7 +577,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         )
         .database(&db.name)
         .volume(&req.target)
-        .field("status", status),
+        .field("status", status.as_str()),
     );
     Ok(SeedReport {
         bytes_copied: copied,
@@ -1041,7 +1041,7 @@ fn copy_buffered(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64, C
     let mut done = 0;
     while done < len {
         let n = ((len - done) as usize).min(buf.len());
-        let got = crate::copyset::read_full(src, offset + done, &mut buf[..n])
+        let got = crate::volume::read_full(src, offset + done, &mut buf[..n])
             .map_err(CopyError::Source)?;
         if got == 0 {
             break;
@@ -1122,8 +1122,8 @@ fn verify(
             }
             // Both sides at once: on separate disks the pass takes the slower one's time.
             let (n, m) = std::thread::scope(|scope| {
-                let target_read = scope.spawn(|| crate::copyset::read_full(&dst, offset, &mut b));
-                let n = crate::copyset::read_full(&src, offset, &mut a);
+                let target_read = scope.spawn(|| crate::volume::read_full(&dst, offset, &mut b));
+                let n = crate::volume::read_full(&src, offset, &mut a);
                 let m = target_read
                     .join()
                     .unwrap_or_else(|_| Err(io::Error::other("verification reader panicked")));

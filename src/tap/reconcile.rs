@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use super::dirty::MetaOp;
 use crate::layout;
-use crate::reseed::engine::data_extents;
-use crate::volume::{FileType, Mode, OFlags, RenameFlags, Stat, Volume, child_path};
+use crate::volume::{
+    FileType, Mode, OFlags, RenameFlags, Stat, Volume, child_path, data_extents, read_full,
+};
 
 /// Which side an error came from.
 #[derive(Debug, thiserror::Error)]
@@ -230,8 +231,7 @@ pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64,
         let mut done = 0;
         while done < elen {
             let n = ((elen - done) as usize).min(buf.len());
-            let got = crate::copyset::read_full(src, off + done, &mut buf[..n])
-                .map_err(SideError::Source)?;
+            let got = read_full(src, off + done, &mut buf[..n]).map_err(SideError::Source)?;
             if got == 0 {
                 break;
             }
@@ -261,8 +261,8 @@ pub fn repair_extent(
     let (mut read, mut fixed) = (0, 0);
     while pos < offset + len {
         let n = ((offset + len - pos) as usize).min(a.len());
-        let na = crate::copyset::read_full(src, pos, &mut a[..n]).map_err(SideError::Source)?;
-        let nb = crate::copyset::read_full(dst, pos, &mut b[..n]).map_err(SideError::Dest)?;
+        let na = read_full(src, pos, &mut a[..n]).map_err(SideError::Source)?;
+        let nb = read_full(dst, pos, &mut b[..n]).map_err(SideError::Dest)?;
         read += na as u64;
         if na == 0 {
             break;

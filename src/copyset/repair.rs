@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::activity::{self, EXTENT_SHIFT, Recovered};
-use super::reconcile::{self, SideError};
-use crate::copyset::Database;
+use super::Database;
+use crate::tap::activity::{self, EXTENT_SHIFT, Recovered};
+use crate::tap::reconcile::{self, SideError};
 use crate::volume::{Mode, OFlags};
 
 /// What a crash repair did for one database.
