@@ -103,14 +103,17 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
                 );
                 Response::Throttle(throttle.status())
             }
-            Request::Explain { db, what_if_fail } => crate::explain::live(
+            Request::Explain { db, what_if_fail } => match crate::explain::live(
                 &pool,
                 &runner,
                 &status(),
                 db.as_deref(),
                 what_if_fail.as_deref(),
-            )
-            .unwrap_or_else(Response::Error),
+            ) {
+                Ok(crate::explain::Answer::Explain(e)) => Response::Explain(Box::new(e)),
+                Ok(crate::explain::Answer::WhatIf(w)) => Response::WhatIf(Box::new(w)),
+                Err(e) => Response::Error(e),
+            },
             Request::Reseed { db, from, to } => match runner.manual_reseed(&db, from, to) {
                 Ok(target) => Response::Started { db, target },
                 Err(e) => Response::Error(e),

@@ -1026,6 +1026,15 @@ pub fn what_if_fail(i: &Inputs, volume: &str) -> Result<WhatIf, String> {
     Ok(out)
 }
 
+/// What [`live`] answers.
+#[derive(Debug)]
+pub enum Answer {
+    /// Why the copies are not healthy.
+    Explain(Explanation),
+    /// What the loss of a volume would do.
+    WhatIf(WhatIf),
+}
+
 /// Explain on the live pool: the status (completed as `status` shows it), the sizes of
 /// the databases, the config's timings and the throttle's measurements.
 pub fn live(
@@ -1034,7 +1043,7 @@ pub fn live(
     status: &Status,
     db: Option<&str>,
     what_if: Option<&str>,
-) -> Result<crate::control::Response, String> {
+) -> Result<Answer, String> {
     let db_bytes: BTreeMap<String, u64> = pool
         .databases()
         .iter()
@@ -1054,7 +1063,7 @@ pub fn live(
         ),
     };
     match what_if {
-        Some(v) => what_if_fail(&inputs, v).map(|w| crate::control::Response::WhatIf(Box::new(w))),
-        None => explain(&inputs, db).map(|e| crate::control::Response::Explain(Box::new(e))),
+        Some(v) => what_if_fail(&inputs, v).map(Answer::WhatIf),
+        None => explain(&inputs, db).map(Answer::Explain),
     }
 }
