@@ -25,7 +25,8 @@
 //! metrics         Prometheus `/metrics` (request latency, copies, volumes, reseeds)
 //! mountpoint      what is mounted at the databases root; dead mounts of a crashed daemon
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
-//! testbed         throwaway pools on loop-mounted ext4 volumes (demo, tests, benches)
+//! testbed         throwaway pools on loop-mounted ext4 volumes, the daemon supervisor and
+//!                 the PRNG of the demo, tests and benches (feature `testbed`; not the product)
 //! ```
 //!
 //! `src/` is free of `unsafe`; the few system calls that need it live in `platform/`.
@@ -48,6 +49,7 @@ pub mod pool;
 pub mod reseed;
 pub mod status;
 pub mod tap;
+#[cfg(any(test, feature = "testbed"))]
 pub mod testbed;
 pub mod throttle;
 pub mod verify;

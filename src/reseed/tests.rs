@@ -9,18 +9,7 @@ use super::*;
 use crate::events::EventId;
 use crate::fs::HandleId;
 use crate::fs::tests::{Bed, ME, copy_state, db_folder, volume};
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::testbed::rng::pattern;
 
 /// Every file under the database folders of volume `a` equals volume `b`'s.
 fn assert_identical(bed: &Bed, a: usize, b: usize) {
