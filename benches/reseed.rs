@@ -456,6 +456,7 @@ mod linux {
             from: None,
             allow_in_sync: false,
             keep_replaced: false,
+            window_bytes: reseed::WINDOW_BYTES,
         };
         let progress = Progress::new(DB, TARGET);
         if let Some(b) = budget {
@@ -463,7 +464,10 @@ mod linux {
                 max_bytes_per_s: Some(b),
                 ..ThrottleConfig::default()
             };
-            progress.pacer.set_throttle(Throttle::new(&throttle, None));
+            progress
+                .job
+                .pacer
+                .set_throttle(Throttle::new(&throttle, None));
         }
         let started = Instant::now();
         let report = reseed::reseed(&core, &req, &progress)

@@ -213,6 +213,7 @@ mod linux {
             from: None,
             allow_in_sync: false,
             keep_replaced: false,
+            window_bytes: reseed::WINDOW_BYTES,
         };
         let progress = Progress::new(DB, "Volume2");
         let started = Instant::now();

@@ -15,7 +15,9 @@
 //!                 log, generations, tree reconciliation and crash repair
 //! reseed/         online block copy of a database onto a new copy (and incremental
 //!                 resync of a copy that missed writes), and its engines
-//! verify          online comparison of a database's in-sync copies, and repair
+//! verify/         online comparison of a database's in-sync copies, and repair; the locked
+//!                 chunk comparison the seeder and the resync share
+//! job             a background job's progress (reseed, resync, verify): phase, bytes, rate
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! throttle        the host's rebuild scheduler: shared budget, fair shares, latency backoff
 //! explain         why each copy is not healthy and what happens next; what if a volume dies
@@ -42,6 +44,7 @@ pub mod daemon;
 pub mod events;
 pub mod explain;
 pub mod fs;
+pub mod job;
 pub mod layout;
 pub mod metrics;
 pub mod mountpoint;
