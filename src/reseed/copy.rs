@@ -331,7 +331,7 @@ fn copy_file_from(
     Ok(Step::Copied(copied))
 }
 
-fn size_of(f: &File) -> io::Result<u64> {
+pub(super) fn size_of(f: &File) -> io::Result<u64> {
     Ok(f.metadata()?.len())
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rustix::fs::{FileType, Mode, OFlags};
 
+use super::copy::size_of;
 use super::layout::Layout;
 use super::{Phase, Progress, SeedError, SeedRequest, Source, dest_failed};
 use crate::copyset::Database;
@@ -184,10 +185,6 @@ fn compare_files(
     }
     verified.checksum = all.finalize();
     Ok(verified)
-}
-
-fn size_of(f: &std::fs::File) -> io::Result<u64> {
-    Ok(f.metadata()?.len())
 }
 
 /// The new copy has the source's names, kinds, modes, owners and link targets.
