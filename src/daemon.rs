@@ -3,8 +3,8 @@
 //!
 //! [`run`] reads top to bottom, one step per function. What the steps set up and must be
 //! undone (the checkpoint thread, the pool's clean flag, the signal handlers, the socket
-//! file) is held by one [`Teardown`]: an early error drops it, the end of the mount calls
-//! [`Teardown::finish`], and nothing is undone twice or forgotten on one path.
+//! file) is held by one `Teardown`: an early error drops it, the end of the mount calls
+//! `Teardown::finish`, and nothing is undone twice or forgotten on one path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,19 +3,19 @@
 //!
 //! Four phases, each with its event and, but the last, its file:
 //!
-//! 1. **Lay out** ([`layout`]; namespace held exclusively, milliseconds): the copy's
+//! 1. **Lay out** (`layout`; namespace held exclusively, milliseconds): the copy's
 //!    placement moves to the target volume in state `Seeding` and is persisted; whatever
 //!    the target held for this database is moved aside (`.reseedfs/replaced/`, deleted
 //!    once the new copy is verified: SafeDeleteExistingFiles); the source tree is
 //!    recreated on the target (directories, empty sparse files of the right size, links,
 //!    owners, modes, xattrs); every open handle gets its file on the target. From here on
 //!    every namespace mutation reaches the new copy like any other.
-//! 2. **Copy** ([`copy`]; 825 → 826): each file front to back in windows, data extents
+//! 2. **Copy** (`copy`; 825 → 826): each file front to back in windows, data extents
 //!    only (holes stay holes), destination preallocated, through a
 //!    [`engine::CopyEngine`]. Writes are routed by [`crate::copyset::SeedFile`] so the copy
 //!    is identical to the source when the file's last window closes. A read error on the
 //!    source moves the copy to another in-sync copy when there is one.
-//! 3. **Verify** ([`verify`]; 827 → 828): every file compared with the source chunk by
+//! 3. **Verify** (`verify`; 827 → 828): every file compared with the source chunk by
 //!    chunk (CRC32), each chunk under the file's stripe locks so concurrent writes cannot
 //!    race it (the comparison online verification uses, [`crate::verify::chunk`]).
 //! 4. **In sync** (1110): the copy is persisted `InSync` and serves reads again.

@@ -27,9 +27,9 @@
 //!
 //! Events 3040 (`verify.online_started`) and 3041 (`verify.online_completed`) frame a run.
 //!
-//! Files: this one holds the report, the progress and the run's setup; [`tree`] the tree
-//! pass, [`data`] the data pass, [`repair`] what `--repair` rewrites, [`chunk`] the locked
-//! chunk comparison that the seeder and the resync use too, [`verifier`] the daemon side
+//! Files: this one holds the report, the progress and the run's setup; `tree` the tree
+//! pass, `data` the data pass, `repair` what `--repair` rewrites, [`chunk`] the locked
+//! chunk comparison that the seeder and the resync use too, `verifier` the daemon side
 //! (one verification per database, on a thread).
 
 pub mod chunk;
