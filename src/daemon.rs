@@ -19,9 +19,8 @@ use crate::control::{self, Request, Response};
 use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
 use crate::fs::Core;
 use crate::metrics::{CountingSink, Metrics};
-use crate::pool::Pool;
+use crate::pool::{Checkpointer, Pool};
 use crate::status::LastErrors;
-use crate::tap::Checkpointer;
 use crate::verify::{Verifier, VerifyOptions};
 
 /// Why the daemon is asked to stop.
@@ -53,9 +52,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             config.databases_root.display()
         );
     }
-    let core =
-        Arc::new(Core::new(pool.clone(), config.threads * 2).context("start fan-out threads")?);
-    core.watch_failures();
+    let core = Arc::new(Core::new(pool.clone()));
     let runner = Runner::new(core.clone(), Arc::new(SystemClock));
     let verifier = Arc::new(Verifier::new(core.clone()).with_throttle(runner.throttle().clone()));
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
@@ -228,7 +225,7 @@ fn serve_metrics(
     let render: crate::metrics::Render = {
         let (pool, runner, metrics) = (pool.clone(), runner.clone(), metrics.clone());
         Arc::new(move || {
-            let mut status = pool.status();
+            let mut status = crate::status::of_pool(&pool);
             runner.annotate(&mut status);
             let mirrored: Vec<(String, u64)> = pool
                 .volumes()
@@ -327,14 +324,17 @@ impl Control {
                 max_bytes_per_s,
                 by,
             } => self.throttle(max_bytes_per_s, by),
-            Request::Explain { db, what_if_fail } => crate::explain::live(
+            Request::Explain { db, what_if_fail } => match crate::explain::live(
                 &self.pool,
                 &self.runner,
                 &self.status(),
                 db.as_deref(),
                 what_if_fail.as_deref(),
-            )
-            .unwrap_or_else(Response::Error),
+            ) {
+                Ok(crate::explain::Answer::Explain(e)) => Response::Explain(Box::new(e)),
+                Ok(crate::explain::Answer::WhatIf(w)) => Response::WhatIf(Box::new(w)),
+                Err(e) => Response::Error(e),
+            },
             Request::Reseed { db, from, to } => match self.runner.manual_reseed(&db, from, to) {
                 Ok(target) => Response::Started { db, target },
                 Err(e) => Response::Error(e),
@@ -391,8 +391,8 @@ impl Control {
     }
 
     /// The pool's status with the runner's progress, the throttle and the last errors.
-    fn status(&self) -> crate::control::Status {
-        let mut status = self.pool.status();
+    fn status(&self) -> crate::status::Status {
+        let mut status = crate::status::of_pool(&self.pool);
         self.runner.annotate(&mut status);
         crate::status::complete(
             &mut status,

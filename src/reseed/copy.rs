@@ -18,10 +18,10 @@ use rustix::fs::{FallocateFlags, Mode, OFlags};
 use super::engine::{CopyEngine, CopyError, Extent, data_extents, split_aligned};
 use super::layout::{FileJob, Layout};
 use super::{Progress, SeedError, SeedRequest, Source, dest_failed};
+use crate::copyset::CopyState;
 use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
-use crate::pool::CopyState;
 use crate::throttle::StreamKind;
 use crate::volume::{Volume, is_media_error, punch_hole};
 
@@ -375,7 +375,7 @@ fn copy_buffered(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64, C
     let mut done = 0;
     while done < len {
         let n = ((len - done) as usize).min(buf.len());
-        let got = crate::copyset::read_full(src, offset + done, &mut buf[..n])
+        let got = crate::volume::read_full(src, offset + done, &mut buf[..n])
             .map_err(CopyError::Source)?;
         if got == 0 {
             break;

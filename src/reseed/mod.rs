@@ -428,7 +428,7 @@ fn finish(
         )
         .database(&db.name)
         .volume(&req.target)
-        .field("status", status),
+        .field("status", status.as_str()),
     );
     Ok(())
 }

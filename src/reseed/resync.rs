@@ -28,14 +28,14 @@ use serde::{Deserialize, Serialize};
 
 use super::verify::compare_trees;
 use super::{Phase, Progress, SeedError, Source, choose_source, dest_failed};
-use crate::copyset::{Database, read_full};
+use crate::copyset::{CopyState, Database};
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
-use crate::pool::CopyState;
 use crate::tap::reconcile::{self, SideError};
 use crate::tap::{self, FileDirty, IncrementalError, Lineage};
 use crate::verify::chunk::{ChunkLocks, ChunkReader};
+use crate::volume::read_full;
 use crate::volume::{Volume, child_path};
 
 /// Bytes copied under one hold of a file's stripe locks.
@@ -529,7 +529,7 @@ fn run(
         )
         .database(&db.name)
         .volume(&name)
-        .field("status", status),
+        .field("status", status.as_str()),
     );
     Ok(report)
 }

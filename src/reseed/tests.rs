@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
+use crate::copyset::CopyState;
 use crate::events::EventId;
 use crate::fs::HandleId;
 use crate::fs::tests::{Bed, ME, copy_state, db_folder, volume};
-use crate::pool::CopyState;
 use crate::testbed::rng::pattern;
 
 /// Every file under the database folders of volume `a` equals volume `b`'s.

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLockReadGuard;
 
-use crate::copyset::read_full;
 use crate::fs::Node;
+use crate::volume::read_full;
 
 /// Granularity of a located difference.
 pub const BLOCK: usize = 4096;

@@ -50,11 +50,11 @@ use parking_lot::Mutex;
 use rustix::fs::Stat;
 use serde::{Deserialize, Serialize};
 
+use crate::copyset::CopyState;
 use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::job::{JobPhase, JobProgress};
-use crate::pool::CopyState;
 use crate::volume::{Volume, is_media_error};
 use chunk::ChunkReader;
 

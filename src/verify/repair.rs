@@ -12,8 +12,8 @@ use std::path::Path;
 use super::Run;
 use super::data::{OpenGroup, size_of};
 use super::tree::xattrs;
-use crate::copyset::read_full;
 use crate::volume::Volume;
+use crate::volume::read_full;
 
 impl Run<'_> {
     /// Makes the xattrs of `path` on `v` those of the active copy; true when they are now.

@@ -30,10 +30,11 @@ use anyhow::{Context, bail};
 
 use super::{Exit, render_event, render_status};
 use crate::config::Config;
-use crate::control::{self, Request, Response, Status};
+use crate::control::{self, Request, Response};
 use crate::events::{Event, EventLog};
 use crate::fs::Core;
 use crate::pool::Pool;
+use crate::status::Status;
 use crate::testbed::daemon::{MOUNT_TIMEOUT, MountDaemon};
 use crate::testbed::{self, Testbed};
 use workload::{CoreTarget, DirTarget, Plan, Verified, Written, verify, write_workload};
@@ -402,7 +403,7 @@ fn in_process_story(
     );
     let pool = Pool::open(&config, log)
         .with_context(|| format!("open the pool under {}", config.volumes_root.display()))?;
-    let core = Arc::new(Core::new(pool.clone(), 4).context("start the core's fan-out threads")?);
+    let core = Arc::new(Core::new(pool.clone()));
     let target = CoreTarget::new(core.clone())?;
     println!(
         "  {DB} is served from {}; the files are created in {}",
@@ -419,6 +420,7 @@ fn in_process_story(
         .find(|v| &v.name == active)
         .and_then(|v| v.volume())
         .with_context(|| format!("find the open volume {active} in the pool"))?;
+    // The fault-injecting volume layer is there: the `demo` feature enables `failpoints`.
     let kill = || {
         victim.inject_fault(libc::EIO);
         Ok(())
@@ -442,7 +444,7 @@ fn in_process_story(
     check(interrupted)?;
 
     step(6, "status and events of the pool");
-    show_status(&pool.status(), active);
+    show_status(&crate::status::of_pool(&pool), active);
     println!();
     let events = crate::events::read_events(&events_path)
         .with_context(|| format!("read the event log {}", events_path.display()))?;
@@ -533,10 +535,14 @@ fn show_status(s: &Status, dead: &str) {
     let dead_copy = db.copies.iter().find(|c| c.volume == dead);
     let active = db.copies.iter().find(|c| c.active);
     match (dead_copy, active) {
-        (Some(d), Some(a)) if d.status.contains("Failed") && a.volume != dead => println!(
-            "  notice: {} is {} and {} is the active copy now ({}); the writers never knew",
-            d.name, d.status, a.name, a.status
-        ),
+        (Some(d), Some(a))
+            if d.status == crate::copyset::StatusWord::FailedAndSuspended && a.volume != dead =>
+        {
+            println!(
+                "  notice: {} is {} and {} is the active copy now ({}); the writers never knew",
+                d.name, d.status, a.name, a.status
+            )
+        }
         _ => println!(
             "  WARNING: the status should show the copy on {dead} failed and another copy active"
         ),
