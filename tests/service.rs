@@ -27,7 +27,8 @@ use common::{
     BIN, EXIT_TIMEOUT, FSTYPE, describe_output, free_local_addr, http_get,
     require_mount_privileges, wait_for,
 };
-use reseedfs::testbed::{self, Testbed};
+use reseedfs::mountpoint::{is_mount_point, mount_fstype};
+use reseedfs::testbed::Testbed;
 
 const VOLUME_BYTES: u64 = 256 << 20;
 const DB: &str = "db001";
@@ -166,7 +167,7 @@ fn wait_exit(pid: u32) {
 }
 
 fn mounted(root: &Path) -> bool {
-    testbed::mount_fstype(root).as_deref() == Some(FSTYPE)
+    mount_fstype(root).as_deref() == Some(FSTYPE)
 }
 
 /// Stops every daemon left for the bed's config (a failed test), then lazily unmounts.
@@ -183,7 +184,7 @@ impl Drop for Cleanup<'_> {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
-        if testbed::is_mount_point(&self.0.databases_root) {
+        if is_mount_point(&self.0.databases_root) {
             let _ = Command::new("umount")
                 .arg("-l")
                 .arg(&self.0.databases_root)

@@ -1,5 +1,6 @@
 //! The command line: parse, run one subcommand, map the outcome to an exit code.
 
+#[cfg(feature = "demo")]
 pub mod demo;
 mod events;
 mod explain;
@@ -64,7 +65,12 @@ pub enum Command {
     /// List what divergent copies kept in quarantine (read from the volumes).
     Quarantine(tap::QuarantineArgs),
     /// The whole story in a throwaway pool: mount, write, kill a disk, verify, clean up.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// The demo is not in this build: says how to get it.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo(NoDemoArgs),
     /// Why each copy is not healthy and what happens next; or what a volume's failure
     /// would do (--what-if-fail VolumeN).
     Explain(ExplainArgs),
@@ -77,6 +83,15 @@ pub enum Command {
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
     /// differences, 2 error); --repair rewrites what differs from the active copy.
     Verify(VerifyArgs),
+}
+
+/// `demo` in a build without the `demo` feature: whatever follows is ignored.
+#[cfg(not(feature = "demo"))]
+#[derive(Debug, clap::Args)]
+pub struct NoDemoArgs {
+    /// Ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<std::ffi::OsString>,
 }
 
 /// `--config FILE`.
@@ -224,7 +239,16 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Suspend(a) => tap::suspend(&a),
         Command::Resume(a) => tap::resume(&a),
         Command::Quarantine(a) => tap::quarantine(&a),
+        #[cfg(feature = "demo")]
         Command::Demo(a) => demo::run(&a),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo(_) => {
+            eprintln!(
+                "reseedfs: this build has no demo (it builds throwaway pools, which the product does not ship): \
+                 build it with the `demo` feature, `cargo run --release --features demo -- demo`"
+            );
+            Ok(Exit::Failure)
+        }
         Command::Explain(a) => explain::explain(&a),
         Command::Throttle(a) => throttle::throttle(&a),
         Command::MountHelper(a) => return mount_helper::run(&a),
