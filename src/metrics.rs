@@ -5,7 +5,7 @@
 //!
 //! | series | type | labels | what |
 //! |---|---|---|---|
-//! | `reseedfs_build_info` | gauge | `version` | always 1 |
+//! | `reseedfs_build_info` | gauge | `version`, `commit` | always 1 |
 //! | `reseedfs_pool_epoch` | gauge | | the persisted pool state's epoch |
 //! | `reseedfs_copy_state` | gauge | `database`, `volume`, `state` | 1 for the copy's status word, 0 for the others |
 //! | `reseedfs_copy_active` | gauge | `database`, `volume` | 1 for the copy that serves reads |
@@ -272,7 +272,10 @@ impl Metrics {
         out.family("reseedfs_build_info", "gauge", "The running reseedfs.");
         out.sample(
             "reseedfs_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("RESEEDFS_COMMIT")),
+            ],
             1,
         );
         out.family(

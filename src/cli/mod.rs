@@ -24,13 +24,23 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::control::{self, Request, Response, Status};
 use crate::events::Event;
 
+/// The version and the commit it was built from, as `--version` prints it:
+/// `0.1.0 (commit 1a2b3c4d5e6f)` (`commit unknown` when built without git; see
+/// `platform/build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RESEEDFS_COMMIT"),
+    ")"
+);
+
 /// reseedfs: keeps a database running when a disk dies.
 ///
 /// Stable database paths (`<databases_root>/<db>/`) over a pool of volumes; every write
 /// goes to each copy; a failing disk is taken out of service without the database
 /// noticing.
 #[derive(Debug, Parser)]
-#[command(name = "reseedfs", version, about, long_about = None)]
+#[command(name = "reseedfs", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
