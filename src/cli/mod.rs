@@ -3,6 +3,7 @@
 pub mod demo;
 mod events;
 mod explain;
+pub mod generate;
 pub mod mount_helper;
 mod reseed;
 mod tap;
@@ -34,13 +35,27 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// What `reseedfs --help` (and so `man reseedfs`) says after the subcommands.
+const FILES_AND_EXIT_STATUS: &str = "\
+Files:
+  /etc/reseedfs/reseedfs.toml  the config: `init` writes it, every command reads it (--config)
+  /run/reseedfs/               state_dir: the control socket, events.jsonl, the helper's log
+  /var/lib/reseedfs/           witness_dir: a copy of the pool state on the system disk
+
+Exit status: 0 success; 1 failure (verify: the copies differ); 2 verify could not finish;
+3 the config or the pool is unusable; 4 the daemon cannot be reached.
+
+Environment: RESEEDFS_LOG filters the log on stderr (`info`, `reseedfs=debug`; default warn).
+
+Every subcommand has a man page: man reseedfs-status, man reseedfs-explain, ...";
+
 /// reseedfs: keeps a database running when a disk dies.
 ///
 /// Stable database paths (`<databases_root>/<db>/`) over a pool of volumes; every write
 /// goes to each copy; a failing disk is taken out of service without the database
 /// noticing.
 #[derive(Debug, Parser)]
-#[command(name = "reseedfs", version = VERSION, about, long_about = None)]
+#[command(name = "reseedfs", version = VERSION, about, long_about = None, after_long_help = FILES_AND_EXIT_STATUS)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -86,6 +101,10 @@ pub enum Command {
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
     /// differences, 2 error); --repair rewrites what differs from the active copy.
     Verify(VerifyArgs),
+    /// Write the man pages or the shell completions, made from these definitions
+    /// (`generate man DIR`, `generate completions DIR`; the package build runs it).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// `--config FILE`.
@@ -238,6 +257,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Throttle(a) => throttle::throttle(&a),
         Command::MountHelper(a) => return mount_helper::run(&a),
         Command::Verify(a) => verify::verify(&a),
+        Command::Generate(a) => generate::run(&a),
     };
     match r {
         Ok(e) => e.into(),
