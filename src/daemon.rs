@@ -205,6 +205,8 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             Arc::new(move || {
                 let mut status = pool.status();
                 runner.annotate(&mut status);
+                // The throttle's section and the queue of in-sync copies, as `status` has them.
+                crate::status::complete(&mut status, Some(runner.throttle()), None);
                 let mirrored: Vec<(String, u64)> = pool
                     .volumes()
                     .iter()
