@@ -18,7 +18,7 @@
 //! | `reseedfs_volume_io_errors_total` | counter | `volume` | I/O errors seen on the volume |
 //! | `reseedfs_volume_mirrored_bytes_total` | counter | `volume` | file data written to the volume's copies through the mount |
 //! | `reseedfs_volume_free_bytes`, `reseedfs_volume_size_bytes` | gauge | `volume` | when the volume answers |
-//! | `reseedfs_events_total` | counter | `id`, `kind` | events recorded; the ids the shipped alerts watch from 0, the others from their first |
+//! | `reseedfs_events_total` | counter | `id`, `kind` | events recorded; those logged at ERROR from 0, the others from their first |
 //! | `reseedfs_event_log_write_failures_total` | counter | | events that could not be written to `events.jsonl` |
 //! | `reseedfs_autoreseed_step` | gauge | `database`, `volume`, `step` | 1 for the step of a copy's AutoReseed workflow (`Dwell` .. `Stopped`), 0 for the others |
 //! | `reseedfs_autoreseed_blocked` | gauge | `database`, `volume` | 1 while a prerequisite holds the copy's workflow |
@@ -100,19 +100,18 @@ const AUTORESEED_STEPS: [&str; 6] = [
     "Done",
 ];
 
-/// Events exported from 0 (the others appear with their first occurrence): those the
-/// shipped alerting rules watch. A counter series that appears at 1 is invisible to
-/// `increase()`, which needs an earlier sample: the first failure would never alert.
-const EVENTS_FROM_ZERO: [EventId; 9] = [
+/// Events exported from 0 (the others appear with their first occurrence): those logged at
+/// ERROR, which a human must act on and the shipped alerting rules watch. A counter series
+/// that appears at 1 is invisible to `increase()`, which needs an earlier sample: the first
+/// failure would never alert.
+const EVENTS_FROM_ZERO: [EventId; 7] = [
     EventId::CopyFailed,
     EventId::CopyDiverged,
     EventId::StatePersistFailed,
-    EventId::AutoReseedAttemptFailed,
     EventId::SparesExhausted,
     EventId::AutoReseedStopped,
     EventId::ReseedFailed,
     EventId::IncrementalReseedError,
-    EventId::DivergenceFound,
 ];
 
 /// A filesystem operation, as timed in `reseedfs_request_duration_seconds{op}`.
@@ -992,6 +991,18 @@ mod tests {
             assert!(
                 !text.lines().any(|l| l.starts_with(absent)),
                 "{absent}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_events_from_zero_are_those_a_human_must_act_on() {
+        for id in EVENTS_FROM_ZERO {
+            assert_eq!(
+                id.severity(),
+                crate::events::Severity::Error,
+                "{}",
+                id.number()
             );
         }
     }
