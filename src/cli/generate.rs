@@ -26,7 +26,7 @@ pub struct GenerateArgs {
 /// What `generate` writes.
 #[derive(Debug, clap::Subcommand)]
 pub enum Generate {
-    /// Man pages (roff): reseedfs.1, reseedfs-<subcommand>.1, mount.fuse.reseedfs.8.
+    /// Man pages (roff): reseedfs.1, reseedfs-SUBCOMMAND.1, mount.fuse.reseedfs.8.
     Man {
         /// The folder to write them into (created if missing).
         dir: PathBuf,
