@@ -41,11 +41,12 @@ use parking_lot::Mutex;
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 use serde::{Deserialize, Serialize};
 
-use crate::copyset::{Database, read_full};
+use crate::copyset::CopyState;
+use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
-use crate::pool::CopyState;
+use crate::volume::read_full;
 use crate::volume::{Volume, child_path, is_media_error};
 
 /// Bytes compared per step, under the chunk's stripe locks.

@@ -22,8 +22,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::control::{self, Request, Response, Status};
+use crate::control::{self, Request, Response};
 use crate::events::Event;
+use crate::status::Status;
 
 /// The version and the commit it was built from, as `--version` prints it:
 /// `0.1.0 (commit 1a2b3c4d5e6f)` (`commit unknown` when built without git; see
@@ -333,7 +334,7 @@ fn when(t: std::time::SystemTime) -> String {
 }
 
 /// CopyQueueLength as `status` prints it: mutations and bytes the copy lacks.
-fn queue_text(c: &crate::control::CopyStatus) -> String {
+fn queue_text(c: &crate::status::CopyStatus) -> String {
     match (c.queue_length, c.queue_bytes) {
         (Some(n), Some(b)) => format!("{n} mutations ({})", fmt_bytes(Some(b))),
         (Some(n), None) => format!("{n} mutations"),

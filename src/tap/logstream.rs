@@ -21,11 +21,10 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
-use crate::volume::{Volume, child_path};
+use crate::volume::{FileType, Mode, OFlags, Volume, child_path};
 
 /// Bytes read per step while checksumming a log.
 const READ_CHUNK: usize = 1 << 20;

@@ -7,12 +7,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
-use super::activity::{self, EXTENT_SHIFT, Recovered};
-use super::reconcile::{self, SideError};
-use crate::copyset::Database;
+use super::Database;
+use crate::tap::activity::{self, EXTENT_SHIFT, Recovered};
+use crate::tap::reconcile::{self, SideError};
+use crate::volume::{Mode, OFlags};
 
 /// What a crash repair did for one database.
 #[derive(Debug, Default, Clone, Serialize)]
