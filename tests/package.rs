@@ -11,8 +11,9 @@
 //!   says how to switch.
 //! - `dpkg -r` while the file is open: refused by `reseedfs unmount` (the CLI's refusal,
 //!   passed on with what to do); the package stays installed and the mount serving. Closed:
-//!   `dpkg -r` unmounts, the daemon exits, every file of the package is gone; `dpkg --purge`
-//!   leaves nothing. The data written through the mount is on both copies.
+//!   `dpkg -r` unmounts, the daemon exits, every file of the package is gone, and a pool
+//!   served by another reseedfs binary is left mounted; `dpkg --purge` leaves nothing. The
+//!   data written through the mount is on both copies.
 //! - The example config parses, and the defaults it shows are the real ones.
 //! - `--version` names the commit from git, and `unknown` from a source tarball.
 //!
@@ -31,12 +32,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use clap::CommandFactory as _;
-use common::{BIN, EXIT_TIMEOUT, FSTYPE, describe_output, require_mount_privileges, wait_for};
+use common::{
+    BIN, EXIT_TIMEOUT, FSTYPE, Mounted, describe_output, require_mount_privileges, wait_for,
+};
 use reseedfs::config::Config;
 use reseedfs::testbed::{self, Testbed};
 
 const DB: &str = "db001";
 const VOLUME_BYTES: u64 = 256 << 20;
+/// The volumes of a second pool, served by the binary under test rather than the package's.
+const OTHER_VOLUME_BYTES: u64 = 128 << 20;
 const INSTALLED_BIN: &str = "/usr/bin/reseedfs";
 const INSTALLED_HELPER: &str = "/usr/sbin/mount.fuse.reseedfs";
 const PACKAGE: &str = "reseedfs";
@@ -463,7 +468,10 @@ fn the_package_installs_upgrades_over_itself_and_removes_cleanly() {
     let said = text(&upgrade);
     println!("--- dpkg -i over itself ---\n{said}");
     assert!(
-        said.contains(&format!("previous binary (pid {daemon}")) && said.contains("To switch"),
+        said.contains(&format!(
+            "daemon pid {daemon}, config {}",
+            bed.config_path.display()
+        )) && said.contains("To switch"),
         "the upgrade did not say which daemon runs the previous binary:\n{said}"
     );
     assert!(alive(daemon), "the upgrade stopped the daemon");
@@ -512,8 +520,14 @@ fn the_package_installs_upgrades_over_itself_and_removes_cleanly() {
         "written before the upgrade\nwritten after the upgrade\nwritten after the refusal\n"
     );
 
-    // Closed: the removal unmounts, the daemon exits, the files go.
+    // Closed: the removal unmounts, the daemon exits, the files go; a pool served by
+    // another reseedfs binary (here the one under test) is not the package's, and stays.
     drop(held);
+    let other = Mounted::start(
+        Testbed::loop_volumes(2, OTHER_VOLUME_BYTES).expect("build two loop volumes"),
+        &[DB],
+        2,
+    );
     let remove = run(Command::new("dpkg").args(["-r", PACKAGE]));
     assert!(
         remove.status.success(),
@@ -540,6 +554,14 @@ fn the_package_installs_upgrades_over_itself_and_removes_cleanly() {
         !Path::new("/usr/share/reseedfs").exists(),
         "dpkg -r left /usr/share/reseedfs"
     );
+    assert_eq!(
+        other.fstype().as_deref(),
+        Some(FSTYPE),
+        "dpkg -r unmounted a pool the package does not serve"
+    );
+    fs::write(other.db_files(DB).join("other.dat"), b"still here")
+        .expect("write to the other pool after dpkg -r");
+    other.unmount();
     let purge = run(Command::new("dpkg").args(["--purge", PACKAGE]));
     assert!(
         purge.status.success(),
