@@ -227,6 +227,8 @@ fn serve_metrics(
         Arc::new(move || {
             let mut status = crate::status::of_pool(&pool);
             runner.annotate(&mut status);
+            // The throttle's section and the queue of in-sync copies, as `status` has them.
+            crate::status::complete(&mut status, Some(runner.throttle()), None);
             let mirrored: Vec<(String, u64)> = pool
                 .volumes()
                 .iter()

@@ -55,7 +55,9 @@ fn systemd_unit_verifies() {
     let text = fs::read_to_string(&unit).expect("read the unit");
     for want in [
         "Type=notify",
-        "ExecStart=/usr/local/bin/reseedfs mount --config /etc/reseedfs/reseedfs.toml",
+        "ExecStart=/usr/bin/reseedfs mount --config /etc/reseedfs/reseedfs.toml",
+        "ExecStop=/usr/bin/reseedfs unmount --config /etc/reseedfs/reseedfs.toml",
+        "SendSIGKILL=no",
         "Restart=on-failure",
         "KillSignal=SIGTERM",
         "TimeoutStopSec=",
@@ -67,7 +69,7 @@ fn systemd_unit_verifies() {
     // verify checks that ExecStart's binary exists: point it at the one under test.
     let dir = scratch_dir("unit");
     let copy = dir.join("reseedfs.service");
-    fs::write(&copy, text.replace("/usr/local/bin/reseedfs", BIN)).expect("write the unit copy");
+    fs::write(&copy, text.replace("/usr/bin/reseedfs", BIN)).expect("write the unit copy");
     let out = Command::new(analyze)
         .arg("verify")
         .arg(&copy)

@@ -4,6 +4,7 @@
 pub mod demo;
 mod events;
 mod explain;
+pub mod generate;
 pub mod mount_helper;
 mod reseed;
 mod tap;
@@ -26,13 +27,37 @@ use crate::control::{self, Request, Response};
 use crate::events::Event;
 use crate::status::Status;
 
+/// The version and the commit it was built from, as `--version` prints it:
+/// `0.1.0 (commit 1a2b3c4d5e6f)` (`commit unknown` when built without git; see
+/// `platform/build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RESEEDFS_COMMIT"),
+    ")"
+);
+
+/// What `reseedfs --help` (and so `man reseedfs`) says after the subcommands.
+const FILES_AND_EXIT_STATUS: &str = "\
+Files:
+  /etc/reseedfs/reseedfs.toml  the config: `init` writes it, every command reads it (--config)
+  /run/reseedfs/               state_dir: the control socket, events.jsonl, the helper's log
+  /var/lib/reseedfs/           witness_dir: a copy of the pool state on the system disk
+
+Exit status: 0 success; 1 failure (verify: the copies differ); 2 verify could not finish;
+3 the config or the pool is unusable; 4 the daemon cannot be reached.
+
+Environment: RESEEDFS_LOG filters the log on stderr (`info`, `reseedfs=debug`; default warn).
+
+Every subcommand has a man page: man reseedfs-status, man reseedfs-explain, ...";
+
 /// reseedfs: keeps a database running when a disk dies.
 ///
 /// Stable database paths (`<databases_root>/<db>/`) over a pool of volumes; every write
 /// goes to each copy; a failing disk is taken out of service without the database
 /// noticing.
 #[derive(Debug, Parser)]
-#[command(name = "reseedfs", version, about, long_about = None)]
+#[command(name = "reseedfs", version = VERSION, about, long_about = None, after_long_help = FILES_AND_EXIT_STATUS)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -83,6 +108,10 @@ pub enum Command {
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
     /// differences, 2 error); --repair rewrites what differs from the active copy.
     Verify(VerifyArgs),
+    /// Write the man pages or the shell completions, made from these definitions
+    /// (`generate man DIR`, `generate completions DIR`; the package build runs it).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// `demo` in a build without the `demo` feature: whatever follows is ignored.
@@ -253,6 +282,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Throttle(a) => throttle::throttle(&a),
         Command::MountHelper(a) => return mount_helper::run(&a),
         Command::Verify(a) => verify::verify(&a),
+        Command::Generate(a) => generate::run(&a),
     };
     match r {
         Ok(e) => e.into(),
