@@ -99,6 +99,28 @@ impl Database {
         has: impl Fn(usize) -> bool,
         f: impl Fn(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
+        self.on_every_copy(op, has, f, true)
+    }
+
+    /// Opens a file on every copy that takes mutations (see [`Database::mutate`]). An open
+    /// that changes nothing (no `O_TRUNC`) is answered even when the failure of a copy it
+    /// skipped could not be recorded (see `settle`): reads go on.
+    pub(super) fn open_where<T>(
+        &self,
+        op: &str,
+        changes: bool,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.on_every_copy(op, |_| true, f, changes)
+    }
+
+    fn on_every_copy<T>(
+        &self,
+        op: &str,
+        has: impl Fn(usize) -> bool,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+        changes: bool,
+    ) -> io::Result<T> {
         let _namespace = self.namespace_shared();
         let (first, result) = loop {
             let (active, _) = self.active()?;
@@ -134,7 +156,9 @@ impl Database {
             }
         }
         self.tap.mutated();
-        self.settle()?;
+        if changes {
+            self.settle()?;
+        }
         Ok(result)
     }
 
@@ -229,6 +253,64 @@ impl Database {
             v.submit_write(f, offset, shared.clone())
         })
         .map(|()| len)
+    }
+
+    /// After a write that every in-sync copy refused (ENOSPC, EDQUOT, a short write that
+    /// could not go on): each copy may hold a different part of it. Makes every other
+    /// in-sync copy equal to the active one in `[offset, offset+len)` and in size, before
+    /// the error goes back; a copy that cannot be made equal (it refuses the bytes too) is
+    /// failed as diverged (3003). Call with the file's resize lock held exclusively (no
+    /// write in flight, sizes stable).
+    pub(super) fn equalize_after_refused_write(&self, files: &OpenFiles, offset: u64, len: usize) {
+        let Ok((active, av)) = self.active() else {
+            return;
+        };
+        let Some(af) = files.get(active, &self.copies[active]) else {
+            return;
+        };
+        let mut want = vec![0u8; len];
+        let size = read_full(&av, &af.file, offset, &mut want)
+            .and_then(|n| Ok((n, av.fstat(&af.file)?.st_size as u64)));
+        let (n, size) = match size {
+            Ok(x) => x,
+            Err(e) => {
+                // The active copy's own error (a media error fails it; the next write
+                // or read meets the rest).
+                self.on_error(active, "write (reading back a refused write)", &e, false);
+                return;
+            }
+        };
+        for (i, c) in self.copies.iter().enumerate() {
+            if i == active || !c.is(CopyState::InSync) {
+                continue;
+            }
+            let (Some(v), Some(f)) = (c.in_sync_volume(), files.get(i, c)) else {
+                continue;
+            };
+            let made_equal = (|| -> io::Result<()> {
+                let mut have = vec![0u8; n];
+                if read_full(&v, &f.file, offset, &mut have)? != n || have != want[..n] {
+                    v.write_all_at(&f.file, offset, &want[..n])?;
+                }
+                if v.fstat(&f.file)?.st_size as u64 != size {
+                    v.set_len(&f.file, size)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = made_equal {
+                tracing::warn!(
+                    "{}: copy on {} cannot be made equal to the active copy after a write                      every copy refused: {e}",
+                    self.name,
+                    v.name()
+                );
+                self.on_error(
+                    i,
+                    "write (making the copies equal after a refused write)",
+                    &e,
+                    true,
+                );
+            }
+        }
     }
 
     /// Starts writing `[offset, offset+len)` of the handle's files back to every copy's
@@ -376,4 +458,17 @@ fn count_written<T>(v: &Volume, r: &io::Result<T>, len: usize) {
     if len > 0 && r.is_ok() {
         v.count_written(len);
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` of `f` unless end of file comes first; returns the
+/// bytes read.
+fn read_full(v: &Volume, f: &VolFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match v.read_at(f, offset + done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
 }

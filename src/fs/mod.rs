@@ -648,7 +648,7 @@ impl Core {
 
     /// `fsync`/`fdatasync`: durable on every in-sync copy when it returns.
     pub fn fsync(&self, h: HandleId, datasync: bool) -> Result<()> {
-        self.with_file(h, |_, db, files| Ok(db.fsync(files, datasync)?))
+        self.with_file(h, |node, db, files| Ok(db.fsync(&**node, files, datasync)?))
     }
 
     /// `fallocate` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).

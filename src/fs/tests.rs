@@ -454,17 +454,20 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
     // Random (not sequential) writes to extents 0 and 5.
     core.write(h, 5 * MIB4, b"x").expect("write");
     core.write(h, 0, b"x").expect("write");
-    assert_eq!(logged(), [0, 5].into());
+    assert_eq!(logged(), [0..1, 5..6].into());
     // The checkpoint carries both over: they were written in the epoch it ends.
     db.checkpoint(false);
-    assert_eq!(logged(), [0, 5].into());
+    assert_eq!(logged(), [0..1, 5..6].into());
     // A write to a carried extent needs no log record.
     let before = log_len();
     core.write(h, 100, b"y").expect("write");
     assert_eq!(log_len(), before, "a carried extent was logged again");
     // Extent 5 was not written in the last epoch: it leaves; extent 0 stays.
     db.checkpoint(false);
-    assert_eq!(logged(), [0].into());
+    assert_eq!(
+        logged(),
+        rangemap::RangeSet::from_iter(std::iter::once(0..1))
+    );
     // Nothing written for a whole epoch: the log is empty of the file.
     db.checkpoint(false);
     assert!(logged().is_empty());
@@ -515,5 +518,74 @@ fn direct_callers_read_what_was_just_written_aligned_or_not() {
     assert_eq!(buf, &data[16 << 10..32 << 10]);
     assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
     core.release(d);
+    core.release(h);
+}
+
+/// The bytes of `name` in the database folder on volume `k`.
+fn backing_bytes(bed: &Bed, k: usize, name: &str) -> Vec<u8> {
+    std::fs::read(bed.backing(k, &format!("db001.db/{name}"))).expect("read the backing file")
+}
+
+#[test]
+fn a_write_every_copy_refuses_after_different_parts_leaves_the_copies_equal() {
+    // The active copy takes 12 KiB of a 64 KiB write and the other 40 KiB, then both say
+    // ENOSPC; and the other way round. The copies end up equal (size and bytes), and
+    // the caller gets ENOSPC.
+    for (name, active_lands, other_lands) in [("a", 12 << 10, 40 << 10), ("b", 0, 40 << 10)] {
+        let bed = Bed::new(&format!("refused-{name}"), 2, 2);
+        let (core, sink) = bed.open();
+        let dir = db_folder(&core);
+        let (_, h) = core
+            .create(dir, OsStr::new(name), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        core.write(h, 0, &[1u8; 8192]).expect("write before");
+        volume(&core, 1).inject_write_fault(libc::ENOSPC, active_lands);
+        volume(&core, 2).inject_write_fault(libc::ENOSPC, other_lands);
+        let e = core
+            .write(h, 4096, &[2u8; 64 << 10])
+            .expect_err("a write every copy refused");
+        assert_eq!(e.0, libc::ENOSPC);
+        let (a, b) = (backing_bytes(&bed, 1, name), backing_bytes(&bed, 2, name));
+        assert_eq!(
+            a.len(),
+            8192.max(4096 + active_lands as usize),
+            "the active copy's part"
+        );
+        assert!(a == b, "copies differ: {} and {} bytes", a.len(), b.len());
+        assert_eq!(copy_state(&core, 1), CopyState::InSync);
+        assert_eq!(copy_state(&core, 2), CopyState::InSync);
+        assert!(
+            !sink.ids().contains(&EventId::CopyDiverged),
+            "{:?}",
+            sink.ids()
+        );
+        core.release(h);
+    }
+}
+
+#[test]
+fn a_copy_that_cannot_be_made_equal_after_a_refused_write_is_failed_as_diverged() {
+    // The active copy takes 40 KiB before ENOSPC, the other none and it refuses everything
+    // from then on: it cannot be made equal, so it is failed (3003) and the database runs
+    // on the active copy.
+    let bed = Bed::new("refused-diverged", 2, 2);
+    let (core, sink) = bed.open();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    volume(&core, 1).inject_write_fault(libc::ENOSPC, 40 << 10);
+    volume(&core, 2).inject_fault(libc::ENOSPC);
+    let e = core
+        .write(h, 0, &[3u8; 64 << 10])
+        .expect_err("a write every copy refused");
+    assert_eq!(e.0, libc::ENOSPC);
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+    assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
+    assert!(
+        sink.ids().contains(&EventId::CopyDiverged),
+        "{:?}",
+        sink.ids()
+    );
     core.release(h);
 }

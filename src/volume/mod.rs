@@ -531,6 +531,13 @@ impl Volume {
         self.faults.fail_all(errno);
     }
 
+    /// Makes the next write of file data fail with `errno` once its first `land` bytes
+    /// are written (0 clears it): a volume that fills up during that write.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn inject_write_fault(&self, errno: i32, land: u64) {
+        self.faults.fail_writes(errno, land);
+    }
+
     /// Makes every later read of file data fail with `errno` (0 clears it): unreadable
     /// sectors while writes still work.
     #[cfg(any(test, feature = "failpoints"))]
