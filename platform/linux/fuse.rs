@@ -157,8 +157,9 @@ impl fuser::Filesystem for Adapter {
         self.timed(Op::Forget, || self.core.forget(node(ino), nlookup));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.timed(Op::Getattr, || self.core.getattr(node(ino))) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fh = fh.map(|h| HandleId(h.0));
+        match self.timed(Op::Getattr, || self.core.getattr(node(ino), fh)) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -343,7 +344,7 @@ impl fuser::Filesystem for Adapter {
     ) {
         let r = self.timed(Op::Write, || {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.core.kill_suidgid(node(ino))?;
+                self.core.kill_suidgid(node(ino), Some(HandleId(fh.0)))?;
             }
             self.core.write(HandleId(fh.0), offset, data)
         });

@@ -20,6 +20,7 @@
 //! 4. **In sync** (1110): the copy is persisted `InSync` and serves reads again.
 
 pub mod engine;
+pub mod orphans;
 pub mod resync;
 
 use std::collections::HashMap;
@@ -290,6 +291,8 @@ struct Layout {
     files: Vec<FileJob>,
     dirs: Vec<PathBuf>,
     replaced: Option<PathBuf>,
+    /// Files open with no name left, with an anonymous file on the target to fill.
+    orphans: Vec<Arc<Node>>,
 }
 
 /// The copy read from.
@@ -472,6 +475,10 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
             Ok(n) => copied += n,
             Err(e) => return Err(give_up(core, req, &layout.files, e)),
         }
+    }
+    match orphans::copy_orphans(db, req.slot, &layout.orphans, progress) {
+        Ok(n) => copied += n,
+        Err(e) => return Err(give_up(core, req, &layout.files, e)),
     }
     for dir in layout.dirs.iter().rev() {
         let synced = target
@@ -784,12 +791,14 @@ fn lay_out(
         let t = crate::volume::stat_times(st);
         dst.set_times(path, &t).map_err(|e| dst_err(path, e))?;
     }
-    core.refresh_handles(db, slot)
+    let refreshed = core
+        .refresh_handles(db, slot)
         .map_err(|e| dst_err(Path::new("(open handles)"), e))?;
     Ok(Layout {
         files,
         dirs,
         replaced,
+        orphans: refreshed.orphans,
     })
 }
 
@@ -849,7 +858,16 @@ fn copy_file(
                 return Ok(total);
             }
             Ok(Step::Unlinked) => {
+                // Every write is mirrored to the new copy from here on. A handle still
+                // open on the file keeps it alive with no name: it is copied through the
+                // handles' descriptors (they have it on the new copy since the layout).
                 job.seed.complete();
+                for node in &job.nodes {
+                    if node.any_open_files().is_some() {
+                        total += orphans::copy_orphan(db, req.slot, node, progress)?;
+                        break;
+                    }
+                }
                 return Ok(total);
             }
             Err(CopyError::Dest(e)) if e.kind() == io::ErrorKind::Interrupted => {
