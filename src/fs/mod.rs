@@ -593,6 +593,7 @@ impl Core {
         name: &OsStr,
         who: Caller,
         op: &str,
+        perm: Option<Mode>,
         f: impl Fn(&crate::volume::Volume, &Path) -> io::Result<()>,
     ) -> Result<Attr> {
         let (db, path) = self.child(parent, name)?;
@@ -600,7 +601,14 @@ impl Core {
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let owner = self.owner(d, &parent_path, who);
         d.make(op, &path, owner, f)?;
-        let st = self.stat_backing(d, &path)?;
+        let mut st = self.stat_backing(d, &path)?;
+        // The owner is set after the mode, and a chown clears setuid and setgid.
+        if let Some(perm) = perm.filter(|p| p.bits() & (libc::S_ISUID | libc::S_ISGID) != 0)
+            && st.st_mode & 0o7777 != perm.bits()
+        {
+            d.chmod(&path, perm)?;
+            st = self.stat_backing(d, &path)?;
+        }
         Ok(self.entry(db, path, &st))
     }
 
@@ -615,7 +623,7 @@ impl Core {
     ) -> Result<Attr> {
         let kind = FileType::from_raw_mode(mode);
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mknod", |v, p| {
+        self.make(parent, name, who, "mknod", Some(perm), |v, p| {
             v.mknod(p, kind, perm, rdev)
         })
     }
@@ -623,7 +631,7 @@ impl Core {
     /// Creates a directory.
     pub fn mkdir(&self, parent: NodeId, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mkdir", |v, p| v.mkdir(p, perm))
+        self.make(parent, name, who, "mkdir", None, |v, p| v.mkdir(p, perm))
     }
 
     /// Creates a symlink.
@@ -634,7 +642,9 @@ impl Core {
         target: &Path,
         who: Caller,
     ) -> Result<Attr> {
-        self.make(parent, name, who, "symlink", |v, p| v.symlink(target, p))
+        self.make(parent, name, who, "symlink", None, |v, p| {
+            v.symlink(target, p)
+        })
     }
 
     /// Removes a file or an empty directory.

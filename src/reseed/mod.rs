@@ -782,6 +782,8 @@ fn lay_out(
         dst.chown(&path, Some(st.st_uid), Some(st.st_gid))
             .map_err(|e| dst_err(&path, e))?;
         if kind != FileType::Symlink {
+            // After the owner: a chown clears setuid and setgid, the mode restores them.
+            dst.chmod(&path, mode).map_err(|e| dst_err(&path, e))?;
             copy_xattrs(src, dst, &path)?;
         }
         times.push((path, st));
