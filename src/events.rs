@@ -38,9 +38,10 @@
 //! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
+//! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
-//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019), at WARN when the system carried on around
+//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019, 3060), at WARN when the system carried on around
 //! a problem (3004, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
 
 use std::fs::{File, OpenOptions};
@@ -122,6 +123,8 @@ pub enum EventId {
     /// 3041: an online verification ended (what differed, what was repaired, or why it
     /// stopped).
     OnlineVerifyCompleted,
+    /// 3060: a request panicked (a bug): answered EIO, its thread goes on serving.
+    RequestPanicked,
 }
 
 impl EventId {
@@ -161,6 +164,7 @@ impl EventId {
             EventId::ThrottleChanged => 3050,
             EventId::OnlineVerifyStarted => 3040,
             EventId::OnlineVerifyCompleted => 3041,
+            EventId::RequestPanicked => 3060,
         }
     }
 
@@ -174,7 +178,8 @@ impl EventId {
             | EventId::SparesExhausted
             | EventId::AutoReseedStopped
             | EventId::IncrementalReseedError
-            | EventId::ReseedFailed => Severity::Error,
+            | EventId::ReseedFailed
+            | EventId::RequestPanicked => Severity::Error,
             EventId::ActiveChanged
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
@@ -221,6 +226,7 @@ impl EventId {
             EventId::ThrottleChanged => "throttle.changed",
             EventId::OnlineVerifyStarted => "verify.online_started",
             EventId::OnlineVerifyCompleted => "verify.online_completed",
+            EventId::RequestPanicked => "request.panicked",
         }
     }
 }

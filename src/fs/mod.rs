@@ -28,6 +28,7 @@ use crate::volume::{
 use parking_lot::RwLock;
 
 use crate::copyset::{Database, OpenFiles, SeedFile};
+use crate::events::{EventId, NewEvent};
 use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
 use crate::volume::child_path;
@@ -387,8 +388,25 @@ impl Core {
         Attr::from_stat(id, st)
     }
 
+    /// A request reached a bug: the adapter caught its panic and answered EIO. Recorded
+    /// (event 3060) so that someone reports it; the request thread goes on serving.
+    pub fn request_panicked(&self, op: &str, what: &str) {
+        self.pool.events().emit(
+            NewEvent::new(
+                EventId::RequestPanicked,
+                format!(
+                    "a {op} request panicked ({what}); it was answered with an I/O error and the mount goes on serving. This is a bug: please report it with the daemon's log"
+                ),
+            )
+            .field("operation", op)
+            .field("panic", what),
+        );
+    }
+
     /// Looks `name` up in `parent` and counts a kernel reference to the result.
     pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Attr> {
+        #[cfg(any(test, feature = "failpoints"))]
+        failpoints::lookup(name);
         layout::check_component(name)?;
         let p = self.node(parent)?;
         match p.place {
@@ -1046,6 +1064,29 @@ impl Core {
     pub fn removexattr(&self, id: NodeId, key: &OsStr) -> Result<()> {
         let (_, db, path) = self.backing(id)?;
         Ok(db.remove_xattr(&path, key)?)
+    }
+}
+
+/// Failpoints of the core, for tests: compiled only with `cfg(test)` or the `failpoints`
+/// feature, never in the product.
+#[cfg(any(test, feature = "failpoints"))]
+pub mod failpoints {
+    use std::ffi::{OsStr, OsString};
+
+    use parking_lot::Mutex;
+
+    static PANIC_ON_LOOKUP: Mutex<Option<OsString>> = Mutex::new(None);
+
+    /// From now on a lookup of `name` panics (`None`: none does): a bug inside a request.
+    pub fn panic_on_lookup(name: Option<&OsStr>) {
+        *PANIC_ON_LOOKUP.lock() = name.map(OsStr::to_owned);
+    }
+
+    pub(super) fn lookup(name: &OsStr) {
+        let armed = PANIC_ON_LOOKUP.lock().as_deref() == Some(name);
+        if armed {
+            panic!("failpoint fs::lookup: {}", name.to_string_lossy());
+        }
     }
 }
 
