@@ -256,7 +256,7 @@ fn anonymous_copy(
     db: &Database,
     volume: &crate::volume::Volume,
     files: &OpenFiles,
-) -> io::Result<std::fs::File> {
+) -> io::Result<crate::volume::VolFile> {
     let st = db.fstat(files)?;
     let dir = PathBuf::from(layout::db_folder(&db.name));
     let f = volume.create_anonymous(&dir, Mode::from_raw_mode(0o600))?;
@@ -995,7 +995,7 @@ impl Core {
             handles.extend(shard.read().values().cloned());
         }
         let mut n = 0;
-        let mut anonymous: Vec<(Arc<Node>, std::fs::File)> = Vec::new();
+        let mut anonymous: Vec<(Arc<Node>, crate::volume::VolFile)> = Vec::new();
         for h in handles {
             let Handle::File {
                 node,

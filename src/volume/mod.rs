@@ -799,27 +799,34 @@ impl Volume {
     }
 
     /// `fchmod` of `f`.
-    pub fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()> {
-        self.backend.fchmod(f, mode)
+    pub fn fchmod(&self, f: &VolFile, mode: Mode) -> io::Result<()> {
+        let f = f.clone();
+        self.call("chmod", move |b| b.fchmod(&f, mode))
     }
 
     /// `futimens` of `f`.
-    pub fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()> {
-        self.backend.set_file_times(f, times)
+    pub fn set_file_times(&self, f: &VolFile, times: &Timestamps) -> io::Result<()> {
+        let f = f.clone();
+        let times = Timestamps {
+            last_access: times.last_access,
+            last_modification: times.last_modification,
+        };
+        self.call("utimens", move |b| b.set_file_times(&f, &times))
     }
 
     /// Opens the file `f` is open on again with `flags`: a new open file description of
     /// the same inode, also when the file has no name left (an open file that was
     /// unlinked, an anonymous file).
-    pub fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File> {
-        self.backend.reopen(f, flags)
+    pub fn reopen(&self, f: &VolFile, flags: OFlags) -> io::Result<VolFile> {
+        let f = f.clone();
+        self.call("open", move |b| b.reopen(&f, flags).map(VolFile::new))
     }
 
     /// A new regular file with no name in the directory `dir` (mode `mode`, opened read
     /// and write): its space is freed when its last descriptor closes, after a crash too.
     /// `O_TMPFILE` where the system and the filesystem have it; elsewhere a file created
     /// under `.reseedfs/` and unlinked at once.
-    pub fn create_anonymous(&self, dir: &Path, mode: Mode) -> io::Result<File> {
+    pub fn create_anonymous(&self, dir: &Path, mode: Mode) -> io::Result<VolFile> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         match self.open_file(dir, OFlags::TMPFILE | OFlags::RDWR, mode) {
             // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
