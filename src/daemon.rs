@@ -34,7 +34,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         .create(&config.state_dir)
         .with_context(|| format!("create state_dir {}", config.state_dir.display()))?;
     let log = Arc::new(
-        EventLog::open(&config.events_path())
+        EventLog::open_with(&config.events_path(), config.events)
             .with_context(|| format!("open event log {}", config.events_path().display()))?,
     );
     let metrics = Arc::new(Metrics::new());
@@ -161,8 +161,8 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
                     "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
                 )),
             },
-            Request::Events { since } => match events::read_events(&events_path) {
-                Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
+            Request::Events { since } => match events::read_events_since(&events_path, since) {
+                Ok(list) => Response::Events(list),
                 Err(e) => Response::Error(format!("read {}: {e}", events_path.display())),
             },
             Request::Unmount => {
