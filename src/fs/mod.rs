@@ -718,6 +718,9 @@ impl Core {
         };
         let db = self.db(db);
         let oflags = backing_open_flags(flags);
+        // Until the handle is in the table: a reseed laying out a copy meanwhile would
+        // not see it, and it would miss the new copy's file.
+        let _namespace = db.namespace_shared();
         let files = match node.path() {
             Some(path) => db.open(&path, oflags)?,
             None => {
@@ -750,6 +753,8 @@ impl Core {
         let owner = self.owner(d, &parent_path, who);
         let oflags =
             backing_open_flags(flags) | OFlags::from_bits_retain((flags & libc::O_EXCL) as u32);
+        // Until the handle is in the table (see `open`).
+        let _namespace = d.namespace_shared();
         let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
         let mut st = self.stat_backing(d, &path)?;
         // The owner is set after the mode, and a chown clears setuid and setgid.

@@ -205,19 +205,36 @@ fn verify_orphan(
         still_seeding(db, slot, progress)?;
         progress.pacer.take(CHUNK);
         let _resize = io.resize.read();
-        let _stripes = io.lock_range(offset, CHUNK);
+        let mut stripes = io.lock_range(offset, CHUNK);
         let Some(Sides { slot: i, src, dst }) = sides(db, slot, node)? else {
             return Ok(());
         };
-        let n = match read_full(&src.file, offset, &mut a) {
-            Ok(n) => n,
-            Err(e) => {
-                source_failed(db, i, e)?;
-                continue;
-            }
+        let read = |a: &mut [u8], b: &mut [u8]| -> Result<Option<(usize, usize)>, SeedError> {
+            let n = match read_full(&src.file, offset, a) {
+                Ok(n) => n,
+                Err(e) => {
+                    source_failed(db, i, e)?;
+                    return Ok(None);
+                }
+            };
+            let m = read_full(&dst.file, offset, b)
+                .map_err(|e| dest_failed(db, slot, "reseed verify", e))?;
+            Ok(Some((n, m)))
         };
-        let m = read_full(&dst.file, offset, &mut b)
-            .map_err(|e| dest_failed(db, slot, "reseed verify", e))?;
+        let Some((mut n, mut m)) = read(&mut a, &mut b)? else {
+            continue;
+        };
+        if n != m {
+            // The end of the file is in this chunk and a write past it (under other
+            // stripes) has reached one side only: again, with every stripe held.
+            drop(stripes);
+            stripes = io.lock_range(0, u64::MAX);
+            let Some(again) = read(&mut a, &mut b)? else {
+                continue;
+            };
+            (n, m) = again;
+        }
+        drop(stripes);
         if n != m || a[..n] != b[..m] {
             return Err(SeedError::Verify(format!(
                 "an open file of {} with no name left differs at bytes {offset}..{} on {}",
