@@ -323,6 +323,12 @@ pub struct Event {
 pub trait EventSink: Send + Sync {
     /// Records one event. Never fails the caller: a sink that cannot persist logs it.
     fn emit(&self, event: NewEvent);
+
+    /// Events this sink could not persist so far (the metrics export it: an event log on a
+    /// full or dead system disk must page someone). 0 for sinks that persist nothing.
+    fn persist_failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Collects events in memory (tests).
@@ -436,6 +442,8 @@ pub struct EventLog {
     path: PathBuf,
     rotation: Rotation,
     inner: Mutex<Current>,
+    /// Events whose line could not be written and synced.
+    failures: std::sync::atomic::AtomicU64,
 }
 
 /// The file events are appended to.
@@ -488,6 +496,7 @@ impl EventLog {
             path: path.to_owned(),
             rotation,
             inner: Mutex::new(Current { file, bytes, seq }),
+            failures: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -564,10 +573,16 @@ impl EventSink for EventLog {
         {
             Ok(()) => cur.bytes += line.len() as u64,
             Err(err) => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
                 cur.bytes = cur.file.metadata().map_or(cur.bytes, |m| m.len());
             }
         }
+    }
+
+    fn persist_failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -590,8 +605,8 @@ fn log(severity: Severity, e: &Event) {
     }
 }
 
-/// Parses the complete lines of `bytes` (a trailing part without a newline is a line too,
-/// when `last_is_line`); returns the events and how many lines were skipped.
+/// Parses the lines of `bytes` (a trailing part without a newline is a line too);
+/// returns the events and how many lines were skipped.
 fn parse_lines(bytes: &[u8]) -> (Vec<Event>, usize) {
     let mut skipped = 0;
     let events = bytes

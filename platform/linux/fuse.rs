@@ -695,9 +695,9 @@ impl FuseMount {
     }
 }
 
-#[cfg(test)]
+// The failpoint `fs::lookup` panics a lookup: `cargo test` has the feature without a flag.
+#[cfg(all(test, feature = "failpoints"))]
 mod tests {
-    use std::ffi::OsStr;
     use std::time::Duration;
 
     use crate::events::EventId;
@@ -729,6 +729,7 @@ mod tests {
             );
             return;
         }
+        let scenario = fail::FailScenario::setup();
         let bed = Bed::new("fuse-panics", 2, 2);
         let (core, sink) = bed.open();
         let mnt = bed.root.join("mnt");
@@ -736,7 +737,8 @@ mod tests {
         let threads = 2;
         let mount = super::mount(core, &mnt, threads, "reseedfs-panics", None).expect("mount");
         let files = mnt.join("db001/db001.db");
-        crate::fs::failpoints::panic_on_lookup(Some(OsStr::new("boom")));
+        // Only lookups of this name panic: other tests run beside this one.
+        fail::cfg("fs::lookup", "return(reseedfs-failpoint-boom)").expect("failpoint");
         // Five times as many panics as request threads: without containment the mount
         // has no thread left after the first `threads` of them, and hangs.
         let panics = threads * 5;
@@ -745,7 +747,7 @@ mod tests {
             move || {
                 let errs: Vec<Option<i32>> = (0..panics)
                     .map(|_| {
-                        std::fs::metadata(files.join("boom"))
+                        std::fs::metadata(files.join("reseedfs-failpoint-boom"))
                             .err()
                             .and_then(|e| e.raw_os_error())
                     })
@@ -755,7 +757,8 @@ mod tests {
                 (errs, back)
             }
         });
-        crate::fs::failpoints::panic_on_lookup(None);
+        fail::remove("fs::lookup");
+        scenario.teardown();
         let Some((errs, back)) = answers else {
             let _ = rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH);
             panic!("the mount stopped answering after panics in its request threads");
@@ -780,7 +783,7 @@ mod tests {
         assert!(
             e.fields["panic"]
                 .as_str()
-                .is_some_and(|p| p.contains("boom")),
+                .is_some_and(|p| p.contains("reseedfs-failpoint-boom")),
             "{e:?}"
         );
         mount.unmount().expect("unmount");

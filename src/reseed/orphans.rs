@@ -18,7 +18,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::{Progress, SeedError, dest_failed};
 use crate::copyset::{BackingFile, CopyState, Database, OpenFiles};
@@ -131,7 +130,7 @@ pub(crate) fn copy_orphan(
     let mut offset = 0u64;
     loop {
         still_seeding(db, slot, progress)?;
-        progress.pacer.take(CHUNK);
+        progress.job.pacer.take(CHUNK);
         let _resize = io.resize.read();
         let Some(Sides { slot: i, src, dst }) = sides(db, slot, node)? else {
             return Ok(copied);
@@ -173,7 +172,7 @@ pub(crate) fn copy_orphan(
         match reconcile::copy_extent(&src.file, &dst.file, offset, CHUNK) {
             Ok(n) => {
                 copied += n;
-                progress.copied.fetch_add(n, Ordering::Relaxed);
+                progress.job.add_done(n);
                 offset += CHUNK;
             }
             Err(SideError::Source(e)) => source_failed(db, i, e)?,
@@ -203,7 +202,7 @@ fn verify_orphan(
     let mut offset = 0u64;
     loop {
         still_seeding(db, slot, progress)?;
-        progress.pacer.take(CHUNK);
+        progress.job.pacer.take(CHUNK);
         let _resize = io.resize.read();
         let mut stripes = io.lock_range(offset, CHUNK);
         let Some(Sides { slot: i, src, dst }) = sides(db, slot, node)? else {
