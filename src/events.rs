@@ -25,6 +25,7 @@
 //! | 3003 | `copy.diverged`             | a copy gave a different result than the active copy: failed to keep copies identical |
 //! | 3004 | `active.changed`            | a database's active copy moved to another volume |
 //! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
+//! | 3008 | `volume.slow`               | every operation on a volume has been slower than `slow_request` for a minute (it is not failed) |
 //! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
 //! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
 //! | 3012 | `autoreseed.attempt_failed` | the attempt failed (why); when the next one is due |
@@ -77,6 +78,8 @@ pub enum EventId {
     ActiveChanged,
     /// 3005: the pool state could not be persisted on a volume.
     StatePersistFailed,
+    /// 3008: a volume has been slow for a minute (counted, not failed).
+    VolumeSlow,
     /// 825: seeding of a copy started.
     SeedingStarted,
     /// 826: seeding of a copy completed (every byte copied).
@@ -146,6 +149,7 @@ impl EventId {
             EventId::CopyDiverged => 3003,
             EventId::ActiveChanged => 3004,
             EventId::StatePersistFailed => 3005,
+            EventId::VolumeSlow => 3008,
             EventId::SeedingStarted => 825,
             EventId::SeedingCompleted => 826,
             EventId::VerifyStarted => 827,
@@ -193,6 +197,7 @@ impl EventId {
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
             | EventId::ReseedSourceChanged
+            | EventId::VolumeSlow
             | EventId::DivergenceFound
             | EventId::CopySuspended => Severity::Warn,
             _ => Severity::Info,
@@ -208,6 +213,7 @@ impl EventId {
             EventId::CopyDiverged => "copy.diverged",
             EventId::ActiveChanged => "active.changed",
             EventId::StatePersistFailed => "state.persist_failed",
+            EventId::VolumeSlow => "volume.slow",
             EventId::SeedingStarted => "seed.started",
             EventId::SeedingCompleted => "seed.completed",
             EventId::VerifyStarted => "verify.started",
