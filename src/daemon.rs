@@ -384,10 +384,12 @@ impl Control {
                     "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
                 )),
             },
-            Request::Events { since } => match events::read_events_since(&self.events_path, since) {
-                Ok(list) => Response::Events(list),
-                Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
-            },
+            Request::Events { since } => {
+                match events::read_events_since(&self.events_path, since) {
+                    Ok(list) => Response::Events(list),
+                    Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
+                }
+            }
             Request::Unmount => self.unmount(),
         }
     }
