@@ -15,6 +15,8 @@
 //! elsewhere they print `SKIPPED` (and fail under `CI=true`).
 
 #![cfg(target_os = "linux")]
+// mmap(2) has no safe wrapper in our dependencies; the one unsafe block says why it is sound.
+#![allow(unsafe_code)]
 
 mod common;
 
@@ -337,7 +339,7 @@ fn r13_an_unlinked_open_file_is_reseeded_and_outlives_the_old_copy() {
     };
     cli_ok(&m, &["reseed", DB, "--to", "Volume2", "--wait"]);
     stop.store(true, Ordering::Relaxed);
-    let (writes, model) = writer.join().expect("writer");
+    let (writes, mut model) = writer.join().expect("writer");
     assert!(writes > 0);
     wait_status(&m, "Volume2 in sync", |s| {
         copy_is(s, DB, "Volume2", "Healthy", false)
@@ -355,6 +357,24 @@ fn r13_an_unlinked_open_file_is_reseeded_and_outlives_the_old_copy() {
     file.write_all_at(b"still writable", 0)
         .expect("write after Volume1 died");
     file.sync_all().expect("fsync after Volume1 died");
+    model[..14].copy_from_slice(b"still writable");
+    // A shared writable mapping of it, written and synced, reaches the copy too.
+    {
+        // SAFETY: nothing else maps, truncates or writes the file while the mapping lives
+        // (the writer thread has ended; the mapping is dropped at the end of this block).
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("mmap the unlinked file");
+        let page = pattern(3, 4096);
+        map[8192..8192 + 4096].copy_from_slice(&page);
+        map.flush().expect("msync the unlinked file");
+        model[8192..8192 + 4096].copy_from_slice(&page);
+    }
+    common::drop_caches();
+    file.read_exact_at(&mut back, 0)
+        .expect("read the unlinked file after its mapping");
+    assert!(
+        back == model,
+        "the write and the mapping did not reach the copy"
+    );
     wait_status(&m, "Volume2 Mounted", |s| {
         copy_is(s, DB, "Volume2", "Mounted", true)
     });
