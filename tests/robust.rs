@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::{Mounted, copy_is, describe_output, event_id, require_mount_privileges, wait_for};
 use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::pattern;
 
 const DB: &str = "db001";
 const VOLUME_BYTES: u64 = 512 << 20;
@@ -283,18 +284,6 @@ fn r13_sqlite_temp_files_survive_the_active_disk_death() {
 // ---------------------------------------------------------------------------------------------
 // An open file with no name left, reseeded
 // ---------------------------------------------------------------------------------------------
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A file unlinked while open is reseeded with the copy (written to during the reseed);
 /// then the only other copy's disk dies and the file still reads back every byte.
