@@ -26,6 +26,10 @@
 //! [reseed]
 //! engine = "auto"                     # or "io_uring", "threads"
 //!
+//! [events]                            # <state_dir>/events.jsonl, rotated by size
+//! max_bytes = "64MiB"                 # rotated before an event would pass this
+//! keep = 4                            # events.jsonl.1 .. .4 kept, the oldest deleted
+//!
 //! [volume]
 //! io_timeout = "10s"                  # past it an operation fails its volume (>= 1s)
 //! slow_request = "1s"                 # slower operations are counted, not failed
@@ -94,6 +98,9 @@ pub struct Config {
     /// The bandwidth budget of rebuilds and its latency backoff.
     #[serde(default)]
     pub throttle: crate::throttle::ThrottleConfig,
+    /// When the event log is rotated, and how many rotated files are kept.
+    #[serde(default)]
+    pub events: crate::events::Rotation,
     /// How long a volume may take to answer.
     #[serde(default)]
     pub volume: VolumeConfig,
@@ -241,6 +248,7 @@ impl Config {
             reseed: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
+            events: Default::default(),
             volume: Default::default(),
             metrics: None,
         }
@@ -291,6 +299,22 @@ impl Config {
         }
         if self.copies_per_volume == 0 {
             return Err(invalid("copies_per_volume", "must be at least 1".into()));
+        }
+        let (min, max_keep) = (
+            crate::events::Rotation::MIN_BYTES,
+            crate::events::Rotation::MAX_KEEP,
+        );
+        if self.events.max_bytes < min {
+            return Err(invalid(
+                "events.max_bytes",
+                format!("must be at least {} KiB", min >> 10),
+            ));
+        }
+        if self.events.keep > max_keep {
+            return Err(invalid(
+                "events.keep",
+                format!("must be at most {max_keep}"),
+            ));
         }
         if self.threads == 0 || self.threads > 256 {
             return Err(invalid("threads", "must be between 1 and 256".into()));
@@ -398,6 +422,25 @@ mod tests {
         let e = parse("volumes_root = \"/v\"\ndatabases_root = \"/v/d\"\ndatabases=[\"a\"]")
             .unwrap_err();
         assert!(e.to_string().contains("contain each other"), "{e}");
+    }
+
+    #[test]
+    fn event_log_rotation() {
+        let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\ndatabases = [\"a\"]\n";
+        let c = parse(base).expect("defaults");
+        assert_eq!((c.events.max_bytes, c.events.keep), (64 << 20, 4));
+        let c = parse(&format!("{base}[events]\nmax_bytes = \"1MiB\"\nkeep = 2\n")).expect("set");
+        assert_eq!((c.events.max_bytes, c.events.keep), (1 << 20, 2));
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        let c = parse(&format!("{base}[events]\nmax_bytes = 100000\n")).expect("bytes");
+        assert_eq!(c.events.max_bytes, 100_000);
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        let e = parse(&format!("{base}[events]\nmax_bytes = \"1KiB\"\n")).unwrap_err();
+        assert!(e.to_string().contains("events.max_bytes"), "{e}");
+        let e = parse(&format!("{base}[events]\nmax_bytes = \"lots\"\n")).unwrap_err();
+        assert!(e.to_string().contains("max_bytes"), "{e}");
+        let e = parse(&format!("{base}[events]\nkeeep = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("keeep"), "{e}");
     }
 
     #[test]

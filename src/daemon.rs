@@ -124,7 +124,7 @@ struct Sinks {
 impl Sinks {
     fn open(config: &Config) -> anyhow::Result<Sinks> {
         let log = Arc::new(
-            EventLog::open(&config.events_path())
+            EventLog::open_with(&config.events_path(), config.events)
                 .with_context(|| format!("open event log {}", config.events_path().display()))?,
         );
         let metrics = Arc::new(Metrics::new());
@@ -384,10 +384,12 @@ impl Control {
                     "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
                 )),
             },
-            Request::Events { since } => match events::read_events(&self.events_path) {
-                Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
-                Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
-            },
+            Request::Events { since } => {
+                match events::read_events_since(&self.events_path, since) {
+                    Ok(list) => Response::Events(list),
+                    Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
+                }
+            }
             Request::Unmount => self.unmount(),
         }
     }

@@ -4,10 +4,17 @@
 //! Locks: POSIX and flock locks are left to the kernel (getlk/setlk are not
 //! implemented, so the kernel keeps them locally), which is exact for one host where
 //! every process reaches the files through this one mount.
+//!
+//! Panics are contained here: every core call runs under `catch_unwind`, so a bug that
+//! panics answers its request with EIO and is recorded (event 3060), and the request
+//! thread goes on serving. Without it, each panic would end one of the session's request
+//! threads for good, and the mount would stop answering after `threads` of them. The
+//! core's locks are `parking_lot`'s, which a panic does not poison.
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,14 +47,30 @@ struct Adapter {
 }
 
 impl Adapter {
-    /// Runs `f` (one core call), timing it for `op` when metrics are on.
+    /// Runs `f` (one core call for request `op`), timing it when metrics are on. A panic
+    /// in it answers EIO and is recorded by the core; the thread goes on serving.
     #[inline]
-    fn timed<T>(&self, op: Op, f: impl FnOnce() -> T) -> T {
+    fn call<T>(&self, op: Op, f: impl FnOnce() -> crate::fs::Result<T>) -> crate::fs::Result<T> {
+        let contained = || match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                // Recording must not take the thread down either.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.core.request_panicked(op.name(), &what)
+                }));
+                Err(crate::fs::Errno(libc::EIO))
+            }
+        };
         match &self.metrics {
-            None => f(),
+            None => contained(),
             Some(m) => {
                 let start = std::time::Instant::now();
-                let r = f();
+                let r = contained();
                 m.observe(op, start.elapsed());
                 r
             }
@@ -148,17 +171,21 @@ impl fuser::Filesystem for Adapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_entry(
-            self.timed(Op::Lookup, || self.core.lookup(node(parent), name)),
+            self.call(Op::Lookup, || self.core.lookup(node(parent), name)),
             reply,
         );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.timed(Op::Forget, || self.core.forget(node(ino), nlookup));
+        let _ = self.call(Op::Forget, || {
+            self.core.forget(node(ino), nlookup);
+            Ok(())
+        });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.timed(Op::Getattr, || self.core.getattr(node(ino))) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fh = fh.map(|h| HandleId(h.0));
+        match self.call(Op::Getattr, || self.core.getattr(node(ino), fh)) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -191,14 +218,14 @@ impl fuser::Filesystem for Adapter {
             mtime: set_time(mtime),
         };
         let fh = fh.map(|h| HandleId(h.0));
-        match self.timed(Op::Setattr, || self.core.setattr(node(ino), fh, set)) {
+        match self.call(Op::Setattr, || self.core.setattr(node(ino), fh, set)) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.timed(Op::Readlink, || self.core.readlink(node(ino))) {
+        match self.call(Op::Readlink, || self.core.readlink(node(ino))) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -214,7 +241,7 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Mknod, || {
+        let r = self.call(Op::Mknod, || {
             self.core
                 .mknod(node(parent), name, mode, u64::from(rdev), caller(req))
         });
@@ -230,19 +257,19 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Mkdir, || {
+        let r = self.call(Op::Mkdir, || {
             self.core.mkdir(node(parent), name, mode, caller(req))
         });
         reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.timed(Op::Unlink, || self.core.remove(node(parent), name, false));
+        let r = self.call(Op::Unlink, || self.core.remove(node(parent), name, false));
         reply_empty(r, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.timed(Op::Rmdir, || self.core.remove(node(parent), name, true));
+        let r = self.call(Op::Rmdir, || self.core.remove(node(parent), name, true));
         reply_empty(r, reply);
     }
 
@@ -254,7 +281,7 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Symlink, || {
+        let r = self.call(Op::Symlink, || {
             self.core
                 .symlink(node(parent), link_name, target, caller(req))
         });
@@ -271,7 +298,7 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Rename, || {
+        let r = self.call(Op::Rename, || {
             self.core
                 .rename(node(parent), name, node(newparent), newname, flags.bits())
         });
@@ -286,14 +313,14 @@ impl fuser::Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Link, || {
+        let r = self.call(Op::Link, || {
             self.core.link(node(ino), node(newparent), newname)
         });
         reply_entry(r, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.timed(Op::Open, || self.core.open(node(ino), flags.0)) {
+        match self.call(Op::Open, || self.core.open(node(ino), flags.0)) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -319,7 +346,7 @@ impl fuser::Filesystem for Adapter {
             }
             let start = buf.as_ptr().align_offset(align);
             let buf = &mut buf[start..];
-            let r = self.timed(Op::Read, || {
+            let r = self.call(Op::Read, || {
                 self.core.read(HandleId(fh.0), offset, &mut buf[..size])
             });
             match r {
@@ -341,9 +368,9 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = self.timed(Op::Write, || {
+        let r = self.call(Op::Write, || {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.core.kill_suidgid(node(ino))?;
+                self.core.kill_suidgid(node(ino), Some(HandleId(fh.0)))?;
             }
             self.core.write(HandleId(fh.0), offset, data)
         });
@@ -374,7 +401,10 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.timed(Op::Release, || self.core.release(HandleId(fh.0)));
+        let _ = self.call(Op::Release, || {
+            self.core.release(HandleId(fh.0));
+            Ok(())
+        });
         reply.ok();
     }
 
@@ -386,12 +416,12 @@ impl fuser::Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Fsync, || self.core.fsync(HandleId(fh.0), datasync));
+        let r = self.call(Op::Fsync, || self.core.fsync(HandleId(fh.0), datasync));
         reply_empty(r, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.timed(Op::Opendir, || self.core.opendir(node(ino))) {
+        match self.call(Op::Opendir, || self.core.opendir(node(ino))) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -405,7 +435,7 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.timed(Op::Readdir, || {
+        let r = self.call(Op::Readdir, || {
             self.core.readdir(HandleId(fh.0), offset, |e, next| {
                 reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
             })
@@ -424,7 +454,10 @@ impl fuser::Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.timed(Op::Releasedir, || self.core.release(HandleId(fh.0)));
+        let _ = self.call(Op::Releasedir, || {
+            self.core.release(HandleId(fh.0));
+            Ok(())
+        });
         reply.ok();
     }
 
@@ -437,13 +470,13 @@ impl fuser::Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         reply_empty(
-            self.timed(Op::Fsyncdir, || self.core.fsyncdir(node(ino))),
+            self.call(Op::Fsyncdir, || self.core.fsyncdir(node(ino))),
             reply,
         );
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.timed(Op::Statfs, || self.core.statfs(node(ino))) {
+        match self.call(Op::Statfs, || self.core.statfs(node(ino))) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -461,7 +494,7 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Setxattr, || {
+        let r = self.call(Op::Setxattr, || {
             self.core.setxattr(node(ino), name, value, flags)
         });
         reply_empty(r, reply);
@@ -469,7 +502,7 @@ impl fuser::Filesystem for Adapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.timed(Op::Getxattr, || {
+        match self.call(Op::Getxattr, || {
             self.core.getxattr(node(ino), name, &mut buf)
         }) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -480,7 +513,7 @@ impl fuser::Filesystem for Adapter {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.timed(Op::Listxattr, || self.core.listxattr(node(ino), &mut buf)) {
+        match self.call(Op::Listxattr, || self.core.listxattr(node(ino), &mut buf)) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
@@ -488,7 +521,7 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.timed(Op::Removexattr, || self.core.removexattr(node(ino), name));
+        let r = self.call(Op::Removexattr, || self.core.removexattr(node(ino), name));
         reply_empty(r, reply);
     }
 
@@ -502,7 +535,7 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.timed(Op::Create, || {
+        let r = self.call(Op::Create, || {
             self.core
                 .create(node(parent), name, mode, flags, caller(req))
         });
@@ -528,7 +561,7 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Fallocate, || {
+        let r = self.call(Op::Fallocate, || {
             self.core.fallocate(HandleId(fh.0), offset, length, mode)
         });
         reply_empty(r, reply);
@@ -543,7 +576,7 @@ impl fuser::Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.timed(Op::Lseek, || {
+        match self.call(Op::Lseek, || {
             self.core.lseek(HandleId(fh.0), offset, whence)
         }) {
             Ok(o) => reply.offset(o),
@@ -659,5 +692,100 @@ impl FuseMount {
             .join()
             .map_err(|_| io::Error::other("the FUSE session thread panicked"))?;
         unmounted.and(joined)
+    }
+}
+
+// The failpoint `fs::lookup` panics a lookup: `cargo test` has the feature without a flag.
+#[cfg(all(test, feature = "failpoints"))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::events::EventId;
+    use crate::fs::tests::Bed;
+
+    /// Runs `f` on another thread; `None` when it did not finish within `limit` (a mount
+    /// with no request thread left hangs instead of answering).
+    fn within<T: Send + 'static>(
+        limit: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    #[test]
+    fn r13_a_panicking_request_answers_eio_and_its_thread_keeps_serving() {
+        if let Err(why) = crate::testbed::mount_privileges() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot mount in CI: {why}"
+            );
+            eprintln!(
+                "\n{0}\nSKIPPED: fuse panic containment: {why}\n{0}",
+                "=".repeat(70)
+            );
+            return;
+        }
+        let scenario = fail::FailScenario::setup();
+        let bed = Bed::new("fuse-panics", 2, 2);
+        let (core, sink) = bed.open();
+        let mnt = bed.root.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mountpoint");
+        let threads = 2;
+        let mount = super::mount(core, &mnt, threads, "reseedfs-panics", None).expect("mount");
+        let files = mnt.join("db001/db001.db");
+        // Only lookups of this name panic: other tests run beside this one.
+        fail::cfg("fs::lookup", "return(reseedfs-failpoint-boom)").expect("failpoint");
+        // Five times as many panics as request threads: without containment the mount
+        // has no thread left after the first `threads` of them, and hangs.
+        let panics = threads * 5;
+        let answers = within(Duration::from_secs(60), {
+            let files = files.clone();
+            move || {
+                let errs: Vec<Option<i32>> = (0..panics)
+                    .map(|_| {
+                        std::fs::metadata(files.join("reseedfs-failpoint-boom"))
+                            .err()
+                            .and_then(|e| e.raw_os_error())
+                    })
+                    .collect();
+                std::fs::write(files.join("after"), b"still served").expect("write after");
+                let back = std::fs::read(files.join("after")).expect("read after");
+                (errs, back)
+            }
+        });
+        fail::remove("fs::lookup");
+        scenario.teardown();
+        let Some((errs, back)) = answers else {
+            let _ = rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH);
+            panic!("the mount stopped answering after panics in its request threads");
+        };
+        assert!(errs.iter().all(|e| *e == Some(libc::EIO)), "{errs:?}");
+        assert_eq!(back, b"still served");
+        let recorded = sink
+            .0
+            .lock()
+            .iter()
+            .filter(|e| e.id == EventId::RequestPanicked)
+            .count();
+        assert_eq!(recorded, panics, "one event 3060 per panic");
+        let e = sink
+            .0
+            .lock()
+            .iter()
+            .find(|e| e.id == EventId::RequestPanicked)
+            .cloned()
+            .expect("event");
+        assert_eq!(e.fields["operation"], "lookup");
+        assert!(
+            e.fields["panic"]
+                .as_str()
+                .is_some_and(|p| p.contains("reseedfs-failpoint-boom")),
+            "{e:?}"
+        );
+        mount.unmount().expect("unmount");
     }
 }

@@ -46,6 +46,49 @@ impl Database {
         Ok(files)
     }
 
+    /// Opens again, with `flags`, the files `from` has open on every copy that takes
+    /// mutations: a new handle on a file that may have no name left (an open of
+    /// `/proc/<pid>/fd/<n>` after an unlink).
+    pub fn reopen(&self, from: &OpenFiles, flags: OFlags) -> io::Result<Arc<OpenFiles>> {
+        let _namespace = self.namespace_shared();
+        let files = Arc::new(OpenFiles::new(self.copies.len()));
+        self.mutate_where(
+            "open",
+            |i| from.get(i, &self.copies[i]).is_some(),
+            |i, v| {
+                let old = from
+                    .get(i, &self.copies[i])
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let f = v.reopen(&old.file, flags)?;
+                files.set(i, old.generation, f);
+                Ok(())
+            },
+        )?;
+        self.open_files.add(&files);
+        Ok(files)
+    }
+
+    /// `fstat` through a handle's files, on the active copy (failing over): the one way
+    /// to see a file that is open but has no name any more.
+    pub fn fstat(&self, files: &OpenFiles) -> io::Result<Stat> {
+        self.read_file_op("fstat", files, |v, f| v.fstat(f))
+    }
+
+    /// `fchmod` through a handle's files (a file with no name left).
+    pub fn fchmod(&self, files: &OpenFiles, mode: Mode) -> io::Result<()> {
+        self.mutate_files("fchmod", files, |v, f| v.fchmod(f, mode))
+    }
+
+    /// `fchown` through a handle's files (a file with no name left).
+    pub fn fchown(&self, files: &OpenFiles, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        self.mutate_files("fchown", files, |v, f| v.fchown(f, uid, gid))
+    }
+
+    /// `futimens` through a handle's files (a file with no name left).
+    pub fn set_file_times(&self, files: &OpenFiles, times: &Timestamps) -> io::Result<()> {
+        self.mutate_files("futimens", files, |v, f| v.set_file_times(f, times))
+    }
+
     fn open_on_copies(
         &self,
         op: &str,

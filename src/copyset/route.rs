@@ -93,7 +93,7 @@ impl Database {
     }
 
     /// [`Database::mutate`] on the copies for which `has(i)` holds.
-    fn mutate_where<T>(
+    pub(super) fn mutate_where<T>(
         &self,
         op: &str,
         has: impl Fn(usize) -> bool,

@@ -94,7 +94,7 @@ fn writes_reach_every_copy_and_reads_come_back() {
         !bed.backing(3, "db001.db/f").exists(),
         "the spare holds no copy"
     );
-    assert_eq!(core.getattr(attr.node).expect("getattr").size, 4101);
+    assert_eq!(core.getattr(attr.node, None).expect("getattr").size, 4101);
     core.release(h);
 }
 
@@ -588,4 +588,94 @@ fn a_copy_that_cannot_be_made_equal_after_a_refused_write_is_failed_as_diverged(
         sink.ids()
     );
     core.release(h);
+
+/// Descriptors of this process on files under `dir` that have no name left.
+pub(crate) fn deleted_fds_under(dir: &std::path::Path) -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(dir) && t.to_string_lossy().ends_with(" (deleted)"))
+        .count()
+}
+
+#[test]
+fn r13_an_unlinked_open_file_works_through_its_handles_until_its_last_close() {
+    let bed = Bed::new("unlinked", 3, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (attr, h) = core
+        .create(dir, OsStr::new("etilqs_tmp"), 0o600, libc::O_RDWR, ME)
+        .expect("create");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    core.write(h, 0, &data).expect("write");
+    // What SQLite does with its temporary files: unlink right after the open.
+    core.remove(dir, OsStr::new("etilqs_tmp"), false)
+        .expect("unlink");
+    assert!(!bed.backing(1, "db001.db/etilqs_tmp").exists());
+    let node = attr.node;
+    // fstat: the kernel asks with the handle (FUSE_GETATTR_FH) or without it.
+    for fh in [Some(h), None] {
+        let a = core.getattr(node, fh).expect("getattr of an unlinked file");
+        assert_eq!((a.size, a.nlink), (3 << 20, 0), "fh {fh:?}");
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    assert_eq!(core.read(h, 1 << 20, &mut buf).expect("read"), 1 << 20);
+    assert_eq!(buf[..], data[1 << 20..2 << 20]);
+    core.write(h, 3 << 20, b"tail").expect("write after unlink");
+    // ftruncate (with the handle), then a size change without one, fallocate, fsync.
+    let set = |size| SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    assert_eq!(
+        core.setattr(node, Some(h), set(2 << 20))
+            .expect("ftruncate")
+            .size,
+        2 << 20
+    );
+    assert_eq!(
+        core.setattr(node, None, set(5 << 20))
+            .expect("truncate")
+            .size,
+        5 << 20
+    );
+    core.fallocate(h, 6 << 20, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
+        .expect("fallocate");
+    core.fsync(h, false).expect("fsync");
+    assert_eq!(core.lseek(h, 0, libc::SEEK_DATA).expect("SEEK_DATA"), 0);
+    // fchmod and futimens reach a file with no name through its handles.
+    let chmod = SetAttr {
+        mode: Some(0o640),
+        mtime: Some(SetTime::At(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        )),
+        ..Default::default()
+    };
+    let a = core.setattr(node, None, chmod).expect("fchmod");
+    assert_eq!(a.perm, 0o640);
+    assert_eq!(
+        a.mtime,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+    );
+    // Opened again (through /proc/<pid>/fd): the same file.
+    let h2 = core.open(node, libc::O_RDONLY).expect("reopen");
+    assert_eq!(core.read(h2, 0, &mut buf).expect("read h2"), 1 << 20);
+    assert_eq!(buf[..], data[..1 << 20]);
+    // Both copies hold it; the active one dies: reads go on from the other.
+    let vols = bed.root.join("vols");
+    assert!(deleted_fds_under(&vols) >= 4, "a file per copy and handle");
+    volume(&core, 1).inject_fault(libc::EIO);
+    assert_eq!(
+        core.read(h2, 0, &mut buf).expect("read after death"),
+        1 << 20
+    );
+    assert_eq!(buf[..], data[..1 << 20]);
+    assert_eq!(core.getattr(node, None).expect("getattr").size, 5 << 20);
+    // Its space is freed at the last close: no descriptor is left on it.
+    core.release(h);
+    assert!(deleted_fds_under(&vols) > 0, "h2 still holds it");
+    core.release(h2);
+    assert_eq!(deleted_fds_under(&vols), 0);
+    assert_eq!(core.getattr(node, None), Err(Errno(libc::ENOENT)));
 }

@@ -203,6 +203,18 @@ impl Backend for Faulty {
         self.faults.check()?;
         self.inner.fchown(f, uid, gid)
     }
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.fchmod(f, mode)
+    }
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.set_file_times(f, times)
+    }
+    fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File> {
+        self.faults.check()?;
+        self.inner.reopen(f, flags)
+    }
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
         self.inner.advise(f, offset, len, advice)
     }

@@ -100,6 +100,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn fstat(&self, f: &File) -> io::Result<Stat>;
     /// `fchown`.
     fn fchown(&self, f: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()>;
+    /// `fchmod`.
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()>;
+    /// `futimens`: the access and modification times of an open file.
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()>;
+    /// The file `f` is open on, opened again with `flags` (a new open file description
+    /// of the same inode, whatever its name is now, even when it has none left).
+    /// `Unsupported` where there is no way to do that.
+    fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File>;
     /// An access-pattern hint (`posix_fadvise`); `len` 0 means to the end.
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()>;
     /// Starts writing `[offset, offset+len)` of `f` back to the disk without waiting.
@@ -795,6 +803,52 @@ impl Volume {
     pub fn fchown(&self, f: &VolFile, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         let f = f.clone();
         self.call("chown", move |b| b.fchown(&f, uid, gid))
+    }
+
+    /// `fchmod` of `f`.
+    pub fn fchmod(&self, f: &VolFile, mode: Mode) -> io::Result<()> {
+        let f = f.clone();
+        self.call("chmod", move |b| b.fchmod(&f, mode))
+    }
+
+    /// `futimens` of `f`.
+    pub fn set_file_times(&self, f: &VolFile, times: &Timestamps) -> io::Result<()> {
+        let f = f.clone();
+        let times = Timestamps {
+            last_access: times.last_access,
+            last_modification: times.last_modification,
+        };
+        self.call("utimens", move |b| b.set_file_times(&f, &times))
+    }
+
+    /// Opens the file `f` is open on again with `flags`: a new open file description of
+    /// the same inode, also when the file has no name left (an open file that was
+    /// unlinked, an anonymous file).
+    pub fn reopen(&self, f: &VolFile, flags: OFlags) -> io::Result<VolFile> {
+        let f = f.clone();
+        self.call("open", move |b| b.reopen(&f, flags).map(VolFile::new))
+    }
+
+    /// A new regular file with no name in the directory `dir` (mode `mode`, opened read
+    /// and write): its space is freed when its last descriptor closes, after a crash too.
+    /// `O_TMPFILE` where the system and the filesystem have it; elsewhere a file created
+    /// under `.reseedfs/` and unlinked at once.
+    pub fn create_anonymous(&self, dir: &Path, mode: Mode) -> io::Result<VolFile> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        match self.open_file(dir, OFlags::TMPFILE | OFlags::RDWR, mode) {
+            // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {}
+            r => return r,
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = PathBuf::from(crate::layout::META_DIR).join(format!(
+            "anonymous-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let f = self.open_file(&name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, mode)?;
+        self.remove(&name, false)?;
+        Ok(f)
     }
 
     /// An access-pattern hint for `f` (`len` 0: to the end); a hint that cannot be given

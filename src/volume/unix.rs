@@ -320,6 +320,35 @@ impl Backend for UnixBackend {
         )?)
     }
 
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(f, mode)?)
+    }
+
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()> {
+        Ok(rustix::fs::futimens(f, times)?)
+    }
+
+    fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // Through the magic link of the descriptor: the inode itself, named or not.
+            // Creation flags have no meaning for an inode that exists.
+            let flags = flags.difference(OFlags::CREATE | OFlags::EXCL | OFlags::TRUNC);
+            let fd = rustix::fs::open(
+                format!("/proc/self/fd/{}", f.as_raw_fd()),
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok(File::from(fd))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (f, flags);
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
         Ok(rustix::fs::fadvise(
             f,
