@@ -588,6 +588,7 @@ fn a_copy_that_cannot_be_made_equal_after_a_refused_write_is_failed_as_diverged(
         sink.ids()
     );
     core.release(h);
+}
 
 /// Descriptors of this process on files under `dir` that have no name left.
 pub(crate) fn deleted_fds_under(dir: &std::path::Path) -> usize {
