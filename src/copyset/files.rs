@@ -3,14 +3,13 @@
 //! volume at once (so that nothing keeps its filesystem alive: the disk can be unmounted,
 //! checked and mounted again while the database runs).
 
-use std::fs::File;
 use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 use super::Copy;
-use crate::volume::Volume;
+use crate::volume::{VolFile, Volume};
 
 /// A backing file opened on one copy, tagged with the placement it was opened on.
 #[derive(Debug)]
@@ -18,15 +17,15 @@ pub struct BackingFile {
     /// The placement's generation.
     pub generation: u64,
     /// The open file (through the page cache).
-    pub file: File,
+    pub file: VolFile,
     /// The same file opened again with `O_DIRECT`, for the small reads of a caller that
     /// opened it so; opened at the first such read (`None`: not possible here).
-    direct: OnceLock<Option<File>>,
+    direct: OnceLock<Option<VolFile>>,
 }
 
 impl BackingFile {
     /// The file opened with `O_DIRECT`, when the system allows it.
-    pub(super) fn direct(&self, volume: &Volume) -> Option<&File> {
+    pub(super) fn direct(&self, volume: &Volume) -> Option<&VolFile> {
         self.direct
             .get_or_init(|| volume.reopen_direct(&self.file).ok())
             .as_ref()
@@ -50,7 +49,7 @@ impl OpenFiles {
     }
 
     /// Records `file`, opened on copy `i` at placement `generation`.
-    pub fn set(&self, i: usize, generation: u64, file: File) {
+    pub fn set(&self, i: usize, generation: u64, file: VolFile) {
         if let Some(slot) = self.slots.get(i) {
             slot.store(Some(Arc::new(BackingFile {
                 generation,

@@ -78,7 +78,7 @@ pub struct WriteRun {
 
 impl WriteRun {
     /// Notes a write of `[offset, offset+len)`. When it extends a sequential run to
-    /// [`KICK_BYTES`] past the last kick, returns the range to start writing back.
+    /// `KICK_BYTES` past the last kick, returns the range to start writing back.
     /// Random writes never kick: the page cache sorts them and `fsync` writes them.
     pub fn note(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
         let mut r = self.inner.lock();

@@ -2,11 +2,11 @@
 //! performed (ordering locks, log tap record, routing to a copy being seeded, fan-out to
 //! the copies, outcome rules, writeback hint), and read routing with failover.
 //!
-//! - [`copy`]: a copy's placement and state, and the Exchange status word.
-//! - [`ops`]: the mutations, one call each, as the filesystem core asks for them.
-//! - [`route`]: how an operation reaches the copies, and the outcome rules below.
-//! - [`files`]: the backing files of open handles, closed at once when a volume dies.
-//! - [`io`]: per-file locks and marks. [`seed`]: writes to a copy being seeded.
+//! - `copy`: a copy's placement and state, and the Exchange status word.
+//! - `ops`: the mutations, one call each, as the filesystem core asks for them.
+//! - `route`: how an operation reaches the copies, and the outcome rules below.
+//! - `files`: the backing files of open handles, closed at once when a volume dies.
+//! - `io`: per-file locks and marks. `seed`: writes to a copy being seeded.
 //! - [`repair`]: crash repair, where the activity log says the copies may differ.
 //!
 //! Outcome rules, applied to every mutation:
@@ -21,13 +21,12 @@
 //! The path of a failure, top to bottom: a copy's error reaches [`Database::on_error`],
 //! which decides between the caller and the copy; a failed copy is reported to the
 //! [`Store`] (the pool), which runs the transitions of this module on every database with
-//! a copy on that volume ([`Database::fail_copies_on`]), persists the new state on the
+//! a copy on that volume (`Database::fail_copies_on`), persists the new state on the
 //! volumes that answer and the witness, and returns; the copies then let go of every file
 //! on the dead volume ([`Database::release_stale_files`]), and the request completes on the
 //! copies left. Nothing here calls up into the filesystem core.
 
 mod copy;
-mod fanout;
 mod files;
 mod io;
 mod ops;
@@ -42,11 +41,10 @@ use parking_lot::{
     Mutex, MutexGuard, RecursiveRwLock, RecursiveRwLockReadGuard, RecursiveRwLockWriteGuard,
 };
 
+pub use crate::volume::DIRECT_ALIGN;
 pub use copy::{Copy, CopyState, Placement, StatusWord};
-pub use fanout::{Fanout, MAX_COPIES};
 pub use files::{BackingFile, OpenFiles};
 pub use io::{FileIo, FileRef, RangeGuard, WriteRun};
-pub use route::DIRECT_ALIGN;
 pub use seed::SeedFile;
 
 use crate::tap::{Replicas, Tap};
@@ -54,16 +52,19 @@ use crate::volume::Volume;
 
 const NO_ACTIVE: usize = usize::MAX;
 
+/// The most copies one database can have.
+pub const MAX_COPIES: usize = 8;
+
 /// What must outlive the process when a copy leaves the in-sync set: implemented by the
 /// pool ([`crate::pool::Pool`]), which persists the pool state on every volume that
 /// answers and the witness. Each call returns once the change is durable, so that a
 /// mutation which skipped the copy may then be acknowledged.
 pub trait Store: Send + Sync {
     /// Volume `volume` failed during `op` with `err`: every copy on it, in every
-    /// database, leaves the in-sync set ([`Database::fail_copies_on`]).
+    /// database, leaves the in-sync set (`Database::fail_copies_on`).
     fn volume_failed(&self, volume: &Volume, op: &str, err: &std::io::Error);
     /// Copy `slot` of `db` answered `op` with `err` while another copy took it: it
-    /// leaves the in-sync set alone ([`Database::fail_copy`]).
+    /// leaves the in-sync set alone (`Database::fail_copy`).
     fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &std::io::Error);
     /// Returns once every failure already visible in copy states is persisted.
     fn barrier(&self);
@@ -78,7 +79,6 @@ pub struct Database {
     copies: Vec<Copy>,
     active: AtomicUsize,
     store: Weak<dyn Store>,
-    fanout: Fanout,
     /// Held shared by every namespace mutation and handle open, exclusively by a reseed
     /// while it lays out the new copy.
     namespace: RecursiveRwLock<()>,
@@ -102,14 +102,8 @@ impl std::fmt::Debug for Database {
 
 impl Database {
     /// A database over `copies`; the first in-sync copy becomes active. Failures go to
-    /// `store`; large writes and fsyncs go out in parallel through `fanout`.
-    pub fn new(
-        name: String,
-        index: usize,
-        copies: Vec<Copy>,
-        store: Weak<dyn Store>,
-        fanout: Fanout,
-    ) -> Database {
+    /// `store`.
+    pub fn new(name: String, index: usize, copies: Vec<Copy>, store: Weak<dyn Store>) -> Database {
         let active = copies
             .iter()
             .position(|c| c.is(CopyState::InSync))
@@ -117,7 +111,6 @@ impl Database {
         Database {
             active: AtomicUsize::new(active),
             store,
-            fanout,
             namespace: RecursiveRwLock::new(()),
             seeding: Mutex::new(()),
             tap: Tap::new(&name, copies.len()),

@@ -4,14 +4,13 @@
 //! filesystem core translates requests into these calls and keeps its node table; it
 //! never sequences a mutation itself, so no operation can skip the tap.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{Database, FileRef, OpenFiles};
 use crate::volume::{
-    FallocateFlags, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, Volume,
+    FallocateFlags, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, VolFile, Volume,
 };
 
 impl Database {
@@ -49,7 +48,7 @@ impl Database {
     fn open_on_copies(
         &self,
         op: &str,
-        open: impl Fn(&Volume) -> io::Result<File>,
+        open: impl Fn(&Volume) -> io::Result<VolFile>,
     ) -> io::Result<Arc<OpenFiles>> {
         let files = Arc::new(OpenFiles::new(self.copies.len()));
         self.mutate(op, |i, v| {

@@ -2,24 +2,15 @@
 //! over; mutations go to every copy that takes them, the answers are reconciled by the
 //! outcome rules (module [`super`]), and a failed copy is reported to the [`Store`].
 
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
-use crate::volume::{Volume, is_media_error};
+use crate::volume::{Call, DIRECT_ALIGN, VolFile, Volume, is_media_error};
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
 const DIRECT_READ_MAX: usize = 64 << 10;
-
-/// The alignment of offset, length and buffer an `O_DIRECT` backing read needs here (a
-/// page: enough for every logical block size up to 4 KiB).
-pub const DIRECT_ALIGN: usize = 4096;
-
-/// Data writes from this size up go to the copies in parallel (fan-out threads); smaller
-/// ones are written to each copy in turn on the request thread. `fsync`s always go out in
-/// parallel: they wait for the disks.
-const PARALLEL_WRITE: usize = 128 << 10;
 
 /// One copy a fan-out writes to: its index, volume and the handle's file there.
 type Target = (usize, Arc<Volume>, Arc<BackingFile>);
@@ -179,7 +170,7 @@ impl Database {
         &self,
         op: &str,
         files: &OpenFiles,
-        mut f: impl FnMut(&Volume, &File) -> io::Result<T>,
+        mut f: impl FnMut(&Volume, &VolFile) -> io::Result<T>,
     ) -> io::Result<T> {
         self.read_backing_op(op, files, |v, b| f(v, &b.file))
     }
@@ -218,8 +209,8 @@ impl Database {
         }
     }
 
-    /// Writes `data` at `offset` to every in-sync copy (in parallel through `fanout` when
-    /// it is large); to the copy being seeded too when `to_seeding` (see [`SeedFile`]).
+    /// Writes `data` at `offset` to every in-sync copy, all at once; to the copy being
+    /// seeded too when `to_seeding` (see [`super::SeedFile`]).
     pub(super) fn write_at(
         &self,
         files: &OpenFiles,
@@ -227,9 +218,14 @@ impl Database {
         data: &[u8],
         to_seeding: bool,
     ) -> io::Result<usize> {
-        self.fan_out(files, "write", data, to_seeding, move |v, f, d| {
-            v.write_all_at(f, offset, d).map(|()| d.len())
+        // One copy of the data, shared by every copy's lane (a call that misses its
+        // deadline keeps it until the disk answers).
+        let shared: Arc<[u8]> = Arc::from(data);
+        let len = data.len();
+        self.fan_out(files, "write", len, to_seeding, |v, f| {
+            v.submit_write(f, offset, shared.clone())
         })
+        .map(|()| len)
     }
 
     /// Starts writing `[offset, offset+len)` of the handle's files back to every copy's
@@ -238,10 +234,8 @@ impl Database {
     pub fn start_writeback(&self, files: &OpenFiles, offset: u64, len: u64) {
         for (i, c) in self.copies.iter().enumerate() {
             let Some(p) = c.writable() else { continue };
-            if let (Some(v), Some(f)) = (&p.volume, files.get(i, c))
-                && let Err(e) = v.start_writeback(&f.file, offset, len)
-            {
-                tracing::debug!("writeback of {} on copy {i}: {e}", self.name);
+            if let (Some(v), Some(f)) = (&p.volume, files.get(i, c)) {
+                v.start_writeback(&f.file, offset, len);
             }
         }
     }
@@ -250,9 +244,7 @@ impl Database {
     /// are durable.
     pub(super) fn sync_files(&self, files: &OpenFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(files, op, &[], true, move |v, f, _| {
-            v.sync_file(f, datasync)
-        })
+        self.fan_out(files, op, 0, true, |v, f| v.submit_sync(f, datasync))
     }
 
     /// Applies `f` to the open file of every copy that takes mutations (active first):
@@ -262,7 +254,7 @@ impl Database {
         &self,
         op: &str,
         files: &OpenFiles,
-        f: impl Fn(&Volume, &File) -> io::Result<T>,
+        f: impl Fn(&Volume, &VolFile) -> io::Result<T>,
     ) -> io::Result<T> {
         self.mutate_where(
             op,
@@ -274,17 +266,17 @@ impl Database {
         )
     }
 
-    /// Runs `job(file, data)` on every in-sync copy (and the seeding copy when
-    /// `to_seeding`) where the handle has a file: the first on this thread, the others on
-    /// the fan-out threads at the same time (or all here in turn, for a small write);
-    /// then reconciles the outcomes.
+    /// Hands `submit(volume, file)` to every in-sync copy's lane at once (and the seeding
+    /// copy's when `to_seeding`) where the handle has a file, waits for every answer until
+    /// the deadline, then reconciles the outcomes. `len`: the bytes of data written (for
+    /// the volumes' counters).
     fn fan_out<T: Send + 'static>(
         &self,
         files: &OpenFiles,
-        op: &str,
-        data: &[u8],
+        op: &'static str,
+        len: usize,
         to_seeding: bool,
-        job: impl Fn(&Volume, &File, &[u8]) -> io::Result<T> + Send + Sync + std::marker::Copy + 'static,
+        submit: impl Fn(&Volume, &VolFile) -> Call<T>,
     ) -> io::Result<T> {
         loop {
             let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
@@ -314,38 +306,21 @@ impl Database {
             if in_sync == 0 {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
+            // Every copy at once, each on its volume's lane; then every answer, each
+            // within its volume's deadline.
+            let started = Instant::now();
+            let mut calls: [Option<(Call<T>, Instant)>; MAX_COPIES] = Default::default();
+            for (slot, t) in targets[..n].iter().enumerate() {
+                if let Some((_, v, f)) = t {
+                    calls[slot] = Some((submit(v, &f.file), v.deadline()));
+                }
+            }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
-            // A small write into the backing page cache takes less time than handing it
-            // to another thread: the copies are written one after the other.
-            let serial = n == 1 || (!data.is_empty() && data.len() < PARALLEL_WRITE);
-            if serial {
-                for (slot, t) in targets[..n].iter().enumerate() {
-                    if let Some((_, v, f)) = t {
-                        let r = v.timed(|| job(v, &f.file, data));
-                        count_written(v, &r, data.len());
-                        results[slot] = Some(r);
-                    }
-                }
-            } else {
-                let shared: Arc<[u8]> = Arc::from(data);
-                let (completer, waiter) = self.fanout.batch(n - 1);
-                for (slot, t) in targets[1..n].iter().enumerate() {
-                    let Some((_, v, f)) = t.clone() else { continue };
-                    let d = shared.clone();
-                    let w = completer.clone();
-                    self.fanout.submit(Box::new(move || {
-                        let r = v.timed(|| job(&v, &f.file, &d));
-                        count_written(&v, &r, d.len());
-                        w.done(slot + 1, r);
-                    }));
-                }
-                drop(completer);
-                if let Some((_, v, f)) = &targets[0] {
-                    let r = v.timed(|| job(v, &f.file, data));
-                    count_written(v, &r, data.len());
-                    results[0] = Some(r);
-                }
-                for (slot, r) in waiter.wait() {
+            for (slot, t) in targets[..n].iter().enumerate() {
+                if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
+                    let r = v.finish(op, call, deadline);
+                    v.observe(started.elapsed());
+                    count_written(v, &r, len);
                     results[slot] = Some(r);
                 }
             }

@@ -6,11 +6,11 @@
 //! that skipped the failed copy is acknowledged. At mount the highest epoch wins, so a
 //! copy that missed writes is never trusted again, even if its disk comes back.
 //!
-//! - [`state`]: the records as persisted, and the witness.
-//! - [`open`]: opening the pool for a mount, step by step.
-//! - [`failure`]: the pool's side of a failure (the copy set's [`Store`](crate::copyset::Store)).
-//! - [`transitions`]: seed, resync, suspend, blocks, a volume taken back.
-//! - [`spares`]: the spare rule. [`checkpoint`]: the tap's checkpoint thread.
+//! - `state`: the records as persisted, and the witness.
+//! - `open`: opening the pool for a mount, step by step.
+//! - `failure`: the pool's side of a failure (the copy set's [`Store`](crate::copyset::Store)).
+//! - `transitions`: seed, resync, suspend, blocks, a volume taken back.
+//! - [`spares`]: the spare rule. `checkpoint`: the tap's checkpoint thread.
 //! - [`init`]: `reseedfs init`.
 //!
 //! A copy's state is owned by the copy set ([`crate::copyset::Copy`]); the pool records

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::state::{PoolState, VolumeMeta, pool_state_path, read_witness, volume_meta_path};
 use super::{Pool, PoolVolume, list_volumes};
 use crate::config::Config;
-use crate::copyset::{Copy, CopyState, Database, Fanout, Store};
+use crate::copyset::{Copy, CopyState, Database, Store};
 use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
 use crate::volume::Volume;
@@ -59,9 +59,6 @@ pub enum OpenError {
         /// One reason per copy.
         reasons: String,
     },
-    /// The threads that write to the copies in parallel could not start.
-    #[error("cannot start the fan-out threads: {0}")]
-    Threads(std::io::Error),
 }
 
 /// A volume as the probe found it: open and answering, with its metadata and the pool
@@ -169,7 +166,6 @@ impl Pool {
         volumes: Vec<PoolVolume>,
         events: Arc<dyn EventSink>,
     ) -> Result<Arc<Pool>, OpenError> {
-        let fanout = Fanout::new(config.threads * 2).map_err(OpenError::Threads)?;
         let was_clean = state.clean;
         Ok(Arc::new_cyclic(|weak: &std::sync::Weak<Pool>| {
             let store: std::sync::Weak<dyn Store> = weak.clone();
@@ -190,13 +186,7 @@ impl Pool {
                             Copy::new(c.volume.clone(), volume, c.state)
                         })
                         .collect();
-                    Arc::new(Database::new(
-                        d.name.clone(),
-                        index,
-                        copies,
-                        store.clone(),
-                        fanout.clone(),
-                    ))
+                    Arc::new(Database::new(d.name.clone(), index, copies, store.clone()))
                 })
                 .collect();
             let pool = Pool {

@@ -41,7 +41,7 @@ use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
 use crate::throttle::StreamKind::{Reseed, Verify};
-use crate::volume::{Volume, child_path, is_media_error};
+use crate::volume::{VolFile, Volume, child_path, is_media_error};
 
 use engine::{CopyEngine, CopyError, Extent, data_extents, select, split_aligned};
 
@@ -541,12 +541,9 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         .field("checksum", format!("{:08x}", verified.2)),
     );
 
-    // Phase 4: in sync.
-    if !pool.finish_seed(db, req.slot) {
-        let e = SeedError::Dest(format!("copy {label} failed while it was verified"));
-        return Err(give_up(core, req, &layout.files, e));
-    }
-    clear_seeds(&layout.files);
+    // The new copy is verified: what the target held before can go (SafeDeleteExistingFiles),
+    // before the copy is declared in sync, so that `status` never shows it Healthy while
+    // its reseed is still busy.
     if let Some(old) = layout.replaced.as_ref().filter(|_| req.keep_replaced) {
         match keep_in_quarantine(&target, &db.name, old) {
             Ok(dir) => tracing::warn!(
@@ -569,6 +566,12 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
             );
         }
     }
+    // Phase 4: in sync.
+    if !pool.finish_seed(db, req.slot) {
+        let e = SeedError::Dest(format!("copy {label} failed while it was verified"));
+        return Err(give_up(core, req, &layout.files, e));
+    }
+    clear_seeds(&layout.files);
     let status = db.status_word(req.slot);
     pool.events().emit(
         NewEvent::new(
@@ -795,10 +798,10 @@ fn lay_out(
 
 /// One file's open descriptors on both sides.
 struct Pair {
-    src: File,
-    dst: File,
+    src: VolFile,
+    dst: VolFile,
     /// `O_DIRECT` descriptors, when both filesystems allow it.
-    direct: Option<(File, File)>,
+    direct: Option<(VolFile, VolFile)>,
 }
 
 fn open_pair(src: &Volume, dst: &Volume, path: &Path) -> Result<Pair, (bool, io::Error)> {
@@ -816,7 +819,7 @@ fn open_pair(src: &Volume, dst: &Volume, path: &Path) -> Result<Pair, (bool, io:
         _ => None,
     };
     if direct.is_none() {
-        let _ = rustix::fs::fadvise(&s, 0, None, rustix::fs::Advice::Sequential);
+        src.advise(&s, 0, 0, crate::volume::Advice::Sequential);
     }
     Ok(Pair {
         src: s,

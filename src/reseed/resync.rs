@@ -36,7 +36,7 @@ use crate::layout;
 use crate::tap::reconcile::{self, SideError};
 use crate::tap::{self, FileDirty, IncrementalError, Lineage};
 use crate::volume::read_full;
-use crate::volume::{Volume, child_path};
+use crate::volume::{VolFile, Volume, child_path};
 
 /// Bytes copied under one hold of a file's stripe locks.
 const CHUNK: u64 = 1 << 20;
@@ -616,7 +616,7 @@ fn open_pair(
     source: &Source,
     target: &Volume,
     job: &Job,
-) -> Result<Option<(File, File)>, SideError> {
+) -> Result<Option<(VolFile, VolFile)>, SideError> {
     let _namespace = db.namespace_shared();
     let Some(path) = job.path() else {
         return Ok(None);

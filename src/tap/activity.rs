@@ -23,7 +23,6 @@
 //! marks of epoch `e` therefore finds it in the log file, before and after the rewrite.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +34,7 @@ use parking_lot::Mutex;
 
 use super::Replicas;
 use super::dirty::FileDirty;
-use crate::volume::{Mode, OFlags, Volume};
+use crate::volume::{Mode, OFlags, VolFile, Volume};
 
 /// log2 of the activity log's extent size (4 MiB).
 pub const EXTENT_SHIFT: u32 = 22;
@@ -126,7 +125,7 @@ struct State {
 #[derive(Debug, Default)]
 struct Files {
     /// Open log files: copy slot, placement generation, volume, file.
-    open: Vec<(usize, u64, Arc<Volume>, File)>,
+    open: Vec<(usize, u64, Arc<Volume>, VolFile)>,
     durable_lsn: u64,
 }
 
@@ -556,7 +555,7 @@ fn runs(set: &BTreeSet<u64>) -> Vec<(u64, u64)> {
     out
 }
 
-fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<File> {
+fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<VolFile> {
     let path = log_path(db);
     if let Some(parent) = path.parent() {
         v.mkdir_all(parent)?;

@@ -305,7 +305,7 @@ impl Tap {
         }
     }
 
-    /// A metadata mutation (through [`Database::mutate`]): numbered and counted.
+    /// A metadata mutation (through `Database::mutate`): numbered and counted.
     pub fn mutated(&self) {
         self.seq.fetch_add(1, Ordering::Relaxed);
         self.meta(DirtyMap::touch);

@@ -57,13 +57,13 @@ impl Faults {
 /// `inner`, failing as [`Faults`] say.
 #[derive(Debug)]
 pub struct Faulty {
-    inner: Box<dyn Backend>,
+    inner: Arc<dyn Backend>,
     faults: Arc<Faults>,
 }
 
 impl Faulty {
     /// Wraps `inner`; `faults` arms it.
-    pub fn new(inner: Box<dyn Backend>, faults: Arc<Faults>) -> Faulty {
+    pub fn new(inner: Arc<dyn Backend>, faults: Arc<Faults>) -> Faulty {
         Faulty { inner, faults }
     }
 }
@@ -148,6 +148,10 @@ impl Backend for Faulty {
     fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.faults.check_read()?;
         self.inner.read_at(f, offset, buf)
+    }
+    fn read_cached(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.faults.check_read()?;
+        self.inner.read_cached(f, offset, buf)
     }
     fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check()?;

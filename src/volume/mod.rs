@@ -7,7 +7,7 @@
 //! Every path is relative to the volume root and cannot leave it (the backend's promise);
 //! every operation of reseedfs on a volume, file data included, passes through a method of
 //! [`Volume`], so that a wrapper around the backend sees all of them: the fault-injecting
-//! one of the tests ([`faults`], compiled only with `cfg(test)` or the `failpoints`
+//! one of the tests (`faults`, compiled only with `cfg(test)` or the `failpoints`
 //! feature) today.
 //!
 //! The types of the interface ([`Stat`], [`Mode`], [`OFlags`], ...) are named through this
@@ -15,6 +15,7 @@
 
 #[cfg(any(test, feature = "failpoints"))]
 pub mod faults;
+pub mod lane;
 pub mod unix;
 
 use std::ffi::{OsStr, OsString};
@@ -24,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use lane::Lane;
 
 pub use rustix::fs::{
     Advice, FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, StatVfs, Timespec,
@@ -74,6 +77,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn syncfs(&self) -> io::Result<()>;
     /// Reads from an open file at `offset` (short only at end of file or on a signal).
     fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads what the page cache holds of `[offset, offset+buf.len())` without waiting for
+    /// the disk (`RWF_NOWAIT`): `WouldBlock` when the disk would be needed. Called on the
+    /// caller's thread, never on the lane. Backends without such a read say `WouldBlock`.
+    fn read_cached(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let _ = (f, offset, buf);
+        Err(io::ErrorKind::WouldBlock.into())
+    }
     /// Writes all of `data` to an open file at `offset`.
     fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Writes all of `data` at the end of a file opened for appending.
@@ -99,19 +109,92 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn reopen_direct(&self, f: &File) -> io::Result<File>;
 }
 
-/// A backing volume (`<volumes_root>/VolumeN`): its backend, health and counters.
+/// A file of a volume, open: shared by the callers and the volume's lane (a call that
+/// outlives its caller's deadline keeps the descriptor open until it returns).
+#[derive(Debug, Clone)]
+pub struct VolFile(Arc<File>);
+
+impl VolFile {
+    /// Wraps an open file.
+    pub fn new(f: File) -> VolFile {
+        VolFile(Arc::new(f))
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for VolFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl std::ops::Deref for VolFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+/// How long a volume may take: past `io_timeout` an operation fails as a dead disk's
+/// would (see [`lane`]); past `slow_request` it is counted as slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The deadline of every operation.
+    pub io_timeout: Duration,
+    /// An operation slower than this is counted as slow (the volume is not failed).
+    pub slow_request: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            io_timeout: Duration::from_secs(10),
+            slow_request: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A volume did not answer an operation within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("volume {volume} did not answer {op} within {}", humantime::format_duration(*.after))]
+pub struct Timeout {
+    /// The volume.
+    pub volume: String,
+    /// The operation.
+    pub op: &'static str,
+    /// The deadline it missed.
+    pub after: Duration,
+}
+
+/// A backing volume (`<volumes_root>/VolumeN`): its backend, its lane, health and
+/// counters.
 #[derive(Debug)]
 pub struct Volume {
     name: String,
     root: PathBuf,
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
+    lane: Lane,
+    limits: Limits,
     /// The faults armed on this volume (tests and the demo).
     #[cfg(any(test, feature = "failpoints"))]
     faults: Arc<faults::Faults>,
     failed: AtomicBool,
     io_errors: AtomicU64,
     latency: Latency,
+    slow: Slow,
     written_bytes: AtomicU64,
+}
+
+/// Slow operations of a volume.
+#[derive(Debug)]
+struct Slow {
+    /// When the volume was opened: the origin of `since_ms`.
+    opened: Instant,
+    /// Operations slower than `slow_request`.
+    count: AtomicU64,
+    /// Since when (ms after `opened`, plus one) every operation was slow; 0: the last
+    /// one was not.
+    since_ms: AtomicU64,
 }
 
 /// The latency of the database's requests on a volume: running totals, and a baseline
@@ -173,34 +256,170 @@ fn split(rel: &Path) -> io::Result<(&Path, &OsStr)> {
 
 impl Volume {
     /// Opens the volume directory `root` under the name `name` (`Volume1`), with the
-    /// backend of this system.
+    /// backend of this system and the default [`Limits`].
     pub fn open(name: &str, root: &Path) -> io::Result<Volume> {
-        Ok(Volume::with_backend(
+        Volume::open_with(name, root, Limits::default())
+    }
+
+    /// Opens the volume directory `root` under the name `name`, with `limits`. The open
+    /// itself has the deadline too: a hung disk does not hold up a mount or a probe.
+    pub fn open_with(name: &str, root: &Path, limits: Limits) -> io::Result<Volume> {
+        let lane = Lane::new(name);
+        let dir = root.to_owned();
+        let backend = lane
+            .run(limits.io_timeout, move || unix::UnixBackend::open(&dir))
+            .map_err(|_| timeout(name, "open", limits.io_timeout))??;
+        Ok(Volume::assemble(
             name,
             root,
-            Box::new(unix::UnixBackend::open(root)?),
+            Arc::new(backend),
+            lane,
+            limits,
         ))
     }
 
     /// A volume named `name` at `root` served by `backend`.
-    pub fn with_backend(name: &str, root: &Path, backend: Box<dyn Backend>) -> Volume {
+    pub fn with_backend(
+        name: &str,
+        root: &Path,
+        backend: Arc<dyn Backend>,
+        limits: Limits,
+    ) -> Volume {
+        Volume::assemble(name, root, backend, Lane::new(name), limits)
+    }
+
+    fn assemble(
+        name: &str,
+        root: &Path,
+        backend: Arc<dyn Backend>,
+        lane: Lane,
+        limits: Limits,
+    ) -> Volume {
         #[cfg(any(test, feature = "failpoints"))]
         let (backend, faults) = {
             let faults = Arc::new(faults::Faults::default());
-            let wrapped: Box<dyn Backend> = Box::new(faults::Faulty::new(backend, faults.clone()));
+            let wrapped: Arc<dyn Backend> = Arc::new(faults::Faulty::new(backend, faults.clone()));
             (wrapped, faults)
         };
         Volume {
             name: name.to_owned(),
             root: root.to_owned(),
             backend,
+            lane,
+            limits,
             #[cfg(any(test, feature = "failpoints"))]
             faults,
             failed: AtomicBool::new(false),
             io_errors: AtomicU64::new(0),
             latency: Latency::default(),
+            slow: Slow {
+                opened: Instant::now(),
+                count: AtomicU64::new(0),
+                since_ms: AtomicU64::new(0),
+            },
             written_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Runs `f` on the volume's lane, within the deadline. A volume already failed
+    /// answers `EIO` at once: nothing more is queued behind a dead disk.
+    fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&dyn Backend) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        self.finish(
+            op,
+            self.submit(op, f),
+            Instant::now() + self.limits.io_timeout,
+        )
+    }
+
+    /// Hands `f` to the lane without waiting: for calls that go to several volumes at
+    /// once; [`Volume::finish`] waits for the answer.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&dyn Backend) -> io::Result<T> + Send + 'static,
+    ) -> Call<T> {
+        if self.is_failed() {
+            return Call::Refused(op);
+        }
+        let backend = self.backend.clone();
+        Call::Pending {
+            op,
+            started: Instant::now(),
+            pending: self.lane.submit(move || f(&*backend)),
+        }
+    }
+
+    /// The answer of `call` (made by [`Volume::submit`]), or a [`Timeout`] error when it
+    /// did not come by `deadline`.
+    pub fn finish<T>(&self, op: &'static str, call: Call<T>, deadline: Instant) -> io::Result<T> {
+        match call {
+            Call::Refused(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Call::Pending {
+                started, pending, ..
+            } => {
+                let r = pending.wait_until(deadline);
+                self.note_duration(started.elapsed());
+                match r {
+                    Ok(r) => r,
+                    Err(lane::Elapsed) => Err(timeout(
+                        &self.name,
+                        op,
+                        deadline.saturating_duration_since(started),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The deadline of a call submitted now.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.limits.io_timeout
+    }
+
+    /// The volume's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn note_duration(&self, took: Duration) {
+        let s = &self.slow;
+        if took > self.limits.slow_request {
+            s.count.fetch_add(1, Ordering::Relaxed);
+            if s.since_ms.load(Ordering::Relaxed) == 0 {
+                let now = u64::try_from(s.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let _ =
+                    s.since_ms
+                        .compare_exchange(0, now + 1, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        } else if s.since_ms.load(Ordering::Relaxed) != 0 {
+            s.since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Operations slower than `slow_request` since the volume was opened.
+    pub fn slow_requests(&self) -> u64 {
+        self.slow.count.load(Ordering::Relaxed)
+    }
+
+    /// For how long every operation on the volume has been slow (`None`: the last one
+    /// was not).
+    pub fn slow_for(&self) -> Option<Duration> {
+        match self.slow.since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = self.slow.opened.elapsed();
+                Some(now.saturating_sub(Duration::from_millis(since - 1)))
+            }
+        }
+    }
+
+    /// Threads of the volume's lane: alive, and of those busy (stuck, on a hung disk).
+    pub fn lane_threads(&self) -> (usize, usize) {
+        self.lane.threads()
     }
 
     /// Records the latency of one database request served by this volume (a read, a
@@ -266,7 +485,9 @@ impl Volume {
         &self.root
     }
 
-    /// True once an I/O error marked the volume failed.
+    /// True once an I/O error (or a missed deadline) marked the volume failed. A failed
+    /// volume answers every later operation with `EIO` at once; a volume that comes back
+    /// is opened anew.
     pub fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
@@ -329,62 +550,78 @@ impl Volume {
 
     /// `lstat` of `rel` (the volume root for an empty path).
     pub fn stat(&self, rel: &Path) -> io::Result<Stat> {
-        self.backend.stat(rel)
+        let rel = rel.to_owned();
+        self.call("stat", move |b| b.stat(&rel))
     }
 
     /// Opens `rel` (never following a symlink); `mode` applies with `O_CREAT`.
-    pub fn open_file(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<File> {
-        self.backend.open(rel, flags, mode)
+    pub fn open_file(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<VolFile> {
+        let rel = rel.to_owned();
+        self.call("open", move |b| b.open(&rel, flags, mode).map(VolFile::new))
     }
 
     /// Creates a directory.
     pub fn mkdir(&self, rel: &Path, mode: Mode) -> io::Result<()> {
-        self.backend.mkdir(rel, mode)
+        let rel = rel.to_owned();
+        self.call("mkdir", move |b| b.mkdir(&rel, mode))
     }
 
     /// Creates a special file or a regular file without opening it.
     pub fn mknod(&self, rel: &Path, kind: FileType, mode: Mode, dev: u64) -> io::Result<()> {
-        self.backend.mknod(rel, kind, mode, dev)
+        let rel = rel.to_owned();
+        self.call("mknod", move |b| b.mknod(&rel, kind, mode, dev))
     }
 
     /// Creates a symlink at `rel` pointing to `target` (stored as given).
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
-        self.backend.symlink(target, rel)
+        let (target, rel) = (target.to_owned(), rel.to_owned());
+        self.call("symlink", move |b| b.symlink(&target, &rel))
     }
 
     /// Reads the symlink at `rel`.
     pub fn readlink(&self, rel: &Path) -> io::Result<Vec<u8>> {
-        self.backend.readlink(rel)
+        let rel = rel.to_owned();
+        self.call("readlink", move |b| b.readlink(&rel))
     }
 
     /// Removes a file (`dir == false`) or an empty directory.
     pub fn remove(&self, rel: &Path, dir: bool) -> io::Result<()> {
-        self.backend.remove(rel, dir)
+        let rel = rel.to_owned();
+        self.call("unlink", move |b| b.remove(&rel, dir))
     }
 
     /// Renames `from` to `to` with `renameat2` flags.
     pub fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
-        self.backend.rename(from, to, flags)
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.call("rename", move |b| b.rename(&from, &to, flags))
     }
 
     /// Makes `to` a hard link of `from`.
     pub fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.backend.link(from, to)
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.call("link", move |b| b.link(&from, &to))
     }
 
     /// `chmod`; refused with `EOPNOTSUPP` on a symlink, as Linux does.
     pub fn chmod(&self, rel: &Path, mode: Mode) -> io::Result<()> {
-        self.backend.chmod(rel, mode)
+        let rel = rel.to_owned();
+        self.call("chmod", move |b| b.chmod(&rel, mode))
     }
 
     /// `lchown`.
     pub fn chown(&self, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-        self.backend.chown(rel, uid, gid)
+        let rel = rel.to_owned();
+        self.call("chown", move |b| b.chown(&rel, uid, gid))
     }
 
     /// Sets the access and modification times, never following a symlink.
     pub fn set_times(&self, rel: &Path, times: &Timestamps) -> io::Result<()> {
-        self.backend.set_times(rel, times)
+        let rel = rel.to_owned();
+        let times = Timestamps {
+            last_access: times.last_access,
+            last_modification: times.last_modification,
+        };
+        self.call("utimens", move |b| b.set_times(&rel, &times))
     }
 
     /// `truncate` by path.
@@ -395,90 +632,135 @@ impl Volume {
 
     /// Lists a directory (without `.` and `..`).
     pub fn read_dir(&self, rel: &Path) -> io::Result<Vec<DirEntry>> {
-        self.backend.read_dir(rel)
+        let rel = rel.to_owned();
+        self.call("readdir", move |b| b.read_dir(&rel))
     }
 
     /// `statvfs` of the volume.
     pub fn statvfs(&self) -> io::Result<StatVfs> {
-        self.backend.statvfs()
+        self.call("statvfs", |b| b.statvfs())
     }
 
     /// Reads xattr `key` of `rel` into `buf` (an empty `buf` asks for the size).
     pub fn get_xattr(&self, rel: &Path, key: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
-        self.backend.get_xattr(rel, key, buf)
+        let (rel, key, len) = (rel.to_owned(), key.to_owned(), buf.len());
+        let (n, bytes) = self.call("getxattr", move |b| {
+            let mut out = vec![0u8; len];
+            let n = b.get_xattr(&rel, &key, &mut out)?;
+            Ok((n, out))
+        })?;
+        copy_out(buf, &bytes, n);
+        Ok(n)
     }
 
     /// Lists the xattr names of `rel` into `buf` (an empty `buf` asks for the size).
     pub fn list_xattr(&self, rel: &Path, buf: &mut [u8]) -> io::Result<usize> {
-        self.backend.list_xattr(rel, buf)
+        let (rel, len) = (rel.to_owned(), buf.len());
+        let (n, bytes) = self.call("listxattr", move |b| {
+            let mut out = vec![0u8; len];
+            let n = b.list_xattr(&rel, &mut out)?;
+            Ok((n, out))
+        })?;
+        copy_out(buf, &bytes, n);
+        Ok(n)
     }
 
     /// Sets xattr `key` of `rel`.
     pub fn set_xattr(&self, rel: &Path, key: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        self.backend.set_xattr(rel, key, value, flags)
+        let (rel, key, value) = (rel.to_owned(), key.to_owned(), value.to_vec());
+        self.call("setxattr", move |b| b.set_xattr(&rel, &key, &value, flags))
     }
 
     /// Removes xattr `key` of `rel`.
     pub fn remove_xattr(&self, rel: &Path, key: &OsStr) -> io::Result<()> {
-        self.backend.remove_xattr(rel, key)
+        let (rel, key) = (rel.to_owned(), key.to_owned());
+        self.call("removexattr", move |b| b.remove_xattr(&rel, &key))
     }
 
     /// Flushes everything written to the volume's filesystem (`syncfs`).
     pub fn syncfs(&self) -> io::Result<()> {
-        self.backend.syncfs()
+        self.call("syncfs", |b| b.syncfs())
     }
 
     /// Reads from `f` (a file of this volume) at `offset` until `buf` is full or end of
-    /// file comes first; returns the bytes read.
-    pub fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self
-                .backend
-                .read_at(f, offset + done as u64, &mut buf[done..])?
-            {
-                0 => break,
-                n => done += n,
-            }
+    /// file comes first; returns the bytes read. What the page cache holds is read here,
+    /// at once; the rest on the lane, within the deadline.
+    pub fn read_at(&self, f: &VolFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if self.is_failed() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        Ok(done)
+        let cached = match self.backend.read_cached(f, offset, buf) {
+            Ok(n) if n == buf.len() => return Ok(n),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        let rest = &mut buf[cached..];
+        let (f, at, len) = (f.clone(), offset + cached as u64, rest.len());
+        // O_DIRECT wants an aligned buffer: read into one, aligned in a larger Vec.
+        let (bytes, start, n) = self.call("read", move |b| {
+            let mut out = vec![0u8; len + DIRECT_ALIGN];
+            let start = out.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+            let n = read_full_with(b, &f, at, &mut out[start..start + len])?;
+            Ok((out, start, n))
+        })?;
+        rest[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(cached + n)
     }
 
     /// Writes all of `data` to `f` at `offset`.
-    pub fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.backend.write_all_at(f, offset, data)
+    pub fn write_all_at(&self, f: &VolFile, offset: u64, data: &[u8]) -> io::Result<()> {
+        let data: Arc<[u8]> = Arc::from(data);
+        let call = self.submit_write(f, offset, data);
+        self.finish("write", call, self.deadline())
+    }
+
+    /// Hands a write of `data` at `offset` of `f` to the lane (see [`Volume::submit`]).
+    pub fn submit_write(&self, f: &VolFile, offset: u64, data: Arc<[u8]>) -> Call<()> {
+        let f = f.clone();
+        self.submit("write", move |b| b.write_all_at(&f, offset, &data))
     }
 
     /// Writes all of `data` at the end of `f`, opened for appending.
-    pub fn append(&self, f: &File, data: &[u8]) -> io::Result<()> {
-        self.backend.append(f, data)
+    pub fn append(&self, f: &VolFile, data: &[u8]) -> io::Result<()> {
+        let (f, data) = (f.clone(), data.to_vec());
+        self.call("append", move |b| b.append(&f, &data))
     }
 
     /// `fsync` of `f` (`fdatasync` when `data_only`).
-    pub fn sync_file(&self, f: &File, data_only: bool) -> io::Result<()> {
-        self.backend.sync(f, data_only)
+    pub fn sync_file(&self, f: &VolFile, data_only: bool) -> io::Result<()> {
+        let call = self.submit_sync(f, data_only);
+        self.finish("fsync", call, self.deadline())
+    }
+
+    /// Hands an `fsync` of `f` to the lane (see [`Volume::submit`]).
+    pub fn submit_sync(&self, f: &VolFile, data_only: bool) -> Call<()> {
+        let f = f.clone();
+        self.submit("fsync", move |b| b.sync(&f, data_only))
     }
 
     /// `ftruncate` of `f`.
-    pub fn set_len(&self, f: &File, size: u64) -> io::Result<()> {
-        self.backend.set_len(f, size)
+    pub fn set_len(&self, f: &VolFile, size: u64) -> io::Result<()> {
+        let f = f.clone();
+        self.call("truncate", move |b| b.set_len(&f, size))
     }
 
     /// `fallocate` on `f` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).
     pub fn fallocate(
         &self,
-        f: &File,
+        f: &VolFile,
         mode: FallocateFlags,
         offset: u64,
         len: u64,
     ) -> io::Result<()> {
-        self.backend.fallocate(f, mode, offset, len)
+        let f = f.clone();
+        self.call("fallocate", move |b| b.fallocate(&f, mode, offset, len))
     }
 
     /// Punches a hole in `[offset, offset+len)` of `f`, keeping its size. On a filesystem
     /// that cannot punch holes (EOPNOTSUPP) nothing is done and this is not an error, as
     /// for every copy path of reseedfs so far.
-    pub fn punch_hole(&self, f: &File, offset: u64, len: u64) -> io::Result<()> {
+    pub fn punch_hole(&self, f: &VolFile, offset: u64, len: u64) -> io::Result<()> {
         match self.fallocate(
             f,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -491,39 +773,45 @@ impl Volume {
     }
 
     /// `lseek` on `f`.
-    pub fn seek(&self, f: &File, pos: SeekFrom) -> io::Result<u64> {
-        self.backend.seek(f, pos)
+    pub fn seek(&self, f: &VolFile, pos: SeekFrom) -> io::Result<u64> {
+        let f = f.clone();
+        self.call("lseek", move |b| b.seek(&f, pos))
     }
 
     /// `fstat` of `f`.
-    pub fn fstat(&self, f: &File) -> io::Result<Stat> {
-        self.backend.fstat(f)
+    pub fn fstat(&self, f: &VolFile) -> io::Result<Stat> {
+        let f = f.clone();
+        self.call("fstat", move |b| b.fstat(&f))
     }
 
     /// `fchown` of `f`.
-    pub fn fchown(&self, f: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-        self.backend.fchown(f, uid, gid)
+    pub fn fchown(&self, f: &VolFile, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let f = f.clone();
+        self.call("chown", move |b| b.fchown(&f, uid, gid))
     }
 
     /// An access-pattern hint for `f` (`len` 0: to the end); a hint that cannot be given
-    /// is not an error.
-    pub fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) {
-        let _ = self.backend.advise(f, offset, len, advice);
+    /// is not an error, and nobody waits for it.
+    pub fn advise(&self, f: &VolFile, offset: u64, len: u64, advice: Advice) {
+        let f = f.clone();
+        drop(self.submit("fadvise", move |b| b.advise(&f, offset, len, advice)));
     }
 
     /// Starts writing the dirty pages of `[offset, offset+len)` of `f` back to the disk
     /// without waiting for it, so that a sequential writer's data reaches the disk while
-    /// it writes more instead of all at its `fsync`. A no-op on systems without such a
-    /// call.
-    pub fn start_writeback(&self, f: &File, offset: u64, len: u64) -> io::Result<()> {
-        self.backend.start_writeback(f, offset, len)
+    /// it writes more instead of all at its `fsync`. Nobody waits for it: an error is left
+    /// to the next write or `fsync` to report.
+    pub fn start_writeback(&self, f: &VolFile, offset: u64, len: u64) {
+        let f = f.clone();
+        drop(self.submit("writeback", move |b| b.start_writeback(&f, offset, len)));
     }
 
     /// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
     /// description of the same inode, whatever its name is now). `Unsupported` where
     /// there is no way to do that.
-    pub fn reopen_direct(&self, f: &File) -> io::Result<File> {
-        self.backend.reopen_direct(f)
+    pub fn reopen_direct(&self, f: &VolFile) -> io::Result<VolFile> {
+        let f = f.clone();
+        self.call("open", move |b| b.reopen_direct(&f).map(VolFile::new))
     }
 
     /// Writes `data` to `rel` durably and atomically: temp file, fsync, rename, fsync of
@@ -574,49 +862,106 @@ impl Volume {
 
     /// Every xattr of `rel`, sorted by name (none where the filesystem has none).
     pub fn xattrs(&self, rel: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-        use std::os::unix::ffi::OsStrExt;
-        let n = match self.list_xattr(rel, &mut []) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = vec![0u8; n];
-        let n = if n == 0 {
-            0
-        } else {
-            self.list_xattr(rel, &mut names)?
-        };
-        let mut out = Vec::new();
-        for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-            let key = OsStr::from_bytes(key);
-            let len = self.get_xattr(rel, key, &mut [])?;
-            let mut value = vec![0u8; len];
-            let len = self.get_xattr(rel, key, &mut value)?;
-            value.truncate(len);
-            out.push((key.to_owned(), value));
-        }
-        out.sort();
-        Ok(out)
+        let rel = rel.to_owned();
+        self.call("listxattr", move |b| xattrs_of(b, &rel))
     }
 
     /// Reads a whole (small) file.
     pub fn read_file(&self, rel: &Path) -> io::Result<Vec<u8>> {
-        let f = self.open_file(rel, OFlags::RDONLY, Mode::empty())?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = self.read_at(&f, out.len() as u64, &mut buf)?;
-            out.extend_from_slice(&buf[..n]);
-            if n < buf.len() {
-                return Ok(out);
+        let rel = rel.to_owned();
+        self.call("read", move |b| {
+            let f = b.open(&rel, OFlags::RDONLY, Mode::empty())?;
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = read_full_with(b, &f, out.len() as u64, &mut buf)?;
+                out.extend_from_slice(&buf[..n]);
+                if n < buf.len() {
+                    return Ok(out);
+                }
             }
+        })
+    }
+}
+
+/// A call handed to a volume's lane ([`Volume::submit`]); [`Volume::finish`] waits for it.
+#[derive(Debug)]
+pub enum Call<T> {
+    /// On its way.
+    Pending {
+        /// The operation, for the timeout's message.
+        op: &'static str,
+        /// When it was handed over.
+        started: Instant,
+        /// The answer to come.
+        pending: lane::Pending<io::Result<T>>,
+    },
+    /// Not made: the volume is failed.
+    Refused(&'static str),
+}
+
+/// The error of an operation that missed its deadline.
+fn timeout(volume: &str, op: &'static str, after: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        Timeout {
+            volume: volume.to_owned(),
+            op,
+            after,
+        },
+    )
+}
+
+/// Copies what a lane call read (`n` bytes, or a size when `buf` was empty) into `buf`.
+fn copy_out(buf: &mut [u8], bytes: &[u8], n: usize) {
+    if !buf.is_empty() {
+        let n = n.min(buf.len()).min(bytes.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+    }
+}
+
+/// Reads until `buf` is full or end of file, through `b`.
+fn read_full_with(b: &dyn Backend, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match b.read_at(f, offset + done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
         }
     }
+    Ok(done)
+}
+
+/// Every xattr of `rel` through `b`, sorted by name.
+fn xattrs_of(b: &dyn Backend, rel: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let n = match b.list_xattr(rel, &mut []) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = vec![0u8; n];
+    let n = if n == 0 {
+        0
+    } else {
+        b.list_xattr(rel, &mut names)?
+    };
+    let mut out = Vec::new();
+    for key in names[..n].split(|&c| c == 0).filter(|k| !k.is_empty()) {
+        let key = OsStr::from_bytes(key);
+        let len = b.get_xattr(rel, key, &mut [])?;
+        let mut value = vec![0u8; len];
+        let len = b.get_xattr(rel, key, &mut value)?;
+        value.truncate(len);
+        out.push((key.to_owned(), value));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The access and modification times of `st`, as `set_times` takes them.
 pub fn stat_times(st: &Stat) -> Timestamps {
-    let ts = |sec: i64, nsec: u64| rustix::fs::Timespec {
+    let ts = |sec: i64, nsec: u64| Timespec {
         tv_sec: sec,
         tv_nsec: nsec as _,
     };
@@ -733,14 +1078,39 @@ pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<Extent>> {
     }
 }
 
-/// True for the errors that mean a volume is failing, not that the caller erred.
+/// The alignment of offset, length and buffer an `O_DIRECT` read needs here (a page:
+/// enough for every logical block size up to 4 KiB).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// The errno an error stands for in events (`ETIMEDOUT` for a missed deadline).
+pub fn errno_of(err: &io::Error) -> i32 {
+    match err.raw_os_error() {
+        Some(e) => e,
+        None if err.kind() == io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        None => libc::EIO,
+    }
+}
+
+/// True when `err` is a volume's missed deadline ([`Timeout`]).
+pub fn is_timeout(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<Timeout>())
+}
+
+/// True for the errors that mean a volume is failing, not that the caller erred: media
+/// errors, and a missed deadline.
 pub fn is_media_error(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(
-            libc::EIO | libc::ENXIO | libc::ENODEV | libc::ESHUTDOWN | libc::EROFS | libc::EUCLEAN
+    is_timeout(err)
+        || matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EIO
+                    | libc::ENXIO
+                    | libc::ENODEV
+                    | libc::ESHUTDOWN
+                    | libc::EROFS
+                    | libc::EUCLEAN
+            )
         )
-    )
 }
 
 #[cfg(test)]

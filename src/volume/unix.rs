@@ -335,6 +335,25 @@ impl Backend for UnixBackend {
         }
     }
 
+    fn read_cached(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::io::ReadWriteFlags;
+        loop {
+            match rustix::io::preadv2(
+                f,
+                &mut [std::io::IoSliceMut::new(buf)],
+                offset,
+                ReadWriteFlags::NOWAIT,
+            ) {
+                Err(rustix::io::Errno::INTR) => {}
+                // Not cached, or the filesystem cannot tell without waiting.
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP) => {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
     fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         f.write_all_at(data, offset)
     }
