@@ -153,7 +153,6 @@ fn r14_symlink_race_through_the_mount_changes_nothing_outside() {
         ],
     );
     eprintln!("{out}");
-    // The race really ran: the swaps and every operation happened many times.
     let counts: Vec<(String, u64)> = out
         .lines()
         .filter_map(|l| Some(&l[l.find("count ")? + "count ".len()..]))
@@ -162,10 +161,6 @@ fn r14_symlink_race_through_the_mount_changes_nothing_outside() {
             Some((k.to_owned(), v.parse().ok()?))
         })
         .collect();
-    assert!(
-        counts.iter().any(|(k, n)| k == "exchange" && *n > 100),
-        "the racer swapped too little: {counts:?}"
-    );
     assert_eq!(
         facts(&target),
         before,
@@ -195,6 +190,11 @@ fn r14_symlink_race_through_the_mount_changes_nothing_outside() {
         .filter(|e| common::event_id(e) == Some(3003))
         .count();
     eprintln!("copies failed as diverged (3003) during the race: {diverged}");
+    // The race really ran: the swaps happened many times.
+    assert!(
+        counts.iter().any(|(k, n)| k == "exchange" && *n > 100),
+        "the racer swapped too little: {counts:?}"
+    );
     assert!(user_dir.is_dir());
     drop(m);
 }
