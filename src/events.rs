@@ -16,6 +16,8 @@
 //! | 3003 | `copy.diverged`             | a copy gave a different result than the active copy: failed to keep copies identical |
 //! | 3004 | `active.changed`            | a database's active copy moved to another volume |
 //! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
+//! | 3006 | `volume.foreign`            | a volume (or the witness) belongs to another pool: never adopted, left alone (both pool ids) |
+//! | 3007 | `state.damaged`             | a pool state file cannot be read (or is not private to root): rewritten when a newer state vouches, else the mount refuses |
 //! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
 //! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
 //! | 3012 | `autoreseed.attempt_failed` | the attempt failed (why); when the next one is due |
@@ -40,8 +42,8 @@
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
-//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019), at WARN when the system carried on around
-//! a problem (3004, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
+//! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019), at WARN when the system carried on
+//! around a problem (3004, 3006, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -67,6 +69,10 @@ pub enum EventId {
     ActiveChanged,
     /// 3005: the pool state could not be persisted on a volume.
     StatePersistFailed,
+    /// 3006: a volume or witness of another pool was found and left alone.
+    ForeignVolume,
+    /// 3007: a pool state file cannot be read or trusted.
+    StateDamaged,
     /// 825: seeding of a copy started.
     SeedingStarted,
     /// 826: seeding of a copy completed (every byte copied).
@@ -134,6 +140,8 @@ impl EventId {
             EventId::CopyDiverged => 3003,
             EventId::ActiveChanged => 3004,
             EventId::StatePersistFailed => 3005,
+            EventId::ForeignVolume => 3006,
+            EventId::StateDamaged => 3007,
             EventId::SeedingStarted => 825,
             EventId::SeedingCompleted => 826,
             EventId::VerifyStarted => 827,
@@ -171,11 +179,13 @@ impl EventId {
             EventId::CopyFailed
             | EventId::CopyDiverged
             | EventId::StatePersistFailed
+            | EventId::StateDamaged
             | EventId::SparesExhausted
             | EventId::AutoReseedStopped
             | EventId::IncrementalReseedError
             | EventId::ReseedFailed => Severity::Error,
             EventId::ActiveChanged
+            | EventId::ForeignVolume
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
             | EventId::ReseedSourceChanged
@@ -194,6 +204,8 @@ impl EventId {
             EventId::CopyDiverged => "copy.diverged",
             EventId::ActiveChanged => "active.changed",
             EventId::StatePersistFailed => "state.persist_failed",
+            EventId::ForeignVolume => "volume.foreign",
+            EventId::StateDamaged => "state.damaged",
             EventId::SeedingStarted => "seed.started",
             EventId::SeedingCompleted => "seed.completed",
             EventId::VerifyStarted => "verify.started",

@@ -668,6 +668,7 @@ mod tests {
                 volume("Volume2", "InUse", 0),
             ],
             throttle: None,
+            foreign: Vec::new(),
         }
     }
 

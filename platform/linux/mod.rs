@@ -3,6 +3,7 @@
 //! writes, `fchmodat2`, and the credentials of a control socket's peer.
 
 pub mod at;
+pub mod cred;
 pub mod ext4;
 pub mod fuse;
 pub mod uring;
