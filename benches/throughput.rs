@@ -89,13 +89,15 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use reseedfs::testbed::{self, BindMount, Testbed};
+use reseedfs::testbed::daemon::{MOUNT_TIMEOUT, MountDaemon, StopRequest};
+use reseedfs::testbed::rng::Rng;
+use reseedfs::testbed::{self, BindMount, Testbed, with_path};
 use serde_json::{Value, json};
 
 /// The reseedfs binary built with this bench.
@@ -106,9 +108,6 @@ const DB: &str = "bench";
 const FILE: &str = "bench.dat";
 /// The readahead every FUSE mount gets (what reseedfs sets on its own mount).
 const READ_AHEAD_KB: u32 = 1024;
-/// How long a mount may take to appear, and a daemon to exit.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------------------
@@ -373,8 +372,8 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         println!(
             "throughput: {} is pid {} at {}",
             d.target.name(),
-            d.child.id(),
-            d.mountpoint.display()
+            d.mount.pid().unwrap_or(0),
+            d.mount.mountpoint().display()
         );
     }
     let targets: Vec<Target> = s
@@ -500,7 +499,8 @@ impl Rig {
             }
             let daemon = Daemon::reseedfs(&pool, copies, s.threads)?;
             let file = daemon
-                .mountpoint
+                .mount
+                .mountpoint()
                 .join(DB)
                 .join(format!("{DB}.db"))
                 .join(FILE);
@@ -510,7 +510,7 @@ impl Rig {
         if mergerfs {
             let daemon = Daemon::mergerfs(&vol1.join("mergerfs"), &root.join("mergerfs"))?;
             rig.files
-                .push((Target::Mergerfs, daemon.mountpoint.join(FILE)));
+                .push((Target::Mergerfs, daemon.mount.mountpoint().join(FILE)));
             rig.daemons.push(daemon);
         }
         Ok(rig)
@@ -526,7 +526,7 @@ impl Rig {
     /// CPU seconds the daemon behind `t` has used so far.
     fn daemon_cpu(&self, t: Target) -> Option<f64> {
         let d = self.daemons.iter().find(|d| d.target == t)?;
-        let stat = fs::read_to_string(format!("/proc/{}/stat", d.child.id())).ok()?;
+        let stat = fs::read_to_string(format!("/proc/{}/stat", d.mount.pid()?)).ok()?;
         // Fields after the command name (which may hold spaces): state is field 3.
         let rest = stat.rsplit_once(')')?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
@@ -536,13 +536,10 @@ impl Rig {
 }
 
 /// A FUSE daemon the bench started, in its own process group (a Ctrl-C reaches only the
-/// bench, which then stops it in order).
+/// bench, which then stops it in order), under the testbed's supervisor.
 struct Daemon {
     target: Target,
-    mountpoint: PathBuf,
-    child: Child,
-    /// `Some(config)` for reseedfs (stopped with `reseedfs unmount`), `None` for mergerfs.
-    config: Option<PathBuf>,
+    mount: MountDaemon,
 }
 
 impl Daemon {
@@ -623,6 +620,8 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Starts `cmd` and waits for its mount. Stopped with `reseedfs unmount` (`config`)
+    /// or `umount`, then SIGTERM, then SIGKILL.
     fn start(
         mut cmd: Command,
         target: Target,
@@ -631,78 +630,33 @@ impl Daemon {
         log: &Path,
         fstype: &str,
     ) -> io::Result<Daemon> {
-        let out = fs::File::create(log).map_err(|e| with_path(e, "create", log))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .env("RESEEDFS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()?;
-        let mut d = Daemon {
-            target,
-            mountpoint,
-            child,
-            config,
-        };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if testbed::mount_fstype(&d.mountpoint).as_deref() == Some(fstype) {
-                return Ok(d);
+        cmd.env("RESEEDFS_LOG", "warn").process_group(0);
+        let at = mountpoint.clone();
+        let stop: StopRequest = Box::new(move || {
+            let mut ask = match &config {
+                Some(config) => {
+                    let mut c = Command::new(BIN);
+                    c.arg("unmount").arg("--config").arg(config);
+                    c
+                }
+                None => {
+                    let mut c = Command::new("umount");
+                    c.arg(&at);
+                    c
+                }
+            };
+            match ask.stdout(Stdio::null()).stderr(Stdio::null()).status() {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("{ask:?}: {s}")),
+                Err(e) => Err(format!("{ask:?}: {e}")),
             }
-            let exited = d.child.try_wait()?.is_some();
-            if exited || Instant::now() >= deadline {
-                let log = fs::read_to_string(log).unwrap_or_default();
-                return Err(io::Error::other(format!(
-                    "{} did not mount {} ({}); its log:\n{log}",
-                    target.name(),
-                    d.mountpoint.display(),
-                    if exited { "it exited" } else { "timeout" }
-                )));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let asked = match &self.config {
-            Some(config) => Command::new(BIN)
-                .arg("unmount")
-                .arg("--config")
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-            None => Command::new("umount")
-                .arg(&self.mountpoint)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-        };
-        let mut exited = asked && testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
-        if !exited {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            exited = testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
-        }
-        if !exited {
-            eprintln!(
-                "throughput: {} daemon ignored SIGTERM: killing it",
-                self.target.name()
-            );
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if testbed::is_mount_point(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
+        });
+        let mut mount =
+            MountDaemon::spawn(cmd, target.name(), &mountpoint, fstype, log)?.on_stop(stop);
+        mount
+            .wait_mounted(MOUNT_TIMEOUT, &|| false)
+            .map_err(|why| io::Error::other(mount.describe(&why)))?;
+        Ok(Daemon { target, mount })
     }
 }
 
@@ -755,7 +709,7 @@ fn ensure_file(file: &Path, bytes: u64) -> io::Result<()> {
         .truncate(false)
         .open(file)
         .map_err(|e| with_path(e, "create", file))?;
-    let chunk = pattern_bytes(1 << 20, 7);
+    let chunk = Rng::new(7).bytes(1 << 20);
     let mut off = 0;
     while off < bytes {
         f.write_all_at(&chunk, off)?;
@@ -917,7 +871,7 @@ struct Aligned {
 
 impl Aligned {
     fn new(len: usize, seed: u64) -> Aligned {
-        let mut raw = pattern_bytes(len + 4096, seed);
+        let mut raw = Rng::new(seed).bytes(len + 4096);
         let start = raw.as_mut_ptr().align_offset(4096).min(4096);
         Aligned { raw, start, len }
     }
@@ -927,18 +881,6 @@ impl Aligned {
     fn get_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
-}
-
-fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[3]
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1220,10 +1162,6 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
-
-fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
-}
 
 fn tool_works(tool: &str, args: &[&str]) -> bool {
     Command::new(tool)

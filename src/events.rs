@@ -320,6 +320,12 @@ pub struct Event {
 pub trait EventSink: Send + Sync {
     /// Records one event. Never fails the caller: a sink that cannot persist logs it.
     fn emit(&self, event: NewEvent);
+
+    /// Events this sink could not persist so far (the metrics export it: an event log on a
+    /// full or dead system disk must page someone). 0 for sinks that persist nothing.
+    fn persist_failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Collects events in memory (tests).
@@ -344,6 +350,8 @@ impl VecSink {
 pub struct EventLog {
     path: PathBuf,
     inner: Mutex<(File, u64)>,
+    /// Events whose line could not be written and synced.
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl EventLog {
@@ -358,6 +366,7 @@ impl EventLog {
         Ok(EventLog {
             path: path.to_owned(),
             inner: Mutex::new((file, last)),
+            failures: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -389,8 +398,14 @@ impl EventSink for EventLog {
             .write_all(line.as_bytes())
             .and_then(|()| file.sync_data())
         {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
         }
+    }
+
+    fn persist_failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

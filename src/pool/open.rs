@@ -151,7 +151,7 @@ fn read_json<T: serde::de::DeserializeOwned>(
 
 /// Opens the volume `name` at `path` and reads who it is and the pool state it holds,
 /// writing nothing.
-fn read_volume(name: &str, path: &Path) -> Probe {
+fn read_volume(name: &str, path: &Path, limits: crate::volume::Limits) -> Probe {
     let mut probe = Probe {
         name: name.to_owned(),
         path: path.to_owned(),
@@ -159,7 +159,7 @@ fn read_volume(name: &str, path: &Path) -> Probe {
         meta: Read::Missing,
         state: Read::Missing,
     };
-    let v = match Volume::open(name, path) {
+    let v = match Volume::open_with(name, path, limits) {
         Ok(v) => v,
         Err(e) => {
             probe.volume = Err(format!("cannot open {}: {e}", path.display()));
@@ -200,8 +200,13 @@ fn health_check(v: &Volume) -> Result<(), String> {
 /// Opens volume `name` of pool `pool_id` and checks that it answers: reads its metadata
 /// (it must be `name` of this pool: another pool's volume is not touched), then writes
 /// and reads back a canary.
-pub(super) fn probe_volume(name: &str, path: &Path, pool_id: &str) -> Result<Volume, String> {
-    let probe = read_volume(name, path);
+pub(super) fn probe_volume(
+    name: &str,
+    path: &Path,
+    pool_id: &str,
+    limits: crate::volume::Limits,
+) -> Result<Volume, String> {
+    let probe = read_volume(name, path, limits);
     let v = probe.volume?;
     match probe.meta {
         Read::Missing => Err(format!(
@@ -233,7 +238,7 @@ impl Pool {
             })?;
         let probes: Vec<Probe> = listed
             .iter()
-            .map(|(_, name, path)| read_volume(name, path))
+            .map(|(_, name, path)| read_volume(name, path, config.volume.limits()))
             .collect();
         let pool_id = identify(config, &probes)?;
         let (mut state, vouched, foreign) = newest_state(config, &pool_id, &probes, &*events)?;

@@ -24,7 +24,7 @@ impl Pool {
             .pool_volume(name)
             .ok_or_else(|| format!("{name} is not a volume of this pool"))?;
         let pool_id = self.state.lock().pool_id.clone();
-        let v = probe_volume(name, &pv.path, &pool_id)?;
+        let v = probe_volume(name, &pv.path, &pool_id, self.config.volume.limits())?;
         let v = Arc::new(v);
         let returned = {
             let mut state = self.state.lock();

@@ -1170,7 +1170,7 @@ mod tests {
         .expect("fifo");
         let _sock = std::os::unix::net::UnixListener::bind(d.join("v/db.db/sock")).expect("sock");
         let v = Volume::open("Volume1", &d.join("v")).expect("open");
-        let errno = |r: io::Result<File>| r.expect_err("refused").raw_os_error();
+        let errno = |r: io::Result<VolFile>| r.expect_err("refused").raw_os_error();
         for flags in [
             OFlags::RDONLY,
             OFlags::WRONLY,
