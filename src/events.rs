@@ -45,9 +45,8 @@
 //! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019), at WARN when the system carried on
 //! around a problem (3004, 3006, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -263,15 +262,39 @@ pub struct NewEvent {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
+thread_local! {
+    /// Who asked for what this thread does now (a control request being served).
+    static ASKED_BY: std::cell::RefCell<Option<serde_json::Value>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on behalf of `who` (the peer of a control connection, as the kernel gave it):
+/// every event `f` causes on this thread records it as `asked_by`.
+pub fn asked_by<T>(who: serde_json::Value, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<serde_json::Value>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ASKED_BY.with_borrow_mut(|a| *a = self.0.take());
+        }
+    }
+    let _reset = Reset(ASKED_BY.with_borrow_mut(|a| a.replace(who)));
+    f()
+}
+
 impl NewEvent {
-    /// An event with a message and no database, volume or fields.
+    /// An event with a message and no database, volume or fields (but `asked_by` when a
+    /// control request causes it: see [`asked_by`]).
     pub fn new(id: EventId, message: impl Into<String>) -> NewEvent {
+        let mut fields = serde_json::Map::new();
+        if let Some(who) = ASKED_BY.with_borrow(Clone::clone) {
+            fields.insert("asked_by".into(), who);
+        }
         NewEvent {
             id,
             database: None,
             volume: None,
             message: message.into(),
-            fields: serde_json::Map::new(),
+            fields,
         }
     }
 
@@ -357,12 +380,25 @@ pub struct EventLog {
 impl EventLog {
     /// Opens (or creates) the log and continues its numbering.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
+        EventLog::open_with_group(path, None)
+    }
+
+    /// Opens (or creates) the log in its directory, which must be private to root
+    /// ([`crate::private`]): the file is 0640, readable by `group` (the `control_group`,
+    /// for `events --follow`) when given, never by everyone.
+    pub fn open_with_group(path: &Path, group: Option<u32>) -> std::io::Result<EventLog> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let dir = crate::private::PrivateDir::open(dir)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", dir.display()),
+            )
+        })?;
         let last = read_events(path)?.last().map_or(0, |e| e.seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(path)?;
+        let file = dir.append(name, 0o640, group)?;
         Ok(EventLog {
             path: path.to_owned(),
             inner: Mutex::new((file, last)),

@@ -481,6 +481,18 @@ pub fn render_status(s: &Status) -> String {
             v.io_errors
         );
     }
+    if !s.foreign.is_empty() {
+        out += "\nNOT OF THIS POOL (left alone)\n";
+        for f in &s.foreign {
+            out += &format!(
+                "{:<12} belongs to pool {}, this pool is {} ({})\n",
+                f.name,
+                f.pool_id,
+                f.expected_pool_id,
+                f.path.display()
+            );
+        }
+    }
     if let Some(t) = &s.throttle {
         out += "\n";
         out += &render_throttle(t);
