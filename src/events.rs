@@ -18,6 +18,7 @@
 //! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
 //! | 3006 | `volume.foreign`            | a volume (or the witness) belongs to another pool: never adopted, left alone (both pool ids) |
 //! | 3007 | `state.damaged`             | a pool state file cannot be read (or is not private to root): rewritten when a newer state vouches, else the mount refuses |
+//! | 3008 | `volume.slow`               | every operation on a volume has been slower than `slow_request` for a minute (it is not failed) |
 //! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
 //! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
 //! | 3012 | `autoreseed.attempt_failed` | the attempt failed (why); when the next one is due |
@@ -72,6 +73,8 @@ pub enum EventId {
     ForeignVolume,
     /// 3007: a pool state file cannot be read or trusted.
     StateDamaged,
+    /// 3008: a volume has been slow for a minute (counted, not failed).
+    VolumeSlow,
     /// 825: seeding of a copy started.
     SeedingStarted,
     /// 826: seeding of a copy completed (every byte copied).
@@ -141,6 +144,7 @@ impl EventId {
             EventId::StatePersistFailed => 3005,
             EventId::ForeignVolume => 3006,
             EventId::StateDamaged => 3007,
+            EventId::VolumeSlow => 3008,
             EventId::SeedingStarted => 825,
             EventId::SeedingCompleted => 826,
             EventId::VerifyStarted => 827,
@@ -188,6 +192,7 @@ impl EventId {
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
             | EventId::ReseedSourceChanged
+            | EventId::VolumeSlow
             | EventId::DivergenceFound
             | EventId::CopySuspended => Severity::Warn,
             _ => Severity::Info,
@@ -205,6 +210,7 @@ impl EventId {
             EventId::StatePersistFailed => "state.persist_failed",
             EventId::ForeignVolume => "volume.foreign",
             EventId::StateDamaged => "state.damaged",
+            EventId::VolumeSlow => "volume.slow",
             EventId::SeedingStarted => "seed.started",
             EventId::SeedingCompleted => "seed.completed",
             EventId::VerifyStarted => "verify.started",

@@ -468,17 +468,18 @@ pub fn render_status(s: &Status) -> String {
         }
     }
     out += &format!(
-        "\n{:<12} {:<8} {:>12} {:>12} {:>10}\n",
-        "VOLUME", "STATE", "FREE", "SIZE", "IO ERRORS"
+        "\n{:<12} {:<8} {:>12} {:>12} {:>10} {:>6}\n",
+        "VOLUME", "STATE", "FREE", "SIZE", "IO ERRORS", "SLOW"
     );
     for v in &s.volumes {
         out += &format!(
-            "{:<12} {:<8} {:>12} {:>12} {:>10}\n",
+            "{:<12} {:<8} {:>12} {:>12} {:>10} {:>6}\n",
             v.name,
             v.state,
             fmt_bytes(v.free_bytes),
             fmt_bytes(v.total_bytes),
-            v.io_errors
+            v.io_errors,
+            v.slow_requests
         );
     }
     if !s.foreign.is_empty() {

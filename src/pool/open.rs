@@ -375,6 +375,8 @@ impl Pool {
                 state: Mutex::new(state),
                 events,
                 unpersisted: AtomicUsize::new(0),
+                stranded: std::sync::atomic::AtomicBool::new(false),
+                system: crate::volume::lane::Lane::new("system"),
                 was_clean,
                 foreign,
             };

@@ -135,11 +135,22 @@ fn compare_files(
                 .job
                 .pacer
                 .take(left.saturating_sub(offset).min(CHUNK as u64));
-            let locks = ChunkLocks::take(&job.nodes, offset, CHUNK as u64);
-            let (ls, ld) = (
-                size_of(&src).map_err(|e| source_err(&path, e))?,
-                size_of(&dst).map_err(dest_err)?,
-            );
+            let mut locks = ChunkLocks::take(&job.nodes, offset, CHUNK as u64);
+            let sizes = || -> Result<(u64, u64), SeedError> {
+                Ok((
+                    size_of(&src).map_err(|e| source_err(&path, e))?,
+                    size_of(&dst).map_err(dest_err)?,
+                ))
+            };
+            let (mut ls, mut ld) = sizes()?;
+            if ls != ld || offset.saturating_add(CHUNK as u64) >= ls {
+                // A write elsewhere in the file may be extending it on one copy and not yet
+                // on the other, and the last chunk may be the one it extends: decide with
+                // every stripe held (no write in flight anywhere in the file).
+                drop(locks);
+                locks = ChunkLocks::take(&job.nodes, 0, u64::MAX);
+                (ls, ld) = sizes()?;
+            }
             if ls != ld {
                 return Err(SeedError::Verify(format!(
                     "{} is {ls} bytes on {} but {ld} on {}",
