@@ -449,13 +449,21 @@ impl Core {
         self.getattr(id)
     }
 
-    /// Clears setuid/setgid after a write by someone else than the owner (the kernel asks
-    /// for it with FUSE_WRITE_KILL_SUIDGID).
+    /// Clears setuid/setgid after a write or truncate by someone else than root (the kernel
+    /// asks for it with FUSE_WRITE_KILL_SUIDGID): as the VFS does, setgid only when the
+    /// group may execute (without it, setgid means mandatory locking, not privilege).
     pub fn kill_suidgid(&self, id: NodeId) -> Result<()> {
         let (_, db, path) = self.backing(id)?;
         let st = self.stat_backing(db, &path)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
         let mode = st.st_mode & 0o7777;
-        let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        let cleared = mode & !kill;
         if cleared != mode {
             db.chmod(&path, Mode::from_raw_mode(cleared))?;
         }
