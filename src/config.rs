@@ -472,6 +472,35 @@ mod tests {
         assert_eq!(again, c);
     }
 
+    /// Issue 14: the metrics endpoint has no authentication, so an address off loopback
+    /// needs `metrics_allow_remote`; the daemon's state stays off the databases and the
+    /// volumes; the security keys round-trip.
+    #[test]
+    fn r14_security_keys() {
+        let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\ndatabases = [\"db001\"]\n";
+        let e = parse(&format!("{base}metrics = \"0.0.0.0:9477\"")).unwrap_err();
+        assert!(e.to_string().contains("metrics_allow_remote"), "{e}");
+        let e = parse(&format!("{base}metrics = \"[::]:9477\"")).unwrap_err();
+        assert!(e.to_string().contains("metrics_allow_remote"), "{e}");
+        let c = parse(&format!(
+            "{base}metrics = \"0.0.0.0:9477\"\nmetrics_allow_remote = true\ncontrol_group = \"dbadmin\"\npool_id = \"18c2-1f2a\""
+        ))
+        .expect("allowed");
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        parse(&format!("{base}metrics = \"127.0.0.1:9477\"")).expect("loopback");
+        parse(&format!("{base}metrics = \"[::1]:9477\"")).expect("loopback v6");
+        for (key, value) in [
+            ("state_dir", "/d/state"),
+            ("witness_dir", "/v/Volume1/w"),
+            ("state_dir", "/srv/../v/state"),
+            ("pool_id", "../etc"),
+            ("control_group", "a:b"),
+        ] {
+            let e = parse(&format!("{base}{key} = \"{value}\"")).unwrap_err();
+            assert!(e.to_string().contains(key), "{key} = {value}: {e}");
+        }
+    }
+
     #[test]
     fn errors_name_file_and_key() {
         let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\n";

@@ -261,6 +261,15 @@ impl Pool {
             );
         }
         let mut probed = probe_ours(&state, probes);
+        // What each volume is, the strangers included, for a refusal.
+        let why = probed
+            .iter()
+            .map(|(name, _, r)| match r {
+                Ok(_) => format!("{name}: answers"),
+                Err(why) => format!("{name}: {why}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         // Another pool's volume in a slot this pool never used is not one of its volumes
         // (not even a failed one); in a slot of its copies, it explains why they are gone.
         probed.retain(|(name, _, _)| {
@@ -271,14 +280,6 @@ impl Pool {
                     .any(|d| d.copies.iter().any(|c| &c.volume == name))
         });
         if !probed.iter().any(|(_, _, r)| r.is_ok()) {
-            let why = probed
-                .iter()
-                .map(|(name, _, r)| match r {
-                    Ok(_) => format!("{name}: answers"),
-                    Err(why) => format!("{name}: {why}"),
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
             return Err(OpenError::NoVolume {
                 root: config.volumes_root.clone(),
                 pool_id,
