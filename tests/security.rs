@@ -503,3 +503,879 @@ fn unprivileged_symlink_racer() {
         println!("count {name}={}", n.load(Ordering::Relaxed));
     }
 }
+
+/// The group of the `control_group` tests: a number no account uses.
+const CONTROL_GID: u32 = 4242;
+
+/// Rewrites the testbed's config with `change` (the config stays root's, mode 0644).
+fn set_config(bed: &Testbed, change: impl FnOnce(&mut reseedfs::config::Config)) {
+    let mut config = reseedfs::config::Config::load(&bed.config_path).expect("load config");
+    change(&mut config);
+    std::fs::write(&bed.config_path, config.to_toml()).expect("write config");
+}
+
+/// The pool id `init` recorded in the testbed's config.
+fn pool_id_of(bed: &Testbed) -> String {
+    reseedfs::config::Config::load(&bed.config_path)
+        .expect("load config")
+        .pool_id
+        .expect("init records the pool id in the config")
+}
+
+/// Runs `reseedfs ARGS --config CFG` as `uid`:`gid` (std drops the other groups).
+fn cli_as(uid: u32, gid: u32, config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(common::BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .current_dir("/")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("run reseedfs as another user")
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+/// Every file under `dir` with its content and mtime: what "left alone" means.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, (i64, i64), u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("list") {
+            let p = e.expect("entry").path();
+            let md = std::fs::symlink_metadata(&p).expect("stat");
+            if md.is_dir() {
+                stack.push(p.clone());
+                out.push((p, Vec::new(), (md.mtime(), md.mtime_nsec()), md.mode()));
+            } else {
+                let content = std::fs::read(&p).unwrap_or_default();
+                out.push((p, content, (md.mtime(), md.mtime_nsec()), md.mode()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Finding 1: the daemon's state is private to root, whatever an older reseedfs left. A
+/// witness directory left 0777 with a 0666 witness, and the temporary name planted as a
+/// symlink to a file of root's: the mount overwrites nothing through the symlink, does not
+/// trust the loose witness, and leaves the directories 0700 and the files 0600 (the event
+/// log 0640). Then `nobody` can neither edit the witness, nor plant a name beside it, nor
+/// read the event log, nor reach the control socket.
+#[test]
+fn r14_state_files_are_private_and_nobody_can_edit_the_witness() {
+    if !require_mount_privileges("r14_state_files_are_private_and_nobody_can_edit_the_witness") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(2).expect("testbed");
+    common::init(&bed, &["db001"], 2);
+    let pool_id = pool_id_of(&bed);
+    let witness_dir = bed.root.join("witness");
+    let witness = witness_dir.join(format!("{pool_id}.json"));
+    assert!(witness.is_file(), "init writes the witness");
+    // What a reseedfs before issue 14 left behind, and what a local user planted in it.
+    std::fs::set_permissions(&witness_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::set_permissions(&witness, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let victim = bed.root.join("victim");
+    std::fs::write(&victim, b"root's file\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, witness_dir.join(format!("{pool_id}.json.tmp")))
+        .expect("plant the symlink");
+    let m = Mounted::mount_only(bed);
+    // A state change, so that the witness is written again.
+    let f = m.db_files("db001").join("f");
+    std::fs::write(&f, b"data").expect("write through the mount");
+    let out = m.cli(&["suspend", "db001", "--volume", "Volume2"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    assert_eq!(
+        std::fs::read(&victim).expect("victim"),
+        b"root's file\n",
+        "root's file was overwritten through a planted symlink"
+    );
+    let untrusted = m.events_json().into_iter().any(|e| {
+        common::event_id(&e) == Some(3007)
+            && e["message"].as_str().is_some_and(|s| s.contains("witness"))
+    });
+    assert!(
+        untrusted,
+        "the loose witness was trusted without a word (3007)"
+    );
+    let state_dir = m.bed.state_dir.clone();
+    assert_eq!(mode_of(&witness_dir), 0o700, "witness directory");
+    assert_eq!(mode_of(&witness), 0o600, "witness");
+    assert_eq!(mode_of(&state_dir), 0o700, "state directory");
+    assert_eq!(mode_of(&state_dir.join("events.jsonl")), 0o640, "event log");
+    assert_eq!(
+        mode_of(&state_dir.join("control.sock")),
+        0o600,
+        "control socket"
+    );
+    for v in 1..=2 {
+        let meta = m.bed.volume_path(v).join(".reseedfs");
+        assert_eq!(mode_of(&meta), 0o700, "{}", meta.display());
+        assert_eq!(mode_of(&meta.join("pool.json")) & 0o022, 0, "pool.json");
+    }
+    let witness_before = std::fs::read(&witness).expect("witness");
+    let out = run_unprivileged(
+        &m.bed.root,
+        "unprivileged_state_editor",
+        &[
+            ("WITNESS", witness.as_os_str()),
+            ("STATE_DIR", state_dir.as_os_str()),
+        ],
+    );
+    eprintln!("{out}");
+    assert_eq!(std::fs::read(&witness).expect("witness"), witness_before);
+    drop(m);
+}
+
+/// The unprivileged side of [`r14_state_files_are_private_and_nobody_can_edit_the_witness`]:
+/// every attempt must be refused by the kernel.
+#[test]
+fn unprivileged_state_editor() {
+    if !is_job("unprivileged_state_editor") {
+        return;
+    }
+    use std::io::Write as _;
+    let witness = env_path("WITNESS");
+    let witness_dir = witness.parent().expect("witness dir").to_owned();
+    let state_dir = env_path("STATE_DIR");
+    let refused = |what: &str, r: std::io::Result<()>| match r {
+        Ok(()) => panic!("{what}: allowed to nobody"),
+        Err(e) => println!("{what}: refused ({e})"),
+    };
+    refused(
+        "raise the witness's epoch",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&witness)
+            .and_then(|mut f| f.write_all(b"{\"epoch\": 999999}")),
+    );
+    refused("read the witness", std::fs::read(&witness).map(|_| ()));
+    refused(
+        "plant a name beside the witness",
+        std::os::unix::fs::symlink("/etc/shadow", witness_dir.join("planted.json.tmp")),
+    );
+    refused(
+        "plant a name in the state directory",
+        std::fs::write(state_dir.join("throughput.json.tmp"), b"{}"),
+    );
+    refused(
+        "read the event log",
+        std::fs::read(state_dir.join("events.jsonl")).map(|_| ()),
+    );
+    refused(
+        "connect to the control socket",
+        std::os::unix::net::UnixStream::connect(state_dir.join("control.sock")).map(|_| ()),
+    );
+}
+
+/// Finding 2: the control socket. While the daemon starts, `nobody` tries to connect all
+/// along (the old socket was 0777 for an instant); once it serves, a member of the
+/// `control_group` may ask `status`, `events` and `explain` and nothing else, and a
+/// non-member nothing. Who asked is what the kernel says (uid, pid, command), never what
+/// the client claims. A silent connection is closed at its deadline, and connections past
+/// the limit are closed at once.
+#[test]
+fn r14_control_socket_is_for_root_and_the_control_group_only() {
+    if !require_mount_privileges("r14_control_socket_is_for_root_and_the_control_group_only") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(2).expect("testbed");
+    common::init(&bed, &["db001"], 2);
+    set_config(&bed, |c| c.control_group = Some(CONTROL_GID.to_string()));
+    let socket = bed.state_dir.join("control.sock");
+    let stop = bed.root.join("stop-racer");
+    // The racer needs the test binary where nobody can run it.
+    let exe = bed.root.join("security-helper");
+    std::fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy exe");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let racer = Command::new(&exe)
+        .args([
+            "--exact",
+            "unprivileged_socket_racer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(JOB_ENV, "unprivileged_socket_racer")
+        .env("SOCKET", &socket)
+        .env("STOP", &stop)
+        .current_dir("/")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the racer");
+    std::thread::sleep(Duration::from_millis(300));
+    let m = Mounted::mount_only(bed);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, b"").expect("stop the racer");
+    let raced = racer.wait_with_output().expect("racer");
+    assert!(
+        raced.status.success(),
+        "nobody reached the control socket while the daemon started:\n{}",
+        common::describe_output(&raced)
+    );
+    let raced = String::from_utf8_lossy(&raced.stdout).into_owned();
+    eprintln!("{raced}");
+    assert!(
+        raced.contains("attempts "),
+        "the racer did not run: {raced}"
+    );
+
+    let cfg = m.bed.config_path.clone();
+    assert_eq!(mode_of(&m.bed.state_dir), 0o750);
+    assert_eq!(mode_of(&socket), 0o660);
+    // A member of the control_group: the read-only requests.
+    for args in [
+        &["status", "--json"][..],
+        &["events", "--json"][..],
+        &["explain", "--json"][..],
+    ] {
+        let out = cli_as(NOBODY, CONTROL_GID, &cfg, args);
+        assert!(
+            out.status.success(),
+            "a control_group member was refused {args:?}:\n{}",
+            common::describe_output(&out)
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli_as(NOBODY, CONTROL_GID, &cfg, &["status", "--json"]).stdout)
+            .expect("status JSON");
+    assert_eq!(status["databases"][0]["name"], "db001");
+    // ... and nothing that changes anything.
+    for args in [
+        &["throttle", "1B/s"][..],
+        &["suspend", "db001", "--volume", "Volume2"][..],
+        &["block", "db001", "--reseed"][..],
+        &["unmount"][..],
+    ] {
+        let out = cli_as(NOBODY, CONTROL_GID, &cfg, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a control_group member asked {args:?}:\n{}",
+            common::describe_output(&out)
+        );
+        assert!(err.contains("permission denied"), "{args:?}: {err}");
+    }
+    assert!(m.daemon.is_mounted(), "a member's unmount was obeyed");
+    let status = m.status_json();
+    assert!(
+        common::copy_is(&status, "db001", "Volume2", "Healthy", false),
+        "a member's suspend was obeyed: {status:#}"
+    );
+    assert!(
+        status["throttle"]["max_bytes_per_s"].is_null(),
+        "{status:#}"
+    );
+    // Not a member: nothing at all (the directory keeps it out).
+    let out = cli_as(NOBODY, NOBODY, &cfg, &["status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a non-member reached the daemon:\n{}",
+        common::describe_output(&out)
+    );
+    // Who asked: the kernel's word, not the client's.
+    let out = m.cli(&["throttle", "40MiB/s"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let r = reseedfs::control::call(
+        &socket,
+        &reseedfs::control::Request::Throttle {
+            max_bytes_per_s: None,
+            by: Some("alice (uid 1000), pid 1 (forged)".into()),
+        },
+    )
+    .expect("ask as root");
+    assert!(
+        matches!(r, reseedfs::control::Response::Throttle(_)),
+        "{r:?}"
+    );
+    let changes: Vec<serde_json::Value> = m
+        .events_json()
+        .into_iter()
+        .filter(|e| common::event_id(e) == Some(3050))
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:#?}");
+    let cli_asked = &changes[0]["asked_by"];
+    assert_eq!(cli_asked["uid"], 0, "{changes:#?}");
+    assert!(
+        cli_asked["pid"].as_u64().is_some_and(|p| p > 0),
+        "{changes:#?}"
+    );
+    assert!(
+        cli_asked["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("throttle")),
+        "{changes:#?}"
+    );
+    let forged = &changes[1];
+    assert_eq!(
+        forged["asked_by"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{forged:#}"
+    );
+    assert!(
+        !forged.to_string().contains("alice"),
+        "the client's claim was recorded: {forged:#}"
+    );
+    // A connection that says nothing is closed at its deadline.
+    let started = Instant::now();
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut silent, &mut buf).unwrap_or(0);
+    let held = started.elapsed();
+    assert_eq!(n, 0, "the daemon answered a request never sent");
+    assert!(
+        held < reseedfs::control::REQUEST_DEADLINE + Duration::from_secs(5),
+        "a silent connection was held {held:?}"
+    );
+    // Connections past the limit are closed at once.
+    let extra = 8;
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..reseedfs::control::MAX_CONNECTIONS + extra)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = idle
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            matches!(std::io::Read::read(&mut &**s, &mut [0u8; 8]), Ok(0))
+        })
+        .count();
+    assert!(
+        closed >= extra,
+        "{closed} of {} connections closed at once, the limit is {}",
+        idle.len(),
+        reseedfs::control::MAX_CONNECTIONS
+    );
+    drop(idle);
+    let out = common::wait_for(Duration::from_secs(15), || {
+        let out = m.cli(&["status", "--json"]);
+        out.status.success().then_some(out)
+    });
+    assert!(out.is_some(), "the daemon does not answer after the flood");
+    drop(m);
+}
+
+/// The unprivileged side of [`r14_control_socket_is_for_root_and_the_control_group_only`]:
+/// connects to the socket in a loop until told to stop; fails if a connection succeeded.
+#[test]
+fn unprivileged_socket_racer() {
+    if !is_job("unprivileged_socket_racer") {
+        return;
+    }
+    let socket = env_path("SOCKET");
+    let stop = env_path("STOP");
+    let started = Instant::now();
+    let mut attempts = 0u64;
+    let mut reached = Vec::new();
+    while !stop.exists() && started.elapsed() < Duration::from_secs(120) {
+        attempts += 1;
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) {
+            // Connected: is it still usable? Ask for the status.
+            use std::io::{BufRead as _, Write as _};
+            let _ = (&s).write_all(b"\"Status\"\n");
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&s).read_line(&mut line);
+            reached.push(line.chars().take(80).collect::<String>());
+        }
+    }
+    println!("attempts {attempts}");
+    assert!(
+        reached.is_empty(),
+        "nobody connected {} times: {reached:?}",
+        reached.len()
+    );
+}
+
+/// Sets the `epoch` of the pool state file `path` (as a stray disk could carry any).
+fn set_epoch(path: &Path, epoch: u64) {
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read pool.json")).expect("parse");
+    state["epoch"] = epoch.into();
+    std::fs::write(path, serde_json::to_vec_pretty(&state).expect("json")).expect("write");
+}
+
+/// Finding 4: a volume of another pool (holding its own `db001`, with a much higher epoch)
+/// dropped in as `Volume4` is never adopted: the mount serves this pool's `db001`, names
+/// the stranger in event 3006 and in `status` (both pool ids), and writes nothing to it.
+/// With none of this pool's volumes left, the mount refuses and says why.
+#[test]
+fn r14_a_foreign_volume_is_never_adopted() {
+    if !require_mount_privileges("r14_a_foreign_volume_is_never_adopted") {
+        return;
+    }
+    // The other pool: one volume, its own db001.
+    let theirs = Testbed::plain_dirs(1).expect("testbed");
+    let m = Mounted::start(theirs, &["db001"], 1);
+    std::fs::write(m.db_files("db001").join("f"), b"theirs").expect("write theirs");
+    let theirs = m.unmount();
+    let their_id = pool_id_of(&theirs);
+    set_epoch(
+        &theirs.volume_path(1).join(".reseedfs/pool.json"),
+        1_000_000,
+    );
+
+    let ours = Testbed::plain_dirs(3).expect("testbed");
+    let m = Mounted::start(ours, &["db001"], 2);
+    std::fs::write(m.db_files("db001").join("f"), b"ours").expect("write ours");
+    let ours = m.unmount();
+    let our_id = pool_id_of(&ours);
+    assert_ne!(our_id, their_id);
+    let stranger = ours.volumes_root.join("Volume4");
+    std::fs::rename(theirs.volume_path(1), &stranger).expect("drop the volume in");
+    let before = snapshot(&stranger);
+
+    let m = Mounted::mount_only(ours);
+    assert_eq!(
+        std::fs::read(m.db_files("db001").join("f")).expect("read"),
+        b"ours",
+        "the mount serves another pool's db001"
+    );
+    let status = m.status_json();
+    assert!(
+        status["epoch"].as_u64().is_some_and(|e| e < 1_000_000),
+        "{status:#}"
+    );
+    let foreign = status["foreign"]
+        .as_array()
+        .expect("status names foreign volumes");
+    assert!(
+        foreign.iter().any(|f| f["name"] == "Volume4"
+            && f["pool_id"] == their_id.as_str()
+            && f["expected_pool_id"] == our_id.as_str()),
+        "{status:#}"
+    );
+    assert!(
+        !status["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["name"] == "Volume4"),
+        "another pool's volume is listed as one of ours: {status:#}"
+    );
+    let text = m.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Volume4") && text.contains(&their_id) && text.contains(&our_id),
+        "{text}"
+    );
+    let named = m.events_json().into_iter().any(|e| {
+        common::event_id(&e) == Some(3006)
+            && e["volume"] == "Volume4"
+            && e["pool_id"] == their_id.as_str()
+            && e["expected_pool_id"] == our_id.as_str()
+    });
+    assert!(named, "no event 3006 names Volume4 and both pool ids");
+    // Not a spare either: a reseed of ours never lands on it.
+    let ours = m.unmount();
+    assert_eq!(
+        snapshot(&stranger),
+        before,
+        "the foreign volume was written to"
+    );
+
+    // With only the stranger left, the mount refuses, naming it and both ids.
+    let away = ours.root.join("our-volumes");
+    std::fs::create_dir(&away).expect("mkdir");
+    for k in 1..=3 {
+        std::fs::rename(ours.volume_path(k), away.join(format!("Volume{k}"))).expect("move");
+    }
+    match common::try_mount(&ours, common::MOUNT_TIMEOUT) {
+        common::MountAttempt::Exited { status, log } => {
+            assert_eq!(status.code(), Some(3), "{log}");
+            assert!(
+                log.contains("Volume4") && log.contains(&their_id) && log.contains(&our_id),
+                "the refusal does not say why: {log}"
+            );
+        }
+        other => panic!("a pool of only a foreign volume was mounted: {other:?}"),
+    }
+    assert_eq!(
+        snapshot(&stranger),
+        before,
+        "the foreign volume was written to"
+    );
+    for k in 1..=3 {
+        std::fs::rename(away.join(format!("Volume{k}")), ours.volume_path(k)).expect("move back");
+    }
+}
+
+/// Finding 5: damaged state is not taken as absent. Every `pool.json` truncated, the
+/// witness intact: the mount goes on from the witness and says which files are damaged
+/// (3007), and rewrites them. Without the witness, one damaged `pool.json` (it may hold a
+/// newer state than the other volume's) makes the mount refuse with exit code 3, naming
+/// the file and what to do; once the operator moves it aside, the mount goes on.
+#[test]
+fn r14_damaged_state_is_not_taken_as_absent() {
+    if !require_mount_privileges("r14_damaged_state_is_not_taken_as_absent") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(2).expect("testbed");
+    let m = Mounted::start(bed, &["db001"], 2);
+    std::fs::write(m.db_files("db001").join("f"), b"data").expect("write");
+    let bed = m.unmount();
+    let volumes_root = bed.volumes_root.clone();
+    let state_of = move |k: usize| {
+        volumes_root
+            .join(format!("Volume{k}"))
+            .join(".reseedfs/pool.json")
+    };
+    for k in 1..=2 {
+        std::fs::write(state_of(k), b"").expect("truncate pool.json");
+    }
+    let m = Mounted::mount_only(bed);
+    assert_eq!(
+        std::fs::read(m.db_files("db001").join("f")).expect("read"),
+        b"data"
+    );
+    let damaged: Vec<serde_json::Value> = m
+        .events_json()
+        .into_iter()
+        .filter(|e| common::event_id(e) == Some(3007))
+        .collect();
+    for k in 1..=2 {
+        let file = m.bed.volume_path(k).join(".reseedfs/pool.json");
+        assert!(
+            damaged.iter().any(|e| e["message"]
+                .as_str()
+                .is_some_and(|s| s.contains(&*file.to_string_lossy()))),
+            "no event 3007 names {}: {damaged:#?}",
+            file.display()
+        );
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("rewritten");
+        assert!(state["epoch"].as_u64().is_some_and(|e| e > 0));
+    }
+    let bed = m.unmount();
+
+    let pool_id = pool_id_of(&bed);
+    std::fs::remove_file(bed.root.join("witness").join(format!("{pool_id}.json")))
+        .expect("remove the witness");
+    std::fs::write(state_of(1), b"{\"pool_id\": \"").expect("damage Volume1's pool.json");
+    let shown = state_of(1).display().to_string();
+    match common::try_mount(&bed, common::MOUNT_TIMEOUT) {
+        common::MountAttempt::Exited { status, log } => {
+            assert_eq!(status.code(), Some(3), "{log}");
+            assert!(
+                log.contains(&shown),
+                "the refusal does not name {shown}: {log}"
+            );
+            assert!(log.contains("move it aside"), "nor says what to do: {log}");
+        }
+        other => panic!("mounted on a lone state beside a damaged one: {other:?}"),
+    }
+    std::fs::rename(state_of(1), format!("{shown}.damaged")).expect("move aside");
+    let m = Mounted::mount_only(bed);
+    assert_eq!(
+        std::fs::read(m.db_files("db001").join("f")).expect("read"),
+        b"data"
+    );
+    drop(m);
+}
+
+/// Finding 7: privileges are cleared as the kernel clears them on a local filesystem. A
+/// truncate (by path, and by an open with O_TRUNC) by a user other than root clears
+/// setuid and setgid; a write by them clears setuid, setgid and `security.capability`;
+/// on every copy.
+#[test]
+fn r14_truncate_and_write_by_a_user_clear_privileges() {
+    if !require_mount_privileges("r14_truncate_and_write_by_a_user_clear_privileges") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(2).expect("testbed");
+    let m = Mounted::start(bed, &["db001"], 2);
+    let f = m.db_files("db001").join("tool");
+    let copies = [
+        m.backing_files(1, "db001").join("tool"),
+        m.backing_files(2, "db001").join("tool"),
+    ];
+    let as_nobody = |script: &str| {
+        let out = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&f)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            common::describe_output(&out)
+        );
+    };
+    // A v2 file capability (CAP_NET_BIND_SERVICE, effective).
+    let cap: Vec<u8> = [0x0200_0001u32, 0x400, 0, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    for (how, script) in [
+        ("truncate", "truncate -s 2 \"$1\""),
+        ("open O_TRUNC", ": > \"$1\""),
+        ("write", "printf x >> \"$1\""),
+    ] {
+        std::fs::write(&f, b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).expect("chmod");
+        rustix::fs::setxattr(
+            &f,
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .expect("set a file capability");
+        as_nobody(script);
+        for p in std::iter::once(&f).chain(&copies) {
+            assert_eq!(
+                mode_of(p) & 0o6000,
+                0,
+                "{how} by nobody left setuid/setgid on {}",
+                p.display()
+            );
+        }
+        if how == "write" {
+            for p in std::iter::once(&f).chain(&copies) {
+                let mut buf = [0u8; 64];
+                assert!(
+                    rustix::fs::getxattr(p, "security.capability", &mut buf).is_err(),
+                    "a write by nobody left security.capability on {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    // Without group execute, setgid is not a privilege (mandatory locking): kept, as the
+    // kernel keeps it.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6766)).expect("chmod");
+    as_nobody("truncate -s 1 \"$1\"");
+    assert_eq!(mode_of(&f), 0o2766);
+    drop(m);
+}
+
+/// Finding 7: the mount helper refuses the options that let others than root mount.
+#[test]
+fn r14_mount_helper_refuses_user_mounts() {
+    let dir = std::env::temp_dir();
+    for opt in ["user", "users", "owner", "group", "rw,user"] {
+        for sloppy in [false, true] {
+            let mut cmd = Command::new(common::BIN);
+            cmd.arg("mount-helper")
+                .arg("/etc/reseedfs/none.toml")
+                .arg(&dir)
+                .args(["-o", opt]);
+            if sloppy {
+                cmd.arg("-s");
+            }
+            let out = cmd.output().expect("run the helper");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "-o {opt}: {err}");
+            assert!(err.contains("only root may mount"), "-o {opt}: {err}");
+        }
+    }
+}
+
+/// Runs `reseedfs init` on `bed` with `extra` arguments replacing defaults; returns the
+/// output.
+fn init_with(bed: &Testbed, volumes: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("init")
+        .arg("--volumes")
+        .arg(volumes)
+        .arg("--databases")
+        .arg(&bed.databases_root)
+        .arg("--config")
+        .arg(&bed.config_path)
+        .args(args);
+    cmd.output().expect("run init")
+}
+
+/// Finding 7: `init` checks paths as the filesystem resolves them, keeps the daemon's state
+/// off the databases root and the volumes, and refuses with exit code 3 (the config is
+/// unusable), writing nothing.
+#[test]
+fn r14_init_checks_paths_as_resolved_and_exits_3() {
+    let bed = Testbed::plain_dirs(2).expect("testbed");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let path = |p: PathBuf| p.into_os_string();
+    let link = bed.root.join("link-into-volumes");
+    std::os::unix::fs::symlink(&bed.volumes_root, &link).expect("symlink");
+    let state = path(bed.root.join("state"));
+    let witness = path(bed.root.join("witness"));
+    let cases: Vec<(&str, PathBuf, Vec<std::ffi::OsString>, &str)> = vec![
+        (
+            "a volumes root through `..`",
+            bed.root.join("zz/../vols"),
+            vec![
+                os("--database"),
+                os("db001"),
+                os("--state-dir"),
+                state.clone(),
+                os("--witness-dir"),
+                witness.clone(),
+            ],
+            "..",
+        ),
+        (
+            "a state_dir inside the databases root",
+            bed.volumes_root.clone(),
+            vec![
+                os("--database"),
+                os("db001"),
+                os("--state-dir"),
+                path(bed.databases_root.join("state")),
+                os("--witness-dir"),
+                witness.clone(),
+            ],
+            "state_dir",
+        ),
+        (
+            "a witness_dir inside a volume",
+            bed.volumes_root.clone(),
+            vec![
+                os("--database"),
+                os("db001"),
+                os("--state-dir"),
+                state.clone(),
+                os("--witness-dir"),
+                path(bed.volume_path(1).join("w")),
+            ],
+            "witness_dir",
+        ),
+        (
+            "a state_dir in a volume through a symlink",
+            bed.volumes_root.clone(),
+            vec![
+                os("--database"),
+                os("db001"),
+                os("--state-dir"),
+                path(link.join("Volume2/state")),
+                os("--witness-dir"),
+                witness.clone(),
+            ],
+            "state_dir",
+        ),
+        (
+            "a bad database name",
+            bed.volumes_root.clone(),
+            vec![
+                os("--database"),
+                os("db 1"),
+                os("--state-dir"),
+                state.clone(),
+                os("--witness-dir"),
+                witness.clone(),
+            ],
+            "db 1",
+        ),
+        (
+            "no copy",
+            bed.volumes_root.clone(),
+            vec![
+                os("--database"),
+                os("db001"),
+                os("--copies"),
+                os("0"),
+                os("--state-dir"),
+                state.clone(),
+                os("--witness-dir"),
+                witness.clone(),
+            ],
+            "copies",
+        ),
+        (
+            "more copies than volumes",
+            bed.volumes_root.clone(),
+            vec![
+                os("--database"),
+                os("db001"),
+                os("--copies"),
+                os("3"),
+                os("--state-dir"),
+                state.clone(),
+                os("--witness-dir"),
+                witness.clone(),
+            ],
+            "",
+        ),
+    ];
+    for (what, volumes, args, named) in cases {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = init_with(&bed, &volumes, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{what}: {}",
+            common::describe_output(&out)
+        );
+        assert!(
+            err.contains(named),
+            "{what}: the refusal does not name {named:?}: {err}"
+        );
+        for k in 1..=2 {
+            assert!(
+                !bed.volume_path(k).join(".reseedfs").exists(),
+                "{what}: init wrote to Volume{k}"
+            );
+        }
+        assert!(!bed.config_path.exists(), "{what}: init wrote the config");
+    }
+}
+
+/// The exit codes of the README's table, each produced: 0 success, 1 the command failed,
+/// 2 `verify` could not finish, 3 the config or the pool is unusable, 4 the daemon cannot
+/// be reached.
+#[test]
+fn r14_exit_codes_match_the_readme() {
+    if !require_mount_privileges("r14_exit_codes_match_the_readme") {
+        return;
+    }
+    let bed = Testbed::plain_dirs(2).expect("testbed");
+    common::init(&bed, &["db001"], 1);
+    let cfg = bed.config_path.clone();
+    let code = |args: &[&str]| {
+        let out = Command::new(common::BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("run reseedfs");
+        (out.status.code(), common::describe_output(&out))
+    };
+    let (c, out) = code(&["status"]);
+    assert_eq!(c, Some(4), "status with no daemon: {out}");
+    // The metrics endpoint has no authentication: off loopback only when allowed.
+    let (c, out) = code(&["mount", "--metrics", "0.0.0.0:0"]);
+    assert_eq!(c, Some(3), "mount with metrics on every address: {out}");
+    assert!(out.contains("metrics_allow_remote"), "{out}");
+    let good = std::fs::read(&cfg).expect("config");
+    std::fs::write(&cfg, b"databases = [").expect("break the config");
+    let (c, out) = code(&["mount"]);
+    assert_eq!(c, Some(3), "mount with a broken config: {out}");
+    std::fs::write(&cfg, &good).expect("restore the config");
+    let m = Mounted::mount_only(bed);
+    let (c, out) = code(&["status"]);
+    assert_eq!(c, Some(0), "status: {out}");
+    let (c, out) = code(&["reseed", "db999"]);
+    assert_eq!(
+        c,
+        Some(1),
+        "reseed of a database the pool does not have: {out}"
+    );
+    let (c, out) = code(&["verify", "db001"]);
+    assert_eq!(c, Some(2), "verify with one copy: {out}");
+    drop(m);
+}
