@@ -107,7 +107,8 @@ pub enum Request {
     Throttle {
         /// The new budget in bytes per second; `None`: unlimited.
         max_bytes_per_s: Option<u64>,
-        /// Who asks (user and process), for the event.
+        /// What the client says of itself: kept for older clients and ignored, since the
+        /// event records who asked as the kernel says ([`Asker`]).
         #[serde(default)]
         by: Option<String>,
     },

@@ -514,12 +514,20 @@ fn set_config(bed: &Testbed, change: impl FnOnce(&mut reseedfs::config::Config))
     std::fs::write(&bed.config_path, config.to_toml()).expect("write config");
 }
 
-/// The pool id `init` recorded in the testbed's config.
+/// The pool id of the testbed's pool, as its Volume1 carries it (and, since issue 14, the
+/// config: checked when it is there).
 fn pool_id_of(bed: &Testbed) -> String {
-    reseedfs::config::Config::load(&bed.config_path)
-        .expect("load config")
-        .pool_id
-        .expect("init records the pool id in the config")
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(bed.volume_path(1).join(".reseedfs/volume.json")).expect("volume.json"),
+    )
+    .expect("parse volume.json");
+    let id = meta["pool_id"].as_str().expect("pool_id").to_owned();
+    if let Ok(config) = reseedfs::config::Config::load(&bed.config_path)
+        && let Some(recorded) = config.pool_id
+    {
+        assert_eq!(recorded, id, "the config's pool id");
+    }
+    id
 }
 
 /// Runs `reseedfs ARGS --config CFG` as `uid`:`gid` (std drops the other groups).
@@ -543,7 +551,10 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 /// Every file under `dir` with its content and mtime: what "left alone" means.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, (i64, i64), u32)> {
+/// A file's path, content, mtime (seconds, nanoseconds) and mode.
+type FileState = (PathBuf, Vec<u8>, (i64, i64), u32);
+
+fn snapshot(dir: &Path) -> Vec<FileState> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -981,6 +992,14 @@ fn r14_a_foreign_volume_is_never_adopted() {
             && e["expected_pool_id"] == our_id.as_str()
     });
     assert!(named, "no event 3006 names Volume4 and both pool ids");
+    let recorded = reseedfs::config::Config::load(&m.bed.config_path)
+        .expect("config")
+        .pool_id;
+    assert_eq!(
+        recorded.as_deref(),
+        Some(our_id.as_str()),
+        "init records the pool id in the config"
+    );
     // Not a spare either: a reseed of ours never lands on it.
     let ours = m.unmount();
     assert_eq!(
@@ -1357,10 +1376,27 @@ fn r14_exit_codes_match_the_readme() {
     };
     let (c, out) = code(&["status"]);
     assert_eq!(c, Some(4), "status with no daemon: {out}");
-    // The metrics endpoint has no authentication: off loopback only when allowed.
-    let (c, out) = code(&["mount", "--metrics", "0.0.0.0:0"]);
-    assert_eq!(c, Some(3), "mount with metrics on every address: {out}");
-    assert!(out.contains("metrics_allow_remote"), "{out}");
+    // The metrics endpoint has no authentication: off loopback only when allowed (a
+    // daemon that accepts it mounts and serves: stopped after a while, and the test fails).
+    let mut mount = Command::new(common::BIN)
+        .args(["mount", "--metrics", "0.0.0.0:0", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run reseedfs mount");
+    let exited = reseedfs::testbed::daemon::wait_child(&mut mount, Duration::from_secs(20));
+    if exited.is_none() {
+        let _ = mount.kill();
+    }
+    let out = mount.wait_with_output().expect("wait");
+    let out_text = common::describe_output(&out);
+    assert_eq!(
+        exited.and_then(|s| s.code()),
+        Some(3),
+        "mount with metrics on every address: {out_text}"
+    );
+    assert!(out_text.contains("metrics_allow_remote"), "{out_text}");
     let good = std::fs::read(&cfg).expect("config");
     std::fs::write(&cfg, b"databases = [").expect("break the config");
     let (c, out) = code(&["mount"]);

@@ -1162,7 +1162,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, d.join("v/db.db/link")).expect("symlink");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &d.join("v/db.db/fifo"),
+            d.join("v/db.db/fifo"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
