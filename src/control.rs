@@ -225,33 +225,43 @@ impl Asker {
         }
     }
 
-    /// The peer of the connection `stream`.
-    #[cfg(target_os = "linux")]
-    pub fn of(stream: &UnixStream) -> std::io::Result<Asker> {
-        use std::os::fd::AsFd as _;
-        let peer = crate::sys::cred::peer(stream.as_fd())?;
+    /// The asker behind the kernel's word on a connection's peer.
+    pub fn of(peer: PeerCred) -> Asker {
         let command = (peer.pid != 0).then(|| command_of(peer.pid)).flatten();
         let mut groups = vec![peer.gid];
         groups.extend(peer.groups.iter().copied().filter(|g| *g != peer.gid));
-        Ok(Asker {
+        Asker {
             uid: peer.uid,
-            user: crate::sys::cred::user_name(peer.uid),
+            user: peer.user,
             pid: peer.pid,
             command,
             groups,
-        })
-    }
-
-    /// The peer of the connection `stream` (unknown off Linux: nobody may ask).
-    #[cfg(not(target_os = "linux"))]
-    pub fn of(_stream: &UnixStream) -> std::io::Result<Asker> {
-        Err(std::io::ErrorKind::Unsupported.into())
+        }
     }
 }
 
+/// What the kernel says of a connection's peer (`SO_PEERCRED`, `SO_PEERGROUPS` on Linux),
+/// as it was when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its process (0 when it is in another pid namespace).
+    pub pid: u32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
+    /// Its supplementary groups.
+    pub groups: Vec<u32>,
+    /// Its user's name, when it has one.
+    pub user: Option<String>,
+}
+
+/// Asks the OS who is at the other end of a connection: the daemon passes its adapter's
+/// (the core does not call the OS itself).
+pub type PeerOf = fn(&UnixStream) -> std::io::Result<PeerCred>;
+
 /// The command line of process `pid` as it shows it (`/proc/PID/cmdline`, its name when
 /// that is empty), at most 200 characters.
-#[cfg(target_os = "linux")]
 fn command_of(pid: u32) -> Option<String> {
     let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let mut line = argv
@@ -276,10 +286,12 @@ fn command_of(pid: u32) -> Option<String> {
 }
 
 /// Who may ask what: root everything, members of `group` the read-only requests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Access {
     /// The `control_group`, resolved to its id.
     pub group: Option<u32>,
+    /// How to learn who connected.
+    pub peer_of: PeerOf,
 }
 
 impl Access {
@@ -463,7 +475,7 @@ fn read_request(stream: &UnixStream, deadline: Instant) -> std::io::Result<Strin
 
 fn serve_one(stream: UnixStream, access: Access, handler: &Handler) {
     let deadline = Instant::now() + REQUEST_DEADLINE;
-    let response = match Asker::of(&stream) {
+    let response = match (access.peer_of)(&stream).map(Asker::of) {
         Err(e) => Response::Error(format!("cannot tell who is asking: {e}")),
         Ok(who) => match read_request(&stream, deadline) {
             Err(e) => {

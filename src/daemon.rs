@@ -77,7 +77,10 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     let control = control::serve(
         &state_dir,
         CONTROL_SOCKET,
-        control::Access { group },
+        control::Access {
+            group,
+            peer_of: peer_of_connection,
+        },
         handler,
     )
     .with_context(|| format!("serve the control socket {}", socket.display()))?;
@@ -114,6 +117,21 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
 
 /// The control socket's name in the state directory (`Config::socket_path`).
 const CONTROL_SOCKET: &str = "control.sock";
+
+/// Who is at the other end of a control connection, as the kernel says.
+fn peer_of_connection(
+    stream: &std::os::unix::net::UnixStream,
+) -> std::io::Result<control::PeerCred> {
+    use std::os::fd::AsFd as _;
+    let peer = crate::sys::cred::peer(stream.as_fd())?;
+    Ok(control::PeerCred {
+        pid: peer.pid,
+        uid: peer.uid,
+        gid: peer.gid,
+        user: crate::sys::cred::user_name(peer.uid),
+        groups: peer.groups,
+    })
+}
 
 /// The config says where the volumes are and who may ask the daemon: a config others can
 /// change is refused.
