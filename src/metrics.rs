@@ -723,7 +723,7 @@ const MAX_REQUEST_BYTES: usize = 8192;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long a client has to take the whole answer.
-const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Connections served at once, each on its own thread; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
