@@ -25,6 +25,8 @@
 //! | 3003 | `copy.diverged`             | a copy gave a different result than the active copy: failed to keep copies identical |
 //! | 3004 | `active.changed`            | a database's active copy moved to another volume |
 //! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
+//! | 3006 | `volume.foreign`            | a volume (or the witness) belongs to another pool: never adopted, left alone (both pool ids) |
+//! | 3007 | `state.damaged`             | a pool state file cannot be read (or is not private to root): rewritten when a newer state vouches, else the mount refuses |
 //! | 3008 | `volume.slow`               | every operation on a volume has been slower than `slow_request` for a minute (it is not failed) |
 //! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
 //! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
@@ -51,12 +53,13 @@
 //! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
-//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019, 3060), at WARN when the system carried on around
-//! a problem (3004, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
+//! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019, 3060), at WARN when the system
+//! carried on around a problem (3004, 3006, 3008, 3012, 3015, 3020, 3032, 3034), at INFO
+//! otherwise.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -78,6 +81,10 @@ pub enum EventId {
     ActiveChanged,
     /// 3005: the pool state could not be persisted on a volume.
     StatePersistFailed,
+    /// 3006: a volume or witness of another pool was found and left alone.
+    ForeignVolume,
+    /// 3007: a pool state file cannot be read or trusted.
+    StateDamaged,
     /// 3008: a volume has been slow for a minute (counted, not failed).
     VolumeSlow,
     /// 825: seeding of a copy started.
@@ -149,6 +156,8 @@ impl EventId {
             EventId::CopyDiverged => 3003,
             EventId::ActiveChanged => 3004,
             EventId::StatePersistFailed => 3005,
+            EventId::ForeignVolume => 3006,
+            EventId::StateDamaged => 3007,
             EventId::VolumeSlow => 3008,
             EventId::SeedingStarted => 825,
             EventId::SeedingCompleted => 826,
@@ -188,12 +197,14 @@ impl EventId {
             EventId::CopyFailed
             | EventId::CopyDiverged
             | EventId::StatePersistFailed
+            | EventId::StateDamaged
             | EventId::SparesExhausted
             | EventId::AutoReseedStopped
             | EventId::IncrementalReseedError
             | EventId::ReseedFailed
             | EventId::RequestPanicked => Severity::Error,
             EventId::ActiveChanged
+            | EventId::ForeignVolume
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
             | EventId::ReseedSourceChanged
@@ -213,6 +224,8 @@ impl EventId {
             EventId::CopyDiverged => "copy.diverged",
             EventId::ActiveChanged => "active.changed",
             EventId::StatePersistFailed => "state.persist_failed",
+            EventId::ForeignVolume => "volume.foreign",
+            EventId::StateDamaged => "state.damaged",
             EventId::VolumeSlow => "volume.slow",
             EventId::SeedingStarted => "seed.started",
             EventId::SeedingCompleted => "seed.completed",
@@ -272,15 +285,39 @@ pub struct NewEvent {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
+thread_local! {
+    /// Who asked for what this thread does now (a control request being served).
+    static ASKED_BY: std::cell::RefCell<Option<serde_json::Value>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on behalf of `who` (the peer of a control connection, as the kernel gave it):
+/// every event `f` causes on this thread records it as `asked_by`.
+pub fn asked_by<T>(who: serde_json::Value, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<serde_json::Value>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ASKED_BY.with_borrow_mut(|a| *a = self.0.take());
+        }
+    }
+    let _reset = Reset(ASKED_BY.with_borrow_mut(|a| a.replace(who)));
+    f()
+}
+
 impl NewEvent {
-    /// An event with a message and no database, volume or fields.
+    /// An event with a message and no database, volume or fields (but `asked_by` when a
+    /// control request causes it: see [`asked_by`]).
     pub fn new(id: EventId, message: impl Into<String>) -> NewEvent {
+        let mut fields = serde_json::Map::new();
+        if let Some(who) = ASKED_BY.with_borrow(Clone::clone) {
+            fields.insert("asked_by".into(), who);
+        }
         NewEvent {
             id,
             database: None,
             volume: None,
             message: message.into(),
-            fields: serde_json::Map::new(),
+            fields,
         }
     }
 
@@ -447,6 +484,8 @@ pub fn log_files(path: &Path) -> Vec<PathBuf> {
 pub struct EventLog {
     path: PathBuf,
     rotation: Rotation,
+    /// The group that may read the log (`control_group`).
+    group: Option<u32>,
     inner: Mutex<Current>,
     /// Events whose line could not be written and synced.
     failures: std::sync::atomic::AtomicU64,
@@ -465,30 +504,30 @@ struct Current {
 impl EventLog {
     /// Opens (or creates) the log with the default rotation and continues its numbering.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
-        EventLog::open_with(path, Rotation::default())
+        EventLog::open_with(path, Rotation::default(), None)
     }
 
-    /// Opens (or creates) the log, rotated as `rotation` says, and continues its
-    /// numbering. Damage (torn or unreadable lines) is skipped, never refused.
-    pub fn open_with(path: &Path, rotation: Rotation) -> std::io::Result<EventLog> {
+    /// Opens (or creates) the log in its directory, which must be private to root
+    /// ([`crate::private`]): the file is 0640, readable by `group` (the `control_group`,
+    /// for `events --follow`) when given, never by everyone. Rotated as `rotation` says;
+    /// continues the numbering. Damage (torn or unreadable lines) is skipped, never refused.
+    pub fn open_with(
+        path: &Path,
+        rotation: Rotation,
+        group: Option<u32>,
+    ) -> std::io::Result<EventLog> {
+        let mut file = Self::create_current(path, group)?;
         let seq = log_files(path)
             .iter()
             .rev()
             .find_map(|p| last_seq(p).ok().flatten())
             .unwrap_or(0);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o644)
-            .open(path)?;
         let mut bytes = file.metadata()?.len();
         if bytes > 0 {
             // A last line torn by a crash: close it, so the next event starts a line of
             // its own (the torn one is skipped by readers).
             let mut last = [0u8];
-            file.seek(SeekFrom::Start(bytes - 1))?;
-            file.read_exact(&mut last)?;
+            File::open(path)?.read_exact_at(&mut last, bytes - 1)?;
             if last[0] != b'\n' {
                 tracing::warn!(
                     path = %path.display(),
@@ -501,9 +540,25 @@ impl EventLog {
         Ok(EventLog {
             path: path.to_owned(),
             rotation,
+            group,
             inner: Mutex::new(Current { file, bytes, seq }),
             failures: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Opens (or creates) the current file, 0640, in its private directory.
+    fn create_current(path: &Path, group: Option<u32>) -> std::io::Result<File> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let dir = crate::private::PrivateDir::open(dir)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", dir.display()),
+            )
+        })?;
+        dir.append(name, 0o640, group)
     }
 
     /// The file behind the log.
@@ -536,12 +591,7 @@ impl EventLog {
         } else {
             std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
         }
-        cur.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o644)
-            .open(&self.path)?;
+        cur.file = Self::create_current(&self.path, self.group)?;
         cur.bytes = 0;
         if let Some(dir) = self.path.parent() {
             let _ = File::open(dir).and_then(|d| d.sync_all());
@@ -790,7 +840,7 @@ mod tests {
             max_bytes: 4096,
             keep: 2,
         };
-        let log = EventLog::open_with(&path, rotation).expect("open");
+        let log = EventLog::open_with(&path, rotation, None).expect("open");
         for i in 0..200 {
             log.emit(NewEvent::new(EventId::CopyFailed, format!("event {i}")).database("db001"));
         }
@@ -823,7 +873,7 @@ mod tests {
         drop(log);
         std::fs::rename(rotated_path(&path, 1), rotated_path(&path, 2)).expect("shift");
         std::fs::rename(&path, rotated_path(&path, 1)).expect("rotate");
-        let log = EventLog::open_with(&path, rotation).expect("reopen");
+        let log = EventLog::open_with(&path, rotation, None).expect("reopen");
         log.emit(NewEvent::new(EventId::MountStarted, "up"));
         assert_eq!(
             read_events(&path).expect("read").last().map(|e| e.seq),

@@ -193,7 +193,7 @@ impl fuser::Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -218,7 +218,17 @@ impl fuser::Filesystem for Adapter {
             mtime: set_time(mtime),
         };
         let fh = fh.map(|h| HandleId(h.0));
-        match self.call(Op::Setattr, || self.core.setattr(node(ino), fh, set)) {
+        // FUSE_HANDLE_KILLPRIV_V2 makes a truncate's setuid/setgid ours to clear; fuser
+        // does not pass FATTR_KILL_SUIDGID on, so the VFS rule is applied here: a
+        // truncate by someone else than root clears them (as a write does).
+        let kill = size.is_some() && req.uid() != 0;
+        let r = self.call(Op::Setattr, || {
+            if kill {
+                self.core.kill_suidgid(node(ino), fh)?;
+            }
+            self.core.setattr(node(ino), fh, set)
+        });
+        match r {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -319,8 +329,17 @@ impl fuser::Filesystem for Adapter {
         reply_entry(r, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.call(Op::Open, || self.core.open(node(ino), flags.0)) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // An open with O_TRUNC truncates: by someone else than root it clears setuid and
+        // setgid (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
+        let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
+        let r = self.call(Op::Open, || {
+            if kill {
+                self.core.kill_suidgid(node(ino), None)?;
+            }
+            self.core.open(node(ino), flags.0)
+        });
+        match r {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }

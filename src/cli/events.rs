@@ -328,7 +328,7 @@ mod tests {
             max_bytes: 2048,
             keep: 3,
         };
-        let log = crate::events::EventLog::open_with(&path, rotation).unwrap();
+        let log = crate::events::EventLog::open_with(&path, rotation, None).unwrap();
         for i in 0..20 {
             log.emit(NewEvent::new(EventId::CopyFailed, format!("before {i}")));
         }

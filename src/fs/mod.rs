@@ -583,13 +583,22 @@ impl Core {
         self.getattr(id, fh)
     }
 
-    /// Clears setuid/setgid after a write through handle `fh` by someone else than the
-    /// owner (the kernel asks for it with FUSE_WRITE_KILL_SUIDGID).
+    /// Clears setuid/setgid after a write or truncate (through handle `fh`, when given) by
+    /// someone else than root (the kernel asks for it with FUSE_WRITE_KILL_SUIDGID): as the
+    /// VFS does, setgid only when the group may execute (without it, setgid means
+    /// mandatory locking, not privilege).
     pub fn kill_suidgid(&self, id: NodeId, fh: Option<HandleId>) -> Result<()> {
         let t = self.target(id, fh)?;
         let st = self.stat_target(&t)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
         let mode = st.st_mode & 0o7777;
-        let cleared = Mode::from_raw_mode(mode & !(libc::S_ISUID | libc::S_ISGID));
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        let cleared = Mode::from_raw_mode(mode & !kill);
         if cleared.bits() != mode {
             match (&t.path, &t.files) {
                 (Some(path), _) => t.db.chmod(path, cleared)?,

@@ -1210,6 +1210,87 @@ mod tests {
     }
 
     #[test]
+    fn r14_special_files_and_symlinks_are_never_opened_or_followed() {
+        let d = tempdir("special");
+        std::fs::create_dir_all(d.join("v/db.db")).expect("mkdir");
+        let outside = d.join("outside");
+        std::fs::write(&outside, b"root's").expect("outside");
+        std::fs::set_permissions(
+            &outside,
+            std::os::unix::fs::PermissionsExt::from_mode(0o640),
+        )
+        .expect("chmod");
+        std::os::unix::fs::symlink(&outside, d.join("v/db.db/link")).expect("symlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("v/db.db/fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        let _sock = std::os::unix::net::UnixListener::bind(d.join("v/db.db/sock")).expect("sock");
+        let v = Volume::open("Volume1", &d.join("v")).expect("open");
+        let errno = |r: io::Result<VolFile>| r.expect_err("refused").raw_os_error();
+        for flags in [
+            OFlags::RDONLY,
+            OFlags::WRONLY,
+            OFlags::RDWR | OFlags::CREATE,
+        ] {
+            // A FIFO would block this thread forever; a socket's ENXIO is a media error.
+            for name in ["db.db/fifo", "db.db/sock"] {
+                let e = errno(v.open_file(Path::new(name), flags, Mode::from_raw_mode(0o600)));
+                assert_eq!(e, Some(libc::ESTALE), "{name} {flags:?}");
+            }
+            let e = errno(v.open_file(Path::new("db.db/link"), flags, Mode::from_raw_mode(0o600)));
+            assert_eq!(e, Some(libc::ELOOP), "{flags:?}");
+        }
+        let e = v
+            .chmod(Path::new("db.db/link"), Mode::from_raw_mode(0o666))
+            .expect_err("chmod of a symlink");
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let md = std::fs::metadata(&outside).expect("outside");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+            0o640
+        );
+        // Regular files and directories open as before, with and without O_CREAT.
+        let f = v
+            .open_file(
+                Path::new("db.db/new"),
+                OFlags::RDWR | OFlags::CREATE,
+                Mode::from_raw_mode(0o640),
+            )
+            .expect("create");
+        v.write_all_at(&f, 0, b"data").expect("write");
+        let again = v
+            .open_file(
+                Path::new("db.db/new"),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+                Mode::from_raw_mode(0o600),
+            )
+            .expect("open existing with O_CREAT|O_TRUNC");
+        assert_eq!(v.fstat(&again).expect("fstat").st_size, 0);
+        assert_eq!(v.fstat(&again).expect("fstat").st_mode & 0o777, 0o640);
+        v.chmod(Path::new("db.db/new"), Mode::from_raw_mode(0o600))
+            .expect("chmod a file");
+        assert_eq!(
+            v.stat(Path::new("db.db/new")).expect("stat").st_mode & 0o777,
+            0o600
+        );
+        assert!(v.read_dir(Path::new("db.db")).expect("list").len() >= 4);
+        let e = v
+            .open_file(
+                Path::new("db.db/new"),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o600),
+            )
+            .expect_err("O_EXCL on an existing name");
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
     fn latency_baseline_learns_only_without_a_rebuild() {
         let d = tempdir("latency");
         let v = Arc::new(Volume::open("Volume1", &d).expect("open"));
