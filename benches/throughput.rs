@@ -102,30 +102,27 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{
+    Daemon, bench_dir, drop_caches, machine_load, median, tool_version, tool_works, with_path,
+};
 use reseedfs::testbed::{self, BindMount, Testbed};
 
-mod floor;
 use serde_json::{Value, json};
 
-/// The reseedfs binary built with this bench.
-const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
+mod common;
+mod floor;
+
 /// The database every reseedfs pool of the bench holds.
 const DB: &str = "bench";
 /// The file name every target uses.
 const FILE: &str = "bench.dat";
-/// The readahead every FUSE mount gets (what reseedfs sets on its own mount).
-const READ_AHEAD_KB: u32 = 1024;
-/// How long a mount may take to appear, and a daemon to exit.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------------------
@@ -466,7 +463,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     for d in &rig.daemons {
         println!(
             "throughput: {} is pid {} at {}",
-            d.target.name(),
+            d.label,
             d.child.id(),
             d.mountpoint.display()
         );
@@ -614,7 +611,7 @@ impl Rig {
                 continue;
             }
             let backing = vol1.join(dir);
-            let daemon = Daemon::floor(target, &backing, &root.join(dir), threads, direct)?;
+            let daemon = floor_daemon(target, &backing, &root.join(dir), threads, direct)?;
             rig.files.push((target, daemon.mountpoint.join(FILE)));
             rig.backing.push((target, vec![backing.join(FILE)]));
             rig.daemons.push(daemon);
@@ -634,7 +631,7 @@ impl Rig {
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let daemon = Daemon::reseedfs(&pool, copies, s.threads)?;
+            let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, s.threads)?;
             let file = daemon
                 .mountpoint
                 .join(DB)
@@ -655,7 +652,7 @@ impl Rig {
             rig.backing.push((target, on_volume));
         }
         if mergerfs {
-            let daemon = Daemon::mergerfs(&vol1.join("mergerfs"), &root.join("mergerfs"))?;
+            let daemon = mergerfs_daemon(&vol1.join("mergerfs"), &root.join("mergerfs"))?;
             rig.files
                 .push((Target::Mergerfs, daemon.mountpoint.join(FILE)));
             rig.backing
@@ -683,228 +680,65 @@ impl Rig {
 
     /// CPU seconds the daemon behind `t` has used so far.
     fn daemon_cpu(&self, t: Target) -> Option<f64> {
-        let d = self.daemons.iter().find(|d| d.target == t)?;
-        let stat = fs::read_to_string(format!("/proc/{}/stat", d.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces): state is field 3.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0) // USER_HZ
+        self.daemons
+            .iter()
+            .find(|d| d.label == t.name())?
+            .cpu_seconds()
     }
 }
 
-/// A FUSE daemon the bench started, in its own process group (a Ctrl-C reaches only the
-/// bench, which then stops it in order).
-struct Daemon {
+/// The FUSE floor (`floor.rs`): this bench binary again, serving `backing` at
+/// `mountpoint` with `threads` request threads.
+fn floor_daemon(
     target: Target,
-    mountpoint: PathBuf,
-    child: Child,
-    /// `Some(config)` for reseedfs (stopped with `reseedfs unmount`), `None` for mergerfs.
-    config: Option<PathBuf>,
+    backing: &Path,
+    mountpoint: &Path,
+    threads: usize,
+    direct: floor::Direct,
+) -> io::Result<Daemon> {
+    fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(SERVE_FLOOR)
+        .arg(backing)
+        .arg(mountpoint)
+        .arg(threads.to_string())
+        .arg(direct.name());
+    let log = mountpoint.with_extension("log");
+    Daemon::start(
+        cmd,
+        target.name(),
+        mountpoint.to_owned(),
+        None,
+        &log,
+        "fuse.fuse_floor",
+    )
 }
 
-impl Daemon {
-    /// `reseedfs init` (one database, `copies` copies) and `reseedfs mount` on `pool/vols`.
-    fn reseedfs(pool: &Path, copies: u32, threads: Option<u64>) -> io::Result<Daemon> {
-        let dbs = pool.join("dbs");
-        fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
-        let config = pool.join("reseedfs.toml");
-        let out = Command::new(BIN)
-            .arg("init")
-            .arg("--volumes")
-            .arg(pool.join("vols"))
-            .arg("--databases")
-            .arg(&dbs)
-            .args(["--database", DB, "--copies", &copies.to_string()])
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(pool.join("state"))
-            .arg("--witness-dir")
-            .arg(pool.join("witness"))
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "reseedfs init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        if let Some(n) = threads {
-            let text = fs::read_to_string(&config)?;
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("threads"))
-                .map(str::to_owned)
-                .collect();
-            // Top-level keys go before the first table.
-            let at = lines
-                .iter()
-                .position(|l| l.trim_start().starts_with('['))
-                .unwrap_or(lines.len());
-            lines.insert(at, format!("threads = {n}"));
-            fs::write(&config, lines.join("\n") + "\n")?;
-        }
-        let log = pool.join("mount.log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("mount").arg("--config").arg(&config);
-        let target = if copies == 1 {
-            Target::Reseedfs1
-        } else {
-            Target::Reseedfs2
-        };
-        Daemon::start(cmd, target, dbs, Some(config), &log, "fuse.reseedfs")
-    }
-
-    /// The FUSE floor (`floor.rs`): this bench binary again, serving `backing` at
-    /// `mountpoint` with `threads` request threads.
-    fn floor(
-        target: Target,
-        backing: &Path,
-        mountpoint: &Path,
-        threads: usize,
-        direct: floor::Direct,
-    ) -> io::Result<Daemon> {
-        fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg(SERVE_FLOOR)
-            .arg(backing)
-            .arg(mountpoint)
-            .arg(threads.to_string())
-            .arg(direct.name());
-        let log = mountpoint.with_extension("log");
-        Daemon::start(
-            cmd,
-            target,
-            mountpoint.to_owned(),
-            None,
-            &log,
-            "fuse.fuse_floor",
+/// mergerfs over one branch, with the settings its manual recommends when mmap is
+/// needed (databases need it): page cache on, dropped on close.
+fn mergerfs_daemon(branch: &Path, mountpoint: &Path) -> io::Result<Daemon> {
+    fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
+    let mut cmd = Command::new("mergerfs");
+    cmd.arg("-f")
+        .arg("-o")
+        .arg(
+            "allow_other,use_ino,cache.files=partial,dropcacheonclose=true,\
+             category.create=mfs,minfreespace=0,fsname=mergerfs-bench",
         )
-    }
-
-    /// mergerfs over one branch, with the settings its manual recommends when mmap is
-    /// needed (databases need it): page cache on, dropped on close.
-    fn mergerfs(branch: &Path, mountpoint: &Path) -> io::Result<Daemon> {
-        fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
-        let mut cmd = Command::new("mergerfs");
-        cmd.arg("-f")
-            .arg("-o")
-            .arg(
-                "allow_other,use_ino,cache.files=partial,dropcacheonclose=true,\
-                 category.create=mfs,minfreespace=0,fsname=mergerfs-bench",
-            )
-            .arg(branch)
-            .arg(mountpoint);
-        let log = mountpoint.with_extension("log");
-        let d = Daemon::start(
-            cmd,
-            Target::Mergerfs,
-            mountpoint.to_owned(),
-            None,
-            &log,
-            "fuse.mergerfs",
-        )?;
-        raise_readahead(mountpoint);
-        Ok(d)
-    }
-
-    fn start(
-        mut cmd: Command,
-        target: Target,
-        mountpoint: PathBuf,
-        config: Option<PathBuf>,
-        log: &Path,
-        fstype: &str,
-    ) -> io::Result<Daemon> {
-        let out = fs::File::create(log).map_err(|e| with_path(e, "create", log))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .env("RESEEDFS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()?;
-        let mut d = Daemon {
-            target,
-            mountpoint,
-            child,
-            config,
-        };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if testbed::mount_fstype(&d.mountpoint).as_deref() == Some(fstype) {
-                return Ok(d);
-            }
-            let exited = d.child.try_wait()?.is_some();
-            if exited || Instant::now() >= deadline {
-                let log = fs::read_to_string(log).unwrap_or_default();
-                return Err(io::Error::other(format!(
-                    "{} did not mount {} ({}); its log:\n{log}",
-                    target.name(),
-                    d.mountpoint.display(),
-                    if exited { "it exited" } else { "timeout" }
-                )));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let asked = match &self.config {
-            Some(config) => Command::new(BIN)
-                .arg("unmount")
-                .arg("--config")
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-            None => Command::new("umount")
-                .arg(&self.mountpoint)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-        };
-        let mut exited = asked && testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
-        if !exited {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            exited = testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
-        }
-        if !exited {
-            eprintln!(
-                "throughput: {} daemon ignored SIGTERM: killing it",
-                self.target.name()
-            );
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if testbed::is_mount_point(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
-}
-
-/// Sets the bdi `read_ahead_kb` of the FUSE mount at `mountpoint` (reseedfs does it on its
-/// own mount; mergerfs gets the same, so the comparison is between the daemons).
-fn raise_readahead(mountpoint: &Path) {
-    let Ok(st) = rustix::fs::stat(mountpoint) else {
-        return;
-    };
-    let knob = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev)
-    );
-    if let Err(e) = fs::write(&knob, READ_AHEAD_KB.to_string()) {
-        eprintln!("throughput: cannot set {knob}: {e}");
-    }
+        .arg(branch)
+        .arg(mountpoint);
+    let log = mountpoint.with_extension("log");
+    let d = Daemon::start(
+        cmd,
+        Target::Mergerfs.name(),
+        mountpoint.to_owned(),
+        None,
+        &log,
+        "fuse.mergerfs",
+    )?;
+    // The readahead reseedfs sets on its own mount.
+    reseedfs::sys::fuse::raise_readahead(mountpoint);
+    Ok(d)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1003,14 +837,6 @@ impl Drop for MaxPagesLimit {
         if let Err(e) = fs::write(Self::KNOB, self.old.to_string()) {
             eprintln!("throughput: cannot restore {}: {e}", Self::KNOB);
         }
-    }
-}
-
-/// `sync`, then drop the clean page cache, dentries and inodes.
-fn drop_caches() {
-    rustix::fs::sync();
-    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
-        eprintln!("throughput: cannot drop caches: {e}");
     }
 }
 
@@ -1272,19 +1098,6 @@ struct Row {
     /// Median of the page cache at the end of the job ([`Cache`]).
     cache_mib: Option<f64>,
     runs: usize,
-}
-
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 /// Median, least and greatest of the ratios of `mine` to `base` in the same round.
@@ -1563,12 +1376,6 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     let _ = io::stdout().flush();
 }
 
-fn bench_dir() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, honouring CARGO_TARGET_DIR.
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).join("bench")
-}
-
 fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
     let mut list: Vec<Value> = rows
         .iter()
@@ -1610,49 +1417,3 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
-
-fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
-}
-
-fn tool_works(tool: &str, args: &[&str]) -> bool {
-    Command::new(tool)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn tool_version(tool: &str) -> String {
-    let flag = if tool == "mergerfs" {
-        "-V"
-    } else {
-        "--version"
-    };
-    Command::new(tool)
-        .arg(flag)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_else(|| tool.to_owned())
-}
-
-/// The load average and the busiest other processes: this 2-core machine is shared.
-fn machine_load() -> String {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    let one: f64 = load.first().and_then(|l| l.parse().ok()).unwrap_or(0.0);
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
-    let busy = if one > cores as f64 * 0.5 {
-        " (BUSY: other work is running, figures are noisy)"
-    } else {
-        ""
-    };
-    format!("load {} on {cores} cores{busy}", load.join(" "))
-}

@@ -1,0 +1,262 @@
+//! What the benches share: the daemons they start (reseedfs, and any FUSE daemon run in
+//! the foreground), the machine's load, dropping caches, medians, where results go.
+
+// Each bench uses its own subset.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reseedfs::testbed;
+
+/// The reseedfs binary built with the benches.
+pub const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
+/// How long a mount may take to appear, and a daemon to exit.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A FUSE daemon the bench started, in its own process group (a Ctrl-C reaches only the
+/// bench, which then stops it in order).
+pub struct Daemon {
+    /// The bench's name for it (`reseedfs_1copy`, `mergerfs`, ...).
+    pub label: &'static str,
+    pub mountpoint: PathBuf,
+    pub child: Child,
+    /// `Some(config)` for reseedfs (stopped with `reseedfs unmount`), `None` for mergerfs.
+    config: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// `reseedfs init` (database `db`, `copies` copies) and `reseedfs mount` on
+    /// `pool/vols` (`Volume1..N` there), mounted at `pool/dbs`; `threads` overrides the
+    /// config's request threads.
+    pub fn reseedfs(
+        label: &'static str,
+        pool: &Path,
+        db: &str,
+        copies: u32,
+        threads: Option<u64>,
+    ) -> io::Result<Daemon> {
+        let dbs = pool.join("dbs");
+        fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
+        let config = pool.join("reseedfs.toml");
+        let out = Command::new(BIN)
+            .arg("init")
+            .arg("--volumes")
+            .arg(pool.join("vols"))
+            .arg("--databases")
+            .arg(&dbs)
+            .args(["--database", db, "--copies", &copies.to_string()])
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(pool.join("state"))
+            .arg("--witness-dir")
+            .arg(pool.join("witness"))
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "reseedfs init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        if let Some(n) = threads {
+            let text = fs::read_to_string(&config)?;
+            let mut lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("threads"))
+                .map(str::to_owned)
+                .collect();
+            // Top-level keys go before the first table.
+            let at = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with('['))
+                .unwrap_or(lines.len());
+            lines.insert(at, format!("threads = {n}"));
+            fs::write(&config, lines.join("\n") + "\n")?;
+        }
+        let log = pool.join("mount.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").arg("--config").arg(&config);
+        Daemon::start(cmd, label, dbs, Some(config), &log, "fuse.reseedfs")
+    }
+
+    /// Starts `cmd` (a FUSE daemon in the foreground, its output to `log`) and waits until
+    /// `mountpoint` is a mount of type `fstype`.
+    pub fn start(
+        mut cmd: Command,
+        label: &'static str,
+        mountpoint: PathBuf,
+        config: Option<PathBuf>,
+        log: &Path,
+        fstype: &str,
+    ) -> io::Result<Daemon> {
+        let out = fs::File::create(log).map_err(|e| with_path(e, "create", log))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .env("RESEEDFS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()?;
+        let mut d = Daemon {
+            label,
+            mountpoint,
+            child,
+            config,
+        };
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if testbed::mount_fstype(&d.mountpoint).as_deref() == Some(fstype) {
+                return Ok(d);
+            }
+            let exited = d.child.try_wait()?.is_some();
+            if exited || Instant::now() >= deadline {
+                let log = fs::read_to_string(log).unwrap_or_default();
+                return Err(io::Error::other(format!(
+                    "{} did not mount {} ({}); its log:\n{log}",
+                    label,
+                    d.mountpoint.display(),
+                    if exited { "it exited" } else { "timeout" }
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Daemon {
+    /// CPU seconds (user + system, every thread) the daemon has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id())
+    }
+}
+
+/// CPU seconds (user + system, every thread, live or ended) process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let asked = match &self.config {
+            Some(config) => Command::new(BIN)
+                .arg("unmount")
+                .arg("--config")
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            None => Command::new("umount")
+                .arg(&self.mountpoint)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        };
+        let mut exited = asked && testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
+        if !exited {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            exited = testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
+        }
+        if !exited {
+            eprintln!(
+                "bench: the {} daemon ignored SIGTERM: killing it",
+                self.label
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if testbed::is_mount_point(&self.mountpoint) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+/// `sync`, then drop the clean page cache, dentries and inodes.
+pub fn drop_caches() {
+    rustix::fs::sync();
+    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("bench: cannot drop caches: {e}");
+    }
+}
+
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+pub fn bench_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, honouring CARGO_TARGET_DIR.
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).join("bench")
+}
+
+pub fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
+}
+
+pub fn tool_works(tool: &str, args: &[&str]) -> bool {
+    Command::new(tool)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn tool_version(tool: &str) -> String {
+    let flag = if tool == "mergerfs" {
+        "-V"
+    } else {
+        "--version"
+    };
+    Command::new(tool)
+        .arg(flag)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| tool.to_owned())
+}
+
+/// The load average and the busiest other processes: this 2-core machine is shared.
+pub fn machine_load() -> String {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let one: f64 = load.first().and_then(|l| l.parse().ok()).unwrap_or(0.0);
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let busy = if one > cores as f64 * 0.5 {
+        " (BUSY: other work is running, figures are noisy)"
+    } else {
+        ""
+    };
+    format!("load {} on {cores} cores{busy}", load.join(" "))
+}
