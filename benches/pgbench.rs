@@ -45,8 +45,10 @@
 //! # Options
 //!
 //! `cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
-//! [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]`
-//! (defaults: 3 rounds, 30 s, 5 s, scale 10, 8 clients, 2 threads). `RESEEDFS_TESTBED_DIR`
+//! [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]
+//! [--set key=value]...` (defaults: 3 rounds, 30 s, 5 s, scale 10, 8 clients, 2 threads).
+//! `--set` changes both reseedfs configs, for experiments: `--set
+//! tap.checkpoint_interval=30s`, `--set threads=16`. `RESEEDFS_TESTBED_DIR`
 //! picks where the volume images go. The daemons' and servers' pids are printed, for
 //! `perf record -p` during a run.
 
@@ -61,7 +63,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use common::{Daemon, bench_dir, machine_load, median, with_path};
+use common::{Daemon, Setting, bench_dir, machine_load, median, with_path};
 use reseedfs::testbed::{self, BindMount, Testbed};
 use serde_json::{Value, json};
 
@@ -100,6 +102,8 @@ struct Settings {
     clients: u64,
     jobs: u64,
     targets: Vec<Target>,
+    /// Changes to both reseedfs configs (`--set key=value`).
+    settings: Vec<Setting>,
 }
 
 impl Settings {
@@ -112,6 +116,7 @@ impl Settings {
             clients: 8,
             jobs: 2,
             targets: TARGETS.to_vec(),
+            settings: Vec::new(),
         };
         let mut it = args.iter();
         let number = |flag: &str, v: Option<&String>| -> Result<u64, String> {
@@ -128,6 +133,9 @@ impl Settings {
                 "--scale" => s.scale = number(arg, it.next())?,
                 "--clients" => s.clients = number(arg, it.next())?,
                 "--jobs" => s.jobs = number(arg, it.next())?,
+                "--set" => s
+                    .settings
+                    .push(Setting::parse(it.next().ok_or("--set needs key=value")?)?),
                 "--targets" => {
                     let list = it.next().ok_or("--targets needs a list")?;
                     let mut targets = vec![Target::Native];
@@ -221,6 +229,10 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
          warm-up, {} round(s)",
         s.scale, s.clients, s.jobs, s.seconds, s.warmup_seconds, s.repeat
     );
+    if !s.settings.is_empty() {
+        let set: Vec<String> = s.settings.iter().map(Setting::text).collect();
+        println!("pgbench: reseedfs config changed: {}", set.join(", "));
+    }
     println!("pgbench: machine: {}", machine_load());
 
     let started = Instant::now();
@@ -259,7 +271,13 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                 .cluster(t)
                 .ok_or_else(|| io::Error::other("no cluster"))?;
             let daemon = rig.daemons.iter().find(|d| d.label == t.name());
+            if let Some(d) = daemon {
+                d.check()?;
+            }
             let sample = cluster.measure(s, daemon, round)?;
+            if let Some(d) = daemon {
+                d.check()?;
+            }
             println!(
                 "  {:<17} {:>8.1} tps  latency avg {:>6.2} ms, p99 {:>6.2} ms{}",
                 t.name(),
@@ -357,7 +375,7 @@ impl Rig {
                         let at = pool.join("vols").join(format!("Volume{k}"));
                         rig.binds.push(BindMount::new(&source, &at)?);
                     }
-                    let daemon = Daemon::reseedfs(t.name(), &pool, DB, copies, None)?;
+                    let daemon = Daemon::reseedfs(t.name(), &pool, DB, copies, &s.settings)?;
                     let db = daemon.mountpoint.join(DB);
                     rig.daemons.push(daemon);
                     (db.join(format!("{DB}.db")), db.join(format!("{DB}.log")))
@@ -692,6 +710,7 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
         json!({
             "scale": s.scale, "clients": s.clients, "jobs": s.jobs,
             "seconds": s.seconds, "warmup_seconds": s.warmup_seconds,
+            "reseedfs_config": s.settings.iter().map(Setting::text).collect::<Vec<_>>(),
         }),
     );
     let per_round: Vec<Value> = samples

@@ -110,7 +110,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, bench_dir, drop_caches, machine_load, median, tool_version, tool_works, with_path,
+    Daemon, Setting, bench_dir, drop_caches, machine_load, median, tool_version, tool_works,
+    with_path,
 };
 use reseedfs::testbed::{self, BindMount, Testbed};
 
@@ -493,6 +494,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                     return Err(io::Error::other("interrupted; cleaning up"));
                 }
                 let Some(file) = rig.file(t) else { continue };
+                rig.check(t)?;
                 // A target that fails a job (mergerfs refuses unaligned O_DIRECT with
                 // EINVAL) is recorded as failed; the run goes on.
                 let result = prepare_job(s, w, file).and_then(|()| {
@@ -506,6 +508,9 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                     };
                     Ok((value, cpu))
                 });
+                // A daemon gone mid-job would have let the job measure the folder under
+                // its mount point: stop the run.
+                rig.check(t)?;
                 let cache = rig.page_cache(t, file);
                 let shown = match &result {
                     Ok((v, cpu)) => {
@@ -631,7 +636,8 @@ impl Rig {
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, s.threads)?;
+            let settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
+            let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
             let file = daemon
                 .mountpoint
                 .join(DB)
@@ -676,6 +682,14 @@ impl Rig {
             None => resident_mib(file),
         };
         Cache { mib }
+    }
+
+    /// `Ok` while the daemon of `t` (if any) still serves its mount.
+    fn check(&self, t: Target) -> io::Result<()> {
+        match self.daemons.iter().find(|d| d.label == t.name()) {
+            Some(d) => d.check(),
+            None => Ok(()),
+        }
     }
 
     /// CPU seconds the daemon behind `t` has used so far.

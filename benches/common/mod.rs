@@ -29,18 +29,22 @@ pub struct Daemon {
     pub child: Child,
     /// `Some(config)` for reseedfs (stopped with `reseedfs unmount`), `None` for mergerfs.
     config: Option<PathBuf>,
+    /// The mount's type (`fuse.reseedfs`).
+    fstype: String,
+    /// Its output.
+    log: PathBuf,
 }
 
 impl Daemon {
     /// `reseedfs init` (database `db`, `copies` copies) and `reseedfs mount` on
-    /// `pool/vols` (`Volume1..N` there), mounted at `pool/dbs`; `threads` overrides the
-    /// config's request threads.
+    /// `pool/vols` (`Volume1..N` there), mounted at `pool/dbs`; `settings` change the
+    /// config `init` wrote (see [`Setting`]).
     pub fn reseedfs(
         label: &'static str,
         pool: &Path,
         db: &str,
         copies: u32,
-        threads: Option<u64>,
+        settings: &[Setting],
     ) -> io::Result<Daemon> {
         let dbs = pool.join("dbs");
         fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
@@ -65,20 +69,15 @@ impl Daemon {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        if let Some(n) = threads {
-            let text = fs::read_to_string(&config)?;
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("threads"))
-                .map(str::to_owned)
-                .collect();
-            // Top-level keys go before the first table.
-            let at = lines
-                .iter()
-                .position(|l| l.trim_start().starts_with('['))
-                .unwrap_or(lines.len());
-            lines.insert(at, format!("threads = {n}"));
-            fs::write(&config, lines.join("\n") + "\n")?;
+        if !settings.is_empty() {
+            let text = fs::read_to_string(&config).map_err(|e| with_path(e, "read", &config))?;
+            let mut doc: toml::Table = text
+                .parse()
+                .map_err(|e| io::Error::other(format!("{}: {e}", config.display())))?;
+            for s in settings {
+                s.apply(&mut doc);
+            }
+            fs::write(&config, doc.to_string()).map_err(|e| with_path(e, "write", &config))?;
         }
         let log = pool.join("mount.log");
         let mut cmd = Command::new(BIN);
@@ -110,6 +109,8 @@ impl Daemon {
             mountpoint,
             child,
             config,
+            fstype: fstype.to_owned(),
+            log: log.to_owned(),
         };
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
@@ -131,7 +132,89 @@ impl Daemon {
     }
 }
 
+/// One change to a reseedfs config: `key` (`threads`, or `table.key` such as
+/// `tap.checkpoint_interval`) set to `value` (an integer or `true`/`false` when it parses as
+/// one, else a string), as given on a bench's command line: `--set key=value`.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    key: String,
+    value: toml::Value,
+}
+
+impl Setting {
+    /// Parses `key=value`.
+    pub fn parse(s: &str) -> Result<Setting, String> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--set wants key=value, not {s}"))?;
+        let value = if let Ok(n) = value.parse::<i64>() {
+            toml::Value::Integer(n)
+        } else if let Ok(b) = value.parse::<bool>() {
+            toml::Value::Boolean(b)
+        } else {
+            toml::Value::String(value.to_owned())
+        };
+        Ok(Setting {
+            key: key.trim().to_owned(),
+            value,
+        })
+    }
+
+    /// `key=value`, as given.
+    pub fn text(&self) -> String {
+        match &self.value {
+            toml::Value::String(v) => format!("{}={v}", self.key),
+            v => format!("{}={v}", self.key),
+        }
+    }
+
+    /// `threads = n`.
+    pub fn threads(n: u64) -> Setting {
+        Setting {
+            key: "threads".into(),
+            value: toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+        }
+    }
+
+    fn apply(&self, doc: &mut toml::Table) {
+        let mut table = doc;
+        let mut parts: Vec<&str> = self.key.split('.').collect();
+        let last = parts.pop().unwrap_or_default();
+        for p in parts {
+            let entry = table
+                .entry(p.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            let toml::Value::Table(t) = entry else {
+                return;
+            };
+            table = t;
+        }
+        table.insert(last.to_owned(), self.value.clone());
+    }
+}
+
 impl Daemon {
+    /// `Ok` while the daemon still serves its mount. A figure taken after it stopped would
+    /// measure the folder under the mount point instead (this machine is shared: another
+    /// job's cleanup once stopped every reseedfs daemon of the host mid-run).
+    pub fn check(&self) -> io::Result<()> {
+        if testbed::mount_fstype(&self.mountpoint).as_deref() == Some(self.fstype.as_str()) {
+            return Ok(());
+        }
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        Err(io::Error::other(format!(
+            "the {} daemon (pid {}) no longer serves {}; the last lines of its log:\n{}",
+            self.label,
+            self.child.id(),
+            self.mountpoint.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )))
+    }
+
     /// CPU seconds (user + system, every thread) the daemon has used so far.
     pub fn cpu_seconds(&self) -> Option<f64> {
         cpu_seconds(self.child.id())

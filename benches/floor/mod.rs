@@ -15,11 +15,11 @@
 //!   reads of an `O_DIRECT` caller up to 64 KiB, aligned, go through a second `O_DIRECT`
 //!   descriptor opened at first use; writes go through the page cache, and a sequential
 //!   run is handed to the disk every 4 MiB (`sync_file_range`), as reseedfs does.
-//! - [`Direct::Honest`]: the candidate for issue 18's item 3. Every aligned read and write
-//!   of an `O_DIRECT` caller goes `O_DIRECT` to the backing file; FUSE hands the daemon
-//!   write data 80 bytes into its request buffer, so an aligned write is copied once into
-//!   a page-aligned buffer of the request thread first (a bounce). Unaligned requests stay
-//!   buffered.
+//! - [`Direct::Honest`]: the candidate for issue 18's item 3, with reads as above. Every
+//!   aligned write of an `O_DIRECT` caller goes `O_DIRECT` to the backing file, through
+//!   `reseedfs::sys::direct` (FUSE hands the daemon write data 80 bytes into its request
+//!   buffer, so it is copied once into a page-aligned buffer of the request thread: a
+//!   bounce). Unaligned writes stay buffered.
 //!
 //! It serves one backing directory, and only what the bench's jobs (fio, the built-in
 //! generator) need: lookup, getattr, setattr, create, open, read, write, flush, fsync,
@@ -68,7 +68,7 @@ const ROOT: u64 = 1;
 pub enum Direct {
     /// As reseedfs does today: small aligned reads direct, writes buffered and kicked.
     Reseedfs,
-    /// Aligned reads and writes direct (writes through a bounce buffer).
+    /// Reads as [`Direct::Reseedfs`]; aligned writes direct (through a bounce buffer).
     Honest,
 }
 
@@ -92,27 +92,17 @@ struct Handle {
     file: File,
     /// The caller opened it with `O_DIRECT`.
     caller_direct: bool,
-    /// The same file opened again with `O_DIRECT` (read-write for [`Direct::Honest`]),
-    /// at first use; `None` when the backing filesystem refuses.
+    /// The same file opened again with `O_DIRECT`, read-write, at first use; `None` when
+    /// the backing filesystem refuses.
     direct: OnceLock<Option<File>>,
     /// (where the next sequential write starts, where the unkicked part begins)
     run: Mutex<(u64, u64)>,
 }
 
 impl Handle {
-    fn direct(&self, write: bool) -> Option<&File> {
+    fn direct(&self) -> Option<&File> {
         self.direct
-            .get_or_init(|| {
-                fs::OpenOptions::new()
-                    .read(true)
-                    .write(write)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(format!(
-                        "/proc/self/fd/{}",
-                        std::os::fd::AsRawFd::as_raw_fd(&self.file)
-                    ))
-                    .ok()
-            })
+            .get_or_init(|| reseedfs::sys::direct::reopen(&self.file, true).ok())
             .as_ref()
     }
 
@@ -161,7 +151,7 @@ struct Floor {
 }
 
 thread_local! {
-    /// The request thread's page-aligned buffer (reads; bounced direct writes).
+    /// The request thread's page-aligned buffer for reads.
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -299,9 +289,9 @@ impl Floor {
             .handle(fh)
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         let direct_ok = h.caller_direct
-            && aligned(offset, buf.len(), buf.as_ptr().addr())
-            && (self.direct == Direct::Honest || buf.len() <= DIRECT_READ_MAX);
-        if direct_ok && let Some(d) = h.direct(self.direct == Direct::Honest) {
+            && buf.len() <= DIRECT_READ_MAX
+            && aligned(offset, buf.len(), buf.as_ptr().addr());
+        if direct_ok && let Some(d) = h.direct() {
             self.counters.direct_reads.fetch_add(1, Ordering::Relaxed);
             return read_full(d, offset, buf);
         }
@@ -314,15 +304,11 @@ impl Floor {
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         if self.direct == Direct::Honest
             && h.caller_direct
-            && aligned(offset, data.len(), 0)
-            && let Some(d) = h.direct(true)
+            && reseedfs::sys::direct::is_aligned(offset, data.len())
+            && let Some(d) = h.direct()
         {
             self.counters.direct_writes.fetch_add(1, Ordering::Relaxed);
-            return with_aligned(data.len(), |b| {
-                b.copy_from_slice(data);
-                d.write_all_at(b, offset)
-            })
-            .map(|()| data.len());
+            return reseedfs::sys::direct::write_all_at(d, offset, data).map(|()| data.len());
         }
         h.file.write_all_at(data, offset)?;
         if let Some((from, len)) = h.note(offset, data.len() as u64) {
