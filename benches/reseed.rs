@@ -61,9 +61,10 @@ mod linux {
 
     use parking_lot::Mutex;
     use reseedfs::config::Config;
+    use reseedfs::copyset::CopyState;
     use reseedfs::events::{EventId, EventSink, NewEvent};
     use reseedfs::fs::Core;
-    use reseedfs::pool::{self, CopyState, Pool};
+    use reseedfs::pool::{self, Pool};
     use reseedfs::reseed::engine::{
         self, CHUNK, CopyEngine, EngineChoice, Extent, IN_FLIGHT, ThreadEngine, data_extents,
         split_aligned,
@@ -424,7 +425,7 @@ mod linux {
         let timeline = Arc::new(Timeline::default());
         let pool =
             Pool::open(&config, timeline.clone()).map_err(|e| format!("open the pool: {e}"))?;
-        let core = Core::new(pool.clone(), 2).map_err(|e| format!("start the core: {e}"))?;
+        let core = Core::new(pool.clone());
         let db = pool
             .database(DB)
             .cloned()

@@ -38,9 +38,10 @@ mod linux {
     use std::time::Instant;
 
     use reseedfs::config::Config;
+    use reseedfs::copyset::CopyState;
     use reseedfs::events::{EventSink, NewEvent};
     use reseedfs::fs::{Core, NodeId};
-    use reseedfs::pool::{self, CopyState, Pool};
+    use reseedfs::pool::{self, Pool};
     use reseedfs::reseed::{self, Progress, SeedRequest, resync};
     use reseedfs::testbed::{TESTBED_DIR_ENV, Testbed};
 
@@ -198,8 +199,7 @@ mod linux {
         let data = |v: &Path| v.join(format!("{DB}.db/data.bin"));
 
         let pool = Pool::open(&config, Arc::new(Quiet)).map_err(|e| format!("open: {e}"))?;
-        let core = Arc::new(Core::new(pool.clone(), 2).map_err(|e| format!("core: {e}"))?);
-        core.watch_failures();
+        let core = Arc::new(Core::new(pool.clone()));
         let db = pool.database(DB).cloned().ok_or("no database")?;
         // Nothing written before the suspend can differ any more.
         db.checkpoint(false);

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
+use crate::status::Status;
 
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,115 +140,6 @@ pub enum Response {
     WhatIf(Box<crate::explain::WhatIf>),
     /// Answer to `Verify` and `VerifyStatus`.
     Verify(Box<crate::verify::VerifyStatus>),
-}
-
-/// One copy in `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CopyStatus {
-    /// `db001\Volume1`, as Exchange names copies.
-    pub name: String,
-    /// `Volume1`.
-    pub volume: String,
-    /// `Mounted`, `Healthy`, `Seeding`, `FailedAndSuspended`, ...
-    pub status: String,
-    /// Whether it serves reads.
-    pub active: bool,
-    /// ReseedBlocked.
-    #[serde(default)]
-    pub reseed_blocked: bool,
-    /// ResumeBlocked.
-    #[serde(default)]
-    pub resume_blocked: bool,
-    /// When it became FailedAndSuspended.
-    #[serde(default, with = "humantime_serde::option")]
-    pub failed_at: Option<std::time::SystemTime>,
-    /// The reseed running for it (or the last one, when it failed).
-    #[serde(default)]
-    pub seed: Option<crate::reseed::SeedStatus>,
-    /// Where AutoReseed is with it.
-    #[serde(default)]
-    pub autoreseed: Option<WorkflowStatus>,
-    /// CopyQueueLength: mutations the copy lacks (0 in sync; unknown: `None`).
-    #[serde(default)]
-    pub queue_length: Option<u64>,
-    /// The bytes the copy lacks (0 in sync; for a copy being seeded, what is left to copy).
-    #[serde(default)]
-    pub queue_bytes: Option<u64>,
-    /// Free space on the copy's volume (unknown when the volume failed).
-    #[serde(default)]
-    pub volume_free_bytes: Option<u64>,
-    /// The last error about this copy: its failure, a reseed's or an AutoReseed attempt's.
-    #[serde(default)]
-    pub last_error: Option<String>,
-}
-
-/// AutoReseed's state for one copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkflowStatus {
-    /// `Dwell`, `Resume`, `AssignSpare`, `SeedInPlace`, `Stopped`, `Done`.
-    pub step: String,
-    /// Attempts made in this step.
-    pub attempt: u32,
-    /// Attempts allowed in this step.
-    pub of: u32,
-    /// The action running now.
-    pub running: Option<String>,
-    /// When the next thing happens (dwell end, next attempt, reset).
-    #[serde(default, with = "humantime_serde::option")]
-    pub next_at: Option<std::time::SystemTime>,
-    /// The prerequisite that holds the workflow.
-    pub blocked: Option<Blocker>,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-}
-
-/// A prerequisite that fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Blocker {
-    /// Reason code (`ReseedBlocked`, `NoSourceCopy`, ...).
-    pub code: String,
-    /// What it means.
-    pub description: String,
-    /// What clears it.
-    pub remedy: String,
-}
-
-/// One database in `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DbStatus {
-    /// `db001`.
-    pub name: String,
-    /// Its copies.
-    pub copies: Vec<CopyStatus>,
-}
-
-/// One volume in `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeStatus {
-    /// `Volume1`.
-    pub name: String,
-    /// `InUse`, `Spare` or `Failed`.
-    pub state: String,
-    /// Free bytes (unknown for a failed volume).
-    pub free_bytes: Option<u64>,
-    /// Size in bytes (unknown for a failed volume).
-    pub total_bytes: Option<u64>,
-    /// I/O errors seen since the mount.
-    pub io_errors: u64,
-}
-
-/// The answer to `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    /// The pool state's epoch.
-    pub epoch: u64,
-    /// Databases and copies.
-    pub databases: Vec<DbStatus>,
-    /// Volumes.
-    pub volumes: Vec<VolumeStatus>,
-    /// The rebuild throttle: budget, effective budget, each stream's share.
-    #[serde(default)]
-    pub throttle: Option<crate::throttle::ThrottleStatus>,
 }
 
 /// Handles one request.

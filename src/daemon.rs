@@ -47,22 +47,16 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("open the pool of {}", config_path.display()))?;
     // After a crash: the copies are made identical where they may differ, before serving.
     pool.repair_after_crash();
-    let checkpoints = crate::tap::Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
-        .context("start the tap checkpoint thread")?;
+    let checkpoints =
+        crate::pool::Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
+            .context("start the tap checkpoint thread")?;
     if !config.databases_root.is_dir() {
         bail!(
             "databases root {} is not a directory: create it (reseedfs init does)",
             config.databases_root.display()
         );
     }
-    let core = match Core::new(pool.clone(), config.threads * 2) {
-        Ok(core) => Arc::new(core),
-        Err(e) => {
-            pool.close();
-            return Err(e).context("start fan-out threads");
-        }
-    };
-    core.watch_failures();
+    let core = Arc::new(Core::new(pool.clone()));
     let runner = Runner::new(core.clone(), Arc::new(SystemClock));
     let verifier = Arc::new(
         crate::verify::Verifier::new(core.clone()).with_throttle(runner.throttle().clone()),
@@ -78,7 +72,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         let status = {
             let (pool, runner) = (pool.clone(), runner.clone());
             move || {
-                let mut status = pool.status();
+                let mut status = crate::status::of_pool(&pool);
                 runner.annotate(&mut status);
                 crate::status::complete(&mut status, Some(runner.throttle()), Some(&last_errors));
                 status
@@ -109,14 +103,17 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
                 );
                 Response::Throttle(throttle.status())
             }
-            Request::Explain { db, what_if_fail } => crate::explain::live(
+            Request::Explain { db, what_if_fail } => match crate::explain::live(
                 &pool,
                 &runner,
                 &status(),
                 db.as_deref(),
                 what_if_fail.as_deref(),
-            )
-            .unwrap_or_else(Response::Error),
+            ) {
+                Ok(crate::explain::Answer::Explain(e)) => Response::Explain(Box::new(e)),
+                Ok(crate::explain::Answer::WhatIf(w)) => Response::WhatIf(Box::new(w)),
+                Err(e) => Response::Error(e),
+            },
             Request::Reseed { db, from, to } => match runner.manual_reseed(&db, from, to) {
                 Ok(target) => Response::Started { db, target },
                 Err(e) => Response::Error(e),
@@ -203,7 +200,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         let render: crate::metrics::Render = {
             let (pool, runner, metrics) = (pool.clone(), runner.clone(), metrics.clone());
             Arc::new(move || {
-                let mut status = pool.status();
+                let mut status = crate::status::of_pool(&pool);
                 runner.annotate(&mut status);
                 let mirrored: Vec<(String, u64)> = pool
                     .volumes()

@@ -32,14 +32,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoreseed::Timings;
 use crate::autoreseed::policy::{Checks, Reason, first_blocker};
-use crate::control::{CopyStatus, DbStatus, Status, WorkflowStatus};
+use crate::pool::spares::{Candidate, needed_bytes};
 use crate::reseed::Phase;
+use crate::status::{CopyStatus, DbStatus, Status, VolumeState, WorkflowStatus};
 use crate::throttle::{Measured, SINGLE_COPY_WEIGHT, ThrottleConfig, WEIGHT};
-
-/// Bytes a spare needs beyond the database: 10% and 64 MiB (as `Pool::spares`).
-fn needed(bytes: u64) -> u64 {
-    bytes + bytes / 10 + (64 << 20)
-}
 
 /// Where a rate comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,7 +355,12 @@ impl Pool {
                     .filter(|d| d.copies.iter().any(|c| c.volume == v.name))
                     .map(|d| d.name.clone())
                     .collect();
-                (v.name.clone(), v.state == "Failed", v.free_bytes, holding)
+                (
+                    v.name.clone(),
+                    v.state == VolumeState::Failed,
+                    v.free_bytes,
+                    holding,
+                )
             })
             .collect();
         Pool {
@@ -369,38 +370,17 @@ impl Pool {
     }
 
     fn spares(&self, db: &str, bytes: u64) -> (Vec<String>, Vec<(String, String)>) {
-        let need = needed(bytes);
-        let mut ok = Vec::new();
-        let mut rejected = Vec::new();
-        for (name, failed, free, holding) in &self.volumes {
-            let why = if *failed {
-                Some("it is failed".to_owned())
-            } else if holding.iter().any(|h| h == db) {
-                Some(format!("it already holds a copy of {db}"))
-            } else if holding.len() as u32 >= self.copies_per_volume {
-                Some(format!(
-                    "it holds {} database copies and copies_per_volume is {}",
-                    holding.len(),
-                    self.copies_per_volume
-                ))
-            } else {
-                match free {
-                    None => Some("its free space is unknown".to_owned()),
-                    Some(f) if *f < need => {
-                        Some(format!("{} MiB free, {} MiB needed", f >> 20, need >> 20))
-                    }
-                    Some(f) => {
-                        ok.push((*f, name.clone()));
-                        None
-                    }
-                }
-            };
-            if let Some(why) = why {
-                rejected.push((name.clone(), why));
-            }
-        }
-        ok.sort_by_key(|v| std::cmp::Reverse(v.0));
-        (ok.into_iter().map(|(_, n)| n).collect(), rejected)
+        let candidates: Vec<Candidate> = self
+            .volumes
+            .iter()
+            .map(|(name, failed, free, holding)| Candidate {
+                name: name.clone(),
+                failed: *failed,
+                free_bytes: free.ok_or_else(|| "its free space is unknown".to_owned()),
+                holding: holding.clone(),
+            })
+            .collect();
+        crate::pool::spares::choose(&candidates, db, bytes, self.copies_per_volume)
     }
 
     fn best_spare(&self, db: &str, bytes: u64) -> Result<String, String> {
@@ -418,7 +398,7 @@ impl Pool {
     /// A copy of `db` goes to `volume`: less free space, one more copy held.
     fn assign(&mut self, db: &str, volume: &str, bytes: u64) {
         if let Some(v) = self.volumes.iter_mut().find(|v| v.0 == volume) {
-            v.2 = v.2.map(|f| f.saturating_sub(needed(bytes)));
+            v.2 = v.2.map(|f| f.saturating_sub(needed_bytes(bytes)));
             v.3.push(db.to_owned());
         }
     }
@@ -478,7 +458,7 @@ fn explain_copy(i: &Inputs, d: &DbStatus, slot: usize, pool: &Pool) -> CopyExpla
     let mut out = CopyExplanation {
         copy: c.name.clone(),
         volume: c.volume.clone(),
-        status: c.status.clone(),
+        status: c.status.to_string(),
         step: "None".into(),
         next_action: NextAction {
             action: "None".into(),
@@ -1046,6 +1026,15 @@ pub fn what_if_fail(i: &Inputs, volume: &str) -> Result<WhatIf, String> {
     Ok(out)
 }
 
+/// What [`live`] answers.
+#[derive(Debug)]
+pub enum Answer {
+    /// Why the copies are not healthy.
+    Explain(Explanation),
+    /// What the loss of a volume would do.
+    WhatIf(WhatIf),
+}
+
 /// Explain on the live pool: the status (completed as `status` shows it), the sizes of
 /// the databases, the config's timings and the throttle's measurements.
 pub fn live(
@@ -1054,7 +1043,7 @@ pub fn live(
     status: &Status,
     db: Option<&str>,
     what_if: Option<&str>,
-) -> Result<crate::control::Response, String> {
+) -> Result<Answer, String> {
     let db_bytes: BTreeMap<String, u64> = pool
         .databases()
         .iter()
@@ -1074,7 +1063,7 @@ pub fn live(
         ),
     };
     match what_if {
-        Some(v) => what_if_fail(&inputs, v).map(|w| crate::control::Response::WhatIf(Box::new(w))),
-        None => explain(&inputs, db).map(|e| crate::control::Response::Explain(Box::new(e))),
+        Some(v) => what_if_fail(&inputs, v).map(Answer::WhatIf),
+        None => explain(&inputs, db).map(Answer::Explain),
     }
 }

@@ -7,21 +7,26 @@
 //! cli/            one module per subcommand (init, mount, status, events, unmount, demo)
 //! daemon          mount orchestration: config -> pool -> core -> control socket -> adapter
 //! sys (platform/) OS adapters only: FUSE (fuser) on Linux, the ext4 shutdown ioctl
-//! fs/             platform-neutral filesystem core: NodeId/HandleId tables and the ops
-//! copyset/        one database's copies: write fan-out, read failover, copy states
-//! volume          one backing volume: safe relative paths (openat2 RESOLVE_BENEATH)
-//! pool/           volumes, placement map, persisted pool state, `init`
+//! fs/             platform-neutral filesystem core: translates requests, NodeId/HandleId
+//!                 tables
+//! pool/           volumes, placement map, persisted pool state (the copy set's Store),
+//!                 spares, `init`
+//! copyset/        one database's copies: owns copy states; every mutation in one call
+//!                 (locks, tap, seed routing, fan-out, outcome rules); read failover;
+//!                 crash repair
 //! tap/            the log tap: mutation numbers, dirty maps of lagging copies, activity
-//!                 log, generations, tree reconciliation and crash repair
+//!                 log, generations, tree reconciliation
+//! volume/         one backing volume behind one interface: the Unix backend (openat2
+//!                 RESOLVE_BENEATH + *at), a fault-injecting wrapper for tests
 //! reseed/         online block copy of a database onto a new copy (and incremental
 //!                 resync of a copy that missed writes), and its engines
 //! verify          online comparison of a database's in-sync copies, and repair
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! throttle        the host's rebuild scheduler: shared budget, fair shares, latency backoff
 //! explain         why each copy is not healthy and what happens next; what if a volume dies
-//! status          what `status` adds to the pool's view (free space, last error, queue)
+//! status          what `status` shows and its JSON types: the pool's view, completed
 //! events          numbered event records (ids in one table), persisted as JSON lines
-//! control         control socket: status, events, unmount
+//! control         control socket: requests and responses
 //! metrics         Prometheus `/metrics` (request latency, copies, volumes, reseeds)
 //! mountpoint      what is mounted at the databases root; dead mounts of a crashed daemon
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks

@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::control::Status;
 use crate::events::{EventSink, NewEvent};
 use crate::reseed::Phase;
+use crate::status::Status;
 
 /// Upper bounds of the latency buckets, in seconds (`le`), from 50 µs to 5 s.
 pub const BUCKET_BOUNDS_S: [f64; 16] = [
@@ -400,7 +400,7 @@ fn render_copies(out: &mut Exposition, status: &Status) {
             .chain((!known).then_some(c.status.as_str()));
         for state in states {
             let labels = [("database", *db), ("volume", &c.volume), ("state", state)];
-            out.sample(name, &labels, u8::from(state == c.status));
+            out.sample(name, &labels, u8::from(c.status == state));
         }
     }
     let name = "reseedfs_copy_active";
@@ -437,7 +437,7 @@ fn render_volumes(out: &mut Exposition, status: &Status, mirrored: &[(String, u6
     for v in &status.volumes {
         for state in VOLUME_STATES {
             let labels = [("volume", v.name.as_str()), ("state", state)];
-            out.sample(name, &labels, u8::from(state == v.state));
+            out.sample(name, &labels, u8::from(v.state == state));
         }
     }
     let name = "reseedfs_volume_io_errors_total";
@@ -462,7 +462,7 @@ fn render_volumes(out: &mut Exposition, status: &Status, mirrored: &[(String, u6
         (
             "reseedfs_volume_free_bytes",
             "Bytes available on the volume (absent while it is failed).",
-            (|v| v.free_bytes) as fn(&crate::control::VolumeStatus) -> Option<u64>,
+            (|v| v.free_bytes) as fn(&crate::status::VolumeStatus) -> Option<u64>,
         ),
         (
             "reseedfs_volume_size_bytes",
@@ -629,14 +629,14 @@ fn read_head(stream: &mut TcpStream) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{CopyStatus, DbStatus, VolumeStatus};
     use crate::events::EventId;
+    use crate::status::{CopyStatus, DbStatus, VolumeStatus};
 
     fn status() -> Status {
         let copy = |volume: &str, status: &str, active| CopyStatus {
             name: format!("db001\\{volume}"),
             volume: volume.to_owned(),
-            status: status.to_owned(),
+            status: status.parse().expect("a status word"),
             active,
             reseed_blocked: false,
             resume_blocked: false,
@@ -650,7 +650,7 @@ mod tests {
         };
         let volume = |name: &str, state: &str, io_errors| VolumeStatus {
             name: name.to_owned(),
-            state: state.to_owned(),
+            state: state.parse().expect("a volume state"),
             free_bytes: (state != "Failed").then_some(1 << 20),
             total_bytes: (state != "Failed").then_some(2 << 20),
             io_errors,

@@ -1,6 +1,8 @@
-//! What `reseedfs status` adds to the pool's own view ([`crate::pool::Pool::status`],
-//! annotated by the AutoReseed runner): per copy, the free space of its volume, its
-//! CopyQueueLength and its last error; and the rebuild throttle.
+//! What `reseedfs status` shows, and the types of its answer (`status --json` is an API:
+//! fields are only ever added): the pool's view ([`of_pool`]: every copy's state, as the
+//! copy set owns it, and the volumes), annotated by the AutoReseed runner, then completed
+//! here ([`complete`]): per copy the free space of its volume, its CopyQueueLength and
+//! its last error; and the rebuild throttle.
 //!
 //! The last error of a copy comes from the events about it: [`LastErrors`] sits in front
 //! of the event log and remembers, per copy, the last event that reported a problem
@@ -11,11 +13,239 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
-use crate::control::Status;
+pub use crate::copyset::StatusWord;
 use crate::events::{EventId, EventSink, NewEvent};
+use crate::pool::Pool;
 use crate::reseed::Phase;
 use crate::throttle::Throttle;
+
+/// One copy in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    /// `db001\Volume1`, as Exchange names copies.
+    pub name: String,
+    /// `Volume1`.
+    pub volume: String,
+    /// `Mounted`, `Healthy`, `Seeding`, `FailedAndSuspended`.
+    pub status: StatusWord,
+    /// Whether it serves reads.
+    pub active: bool,
+    /// ReseedBlocked.
+    #[serde(default)]
+    pub reseed_blocked: bool,
+    /// ResumeBlocked.
+    #[serde(default)]
+    pub resume_blocked: bool,
+    /// When it became FailedAndSuspended.
+    #[serde(default, with = "humantime_serde::option")]
+    pub failed_at: Option<std::time::SystemTime>,
+    /// The reseed running for it (or the last one, when it failed).
+    #[serde(default)]
+    pub seed: Option<crate::reseed::SeedStatus>,
+    /// Where AutoReseed is with it.
+    #[serde(default)]
+    pub autoreseed: Option<WorkflowStatus>,
+    /// CopyQueueLength: mutations the copy lacks (0 in sync; unknown: `None`).
+    #[serde(default)]
+    pub queue_length: Option<u64>,
+    /// The bytes the copy lacks (0 in sync; for a copy being seeded, what is left to copy).
+    #[serde(default)]
+    pub queue_bytes: Option<u64>,
+    /// Free space on the copy's volume (unknown when the volume failed).
+    #[serde(default)]
+    pub volume_free_bytes: Option<u64>,
+    /// The last error about this copy: its failure, a reseed's or an AutoReseed attempt's.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// AutoReseed's state for one copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowStatus {
+    /// `Dwell`, `Resume`, `AssignSpare`, `SeedInPlace`, `Stopped`, `Done`.
+    pub step: String,
+    /// Attempts made in this step.
+    pub attempt: u32,
+    /// Attempts allowed in this step.
+    pub of: u32,
+    /// The action running now.
+    pub running: Option<String>,
+    /// When the next thing happens (dwell end, next attempt, reset).
+    #[serde(default, with = "humantime_serde::option")]
+    pub next_at: Option<std::time::SystemTime>,
+    /// The prerequisite that holds the workflow.
+    pub blocked: Option<Blocker>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// A prerequisite that fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocker {
+    /// Reason code (`ReseedBlocked`, `NoSourceCopy`, ...).
+    pub code: String,
+    /// What it means.
+    pub description: String,
+    /// What clears it.
+    pub remedy: String,
+}
+
+/// One database in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbStatus {
+    /// `db001`.
+    pub name: String,
+    /// Its copies.
+    pub copies: Vec<CopyStatus>,
+}
+
+/// One volume in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// `Volume1`.
+    pub name: String,
+    /// `InUse`, `Spare` or `Failed`.
+    pub state: VolumeState,
+    /// Free bytes (unknown for a failed volume).
+    pub free_bytes: Option<u64>,
+    /// Size in bytes (unknown for a failed volume).
+    pub total_bytes: Option<u64>,
+    /// I/O errors seen since the mount.
+    pub io_errors: u64,
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The pool state's epoch.
+    pub epoch: u64,
+    /// Databases and copies.
+    pub databases: Vec<DbStatus>,
+    /// Volumes.
+    pub volumes: Vec<VolumeStatus>,
+    /// The rebuild throttle: budget, effective budget, each stream's share.
+    #[serde(default)]
+    pub throttle: Option<crate::throttle::ThrottleStatus>,
+}
+
+/// A volume's state in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VolumeState {
+    /// Holds a copy of a database.
+    InUse,
+    /// Holds no copy: a spare.
+    Spare,
+    /// Failed (or could not be opened).
+    Failed,
+}
+
+impl VolumeState {
+    /// The word itself.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::InUse => "InUse",
+            VolumeState::Spare => "Spare",
+            VolumeState::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for VolumeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VolumeState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<VolumeState, String> {
+        [VolumeState::InUse, VolumeState::Spare, VolumeState::Failed]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a volume state"))
+    }
+}
+
+impl PartialEq<&str> for VolumeState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// The pool's own view for `status`: every copy as the copy set has it, with what the
+/// pool state records about it (blocks, when it failed) and what the log tap counts for
+/// it (CopyQueueLength), and every volume with its space and error count.
+pub fn of_pool(pool: &Pool) -> Status {
+    let state = pool.state();
+    let databases = pool
+        .databases()
+        .iter()
+        .map(|d| DbStatus {
+            name: d.name.clone(),
+            copies: d
+                .copies()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let rec = state.database(&d.name).and_then(|r| r.copies.get(i));
+                    let queue = d.tap().queue(i);
+                    CopyStatus {
+                        name: format!("{}\\{}", d.name, c.volume_name()),
+                        volume: c.volume_name(),
+                        status: d.status_word(i),
+                        active: d.active_index() == Some(i),
+                        reseed_blocked: rec.is_some_and(|r| r.reseed_blocked),
+                        resume_blocked: rec.is_some_and(|r| r.resume_blocked),
+                        failed_at: rec.and_then(|r| r.failed_at),
+                        seed: None,
+                        autoreseed: None,
+                        queue_length: queue.map(|q| q.0),
+                        queue_bytes: queue.map(|q| q.1),
+                        volume_free_bytes: None,
+                        last_error: None,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let volumes = pool
+        .volumes()
+        .iter()
+        .map(|v| {
+            let volume = v.volume();
+            let failed = state.failed_volumes.contains(&v.name) || volume.is_none();
+            let (free_bytes, total_bytes) = volume
+                .as_ref()
+                .filter(|_| !failed)
+                .and_then(|vol| vol.statvfs().ok())
+                .map_or((None, None), |s| {
+                    (Some(s.f_bavail * s.f_frsize), Some(s.f_blocks * s.f_frsize))
+                });
+            VolumeStatus {
+                name: v.name.clone(),
+                state: if failed {
+                    VolumeState::Failed
+                } else if state.holding(&v.name).next().is_some() {
+                    VolumeState::InUse
+                } else {
+                    VolumeState::Spare
+                },
+                free_bytes,
+                total_bytes,
+                io_errors: v.io_errors(),
+            }
+        })
+        .collect();
+    Status {
+        epoch: state.epoch,
+        databases,
+        volumes,
+        throttle: None,
+    }
+}
 
 /// An event sink that remembers the last error reported about each copy, and passes every
 /// event on.
@@ -85,7 +315,7 @@ pub fn complete(status: &mut Status, throttle: Option<&Throttle>, errors: Option
     for d in &mut status.databases {
         for c in &mut d.copies {
             c.volume_free_bytes = free.get(&c.volume).copied().flatten();
-            let in_sync = matches!(c.status.as_str(), "Mounted" | "Healthy");
+            let in_sync = c.status.in_sync();
             if in_sync {
                 c.queue_length.get_or_insert(0);
                 c.queue_bytes.get_or_insert(0);
@@ -112,15 +342,15 @@ pub fn complete(status: &mut Status, throttle: Option<&Throttle>, errors: Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{CopyStatus, DbStatus, VolumeStatus};
     use crate::events::VecSink;
     use crate::reseed::SeedStatus;
+    use crate::status::{CopyStatus, DbStatus, VolumeStatus};
 
     fn copy(volume: &str, status: &str) -> CopyStatus {
         CopyStatus {
             name: format!("db001\\{volume}"),
             volume: volume.into(),
-            status: status.into(),
+            status: status.parse().expect("a status word"),
             active: status == "Mounted",
             reseed_blocked: false,
             resume_blocked: false,
@@ -175,14 +405,14 @@ mod tests {
             volumes: vec![
                 VolumeStatus {
                     name: "Volume1".into(),
-                    state: "Failed".into(),
+                    state: VolumeState::Failed,
                     free_bytes: None,
                     total_bytes: None,
                     io_errors: 1,
                 },
                 VolumeStatus {
                     name: "Volume2".into(),
-                    state: "InUse".into(),
+                    state: VolumeState::InUse,
                     free_bytes: Some(5 << 30),
                     total_bytes: Some(10 << 30),
                     io_errors: 0,

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
+use crate::copyset::CopyState;
 use crate::copyset::Database;
-use crate::pool::CopyState;
 use crate::volume::{RebuildMark, Volume};
 
 /// Weight of a stream rebuilding a database that runs on a single copy.

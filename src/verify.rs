@@ -41,12 +41,13 @@ use parking_lot::Mutex;
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 use serde::{Deserialize, Serialize};
 
-use crate::copyset::{Database, read_full};
+use crate::copyset::CopyState;
+use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
-use crate::pool::CopyState;
-use crate::volume::{Volume, child_path, is_media_error};
+use crate::volume::read_full;
+use crate::volume::{VolFile, Volume, child_path, is_media_error};
 
 /// Bytes compared per step, under the chunk's stripe locks.
 pub const CHUNK: usize = 4 << 20;
@@ -1262,9 +1263,9 @@ struct OpenGroup {
     ino: (u64, u64),
     /// The nodes of its names (one, unless hard links were found on disk).
     nodes: Vec<Arc<Node>>,
-    active: File,
+    active: VolFile,
     /// Per peer; `None` where it is missing or the peer left.
-    others: Vec<Option<File>>,
+    others: Vec<Option<VolFile>>,
 }
 
 /// What one chunk showed.

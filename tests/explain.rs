@@ -17,11 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reseedfs::autoreseed::Timings;
 use reseedfs::config::Config;
-use reseedfs::control::{CopyStatus, DbStatus, Status, VolumeStatus, WorkflowStatus};
 use reseedfs::events::VecSink;
 use reseedfs::explain::{self, Inputs, Rate};
 use reseedfs::pool::{self, Pool};
 use reseedfs::reseed::{Phase, SeedStatus};
+use reseedfs::status::{CopyStatus, DbStatus, Status, VolumeStatus, WorkflowStatus};
 use reseedfs::testbed::Testbed;
 use reseedfs::throttle::{Measured, Measurement, ThrottleConfig};
 
@@ -36,7 +36,7 @@ fn copy(db: &str, volume: &str, status: &str) -> CopyStatus {
     CopyStatus {
         name: format!("{db}\\{volume}"),
         volume: volume.into(),
-        status: status.into(),
+        status: status.parse().expect("a status word"),
         active: status == "Mounted",
         reseed_blocked: false,
         resume_blocked: false,
@@ -71,7 +71,7 @@ fn db(name: &str, copies: Vec<CopyStatus>) -> DbStatus {
 fn volume(name: &str, state: &str, free_gib: Option<u64>) -> VolumeStatus {
     VolumeStatus {
         name: name.into(),
-        state: state.into(),
+        state: state.parse().expect("a volume state"),
         free_bytes: free_gib.map(|g| g * GIB),
         total_bytes: free_gib.map(|_| 1000 * GIB),
         io_errors: u64::from(state == "Failed"),
@@ -472,7 +472,7 @@ fn spare_rules_are_the_pools() {
     config.copies = 1;
     pool::init(&config, &bed.config_path).expect("init");
     let pool = Pool::open(&config, Arc::new(VecSink::default())).expect("open");
-    let s = pool.status();
+    let s = reseedfs::status::of_pool(&pool);
     let digits = |t: &str| {
         t.chars()
             .filter(|c| !c.is_ascii_digit())

@@ -357,7 +357,7 @@ fn the_strict_reader_refuses_what_prometheus_refuses() {
 fn the_rendered_exposition_reads_back_without_a_mount() {
     let m = reseedfs::metrics::Metrics::new();
     m.observe(reseedfs::metrics::Op::Read, Duration::from_micros(70));
-    let status: reseedfs::control::Status = serde_json::from_value(serde_json::json!({
+    let status: reseedfs::status::Status = serde_json::from_value(serde_json::json!({
         "epoch": 3,
         "databases": [{"name": "db\"1", "copies": [
             {"name": "x", "volume": "Volume1", "status": "Mounted", "active": true}

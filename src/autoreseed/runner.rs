@@ -19,14 +19,14 @@ use parking_lot::Mutex;
 use super::policy::{Action, Checks, Notice, Reason, Workflow, first_blocker};
 use super::{Clock, Timings};
 use crate::config::OnDivergence;
-use crate::control::{Blocker, Status, WorkflowStatus};
+use crate::copyset::CopyState;
 use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout;
-use crate::pool::CopyState;
 use crate::reseed::resync::ResyncError;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
+use crate::status::{Blocker, Status, WorkflowStatus};
 use crate::tap::IncrementalError;
 use crate::throttle::Throttle;
 

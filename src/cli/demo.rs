@@ -36,10 +36,11 @@ use parking_lot::Mutex;
 
 use super::{Exit, render_event, render_status};
 use crate::config::Config;
-use crate::control::{self, Request, Response, Status};
+use crate::control::{self, Request, Response};
 use crate::events::{Event, EventLog};
 use crate::fs::{Caller, Core, Errno, HandleId, NodeId};
 use crate::pool::Pool;
+use crate::status::Status;
 use crate::testbed::{self, Testbed};
 
 /// Arguments of `demo`.
@@ -402,7 +403,7 @@ fn in_process_story(
     );
     let pool = Pool::open(&config, log)
         .with_context(|| format!("open the pool under {}", config.volumes_root.display()))?;
-    let core = Arc::new(Core::new(pool.clone(), 4).context("start the core's fan-out threads")?);
+    let core = Arc::new(Core::new(pool.clone()));
     let target = CoreTarget::new(core.clone())?;
     println!(
         "  {DB} is served from {}; the files are created in {}",
@@ -420,8 +421,15 @@ fn in_process_story(
         .and_then(|v| v.volume())
         .with_context(|| format!("find the open volume {active} in the pool"))?;
     let kill = || {
-        victim.inject_fault(libc::EIO);
-        Ok(())
+        #[cfg(any(test, feature = "failpoints"))]
+        {
+            victim.inject_fault(libc::EIO);
+            Ok(())
+        }
+        #[cfg(not(any(test, feature = "failpoints")))]
+        anyhow::bail!(
+            "the simulated disk death needs the fault-injecting volume layer: run the demo as root, or build with `--features failpoints`"
+        )
     };
     let plan = Plan {
         threads: args.threads,
@@ -442,7 +450,7 @@ fn in_process_story(
     check(interrupted)?;
 
     step(6, "status and events of the pool");
-    show_status(&pool.status(), active);
+    show_status(&crate::status::of_pool(&pool), active);
     println!();
     let events = crate::events::read_events(&events_path)
         .with_context(|| format!("read the event log {}", events_path.display()))?;
@@ -533,10 +541,14 @@ fn show_status(s: &Status, dead: &str) {
     let dead_copy = db.copies.iter().find(|c| c.volume == dead);
     let active = db.copies.iter().find(|c| c.active);
     match (dead_copy, active) {
-        (Some(d), Some(a)) if d.status.contains("Failed") && a.volume != dead => println!(
-            "  notice: {} is {} and {} is the active copy now ({}); the writers never knew",
-            d.name, d.status, a.name, a.status
-        ),
+        (Some(d), Some(a))
+            if d.status == crate::copyset::StatusWord::FailedAndSuspended && a.volume != dead =>
+        {
+            println!(
+                "  notice: {} is {} and {} is the active copy now ({}); the writers never knew",
+                d.name, d.status, a.name, a.status
+            )
+        }
         _ => println!(
             "  WARNING: the status should show the copy on {dead} failed and another copy active"
         ),

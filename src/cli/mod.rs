@@ -21,8 +21,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::control::{self, Request, Response, Status};
+use crate::control::{self, Request, Response};
 use crate::events::Event;
+use crate::status::Status;
 
 /// reseedfs: keeps a database running when a disk dies.
 ///
@@ -303,7 +304,7 @@ fn when(t: std::time::SystemTime) -> String {
 }
 
 /// CopyQueueLength as `status` prints it: mutations and bytes the copy lacks.
-fn queue_text(c: &crate::control::CopyStatus) -> String {
+fn queue_text(c: &crate::status::CopyStatus) -> String {
     match (c.queue_length, c.queue_bytes) {
         (Some(n), Some(b)) => format!("{n} mutations ({})", fmt_bytes(Some(b))),
         (Some(n), None) => format!("{n} mutations"),

@@ -7,8 +7,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
-use crate::control::{Request, Response, Status};
+use crate::control::{Request, Response};
 use crate::reseed::{Phase, SeedStatus};
+use crate::status::Status;
 
 /// Arguments of `reseed`.
 #[derive(Debug, clap::Args)]

@@ -1,6 +1,13 @@
-//! One database's copies: routing of reads to the active copy with failover, fan-out of
-//! mutations to every in-sync copy (large data writes and fsyncs in parallel), and the rule
-//! that turns a copy's error into a failed volume instead of an error for the caller.
+//! One database's copies: the owner of every copy's state, the one place a mutation is
+//! performed (ordering locks, log tap record, routing to a copy being seeded, fan-out to
+//! the copies, outcome rules, writeback hint), and read routing with failover.
+//!
+//! - `copy`: a copy's placement and state, and the Exchange status word.
+//! - `ops`: the mutations, one call each, as the filesystem core asks for them.
+//! - `route`: how an operation reaches the copies, and the outcome rules below.
+//! - `files`: the backing files of open handles, closed at once when a volume dies.
+//! - `io`: per-file locks and marks. `seed`: writes to a copy being seeded.
+//! - [`repair`]: crash repair, where the activity log says the copies may differ.
 //!
 //! Outcome rules, applied to every mutation:
 //! - a media error (EIO, ENXIO, ENODEV, ESHUTDOWN, EROFS, EUCLEAN) fails the volume and
@@ -10,212 +17,60 @@
 //! - an error every copy agrees on (ENOENT, EEXIST, EACCES, ENOSPC everywhere, ...)
 //!   belongs to the caller and is returned as it is, failing nothing;
 //! - only when no copy is in sync does the caller see `EIO`.
+//!
+//! The path of a failure, top to bottom: a copy's error reaches [`Database::on_error`],
+//! which decides between the caller and the copy; a failed copy is reported to the
+//! [`Store`] (the pool), which runs the transitions of this module on every database with
+//! a copy on that volume (`Database::fail_copies_on`), persists the new state on the
+//! volumes that answer and the witness, and returns; the copies then let go of every file
+//! on the dead volume ([`Database::release_stale_files`]), and the request completes on the
+//! copies left. Nothing here calls up into the filesystem core.
 
-mod fanout;
+mod copy;
+mod files;
+mod io;
+mod ops;
+pub mod repair;
+mod route;
 mod seed;
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::{
     Mutex, MutexGuard, RecursiveRwLock, RecursiveRwLockReadGuard, RecursiveRwLockWriteGuard,
 };
 
-pub use fanout::{Fanout, MAX_COPIES};
+pub use crate::volume::DIRECT_ALIGN;
+pub use copy::{Copy, CopyState, Placement, StatusWord};
+pub use files::{BackingFile, OpenFiles};
+pub use io::{FileIo, FileRef, RangeGuard, WriteRun};
 pub use seed::SeedFile;
 
-use crate::pool::{CopyState, Pool};
-use crate::tap::Tap;
-use crate::volume::{Volume, is_media_error};
+use crate::tap::{Replicas, Tap};
+use crate::volume::Volume;
 
 const NO_ACTIVE: usize = usize::MAX;
 
-/// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
-const DIRECT_READ_MAX: usize = 64 << 10;
+/// The most copies one database can have.
+pub const MAX_COPIES: usize = 8;
 
-/// The alignment of offset, length and buffer an `O_DIRECT` backing read needs here (a
-/// page: enough for every logical block size up to 4 KiB).
-pub const DIRECT_ALIGN: usize = 4096;
-
-/// Data writes from this size up go to the copies in parallel (fan-out threads); smaller
-/// ones are written to each copy in turn on the request thread. `fsync`s always go out in
-/// parallel: they wait for the disks.
-const PARALLEL_WRITE: usize = 128 << 10;
-
-const IN_SYNC: u8 = 0;
-const FAILED: u8 = 1;
-const SEEDING: u8 = 2;
-
-static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// Where a copy lives. Replaced as a whole when the copy moves to a spare or its
-/// volume is opened again; `generation` tells files opened on an earlier placement
-/// from current ones.
-#[derive(Debug)]
-pub struct Placement {
-    /// `Volume1`.
-    pub volume_name: String,
-    /// The volume; `None` when it could not be opened.
-    pub volume: Option<Arc<Volume>>,
-    /// Unique per placement.
-    pub generation: u64,
-}
-
-/// One copy of a database.
-#[derive(Debug)]
-pub struct Copy {
-    placement: ArcSwap<Placement>,
-    state: AtomicU8,
-}
-
-fn state_to_u8(s: CopyState) -> u8 {
-    match s {
-        CopyState::InSync => IN_SYNC,
-        CopyState::FailedAndSuspended => FAILED,
-        CopyState::Seeding => SEEDING,
-    }
-}
-
-impl Copy {
-    /// A copy on `volume_name`; `volume` is `None` when the volume could not be opened.
-    pub fn new(volume_name: String, volume: Option<Arc<Volume>>, state: CopyState) -> Copy {
-        let state = if volume.is_none() {
-            CopyState::FailedAndSuspended
-        } else {
-            state
-        };
-        Copy {
-            placement: ArcSwap::from_pointee(Placement {
-                volume_name,
-                volume,
-                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            }),
-            state: AtomicU8::new(state_to_u8(state)),
-        }
-    }
-
-    /// Where the copy lives now.
-    pub fn placement(&self) -> Arc<Placement> {
-        self.placement.load_full()
-    }
-
-    /// `Volume1`.
-    pub fn volume_name(&self) -> String {
-        self.placement.load().volume_name.clone()
-    }
-
-    /// The volume, when the copy is in sync.
-    pub fn in_sync_volume(&self) -> Option<Arc<Volume>> {
-        if self.state.load(Ordering::Acquire) == IN_SYNC {
-            self.placement.load().volume.clone()
-        } else {
-            None
-        }
-    }
-
-    /// The placement, when the copy takes mutations: in sync or being seeded.
-    fn writable(&self) -> Option<arc_swap::Guard<Arc<Placement>>> {
-        match self.state.load(Ordering::Acquire) {
-            IN_SYNC | SEEDING => Some(self.placement.load()).filter(|p| p.volume.is_some()),
-            _ => None,
-        }
-    }
-
-    /// The copy's state.
-    pub fn state(&self) -> CopyState {
-        match self.state.load(Ordering::Acquire) {
-            IN_SYNC => CopyState::InSync,
-            SEEDING => CopyState::Seeding,
-            _ => CopyState::FailedAndSuspended,
-        }
-    }
-
-    fn is(&self, state: u8) -> bool {
-        self.state.load(Ordering::Acquire) == state
-    }
-
-    fn fail(&self) -> bool {
-        self.state.swap(FAILED, Ordering::AcqRel) != FAILED
-    }
-}
-
-/// One copy a fan-out writes to: its index, volume and the handle's file there.
-type Target = (usize, Arc<Volume>, Arc<BackingFile>);
-
-/// A backing file opened on one copy, tagged with the placement it was opened on.
-#[derive(Debug)]
-pub struct BackingFile {
-    /// The placement's generation.
-    pub generation: u64,
-    /// The open file (through the page cache).
-    pub file: File,
-    /// The same file opened again with `O_DIRECT`, for the small reads of a caller that
-    /// opened it so; opened at the first such read (`None`: not possible here).
-    direct: std::sync::OnceLock<Option<File>>,
-}
-
-impl BackingFile {
-    /// The file opened with `O_DIRECT`, when the system allows it.
-    fn direct(&self) -> Option<&File> {
-        self.direct
-            .get_or_init(|| crate::volume::reopen_direct(&self.file).ok())
-            .as_ref()
-    }
-}
-
-/// The backing files of one open handle, by copy index. A slot is refreshed when its
-/// copy gets a new placement (a reseed opens the file on the new copy for every open
-/// handle), so a file held open across a remap keeps working.
-#[derive(Debug)]
-pub struct OpenFiles {
-    slots: Box<[ArcSwapOption<BackingFile>]>,
-}
-
-impl OpenFiles {
-    /// No file open on any of `n` copies.
-    pub fn new(n: usize) -> OpenFiles {
-        OpenFiles {
-            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
-        }
-    }
-
-    /// Records `file`, opened on copy `i` at placement `generation`.
-    pub fn set(&self, i: usize, generation: u64, file: File) {
-        if let Some(slot) = self.slots.get(i) {
-            slot.store(Some(Arc::new(BackingFile {
-                generation,
-                file,
-                direct: std::sync::OnceLock::new(),
-            })));
-        }
-    }
-
-    /// Closes the files opened on an earlier placement of their copy.
-    pub fn release_stale(&self, copies: &[Copy]) {
-        for (slot, copy) in self.slots.iter().zip(copies) {
-            let stale = slot
-                .load()
-                .as_ref()
-                .is_some_and(|f| f.generation != copy.placement.load().generation);
-            if stale {
-                slot.store(None);
-            }
-        }
-    }
-
-    /// The file of copy `i`, if it was opened on the copy's current placement.
-    pub fn get(&self, i: usize, copy: &Copy) -> Option<Arc<BackingFile>> {
-        let f = self.slots.get(i)?.load_full()?;
-        (f.generation == copy.placement.load().generation).then_some(f)
-    }
+/// What must outlive the process when a copy leaves the in-sync set: implemented by the
+/// pool ([`crate::pool::Pool`]), which persists the pool state on every volume that
+/// answers and the witness. Each call returns once the change is durable, so that a
+/// mutation which skipped the copy may then be acknowledged.
+pub trait Store: Send + Sync {
+    /// Volume `volume` failed during `op` with `err`: every copy on it, in every
+    /// database, leaves the in-sync set (`Database::fail_copies_on`).
+    fn volume_failed(&self, volume: &Volume, op: &str, err: &std::io::Error);
+    /// Copy `slot` of `db` answered `op` with `err` while another copy took it: it
+    /// leaves the in-sync set alone (`Database::fail_copy`).
+    fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &std::io::Error);
+    /// Returns once every failure already visible in copy states is persisted.
+    fn barrier(&self);
 }
 
 /// A database and its copies.
-#[derive(Debug)]
 pub struct Database {
     /// `db001`.
     pub name: String,
@@ -223,7 +78,7 @@ pub struct Database {
     pub index: usize,
     copies: Vec<Copy>,
     active: AtomicUsize,
-    pool: Weak<Pool>,
+    store: Weak<dyn Store>,
     /// Held shared by every namespace mutation and handle open, exclusively by a reseed
     /// while it lays out the new copy.
     namespace: RecursiveRwLock<()>,
@@ -231,21 +86,35 @@ pub struct Database {
     seeding: Mutex<()>,
     /// Numbers mutations and records what lagging copies miss.
     tap: Tap,
+    /// The open handles' files, for closing those on a dead volume.
+    open_files: files::Registry,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.name)
+            .field("copies", &self.copies)
+            .field("active", &self.active_index())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Database {
-    /// A database over `copies`; the first in-sync copy becomes active.
-    pub fn new(name: String, index: usize, copies: Vec<Copy>, pool: Weak<Pool>) -> Database {
+    /// A database over `copies`; the first in-sync copy becomes active. Failures go to
+    /// `store`.
+    pub fn new(name: String, index: usize, copies: Vec<Copy>, store: Weak<dyn Store>) -> Database {
         let active = copies
             .iter()
-            .position(|c| c.is(IN_SYNC))
+            .position(|c| c.is(CopyState::InSync))
             .unwrap_or(NO_ACTIVE);
         Database {
             active: AtomicUsize::new(active),
-            pool,
+            store,
             namespace: RecursiveRwLock::new(()),
             seeding: Mutex::new(()),
             tap: Tap::new(&name, copies.len()),
+            open_files: files::Registry::default(),
             name,
             index,
             copies,
@@ -257,28 +126,17 @@ impl Database {
         &self.tap
     }
 
+    /// The copies, in placement order.
+    pub fn copies(&self) -> &[Copy] {
+        &self.copies
+    }
+
     /// The volumes of the in-sync copies.
     pub fn in_sync_volumes(&self) -> Vec<Arc<Volume>> {
         self.copies
             .iter()
             .filter_map(Copy::in_sync_volume)
             .collect()
-    }
-
-    /// A tap checkpoint: the activity log starts a new epoch once the in-sync copies are
-    /// synced, and the lagging copies' dirty maps are persisted (all of them when
-    /// `clean`: the last checkpoint of a clean stop, which marks the log clean).
-    pub fn checkpoint(&self, clean: bool) {
-        let persist = || self.tap.persist(&self.in_sync_volumes(), clean);
-        match &self.tap.activity {
-            Some(al) => al.checkpoint(self, persist, clean),
-            None => persist(),
-        }
-    }
-
-    /// The copies, in placement order.
-    pub fn copies(&self) -> &[Copy] {
-        &self.copies
     }
 
     /// Index of the active copy, if any copy is in sync.
@@ -296,22 +154,28 @@ impl Database {
 
     /// Index of the copy being seeded, if any.
     pub fn seeding_index(&self) -> Option<usize> {
-        self.copies.iter().position(|c| c.is(SEEDING))
+        self.copies.iter().position(|c| c.is(CopyState::Seeding))
     }
 
     /// The Exchange status word of copy `i`.
-    pub fn status_word(&self, i: usize) -> &'static str {
-        match (self.copies[i].state(), self.active_index() == Some(i)) {
-            (CopyState::InSync, true) => "Mounted",
-            (CopyState::InSync, false) => "Healthy",
-            (CopyState::Seeding, _) => "Seeding",
-            (CopyState::FailedAndSuspended, _) => "FailedAndSuspended",
-        }
+    pub fn status_word(&self, i: usize) -> StatusWord {
+        StatusWord::of(self.copies[i].state(), self.active_index() == Some(i))
     }
 
     /// True when a copy is not in sync.
     pub fn degraded(&self) -> bool {
-        self.copies.iter().any(|c| !c.is(IN_SYNC))
+        self.copies.iter().any(|c| !c.is(CopyState::InSync))
+    }
+
+    /// A tap checkpoint: the activity log starts a new epoch once the in-sync copies are
+    /// synced, and the lagging copies' dirty maps are persisted (all of them when
+    /// `clean`: the last checkpoint of a clean stop, which marks the log clean).
+    pub fn checkpoint(&self, clean: bool) {
+        let persist = || self.tap.persist(&self.in_sync_volumes(), clean);
+        match &self.tap.activity {
+            Some(al) => al.checkpoint(self, persist, clean),
+            None => persist(),
+        }
     }
 
     /// Shared hold on the namespace: no reseed lays out a new copy meanwhile. Taken
@@ -331,53 +195,45 @@ impl Database {
         self.seeding.try_lock()
     }
 
-    /// Moves copy `i` to a new placement in state Seeding; returns its generation.
-    /// Called by the pool with its state lock and the namespace held exclusively.
+    // ---- Transitions. The pool calls them with its state lock held and persists what
+    // they return; nothing else changes a copy's state.
+
+    /// Moves copy `i` to a new placement in state Seeding; returns its generation. The
+    /// caller holds the namespace exclusively.
     pub(crate) fn start_seeding(&self, i: usize, volume_name: String, volume: Arc<Volume>) -> u64 {
-        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let copy = &self.copies[i];
-        copy.state.store(FAILED, Ordering::Release);
-        copy.placement.store(Arc::new(Placement {
-            volume_name,
-            volume: Some(volume),
-            generation,
-        }));
-        copy.state.store(SEEDING, Ordering::Release);
+        copy.set(CopyState::FailedAndSuspended);
+        let generation = copy.place(volume_name, Some(volume));
+        copy.set(CopyState::Seeding);
         generation
     }
 
-    /// Copy `i` finished seeding: in sync. False when it failed meanwhile. Called by the
-    /// pool with its state lock held.
+    /// Copy `i` finished seeding: in sync. False when it failed meanwhile.
     pub(crate) fn seeded(&self, i: usize) -> bool {
-        let ok = self.copies[i]
-            .state
-            .compare_exchange(SEEDING, IN_SYNC, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        let ok = self.copies[i].move_from(CopyState::Seeding, CopyState::InSync);
         if ok {
             self.elect();
         }
         ok
     }
 
-    /// Fails every copy on volume `vol` and elects a new active copy. Called by the pool
-    /// with its state lock held. The copies let go of the dead volume (a new placement
-    /// without it), so that nothing keeps its filesystem alive once it is unmounted: the
-    /// disk can come back while the database runs. Returns whether a copy changed.
-    pub(crate) fn fail_copies_on(&self, vol: &str) -> bool {
-        let mut changed = false;
-        for c in self
-            .copies
-            .iter()
-            .filter(|c| c.placement.load().volume_name == vol)
-        {
-            changed |= c.fail();
-            c.placement.store(Arc::new(Placement {
-                volume_name: vol.to_owned(),
-                volume: None,
-                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            }));
+    /// Fails every copy on volume `vol` and elects a new active copy. The copies let go
+    /// of the dead volume (a new placement without it), so that nothing keeps its
+    /// filesystem alive once it is unmounted: the disk can come back while the database
+    /// runs. Returns the copies that changed, with the state each left.
+    pub(crate) fn fail_copies_on(&self, vol: &str) -> Vec<(usize, CopyState)> {
+        let mut changed = Vec::new();
+        for (i, c) in self.copies.iter().enumerate() {
+            if c.placement().volume_name != vol {
+                continue;
+            }
+            let was = c.set(CopyState::FailedAndSuspended);
+            if was != CopyState::FailedAndSuspended {
+                changed.push((i, was));
+            }
+            c.let_go();
         }
-        if changed {
+        if !changed.is_empty() {
             self.elect();
         }
         changed
@@ -385,442 +241,68 @@ impl Database {
 
     /// Takes copy `i` out of service on an operator's request (suspend): like a failure,
     /// its placement lets go of the volume so no file stays open there. False unless it
-    /// was in sync. Called by the pool with its state lock held.
+    /// was in sync.
     pub(crate) fn suspend_copy(&self, i: usize) -> bool {
         let c = &self.copies[i];
-        if c.state
-            .compare_exchange(IN_SYNC, FAILED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !c.move_from(CopyState::InSync, CopyState::FailedAndSuspended) {
             return false;
         }
-        c.placement.store(Arc::new(Placement {
-            volume_name: c.volume_name(),
-            volume: None,
-            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-        }));
+        c.let_go();
         self.elect();
         true
     }
 
-    /// Fails copy `i` alone (it diverged). Called by the pool with its state lock held.
-    pub(crate) fn fail_copy(&self, i: usize) -> bool {
-        let changed = self.copies[i].fail();
-        if changed {
-            self.elect();
+    /// Fails copy `i` alone (it diverged, or its reseed failed). Returns the state it
+    /// left, or `None` when it was failed already.
+    pub(crate) fn fail_copy(&self, i: usize) -> Option<CopyState> {
+        let was = self.copies[i].set(CopyState::FailedAndSuspended);
+        if was == CopyState::FailedAndSuspended {
+            return None;
         }
-        changed
+        self.elect();
+        Some(was)
+    }
+
+    /// Closes every handle's file opened on an earlier placement of its copy (after a
+    /// failure, a suspend or a remap).
+    pub fn release_stale_files(&self) {
+        self.open_files.release_stale(&self.copies);
     }
 
     fn elect(&self) {
         let cur = self.active.load(Ordering::Acquire);
-        if cur != NO_ACTIVE && self.copies[cur].is(IN_SYNC) {
+        if cur != NO_ACTIVE && self.copies[cur].is(CopyState::InSync) {
             return;
         }
         let next = self
             .copies
             .iter()
-            .position(|c| c.is(IN_SYNC))
+            .position(|c| c.is(CopyState::InSync))
             .unwrap_or(NO_ACTIVE);
         self.active.store(next, Ordering::Release);
     }
-
-    /// Handles an error of copy `i` during `op`. Returns true when the copy was failed (the
-    /// caller goes on without it), false when the error belongs to the caller.
-    pub(crate) fn on_error(
-        &self,
-        i: usize,
-        op: &str,
-        err: &io::Error,
-        another_succeeded: bool,
-    ) -> bool {
-        let Some(pool) = self.pool.upgrade() else {
-            return false;
-        };
-        let placement = self.copies[i].placement();
-        if is_media_error(err) {
-            if let Some(v) = &placement.volume {
-                v.count_io_error();
-                pool.fail_volume(v, op, err);
-            }
-            true
-        } else if another_succeeded {
-            pool.fail_diverged(self, i, op, err);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn settle(&self) {
-        if self.degraded() {
-            if let Some(pool) = self.pool.upgrade() {
-                pool.barrier();
-            }
-        }
-    }
-
-    /// The active copy and its volume; `EIO` when no copy is in sync.
-    fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
-        loop {
-            let i = self
-                .active_index()
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match self.copies[i].in_sync_volume() {
-                Some(v) => return Ok((i, v)),
-                // Failed since it was read: elect again.
-                None => self.elect(),
-            }
-        }
-    }
-
-    /// Runs `f` on the active copy; a media error fails that copy and `f` runs again on
-    /// the next one. For reads and lookups.
-    pub fn read_op<T>(
-        &self,
-        op: &str,
-        mut f: impl FnMut(usize, &Volume) -> io::Result<T>,
-    ) -> io::Result<T> {
-        loop {
-            let (i, v) = self.active()?;
-            match v.check().and_then(|()| f(i, &v)) {
-                Ok(t) => return Ok(t),
-                Err(e) if is_media_error(&e) => {
-                    self.on_error(i, op, &e, false);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Applies a metadata mutation: first on the active copy (whose answer decides), then
-    /// on every other copy that takes mutations (in sync or being seeded). Returns the
-    /// active copy's result.
-    pub fn mutate<T>(
-        &self,
-        op: &str,
-        f: impl Fn(usize, &Volume) -> io::Result<T>,
-    ) -> io::Result<T> {
-        self.mutate_where(op, |_| true, f)
-    }
-
-    /// [`Database::mutate`] on the copies for which `has(i)` holds.
-    fn mutate_where<T>(
-        &self,
-        op: &str,
-        has: impl Fn(usize) -> bool,
-        f: impl Fn(usize, &Volume) -> io::Result<T>,
-    ) -> io::Result<T> {
-        let _namespace = self.namespace_shared();
-        let (first, result) = loop {
-            let (active, _) = self.active()?;
-            let order = std::iter::once(active).chain(
-                (0..self.copies.len()).filter(|&i| i != active && self.copies[i].is(IN_SYNC)),
-            );
-            let mut target = None;
-            for i in order.filter(|&i| has(i)) {
-                if let Some(v) = self.copies[i].in_sync_volume() {
-                    target = Some((i, v));
-                    break;
-                }
-            }
-            let (i, v) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match v.check().and_then(|()| f(i, &v)) {
-                Ok(t) => break (i, t),
-                Err(e) => {
-                    if !self.on_error(i, op, &e, false) {
-                        return Err(e);
-                    }
-                }
-            }
-        };
-        for (i, c) in self.copies.iter().enumerate() {
-            if i == first || !has(i) {
-                continue;
-            }
-            let Some(p) = c.writable() else { continue };
-            let Some(v) = &p.volume else { continue };
-            if let Err(e) = v.check().and_then(|()| f(i, v)) {
-                self.on_error(i, op, &e, true);
-            }
-        }
-        self.tap.mutated();
-        self.settle();
-        Ok(result)
-    }
-
-    /// Reads from the active copy's file, failing over on media errors. Fills `buf`
-    /// unless end of file comes first; returns the bytes read.
-    ///
-    /// `direct`: the caller opened the file with `O_DIRECT`. Its small aligned reads then
-    /// bypass the backing page cache too, as they would on the disk itself: no memory
-    /// spent caching what the database caches, and less work per read. Large reads stay
-    /// buffered, where the backing readahead makes them faster than the disk alone.
-    pub fn read_at(
-        &self,
-        files: &OpenFiles,
-        offset: u64,
-        buf: &mut [u8],
-        direct: bool,
-    ) -> io::Result<usize> {
-        let direct = direct
-            && buf.len() <= DIRECT_READ_MAX
-            && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
-        self.read_backing_op("read", files, |f| {
-            if direct && let Some(d) = f.direct() {
-                match read_full(d, offset, buf) {
-                    // The backing filesystem wants a larger alignment than ours.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    r => return r,
-                }
-            }
-            read_full(&f.file, offset, buf)
-        })
-    }
-
-    /// Runs `f` on the handle's file of the active copy (or, when the handle has no file
-    /// there, of another in-sync copy); a media error fails that copy and `f` runs again.
-    pub fn read_file_op<T>(
-        &self,
-        op: &str,
-        files: &OpenFiles,
-        mut f: impl FnMut(&File) -> io::Result<T>,
-    ) -> io::Result<T> {
-        self.read_backing_op(op, files, |b| f(&b.file))
-    }
-
-    /// [`Database::read_file_op`] on the handle's [`BackingFile`].
-    fn read_backing_op<T>(
-        &self,
-        op: &str,
-        files: &OpenFiles,
-        mut f: impl FnMut(&BackingFile) -> io::Result<T>,
-    ) -> io::Result<T> {
-        loop {
-            let (active, _) = self.active()?;
-            let order = std::iter::once(active).chain(
-                (0..self.copies.len()).filter(|&i| i != active && self.copies[i].is(IN_SYNC)),
-            );
-            let mut target = None;
-            for i in order {
-                if let (Some(v), Some(file)) = (
-                    self.copies[i].in_sync_volume(),
-                    files.get(i, &self.copies[i]),
-                ) {
-                    target = Some((i, v, file));
-                    break;
-                }
-            }
-            let (i, v, file) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-            match v.timed(|| v.check().and_then(|()| f(&file))) {
-                Ok(t) => return Ok(t),
-                Err(e) if is_media_error(&e) => {
-                    self.on_error(i, op, &e, false);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Writes `data` at `offset` to every in-sync copy (in parallel through `fanout` when
-    /// it is large); to the copy being seeded too when `to_seeding` (see [`SeedFile`]).
-    pub fn write_at(
-        &self,
-        fanout: &Fanout,
-        files: &OpenFiles,
-        offset: u64,
-        data: &[u8],
-        to_seeding: bool,
-    ) -> io::Result<usize> {
-        self.fan_out(fanout, files, "write", data, to_seeding, move |f, d| {
-            f.write_all_at(d, offset).map(|()| d.len())
-        })
-    }
-
-    /// Starts writing `[offset, offset+len)` of the handle's files back to every copy's
-    /// disk, without waiting (a sequential writer's run, see `fs::node::WriteRun`). An
-    /// error here is left to the next write or `fsync` to report.
-    pub fn start_writeback(&self, files: &OpenFiles, offset: u64, len: u64) {
-        for (i, c) in self.copies.iter().enumerate() {
-            if c.writable().is_none() {
-                continue;
-            }
-            if let Some(f) = files.get(i, c)
-                && let Err(e) = crate::volume::start_writeback(&f.file, offset, len)
-            {
-                tracing::debug!("writeback of {} on copy {i}: {e}", self.name);
-            }
-        }
-    }
-
-    /// `fsync`/`fdatasync` on every copy that takes writes, in parallel: returns when all
-    /// are durable.
-    pub fn sync(&self, fanout: &Fanout, files: &OpenFiles, datasync: bool) -> io::Result<()> {
-        let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(fanout, files, op, &[], true, move |f, _| {
-            if datasync {
-                f.sync_data()
-            } else {
-                f.sync_all()
-            }
-        })
-    }
-
-    /// Applies `f` to the open file of every copy that takes mutations (active first):
-    /// truncate, fallocate, setattr through a handle. A copy where the handle has no file
-    /// (it was unlinked before that copy was laid out) has nothing to change.
-    pub fn mutate_files<T>(
-        &self,
-        op: &str,
-        files: &OpenFiles,
-        f: impl Fn(&File) -> io::Result<T>,
-    ) -> io::Result<T> {
-        self.mutate_where(
-            op,
-            |i| files.get(i, &self.copies[i]).is_some(),
-            |i, _| match files.get(i, &self.copies[i]) {
-                Some(file) => f(&file.file),
-                None => Err(io::Error::from_raw_os_error(libc::EIO)),
-            },
-        )
-    }
-
-    /// Runs `job(file, data)` on every in-sync copy (and the seeding copy when
-    /// `to_seeding`) where the handle has a file: the first on this thread, the others on
-    /// the fan-out threads at the same time (or all here in turn, for a small write);
-    /// then reconciles the outcomes.
-    fn fan_out<T: Send + 'static>(
-        &self,
-        fanout: &Fanout,
-        files: &OpenFiles,
-        op: &str,
-        data: &[u8],
-        to_seeding: bool,
-        job: impl Fn(&File, &[u8]) -> io::Result<T> + Send + Sync + std::marker::Copy + 'static,
-    ) -> io::Result<T> {
-        loop {
-            let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
-            let mut n = 0;
-            let active = self.active_index();
-            // Active copy first: its error decides when no copy succeeds. A seeding copy
-            // never goes first and never makes a write count as done on its own.
-            let order = active
-                .into_iter()
-                .chain((0..self.copies.len()).filter(|&i| Some(i) != active));
-            let mut in_sync = 0;
-            for i in order {
-                let c = &self.copies[i];
-                let take = c.is(IN_SYNC) || (to_seeding && c.is(SEEDING) && n > 0);
-                if !take || n == targets.len() {
-                    continue;
-                }
-                let Some(p) = c.writable() else { continue };
-                let (Some(v), Some(f)) = (p.volume.clone(), files.get(i, c)) else {
-                    continue;
-                };
-                in_sync += usize::from(c.is(IN_SYNC));
-                targets[n] = Some((i, v, f));
-                n += 1;
-            }
-            if in_sync == 0 {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
-            // A small write into the backing page cache takes less time than handing it
-            // to another thread: the copies are written one after the other.
-            let serial = n == 1 || (!data.is_empty() && data.len() < PARALLEL_WRITE);
-            if serial {
-                for (slot, t) in targets[..n].iter().enumerate() {
-                    if let Some((_, v, f)) = t {
-                        let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
-                        count_written(v, &r, data.len());
-                        results[slot] = Some(r);
-                    }
-                }
-            } else {
-                let shared: Arc<[u8]> = Arc::from(data);
-                let (completer, waiter) = fanout.batch(n - 1);
-                for (slot, t) in targets[1..n].iter().enumerate() {
-                    let Some((_, v, f)) = t.clone() else { continue };
-                    let d = shared.clone();
-                    let w = completer.clone();
-                    fanout.submit(Box::new(move || {
-                        let r = v.timed(|| v.check().and_then(|()| job(&f.file, &d)));
-                        count_written(&v, &r, d.len());
-                        w.done(slot + 1, r);
-                    }));
-                }
-                drop(completer);
-                if let Some((_, v, f)) = &targets[0] {
-                    let r = v.timed(|| v.check().and_then(|()| job(&f.file, data)));
-                    count_written(v, &r, data.len());
-                    results[0] = Some(r);
-                }
-                for (slot, r) in waiter.wait() {
-                    results[slot] = Some(r);
-                }
-            }
-            let seeding = |slot: usize| {
-                targets[slot]
-                    .as_ref()
-                    .is_some_and(|(i, _, _)| !self.copies[*i].is(IN_SYNC))
-            };
-            let any_ok = (0..n).any(|slot| !seeding(slot) && matches!(results[slot], Some(Ok(_))));
-            let mut first_ok = None;
-            let mut caller_err = None;
-            let mut seeded_alone = Vec::new();
-            for (slot, r) in results.into_iter().take(n).enumerate() {
-                let Some((i, _, _)) = &targets[slot] else {
-                    continue;
-                };
-                match r {
-                    Some(Ok(_)) if seeding(slot) && !any_ok => seeded_alone.push(*i),
-                    Some(Ok(t)) if first_ok.is_none() && !seeding(slot) => first_ok = Some(t),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        // A seeding copy never decides: any error of its own fails it.
-                        let failed = self.on_error(*i, op, &e, any_ok || seeding(slot));
-                        if !failed && caller_err.is_none() {
-                            caller_err = Some(e);
-                        }
-                    }
-                    None => {}
-                }
-            }
-            if let Some(t) = first_ok {
-                self.settle();
-                return Ok(t);
-            }
-            if let Some(e) = caller_err {
-                // The seeding copy took what every in-sync copy refused: it differs now.
-                for i in seeded_alone {
-                    self.on_error(i, op, &e, true);
-                }
-                return Err(e);
-            }
-            // Every target failed with a media error: try again on what is left.
-        }
-    }
 }
 
-/// Counts the data of a mutation that succeeded on `v` (metrics: bytes mirrored).
-#[inline]
-fn count_written<T>(v: &Volume, r: &io::Result<T>, len: usize) {
-    if len > 0 && r.is_ok() {
-        v.count_written(len);
+/// The log tap writes its activity log to the in-sync copies, and reports their errors
+/// here.
+impl Replicas for Database {
+    fn in_sync(&self) -> Vec<(usize, u64, Arc<Volume>)> {
+        self.copies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let p = c.placement();
+                let v = c.in_sync_volume()?;
+                Some((i, p.generation, v))
+            })
+            .collect()
     }
-}
 
-/// `pread` until `buf` is full or end of file.
-pub fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    fn volume_name(&self, slot: usize) -> String {
+        self.copies[slot].volume_name()
     }
-    Ok(done)
+
+    fn on_error(&self, slot: usize, op: &str, err: &std::io::Error) {
+        Database::on_error(self, slot, op, err, true);
+    }
 }

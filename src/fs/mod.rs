@@ -16,17 +16,18 @@
 mod node;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::volume::{
+    FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec, Timestamps,
+};
 use parking_lot::RwLock;
-use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps};
 
-use crate::copyset::{Database, Fanout, OpenFiles, SeedFile};
+use crate::copyset::{Database, OpenFiles, SeedFile};
 use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
 use crate::volume::child_path;
@@ -242,7 +243,7 @@ enum Handle {
     File {
         node: Arc<Node>,
         db: Arc<Database>,
-        files: OpenFiles,
+        files: Arc<OpenFiles>,
         /// The backing open flags, to open the file on a new copy.
         flags: OFlags,
         /// Opened with `O_DIRECT` (see `Database::read_at`).
@@ -258,7 +259,6 @@ const HANDLE_SHARDS: usize = 16;
 /// The filesystem core of one mount.
 pub struct Core {
     pool: Arc<Pool>,
-    fanout: Fanout,
     nodes: RwLock<Table>,
     handles: [RwLock<std::collections::HashMap<u64, Arc<Handle>>>; HANDLE_SHARDS],
     next_handle: AtomicU64,
@@ -289,17 +289,16 @@ fn backing_open_flags(flags: i32) -> OFlags {
 }
 
 impl Core {
-    /// A core over `pool`, with `fanout_threads` threads for parallel copy I/O.
-    pub fn new(pool: Arc<Pool>, fanout_threads: usize) -> io::Result<Core> {
+    /// A core over `pool`.
+    pub fn new(pool: Arc<Pool>) -> Core {
         let names: Vec<String> = pool.databases().iter().map(|d| d.name.clone()).collect();
-        Ok(Core {
-            fanout: Fanout::new(fanout_threads)?,
+        Core {
             nodes: RwLock::new(Table::new(&names)),
             handles: Default::default(),
             next_handle: AtomicU64::new(1),
             started: SystemTime::now(),
             pool,
-        })
+        }
     }
 
     /// The pool.
@@ -335,7 +334,7 @@ impl Core {
     }
 
     fn stat_backing(&self, db: &Database, path: &Path) -> Result<Stat> {
-        Ok(db.read_op("stat", |_, v| v.stat(path))?)
+        Ok(db.stat(path)?)
     }
 
     fn entry(&self, db: usize, path: PathBuf, st: &Stat) -> Attr {
@@ -410,25 +409,18 @@ impl Core {
     pub fn setattr(&self, id: NodeId, fh: Option<HandleId>, set: SetAttr) -> Result<Attr> {
         let (node, db, path) = self.backing(id)?;
         if let Some(size) = set.size {
-            let _resize = node.io.resize.write();
-            let through_handle = fh.and_then(|h| {
-                self.with_file(h, |_, db, files| {
-                    Ok(db.mutate_files("truncate", files, |f| f.set_len(size))?)
-                })
-                .ok()
-            });
-            if through_handle.is_none() {
-                db.mutate("truncate", |_, v| v.truncate(&path, size))?;
-            }
-            db.tap().meta(|m| m.truncated(&path, size));
+            let handle = fh.and_then(|h| self.handle(h).ok());
+            let files = match handle.as_deref() {
+                Some(Handle::File { files, .. }) => Some(&**files),
+                _ => None,
+            };
+            db.truncate(&*node, files, size)?;
         }
         if let Some(mode) = set.mode {
-            db.mutate("chmod", |_, v| {
-                v.chmod(&path, Mode::from_raw_mode(mode & 0o7777))
-            })?;
+            db.chmod(&path, Mode::from_raw_mode(mode & 0o7777))?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            db.mutate("chown", |_, v| v.chown(&path, set.uid, set.gid))?;
+            db.chown(&path, set.uid, set.gid)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = |t: Option<SetTime>| match t {
@@ -452,7 +444,7 @@ impl Core {
                 last_access: ts(set.atime),
                 last_modification: ts(set.mtime),
             };
-            db.mutate("utimens", |_, v| v.set_times(&path, &times))?;
+            db.set_times(&path, &times)?;
         }
         self.getattr(id)
     }
@@ -465,7 +457,7 @@ impl Core {
         let mode = st.st_mode & 0o7777;
         let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
         if cleared != mode {
-            db.mutate("chmod", |_, v| v.chmod(&path, Mode::from_raw_mode(cleared)))?;
+            db.chmod(&path, Mode::from_raw_mode(cleared))?;
         }
         Ok(())
     }
@@ -496,11 +488,8 @@ impl Core {
         let (db, path) = self.child(parent, name)?;
         let d = self.db(db);
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let (uid, gid) = self.owner(d, &parent_path, who);
-        d.mutate(op, |_, v| {
-            f(v, &path)?;
-            v.chown(&path, Some(uid), Some(gid))
-        })?;
+        let owner = self.owner(d, &parent_path, who);
+        d.make(op, &path, owner, f)?;
         let st = self.stat_backing(d, &path)?;
         Ok(self.entry(db, path, &st))
     }
@@ -541,9 +530,7 @@ impl Core {
     /// Removes a file or an empty directory.
     pub fn remove(&self, parent: NodeId, name: &OsStr, dir: bool) -> Result<()> {
         let (db, path) = self.child(parent, name)?;
-        let op = if dir { "rmdir" } else { "unlink" };
-        self.db(db).mutate(op, |_, v| v.remove(&path, dir))?;
-        self.db(db).tap().meta(|m| m.removed(&path));
+        self.db(db).remove(&path, dir)?;
         self.nodes.write().unlinked(db, &path);
         Ok(())
     }
@@ -564,9 +551,7 @@ impl Core {
         }
         let flags = RenameFlags::from_bits(flags).ok_or(Errno(libc::EINVAL))?;
         let d = self.db(db);
-        d.mutate("rename", |_, v| v.rename(&from, &to, flags))?;
-        d.tap()
-            .renamed(d, &from, &to, flags.contains(RenameFlags::EXCHANGE));
+        d.rename(&from, &to, flags)?;
         self.nodes
             .write()
             .renamed(db, &from, &to, flags.contains(RenameFlags::EXCHANGE));
@@ -580,36 +565,17 @@ impl Core {
         if d.index != db {
             return Err(Errno(libc::EXDEV));
         }
-        d.mutate("link", |_, v| v.link(&from, &to))?;
-        d.tap().meta(|m| m.linked(&from, &to));
+        d.link(&from, &to)?;
         self.nodes.write().linked(id, db, to.clone());
         let st = self.stat_backing(d, &to)?;
         Ok(Attr::from_stat(id, &st))
-    }
-
-    fn open_on_copies(
-        &self,
-        db: &Arc<Database>,
-        op: &str,
-        open: impl Fn(&crate::volume::Volume) -> io::Result<File>,
-    ) -> Result<OpenFiles> {
-        let files = OpenFiles::new(db.copies().len());
-        db.mutate(op, |i, v| {
-            let f = open(v)?;
-            files.set(i, db.copies()[i].placement().generation, f);
-            Ok(())
-        })?;
-        Ok(files)
     }
 
     /// Opens a file on every in-sync copy.
     pub fn open(&self, id: NodeId, flags: i32) -> Result<HandleId> {
         let (node, db, path) = self.backing(id)?;
         let oflags = backing_open_flags(flags);
-        // No reseed lays out a new copy between the open and the handle's registration.
-        let _namespace = db.namespace_shared();
-        let files =
-            self.open_on_copies(db, "open", |v| v.open_file(&path, oflags, Mode::empty()))?;
+        let files = db.open(&path, oflags)?;
         Ok(self.insert_handle(Handle::File {
             node,
             db: db.clone(),
@@ -631,22 +597,10 @@ impl Core {
         let (db, path) = self.child(parent, name)?;
         let d = self.db(db);
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let (uid, gid) = self.owner(d, &parent_path, who);
-        let oflags = backing_open_flags(flags)
-            | OFlags::CREATE
-            | (OFlags::from_bits_retain((flags & libc::O_EXCL) as u32));
-        let perm = Mode::from_raw_mode(mode & 0o7777);
-        let _namespace = d.namespace_shared();
-        let files = self.open_on_copies(d, "create", |v| {
-            let f = v.open_file(&path, oflags, perm)?;
-            rustix::fs::fchown(
-                &f,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )?;
-            Ok(f)
-        })?;
-        d.tap().meta(|m| m.created(&path));
+        let owner = self.owner(d, &parent_path, who);
+        let oflags =
+            backing_open_flags(flags) | OFlags::from_bits_retain((flags & libc::O_EXCL) as u32);
+        let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
         let st = self.stat_backing(d, &path)?;
         let attr = self.entry(db, path, &st);
         let node = self.node(attr.node)?;
@@ -688,62 +642,20 @@ impl Core {
     /// in the same order on every copy.
     pub fn write(&self, h: HandleId, offset: u64, data: &[u8]) -> Result<usize> {
         self.with_file(h, |node, db, files| {
-            let len = data.len() as u64;
-            let written = {
-                let _resize = node.io.resize.read();
-                let _order = (db.copies().len() > 1).then(|| node.io.lock_range(offset, len));
-                let tap = db.tap();
-                let m = tap.begin();
-                tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
-                // Decided under the range's stripe locks: see copyset::SeedFile.
-                let to_seeding = db.seeding_index().is_some()
-                    && node
-                        .io
-                        .seed
-                        .lock()
-                        .as_ref()
-                        .is_none_or(|s| s.route_write(offset, len));
-                db.write_at(&self.fanout, files, offset, data, to_seeding)?
-            };
-            if let Some((from, len)) = node.io.run.note(offset, written as u64) {
-                db.start_writeback(files, from, len);
-            }
-            Ok(written)
+            Ok(db.write(&**node, files, offset, data)?)
         })
     }
 
     /// `fsync`/`fdatasync`: durable on every in-sync copy when it returns.
     pub fn fsync(&self, h: HandleId, datasync: bool) -> Result<()> {
-        self.with_file(h, |_, db, files| {
-            Ok(db.sync(&self.fanout, files, datasync)?)
-        })
+        self.with_file(h, |_, db, files| Ok(db.fsync(files, datasync)?))
     }
 
     /// `fallocate` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).
     pub fn fallocate(&self, h: HandleId, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let flags = FallocateFlags::from_bits_retain(mode as u32);
         self.with_file(h, |node, db, files| {
-            let _resize = node.io.resize.write();
-            let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-            if flags.intersects(
-                rustix::fs::FallocateFlags::COLLAPSE_RANGE
-                    | rustix::fs::FallocateFlags::INSERT_RANGE,
-            ) {
-                // Data moves inside the file: a copy being seeded copies it again from here.
-                if let Some(seed) = node.io.seed.lock().as_ref() {
-                    seed.rewind(offset);
-                }
-                db.tap().meta(|m| {
-                    if let Some(p) = node.path() {
-                        m.reshaped(&p);
-                    }
-                });
-            }
-            let tap = db.tap();
-            let m = tap.begin();
-            tap.data(db, &m, &node.io.marks, || node.path(), offset, len);
-            Ok(db.mutate_files("fallocate", files, |f| {
-                Ok(rustix::fs::fallocate(f, flags, offset, len)?)
-            })?)
+            Ok(db.fallocate(&**node, files, offset, len, flags)?)
         })
     }
 
@@ -751,15 +663,15 @@ impl Core {
     pub fn lseek(&self, h: HandleId, offset: i64, whence: i32) -> Result<i64> {
         self.with_file(h, |_, db, files| {
             let pos = match whence {
-                libc::SEEK_DATA => rustix::fs::SeekFrom::Data(
-                    u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?,
-                ),
-                libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(
-                    u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?,
-                ),
+                libc::SEEK_DATA => {
+                    SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
+                }
+                libc::SEEK_HOLE => {
+                    SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
+                }
                 _ => return Err(Errno(libc::EINVAL)),
             };
-            let r = db.read_file_op("lseek", files, |f| Ok(rustix::fs::seek(f, pos)?))?;
+            let r = db.seek(files, pos)?;
             i64::try_from(r).map_err(|_| Errno(libc::EOVERFLOW))
         })
     }
@@ -850,10 +762,7 @@ impl Core {
             Ok(b) => b,
             Err(_) => return Ok(()),
         };
-        Ok(db.mutate("fsyncdir", |_, v| {
-            v.open_file(&path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?
-                .sync_all()
-        })?)
+        Ok(db.fsyncdir(&path)?)
     }
 
     /// Space of the database's volumes: the smallest free space among its in-sync copies
@@ -889,29 +798,6 @@ impl Core {
             }
         }
         out.ok_or(Errno(libc::EIO))
-    }
-
-    /// Closes every handle's files on failed volumes as soon as a volume fails, so that
-    /// nothing keeps the dead filesystem alive. Call once the core is shared.
-    pub fn watch_failures(self: &Arc<Core>) {
-        let core = Arc::downgrade(self);
-        self.pool.watch_failures(Box::new(move |_volume| {
-            if let Some(core) = core.upgrade() {
-                core.release_stale_files();
-            }
-        }));
-    }
-
-    fn release_stale_files(&self) {
-        let mut handles = Vec::new();
-        for shard in &self.handles {
-            handles.extend(shard.read().values().cloned());
-        }
-        for h in handles {
-            if let Handle::File { db, files, .. } = &*h {
-                files.release_stale(db.copies());
-            }
-        }
     }
 
     /// For a reseed: the node of `path` in database `db` (made if new), its seeding
@@ -990,13 +876,13 @@ impl Core {
     /// Sets an xattr on every in-sync copy.
     pub fn setxattr(&self, id: NodeId, key: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let (_, db, path) = self.backing(id)?;
-        Ok(db.mutate("setxattr", |_, v| v.set_xattr(&path, key, value, flags))?)
+        Ok(db.set_xattr(&path, key, value, flags)?)
     }
 
     /// Removes an xattr on every in-sync copy.
     pub fn removexattr(&self, id: NodeId, key: &OsStr) -> Result<()> {
         let (_, db, path) = self.backing(id)?;
-        Ok(db.mutate("removexattr", |_, v| v.remove_xattr(&path, key))?)
+        Ok(db.remove_xattr(&path, key)?)
     }
 }
 

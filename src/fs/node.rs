@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::Mutex;
+
+use crate::copyset::{FileIo, FileRef};
 
 /// A node (inode) of the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,90 +32,24 @@ pub enum Place {
     Backing(usize),
 }
 
-const STRIPES: usize = 16;
-const STRIPE_BYTES_SHIFT: u32 = 20; // 1 MiB
-
-/// Per-node locks that keep the copies identical: writes hold `resize` shared and the
-/// stripes of their range; truncate and fallocate hold `resize` exclusively; a reseed
-/// holds `resize` shared while it copies a window of the file.
-#[derive(Debug, Default)]
-pub struct NodeIo {
-    /// Shared by writes, exclusive for size changes.
-    pub resize: RwLock<()>,
-    stripes: [Mutex<()>; STRIPES],
-    /// While a copy of the database is being seeded: how far this file is copied.
-    pub seed: Mutex<Option<Arc<crate::copyset::SeedFile>>>,
-    /// The activity log extents recorded for this file in the current epoch.
-    pub marks: crate::tap::NodeMarks,
-    /// A sequential writer's run not yet sent to the disks.
-    pub run: WriteRun,
-}
-
-/// How much a sequential run writes between two writeback kicks.
-const KICK_BYTES: u64 = 4 << 20;
-
-/// A sequential writer's run since its last writeback kick.
-#[derive(Debug, Default)]
-pub struct WriteRun {
-    /// (where the next sequential write starts, where the unkicked part begins)
-    inner: Mutex<(u64, u64)>,
-}
-
-impl WriteRun {
-    /// Notes a write of `[offset, offset+len)`. When it extends a sequential run to
-    /// [`KICK_BYTES`] past the last kick, returns the range to start writing back.
-    /// Random writes never kick: the page cache sorts them and `fsync` writes them.
-    pub fn note(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
-        let mut r = self.inner.lock();
-        if offset != r.0 {
-            r.1 = offset;
-        }
-        r.0 = offset + len;
-        let pending = r.0 - r.1;
-        (pending >= KICK_BYTES).then(|| {
-            let next = r.0;
-            let from = std::mem::replace(&mut r.1, next);
-            (from, pending)
-        })
-    }
-}
-
-/// The stripe locks held by one write.
-pub struct RangeGuard<'a> {
-    _guards: [Option<MutexGuard<'a, ()>>; STRIPES],
-}
-
-impl NodeIo {
-    /// Locks the stripes that `[offset, offset+len)` touches, in index order.
-    pub fn lock_range(&self, offset: u64, len: u64) -> RangeGuard<'_> {
-        let first = offset >> STRIPE_BYTES_SHIFT;
-        let last = (offset + len.max(1) - 1) >> STRIPE_BYTES_SHIFT;
-        let mut mask = 0u32;
-        if last - first >= STRIPES as u64 {
-            mask = (1 << STRIPES) - 1;
-        } else {
-            for c in first..=last {
-                mask |= 1 << (c % STRIPES as u64);
-            }
-        }
-        let mut guards: [Option<MutexGuard<'_, ()>>; STRIPES] = Default::default();
-        for (i, g) in guards.iter_mut().enumerate() {
-            if mask & (1 << i) != 0 {
-                *g = Some(self.stripes[i].lock());
-            }
-        }
-        RangeGuard { _guards: guards }
-    }
-}
-
 /// One node.
 #[derive(Debug)]
 pub struct Node {
     /// Where it is.
     pub place: Place,
     paths: Mutex<Vec<PathBuf>>,
-    /// Write ordering locks.
-    pub io: NodeIo,
+    /// The copy set's per-file locks and marks.
+    pub io: FileIo,
+}
+
+impl FileRef for Node {
+    fn io(&self) -> &FileIo {
+        &self.io
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        Node::path(self)
+    }
 }
 
 impl Node {
@@ -160,7 +96,7 @@ impl Table {
         let node = Node {
             place,
             paths: Mutex::new(paths),
-            io: NodeIo::default(),
+            io: FileIo::default(),
         };
         self.by_id.insert(id, (Arc::new(node), 0));
     }
@@ -308,17 +244,5 @@ mod tests {
         t.unlinked(0, Path::new("db.db/b"));
         assert_eq!(t.intern(0, "db.db/l".into(), false), a);
         assert_eq!(t.get(a).and_then(|n| n.path()), Some("db.db/l".into()));
-    }
-
-    #[test]
-    fn range_locks_cover_touched_stripes() {
-        let io = NodeIo::default();
-        {
-            let _g = io.lock_range(0, 2 << 20);
-            assert!(io.stripes[0].is_locked() && io.stripes[1].is_locked());
-            assert!(!io.stripes[2].is_locked());
-        }
-        let _g = io.lock_range(0, 64 << 20);
-        assert!(io.stripes.iter().all(|s| s.is_locked()));
     }
 }

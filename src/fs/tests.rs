@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::Config;
+use crate::copyset::CopyState;
 use crate::events::{EventId, VecSink};
-use crate::pool::{CopyState, Pool, PoolState};
+use crate::pool::{Pool, PoolState};
 
 pub(crate) const ME: Caller = Caller { uid: 0, gid: 0 };
 
@@ -34,7 +35,7 @@ impl Bed {
     pub(crate) fn open(&self) -> (Arc<Core>, Arc<VecSink>) {
         let sink = Arc::new(VecSink::default());
         let pool = Pool::open(&self.config, sink.clone()).expect("open pool");
-        (Arc::new(Core::new(pool, 2).expect("core")), sink)
+        (Arc::new(Core::new(pool)), sink)
     }
 
     pub(crate) fn backing(&self, k: usize, rel: &str) -> PathBuf {
@@ -144,7 +145,7 @@ fn active_volume_death_is_hidden_and_persisted() {
         .create(dir, OsStr::new("g"), 0o644, libc::O_RDWR, ME)
         .expect("create after");
     core.write(h2, 0, b"x").expect("write g");
-    let status = core.pool().status();
+    let status = crate::status::of_pool(core.pool());
     assert_eq!(status.databases[0].copies[0].status, "FailedAndSuspended");
     assert_eq!(status.databases[0].copies[1].status, "Mounted");
     assert_eq!(status.volumes[0].state, "Failed");
@@ -264,7 +265,10 @@ fn the_last_copy_in_sync_is_not_demoted() {
     let mut buf = [0u8; 4];
     core.read(h, 0, &mut buf).expect("read");
     assert_eq!(&buf, b"kept");
-    assert_eq!(core.pool().status().volumes[0].state, "InUse");
+    assert_eq!(
+        crate::status::of_pool(core.pool()).volumes[0].state,
+        "InUse"
+    );
 }
 
 #[test]

@@ -9,10 +9,10 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use super::{
-    CopyRecord, CopyState, DbRecord, PoolState, VolumeMeta, list_volumes, pool_state_path,
-    volume_meta_path,
+    CopyRecord, DbRecord, PoolState, VolumeMeta, list_volumes, pool_state_path, volume_meta_path,
 };
 use crate::config::Config;
+use crate::copyset::CopyState;
 use crate::layout;
 use crate::volume::Volume;
 

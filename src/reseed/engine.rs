@@ -35,21 +35,7 @@ pub const ALIGN: u64 = 4096;
 /// Worker threads of a [`ThreadEngine`] made by [`ThreadEngine::new`].
 pub const THREADS: usize = 4;
 
-/// A byte range, the same in the source and the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    /// First byte.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-impl Extent {
-    /// One past the last byte.
-    pub fn end(&self) -> u64 {
-        self.offset + self.len
-    }
-}
+pub use crate::volume::{Extent, data_extents};
 
 /// Which side of a copy failed, so the seeder can switch to another source copy or fail
 /// the destination copy.
@@ -178,66 +164,6 @@ fn unavailable_reason(e: &io::Error, disabled: Option<&str>) -> String {
             };
             format!("io_uring unavailable: {e}{hint}")
         }
-    }
-}
-
-/// The data (non-hole) ranges of `f` within `[start, end)`, in order, found with
-/// `SEEK_DATA`/`SEEK_HOLE`. Nothing past the end of the file is data.
-///
-/// When the filesystem does not support them (`EINVAL`, `EOPNOTSUPP`), or off Linux and
-/// FreeBSD, the whole range is data. Moves the file offset of `f`.
-pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<Extent>> {
-    let mut extents = Vec::new();
-    if start >= end {
-        return Ok(extents);
-    }
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    {
-        use rustix::fs::{SeekFrom, seek};
-        use rustix::io::Errno;
-
-        let mut pos = start;
-        while pos < end {
-            let data = match seek(f, SeekFrom::Data(pos)) {
-                Ok(data) => data,
-                Err(Errno::NXIO) => break, // no data at or after `pos`
-                Err(Errno::INVAL | Errno::OPNOTSUPP) if pos == start => {
-                    return Ok(vec![Extent {
-                        offset: start,
-                        len: end - start,
-                    }]);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if data >= end {
-                break;
-            }
-            let hole = match seek(f, SeekFrom::Hole(data)) {
-                Ok(hole) => hole,
-                // The file shrank between the two seeks: nothing more.
-                Err(Errno::NXIO) => break,
-                Err(e) => return Err(e.into()),
-            };
-            let stop = hole.min(end);
-            if stop <= data {
-                break;
-            }
-            extents.push(Extent {
-                offset: data,
-                len: stop - data,
-            });
-            pos = stop;
-        }
-        Ok(extents)
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    {
-        let _ = f;
-        extents.push(Extent {
-            offset: start,
-            len: end - start,
-        });
-        Ok(extents)
     }
 }
 

@@ -35,13 +35,13 @@ use parking_lot::Mutex;
 use rustix::fs::{FallocateFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::copyset::CopyState;
 use crate::copyset::{Database, SeedFile};
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
-use crate::pool::CopyState;
 use crate::throttle::StreamKind::{Reseed, Verify};
-use crate::volume::{Volume, child_path, is_media_error, punch_hole};
+use crate::volume::{VolFile, Volume, child_path, is_media_error};
 
 use engine::{CopyEngine, CopyError, Extent, data_extents, select, split_aligned};
 
@@ -541,12 +541,9 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         .field("checksum", format!("{:08x}", verified.2)),
     );
 
-    // Phase 4: in sync.
-    if !pool.finish_seed(db, req.slot) {
-        let e = SeedError::Dest(format!("copy {label} failed while it was verified"));
-        return Err(give_up(core, req, &layout.files, e));
-    }
-    clear_seeds(&layout.files);
+    // The new copy is verified: what the target held before can go (SafeDeleteExistingFiles),
+    // before the copy is declared in sync, so that `status` never shows it Healthy while
+    // its reseed is still busy.
     if let Some(old) = layout.replaced.as_ref().filter(|_| req.keep_replaced) {
         match keep_in_quarantine(&target, &db.name, old) {
             Ok(dir) => tracing::warn!(
@@ -569,6 +566,12 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
             );
         }
     }
+    // Phase 4: in sync.
+    if !pool.finish_seed(db, req.slot) {
+        let e = SeedError::Dest(format!("copy {label} failed while it was verified"));
+        return Err(give_up(core, req, &layout.files, e));
+    }
+    clear_seeds(&layout.files);
     let status = db.status_word(req.slot);
     pool.events().emit(
         NewEvent::new(
@@ -577,7 +580,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         )
         .database(&db.name)
         .volume(&req.target)
-        .field("status", status),
+        .field("status", status.as_str()),
     );
     Ok(SeedReport {
         bytes_copied: copied,
@@ -795,10 +798,10 @@ fn lay_out(
 
 /// One file's open descriptors on both sides.
 struct Pair {
-    src: File,
-    dst: File,
+    src: VolFile,
+    dst: VolFile,
     /// `O_DIRECT` descriptors, when both filesystems allow it.
-    direct: Option<(File, File)>,
+    direct: Option<(VolFile, VolFile)>,
 }
 
 fn open_pair(src: &Volume, dst: &Volume, path: &Path) -> Result<Pair, (bool, io::Error)> {
@@ -816,7 +819,7 @@ fn open_pair(src: &Volume, dst: &Volume, path: &Path) -> Result<Pair, (bool, io:
         _ => None,
     };
     if direct.is_none() {
-        let _ = rustix::fs::fadvise(&s, 0, None, rustix::fs::Advice::Sequential);
+        src.advise(&s, 0, 0, crate::volume::Advice::Sequential);
     }
     Ok(Pair {
         src: s,
@@ -1018,7 +1021,7 @@ fn copy_range(
         if e.offset > pos {
             // A hole in the source: make sure the destination has one too (it may hold
             // data there after a collapse or insert range moved the file's contents).
-            punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
+            crate::volume::punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
         }
         if e.len > 0 {
             let _ = rustix::fs::fallocate(&pair.dst, FallocateFlags::KEEP_SIZE, e.offset, e.len);
@@ -1041,7 +1044,7 @@ fn copy_buffered(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64, C
     let mut done = 0;
     while done < len {
         let n = ((len - done) as usize).min(buf.len());
-        let got = crate::copyset::read_full(src, offset + done, &mut buf[..n])
+        let got = crate::volume::read_full(src, offset + done, &mut buf[..n])
             .map_err(CopyError::Source)?;
         if got == 0 {
             break;
@@ -1122,8 +1125,8 @@ fn verify(
             }
             // Both sides at once: on separate disks the pass takes the slower one's time.
             let (n, m) = std::thread::scope(|scope| {
-                let target_read = scope.spawn(|| crate::copyset::read_full(&dst, offset, &mut b));
-                let n = crate::copyset::read_full(&src, offset, &mut a);
+                let target_read = scope.spawn(|| crate::volume::read_full(&dst, offset, &mut b));
+                let n = crate::volume::read_full(&src, offset, &mut a);
                 let m = target_read
                     .join()
                     .unwrap_or_else(|_| Err(io::Error::other("verification reader panicked")));

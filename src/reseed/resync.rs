@@ -28,14 +28,15 @@ use rustix::fs::{FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
 use super::{Phase, Progress, SeedError, Source, choose_source, compare_trees, dest_failed};
-use crate::copyset::{Database, read_full};
+use crate::copyset::CopyState;
+use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
-use crate::pool::CopyState;
 use crate::tap::reconcile::{self, SideError};
 use crate::tap::{self, FileDirty, IncrementalError, Lineage};
-use crate::volume::{Volume, child_path};
+use crate::volume::read_full;
+use crate::volume::{VolFile, Volume, child_path};
 
 /// Bytes copied under one hold of a file's stripe locks.
 const CHUNK: u64 = 1 << 20;
@@ -531,7 +532,7 @@ fn run(
         )
         .database(&db.name)
         .volume(&name)
-        .field("status", status),
+        .field("status", status.as_str()),
     );
     Ok(report)
 }
@@ -615,7 +616,7 @@ fn open_pair(
     source: &Source,
     target: &Volume,
     job: &Job,
-) -> Result<Option<(File, File)>, SideError> {
+) -> Result<Option<(VolFile, VolFile)>, SideError> {
     let _namespace = db.namespace_shared();
     let Some(path) = job.path() else {
         return Ok(None);

@@ -23,19 +23,18 @@
 //! marks of epoch `e` therefore finds it in the log file, before and after the rewrite.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rustix::fs::{Mode, OFlags};
 
+use super::Replicas;
 use super::dirty::FileDirty;
-use crate::copyset::Database;
-use crate::volume::Volume;
+use crate::volume::{Mode, OFlags, VolFile, Volume};
 
 /// log2 of the activity log's extent size (4 MiB).
 pub const EXTENT_SHIFT: u32 = 22;
@@ -125,8 +124,8 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Files {
-    /// Open log files: copy slot, placement generation, file.
-    open: Vec<(usize, u64, File)>,
+    /// Open log files: copy slot, placement generation, volume, file.
+    open: Vec<(usize, u64, Arc<Volume>, VolFile)>,
     durable_lsn: u64,
 }
 
@@ -334,7 +333,7 @@ impl ActivityLog {
     /// `marks` (named by `path`) may make the copies differ; durable when this returns.
     pub fn note(
         &self,
-        db: &Database,
+        db: &dyn Replicas,
         guard: &WriteGuard<'_>,
         marks: &NodeMarks,
         path: impl FnOnce() -> Option<PathBuf>,
@@ -389,7 +388,7 @@ impl ActivityLog {
     }
 
     /// `from` was renamed to `to`: extents recorded under the old name follow it.
-    pub fn renamed(&self, db: &Database, from: &Path, to: &Path, exchange: bool) {
+    pub fn renamed(&self, db: &dyn Replicas, from: &Path, to: &Path, exchange: bool) {
         let lsn = {
             let mut s = self.state.lock();
             let under = |m: &Extents, p: &Path| {
@@ -428,7 +427,7 @@ impl ActivityLog {
 
     /// Makes every record up to `lsn` durable on every in-sync copy (group commit: one
     /// caller writes what all waiting callers added).
-    fn flush(&self, db: &Database, lsn: u64) {
+    fn flush(&self, db: &dyn Replicas, lsn: u64) {
         let mut files = self.files.lock();
         if files.durable_lsn >= lsn {
             return;
@@ -439,9 +438,8 @@ impl ActivityLog {
         };
         self.open_files(db, &mut files, None);
         let mut failed = Vec::new();
-        for (slot, _, f) in &files.open {
-            let mut w: &File = f;
-            if let Err(e) = w.write_all(&pending).and_then(|()| f.sync_data()) {
+        for (slot, _, v, f) in &files.open {
+            if let Err(e) = v.append(f, &pending).and_then(|()| v.sync_file(f, true)) {
                 failed.push((*slot, e));
             }
         }
@@ -449,43 +447,39 @@ impl ActivityLog {
         self.drop_failed(db, &mut files, failed);
     }
 
-    fn drop_failed(&self, db: &Database, files: &mut Files, failed: Vec<(usize, io::Error)>) {
+    fn drop_failed(&self, db: &dyn Replicas, files: &mut Files, failed: Vec<(usize, io::Error)>) {
         for (slot, e) in failed {
-            files.open.retain(|(s, _, _)| *s != slot);
+            files.open.retain(|(s, ..)| *s != slot);
             tracing::warn!(
                 "activity log of {} on {}: {e}",
                 self.db,
-                db.copies()[slot].volume_name()
+                db.volume_name(slot)
             );
             // A dying disk fails its copy; anything else (a full volume) leaves the log
             // to the other copies, and the write itself will tell.
             if crate::volume::is_media_error(&e) {
-                db.on_error(slot, "activity log", &e, true);
+                db.on_error(slot, "activity log", &e);
             }
         }
     }
 
     /// Opens the log on every in-sync copy that has none open (rewritten with `content`
     /// when given: a checkpoint).
-    fn open_files(&self, db: &Database, files: &mut Files, content: Option<&[u8]>) {
-        files.open.retain(|(slot, generation, _)| {
-            let c = &db.copies()[*slot];
-            c.in_sync_volume().is_some() && c.placement().generation == *generation
+    fn open_files(&self, db: &dyn Replicas, files: &mut Files, content: Option<&[u8]>) {
+        let in_sync = db.in_sync();
+        files.open.retain(|(slot, generation, ..)| {
+            in_sync.iter().any(|(s, g, _)| s == slot && g == generation)
         });
         let mut failed = Vec::new();
-        for (slot, c) in db.copies().iter().enumerate() {
-            let Some(v) = c.in_sync_volume() else {
-                continue;
-            };
-            let open = files.open.iter().any(|(s, _, _)| *s == slot);
+        for (slot, generation, v) in in_sync {
+            let open = files.open.iter().any(|(s, ..)| *s == slot);
             if open && content.is_none() {
                 continue;
             }
-            let generation = c.placement().generation;
             match open_log(&v, &self.db, content) {
                 Ok(f) => {
-                    files.open.retain(|(s, _, _)| *s != slot);
-                    files.open.push((slot, generation, f));
+                    files.open.retain(|(s, ..)| *s != slot);
+                    files.open.push((slot, generation, v.clone(), f));
                 }
                 Err(e) => failed.push((slot, e)),
             }
@@ -497,7 +491,7 @@ impl ActivityLog {
     /// synced, `persist` run (the dirty maps), the log rewritten with the extents written
     /// in the old epoch (carried over) and the new one. `clean` appends the clean-stop
     /// mark (no write may run any more) and carries nothing: every write is durable.
-    pub fn checkpoint(&self, db: &Database, persist: impl FnOnce(), clean: bool) {
+    pub fn checkpoint(&self, db: &dyn Replicas, persist: impl FnOnce(), clean: bool) {
         let _one = self.checkpointing.lock();
         let old = {
             let mut s = self.state.lock();
@@ -511,12 +505,9 @@ impl ActivityLog {
         while counter.load(Ordering::SeqCst) != 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
-        for (slot, c) in db.copies().iter().enumerate() {
-            let Some(v) = c.in_sync_volume() else {
-                continue;
-            };
+        for (slot, _, v) in db.in_sync() {
             if let Err(e) = v.syncfs() {
-                db.on_error(slot, "checkpoint syncfs", &e, true);
+                db.on_error(slot, "checkpoint syncfs", &e);
             }
         }
         persist();
@@ -564,7 +555,7 @@ fn runs(set: &BTreeSet<u64>) -> Vec<(u64, u64)> {
     out
 }
 
-fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<File> {
+fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<VolFile> {
     let path = log_path(db);
     if let Some(parent) = path.parent() {
         v.mkdir_all(parent)?;

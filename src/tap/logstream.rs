@@ -18,14 +18,13 @@
 //! A log still being written can differ for a moment between the copies; compare a stream
 //! whose writer is quiet, or read a difference in the newest log accordingly.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
-use crate::volume::{Volume, child_path};
+use crate::volume::{FileType, Mode, OFlags, Volume, child_path};
 
 /// Bytes read per step while checksumming a log.
 const READ_CHUNK: usize = 1 << 20;
@@ -176,19 +175,17 @@ fn checksum(v: &Volume, rel: &Path) -> io::Result<(u32, u64)> {
             format!("checksum {} on {}: {e}", rel.display(), v.name()),
         )
     };
-    let mut f = v
+    let f = v
         .open_file(rel, OFlags::RDONLY, Mode::empty())
         .map_err(err)?;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut hasher = crc32fast::Hasher::new();
     let mut total = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(err(e)),
-        };
+        let n = v.read_at(&f, total, &mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
         hasher.update(&buf[..n]);
         total += n as u64;
     }

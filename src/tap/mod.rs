@@ -16,7 +16,6 @@ pub mod activity;
 pub mod dirty;
 pub mod logstream;
 pub mod reconcile;
-pub mod repair;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -27,7 +26,6 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::copyset::Database;
 use crate::layout;
 use crate::volume::Volume;
 
@@ -229,6 +227,19 @@ pub fn classify(copy: Option<&CopyGeneration>, db: &Generation, base: Option<u64
     }
 }
 
+/// The copies a tap writes its activity log to: the in-sync copies of its database, as
+/// the copy set knows them (`copyset::Database` implements it). The tap depends on this,
+/// not on the copy set.
+pub trait Replicas {
+    /// Every copy in sync now: its slot, placement generation and volume.
+    fn in_sync(&self) -> Vec<(usize, u64, std::sync::Arc<Volume>)>;
+    /// The volume name of copy `slot`, for messages.
+    fn volume_name(&self, slot: usize) -> String;
+    /// Copy `slot` failed `op` of the tap with `err` while the others took it: the copy
+    /// set decides what that means for the copy.
+    fn on_error(&self, slot: usize, op: &str, err: &std::io::Error);
+}
+
 /// One database's tap.
 #[derive(Debug)]
 pub struct Tap {
@@ -277,7 +288,7 @@ impl Tap {
     /// `path()`: durable in the activity log, recorded for every lagging copy.
     pub fn data(
         &self,
-        db: &Database,
+        db: &dyn Replicas,
         m: &Mutation<'_>,
         marks: &NodeMarks,
         path: impl Fn() -> Option<PathBuf>,
@@ -294,7 +305,7 @@ impl Tap {
         }
     }
 
-    /// A metadata mutation (through [`Database::mutate`]): numbered and counted.
+    /// A metadata mutation (through `Database::mutate`): numbered and counted.
     pub fn mutated(&self) {
         self.seq.fetch_add(1, Ordering::Relaxed);
         self.meta(DirtyMap::touch);
@@ -309,7 +320,7 @@ impl Tap {
     }
 
     /// A rename, for the activity log and the lagging maps.
-    pub fn renamed(&self, db: &Database, from: &Path, to: &Path, exchange: bool) {
+    pub fn renamed(&self, db: &dyn Replicas, from: &Path, to: &Path, exchange: bool) {
         if let Some(al) = &self.activity {
             al.renamed(db, from, to, exchange);
         }
@@ -422,61 +433,6 @@ impl Tap {
                 }
             }
         }
-    }
-}
-
-/// The thread that runs the tap checkpoints of every database of a pool.
-#[derive(Debug)]
-pub struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    /// Starts checkpointing `pool`'s databases every `every`.
-    pub fn start(
-        pool: std::sync::Arc<crate::pool::Pool>,
-        every: std::time::Duration,
-    ) -> std::io::Result<Checkpointer> {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tap-checkpoint".into())
-            .spawn(move || {
-                let tick = std::time::Duration::from_millis(50);
-                let mut next = std::time::Instant::now() + every;
-                while !flag.load(Ordering::Acquire) {
-                    std::thread::sleep(tick);
-                    if std::time::Instant::now() >= next {
-                        for db in pool.databases() {
-                            db.checkpoint(false);
-                        }
-                        next = std::time::Instant::now() + every;
-                    }
-                }
-            })?;
-        Ok(Checkpointer {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the thread (after the checkpoint in progress).
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 

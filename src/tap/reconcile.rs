@@ -13,12 +13,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, RenameFlags, Stat};
-
 use super::dirty::MetaOp;
 use crate::layout;
-use crate::reseed::engine::data_extents;
-use crate::volume::{Volume, child_path, punch_hole};
+use crate::volume::{
+    FileType, Mode, OFlags, RenameFlags, Stat, Volume, child_path, data_extents, read_full,
+};
 
 /// Which side an error came from.
 #[derive(Debug, thiserror::Error)]
@@ -227,13 +226,12 @@ pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64,
         .chain(std::iter::once((end, 0)));
     for (off, elen) in stops {
         if off > pos {
-            punch_hole(dst, pos, off - pos).map_err(SideError::Dest)?;
+            crate::volume::punch_hole(dst, pos, off - pos).map_err(SideError::Dest)?;
         }
         let mut done = 0;
         while done < elen {
             let n = ((elen - done) as usize).min(buf.len());
-            let got = crate::copyset::read_full(src, off + done, &mut buf[..n])
-                .map_err(SideError::Source)?;
+            let got = read_full(src, off + done, &mut buf[..n]).map_err(SideError::Source)?;
             if got == 0 {
                 break;
             }
@@ -263,8 +261,8 @@ pub fn repair_extent(
     let (mut read, mut fixed) = (0, 0);
     while pos < offset + len {
         let n = ((offset + len - pos) as usize).min(a.len());
-        let na = crate::copyset::read_full(src, pos, &mut a[..n]).map_err(SideError::Source)?;
-        let nb = crate::copyset::read_full(dst, pos, &mut b[..n]).map_err(SideError::Dest)?;
+        let na = read_full(src, pos, &mut a[..n]).map_err(SideError::Source)?;
+        let nb = read_full(dst, pos, &mut b[..n]).map_err(SideError::Dest)?;
         read += na as u64;
         if na == 0 {
             break;

@@ -4,15 +4,14 @@
 //! active copy. The writes in flight at the crash were never acknowledged, so either
 //! version is a valid one; what matters is that the copies agree.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
-use super::activity::{self, EXTENT_SHIFT, Recovered};
-use super::reconcile::{self, SideError};
-use crate::copyset::Database;
+use super::Database;
+use crate::tap::activity::{self, EXTENT_SHIFT, Recovered};
+use crate::tap::reconcile::{self, SideError};
+use crate::volume::{Mode, OFlags, VolFile};
 
 /// What a crash repair did for one database.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -131,7 +130,7 @@ fn open_pair(
     src: &crate::volume::Volume,
     dst: &crate::volume::Volume,
     path: &Path,
-) -> Result<(File, File), SideError> {
+) -> Result<(VolFile, VolFile), SideError> {
     let a = src
         .open_file(path, OFlags::RDONLY, Mode::empty())
         .map_err(SideError::Source)?;

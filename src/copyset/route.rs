@@ -1,0 +1,376 @@
+//! How an operation reaches a database's copies: reads go to the active copy and fail
+//! over; mutations go to every copy that takes them, the answers are reconciled by the
+//! outcome rules (module [`super`]), and a failed copy is reported to the [`Store`].
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
+use crate::volume::{Call, DIRECT_ALIGN, VolFile, Volume, is_media_error};
+
+/// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
+const DIRECT_READ_MAX: usize = 64 << 10;
+
+/// One copy a fan-out writes to: its index, volume and the handle's file there.
+type Target = (usize, Arc<Volume>, Arc<BackingFile>);
+
+impl Database {
+    /// Handles an error of copy `i` during `op`. Returns true when the copy was failed (the
+    /// caller goes on without it), false when the error belongs to the caller.
+    pub fn on_error(&self, i: usize, op: &str, err: &io::Error, another_succeeded: bool) -> bool {
+        let Some(store) = self.store.upgrade() else {
+            return false;
+        };
+        let placement = self.copies[i].placement();
+        if is_media_error(err) {
+            if let Some(v) = &placement.volume {
+                v.count_io_error();
+                store.volume_failed(v, op, err);
+            }
+            true
+        } else if another_succeeded {
+            store.copy_diverged(self, i, op, err);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn settle(&self) {
+        if self.degraded() {
+            if let Some(store) = self.store.upgrade() {
+                store.barrier();
+            }
+        }
+    }
+
+    /// The active copy and its volume; `EIO` when no copy is in sync.
+    fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
+        loop {
+            let i = self
+                .active_index()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            match self.copies[i].in_sync_volume() {
+                Some(v) => return Ok((i, v)),
+                // Failed since it was read: elect again.
+                None => self.elect(),
+            }
+        }
+    }
+
+    /// Runs `f` on the active copy; a media error fails that copy and `f` runs again on
+    /// the next one. For reads and lookups.
+    pub fn read_op<T>(
+        &self,
+        op: &str,
+        mut f: impl FnMut(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            let (i, v) = self.active()?;
+            match f(i, &v) {
+                Ok(t) => return Ok(t),
+                Err(e) if is_media_error(&e) => {
+                    self.on_error(i, op, &e, false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Applies a metadata mutation: first on the active copy (whose answer decides), then
+    /// on every other copy that takes mutations (in sync or being seeded). Returns the
+    /// active copy's result.
+    pub fn mutate<T>(
+        &self,
+        op: &str,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.mutate_where(op, |_| true, f)
+    }
+
+    /// [`Database::mutate`] on the copies for which `has(i)` holds.
+    fn mutate_where<T>(
+        &self,
+        op: &str,
+        has: impl Fn(usize) -> bool,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let _namespace = self.namespace_shared();
+        let (first, result) = loop {
+            let (active, _) = self.active()?;
+            let order = std::iter::once(active).chain(
+                (0..self.copies.len())
+                    .filter(|&i| i != active && self.copies[i].is(CopyState::InSync)),
+            );
+            let mut target = None;
+            for i in order.filter(|&i| has(i)) {
+                if let Some(v) = self.copies[i].in_sync_volume() {
+                    target = Some((i, v));
+                    break;
+                }
+            }
+            let (i, v) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            match f(i, &v) {
+                Ok(t) => break (i, t),
+                Err(e) => {
+                    if !self.on_error(i, op, &e, false) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        for (i, c) in self.copies.iter().enumerate() {
+            if i == first || !has(i) {
+                continue;
+            }
+            let Some(p) = c.writable() else { continue };
+            let Some(v) = &p.volume else { continue };
+            if let Err(e) = f(i, v) {
+                self.on_error(i, op, &e, true);
+            }
+        }
+        self.tap.mutated();
+        self.settle();
+        Ok(result)
+    }
+
+    /// Reads from the active copy's file, failing over on media errors. Fills `buf`
+    /// unless end of file comes first; returns the bytes read.
+    ///
+    /// `direct`: the caller opened the file with `O_DIRECT`. Its small aligned reads then
+    /// bypass the backing page cache too, as they would on the disk itself: no memory
+    /// spent caching what the database caches, and less work per read. Large reads stay
+    /// buffered, where the backing readahead makes them faster than the disk alone.
+    pub fn read_at(
+        &self,
+        files: &OpenFiles,
+        offset: u64,
+        buf: &mut [u8],
+        direct: bool,
+    ) -> io::Result<usize> {
+        let direct = direct
+            && buf.len() <= DIRECT_READ_MAX
+            && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
+        self.read_backing_op("read", files, |v, f| {
+            if direct && let Some(d) = f.direct(v) {
+                match v.read_at(d, offset, buf) {
+                    // The backing filesystem wants a larger alignment than ours.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    r => return r,
+                }
+            }
+            v.read_at(&f.file, offset, buf)
+        })
+    }
+
+    /// Runs `f` on the handle's file of the active copy (or, when the handle has no file
+    /// there, of another in-sync copy); a media error fails that copy and `f` runs again.
+    pub fn read_file_op<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        mut f: impl FnMut(&Volume, &VolFile) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.read_backing_op(op, files, |v, b| f(v, &b.file))
+    }
+
+    /// [`Database::read_file_op`] on the handle's [`BackingFile`].
+    fn read_backing_op<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        mut f: impl FnMut(&Volume, &BackingFile) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            let (active, _) = self.active()?;
+            let order = std::iter::once(active).chain(
+                (0..self.copies.len())
+                    .filter(|&i| i != active && self.copies[i].is(CopyState::InSync)),
+            );
+            let mut target = None;
+            for i in order {
+                if let (Some(v), Some(file)) = (
+                    self.copies[i].in_sync_volume(),
+                    files.get(i, &self.copies[i]),
+                ) {
+                    target = Some((i, v, file));
+                    break;
+                }
+            }
+            let (i, v, file) = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            match v.timed(|| f(&v, &file)) {
+                Ok(t) => return Ok(t),
+                Err(e) if is_media_error(&e) => {
+                    self.on_error(i, op, &e, false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` to every in-sync copy, all at once; to the copy being
+    /// seeded too when `to_seeding` (see [`super::SeedFile`]).
+    pub(super) fn write_at(
+        &self,
+        files: &OpenFiles,
+        offset: u64,
+        data: &[u8],
+        to_seeding: bool,
+    ) -> io::Result<usize> {
+        // One copy of the data, shared by every copy's lane (a call that misses its
+        // deadline keeps it until the disk answers).
+        let shared: Arc<[u8]> = Arc::from(data);
+        let len = data.len();
+        self.fan_out(files, "write", len, to_seeding, |v, f| {
+            v.submit_write(f, offset, shared.clone())
+        })
+        .map(|()| len)
+    }
+
+    /// Starts writing `[offset, offset+len)` of the handle's files back to every copy's
+    /// disk, without waiting (a sequential writer's run, see `fs::node::WriteRun`). An
+    /// error here is left to the next write or `fsync` to report.
+    pub fn start_writeback(&self, files: &OpenFiles, offset: u64, len: u64) {
+        for (i, c) in self.copies.iter().enumerate() {
+            let Some(p) = c.writable() else { continue };
+            if let (Some(v), Some(f)) = (&p.volume, files.get(i, c)) {
+                v.start_writeback(&f.file, offset, len);
+            }
+        }
+    }
+
+    /// `fsync`/`fdatasync` on every copy that takes writes, in parallel: returns when all
+    /// are durable.
+    pub(super) fn sync_files(&self, files: &OpenFiles, datasync: bool) -> io::Result<()> {
+        let op = if datasync { "fdatasync" } else { "fsync" };
+        self.fan_out(files, op, 0, true, |v, f| v.submit_sync(f, datasync))
+    }
+
+    /// Applies `f` to the open file of every copy that takes mutations (active first):
+    /// truncate, fallocate, setattr through a handle. A copy where the handle has no file
+    /// (it was unlinked before that copy was laid out) has nothing to change.
+    pub fn mutate_files<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        f: impl Fn(&Volume, &VolFile) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.mutate_where(
+            op,
+            |i| files.get(i, &self.copies[i]).is_some(),
+            |i, v| match files.get(i, &self.copies[i]) {
+                Some(file) => f(v, &file.file),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            },
+        )
+    }
+
+    /// Hands `submit(volume, file)` to every in-sync copy's lane at once (and the seeding
+    /// copy's when `to_seeding`) where the handle has a file, waits for every answer until
+    /// the deadline, then reconciles the outcomes. `len`: the bytes of data written (for
+    /// the volumes' counters).
+    fn fan_out<T: Send + 'static>(
+        &self,
+        files: &OpenFiles,
+        op: &'static str,
+        len: usize,
+        to_seeding: bool,
+        submit: impl Fn(&Volume, &VolFile) -> Call<T>,
+    ) -> io::Result<T> {
+        loop {
+            let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
+            let mut n = 0;
+            let active = self.active_index();
+            // Active copy first: its error decides when no copy succeeds. A seeding copy
+            // never goes first and never makes a write count as done on its own.
+            let order = active
+                .into_iter()
+                .chain((0..self.copies.len()).filter(|&i| Some(i) != active));
+            let mut in_sync = 0;
+            for i in order {
+                let c = &self.copies[i];
+                let take =
+                    c.is(CopyState::InSync) || (to_seeding && c.is(CopyState::Seeding) && n > 0);
+                if !take || n == targets.len() {
+                    continue;
+                }
+                let Some(p) = c.writable() else { continue };
+                let (Some(v), Some(f)) = (p.volume.clone(), files.get(i, c)) else {
+                    continue;
+                };
+                in_sync += usize::from(c.is(CopyState::InSync));
+                targets[n] = Some((i, v, f));
+                n += 1;
+            }
+            if in_sync == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            // Every copy at once, each on its volume's lane; then every answer, each
+            // within its volume's deadline.
+            let started = Instant::now();
+            let mut calls: [Option<(Call<T>, Instant)>; MAX_COPIES] = Default::default();
+            for (slot, t) in targets[..n].iter().enumerate() {
+                if let Some((_, v, f)) = t {
+                    calls[slot] = Some((submit(v, &f.file), v.deadline()));
+                }
+            }
+            let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
+            for (slot, t) in targets[..n].iter().enumerate() {
+                if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
+                    let r = v.finish(op, call, deadline);
+                    v.observe(started.elapsed());
+                    count_written(v, &r, len);
+                    results[slot] = Some(r);
+                }
+            }
+            let seeding = |slot: usize| {
+                targets[slot]
+                    .as_ref()
+                    .is_some_and(|(i, _, _)| !self.copies[*i].is(CopyState::InSync))
+            };
+            let any_ok = (0..n).any(|slot| !seeding(slot) && matches!(results[slot], Some(Ok(_))));
+            let mut first_ok = None;
+            let mut caller_err = None;
+            let mut seeded_alone = Vec::new();
+            for (slot, r) in results.into_iter().take(n).enumerate() {
+                let Some((i, _, _)) = &targets[slot] else {
+                    continue;
+                };
+                match r {
+                    Some(Ok(_)) if seeding(slot) && !any_ok => seeded_alone.push(*i),
+                    Some(Ok(t)) if first_ok.is_none() && !seeding(slot) => first_ok = Some(t),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        // A seeding copy never decides: any error of its own fails it.
+                        let failed = self.on_error(*i, op, &e, any_ok || seeding(slot));
+                        if !failed && caller_err.is_none() {
+                            caller_err = Some(e);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if let Some(t) = first_ok {
+                self.settle();
+                return Ok(t);
+            }
+            if let Some(e) = caller_err {
+                // The seeding copy took what every in-sync copy refused: it differs now.
+                for i in seeded_alone {
+                    self.on_error(i, op, &e, true);
+                }
+                return Err(e);
+            }
+            // Every target failed with a media error: try again on what is left.
+        }
+    }
+}
+
+/// Counts the data of a mutation that succeeded on `v` (metrics: bytes mirrored).
+#[inline]
+fn count_written<T>(v: &Volume, r: &io::Result<T>, len: usize) {
+    if len > 0 && r.is_ok() {
+        v.count_written(len);
+    }
+}

@@ -1,0 +1,302 @@
+//! The pool's side of a failure ([`Store`] for the copy set): every copy on a dead volume
+//! leaves the in-sync set, the new state is persisted (witness first, then every volume
+//! that answers) before the request that found the failure may be acknowledged, the dead
+//! volume is let go, and the events say what happened.
+
+use std::io;
+
+use super::state::{DbRecord, PoolState, pool_state_path, witness_path, write_witness};
+use super::{Pool, Unpersisted};
+use crate::copyset::{CopyState, Database, Store};
+use crate::events::{EventId, NewEvent};
+use crate::tap::{self, Generation};
+use crate::volume::Volume;
+
+/// A volume found dead while the state was written: its name and errno.
+pub(super) type Dead = Vec<(String, Option<i32>)>;
+
+impl Store for Pool {
+    fn volume_failed(&self, volume: &Volume, op: &str, err: &io::Error) {
+        self.fail_volume(volume.name(), op, err.raw_os_error());
+    }
+
+    fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &io::Error) {
+        self.fail_diverged(db, slot, op, err);
+    }
+
+    fn barrier(&self) {
+        if self.unpersisted.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            drop(self.state.lock());
+        }
+    }
+}
+
+/// A copy that failed with its volume, for the event.
+struct Failed {
+    db: String,
+    volume: String,
+    op: String,
+    errno: Option<i32>,
+    /// It was the database's last copy in sync.
+    last: bool,
+}
+
+impl Pool {
+    /// Marks volume `name` failed after `errno` during `op`: every copy on it becomes
+    /// FailedAndSuspended, the state is persisted on every healthy volume, events are
+    /// emitted. Returns once persisted. Idempotent.
+    pub fn fail_volume(&self, name: &str, op: &str, errno: Option<i32>) {
+        let mut state = self.state.lock();
+        let unpersisted = Unpersisted::new(&self.unpersisted);
+        let mut pending = vec![(name.to_owned(), op.to_owned(), errno)];
+        let mut failed = Vec::new();
+        let mut moved = Vec::new();
+        while let Some((vol, op, errno)) = pending.pop() {
+            if state.failed_volumes.contains(&vol) {
+                continue;
+            }
+            state.failed_volumes.push(vol.clone());
+            if let Some(v) = self.volume(&vol) {
+                v.mark_failed();
+            }
+            let mut bumped = Vec::new();
+            for d in &self.databases {
+                let before = d.active_volume();
+                let left = d.fail_copies_on(&vol);
+                if left.is_empty() {
+                    continue;
+                }
+                // The last copy in sync keeps every acknowledged write (the failing
+                // request was not acknowledged): it stays trusted for the next mount.
+                let last = d.active_index().is_none();
+                if let Some(rec) = state.database_mut(&d.name)
+                    && !last
+                {
+                    for &(slot, was) in &left {
+                        if let Some(c) = rec.copies.get_mut(slot) {
+                            c.set_failed();
+                        }
+                        if copy_left(rec, d, slot, was) {
+                            bumped.push(d.index);
+                        }
+                    }
+                }
+                failed.push(Failed {
+                    db: d.name.clone(),
+                    volume: vol.clone(),
+                    op: op.clone(),
+                    errno,
+                    last,
+                });
+                let after = d.active_volume();
+                if before != after {
+                    moved.push((d.name.clone(), before, after, vol.clone()));
+                }
+            }
+            // Persisting may itself find another dying volume.
+            for (v2, e2) in self.persist_locked(&mut state) {
+                pending.push((v2, "persist pool state".to_owned(), e2));
+            }
+            for d in self.databases.iter().filter(|d| bumped.contains(&d.index)) {
+                if let Some(rec) = state.database(&d.name) {
+                    write_generations(d, &rec.generation);
+                }
+            }
+        }
+        drop(unpersisted);
+        let dead_volumes = state.failed_volumes.clone();
+        drop(state);
+        self.let_go(&dead_volumes);
+        for f in failed {
+            self.emit_failed(f);
+        }
+        for (db, before, after, vol) in moved {
+            self.events.emit(
+                NewEvent::new(
+                    EventId::ActiveChanged,
+                    format!(
+                        "database {db}: active copy moved from {} to {}",
+                        before.as_deref().unwrap_or("none"),
+                        after.as_deref().unwrap_or("none (no copy in sync)")
+                    ),
+                )
+                .database(&db)
+                .volume(after.as_deref().unwrap_or(&vol)),
+            );
+        }
+    }
+
+    /// Nothing may keep a dead volume's filesystem alive: the disk can then be unmounted,
+    /// checked and mounted again while the database runs (AutoReseed's resume step finds
+    /// it back). Closes every file the copies had on the failed volumes.
+    fn let_go(&self, failed: &[String]) {
+        let mut released = false;
+        for name in failed {
+            if let Some(pv) = self.pool_volume(name)
+                && pv.volume().is_some_and(|v| v.is_failed())
+            {
+                pv.release();
+                released = true;
+            }
+        }
+        if released {
+            for d in &self.databases {
+                d.release_stale_files();
+            }
+        }
+    }
+
+    fn emit_failed(&self, f: Failed) {
+        let Failed {
+            db,
+            volume: vol,
+            op,
+            errno,
+            last,
+        } = f;
+        let errno_name = errno.map(|e| io::Error::from_raw_os_error(e).to_string());
+        let tail = if last {
+            format!(
+                ". It was the last copy of {db} in sync: {db} gets EIO until {vol} answers again; the copy keeps every acknowledged write and will be trusted by the next mount"
+            )
+        } else {
+            String::new()
+        };
+        self.events.emit(
+            NewEvent::new(
+                EventId::CopyFailed,
+                format!(
+                    "copy {db}\\{vol} is FailedAndSuspended: volume {vol} failed during {op} ({}){tail}",
+                    errno_name.as_deref().unwrap_or("unknown error")
+                ),
+            )
+            .database(&db)
+            .volume(&vol)
+            .field("operation", op)
+            .field("errno", errno.unwrap_or(0))
+            .field("status", "FailedAndSuspended")
+            .field("last_copy", last),
+        );
+    }
+
+    /// Fails copy `slot` of `db` alone: it answered `err` to `op` while another copy took
+    /// the mutation, so the copies are no longer identical.
+    pub fn fail_diverged(&self, db: &Database, slot: usize, op: &str, err: &io::Error) {
+        let mut state = self.state.lock();
+        let pending = Unpersisted::new(&self.unpersisted);
+        let Some(was) = db.fail_copy(slot) else {
+            return;
+        };
+        let vol = db.copies()[slot].volume_name();
+        if let Some(rec) = state.database_mut(&db.name) {
+            if let Some(c) = rec.copies.get_mut(slot) {
+                c.set_failed();
+            }
+            copy_left(rec, db, slot, was);
+        }
+        let dead = self.persist_locked(&mut state);
+        if let Some(rec) = state.database(&db.name) {
+            write_generations(db, &rec.generation);
+        }
+        drop(pending);
+        drop(state);
+        self.events.emit(
+            NewEvent::new(
+                EventId::CopyDiverged,
+                format!(
+                    "copy {}\\{vol} is FailedAndSuspended: it answered {op} with \"{err}\" while another copy succeeded",
+                    db.name
+                ),
+            )
+            .database(&db.name)
+            .volume(&vol)
+            .field("operation", op)
+            .field("errno", err.raw_os_error().unwrap_or(0))
+            .field("status", "FailedAndSuspended"),
+        );
+        self.fail_dead(dead);
+    }
+
+    /// Bumps the epoch and writes the state to the witness and every healthy volume;
+    /// returns the volumes whose write failed with a media error.
+    pub(super) fn persist_locked(&self, state: &mut PoolState) -> Dead {
+        state.epoch += 1;
+        if let Err(err) = write_witness(&self.config, state) {
+            // A stale witness would vouch for a state that is not the newest: remove it.
+            let path = witness_path(&self.config, &state.pool_id);
+            let _ = std::fs::remove_file(&path);
+            self.events.emit(NewEvent::new(
+                EventId::StatePersistFailed,
+                format!(
+                    "cannot write the pool state witness {}: {err} (removed it; a crash that also kills a disk will need that disk back to mount)",
+                    path.display()
+                ),
+            ));
+        }
+        let bytes = match serde_json::to_vec_pretty(&*state) {
+            Ok(b) => b,
+            Err(_) => return Vec::new(),
+        };
+        let mut dead = Vec::new();
+        for v in &self.volumes {
+            let Some(vol) = v.volume() else { continue };
+            if state.failed_volumes.contains(&v.name) {
+                continue;
+            }
+            if let Err(err) = vol.write_atomic(&pool_state_path(), &bytes) {
+                vol.count_io_error();
+                self.events.emit(
+                    NewEvent::new(
+                        EventId::StatePersistFailed,
+                        format!("cannot write the pool state to {}: {err}", v.name),
+                    )
+                    .volume(&v.name),
+                );
+                if crate::volume::is_media_error(&err) {
+                    dead.push((v.name.clone(), err.raw_os_error()));
+                }
+            }
+        }
+        dead
+    }
+
+    /// Fails the volumes a persist found dead.
+    pub(super) fn fail_dead(&self, dead: Dead) {
+        for (v, errno) in dead {
+            self.fail_volume(&v, "persist pool state", errno.or(Some(libc::EIO)));
+        }
+    }
+}
+
+/// Copy `slot` of `db` left the in-sync copies: the database moves to a new generation
+/// and the tap records what the copy misses from the old one on. A copy already lagging
+/// (it failed again during its resync) keeps its map.
+/// `was` is the copy's state before it failed: only a copy that was in sync has a known
+/// content to record changes against. Returns whether the generation moved.
+pub(super) fn copy_left(rec: &mut DbRecord, db: &Database, slot: usize, was: CopyState) -> bool {
+    let Some(c) = rec.copies.get(slot) else {
+        return false;
+    };
+    if c.dirty_base.is_some() || was != CopyState::InSync {
+        return false;
+    }
+    let since = c.failed_at.unwrap_or_else(std::time::SystemTime::now);
+    let volume = c.volume.clone();
+    let base = rec.generation.bump();
+    rec.copies[slot].dirty_base = Some(base);
+    db.tap().start_lagging(slot, &volume, base, since);
+    true
+}
+
+/// Writes `g` as the copy generation of every in-sync copy of `db`.
+pub(super) fn write_generations(db: &Database, g: &Generation) {
+    for v in db.in_sync_volumes() {
+        if let Err(e) = tap::write_copy_generation(&v, &db.name, g) {
+            tracing::warn!(
+                "cannot write the generation of {} on {}: {e}",
+                db.name,
+                v.name()
+            );
+        }
+    }
+}
