@@ -247,8 +247,8 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         println!(
             "pgbench: {} is pid {} at {}",
             d.label,
-            d.child.id(),
-            d.mountpoint.display()
+            d.pid(),
+            d.mountpoint().display()
         );
     }
 
@@ -376,7 +376,7 @@ impl Rig {
                         rig.binds.push(BindMount::new(&source, &at)?);
                     }
                     let daemon = Daemon::reseedfs(t.name(), &pool, DB, copies, &s.settings)?;
-                    let db = daemon.mountpoint.join(DB);
+                    let db = daemon.mountpoint().join(DB);
                     rig.daemons.push(daemon);
                     (db.join(format!("{DB}.db")), db.join(format!("{DB}.log")))
                 }

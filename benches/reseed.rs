@@ -71,6 +71,7 @@ mod linux {
     };
     use reseedfs::reseed::{self, Progress, SeedRequest};
     use reseedfs::sys::uring::UringEngine;
+    use reseedfs::testbed::rng::Rng;
     use reseedfs::testbed::{TESTBED_DIR_ENV, Testbed};
     use reseedfs::throttle::{Throttle, ThrottleConfig, parse_budget};
 
@@ -456,6 +457,7 @@ mod linux {
             from: None,
             allow_in_sync: false,
             keep_replaced: false,
+            window_bytes: reseed::WINDOW_BYTES,
         };
         let progress = Progress::new(DB, TARGET);
         if let Some(b) = budget {
@@ -463,7 +465,10 @@ mod linux {
                 max_bytes_per_s: Some(b),
                 ..ThrottleConfig::default()
             };
-            progress.pacer.set_throttle(Throttle::new(&throttle, None));
+            progress
+                .job
+                .pacer
+                .set_throttle(Throttle::new(&throttle, None));
         }
         let started = Instant::now();
         let report = reseed::reseed(&core, &req, &progress)
@@ -788,25 +793,6 @@ mod linux {
         fs::write("/proc/sys/vm/drop_caches", "3\n").map_err(|e| format!("drop_caches: {e}"))
     }
 
-    /// Fast incompressible bytes (xorshift64*), one stream per seed.
-    struct Noise(u64);
-
-    impl Noise {
-        fn new(seed: u64) -> Noise {
-            Noise(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-        }
-
-        fn fill(&mut self, buf: &mut [u8]) {
-            for word in buf.chunks_mut(8) {
-                self.0 ^= self.0 >> 12;
-                self.0 ^= self.0 << 25;
-                self.0 ^= self.0 >> 27;
-                let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-                word.copy_from_slice(&x[..word.len()]);
-            }
-        }
-    }
-
     /// A file of the database: path under the volume, size, data regions (offset, length).
     type DbFile = (String, u64, Vec<(u64, u64)>);
 
@@ -851,7 +837,7 @@ mod linux {
             }
             let file =
                 File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-            let mut noise = Noise::new(seed as u64 + 1);
+            let mut noise = Rng::new(seed as u64 + 1);
             for &(offset, len) in regions {
                 let mut done = 0;
                 while done < len {
@@ -888,7 +874,7 @@ mod linux {
             .open(&path)
             .map_err(|e| format!("create {}: {e}", path.display()))?;
         let mut buf = memmap2::MmapMut::map_anon(4 << 20).map_err(|e| e.to_string())?;
-        Noise::new(99).fill(&mut buf);
+        Rng::new(99).fill(&mut buf);
         let target = VOLUME_BYTES - (512 << 20);
         let mut offset = 0;
         while offset < target {

@@ -43,6 +43,7 @@ mod linux {
     use reseedfs::fs::{Core, NodeId};
     use reseedfs::pool::{self, Pool};
     use reseedfs::reseed::{self, Progress, SeedRequest, resync};
+    use reseedfs::testbed::rng::Rng;
     use reseedfs::testbed::{TESTBED_DIR_ENV, Testbed};
 
     const DB: &str = "db001";
@@ -85,23 +86,6 @@ mod linux {
         fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
     }
 
-    /// xorshift: incompressible data and a reproducible choice of blocks.
-    struct Noise(u64);
-    impl Noise {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn fill(&mut self, buf: &mut [u8]) {
-            for c in buf.chunks_mut(8) {
-                let v = self.next().to_le_bytes();
-                c.copy_from_slice(&v[..c.len()]);
-            }
-        }
-    }
-
     fn write_database(volumes: &[PathBuf]) -> Result<()> {
         let mut files = Vec::new();
         for v in volumes {
@@ -111,7 +95,7 @@ mod linux {
                     .map_err(|e| format!("create {}: {e}", dir.display()))?,
             );
         }
-        let mut noise = Noise(0x2545_F491_4F6C_DD1D);
+        let mut noise = Rng::new(0x2545_F491_4F6C_DD1D);
         let mut buf = vec![0u8; 1 << 20];
         for _ in 0..DB_BYTES >> 20 {
             noise.fill(&mut buf);
@@ -164,10 +148,10 @@ mod linux {
     /// written.
     fn rewrite_blocks(core: &Core, n: u64, span: u64, seed: u64) -> Result<u64> {
         let h = open_data(core)?;
-        let mut noise = Noise(seed);
+        let mut noise = Rng::new(seed);
         let mut chosen = std::collections::BTreeSet::new();
         while (chosen.len() as u64) < n {
-            chosen.insert(noise.next() % (span / BLOCK));
+            chosen.insert(noise.below(span / BLOCK));
         }
         let mut buf = vec![0u8; BLOCK as usize];
         for b in chosen {
@@ -229,6 +213,7 @@ mod linux {
             from: None,
             allow_in_sync: false,
             keep_replaced: false,
+            window_bytes: reseed::WINDOW_BYTES,
         };
         let progress = Progress::new(DB, "Volume2");
         let started = Instant::now();

@@ -113,6 +113,7 @@ use common::{
     Daemon, Setting, bench_dir, drop_caches, machine_load, median, tool_version, tool_works,
     with_path,
 };
+use reseedfs::testbed::rng::Rng;
 use reseedfs::testbed::{self, BindMount, Testbed};
 
 use serde_json::{Value, json};
@@ -465,8 +466,8 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         println!(
             "throughput: {} is pid {} at {}",
             d.label,
-            d.child.id(),
-            d.mountpoint.display()
+            d.pid(),
+            d.mountpoint().display()
         );
     }
     let targets: Vec<Target> = s
@@ -619,7 +620,7 @@ impl Rig {
             }
             let backing = vol1.join(dir);
             let daemon = floor_daemon(target, &backing, &root.join(dir), threads, direct)?;
-            rig.files.push((target, daemon.mountpoint.join(FILE)));
+            rig.files.push((target, daemon.mountpoint().join(FILE)));
             rig.backing.push((target, vec![backing.join(FILE)]));
             rig.daemons.push(daemon);
         }
@@ -641,7 +642,7 @@ impl Rig {
             let settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
             let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
             let file = daemon
-                .mountpoint
+                .mountpoint()
                 .join(DB)
                 .join(format!("{DB}.db"))
                 .join(FILE);
@@ -662,7 +663,7 @@ impl Rig {
         if mergerfs {
             let daemon = mergerfs_daemon(&vol1.join("mergerfs"), &root.join("mergerfs"))?;
             rig.files
-                .push((Target::Mergerfs, daemon.mountpoint.join(FILE)));
+                .push((Target::Mergerfs, daemon.mountpoint().join(FILE)));
             rig.backing
                 .push((Target::Mergerfs, vec![vol1.join("mergerfs").join(FILE)]));
             rig.daemons.push(daemon);
@@ -796,7 +797,7 @@ fn ensure_file(file: &Path, bytes: u64) -> io::Result<()> {
         .truncate(false)
         .open(file)
         .map_err(|e| with_path(e, "create", file))?;
-    let chunk = pattern_bytes(1 << 20, 7);
+    let chunk = Rng::new(7).bytes(1 << 20);
     let mut off = 0;
     while off < bytes {
         f.write_all_at(&chunk, off)?;
@@ -1001,7 +1002,7 @@ struct Aligned {
 
 impl Aligned {
     fn new(len: usize, seed: u64) -> Aligned {
-        let mut raw = pattern_bytes(len + 4096, seed);
+        let mut raw = Rng::new(seed).bytes(len + 4096);
         let start = raw.as_mut_ptr().align_offset(4096).min(4096);
         Aligned { raw, start, len }
     }
@@ -1011,18 +1012,6 @@ impl Aligned {
     fn get_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
-}
-
-fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[3]
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

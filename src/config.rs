@@ -26,6 +26,10 @@
 //! [reseed]
 //! engine = "auto"                     # or "io_uring", "threads"
 //!
+//! [volume]
+//! io_timeout = "10s"                  # past it an operation fails its volume (>= 1s)
+//! slow_request = "1s"                 # slower operations are counted, not failed
+//!
 //! [throttle]                          # every reseed, resync and verify of the host
 //! max_bytes_per_s = "200MiB/s"        # default: unlimited
 //! floor_bytes_per_s = "16MiB/s"       # latency backoff never goes below
@@ -90,6 +94,46 @@ pub struct Config {
     /// The bandwidth budget of rebuilds and its latency backoff.
     #[serde(default)]
     pub throttle: crate::throttle::ThrottleConfig,
+    /// How long a volume may take to answer.
+    #[serde(default)]
+    pub volume: VolumeConfig,
+}
+
+/// The `[volume]` section: deadlines of every operation on a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumeConfig {
+    /// Every operation on a volume (data, metadata, fsync, the daemon's own state, log and
+    /// tap writes) must answer within this; past it the volume is failed as a dead disk's
+    /// would be, and the request completes from the other copies. Default 10s, at least
+    /// 1s.
+    #[serde(with = "humantime_serde")]
+    pub io_timeout: std::time::Duration,
+    /// Operations slower than this are counted per volume and shown (`status`, metrics;
+    /// an event when a volume stays that slow for a minute). A slow volume is not failed.
+    /// Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub slow_request: std::time::Duration,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        let l = crate::volume::Limits::default();
+        VolumeConfig {
+            io_timeout: l.io_timeout,
+            slow_request: l.slow_request,
+        }
+    }
+}
+
+impl VolumeConfig {
+    /// The limits volumes are opened with.
+    pub fn limits(&self) -> crate::volume::Limits {
+        crate::volume::Limits {
+            io_timeout: self.io_timeout,
+            slow_request: self.slow_request,
+        }
+    }
 }
 
 /// The `[tap]` section.
@@ -197,6 +241,7 @@ impl Config {
             reseed: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
+            volume: Default::default(),
             metrics: None,
         }
     }
@@ -249,6 +294,19 @@ impl Config {
         }
         if self.threads == 0 || self.threads > 256 {
             return Err(invalid("threads", "must be between 1 and 256".into()));
+        }
+        if self.volume.io_timeout < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "volume.io_timeout",
+                "must be at least \"1s\": a healthy disk under load can take hundreds of milliseconds".into(),
+            ));
+        }
+        if self.volume.slow_request.is_zero() || self.volume.slow_request >= self.volume.io_timeout
+        {
+            return Err(invalid(
+                "volume.slow_request",
+                "must be above 0 and below volume.io_timeout".into(),
+            ));
         }
         for (key, p) in [
             ("volumes_root", &self.volumes_root),

@@ -1,12 +1,17 @@
 //! `reseedfs mount`: config -> pool -> core -> FUSE mount -> control socket, then wait
 //! for SIGINT/SIGTERM, an `unmount` request or the kernel ending the mount.
+//!
+//! [`run`] reads top to bottom, one step per function. What the steps set up and must be
+//! undone (the checkpoint thread, the pool's clean flag, the signal handlers, the socket
+//! file) is held by one `Teardown`: an early error drops it, the end of the mount calls
+//! `Teardown::finish`, and nothing is undone twice or forgotten on one path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::autoreseed::{Runner, SystemClock};
 use crate::config::Config;
@@ -14,42 +19,33 @@ use crate::control::{self, Request, Response};
 use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
 use crate::fs::Core;
 use crate::metrics::{CountingSink, Metrics};
-use crate::pool::Pool;
+use crate::pool::{Checkpointer, Pool};
+use crate::status::LastErrors;
+use crate::verify::{Verifier, VerifyOptions};
 
 /// Why the daemon is asked to stop.
 #[derive(Debug)]
 enum Stop {
     Signal(i32),
     /// An `unmount` request; the outcome goes back to the client.
-    Request(crossbeam_channel::Sender<Result<(), String>>),
+    Request(Sender<Result<(), String>>),
 }
 
 /// Mounts the pool of `config` and serves it until told to stop.
 pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
-    // Modes given by the kernel are final (it already applied the caller's umask).
-    rustix::process::umask(rustix::fs::Mode::empty());
-    // With the umask cleared, say the mode: nobody else may write where the socket and the
-    // event log live.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
-        .create(&config.state_dir)
-        .with_context(|| format!("create state_dir {}", config.state_dir.display()))?;
-    let log = Arc::new(
-        EventLog::open(&config.events_path())
-            .with_context(|| format!("open event log {}", config.events_path().display()))?,
-    );
-    let metrics = Arc::new(Metrics::new());
-    let counting: Arc<dyn EventSink> = Arc::new(CountingSink::new(log.clone(), metrics.clone()));
-    // Remembers each copy's last error for `status`.
-    let last_errors = Arc::new(crate::status::LastErrors::new(counting));
-    let events: Arc<dyn EventSink> = last_errors.clone();
+    prepare_state_dir(config)?;
+    let sinks = Sinks::open(config)?;
     crate::mountpoint::clear_stale(&config.databases_root)?;
-    let pool = Pool::open(config, events.clone())
+    let pool = Pool::open(config, sinks.events.clone())
         .with_context(|| format!("open the pool of {}", config_path.display()))?;
+    // From here on every way out undoes what was set up.
+    let mut teardown = Teardown::new(pool.clone());
     // After a crash: the copies are made identical where they may differ, before serving.
     pool.repair_after_crash();
-    let checkpoints =
-        crate::pool::Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
-            .context("start the tap checkpoint thread")?;
+    teardown.checkpoints = Some(
+        Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
+            .context("start the tap checkpoint thread")?,
+    );
     if !config.databases_root.is_dir() {
         bail!(
             "databases root {} is not a directory: create it (reseedfs init does)",
@@ -58,136 +54,156 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let core = Arc::new(Core::new(pool.clone()));
     let runner = Runner::new(core.clone(), Arc::new(SystemClock));
-    let verifier = Arc::new(
-        crate::verify::Verifier::new(core.clone()).with_throttle(runner.throttle().clone()),
-    );
+    let verifier = Arc::new(Verifier::new(core.clone()).with_throttle(runner.throttle().clone()));
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
-    let handler: control::Handler = {
-        let pool = pool.clone();
-        let runner = runner.clone();
-        let events_path = config.events_path();
-        let stop_tx = stop_tx.clone();
-        let verifier = verifier.clone();
-        let events = events.clone();
-        let status = {
-            let (pool, runner) = (pool.clone(), runner.clone());
-            move || {
-                let mut status = crate::status::of_pool(&pool);
-                runner.annotate(&mut status);
-                crate::status::complete(&mut status, Some(runner.throttle()), Some(&last_errors));
-                status
-            }
-        };
-        Arc::new(move |req| match req {
-            Request::Status => Response::Status(status()),
-            Request::Throttle {
-                max_bytes_per_s,
-                by,
-            } => {
-                let throttle = runner.throttle();
-                let old = throttle.set_budget(max_bytes_per_s);
-                let by = by.unwrap_or_else(|| "a control socket client".into());
-                let rate = crate::throttle::fmt_rate;
-                events.emit(
-                    NewEvent::new(
-                        EventId::ThrottleChanged,
-                        format!(
-                            "rebuild budget changed from {} to {} by {by}",
-                            rate(old),
-                            rate(max_bytes_per_s)
-                        ),
-                    )
-                    .field("old", old)
-                    .field("new", max_bytes_per_s)
-                    .field("by", by),
-                );
-                Response::Throttle(throttle.status())
-            }
-            Request::Explain { db, what_if_fail } => match crate::explain::live(
-                &pool,
-                &runner,
-                &status(),
-                db.as_deref(),
-                what_if_fail.as_deref(),
-            ) {
-                Ok(crate::explain::Answer::Explain(e)) => Response::Explain(Box::new(e)),
-                Ok(crate::explain::Answer::WhatIf(w)) => Response::WhatIf(Box::new(w)),
-                Err(e) => Response::Error(e),
-            },
-            Request::Reseed { db, from, to } => match runner.manual_reseed(&db, from, to) {
-                Ok(target) => Response::Started { db, target },
-                Err(e) => Response::Error(e),
-            },
-            Request::Suspend { db, volume } => match runner.suspend(&db, &volume) {
-                Ok(label) => Response::Changed(vec![label]),
-                Err(e) => Response::Error(e),
-            },
-            Request::Resume { db, volume } => match runner.resume(&db, &volume) {
-                Ok(_) => Response::Started { db, target: volume },
-                Err(e) => Response::Error(e),
-            },
-            Request::Block {
-                db,
-                volume,
-                reseed,
-                resume,
-                set,
-            } => match pool.set_blocks(
-                &db,
-                volume.as_deref(),
-                reseed.then_some(set),
-                resume.then_some(set),
-            ) {
-                Ok(changed) => Response::Changed(changed),
-                Err(e) => Response::Error(e),
-            },
-            Request::Verify {
-                db,
-                repair,
-                max_bytes_per_s,
-            } => {
-                let options = crate::verify::VerifyOptions {
-                    repair,
-                    max_bytes_per_s,
-                };
-                match verifier.start(&db, options) {
-                    Ok(s) => Response::Verify(Box::new(s)),
-                    Err(e) => Response::Error(e),
-                }
-            }
-            Request::VerifyStatus { db } => match verifier.status(&db) {
-                Some(s) => Response::Verify(Box::new(s)),
-                None => Response::Error(format!(
-                    "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
-                )),
-            },
-            Request::Events { since } => match events::read_events(&events_path) {
-                Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
-                Err(e) => Response::Error(format!("read {}: {e}", events_path.display())),
-            },
-            Request::Unmount => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                if stop_tx.send(Stop::Request(tx)).is_err() {
-                    return Response::Ok;
-                }
-                match rx.recv() {
-                    Ok(Ok(())) | Err(_) => Response::Ok,
-                    Ok(Err(e)) => Response::Error(e),
-                }
-            }
-        })
-    };
+
     // The socket and the signal handlers come first: once the mount is visible, `status`
     // answers and SIGTERM unmounts cleanly.
     let socket = config.socket_path();
+    let handler = Control {
+        pool: pool.clone(),
+        runner: runner.clone(),
+        verifier: verifier.clone(),
+        events: sinks.events.clone(),
+        last_errors: sinks.last_errors.clone(),
+        events_path: config.events_path(),
+        stop_tx: stop_tx.clone(),
+    }
+    .into_handler();
     let control = control::serve(&socket, handler)
         .with_context(|| format!("serve the control socket {}", socket.display()))?;
+    teardown.socket = Some(socket.clone());
+    teardown.signals = Some(install_signals(stop_tx)?);
+    if let Some(addr) = config.metrics {
+        serve_metrics(addr, &pool, &runner, &sinks.metrics)?;
+    }
+    let fsname = crate::mountpoint::fsname(config_path);
+    let timed = config.metrics.map(|_| sinks.metrics.clone());
+    let mount =
+        crate::sys::fuse::mount(core, &config.databases_root, config.threads, &fsname, timed)
+            .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))?;
+    let autoreseed = runner.start().context("start the AutoReseed runner")?;
+    announce(config, &pool, &sinks.events, &socket);
+
+    let why = serve_until_stopped(&mount, &stop_rx, &config.databases_root);
+
+    teardown.stop_signals();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
+    autoreseed.stop();
+    verifier.stop();
+    let result = mount.unmount();
+    // A mount that would not go away may still have writes in flight: not clean.
+    teardown.finish(result.is_ok());
+    sinks.events.emit(NewEvent::new(
+        EventId::MountFinished,
+        format!("unmounted {} ({why})", config.databases_root.display()),
+    ));
+    control.drain(Duration::from_secs(2));
+    result.with_context(|| format!("unmount {}", config.databases_root.display()))
+}
+
+/// Clears the umask (modes given by the kernel are final: it already applied the
+/// caller's) and creates the state directory, saying its mode: nobody else may write
+/// where the socket and the event log live.
+fn prepare_state_dir(config: &Config) -> anyhow::Result<()> {
+    rustix::process::umask(rustix::fs::Mode::empty());
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
+        .create(&config.state_dir)
+        .with_context(|| format!("create state_dir {}", config.state_dir.display()))
+}
+
+/// Where events go: the persisted log, counted by the metrics, each copy's last error
+/// remembered for `status`.
+struct Sinks {
+    metrics: Arc<Metrics>,
+    last_errors: Arc<LastErrors>,
+    events: Arc<dyn EventSink>,
+}
+
+impl Sinks {
+    fn open(config: &Config) -> anyhow::Result<Sinks> {
+        let log = Arc::new(
+            EventLog::open(&config.events_path())
+                .with_context(|| format!("open event log {}", config.events_path().display()))?,
+        );
+        let metrics = Arc::new(Metrics::new());
+        let counting: Arc<dyn EventSink> =
+            Arc::new(CountingSink::new(log.clone(), metrics.clone()));
+        let last_errors = Arc::new(LastErrors::new(counting));
+        Ok(Sinks {
+            metrics,
+            events: last_errors.clone(),
+            last_errors,
+        })
+    }
+}
+
+/// What the daemon undoes when it stops, whichever way: the signal handlers closed, the
+/// checkpoint thread stopped, the pool closed (marked clean: nothing was served, or the
+/// mount ended cleanly), the control socket's file removed.
+struct Teardown {
+    pool: Arc<Pool>,
+    checkpoints: Option<Checkpointer>,
+    signals: Option<signal_hook::iterator::Handle>,
+    socket: Option<PathBuf>,
+    /// Set once done, so that dropping after [`Teardown::finish`] undoes nothing again.
+    done: bool,
+}
+
+impl Teardown {
+    fn new(pool: Arc<Pool>) -> Teardown {
+        Teardown {
+            pool,
+            checkpoints: None,
+            signals: None,
+            socket: None,
+            done: false,
+        }
+    }
+
+    /// No more signals: the mount is stopping.
+    fn stop_signals(&mut self) {
+        if let Some(h) = self.signals.take() {
+            h.close();
+        }
+    }
+
+    /// Undoes everything; the pool is marked clean only when `clean`.
+    fn finish(&mut self, clean: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.stop_signals();
+        if let Some(c) = self.checkpoints.take() {
+            c.stop();
+        }
+        if clean {
+            self.pool.close();
+        }
+        if let Some(s) = self.socket.take() {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+impl Drop for Teardown {
+    /// An early error: nothing was served, so the copies are exactly as the last clean
+    /// state left them (or as crash repair made them).
+    fn drop(&mut self) {
+        self.finish(true);
+    }
+}
+
+/// SIGINT and SIGTERM become [`Stop::Signal`]; returns the handle that ends it.
+fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<signal_hook::iterator::Handle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])
     .context("install signal handlers")?;
-    let signal_handle = signals.handle();
+    let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -196,47 +212,37 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             }
         })
         .context("start the signal thread")?;
-    if let Some(addr) = config.metrics {
-        let render: crate::metrics::Render = {
-            let (pool, runner, metrics) = (pool.clone(), runner.clone(), metrics.clone());
-            Arc::new(move || {
-                let mut status = crate::status::of_pool(&pool);
-                runner.annotate(&mut status);
-                let mirrored: Vec<(String, u64)> = pool
-                    .volumes()
-                    .iter()
-                    .map(|v| (v.name.clone(), v.written_bytes()))
-                    .collect();
-                metrics.render(&status, &mirrored)
-            })
-        };
-        if let Err(e) = crate::metrics::serve(addr, render) {
-            pool.close();
-            signal_handle.close();
-            let _ = std::fs::remove_file(&socket);
-            return Err(e.into());
-        }
-    }
-    let fsname = crate::mountpoint::fsname(config_path);
-    let timed = config.metrics.map(|_| metrics.clone());
-    let mounted =
-        crate::sys::fuse::mount(core, &config.databases_root, config.threads, &fsname, timed)
-            .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))
-            .and_then(|m| {
-                let autoreseed = runner.start().context("start the AutoReseed runner")?;
-                Ok((m, autoreseed))
-            });
-    let (mount, autoreseed) = match mounted {
-        Ok(m) => m,
-        Err(e) => {
-            // Nothing was served: the copies are exactly as the last clean state left them.
-            pool.close();
-            signal_handle.close();
-            let _ = std::fs::remove_file(&socket);
-            return Err(e);
-        }
-    };
+    Ok(handle)
+}
 
+/// Prometheus `/metrics` at `addr`, rendered from the pool at each scrape.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    pool: &Arc<Pool>,
+    runner: &Arc<Runner>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let render: crate::metrics::Render = {
+        let (pool, runner, metrics) = (pool.clone(), runner.clone(), metrics.clone());
+        Arc::new(move || {
+            let mut status = crate::status::of_pool(&pool);
+            runner.annotate(&mut status);
+            // The throttle's section and the queue of in-sync copies, as `status` has them.
+            crate::status::complete(&mut status, Some(runner.throttle()), None);
+            let mirrored: Vec<(String, u64)> = pool
+                .volumes()
+                .iter()
+                .map(|v| (v.name.clone(), v.written_bytes()))
+                .collect();
+            metrics.render(&status, &mirrored)
+        })
+    };
+    crate::metrics::serve(addr, render)?;
+    Ok(())
+}
+
+/// Event 3001 and, under systemd (Type=notify), READY=1: the databases are reachable now.
+fn announce(config: &Config, pool: &Pool, events: &Arc<dyn EventSink>, socket: &Path) {
     let serving: Vec<String> = pool
         .databases()
         .iter()
@@ -251,15 +257,24 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
             socket.display()
         ),
     ));
-    // Type=notify under systemd: the databases are reachable now.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let root = config.databases_root.display().to_string();
-    let why = loop {
+}
+
+/// Serves until a signal or an `unmount` request unmounts the filesystem, or the kernel
+/// ends the mount; returns why. A busy mount is not pulled from under its users: the
+/// request fails, says why, and the mount keeps serving.
+fn serve_until_stopped(
+    mount: &crate::sys::fuse::FuseMount,
+    stop_rx: &Receiver<Stop>,
+    databases_root: &Path,
+) -> String {
+    let root = databases_root.display().to_string();
+    loop {
         let (why, reply) = match stop_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Stop::Signal(sig)) => (format!("signal {sig}"), None),
             Ok(Stop::Request(reply)) => ("unmount request".to_owned(), Some(reply)),
             Err(RecvTimeoutError::Timeout) if mount.is_finished() => {
-                break "the kernel ended the mount (umount)".to_owned();
+                return "the kernel ended the mount (umount)".to_owned();
             }
             Err(_) => continue,
         };
@@ -268,7 +283,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
                 }
-                break why;
+                return why;
             }
             Err(err) => {
                 let busy = err.raw_os_error() == Some(libc::EBUSY);
@@ -285,22 +300,141 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
                 }
             }
         }
-    };
-    signal_handle.close();
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
-    autoreseed.stop();
-    verifier.stop();
-    let result = mount.unmount();
-    checkpoints.stop();
-    if result.is_ok() {
-        pool.close();
     }
-    let _ = std::fs::remove_file(&socket);
-    events.emit(NewEvent::new(
-        EventId::MountFinished,
-        format!("unmounted {} ({why})", config.databases_root.display()),
-    ));
-    control.drain(Duration::from_secs(2));
-    result.with_context(|| format!("unmount {}", config.databases_root.display()))
+}
+
+/// What the control socket's requests reach.
+struct Control {
+    pool: Arc<Pool>,
+    runner: Arc<Runner>,
+    verifier: Arc<Verifier>,
+    events: Arc<dyn EventSink>,
+    last_errors: Arc<LastErrors>,
+    events_path: PathBuf,
+    stop_tx: Sender<Stop>,
+}
+
+impl Control {
+    fn into_handler(self) -> control::Handler {
+        Arc::new(move |req| self.handle(req))
+    }
+
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::Status(self.status()),
+            Request::Throttle {
+                max_bytes_per_s,
+                by,
+            } => self.throttle(max_bytes_per_s, by),
+            Request::Explain { db, what_if_fail } => match crate::explain::live(
+                &self.pool,
+                &self.runner,
+                &self.status(),
+                db.as_deref(),
+                what_if_fail.as_deref(),
+            ) {
+                Ok(crate::explain::Answer::Explain(e)) => Response::Explain(Box::new(e)),
+                Ok(crate::explain::Answer::WhatIf(w)) => Response::WhatIf(Box::new(w)),
+                Err(e) => Response::Error(e),
+            },
+            Request::Reseed { db, from, to } => match self.runner.manual_reseed(&db, from, to) {
+                Ok(target) => Response::Started { db, target },
+                Err(e) => Response::Error(e),
+            },
+            Request::Suspend { db, volume } => match self.runner.suspend(&db, &volume) {
+                Ok(label) => Response::Changed(vec![label]),
+                Err(e) => Response::Error(e),
+            },
+            Request::Resume { db, volume } => match self.runner.resume(&db, &volume) {
+                Ok(_) => Response::Started { db, target: volume },
+                Err(e) => Response::Error(e),
+            },
+            Request::Block {
+                db,
+                volume,
+                reseed,
+                resume,
+                set,
+            } => match self.pool.set_blocks(
+                &db,
+                volume.as_deref(),
+                reseed.then_some(set),
+                resume.then_some(set),
+            ) {
+                Ok(changed) => Response::Changed(changed),
+                Err(e) => Response::Error(e),
+            },
+            Request::Verify {
+                db,
+                repair,
+                max_bytes_per_s,
+            } => {
+                let options = VerifyOptions {
+                    repair,
+                    max_bytes_per_s,
+                };
+                match self.verifier.start(&db, options) {
+                    Ok(s) => Response::Verify(Box::new(s)),
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::VerifyStatus { db } => match self.verifier.status(&db) {
+                Some(s) => Response::Verify(Box::new(s)),
+                None => Response::Error(format!(
+                    "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
+                )),
+            },
+            Request::Events { since } => match events::read_events(&self.events_path) {
+                Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
+                Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
+            },
+            Request::Unmount => self.unmount(),
+        }
+    }
+
+    /// The pool's status with the runner's progress, the throttle and the last errors.
+    fn status(&self) -> crate::status::Status {
+        let mut status = crate::status::of_pool(&self.pool);
+        self.runner.annotate(&mut status);
+        crate::status::complete(
+            &mut status,
+            Some(self.runner.throttle()),
+            Some(&self.last_errors),
+        );
+        status
+    }
+
+    /// A new rebuild budget (event 3050).
+    fn throttle(&self, max_bytes_per_s: Option<u64>, by: Option<String>) -> Response {
+        let throttle = self.runner.throttle();
+        let old = throttle.set_budget(max_bytes_per_s);
+        let by = by.unwrap_or_else(|| "a control socket client".into());
+        let rate = crate::throttle::fmt_rate;
+        self.events.emit(
+            NewEvent::new(
+                EventId::ThrottleChanged,
+                format!(
+                    "rebuild budget changed from {} to {} by {by}",
+                    rate(old),
+                    rate(max_bytes_per_s)
+                ),
+            )
+            .field("old", old)
+            .field("new", max_bytes_per_s)
+            .field("by", by),
+        );
+        Response::Throttle(throttle.status())
+    }
+
+    /// Asks the main loop to unmount and waits for its verdict.
+    fn unmount(&self) -> Response {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.stop_tx.send(Stop::Request(tx)).is_err() {
+            return Response::Ok;
+        }
+        match rx.recv() {
+            Ok(Ok(())) | Err(_) => Response::Ok,
+            Ok(Err(e)) => Response::Error(e),
+        }
+    }
 }

@@ -16,6 +16,7 @@
 //! | 3003 | `copy.diverged`             | a copy gave a different result than the active copy: failed to keep copies identical |
 //! | 3004 | `active.changed`            | a database's active copy moved to another volume |
 //! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
+//! | 3008 | `volume.slow`               | every operation on a volume has been slower than `slow_request` for a minute (it is not failed) |
 //! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
 //! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
 //! | 3012 | `autoreseed.attempt_failed` | the attempt failed (why); when the next one is due |
@@ -67,6 +68,8 @@ pub enum EventId {
     ActiveChanged,
     /// 3005: the pool state could not be persisted on a volume.
     StatePersistFailed,
+    /// 3008: a volume has been slow for a minute (counted, not failed).
+    VolumeSlow,
     /// 825: seeding of a copy started.
     SeedingStarted,
     /// 826: seeding of a copy completed (every byte copied).
@@ -134,6 +137,7 @@ impl EventId {
             EventId::CopyDiverged => 3003,
             EventId::ActiveChanged => 3004,
             EventId::StatePersistFailed => 3005,
+            EventId::VolumeSlow => 3008,
             EventId::SeedingStarted => 825,
             EventId::SeedingCompleted => 826,
             EventId::VerifyStarted => 827,
@@ -179,6 +183,7 @@ impl EventId {
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
             | EventId::ReseedSourceChanged
+            | EventId::VolumeSlow
             | EventId::DivergenceFound
             | EventId::CopySuspended => Severity::Warn,
             _ => Severity::Info,
@@ -194,6 +199,7 @@ impl EventId {
             EventId::CopyDiverged => "copy.diverged",
             EventId::ActiveChanged => "active.changed",
             EventId::StatePersistFailed => "state.persist_failed",
+            EventId::VolumeSlow => "volume.slow",
             EventId::SeedingStarted => "seed.started",
             EventId::SeedingCompleted => "seed.completed",
             EventId::VerifyStarted => "verify.started",
@@ -308,6 +314,12 @@ pub struct Event {
 pub trait EventSink: Send + Sync {
     /// Records one event. Never fails the caller: a sink that cannot persist logs it.
     fn emit(&self, event: NewEvent);
+
+    /// Events this sink could not persist so far (the metrics export it: an event log on a
+    /// full or dead system disk must page someone). 0 for sinks that persist nothing.
+    fn persist_failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Collects events in memory (tests).
@@ -332,6 +344,8 @@ impl VecSink {
 pub struct EventLog {
     path: PathBuf,
     inner: Mutex<(File, u64)>,
+    /// Events whose line could not be written and synced.
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl EventLog {
@@ -346,6 +360,7 @@ impl EventLog {
         Ok(EventLog {
             path: path.to_owned(),
             inner: Mutex::new((file, last)),
+            failures: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -377,8 +392,14 @@ impl EventSink for EventLog {
             .write_all(line.as_bytes())
             .and_then(|()| file.sync_data())
         {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
         }
+    }
+
+    fn persist_failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

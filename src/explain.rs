@@ -335,16 +335,17 @@ fn source_of(d: &DbStatus, slot: usize) -> Option<String> {
 
 /// The pool's spare rules over a status: the volumes that could take a copy of `db`
 /// (`bytes`), best first, and why each other cannot. `free` and `holding` may differ from
-/// the status (a what-if updates them as spares get assigned).
+/// the status (a what-if updates them as spares get assigned). A model of the pool seen
+/// through its status, not the pool itself ([`crate::pool::Pool`]).
 #[derive(Debug, Clone)]
-struct Pool {
+struct SpareModel {
     /// Volume name, failed, free bytes, databases holding a copy there.
     volumes: Vec<(String, bool, Option<u64>, Vec<String>)>,
     copies_per_volume: u32,
 }
 
-impl Pool {
-    fn new(status: &Status, copies_per_volume: u32) -> Pool {
+impl SpareModel {
+    fn new(status: &Status, copies_per_volume: u32) -> SpareModel {
         let volumes = status
             .volumes
             .iter()
@@ -363,7 +364,7 @@ impl Pool {
                 )
             })
             .collect();
-        Pool {
+        SpareModel {
             volumes,
             copies_per_volume,
         }
@@ -445,7 +446,7 @@ fn resume_span(t: &Timings) -> Duration {
 }
 
 /// Explains copy `slot` of `d`.
-fn explain_copy(i: &Inputs, d: &DbStatus, slot: usize, pool: &Pool) -> CopyExplanation {
+fn explain_copy(i: &Inputs, d: &DbStatus, slot: usize, pool: &SpareModel) -> CopyExplanation {
     let c = &d.copies[slot];
     let t = i.timings;
     let bytes = i.db_bytes.get(&d.name).copied().unwrap_or(0);
@@ -722,7 +723,7 @@ pub fn spares(
     db: &str,
     bytes: u64,
 ) -> (Vec<String>, Vec<(String, String)>) {
-    Pool::new(status, copies_per_volume).spares(db, bytes)
+    SpareModel::new(status, copies_per_volume).spares(db, bytes)
 }
 
 /// Explains every copy that is not healthy, of `db` or of every database.
@@ -740,7 +741,7 @@ pub fn explain(i: &Inputs, db: Option<&str>) -> Result<Explanation, String> {
     // each is planned alone first, then the spares go to the copies that reach their
     // AssignSpare step first (unblocked ones before blocked ones), one copy per spare
     // and copies_per_volume respected, as the runner would hand them out.
-    let fresh = Pool::new(i.status, i.copies_per_volume);
+    let fresh = SpareModel::new(i.status, i.copies_per_volume);
     let mut copies: Vec<(usize, usize, CopyExplanation)> = Vec::new();
     for (k, d) in i.status.databases.iter().enumerate() {
         for (slot, c) in d.copies.iter().enumerate().filter(|(_, c)| !in_sync(c)) {
@@ -948,7 +949,7 @@ pub fn what_if_fail(i: &Inputs, volume: &str) -> Result<WhatIf, String> {
     }
     let active_left_on_volume = entries.iter().any(|e| e.copies_in_sync_after == 0);
     let host_blocked = failed_after as u32 > t.max_failed_copies;
-    let mut pool = Pool::new(status, i.copies_per_volume);
+    let mut pool = SpareModel::new(status, i.copies_per_volume);
     pool.fail(volume);
     // Single-copy databases first, as the throttle favours them.
     let mut order: Vec<usize> = (0..entries.len()).collect();

@@ -20,7 +20,9 @@
 //!                 RESOLVE_BENEATH + *at), a fault-injecting wrapper for tests
 //! reseed/         online block copy of a database onto a new copy (and incremental
 //!                 resync of a copy that missed writes), and its engines
-//! verify          online comparison of a database's in-sync copies, and repair
+//! verify/         online comparison of a database's in-sync copies, and repair; the locked
+//!                 chunk comparison the seeder and the resync share
+//! job             a background job's progress (reseed, resync, verify): phase, bytes, rate
 //! autoreseed/     the AutoReseed policy (state machine on a Clock) and its runner
 //! throttle        the host's rebuild scheduler: shared budget, fair shares, latency backoff
 //! explain         why each copy is not healthy and what happens next; what if a volume dies
@@ -30,7 +32,8 @@
 //! metrics         Prometheus `/metrics` (request latency, copies, volumes, reseeds)
 //! mountpoint      what is mounted at the databases root; dead mounts of a crashed daemon
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
-//! testbed         throwaway pools on loop-mounted ext4 volumes (demo, tests, benches)
+//! testbed         throwaway pools on loop-mounted ext4 volumes, the daemon supervisor and
+//!                 the PRNG of the demo, tests and benches (feature `testbed`; not the product)
 //! ```
 //!
 //! `src/` is free of `unsafe`; the few system calls that need it live in `platform/`.
@@ -46,6 +49,7 @@ pub mod daemon;
 pub mod events;
 pub mod explain;
 pub mod fs;
+pub mod job;
 pub mod layout;
 pub mod metrics;
 pub mod mountpoint;
@@ -53,6 +57,7 @@ pub mod pool;
 pub mod reseed;
 pub mod status;
 pub mod tap;
+#[cfg(any(test, feature = "testbed"))]
 pub mod testbed;
 pub mod throttle;
 pub mod verify;

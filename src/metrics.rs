@@ -5,7 +5,7 @@
 //!
 //! | series | type | labels | what |
 //! |---|---|---|---|
-//! | `reseedfs_build_info` | gauge | `version` | always 1 |
+//! | `reseedfs_build_info` | gauge | `version`, `commit` | always 1 |
 //! | `reseedfs_pool_epoch` | gauge | | the persisted pool state's epoch |
 //! | `reseedfs_copy_state` | gauge | `database`, `volume`, `state` | 1 for the copy's status word, 0 for the others |
 //! | `reseedfs_copy_active` | gauge | `database`, `volume` | 1 for the copy that serves reads |
@@ -16,13 +16,24 @@
 //! | `reseedfs_reseed_copied_bytes_total` | counter | `database` | bytes copied by reseeds that completed their copy (826) |
 //! | `reseedfs_volume_state` | gauge | `volume`, `state` | 1 for `InUse`, `Spare` or `Failed`, 0 for the others |
 //! | `reseedfs_volume_io_errors_total` | counter | `volume` | I/O errors seen on the volume |
+//! | `reseedfs_volume_slow_requests_total` | counter | `volume` | operations slower than `[volume] slow_request` |
 //! | `reseedfs_volume_mirrored_bytes_total` | counter | `volume` | file data written to the volume's copies through the mount |
 //! | `reseedfs_volume_free_bytes`, `reseedfs_volume_size_bytes` | gauge | `volume` | when the volume answers |
-//! | `reseedfs_events_total` | counter | `id`, `kind` | events recorded, from the first of each id |
+//! | `reseedfs_events_total` | counter | `id`, `kind` | events recorded; those logged at ERROR from 0, the others from their first |
+//! | `reseedfs_event_log_write_failures_total` | counter | | events that could not be written to `events.jsonl` |
+//! | `reseedfs_autoreseed_step` | gauge | `database`, `volume`, `step` | 1 for the step of a copy's AutoReseed workflow (`Dwell` .. `Stopped`), 0 for the others |
+//! | `reseedfs_autoreseed_blocked` | gauge | `database`, `volume` | 1 while a prerequisite holds the copy's workflow |
+//! | `reseedfs_throttle_budget_bytes_per_second` | gauge | | the rebuild budget set (absent while unlimited) |
+//! | `reseedfs_throttle_effective_bytes_per_second` | gauge | | the budget after latency backoff (absent while unlimited) |
+//! | `reseedfs_throttle_backoff` | gauge | | 1 while the throttle backs off for a volume's latency |
+//! | `reseedfs_throttle_stream_bytes_per_second` | gauge | `database`, `kind` | what the running reseeds, resyncs and verifies move |
+//! | `reseedfs_throttle_stream_share_bytes_per_second` | gauge | `database`, `kind` | their share of the budget (while limited) |
 //! | `reseedfs_request_duration_seconds` | histogram | `op` | FUSE request latency per operation (50 µs .. 5 s) |
 //!
 //! The hot path only touches atomics: a request adds to one bucket and to the sum of its
 //! operation's histogram. Everything else is read from the pool's status at scrape time.
+//! The alerting rules and the Grafana dashboard in `platform/linux/monitoring/` use only
+//! these series (`tests/monitoring.rs` evaluates them on a real mount).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -33,7 +44,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::events::{EventSink, NewEvent};
+use crate::events::{EventId, EventSink, NewEvent};
 use crate::reseed::Phase;
 use crate::status::Status;
 
@@ -79,6 +90,30 @@ const COPY_STATES: [&str; 7] = [
 
 /// The volume states, each a `state` label of `reseedfs_volume_state`.
 const VOLUME_STATES: [&str; 3] = ["InUse", "Spare", "Failed"];
+
+/// The steps of an AutoReseed workflow, each a `step` label of `reseedfs_autoreseed_step`.
+const AUTORESEED_STEPS: [&str; 6] = [
+    "Dwell",
+    "Resume",
+    "AssignSpare",
+    "SeedInPlace",
+    "Stopped",
+    "Done",
+];
+
+/// Events exported from 0 (the others appear with their first occurrence): those logged at
+/// ERROR, which a human must act on and the shipped alerting rules watch. A counter series
+/// that appears at 1 is invisible to `increase()`, which needs an earlier sample: the first
+/// failure would never alert.
+const EVENTS_FROM_ZERO: [EventId; 7] = [
+    EventId::CopyFailed,
+    EventId::CopyDiverged,
+    EventId::StatePersistFailed,
+    EventId::SparesExhausted,
+    EventId::AutoReseedStopped,
+    EventId::ReseedFailed,
+    EventId::IncrementalReseedError,
+];
 
 /// A filesystem operation, as timed in `reseedfs_request_duration_seconds{op}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,13 +255,23 @@ impl Histogram {
 
 /// What the daemon counts for the metrics endpoint: request latencies (fed by the FUSE
 /// adapter) and events (fed by [`CountingSink`]).
-#[derive(Debug)]
 pub struct Metrics {
     requests: [Histogram; Op::ALL.len()],
     /// Events recorded, by (id, kind).
     events: Mutex<BTreeMap<(u32, String), u64>>,
     /// Bytes copied by reseeds that completed their copy, by database.
     reseed_copied: Mutex<BTreeMap<String, u64>>,
+    /// The sink that persists the events (set by [`CountingSink::new`]): its failures.
+    persisted_by: std::sync::OnceLock<Arc<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("events", &self.events)
+            .field("reseed_copied", &self.reseed_copied)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -238,10 +283,15 @@ impl Default for Metrics {
 impl Metrics {
     /// Empty counters.
     pub fn new() -> Metrics {
+        let events = EVENTS_FROM_ZERO
+            .iter()
+            .map(|id| ((id.number(), id.kind().to_owned()), 0))
+            .collect();
         Metrics {
             requests: std::array::from_fn(|_| Histogram::default()),
-            events: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(events),
             reseed_copied: Mutex::new(BTreeMap::new()),
+            persisted_by: std::sync::OnceLock::new(),
         }
     }
 
@@ -272,7 +322,10 @@ impl Metrics {
         out.family("reseedfs_build_info", "gauge", "The running reseedfs.");
         out.sample(
             "reseedfs_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("RESEEDFS_COMMIT")),
+            ],
             1,
         );
         out.family(
@@ -282,8 +335,10 @@ impl Metrics {
         );
         out.sample("reseedfs_pool_epoch", &[], status.epoch);
         render_copies(&mut out, status);
+        render_autoreseed(&mut out, status);
         self.render_reseeds(&mut out, status);
         render_volumes(&mut out, status, mirrored);
+        render_throttle(&mut out, status);
         self.render_events(&mut out);
         self.render_requests(&mut out);
         out.text
@@ -351,6 +406,14 @@ impl Metrics {
         for ((id, kind), n) in self.events.lock().iter() {
             out.sample(name, &[("id", &id.to_string()), ("kind", kind)], n);
         }
+        let name = "reseedfs_event_log_write_failures_total";
+        out.family(
+            name,
+            "counter",
+            "Events that could not be written to the event log (events.jsonl) on the system disk.",
+        );
+        let failures = self.persisted_by.get().map_or(0, |s| s.persist_failures());
+        out.sample(name, &[], failures);
     }
 
     fn render_requests(&self, out: &mut Exposition) {
@@ -427,6 +490,101 @@ fn render_copies(out: &mut Exposition, status: &Status) {
     }
 }
 
+fn render_autoreseed(out: &mut Exposition, status: &Status) {
+    let workflows: Vec<_> = status
+        .databases
+        .iter()
+        .flat_map(|d| d.copies.iter().map(move |c| (d.name.as_str(), c)))
+        .filter_map(|(db, c)| Some((db, c.volume.as_str(), c.autoreseed.as_ref()?)))
+        .collect();
+    let name = "reseedfs_autoreseed_step";
+    out.family(
+        name,
+        "gauge",
+        "1 for the step of the copy's AutoReseed workflow (Dwell, Resume, AssignSpare, SeedInPlace, Stopped, Done), 0 for the others.",
+    );
+    for (db, volume, w) in &workflows {
+        let known = AUTORESEED_STEPS.contains(&w.step.as_str());
+        let steps = AUTORESEED_STEPS
+            .iter()
+            .copied()
+            .chain((!known).then_some(w.step.as_str()));
+        for step in steps {
+            let labels = [("database", *db), ("volume", *volume), ("step", step)];
+            out.sample(name, &labels, u8::from(step == w.step));
+        }
+    }
+    let name = "reseedfs_autoreseed_blocked";
+    out.family(
+        name,
+        "gauge",
+        "1 while a prerequisite holds the copy's AutoReseed workflow (reseedfs explain says which).",
+    );
+    for (db, volume, w) in &workflows {
+        let labels = [("database", *db), ("volume", *volume)];
+        out.sample(name, &labels, u8::from(w.blocked.is_some()));
+    }
+}
+
+fn render_throttle(out: &mut Exposition, status: &Status) {
+    let Some(t) = &status.throttle else {
+        return;
+    };
+    for (name, help, value) in [
+        (
+            "reseedfs_throttle_budget_bytes_per_second",
+            "The budget shared by every reseed, resync and verify (absent while unlimited).",
+            t.max_bytes_per_s,
+        ),
+        (
+            "reseedfs_throttle_effective_bytes_per_second",
+            "The budget after the latency backoff (absent while unlimited).",
+            t.effective_bytes_per_s,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        if let Some(v) = value {
+            out.sample(name, &[], v);
+        }
+    }
+    let name = "reseedfs_throttle_backoff";
+    out.family(
+        name,
+        "gauge",
+        "1 while the throttle backs off because a volume's latency is over its target.",
+    );
+    out.sample(name, &[], u8::from(t.backoff.is_some()));
+    // Two streams of one kind on one database (two copies seeded at once) add up.
+    let mut streams: BTreeMap<(&str, &str), (u64, Option<u64>)> = BTreeMap::new();
+    for s in &t.streams {
+        let e = streams.entry((s.db.as_str(), s.kind.name())).or_default();
+        e.0 += s.bytes_per_s;
+        if let Some(share) = s.share_bytes_per_s {
+            *e.1.get_or_insert(0) += share;
+        }
+    }
+    let name = "reseedfs_throttle_stream_bytes_per_second";
+    out.family(
+        name,
+        "gauge",
+        "What the running rebuild streams (Reseed, Resync, Verify) move now.",
+    );
+    for ((db, kind), (rate, _)) in &streams {
+        out.sample(name, &[("database", db), ("kind", kind)], rate);
+    }
+    let name = "reseedfs_throttle_stream_share_bytes_per_second";
+    out.family(
+        name,
+        "gauge",
+        "The running rebuild streams' share of the budget (while it is limited).",
+    );
+    for ((db, kind), (_, share)) in &streams {
+        if let Some(share) = share {
+            out.sample(name, &[("database", db), ("kind", kind)], share);
+        }
+    }
+}
+
 fn render_volumes(out: &mut Exposition, status: &Status, mirrored: &[(String, u64)]) {
     let name = "reseedfs_volume_state";
     out.family(
@@ -448,6 +606,15 @@ fn render_volumes(out: &mut Exposition, status: &Status, mirrored: &[(String, u6
     );
     for v in &status.volumes {
         out.sample(name, &[("volume", v.name.as_str())], v.io_errors);
+    }
+    let name = "reseedfs_volume_slow_requests_total";
+    out.family(
+        name,
+        "counter",
+        "Operations on the volume slower than [volume] slow_request since the mount.",
+    );
+    for v in &status.volumes {
+        out.sample(name, &[("volume", v.name.as_str())], v.slow_requests);
     }
     let name = "reseedfs_volume_mirrored_bytes_total";
     out.family(
@@ -526,8 +693,10 @@ impl std::fmt::Debug for CountingSink {
 }
 
 impl CountingSink {
-    /// Counts into `metrics`, records into `inner`.
+    /// Counts into `metrics`, records into `inner`; the metrics also export the events
+    /// `inner` could not persist.
     pub fn new(inner: Arc<dyn EventSink>, metrics: Arc<Metrics>) -> CountingSink {
+        let _ = metrics.persisted_by.set(inner.clone());
         CountingSink { inner, metrics }
     }
 }
@@ -536,6 +705,10 @@ impl EventSink for CountingSink {
     fn emit(&self, event: NewEvent) {
         self.metrics.count_event(&event);
         self.inner.emit(event);
+    }
+
+    fn persist_failures(&self) -> u64 {
+        self.inner.persist_failures()
     }
 }
 
@@ -654,20 +827,51 @@ mod tests {
             free_bytes: (state != "Failed").then_some(1 << 20),
             total_bytes: (state != "Failed").then_some(2 << 20),
             io_errors,
+            slow_requests: 0,
         };
         let mut queued = copy("Volume2", "Mounted", true);
         queued.queue_bytes = Some(4096);
+        let mut failed = copy("Volume1", "FailedAndSuspended", false);
+        failed.autoreseed = Some(crate::status::WorkflowStatus {
+            step: "Stopped".into(),
+            attempt: 5,
+            of: 5,
+            running: None,
+            next_at: None,
+            blocked: None,
+            last_error: None,
+        });
+        let stream = |kind, rate| crate::throttle::StreamStatus {
+            db: "db001".into(),
+            kind,
+            single_copy: true,
+            weight: 4,
+            share_bytes_per_s: Some(100),
+            bytes_per_s: rate,
+            bytes: 1,
+            volumes: vec!["Volume2".into()],
+        };
         Status {
             epoch: 7,
             databases: vec![DbStatus {
                 name: "db001".into(),
-                copies: vec![copy("Volume1", "FailedAndSuspended", false), queued],
+                copies: vec![failed, queued],
             }],
             volumes: vec![
                 volume("Volume1", "Failed", 3),
                 volume("Volume2", "InUse", 0),
             ],
-            throttle: None,
+            throttle: Some(crate::throttle::ThrottleStatus {
+                max_bytes_per_s: Some(1000),
+                effective_bytes_per_s: Some(500),
+                floor_bytes_per_s: 100,
+                backoff: Some("Volume2 is slow".into()),
+                streams: vec![
+                    stream(crate::throttle::StreamKind::Reseed, 30),
+                    stream(crate::throttle::StreamKind::Reseed, 12),
+                    stream(crate::throttle::StreamKind::Verify, 7),
+                ],
+            }),
         }
     }
 
@@ -714,6 +918,18 @@ mod tests {
             "reseedfs_request_duration_seconds_bucket{op=\"write\",le=\"+Inf\"} 1",
             "reseedfs_request_duration_seconds_count{op=\"write\"} 1",
             "reseedfs_request_duration_seconds_count{op=\"lseek\"} 0",
+            "reseedfs_events_total{id=\"3017\",kind=\"autoreseed.stopped\"} 0",
+            "reseedfs_events_total{id=\"3005\",kind=\"state.persist_failed\"} 0",
+            "reseedfs_event_log_write_failures_total 0",
+            "reseedfs_autoreseed_step{database=\"db001\",volume=\"Volume1\",step=\"Stopped\"} 1",
+            "reseedfs_autoreseed_step{database=\"db001\",volume=\"Volume1\",step=\"Dwell\"} 0",
+            "reseedfs_autoreseed_blocked{database=\"db001\",volume=\"Volume1\"} 0",
+            "reseedfs_throttle_budget_bytes_per_second 1000",
+            "reseedfs_throttle_effective_bytes_per_second 500",
+            "reseedfs_throttle_backoff 1",
+            "reseedfs_throttle_stream_bytes_per_second{database=\"db001\",kind=\"Reseed\"} 42",
+            "reseedfs_throttle_stream_bytes_per_second{database=\"db001\",kind=\"Verify\"} 7",
+            "reseedfs_throttle_stream_share_bytes_per_second{database=\"db001\",kind=\"Reseed\"} 200",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -722,10 +938,84 @@ mod tests {
         }
         assert!(!text.contains("reseedfs_volume_free_bytes{volume=\"Volume1\"}"));
         assert!(
+            !text.contains("reseedfs_autoreseed_step{database=\"db001\",volume=\"Volume2\""),
+            "a copy without a workflow has no step: {text}"
+        );
+        assert!(
+            !text.contains("id=\"3001\""),
+            "3001 before it happened: {text}"
+        );
+        assert!(
             text.lines()
                 .all(|l| l.starts_with("reseedfs_") || l.starts_with("# ")),
             "{text}"
         );
+    }
+
+    /// A sink that fails to persist every other event.
+    #[derive(Default)]
+    struct Flaky(AtomicU64);
+
+    impl EventSink for Flaky {
+        fn emit(&self, _event: NewEvent) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn persist_failures(&self) -> u64 {
+            self.0.load(Ordering::Relaxed) / 2
+        }
+    }
+
+    #[test]
+    fn events_the_log_could_not_persist_are_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let sink = CountingSink::new(Arc::new(Flaky::default()), metrics.clone());
+        for _ in 0..4 {
+            sink.emit(NewEvent::new(EventId::StatePersistFailed, "disk full"));
+        }
+        let text = metrics.render(&status(), &[]);
+        for line in [
+            "reseedfs_event_log_write_failures_total 2",
+            "reseedfs_events_total{id=\"3005\",kind=\"state.persist_failed\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn an_unlimited_throttle_exports_no_budget() {
+        let mut s = status();
+        let t = s.throttle.as_mut().unwrap();
+        t.max_bytes_per_s = None;
+        t.effective_bytes_per_s = None;
+        t.backoff = None;
+        t.streams.clear();
+        let text = Metrics::new().render(&s, &[]);
+        assert!(
+            text.lines().any(|l| l == "reseedfs_throttle_backoff 0"),
+            "{text}"
+        );
+        for absent in [
+            "reseedfs_throttle_budget_bytes_per_second",
+            "reseedfs_throttle_effective_bytes_per_second",
+            "reseedfs_throttle_stream_bytes_per_second",
+        ] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(absent)),
+                "{absent}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_events_from_zero_are_those_a_human_must_act_on() {
+        for id in EVENTS_FROM_ZERO {
+            assert_eq!(
+                id.severity(),
+                crate::events::Severity::Error,
+                "{}",
+                id.number()
+            );
+        }
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct VolumeStatus {
     pub total_bytes: Option<u64>,
     /// I/O errors seen since the mount.
     pub io_errors: u64,
+    /// Operations slower than `[volume] slow_request` since the mount.
+    #[serde(default)]
+    pub slow_requests: u64,
 }
 
 /// The answer to `status`.
@@ -154,7 +157,7 @@ impl VolumeState {
 
 impl std::fmt::Display for VolumeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -236,6 +239,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                 free_bytes,
                 total_bytes,
                 io_errors: v.io_errors(),
+                slow_requests: v.slow_requests(),
             }
         })
         .collect();
@@ -409,6 +413,7 @@ mod tests {
                     free_bytes: None,
                     total_bytes: None,
                     io_errors: 1,
+                    slow_requests: 0,
                 },
                 VolumeStatus {
                     name: "Volume2".into(),
@@ -416,6 +421,7 @@ mod tests {
                     free_bytes: Some(5 << 30),
                     total_bytes: Some(10 << 30),
                     io_errors: 0,
+                    slow_requests: 0,
                 },
             ],
             throttle: None,

@@ -100,7 +100,12 @@ impl Default for ThrottleConfig {
 }
 
 /// Parses a rate: `"200MiB/s"`, `"1.5GiB/s"`, `"500MB/s"`, `"1048576"` (bytes per second;
-/// the `/s` is optional). Zero is refused.
+/// the `/s` is optional). The one parser of rates: the config, `reseedfs throttle` and
+/// `reseedfs verify --max-rate` use it.
+///
+/// Zero is refused everywhere: a rate of 0 would stop the work it limits, and "no limit"
+/// is spelled `unlimited` on the command line ([`parse_budget`]) and by leaving the key
+/// out in the config.
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let number = t
@@ -114,7 +119,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         .as_u64();
     if bytes == 0 {
         return Err(format!(
-            "{text:?}: a rate of 0 would stop every rebuild; give a positive rate, or no limit"
+            "{text:?}: a rate of 0 would stop every rebuild; give a positive rate, or `unlimited` for no limit"
         ));
     }
     Ok(bytes)
@@ -824,27 +829,73 @@ impl Drop for Stream {
     }
 }
 
-/// How a reseed reaches the throttle: set by whoever starts it (the AutoReseed runner),
-/// one stream per phase. Without a throttle set, every call is a no-op.
+/// Credit a [`RateLimit`] lets build up while its user is busy elsewhere.
+const LIMIT_BURST: Duration = Duration::from_millis(250);
+
+/// A job's own rate limit (`reseedfs verify --max-rate`), on top of the host's budget:
+/// `take` sleeps until the bytes taken so far fit the rate.
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_s: u64,
+    next: Mutex<Instant>,
+}
+
+impl RateLimit {
+    /// At most `bytes_per_s` (at least 1) on average.
+    pub fn new(bytes_per_s: u64) -> RateLimit {
+        RateLimit {
+            bytes_per_s: bytes_per_s.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Accounts for `bytes` and waits as long as the rate requires.
+    pub fn take(&self, bytes: u64) {
+        let wait = {
+            let mut next = self.next.lock();
+            let now = Instant::now();
+            // The time spent working counts, but no more credit than a short burst builds
+            // up while the user is busy elsewhere.
+            let floor = now.checked_sub(LIMIT_BURST).unwrap_or(now);
+            *next = (*next).max(floor)
+                + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+            next.saturating_duration_since(now)
+        };
+        std::thread::sleep(wait);
+    }
+}
+
+/// How a job (a reseed, a resync, a verification) is paced: its own [`RateLimit`], if it
+/// has one, and the host's throttle, set by whoever starts the job (the AutoReseed runner,
+/// the verifier), one stream per phase. With neither, every call is a no-op.
 #[derive(Debug, Default)]
 pub struct Pacer {
     throttle: Mutex<Option<Arc<Throttle>>>,
     stream: Mutex<Option<Arc<Stream>>>,
+    limit: Mutex<Option<Arc<RateLimit>>>,
 }
 
 impl Pacer {
+    /// Limits the job to `bytes_per_s` (`None`: no limit of its own), whatever the
+    /// host's budget allows.
+    pub fn set_limit(&self, bytes_per_s: Option<u64>) {
+        *self.limit.lock() = bytes_per_s.map(|r| Arc::new(RateLimit::new(r)));
+    }
+
     /// Paces through `throttle` from the next [`Pacer::begin`] on.
     pub fn set_throttle(&self, throttle: Arc<Throttle>) {
         *self.throttle.lock() = Some(throttle);
     }
 
-    /// Starts a `kind` stream for copy `slot` of `db` (ending the previous one), watching
-    /// `volumes`; returns it, for a copy engine. `None` when no throttle is set.
+    /// Starts a `kind` stream (ending the previous one) for copy `slot` of `db`, or for
+    /// the whole database (`None`: a verification), watching `volumes`; returns it, for a
+    /// copy engine. `None` when no throttle is set. The stream weighs more when the
+    /// database has a single copy in sync besides `slot`.
     pub fn begin(
         &self,
         kind: StreamKind,
         db: &Database,
-        slot: usize,
+        slot: Option<usize>,
         volumes: &[&Arc<Volume>],
     ) -> Option<Arc<Stream>> {
         self.end();
@@ -853,7 +904,7 @@ impl Pacer {
             .copies()
             .iter()
             .enumerate()
-            .filter(|(i, c)| *i != slot && c.state() == CopyState::InSync)
+            .filter(|(i, c)| Some(*i) != slot && c.state() == CopyState::InSync)
             .count();
         let stream = Arc::new(throttle.stream(&db.name, kind, in_sync <= 1));
         stream.watch(volumes);
@@ -861,8 +912,13 @@ impl Pacer {
         Some(stream)
     }
 
-    /// [`Stream::take`] on the current stream, if any.
+    /// Waits until `bytes` more may be moved: the job's own limit first, then the
+    /// current stream of the host's throttle.
     pub fn take(&self, bytes: u64) {
+        let limit = self.limit.lock().clone();
+        if let Some(l) = limit {
+            l.take(bytes);
+        }
         let stream = self.stream.lock().clone();
         if let Some(s) = stream {
             s.take(bytes);
@@ -955,6 +1011,31 @@ mod tests {
         assert_eq!(parse_budget("unlimited"), Ok(None));
         assert_eq!(fmt_rate(Some(200 << 20)), "200.0 MiB/s");
         assert_eq!(fmt_rate(None), "unlimited");
+        // One meaning of 0 everywhere: refused, with the word for no limit.
+        assert!(parse_budget("0").unwrap_err().contains("unlimited"));
+        assert!(parse_budget("0MiB/s").is_err());
+        assert_eq!(parse_budget("1 GiB/s"), Ok(Some(1 << 30)));
+        assert_eq!(parse_budget("500MB"), Ok(Some(500_000_000)));
+    }
+
+    #[test]
+    fn a_rate_limit_paces_its_job() {
+        let pacer = Pacer::default();
+        pacer.set_limit(Some(20 << 20));
+        let t = Instant::now();
+        for _ in 0..4 {
+            pacer.take(1 << 20);
+        }
+        // 4 MiB at 20 MiB/s: 200 ms.
+        let secs = t.elapsed().as_secs_f64();
+        assert!((0.19..1.0).contains(&secs), "{secs} s");
+        pacer.set_limit(None);
+        let t = Instant::now();
+        pacer.take(1 << 30);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "no limit, no wait"
+        );
     }
 
     #[test]

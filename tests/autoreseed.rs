@@ -23,6 +23,7 @@ use common::{
 };
 use reseedfs::config::Config;
 use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::Rng;
 use serde_json::Value;
 
 const DB: &str = "db001";
@@ -33,15 +34,7 @@ const PAGES: u64 = 4096;
 const COLD: u64 = 48 << 20;
 
 fn page(file: u64, index: u64, version: u64) -> Vec<u8> {
-    let mut x = (file << 48) ^ (index << 16) ^ version ^ 0x9E37_79B9_7F4A_7C15;
-    (0..PAGE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Rng::from_parts(&[file, index, version]).bytes(PAGE)
 }
 
 /// Short AutoReseed timings written into the testbed's config.
@@ -84,13 +77,10 @@ fn start_writers(
                         .unwrap_or_else(|e| panic!("writer {w} page {i}: {e}"));
                 }
                 f.sync_all().expect("fsync");
-                let mut x = w + 1;
+                let mut rng = Rng::new(w);
                 let mut writes = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let i = (x >> 33) % PAGES;
+                    let i = rng.below(PAGES);
                     let v = versions[i as usize] + 1;
                     f.write_all_at(&page(w, i, v), i * PAGE as u64)
                         .unwrap_or_else(|e| panic!("writer {w} page {i} (write {writes}): {e}"));

@@ -9,7 +9,8 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 
 use common::{Mounted, require_mount_privileges};
-use reseedfs::testbed::{Testbed, mount_fstype};
+use reseedfs::mountpoint::mount_fstype;
+use reseedfs::testbed::Testbed;
 
 #[test]
 fn r2_unmount_while_busy_keeps_serving() {
@@ -56,13 +57,15 @@ fn r2_sigterm_unmounts_cleanly_and_records_it() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
     std::fs::write(m.db_files("db001").join("f"), b"x").expect("write");
-    let pid = m.child.id().to_string();
+    let pid = m.pid().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
     assert!(kill.success());
-    let status = common::wait_timeout(&mut m.child, std::time::Duration::from_secs(10))
+    let status = m
+        .daemon
+        .wait_exit(std::time::Duration::from_secs(10))
         .expect("daemon still running 10 s after SIGTERM");
     assert!(
         status.success(),

@@ -75,6 +75,7 @@ fn volume(name: &str, state: &str, free_gib: Option<u64>) -> VolumeStatus {
         free_bytes: free_gib.map(|g| g * GIB),
         total_bytes: free_gib.map(|_| 1000 * GIB),
         io_errors: u64::from(state == "Failed"),
+        slow_requests: 0,
     }
 }
 

@@ -28,6 +28,7 @@ use common::{
     try_mount, volume_state, wait_for,
 };
 use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::Rng;
 use serde_json::Value;
 
 /// Size of each loop volume.
@@ -81,50 +82,6 @@ impl Drop for Seed {
     }
 }
 
-/// xorshift64*: small, fast, and good enough to pick offsets and fill pages.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(splitmix(seed) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `lo..=hi` (slightly biased, which does not matter here).
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    fn usize_in(&mut self, lo: usize, hi: usize) -> usize {
-        let n = self.range(lo as u64, hi as u64);
-        usize::try_from(n).unwrap_or(lo)
-    }
-}
-
-/// splitmix64 finaliser: turns related inputs into unrelated seeds.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Mixes several values into one seed.
-fn mix(parts: &[u64]) -> u64 {
-    parts
-        .iter()
-        .fold(0x6a09_e667_f3bc_c908, |acc, &p| splitmix(acc ^ p))
-}
-
 /// FNV-1a, 64 bits.
 fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -153,11 +110,8 @@ fn fill_page(buf: &mut [u8], seed: u64, writer: u32, page: u64, generation: u64)
     buf[4..8].copy_from_slice(&writer.to_le_bytes());
     buf[8..16].copy_from_slice(&page.to_le_bytes());
     buf[16..24].copy_from_slice(&generation.to_le_bytes());
-    let mut rng = Rng::new(mix(&[seed, u64::from(writer), page, generation]));
-    for chunk in buf[HEADER..].chunks_mut(8) {
-        let word = rng.next_u64().to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
+    let mut rng = Rng::from_parts(&[seed, u64::from(writer), page, generation]);
+    rng.fill(&mut buf[HEADER..]);
     let checksum = page_checksum(buf);
     buf[24..32].copy_from_slice(&checksum.to_le_bytes());
 }
@@ -252,12 +206,7 @@ fn writer_thread(
         .truncate(false)
         .open(&path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
-    let mut rng = Rng::new(mix(&[
-        seed,
-        u64::from(model.writer),
-        model.next_generation,
-        0x7772,
-    ]));
+    let mut rng = Rng::from_parts(&[seed, u64::from(model.writer), model.next_generation, 0x7772]);
     let mut until_fsync = rng.range(1, 6);
     let mut buf = vec![0u8; PAGE * MAX_PAGES_PER_WRITE as usize];
     for _ in 0..writes {
@@ -777,7 +726,7 @@ fn assert_mount_refused(bed: &Testbed, volumes: &[&str]) {
 // ---------------------------------------------------------------------------------------------
 
 mod sqlite {
-    use super::{Rng, fnv1a, mix};
+    use super::{Rng, fnv1a};
     use rusqlite::{Connection, TransactionBehavior, params};
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -791,14 +740,10 @@ mod sqlite {
 
     /// The payload of row (`writer`, `seq`) at `generation`: 200 B to 8 KiB from the seed.
     fn payload(seed: u64, writer: u32, seq: usize, generation: u32) -> Vec<u8> {
-        let mut rng = Rng::new(mix(&[
-            seed,
-            u64::from(writer),
-            seq as u64,
-            u64::from(generation),
-        ]));
-        let len = rng.usize_in(200, 8 << 10);
-        (0..len).map(|_| rng.next_u64().to_le_bytes()[3]).collect()
+        let mut rng =
+            Rng::from_parts(&[seed, u64::from(writer), seq as u64, u64::from(generation)]);
+        let len = rng.range(200, 8 << 10) as usize;
+        rng.bytes(len)
     }
 
     fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -832,7 +777,7 @@ mod sqlite {
         progress: &AtomicUsize,
     ) -> Result<Model, String> {
         let mut conn = open(path).map_err(|e| format!("writer {writer}: open: {e}"))?;
-        let mut rng = Rng::new(mix(&[seed, u64::from(writer), 0x5351]));
+        let mut rng = Rng::from_parts(&[seed, u64::from(writer), 0x5351]);
         let mut model = Model {
             writer,
             generations: Vec::new(),
@@ -845,7 +790,7 @@ mod sqlite {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| fail("begin", e))?;
             let mut staged = model.generations.clone();
-            for _ in 0..rng.usize_in(1, 20) {
+            for _ in 0..rng.range(1, 20) {
                 let seq = staged.len();
                 let data = payload(seed, writer, seq, 1);
                 tx.execute(
@@ -856,8 +801,8 @@ mod sqlite {
                 .map_err(|e| fail("insert", e))?;
                 staged.push(1);
             }
-            for _ in 0..rng.usize_in(0, 5) {
-                let seq = rng.usize_in(0, staged.len() - 1);
+            for _ in 0..rng.range(0, 5) {
+                let seq = rng.range(0, staged.len() as u64 - 1) as usize;
                 staged[seq] += 1;
                 let data = payload(seed, writer, seq, staged[seq]);
                 tx.execute(

@@ -22,6 +22,7 @@ use std::time::Duration;
 use common::{Mounted, copy_is, describe_output, event_id, require_mount_privileges, wait_for};
 use reseedfs::config::{Config, OnDivergence};
 use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::Rng;
 use serde_json::Value;
 
 const DB: &str = "db001";
@@ -36,13 +37,7 @@ fn page(w: u64, index: u64, version: u64) -> Vec<u8> {
     p[..8].copy_from_slice(&w.to_le_bytes());
     p[8..16].copy_from_slice(&index.to_le_bytes());
     p[16..24].copy_from_slice(&version.to_le_bytes());
-    let mut x = (w << 48) ^ (index << 16) ^ version ^ 0x9E37_79B9_7F4A_7C15;
-    for b in &mut p[24..PAGE - 4] {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    Rng::from_parts(&[w, index, version]).fill(&mut p[24..PAGE - 4]);
     let crc = crc32(&p[..PAGE - 4]);
     p[PAGE - 4..].copy_from_slice(&crc.to_le_bytes());
     p
@@ -93,13 +88,10 @@ fn start_writers(
                     .open(&path)
                     .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
                 let mut versions = vec![1u64; PAGES as usize];
-                let mut x = w + 1;
+                let mut rng = Rng::new(w);
                 let mut writes = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let i = (x >> 33) % PAGES;
+                    let i = rng.below(PAGES);
                     let v = versions[i as usize] + 1;
                     match f.write_all_at(&page(w, i, v), i * PAGE as u64) {
                         Ok(()) => versions[i as usize] = v,
@@ -405,8 +397,7 @@ fn kill_9_under_writes_is_repaired_from_the_activity_log_at_the_next_mount() {
     let writers = start_writers(&m.db_files(DB), 4, &stop, true);
     thread::sleep(Duration::from_secs(2));
     // kill -9 in the middle of the writes.
-    m.child.kill().expect("kill -9 the daemon");
-    let _ = m.child.wait();
+    m.kill();
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         let _ = w.join();

@@ -27,7 +27,8 @@ use common::{
     BIN, EXIT_TIMEOUT, FSTYPE, describe_output, free_local_addr, http_get,
     require_mount_privileges, wait_for,
 };
-use reseedfs::testbed::{self, Testbed};
+use reseedfs::mountpoint::{is_mount_point, mount_fstype};
+use reseedfs::testbed::Testbed;
 
 const VOLUME_BYTES: u64 = 256 << 20;
 const DB: &str = "db001";
@@ -54,7 +55,9 @@ fn systemd_unit_verifies() {
     let text = fs::read_to_string(&unit).expect("read the unit");
     for want in [
         "Type=notify",
-        "ExecStart=/usr/local/bin/reseedfs mount --config /etc/reseedfs/reseedfs.toml",
+        "ExecStart=/usr/bin/reseedfs mount --config /etc/reseedfs/reseedfs.toml",
+        "ExecStop=/usr/bin/reseedfs unmount --config /etc/reseedfs/reseedfs.toml",
+        "SendSIGKILL=no",
         "Restart=on-failure",
         "KillSignal=SIGTERM",
         "TimeoutStopSec=",
@@ -66,7 +69,7 @@ fn systemd_unit_verifies() {
     // verify checks that ExecStart's binary exists: point it at the one under test.
     let dir = scratch_dir("unit");
     let copy = dir.join("reseedfs.service");
-    fs::write(&copy, text.replace("/usr/local/bin/reseedfs", BIN)).expect("write the unit copy");
+    fs::write(&copy, text.replace("/usr/bin/reseedfs", BIN)).expect("write the unit copy");
     let out = Command::new(analyze)
         .arg("verify")
         .arg(&copy)
@@ -166,7 +169,7 @@ fn wait_exit(pid: u32) {
 }
 
 fn mounted(root: &Path) -> bool {
-    testbed::mount_fstype(root).as_deref() == Some(FSTYPE)
+    mount_fstype(root).as_deref() == Some(FSTYPE)
 }
 
 /// Stops every daemon left for the bed's config (a failed test), then lazily unmounts.
@@ -183,7 +186,7 @@ impl Drop for Cleanup<'_> {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
-        if testbed::is_mount_point(&self.0.databases_root) {
+        if is_mount_point(&self.0.databases_root) {
             let _ = Command::new("umount")
                 .arg("-l")
                 .arg(&self.0.databases_root)

@@ -21,6 +21,7 @@ use std::thread;
 
 use common::{Mounted, describe_output, drop_caches, event_id, read_all, require_mount_privileges};
 use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::pattern;
 use serde_json::Value;
 
 const DB: &str = "db001";
@@ -28,18 +29,6 @@ const DB: &str = "db001";
 const FILE_BYTES: usize = 24 << 20;
 /// Where the damage goes, in the file.
 const DAMAGE_AT: u64 = (10 << 20) + 123;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)

@@ -8,31 +8,22 @@ use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
 
-use reseedfs::testbed;
+use reseedfs::testbed::daemon::{MOUNT_TIMEOUT, MountDaemon, StopRequest};
+pub use reseedfs::testbed::with_path;
 
 /// The reseedfs binary built with the benches.
 pub const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
-/// How long a mount may take to appear, and a daemon to exit.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A FUSE daemon the bench started, in its own process group (a Ctrl-C reaches only the
-/// bench, which then stops it in order).
+/// bench, which then stops it in order), under the testbed's supervisor: dropping it asks
+/// it to unmount (`reseedfs unmount`, or `umount`), then SIGTERM, then SIGKILL.
 pub struct Daemon {
     /// The bench's name for it (`reseedfs_1copy`, `mergerfs`, ...).
     pub label: &'static str,
-    pub mountpoint: PathBuf,
-    pub child: Child,
-    /// `Some(config)` for reseedfs (stopped with `reseedfs unmount`), `None` for mergerfs.
-    config: Option<PathBuf>,
-    /// The mount's type (`fuse.reseedfs`).
-    fstype: String,
-    /// Its output.
-    log: PathBuf,
+    pub mount: MountDaemon,
 }
 
 impl Daemon {
@@ -86,7 +77,8 @@ impl Daemon {
     }
 
     /// Starts `cmd` (a FUSE daemon in the foreground, its output to `log`) and waits until
-    /// `mountpoint` is a mount of type `fstype`.
+    /// `mountpoint` is a mount of type `fstype`. Stopped with `reseedfs unmount` (`config`)
+    /// or `umount`, then SIGTERM, then SIGKILL.
     pub fn start(
         mut cmd: Command,
         label: &'static str,
@@ -95,40 +87,44 @@ impl Daemon {
         log: &Path,
         fstype: &str,
     ) -> io::Result<Daemon> {
-        let out = fs::File::create(log).map_err(|e| with_path(e, "create", log))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .env("RESEEDFS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()?;
-        let mut d = Daemon {
-            label,
-            mountpoint,
-            child,
-            config,
-            fstype: fstype.to_owned(),
-            log: log.to_owned(),
-        };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if testbed::mount_fstype(&d.mountpoint).as_deref() == Some(fstype) {
-                return Ok(d);
+        // A fresh log per daemon (the supervisor appends).
+        let _ = fs::remove_file(log);
+        cmd.env("RESEEDFS_LOG", "warn").process_group(0);
+        let at = mountpoint.clone();
+        let stop: StopRequest = Box::new(move || {
+            let mut ask = match &config {
+                Some(config) => {
+                    let mut c = Command::new(BIN);
+                    c.arg("unmount").arg("--config").arg(config);
+                    c
+                }
+                None => {
+                    let mut c = Command::new("umount");
+                    c.arg(&at);
+                    c
+                }
+            };
+            match ask.stdout(Stdio::null()).stderr(Stdio::null()).status() {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("{ask:?}: {s}")),
+                Err(e) => Err(format!("{ask:?}: {e}")),
             }
-            let exited = d.child.try_wait()?.is_some();
-            if exited || Instant::now() >= deadline {
-                let log = fs::read_to_string(log).unwrap_or_default();
-                return Err(io::Error::other(format!(
-                    "{} did not mount {} ({}); its log:\n{log}",
-                    label,
-                    d.mountpoint.display(),
-                    if exited { "it exited" } else { "timeout" }
-                )));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        });
+        let mut mount = MountDaemon::spawn(cmd, label, &mountpoint, fstype, log)?.on_stop(stop);
+        mount
+            .wait_mounted(MOUNT_TIMEOUT, &|| false)
+            .map_err(|why| io::Error::other(mount.describe(&why)))?;
+        Ok(Daemon { label, mount })
+    }
+
+    /// Where it mounts.
+    pub fn mountpoint(&self) -> &Path {
+        self.mount.mountpoint()
+    }
+
+    /// Its pid (0 once it exited).
+    pub fn pid(&self) -> u32 {
+        self.mount.pid().unwrap_or(0)
     }
 }
 
@@ -201,23 +197,23 @@ impl Daemon {
     /// measure the folder under the mount point instead (this machine is shared: another
     /// job's cleanup once stopped every reseedfs daemon of the host mid-run).
     pub fn check(&self) -> io::Result<()> {
-        if testbed::mount_fstype(&self.mountpoint).as_deref() == Some(self.fstype.as_str()) {
+        if self.mount.is_mounted() {
             return Ok(());
         }
-        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.mount.log_text();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         Err(io::Error::other(format!(
             "the {} daemon (pid {}) no longer serves {}; the last lines of its log:\n{}",
             self.label,
-            self.child.id(),
-            self.mountpoint.display(),
+            self.pid(),
+            self.mountpoint().display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )))
     }
 
     /// CPU seconds (user + system, every thread) the daemon has used so far.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(self.child.id())
+        cpu_seconds(self.mount.pid()?)
     }
 }
 
@@ -229,46 +225,6 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0) // USER_HZ
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let asked = match &self.config {
-            Some(config) => Command::new(BIN)
-                .arg("unmount")
-                .arg("--config")
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-            None => Command::new("umount")
-                .arg(&self.mountpoint)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-        };
-        let mut exited = asked && testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
-        if !exited {
-            let pid = rustix::process::Pid::from_child(&self.child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            exited = testbed::wait_child(&mut self.child, EXIT_TIMEOUT).is_some();
-        }
-        if !exited {
-            eprintln!(
-                "bench: the {} daemon ignored SIGTERM: killing it",
-                self.label
-            );
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if testbed::is_mount_point(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
 }
 
 /// `sync`, then drop the clean page cache, dentries and inodes.
@@ -296,10 +252,6 @@ pub fn bench_dir() -> PathBuf {
     // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, honouring CARGO_TARGET_DIR.
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().unwrap_or(tmp).join("bench")
-}
-
-pub fn with_path(e: io::Error, doing: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
 }
 
 pub fn tool_works(tool: &str, args: &[&str]) -> bool {

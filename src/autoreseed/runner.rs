@@ -455,6 +455,7 @@ impl Runner {
             from,
             allow_in_sync,
             keep_replaced,
+            window_bytes: reseed::WINDOW_BYTES,
         };
         let (db, target) = (req.db.clone(), req.target.clone());
         self.spawn_work(
@@ -507,7 +508,7 @@ impl Runner {
     ) -> Result<(), String> {
         let key = (db.name.clone(), slot);
         let progress = Arc::new(Progress::new(&db.name, target));
-        progress.pacer.set_throttle(self.throttle.clone());
+        progress.job.pacer.set_throttle(self.throttle.clone());
         let mut shared = self.shared.lock();
         if shared
             .seeds
@@ -751,6 +752,7 @@ fn incremental_failed(
         from: None,
         allow_in_sync: false,
         keep_replaced: true,
+        window_bytes: reseed::WINDOW_BYTES,
     };
     reseed::reseed(core, &req, progress)
         .map(|_| ())

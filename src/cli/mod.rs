@@ -1,8 +1,10 @@
 //! The command line: parse, run one subcommand, map the outcome to an exit code.
 
+#[cfg(feature = "demo")]
 pub mod demo;
 mod events;
 mod explain;
+pub mod generate;
 pub mod mount_helper;
 mod reseed;
 mod tap;
@@ -25,13 +27,37 @@ use crate::control::{self, Request, Response};
 use crate::events::Event;
 use crate::status::Status;
 
+/// The version and the commit it was built from, as `--version` prints it:
+/// `0.1.0 (commit 1a2b3c4d5e6f)` (`commit unknown` when built without git; see
+/// `platform/build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RESEEDFS_COMMIT"),
+    ")"
+);
+
+/// What `reseedfs --help` (and so `man reseedfs`) says after the subcommands.
+const FILES_AND_EXIT_STATUS: &str = "\
+Files:
+  /etc/reseedfs/reseedfs.toml  the config: `init` writes it, every command reads it (--config)
+  /run/reseedfs/               state_dir: the control socket, events.jsonl, the helper's log
+  /var/lib/reseedfs/           witness_dir: a copy of the pool state on the system disk
+
+Exit status: 0 success; 1 failure (verify: the copies differ); 2 verify could not finish;
+3 the config or the pool is unusable; 4 the daemon cannot be reached.
+
+Environment: RESEEDFS_LOG filters the log on stderr (`info`, `reseedfs=debug`; default warn).
+
+Every subcommand has a man page: man reseedfs-status, man reseedfs-explain, ...";
+
 /// reseedfs: keeps a database running when a disk dies.
 ///
 /// Stable database paths (`<databases_root>/<db>/`) over a pool of volumes; every write
 /// goes to each copy; a failing disk is taken out of service without the database
 /// noticing.
 #[derive(Debug, Parser)]
-#[command(name = "reseedfs", version, about, long_about = None)]
+#[command(name = "reseedfs", version = VERSION, about, long_about = None, after_long_help = FILES_AND_EXIT_STATUS)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -64,7 +90,12 @@ pub enum Command {
     /// List what divergent copies kept in quarantine (read from the volumes).
     Quarantine(tap::QuarantineArgs),
     /// The whole story in a throwaway pool: mount, write, kill a disk, verify, clean up.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// The demo is not in this build: says how to get it.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo(NoDemoArgs),
     /// Why each copy is not healthy and what happens next; or what a volume's failure
     /// would do (--what-if-fail VolumeN).
     Explain(ExplainArgs),
@@ -77,6 +108,19 @@ pub enum Command {
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
     /// differences, 2 error); --repair rewrites what differs from the active copy.
     Verify(VerifyArgs),
+    /// Write the man pages or the shell completions, made from these definitions
+    /// (`generate man DIR`, `generate completions DIR`; the package build runs it).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
+}
+
+/// `demo` in a build without the `demo` feature: whatever follows is ignored.
+#[cfg(not(feature = "demo"))]
+#[derive(Debug, clap::Args)]
+pub struct NoDemoArgs {
+    /// Ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<std::ffi::OsString>,
 }
 
 /// `--config FILE`.
@@ -224,11 +268,21 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Suspend(a) => tap::suspend(&a),
         Command::Resume(a) => tap::resume(&a),
         Command::Quarantine(a) => tap::quarantine(&a),
+        #[cfg(feature = "demo")]
         Command::Demo(a) => demo::run(&a),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo(_) => {
+            eprintln!(
+                "reseedfs: this build has no demo (it builds throwaway pools, which the product does not ship): \
+                 build it with the `demo` feature, `cargo run --release --features demo -- demo`"
+            );
+            Ok(Exit::Failure)
+        }
         Command::Explain(a) => explain::explain(&a),
         Command::Throttle(a) => throttle::throttle(&a),
         Command::MountHelper(a) => return mount_helper::run(&a),
         Command::Verify(a) => verify::verify(&a),
+        Command::Generate(a) => generate::run(&a),
     };
     match r {
         Ok(e) => e.into(),
@@ -388,17 +442,18 @@ pub fn render_status(s: &Status) -> String {
         }
     }
     out += &format!(
-        "\n{:<12} {:<8} {:>12} {:>12} {:>10}\n",
-        "VOLUME", "STATE", "FREE", "SIZE", "IO ERRORS"
+        "\n{:<12} {:<8} {:>12} {:>12} {:>10} {:>6}\n",
+        "VOLUME", "STATE", "FREE", "SIZE", "IO ERRORS", "SLOW"
     );
     for v in &s.volumes {
         out += &format!(
-            "{:<12} {:<8} {:>12} {:>12} {:>10}\n",
+            "{:<12} {:<8} {:>12} {:>12} {:>10} {:>6}\n",
             v.name,
             v.state,
             fmt_bytes(v.free_bytes),
             fmt_bytes(v.total_bytes),
-            v.io_errors
+            v.io_errors,
+            v.slow_requests
         );
     }
     if let Some(t) = &s.throttle {

@@ -9,7 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{Request, Response};
-use crate::verify::{TreeField, VerifyPhase, VerifyReport, VerifyStatus, parse_rate};
+use crate::throttle::parse_budget;
+use crate::verify::{TreeField, VerifyPhase, VerifyReport, VerifyStatus};
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +21,8 @@ pub struct VerifyArgs {
     /// owners, xattrs), then read it again to confirm.
     #[arg(long)]
     pub repair: bool,
-    /// Read at most this fast, per copy (`200MiB/s`, `1GiB/s`, `unlimited`).
+    /// Read at most this fast, per copy (`200MiB/s`, `1GiB/s`, `unlimited`; 0 is refused:
+    /// write `unlimited` for no limit of its own, the host's budget still applies).
     #[arg(long, default_value = "200MiB/s", value_parser = parse_max_rate)]
     pub max_rate: MaxRate,
     /// Do not start one: follow the running verification (or show the last one).
@@ -39,7 +41,7 @@ pub struct VerifyArgs {
 pub struct MaxRate(pub Option<u64>);
 
 fn parse_max_rate(s: &str) -> Result<MaxRate, String> {
-    parse_rate(s).map(MaxRate)
+    parse_budget(s).map(MaxRate)
 }
 
 /// `reseedfs verify`: exits 0 when the copies are identical (or every difference was

@@ -66,8 +66,9 @@ pub trait Store: Send + Sync {
     /// Copy `slot` of `db` answered `op` with `err` while another copy took it: it
     /// leaves the in-sync set alone (`Database::fail_copy`).
     fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &std::io::Error);
-    /// Returns once every failure already visible in copy states is persisted.
-    fn barrier(&self);
+    /// Returns once every failure already visible in copy states is persisted; an error
+    /// when it could be persisted nowhere (the mutation must not be acknowledged).
+    fn barrier(&self) -> std::io::Result<()>;
 }
 
 /// A database and its copies.
@@ -267,6 +268,9 @@ impl Database {
     /// failure, a suspend or a remap).
     pub fn release_stale_files(&self) {
         self.open_files.release_stale(&self.copies);
+        if let Some(al) = &self.tap.activity {
+            al.release_stale(self);
+        }
     }
 
     fn elect(&self) {

@@ -37,12 +37,15 @@ impl Database {
         }
     }
 
-    fn settle(&self) {
-        if self.degraded() {
-            if let Some(store) = self.store.upgrade() {
-                store.barrier();
-            }
+    /// Before a mutation is acknowledged: when it skipped a copy, the copy's failure must
+    /// be durable first.
+    fn settle(&self) -> io::Result<()> {
+        if self.degraded()
+            && let Some(store) = self.store.upgrade()
+        {
+            store.barrier()?;
         }
+        Ok(())
     }
 
     /// The active copy and its volume; `EIO` when no copy is in sync.
@@ -131,7 +134,7 @@ impl Database {
             }
         }
         self.tap.mutated();
-        self.settle();
+        self.settle()?;
         Ok(result)
     }
 
@@ -352,7 +355,7 @@ impl Database {
                 }
             }
             if let Some(t) = first_ok {
-                self.settle();
+                self.settle()?;
                 return Ok(t);
             }
             if let Some(e) = caller_err {

@@ -25,8 +25,13 @@ impl Checkpointer {
             .spawn(move || {
                 let tick = std::time::Duration::from_millis(50);
                 let mut next = std::time::Instant::now() + every;
+                let mut watched = std::time::Instant::now();
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(tick);
+                    if watched.elapsed() >= std::time::Duration::from_secs(1) {
+                        pool.watch_slow();
+                        watched = std::time::Instant::now();
+                    }
                     if std::time::Instant::now() >= next {
                         for db in pool.databases() {
                             db.checkpoint(false);

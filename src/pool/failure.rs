@@ -4,30 +4,37 @@
 //! volume is let go, and the events say what happened.
 
 use std::io;
+use std::sync::atomic::Ordering;
 
 use super::state::{DbRecord, PoolState, pool_state_path, witness_path, write_witness};
 use super::{Pool, Unpersisted};
 use crate::copyset::{CopyState, Database, Store};
 use crate::events::{EventId, NewEvent};
 use crate::tap::{self, Generation};
-use crate::volume::Volume;
+use crate::volume::{Volume, errno_of};
 
-/// A volume found dead while the state was written: its name and errno.
-pub(super) type Dead = Vec<(String, Option<i32>)>;
+/// A volume found dead while the state was written: its name and error.
+pub(super) type Dead = Vec<(String, io::Error)>;
 
 impl Store for Pool {
     fn volume_failed(&self, volume: &Volume, op: &str, err: &io::Error) {
-        self.fail_volume(volume.name(), op, err.raw_os_error());
+        self.fail_volume(volume.name(), op, err);
     }
 
     fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &io::Error) {
         self.fail_diverged(db, slot, op, err);
     }
 
-    fn barrier(&self) {
-        if self.unpersisted.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+    fn barrier(&self) -> io::Result<()> {
+        if self.unpersisted.load(Ordering::SeqCst) != 0 {
             drop(self.state.lock());
         }
+        if self.stranded.load(Ordering::SeqCst) {
+            // The newest failure is recorded nowhere: a restart would trust the copy
+            // that missed this write. Refuse to acknowledge it (reads still work).
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
     }
 }
 
@@ -36,22 +43,24 @@ struct Failed {
     db: String,
     volume: String,
     op: String,
-    errno: Option<i32>,
+    errno: i32,
+    timeout: Option<String>,
     /// It was the database's last copy in sync.
     last: bool,
 }
 
 impl Pool {
-    /// Marks volume `name` failed after `errno` during `op`: every copy on it becomes
-    /// FailedAndSuspended, the state is persisted on every healthy volume, events are
-    /// emitted. Returns once persisted. Idempotent.
-    pub fn fail_volume(&self, name: &str, op: &str, errno: Option<i32>) {
+    /// Marks volume `name` failed after `err` during `op` (a media error, or a missed
+    /// deadline): every copy on it becomes FailedAndSuspended, the state is persisted on
+    /// every healthy volume, events are emitted. Returns once persisted. Idempotent.
+    pub fn fail_volume(&self, name: &str, op: &str, err: &io::Error) {
         let mut state = self.state.lock();
         let unpersisted = Unpersisted::new(&self.unpersisted);
-        let mut pending = vec![(name.to_owned(), op.to_owned(), errno)];
+        let timeout = crate::volume::is_timeout(err).then(|| err.to_string());
+        let mut pending = vec![(name.to_owned(), op.to_owned(), errno_of(err), timeout)];
         let mut failed = Vec::new();
         let mut moved = Vec::new();
-        while let Some((vol, op, errno)) = pending.pop() {
+        while let Some((vol, op, errno, timeout)) = pending.pop() {
             if state.failed_volumes.contains(&vol) {
                 continue;
             }
@@ -86,6 +95,7 @@ impl Pool {
                     volume: vol.clone(),
                     op: op.clone(),
                     errno,
+                    timeout: timeout.clone(),
                     last,
                 });
                 let after = d.active_volume();
@@ -95,7 +105,8 @@ impl Pool {
             }
             // Persisting may itself find another dying volume.
             for (v2, e2) in self.persist_locked(&mut state) {
-                pending.push((v2, "persist pool state".to_owned(), e2));
+                let timeout = crate::volume::is_timeout(&e2).then(|| e2.to_string());
+                pending.push((v2, "persist pool state".to_owned(), errno_of(&e2), timeout));
             }
             for d in self.databases.iter().filter(|d| bumped.contains(&d.index)) {
                 if let Some(rec) = state.database(&d.name) {
@@ -152,9 +163,13 @@ impl Pool {
             volume: vol,
             op,
             errno,
+            timeout,
             last,
         } = f;
-        let errno_name = errno.map(|e| io::Error::from_raw_os_error(e).to_string());
+        let why = match &timeout {
+            Some(t) => format!("{t}: a hung disk is failed like a dead one"),
+            None => io::Error::from_raw_os_error(errno).to_string(),
+        };
         let tail = if last {
             format!(
                 ". It was the last copy of {db} in sync: {db} gets EIO until {vol} answers again; the copy keeps every acknowledged write and will be trusted by the next mount"
@@ -166,14 +181,14 @@ impl Pool {
             NewEvent::new(
                 EventId::CopyFailed,
                 format!(
-                    "copy {db}\\{vol} is FailedAndSuspended: volume {vol} failed during {op} ({}){tail}",
-                    errno_name.as_deref().unwrap_or("unknown error")
+                    "copy {db}\\{vol} is FailedAndSuspended: volume {vol} failed during {op} ({why}){tail}"
                 ),
             )
             .database(&db)
             .volume(&vol)
             .field("operation", op)
-            .field("errno", errno.unwrap_or(0))
+            .field("errno", errno)
+            .field("reason", if timeout.is_some() { "timeout" } else { "io_error" })
             .field("status", "FailedAndSuspended")
             .field("last_copy", last),
         );
@@ -218,13 +233,19 @@ impl Pool {
     }
 
     /// Bumps the epoch and writes the state to the witness and every healthy volume;
-    /// returns the volumes whose write failed with a media error.
+    /// returns the volumes whose write failed with a media error or missed its deadline.
+    /// When no volume and no witness took the state, the pool is stranded: mutations that
+    /// skipped a copy are refused ([`Store::barrier`]) until a later write of the state
+    /// reaches somewhere.
     pub(super) fn persist_locked(&self, state: &mut PoolState) -> Dead {
         state.epoch += 1;
-        if let Err(err) = write_witness(&self.config, state) {
-            // A stale witness would vouch for a state that is not the newest: remove it.
+        let mut written = 0;
+        if let Err(err) = self.write_witness_within(state) {
+            // A stale witness would vouch for a state that is not the newest: remove it
+            // (on the system disk's lane: nobody waits for a hung disk).
             let path = witness_path(&self.config, &state.pool_id);
-            let _ = std::fs::remove_file(&path);
+            let stale = path.clone();
+            drop(self.system.submit(move || std::fs::remove_file(stale)));
             self.events.emit(NewEvent::new(
                 EventId::StatePersistFailed,
                 format!(
@@ -232,6 +253,8 @@ impl Pool {
                     path.display()
                 ),
             ));
+        } else {
+            written += 1;
         }
         let bytes = match serde_json::to_vec_pretty(&*state) {
             Ok(b) => b,
@@ -243,27 +266,59 @@ impl Pool {
             if state.failed_volumes.contains(&v.name) {
                 continue;
             }
-            if let Err(err) = vol.write_atomic(&pool_state_path(), &bytes) {
-                vol.count_io_error();
-                self.events.emit(
-                    NewEvent::new(
-                        EventId::StatePersistFailed,
-                        format!("cannot write the pool state to {}: {err}", v.name),
-                    )
-                    .volume(&v.name),
-                );
-                if crate::volume::is_media_error(&err) {
-                    dead.push((v.name.clone(), err.raw_os_error()));
+            match vol.write_atomic(&pool_state_path(), &bytes) {
+                Ok(()) => written += 1,
+                Err(err) => {
+                    vol.count_io_error();
+                    self.events.emit(
+                        NewEvent::new(
+                            EventId::StatePersistFailed,
+                            format!("cannot write the pool state to {}: {err}", v.name),
+                        )
+                        .volume(&v.name),
+                    );
+                    if crate::volume::is_media_error(&err) {
+                        dead.push((v.name.clone(), err));
+                    }
                 }
             }
+        }
+        let was = self.stranded.swap(written == 0, Ordering::SeqCst);
+        if written == 0 && !was {
+            self.events.emit(NewEvent::new(
+                EventId::StatePersistFailed,
+                format!(
+                    "the pool state (epoch {}) could not be written anywhere: not to the witness in {}, not to any volume. Writes that skip a copy are refused with EIO until it can be (reads go on): check the system disk and the volumes",
+                    state.epoch,
+                    self.config.witness_dir.display()
+                ),
+            ).field("stranded", true));
         }
         dead
     }
 
+    /// Writes the witness on the system disk within the volumes' deadline: a hung system
+    /// disk fails the witness, not the pool.
+    fn write_witness_within(&self, state: &PoolState) -> io::Result<()> {
+        let (config, copy) = (self.config.clone(), state.clone());
+        let limits = self.config.volume.limits();
+        self.system
+            .run(limits.io_timeout, move || write_witness(&config, &copy))
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the system disk did not answer within {}",
+                        humantime::format_duration(limits.io_timeout)
+                    ),
+                ))
+            })
+    }
+
     /// Fails the volumes a persist found dead.
     pub(super) fn fail_dead(&self, dead: Dead) {
-        for (v, errno) in dead {
-            self.fail_volume(&v, "persist pool state", errno.or(Some(libc::EIO)));
+        for (v, err) in dead {
+            self.fail_volume(&v, "persist pool state", &err);
         }
     }
 }

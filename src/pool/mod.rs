@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::copyset::Database;
-use crate::events::EventSink;
+use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
 use crate::volume::Volume;
 
@@ -58,6 +58,10 @@ pub struct PoolVolume {
     past_io_errors: std::sync::atomic::AtomicU64,
     /// Bytes written through handles of this volume that were let go.
     past_written_bytes: std::sync::atomic::AtomicU64,
+    /// Slow operations counted on handles of this volume that were let go.
+    past_slow_requests: std::sync::atomic::AtomicU64,
+    /// The volume's slow spell was reported (event 3008): once per spell.
+    slow_reported: std::sync::atomic::AtomicBool,
 }
 
 impl PoolVolume {
@@ -68,6 +72,8 @@ impl PoolVolume {
             volume: ArcSwapOption::from(volume.map(Arc::new)),
             past_io_errors: std::sync::atomic::AtomicU64::new(0),
             past_written_bytes: std::sync::atomic::AtomicU64::new(0),
+            past_slow_requests: std::sync::atomic::AtomicU64::new(0),
+            slow_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -80,6 +86,12 @@ impl PoolVolume {
     pub fn io_errors(&self) -> u64 {
         self.past_io_errors.load(Ordering::Relaxed)
             + self.volume.load().as_ref().map_or(0, |v| v.io_errors())
+    }
+
+    /// Operations on this volume slower than `[volume] slow_request` since the mount.
+    pub fn slow_requests(&self) -> u64 {
+        self.past_slow_requests.load(Ordering::Relaxed)
+            + self.volume.load().as_ref().map_or(0, |v| v.slow_requests())
     }
 
     /// Bytes of file data mirrored onto this volume's copies since the mount.
@@ -95,6 +107,8 @@ impl PoolVolume {
                 .fetch_add(v.io_errors(), Ordering::Relaxed);
             self.past_written_bytes
                 .fetch_add(v.written_bytes(), Ordering::Relaxed);
+            self.past_slow_requests
+                .fetch_add(v.slow_requests(), Ordering::Relaxed);
         }
     }
 }
@@ -110,6 +124,10 @@ pub struct Pool {
     events: Arc<dyn EventSink>,
     /// Failures made visible in copy states but not yet persisted.
     unpersisted: AtomicUsize,
+    /// The last write of the state reached no volume and no witness.
+    stranded: std::sync::atomic::AtomicBool,
+    /// Runs the witness's writes on the system disk within the deadline.
+    system: crate::volume::lane::Lane,
     /// The previous stop was clean (no crash repair needed).
     was_clean: bool,
 }
@@ -208,6 +226,39 @@ impl Pool {
             .lock()
             .database(db)
             .and_then(|d| d.copies.get(slot).cloned())
+    }
+
+    /// Reports (event 3008) each volume whose every operation has been slower than
+    /// `[volume] slow_request` for a minute, once per such spell. A slow volume is not
+    /// failed: only a missed deadline fails it.
+    pub fn watch_slow(&self) {
+        const SPELL: std::time::Duration = std::time::Duration::from_secs(60);
+        for pv in &self.volumes {
+            let Some(v) = pv.volume() else { continue };
+            match v.slow_for() {
+                Some(d) if d >= SPELL => {
+                    if !pv.slow_reported.swap(true, Ordering::Relaxed) {
+                        let limit = humantime::format_duration(v.limits().slow_request);
+                        self.events.emit(
+                            NewEvent::new(
+                                EventId::VolumeSlow,
+                                format!(
+                                    "volume {} has answered every operation in more than {limit} for {}s ({} slow operations so far): the disk may be dying; it is not failed unless an operation misses its {} deadline",
+                                    pv.name,
+                                    d.as_secs(),
+                                    pv.slow_requests(),
+                                    humantime::format_duration(v.limits().io_timeout)
+                                ),
+                            )
+                            .volume(&pv.name)
+                            .field("slow_requests", pv.slow_requests()),
+                        );
+                    }
+                }
+                Some(_) => {}
+                None => pv.slow_reported.store(false, Ordering::Relaxed),
+            }
+        }
     }
 
     /// True when the previous stop of the pool was clean.

@@ -73,8 +73,10 @@ type Untrusted = (String, String, String);
 pub(super) fn probe_volume(
     name: &str,
     path: &Path,
+    limits: crate::volume::Limits,
 ) -> Result<(Volume, VolumeMeta, Option<PoolState>), String> {
-    let v = Volume::open(name, path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let v = Volume::open_with(name, path, limits)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let meta: VolumeMeta = serde_json::from_slice(
         &v.read_file(&volume_meta_path())
             .map_err(|e| format!("cannot read {}/.reseedfs/volume.json: {e}", path.display()))?,
@@ -196,6 +198,8 @@ impl Pool {
                 state: Mutex::new(state),
                 events,
                 unpersisted: AtomicUsize::new(0),
+                stranded: std::sync::atomic::AtomicBool::new(false),
+                system: crate::volume::lane::Lane::new("system"),
                 was_clean,
             };
             {
@@ -226,7 +230,7 @@ fn probe_all(config: &Config) -> Result<(Vec<Probed>, Option<PoolState>), OpenEr
     let mut probed = Vec::new();
     let mut best: Option<PoolState> = None;
     for (_, name, path) in listed {
-        match probe_volume(&name, &path) {
+        match probe_volume(&name, &path, config.volume.limits()) {
             Ok((v, meta, state)) => {
                 if let Some(s) = state
                     && s.pool_id == meta.pool_id

@@ -23,7 +23,7 @@ impl Pool {
         let pv = self
             .pool_volume(name)
             .ok_or_else(|| format!("{name} is not a volume of this pool"))?;
-        let (v, meta, _) = probe_volume(name, &pv.path)?;
+        let (v, meta, _) = probe_volume(name, &pv.path, self.config.volume.limits())?;
         let pool_id = self.state.lock().pool_id.clone();
         if meta.pool_id != pool_id || meta.name != name {
             return Err(format!(

@@ -667,18 +667,9 @@ pub(crate) mod test_support {
         }
     }
 
-    /// `len` pseudo-random bytes (xorshift), different for each `seed`.
-    pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        out.truncate(len);
-        out
+    /// `len` pseudo-random bytes, different for each `seed`.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        crate::testbed::rng::pattern(seed, len)
     }
 
     /// Writes `regions` (offset, length) of noise into a new file of `size` bytes; the rest

@@ -21,20 +21,20 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
-use super::{Phase, Progress, SeedError, Source, choose_source, compare_trees, dest_failed};
-use crate::copyset::CopyState;
-use crate::copyset::Database;
+use super::verify::compare_trees;
+use super::{Phase, Progress, SeedError, Source, choose_source, dest_failed};
+use crate::copyset::{CopyState, Database};
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
 use crate::tap::reconcile::{self, SideError};
 use crate::tap::{self, FileDirty, IncrementalError, Lineage};
+use crate::verify::chunk::{ChunkLocks, ChunkReader};
 use crate::volume::read_full;
 use crate::volume::{VolFile, Volume, child_path};
 
@@ -342,13 +342,10 @@ pub fn resync(
 ) -> Result<ResyncReport, ResyncError> {
     let r = run(core, db, slot, progress);
     match &r {
-        Ok(_) => progress.set_phase(Phase::Done),
+        Ok(_) => progress.job.set_phase(Phase::Done),
         // The caller decides what follows (a full reseed reports on the same progress).
         Err(ResyncError::Incremental(..)) => {}
-        Err(e) => {
-            *progress.error.lock() = Some(e.to_string());
-            progress.set_phase(Phase::Failed);
-        }
+        Err(e) => progress.job.fail(&e.to_string()),
     }
     r
 }
@@ -363,7 +360,7 @@ fn run(
     let pool = core.pool();
     let name = db.copies()[slot].volume_name();
     let label = format!("{}\\{name}", db.name);
-    *progress.engine.lock() = "resync".into();
+    progress.set_engine("resync");
     let _one = db
         .try_seed_lock()
         .ok_or_else(|| SeedError::Refused(format!("a reseed of {} is already running", db.name)))?;
@@ -453,8 +450,8 @@ fn run(
         .iter()
         .map(|j| j.ranges.iter().map(|r| r.1.min(1 << 40)).sum::<u64>())
         .sum();
-    progress.total.store(total, Ordering::Relaxed);
-    progress.set_phase(Phase::Copying);
+    progress.job.set_total(total);
+    progress.job.set_phase(Phase::Copying);
     pool.events().emit(
         NewEvent::new(
             EventId::ResyncStarted,
@@ -480,21 +477,21 @@ fn run(
         ..ResyncReport::default()
     };
     report.prepare_s = started.elapsed().as_secs_f64();
-    progress.pacer.begin(
+    progress.job.pacer.begin(
         crate::throttle::StreamKind::Resync,
         db,
-        slot,
+        Some(slot),
         &[&source.volume, &target],
     );
     let copied = copy_jobs(db, slot, &source, &target, &jobs, progress, &mut report)
         .and_then(|()| {
             report.copy_s = started.elapsed().as_secs_f64() - report.prepare_s;
-            progress.set_phase(Phase::Verifying);
+            progress.job.set_phase(Phase::Verifying);
             compare_jobs(db, slot, &source, &target, &jobs)
         })
         .and_then(|()| compare_trees(db, &source, &target));
     report.verify_s = started.elapsed().as_secs_f64() - report.prepare_s - report.copy_s;
-    progress.pacer.end();
+    progress.job.pacer.end();
     if let Err(e) = copied {
         pool.abort_seed(db, slot);
         return Err(e.into());
@@ -691,14 +688,14 @@ fn copy_jobs(
                 ));
             }
             // The budget is waited for before the file's locks are taken.
-            progress.pacer.take(len);
+            progress.job.pacer.take(len);
             let _stripes = job.node.as_ref().map(|n| n.io.lock_range(off, len));
             let n =
                 reconcile::copy_extent(&a, &b, off, len).map_err(|e| side(db, slot, source, e))?;
             report.bytes_copied += n;
             report.extents += 1;
             copied_any = true;
-            progress.copied.fetch_add(len, Ordering::Relaxed);
+            progress.job.add_done(len);
         }
         if copied_any {
             report.files += 1;
@@ -709,6 +706,9 @@ fn copy_jobs(
     Ok(())
 }
 
+/// The copied extents compared with the source, each chunk under its stripe locks (the
+/// file's resize lock held for the whole file, as the copy held it): the locked chunk
+/// comparison of [`crate::verify::chunk`].
 fn compare_jobs(
     db: &Database,
     slot: usize,
@@ -716,8 +716,7 @@ fn compare_jobs(
     target: &Volume,
     jobs: &[Job],
 ) -> Result<(), SeedError> {
-    let mut x = vec![0u8; CHUNK as usize];
-    let mut y = vec![0u8; CHUNK as usize];
+    let mut reader = ChunkReader::new(2, CHUNK as usize);
     for job in jobs {
         let Some((a, b)) =
             open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
@@ -730,12 +729,19 @@ fn compare_jobs(
             .map_err(|e| side(db, slot, source, SideError::Source(e)))?
             .len();
         for (off, len) in chunks(&job.ranges, size) {
-            let _stripes = job.node.as_ref().map(|n| n.io.lock_range(off, len));
-            let n = read_full(&a, off, &mut x[..len as usize])
+            let locks = ChunkLocks::stripes(job.node.as_slice(), off, len);
+            let mut reads = reader
+                .read(&locks, &[Some(&a), Some(&b)], off, len as usize)
+                .into_iter();
+            let n = reads
+                .next()
+                .unwrap_or(Ok(0))
                 .map_err(|e| side(db, slot, source, SideError::Source(e)))?;
-            let m = read_full(&b, off, &mut y[..len as usize])
+            let m = reads
+                .next()
+                .unwrap_or(Ok(0))
                 .map_err(|e| dest_failed(db, slot, "resync verify", e))?;
-            if n != m || x[..n] != y[..m] {
+            if reader.differs(1, n, m) {
                 return Err(SeedError::Verify(format!(
                     "{} differs at bytes {off}..{} after the resync",
                     job.path.display(),

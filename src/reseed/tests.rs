@@ -6,21 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
+use crate::copyset::CopyState;
 use crate::events::EventId;
 use crate::fs::HandleId;
 use crate::fs::tests::{Bed, ME, copy_state, db_folder, volume};
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::testbed::rng::pattern;
 
 /// Every file under the database folders of volume `a` equals volume `b`'s.
 fn assert_identical(bed: &Bed, a: usize, b: usize) {
@@ -159,6 +149,8 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
         from: None,
         allow_in_sync: false,
         keep_replaced: false,
+        // Many windows in a small file.
+        window_bytes: 1 << 20,
     };
     let progress = Progress::new("db001", "Volume3");
     let report = reseed(&core, &req, &progress).expect("reseed");
@@ -250,10 +242,25 @@ fn failed_copy(
         from: from.map(Into::into),
         allow_in_sync: false,
         keep_replaced: false,
+        // Many windows in a small file.
+        window_bytes: 1 << 20,
     };
     (core, sink, h, req)
 }
 
+/// Runs `hook` at the failpoint after each window the seeder copies, on this test's
+/// thread only (tests run side by side, and failpoints are global).
+fn after_each_window(hook: impl Fn() + Send + Sync + 'static) {
+    let me = std::thread::current().id();
+    fail::cfg_callback("reseed::after_window", move || {
+        if std::thread::current().id() == me {
+            hook();
+        }
+    })
+    .expect("failpoint reseed::after_window");
+}
+
+#[cfg(feature = "failpoints")]
 #[test]
 fn a_source_read_error_moves_the_reseed_to_another_copy() {
     let bed = Bed::new("reseed-src", 4, 3);
@@ -261,8 +268,11 @@ fn a_source_read_error_moves_the_reseed_to_another_copy() {
     let progress = Progress::new("db001", "Volume1");
     // Volume2 dies after the first window.
     let v2 = volume(&core, 2);
-    *progress.after_window.lock() = Some(Box::new(move || v2.inject_fault(libc::EIO)));
-    let report = reseed(&core, &req, &progress).expect("reseed goes on from Volume3");
+    let scenario = fail::FailScenario::setup();
+    after_each_window(move || v2.inject_fault(libc::EIO));
+    let report = reseed(&core, &req, &progress);
+    scenario.teardown();
+    let report = report.expect("reseed goes on from Volume3");
     assert_eq!(report.source, "Volume3");
     assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
     assert_eq!(copy_state(&core, 1), CopyState::InSync);
@@ -271,6 +281,7 @@ fn a_source_read_error_moves_the_reseed_to_another_copy() {
     core.release(h);
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn a_read_error_on_the_last_source_fails_the_reseed_not_the_database() {
     let bed = Bed::new("reseed-last", 3, 2);
@@ -279,8 +290,11 @@ fn a_read_error_on_the_last_source_fails_the_reseed_not_the_database() {
     let v2 = volume(&core, 2);
     let v2_hook = v2.clone();
     // Unreadable sectors: reads fail, writes (the pool state) still work.
-    *progress.after_window.lock() = Some(Box::new(move || v2_hook.inject_read_fault(libc::EIO)));
-    let err = reseed(&core, &req, &progress).expect_err("no other source");
+    let scenario = fail::FailScenario::setup();
+    after_each_window(move || v2_hook.inject_read_fault(libc::EIO));
+    let err = reseed(&core, &req, &progress);
+    scenario.teardown();
+    let err = err.expect_err("no other source");
     assert!(matches!(err, SeedError::Source(_)), "{err}");
     assert!(
         err.to_string().contains("keeps running on Volume2"),

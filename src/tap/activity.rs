@@ -426,30 +426,49 @@ impl ActivityLog {
     }
 
     /// Makes every record up to `lsn` durable on every in-sync copy (group commit: one
-    /// caller writes what all waiting callers added).
+    /// caller writes what all waiting callers added), on every copy at once.
     fn flush(&self, db: &dyn Replicas, lsn: u64) {
-        let mut files = self.files.lock();
-        if files.durable_lsn >= lsn {
-            return;
-        }
-        let (pending, upto) = {
-            let mut s = self.state.lock();
-            (std::mem::take(&mut s.pending), s.next_lsn)
-        };
-        self.open_files(db, &mut files, None);
-        let mut failed = Vec::new();
-        for (slot, _, v, f) in &files.open {
-            if let Err(e) = v.append(f, &pending).and_then(|()| v.sync_file(f, true)) {
-                failed.push((*slot, e));
+        let failed = {
+            let mut files = self.files.lock();
+            if files.durable_lsn >= lsn {
+                return;
             }
-        }
-        files.durable_lsn = upto;
-        self.drop_failed(db, &mut files, failed);
+            let (pending, upto) = {
+                let mut s = self.state.lock();
+                (std::mem::take(&mut s.pending), s.next_lsn)
+            };
+            let mut failed = self.open_files(db, &mut files, None);
+            let data: Arc<[u8]> = pending.into();
+            let calls: Vec<_> = files
+                .open
+                .iter()
+                .map(|(slot, _, v, f)| {
+                    let (f, data) = (f.clone(), data.clone());
+                    let call = v.submit("activity log", move |b| {
+                        b.append(&f, &data)?;
+                        b.sync(&f, true)
+                    });
+                    (*slot, v.clone(), call, v.deadline())
+                })
+                .collect();
+            for (slot, v, call, deadline) in calls {
+                if let Err(e) = v.finish("activity log", call, deadline) {
+                    failed.push((slot, e));
+                }
+            }
+            files.durable_lsn = upto;
+            files
+                .open
+                .retain(|(s, ..)| !failed.iter().any(|(f, _)| f == s));
+            failed
+        };
+        // Reported once the log is free: failing a copy closes its log file here too.
+        self.report(db, failed);
     }
 
-    fn drop_failed(&self, db: &dyn Replicas, files: &mut Files, failed: Vec<(usize, io::Error)>) {
+    /// Tells the copy set about the copies whose log could not be written.
+    fn report(&self, db: &dyn Replicas, failed: Vec<(usize, io::Error)>) {
         for (slot, e) in failed {
-            files.open.retain(|(s, ..)| *s != slot);
             tracing::warn!(
                 "activity log of {} on {}: {e}",
                 self.db,
@@ -463,9 +482,23 @@ impl ActivityLog {
         }
     }
 
+    /// Closes the log files of copies that are no longer in sync (or moved to another
+    /// placement), at once: nothing of reseedfs keeps a failed volume's filesystem busy.
+    pub fn release_stale(&self, db: &dyn Replicas) {
+        let in_sync = db.in_sync();
+        self.files.lock().open.retain(|(slot, generation, ..)| {
+            in_sync.iter().any(|(s, g, _)| s == slot && g == generation)
+        });
+    }
+
     /// Opens the log on every in-sync copy that has none open (rewritten with `content`
-    /// when given: a checkpoint).
-    fn open_files(&self, db: &dyn Replicas, files: &mut Files, content: Option<&[u8]>) {
+    /// when given: a checkpoint). Returns the copies where that failed.
+    fn open_files(
+        &self,
+        db: &dyn Replicas,
+        files: &mut Files,
+        content: Option<&[u8]>,
+    ) -> Vec<(usize, io::Error)> {
         let in_sync = db.in_sync();
         files.open.retain(|(slot, generation, ..)| {
             in_sync.iter().any(|(s, g, _)| s == slot && g == generation)
@@ -481,10 +514,13 @@ impl ActivityLog {
                     files.open.retain(|(s, ..)| *s != slot);
                     files.open.push((slot, generation, v.clone(), f));
                 }
-                Err(e) => failed.push((slot, e)),
+                Err(e) => {
+                    files.open.retain(|(s, ..)| *s != slot);
+                    failed.push((slot, e));
+                }
             }
         }
-        self.drop_failed(db, files, failed);
+        failed
     }
 
     /// A checkpoint: new epoch, old epoch's writes drained, every in-sync copy's volume
@@ -538,8 +574,10 @@ impl ActivityLog {
             s.pending.clear();
             (content, s.next_lsn)
         };
-        self.open_files(db, &mut files, Some(&content));
+        let failed = self.open_files(db, &mut files, Some(&content));
         files.durable_lsn = upto;
+        drop(files);
+        self.report(db, failed);
     }
 }
 

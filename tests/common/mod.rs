@@ -2,9 +2,10 @@
 //!
 //! Every privileged test starts with `if !common::require_mount_privileges("name") { return; }`,
 //! builds a [`Testbed`] (loop-mounted ext4 volumes), and hands it to [`Mounted::start`], which
-//! runs `reseedfs init` and `reseedfs mount` and waits for the FUSE mount to appear. Dropping a
-//! [`Mounted`] stops the daemon and unmounts whatever is left; dropping the `Testbed` removes
-//! the volumes.
+//! runs `reseedfs init` and `reseedfs mount` and waits for the FUSE mount to appear (the
+//! testbed's supervisor, [`MountDaemon`], the one the demo and the benches use). Dropping a
+//! [`Mounted`] stops the daemon and unmounts whatever is left; dropping the `Testbed`
+//! removes the volumes.
 
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -12,24 +13,23 @@
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use reseedfs::mountpoint::{is_mount_point, mount_fstype};
+use reseedfs::testbed::daemon::{MountDaemon, NotMounted};
 use reseedfs::testbed::{self, Testbed};
 use serde_json::Value;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
 
-/// How long `reseedfs mount` may take to show the FUSE mount.
-pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the daemon may take to exit after `reseedfs unmount` or SIGTERM.
-pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Polling period while waiting for the mount or the daemon.
-pub const POLL: Duration = Duration::from_millis(50);
-/// The file system type of our FUSE mount in `/proc/self/mountinfo`.
-pub const FSTYPE: &str = "fuse.reseedfs";
+// Each test binary uses its own subset of these too.
+#[allow(unused_imports)]
+pub use reseedfs::mountpoint::FSTYPE;
+#[allow(unused_imports)]
+pub use reseedfs::testbed::daemon::{EXIT_TIMEOUT, MOUNT_TIMEOUT, POLL};
 
 /// Returns true when privileged mount tests can run. Otherwise prints a loud banner to stderr
 /// (`SKIPPED: <test>: <reason>`) and returns false; but when `CI=true` it panics instead: a
@@ -95,25 +95,17 @@ pub fn read_mount_log(bed: &Testbed) -> String {
         .unwrap_or_default()
 }
 
-/// Spawns `reseedfs mount --config <cfg>` with `RESEEDFS_LOG=info`, its output appended to
-/// `root/mount.log`.
-fn spawn_mount(bed: &Testbed) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(mount_log_path(bed))
-        .expect("open mount.log");
-    let log_too = log.try_clone().expect("clone mount.log handle");
-    Command::new(BIN)
-        .arg("mount")
-        .arg("--config")
-        .arg(&bed.config_path)
-        .env("RESEEDFS_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_too)
-        .stderr(log)
-        .spawn()
-        .expect("spawn reseedfs mount")
+/// Starts `reseedfs mount --config <cfg>` (`RESEEDFS_LOG=info` unless set), its output
+/// appended to `root/mount.log`.
+fn spawn_mount(bed: &Testbed) -> MountDaemon {
+    MountDaemon::reseedfs(
+        Path::new(BIN),
+        &bed.config_path,
+        &bed.databases_root,
+        &mount_log_path(bed),
+        false,
+    )
+    .expect("spawn reseedfs mount")
 }
 
 /// What became of a `reseedfs mount` run by [`try_mount`].
@@ -141,56 +133,16 @@ pub enum MountAttempt {
 /// Runs `reseedfs mount` on an initialised testbed and reports whether it mounted or exited;
 /// for tests where the mount must be refused. Never leaves a daemon or a mount behind.
 pub fn try_mount(bed: &Testbed, timeout: Duration) -> MountAttempt {
-    let mut child = spawn_mount(bed);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for reseedfs mount") {
-            return MountAttempt::Exited {
-                status,
-                log: read_mount_log(bed),
-            };
-        }
-        let mounted = testbed::mount_fstype(&bed.databases_root).as_deref() == Some(FSTYPE);
-        if mounted || Instant::now() >= deadline {
-            stop_daemon(&mut child, &bed.databases_root);
-            let log = read_mount_log(bed);
-            return if mounted {
-                MountAttempt::Mounted { log }
-            } else {
-                MountAttempt::Hung { log }
-            };
-        }
-        thread::sleep(POLL);
+    let mut daemon = spawn_mount(bed);
+    let waited = daemon.wait_mounted(timeout, &|| false);
+    daemon.stop();
+    let log = read_mount_log(bed);
+    match waited {
+        Ok(()) => MountAttempt::Mounted { log },
+        Err(NotMounted::Exited(status)) => MountAttempt::Exited { status, log },
+        Err(NotMounted::Io(e)) => panic!("wait for reseedfs mount: {e}"),
+        Err(NotMounted::Timeout(_) | NotMounted::Interrupted) => MountAttempt::Hung { log },
     }
-}
-
-/// SIGTERM, up to [`EXIT_TIMEOUT`] for the daemon to exit, then SIGKILL; then a lazy umount
-/// of `mountpoint` when it is still mounted. Returns the exit status when there is one.
-fn stop_daemon(child: &mut Child, mountpoint: &Path) -> Option<ExitStatus> {
-    let mut status = child.try_wait().ok().flatten();
-    if status.is_none() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        status = wait_timeout(child, EXIT_TIMEOUT);
-        if status.is_none() {
-            eprintln!(
-                "reseedfs mount (pid {}) ignored SIGTERM: killing it",
-                child.id()
-            );
-            let _ = child.kill();
-            status = child.wait().ok();
-        }
-    }
-    if !mountpoint.as_os_str().is_empty() && testbed::is_mount_point(mountpoint) {
-        let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
-    }
-    status
-}
-
-/// Waits up to `timeout` for `child` to exit.
-pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    testbed::wait_child(child, timeout)
 }
 
 /// stdout and stderr of a finished command, for failure messages.
@@ -202,12 +154,13 @@ pub fn describe_output(out: &Output) -> String {
     )
 }
 
-/// A testbed with `reseedfs mount` running on it.
+/// A testbed with `reseedfs mount` running on it. Dropping it stops the daemon (SIGTERM,
+/// then SIGKILL) and detaches whatever is left mounted.
 pub struct Mounted {
+    /// The `reseedfs mount` process (first: it is stopped before the testbed goes).
+    pub daemon: MountDaemon,
     /// The pool under the mount.
     pub bed: Testbed,
-    /// The `reseedfs mount` process.
-    pub child: Child,
 }
 
 impl Mounted {
@@ -221,33 +174,35 @@ impl Mounted {
     /// `reseedfs mount` and waits up to [`MOUNT_TIMEOUT`] for `databases_root` to be a
     /// `fuse.reseedfs` mount. Panics with `mount.log` when the daemon exits first.
     pub fn mount_only(bed: Testbed) -> Mounted {
-        let child = spawn_mount(&bed);
-        let mut mounted = Mounted { bed, child };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if mounted.fstype().as_deref() == Some(FSTYPE) {
-                return mounted;
-            }
-            if let Some(status) = mounted.child.try_wait().expect("wait for reseedfs mount") {
-                panic!(
-                    "reseedfs mount exited ({status}) before mounting; mount.log:\n{}",
-                    mounted.mount_log()
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "no {FSTYPE} mount at {} after {MOUNT_TIMEOUT:?}; mount.log:\n{}",
-                    mounted.bed.databases_root.display(),
-                    mounted.mount_log()
-                );
-            }
-            thread::sleep(POLL);
+        let mut daemon = spawn_mount(&bed);
+        if let Err(why) = daemon.wait_mounted(MOUNT_TIMEOUT, &|| false) {
+            panic!("{}", daemon.describe(&why));
         }
+        Mounted { bed, daemon }
+    }
+
+    /// The daemon's pid (panics when it already exited).
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid().expect("the reseedfs mount daemon runs")
+    }
+
+    /// `kill -9` of the daemon (a crash), waiting until it is gone; its mount stays, dead.
+    pub fn kill(&mut self) {
+        let pid = self.pid();
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -9 {pid}");
+        assert!(
+            self.daemon.wait_exit(EXIT_TIMEOUT).is_some(),
+            "the daemon (pid {pid}) survives kill -9"
+        );
     }
 
     /// What is mounted at `databases_root`, if anything.
     pub fn fstype(&self) -> Option<String> {
-        testbed::mount_fstype(&self.bed.databases_root)
+        mount_fstype(&self.bed.databases_root)
     }
 
     /// `databases_root/<db>`.
@@ -328,10 +283,9 @@ impl Mounted {
             describe_output(&out),
             self.mount_log()
         );
-        let status = wait_timeout(&mut self.child, EXIT_TIMEOUT);
+        let status = self.daemon.wait_exit(EXIT_TIMEOUT);
         let Some(status) = status else {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.daemon.stop();
             panic!(
                 "reseedfs mount still running {EXIT_TIMEOUT:?} after `reseedfs unmount`; \
                  mount.log:\n{}",
@@ -344,18 +298,11 @@ impl Mounted {
             self.mount_log()
         );
         assert!(
-            !testbed::is_mount_point(&self.bed.databases_root),
+            !is_mount_point(&self.bed.databases_root),
             "{} is still mounted after the daemon exited",
             self.bed.databases_root.display()
         );
         self.bed.take()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let mountpoint = self.bed.databases_root.clone();
-        stop_daemon(&mut self.child, &mountpoint);
     }
 }
 

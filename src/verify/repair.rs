@@ -1,0 +1,72 @@
+//! What `reseedfs verify --repair` rewrites on a copy that differs, from the active copy,
+//! under the locks the comparison holds, made durable and read back to confirm: data
+//! extents, sizes, xattrs (modes and owners are set where they are compared, in the tree
+//! pass). Names present on one side only, kinds and symlink targets are not repaired:
+//! that copy needs a reseed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::Run;
+use super::data::{OpenGroup, size_of};
+use super::tree::xattrs;
+use crate::volume::Volume;
+use crate::volume::read_full;
+
+impl Run<'_> {
+    /// Makes the xattrs of `path` on `v` those of the active copy; true when they are now.
+    pub(super) fn repair_xattrs(
+        &self,
+        path: &Path,
+        v: &Volume,
+        want: &BTreeMap<Vec<u8>, Vec<u8>>,
+        have: &BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        for key in have.keys().filter(|k| !want.contains_key(*k)) {
+            if v.remove_xattr(path, std::ffi::OsStr::from_bytes(key))
+                .is_err()
+            {
+                return false;
+            }
+        }
+        if crate::reseed::copy_xattrs(&self.active.volume, v, path).is_err() {
+            return false;
+        }
+        xattrs(v, path).is_ok_and(|now| &now == want)
+    }
+}
+
+/// Rewrites `a[start..end]` (the active copy's bytes of the chunk at `offset`) on `o`,
+/// makes it durable and reads it back into `b`; true when it now matches.
+pub(super) fn repair_extent(
+    o: &File,
+    a: &[u8],
+    b: &mut [u8],
+    offset: u64,
+    start: usize,
+    end: usize,
+) -> bool {
+    let at = offset + start as u64;
+    if o.write_all_at(&a[start..end], at).is_err() || o.sync_data().is_err() {
+        return false;
+    }
+    matches!(read_full(o, at, &mut b[start..end]), Ok(n) if n == end - start)
+        && a[start..end] == b[start..end]
+}
+
+/// Truncates (or extends) copy `i` of the file to the active copy's size, with every
+/// node's resize lock held exclusively (no write or truncate in between), and checks it;
+/// true when the sizes now match.
+pub(super) fn repair_size(f: &OpenGroup, i: usize) -> bool {
+    let _resize: Vec<_> = f.nodes.iter().map(|n| n.io.resize.write()).collect();
+    let a_now = size_of(&f.active).ok();
+    match (a_now, f.others[i].as_ref()) {
+        (Some(a_now), Some(o)) => {
+            o.set_len(a_now).is_ok() && o.sync_all().is_ok() && size_of(o).ok() == Some(a_now)
+        }
+        _ => false,
+    }
+}
