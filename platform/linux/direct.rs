@@ -39,39 +39,7 @@ pub fn reopen(f: &File, write: bool) -> io::Result<File> {
         .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
-/// A page-aligned byte buffer.
-#[derive(Debug, Default)]
-pub struct AlignedBuf {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// A page-aligned copy of `data` (for a write that several threads send to several
-    /// copies: one copy serves them all).
-    pub fn copy_of(data: &[u8]) -> AlignedBuf {
-        let mut b = AlignedBuf::default();
-        b.fill(data);
-        b
-    }
-
-    /// Makes the buffer `data.len()` bytes long (growing it when needed) and copies `data`
-    /// in.
-    pub fn fill(&mut self, data: &[u8]) {
-        if self.raw.len() < data.len() + ALIGN {
-            self.raw = vec![0; data.len() + ALIGN];
-        }
-        self.start = self.raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        self.len = data.len();
-        self.raw[self.start..self.start + data.len()].copy_from_slice(data);
-    }
-
-    /// The bytes, starting on a page boundary.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-}
+pub use crate::volume::AlignedBuf;
 
 thread_local! {
     static BOUNCE: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());

@@ -576,6 +576,7 @@ impl Core {
         let (node, db, path) = self.backing(id)?;
         let oflags = backing_open_flags(flags);
         let files = db.open(&path, oflags)?;
+        files.set_direct(flags & libc::O_DIRECT != 0);
         Ok(self.insert_handle(Handle::File {
             node,
             db: db.clone(),
@@ -601,6 +602,7 @@ impl Core {
         let oflags =
             backing_open_flags(flags) | OFlags::from_bits_retain((flags & libc::O_EXCL) as u32);
         let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
+        files.set_direct(flags & libc::O_DIRECT != 0);
         let st = self.stat_backing(d, &path)?;
         let attr = self.entry(db, path, &st);
         let node = self.node(attr.node)?;
