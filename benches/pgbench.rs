@@ -157,8 +157,34 @@ impl Settings {
     }
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
+    [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]
+    [--set key=value]...
+
+PostgreSQL's pgbench on a plain ext4 volume and through reseedfs with 1 and 2 copies,
+alternating, ratios of TPS and p99 latency taken within each round. Needs root and
+PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.json.
+
+  --repeat N        rounds (default 3)
+  --seconds S       measured seconds per target and round (default 30)
+  --warmup S        unmeasured seconds before (default 5)
+  --scale N         pgbench -i -s N (default 10)
+  --clients N       pgbench -c N (default 8)
+  --jobs N          pgbench -j N (default 2)
+  --targets LIST    which targets run
+  --set key=value   change both reseedfs configs (threads=4, tap.checkpoint_interval=30s)
+  -h, --help        this text
+
+RESEEDFS_TESTBED_DIR picks where the volume images go.";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --benches` runs bench targets without `--bench`: nothing to do.
         println!("pgbench: run it with `cargo bench --bench pgbench` (as root)");

@@ -359,8 +359,37 @@ impl Settings {
 // ---------------------------------------------------------------------------------------
 // main
 
+/// What `--help` prints.
+const USAGE: &str = "\
+cargo bench --bench throughput -- [FILTER...] [--repeat N] [--seconds S] [--file-mib M]
+    [--builtin] [--targets direct,fuse_floor,reseedfs_1copy,...] [--threads N] [--large]
+    [--max-pages-limit P]
+
+Throughput of reseedfs (1 and 2 copies), the thinnest FUSE filesystem on the same stack
+(fuse_floor) and mergerfs against the same ext4 volume directly, side by side in one run,
+with fio (or a built-in generator). Needs root. Writes target/bench/throughput.json.
+
+  FILTER                 keep the workloads whose name contains it
+  --repeat N             rounds, the order of the targets rotating (default 1; use 3+)
+  --seconds S            the longest a job runs (default 5)
+  --file-mib M           the file each target works on (default 2048)
+  --builtin              the built-in generator even when fio is installed
+  --targets LIST         targets to measure (direct is always measured); also
+                         fuse_floor_direct (the floor with O_DIRECT writes) and mergerfs
+  --threads N            FUSE request threads of reseedfs and the floor (default: the
+                         reseedfs default)
+  --large                add 4 and 16 MiB O_DIRECT requests (seq_*_4m, seq_*_16m)
+  --max-pages-limit P    set fs.fuse.max_pages_limit for the run (restored at the end)
+  -h, --help             this text
+
+RESEEDFS_TESTBED_DIR picks where the volume images go.";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     if args.first().map(String::as_str) == Some(SERVE_FLOOR) {
         return serve_floor(&args[1..]);
     }
