@@ -32,8 +32,8 @@
 //!
 //! # Output
 //!
-//! A table per round and the medians, the goals of issue 18 (1 copy >= 0.9 and 2 copies
-//! >= 0.8 of native TPS; p99 latency within 1.5x of native), and
+//! A table per round and the medians, the goals of issue 18 (1 copy at least 0.9 and 2
+//! copies at least 0.8 of native TPS; p99 latency within 1.5x of native), and
 //! `target/bench/pgbench.json`:
 //! `{"rounds","native_tps","reseedfs_1copy_tps","reseedfs_2copies_tps","ratio_1copy",
 //! "ratio_2copies","native_p99_ms","reseedfs_1copy_p99_ms","reseedfs_2copies_p99_ms",
@@ -569,17 +569,14 @@ impl Cluster {
     /// `pgbench -T seconds`; `log`: write every transaction's latency under `self.logs`.
     fn pgbench(&self, s: &Settings, seconds: u64, log: bool) -> io::Result<String> {
         let mut args = self.conn();
-        args.extend(
-            [
-                "-c".to_owned(),
-                s.clients.to_string(),
-                "-j".to_owned(),
-                s.jobs.to_string(),
-                "-T".to_owned(),
-                seconds.to_string(),
-            ]
-            .into_iter(),
-        );
+        args.extend([
+            "-c".to_owned(),
+            s.clients.to_string(),
+            "-j".to_owned(),
+            s.jobs.to_string(),
+            "-T".to_owned(),
+            seconds.to_string(),
+        ]);
         if log {
             let _ = fs::remove_dir_all(&self.logs);
             fs::create_dir_all(&self.logs).map_err(|e| with_path(e, "create", &self.logs))?;
