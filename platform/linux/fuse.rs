@@ -34,11 +34,57 @@ use crate::metrics::{Metrics, Op};
 /// this mount, so the cache is only invalidated by our own replies.
 const TTL: Duration = Duration::from_secs(1);
 
-/// The largest write the kernel sends (its cap is 1 MiB with max_pages 256).
+/// The largest write the kernel sends (its cap is 1 MiB with max_pages 256). Larger
+/// requests (root may raise `fs.fuse.max_pages_limit`; fuser takes up to 16 MiB) were
+/// measured and not kept: 4 and 16 MiB `O_DIRECT` writes fell from 0.57 to 0.12-0.18 of
+/// the disk (a 16 MiB write arrives as one request on one thread instead of 16 in
+/// parallel, and its two copies run out of cache), and reads gained nothing (README,
+/// "Larger FUSE requests").
 const MAX_WRITE: u32 = 1 << 20;
+
+/// The readahead window of the mount: sequential reads arrive as requests of this size.
+const READ_AHEAD: u32 = 1 << 20;
 
 /// The most background requests (async direct I/O, readahead) the kernel keeps in flight.
 const MAX_BACKGROUND: u16 = 128;
+
+/// What this daemon asks of the kernel at FUSE INIT: request sizes, features and queue
+/// limits. Public so that the throughput bench's FUSE floor (`benches/floor/`) asks for
+/// exactly the same and measures the same stack.
+pub fn configure_kernel(config: &mut KernelConfig) {
+    let _ = config.set_max_write(MAX_WRITE);
+    let _ = config.set_max_readahead(READ_AHEAD);
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+    // O_DIRECT aio (libaio, io_uring) reaches us as concurrent requests instead of one
+    // at a time: without it the kernel runs every direct request synchronously in the
+    // submitter, so a queue depth of 32 arrives as depth 1.
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
+    // Async direct I/O and readahead are background requests, capped at
+    // max_background in flight (fuser's default: 16).
+    let _ = config.set_max_background(MAX_BACKGROUND);
+    let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
+    // We clear setuid/setgid ourselves (FUSE_WRITE_KILL_SUIDGID), so the kernel stops
+    // asking for security.capability before every write.
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+}
+
+/// The session settings of a mount of type `fuse.<subtype>` from `fsname`, served by
+/// `threads` request threads, each with its own cloned `/dev/fuse` descriptor. Public for
+/// the same reason as [`configure_kernel`].
+pub fn session_config(fsname: &str, subtype: &str, threads: usize) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(fsname.into()),
+        MountOption::CUSTOM(format!("subtype={subtype}")),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    config
+}
 
 struct Adapter {
     core: Arc<Core>,
@@ -152,20 +198,7 @@ thread_local! {
 
 impl fuser::Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
-        // O_DIRECT aio (libaio, io_uring) reaches us as concurrent requests instead of one
-        // at a time: without it the kernel runs every direct request synchronously in the
-        // submitter, so a queue depth of 32 arrives as depth 1.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
-        // Async direct I/O and readahead are background requests, capped at
-        // max_background in flight (fuser's default: 16).
-        let _ = config.set_max_background(MAX_BACKGROUND);
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
-        // We clear setuid/setgid ourselves (FUSE_WRITE_KILL_SUIDGID), so the kernel stops
-        // asking for security.capability before every write.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        configure_kernel(config);
         Ok(())
     }
 
@@ -628,17 +661,7 @@ pub fn mount(
     fsname: &str,
     metrics: Option<Arc<Metrics>>,
 ) -> io::Result<FuseMount> {
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(fsname.into()),
-        MountOption::CUSTOM("subtype=reseedfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(threads.max(1));
-    config.clone_fd = true;
+    let config = session_config(fsname, "reseedfs", threads);
     let mut session = fuser::Session::new(Adapter { core, metrics }, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     let session = std::thread::Builder::new()
@@ -654,8 +677,9 @@ pub fn mount(
 }
 
 /// Reads reach us in the size of the mount's readahead window (128 KiB by default);
-/// raise it to the largest request so sequential reads come as 1 MiB requests.
-fn raise_readahead(mountpoint: &Path) {
+/// raise it so sequential reads come as 1 MiB requests (needs root; public for the bench's
+/// FUSE floor and the other daemons it compares).
+pub fn raise_readahead(mountpoint: &Path) {
     let Ok(st) = rustix::fs::stat(mountpoint) else {
         return;
     };
@@ -665,7 +689,7 @@ fn raise_readahead(mountpoint: &Path) {
         rustix::fs::major(dev),
         rustix::fs::minor(dev)
     );
-    if let Err(err) = std::fs::write(&knob, (MAX_WRITE / 1024).to_string()) {
+    if let Err(err) = std::fs::write(&knob, (READ_AHEAD / 1024).to_string()) {
         tracing::debug!(%knob, %err, "cannot raise the mount's readahead (needs root)");
     }
 }

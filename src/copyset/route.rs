@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
-use crate::volume::{Call, DIRECT_ALIGN, VolFile, Volume, is_media_error};
+use crate::volume::{
+    AlignedBuf, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
+};
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
 const DIRECT_READ_MAX: usize = 64 << 10;
@@ -182,8 +184,9 @@ impl Database {
         self.read_backing_op("read", files, |v, f| {
             if direct && let Some(d) = f.direct(v) {
                 match v.read_at(d, offset, buf) {
-                    // The backing filesystem wants a larger alignment than ours.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    // The backing filesystem wants a larger alignment than ours; or the
+                    // handle was opened write-only.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EBADF)) => {}
                     r => return r,
                 }
             }
@@ -245,12 +248,24 @@ impl Database {
         data: &[u8],
         to_seeding: bool,
     ) -> io::Result<usize> {
+        let len = data.len();
+        if files.is_direct() && is_direct_aligned(offset, len) {
+            // An O_DIRECT caller: its data goes O_DIRECT to every copy, from one aligned
+            // copy (the same one copy as below, aligned), so that a database caching its
+            // own pages is not cached again, once per copy.
+            let shared = Arc::new(AlignedBuf::copy_of(data));
+            return self
+                .fan_out(files, "write", len, to_seeding, |v, f| match f.direct(v) {
+                    Some(d) => v.submit_write_direct(&f.file, d, offset, shared.clone()),
+                    None => v.submit_write(&f.file, offset, shared.clone()),
+                })
+                .map(|()| len);
+        }
         // One copy of the data, shared by every copy's lane (a call that misses its
         // deadline keeps it until the disk answers).
         let shared: Arc<[u8]> = Arc::from(data);
-        let len = data.len();
         self.fan_out(files, "write", len, to_seeding, |v, f| {
-            v.submit_write(f, offset, shared.clone())
+            v.submit_write(&f.file, offset, shared.clone())
         })
         .map(|()| len)
     }
@@ -329,7 +344,7 @@ impl Database {
     /// are durable.
     pub(super) fn sync_files(&self, files: &OpenFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(files, op, 0, true, |v, f| v.submit_sync(f, datasync))
+        self.fan_out(files, op, 0, true, |v, f| v.submit_sync(&f.file, datasync))
     }
 
     /// Applies `f` to the open file of every copy that takes mutations (active first):
@@ -361,7 +376,7 @@ impl Database {
         op: &'static str,
         len: usize,
         to_seeding: bool,
-        submit: impl Fn(&Volume, &VolFile) -> Call<T>,
+        submit: impl Fn(&Volume, &BackingFile) -> Call<T>,
     ) -> io::Result<T> {
         loop {
             let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
@@ -397,7 +412,7 @@ impl Database {
             let mut calls: [Option<(Call<T>, Instant)>; MAX_COPIES] = Default::default();
             for (slot, t) in targets[..n].iter().enumerate() {
                 if let Some((_, v, f)) = t {
-                    calls[slot] = Some((submit(v, &f.file), v.deadline()));
+                    calls[slot] = Some((submit(v, f), v.deadline()));
                 }
             }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();

@@ -747,6 +747,7 @@ impl Core {
                 db.reopen(&from, oflags)?
             }
         };
+        files.set_direct(flags & libc::O_DIRECT != 0);
         node.add_open(&files);
         Ok(self.insert_handle(Handle::File {
             node,
@@ -775,6 +776,7 @@ impl Core {
         // Until the handle is in the table (see `open`).
         let _namespace = d.namespace_shared();
         let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
+        files.set_direct(flags & libc::O_DIRECT != 0);
         let mut st = self.stat_backing(d, &path)?;
         // The owner is set after the mode, and a chown clears setuid and setgid.
         let perm = mode & 0o7777;

@@ -112,8 +112,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()>;
     /// Starts writing `[offset, offset+len)` of `f` back to the disk without waiting.
     fn start_writeback(&self, f: &File, offset: u64, len: u64) -> io::Result<()>;
-    /// The file `f` is open on, opened again read-only with `O_DIRECT` (`Unsupported`
-    /// where there is no way to do that).
+    /// The file `f` is open on, opened again with `O_DIRECT` and `f`'s access mode
+    /// (`Unsupported` where there is no way to do that).
     fn reopen_direct(&self, f: &File) -> io::Result<File>;
 }
 
@@ -731,9 +731,37 @@ impl Volume {
     }
 
     /// Hands a write of `data` at `offset` of `f` to the lane (see [`Volume::submit`]).
-    pub fn submit_write(&self, f: &VolFile, offset: u64, data: Arc<[u8]>) -> Call<()> {
+    pub fn submit_write<D>(&self, f: &VolFile, offset: u64, data: Arc<D>) -> Call<()>
+    where
+        D: AsRef<[u8]> + Send + Sync + ?Sized + 'static,
+    {
         let f = f.clone();
-        self.submit("write", move |b| b.write_all_at(&f, offset, &data))
+        self.submit("write", move |b| {
+            b.write_all_at(&f, offset, (*data).as_ref())
+        })
+    }
+
+    /// Hands a write of `data` (page-aligned, at an aligned `offset`) to the lane, to go
+    /// `O_DIRECT` through `direct` (the same file reopened by [`Volume::reopen_direct`]):
+    /// an `O_DIRECT` caller's data is not cached again here. Where the backing filesystem
+    /// refuses it (`EINVAL`: a logical block larger than [`DIRECT_ALIGN`]), the write goes
+    /// through the page cache of `f` instead, as it always did.
+    pub fn submit_write_direct(
+        &self,
+        f: &VolFile,
+        direct: &VolFile,
+        offset: u64,
+        data: Arc<AlignedBuf>,
+    ) -> Call<()> {
+        let (f, direct) = (f.clone(), direct.clone());
+        self.submit("write", move |b| {
+            match b.write_all_at(&direct, offset, data.as_slice()) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    b.write_all_at(&f, offset, data.as_slice())
+                }
+                r => r,
+            }
+        })
     }
 
     /// Writes all of `data` at the end of `f`, opened for appending.
@@ -867,9 +895,9 @@ impl Volume {
         drop(self.submit("writeback", move |b| b.start_writeback(&f, offset, len)));
     }
 
-    /// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
-    /// description of the same inode, whatever its name is now). `Unsupported` where
-    /// there is no way to do that.
+    /// Opens the file `f` is open on again, with `O_DIRECT` and `f`'s access mode (a new
+    /// open file description of the same inode, whatever its name is now). `Unsupported`
+    /// where there is no way to do that.
     pub fn reopen_direct(&self, f: &VolFile) -> io::Result<VolFile> {
         let f = f.clone();
         self.call("open", move |b| b.reopen_direct(&f).map(VolFile::new))
@@ -1142,6 +1170,58 @@ pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<Extent>> {
 /// The alignment of offset, length and buffer an `O_DIRECT` read needs here (a page:
 /// enough for every logical block size up to 4 KiB).
 pub const DIRECT_ALIGN: usize = 4096;
+
+/// True when `len` bytes at `offset` may go `O_DIRECT` (from an aligned buffer).
+pub fn is_direct_aligned(offset: u64, len: usize) -> bool {
+    len > 0 && (offset as usize | len) % DIRECT_ALIGN == 0
+}
+
+/// A byte buffer starting on a [`DIRECT_ALIGN`] boundary, for `O_DIRECT` writes. FUSE
+/// hands write data over 80 bytes into its request buffer (after the headers), never
+/// aligned: the one copy a write makes anyway (the lanes share it, see
+/// `copyset::route`) goes into one of these. Safe code: over-allocates a `Vec` and starts
+/// at its first aligned byte.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A page-aligned copy of `data`.
+    pub fn copy_of(data: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::default();
+        b.fill(data);
+        b
+    }
+
+    /// Makes the buffer `data.len()` bytes long (growing it when needed) and copies
+    /// `data` in.
+    pub fn fill(&mut self, data: &[u8]) {
+        if self.raw.len() < data.len() + DIRECT_ALIGN {
+            self.raw = vec![0; data.len() + DIRECT_ALIGN];
+        }
+        self.start = self
+            .raw
+            .as_ptr()
+            .align_offset(DIRECT_ALIGN)
+            .min(DIRECT_ALIGN);
+        self.len = data.len();
+        self.raw[self.start..self.start + data.len()].copy_from_slice(data);
+    }
+
+    /// The bytes, starting on an aligned address.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
 
 /// The errno an error stands for in events (`ETIMEDOUT` for a missed deadline).
 pub fn errno_of(err: &io::Error) -> i32 {

@@ -449,8 +449,11 @@ impl Backend for UnixBackend {
         {
             use std::os::fd::AsRawFd;
             use std::os::unix::fs::OpenOptionsExt;
+            // The access mode of `f`: a handle open for writing writes through it too.
+            let mode = rustix::fs::fcntl_getfl(f)? & rustix::fs::OFlags::RWMODE;
             std::fs::OpenOptions::new()
-                .read(true)
+                .read(mode != rustix::fs::OFlags::WRONLY)
+                .write(mode != rustix::fs::OFlags::RDONLY)
                 .custom_flags(libc::O_DIRECT)
                 .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
         }
