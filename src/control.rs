@@ -18,8 +18,6 @@
 //! | `VerifyStatus` | a verification ran since the mount | `Verify`: progress, then the report |
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +28,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::status::Status;
+
+/// The channel's transport: a Unix socket (mode 0600, root only); on Windows a named pipe
+/// derived from the same path, open to Administrators and SYSTEM only
+/// (`platform/windows/pipe.rs`).
+#[cfg(unix)]
+mod transport {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::Path;
+
+    pub use std::os::unix::net::UnixStream as Stream;
+
+    /// Listens at `path`, root only.
+    pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    }
+
+    /// Connects to the daemon at `path`.
+    pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
+        UnixStream::connect(path)
+    }
+}
+
+#[cfg(windows)]
+mod transport {
+    pub use crate::sys::pipe::{Stream, bind, connect};
+}
 
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,7 +203,7 @@ impl Drop for InFlight {
 /// stale one) and serves requests on a thread.
 pub fn serve(path: &Path, handler: Handler) -> std::io::Result<Server> {
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if transport::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!(
@@ -187,8 +214,7 @@ pub fn serve(path: &Path, handler: Handler) -> std::io::Result<Server> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = transport::bind(path)?;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let counter = in_flight.clone();
     let thread = std::thread::Builder::new()
@@ -213,7 +239,7 @@ pub fn serve(path: &Path, handler: Handler) -> std::io::Result<Server> {
     })
 }
 
-fn serve_one(stream: UnixStream, handler: &Handler) {
+fn serve_one(stream: transport::Stream, handler: &Handler) {
     let mut line = String::new();
     let mut reader = BufReader::new(&stream);
     if reader.read_line(&mut line).is_err() {
@@ -247,7 +273,7 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, CallError> {
         path: path.to_owned(),
         source,
     };
-    let mut stream = UnixStream::connect(path).map_err(err)?;
+    let mut stream = transport::connect(path).map_err(err)?;
     let mut out = serde_json::to_vec(req).map_err(|e| err(e.into()))?;
     out.push(b'\n');
     stream.write_all(&out).map_err(err)?;

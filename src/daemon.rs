@@ -23,6 +23,20 @@ use crate::pool::{Checkpointer, Pool};
 use crate::status::LastErrors;
 use crate::verify::{Verifier, VerifyOptions};
 
+// The OS's filesystem adapter: FUSE on Linux, WinFsp on Windows. Both take the core and
+// answer `is_finished`, `try_unmount` and `unmount`.
+#[cfg(target_os = "linux")]
+use crate::sys::fuse::{FuseMount as Mount, mount as mount_adapter};
+#[cfg(windows)]
+use crate::sys::winfsp::{WinFspMount as Mount, mount as mount_adapter};
+
+/// Ends the delivery of stop requests from the OS (signals; on Windows console events and
+/// the service's stop).
+#[cfg(unix)]
+type SignalHandle = signal_hook::iterator::Handle;
+#[cfg(windows)]
+type SignalHandle = crate::sys::stop::StopHandle;
+
 /// Why the daemon is asked to stop.
 #[derive(Debug)]
 enum Stop {
@@ -79,16 +93,15 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let fsname = crate::mountpoint::fsname(config_path);
     let timed = config.metrics.map(|_| sinks.metrics.clone());
-    let mount =
-        crate::sys::fuse::mount(core, &config.databases_root, config.threads, &fsname, timed)
-            .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))?;
+    let mount = mount_adapter(core, &config.databases_root, config.threads, &fsname, timed)
+        .with_context(|| format!("mount at {}", config.databases_root.display()))?;
     let autoreseed = runner.start().context("start the AutoReseed runner")?;
     announce(config, &pool, &sinks.events, &socket);
 
     let why = serve_until_stopped(&mount, &stop_rx, &config.databases_root);
 
     teardown.stop_signals();
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify_stopping();
     // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
     autoreseed.stop();
     verifier.stop();
@@ -103,14 +116,54 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     result.with_context(|| format!("unmount {}", config.databases_root.display()))
 }
 
+/// Mounts the pool of the config file at `path` (the Windows service's entry).
+#[cfg(windows)]
+pub fn run_config_file(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path).with_context(|| format!("load {}", path.display()))?;
+    run(&config, path)
+}
+
+/// `reseedfs service install|uninstall|run` (Windows).
+#[cfg(windows)]
+pub fn service(action: crate::cli::ServiceAction, config: &Path) -> anyhow::Result<()> {
+    use crate::cli::ServiceAction;
+    match action {
+        ServiceAction::Install => crate::sys::service::install(config),
+        ServiceAction::Uninstall => crate::sys::service::uninstall(),
+        ServiceAction::Run => crate::sys::service::run(config),
+    }
+}
+
 /// Clears the umask (modes given by the kernel are final: it already applied the
 /// caller's) and creates the state directory, saying its mode: nobody else may write
 /// where the socket and the event log live.
 fn prepare_state_dir(config: &Config) -> anyhow::Result<()> {
-    rustix::process::umask(rustix::fs::Mode::empty());
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
-        .create(&config.state_dir)
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    {
+        rustix::process::umask(rustix::fs::Mode::empty());
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o755);
+    }
+    dir.create(&config.state_dir)
         .with_context(|| format!("create state_dir {}", config.state_dir.display()))
+}
+
+/// Tells the service manager the databases are reachable: systemd (Type=notify) on Linux,
+/// the Service Control Manager on Windows.
+fn notify_ready() {
+    #[cfg(target_os = "linux")]
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    #[cfg(windows)]
+    crate::sys::service::report_running();
+}
+
+/// Tells the service manager the mount is stopping.
+fn notify_stopping() {
+    #[cfg(target_os = "linux")]
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    #[cfg(windows)]
+    crate::sys::service::report_stopping();
 }
 
 /// Where events go: the persisted log, counted by the metrics, each copy's last error
@@ -128,8 +181,11 @@ impl Sinks {
                 .with_context(|| format!("open event log {}", config.events_path().display()))?,
         );
         let metrics = Arc::new(Metrics::new());
-        let counting: Arc<dyn EventSink> =
-            Arc::new(CountingSink::new(log.clone(), metrics.clone()));
+        let persisted: Arc<dyn EventSink> = log.clone();
+        // On Windows every event also goes to the Application event log, same id.
+        #[cfg(windows)]
+        let persisted: Arc<dyn EventSink> = Arc::new(crate::sys::eventlog::Tee::new(persisted));
+        let counting: Arc<dyn EventSink> = Arc::new(CountingSink::new(persisted, metrics.clone()));
         let last_errors = Arc::new(LastErrors::new(counting));
         Ok(Sinks {
             metrics,
@@ -145,7 +201,7 @@ impl Sinks {
 struct Teardown {
     pool: Arc<Pool>,
     checkpoints: Option<Checkpointer>,
-    signals: Option<signal_hook::iterator::Handle>,
+    signals: Option<SignalHandle>,
     socket: Option<PathBuf>,
     /// Set once done, so that dropping after [`Teardown::finish`] undoes nothing again.
     done: bool,
@@ -197,7 +253,8 @@ impl Drop for Teardown {
 }
 
 /// SIGINT and SIGTERM become [`Stop::Signal`]; returns the handle that ends it.
-fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<signal_hook::iterator::Handle> {
+#[cfg(unix)]
+fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<SignalHandle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -213,6 +270,17 @@ fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<signal_hook::iterato
         })
         .context("start the signal thread")?;
     Ok(handle)
+}
+
+/// Ctrl-C, Ctrl-Break, closing the console and the service's stop become
+/// [`Stop::Signal`] (2 for Ctrl-C, 15 for the others, as SIGINT and SIGTERM); returns the
+/// handle that ends it.
+#[cfg(windows)]
+fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<SignalHandle> {
+    crate::sys::stop::on_stop(move |sig| {
+        let _ = stop_tx.try_send(Stop::Signal(sig));
+    })
+    .context("install the console and service stop handlers")
 }
 
 /// Prometheus `/metrics` at `addr`, rendered from the pool at each scrape.
@@ -257,17 +325,13 @@ fn announce(config: &Config, pool: &Pool, events: &Arc<dyn EventSink>, socket: &
             socket.display()
         ),
     ));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    notify_ready();
 }
 
 /// Serves until a signal or an `unmount` request unmounts the filesystem, or the kernel
 /// ends the mount; returns why. A busy mount is not pulled from under its users: the
 /// request fails, says why, and the mount keeps serving.
-fn serve_until_stopped(
-    mount: &crate::sys::fuse::FuseMount,
-    stop_rx: &Receiver<Stop>,
-    databases_root: &Path,
-) -> String {
+fn serve_until_stopped(mount: &Mount, stop_rx: &Receiver<Stop>, databases_root: &Path) -> String {
     let root = databases_root.display().to_string();
     loop {
         let (why, reply) = match stop_rx.recv_timeout(Duration::from_millis(200)) {

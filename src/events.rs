@@ -46,6 +46,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+#[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -352,11 +353,11 @@ impl EventLog {
     /// Opens (or creates) the log and continues its numbering.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
         let last = read_events(path)?.last().map_or(0, |e| e.seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(path)?;
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        options.mode(0o644);
+        let file = options.open(path)?;
         Ok(EventLog {
             path: path.to_owned(),
             inner: Mutex::new((file, last)),

@@ -68,3 +68,17 @@ pub mod volume;
 #[path = "../platform/linux/mod.rs"]
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// OS adapters (the `platform/` tree): WinFsp, the volume backend, the named pipe, the
+/// service and the event log. Only this module may contain `unsafe`.
+#[cfg(windows)]
+#[path = "../platform/windows/mod.rs"]
+#[allow(unsafe_code)]
+pub mod sys;
+
+/// The Windows adapters' rules that need no Windows API (name rules, path walking, the
+/// errno/Win32/NTSTATUS mappings, security descriptors from owner and mode, the control
+/// pipe's name): compiled on every OS, so that their tests run on Linux.
+#[cfg(any(windows, test))]
+#[path = "../platform/windows/rules/mod.rs"]
+pub mod winrules;

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -155,9 +154,9 @@ impl Tail {
         let same = self
             .file
             .as_ref()
-            .is_some_and(|(_, ino)| *ino == meta.ino() && meta.len() >= self.offset);
+            .is_some_and(|(_, id)| *id == file_id(&meta) && meta.len() >= self.offset);
         if !same {
-            self.file = Some((File::open(&self.path)?, meta.ino()));
+            self.file = Some((File::open(&self.path)?, file_id(&meta)));
             self.offset = 0;
             self.partial.clear();
         }
@@ -177,6 +176,19 @@ impl Tail {
             .split(|&b| b == b'\n')
             .filter_map(|line| serde_json::from_slice(line).ok())
             .collect())
+    }
+}
+
+/// The identity of the file behind `meta`: its inode, so that a log replaced under the
+/// same name is read from its start. Off Unix there is none here (0): a replaced log is
+/// seen only once it is shorter than what was read.
+fn file_id(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    return std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
     }
 }
 

@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 use crate::copyset::{Database, OpenFiles, SeedFile};
 use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
-use crate::volume::child_path;
+use crate::volume::{child_path, posix};
 
 use node::Table;
 pub use node::{Node, NodeId, Place};
@@ -278,13 +278,13 @@ impl std::fmt::Debug for Core {
 /// explicit offsets), O_DIRECT is dropped (FUSE hands us unaligned buffers), and kernel-
 /// internal bits (such as `__FMODE_EXEC`) would make `openat2` fail.
 fn backing_open_flags(flags: i32) -> OFlags {
-    let keep = libc::O_ACCMODE
-        | libc::O_SYNC
-        | libc::O_DSYNC
-        | libc::O_NOATIME
-        | libc::O_NONBLOCK
-        | libc::O_DIRECTORY
-        | libc::O_LARGEFILE;
+    let keep = posix::O_ACCMODE
+        | posix::O_SYNC
+        | posix::O_DSYNC
+        | posix::O_NOATIME
+        | posix::O_NONBLOCK
+        | posix::O_DIRECTORY
+        | posix::O_LARGEFILE;
     OFlags::from_bits_retain((flags & keep) as u32)
 }
 
@@ -426,11 +426,11 @@ impl Core {
             let ts = |t: Option<SetTime>| match t {
                 None => Timespec {
                     tv_sec: 0,
-                    tv_nsec: libc::UTIME_OMIT,
+                    tv_nsec: posix::UTIME_OMIT,
                 },
                 Some(SetTime::Now) => Timespec {
                     tv_sec: 0,
-                    tv_nsec: libc::UTIME_NOW,
+                    tv_nsec: posix::UTIME_NOW,
                 },
                 Some(SetTime::At(t)) => {
                     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -455,7 +455,7 @@ impl Core {
         let (_, db, path) = self.backing(id)?;
         let st = self.stat_backing(db, &path)?;
         let mode = st.st_mode & 0o7777;
-        let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
+        let cleared = mode & !(posix::S_ISUID | posix::S_ISGID);
         if cleared != mode {
             db.chmod(&path, Mode::from_raw_mode(cleared))?;
         }
@@ -471,7 +471,7 @@ impl Core {
     /// Ownership of a new node: the caller's, with the parent's group under a setgid dir.
     fn owner(&self, db: &Database, parent: &Path, who: Caller) -> (u32, u32) {
         let gid = match self.stat_backing(db, parent) {
-            Ok(st) if st.st_mode & libc::S_ISGID != 0 => st.st_gid,
+            Ok(st) if st.st_mode & posix::S_ISGID != 0 => st.st_gid,
             _ => who.gid,
         };
         (who.uid, gid)
@@ -581,7 +581,7 @@ impl Core {
             db: db.clone(),
             files,
             flags: oflags,
-            direct: flags & libc::O_DIRECT != 0,
+            direct: flags & posix::O_DIRECT != 0,
         }))
     }
 
@@ -599,7 +599,7 @@ impl Core {
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let owner = self.owner(d, &parent_path, who);
         let oflags =
-            backing_open_flags(flags) | OFlags::from_bits_retain((flags & libc::O_EXCL) as u32);
+            backing_open_flags(flags) | OFlags::from_bits_retain((flags & posix::O_EXCL) as u32);
         let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
         let st = self.stat_backing(d, &path)?;
         let attr = self.entry(db, path, &st);
@@ -609,7 +609,7 @@ impl Core {
             db: d.clone(),
             files,
             flags: backing_open_flags(flags),
-            direct: flags & libc::O_DIRECT != 0,
+            direct: flags & posix::O_DIRECT != 0,
         });
         Ok((attr, h))
     }
@@ -663,10 +663,10 @@ impl Core {
     pub fn lseek(&self, h: HandleId, offset: i64, whence: i32) -> Result<i64> {
         self.with_file(h, |_, db, files| {
             let pos = match whence {
-                libc::SEEK_DATA => {
+                posix::SEEK_DATA => {
                     SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
                 }
-                libc::SEEK_HOLE => {
+                posix::SEEK_HOLE => {
                     SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
                 }
                 _ => return Err(Errno(libc::EINVAL)),

@@ -3,7 +3,6 @@
 //! refused init changes nothing.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -71,7 +70,9 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
                 path.join(layout::META_DIR).join("pool.json").display()
             );
         }
-        volumes.push((name, path, m.dev()));
+        let fs_id = crate::volume::filesystem_id(&path, &m)
+            .with_context(|| format!("identify the filesystem of {}", path.display()))?;
+        volumes.push((name, path, fs_id));
     }
     if volumes.is_empty() {
         bail!(
