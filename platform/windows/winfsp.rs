@@ -4,8 +4,8 @@
 //! - Paths: WinFsp hands whole paths; each is checked (`crate::winrules::names`) and
 //!   walked through the core's `lookup`, one component at a time, as the kernel does for
 //!   FUSE, so the core's rules apply unchanged. Each lookup counts a reference in the
-//!   core; the walk forgets the intermediate ones at once, and a file context forgets
-//!   its node when closed.
+//!   core; the walk forgets the intermediate ones at once, and a file context keeps its
+//!   node's and its parent's until it is closed.
 //! - A file context holds the core's handle id, the node, and its parent and name (for
 //!   delete-on-close, which WinFsp asks for in `cleanup`).
 //! - Security: the descriptor is made from the file's owner and mode
@@ -170,31 +170,28 @@ impl Context {
         let last = parts.pop();
         let mut node = NodeId::ROOT;
         for part in parts {
-            let attr = self.core.lookup(node, OsStr::new(&part)).map_err(fsp)?;
-            if node != NodeId::ROOT {
-                self.core.forget(node, 1);
-            }
-            node = attr.node;
+            let attr = self.core.lookup(node, OsStr::new(&part));
+            self.release_node(node);
+            node = attr.map_err(fsp)?.node;
         }
         Ok((node, last))
     }
 
-    /// Resolves `path`: its parent, its name and its attributes (the node's reference
-    /// counted once, the parent's not).
+    /// Resolves `path`: its parent, its name and its attributes (the node's and the
+    /// parent's references counted once each: [`Context::release_node`] both).
     fn resolve(&self, path: &U16CStr) -> winfsp::Result<(NodeId, OsString, Attr)> {
         let (parent, last) = self.walk_parent(path)?;
         let Some(name) = last else {
-            return Ok((
-                parent,
-                OsString::new(),
-                self.core.getattr(NodeId::ROOT).map_err(fsp)?,
-            ));
+            let attr = self.core.getattr(NodeId::ROOT).map_err(fsp)?;
+            return Ok((parent, OsString::new(), attr));
         };
-        let attr = self.core.lookup(parent, OsStr::new(&name));
-        if parent != NodeId::ROOT {
-            self.core.forget(parent, 1);
+        match self.core.lookup(parent, OsStr::new(&name)) {
+            Ok(attr) => Ok((parent, name.into(), attr)),
+            Err(e) => {
+                self.release_node(parent);
+                Err(fsp(e))
+            }
         }
-        Ok((parent, name.into(), attr.map_err(fsp)?))
     }
 
     fn release_node(&self, node: NodeId) {
@@ -220,6 +217,7 @@ impl Context {
             Ok(h) => h,
             Err(e) => {
                 self.release_node(attr.node);
+                self.release_node(parent);
                 return Err(fsp(e));
             }
         };
@@ -255,8 +253,9 @@ impl FileSystemContext for Context {
         security_descriptor: Option<&mut [c_void]>,
         _reparse_point_resolver: impl FnOnce(&U16CStr) -> Option<FileSecurity>,
     ) -> winfsp::Result<FileSecurity> {
-        let (_, _, attr) = self.resolve(file_name)?;
+        let (parent, _, attr) = self.resolve(file_name)?;
         self.release_node(attr.node);
+        self.release_node(parent);
         let sd = descriptor(&attr)?;
         Ok(FileSecurity {
             reparse: false,
@@ -281,6 +280,7 @@ impl FileSystemContext for Context {
     fn close(&self, context: FileContext) {
         self.core.release(context.handle);
         self.release_node(context.node);
+        self.release_node(context.parent);
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -300,6 +300,7 @@ impl FileSystemContext for Context {
         let Some(name) = last else {
             return Err(fsp(Errno(libc::EEXIST)));
         };
+        // The new node's reference comes from the core's create/mkdir (as a lookup's).
         let result = if create_options & FILE_DIRECTORY_FILE != 0 {
             self.core
                 .mkdir(parent, OsStr::new(&name), 0o755, CALLER)
@@ -313,7 +314,13 @@ impl FileSystemContext for Context {
                 .create(parent, OsStr::new(&name), 0o644, flags, CALLER)
                 .map(|(attr, h)| (attr, h, false))
         };
-        let (attr, handle, dir) = result.map_err(fsp)?;
+        let (attr, handle, dir) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_node(parent);
+                return Err(fsp(e));
+            }
+        };
         self.open.fetch_add(1, Ordering::AcqRel);
         fill(file_info.as_mut(), &attr);
         Ok(FileContext {

@@ -178,10 +178,12 @@ pub struct MountArgs {
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Folder holding Volume1..N, one mounted disk each (AutoDagVolumesRootFolderPath).
-    #[arg(long)]
+    #[cfg_attr(not(windows), arg(long))]
+    #[cfg_attr(windows, arg(long, default_value = r"C:\ExchVols"))]
     pub volumes: PathBuf,
     /// Folder where the databases will be mounted (AutoDagDatabasesRootFolderPath).
-    #[arg(long)]
+    #[cfg_attr(not(windows), arg(long))]
+    #[cfg_attr(windows, arg(long, default_value = r"C:\ExchDBs"))]
     pub databases: PathBuf,
     /// A database name ([A-Za-z0-9_-]{1,64}); repeat for several.
     #[arg(long = "database", required = true)]
