@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::autoreseed::{Runner, SystemClock};
@@ -60,8 +60,11 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
             .context("start the tap checkpoint thread")?,
     );
+    // WinFsp makes the mount point itself (a drive letter, or a directory it creates):
+    // the Windows adapter checks it.
+    #[cfg(not(windows))]
     if !config.databases_root.is_dir() {
-        bail!(
+        anyhow::bail!(
             "databases root {} is not a directory: create it (reseedfs init does)",
             config.databases_root.display()
         );

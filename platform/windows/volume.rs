@@ -36,7 +36,8 @@ use windows_sys::Wdk::Storage::FileSystem::{
 use windows_sys::Win32::Foundation::{HANDLE, RtlNtStatusToDosError, UNICODE_STRING};
 use windows_sys::Win32::Storage::FileSystem::{
     BY_HANDLE_FILE_INFORMATION, FILE_FULL_DIR_INFO, FILE_RENAME_INFO, GetDiskFreeSpaceExW,
-    GetFileInformationByHandle, GetFileInformationByHandleEx, SetFileInformationByHandle,
+    GetFileInformationByHandle, GetFileInformationByHandleEx, GetVolumeNameForVolumeMountPointW,
+    GetVolumePathNameW, SetFileInformationByHandle,
 };
 use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
 
@@ -231,11 +232,47 @@ pub fn filesystem_id(path: &Path) -> io::Result<u64> {
     Ok(u64::from(info(&f)?.dwVolumeSerialNumber))
 }
 
+/// The volume device that holds `dir` (`\\?\Volume{GUID}`, without the trailing
+/// backslash that would name its root directory instead).
+fn volume_device(dir: &Path) -> io::Result<PathBuf> {
+    let wide = super::wide(dir);
+    let mut mount_point = vec![0u16; 1024];
+    // SAFETY: `wide` is NUL-terminated; the output buffer holds `len` UTF-16 units.
+    let ok = unsafe {
+        GetVolumePathNameW(
+            wide.as_ptr(),
+            mount_point.as_mut_ptr(),
+            mount_point.len() as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(errno(io::Error::last_os_error()));
+    }
+    let mut name = vec![0u16; 64];
+    // SAFETY: `mount_point` is NUL-terminated (filled above); the output buffer holds
+    // `len` UTF-16 units (a volume GUID path is 49 with its NUL).
+    let ok = unsafe {
+        GetVolumeNameForVolumeMountPointW(
+            mount_point.as_ptr(),
+            name.as_mut_ptr(),
+            name.len() as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(errno(io::Error::last_os_error()));
+    }
+    let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+    let device = String::from_utf16_lossy(&name[..end]);
+    Ok(PathBuf::from(device.trim_end_matches('\\')))
+}
+
 /// A volume on Windows: the root's handle, and every path walked beneath it.
 #[derive(Debug)]
 pub struct WindowsBackend {
     root: OwnedHandle,
     path: PathBuf,
+    /// The volume device holding the root (`\\?\Volume{GUID}`), flushed by `syncfs`.
+    device: PathBuf,
 }
 
 impl WindowsBackend {
@@ -257,6 +294,7 @@ impl WindowsBackend {
         Ok(WindowsBackend {
             root: OwnedHandle::from(f),
             path: dir.to_owned(),
+            device: volume_device(dir)?,
         })
     }
 
@@ -430,7 +468,8 @@ impl Backend for WindowsBackend {
         // FILE_RENAME_INFO with the name after its header, relative to `dir`: the target
         // is reached from the volume root's handle, as every other path.
         let header = std::mem::offset_of!(FILE_RENAME_INFO, FileName);
-        let mut buf = vec![0u8; header + name.len() * 2 + 2];
+        // The size Windows checks: the whole structure plus the name's bytes.
+        let mut buf = vec![0u8; std::mem::size_of::<FILE_RENAME_INFO>() + name.len() * 2];
         let info = FILE_RENAME_INFO {
             Anonymous: windows_sys::Win32::Storage::FileSystem::FILE_RENAME_INFO_0 {
                 Flags: rename_flags,
@@ -614,8 +653,14 @@ impl Backend for WindowsBackend {
     }
 
     fn syncfs(&self) -> io::Result<()> {
-        // The root directory's metadata; file data is flushed by each file's fsync.
-        File::from(self.root.try_clone()?).sync_all().map_err(errno)
+        // "To flush all open files on a volume, call FlushFileBuffers with a handle to the
+        // volume" (administrators only: the service runs as LocalSystem).
+        let device = std::fs::OpenOptions::new()
+            .access_mode(GENERIC_WRITE)
+            .share_mode(FILE_SHARE_ALL)
+            .open(&self.device)
+            .map_err(errno)?;
+        device.sync_all().map_err(errno)
     }
 
     fn read_at(&self, f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -631,6 +676,11 @@ impl Backend for WindowsBackend {
     }
 
     fn sync(&self, f: &File, data_only: bool) -> io::Result<()> {
+        // FlushFileBuffers needs a handle open for writing, which a directory's is not:
+        // NTFS journals directory changes, so a directory's fsync has nothing to flush.
+        if info(f)?.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
+            return Ok(());
+        }
         if data_only {
             f.sync_data()
         } else {

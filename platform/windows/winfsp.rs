@@ -35,7 +35,7 @@ use winfsp::host::{FileSystemHost, FineGuard, VolumeParams};
 use winfsp::{FspError, U16CStr};
 
 use crate::fs::{Attr, Caller, Core, Errno, HandleId, Kind, NodeId, SetAttr, SetTime};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Op};
 use crate::volume::posix;
 use crate::winrules::names::{self, NameError};
 use crate::winrules::ntstatus::{self, STATUS_END_OF_FILE};
@@ -158,11 +158,27 @@ pub struct FileContext {
 /// The filesystem WinFsp calls.
 pub struct Context {
     core: Arc<Core>,
+    /// Request latencies, when the metrics endpoint is on.
+    metrics: Option<Arc<Metrics>>,
     open: Arc<AtomicUsize>,
     stopped: Arc<AtomicBool>,
 }
 
 impl Context {
+    /// Runs `f` (one core call), timing it for `op` when metrics are on.
+    #[inline]
+    fn timed<T>(&self, op: Op, f: impl FnOnce() -> T) -> T {
+        match &self.metrics {
+            None => f(),
+            Some(m) => {
+                let start = std::time::Instant::now();
+                let r = f();
+                m.observe(op, start.elapsed());
+                r
+            }
+        }
+    }
+
     /// Walks `path` to its parent: the parent's node (one reference counted) and the last
     /// name (`None` for the root).
     fn walk_parent(&self, path: &U16CStr) -> winfsp::Result<(NodeId, Option<String>)> {
@@ -209,9 +225,9 @@ impl Context {
     ) -> winfsp::Result<FileContext> {
         let dir = attr.kind == Kind::Dir;
         let handle = if dir {
-            self.core.opendir(attr.node)
+            self.timed(Op::Opendir, || self.core.opendir(attr.node))
         } else {
-            self.core.open(attr.node, flags)
+            self.timed(Op::Open, || self.core.open(attr.node, flags))
         };
         let handle = match handle {
             Ok(h) => h,
@@ -346,7 +362,8 @@ impl FileSystemContext for Context {
             return Ok(());
         };
         if !c.dir {
-            self.core.fsync(c.handle, false).map_err(fsp)?;
+            self.timed(Op::Fsync, || self.core.fsync(c.handle, false))
+                .map_err(fsp)?;
         }
         fill(file_info, &self.core.getattr(c.node).map_err(fsp)?);
         Ok(())
@@ -535,8 +552,7 @@ impl FileSystemContext for Context {
 
     fn read(&self, context: &FileContext, buffer: &mut [u8], offset: u64) -> winfsp::Result<u32> {
         let n = self
-            .core
-            .read(context.handle, offset, buffer)
+            .timed(Op::Read, || self.core.read(context.handle, offset, buffer))
             .map_err(fsp)?;
         if n == 0 && !buffer.is_empty() {
             return Err(FspError::NTSTATUS(STATUS_END_OF_FILE));
@@ -564,7 +580,9 @@ impl FileSystemContext for Context {
             let room = usize::try_from(size - offset).unwrap_or(usize::MAX);
             data = &data[..data.len().min(room)];
         }
-        let n = self.core.write(context.handle, offset, data).map_err(fsp)?;
+        let n = self
+            .timed(Op::Write, || self.core.write(context.handle, offset, data))
+            .map_err(fsp)?;
         fill(file_info, &self.core.getattr(context.node).map_err(fsp)?);
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
@@ -598,8 +616,9 @@ impl std::fmt::Debug for WinFspMount {
 }
 
 /// Mounts `core` at `mountpoint` (a drive letter `X:` or a directory such as
-/// `C:\ExchDBs`) with `threads` dispatcher threads. `fsname` names the filesystem;
-/// request timing (`metrics`) is not collected by this adapter yet.
+/// `C:\ExchDBs`) with `threads` dispatcher threads, timing opens, reads, writes and
+/// flushes into `metrics` when given. `fsname` (the config file) is logged: WinFsp has
+/// no mount source to show it in.
 pub fn mount(
     core: Arc<Core>,
     mountpoint: &Path,
@@ -607,7 +626,8 @@ pub fn mount(
     fsname: &str,
     metrics: Option<Arc<Metrics>>,
 ) -> io::Result<WinFspMount> {
-    let _ = (fsname, metrics);
+    tracing::info!("mounting {fsname} at {} with WinFsp", mountpoint.display());
+    prepare_mountpoint(mountpoint)?;
     winfsp::winfsp_init().map_err(|e| {
         io::Error::other(format!(
             "cannot load WinFsp ({e:?}): install WinFsp 2.1 or later (https://winfsp.dev)"
@@ -629,6 +649,7 @@ pub fn mount(
     let stopped = Arc::new(AtomicBool::new(false));
     let context = Context {
         core,
+        metrics,
         open: open.clone(),
         stopped: stopped.clone(),
     };
@@ -644,6 +665,32 @@ pub fn mount(
         stopped,
         unmounted: AtomicBool::new(false),
     })
+}
+
+/// WinFsp creates a directory mount point itself, so it must not exist: an empty
+/// directory (as `init` leaves it, or a previous mount) is removed first; anything else
+/// is refused, never removed. A drive letter (`X:`) needs nothing.
+fn prepare_mountpoint(mountpoint: &Path) -> io::Result<()> {
+    let s = mountpoint.as_os_str().to_string_lossy();
+    if s.len() == 2 && s.ends_with(':') {
+        return Ok(());
+    }
+    match std::fs::read_dir(mountpoint) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is not empty: WinFsp mounts at a directory it creates; move its contents away",
+                        mountpoint.display()
+                    ),
+                ));
+            }
+            std::fs::remove_dir(mountpoint)
+        }
+    }
 }
 
 /// An error of the WinFsp host while doing `what`.

@@ -307,8 +307,9 @@ pub mod posix {
     pub const O_DSYNC: i32 = 0o10000;
     /// `O_DIRECT`
     pub const O_DIRECT: i32 = 0o40000;
-    /// `O_LARGEFILE`
-    pub const O_LARGEFILE: i32 = 0o100000;
+    /// `O_LARGEFILE` as libc has it on 64-bit Linux: 0 (every file is large there), so
+    /// the core keeps nothing for it, as on Linux.
+    pub const O_LARGEFILE: i32 = 0;
     /// `O_DIRECTORY`
     pub const O_DIRECTORY: i32 = 0o200000;
     /// `O_NOATIME`
@@ -407,7 +408,9 @@ mod tests {
             (OFlags::TRUNC.bits(), rx::OFlags::TRUNC.bits()),
             (OFlags::APPEND.bits(), rx::OFlags::APPEND.bits()),
             (OFlags::NONBLOCK.bits(), rx::OFlags::NONBLOCK.bits()),
-            (OFlags::DSYNC.bits(), rx::OFlags::DSYNC.bits()),
+            // rustix's DSYNC is O_SYNC on Linux (a stronger flag); ours is O_DSYNC, the value
+            // the kernel sends and the core keeps (`backing_open_flags`).
+            (OFlags::DSYNC.bits(), libc::O_DSYNC as u32),
             (OFlags::DIRECT.bits(), rx::OFlags::DIRECT.bits()),
             (OFlags::LARGEFILE.bits(), rx::OFlags::LARGEFILE.bits()),
             (OFlags::DIRECTORY.bits(), rx::OFlags::DIRECTORY.bits()),
@@ -453,7 +456,7 @@ mod tests {
             (Mode::SGID.bits(), rx::Mode::SGID.bits()),
             (Mode::SVTX.bits(), rx::Mode::SVTX.bits()),
         ] {
-            assert_eq!(ours, theirs);
+            assert_eq!(ours, theirs, "{ours:#o} != {theirs:#o}");
         }
         let ints = [
             (posix::O_ACCMODE, libc::O_ACCMODE),
@@ -475,7 +478,7 @@ mod tests {
             (posix::SEEK_HOLE, libc::SEEK_HOLE),
         ];
         for (ours, theirs) in ints {
-            assert_eq!(ours, theirs);
+            assert_eq!(ours, theirs, "{ours:#o} != {theirs:#o}");
         }
         assert_eq!(posix::S_ISUID, libc::S_ISUID);
         assert_eq!(posix::S_ISGID, libc::S_ISGID);
