@@ -1,5 +1,5 @@
 //! One backing volume, reached through one interface: a [`Backend`] does the operations
-//! (the Unix one, [`unix::UnixBackend`], today), and the [`Volume`] front in this module adds
+//! (the Unix one, [`unix::UnixBackend`]; on Windows `platform/windows/volume.rs`), and the [`Volume`] front in this module adds
 //! what every backend shares: the volume's health (`failed` once an I/O error marked it),
 //! its error and byte counters, and the latency the database's requests see on it
 //! ([`Volume::observe`]), which the rebuild throttle ([`crate::throttle`]) watches.
@@ -11,7 +11,8 @@
 //! feature) today.
 //!
 //! The types of the interface ([`Stat`], [`Mode`], [`OFlags`], ...) are named through this
-//! module: the core never names the OS crate that defines them.
+//! module: the core never names the OS crate that defines them (rustix's on Unix, the
+//! module `portable`'s elsewhere, with the same names and Linux values).
 
 #[cfg(any(test, feature = "failpoints"))]
 pub mod faults;
@@ -45,7 +46,7 @@ pub use rustix::fs::{
 pub use std::os::unix::{ffi::OsStrExt, fs::FileExt};
 
 /// POSIX constants the core uses that libc does not define on every OS (libc's own on
-/// Unix; Linux values elsewhere, see [`portable`]).
+/// Unix; Linux values elsewhere, see `src/volume/portable.rs`).
 #[cfg(unix)]
 pub mod posix {
     pub use libc::{
