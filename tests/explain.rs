@@ -85,6 +85,7 @@ fn status(databases: Vec<DbStatus>, volumes: Vec<VolumeStatus>) -> Status {
         databases,
         volumes,
         throttle: None,
+        foreign: Vec::new(),
     }
 }
 

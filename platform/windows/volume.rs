@@ -517,25 +517,7 @@ impl Backend for WindowsBackend {
 
     fn set_times(&self, rel: &Path, times: &Timestamps) -> io::Result<()> {
         let f = self.open_path(rel, FILE_WRITE_ATTRIBUTES, 0, FILE_OPEN, 0)?;
-        let to_time = |t: &crate::volume::Timespec| -> Option<SystemTime> {
-            match t.tv_nsec {
-                posix::UTIME_OMIT => None,
-                posix::UTIME_NOW => Some(SystemTime::now()),
-                nsec => {
-                    let secs = u64::try_from(t.tv_sec).ok()?;
-                    let nsec = u32::try_from(nsec).ok()?;
-                    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nsec))
-                }
-            }
-        };
-        let mut ft = std::fs::FileTimes::new();
-        if let Some(t) = to_time(&times.last_access) {
-            ft = ft.set_accessed(t);
-        }
-        if let Some(t) = to_time(&times.last_modification) {
-            ft = ft.set_modified(t);
-        }
-        f.set_times(ft).map_err(errno)
+        f.set_times(file_times(times)).map_err(errno)
     }
 
     fn read_dir(&self, rel: &Path) -> io::Result<Vec<DirEntry>> {
@@ -741,12 +723,54 @@ impl Backend for WindowsBackend {
         Ok(())
     }
 
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()> {
+        // As `chmod`: NTFS keeps the owner's write bit only, as the read-only attribute.
+        let mut perms = f.metadata().map_err(errno)?.permissions();
+        perms.set_readonly(mode.as_raw_mode() & 0o222 == 0);
+        f.set_permissions(perms).map_err(errno)
+    }
+
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()> {
+        f.set_times(file_times(times)).map_err(errno)
+    }
+
+    fn reopen(&self, _f: &File, _flags: OFlags) -> io::Result<File> {
+        // ReOpenFile would do it; not wired yet: the callers fall back (see the trait).
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no reopen of an open file on Windows",
+        ))
+    }
+
     fn reopen_direct(&self, _f: &File) -> io::Result<File> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "no O_DIRECT reopen on Windows",
         ))
     }
+}
+
+/// `utimens` times as std's `FileTimes` (`UTIME_OMIT` leaves a time as it is).
+fn file_times(times: &Timestamps) -> std::fs::FileTimes {
+    let to_time = |t: &crate::volume::Timespec| -> Option<SystemTime> {
+        match t.tv_nsec {
+            posix::UTIME_OMIT => None,
+            posix::UTIME_NOW => Some(SystemTime::now()),
+            nsec => {
+                let secs = u64::try_from(t.tv_sec).ok()?;
+                let nsec = u32::try_from(nsec).ok()?;
+                Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nsec))
+            }
+        }
+    };
+    let mut ft = std::fs::FileTimes::new();
+    if let Some(t) = to_time(&times.last_access) {
+        ft = ft.set_accessed(t);
+    }
+    if let Some(t) = to_time(&times.last_modification) {
+        ft = ft.set_modified(t);
+    }
+    ft
 }
 
 #[cfg(test)]

@@ -198,7 +198,7 @@ impl Context {
     fn resolve(&self, path: &U16CStr) -> winfsp::Result<(NodeId, OsString, Attr)> {
         let (parent, last) = self.walk_parent(path)?;
         let Some(name) = last else {
-            let attr = self.core.getattr(NodeId::ROOT).map_err(fsp)?;
+            let attr = self.core.getattr(NodeId::ROOT, None).map_err(fsp)?;
             return Ok((parent, OsString::new(), attr));
         };
         match self.core.lookup(parent, OsStr::new(&name)) {
@@ -365,12 +365,24 @@ impl FileSystemContext for Context {
             self.timed(Op::Fsync, || self.core.fsync(c.handle, false))
                 .map_err(fsp)?;
         }
-        fill(file_info, &self.core.getattr(c.node).map_err(fsp)?);
+        fill(
+            file_info,
+            &self
+                .core
+                .getattr(c.node, (!c.dir).then_some(c.handle))
+                .map_err(fsp)?,
+        );
         Ok(())
     }
 
     fn get_file_info(&self, context: &FileContext, file_info: &mut FileInfo) -> winfsp::Result<()> {
-        fill(file_info, &self.core.getattr(context.node).map_err(fsp)?);
+        fill(
+            file_info,
+            &self
+                .core
+                .getattr(context.node, (!context.dir).then_some(context.handle))
+                .map_err(fsp)?,
+        );
         Ok(())
     }
 
@@ -379,7 +391,10 @@ impl FileSystemContext for Context {
         context: &FileContext,
         security_descriptor: Option<&mut [c_void]>,
     ) -> winfsp::Result<u64> {
-        let attr = self.core.getattr(context.node).map_err(fsp)?;
+        let attr = self
+            .core
+            .getattr(context.node, (!context.dir).then_some(context.handle))
+            .map_err(fsp)?;
         Ok(give_descriptor(&descriptor(&attr)?, security_descriptor))
     }
 
@@ -422,7 +437,7 @@ impl FileSystemContext for Context {
                 .map_err(fsp)?;
             for e in entries {
                 let attr = if e.name == "." || e.name == ".." {
-                    self.core.getattr(e.node)
+                    self.core.getattr(e.node, None)
                 } else {
                     self.core.lookup(context.node, &e.name).inspect(|a| {
                         self.release_node(a.node);
@@ -486,7 +501,10 @@ impl FileSystemContext for Context {
         };
         // INVALID_FILE_ATTRIBUTES (all ones) leaves the attributes as they are.
         if file_attributes != u32::MAX {
-            let attr = self.core.getattr(context.node).map_err(fsp)?;
+            let attr = self
+                .core
+                .getattr(context.node, (!context.dir).then_some(context.handle))
+                .map_err(fsp)?;
             let perm = u32::from(attr.perm);
             let readonly = file_attributes & FILE_ATTRIBUTE_READONLY != 0;
             let mode = if readonly {
@@ -536,7 +554,9 @@ impl FileSystemContext for Context {
     ) -> winfsp::Result<()> {
         let attr = if set_allocation_size {
             // An allocation hint: the size does not change.
-            self.core.getattr(context.node).map_err(fsp)?
+            self.core
+                .getattr(context.node, (!context.dir).then_some(context.handle))
+                .map_err(fsp)?
         } else {
             let set = SetAttr {
                 size: Some(new_size),
@@ -569,7 +589,11 @@ impl FileSystemContext for Context {
         constrained_io: bool,
         file_info: &mut FileInfo,
     ) -> winfsp::Result<u32> {
-        let size = self.core.getattr(context.node).map_err(fsp)?.size;
+        let size = self
+            .core
+            .getattr(context.node, (!context.dir).then_some(context.handle))
+            .map_err(fsp)?
+            .size;
         let offset = if write_to_eof { size } else { offset };
         let mut data = buffer;
         if constrained_io {
@@ -583,7 +607,13 @@ impl FileSystemContext for Context {
         let n = self
             .timed(Op::Write, || self.core.write(context.handle, offset, data))
             .map_err(fsp)?;
-        fill(file_info, &self.core.getattr(context.node).map_err(fsp)?);
+        fill(
+            file_info,
+            &self
+                .core
+                .getattr(context.node, (!context.dir).then_some(context.handle))
+                .map_err(fsp)?,
+        );
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 

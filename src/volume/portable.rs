@@ -320,6 +320,8 @@ pub mod posix {
     pub const S_ISUID: u32 = 0o4000;
     /// `S_ISGID`
     pub const S_ISGID: u32 = 0o2000;
+    /// `S_IXGRP`
+    pub const S_IXGRP: u32 = 0o010;
     /// `UTIME_NOW`
     pub const UTIME_NOW: i64 = (1 << 30) - 1;
     /// `UTIME_OMIT`
@@ -482,6 +484,7 @@ mod tests {
         }
         assert_eq!(posix::S_ISUID, libc::S_ISUID);
         assert_eq!(posix::S_ISGID, libc::S_ISGID);
+        assert_eq!(posix::S_IXGRP, libc::S_IXGRP);
         assert_eq!(posix::UTIME_NOW, libc::UTIME_NOW);
         assert_eq!(posix::UTIME_OMIT, libc::UTIME_OMIT);
         assert_eq!(S_IFMT, libc::S_IFMT);
