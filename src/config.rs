@@ -438,7 +438,7 @@ impl Config {
             ));
         }
         if let Some(id) = &self.pool_id
-            && !crate::pool::is_pool_id(id)
+            && !crate::layout::is_pool_id(id)
         {
             return Err(invalid(
                 "pool_id",

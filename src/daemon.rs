@@ -131,6 +131,23 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     result.with_context(|| format!("unmount {}", config.databases_root.display()))
 }
 
+/// An error that makes the config or the pool unusable (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
+
+/// What `reseedfs service` does.
+#[cfg(windows)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceAction {
+    /// Register the service for the config (run as Administrator).
+    Install,
+    /// Remove the service (once stopped).
+    Uninstall,
+    /// Run as the service (started by the Service Control Manager, not by hand).
+    Run,
+}
+
 /// Mounts the pool of the config file at `path` (the Windows service's entry).
 #[cfg(windows)]
 pub fn run_config_file(path: &Path) -> anyhow::Result<()> {
@@ -140,8 +157,7 @@ pub fn run_config_file(path: &Path) -> anyhow::Result<()> {
 
 /// `reseedfs service install|uninstall|run` (Windows).
 #[cfg(windows)]
-pub fn service(action: crate::cli::ServiceAction, config: &Path) -> anyhow::Result<()> {
-    use crate::cli::ServiceAction;
+pub fn service(action: ServiceAction, config: &Path) -> anyhow::Result<()> {
     match action {
         ServiceAction::Install => crate::sys::service::install(config),
         ServiceAction::Uninstall => crate::sys::service::uninstall(),
@@ -190,7 +206,7 @@ fn check_config_file(path: &Path) -> anyhow::Result<()> {
     let md = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     let me = rustix::process::geteuid().as_raw();
     if (md.uid() != 0 && md.uid() != me) || md.mode() & 0o022 != 0 {
-        return Err(crate::cli::Unusable(format!(
+        return Err(Unusable(format!(
             "config {} can be changed by others than root (owner uid {}, mode {:o}): `chown root {0}; chmod go-w {0}`",
             path.display(),
             md.uid(),
@@ -215,7 +231,7 @@ fn check_config_file(path: &Path) -> anyhow::Result<()> {
 pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
     match &config.control_group {
         None => Ok(None),
-        Some(name) => Err(crate::cli::Unusable(format!(
+        Some(name) => Err(Unusable(format!(
             "control_group {name:?}: a Unix group; on Windows the control pipe admits Administrators and SYSTEM only: remove the key"
         ))
         .into()),
@@ -233,11 +249,11 @@ pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
     }
     match crate::sys::cred::group_id(name) {
         Ok(Some(gid)) => Ok(Some(gid)),
-        Ok(None) => Err(crate::cli::Unusable(format!(
+        Ok(None) => Err(Unusable(format!(
             "control_group {name:?}: no such group on this host (create it, or remove the key)"
         ))
         .into()),
-        Err(e) => Err(crate::cli::Unusable(format!(
+        Err(e) => Err(Unusable(format!(
             "control_group {name:?}: cannot look the group up: {e}"
         ))
         .into()),
@@ -253,7 +269,7 @@ fn prepare_state_dir(config: &Config, group: Option<u32>) -> anyhow::Result<Priv
     rustix::process::umask(rustix::fs::Mode::empty());
     let mode = if group.is_some() { 0o750 } else { 0o700 };
     PrivateDir::create(&config.state_dir, mode, group)
-        .map_err(|e| crate::cli::Unusable(format!("state_dir: {e}")).into())
+        .map_err(|e| Unusable(format!("state_dir: {e}")).into())
 }
 
 /// The volumes should be reachable by root only: a database user who can reach the

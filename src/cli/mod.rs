@@ -137,17 +137,8 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-/// What `reseedfs service` does.
 #[cfg(windows)]
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ServiceAction {
-    /// Register the service for the config (run as Administrator).
-    Install,
-    /// Remove the service (once stopped).
-    Uninstall,
-    /// Run as the service (started by the Service Control Manager, not by hand).
-    Run,
-}
+pub use crate::daemon::ServiceAction;
 
 /// Arguments of `service`.
 #[cfg(windows)]
@@ -344,10 +335,7 @@ fn exit_for(e: &anyhow::Error) -> Exit {
     }
 }
 
-/// An error that makes the config or the pool unusable (exit code 3).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unusable(pub String);
+pub use crate::daemon::Unusable;
 
 fn init(a: InitArgs) -> anyhow::Result<Exit> {
     let mut config = Config::new(absolute(&a.volumes)?, absolute(&a.databases)?, a.database);
