@@ -208,8 +208,7 @@ fn run_mounted(args: &DemoArgs, interrupted: &AtomicBool) -> (anyhow::Result<Exi
 
 fn mounted_story(bed: &Testbed, args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     check(interrupted)?;
-    let (config, copies) = init_pool(bed, false)?;
-    drop(config);
+    let (_, copies) = init_pool(bed, false)?;
     let config = short_timings(&bed.config_path)?;
     check(interrupted)?;
 
