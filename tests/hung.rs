@@ -13,7 +13,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -75,11 +75,39 @@ impl Stall {
     }
 }
 
-/// What a writer leaves: its file, every block's last version, its longest stall.
+/// The phases of a run that stalls are told apart in (a drill each): at most this many.
+const PHASES: usize = 4;
+
+/// The longest stall of each phase a request started in.
+#[derive(Debug, Default, Clone)]
+struct Stalls([Stall; PHASES]);
+
+impl Stalls {
+    fn note(&mut self, phase: usize, took: Duration, what: impl FnOnce() -> String) {
+        self.0[phase.min(PHASES - 1)].note(took, what);
+    }
+
+    fn merge(&mut self, other: &Stalls) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            mine.note(theirs.longest, || theirs.what.clone());
+        }
+    }
+
+    /// The longest stall of the whole run.
+    fn longest(&self) -> Stall {
+        let mut all = Stall::default();
+        for s in &self.0 {
+            all.note(s.longest, || s.what.clone());
+        }
+        all
+    }
+}
+
+/// What a writer leaves: its file, every block's last version, its longest stalls.
 struct Written {
     path: PathBuf,
     versions: Vec<u64>,
-    stall: Stall,
+    stalls: Stalls,
     writes: u64,
 }
 
@@ -93,13 +121,16 @@ type Versions = Arc<Vec<Vec<Mutex<u64>>>>;
 /// timed; `stop` ends them. Any error panics the thread that met it.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// The phase requests starting now count in ([`Load::next_phase`]).
+    phase: Arc<AtomicUsize>,
     writers: Vec<thread::JoinHandle<Written>>,
-    readers: Vec<thread::JoinHandle<(Stall, u64)>>,
+    readers: Vec<thread::JoinHandle<(Stalls, u64)>>,
 }
 
 impl Load {
     fn start(dir: &Path, writers: u64, readers: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(AtomicUsize::new(0));
         let paths: Vec<PathBuf> = (0..writers)
             .map(|w| dir.join(format!("writer{w}.dat")))
             .collect();
@@ -122,15 +153,18 @@ impl Load {
             .enumerate()
             .map(|(w, p)| {
                 let (path, stop, versions) = (p.clone(), stop.clone(), versions.clone());
+                let phase = phase.clone();
                 let w = w as u64;
                 thread::spawn(move || {
                     let f = fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-                    let (mut rng, mut stall, mut writes) = (Rng::new(w + 100), Stall::default(), 0);
+                    let (mut rng, mut stalls, mut writes) =
+                        (Rng::new(w + 100), Stalls::default(), 0);
                     while !stop.load(Ordering::Relaxed) {
                         let b = rng.below(BLOCKS);
+                        let now = phase.load(Ordering::Relaxed);
                         {
                             let mut version = versions[w as usize][b as usize]
                                 .lock()
@@ -139,13 +173,15 @@ impl Load {
                             let t = Instant::now();
                             f.write_all_at(&block(w, b, v), b * BLOCK as u64)
                                 .unwrap_or_else(|e| panic!("writer {w} block {b} v{v}: {e}"));
-                            stall.note(t.elapsed(), || format!("write of writer {w} block {b}"));
+                            stalls.note(now, t.elapsed(), || {
+                                format!("write of writer {w} block {b}")
+                            });
                             *version = v;
                         }
                         let t = Instant::now();
                         f.sync_data()
                             .unwrap_or_else(|e| panic!("writer {w} fdatasync: {e}"));
-                        stall.note(t.elapsed(), || format!("fdatasync of writer {w}"));
+                        stalls.note(now, t.elapsed(), || format!("fdatasync of writer {w}"));
                         writes += 1;
                     }
                     let versions = versions[w as usize]
@@ -155,7 +191,7 @@ impl Load {
                     Written {
                         path,
                         versions,
-                        stall,
+                        stalls,
                         writes,
                     }
                 })
@@ -164,12 +200,14 @@ impl Load {
         let readers = (0..readers)
             .map(|r| {
                 let (paths, stop, versions) = (paths.clone(), stop.clone(), versions.clone());
+                let phase = phase.clone();
                 thread::spawn(move || {
                     let files: Vec<fs::File> = paths
                         .iter()
                         .map(|p| fs::File::open(p).expect("open for reading"))
                         .collect();
-                    let (mut rng, mut stall, mut reads) = (Rng::new(r + 200), Stall::default(), 0);
+                    let (mut rng, mut stalls, mut reads) =
+                        (Rng::new(r + 200), Stalls::default(), 0);
                     let mut buf = vec![0u8; BLOCK];
                     while !stop.load(Ordering::Relaxed) {
                         let w = rng.below(files.len() as u64);
@@ -177,11 +215,12 @@ impl Load {
                         let want = versions[w as usize][b as usize]
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
+                        let now = phase.load(Ordering::Relaxed);
                         let t = Instant::now();
                         files[w as usize]
                             .read_exact_at(&mut buf, b * BLOCK as u64)
                             .unwrap_or_else(|e| panic!("reader {r}: writer {w} block {b}: {e}"));
-                        stall.note(t.elapsed(), || format!("read of writer {w} block {b}"));
+                        stalls.note(now, t.elapsed(), || format!("read of writer {w} block {b}"));
                         let got =
                             check_block(w, b, &buf).unwrap_or_else(|e| panic!("reader {r}: {e}"));
                         assert_eq!(
@@ -193,36 +232,44 @@ impl Load {
                         drop(want);
                         reads += 1;
                     }
-                    (stall, reads)
+                    (stalls, reads)
                 })
             })
             .collect();
         Load {
             stop,
+            phase,
             writers,
             readers,
         }
     }
 
-    /// Stops the load; returns what the writers wrote and the longest stall of all.
-    fn stop(self) -> (Vec<Written>, Stall, u64) {
+    /// Requests starting from now count in the next phase (up to [`PHASES`] - 1); returns it.
+    fn next_phase(&self) -> usize {
+        let next = (self.phase.load(Ordering::Relaxed) + 1).min(PHASES - 1);
+        self.phase.store(next, Ordering::Relaxed);
+        next
+    }
+
+    /// Stops the load; returns what the writers wrote and the longest stall of each phase.
+    fn stop(self) -> (Vec<Written>, Stalls, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let written: Vec<Written> = self
             .writers
             .into_iter()
             .map(|w| w.join().expect("a writer failed (see its panic above)"))
             .collect();
-        let mut stall = Stall::default();
+        let mut stalls = Stalls::default();
         let mut reads = 0;
         for r in self.readers {
             let (s, n) = r.join().expect("a reader failed (see its panic above)");
-            stall.note(s.longest, || s.what.clone());
+            stalls.merge(&s);
             reads += n;
         }
         for w in &written {
-            stall.note(w.stall.longest, || w.stall.what.clone());
+            stalls.merge(&w.stalls);
         }
-        (written, stall, reads)
+        (written, stalls, reads)
     }
 }
 
@@ -344,21 +391,43 @@ fn a_hung_disk_is_failed_within_the_deadline_and_no_request_waits_longer() {
     } else {
         "Volume1"
     };
-    // The passive copy's disk hangs, then (once it is back) the active one's.
-    freeze_drill(&m, passive, Duration::from_secs(6));
-    freeze_drill(&m, &active, Duration::from_secs(6));
+    // The passive copy's disk hangs, then (once it is back) the active one's; the
+    // requests of each drill (from its freeze until the copy is back) count apart.
+    let drills = [("passive", passive.to_owned()), ("active", active.clone())];
+    let mut phases = Vec::new();
+    for (role, volume) in &drills {
+        phases.push((load.next_phase(), *role, volume.clone()));
+        freeze_drill(&m, volume, Duration::from_secs(6));
+    }
     thread::sleep(Duration::from_millis(500));
-    let (written, stall, reads) = load.stop();
+    let (written, stalls, reads) = load.stop();
     let writes: u64 = written.iter().map(|w| w.writes).sum();
+    let all = stalls.longest();
     eprintln!(
         "longest stall {:?} ({}); {writes} writes with fdatasync, {reads} reads",
-        stall.longest, stall.what
+        all.longest, all.what
     );
+    for (phase, role, volume) in &phases {
+        let s = &stalls.0[*phase];
+        eprintln!(
+            "{role}-volume freeze ({volume}): longest stall {:?} ({})",
+            s.longest, s.what
+        );
+    }
+    for (phase, role, volume) in &phases {
+        let s = &stalls.0[*phase];
+        assert!(
+            s.longest <= IO_TIMEOUT + Duration::from_secs(1),
+            "{role}-volume freeze ({volume}): a request waited {:?} ({}): more than io_timeout ({IO_TIMEOUT:?}) + 1 s",
+            s.longest,
+            s.what
+        );
+    }
     assert!(
-        stall.longest <= IO_TIMEOUT + Duration::from_secs(1),
+        all.longest <= IO_TIMEOUT + Duration::from_secs(1),
         "a request waited {:?} ({}): more than io_timeout ({IO_TIMEOUT:?}) + 1 s",
-        stall.longest,
-        stall.what
+        all.longest,
+        all.what
     );
     assert!(writes > 0 && reads > 0, "the load did nothing");
     verify_written(&written, &m.db_files(DB));
