@@ -50,7 +50,7 @@
 //! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
-//! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message) |
+//! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message); on a volume's lane: answered as a failed I/O of the volume, which is failed (volume, operation, `lane: true`) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
 //! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019, 3060), at WARN when the system
