@@ -438,6 +438,141 @@ fn a_hung_disk_is_failed_within_the_deadline_and_no_request_waits_longer() {
     }
 }
 
+/// The copy of `db` on `volume`, as `status` shows it (`Value::Null` when there is none).
+fn copy_json(m: &Mounted, volume: &str) -> Value {
+    copy_status(&m.status_json(), DB, volume)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longer() {
+    if !require_mount_privileges(
+        "a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longer",
+    ) {
+        return;
+    }
+    // Copies on Volume1 and Volume2, Volume3 a spare; a 96 MiB file and the load; the
+    // rebuild budget at 8 MiB/s so that the reseed takes a while.
+    let bed = Testbed::loop_volumes(3, 320 << 20).expect("three loop volumes");
+    common::init(&bed, &[DB], 2);
+    hung_disk_config(&bed);
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.throttle.max_bytes_per_s = Some(8 << 20);
+    c.throttle.floor_bytes_per_s = 4 << 20;
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let big = m.db_files(DB).join("big.dat");
+    let data = reseedfs::testbed::rng::pattern(13, 96 << 20);
+    fs::write(&big, &data).expect("write the big file");
+    let load = Load::start(&m.db_files(DB), 2, 2);
+    thread::sleep(Duration::from_secs(1));
+    // Volume1's disk dies; the operator reseeds its copy onto the spare.
+    m.bed.volumes[0].shutdown().expect("shut down Volume1");
+    let failed = wait_for(Duration::from_secs(30), || {
+        copy_is(&m.status_json(), DB, "Volume1", "FailedAndSuspended", false).then_some(())
+    });
+    assert!(failed.is_some(), "Volume1 never failed: {:#}", m.status_json());
+    let out = m.cli(&["reseed", DB, "--to", "Volume3"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let copying = wait_for(Duration::from_secs(60), || {
+        let c = copy_json(&m, "Volume3");
+        (c["seed"]["phase"] == "Copying" && c["seed"]["bytes_done"].as_u64() > Some(8 << 20))
+            .then_some(())
+    });
+    assert!(
+        copying.is_some(),
+        "the reseed onto Volume3 never got going: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    // The spare hangs in the middle of the copy.
+    let phase = load.next_phase();
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[2].freeze().expect("fsfreeze -f Volume3");
+    let ended = wait_for(IO_TIMEOUT + Duration::from_secs(10), || {
+        let t = Instant::now();
+        let status = m.status_json();
+        let took = t.elapsed();
+        assert!(took < IO_TIMEOUT, "status took {took:?} while Volume3 was frozen");
+        let seed = &copy_status(&status, DB, "Volume3")?["seed"];
+        (seed["phase"] == "Failed").then(|| seed["error"].as_str().unwrap_or_default().to_owned())
+    });
+    let reseed_ended = frozen_at.elapsed();
+    let Some(error) = ended else {
+        panic!(
+            "the reseed onto the frozen Volume3 did not end: {:#}\nevents: {:#?}",
+            m.status_json(),
+            m.events_json()
+        );
+    };
+    eprintln!("Volume3 frozen during the reseed: it ended after {reseed_ended:?}: {error}");
+    assert!(
+        reseed_ended <= IO_TIMEOUT + Duration::from_secs(5),
+        "the reseed ended {reseed_ended:?} after the freeze"
+    );
+    assert!(error.contains("Volume3"), "the error names the volume: {error}");
+    let events = m.events_json();
+    assert!(
+        events.iter().any(|e| event_id(e) == Some(1109)
+            && e["volume"] == "Volume3"
+            && e["reason"] == "timeout"),
+        "no copy.failed (1109) with reason timeout for Volume3: {events:#?}"
+    );
+    let failed_reseed = events
+        .iter()
+        .rev()
+        .find(|e| event_id(e) == Some(3019) && e["volume"] == "Volume3");
+    assert!(
+        failed_reseed.is_some_and(|e| e["error"].as_str().is_some_and(|t| t.contains("Volume3"))),
+        "no reseed.failed (3019) naming Volume3: {events:#?}"
+    );
+    if let Some(left) = Duration::from_secs(6).checked_sub(frozen_at.elapsed()) {
+        thread::sleep(left);
+    }
+    frozen.thaw().expect("fsfreeze -u Volume3");
+    // AutoReseed takes the copy on Volume3 up again once it answers.
+    let healthy = wait_for(Duration::from_secs(180), || {
+        copy_is(&m.status_json(), DB, "Volume3", "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "the copy on Volume3 never came back after the thaw: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    eprintln!(
+        "Volume3 thawed: copy in sync {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    let (written, stalls, reads) = load.stop();
+    let writes: u64 = written.iter().map(|w| w.writes).sum();
+    let s = &stalls.0[phase];
+    eprintln!(
+        "spare freeze during a reseed: longest stall {:?} ({}); {writes} writes with fdatasync, {reads} reads in all",
+        s.longest, s.what
+    );
+    let all = stalls.longest();
+    assert!(
+        all.longest <= IO_TIMEOUT + Duration::from_secs(1),
+        "a request waited {:?} ({}): more than io_timeout ({IO_TIMEOUT:?}) + 1 s",
+        all.longest,
+        all.what
+    );
+    verify_written(&written, &m.db_files(DB));
+    assert!(
+        fs::read(&big).expect("read the big file") == data,
+        "the big file reads back"
+    );
+    let bed = m.unmount();
+    for k in [2, 3] {
+        verify_written(&written, &bed.volume_path(k).join(format!("{DB}.db")));
+        let back = fs::read(bed.volume_path(k).join(format!("{DB}.db/big.dat")))
+            .expect("the big file on the copy");
+        assert!(back == data, "the big file on Volume{k}");
+    }
+}
+
 #[test]
 fn writes_at_the_largest_offsets_keep_the_daemon_s_memory_flat() {
     if !require_mount_privileges("writes_at_the_largest_offsets_keep_the_daemon_s_memory_flat") {

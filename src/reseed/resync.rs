@@ -545,10 +545,18 @@ fn run(
 
 fn side(db: &Database, slot: usize, source: &Source, e: SideError) -> SeedError {
     match e {
-        SideError::Source(e) => SeedError::Source(format!(
-            "reading the source copy on {}: {e}",
-            source.volume.name()
-        )),
+        SideError::Source(e) => {
+            // A hung source is failed like any timeout.
+            if crate::volume::is_timeout(&e)
+                && db.copies()[source.slot].state() == crate::copyset::CopyState::InSync
+            {
+                db.on_error(source.slot, "resync read", &e, false);
+            }
+            SeedError::Source(format!(
+                "reading the source copy on {}: {e}",
+                source.volume.name()
+            ))
+        }
         SideError::Dest(e) => dest_failed(db, slot, "resync", e),
     }
 }
@@ -740,7 +748,11 @@ fn compare_jobs(
     target: &Volume,
     jobs: &[Job],
 ) -> Result<(), SeedError> {
-    let mut reader = ChunkReader::new(2, CHUNK as usize);
+    // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
+    let mut reader = ChunkReader::new(2, CHUNK as usize).with_deadline(
+        target.limits().io_timeout,
+        vec![source.volume.name().to_owned(), target.name().to_owned()],
+    );
     for job in jobs {
         let Some((a, b)) =
             open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
