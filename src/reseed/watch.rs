@@ -15,122 +15,13 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::volume::Timeout;
+pub use crate::volume::lane::{Side, Watch};
 use crate::volume::lane::{Lane, Unanswered};
 
 use super::engine::{CopyEngine, CopyError};
-
-/// A side of a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The volume read from.
-    Source,
-    /// The volume written to.
-    Dest,
-}
-
-/// The requests in flight on each side of a copy, and when each last made progress.
-#[derive(Debug)]
-pub struct Watch {
-    origin: Instant,
-    sides: [SideWatch; 2],
-    /// The caller gave up on the work: it stops at its next chunk (a hung disk that
-    /// answers at last must not see the rest of an abandoned copy).
-    abandoned: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct SideWatch {
-    in_flight: AtomicU32,
-    /// Milliseconds after `origin` of the last progress: a request ended, or one started
-    /// with none in flight.
-    progress_ms: AtomicU64,
-}
-
-impl Default for Watch {
-    fn default() -> Self {
-        Watch::new()
-    }
-}
-
-impl Watch {
-    /// A watch with nothing in flight.
-    pub fn new() -> Watch {
-        Watch {
-            origin: Instant::now(),
-            sides: Default::default(),
-            abandoned: AtomicBool::new(false),
-        }
-    }
-
-    /// `Err` once the caller gave up on the work: checked before each chunk.
-    #[inline]
-    pub fn check(&self) -> io::Result<()> {
-        if self.abandoned.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "abandoned: a volume of the copy missed its deadline",
-            ));
-        }
-        Ok(())
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn side(&self, side: Side) -> &SideWatch {
-        &self.sides[side as usize]
-    }
-
-    /// A request on `side` starts.
-    #[inline]
-    pub fn begin(&self, side: Side) {
-        let s = self.side(side);
-        if s.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            s.progress_ms.store(self.now_ms(), Ordering::Release);
-        }
-    }
-
-    /// A request on `side` ended (done or failed).
-    #[inline]
-    pub fn end(&self, side: Side) {
-        let s = self.side(side);
-        s.progress_ms.store(self.now_ms(), Ordering::Release);
-        s.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Runs `f`, one request on `side`.
-    #[inline]
-    pub fn on<T>(&self, side: Side, f: impl FnOnce() -> T) -> T {
-        self.begin(side);
-        let r = f();
-        self.end(side);
-        r
-    }
-
-    /// The side that has had a request in flight and no progress for `idle`, if any (the
-    /// one stuck longer when both are).
-    pub fn stuck(&self, idle: Duration) -> Option<Side> {
-        let now = self.now_ms();
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-        [Side::Dest, Side::Source]
-            .into_iter()
-            .filter_map(|side| {
-                let s = self.side(side);
-                if s.in_flight.load(Ordering::Acquire) == 0 {
-                    return None;
-                }
-                let quiet = now.saturating_sub(s.progress_ms.load(Ordering::Acquire));
-                (quiet >= idle_ms).then_some((quiet, side))
-            })
-            .max_by_key(|&(quiet, _)| quiet)
-            .map(|(_, side)| side)
-    }
-}
 
 /// How often a waiting caller looks at the [`Watch`].
 const TICK: Duration = Duration::from_millis(50);
@@ -183,7 +74,7 @@ impl Watched {
                 format!("the copy from {source} to {dest} panicked: {message}"),
             ))),
             Err(Unanswered::Elapsed) => {
-                self.watch.abandoned.store(true, Ordering::Relaxed);
+                self.watch.abandon();
                 let (side, volume, op) = match stuck {
                     Some(Side::Source) => (Side::Source, source, "reseed read"),
                     _ => (Side::Dest, dest, "reseed write"),
@@ -232,6 +123,7 @@ impl Watched {
 mod tests {
     use super::*;
     use crate::volume::is_timeout;
+    use std::time::Instant;
 
     #[test]
     fn a_side_with_a_request_and_no_progress_for_the_deadline_is_stuck() {

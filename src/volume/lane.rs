@@ -14,6 +14,10 @@
 //! a thread idle for `IDLE` ends; so a healthy volume under load has as many threads as
 //! requests in flight, and an idle one keeps none.
 //!
+//! Long calls that use descriptors of their own (a reseed's copy of a window) have a
+//! deadline of another kind: no progress for `io_timeout`. They report each read and
+//! write to a [`Watch`], and the caller waits with [`Pending::wait_while_progressing`].
+//!
 //! A call that panics (a bug) is answered [`Unanswered::Panicked`] with the panic's message,
 //! and its thread goes on serving: the caller treats it as a failed I/O of that volume
 //! (`Volume::finish`), so a write completes from the other copies, and the failure path
@@ -23,7 +27,8 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -211,6 +216,120 @@ fn worker(s: &Shared) {
                 return;
             }
         }
+    }
+}
+
+/// A side of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The volume read from.
+    Source,
+    /// The volume written to.
+    Dest,
+}
+
+/// The requests in flight on each side of a copy, and when each last made progress.
+#[derive(Debug)]
+pub struct Watch {
+    origin: Instant,
+    sides: [SideWatch; 2],
+    /// The caller gave up on the work: it stops at its next chunk (a hung disk that
+    /// answers at last must not see the rest of an abandoned copy).
+    abandoned: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct SideWatch {
+    in_flight: AtomicU32,
+    /// Milliseconds after `origin` of the last progress: a request ended, or one started
+    /// with none in flight.
+    progress_ms: AtomicU64,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch::new()
+    }
+}
+
+impl Watch {
+    /// A watch with nothing in flight.
+    pub fn new() -> Watch {
+        Watch {
+            origin: Instant::now(),
+            sides: Default::default(),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    /// The caller gave up on the work: [`Watch::check`] says so from now on.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// `Err` once the caller gave up on the work: checked before each chunk.
+    #[inline]
+    pub fn check(&self) -> io::Result<()> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "abandoned: a volume of the copy missed its deadline",
+            ));
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn side(&self, side: Side) -> &SideWatch {
+        &self.sides[side as usize]
+    }
+
+    /// A request on `side` starts.
+    #[inline]
+    pub fn begin(&self, side: Side) {
+        let s = self.side(side);
+        if s.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            s.progress_ms.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// A request on `side` ended (done or failed).
+    #[inline]
+    pub fn end(&self, side: Side) {
+        let s = self.side(side);
+        s.progress_ms.store(self.now_ms(), Ordering::Release);
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Runs `f`, one request on `side`.
+    #[inline]
+    pub fn on<T>(&self, side: Side, f: impl FnOnce() -> T) -> T {
+        self.begin(side);
+        let r = f();
+        self.end(side);
+        r
+    }
+
+    /// The side that has had a request in flight and no progress for `idle`, if any (the
+    /// one stuck longer when both are).
+    pub fn stuck(&self, idle: Duration) -> Option<Side> {
+        let now = self.now_ms();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        [Side::Dest, Side::Source]
+            .into_iter()
+            .filter_map(|side| {
+                let s = self.side(side);
+                if s.in_flight.load(Ordering::Acquire) == 0 {
+                    return None;
+                }
+                let quiet = now.saturating_sub(s.progress_ms.load(Ordering::Acquire));
+                (quiet >= idle_ms).then_some((quiet, side))
+            })
+            .max_by_key(|&(quiet, _)| quiet)
+            .map(|(_, side)| side)
     }
 }
 
