@@ -472,7 +472,11 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
     let failed = wait_for(Duration::from_secs(30), || {
         copy_is(&m.status_json(), DB, "Volume1", "FailedAndSuspended", false).then_some(())
     });
-    assert!(failed.is_some(), "Volume1 never failed: {:#}", m.status_json());
+    assert!(
+        failed.is_some(),
+        "Volume1 never failed: {:#}",
+        m.status_json()
+    );
     let out = m.cli(&["reseed", DB, "--to", "Volume3"]);
     assert!(out.status.success(), "{}", common::describe_output(&out));
     let copying = wait_for(Duration::from_secs(60), || {
@@ -494,7 +498,10 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
         let t = Instant::now();
         let status = m.status_json();
         let took = t.elapsed();
-        assert!(took < IO_TIMEOUT, "status took {took:?} while Volume3 was frozen");
+        assert!(
+            took < IO_TIMEOUT,
+            "status took {took:?} while Volume3 was frozen"
+        );
         let seed = &copy_status(&status, DB, "Volume3")?["seed"];
         (seed["phase"] == "Failed").then(|| seed["error"].as_str().unwrap_or_default().to_owned())
     });
@@ -511,7 +518,10 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
         reseed_ended <= IO_TIMEOUT + Duration::from_secs(5),
         "the reseed ended {reseed_ended:?} after the freeze"
     );
-    assert!(error.contains("Volume3"), "the error names the volume: {error}");
+    assert!(
+        error.contains("Volume3"),
+        "the error names the volume: {error}"
+    );
     let events = m.events_json();
     assert!(
         events.iter().any(|e| event_id(e) == Some(1109)

@@ -784,7 +784,8 @@ fn r13_a_panic_on_a_volume_s_lane_fails_that_copy_and_the_write_completes_from_t
         volume(&core, k).faults().panic_next_write();
         let started = std::time::Instant::now();
         assert_eq!(
-            core.write(h, 4096, &[2u8; 16384]).expect("the write completes"),
+            core.write(h, 4096, &[2u8; 16384])
+                .expect("the write completes"),
             16384
         );
         assert!(
@@ -796,7 +797,11 @@ fn r13_a_panic_on_a_volume_s_lane_fails_that_copy_and_the_write_completes_from_t
         assert_eq!(copy_state(&core, 3 - k), CopyState::InSync);
         let mut want = vec![1u8; 4096];
         want.extend_from_slice(&[2u8; 16384]);
-        assert_eq!(backing_bytes(&bed, 3 - k, "f"), want, "the other copy has it");
+        assert_eq!(
+            backing_bytes(&bed, 3 - k, "f"),
+            want,
+            "the other copy has it"
+        );
         let mut back = vec![0u8; want.len()];
         assert_eq!(core.read(h, 0, &mut back).expect("read"), want.len());
         assert_eq!(back, want);
@@ -858,7 +863,7 @@ fn r13_a_refused_huge_fallocate_leaves_a_lagging_copy_s_dirty_map_as_it_was() {
     let (before, mutations) = extents(db);
     let end = before.last().map_or(0, |&(o, l)| o + l);
     assert!(
-        (1 << 20) + 8192 <= end && end <= 16 << 20,
+        ((1 << 20) + 8192..=16 << 20).contains(&end),
         "the map before: {before:?}"
     );
     for (offset, mode) in [(0, 0), (1 << 30, libc::FALLOC_FL_KEEP_SIZE)] {
@@ -870,11 +875,20 @@ fn r13_a_refused_huge_fallocate_leaves_a_lagging_copy_s_dirty_map_as_it_was() {
             "errno {}",
             e.0
         );
-        assert_eq!(copy_state(&core, 1), CopyState::InSync, "a refusal, not a failure");
-        assert_eq!(extents(db), (before.clone(), mutations), "the map is as it was");
+        assert_eq!(
+            copy_state(&core, 1),
+            CopyState::InSync,
+            "a refusal, not a failure"
+        );
+        assert_eq!(
+            extents(db),
+            (before.clone(), mutations),
+            "the map is as it was"
+        );
     }
     // What runs is recorded as before.
-    core.fallocate(h, 64 << 20, 4096, 0).expect("a small fallocate");
+    core.fallocate(h, 64 << 20, 4096, 0)
+        .expect("a small fallocate");
     core.write(h, 96 << 20, &[3u8; 4096]).expect("a write");
     let mut want = before.clone();
     want.extend([(64 << 20, 4096), (96 << 20, 4096)]);

@@ -338,7 +338,8 @@ fn copy_file_from(
         let _resize: Vec<_> = job.nodes.iter().map(|n| n.io.resize.read()).collect();
         let src = pair.src.clone();
         let size = watched.run(from, to, move |w| {
-            w.on(Side::Source, || size_of(&src)).map_err(CopyError::Source)
+            w.on(Side::Source, || size_of(&src))
+                .map_err(CopyError::Source)
         })?;
         let start = job.seed.copied();
         let window = progress.job.pacer.window(window_bytes);

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::volume::{Advice, FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
-use super::verify::compare_trees;
-use super::{Phase, Progress, SeedError, Source, choose_source, dest_failed};
 use super::engine::CopyError;
+use super::verify::compare_trees;
 use super::watch::{Side, Watched};
+use super::{Phase, Progress, SeedError, Source, choose_source, dest_failed};
 use crate::copyset::{CopyState, Database};
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
@@ -758,8 +758,7 @@ fn copy_jobs(
             let dst = b.clone();
             watched
                 .run(from, to, move |w| {
-                    w.on(Side::Dest, || dst.sync_all())
-                        .map_err(CopyError::Dest)
+                    w.on(Side::Dest, || dst.sync_all()).map_err(CopyError::Dest)
                 })
                 .map_err(|e| match e {
                     CopyError::Source(e) | CopyError::Dest(e) => {

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::volume::Timeout;
-pub use crate::volume::lane::{Side, Watch};
 use crate::volume::lane::{Lane, Unanswered};
+pub use crate::volume::lane::{Side, Watch};
 
 use super::engine::{CopyEngine, CopyError};
 
@@ -70,9 +70,9 @@ impl Watched {
         });
         match answer {
             Ok(r) => r,
-            Err(Unanswered::Panicked(message)) => Err(CopyError::Dest(io::Error::other(
-                format!("the copy from {source} to {dest} panicked: {message}"),
-            ))),
+            Err(Unanswered::Panicked(message)) => Err(CopyError::Dest(io::Error::other(format!(
+                "the copy from {source} to {dest} panicked: {message}"
+            )))),
             Err(Unanswered::Elapsed) => {
                 self.watch.abandon();
                 let (side, volume, op) = match stuck {

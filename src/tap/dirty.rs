@@ -571,10 +571,7 @@ mod tests {
         let id = m.write_revocable(p, 0, 4 << 60);
         m.write(p, 1 << 40, 10);
         m.revoke(id);
-        assert_eq!(
-            m.files[p].extents(),
-            vec![(8192, 4096), (1 << 40, BLOCK)]
-        );
+        assert_eq!(m.files[p].extents(), vec![(8192, 4096), (1 << 40, BLOCK)]);
         // A mark on a file nothing marked before leaves no entry behind.
         let q = Path::new("db.db/g");
         let id = m.write_revocable(q, 1 << 50, 1 << 50);

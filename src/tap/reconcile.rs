@@ -246,8 +246,10 @@ pub fn copy_extent_watched(
         .chain(std::iter::once((end, 0)));
     for (off, elen) in stops {
         if off > pos {
-            w.on(Side::Dest, || crate::volume::punch_hole(dst, pos, off - pos))
-                .map_err(SideError::Dest)?;
+            w.on(Side::Dest, || {
+                crate::volume::punch_hole(dst, pos, off - pos)
+            })
+            .map_err(SideError::Dest)?;
         }
         let mut done = 0;
         while done < elen {

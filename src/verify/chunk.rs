@@ -206,7 +206,9 @@ impl ChunkReader {
                     ),
                     Err(Unanswered::Panicked(m)) => (
                         None,
-                        Err(io::Error::other(format!("verification reader panicked: {m}"))),
+                        Err(io::Error::other(format!(
+                            "verification reader panicked: {m}"
+                        ))),
                     ),
                 },
             };

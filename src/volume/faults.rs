@@ -174,7 +174,10 @@ impl Backend for Faulty {
     fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check()?;
         if self.faults.panic_write.swap(false, Ordering::AcqRel) {
-            panic!("injected panic in a write of {} bytes at {offset}", data.len());
+            panic!(
+                "injected panic in a write of {} bytes at {offset}",
+                data.len()
+            );
         }
         match self.faults.writes.swap(0, Ordering::AcqRel) {
             0 => self.inner.write_all_at(f, offset, data),

@@ -25,9 +25,9 @@
 //! for good, its caller would wait out the whole deadline, and the lane would count a
 //! thread that no longer exists.
 
+use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
