@@ -26,6 +26,7 @@ use crate::copyset::CopyState;
 use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
+use crate::names::CopySlot;
 use crate::throttle::StreamKind;
 use crate::volume::{
     Advice, FileExt, Mode, OFlags, VolFile, Volume, is_media_error, is_timeout, punch_hole,
@@ -92,7 +93,7 @@ pub(super) fn copy_files(
     let paced = progress.job.pacer.begin(
         StreamKind::Reseed,
         db,
-        Some(req.slot),
+        Some(req.slot.index()),
         &[&source.volume, target],
     );
     let watched = Watched::new(&label, target.limits().io_timeout);
@@ -269,9 +270,12 @@ fn switch_source(
         )));
     };
     if is_media_error(&e) && db.copies()[source.slot].state() == CopyState::InSync {
-        db.on_error(source.slot, "reseed read", &e, false);
+        db.on_error(source.slot.index(), "reseed read", &e, false);
     }
-    *source = Source { slot, volume };
+    *source = Source {
+        slot: CopySlot::new(slot),
+        volume,
+    };
     core.pool().events().emit(
         NewEvent::new(
             EventId::ReseedSourceChanged,
