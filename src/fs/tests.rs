@@ -859,7 +859,10 @@ fn r13_a_refused_huge_fallocate_leaves_a_lagging_copy_s_dirty_map_as_it_was() {
     assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
     let db = &core.pool().databases()[0];
     let extents = |db: &crate::copyset::Database| {
-        let map = db.tap().snapshot(1).expect("the lagging copy's map");
+        let map = db
+            .tap()
+            .snapshot(crate::names::CopySlot::new(1))
+            .expect("the lagging copy's map");
         let f = map
             .files
             .iter()

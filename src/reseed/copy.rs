@@ -231,7 +231,7 @@ fn copy_file(
                 // starts another from a copy that answers.
                 let old = source.volume.name().to_owned();
                 if db.copies()[source.slot].state() == CopyState::InSync {
-                    db.on_error(source.slot, "reseed read", &e, false);
+                    db.on_error(source.slot.index(), "reseed read", &e, false);
                 }
                 return Err(SeedError::Source(format!(
                     "reading the source copy on {old} failed ({e}); the reseed of {}\\{} ends, to be retried from a copy that answers",

@@ -558,7 +558,7 @@ fn side(db: &Database, slot: CopySlot, source: &Source, e: SideError) -> SeedErr
             if crate::volume::is_timeout(&e)
                 && db.copies()[source.slot].state() == crate::copyset::CopyState::InSync
             {
-                db.on_error(source.slot, "resync read", &e, false);
+                db.on_error(source.slot.index(), "resync read", &e, false);
             }
             SeedError::Source(format!(
                 "reading the source copy on {}: {e}",

@@ -106,7 +106,7 @@ fn compare_files(
         // A hung source is failed like any timeout (a read error leaves it to the reads
         // of the database, which fail over).
         if crate::volume::is_timeout(&e) && db.copies()[source.slot].state() == CopyState::InSync {
-            db.on_error(source.slot, "reseed verify", &e, false);
+            db.on_error(source.slot.index(), "reseed verify", &e, false);
         }
         SeedError::Source(format!(
             "verifying {} against {}: reading the source failed: {e}",

@@ -331,8 +331,8 @@ impl Tap {
         if self.n_lagging.load(Ordering::Acquire) > 0
             && let Some(p) = path()
         {
-            for (slot, s) in self.lagging.iter().enumerate() {
-                if let Some(map) = s.lock().as_mut() {
+            for slot in CopySlot::all(self.lagging.len()) {
+                if let Some(map) = self.lagging[slot].lock().as_mut() {
                     let id = map.write_revocable(&p, offset, len);
                     marked.push((slot, map.volume.clone(), map.base, id));
                 }
@@ -503,7 +503,7 @@ impl Tap {
 pub struct Revocable<'a> {
     tap: &'a Tap,
     /// Per lagging map marked: its slot, volume and base (the same map still), the mark.
-    marked: Vec<(usize, String, u64, u64)>,
+    marked: Vec<(CopySlot, String, u64, u64)>,
     refused: bool,
 }
 
