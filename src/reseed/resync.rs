@@ -285,7 +285,7 @@ fn quarantine_divergence(
     }
     let manifest = Manifest {
         db: db.name.clone(),
-        volume: target.name().to_owned(),
+        volume: target.name().to_string(),
         at: SystemTime::now(),
         reason: "written while it was out of the in-sync copies".into(),
         common_generation: common,
@@ -485,7 +485,7 @@ fn run(
     let mut report = ResyncReport {
         tree_fixed,
         quarantine,
-        source: source.volume.name().to_owned(),
+        source: source.volume.name().to_string(),
         ..ResyncReport::default()
     };
     report.prepare_s = started.elapsed().as_secs_f64();
@@ -789,7 +789,7 @@ fn compare_jobs(
     // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
     let mut reader = ChunkReader::new(2, CHUNK as usize).with_deadline(
         target.limits().io_timeout,
-        vec![source.volume.name().to_owned(), target.name().to_owned()],
+        vec![source.volume.name().to_string(), target.name().to_string()],
     );
     for job in jobs {
         let Some((a, b)) =

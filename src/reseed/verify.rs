@@ -118,7 +118,7 @@ fn compare_files(
     // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
     let mut reader = ChunkReader::new(2, CHUNK).with_deadline(
         target.limits().io_timeout,
-        vec![source.volume.name().to_owned(), target.name().to_owned()],
+        vec![source.volume.name().to_string(), target.name().to_string()],
     );
     for job in &layout.files {
         let (path, src, dst) = {

@@ -527,7 +527,7 @@ fn run(
     // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
     let volumes = std::iter::once(&run.active)
         .chain(&run.peers)
-        .map(|p| p.volume.name().to_owned())
+        .map(|p| p.volume.name().to_string())
         .collect();
     let mut reader = ChunkReader::new(run.peers.len() + 1, CHUNK)
         .with_deadline(run.active.volume.limits().io_timeout, volumes);
