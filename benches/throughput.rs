@@ -137,16 +137,19 @@ enum Target {
     /// The floor writing an `O_DIRECT` caller's data through the backing page cache, as
     /// reseedfs did before; only when `--targets` names it.
     FloorCached,
+    /// The floor served over FUSE's io_uring transport; only when `--targets` names it.
+    FloorUring,
     Reseedfs1,
     Reseedfs2,
     Mergerfs,
 }
 
 /// Every target, in table order.
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 7] = [
     Target::Direct,
     Target::Floor,
     Target::FloorCached,
+    Target::FloorUring,
     Target::Reseedfs1,
     Target::Reseedfs2,
     Target::Mergerfs,
@@ -167,6 +170,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Floor => "fuse_floor",
             Target::FloorCached => "fuse_floor_cached",
+            Target::FloorUring => "fuse_floor_uring",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
             Target::Mergerfs => "mergerfs",
@@ -430,20 +434,30 @@ fn main() -> ExitCode {
 }
 
 /// The bench binary started again as the FUSE floor's daemon:
-/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest`.
+/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest devfuse|uring`.
 const SERVE_FLOOR: &str = "--serve-fuse-floor";
 
 fn serve_floor(args: &[String]) -> ExitCode {
-    let (Some(backing), Some(mountpoint), Some(threads), Some(direct)) = (
+    let (Some(backing), Some(mountpoint), Some(threads), Some(direct), Some(transport)) = (
         args.first(),
         args.get(1),
         args.get(2).and_then(|t| t.parse::<usize>().ok()),
         args.get(3).and_then(|d| floor::Direct::parse(d)),
+        args.get(4).and_then(|t| floor::Transport::parse(t)),
     ) else {
-        eprintln!("fuse_floor: usage: {SERVE_FLOOR} BACKING MOUNTPOINT THREADS cached|honest");
+        eprintln!(
+            "fuse_floor: usage: {SERVE_FLOOR} BACKING MOUNTPOINT THREADS cached|honest \
+             devfuse|uring"
+        );
         return ExitCode::FAILURE;
     };
-    match floor::serve(Path::new(backing), Path::new(mountpoint), threads, direct) {
+    match floor::serve(
+        Path::new(backing),
+        Path::new(mountpoint),
+        threads,
+        direct,
+        transport,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fuse_floor: serving {backing} at {mountpoint}: {e}");
@@ -484,6 +498,20 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         MaxPagesLimit::get().map_or_else(|| "256 (no such sysctl)".to_owned(), |p| p.to_string())
     );
 
+    // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
+    // run when the ring floor is measured, put back as it was at the end.
+    let _uring = if s.targets.contains(&Target::FloorUring) {
+        let was = reseedfs::sys::fuse_uring::enabled();
+        let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
+        println!(
+            "throughput: {} set for the run (was {})",
+            reseedfs::sys::fuse_uring::ENABLE_URING,
+            if was { "on" } else { "off" }
+        );
+        Some(guard)
+    } else {
+        None
+    };
     let started = Instant::now();
     let rig = Rig::build(s, mergerfs)?;
     println!(
@@ -624,6 +652,7 @@ impl Rig {
             vol1.join("direct"),
             vol1.join("floor"),
             vol1.join("floor_cached"),
+            vol1.join("floor_uring"),
             vol1.join("pool1"),
             vol1.join("pool2"),
             vol1.join("mergerfs"),
@@ -640,15 +669,32 @@ impl Rig {
             || reseedfs::config::Config::new(PathBuf::new(), PathBuf::new(), Vec::new()).threads,
             |n| n as usize,
         );
-        for (target, dir, direct) in [
-            (Target::Floor, "floor", floor::Direct::Honest),
-            (Target::FloorCached, "floor_cached", floor::Direct::Cached),
+        for (target, dir, direct, transport) in [
+            (
+                Target::Floor,
+                "floor",
+                floor::Direct::Honest,
+                floor::Transport::DevFuse,
+            ),
+            (
+                Target::FloorCached,
+                "floor_cached",
+                floor::Direct::Cached,
+                floor::Transport::DevFuse,
+            ),
+            (
+                Target::FloorUring,
+                "floor_uring",
+                floor::Direct::Honest,
+                floor::Transport::Uring,
+            ),
         ] {
             if !s.targets.contains(&target) {
                 continue;
             }
             let backing = vol1.join(dir);
-            let daemon = floor_daemon(target, &backing, &root.join(dir), threads, direct)?;
+            let mountpoint = root.join(dir);
+            let daemon = floor_daemon(target, &backing, &mountpoint, threads, direct, transport)?;
             rig.files.push((target, daemon.mountpoint().join(FILE)));
             rig.backing.push((target, vec![backing.join(FILE)]));
             rig.daemons.push(daemon);
@@ -741,6 +787,7 @@ fn floor_daemon(
     mountpoint: &Path,
     threads: usize,
     direct: floor::Direct,
+    transport: floor::Transport,
 ) -> io::Result<Daemon> {
     fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -748,7 +795,8 @@ fn floor_daemon(
         .arg(backing)
         .arg(mountpoint)
         .arg(threads.to_string())
-        .arg(direct.name());
+        .arg(direct.name())
+        .arg(transport.name());
     let log = mountpoint.with_extension("log");
     Daemon::start(
         cmd,

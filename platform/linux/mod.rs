@@ -8,5 +8,7 @@ pub mod cred;
 pub mod direct;
 pub mod ext4;
 pub mod fuse;
+#[cfg(feature = "testbed")]
+pub mod fuse_uring;
 pub mod uring;
 pub mod writeback;
