@@ -15,6 +15,7 @@
 //! | `direct` | `Volume1/direct/bench.dat` |
 //! | `fuse_floor` | the thinnest FUSE filesystem on reseedfs's stack (`floor/mod.rs`: the same fuser session, threads, INIT reply and readahead; each open one backing file; `O_DIRECT` honoured as reseedfs does: small aligned reads and aligned writes `O_DIRECT`, writes through a bounce buffer) over `Volume1/floor` |
 //! | `fuse_floor_cached` | the same floor writing an `O_DIRECT` caller's data through the backing page cache, as reseedfs did before (only when `--targets` names it: what that cache costs and holds) |
+//! | `fuse_floor_uring` | the same floor as `fuse_floor`, served over FUSE's io_uring transport instead of `/dev/fuse` (`floor/ring.rs`, `reseedfs::sys::fuse_uring`: as many ring entries as request threads on each of the kernel's per-CPU queues, one thread each; lever 5(b) of issue 18; only when `--targets` names it; the bench sets `enable_uring` for the run and puts it back) over `Volume1/floor_uring` |
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
@@ -379,7 +380,10 @@ with fio (or a built-in generator). Needs root. Writes target/bench/throughput.j
   --file-mib M           the file each target works on (default 2048)
   --builtin              the built-in generator even when fio is installed
   --targets LIST         targets to measure (direct is always measured); also
-                         fuse_floor_cached (the floor with cached O_DIRECT writes)
+                         fuse_floor_cached (the floor with cached O_DIRECT writes),
+                         fuse_floor_uring (the floor over FUSE's io_uring transport:
+                         sets /sys/module/fuse/parameters/enable_uring for the run and
+                         puts it back; FUSE_FLOOR_URING_PIN=1 binds its queue threads)
   --threads N            FUSE request threads of reseedfs and the floor (default: the
                          reseedfs default)
   --large                add 4 and 16 MiB O_DIRECT requests (seq_*_4m, seq_*_16m)

@@ -28,6 +28,13 @@
 //! write it received, and logs them when it is unmounted (to check what request size the
 //! kernel granted).
 //!
+//! Two transports, chosen by [`Transport`]: `/dev/fuse` through fuser (target
+//! `fuse_floor`), or FUSE over io_uring (target `fuse_floor_uring`, `ring.rs`): fuser
+//! answers INIT (asking for `FUSE_OVER_IO_URING`) and keeps one thread on `/dev/fuse` for
+//! FORGET and INTERRUPT; every other request comes through ring entries, as many per
+//! queue as request threads, each served by a thread of its own with the same `Floor`
+//! calls.
+//!
 //! It runs as a process of its own (the bench binary, started again with
 //! `--serve-fuse-floor`), so that its CPU time is read from `/proc/<pid>/stat` like the
 //! other daemons'.
@@ -688,7 +695,7 @@ impl fuser::Filesystem for Shared {
 }
 
 /// Mounts the floor over `backing` at `mountpoint` with `threads` request threads (with
-/// the ring: `threads` entries in all, spread over its queues, one thread each, and one
+/// the ring: `threads` entries on each of its per-CPU queues, one thread each, and one
 /// `/dev/fuse` thread) and serves it until it is unmounted (`umount mountpoint`).
 pub fn serve(
     backing: &Path,

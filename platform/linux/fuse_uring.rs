@@ -106,19 +106,26 @@ impl Drop for Enabled {
 /// (`/sys/devices/system/cpu/possible`, e.g. `0-1` or `0-3,6`).
 pub fn queue_count() -> io::Result<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    cpu_count(&text).ok_or_else(|| io::Error::other(format!("cannot parse possible CPUs {text:?}")))
+}
+
+/// How many CPUs a kernel CPU list (`0-1`, `0-3,6`) names.
+fn cpu_count(list: &str) -> Option<usize> {
     let mut n = 0;
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        let bad = || io::Error::other(format!("cannot parse possible CPUs {text:?}"));
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
         n += match part.split_once('-') {
             Some((a, b)) => {
-                let a: usize = a.parse().map_err(|_| bad())?;
-                let b: usize = b.parse().map_err(|_| bad())?;
-                b.checked_sub(a).ok_or_else(bad)? + 1
+                let a: usize = a.parse().ok()?;
+                let b: usize = b.parse().ok()?;
+                b.checked_sub(a)? + 1
             }
-            None => 1,
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
         };
     }
-    Ok(n.max(1))
+    (n > 0).then_some(n)
 }
 
 /// `struct fuse_in_header`, decoded.
@@ -449,5 +456,28 @@ fn submit(
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_count_as_the_kernel_counts_possible_cpus() {
+        assert_eq!(cpu_count("0-1\n"), Some(2));
+        assert_eq!(cpu_count("0"), Some(1));
+        assert_eq!(cpu_count("0-3,6,8-9"), Some(7));
+        assert_eq!(cpu_count(""), None);
+        assert_eq!(cpu_count("3-1"), None);
+        assert_eq!(cpu_count("x"), None);
+    }
+
+    #[test]
+    fn the_request_header_is_the_uapi_layout() {
+        // struct fuse_uring_req_header: 128 + 128 + struct fuse_uring_ent_in_out (32).
+        assert_eq!(std::mem::size_of::<ReqHeader>(), 288);
+        assert_eq!(std::mem::offset_of!(ReqHeader, ent_commit_id), 264);
+        assert_eq!(std::mem::offset_of!(ReqHeader, ent_payload_bytes), 272);
     }
 }
