@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use fuser::{Errno, FileHandle, INodeNo};
 use reseedfs::sys::fuse_uring::{self, InHeader, RingConfig, ne_u32, ne_u64};
 
-use super::{Floor, TTL, err, max};
+use super::{Floor, TTL, err, max, with_aligned};
 
 // Opcodes (`enum fuse_opcode`).
 const LOOKUP: u32 = 1;
@@ -78,15 +78,29 @@ pub(super) fn start<FS: fuser::Filesystem>(
         payload_bytes: PAYLOAD_BYTES,
         pin: std::env::var_os("FUSE_FLOOR_URING_PIN").is_some(),
     };
+    let bounce = std::env::var_os("FUSE_FLOOR_URING_BOUNCE").is_some();
     eprintln!(
-        "fuse_floor: FUSE over io_uring, {queues} queue(s) x {} entries{}",
+        "fuse_floor: FUSE over io_uring, {queues} queue(s) x {} entries{}{}",
         config.threads_per_queue,
-        if config.pin { ", threads pinned" } else { "" }
+        if config.pin { ", threads pinned" } else { "" },
+        if bounce {
+            ", write data copied once"
+        } else {
+            ""
+        }
     );
-    fuse_uring::Ring::start(session, config, Arc::new(RingFloor(Arc::clone(floor))))
+    let handler = RingFloor {
+        floor: Arc::clone(floor),
+        bounce,
+    };
+    fuse_uring::Ring::start(session, config, Arc::new(handler))
 }
 
-struct RingFloor(Arc<Floor>);
+struct RingFloor {
+    floor: Arc<Floor>,
+    /// Copy write data once before writing it (`FUSE_FLOOR_URING_BOUNCE`).
+    bounce: bool,
+}
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
@@ -163,7 +177,7 @@ fn io_code(e: &std::io::Error) -> i32 {
 
 impl RingFloor {
     fn lookup(&self, parent: u64, payload: &mut [u8], in_bytes: usize) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let rel = f
             .child(INodeNo(parent), name(&payload[..in_bytes]))
             .map_err(code)?;
@@ -173,7 +187,7 @@ impl RingFloor {
     }
 
     fn getattr(&self, ino: u64, op_in: &[u8], payload: &mut [u8]) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let m = if ne_u32(op_in, 0) & GETATTR_FH != 0 {
             let h = f.handle(FileHandle(ne_u64(op_in, 8))).map_err(code)?;
             h.file.metadata()
@@ -186,7 +200,7 @@ impl RingFloor {
     }
 
     fn setattr(&self, ino: u64, op_in: &[u8], payload: &mut [u8]) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let valid = ne_u32(op_in, 0);
         let path = f.path(INodeNo(ino)).map_err(code)?;
         if valid & FATTR_SIZE != 0 {
@@ -219,7 +233,7 @@ impl RingFloor {
         payload: &mut [u8],
         in_bytes: usize,
     ) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let rel = f
             .child(INodeNo(parent), name(&payload[..in_bytes]))
             .map_err(code)?;
@@ -234,7 +248,7 @@ impl RingFloor {
     }
 
     fn unlink(&self, parent: u64, payload: &[u8], in_bytes: usize) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let rel = f
             .child(INodeNo(parent), name(&payload[..in_bytes]))
             .map_err(code)?;
@@ -247,7 +261,7 @@ impl RingFloor {
     }
 
     fn open(&self, ino: u64, op_in: &[u8], payload: &mut [u8]) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let flags = ne_u32(op_in, 0) as i32;
         let p = f.path(INodeNo(ino)).map_err(code)?;
         let file = f.open_backing(&p, flags, None).map_err(|e| io_code(&e))?;
@@ -262,7 +276,7 @@ impl RingFloor {
         payload: &mut [u8],
         in_bytes: usize,
     ) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let flags = ne_u32(op_in, 0) as i32;
         let mode = ne_u32(op_in, 4);
         let rel = f
@@ -279,7 +293,7 @@ impl RingFloor {
     }
 
     fn read(&self, op_in: &[u8], payload: &mut [u8]) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let size = (ne_u32(op_in, 16) as usize).min(payload.len());
         f.counters.reads.fetch_add(1, Ordering::Relaxed);
         max(&f.counters.read_max_bytes, size as u64);
@@ -293,18 +307,23 @@ impl RingFloor {
     }
 
     fn write(&self, op_in: &[u8], payload: &mut [u8], in_bytes: usize) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let size = (ne_u32(op_in, 16) as usize).min(in_bytes);
         f.counters.writes.fetch_add(1, Ordering::Relaxed);
         max(&f.counters.write_max_bytes, size as u64);
-        // The data is page-aligned here: an O_DIRECT write needs no bounce.
-        let n = f
-            .write_at(
-                FileHandle(ne_u64(op_in, 0)),
-                ne_u64(op_in, 8),
-                &payload[..size],
-            )
-            .map_err(|e| code(err(e)))?;
+        let (fh, offset) = (FileHandle(ne_u64(op_in, 0)), ne_u64(op_in, 8));
+        // The data is page-aligned here: an O_DIRECT write needs no bounce. With
+        // `FUSE_FLOOR_URING_BOUNCE` set it is copied once anyway, as through `/dev/fuse`
+        // (and as reseedfs copies every write for its lanes): the transport alone.
+        let n = if self.bounce {
+            with_aligned(size, |buf| {
+                buf.copy_from_slice(&payload[..size]);
+                f.write_at(fh, offset, buf)
+            })
+        } else {
+            f.write_at(fh, offset, &payload[..size])
+        }
+        .map_err(|e| code(err(e)))?;
         // struct fuse_write_out { u32 size; u32 padding; }
         put_u32(payload, 0, u32::try_from(n).unwrap_or(u32::MAX));
         put_u32(payload, 4, 0);
@@ -312,7 +331,10 @@ impl RingFloor {
     }
 
     fn fsync(&self, op_in: &[u8]) -> Result<usize, i32> {
-        let h = self.0.handle(FileHandle(ne_u64(op_in, 0))).map_err(code)?;
+        let h = self
+            .floor
+            .handle(FileHandle(ne_u64(op_in, 0)))
+            .map_err(code)?;
         if ne_u32(op_in, 8) & FSYNC_FDATASYNC != 0 {
             h.file.sync_data()
         } else {
@@ -324,12 +346,12 @@ impl RingFloor {
 
     fn release(&self, op_in: &[u8]) -> Result<usize, i32> {
         let fh = ne_u64(op_in, 0);
-        self.0.shard(fh).write().remove(&fh);
+        self.floor.shard(fh).write().remove(&fh);
         Ok(0)
     }
 
     fn readdir(&self, ino: u64, op_in: &[u8], payload: &mut [u8]) -> Result<usize, i32> {
-        let f = &self.0;
+        let f = &self.floor;
         let offset = ne_u64(op_in, 8);
         let size = (ne_u32(op_in, 16) as usize).min(payload.len());
         let path = f.path(INodeNo(ino)).map_err(code)?;
@@ -374,7 +396,7 @@ impl RingFloor {
     }
 
     fn statfs(&self, payload: &mut [u8]) -> Result<usize, i32> {
-        let s = rustix::fs::statvfs(&self.0.backing).map_err(|e| e.raw_os_error())?;
+        let s = rustix::fs::statvfs(&self.floor.backing).map_err(|e| e.raw_os_error())?;
         // struct fuse_kstatfs: blocks, bfree, bavail, files, ffree (u64), bsize, namelen,
         // frsize, padding, spare[6] (u32): 80 bytes.
         payload[..80].fill(0);

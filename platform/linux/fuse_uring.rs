@@ -421,11 +421,10 @@ fn serve_entry<H: Handler + ?Sized>(
         let sqe = opcode::UringCmd80::new(fd, CMD_COMMIT_AND_FETCH)
             .cmd(cmd_req(qid, commit_id))
             .build();
-        match submit(&mut ring, &sqe) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error().is_some_and(is_end) => return Ok(()),
-            Err(e) => return Err(e),
-        }
+        // Submitted by the wait at the top of the loop: one system call per request sends
+        // this reply and waits for the next request. A refused commit completes with its
+        // error.
+        push(&mut ring, &sqe)?;
     }
 }
 
@@ -436,8 +435,23 @@ fn refuse(registered: &mpsc::Sender<io::Result<()>>, qid: u16, e: io::Error) -> 
     Err(io::Error::new(e.kind(), msg))
 }
 
-/// Pushes `sqe` and submits it (the ring has room: one command in flight per ring).
+/// Pushes `sqe` and submits it.
 fn submit(
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    sqe: &squeue::Entry128,
+) -> io::Result<()> {
+    push(ring, sqe)?;
+    loop {
+        match ring.submit() {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Pushes `sqe` (the ring has room: one command in flight per ring).
+fn push(
     ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
     sqe: &squeue::Entry128,
 ) -> io::Result<()> {
@@ -450,13 +464,7 @@ fn submit(
             .push(sqe)
             .map_err(|_| io::Error::other("the FUSE ring's submission queue is full"))?;
     }
-    loop {
-        match ring.submit() {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(())
 }
 
 #[cfg(test)]
