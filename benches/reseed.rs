@@ -427,7 +427,7 @@ mod linux {
         let mut config = Config::new(
             bed.volumes_root.clone(),
             bed.databases_root.clone(),
-            vec![DB.into()],
+            vec![reseedfs::names::DbName::from_static(DB)],
         );
         config.copies = 2;
         config.state_dir = bed.state_dir.clone();
@@ -477,7 +477,7 @@ mod linux {
             keep_replaced: false,
             window_bytes: reseed::WINDOW_BYTES,
         };
-        let progress = Progress::new(DB, TARGET);
+        let progress = Progress::new(&reseedfs::names::DbName::from_static(DB), TARGET);
         if let Some(b) = budget {
             let throttle = ThrottleConfig {
                 max_bytes_per_s: Some(b),

@@ -191,7 +191,7 @@ pub fn of_pool(pool: &Pool) -> Status {
         .databases()
         .iter()
         .map(|d| DbStatus {
-            name: d.name.clone(),
+            name: d.name.to_string(),
             copies: d
                 .copies()
                 .iter()
@@ -285,7 +285,7 @@ impl LastErrors {
     pub fn get(&self, db: &str, volume: &str) -> Option<String> {
         self.last
             .lock()
-            .get(&(db.to_owned(), volume.to_owned()))
+            .get(&(db.to_string(), volume.to_owned()))
             .cloned()
     }
 }
@@ -451,6 +451,9 @@ mod tests {
                 .database("db001")
                 .volume("Volume1"),
         );
-        assert_eq!(errors.get("db001", "Volume1"), None);
+        assert_eq!(
+            errors.get(&crate::names::DbName::from_static("db001"), "Volume1"),
+            None
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout;
+use crate::names::DbName;
 use crate::reseed::resync::ResyncError;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
 use crate::status::{Blocker, Status, WorkflowStatus};
@@ -31,7 +32,7 @@ use crate::tap::IncrementalError;
 use crate::throttle::Throttle;
 
 /// A copy: database name and index in its placement.
-type CopyKey = (String, usize);
+type CopyKey = (DbName, usize);
 
 /// The outcome of an action, sent back by its thread.
 struct Outcome {
@@ -537,7 +538,7 @@ impl Runner {
     }
 
     /// An operator's suspend of the copy of `db` on `volume`.
-    pub fn suspend(&self, db: &str, volume: &str) -> Result<String, String> {
+    pub fn suspend(&self, db: &DbName, volume: &str) -> Result<String, String> {
         let pool = self.core.pool();
         let (d, slot) = self.copy_on(db, volume)?;
         pool.suspend(&d, slot)?;
@@ -547,7 +548,7 @@ impl Runner {
 
     /// An operator's resume of the copy of `db` on `volume`: an incremental resync when
     /// its dirty map allows it, else (event 2058) as `[tap] on_divergence` says.
-    pub fn resume(&self, db: &str, volume: &str) -> Result<String, String> {
+    pub fn resume(&self, db: &DbName, volume: &str) -> Result<String, String> {
         let pool = self.core.pool();
         let (d, slot) = self.copy_on(db, volume)?;
         let label = format!("{db}\\{volume}");
@@ -572,7 +573,7 @@ impl Runner {
         Ok(label)
     }
 
-    fn copy_on(&self, db: &str, volume: &str) -> Result<(Arc<Database>, usize), String> {
+    fn copy_on(&self, db: &DbName, volume: &str) -> Result<(Arc<Database>, usize), String> {
         let d = self
             .core
             .pool()
@@ -596,7 +597,7 @@ impl Runner {
     /// An operator's reseed of `db` (see `control::Request::Reseed`). Returns the target.
     pub fn manual_reseed(
         &self,
-        db: &str,
+        db: &DbName,
         from: Option<String>,
         to: Option<String>,
     ) -> Result<String, String> {
@@ -664,7 +665,10 @@ impl Runner {
         let shared = self.shared.lock();
         for d in &mut status.databases {
             for (slot, c) in d.copies.iter_mut().enumerate() {
-                let key = (d.name.clone(), slot);
+                let Ok(name) = DbName::new(d.name.as_str()) else {
+                    continue;
+                };
+                let key = (name, slot);
                 // A reseed shows while it runs, and after it failed until the copy is
                 // in sync again.
                 if let Some(p) = shared.seeds.get(&key) {

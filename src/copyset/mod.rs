@@ -47,6 +47,7 @@ pub use files::{BackingFile, OpenFiles};
 pub use io::{FileIo, FileRef, RangeGuard, WriteRun};
 pub use seed::SeedFile;
 
+use crate::names::DbName;
 use crate::tap::{Replicas, Tap};
 use crate::volume::Volume;
 
@@ -74,7 +75,7 @@ pub trait Store: Send + Sync {
 /// A database and its copies.
 pub struct Database {
     /// `db001`.
-    pub name: String,
+    pub name: DbName,
     /// Position in the pool (stable while mounted).
     pub index: usize,
     copies: Vec<Copy>,
@@ -104,7 +105,7 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// A database over `copies`; the first in-sync copy becomes active. Failures go to
     /// `store`.
-    pub fn new(name: String, index: usize, copies: Vec<Copy>, store: Weak<dyn Store>) -> Database {
+    pub fn new(name: DbName, index: usize, copies: Vec<Copy>, store: Weak<dyn Store>) -> Database {
         let active = copies
             .iter()
             .position(|c| c.is(CopyState::InSync))

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::names::DbName;
 use crate::volume::{
     FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec, Timestamps,
 };
@@ -337,7 +338,7 @@ fn backing_open_flags(flags: i32) -> OFlags {
 impl Core {
     /// A core over `pool`.
     pub fn new(pool: Arc<Pool>) -> Core {
-        let names: Vec<String> = pool.databases().iter().map(|d| d.name.clone()).collect();
+        let names: Vec<DbName> = pool.databases().iter().map(|d| d.name.clone()).collect();
         Core {
             nodes: RwLock::new(Table::new(&names)),
             handles: Default::default(),
@@ -888,7 +889,7 @@ impl Core {
                     entries.push(DirEntry {
                         node: t.db_dir(d.index, false),
                         kind: Kind::Dir,
-                        name: d.name.clone().into(),
+                        name: d.name.as_str().into(),
                     });
                 }
             }

@@ -10,6 +10,7 @@ use super::state::{DbRecord, PoolState, pool_state_path, witness_path, write_wit
 use super::{Pool, Unpersisted};
 use crate::copyset::{CopyState, Database, Store};
 use crate::events::{EventId, NewEvent};
+use crate::names::DbName;
 use crate::tap::{self, Generation};
 use crate::volume::{Volume, errno_of};
 
@@ -40,7 +41,7 @@ impl Store for Pool {
 
 /// A copy that failed with its volume, for the event.
 struct Failed {
-    db: String,
+    db: DbName,
     volume: String,
     op: String,
     errno: i32,

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::copyset::Database;
 use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
+use crate::names::DbName;
 use crate::volume::Volume;
 
 pub use checkpoint::Checkpointer;
@@ -223,7 +224,7 @@ impl Pool {
     }
 
     /// The persisted record of copy `slot` of database `db`.
-    pub fn copy_record(&self, db: &str, slot: usize) -> Option<CopyRecord> {
+    pub fn copy_record(&self, db: &DbName, slot: usize) -> Option<CopyRecord> {
         self.state
             .lock()
             .database(db)

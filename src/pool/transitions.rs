@@ -12,6 +12,7 @@ use super::state::{CopyRecord, PoolState, RetiredCopy};
 use super::{Pool, Unpersisted};
 use crate::copyset::{CopyState, Database};
 use crate::events::{EventId, NewEvent};
+use crate::names::DbName;
 use crate::tap;
 use crate::volume::Volume;
 
@@ -381,7 +382,7 @@ impl Pool {
     }
 
     /// The generation of database `db` as its in-sync copies hold it.
-    pub fn generation(&self, db: &str) -> tap::Generation {
+    pub fn generation(&self, db: &DbName) -> tap::Generation {
         let state = self.state.lock();
         state
             .databases
@@ -414,7 +415,7 @@ impl Pool {
     /// only, when given); persisted. Returns the labels of the copies changed.
     pub fn set_blocks(
         &self,
-        db: &str,
+        db: &DbName,
         volume: Option<&str>,
         reseed: Option<bool>,
         resume: Option<bool>,

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::names::DbName;
 use crate::volume::FileType;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,7 @@ impl JobPhase for Phase {
 
 /// Live progress of one reseed (or resync), shared with `status`.
 pub struct Progress {
-    db: String,
+    db: DbName,
     target: String,
     source: Mutex<String>,
     engine: Mutex<String>,
@@ -149,7 +150,7 @@ impl std::fmt::Debug for Progress {
 
 impl Progress {
     /// A reseed of `db` onto `target`, not started.
-    pub fn new(db: &str, target: &str) -> Progress {
+    pub fn new(db: &DbName, target: &str) -> Progress {
         Progress {
             db: db.to_owned(),
             target: target.to_owned(),
@@ -208,7 +209,7 @@ impl Progress {
     pub fn snapshot(&self) -> SeedStatus {
         let (phase, rate) = self.job.rate();
         SeedStatus {
-            db: self.db.clone(),
+            db: self.db.to_string(),
             target: self.target.clone(),
             source: self.source.lock().clone(),
             engine: self.engine.lock().clone(),
@@ -268,7 +269,7 @@ struct Source {
 
 /// Checks the naming convention and that the database and log folders are directories
 /// on the volume's own filesystem: `(naming_ok, layout_split)`.
-pub fn check_folders(volume: &Volume, db: &str) -> (bool, bool) {
+pub fn check_folders(volume: &Volume, db: &DbName) -> (bool, bool) {
     let root_dev = volume.stat(Path::new("")).map(|s| s.st_dev).ok();
     let mut naming_ok = names::check_db_name(db).is_ok();
     let mut split = false;
@@ -438,7 +439,7 @@ fn finish(
 }
 
 /// Moves the folders a reseed replaced into a new quarantine with its manifest.
-fn keep_in_quarantine(target: &Volume, db: &str, old: &Path) -> io::Result<PathBuf> {
+fn keep_in_quarantine(target: &Volume, db: &DbName, old: &Path) -> io::Result<PathBuf> {
     let dir = resync::quarantine_dir(target)?;
     let mut files = Vec::new();
     for e in target.read_dir(old)? {

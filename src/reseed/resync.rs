@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::names::DbName;
 use crate::volume::{Advice, FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +98,7 @@ pub struct QuarantinedFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// The volume (the losing copy's).
     pub volume: String,
     /// When it was made.
@@ -128,7 +129,7 @@ pub fn write_manifest(v: &Volume, dir: &Path, m: &Manifest) -> io::Result<()> {
 }
 
 /// Every quarantine of `db` on `v`: (folder, manifest).
-pub fn list_quarantine(v: &Volume, db: &str) -> Vec<(PathBuf, Manifest)> {
+pub fn list_quarantine(v: &Volume, db: &DbName) -> Vec<(PathBuf, Manifest)> {
     let root = Path::new(layout::META_DIR).join("quarantine");
     let mut out = Vec::new();
     for e in v.read_dir(&root).unwrap_or_default() {
@@ -147,7 +148,11 @@ pub fn list_quarantine(v: &Volume, db: &str) -> Vec<(PathBuf, Manifest)> {
 }
 
 /// Entries of `db`'s folders on `v` changed (ctime) after `cutoff`.
-fn changed_since(v: &Volume, db: &str, cutoff: SystemTime) -> io::Result<Vec<(PathBuf, FileType)>> {
+fn changed_since(
+    v: &Volume,
+    db: &DbName,
+    cutoff: SystemTime,
+) -> io::Result<Vec<(PathBuf, FileType)>> {
     let cutoff = cutoff
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -290,7 +295,7 @@ fn quarantine_divergence(
 /// The first log where `b`'s log stream leaves `a`'s, for events: `E0000000003.log
 /// (checksum)`, `none`, or why it could not be told. A log `b` merely lacks at the end
 /// (it missed it) is not a divergence.
-pub fn first_diverged_log(db: &str, a: &Volume, b: &Volume) -> String {
+pub fn first_diverged_log(db: &DbName, a: &Volume, b: &Volume) -> String {
     use crate::tap::logstream::{self, Divergence};
     match logstream::first_diverged_log(db, a, b) {
         Ok(c) => match c.first_diverged {

@@ -27,23 +27,24 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
+use crate::names::DbName;
 use crate::volume::Volume;
 
 pub use activity::{ActivityLog, NodeMarks, WriteGuard};
 pub use dirty::{DirtyMap, FileDirty, MetaOp};
 
 /// `.reseedfs/tap/<db>` on a volume.
-pub fn tap_dir(db: &str) -> PathBuf {
+pub fn tap_dir(db: &DbName) -> PathBuf {
     Path::new(layout::META_DIR).join("tap").join(db)
 }
 
 /// Where the dirty map of the copy on `volume` is kept.
-pub fn dirty_path(db: &str, volume: &str) -> PathBuf {
+pub fn dirty_path(db: &DbName, volume: &str) -> PathBuf {
     tap_dir(db).join(format!("dirty-{volume}.json"))
 }
 
 /// Where a copy's own generation is kept (on the copy's volume).
-pub fn generation_path(db: &str) -> PathBuf {
+pub fn generation_path(db: &DbName) -> PathBuf {
     tap_dir(db).join("generation.json")
 }
 
@@ -130,7 +131,7 @@ impl Generation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyGeneration {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// The generation the copy has.
     pub current: u64,
     /// The generations before it, newest first.
@@ -139,7 +140,7 @@ pub struct CopyGeneration {
 }
 
 /// Writes the generation of the copy of `db` on `volume`.
-pub fn write_copy_generation(volume: &Volume, db: &str, g: &Generation) -> std::io::Result<()> {
+pub fn write_copy_generation(volume: &Volume, db: &DbName, g: &Generation) -> std::io::Result<()> {
     let rec = CopyGeneration {
         db: db.to_owned(),
         current: g.current,
@@ -154,7 +155,10 @@ pub fn write_copy_generation(volume: &Volume, db: &str, g: &Generation) -> std::
 }
 
 /// Reads the generation of the copy of `db` on `volume` (`Ok(None)`: it has none).
-pub fn read_copy_generation(volume: &Volume, db: &str) -> std::io::Result<Option<CopyGeneration>> {
+pub fn read_copy_generation(
+    volume: &Volume,
+    db: &DbName,
+) -> std::io::Result<Option<CopyGeneration>> {
     match volume.read_file(&generation_path(db)) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -243,7 +247,7 @@ pub trait Replicas {
 /// One database's tap.
 #[derive(Debug)]
 pub struct Tap {
-    db: String,
+    db: DbName,
     seq: AtomicU64,
     /// The activity log (databases with two copies or more).
     pub activity: Option<ActivityLog>,
@@ -261,7 +265,7 @@ pub struct Mutation<'a> {
 
 impl Tap {
     /// The tap of database `db` with `copies` copies.
-    pub fn new(db: &str, copies: usize) -> Tap {
+    pub fn new(db: &DbName, copies: usize) -> Tap {
         Tap {
             db: db.to_owned(),
             seq: AtomicU64::new(0),
@@ -461,7 +465,7 @@ impl Tap {
 /// one with the most mutations wins (they are written together).
 pub fn read_dirty_map(
     volumes: &[std::sync::Arc<Volume>],
-    db: &str,
+    db: &DbName,
     volume: &str,
 ) -> Option<DirtyMap> {
     volumes
@@ -472,7 +476,7 @@ pub fn read_dirty_map(
 }
 
 /// Removes the dirty map of the copy of `db` on `volume` from `volumes`.
-pub fn remove_dirty_map(volumes: &[std::sync::Arc<Volume>], db: &str, volume: &str) {
+pub fn remove_dirty_map(volumes: &[std::sync::Arc<Volume>], db: &DbName, volume: &str) {
     for v in volumes {
         let _ = v.remove(&dirty_path(db, volume), false);
     }
@@ -491,7 +495,7 @@ mod tests {
         let base = g.bump();
         assert_eq!(base, 10);
         let copy = |current: u64, history: Vec<u64>| CopyGeneration {
-            db: "db".into(),
+            db: crate::names::DbName::from_static("db"),
             current,
             history,
         };

@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::names::DbName;
 use crate::volume::Stat;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -245,7 +246,7 @@ impl JobPhase for VerifyPhase {
 /// Live progress of one verification, shared with the control socket.
 #[derive(Debug)]
 pub struct VerifyProgress {
-    db: String,
+    db: DbName,
     options: VerifyOptions,
     report: Mutex<Option<VerifyReport>>,
     /// Phase, bytes, throughput, cancellation and the pacing of the reads.
@@ -256,7 +257,7 @@ pub struct VerifyProgress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyStatus {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// What was asked.
     pub options: VerifyOptions,
     /// The phase.
@@ -279,7 +280,7 @@ pub struct VerifyStatus {
 
 impl VerifyProgress {
     /// A verification of `db`, not started, its reads limited to `options.max_bytes_per_s`.
-    pub fn new(db: &str, options: VerifyOptions) -> VerifyProgress {
+    pub fn new(db: &DbName, options: VerifyOptions) -> VerifyProgress {
         let job = JobProgress::new(VerifyPhase::Tree);
         job.pacer.set_limit(options.max_bytes_per_s);
         VerifyProgress {
@@ -510,7 +511,7 @@ fn run(
         gone: vec![false; peers.len()],
         absent: vec![BTreeSet::new(); peers.len()],
         report: VerifyReport {
-            db: db.name.clone(),
+            db: db.name.to_string(),
             active: active.name().to_owned(),
             compared_with: names,
             repair: opts.repair,

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::{VerifyOptions, VerifyProgress, VerifyStatus, verify};
 use crate::fs::Core;
+use crate::names::DbName;
 
 /// A verification's progress and its thread (taken when the daemon waits for it).
 type Running = (Arc<VerifyProgress>, Option<JoinHandle<()>>);
@@ -18,7 +19,7 @@ type Running = (Arc<VerifyProgress>, Option<JoinHandle<()>>);
 #[derive(Debug)]
 pub struct Verifier {
     core: Arc<Core>,
-    runs: Mutex<HashMap<String, Running>>,
+    runs: Mutex<HashMap<DbName, Running>>,
     throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
@@ -40,7 +41,7 @@ impl Verifier {
     }
 
     /// Starts a verification of `db` (see `control::Request::Verify`).
-    pub fn start(&self, db: &str, options: VerifyOptions) -> Result<VerifyStatus, String> {
+    pub fn start(&self, db: &DbName, options: VerifyOptions) -> Result<VerifyStatus, String> {
         let d = self
             .core
             .pool()
@@ -77,7 +78,7 @@ impl Verifier {
     }
 
     /// The running or last verification of `db`.
-    pub fn status(&self, db: &str) -> Option<VerifyStatus> {
+    pub fn status(&self, db: &DbName) -> Option<VerifyStatus> {
         self.runs.lock().get(db).map(|(p, _)| p.snapshot())
     }
 
