@@ -171,7 +171,8 @@ impl Run<'_> {
             (a, sizes)
         };
         for (i, a, b) in sizes.into_iter().filter(|(_, a, b)| a != b) {
-            let repaired = self.opts.repair && repair_size(&f.nodes, &f.active, f.others[i].as_deref());
+            let repaired =
+                self.opts.repair && repair_size(&f.nodes, &f.active, f.others[i].as_deref());
             self.mismatch(
                 &f.path,
                 i,
@@ -252,4 +253,3 @@ impl Chunk {
         self.mismatches.iter().any(|m| !m.is_empty())
     }
 }
-
