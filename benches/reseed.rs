@@ -102,7 +102,7 @@ mod linux {
     const DB: &str = "db001";
     /// The volume that receives every copy, and its copy's index in the placement.
     const TARGET: &str = "Volume2";
-    const TARGET_SLOT: usize = 1;
+    const TARGET_SLOT: reseedfs::names::CopySlot = reseedfs::names::CopySlot::new(1);
     /// The seeder's window (`reseed::WINDOW`), for the engine sweep.
     const WINDOW: u64 = 64 << 20;
     const MIB: f64 = (1u64 << 20) as f64;

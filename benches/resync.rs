@@ -64,7 +64,7 @@ mod linux {
     const DB: &str = "db001";
     const DB_BYTES: u64 = 1 << 30;
     const BLOCK: u64 = 4096;
-    const SLOT: usize = 1;
+    const SLOT: reseedfs::names::CopySlot = reseedfs::names::CopySlot::new(1);
     /// The hot set written before the simulated crash.
     const HOT_BYTES: u64 = 64 << 20;
     const MIB: f64 = (1u64 << 20) as f64;

@@ -227,6 +227,32 @@ impl CopySlot {
     }
 }
 
+/// A slot indexes any per-copy list (copies, their records, their dirty maps).
+impl<T> std::ops::Index<CopySlot> for [T] {
+    type Output = T;
+    fn index(&self, slot: CopySlot) -> &T {
+        &self[slot.0]
+    }
+}
+
+impl<T> std::ops::IndexMut<CopySlot> for [T] {
+    fn index_mut(&mut self, slot: CopySlot) -> &mut T {
+        &mut self[slot.0]
+    }
+}
+
+impl PartialEq<usize> for CopySlot {
+    fn eq(&self, other: &usize) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<CopySlot> for usize {
+    fn eq(&self, other: &CopySlot) -> bool {
+        *self == other.0
+    }
+}
+
 impl fmt::Display for CopySlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)

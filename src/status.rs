@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::copyset::StatusWord;
 use crate::events::{EventId, EventSink, NewEvent};
+use crate::names::CopySlot;
 use crate::pool::Pool;
 use crate::reseed::Phase;
 use crate::throttle::Throttle;
@@ -198,11 +199,11 @@ pub fn of_pool(pool: &Pool) -> Status {
                 .enumerate()
                 .map(|(i, c)| {
                     let rec = state.database(&d.name).and_then(|r| r.copies.get(i));
-                    let queue = d.tap().queue(i);
+                    let queue = d.tap().queue(CopySlot::new(i));
                     CopyStatus {
                         name: format!("{}\\{}", d.name, c.volume_name()),
                         volume: c.volume_name(),
-                        status: d.status_word(i),
+                        status: d.status_word(CopySlot::new(i)),
                         active: d.active_index() == Some(i),
                         reseed_blocked: rec.is_some_and(|r| r.reseed_blocked),
                         resume_blocked: rec.is_some_and(|r| r.resume_blocked),

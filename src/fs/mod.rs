@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::names::CopySlot;
 use crate::names::DbName;
 use crate::volume::{
     FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec, Timestamps,
@@ -1011,7 +1012,7 @@ impl Core {
     /// name, freed at its last close, also after a crash), with the owner and mode of the
     /// source, which every handle of that file opens. Its data is the caller's to copy
     /// ([`crate::reseed::orphans`]): writes reach it from here on, like any copy's.
-    pub fn refresh_handles(&self, db: &Database, slot: usize) -> io::Result<Refreshed> {
+    pub fn refresh_handles(&self, db: &Database, slot: CopySlot) -> io::Result<Refreshed> {
         let placement = db.copies()[slot].placement();
         let volume = placement
             .volume
@@ -1054,7 +1055,7 @@ impl Core {
             };
             match opened {
                 Ok(f) => {
-                    files.set(slot, placement.generation, f);
+                    files.set(slot.index(), placement.generation, f);
                     n += 1;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::names::CopySlot;
 use crate::names::DbName;
 use crate::volume::FileType;
 use parking_lot::Mutex;
@@ -60,7 +61,7 @@ pub struct SeedRequest {
     /// The database.
     pub db: Arc<Database>,
     /// The copy (index in the placement).
-    pub slot: usize,
+    pub slot: CopySlot,
     /// The volume that receives the copy: the copy's own (in place) or a spare.
     pub target: String,
     /// Preferred source volume (an in-sync copy).
@@ -263,7 +264,7 @@ pub enum SeedError {
 /// The copy read from.
 #[derive(Clone)]
 struct Source {
-    slot: usize,
+    slot: CopySlot,
     volume: Arc<Volume>,
 }
 
@@ -287,7 +288,7 @@ pub fn check_folders(volume: &Volume, db: &DbName) -> (bool, bool) {
 
 /// The in-sync copy to read from: `from` if given, else a passive in-sync copy, else
 /// the active one.
-fn choose_source(db: &Database, slot: usize, from: Option<&str>) -> Result<Source, String> {
+fn choose_source(db: &Database, slot: CopySlot, from: Option<&str>) -> Result<Source, String> {
     let in_sync: Vec<(usize, Arc<Volume>)> = db
         .copies()
         .iter()
@@ -299,7 +300,10 @@ fn choose_source(db: &Database, slot: usize, from: Option<&str>) -> Result<Sourc
         return in_sync
             .into_iter()
             .find(|(_, v)| v.name() == from)
-            .map(|(slot, volume)| Source { slot, volume })
+            .map(|(slot, volume)| Source {
+                slot: CopySlot::new(slot),
+                volume,
+            })
             .ok_or_else(|| format!("{from} holds no in-sync copy of {}", db.name));
     }
     let active = db.active_index();
@@ -308,7 +312,7 @@ fn choose_source(db: &Database, slot: usize, from: Option<&str>) -> Result<Sourc
         .find(|(i, _)| Some(*i) != active)
         .or_else(|| in_sync.first())
         .map(|(slot, volume)| Source {
-            slot: *slot,
+            slot: CopySlot::new(*slot),
             volume: volume.clone(),
         })
         .ok_or_else(|| format!("no copy of {} is in sync to seed from", db.name))
@@ -500,12 +504,12 @@ fn give_up(core: &Core, req: &SeedRequest, files: &[FileJob], e: SeedError) -> S
 }
 
 /// A write to the new copy failed: the copy fails (its volume too, for a media error).
-fn dest_failed(db: &Database, slot: usize, op: &str, e: io::Error) -> SeedError {
+fn dest_failed(db: &Database, slot: CopySlot, op: &str, e: io::Error) -> SeedError {
     let msg = format!(
         "writing the new copy on {} failed: {e}",
         db.copies()[slot].volume_name()
     );
-    db.on_error(slot, op, &e, true);
+    db.on_error(slot.index(), op, &e, true);
     SeedError::Dest(msg)
 }
 

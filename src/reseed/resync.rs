@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::names::CopySlot;
 use crate::names::DbName;
 use crate::volume::{Advice, FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
@@ -342,7 +343,7 @@ fn ranges(f: &FileDirty, size: u64) -> Vec<(u64, u64)> {
 pub fn resync(
     core: &Core,
     db: &Arc<Database>,
-    slot: usize,
+    slot: CopySlot,
     progress: &Progress,
 ) -> Result<ResyncReport, ResyncError> {
     let r = run(core, db, slot, progress);
@@ -358,7 +359,7 @@ pub fn resync(
 fn run(
     core: &Core,
     db: &Arc<Database>,
-    slot: usize,
+    slot: CopySlot,
     progress: &Progress,
 ) -> Result<ResyncReport, ResyncError> {
     let started = Instant::now();
@@ -489,7 +490,7 @@ fn run(
     progress.job.pacer.begin(
         crate::throttle::StreamKind::Resync,
         db,
-        Some(slot),
+        Some(slot.index()),
         &[&source.volume, &target],
     );
     let copied = copy_jobs(db, slot, &source, &target, &jobs, progress, &mut report)
@@ -548,7 +549,7 @@ fn run(
     Ok(report)
 }
 
-fn side(db: &Database, slot: usize, source: &Source, e: SideError) -> SeedError {
+fn side(db: &Database, slot: CopySlot, source: &Source, e: SideError) -> SeedError {
     match e {
         SideError::Source(e) => SeedError::Source(format!(
             "reading the source copy on {}: {e}",
@@ -572,7 +573,7 @@ struct LaidOut {
 fn lay_out(
     core: &Core,
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     extra: &BTreeMap<PathBuf, FileDirty>,
@@ -677,7 +678,7 @@ fn chunks(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
 
 fn copy_jobs(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     jobs: &[Job],
@@ -740,7 +741,7 @@ fn copy_jobs(
 /// comparison of [`crate::verify::chunk`].
 fn compare_jobs(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     jobs: &[Job],

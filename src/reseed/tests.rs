@@ -144,7 +144,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
     let db = core.pool().databases()[0].clone();
     let req = SeedRequest {
         db: db.clone(),
-        slot: 0,
+        slot: crate::names::CopySlot::new(0),
         target: "Volume3".into(),
         from: None,
         allow_in_sync: false,
@@ -165,7 +165,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
     // The copy moved to Volume3 and is in sync; Volume2 stays active.
     assert_eq!(db.copies()[0].volume_name(), "Volume3");
     assert_eq!(copy_state(&core, 1), CopyState::InSync);
-    assert_eq!(db.status_word(0), "Healthy");
+    assert_eq!(db.status_word(crate::names::CopySlot::new(0)), "Healthy");
     let persisted = bed.persisted(2);
     assert_eq!(persisted.databases[0].copies[0].volume, "Volume3");
     assert_eq!(persisted.databases[0].copies[0].state, CopyState::InSync);
@@ -237,7 +237,7 @@ fn failed_copy(
     fail_copy_on(&core, 1, h);
     let req = SeedRequest {
         db: core.pool().databases()[0].clone(),
-        slot: 0,
+        slot: crate::names::CopySlot::new(0),
         target: target.into(),
         from: from.map(Into::into),
         allow_in_sync: false,

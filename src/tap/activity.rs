@@ -44,6 +44,7 @@ use rangemap::{RangeMap, RangeSet};
 
 use super::Replicas;
 use super::dirty::FileDirty;
+use crate::names::CopySlot;
 use crate::names::DbName;
 use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume};
 
@@ -578,12 +579,12 @@ impl ActivityLog {
             tracing::warn!(
                 "activity log of {} on {}: {e}",
                 self.db,
-                db.volume_name(slot)
+                db.volume_name(CopySlot::new(slot))
             );
             // A dying disk fails its copy; anything else (a full volume) leaves the log
             // to the other copies, and the write itself will tell.
             if crate::volume::is_media_error(&e) {
-                db.on_error(slot, "activity log", &e);
+                db.on_error(CopySlot::new(slot), "activity log", &e);
             }
         }
     }
@@ -649,7 +650,7 @@ impl ActivityLog {
         }
         for (slot, _, v) in db.in_sync() {
             if let Err(e) = v.syncfs() {
-                db.on_error(slot, "checkpoint syncfs", &e);
+                db.on_error(CopySlot::new(slot), "checkpoint syncfs", &e);
             }
         }
         persist();
@@ -790,10 +791,10 @@ mod tests {
         fn in_sync(&self) -> Vec<(usize, u64, Arc<Volume>)> {
             vec![(0, 1, self.0.clone())]
         }
-        fn volume_name(&self, _: usize) -> String {
+        fn volume_name(&self, _: CopySlot) -> String {
             self.0.name().to_owned()
         }
-        fn on_error(&self, _: usize, op: &str, err: &io::Error) {
+        fn on_error(&self, _: CopySlot, op: &str, err: &io::Error) {
             panic!("{op}: {err}");
         }
     }

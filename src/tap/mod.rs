@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
+use crate::names::CopySlot;
 use crate::names::DbName;
 use crate::volume::Volume;
 
@@ -238,10 +239,10 @@ pub trait Replicas {
     /// Every copy in sync now: its slot, placement generation and volume.
     fn in_sync(&self) -> Vec<(usize, u64, std::sync::Arc<Volume>)>;
     /// The volume name of copy `slot`, for messages.
-    fn volume_name(&self, slot: usize) -> String;
+    fn volume_name(&self, slot: CopySlot) -> String;
     /// Copy `slot` failed `op` of the tap with `err` while the others took it: the copy
     /// set decides what that means for the copy.
-    fn on_error(&self, slot: usize, op: &str, err: &std::io::Error);
+    fn on_error(&self, slot: CopySlot, op: &str, err: &std::io::Error);
 }
 
 /// One database's tap.
@@ -363,7 +364,7 @@ impl Tap {
     /// Copy `slot` left the in-sync copies at generation `base`: from now on what it
     /// misses is recorded, starting with every extent the activity log holds (its disk
     /// may have lost those writes). An existing map is kept (and widened).
-    pub fn start_lagging(&self, slot: usize, volume: &str, base: u64, since: SystemTime) {
+    pub fn start_lagging(&self, slot: CopySlot, volume: &str, base: u64, since: SystemTime) {
         let extents = self
             .activity
             .as_ref()
@@ -378,7 +379,7 @@ impl Tap {
     }
 
     /// Installs the map read at mount for copy `slot`.
-    pub fn restore_lagging(&self, slot: usize, map: DirtyMap) {
+    pub fn restore_lagging(&self, slot: CopySlot, map: DirtyMap) {
         let mut s = self.lagging[slot].lock();
         if s.is_none() {
             self.n_lagging.fetch_add(1, Ordering::AcqRel);
@@ -393,7 +394,7 @@ impl Tap {
     }
 
     /// Copy `slot` is in sync again (or is being seeded in full): its map is dropped.
-    pub fn stop_lagging(&self, slot: usize) -> Option<DirtyMap> {
+    pub fn stop_lagging(&self, slot: CopySlot) -> Option<DirtyMap> {
         let map = self.lagging[slot].lock().take();
         if map.is_some() {
             self.n_lagging.fetch_sub(1, Ordering::AcqRel);
@@ -404,7 +405,7 @@ impl Tap {
     /// From now on, anything on copy `slot` changed later than `at` was not written by
     /// the tap's owner: called when a resync starts writing to the copy, so that a resync
     /// interrupted by a crash is not mistaken for writes behind reseedfs's back.
-    pub fn restart_since(&self, slot: usize, at: SystemTime) {
+    pub fn restart_since(&self, slot: CopySlot, at: SystemTime) {
         if let Some(m) = self.lagging[slot].lock().as_mut() {
             m.since = at;
             m.dirty = true;
@@ -412,12 +413,12 @@ impl Tap {
     }
 
     /// A copy of the map of copy `slot`.
-    pub fn snapshot(&self, slot: usize) -> Option<DirtyMap> {
+    pub fn snapshot(&self, slot: CopySlot) -> Option<DirtyMap> {
         self.lagging[slot].lock().clone()
     }
 
     /// What copy `slot` lacks: (mutations, bytes); `None` when no map is kept for it.
-    pub fn queue(&self, slot: usize) -> Option<(u64, u64)> {
+    pub fn queue(&self, slot: CopySlot) -> Option<(u64, u64)> {
         self.lagging[slot]
             .lock()
             .as_ref()

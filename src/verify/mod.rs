@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::names::CopySlot;
 use crate::names::DbName;
 use crate::volume::Stat;
 use parking_lot::Mutex;
@@ -410,7 +411,7 @@ pub fn verify(
 /// A copy taking part: its slot, and the placement it had when the verification began.
 #[derive(Debug, Clone)]
 pub(super) struct Peer {
-    slot: usize,
+    slot: CopySlot,
     volume: Arc<Volume>,
     generation: u64,
 }
@@ -461,7 +462,7 @@ fn run(
         .filter_map(|(slot, c)| {
             let volume = c.in_sync_volume()?;
             Some(Peer {
-                slot,
+                slot: CopySlot::new(slot),
                 volume,
                 generation: c.placement().generation,
             })
@@ -616,7 +617,7 @@ impl Run<'_> {
     ) -> VerifyError {
         let p = peer.map_or(&self.active, |i| &self.peers[i]);
         if is_media_error(&e) {
-            self.db.on_error(p.slot, "verify", &e, false);
+            self.db.on_error(p.slot.index(), "verify", &e, false);
         }
         VerifyError::Io(io_err(what, path, &p.volume, &e))
     }
