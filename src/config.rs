@@ -88,6 +88,9 @@ pub struct Config {
     /// How reseeds copy.
     #[serde(default)]
     pub reseed: ReseedConfig,
+    /// Block checksums (`[checksums]`).
+    #[serde(default)]
+    pub checksums: ChecksumConfig,
     /// The log tap: checkpoints and what to do when a copy diverged.
     #[serde(default)]
     pub tap: TapConfig,
@@ -133,6 +136,22 @@ impl VolumeConfig {
             io_timeout: self.io_timeout,
             slow_request: self.slow_request,
         }
+    }
+}
+
+/// The `[checksums]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksumConfig {
+    /// A CRC32C per 4 KiB block of every database file, kept by each copy, written with
+    /// the data and checked on every read (a bad block is served and repaired from a copy
+    /// whose block matches). Default true.
+    pub enabled: bool,
+}
+
+impl Default for ChecksumConfig {
+    fn default() -> Self {
+        ChecksumConfig { enabled: true }
     }
 }
 
@@ -239,6 +258,7 @@ impl Config {
             threads: default_threads(),
             autoreseed: Default::default(),
             reseed: Default::default(),
+            checksums: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
             volume: Default::default(),

@@ -39,10 +39,14 @@
 //! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
+//! | 3060 | `checksum.repaired`         | a block of a copy did not match its checksum: the read was served from a copy whose block matches, and the bad block rewritten from it and read back (database, file, offset, volume, source) |
+//! | 3061 | `checksum.unrecoverable`    | a block matches its checksum on no copy: the read failed with EIO (database, file, offset) |
+//! | 3062 | `scrub.started`             | a scrub of a database's in-sync copies started (copies, bytes) |
+//! | 3063 | `scrub.completed`           | the scrub ended: blocks checked, bad blocks found and repaired, blocks summed for the first time (or why it stopped) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
-//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019), at WARN when the system carried on around
-//! a problem (3004, 3012, 3015, 3020, 3032, 3034), at INFO otherwise.
+//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019, 3061), at WARN when the system carried
+//! on around a problem (3004, 3012, 3015, 3020, 3032, 3034, 3060), at INFO otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -125,6 +129,14 @@ pub enum EventId {
     /// 3041: an online verification ended (what differed, what was repaired, or why it
     /// stopped).
     OnlineVerifyCompleted,
+    /// 3060: a block did not match its checksum on a copy; served and repaired from another.
+    ChecksumRepaired,
+    /// 3061: a block matches its checksum on no copy: the read failed with EIO.
+    ChecksumUnrecoverable,
+    /// 3062: a scrub of a database's in-sync copies started.
+    ScrubStarted,
+    /// 3063: a scrub ended (what it found and repaired, or why it stopped).
+    ScrubCompleted,
 }
 
 impl EventId {
@@ -165,6 +177,10 @@ impl EventId {
             EventId::ThrottleChanged => 3050,
             EventId::OnlineVerifyStarted => 3040,
             EventId::OnlineVerifyCompleted => 3041,
+            EventId::ChecksumRepaired => 3060,
+            EventId::ChecksumUnrecoverable => 3061,
+            EventId::ScrubStarted => 3062,
+            EventId::ScrubCompleted => 3063,
         }
     }
 
@@ -178,6 +194,7 @@ impl EventId {
             | EventId::SparesExhausted
             | EventId::AutoReseedStopped
             | EventId::IncrementalReseedError
+            | EventId::ChecksumUnrecoverable
             | EventId::ReseedFailed => Severity::Error,
             EventId::ActiveChanged
             | EventId::AutoReseedAttemptFailed
@@ -185,6 +202,7 @@ impl EventId {
             | EventId::ReseedSourceChanged
             | EventId::VolumeSlow
             | EventId::DivergenceFound
+            | EventId::ChecksumRepaired
             | EventId::CopySuspended => Severity::Warn,
             _ => Severity::Info,
         }
@@ -227,6 +245,10 @@ impl EventId {
             EventId::ThrottleChanged => "throttle.changed",
             EventId::OnlineVerifyStarted => "verify.online_started",
             EventId::OnlineVerifyCompleted => "verify.online_completed",
+            EventId::ChecksumRepaired => "checksum.repaired",
+            EventId::ChecksumUnrecoverable => "checksum.unrecoverable",
+            EventId::ScrubStarted => "scrub.started",
+            EventId::ScrubCompleted => "scrub.completed",
         }
     }
 }

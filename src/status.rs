@@ -117,6 +117,9 @@ pub struct VolumeStatus {
     /// Operations slower than `[volume] slow_request` since the mount.
     #[serde(default)]
     pub slow_requests: u64,
+    /// Blocks read from the volume that did not match their checksum, since the mount.
+    #[serde(default)]
+    pub checksum_errors: u64,
 }
 
 /// The answer to `status`.
@@ -240,6 +243,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                 total_bytes,
                 io_errors: v.io_errors(),
                 slow_requests: v.slow_requests(),
+                checksum_errors: v.checksum_errors(),
             }
         })
         .collect();
@@ -414,6 +418,7 @@ mod tests {
                     total_bytes: None,
                     io_errors: 1,
                     slow_requests: 0,
+                    checksum_errors: 0,
                 },
                 VolumeStatus {
                     name: "Volume2".into(),
@@ -422,6 +427,7 @@ mod tests {
                     total_bytes: Some(10 << 30),
                     io_errors: 0,
                     slow_requests: 0,
+                    checksum_errors: 0,
                 },
             ],
             throttle: None,

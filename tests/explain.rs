@@ -76,6 +76,7 @@ fn volume(name: &str, state: &str, free_gib: Option<u64>) -> VolumeStatus {
         total_bytes: free_gib.map(|_| 1000 * GIB),
         io_errors: u64::from(state == "Failed"),
         slow_requests: 0,
+        checksum_errors: 0,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct BackingFile {
     /// The same file opened again with `O_DIRECT`, for the small reads of a caller that
     /// opened it so; opened at the first such read (`None`: not possible here).
     direct: OnceLock<Option<VolFile>>,
+    /// The file's checksum store on this copy, opened at the first use.
+    pub(super) sums: OnceLock<Arc<crate::checksum::SumFile>>,
 }
 
 impl BackingFile {
@@ -38,6 +40,9 @@ impl BackingFile {
 #[derive(Debug)]
 pub struct OpenFiles {
     slots: Box<[ArcSwapOption<BackingFile>]>,
+    /// The volume-relative path the handle was opened by (for events; a later rename is
+    /// not followed).
+    name: OnceLock<std::path::PathBuf>,
 }
 
 impl OpenFiles {
@@ -45,7 +50,25 @@ impl OpenFiles {
     pub fn new(n: usize) -> OpenFiles {
         OpenFiles {
             slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            name: OnceLock::new(),
         }
+    }
+
+    /// Names the file (the path it was opened by).
+    pub fn set_name(&self, path: &std::path::Path) {
+        let _ = self.name.set(path.to_owned());
+    }
+
+    /// The volume-relative path the file was opened by.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.name.get().map(|p| p.as_path())
+    }
+
+    /// The path the file was opened by, for messages.
+    pub fn name(&self) -> String {
+        self.name
+            .get()
+            .map_or_else(|| "(unnamed)".to_owned(), |p| p.display().to_string())
     }
 
     /// Records `file`, opened on copy `i` at placement `generation`.
@@ -55,6 +78,7 @@ impl OpenFiles {
                 generation,
                 file,
                 direct: OnceLock::new(),
+                sums: OnceLock::new(),
             })));
         }
     }

@@ -49,7 +49,7 @@ impl Database {
     }
 
     /// The active copy and its volume; `EIO` when no copy is in sync.
-    fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
+    pub(super) fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
         loop {
             let i = self
                 .active_index()
@@ -152,10 +152,10 @@ impl Database {
         buf: &mut [u8],
         direct: bool,
     ) -> io::Result<usize> {
-        let direct = direct
-            && buf.len() <= DIRECT_READ_MAX
-            && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
-        self.read_backing_op("read", files, |v, f| {
+        let read = |v: &Volume, f: &BackingFile, offset: u64, buf: &mut [u8]| {
+            let direct = direct
+                && buf.len() <= DIRECT_READ_MAX
+                && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
             if direct && let Some(d) = f.direct(v) {
                 match v.read_at(d, offset, buf) {
                     // The backing filesystem wants a larger alignment than ours.
@@ -164,7 +164,24 @@ impl Database {
                 }
             }
             v.read_at(&f.file, offset, buf)
-        })
+        };
+        if !self.sums.enabled() {
+            return self.read_backing_op("read", files, |v, f| read(v, f, offset, buf));
+        }
+        // Checked reads cover whole blocks: a read that starts or ends inside one reads
+        // the whole block into a buffer of its own.
+        let block = crate::checksum::BLOCK_BYTES;
+        let start = offset / block * block;
+        let end = (offset + buf.len() as u64).div_ceil(block) * block;
+        if start == offset && end == offset + buf.len() as u64 {
+            return self.read_checked(files, offset, buf, read);
+        }
+        let mut whole = vec![0u8; (end - start) as usize];
+        let n = self.read_checked(files, start, &mut whole, read)?;
+        let skip = (offset - start) as usize;
+        let n = n.saturating_sub(skip).min(buf.len());
+        buf[..n].copy_from_slice(&whole[skip..skip + n]);
+        Ok(n)
     }
 
     /// Runs `f` on the handle's file of the active copy (or, when the handle has no file
@@ -223,10 +240,12 @@ impl Database {
     ) -> io::Result<usize> {
         // One copy of the data, shared by every copy's lane (a call that misses its
         // deadline keeps it until the disk answers).
+        let sums = self.sums_for_write(files, offset, data)?;
         let shared: Arc<[u8]> = Arc::from(data);
         let len = data.len();
-        self.fan_out(files, "write", len, to_seeding, |v, f| {
-            v.submit_write(f, offset, shared.clone())
+        self.fan_out(files, "write", len, to_seeding, |i, v, f| match &sums {
+            Some(sums) => self.submit_summed_write(i, v, f, offset, &shared, sums),
+            None => v.submit_write(&f.file, offset, shared.clone()),
         })
         .map(|()| len)
     }
@@ -247,7 +266,12 @@ impl Database {
     /// are durable.
     pub(super) fn sync_files(&self, files: &OpenFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(files, op, 0, true, |v, f| v.submit_sync(f, datasync))
+        // The sums are not synced here: where they may lag the data after a crash, the
+        // activity log says so (its checkpoint syncs whole volumes), and crash repair sums
+        // those extents again.
+        self.fan_out(files, op, 0, true, |_, v, f| {
+            v.submit_sync(&f.file, datasync)
+        })
     }
 
     /// Applies `f` to the open file of every copy that takes mutations (active first):
@@ -269,7 +293,24 @@ impl Database {
         )
     }
 
-    /// Hands `submit(volume, file)` to every in-sync copy's lane at once (and the seeding
+    /// [`Database::mutate_files`] with the copy's index and [`BackingFile`].
+    pub(super) fn mutate_backing<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        f: impl Fn(usize, &Volume, &BackingFile) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.mutate_where(
+            op,
+            |i| files.get(i, &self.copies[i]).is_some(),
+            |i, v| match files.get(i, &self.copies[i]) {
+                Some(file) => f(i, v, &file),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            },
+        )
+    }
+
+    /// Hands `submit(copy, volume, file)` to every in-sync copy's lane at once (and the seeding
     /// copy's when `to_seeding`) where the handle has a file, waits for every answer until
     /// the deadline, then reconciles the outcomes. `len`: the bytes of data written (for
     /// the volumes' counters).
@@ -279,7 +320,7 @@ impl Database {
         op: &'static str,
         len: usize,
         to_seeding: bool,
-        submit: impl Fn(&Volume, &VolFile) -> Call<T>,
+        submit: impl Fn(usize, &Volume, &BackingFile) -> Call<T>,
     ) -> io::Result<T> {
         loop {
             let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
@@ -314,8 +355,8 @@ impl Database {
             let started = Instant::now();
             let mut calls: [Option<(Call<T>, Instant)>; MAX_COPIES] = Default::default();
             for (slot, t) in targets[..n].iter().enumerate() {
-                if let Some((_, v, f)) = t {
-                    calls[slot] = Some((submit(v, &f.file), v.deadline()));
+                if let Some((i, v, f)) = t {
+                    calls[slot] = Some((submit(*i, v, f), v.deadline()));
                 }
             }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();

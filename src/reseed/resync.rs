@@ -434,6 +434,10 @@ fn run(
     db.tap().restart_since(slot, SystemTime::now());
     let (jobs, tree_fixed) = {
         let _namespace = db.namespace_exclusive();
+        // What the copy missed changes its data behind its sums, and files it gets anew
+        // may reuse inode numbers: its blocks are unknown until written or scrubbed.
+        crate::checksum::reset(&target, &db.name)
+            .map_err(|e| SeedError::Dest(format!("checksums of {label}: {e}")))?;
         pool.begin_resync(db, slot, target.clone())
             .map_err(SeedError::Refused)?;
         let laid = lay_out(core, db, slot, &source, &target, &extra);

@@ -1,0 +1,331 @@
+//! Block checksums on a real mount (two copies on loop-mounted ext4 volumes): bytes
+//! flipped in a copy's backing file behind reseedfs's back are caught when the block is
+//! read through the mount, served from the other copy and repaired on the bad one (event
+//! 3060, `reseedfs_checksum_errors_total`); the same block damaged on both copies fails the
+//! read with EIO (event 3061) and never returns the wrong bytes; unaligned writes,
+//! appends and truncates through the mount never raise a false alarm.
+//!
+//! Needs root, `/dev/fuse` and loop devices; elsewhere prints `SKIPPED` (fails under
+//! `CI=true`).
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{Mounted, drop_caches, event_id, read_all, require_mount_privileges};
+use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::{Rng, pattern};
+use serde_json::Value;
+
+const DB: &str = "db001";
+const BLOCK: u64 = 4096;
+
+/// The volume (1 or 2) of the active copy, and of the other.
+fn active_and_passive(m: &Mounted) -> (usize, usize) {
+    let status = m.status_json();
+    let copies = status["databases"][0]["copies"]
+        .as_array()
+        .expect("copies in status");
+    let active = copies
+        .iter()
+        .find(|c| c["active"] == true)
+        .and_then(|c| c["volume"].as_str())
+        .expect("an active copy");
+    match active {
+        "Volume1" => (1, 2),
+        "Volume2" => (2, 1),
+        other => panic!("active copy on {other}"),
+    }
+}
+
+/// Flips every bit of `len` bytes at `offset` of `path` (a backing file), durably.
+fn flip(path: &Path, offset: u64, len: usize) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .expect("read the bytes to flip");
+    for b in &mut buf {
+        *b ^= 0xff;
+    }
+    f.write_all_at(&buf, offset).expect("flip the bytes");
+    f.sync_all().expect("fsync the damage");
+}
+
+fn checksum_events(m: &Mounted, id: u64) -> Vec<Value> {
+    m.events_json()
+        .into_iter()
+        .filter(|e| event_id(e) == Some(id))
+        .collect()
+}
+
+fn checksum_errors(m: &Mounted, volume: &str) -> u64 {
+    m.status_json()["volumes"]
+        .as_array()
+        .expect("volumes in status")
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["checksum_errors"].as_u64())
+        .expect("checksum_errors of the volume")
+}
+
+/// Writes `data` to `name` through the mount, then rewrites parts of it with unaligned
+/// writes, appends and truncates, the way the model `want` says; returns the model.
+fn write_with_unaligned_changes(m: &Mounted, name: &str, size: usize) -> Vec<u8> {
+    let path = m.db_files(DB).join(name);
+    let mut want = pattern(7, size);
+    {
+        let mut f = fs::File::create(&path).expect("create the file");
+        f.write_all(&want).expect("write the file");
+        f.sync_all().expect("fsync the file");
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    for (k, (at, len)) in [(5000u64, 100usize), (12_345, 9000), (40_000, 1), (8191, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = pattern(100 + k as u64, len);
+        f.write_all_at(&bytes, at).expect("unaligned write");
+        want[at as usize..at as usize + len].copy_from_slice(&bytes);
+    }
+    // An unaligned end, then an append across a block boundary, then a truncate into a
+    // block and an extension with zeros.
+    let cut = size - 3000;
+    f.set_len(cut as u64).expect("truncate into a block");
+    want.truncate(cut);
+    let tail = pattern(200, 7000);
+    f.write_all_at(&tail, cut as u64).expect("append");
+    want.extend_from_slice(&tail);
+    let shorter = want.len() - 123;
+    f.set_len(shorter as u64).expect("truncate again");
+    want.truncate(shorter);
+    f.set_len(shorter as u64 + 5000).expect("extend with zeros");
+    want.resize(shorter + 5000, 0);
+    f.sync_all().expect("fsync");
+    want
+}
+
+#[test]
+fn a_flipped_block_is_served_from_the_good_copy_and_repaired() {
+    const TEST: &str = "a_flipped_block_is_served_from_the_good_copy_and_repaired";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let want = write_with_unaligned_changes(&m, "data.bin", 1 << 20);
+    drop_caches();
+    assert_eq!(
+        read_all(&m.db_files(DB).join("data.bin")),
+        want,
+        "the file read back after unaligned writes and truncates"
+    );
+    assert!(
+        checksum_events(&m, 3060).is_empty() && checksum_events(&m, 3061).is_empty(),
+        "unaligned writes and truncates raised a checksum alarm: {:?}",
+        m.events_json()
+    );
+
+    // Damage the active copy in two blocks (one flip spans two blocks).
+    let (active, _) = active_and_passive(&m);
+    let backing = m.backing_files(active, DB).join("data.bin");
+    flip(&backing, 37 * BLOCK + 100, 8);
+    flip(&backing, 100 * BLOCK + 4090, 12);
+    drop_caches();
+    assert_eq!(
+        read_all(&m.db_files(DB).join("data.bin")),
+        want,
+        "the read through the mount returned the damaged bytes"
+    );
+    let events = checksum_events(&m, 3060);
+    let volume = format!("Volume{active}");
+    let blocks: Vec<u64> = events
+        .iter()
+        .filter(|e| e["volume"] == volume.as_str() && e["repaired"] == true)
+        .filter(|e| e["file"].as_str().is_some_and(|f| f.ends_with("data.bin")))
+        .filter_map(|e| e["block"].as_u64())
+        .collect();
+    for b in [37, 100, 101] {
+        assert!(
+            blocks.contains(&b),
+            "no event 3060 names block {b} on {volume} as repaired: {events:?}"
+        );
+        let e = events
+            .iter()
+            .find(|e| e["block"].as_u64() == Some(b))
+            .expect("the event");
+        assert_eq!(e["offset"].as_u64(), Some(b * BLOCK), "offset of {e}");
+        assert_eq!(e["database"], DB);
+    }
+    assert_eq!(
+        fs::read(&backing).expect("read the backing file"),
+        want,
+        "the damaged backing file was not repaired"
+    );
+    assert!(
+        checksum_errors(&m, &volume) >= 3,
+        "reseedfs counts the bad blocks"
+    );
+    m.unmount();
+}
+
+#[test]
+fn the_same_block_bad_on_both_copies_fails_with_eio() {
+    const TEST: &str = "the_same_block_bad_on_both_copies_fails_with_eio";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let data = pattern(9, 256 << 10);
+    let path = m.db_files(DB).join("both.bin");
+    {
+        let mut f = fs::File::create(&path).expect("create");
+        f.write_all(&data).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    for k in [1, 2] {
+        flip(&m.backing_files(k, DB).join("both.bin"), 20 * BLOCK + 7, 1);
+    }
+    drop_caches();
+    let f = fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = f
+        .read_exact_at(&mut buf, 20 * BLOCK)
+        .expect_err("a block bad on every copy was read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The blocks around it still read.
+    f.read_exact_at(&mut buf, 19 * BLOCK).expect("block 19");
+    assert_eq!(buf, data[19 * BLOCK as usize..20 * BLOCK as usize]);
+    let mut rest = Vec::new();
+    let mut g = fs::File::open(&path).expect("open");
+    assert!(g.read_to_end(&mut rest).is_err(), "a whole read succeeded");
+    let events = checksum_events(&m, 3061);
+    assert!(
+        events.iter().any(|e| e["block"].as_u64() == Some(20)
+            && e["offset"].as_u64() == Some(20 * BLOCK)
+            && e["file"].as_str().is_some_and(|f| f.ends_with("both.bin"))),
+        "no event 3061 names block 20 of both.bin: {events:?}"
+    );
+    drop((f, g));
+    m.unmount();
+}
+
+#[test]
+fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
+    const TEST: &str = "kill_9_under_unaligned_writers_leaves_no_checksum_error";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    const WRITERS: u64 = 4;
+    const FILE: usize = 4 << 20;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let mut m = Mounted::start(bed, &[DB], 2);
+    let dir = m.db_files(DB);
+    for w in 0..WRITERS {
+        fs::write(dir.join(format!("w{w}.dat")), pattern(w, FILE)).expect("seed a file");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (path, stop) = (dir.join(format!("w{w}.dat")), stop.clone());
+            thread::spawn(move || {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open for writing");
+                let mut rng = Rng::new(1000 + w);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Unaligned offsets and lengths: most writes cover blocks in part.
+                    let len = 1 + rng.below(20_000) as usize;
+                    let at = rng.below((FILE - len) as u64);
+                    if f.write_all_at(&pattern(n, len), at).is_err() {
+                        break; // the daemon is gone
+                    }
+                    n += 1;
+                    if n % 16 == 0 && f.sync_data().is_err() {
+                        break;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    m.kill();
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    assert!(
+        writes > 100,
+        "the writers made {writes} writes before the kill"
+    );
+    let root = m.bed.databases_root.clone();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&root)
+        .status();
+    let bed = m.bed.take();
+    drop(m);
+
+    let m = Mounted::mount_only(bed);
+    drop_caches();
+    for w in 0..WRITERS {
+        let path = m.db_files(DB).join(format!("w{w}.dat"));
+        let data = fs::read(&path)
+            .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
+        assert_eq!(data.len(), FILE, "{}", path.display());
+    }
+    for id in [3060, 3061] {
+        let found = checksum_events(&m, id);
+        assert!(found.is_empty(), "event {id} after a crash: {found:?}");
+    }
+    for v in ["Volume1", "Volume2"] {
+        assert_eq!(
+            checksum_errors(&m, v),
+            0,
+            "checksum errors on {v} after a crash"
+        );
+    }
+    let bed = m.unmount();
+    // Every block of both copies matches its sums.
+    for k in [1, 2] {
+        let v = reseedfs::volume::Volume::open(&format!("Volume{k}"), &bed.volume_path(k))
+            .expect("open the volume");
+        for w in 0..WRITERS {
+            let rel = format!("{DB}.db/w{w}.dat");
+            let ino = std::os::unix::fs::MetadataExt::ino(
+                &fs::metadata(bed.volume_path(k).join(&rel)).expect("stat the copy"),
+            );
+            let store = bed
+                .volume_path(k)
+                .join(reseedfs::checksum::store_path(DB, ino));
+            let sums = fs::read(&store).expect("the file's checksum store");
+            assert_eq!(sums.len(), FILE / 4096 * 4, "{}", store.display());
+            assert!(
+                sums.chunks(4).all(|c| c != [0, 0, 0, 0]),
+                "every block of {rel} on Volume{k} has a known sum"
+            );
+            let bad = reseedfs::checksum::check_file(&v, DB, Path::new(&rel)).expect("check");
+            assert!(
+                bad.is_empty(),
+                "Volume{k} {rel}: blocks {bad:?} do not match their sums"
+            );
+        }
+    }
+}
