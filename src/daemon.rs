@@ -368,9 +368,11 @@ impl Control {
                 db,
                 repair,
                 max_bytes_per_s,
+                scrub,
             } => {
                 let options = VerifyOptions {
-                    repair,
+                    scrub,
+                    repair: repair || scrub,
                     max_bytes_per_s,
                 };
                 match self.verifier.start(&db, options) {

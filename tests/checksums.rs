@@ -329,3 +329,95 @@ fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
         }
     }
 }
+
+#[test]
+fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_good_copy() {
+    const TEST: &str =
+        "scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_good_copy";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let data = pattern(11, 6 << 20);
+    let path = m.db_files(DB).join("scrubbed.bin");
+    {
+        let mut f = fs::File::create(&path).expect("create");
+        f.write_all(&data).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    let (active, passive) = active_and_passive(&m);
+    let (a_name, p_name) = (format!("Volume{active}"), format!("Volume{passive}"));
+
+    // 1. The passive copy, which no read reaches: scrub finds and repairs it.
+    let p_backing = m.backing_files(passive, DB).join("scrubbed.bin");
+    flip(&p_backing, 1000 * BLOCK + 10, 4);
+    drop_caches();
+    assert_eq!(read_all(&path), data, "the read through the mount");
+    assert!(
+        checksum_events(&m, 3060).is_empty(),
+        "a read reached the passive copy"
+    );
+    let out = m.cli(&["scrub", DB, "--wait", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
+    assert!(
+        out.status.success(),
+        "scrub exit {:?}: {status}",
+        out.status.code()
+    );
+    let report = &status["report"];
+    assert_eq!(report["checksum_errors"], 1, "{report}");
+    assert_eq!(report["checksum_repaired"], 1, "{report}");
+    assert!(
+        report["blocks_checked"].as_u64() >= Some(2 * (6 << 20) / BLOCK),
+        "every block of both copies checked: {report}"
+    );
+    assert_eq!(
+        fs::read(&p_backing).expect("read the passive copy"),
+        data,
+        "the passive copy was not repaired"
+    );
+    let events = checksum_events(&m, 3060);
+    assert!(
+        events.iter().any(|e| e["volume"] == p_name.as_str()
+            && e["block"] == 1000
+            && e["found_by"] == "scrub"
+            && e["repaired"] == true),
+        "no 3060 from the scrub for block 1000 on {p_name}: {events:?}"
+    );
+    let ids: Vec<u64> = m.events_json().iter().filter_map(event_id).collect();
+    assert!(
+        ids.contains(&3062) && ids.contains(&3063),
+        "scrub events: {ids:?}"
+    );
+
+    // 2. The active copy rots: `verify --repair` takes the good block from the other
+    // copy (its checksum says which is right) instead of copying the rot over it.
+    let a_backing = m.backing_files(active, DB).join("scrubbed.bin");
+    flip(&a_backing, 200 * BLOCK, 1);
+    let out = m.cli(&["verify", DB, "--repair", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify --json: {e}\n{}", common::describe_output(&out)));
+    assert!(
+        out.status.success(),
+        "verify --repair exit {:?}: {status}",
+        out.status.code()
+    );
+    let extents = status["report"]["extents"].as_array().expect("extents");
+    assert!(
+        extents.iter().any(|e| e["volume"] == a_name.as_str()
+            && e["offset"] == 200 * BLOCK
+            && e["repaired"] == true),
+        "verify names the active copy {a_name} as the one that differs: {status}"
+    );
+    for (k, what) in [(active, "active"), (passive, "passive")] {
+        assert_eq!(
+            fs::read(m.backing_files(k, DB).join("scrubbed.bin")).expect("read a copy"),
+            data,
+            "the {what} copy after verify --repair"
+        );
+    }
+
+    m.unmount();
+}

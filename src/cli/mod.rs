@@ -108,6 +108,10 @@ pub enum Command {
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
     /// differences, 2 error); --repair rewrites what differs from the active copy.
     Verify(VerifyArgs),
+    /// Read every block of every in-sync copy, check it against its checksum and repair
+    /// a bad one from a copy whose block matches (`--wait`: follow it, exit 0 when all
+    /// repaired).
+    Scrub(verify::ScrubArgs),
     /// Write the man pages or the shell completions, made from these definitions
     /// (`generate man DIR`, `generate completions DIR`; the package build runs it).
     #[command(hide = true)]
@@ -282,6 +286,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Throttle(a) => throttle::throttle(&a),
         Command::MountHelper(a) => return mount_helper::run(&a),
         Command::Verify(a) => verify::verify(&a),
+        Command::Scrub(a) => verify::scrub(&a),
         Command::Generate(a) => generate::run(&a),
     };
     match r {

@@ -354,7 +354,7 @@ impl Database {
     }
 
     /// Records a checksum event against copy `slot`'s volume.
-    pub(super) fn report_checksum(&self, slot: usize, event: NewEvent) {
+    pub fn report_checksum(&self, slot: usize, event: NewEvent) {
         match self.store.upgrade() {
             Some(store) => store.checksum_failed(self, slot, event),
             None => tracing::warn!("{}", event.message),
