@@ -7,7 +7,7 @@
 //! # What it builds
 //!
 //! Two ext4 volumes on loop devices attached with `--direct-io=on`, both backed by image
-//! files on the same host disk. On Volume1 it makes four folders, one per target, so every
+//! files on the same host disk. On Volume1 it makes a folder per target, so every
 //! target works on the same filesystem and the same device:
 //!
 //! | target | file |
@@ -15,6 +15,7 @@
 //! | `direct` | `Volume1/direct/bench.dat` |
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
+//! | `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false` (`pool2n`): the cost of block checksums, side by side |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
 //!
 //! Both reseedfs mounts are the real binary (`reseedfs init` + `reseedfs mount`, default
@@ -118,13 +119,15 @@ enum Target {
     Direct,
     Reseedfs1,
     Reseedfs2,
+    Reseedfs2NoSums,
     Mergerfs,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     Target::Direct,
     Target::Reseedfs1,
     Target::Reseedfs2,
+    Target::Reseedfs2NoSums,
     Target::Mergerfs,
 ];
 
@@ -134,6 +137,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
+            Target::Reseedfs2NoSums => "reseedfs_2copies_nosums",
             Target::Mergerfs => "mergerfs",
         }
     }
@@ -460,7 +464,7 @@ struct Rig {
 impl Rig {
     fn build(s: &Settings, mergerfs: bool) -> io::Result<Rig> {
         // Volume1 holds one file per target; Volume2 the second copy.
-        let volume_bytes = s.file_bytes * 5 + (1 << 30);
+        let volume_bytes = s.file_bytes * 6 + (1 << 30);
         let bed = Testbed::loop_volumes(2, volume_bytes)?;
         let mut rig = Rig {
             daemons: Vec::new(),
@@ -474,8 +478,10 @@ impl Rig {
             vol1.join("direct"),
             vol1.join("pool1"),
             vol1.join("pool2"),
+            vol1.join("pool2n"),
             vol1.join("mergerfs"),
             vol2.join("pool2"),
+            vol2.join("pool2n"),
         ] {
             fs::create_dir(&dir).map_err(|e| with_path(e, "create", &dir))?;
         }
@@ -483,21 +489,23 @@ impl Rig {
             .push((Target::Direct, vol1.join("direct").join(FILE)));
 
         let root = rig.bed.root.clone();
-        for (target, copies) in [(Target::Reseedfs1, 1u32), (Target::Reseedfs2, 2)] {
+        // Checksums are on by default; `reseedfs_2copies_nosums` turns them off.
+        for (target, copies, name) in [
+            (Target::Reseedfs1, 1u32, "pool1"),
+            (Target::Reseedfs2, 2, "pool2"),
+            (Target::Reseedfs2NoSums, 2, "pool2n"),
+        ] {
             if !s.targets.contains(&target) {
                 continue;
             }
-            let pool = root.join(format!("pool{copies}"));
+            let pool = root.join(name);
             let vols = pool.join("vols");
             for k in 1..=copies {
-                let source = rig
-                    .bed
-                    .volume_path(k as usize)
-                    .join(format!("pool{copies}"));
+                let source = rig.bed.volume_path(k as usize).join(name);
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let daemon = Daemon::reseedfs(&pool, copies, s.threads)?;
+            let daemon = Daemon::reseedfs(&pool, copies, s.threads, target)?;
             let file = daemon
                 .mount
                 .mountpoint()
@@ -544,7 +552,12 @@ struct Daemon {
 
 impl Daemon {
     /// `reseedfs init` (one database, `copies` copies) and `reseedfs mount` on `pool/vols`.
-    fn reseedfs(pool: &Path, copies: u32, threads: Option<u64>) -> io::Result<Daemon> {
+    fn reseedfs(
+        pool: &Path,
+        copies: u32,
+        threads: Option<u64>,
+        target: Target,
+    ) -> io::Result<Daemon> {
         let dbs = pool.join("dbs");
         fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
         let config = pool.join("reseedfs.toml");
@@ -583,14 +596,23 @@ impl Daemon {
             lines.insert(at, format!("threads = {n}"));
             fs::write(&config, lines.join("\n") + "\n")?;
         }
+        if target == Target::Reseedfs2NoSums {
+            // `reseedfs init` writes every section with its defaults.
+            let text = fs::read_to_string(&config)?;
+            let off = text.replace(
+                "[checksums]\nenabled = true",
+                "[checksums]\nenabled = false",
+            );
+            if off == text {
+                return Err(io::Error::other(
+                    "the config written by `reseedfs init` has no `[checksums] enabled = true`",
+                ));
+            }
+            fs::write(&config, off)?;
+        }
         let log = pool.join("mount.log");
         let mut cmd = Command::new(BIN);
         cmd.arg("mount").arg("--config").arg(&config);
-        let target = if copies == 1 {
-            Target::Reseedfs1
-        } else {
-            Target::Reseedfs2
-        };
         Daemon::start(cmd, target, dbs, Some(config), &log, "fuse.reseedfs")
     }
 
