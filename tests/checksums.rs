@@ -421,3 +421,133 @@ fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_goo
 
     m.unmount();
 }
+
+#[test]
+fn corruption_drill_random_flips_on_both_copies_under_a_workload() {
+    const TEST: &str = "corruption_drill_random_flips_on_both_copies_under_a_workload";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    const FILES: u64 = 3;
+    const FILE: usize = 2 << 20;
+    const BLOCKS: u64 = FILE as u64 / BLOCK;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let dir = m.db_files(DB);
+    for w in 0..FILES {
+        let mut f = fs::File::create(dir.join(format!("d{w}.dat"))).expect("create");
+        f.write_all(&pattern(50 + w, FILE)).expect("seed a file");
+        f.sync_all().expect("fsync");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers: each owns a file and its model; after every write it reads back a random
+    // range of its file through the mount and checks it against the model.
+    let writers: Vec<_> = (0..FILES)
+        .map(|w| {
+            let (path, stop) = (dir.join(format!("d{w}.dat")), stop.clone());
+            thread::spawn(move || {
+                let mut model = pattern(50 + w, FILE);
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .expect("open");
+                let mut rng = Rng::new(77 + w);
+                let mut reads = 0u64;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let len = 1 + rng.below(9000) as usize;
+                    let at = rng.below((FILE - len) as u64) as usize;
+                    let bytes = pattern(1000 * w + n, len);
+                    f.write_all_at(&bytes, at as u64)
+                        .expect("write under the drill");
+                    model[at..at + len].copy_from_slice(&bytes);
+                    n += 1;
+                    for _ in 0..4 {
+                        let len = 1 + rng.below(64 << 10) as usize;
+                        let at = rng.below((FILE - len) as u64) as usize;
+                        let mut buf = vec![0u8; len];
+                        f.read_exact_at(&mut buf, at as u64)
+                            .expect("read under the drill");
+                        assert!(
+                            buf == model[at..at + len],
+                            "d{w}.dat: wrong bytes read at {at}..{}",
+                            at + len
+                        );
+                        reads += 1;
+                    }
+                }
+                (model, n, reads)
+            })
+        })
+        .collect();
+    // The flipper: one bit of one byte, in a random block of a random file of a random
+    // copy, each block flipped at most once (so never on both copies); the page cache of
+    // the mount is dropped now and then, so that reads reach the copies.
+    let mut rng = Rng::new(4242);
+    let mut flipped = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let (w, block, k) = (
+            rng.below(FILES),
+            rng.below(BLOCKS),
+            1 + rng.below(2) as usize,
+        );
+        if !flipped.insert((w, block)) {
+            continue;
+        }
+        let backing = m.backing_files(k, DB).join(format!("d{w}.dat"));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&backing)
+            .expect("open a backing file");
+        let at = block * BLOCK + rng.below(BLOCK);
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).expect("read a byte");
+        b[0] ^= 1 << rng.below(8);
+        f.write_all_at(&b, at).expect("flip a bit");
+        if flipped.len() % 8 == 0 {
+            drop_caches();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let models: Vec<(Vec<u8>, u64, u64)> = writers
+        .into_iter()
+        .map(|t| t.join().expect("a writer failed"))
+        .collect();
+    drop_caches();
+    for (w, (model, _, _)) in models.iter().enumerate() {
+        assert!(
+            read_all(&dir.join(format!("d{w}.dat"))) == *model,
+            "d{w}.dat read whole after the drill"
+        );
+    }
+    let out = m.cli(&["scrub", DB, "--wait", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
+    assert!(out.status.success(), "scrub after the drill: {status}");
+    let found = checksum_events(&m, 3060).len();
+    let writes: u64 = models.iter().map(|m| m.1).sum();
+    let reads: u64 = models.iter().map(|m| m.2).sum();
+    eprintln!(
+        "drill: {} blocks flipped, {writes} writes, {reads} checked reads, {found} bad blocks found (3060), scrub report {}",
+        flipped.len(),
+        status["report"]
+    );
+    assert!(
+        checksum_events(&m, 3061).is_empty(),
+        "a block was bad on every copy"
+    );
+    assert!(found > 0, "no flip was found");
+    // Every flip was found (by a read, by a write's checked read or by the scrub) or
+    // overwritten: both copies now hold exactly what the writers wrote.
+    for k in [1, 2] {
+        for (w, (model, _, _)) in models.iter().enumerate() {
+            let copy = fs::read(m.backing_files(k, DB).join(format!("d{w}.dat"))).expect("read");
+            assert!(copy == *model, "Volume{k} d{w}.dat differs after the scrub");
+        }
+    }
+    m.unmount();
+}
