@@ -22,8 +22,23 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What `--help` prints.
+#[cfg(target_os = "linux")]
+const USAGE: &str = "\
+cargo bench --bench resync
+
+An incremental resync (1% of a 1 GiB database's 4 KiB blocks rewritten while a copy was
+out) against a full reseed of the same copy, and the crash repair of the activity log.
+Needs root. Writes target/bench/resync.json. No options; environment:
+
+  RESEEDFS_TESTBED_DIR=DIR     where the volume images go";
+
 #[cfg(target_os = "linux")]
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     linux::main()
 }
 

@@ -7,19 +7,21 @@
 //! # What it builds
 //!
 //! Two ext4 volumes on loop devices attached with `--direct-io=on`, both backed by image
-//! files on the same host disk. On Volume1 it makes a folder per target, so every
+//! files on the same host disk. On Volume1 it makes four folders, one per target, so every
 //! target works on the same filesystem and the same device:
 //!
 //! | target | file |
 //! |---|---|
 //! | `direct` | `Volume1/direct/bench.dat` |
+//! | `fuse_floor` | the thinnest FUSE filesystem on reseedfs's stack (`floor/mod.rs`: the same fuser session, threads, INIT reply and readahead; each open one backing file; `O_DIRECT` honoured as reseedfs does: small aligned reads and aligned writes `O_DIRECT`, writes through a bounce buffer) over `Volume1/floor` |
+//! | `fuse_floor_cached` | the same floor writing an `O_DIRECT` caller's data through the backing page cache, as reseedfs did before (only when `--targets` names it: what that cache costs and holds) |
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
-//! | `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false` (`pool2n`): the cost of block checksums, side by side |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
 //!
 //! Both reseedfs mounts are the real binary (`reseedfs init` + `reseedfs mount`, default
-//! config: 8 request threads). Every FUSE mount, mergerfs included, gets the same
+//! config: 8 request threads); the floor runs as a process of its own (this binary with
+//! `--serve-fuse-floor`) with as many request threads. Every FUSE mount, mergerfs included, gets the same
 //! `read_ahead_kb` (1 MiB) on its bdi, so the comparison is between the daemons.
 //!
 //! # Workloads
@@ -49,12 +51,12 @@
 //!
 //! # Reading the figures
 //!
-//! - reseedfs accepts `O_DIRECT` but writes its backing files without it (FUSE hands the
-//!   daemon unaligned buffers; only reads of up to 64 KiB go `O_DIRECT` to the backing
-//!   file): an `O_DIRECT` write through reseedfs lands in the backing page cache and
-//!   reaches the disk soon after (a sequential run) or at the final `fsync`, sorted. Random writes through it
-//!   can therefore beat `direct` (ratio > 1): that is a weaker `O_DIRECT`, not a faster
-//!   path. Durability at `fsync` is the same.
+//! - reseedfs honours `O_DIRECT`: an `O_DIRECT` caller's aligned writes go `O_DIRECT` to
+//!   every copy (from one page-aligned copy of FUSE's buffer), its reads of up to 64 KiB
+//!   too; larger reads stay buffered (the backing readahead). The page cache column shows
+//!   it: an `O_DIRECT` job leaves nothing of its data cached. `fuse_floor_cached` (on
+//!   request) writes through the cache, as reseedfs did before: random writes through it
+//!   can beat `direct` (ratio > 1), a weaker `O_DIRECT`, not a faster path.
 //! - mergerfs passes `O_DIRECT` to its branch with libfuse's unaligned write buffers, so
 //!   its `O_DIRECT` writes fail with `EINVAL` (shown as `failed: EINVAL`).
 //! - This kind of machine is shared: the load average is printed before every round and
@@ -62,24 +64,36 @@
 //!
 //! # Output
 //!
-//! A table of MiB/s or IOPS with the ratio to `direct` (median, and its range over the
-//! rounds), the goals of the throughput issue checked one by one, and the same figures in
-//! `target/bench/throughput.json`: a list of
-//! `{"workload","target","value","unit","ratio","ratio_min","ratio_max","runs","error"}`
-//! (`value` is null and `error` says why when every round failed). The reseed workload
+//! A table of MiB/s or IOPS with the ratio to `direct` and to `fuse_floor` (medians of the
+//! per-round ratios, and their range over the rounds); the daemon's CPU time per request
+//! and per MiB moved (user + system of all its threads, `/proc/<pid>/stat`, over the job,
+//! divided by the job's rate); the page cache the job's data holds when the job ends
+//! (`fincore` of the file for `direct`, of the daemon's backing files otherwise: an
+//! `O_DIRECT` job that leaves its data cached was cached by the daemon); the goals of
+//! issue 18 checked one by one; and the same figures in `target/bench/throughput.json`: a
+//! list of `{"workload","target","value","unit","ratio","ratio_min","ratio_max",
+//! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","daemon_cpu_us_per_request",
+//! "daemon_cpu_us_per_mib","page_cache_mib","runs","error"}` (`value` is null and `error`
+//! says why when every round failed; the floor fields are null for `direct` and the
+//! floor, the CPU fields for `direct`). The reseed workload
 //! belongs to `cargo bench --bench reseed`: when `target/bench/reseed.json` exists, its
 //! rows are shown, labelled as such, and copied with `"source":"reseed.json"`.
 //!
 //! # Options
 //!
 //! `cargo bench --bench throughput -- [FILTER...] [--repeat N] [--seconds S]
-//! [--file-mib M] [--builtin] [--targets direct,reseedfs_1copy,...] [--threads N]`
+//! [--file-mib M] [--builtin] [--targets direct,reseedfs_1copy,...] [--threads N]
+//! [--large] [--max-pages-limit P]`
 //!
 //! - a FILTER keeps the workloads whose name contains it;
+//! - `--large` adds `seq_write_4m`, `seq_read_4m`, `seq_write_16m`, `seq_read_16m`
+//!   (`O_DIRECT`, 4 and 16 MiB requests): larger FUSE requests only show with them;
+//! - `--max-pages-limit P` sets `fs.fuse.max_pages_limit` (the most pages the kernel lets a
+//!   FUSE request carry; 256 = 1 MiB by default) before the mounts, restored at the end;
 //! - `--repeat N` runs N rounds (default 1; use 3 or more on a shared machine);
 //! - `--threads N` sets `threads` (FUSE request threads) in the reseedfs configs;
 //! - `RESEEDFS_TESTBED_DIR` picks where the images go (default: the system temporary
-//!   directory; it needs about 5 times the file size free).
+//!   directory; it needs about one file size per target, and one more, free).
 //!
 //! The daemons' pids are printed, for `perf record -p` or `strace -fc -p` during a job.
 
@@ -88,7 +102,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -96,19 +109,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use reseedfs::testbed::daemon::{MOUNT_TIMEOUT, MountDaemon, StopRequest};
+use common::{
+    Daemon, Setting, bench_dir, drop_caches, machine_load, median, tool_version, tool_works,
+    with_path,
+};
 use reseedfs::testbed::rng::Rng;
-use reseedfs::testbed::{self, BindMount, Testbed, with_path};
+use reseedfs::testbed::{self, BindMount, Testbed};
+
 use serde_json::{Value, json};
 
-/// The reseedfs binary built with this bench.
-const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
+mod common;
+mod floor;
+
 /// The database every reseedfs pool of the bench holds.
 const DB: &str = "bench";
 /// The file name every target uses.
 const FILE: &str = "bench.dat";
-/// The readahead every FUSE mount gets (what reseedfs sets on its own mount).
-const READ_AHEAD_KB: u32 = 1024;
 const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------------------
@@ -117,17 +133,31 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
     Direct,
+    Floor,
+    /// The floor writing an `O_DIRECT` caller's data through the backing page cache, as
+    /// reseedfs did before; only when `--targets` names it.
+    FloorCached,
     Reseedfs1,
     Reseedfs2,
-    Reseedfs2NoSums,
     Mergerfs,
 }
 
-const TARGETS: [Target; 5] = [
+/// Every target, in table order.
+const TARGETS: [Target; 6] = [
     Target::Direct,
+    Target::Floor,
+    Target::FloorCached,
     Target::Reseedfs1,
     Target::Reseedfs2,
-    Target::Reseedfs2NoSums,
+    Target::Mergerfs,
+];
+
+/// What a run measures unless `--targets` says otherwise.
+const DEFAULT_TARGETS: [Target; 5] = [
+    Target::Direct,
+    Target::Floor,
+    Target::Reseedfs1,
+    Target::Reseedfs2,
     Target::Mergerfs,
 ];
 
@@ -135,9 +165,10 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
+            Target::Floor => "fuse_floor",
+            Target::FloorCached => "fuse_floor_cached",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
-            Target::Reseedfs2NoSums => "reseedfs_2copies_nosums",
             Target::Mergerfs => "mergerfs",
         }
     }
@@ -207,18 +238,33 @@ const WORKLOADS: [Workload; 8] = [
     Workload::new("rand_write_4k_qd32", Pattern::RandWrite, 4096, true, 32),
 ];
 
-/// The targets of the throughput issue: (workload prefix, target, least ratio to direct).
-const GOALS: [(&str, Target, f64); 8] = [
-    ("seq_write_1m", Target::Reseedfs1, 0.95),
-    ("seq_write_1m", Target::Reseedfs2, 0.45),
-    ("seq_read_1m", Target::Reseedfs1, 0.9),
-    ("seq_read_1m", Target::Reseedfs2, 0.9),
-    ("rand_read_4k_qd32", Target::Reseedfs1, 0.7),
-    ("rand_read_4k_qd32", Target::Reseedfs2, 0.7),
-    ("rand_write_4k_qd32", Target::Reseedfs1, 0.6),
-    // Not in the issue: half the 1-copy goal, as both copies share one disk.
-    ("rand_write_4k_qd32", Target::Reseedfs2, 0.3),
+/// Lever (a) of issue 18: larger FUSE requests, measured with 4 and 16 MiB `O_DIRECT`
+/// requests (a 1 MiB request is one FUSE request whatever the limit). Run with `--large`.
+const LARGE_WORKLOADS: [Workload; 4] = [
+    Workload::new("seq_write_4m", Pattern::SeqWrite, 4 << 20, true, 1),
+    Workload::new("seq_read_4m", Pattern::SeqRead, 4 << 20, true, 1),
+    Workload::new("seq_write_16m", Pattern::SeqWrite, 16 << 20, true, 1),
+    Workload::new("seq_read_16m", Pattern::SeqRead, 16 << 20, true, 1),
 ];
+
+/// Goals against `direct` (issue 18, item 5: the floor raised): (workload, target, least
+/// median ratio to direct).
+const GOALS: [(&str, Target, f64); 3] = [
+    ("seq_write_1m", Target::Reseedfs1, 0.6),
+    ("seq_read_1m", Target::Reseedfs1, 0.9),
+    ("rand_read_4k_qd32", Target::Reseedfs1, 0.7),
+];
+
+/// Goals against the FUSE floor (issue 18, item 1): 1 copy at 0.95 of the floor on every
+/// workload; 2 copies at 0.95 on reads and 0.6 on writes.
+fn floor_goal(w: &Workload, t: Target) -> Option<f64> {
+    match t {
+        Target::Reseedfs1 => Some(0.95),
+        Target::Reseedfs2 if w.writes() => Some(0.6),
+        Target::Reseedfs2 => Some(0.95),
+        _ => None,
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Settings
@@ -239,17 +285,23 @@ struct Settings {
     engine: Engine,
     /// `threads` of the reseedfs configs (`None`: what `reseedfs init` writes).
     threads: Option<u64>,
+    /// Add the 4 and 16 MiB workloads (lever (a)).
+    large: bool,
+    /// `fs.fuse.max_pages_limit` to set for the run (restored at the end).
+    max_pages_limit: Option<u64>,
 }
 
 impl Settings {
     fn parse(args: &[String]) -> Result<Settings, String> {
         let mut s = Settings {
             filters: Vec::new(),
-            targets: TARGETS.to_vec(),
+            targets: DEFAULT_TARGETS.to_vec(),
             repeat: 1,
             seconds: 5,
             file_bytes: 2 << 30,
             threads: None,
+            large: false,
+            max_pages_limit: None,
             engine: if tool_works("fio", &["--version"]) {
                 Engine::Fio
             } else {
@@ -270,6 +322,8 @@ impl Settings {
                 "--file-mib" => s.file_bytes = number(arg, it.next())? << 20,
                 "--builtin" => s.engine = Engine::Builtin,
                 "--threads" => s.threads = Some(number(arg, it.next())?),
+                "--large" => s.large = true,
+                "--max-pages-limit" => s.max_pages_limit = Some(number(arg, it.next())?),
                 "--targets" => {
                     let list = it.next().ok_or("--targets needs a list")?;
                     let mut targets = Vec::new();
@@ -293,8 +347,10 @@ impl Settings {
     }
 
     fn workloads(&self) -> Vec<Workload> {
+        let large: &[Workload] = if self.large { &LARGE_WORKLOADS } else { &[] };
         WORKLOADS
             .into_iter()
+            .chain(large.iter().copied())
             .filter(|w| self.filters.is_empty() || self.filters.iter().any(|f| w.name.contains(f)))
             .collect()
     }
@@ -303,8 +359,40 @@ impl Settings {
 // ---------------------------------------------------------------------------------------
 // main
 
+/// What `--help` prints.
+const USAGE: &str = "\
+cargo bench --bench throughput -- [FILTER...] [--repeat N] [--seconds S] [--file-mib M]
+    [--builtin] [--targets direct,fuse_floor,reseedfs_1copy,...] [--threads N] [--large]
+    [--max-pages-limit P]
+
+Throughput of reseedfs (1 and 2 copies), the thinnest FUSE filesystem on the same stack
+(fuse_floor) and mergerfs against the same ext4 volume directly, side by side in one run,
+with fio (or a built-in generator). Needs root. Writes target/bench/throughput.json.
+
+  FILTER                 keep the workloads whose name contains it
+  --repeat N             rounds, the order of the targets rotating (default 1; use 3+)
+  --seconds S            the longest a job runs (default 5)
+  --file-mib M           the file each target works on (default 2048)
+  --builtin              the built-in generator even when fio is installed
+  --targets LIST         targets to measure (direct is always measured); also
+                         fuse_floor_cached (the floor with cached O_DIRECT writes)
+  --threads N            FUSE request threads of reseedfs and the floor (default: the
+                         reseedfs default)
+  --large                add 4 and 16 MiB O_DIRECT requests (seq_*_4m, seq_*_16m)
+  --max-pages-limit P    set fs.fuse.max_pages_limit for the run (restored at the end)
+  -h, --help             this text
+
+RESEEDFS_TESTBED_DIR picks where the volume images go.";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some(SERVE_FLOOR) {
+        return serve_floor(&args[1..]);
+    }
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --benches` runs bench targets without `--bench`: nothing to do.
         println!("throughput: run it with `cargo bench --bench throughput` (as root)");
@@ -341,6 +429,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The bench binary started again as the FUSE floor's daemon:
+/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest`.
+const SERVE_FLOOR: &str = "--serve-fuse-floor";
+
+fn serve_floor(args: &[String]) -> ExitCode {
+    let (Some(backing), Some(mountpoint), Some(threads), Some(direct)) = (
+        args.first(),
+        args.get(1),
+        args.get(2).and_then(|t| t.parse::<usize>().ok()),
+        args.get(3).and_then(|d| floor::Direct::parse(d)),
+    ) else {
+        eprintln!("fuse_floor: usage: {SERVE_FLOOR} BACKING MOUNTPOINT THREADS cached|honest");
+        return ExitCode::FAILURE;
+    };
+    match floor::serve(Path::new(backing), Path::new(mountpoint), threads, direct) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fuse_floor: serving {backing} at {mountpoint}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     let workloads = s.workloads();
     if workloads.is_empty() {
@@ -364,6 +475,14 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     }
     println!("throughput: {settings_line}");
     println!("throughput: machine: {}", machine_load());
+    let _limit = match s.max_pages_limit {
+        Some(pages) => Some(MaxPagesLimit::set(pages)?),
+        None => None,
+    };
+    println!(
+        "throughput: FUSE requests up to {} pages (fs.fuse.max_pages_limit)",
+        MaxPagesLimit::get().map_or_else(|| "256 (no such sysctl)".to_owned(), |p| p.to_string())
+    );
 
     let started = Instant::now();
     let rig = Rig::build(s, mergerfs)?;
@@ -375,9 +494,9 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     for d in &rig.daemons {
         println!(
             "throughput: {} is pid {} at {}",
-            d.target.name(),
-            d.mount.pid().unwrap_or(0),
-            d.mount.mountpoint().display()
+            d.label,
+            d.pid(),
+            d.mountpoint().display()
         );
     }
     let targets: Vec<Target> = s
@@ -405,18 +524,40 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                     return Err(io::Error::other("interrupted; cleaning up"));
                 }
                 let Some(file) = rig.file(t) else { continue };
-                let cpu_before = rig.daemon_cpu(t);
-                let t0 = Instant::now();
+                rig.check(t)?;
                 // A target that fails a job (mergerfs refuses unaligned O_DIRECT with
                 // EINVAL) is recorded as failed; the run goes on.
-                let result = run_job(s, w, file);
-                let wall = t0.elapsed().as_secs_f64();
-                let cpu = match (cpu_before, rig.daemon_cpu(t)) {
-                    (Some(a), Some(b)) if wall > 0.0 => Some((b - a) / wall),
-                    _ => None,
-                };
+                let result = prepare_job(s, w, file).and_then(|()| {
+                    let cpu_before = rig.daemon_cpu(t);
+                    let t0 = Instant::now();
+                    let value = run_job(s, w, file)?;
+                    let wall = t0.elapsed().as_secs_f64();
+                    let cpu = match (cpu_before, rig.daemon_cpu(t)) {
+                        (Some(a), Some(b)) if wall > 0.0 => Some((b - a) / wall),
+                        _ => None,
+                    };
+                    Ok((value, cpu))
+                });
+                // A daemon gone mid-job would have let the job measure the folder under
+                // its mount point: stop the run.
+                rig.check(t)?;
+                let cache = rig.page_cache(t, file);
                 let shown = match &result {
-                    Ok(v) => format!("{v:>10.1} {:<6}", w.unit()),
+                    Ok((v, cpu)) => {
+                        let mut line = format!("{v:>10.1} {:<6}", w.unit());
+                        if let Some(c) = cpu {
+                            let cost = CpuCost::of(w, *v, *c);
+                            let _ = write!(
+                                line,
+                                "  daemon CPU {:>3.0}%, {:>6.1} us/request, {:>6.0} us/MiB",
+                                c * 100.0,
+                                cost.us_per_request,
+                                cost.us_per_mib
+                            );
+                        }
+                        let _ = write!(line, "  page cache {:.0} MiB", cache.mib);
+                        line
+                    }
                     Err(e) => {
                         let text = e.to_string();
                         let first = text.lines().next().unwrap_or_default();
@@ -424,18 +565,18 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                         format!("FAILED ({}): {}", short_error(e), &first[..cut])
                     }
                 };
-                println!(
-                    "  {:<22} {:<17} {shown}{}",
-                    w.name,
-                    t.name(),
-                    cpu.map(|c| format!("  daemon CPU {:.0}%", c * 100.0))
-                        .unwrap_or_default()
-                );
+                println!("  {:<22} {:<17} {shown}", w.name, t.name());
+                let (value, cpu) = match result {
+                    Ok((v, cpu)) => (Ok(v), cpu.map(|c| CpuCost::of(w, v, c))),
+                    Err(e) => (Err(short_error(&e)), None),
+                };
                 samples.push(Sample {
                     workload: w.name,
                     target: t,
                     round,
-                    value: result.map_err(|e| short_error(&e)),
+                    value,
+                    cpu,
+                    cache,
                 });
             }
         }
@@ -459,29 +600,34 @@ struct Rig {
     binds: Vec<BindMount>,
     bed: Testbed,
     files: Vec<(Target, PathBuf)>,
+    /// The files a FUSE target's daemon keeps its data in (every copy).
+    backing: Vec<(Target, Vec<PathBuf>)>,
 }
 
 impl Rig {
     fn build(s: &Settings, mergerfs: bool) -> io::Result<Rig> {
-        // Volume1 holds one file per target; Volume2 the second copy.
-        let volume_bytes = s.file_bytes * 6 + (1 << 30);
+        // Volume1 holds one file per target (and room for a sequential writer's fresh
+        // file); Volume2 the second copy.
+        let targets = s.targets.len() as u64;
+        let volume_bytes = s.file_bytes * (targets + 1) + (1 << 30);
         let bed = Testbed::loop_volumes(2, volume_bytes)?;
         let mut rig = Rig {
             daemons: Vec::new(),
             binds: Vec::new(),
             bed,
             files: Vec::new(),
+            backing: Vec::new(),
         };
         let vol1 = rig.bed.volume_path(1);
         let vol2 = rig.bed.volume_path(2);
         for dir in [
             vol1.join("direct"),
+            vol1.join("floor"),
+            vol1.join("floor_cached"),
             vol1.join("pool1"),
             vol1.join("pool2"),
-            vol1.join("pool2n"),
             vol1.join("mergerfs"),
             vol2.join("pool2"),
-            vol2.join("pool2n"),
         ] {
             fs::create_dir(&dir).map_err(|e| with_path(e, "create", &dir))?;
         }
@@ -489,36 +635,66 @@ impl Rig {
             .push((Target::Direct, vol1.join("direct").join(FILE)));
 
         let root = rig.bed.root.clone();
-        // Checksums are on by default; `reseedfs_2copies_nosums` turns them off.
-        for (target, copies, name) in [
-            (Target::Reseedfs1, 1u32, "pool1"),
-            (Target::Reseedfs2, 2, "pool2"),
-            (Target::Reseedfs2NoSums, 2, "pool2n"),
+        // The floor serves as many request threads as reseedfs.
+        let threads = s.threads.map_or_else(
+            || reseedfs::config::Config::new(PathBuf::new(), PathBuf::new(), Vec::new()).threads,
+            |n| n as usize,
+        );
+        for (target, dir, direct) in [
+            (Target::Floor, "floor", floor::Direct::Honest),
+            (Target::FloorCached, "floor_cached", floor::Direct::Cached),
         ] {
             if !s.targets.contains(&target) {
                 continue;
             }
-            let pool = root.join(name);
+            let backing = vol1.join(dir);
+            let daemon = floor_daemon(target, &backing, &root.join(dir), threads, direct)?;
+            rig.files.push((target, daemon.mountpoint().join(FILE)));
+            rig.backing.push((target, vec![backing.join(FILE)]));
+            rig.daemons.push(daemon);
+        }
+
+        for (target, copies) in [(Target::Reseedfs1, 1u32), (Target::Reseedfs2, 2)] {
+            if !s.targets.contains(&target) {
+                continue;
+            }
+            let pool = root.join(format!("pool{copies}"));
             let vols = pool.join("vols");
             for k in 1..=copies {
-                let source = rig.bed.volume_path(k as usize).join(name);
+                let source = rig
+                    .bed
+                    .volume_path(k as usize)
+                    .join(format!("pool{copies}"));
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let daemon = Daemon::reseedfs(&pool, copies, s.threads, target)?;
+            let settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
+            let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
             let file = daemon
-                .mount
                 .mountpoint()
                 .join(DB)
                 .join(format!("{DB}.db"))
                 .join(FILE);
             rig.daemons.push(daemon);
             rig.files.push((target, file));
+            // The layout of a copy on its volume: `<db>.db/` at the volume's root.
+            let on_volume = (1..=copies as usize)
+                .map(|k| {
+                    rig.bed
+                        .volume_path(k)
+                        .join(format!("pool{copies}"))
+                        .join(format!("{DB}.db"))
+                        .join(FILE)
+                })
+                .collect();
+            rig.backing.push((target, on_volume));
         }
         if mergerfs {
-            let daemon = Daemon::mergerfs(&vol1.join("mergerfs"), &root.join("mergerfs"))?;
+            let daemon = mergerfs_daemon(&vol1.join("mergerfs"), &root.join("mergerfs"))?;
             rig.files
-                .push((Target::Mergerfs, daemon.mount.mountpoint().join(FILE)));
+                .push((Target::Mergerfs, daemon.mountpoint().join(FILE)));
+            rig.backing
+                .push((Target::Mergerfs, vec![vol1.join("mergerfs").join(FILE)]));
             rig.daemons.push(daemon);
         }
         Ok(rig)
@@ -531,178 +707,92 @@ impl Rig {
             .map(|(_, p)| p.as_path())
     }
 
+    /// The page cache the data of target `t` holds now (`file`: the job's file).
+    fn page_cache(&self, t: Target, file: &Path) -> Cache {
+        let mib = match self.backing.iter().find(|(x, _)| *x == t) {
+            Some((_, files)) => files.iter().map(|f| resident_mib(f)).sum(),
+            None => resident_mib(file),
+        };
+        Cache { mib }
+    }
+
+    /// `Ok` while the daemon of `t` (if any) still serves its mount.
+    fn check(&self, t: Target) -> io::Result<()> {
+        match self.daemons.iter().find(|d| d.label == t.name()) {
+            Some(d) => d.check(),
+            None => Ok(()),
+        }
+    }
+
     /// CPU seconds the daemon behind `t` has used so far.
     fn daemon_cpu(&self, t: Target) -> Option<f64> {
-        let d = self.daemons.iter().find(|d| d.target == t)?;
-        let stat = fs::read_to_string(format!("/proc/{}/stat", d.mount.pid()?)).ok()?;
-        // Fields after the command name (which may hold spaces): state is field 3.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0) // USER_HZ
+        self.daemons
+            .iter()
+            .find(|d| d.label == t.name())?
+            .cpu_seconds()
     }
 }
 
-/// A FUSE daemon the bench started, in its own process group (a Ctrl-C reaches only the
-/// bench, which then stops it in order), under the testbed's supervisor.
-struct Daemon {
+/// The FUSE floor (`floor.rs`): this bench binary again, serving `backing` at
+/// `mountpoint` with `threads` request threads.
+fn floor_daemon(
     target: Target,
-    mount: MountDaemon,
+    backing: &Path,
+    mountpoint: &Path,
+    threads: usize,
+    direct: floor::Direct,
+) -> io::Result<Daemon> {
+    fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(SERVE_FLOOR)
+        .arg(backing)
+        .arg(mountpoint)
+        .arg(threads.to_string())
+        .arg(direct.name());
+    let log = mountpoint.with_extension("log");
+    Daemon::start(
+        cmd,
+        target.name(),
+        mountpoint.to_owned(),
+        None,
+        &log,
+        "fuse.fuse_floor",
+    )
 }
 
-impl Daemon {
-    /// `reseedfs init` (one database, `copies` copies) and `reseedfs mount` on `pool/vols`.
-    fn reseedfs(
-        pool: &Path,
-        copies: u32,
-        threads: Option<u64>,
-        target: Target,
-    ) -> io::Result<Daemon> {
-        let dbs = pool.join("dbs");
-        fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
-        let config = pool.join("reseedfs.toml");
-        let out = Command::new(BIN)
-            .arg("init")
-            .arg("--volumes")
-            .arg(pool.join("vols"))
-            .arg("--databases")
-            .arg(&dbs)
-            .args(["--database", DB, "--copies", &copies.to_string()])
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(pool.join("state"))
-            .arg("--witness-dir")
-            .arg(pool.join("witness"))
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "reseedfs init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        if let Some(n) = threads {
-            let text = fs::read_to_string(&config)?;
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("threads"))
-                .map(str::to_owned)
-                .collect();
-            // Top-level keys go before the first table.
-            let at = lines
-                .iter()
-                .position(|l| l.trim_start().starts_with('['))
-                .unwrap_or(lines.len());
-            lines.insert(at, format!("threads = {n}"));
-            fs::write(&config, lines.join("\n") + "\n")?;
-        }
-        if target == Target::Reseedfs2NoSums {
-            // `reseedfs init` writes every section with its defaults.
-            let text = fs::read_to_string(&config)?;
-            let off = text.replace(
-                "[checksums]\nenabled = true",
-                "[checksums]\nenabled = false",
-            );
-            if off == text {
-                return Err(io::Error::other(
-                    "the config written by `reseedfs init` has no `[checksums] enabled = true`",
-                ));
-            }
-            fs::write(&config, off)?;
-        }
-        let log = pool.join("mount.log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("mount").arg("--config").arg(&config);
-        Daemon::start(cmd, target, dbs, Some(config), &log, "fuse.reseedfs")
-    }
-
-    /// mergerfs over one branch, with the settings its manual recommends when mmap is
-    /// needed (databases need it): page cache on, dropped on close.
-    fn mergerfs(branch: &Path, mountpoint: &Path) -> io::Result<Daemon> {
-        fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
-        let mut cmd = Command::new("mergerfs");
-        cmd.arg("-f")
-            .arg("-o")
-            .arg(
-                "allow_other,use_ino,cache.files=partial,dropcacheonclose=true,\
-                 category.create=mfs,minfreespace=0,fsname=mergerfs-bench",
-            )
-            .arg(branch)
-            .arg(mountpoint);
-        let log = mountpoint.with_extension("log");
-        let d = Daemon::start(
-            cmd,
-            Target::Mergerfs,
-            mountpoint.to_owned(),
-            None,
-            &log,
-            "fuse.mergerfs",
-        )?;
-        raise_readahead(mountpoint);
-        Ok(d)
-    }
-
-    /// Starts `cmd` and waits for its mount. Stopped with `reseedfs unmount` (`config`)
-    /// or `umount`, then SIGTERM, then SIGKILL.
-    fn start(
-        mut cmd: Command,
-        target: Target,
-        mountpoint: PathBuf,
-        config: Option<PathBuf>,
-        log: &Path,
-        fstype: &str,
-    ) -> io::Result<Daemon> {
-        cmd.env("RESEEDFS_LOG", "warn").process_group(0);
-        let at = mountpoint.clone();
-        let stop: StopRequest = Box::new(move || {
-            let mut ask = match &config {
-                Some(config) => {
-                    let mut c = Command::new(BIN);
-                    c.arg("unmount").arg("--config").arg(config);
-                    c
-                }
-                None => {
-                    let mut c = Command::new("umount");
-                    c.arg(&at);
-                    c
-                }
-            };
-            match ask.stdout(Stdio::null()).stderr(Stdio::null()).status() {
-                Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(format!("{ask:?}: {s}")),
-                Err(e) => Err(format!("{ask:?}: {e}")),
-            }
-        });
-        let mut mount =
-            MountDaemon::spawn(cmd, target.name(), &mountpoint, fstype, log)?.on_stop(stop);
-        mount
-            .wait_mounted(MOUNT_TIMEOUT, &|| false)
-            .map_err(|why| io::Error::other(mount.describe(&why)))?;
-        Ok(Daemon { target, mount })
-    }
-}
-
-/// Sets the bdi `read_ahead_kb` of the FUSE mount at `mountpoint` (reseedfs does it on its
-/// own mount; mergerfs gets the same, so the comparison is between the daemons).
-fn raise_readahead(mountpoint: &Path) {
-    let Ok(st) = rustix::fs::stat(mountpoint) else {
-        return;
-    };
-    let knob = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev)
-    );
-    if let Err(e) = fs::write(&knob, READ_AHEAD_KB.to_string()) {
-        eprintln!("throughput: cannot set {knob}: {e}");
-    }
+/// mergerfs over one branch, with the settings its manual recommends when mmap is
+/// needed (databases need it): page cache on, dropped on close.
+fn mergerfs_daemon(branch: &Path, mountpoint: &Path) -> io::Result<Daemon> {
+    fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
+    let mut cmd = Command::new("mergerfs");
+    cmd.arg("-f")
+        .arg("-o")
+        .arg(
+            "allow_other,use_ino,cache.files=partial,dropcacheonclose=true,\
+             category.create=mfs,minfreespace=0,fsname=mergerfs-bench",
+        )
+        .arg(branch)
+        .arg(mountpoint);
+    let log = mountpoint.with_extension("log");
+    let d = Daemon::start(
+        cmd,
+        Target::Mergerfs.name(),
+        mountpoint.to_owned(),
+        None,
+        &log,
+        "fuse.mergerfs",
+    )?;
+    // The readahead reseedfs sets on its own mount.
+    reseedfs::sys::fuse::raise_readahead(mountpoint);
+    Ok(d)
 }
 
 // ---------------------------------------------------------------------------------------
 // Jobs
 
-/// Runs workload `w` on `file`; returns MiB/s or IOPS.
-fn run_job(s: &Settings, w: &Workload, file: &Path) -> io::Result<f64> {
+/// Gets `file` ready for workload `w` (gone for a sequential write, full size otherwise),
+/// then drops the page cache.
+fn prepare_job(s: &Settings, w: &Workload, file: &Path) -> io::Result<()> {
     if w.pattern == Pattern::SeqWrite {
         match fs::remove_file(file) {
             Ok(()) => {}
@@ -713,6 +803,11 @@ fn run_job(s: &Settings, w: &Workload, file: &Path) -> io::Result<f64> {
         ensure_file(file, s.file_bytes)?;
     }
     drop_caches();
+    Ok(())
+}
+
+/// Runs workload `w` on `file`; returns MiB/s or IOPS.
+fn run_job(s: &Settings, w: &Workload, file: &Path) -> io::Result<f64> {
     match s.engine {
         Engine::Fio => fio(s, w, file),
         Engine::Builtin => builtin(s, w, file),
@@ -740,11 +835,54 @@ fn ensure_file(file: &Path, bytes: u64) -> io::Result<()> {
     f.sync_all()
 }
 
-/// `sync`, then drop the clean page cache, dentries and inodes.
-fn drop_caches() {
-    rustix::fs::sync();
-    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
-        eprintln!("throughput: cannot drop caches: {e}");
+/// How much of `file` is in the page cache, in MiB (`fincore`; 0 when it cannot tell).
+fn resident_mib(file: &Path) -> f64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .arg(file)
+        .stderr(Stdio::null())
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |b| b / MIB)
+}
+
+/// `fs.fuse.max_pages_limit`: the most pages the kernel lets a FUSE request carry (root
+/// may raise it on kernels that have it). Set for the run, restored when dropped.
+struct MaxPagesLimit {
+    old: u64,
+}
+
+impl MaxPagesLimit {
+    const KNOB: &str = "/proc/sys/fs/fuse/max_pages_limit";
+
+    fn get() -> Option<u64> {
+        fs::read_to_string(Self::KNOB).ok()?.trim().parse().ok()
+    }
+
+    fn set(pages: u64) -> io::Result<MaxPagesLimit> {
+        let old = Self::get().ok_or_else(|| {
+            io::Error::other(format!(
+                "{} does not exist: this kernel caps FUSE requests at 256 pages",
+                Self::KNOB
+            ))
+        })?;
+        fs::write(Self::KNOB, pages.to_string())
+            .map_err(|e| with_path(e, "write", Path::new(Self::KNOB)))?;
+        Ok(MaxPagesLimit { old })
+    }
+}
+
+impl Drop for MaxPagesLimit {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(Self::KNOB, self.old.to_string()) {
+            eprintln!("throughput: cannot restore {}: {e}", Self::KNOB);
+        }
     }
 }
 
@@ -914,6 +1052,46 @@ struct Sample {
     round: usize,
     /// MiB/s or IOPS, or why the job failed.
     value: Result<f64, String>,
+    /// The daemon's CPU time per request and per MiB (`None`: no daemon, or it failed).
+    cpu: Option<CpuCost>,
+    /// The page cache the job's data holds when the job ends.
+    cache: Cache,
+}
+
+/// The daemon's CPU time (user + system, all its threads, from `/proc/<pid>/stat`) per
+/// request of the workload's size and per MiB moved. Taken as the daemon's CPU use over
+/// the job (CPU seconds per wall second) divided by the job's rate: fio's ramp second and
+/// final `fsync` are in both, at the same rate.
+#[derive(Debug, Clone, Copy)]
+struct CpuCost {
+    us_per_request: f64,
+    us_per_mib: f64,
+}
+
+impl CpuCost {
+    /// `value`: MiB/s or IOPS as the workload reports it; `cpu`: CPU seconds per second.
+    fn of(w: &Workload, value: f64, cpu: f64) -> CpuCost {
+        let mib_per_request = w.block_bytes as f64 / MIB;
+        let (requests_per_s, mib_per_s) = if w.sequential() {
+            (value / mib_per_request, value)
+        } else {
+            (value, value * mib_per_request)
+        };
+        let per = |rate: f64| if rate > 0.0 { cpu / rate * 1e6 } else { 0.0 };
+        CpuCost {
+            us_per_request: per(requests_per_s),
+            us_per_mib: per(mib_per_s),
+        }
+    }
+}
+
+/// Page cache held by a job's data when it ends (`fincore`): for `direct` the file itself,
+/// for a FUSE target its daemon's backing files (every copy). The FUSE file's own page
+/// cache is not counted: every open of it (fincore's too) drops it, as none of these
+/// daemons asks the kernel to keep it (`FOPEN_KEEP_CACHE`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cache {
+    mib: f64,
 }
 
 /// `EINVAL` and the like from a job's error, for the table.
@@ -944,30 +1122,47 @@ struct Row {
     ratio: Option<f64>,
     ratio_min: Option<f64>,
     ratio_max: Option<f64>,
+    /// Ratio to `fuse_floor` in the same round (median, range).
+    ratio_to_floor: Option<f64>,
+    ratio_to_floor_min: Option<f64>,
+    ratio_to_floor_max: Option<f64>,
+    /// Medians of the daemon's CPU cost.
+    cpu_us_per_request: Option<f64>,
+    cpu_us_per_mib: Option<f64>,
+    /// Median of the page cache at the end of the job ([`Cache`]).
+    cache_mib: Option<f64>,
     runs: usize,
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+/// Median, least and greatest of the ratios of `mine` to `base` in the same round.
+fn ratios(
+    mine: &[&Sample],
+    base: &BTreeMap<usize, f64>,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let mut r: Vec<f64> = mine
+        .iter()
+        .filter_map(|x| {
+            let v = x.value.as_ref().ok()?;
+            base.get(&x.round).filter(|d| **d > 0.0).map(|d| v / d)
+        })
+        .collect();
+    let lo = r.iter().copied().reduce(f64::min);
+    let hi = r.iter().copied().reduce(f64::max);
+    (median(&mut r), lo, hi)
 }
 
 fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> Vec<Row> {
     let mut rows = Vec::new();
     for w in workloads {
-        let direct: BTreeMap<usize, f64> = samples
-            .iter()
-            .filter(|x| x.workload == w.name && x.target == Target::Direct)
-            .filter_map(|x| Some((x.round, *x.value.as_ref().ok()?)))
-            .collect();
+        let by_round = |t: Target| -> BTreeMap<usize, f64> {
+            samples
+                .iter()
+                .filter(|x| x.workload == w.name && x.target == t)
+                .filter_map(|x| Some((x.round, *x.value.as_ref().ok()?)))
+                .collect()
+        };
+        let direct = by_round(Target::Direct);
+        let floor = by_round(Target::Floor);
         for &t in targets {
             let mine: Vec<&Sample> = samples
                 .iter()
@@ -978,24 +1173,32 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
             }
             let mut values: Vec<f64> = mine.iter().filter_map(|x| x.value.clone().ok()).collect();
             let error = mine.iter().rev().find_map(|x| x.value.clone().err());
-            let mut ratios: Vec<f64> = mine
-                .iter()
-                .filter_map(|x| {
-                    let v = x.value.as_ref().ok()?;
-                    direct.get(&x.round).filter(|d| **d > 0.0).map(|d| v / d)
-                })
-                .collect();
-            let ratio_min = ratios.iter().copied().reduce(f64::min);
-            let ratio_max = ratios.iter().copied().reduce(f64::max);
+            let (ratio, ratio_min, ratio_max) = ratios(&mine, &direct);
+            let (ratio_to_floor, ratio_to_floor_min, ratio_to_floor_max) =
+                if t == Target::Direct || t == Target::Floor {
+                    (None, None, None)
+                } else {
+                    ratios(&mine, &floor)
+                };
+            let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                let mut v: Vec<f64> = mine.iter().filter_map(|x| f(x)).collect();
+                median(&mut v)
+            };
             rows.push(Row {
                 workload: w.name,
                 target: t,
                 unit: w.unit(),
                 value: median(&mut values),
                 error,
-                ratio: median(&mut ratios),
+                ratio,
                 ratio_min,
                 ratio_max,
+                ratio_to_floor,
+                ratio_to_floor_min,
+                ratio_to_floor_max,
+                cpu_us_per_request: pick(&|x| x.cpu.map(|c| c.us_per_request)),
+                cpu_us_per_mib: pick(&|x| x.cpu.map(|c| c.us_per_mib)),
+                cache_mib: pick(&|x| x.value.is_ok().then_some(x.cache.mib)),
                 runs: mine.len(),
             });
         }
@@ -1038,72 +1241,138 @@ fn reseed_rows() -> Vec<Value> {
 }
 
 fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed: &[Value]) {
+    let row = |w: &str, t: Target| rows.iter().find(|r| r.workload == w && r.target == t);
     let mut out = String::new();
     let _ = write!(out, "\n{:<22} {:<6}", "workload", "unit");
     for t in targets {
-        let _ = write!(out, " {:>26}", t.name());
+        let _ = write!(out, " {:>34}", t.name());
     }
     out.push('\n');
     for w in workloads {
         let _ = write!(out, "{:<22} {:<6}", w.name, w.unit());
         for &t in targets {
-            let cell = rows
-                .iter()
-                .find(|r| r.workload == w.name && r.target == t)
+            let cell = row(w.name, t)
                 .map(|r| {
                     let Some(value) = r.value else {
                         return format!("failed: {}", r.error.as_deref().unwrap_or("?"));
                     };
-                    let ratio = match (r.ratio, r.ratio_min, r.ratio_max) {
-                        (Some(m), Some(lo), Some(hi)) if r.runs > 1 && t != Target::Direct => {
-                            format!("x{m:.2} [{lo:.2}-{hi:.2}]")
+                    let mut cell = format!("{value:.1}");
+                    match (r.ratio, r.ratio_min, r.ratio_max) {
+                        _ if t == Target::Direct => {}
+                        (Some(m), Some(lo), Some(hi)) if r.runs > 1 => {
+                            let _ = write!(cell, " x{m:.2} [{lo:.2}-{hi:.2}]");
                         }
-                        (Some(m), _, _) => format!("x{m:.2}"),
-                        _ => "x?".to_owned(),
-                    };
-                    format!("{value:.1} {ratio}")
+                        (Some(m), _, _) => {
+                            let _ = write!(cell, " x{m:.2}");
+                        }
+                        _ => cell.push_str(" x?"),
+                    }
+                    if let Some(f) = r.ratio_to_floor {
+                        let _ = write!(cell, " f{f:.2}");
+                    }
+                    cell
                 })
                 .unwrap_or_else(|| "-".to_owned());
-            let _ = write!(out, " {cell:>26}");
+            let _ = write!(out, " {cell:>34}");
         }
         out.push('\n');
     }
     out.push_str(
-        "(value: median over the rounds; xR: ratio to direct in the same round, [range])\n",
+        "(value: median over the rounds; xR: ratio to direct in the same round, [range]; \
+         fR: ratio to fuse_floor in the same round)\n",
     );
 
-    out.push_str("\ngoals of the throughput issue (ratio to direct, median):\n");
-    for (prefix, t, least) in GOALS {
-        for r in rows
-            .iter()
-            .filter(|r| r.target == t && r.workload.starts_with(prefix))
-        {
-            if let Some(m) = r.ratio {
-                let _ = writeln!(
-                    out,
-                    "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2}",
-                    if m >= least { "ok" } else { "MISS" },
-                    r.workload,
-                    t.name()
-                );
-            }
+    let _ = write!(
+        out,
+        "\ndaemon CPU per request (us) / per MiB moved (us), medians\n{:<22}",
+        "workload"
+    );
+    let daemons: Vec<Target> = targets
+        .iter()
+        .copied()
+        .filter(|&t| t != Target::Direct)
+        .collect();
+    for t in &daemons {
+        let _ = write!(out, " {:>20}", t.name());
+    }
+    out.push('\n');
+    for w in workloads {
+        let _ = write!(out, "{:<22}", w.name);
+        for &t in &daemons {
+            let cell = row(w.name, t)
+                .and_then(|r| Some((r.cpu_us_per_request?, r.cpu_us_per_mib?)))
+                .map_or_else(|| "-".to_owned(), |(q, m)| format!("{q:.1} / {m:.0}"));
+            let _ = write!(out, " {cell:>20}");
+        }
+        out.push('\n');
+    }
+
+    let _ = write!(
+        out,
+        "\npage cache the job's data holds at its end (MiB; FUSE targets: their backing \
+         files), medians\n{:<22}",
+        "workload"
+    );
+    for t in targets {
+        let _ = write!(out, " {:>20}", t.name());
+    }
+    out.push('\n');
+    for w in workloads {
+        let _ = write!(out, "{:<22}", w.name);
+        for &t in targets {
+            let cell = row(w.name, t)
+                .and_then(|r| r.cache_mib)
+                .map_or_else(|| "-".to_owned(), |m| format!("{m:.0}"));
+            let _ = write!(out, " {cell:>20}");
+        }
+        out.push('\n');
+    }
+
+    out.push_str("\ngoals of issue 18 (medians):\n");
+    for (name, t, least) in GOALS {
+        if let Some(m) = row(name, t).and_then(|r| r.ratio) {
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2} of direct",
+                if m >= least { "ok" } else { "MISS" },
+                name,
+                t.name()
+            );
         }
     }
     for w in workloads {
-        let row = |t: Target| rows.iter().find(|r| r.workload == w.name && r.target == t);
-        let Some(m) = row(Target::Mergerfs) else {
+        for &t in targets {
+            let (Some(least), Some(m)) = (
+                floor_goal(w, t),
+                row(w.name, t).and_then(|r| r.ratio_to_floor),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2} of fuse_floor",
+                if m >= least { "ok" } else { "MISS" },
+                w.name,
+                t.name()
+            );
+        }
+    }
+    for w in workloads {
+        let Some(m) = row(w.name, Target::Mergerfs) else {
             continue;
         };
         // Like for like: one copy against mergerfs's one branch. Two copies write twice.
-        let Some(r) = row(Target::Reseedfs1) else {
+        let Some(r) = row(w.name, Target::Reseedfs1) else {
             continue;
         };
-        let Some(v) = r.ratio.or(r.value) else {
+        let Some(v) = r.ratio else {
             continue;
         };
-        let (ok, versus) = match m.ratio.or(m.value) {
-            Some(mv) => (v >= mv, format!("x{v:.2} vs x{mv:.2} of direct")),
-            None => (
+        let (ok, versus) = match (m.ratio, m.value) {
+            (Some(mv), _) => (v >= mv, format!("x{v:.2} vs x{mv:.2} of direct")),
+            // mergerfs ran but direct never did in the same round: nothing to compare.
+            (None, Some(_)) => continue,
+            (None, None) => (
                 true,
                 format!("mergerfs failed: {}", m.error.as_deref().unwrap_or("?")),
             ),
@@ -1143,12 +1412,6 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     let _ = io::stdout().flush();
 }
 
-fn bench_dir() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, honouring CARGO_TARGET_DIR.
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).join("bench")
-}
-
 fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
     let mut list: Vec<Value> = rows
         .iter()
@@ -1162,6 +1425,12 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
                 "ratio": r.ratio.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_min": r.ratio_min.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_max": r.ratio_max.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_floor": r.ratio_to_floor.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_floor_min": r.ratio_to_floor_min.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_floor_max": r.ratio_to_floor_max.map(|x| (x * 1000.0).round() / 1000.0),
+                "daemon_cpu_us_per_request": r.cpu_us_per_request.map(|x| (x * 10.0).round() / 10.0),
+                "daemon_cpu_us_per_mib": r.cpu_us_per_mib.map(|x| x.round()),
+                "page_cache_mib": r.cache_mib.map(|x| x.round()),
                 "runs": r.runs,
             })
         })
@@ -1184,45 +1453,3 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
-
-fn tool_works(tool: &str, args: &[&str]) -> bool {
-    Command::new(tool)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn tool_version(tool: &str) -> String {
-    let flag = if tool == "mergerfs" {
-        "-V"
-    } else {
-        "--version"
-    };
-    Command::new(tool)
-        .arg(flag)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_else(|| tool.to_owned())
-}
-
-/// The load average and the busiest other processes: this 2-core machine is shared.
-fn machine_load() -> String {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    let one: f64 = load.first().and_then(|l| l.parse().ok()).unwrap_or(0.0);
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
-    let busy = if one > cores as f64 * 0.5 {
-        " (BUSY: other work is running, figures are noisy)"
-    } else {
-        ""
-    };
-    format!("load {} on {cores} cores{busy}", load.join(" "))
-}

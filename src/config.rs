@@ -10,6 +10,9 @@
 //! witness_dir = "/var/lib/reseedfs"   # a copy of the pool state on the system disk
 //! threads = 8                         # FUSE request threads
 //! metrics = "127.0.0.1:9477"          # Prometheus /metrics; default: none (off)
+//! metrics_allow_remote = false        # a metrics address off loopback needs true
+//! control_group = "dbadmin"           # may run status, events, explain; default: root only
+//! pool_id = "18c2...-1f2a"            # written by `reseedfs init`: whose volumes these are
 //!
 //! [autoreseed]                        # defaults shown
 //! enabled = true
@@ -25,6 +28,10 @@
 //!
 //! [reseed]
 //! engine = "auto"                     # or "io_uring", "threads"
+//!
+//! [events]                            # <state_dir>/events.jsonl, rotated by size
+//! max_bytes = "64MiB"                 # rotated before an event would pass this
+//! keep = 4                            # events.jsonl.1 .. .4 kept, the oldest deleted
 //!
 //! [volume]
 //! io_timeout = "10s"                  # past it an operation fails its volume (>= 1s)
@@ -82,6 +89,19 @@ pub struct Config {
     /// none, no metrics endpoint. `reseedfs mount --metrics ADDR` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The metrics endpoint has no authentication: an address off loopback is refused
+    /// unless this says so. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub metrics_allow_remote: bool,
+    /// A group (name or number) whose members may ask the daemon the read-only requests
+    /// (`status`, `events`, `explain`) and read the event log. Default: none, root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_group: Option<String>,
+    /// The identity of the pool, written by `reseedfs init`: only volumes and a witness
+    /// carrying it are ever used. Default: none (configs written before it: the pool is
+    /// recognised from its volumes and witness, and must be unambiguous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
     /// The AutoReseed workflow's timings and limits.
     #[serde(default)]
     pub autoreseed: crate::autoreseed::Timings,
@@ -97,6 +117,9 @@ pub struct Config {
     /// The bandwidth budget of rebuilds and its latency backoff.
     #[serde(default)]
     pub throttle: crate::throttle::ThrottleConfig,
+    /// When the event log is rotated, and how many rotated files are kept.
+    #[serde(default)]
+    pub events: crate::events::Rotation,
     /// How long a volume may take to answer.
     #[serde(default)]
     pub volume: VolumeConfig,
@@ -210,6 +233,9 @@ fn default_witness_dir() -> PathBuf {
 fn default_threads() -> usize {
     8
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 /// A configuration that cannot be used; every variant names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -261,8 +287,12 @@ impl Config {
             checksums: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
+            events: Default::default(),
             volume: Default::default(),
             metrics: None,
+            metrics_allow_remote: false,
+            control_group: None,
+            pool_id: None,
         }
     }
 
@@ -312,6 +342,22 @@ impl Config {
         if self.copies_per_volume == 0 {
             return Err(invalid("copies_per_volume", "must be at least 1".into()));
         }
+        let (min, max_keep) = (
+            crate::events::Rotation::MIN_BYTES,
+            crate::events::Rotation::MAX_KEEP,
+        );
+        if self.events.max_bytes < min {
+            return Err(invalid(
+                "events.max_bytes",
+                format!("must be at least {} KiB", min >> 10),
+            ));
+        }
+        if self.events.keep > max_keep {
+            return Err(invalid(
+                "events.keep",
+                format!("must be at most {max_keep}"),
+            ));
+        }
         if self.threads == 0 || self.threads > 256 {
             return Err(invalid("threads", "must be between 1 and 256".into()));
         }
@@ -341,12 +387,80 @@ impl Config {
                 ));
             }
         }
+        for (key, p) in [
+            ("volumes_root", &self.volumes_root),
+            ("databases_root", &self.databases_root),
+            ("state_dir", &self.state_dir),
+            ("witness_dir", &self.witness_dir),
+        ] {
+            // `a/zz/../b` is `a/b` only when `zz` is a directory there: spell it out.
+            if p.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            }) {
+                return Err(invalid(
+                    key,
+                    format!("{} must not contain `.` or `..`", p.display()),
+                ));
+            }
+        }
         if self.databases_root.starts_with(&self.volumes_root)
             || self.volumes_root.starts_with(&self.databases_root)
         {
             return Err(invalid(
                 "databases_root",
                 "the databases root and the volumes root must not contain each other".into(),
+            ));
+        }
+        // The daemon's own state is private to root: never where the databases' users
+        // or the volumes reach it.
+        for (key, p) in [
+            ("state_dir", &self.state_dir),
+            ("witness_dir", &self.witness_dir),
+        ] {
+            for (other, root) in [
+                ("databases_root", &self.databases_root),
+                ("volumes_root", &self.volumes_root),
+            ] {
+                if p.starts_with(root) || root.starts_with(p) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{} must be outside {other} {} (and not contain it)",
+                            p.display(),
+                            root.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(addr) = self.metrics
+            && !addr.ip().is_loopback()
+            && !self.metrics_allow_remote
+        {
+            return Err(invalid(
+                "metrics",
+                format!(
+                    "{addr} is not a loopback address and the metrics endpoint has no authentication: bind it to 127.0.0.1, or set metrics_allow_remote = true to serve it to the network"
+                ),
+            ));
+        }
+        if let Some(id) = &self.pool_id
+            && !crate::pool::is_pool_id(id)
+        {
+            return Err(invalid(
+                "pool_id",
+                format!("{id:?} is not a pool id ([A-Za-z0-9_-], 1 to 64)"),
+            ));
+        }
+        if let Some(g) = &self.control_group
+            && (g.is_empty() || g.contains(['\0', '/', ':', '\n']))
+        {
+            return Err(invalid(
+                "control_group",
+                format!("{g:?} is not a group name"),
             ));
         }
         Ok(())
@@ -402,6 +516,35 @@ mod tests {
         assert_eq!(again, c);
     }
 
+    /// Issue 14: the metrics endpoint has no authentication, so an address off loopback
+    /// needs `metrics_allow_remote`; the daemon's state stays off the databases and the
+    /// volumes; the security keys round-trip.
+    #[test]
+    fn r14_security_keys() {
+        let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\ndatabases = [\"db001\"]\n";
+        let e = parse(&format!("{base}metrics = \"0.0.0.0:9477\"")).unwrap_err();
+        assert!(e.to_string().contains("metrics_allow_remote"), "{e}");
+        let e = parse(&format!("{base}metrics = \"[::]:9477\"")).unwrap_err();
+        assert!(e.to_string().contains("metrics_allow_remote"), "{e}");
+        let c = parse(&format!(
+            "{base}metrics = \"0.0.0.0:9477\"\nmetrics_allow_remote = true\ncontrol_group = \"dbadmin\"\npool_id = \"18c2-1f2a\""
+        ))
+        .expect("allowed");
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        parse(&format!("{base}metrics = \"127.0.0.1:9477\"")).expect("loopback");
+        parse(&format!("{base}metrics = \"[::1]:9477\"")).expect("loopback v6");
+        for (key, value) in [
+            ("state_dir", "/d/state"),
+            ("witness_dir", "/v/Volume1/w"),
+            ("state_dir", "/srv/../v/state"),
+            ("pool_id", "../etc"),
+            ("control_group", "a:b"),
+        ] {
+            let e = parse(&format!("{base}{key} = \"{value}\"")).unwrap_err();
+            assert!(e.to_string().contains(key), "{key} = {value}: {e}");
+        }
+    }
+
     #[test]
     fn errors_name_file_and_key() {
         let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\n";
@@ -418,6 +561,25 @@ mod tests {
         let e = parse("volumes_root = \"/v\"\ndatabases_root = \"/v/d\"\ndatabases=[\"a\"]")
             .unwrap_err();
         assert!(e.to_string().contains("contain each other"), "{e}");
+    }
+
+    #[test]
+    fn event_log_rotation() {
+        let base = "volumes_root = \"/v\"\ndatabases_root = \"/d\"\ndatabases = [\"a\"]\n";
+        let c = parse(base).expect("defaults");
+        assert_eq!((c.events.max_bytes, c.events.keep), (64 << 20, 4));
+        let c = parse(&format!("{base}[events]\nmax_bytes = \"1MiB\"\nkeep = 2\n")).expect("set");
+        assert_eq!((c.events.max_bytes, c.events.keep), (1 << 20, 2));
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        let c = parse(&format!("{base}[events]\nmax_bytes = 100000\n")).expect("bytes");
+        assert_eq!(c.events.max_bytes, 100_000);
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        let e = parse(&format!("{base}[events]\nmax_bytes = \"1KiB\"\n")).unwrap_err();
+        assert!(e.to_string().contains("events.max_bytes"), "{e}");
+        let e = parse(&format!("{base}[events]\nmax_bytes = \"lots\"\n")).unwrap_err();
+        assert!(e.to_string().contains("max_bytes"), "{e}");
+        let e = parse(&format!("{base}[events]\nkeeep = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("keeep"), "{e}");
     }
 
     #[test]

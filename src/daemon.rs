@@ -20,6 +20,7 @@ use crate::events::{self, EventId, EventLog, EventSink, NewEvent};
 use crate::fs::Core;
 use crate::metrics::{CountingSink, Metrics};
 use crate::pool::{Checkpointer, Pool};
+use crate::private::PrivateDir;
 use crate::status::LastErrors;
 use crate::verify::{Verifier, VerifyOptions};
 
@@ -27,14 +28,17 @@ use crate::verify::{Verifier, VerifyOptions};
 #[derive(Debug)]
 enum Stop {
     Signal(i32),
-    /// An `unmount` request; the outcome goes back to the client.
-    Request(Sender<Result<(), String>>),
+    /// An `unmount` request (and who asked); the outcome goes back to the client.
+    Request(Sender<Result<(), String>>, String),
 }
 
 /// Mounts the pool of `config` and serves it until told to stop.
 pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
-    prepare_state_dir(config)?;
-    let sinks = Sinks::open(config)?;
+    check_config_file(config_path)?;
+    let group = control_group(config)?;
+    let state_dir = prepare_state_dir(config, group)?;
+    let sinks = Sinks::open(config, group)?;
+    warn_open_volumes_root(config);
     crate::mountpoint::clear_stale(&config.databases_root)?;
     let pool = Pool::open(config, sinks.events.clone())
         .with_context(|| format!("open the pool of {}", config_path.display()))?;
@@ -70,8 +74,16 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         stop_tx: stop_tx.clone(),
     }
     .into_handler();
-    let control = control::serve(&socket, handler)
-        .with_context(|| format!("serve the control socket {}", socket.display()))?;
+    let control = control::serve(
+        &state_dir,
+        CONTROL_SOCKET,
+        control::Access {
+            group,
+            peer_of: peer_of_connection,
+        },
+        handler,
+    )
+    .with_context(|| format!("serve the control socket {}", socket.display()))?;
     teardown.socket = Some(socket.clone());
     teardown.signals = Some(install_signals(stop_tx)?);
     if let Some(addr) = config.metrics {
@@ -103,14 +115,87 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     result.with_context(|| format!("unmount {}", config.databases_root.display()))
 }
 
+/// The control socket's name in the state directory (`Config::socket_path`).
+const CONTROL_SOCKET: &str = "control.sock";
+
+/// Who is at the other end of a control connection, as the kernel says.
+fn peer_of_connection(
+    stream: &std::os::unix::net::UnixStream,
+) -> std::io::Result<control::PeerCred> {
+    use std::os::fd::AsFd as _;
+    let peer = crate::sys::cred::peer(stream.as_fd())?;
+    Ok(control::PeerCred {
+        pid: peer.pid,
+        uid: peer.uid,
+        gid: peer.gid,
+        user: crate::sys::cred::user_name(peer.uid),
+        groups: peer.groups,
+    })
+}
+
+/// The config says where the volumes are and who may ask the daemon: a config others can
+/// change is refused.
+fn check_config_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let md = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if (md.uid() != 0 && md.uid() != me) || md.mode() & 0o022 != 0 {
+        return Err(crate::cli::Unusable(format!(
+            "config {} can be changed by others than root (owner uid {}, mode {:o}): `chown root {0}; chmod go-w {0}`",
+            path.display(),
+            md.uid(),
+            md.mode() & 0o7777
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The `control_group`'s id: a number, or a group name known to the host.
+pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
+    let Some(name) = &config.control_group else {
+        return Ok(None);
+    };
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(Some(gid));
+    }
+    match crate::sys::cred::group_id(name) {
+        Ok(Some(gid)) => Ok(Some(gid)),
+        Ok(None) => Err(crate::cli::Unusable(format!(
+            "control_group {name:?}: no such group on this host (create it, or remove the key)"
+        ))
+        .into()),
+        Err(e) => Err(crate::cli::Unusable(format!(
+            "control_group {name:?}: cannot look the group up: {e}"
+        ))
+        .into()),
+    }
+}
+
 /// Clears the umask (modes given by the kernel are final: it already applied the
-/// caller's) and creates the state directory, saying its mode: nobody else may write
-/// where the socket and the event log live.
-fn prepare_state_dir(config: &Config) -> anyhow::Result<()> {
+/// caller's; the daemon's own files say their mode) and makes the state directory private
+/// to root: 0700, or 0750 with the `control_group`, whose members reach the socket and
+/// the event log there.
+fn prepare_state_dir(config: &Config, group: Option<u32>) -> anyhow::Result<PrivateDir> {
     rustix::process::umask(rustix::fs::Mode::empty());
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
-        .create(&config.state_dir)
-        .with_context(|| format!("create state_dir {}", config.state_dir.display()))
+    let mode = if group.is_some() { 0o750 } else { 0o700 };
+    PrivateDir::create(&config.state_dir, mode, group)
+        .map_err(|e| crate::cli::Unusable(format!("state_dir: {e}")).into())
+}
+
+/// The volumes should be reachable by root only: a database user who can reach the
+/// backing files directly bypasses the mount's permission checks.
+fn warn_open_volumes_root(config: &Config) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(md) = std::fs::metadata(&config.volumes_root)
+        && md.mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "volumes_root {} has mode {:o}: make it 0700 (`chmod 0700 {0}`), so that only root reaches the backing files",
+            config.volumes_root.display(),
+            md.mode() & 0o7777
+        );
+    }
 }
 
 /// Where events go: the persisted log, counted by the metrics, each copy's last error
@@ -122,9 +207,9 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn open(config: &Config) -> anyhow::Result<Sinks> {
+    fn open(config: &Config, group: Option<u32>) -> anyhow::Result<Sinks> {
         let log = Arc::new(
-            EventLog::open(&config.events_path())
+            EventLog::open_with(&config.events_path(), config.events, group)
                 .with_context(|| format!("open event log {}", config.events_path().display()))?,
         );
         let metrics = Arc::new(Metrics::new());
@@ -272,7 +357,7 @@ fn serve_until_stopped(
     loop {
         let (why, reply) = match stop_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Stop::Signal(sig)) => (format!("signal {sig}"), None),
-            Ok(Stop::Request(reply)) => ("unmount request".to_owned(), Some(reply)),
+            Ok(Stop::Request(reply, who)) => (format!("unmount request by {who}"), Some(reply)),
             Err(RecvTimeoutError::Timeout) if mount.is_finished() => {
                 return "the kernel ended the mount (umount)".to_owned();
             }
@@ -316,16 +401,16 @@ struct Control {
 
 impl Control {
     fn into_handler(self) -> control::Handler {
-        Arc::new(move |req| self.handle(req))
+        Arc::new(move |req, who| self.handle(req, who))
     }
 
-    fn handle(&self, req: Request) -> Response {
+    fn handle(&self, req: Request, who: &control::Asker) -> Response {
         match req {
             Request::Status => Response::Status(self.status()),
+            // Who asked is who connected, whatever the client says (`by`).
             Request::Throttle {
-                max_bytes_per_s,
-                by,
-            } => self.throttle(max_bytes_per_s, by),
+                max_bytes_per_s, ..
+            } => self.throttle(max_bytes_per_s, who),
             Request::Explain { db, what_if_fail } => match crate::explain::live(
                 &self.pool,
                 &self.runner,
@@ -386,11 +471,13 @@ impl Control {
                     "no verification of {db} ran since the mount: start one with `reseedfs verify {db}`"
                 )),
             },
-            Request::Events { since } => match events::read_events(&self.events_path) {
-                Ok(all) => Response::Events(all.into_iter().filter(|e| e.seq > since).collect()),
-                Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
-            },
-            Request::Unmount => self.unmount(),
+            Request::Events { since } => {
+                match events::read_events_since(&self.events_path, since) {
+                    Ok(list) => Response::Events(list),
+                    Err(e) => Response::Error(format!("read {}: {e}", self.events_path.display())),
+                }
+            }
+            Request::Unmount => self.unmount(who),
         }
     }
 
@@ -407,10 +494,10 @@ impl Control {
     }
 
     /// A new rebuild budget (event 3050).
-    fn throttle(&self, max_bytes_per_s: Option<u64>, by: Option<String>) -> Response {
+    fn throttle(&self, max_bytes_per_s: Option<u64>, who: &control::Asker) -> Response {
         let throttle = self.runner.throttle();
         let old = throttle.set_budget(max_bytes_per_s);
-        let by = by.unwrap_or_else(|| "a control socket client".into());
+        let by = who.describe();
         let rate = crate::throttle::fmt_rate;
         self.events.emit(
             NewEvent::new(
@@ -429,9 +516,13 @@ impl Control {
     }
 
     /// Asks the main loop to unmount and waits for its verdict.
-    fn unmount(&self) -> Response {
+    fn unmount(&self, who: &control::Asker) -> Response {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.stop_tx.send(Stop::Request(tx)).is_err() {
+        if self
+            .stop_tx
+            .send(Stop::Request(tx, who.describe()))
+            .is_err()
+        {
             return Response::Ok;
         }
         match rx.recv() {

@@ -1,6 +1,15 @@
 //! Numbered, structured records of what reseedfs did, persisted as JSON lines in the
 //! state directory (`events.jsonl`).
 //!
+//! The log survives its own damage and never grows without bound:
+//! - a line that cannot be read (torn by a crash or a full disk, not UTF-8, not an event)
+//!   is skipped with a warning, never a reason to refuse to start; a torn last line is
+//!   closed with a newline before the next event is appended, so it cannot swallow it;
+//! - past `[events] max_bytes` the file is rotated: `events.jsonl` becomes
+//!   `events.jsonl.1`, `.1` becomes `.2`, ... and the oldest beyond `[events] keep` is
+//!   deleted. Readers ([`read_events`], `reseedfs events`, `--follow`) go through the
+//!   rotated files oldest first, then the current one; numbering goes on across them.
+//!
 //! Every event id is in one table, [`EventId`], also printed in the README:
 //!
 //! | id   | kind                        | meaning |
@@ -16,6 +25,8 @@
 //! | 3003 | `copy.diverged`             | a copy gave a different result than the active copy: failed to keep copies identical |
 //! | 3004 | `active.changed`            | a database's active copy moved to another volume |
 //! | 3005 | `state.persist_failed`      | the pool state could not be written to a volume |
+//! | 3006 | `volume.foreign`            | a volume (or the witness) belongs to another pool: never adopted, left alone (both pool ids) |
+//! | 3007 | `state.damaged`             | a pool state file cannot be read (or is not private to root): rewritten when a newer state vouches, else the mount refuses |
 //! | 3008 | `volume.slow`               | every operation on a volume has been slower than `slow_request` for a minute (it is not failed) |
 //! | 3010 | `autoreseed.started`        | a copy was FailedAndSuspended for the dwell time: the workflow starts |
 //! | 3011 | `autoreseed.attempt`        | an attempt (Resume, AssignSpare, SeedInPlace) starts, `n of N` |
@@ -39,18 +50,20 @@
 //! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
-//! | 3060 | `checksum.repaired`         | a block of a copy did not match its checksum: the read was served from a copy whose block matches, and the bad block rewritten from it and read back (database, file, offset, volume, source) |
-//! | 3061 | `checksum.unrecoverable`    | a block matches its checksum on no copy: the read failed with EIO (database, file, offset) |
-//! | 3062 | `scrub.started`             | a scrub of a database's in-sync copies started (copies, bytes) |
-//! | 3063 | `scrub.completed`           | the scrub ended: blocks checked, bad blocks found and repaired, blocks summed for the first time (or why it stopped) |
+//! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message) |
+//! | 3070 | `checksum.repaired`         | a block of a copy did not match its checksum: the read was served from a copy whose block matches, and the bad block rewritten from it and read back (database, file, offset, volume, source) |
+//! | 3071 | `checksum.unrecoverable`    | a block matches its checksum on no copy: the read failed with EIO (database, file, offset) |
+//! | 3072 | `scrub.started`             | a scrub of a database's in-sync copies started (copies, bytes) |
+//! | 3073 | `scrub.completed`           | the scrub ended: blocks checked, bad blocks found and repaired, blocks summed for the first time (or why it stopped) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
-//! must act (1109, 2058, 3003, 3005, 3014, 3017, 3019, 3061), at WARN when the system carried
-//! on around a problem (3004, 3012, 3015, 3020, 3032, 3034, 3060), at INFO otherwise.
+//! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019, 3060, 3071), at WARN when the system
+//! carried on around a problem (3004, 3006, 3008, 3012, 3015, 3020, 3032, 3034, 3070), at INFO
+//! otherwise.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -72,6 +85,10 @@ pub enum EventId {
     ActiveChanged,
     /// 3005: the pool state could not be persisted on a volume.
     StatePersistFailed,
+    /// 3006: a volume or witness of another pool was found and left alone.
+    ForeignVolume,
+    /// 3007: a pool state file cannot be read or trusted.
+    StateDamaged,
     /// 3008: a volume has been slow for a minute (counted, not failed).
     VolumeSlow,
     /// 825: seeding of a copy started.
@@ -129,13 +146,15 @@ pub enum EventId {
     /// 3041: an online verification ended (what differed, what was repaired, or why it
     /// stopped).
     OnlineVerifyCompleted,
-    /// 3060: a block did not match its checksum on a copy; served and repaired from another.
+    /// 3060: a request panicked (a bug): answered EIO, its thread goes on serving.
+    RequestPanicked,
+    /// 3070: a block did not match its checksum on a copy; served and repaired from another.
     ChecksumRepaired,
-    /// 3061: a block matches its checksum on no copy: the read failed with EIO.
+    /// 3071: a block matches its checksum on no copy: the read failed with EIO.
     ChecksumUnrecoverable,
-    /// 3062: a scrub of a database's in-sync copies started.
+    /// 3072: a scrub of a database's in-sync copies started.
     ScrubStarted,
-    /// 3063: a scrub ended (what it found and repaired, or why it stopped).
+    /// 3073: a scrub ended (what it found and repaired, or why it stopped).
     ScrubCompleted,
 }
 
@@ -149,6 +168,8 @@ impl EventId {
             EventId::CopyDiverged => 3003,
             EventId::ActiveChanged => 3004,
             EventId::StatePersistFailed => 3005,
+            EventId::ForeignVolume => 3006,
+            EventId::StateDamaged => 3007,
             EventId::VolumeSlow => 3008,
             EventId::SeedingStarted => 825,
             EventId::SeedingCompleted => 826,
@@ -177,10 +198,11 @@ impl EventId {
             EventId::ThrottleChanged => 3050,
             EventId::OnlineVerifyStarted => 3040,
             EventId::OnlineVerifyCompleted => 3041,
-            EventId::ChecksumRepaired => 3060,
-            EventId::ChecksumUnrecoverable => 3061,
-            EventId::ScrubStarted => 3062,
-            EventId::ScrubCompleted => 3063,
+            EventId::RequestPanicked => 3060,
+            EventId::ChecksumRepaired => 3070,
+            EventId::ChecksumUnrecoverable => 3071,
+            EventId::ScrubStarted => 3072,
+            EventId::ScrubCompleted => 3073,
         }
     }
 
@@ -191,12 +213,15 @@ impl EventId {
             EventId::CopyFailed
             | EventId::CopyDiverged
             | EventId::StatePersistFailed
+            | EventId::StateDamaged
             | EventId::SparesExhausted
             | EventId::AutoReseedStopped
             | EventId::IncrementalReseedError
+            | EventId::ReseedFailed
             | EventId::ChecksumUnrecoverable
-            | EventId::ReseedFailed => Severity::Error,
+            | EventId::RequestPanicked => Severity::Error,
             EventId::ActiveChanged
+            | EventId::ForeignVolume
             | EventId::AutoReseedAttemptFailed
             | EventId::AutoReseedBlocked
             | EventId::ReseedSourceChanged
@@ -217,6 +242,8 @@ impl EventId {
             EventId::CopyDiverged => "copy.diverged",
             EventId::ActiveChanged => "active.changed",
             EventId::StatePersistFailed => "state.persist_failed",
+            EventId::ForeignVolume => "volume.foreign",
+            EventId::StateDamaged => "state.damaged",
             EventId::VolumeSlow => "volume.slow",
             EventId::SeedingStarted => "seed.started",
             EventId::SeedingCompleted => "seed.completed",
@@ -245,6 +272,7 @@ impl EventId {
             EventId::ThrottleChanged => "throttle.changed",
             EventId::OnlineVerifyStarted => "verify.online_started",
             EventId::OnlineVerifyCompleted => "verify.online_completed",
+            EventId::RequestPanicked => "request.panicked",
             EventId::ChecksumRepaired => "checksum.repaired",
             EventId::ChecksumUnrecoverable => "checksum.unrecoverable",
             EventId::ScrubStarted => "scrub.started",
@@ -279,15 +307,39 @@ pub struct NewEvent {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
+thread_local! {
+    /// Who asked for what this thread does now (a control request being served).
+    static ASKED_BY: std::cell::RefCell<Option<serde_json::Value>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on behalf of `who` (the peer of a control connection, as the kernel gave it):
+/// every event `f` causes on this thread records it as `asked_by`.
+pub fn asked_by<T>(who: serde_json::Value, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<serde_json::Value>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ASKED_BY.with_borrow_mut(|a| *a = self.0.take());
+        }
+    }
+    let _reset = Reset(ASKED_BY.with_borrow_mut(|a| a.replace(who)));
+    f()
+}
+
 impl NewEvent {
-    /// An event with a message and no database, volume or fields.
+    /// An event with a message and no database, volume or fields (but `asked_by` when a
+    /// control request causes it: see [`asked_by`]).
     pub fn new(id: EventId, message: impl Into<String>) -> NewEvent {
+        let mut fields = serde_json::Map::new();
+        if let Some(who) = ASKED_BY.with_borrow(Clone::clone) {
+            fields.insert("asked_by".into(), who);
+        }
         NewEvent {
             id,
             database: None,
             volume: None,
             message: message.into(),
-            fields: serde_json::Map::new(),
+            fields,
         }
     }
 
@@ -361,43 +413,221 @@ impl VecSink {
     }
 }
 
-/// The persisted event log of one mount (`<state_dir>/events.jsonl`).
+/// When the event log is rotated (the `[events]` section of the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rotation {
+    /// The current file is rotated before an event would take it past this size.
+    /// Default 64 MiB (`"64MiB"`; a number of bytes is taken too).
+    #[serde(with = "size")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`events.jsonl.1` .. `.keep`); the oldest beyond is deleted.
+    /// Default 4: with the default size, at most 320 MiB of events.
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: 64 << 20,
+            keep: 4,
+        }
+    }
+}
+
+impl Rotation {
+    /// The smallest `max_bytes` accepted: a few events per file at least.
+    pub const MIN_BYTES: u64 = 64 << 10;
+    /// The most rotated files kept.
+    pub const MAX_KEEP: u32 = 1000;
+}
+
+/// Serde for a size: a number of bytes, or a string such as `"64MiB"`.
+mod size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        if bytes % (1 << 20) == 0 {
+            s.serialize_str(&format!("{}MiB", bytes >> 20))
+        } else {
+            s.serialize_u64(*bytes)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::Bytes(b) => Ok(b),
+            Value::Text(t) => t
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| D::Error::custom(format!("{t:?} is not a size like 64MiB ({e})"))),
+        }
+    }
+}
+
+/// The rotated file `n` of the log at `path` (`events.jsonl.n`).
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The files of the log at `path` that exist, oldest first: the rotated ones from the
+/// highest number down, then the current one.
+pub fn log_files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated = Vec::new();
+    let mut n = 1;
+    loop {
+        let p = rotated_path(path, n);
+        if !p.exists() {
+            break;
+        }
+        rotated.push(p);
+        n += 1;
+    }
+    rotated.reverse();
+    if path.exists() {
+        rotated.push(path.to_owned());
+    }
+    rotated
+}
+
+/// The persisted event log of one mount (`<state_dir>/events.jsonl`, rotated by size).
 #[derive(Debug)]
 pub struct EventLog {
     path: PathBuf,
-    inner: Mutex<(File, u64)>,
+    rotation: Rotation,
+    /// The group that may read the log (`control_group`).
+    group: Option<u32>,
+    inner: Mutex<Current>,
     /// Events whose line could not be written and synced.
     failures: std::sync::atomic::AtomicU64,
 }
 
+/// The file events are appended to.
+#[derive(Debug)]
+struct Current {
+    file: File,
+    /// Its size.
+    bytes: u64,
+    /// The last event's number.
+    seq: u64,
+}
+
 impl EventLog {
-    /// Opens (or creates) the log and continues its numbering.
+    /// Opens (or creates) the log with the default rotation and continues its numbering.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
-        let last = read_events(path)?.last().map_or(0, |e| e.seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(path)?;
+        EventLog::open_with(path, Rotation::default(), None)
+    }
+
+    /// Opens (or creates) the log in its directory, which must be private to root
+    /// ([`crate::private`]): the file is 0640, readable by `group` (the `control_group`,
+    /// for `events --follow`) when given, never by everyone. Rotated as `rotation` says;
+    /// continues the numbering. Damage (torn or unreadable lines) is skipped, never refused.
+    pub fn open_with(
+        path: &Path,
+        rotation: Rotation,
+        group: Option<u32>,
+    ) -> std::io::Result<EventLog> {
+        let mut file = Self::create_current(path, group)?;
+        let seq = log_files(path)
+            .iter()
+            .rev()
+            .find_map(|p| last_seq(p).ok().flatten())
+            .unwrap_or(0);
+        let mut bytes = file.metadata()?.len();
+        if bytes > 0 {
+            // A last line torn by a crash: close it, so the next event starts a line of
+            // its own (the torn one is skipped by readers).
+            let mut last = [0u8];
+            File::open(path)?.read_exact_at(&mut last, bytes - 1)?;
+            if last[0] != b'\n' {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the event log ends in a torn line (a crash while it was written); it is kept and skipped"
+                );
+                file.write_all(b"\n")?;
+                bytes += 1;
+            }
+        }
         Ok(EventLog {
             path: path.to_owned(),
-            inner: Mutex::new((file, last)),
+            rotation,
+            group,
+            inner: Mutex::new(Current { file, bytes, seq }),
             failures: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Opens (or creates) the current file, 0640, in its private directory.
+    fn create_current(path: &Path, group: Option<u32>) -> std::io::Result<File> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let dir = crate::private::PrivateDir::open(dir)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", dir.display()),
+            )
+        })?;
+        dir.append(name, 0o640, group)
     }
 
     /// The file behind the log.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Moves the current file to `.1` (and each rotated file one number up, the oldest
+    /// beyond `keep` deleted), then starts a new current file.
+    fn rotate(&self, cur: &mut Current) -> std::io::Result<()> {
+        let keep = self.rotation.keep;
+        // The oldest kept file is about to move beyond `keep`: delete it, and whatever a
+        // larger `keep` of an earlier config left after it.
+        let mut n = keep.max(1);
+        loop {
+            match std::fs::remove_file(rotated_path(&self.path, n)) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e),
+            }
+        }
+        for n in (1..keep).rev() {
+            let from = rotated_path(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated_path(&self.path, n + 1))?;
+            }
+        }
+        if keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
+        }
+        cur.file = Self::create_current(&self.path, self.group)?;
+        cur.bytes = 0;
+        if let Some(dir) = self.path.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
 }
 
 impl EventSink for EventLog {
     fn emit(&self, e: NewEvent) {
-        let mut inner = self.inner.lock();
-        inner.1 += 1;
+        let mut cur = self.inner.lock();
+        cur.seq += 1;
         let event = Event {
-            seq: inner.1,
+            seq: cur.seq,
             id: e.id.number(),
             kind: e.id.kind().to_owned(),
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -409,14 +639,23 @@ impl EventSink for EventLog {
         log(e.id.severity(), &event);
         let mut line = serde_json::to_string(&event).unwrap_or_default();
         line.push('\n');
-        let file = &mut inner.0;
-        if let Err(err) = file
+        if cur.bytes > 0 && cur.bytes + line.len() as u64 > self.rotation.max_bytes {
+            if let Err(err) = self.rotate(&mut cur) {
+                tracing::warn!(path = %self.path.display(), %err, "cannot rotate the event log; it grows on");
+            }
+        }
+        let file = &mut cur.file;
+        match file
             .write_all(line.as_bytes())
             .and_then(|()| file.sync_data())
         {
-            self.failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
+            Ok(()) => cur.bytes += line.len() as u64,
+            Err(err) => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), %err, "cannot persist event {}", event.seq);
+                cur.bytes = cur.file.metadata().map_or(cur.bytes, |m| m.len());
+            }
         }
     }
 
@@ -444,21 +683,102 @@ fn log(severity: Severity, e: &Event) {
     }
 }
 
-/// Reads every event of a log file; a missing file is an empty log. Lines that do not
-/// parse (a torn last line after a crash) are skipped.
-pub fn read_events(path: &Path) -> std::io::Result<Vec<Event>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+/// Parses the lines of `bytes` (a trailing part without a newline is a line too);
+/// returns the events and how many lines were skipped.
+fn parse_lines(bytes: &[u8]) -> (Vec<Event>, usize) {
+    let mut skipped = 0;
+    let events = bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|line| match serde_json::from_slice::<Event>(line) {
+            Ok(e) => Some(e),
+            Err(_) => {
+                skipped += 1;
+                None
+            }
+        })
+        .collect();
+    (events, skipped)
+}
+
+/// Reads every event of one file of the log; a missing file has none. Lines that cannot
+/// be read are skipped, with a warning.
+pub fn read_file_events(path: &Path) -> std::io::Result<Vec<Event>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut events = Vec::new();
-    for line in BufReader::new(file).lines() {
-        if let Ok(event) = serde_json::from_str::<Event>(&line?) {
-            events.push(event);
-        }
+    let (events, skipped) = parse_lines(&bytes);
+    if skipped > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "skipped {skipped} unreadable lines of the event log (torn by a crash, or damaged)"
+        );
     }
     Ok(events)
+}
+
+/// Reads every event of the log at `path`, its rotated files first (oldest first); a
+/// missing log is empty. Lines that cannot be read (a torn last line after a crash, bytes
+/// that are not UTF-8) are skipped with a warning.
+pub fn read_events(path: &Path) -> std::io::Result<Vec<Event>> {
+    read_events_since(path, 0)
+}
+
+/// The events of the log at `path` numbered above `since`; rotated files that end at or
+/// below it are not read.
+pub fn read_events_since(path: &Path, since: u64) -> std::io::Result<Vec<Event>> {
+    let files = log_files(path);
+    // The newest rotated file that ends at or below `since`: nothing before it is needed.
+    let first = if since == 0 {
+        0
+    } else {
+        files
+            .iter()
+            .rposition(|p| last_seq(p).ok().flatten().is_some_and(|s| s <= since))
+            .map_or(0, |i| i + 1)
+    };
+    let mut out = Vec::new();
+    for p in &files[first..] {
+        out.extend(read_file_events(p)?.into_iter().filter(|e| e.seq > since));
+    }
+    Ok(out)
+}
+
+/// The number of the last readable event of one file, reading from its end.
+fn last_seq(path: &Path) -> std::io::Result<Option<u64>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut window: u64 = 64 << 10;
+    loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        Read::by_ref(&mut f)
+            .take(len - start)
+            .read_to_end(&mut buf)?;
+        // The first line of a window that does not start the file may be cut.
+        let whole = if start == 0 {
+            &buf[..]
+        } else {
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => &buf[i + 1..],
+                None => &[][..],
+            }
+        };
+        if let Some(seq) = parse_lines(whole).0.iter().map(|e| e.seq).max() {
+            return Ok(Some(seq));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        window *= 4;
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +807,100 @@ mod tests {
         assert_eq!(events[0].fields["errno"], 5);
         assert_eq!(events[0].volume.as_deref(), Some("Volume1"));
         assert_eq!((events[1].seq, events[1].id), (2, 3002));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reseedfs-ev-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("tempdir");
+        dir
+    }
+
+    #[test]
+    fn r13_a_damaged_log_is_skipped_not_refused() {
+        let dir = tempdir("damaged");
+        let path = dir.join("events.jsonl");
+        let log = EventLog::open(&path).expect("open");
+        for i in 0..3 {
+            log.emit(NewEvent::new(EventId::MountStarted, format!("up {i}")));
+        }
+        drop(log);
+        // A line that is not UTF-8 in the middle, and a last line torn by a crash.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let second = bytes.iter().position(|&b| b == b'\n').expect("a line") + 1;
+        bytes.splice(
+            second..second,
+            b"\xff\xfe not an event \xc3\n".iter().copied(),
+        );
+        bytes.extend_from_slice(b"{\"seq\":4,\"id\":3001,\"kind\":\"mount.sta");
+        std::fs::write(&path, &bytes).expect("damage");
+        assert_eq!(
+            read_events(&path).expect("read a damaged log").len(),
+            3,
+            "the damaged lines are skipped"
+        );
+        let log = EventLog::open(&path).expect("a damaged log opens");
+        log.emit(NewEvent::new(EventId::MountFinished, "down"));
+        drop(log);
+        let events = read_events(&path).expect("read");
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            [1, 2, 3, 4],
+            "numbering goes on; the new event is not swallowed"
+        );
+        assert_eq!(events[3].id, 3002);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn r13_the_log_is_rotated_by_size_and_read_across_its_files() {
+        let dir = tempdir("rotate");
+        let path = dir.join("events.jsonl");
+        let rotation = Rotation {
+            max_bytes: 4096,
+            keep: 2,
+        };
+        let log = EventLog::open_with(&path, rotation, None).expect("open");
+        for i in 0..200 {
+            log.emit(NewEvent::new(EventId::CopyFailed, format!("event {i}")).database("db001"));
+        }
+        assert!(rotated_path(&path, 1).exists() && rotated_path(&path, 2).exists());
+        assert!(
+            !rotated_path(&path, 3).exists(),
+            "only `keep` rotated files"
+        );
+        for p in log_files(&path) {
+            let len = std::fs::metadata(&p).expect("stat").len();
+            assert!(len <= 4096, "{} is {len} bytes", p.display());
+        }
+        let events = read_events(&path).expect("read");
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        let first = seqs[0];
+        assert!(first > 1, "the oldest events were rotated out");
+        assert_eq!(
+            seqs,
+            (first..=200).collect::<Vec<_>>(),
+            "in order, none missing"
+        );
+        // Since a number: the rotated files before it are not needed.
+        let since: Vec<u64> = read_events_since(&path, 190)
+            .expect("since")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(since, (191..=200).collect::<Vec<_>>());
+        // Reopened right after a rotation (the current file empty): numbering goes on.
+        drop(log);
+        std::fs::rename(rotated_path(&path, 1), rotated_path(&path, 2)).expect("shift");
+        std::fs::rename(&path, rotated_path(&path, 1)).expect("rotate");
+        let log = EventLog::open_with(&path, rotation, None).expect("reopen");
+        log.emit(NewEvent::new(EventId::MountStarted, "up"));
+        assert_eq!(
+            read_events(&path).expect("read").last().map(|e| e.seq),
+            Some(201)
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -32,6 +32,7 @@
 //! control         control socket: requests and responses
 //! metrics         Prometheus `/metrics` (request latency, copies, volumes, reseeds)
 //! mountpoint      what is mounted at the databases root; dead mounts of a crashed daemon
+//! private         the daemon's own files on the system disk, private to root
 //! config, layout  TOML config (Exchange aliases), naming convention and name checks
 //! testbed         throwaway pools on loop-mounted ext4 volumes, the daemon supervisor and
 //!                 the PRNG of the demo, tests and benches (feature `testbed`; not the product)
@@ -56,6 +57,7 @@ pub mod layout;
 pub mod metrics;
 pub mod mountpoint;
 pub mod pool;
+pub mod private;
 pub mod reseed;
 pub mod status;
 pub mod tap;

@@ -41,7 +41,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -728,11 +728,24 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 /// The largest request head read (`GET /metrics HTTP/1.1` and its headers).
 const MAX_REQUEST_BYTES: usize = 8192;
 
-/// How long a client may take to send its request or read the answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has for its whole request head, from its connection: a client that
+/// sends a byte every few seconds is cut off here, not at a timeout per read.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves `GET /metrics` on `addr` from a thread (one connection at a time; anything else
-/// is 404 or 405). Returns the bound address (the port, when `addr` asked for port 0).
+/// How long a client has to take the whole answer.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connections served at once, each on its own thread; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics` on `addr`: each connection on its own thread (at most
+/// [`MAX_CONNECTIONS`] at once), with [`REQUEST_DEADLINE`] for its whole request and
+/// [`ANSWER_DEADLINE`] for the answer; anything but `GET /metrics` is 404 or 405.
+/// Returns the bound address (the port, when `addr` asked for port 0).
+///
+/// Hand-written rather than a crate: the maintained small servers (tiny_http 0.12) have no
+/// deadline for a whole request and no bound on the connections they serve, which is what
+/// this endpoint needs against a slow client; one request, one path, `Connection: close`.
 pub fn serve(addr: SocketAddr, render: Render) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
@@ -741,24 +754,53 @@ pub fn serve(addr: SocketAddr, render: Render) -> io::Result<SocketAddr> {
         )
     })?;
     let bound = listener.local_addr()?;
+    let in_flight = Arc::new(AtomicU64::new(0));
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
+            let mut refused = 0u64;
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Err(err) = answer(stream, &render) {
-                    tracing::debug!(%err, "metrics client");
+                if in_flight.load(Ordering::Acquire) >= MAX_CONNECTIONS as u64 {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(
+                            "metrics: {MAX_CONNECTIONS} connections already served, closed {refused} more"
+                        );
+                    }
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                let guard = Connection(in_flight.clone());
+                let render = render.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        let _guard = guard;
+                        if let Err(err) = answer(stream, &render) {
+                            tracing::debug!(%err, "metrics client");
+                        }
+                    });
+                if let Err(err) = spawned {
+                    tracing::warn!(%err, "metrics: cannot start a thread for a client");
                 }
             }
         })?;
     Ok(bound)
 }
 
-/// Reads one request and writes its answer.
+/// Counts a connection being served, until dropped.
+struct Connection(Arc<AtomicU64>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads one request (before its deadline) and writes its answer (before its own).
 fn answer(mut stream: TcpStream, render: &Render) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let head = read_head(&mut stream)?;
+    let head = read_head(&mut stream, Instant::now() + REQUEST_DEADLINE)?;
     let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next());
@@ -785,12 +827,27 @@ fn answer(mut stream: TcpStream, render: &Render) -> io::Result<()> {
     if method != "HEAD" {
         response += &body;
     }
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
+    write_before(
+        &mut stream,
+        response.as_bytes(),
+        Instant::now() + ANSWER_DEADLINE,
+    )
 }
 
-/// Reads up to the blank line that ends the request head.
-fn read_head(stream: &mut TcpStream) -> io::Result<String> {
+/// The time left before `deadline`, or `TimedOut`.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client missed its deadline",
+        ));
+    }
+    Ok(left)
+}
+
+/// Reads up to the blank line that ends the request head, all of it before `deadline`.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<String> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -800,13 +857,41 @@ fn read_head(stream: &mut TcpStream) -> io::Result<String> {
                 "request head too large",
             ));
         }
-        let n = stream.read(&mut buf)?;
+        // Each read may wait only for what is left of the whole request's time.
+        stream.set_read_timeout(Some(left(deadline)?))?;
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client missed its deadline",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Writes `data` in pieces, all of it before `deadline` (a client that reads slowly does
+/// not hold the thread past it).
+fn write_before(stream: &mut TcpStream, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.set_write_timeout(Some(left(deadline)?))?;
+        let piece = data.len().min(16 * 1024);
+        match stream.write(&data[..piece]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    stream.flush()
 }
 
 #[cfg(test)]
@@ -883,6 +968,7 @@ mod tests {
                     stream(crate::throttle::StreamKind::Verify, 7),
                 ],
             }),
+            foreign: Vec::new(),
         }
     }
 
@@ -1078,5 +1164,72 @@ mod tests {
         );
         let taken = serve(addr, Arc::new(String::new)).unwrap_err();
         assert!(taken.to_string().contains(&addr.to_string()), "{taken}");
+    }
+
+    /// Issue 14, finding 6: a client sending a byte every second holds neither the endpoint
+    /// (another scrape is answered at once) nor its own connection past the deadline.
+    #[test]
+    fn r14_a_slow_client_holds_neither_the_endpoint_nor_its_connection() {
+        let render: Render = Arc::new(|| "reseedfs_up 1\n".to_owned());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), render).unwrap();
+        let started = Instant::now();
+        let slow = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // Never ends its head: one header byte a second, as a slowloris does.
+            for _ in 0..30 {
+                if s.write_all(b"X").is_err() {
+                    break;
+                }
+                let mut b = [0u8; 1];
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                match s.read(&mut b) {
+                    Ok(0) => break,                                           // closed by the server
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => break, // reset
+                    _ => {}
+                }
+            }
+            started.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a scrape waited {:?} behind a slow client",
+            t.elapsed()
+        );
+        let held = slow.join().unwrap();
+        assert!(
+            held < REQUEST_DEADLINE + Duration::from_secs(3),
+            "the slow client was served for {held:?}, past the {REQUEST_DEADLINE:?} deadline"
+        );
+        // More connections than the limit: those past it are closed, the endpoint answers
+        // again once they go.
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut last = TcpStream::connect(addr).unwrap();
+        last.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = last.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let mut out = String::new();
+        match last.read_to_string(&mut out) {
+            Ok(_) => assert!(
+                out.is_empty(),
+                "a connection past the limit was served: {out}"
+            ),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ),
+                "a connection past the limit was left waiting instead of closed"
+            ),
+        }
+        drop(idle);
+        std::thread::sleep(Duration::from_secs(1));
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
     }
 }

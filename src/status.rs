@@ -134,6 +134,10 @@ pub struct Status {
     /// The rebuild throttle: budget, effective budget, each stream's share.
     #[serde(default)]
     pub throttle: Option<crate::throttle::ThrottleStatus>,
+    /// Volumes (or a witness) of other pools found at mount and left alone: each with its
+    /// pool id and this pool's.
+    #[serde(default)]
+    pub foreign: Vec<crate::pool::Foreign>,
 }
 
 /// A volume's state in `status`.
@@ -252,6 +256,7 @@ pub fn of_pool(pool: &Pool) -> Status {
         databases,
         volumes,
         throttle: None,
+        foreign: pool.foreign().to_vec(),
     }
 }
 
@@ -431,6 +436,7 @@ mod tests {
                 },
             ],
             throttle: None,
+            foreign: Vec::new(),
         };
         complete(&mut s, None, Some(&errors));
         let c = &s.databases[0].copies;

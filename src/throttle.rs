@@ -746,10 +746,10 @@ impl Throttle {
     }
 }
 
+/// Replaces the record: mode 0600, through a temporary file created `O_EXCL |
+/// O_NOFOLLOW` in the state directory, which must be private to root.
 fn write_atomic(path: &Path, value: &Measured) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&tmp, path)
+    crate::private::write_file(path, &serde_json::to_vec_pretty(value)?)
 }
 
 /// One reseed's, resync's or verify's share of the throttle; unregistered when dropped.

@@ -432,3 +432,78 @@ fn a_disk_that_comes_back_is_resynced_in_place_while_the_database_writes() {
     let bed = m.unmount();
     assert_same_tree(&bed.volume_path(1), &bed.volume_path(2));
 }
+
+/// Issue 13, item 6: a database that bulk-loads with fsync and loses a disk seconds later
+/// (its extents still in the activity log) resyncs what it wrote after its last fsync, not
+/// the whole load.
+#[test]
+fn an_fsync_takes_a_bulk_load_out_of_what_a_returning_disk_resyncs() {
+    if !require_mount_privileges("an_fsync_takes_a_bulk_load_out_of_what_a_returning_disk_resyncs")
+    {
+        return;
+    }
+    const LOAD: u64 = 96 << 20;
+    const CHUNK: usize = 1 << 20;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop volumes");
+    common::init(&bed, &[DB], 2);
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.autoreseed.dwell = Duration::from_millis(300);
+    c.autoreseed.resume_attempts = 100;
+    c.autoreseed.resume_interval = Duration::from_millis(300);
+    // No checkpoint while the load runs and the disk dies: only the fsyncs can take the
+    // load out of the activity log's extents.
+    c.tap.checkpoint_interval = Duration::from_secs(600);
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let path = m.db_files(DB).join("load.dat");
+    let f = fs::File::create(&path).expect("create load.dat");
+    let chunk = |i: u64| -> Vec<u8> { (0..CHUNK).map(|b| (i as usize * 31 + b) as u8).collect() };
+    for i in 0..LOAD / CHUNK as u64 {
+        f.write_all_at(&chunk(i), i * CHUNK as u64).expect("load");
+        if i % 8 == 7 {
+            f.sync_data().expect("fsync the load");
+        }
+    }
+    // The passive copy's disk dies; the next write (not fsynced) fails its copy.
+    m.bed.volumes[1].shutdown().expect("shut down Volume2");
+    f.write_all_at(&chunk(1000), 0)
+        .expect("a write after the death");
+    let failed = wait_for(Duration::from_secs(30), || {
+        copy_is(&m.status_json(), DB, "Volume2", "FailedAndSuspended", false).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "Volume2 never failed: {}",
+        m.status_json()
+    );
+    m.bed.volumes[1].revive().expect("revive Volume2");
+    let healthy = wait_for(Duration::from_secs(120), || {
+        copy_is(&m.status_json(), DB, "Volume2", "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "Volume2 never came back: {}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    let events = m.events_json();
+    let resync = events
+        .iter()
+        .find(|e| event_id(e) == Some(3031))
+        .unwrap_or_else(|| panic!("no resync.completed (3031): {events:#?}"));
+    let copied = resync["bytes_copied"].as_u64().expect("bytes_copied");
+    eprintln!("resync copied {copied} bytes after a {LOAD}-byte load with fsync");
+    // The write after the death (one extent of the log, 4 MiB) and nothing of the load.
+    assert!(
+        copied <= 4 << 20,
+        "the resync copied {copied} bytes of a {LOAD}-byte load made durable by fsync"
+    );
+    drop(f);
+    let mut want = Vec::with_capacity(LOAD as usize);
+    for i in 0..LOAD / CHUNK as u64 {
+        want.extend(chunk(if i == 0 { 1000 } else { i }));
+    }
+    assert!(read_all(&path) == want, "load.dat through the mount");
+    let bed = m.unmount();
+    assert_same_tree(&bed.volume_path(1), &bed.volume_path(2));
+}

@@ -1,8 +1,8 @@
 //! Block checksums on a real mount (two copies on loop-mounted ext4 volumes): bytes
 //! flipped in a copy's backing file behind reseedfs's back are caught when the block is
 //! read through the mount, served from the other copy and repaired on the bad one (event
-//! 3060, `reseedfs_checksum_errors_total`); the same block damaged on both copies fails the
-//! read with EIO (event 3061) and never returns the wrong bytes; unaligned writes,
+//! 3070, `reseedfs_checksum_errors_total`); the same block damaged on both copies fails the
+//! read with EIO (event 3071) and never returns the wrong bytes; unaligned writes,
 //! appends and truncates through the mount never raise a false alarm.
 //!
 //! Needs root, `/dev/fuse` and loop devices; elsewhere prints `SKIPPED` (fails under
@@ -136,7 +136,7 @@ fn a_flipped_block_is_served_from_the_good_copy_and_repaired() {
         "the file read back after unaligned writes and truncates"
     );
     assert!(
-        checksum_events(&m, 3060).is_empty() && checksum_events(&m, 3061).is_empty(),
+        checksum_events(&m, 3070).is_empty() && checksum_events(&m, 3071).is_empty(),
         "unaligned writes and truncates raised a checksum alarm: {:?}",
         m.events_json()
     );
@@ -152,7 +152,7 @@ fn a_flipped_block_is_served_from_the_good_copy_and_repaired() {
         want,
         "the read through the mount returned the damaged bytes"
     );
-    let events = checksum_events(&m, 3060);
+    let events = checksum_events(&m, 3070);
     let volume = format!("Volume{active}");
     let blocks: Vec<u64> = events
         .iter()
@@ -163,7 +163,7 @@ fn a_flipped_block_is_served_from_the_good_copy_and_repaired() {
     for b in [37, 100, 101] {
         assert!(
             blocks.contains(&b),
-            "no event 3060 names block {b} on {volume} as repaired: {events:?}"
+            "no event 3070 names block {b} on {volume} as repaired: {events:?}"
         );
         let e = events
             .iter()
@@ -215,12 +215,12 @@ fn the_same_block_bad_on_both_copies_fails_with_eio() {
     let mut rest = Vec::new();
     let mut g = fs::File::open(&path).expect("open");
     assert!(g.read_to_end(&mut rest).is_err(), "a whole read succeeded");
-    let events = checksum_events(&m, 3061);
+    let events = checksum_events(&m, 3071);
     assert!(
         events.iter().any(|e| e["block"].as_u64() == Some(20)
             && e["offset"].as_u64() == Some(20 * BLOCK)
             && e["file"].as_str().is_some_and(|f| f.ends_with("both.bin"))),
-        "no event 3061 names block 20 of both.bin: {events:?}"
+        "no event 3071 names block 20 of both.bin: {events:?}"
     );
     drop((f, g));
     m.unmount();
@@ -291,7 +291,7 @@ fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
             .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
         assert_eq!(data.len(), FILE, "{}", path.display());
     }
-    for id in [3060, 3061] {
+    for id in [3070, 3071] {
         let found = checksum_events(&m, id);
         assert!(found.is_empty(), "event {id} after a crash: {found:?}");
     }
@@ -355,7 +355,7 @@ fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_goo
     drop_caches();
     assert_eq!(read_all(&path), data, "the read through the mount");
     assert!(
-        checksum_events(&m, 3060).is_empty(),
+        checksum_events(&m, 3070).is_empty(),
         "a read reached the passive copy"
     );
     let out = m.cli(&["scrub", DB, "--wait", "--json"]);
@@ -378,17 +378,17 @@ fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_goo
         data,
         "the passive copy was not repaired"
     );
-    let events = checksum_events(&m, 3060);
+    let events = checksum_events(&m, 3070);
     assert!(
         events.iter().any(|e| e["volume"] == p_name.as_str()
             && e["block"] == 1000
             && e["found_by"] == "scrub"
             && e["repaired"] == true),
-        "no 3060 from the scrub for block 1000 on {p_name}: {events:?}"
+        "no 3070 from the scrub for block 1000 on {p_name}: {events:?}"
     );
     let ids: Vec<u64> = m.events_json().iter().filter_map(event_id).collect();
     assert!(
-        ids.contains(&3062) && ids.contains(&3063),
+        ids.contains(&3072) && ids.contains(&3073),
         "scrub events: {ids:?}"
     );
 
@@ -528,16 +528,16 @@ fn corruption_drill_random_flips_on_both_copies_under_a_workload() {
     let status: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
     assert!(out.status.success(), "scrub after the drill: {status}");
-    let found = checksum_events(&m, 3060).len();
+    let found = checksum_events(&m, 3070).len();
     let writes: u64 = models.iter().map(|m| m.1).sum();
     let reads: u64 = models.iter().map(|m| m.2).sum();
     eprintln!(
-        "drill: {} blocks flipped, {writes} writes, {reads} checked reads, {found} bad blocks found (3060), scrub report {}",
+        "drill: {} blocks flipped, {writes} writes, {reads} checked reads, {found} bad blocks found (3070), scrub report {}",
         flipped.len(),
         status["report"]
     );
     assert!(
-        checksum_events(&m, 3061).is_empty(),
+        checksum_events(&m, 3071).is_empty(),
         "a block was bad on every copy"
     );
     assert!(found > 0, "no flip was found");

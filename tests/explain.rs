@@ -86,6 +86,7 @@ fn status(databases: Vec<DbStatus>, volumes: Vec<VolumeStatus>) -> Status {
         databases,
         volumes,
         throttle: None,
+        foreign: Vec::new(),
     }
 }
 

@@ -4,10 +4,17 @@
 //! Locks: POSIX and flock locks are left to the kernel (getlk/setlk are not
 //! implemented, so the kernel keeps them locally), which is exact for one host where
 //! every process reaches the files through this one mount.
+//!
+//! Panics are contained here: every core call runs under `catch_unwind`, so a bug that
+//! panics answers its request with EIO and is recorded (event 3060), and the request
+//! thread goes on serving. Without it, each panic would end one of the session's request
+//! threads for good, and the mount would stop answering after `threads` of them. The
+//! core's locks are `parking_lot`'s, which a panic does not poison.
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,11 +34,57 @@ use crate::metrics::{Metrics, Op};
 /// this mount, so the cache is only invalidated by our own replies.
 const TTL: Duration = Duration::from_secs(1);
 
-/// The largest write the kernel sends (its cap is 1 MiB with max_pages 256).
+/// The largest write the kernel sends (its cap is 1 MiB with max_pages 256). Larger
+/// requests (root may raise `fs.fuse.max_pages_limit`; fuser takes up to 16 MiB) were
+/// measured and not kept: 4 and 16 MiB `O_DIRECT` writes fell from 0.57 to 0.12-0.18 of
+/// the disk (a 16 MiB write arrives as one request on one thread instead of 16 in
+/// parallel, and its two copies run out of cache), and reads gained nothing (README,
+/// "Larger FUSE requests").
 const MAX_WRITE: u32 = 1 << 20;
+
+/// The readahead window of the mount: sequential reads arrive as requests of this size.
+const READ_AHEAD: u32 = 1 << 20;
 
 /// The most background requests (async direct I/O, readahead) the kernel keeps in flight.
 const MAX_BACKGROUND: u16 = 128;
+
+/// What this daemon asks of the kernel at FUSE INIT: request sizes, features and queue
+/// limits. Public so that the throughput bench's FUSE floor (`benches/floor/`) asks for
+/// exactly the same and measures the same stack.
+pub fn configure_kernel(config: &mut KernelConfig) {
+    let _ = config.set_max_write(MAX_WRITE);
+    let _ = config.set_max_readahead(READ_AHEAD);
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+    // O_DIRECT aio (libaio, io_uring) reaches us as concurrent requests instead of one
+    // at a time: without it the kernel runs every direct request synchronously in the
+    // submitter, so a queue depth of 32 arrives as depth 1.
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
+    // Async direct I/O and readahead are background requests, capped at
+    // max_background in flight (fuser's default: 16).
+    let _ = config.set_max_background(MAX_BACKGROUND);
+    let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
+    // We clear setuid/setgid ourselves (FUSE_WRITE_KILL_SUIDGID), so the kernel stops
+    // asking for security.capability before every write.
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+}
+
+/// The session settings of a mount of type `fuse.<subtype>` from `fsname`, served by
+/// `threads` request threads, each with its own cloned `/dev/fuse` descriptor. Public for
+/// the same reason as [`configure_kernel`].
+pub fn session_config(fsname: &str, subtype: &str, threads: usize) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(fsname.into()),
+        MountOption::CUSTOM(format!("subtype={subtype}")),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    config
+}
 
 struct Adapter {
     core: Arc<Core>,
@@ -40,14 +93,30 @@ struct Adapter {
 }
 
 impl Adapter {
-    /// Runs `f` (one core call), timing it for `op` when metrics are on.
+    /// Runs `f` (one core call for request `op`), timing it when metrics are on. A panic
+    /// in it answers EIO and is recorded by the core; the thread goes on serving.
     #[inline]
-    fn timed<T>(&self, op: Op, f: impl FnOnce() -> T) -> T {
+    fn call<T>(&self, op: Op, f: impl FnOnce() -> crate::fs::Result<T>) -> crate::fs::Result<T> {
+        let contained = || match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                // Recording must not take the thread down either.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.core.request_panicked(op.name(), &what)
+                }));
+                Err(crate::fs::Errno(libc::EIO))
+            }
+        };
         match &self.metrics {
-            None => f(),
+            None => contained(),
             Some(m) => {
                 let start = std::time::Instant::now();
-                let r = f();
+                let r = contained();
                 m.observe(op, start.elapsed());
                 r
             }
@@ -129,36 +198,27 @@ thread_local! {
 
 impl fuser::Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
-        // O_DIRECT aio (libaio, io_uring) reaches us as concurrent requests instead of one
-        // at a time: without it the kernel runs every direct request synchronously in the
-        // submitter, so a queue depth of 32 arrives as depth 1.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
-        // Async direct I/O and readahead are background requests, capped at
-        // max_background in flight (fuser's default: 16).
-        let _ = config.set_max_background(MAX_BACKGROUND);
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
-        // We clear setuid/setgid ourselves (FUSE_WRITE_KILL_SUIDGID), so the kernel stops
-        // asking for security.capability before every write.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        configure_kernel(config);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_entry(
-            self.timed(Op::Lookup, || self.core.lookup(node(parent), name)),
+            self.call(Op::Lookup, || self.core.lookup(node(parent), name)),
             reply,
         );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.timed(Op::Forget, || self.core.forget(node(ino), nlookup));
+        let _ = self.call(Op::Forget, || {
+            self.core.forget(node(ino), nlookup);
+            Ok(())
+        });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.timed(Op::Getattr, || self.core.getattr(node(ino))) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fh = fh.map(|h| HandleId(h.0));
+        match self.call(Op::Getattr, || self.core.getattr(node(ino), fh)) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -166,7 +226,7 @@ impl fuser::Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -191,14 +251,24 @@ impl fuser::Filesystem for Adapter {
             mtime: set_time(mtime),
         };
         let fh = fh.map(|h| HandleId(h.0));
-        match self.timed(Op::Setattr, || self.core.setattr(node(ino), fh, set)) {
+        // FUSE_HANDLE_KILLPRIV_V2 makes a truncate's setuid/setgid ours to clear; fuser
+        // does not pass FATTR_KILL_SUIDGID on, so the VFS rule is applied here: a
+        // truncate by someone else than root clears them (as a write does).
+        let kill = size.is_some() && req.uid() != 0;
+        let r = self.call(Op::Setattr, || {
+            if kill {
+                self.core.kill_suidgid(node(ino), fh)?;
+            }
+            self.core.setattr(node(ino), fh, set)
+        });
+        match r {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.timed(Op::Readlink, || self.core.readlink(node(ino))) {
+        match self.call(Op::Readlink, || self.core.readlink(node(ino))) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -214,7 +284,7 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Mknod, || {
+        let r = self.call(Op::Mknod, || {
             self.core
                 .mknod(node(parent), name, mode, u64::from(rdev), caller(req))
         });
@@ -230,19 +300,19 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Mkdir, || {
+        let r = self.call(Op::Mkdir, || {
             self.core.mkdir(node(parent), name, mode, caller(req))
         });
         reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.timed(Op::Unlink, || self.core.remove(node(parent), name, false));
+        let r = self.call(Op::Unlink, || self.core.remove(node(parent), name, false));
         reply_empty(r, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.timed(Op::Rmdir, || self.core.remove(node(parent), name, true));
+        let r = self.call(Op::Rmdir, || self.core.remove(node(parent), name, true));
         reply_empty(r, reply);
     }
 
@@ -254,7 +324,7 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Symlink, || {
+        let r = self.call(Op::Symlink, || {
             self.core
                 .symlink(node(parent), link_name, target, caller(req))
         });
@@ -271,7 +341,7 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Rename, || {
+        let r = self.call(Op::Rename, || {
             self.core
                 .rename(node(parent), name, node(newparent), newname, flags.bits())
         });
@@ -286,14 +356,23 @@ impl fuser::Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.timed(Op::Link, || {
+        let r = self.call(Op::Link, || {
             self.core.link(node(ino), node(newparent), newname)
         });
         reply_entry(r, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.timed(Op::Open, || self.core.open(node(ino), flags.0)) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // An open with O_TRUNC truncates: by someone else than root it clears setuid and
+        // setgid (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
+        let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
+        let r = self.call(Op::Open, || {
+            if kill {
+                self.core.kill_suidgid(node(ino), None)?;
+            }
+            self.core.open(node(ino), flags.0)
+        });
+        match r {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -319,7 +398,7 @@ impl fuser::Filesystem for Adapter {
             }
             let start = buf.as_ptr().align_offset(align);
             let buf = &mut buf[start..];
-            let r = self.timed(Op::Read, || {
+            let r = self.call(Op::Read, || {
                 self.core.read(HandleId(fh.0), offset, &mut buf[..size])
             });
             match r {
@@ -341,9 +420,9 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = self.timed(Op::Write, || {
+        let r = self.call(Op::Write, || {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.core.kill_suidgid(node(ino))?;
+                self.core.kill_suidgid(node(ino), Some(HandleId(fh.0)))?;
             }
             self.core.write(HandleId(fh.0), offset, data)
         });
@@ -374,7 +453,10 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.timed(Op::Release, || self.core.release(HandleId(fh.0)));
+        let _ = self.call(Op::Release, || {
+            self.core.release(HandleId(fh.0));
+            Ok(())
+        });
         reply.ok();
     }
 
@@ -386,12 +468,12 @@ impl fuser::Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Fsync, || self.core.fsync(HandleId(fh.0), datasync));
+        let r = self.call(Op::Fsync, || self.core.fsync(HandleId(fh.0), datasync));
         reply_empty(r, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.timed(Op::Opendir, || self.core.opendir(node(ino))) {
+        match self.call(Op::Opendir, || self.core.opendir(node(ino))) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -405,7 +487,7 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.timed(Op::Readdir, || {
+        let r = self.call(Op::Readdir, || {
             self.core.readdir(HandleId(fh.0), offset, |e, next| {
                 reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
             })
@@ -424,7 +506,10 @@ impl fuser::Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.timed(Op::Releasedir, || self.core.release(HandleId(fh.0)));
+        let _ = self.call(Op::Releasedir, || {
+            self.core.release(HandleId(fh.0));
+            Ok(())
+        });
         reply.ok();
     }
 
@@ -437,13 +522,13 @@ impl fuser::Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         reply_empty(
-            self.timed(Op::Fsyncdir, || self.core.fsyncdir(node(ino))),
+            self.call(Op::Fsyncdir, || self.core.fsyncdir(node(ino))),
             reply,
         );
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.timed(Op::Statfs, || self.core.statfs(node(ino))) {
+        match self.call(Op::Statfs, || self.core.statfs(node(ino))) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -461,7 +546,7 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Setxattr, || {
+        let r = self.call(Op::Setxattr, || {
             self.core.setxattr(node(ino), name, value, flags)
         });
         reply_empty(r, reply);
@@ -469,7 +554,7 @@ impl fuser::Filesystem for Adapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.timed(Op::Getxattr, || {
+        match self.call(Op::Getxattr, || {
             self.core.getxattr(node(ino), name, &mut buf)
         }) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -480,7 +565,7 @@ impl fuser::Filesystem for Adapter {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.timed(Op::Listxattr, || self.core.listxattr(node(ino), &mut buf)) {
+        match self.call(Op::Listxattr, || self.core.listxattr(node(ino), &mut buf)) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
@@ -488,7 +573,7 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.timed(Op::Removexattr, || self.core.removexattr(node(ino), name));
+        let r = self.call(Op::Removexattr, || self.core.removexattr(node(ino), name));
         reply_empty(r, reply);
     }
 
@@ -502,7 +587,7 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.timed(Op::Create, || {
+        let r = self.call(Op::Create, || {
             self.core
                 .create(node(parent), name, mode, flags, caller(req))
         });
@@ -528,7 +613,7 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.timed(Op::Fallocate, || {
+        let r = self.call(Op::Fallocate, || {
             self.core.fallocate(HandleId(fh.0), offset, length, mode)
         });
         reply_empty(r, reply);
@@ -543,7 +628,7 @@ impl fuser::Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.timed(Op::Lseek, || {
+        match self.call(Op::Lseek, || {
             self.core.lseek(HandleId(fh.0), offset, whence)
         }) {
             Ok(o) => reply.offset(o),
@@ -576,17 +661,7 @@ pub fn mount(
     fsname: &str,
     metrics: Option<Arc<Metrics>>,
 ) -> io::Result<FuseMount> {
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(fsname.into()),
-        MountOption::CUSTOM("subtype=reseedfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(threads.max(1));
-    config.clone_fd = true;
+    let config = session_config(fsname, "reseedfs", threads);
     let mut session = fuser::Session::new(Adapter { core, metrics }, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     let session = std::thread::Builder::new()
@@ -602,8 +677,9 @@ pub fn mount(
 }
 
 /// Reads reach us in the size of the mount's readahead window (128 KiB by default);
-/// raise it to the largest request so sequential reads come as 1 MiB requests.
-fn raise_readahead(mountpoint: &Path) {
+/// raise it so sequential reads come as 1 MiB requests (needs root; public for the bench's
+/// FUSE floor and the other daemons it compares).
+pub fn raise_readahead(mountpoint: &Path) {
     let Ok(st) = rustix::fs::stat(mountpoint) else {
         return;
     };
@@ -613,7 +689,7 @@ fn raise_readahead(mountpoint: &Path) {
         rustix::fs::major(dev),
         rustix::fs::minor(dev)
     );
-    if let Err(err) = std::fs::write(&knob, (MAX_WRITE / 1024).to_string()) {
+    if let Err(err) = std::fs::write(&knob, (READ_AHEAD / 1024).to_string()) {
         tracing::debug!(%knob, %err, "cannot raise the mount's readahead (needs root)");
     }
 }
@@ -659,5 +735,100 @@ impl FuseMount {
             .join()
             .map_err(|_| io::Error::other("the FUSE session thread panicked"))?;
         unmounted.and(joined)
+    }
+}
+
+// The failpoint `fs::lookup` panics a lookup: `cargo test` has the feature without a flag.
+#[cfg(all(test, feature = "failpoints"))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::events::EventId;
+    use crate::fs::tests::Bed;
+
+    /// Runs `f` on another thread; `None` when it did not finish within `limit` (a mount
+    /// with no request thread left hangs instead of answering).
+    fn within<T: Send + 'static>(
+        limit: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    #[test]
+    fn r13_a_panicking_request_answers_eio_and_its_thread_keeps_serving() {
+        if let Err(why) = crate::testbed::mount_privileges() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot mount in CI: {why}"
+            );
+            eprintln!(
+                "\n{0}\nSKIPPED: fuse panic containment: {why}\n{0}",
+                "=".repeat(70)
+            );
+            return;
+        }
+        let scenario = fail::FailScenario::setup();
+        let bed = Bed::new("fuse-panics", 2, 2);
+        let (core, sink) = bed.open();
+        let mnt = bed.root.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mountpoint");
+        let threads = 2;
+        let mount = super::mount(core, &mnt, threads, "reseedfs-panics", None).expect("mount");
+        let files = mnt.join("db001/db001.db");
+        // Only lookups of this name panic: other tests run beside this one.
+        fail::cfg("fs::lookup", "return(reseedfs-failpoint-boom)").expect("failpoint");
+        // Five times as many panics as request threads: without containment the mount
+        // has no thread left after the first `threads` of them, and hangs.
+        let panics = threads * 5;
+        let answers = within(Duration::from_secs(60), {
+            let files = files.clone();
+            move || {
+                let errs: Vec<Option<i32>> = (0..panics)
+                    .map(|_| {
+                        std::fs::metadata(files.join("reseedfs-failpoint-boom"))
+                            .err()
+                            .and_then(|e| e.raw_os_error())
+                    })
+                    .collect();
+                std::fs::write(files.join("after"), b"still served").expect("write after");
+                let back = std::fs::read(files.join("after")).expect("read after");
+                (errs, back)
+            }
+        });
+        fail::remove("fs::lookup");
+        scenario.teardown();
+        let Some((errs, back)) = answers else {
+            let _ = rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH);
+            panic!("the mount stopped answering after panics in its request threads");
+        };
+        assert!(errs.iter().all(|e| *e == Some(libc::EIO)), "{errs:?}");
+        assert_eq!(back, b"still served");
+        let recorded = sink
+            .0
+            .lock()
+            .iter()
+            .filter(|e| e.id == EventId::RequestPanicked)
+            .count();
+        assert_eq!(recorded, panics, "one event 3060 per panic");
+        let e = sink
+            .0
+            .lock()
+            .iter()
+            .find(|e| e.id == EventId::RequestPanicked)
+            .cloned()
+            .expect("event");
+        assert_eq!(e.fields["operation"], "lookup");
+        assert!(
+            e.fields["panic"]
+                .as_str()
+                .is_some_and(|p| p.contains("reseedfs-failpoint-boom")),
+            "{e:?}"
+        );
+        mount.unmount().expect("unmount");
     }
 }

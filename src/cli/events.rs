@@ -5,7 +5,9 @@
 //! `--follow` tails `<state_dir>/events.jsonl` (every 250 ms), the log the daemon writes
 //! each event to before anything else sees it, so it works whether the daemon runs or not,
 //! and across its restarts (a log that was replaced or truncated is read again from its
-//! start).
+//! start) and its rotations (the file it was reading is read to its end, then the files
+//! rotated after it, then the new one). Both read the rotated files (`events.jsonl.N`)
+//! first, oldest first.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -123,17 +125,24 @@ fn follow(path: &Path, filter: &Filter, json: bool, out: &mut impl Write) -> any
     }
 }
 
-/// Reads the events appended to a JSON-lines log since the last call.
+/// Reads the events appended to a JSON-lines log since the last call, across its
+/// rotations (see [`crate::events`]).
 #[derive(Debug)]
 pub struct Tail {
     path: PathBuf,
+    /// The file read, and its inode: the current file when it was opened.
     file: Option<(File, u64)>,
     offset: u64,
     partial: Vec<u8>,
 }
 
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
 impl Tail {
-    /// A tail of `path` from its start (the file need not exist yet).
+    /// A tail of `path` from the start of its oldest rotated file (the log need not
+    /// exist yet).
     pub fn new(path: &Path) -> Tail {
         Tail {
             path: path.to_owned(),
@@ -144,25 +153,69 @@ impl Tail {
     }
 
     /// The events written since the last call: complete lines only (a line being written
-    /// waits for the next call); lines that do not parse are skipped. A log replaced by
-    /// another file, or truncated, is read again from its start.
+    /// waits for the next call); lines that do not parse are skipped. When the log was
+    /// rotated, the file read so far is finished first, then the files rotated after it,
+    /// then the new one from its start; a log replaced by another file, or truncated, is
+    /// read again from its start.
     pub fn poll(&mut self) -> io::Result<Vec<Event>> {
+        let mut out = Vec::new();
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            // No log yet, or it is being rotated this instant: what the file held has
+            // still to be read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.read_more(&mut out)?;
+                return Ok(out);
+            }
             Err(e) => return Err(e),
         };
-        let same = self
-            .file
-            .as_ref()
-            .is_some_and(|(_, ino)| *ino == meta.ino() && meta.len() >= self.offset);
-        if !same {
-            self.file = Some((File::open(&self.path)?, meta.ino()));
-            self.offset = 0;
-            self.partial.clear();
+        let held = self.file.as_ref().map(|(_, ino)| *ino);
+        match held {
+            Some(ino) if ino == meta.ino() && meta.len() >= self.offset => {}
+            Some(ino) if ino == meta.ino() => self.open_current(meta.ino())?,
+            Some(old) => {
+                // Rotated: the rest of the file held, then what was rotated after it.
+                self.read_more(&mut out)?;
+                let rotated = self.rotated();
+                if let Some(i) = rotated.iter().position(|p| inode(p) == Some(old)) {
+                    for p in &rotated[i + 1..] {
+                        out.extend(crate::events::read_file_events(p)?);
+                    }
+                }
+                self.open_current(meta.ino())?;
+            }
+            None => {
+                self.open_current(meta.ino())?;
+                // The rotated files, oldest first; the current file is read below through
+                // the descriptor just opened (even if it was rotated meanwhile).
+                let current = Some(meta.ino());
+                for p in self.rotated().iter().filter(|p| inode(p) != current) {
+                    out.extend(crate::events::read_file_events(p)?);
+                }
+            }
         }
+        self.read_more(&mut out)?;
+        Ok(out)
+    }
+
+    /// The rotated files of the log, oldest first.
+    fn rotated(&self) -> Vec<PathBuf> {
+        let mut files = crate::events::log_files(&self.path);
+        files.retain(|p| p != &self.path);
+        files
+    }
+
+    fn open_current(&mut self, ino: u64) -> io::Result<()> {
+        self.file = Some((File::open(&self.path)?, ino));
+        self.offset = 0;
+        self.partial.clear();
+        Ok(())
+    }
+
+    /// The complete lines appended to the file held since the last read.
+    fn read_more(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         let Some((file, _)) = self.file.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         file.seek(SeekFrom::Start(self.offset))?;
         let n = file.read_to_end(&mut self.partial)?;
@@ -173,10 +226,12 @@ impl Tail {
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
         let lines: Vec<u8> = self.partial.drain(..complete).collect();
-        Ok(lines
-            .split(|&b| b == b'\n')
-            .filter_map(|line| serde_json::from_slice(line).ok())
-            .collect())
+        out.extend(
+            lines
+                .split(|&b| b == b'\n')
+                .filter_map(|line| serde_json::from_slice::<Event>(line).ok()),
+        );
+        Ok(())
     }
 }
 
@@ -260,6 +315,43 @@ mod tests {
         let log = EventLog::open(&path).unwrap();
         log.emit(NewEvent::new(EventId::MountStarted, "up again"));
         assert_eq!(seqs(tail.poll().unwrap()), [1]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn r13_tail_follows_the_log_across_its_rotations() {
+        let dir = std::env::temp_dir().join(format!("reseedfs-tail-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let rotation = crate::events::Rotation {
+            max_bytes: 2048,
+            keep: 3,
+        };
+        let log = crate::events::EventLog::open_with(&path, rotation, None).unwrap();
+        for i in 0..20 {
+            log.emit(NewEvent::new(EventId::CopyFailed, format!("before {i}")));
+        }
+        assert!(crate::events::rotated_path(&path, 1).exists());
+        // Started after rotations: the rotated files first, then the current one.
+        let mut tail = Tail::new(&path);
+        let mut seen: Vec<u64> = tail.poll().unwrap().iter().map(|e| e.seq).collect();
+        let first = seen[0];
+        assert_eq!(seen, (first..=20).collect::<Vec<_>>());
+        // Events written between polls, with one or two rotations in between.
+        let mut next = 21;
+        for burst in [1, 3, 9, 14, 2, 11] {
+            for _ in 0..burst {
+                log.emit(NewEvent::new(EventId::CopyFailed, format!("event {next}")));
+                next += 1;
+            }
+            seen.extend(tail.poll().unwrap().iter().map(|e| e.seq));
+        }
+        assert_eq!(
+            seen,
+            (first..next).collect::<Vec<_>>(),
+            "none lost, none twice"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

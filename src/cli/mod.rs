@@ -293,10 +293,32 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(e) => e.into(),
         Err(e) => {
             eprintln!("reseedfs: {e:#}");
-            Exit::Failure.into()
+            exit_for(&e).into()
         }
     }
 }
+
+/// The exit code of a failed command: 3 when the config or the pool is unusable (a
+/// refused `init`, a config that does not validate, a pool that cannot be mounted, a
+/// state directory that is not private), else 1.
+fn exit_for(e: &anyhow::Error) -> Exit {
+    let unusable = e.chain().any(|cause| {
+        cause.is::<crate::pool::InitError>()
+            || cause.is::<crate::pool::OpenError>()
+            || cause.is::<crate::config::ConfigError>()
+            || cause.is::<Unusable>()
+    });
+    if unusable {
+        Exit::Config
+    } else {
+        Exit::Failure
+    }
+}
+
+/// An error that makes the config or the pool unusable (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
 
 fn init(a: InitArgs) -> anyhow::Result<Exit> {
     let mut config = Config::new(absolute(&a.volumes)?, absolute(&a.databases)?, a.database);
@@ -332,6 +354,10 @@ fn mount(a: &MountArgs) -> anyhow::Result<Exit> {
         Err(e) => return Ok(e),
     };
     config.metrics = a.metrics.or(config.metrics);
+    if let Err(e) = config.validate(path) {
+        eprintln!("reseedfs: {e}");
+        return Ok(Exit::Config);
+    }
     if a.detach {
         // Started by the mount helper: no terminal, no process group of mount(8)'s.
         if let Err(e) = rustix::process::setsid() {
@@ -460,6 +486,18 @@ pub fn render_status(s: &Status) -> String {
             v.io_errors,
             v.slow_requests
         );
+    }
+    if !s.foreign.is_empty() {
+        out += "\nNOT OF THIS POOL (left alone)\n";
+        for f in &s.foreign {
+            out += &format!(
+                "{:<12} belongs to pool {}, this pool is {} ({})\n",
+                f.name,
+                f.pool_id,
+                f.expected_pool_id,
+                f.path.display()
+            );
+        }
     }
     if let Some(t) = &s.throttle {
         out += "\n";

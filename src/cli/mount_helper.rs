@@ -16,7 +16,6 @@
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -41,18 +40,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Generic mount options: applied by mount(8) or meaningless here, accepted and ignored.
 /// (reseedfs always mounts `nodev,nosuid`, read-write.)
-const IGNORED: [&str; 26] = [
+const IGNORED: [&str; 22] = [
     "defaults",
     "rw",
     "auto",
     "noauto",
     "_netdev",
     "nofail",
-    "user",
     "nouser",
-    "users",
-    "owner",
-    "group",
     "dev",
     "nodev",
     "suid",
@@ -131,6 +126,13 @@ fn parse_options(list: &[String], sloppy: bool) -> Result<Options, String> {
                 })?;
                 out.metrics = Some(addr);
             }
+            // mount(8) would let a user other than root mount (and unmount) it: reseedfs
+            // runs as root for every local user, so only root mounts it.
+            "user" | "users" | "owner" | "group" => {
+                return Err(format!(
+                    "mount option {opt:?}: only root may mount reseedfs (it serves every local user as root); remove it from the fstab line"
+                ));
+            }
             "ro" => {
                 return Err(
                     "mount option \"ro\": reseedfs mounts read-write only (the database writes through it)"
@@ -166,10 +168,15 @@ pub fn run(a: &HelperArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(USAGE, e),
     };
-    let config = match Config::load(&a.config) {
+    let mut config = match Config::load(&a.config) {
         Ok(c) => c,
         Err(e) => return fail(USAGE, e),
     };
+    // `-o metrics=` is checked as the config key is (loopback unless allowed).
+    config.metrics = options.metrics.or(config.metrics);
+    if let Err(e) = config.validate(&a.config) {
+        return fail(USAGE, e);
+    }
     if let Err(e) = check_dir(&a.dir, &config, &a.config) {
         return fail(USAGE, e);
     }
@@ -226,23 +233,29 @@ pub fn log_path(config: &Config) -> PathBuf {
 
 /// Starts the daemon detached and waits for it to serve; returns its pid.
 fn start(config_path: &Path, config: &Config, metrics: Option<SocketAddr>) -> anyhow::Result<u32> {
-    std::fs::create_dir_all(&config.state_dir)
+    // The state directory as the daemon makes it: private to root (and its group).
+    let group = crate::daemon::control_group(config)?;
+    let mode = if group.is_some() { 0o750 } else { 0o700 };
+    let state_dir = crate::private::PrivateDir::create(&config.state_dir, mode, group)
         .with_context(|| format!("create state_dir {}", config.state_dir.display()))?;
     let log_path = log_path(config);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(&log_path)
+    let log = state_dir
+        .append("reseedfs.log", 0o600, None)
         .with_context(|| format!("open {}", log_path.display()))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let notify_path = config
+    // The daemon's READY=1 comes on a socket only root can reach: a directory of its own,
+    // 0700, in the state directory.
+    let notify_dir = config
         .state_dir
-        .join(format!("mount-helper.{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&notify_path);
+        .join(format!(".mount-helper.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&notify_dir);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&notify_dir)
+        .with_context(|| format!("create {}", notify_dir.display()))?;
+    let _cleanup = RemoveOnDrop(&notify_dir);
+    let notify_path = notify_dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path)
         .with_context(|| format!("bind {}", notify_path.display()))?;
-    let _cleanup = RemoveOnDrop(&notify_path);
     let exe = std::env::current_exe().context("find the reseedfs binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
@@ -314,7 +327,7 @@ struct RemoveOnDrop<'a>(&'a Path);
 
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.0);
+        let _ = std::fs::remove_dir_all(self.0);
     }
 }
 

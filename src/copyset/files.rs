@@ -3,6 +3,7 @@
 //! volume at once (so that nothing keeps its filesystem alive: the disk can be unmounted,
 //! checked and mounted again while the database runs).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -18,8 +19,9 @@ pub struct BackingFile {
     pub generation: u64,
     /// The open file (through the page cache).
     pub file: VolFile,
-    /// The same file opened again with `O_DIRECT`, for the small reads of a caller that
-    /// opened it so; opened at the first such read (`None`: not possible here).
+    /// The same file opened again with `O_DIRECT` (and the same access mode), for the
+    /// small reads and the aligned writes of a caller that opened it so; opened at the
+    /// first of them (`None`: not possible here).
     direct: OnceLock<Option<VolFile>>,
     /// The file's checksum store on this copy, opened at the first use.
     pub(super) sums: OnceLock<Arc<crate::checksum::SumFile>>,
@@ -43,6 +45,9 @@ pub struct OpenFiles {
     /// The volume-relative path the handle was opened by (for events; a later rename is
     /// not followed).
     name: OnceLock<std::path::PathBuf>,
+    /// The caller opened the file with `O_DIRECT`: its aligned writes go `O_DIRECT` to
+    /// the backing files too ([`OpenFiles::set_direct`]).
+    direct: AtomicBool,
 }
 
 impl OpenFiles {
@@ -51,6 +56,7 @@ impl OpenFiles {
         OpenFiles {
             slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
             name: OnceLock::new(),
+            direct: AtomicBool::new(false),
         }
     }
 
@@ -69,6 +75,18 @@ impl OpenFiles {
         self.name
             .get()
             .map_or_else(|| "(unnamed)".to_owned(), |p| p.display().to_string())
+    }
+
+    /// Marks the handle as opened with `O_DIRECT` by its caller (a database that caches
+    /// its own pages): its aligned writes then bypass the backing page cache of every
+    /// copy, as they would bypass the disk's own filesystem cache.
+    pub fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Ordering::Relaxed);
+    }
+
+    /// Whether the caller opened the file with `O_DIRECT`.
+    pub fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
     }
 
     /// Records `file`, opened on copy `i` at placement `generation`.

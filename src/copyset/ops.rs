@@ -24,8 +24,10 @@ impl Database {
     pub fn open(&self, path: &Path, flags: OFlags) -> io::Result<Arc<OpenFiles>> {
         // No reseed lays out a new copy between the open and the handle's registration.
         let _namespace = self.namespace_shared();
-        let files =
-            self.open_on_copies("open", path, |v| v.open_file(path, flags, Mode::empty()))?;
+        let changes = flags.contains(OFlags::TRUNC);
+        let files = self.open_on_copies("open", path, changes, |v| {
+            v.open_file(path, flags, Mode::empty())
+        })?;
         self.sums_opened(&files)?;
         Ok(files)
     }
@@ -39,7 +41,7 @@ impl Database {
         owner: (u32, u32),
     ) -> io::Result<Arc<OpenFiles>> {
         let _namespace = self.namespace_shared();
-        let files = self.open_on_copies("create", path, |v| {
+        let files = self.open_on_copies("create", path, true, |v| {
             let f = v.open_file(path, flags | OFlags::CREATE, perm)?;
             v.fchown(&f, Some(owner.0), Some(owner.1))?;
             Ok(f)
@@ -49,15 +51,59 @@ impl Database {
         Ok(files)
     }
 
+    /// Opens again, with `flags`, the files `from` has open on every copy that takes
+    /// mutations: a new handle on a file that may have no name left (an open of
+    /// `/proc/<pid>/fd/<n>` after an unlink).
+    pub fn reopen(&self, from: &OpenFiles, flags: OFlags) -> io::Result<Arc<OpenFiles>> {
+        let _namespace = self.namespace_shared();
+        let files = Arc::new(OpenFiles::new(self.copies.len()));
+        self.mutate_where(
+            "open",
+            |i| from.get(i, &self.copies[i]).is_some(),
+            |i, v| {
+                let old = from
+                    .get(i, &self.copies[i])
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let f = v.reopen(&old.file, flags)?;
+                files.set(i, old.generation, f);
+                Ok(())
+            },
+        )?;
+        self.open_files.add(&files);
+        Ok(files)
+    }
+
+    /// `fstat` through a handle's files, on the active copy (failing over): the one way
+    /// to see a file that is open but has no name any more.
+    pub fn fstat(&self, files: &OpenFiles) -> io::Result<Stat> {
+        self.read_file_op("fstat", files, |v, f| v.fstat(f))
+    }
+
+    /// `fchmod` through a handle's files (a file with no name left).
+    pub fn fchmod(&self, files: &OpenFiles, mode: Mode) -> io::Result<()> {
+        self.mutate_files("fchmod", files, |v, f| v.fchmod(f, mode))
+    }
+
+    /// `fchown` through a handle's files (a file with no name left).
+    pub fn fchown(&self, files: &OpenFiles, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        self.mutate_files("fchown", files, |v, f| v.fchown(f, uid, gid))
+    }
+
+    /// `futimens` through a handle's files (a file with no name left).
+    pub fn set_file_times(&self, files: &OpenFiles, times: &Timestamps) -> io::Result<()> {
+        self.mutate_files("futimens", files, |v, f| v.set_file_times(f, times))
+    }
+
     fn open_on_copies(
         &self,
         op: &str,
         path: &Path,
+        changes: bool,
         open: impl Fn(&Volume) -> io::Result<VolFile>,
     ) -> io::Result<Arc<OpenFiles>> {
         let files = Arc::new(OpenFiles::new(self.copies.len()));
         files.set_name(path);
-        self.mutate(op, |i, v| {
+        self.open_where(op, changes, |i, v| {
             let f = open(v)?;
             files.set(i, self.copies[i].placement().generation, f);
             Ok(())
@@ -199,7 +245,22 @@ impl Database {
                     .lock()
                     .as_ref()
                     .is_none_or(|s| s.route_write(offset, len));
-            self.write_at(files, offset, data, to_seeding)?
+            let done = self.write_at(files, offset, data, to_seeding);
+            self.tap.written(&m, &io.marks, offset, len);
+            done
+        };
+        let written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                // Every in-sync copy refused it, each maybe after a part (a media error
+                // would have failed the copy instead): the copies are made equal before
+                // the caller hears of it.
+                if self.copies.len() > 1 {
+                    let _resize = io.resize.write();
+                    self.equalize_after_refused_write(files, offset, data.len());
+                }
+                return Err(e);
+            }
         };
         if let Some((from, len)) = io.run.note(offset, written as u64) {
             self.start_writeback(files, from, len);
@@ -207,9 +268,14 @@ impl Database {
         Ok(written)
     }
 
-    /// `fsync`/`fdatasync`: durable on every in-sync copy when it returns.
-    pub fn fsync(&self, files: &OpenFiles, datasync: bool) -> io::Result<()> {
-        self.sync_files(files, datasync)
+    /// `fsync`/`fdatasync` of `file`: durable on every in-sync copy when it returns (and
+    /// what it made durable leaves what a later failure must resync).
+    pub fn fsync(&self, file: &dyn FileRef, files: &OpenFiles, datasync: bool) -> io::Result<()> {
+        let marks = &file.io().marks;
+        let began = self.tap.sync_begins(marks);
+        self.sync_files(files, datasync)?;
+        self.tap.synced(marks, || file.path(), began);
+        Ok(())
     }
 
     /// `fallocate` of `[offset, offset+len)` with its mode bits (KEEP_SIZE, PUNCH_HOLE,
@@ -238,9 +304,11 @@ impl Database {
         let m = self.tap.begin();
         self.tap
             .data(self, &m, &io.marks, || file.path(), offset, len);
-        self.mutate_backing("fallocate", files, |i, v, f| {
+        let done = self.mutate_backing("fallocate", files, |i, v, f| {
             self.fallocate_summed(i, v, f, mode, offset, len)
-        })
+        });
+        self.tap.written(&m, &io.marks, offset, len);
+        done
     }
 
     /// `lseek` (SEEK_DATA / SEEK_HOLE), answered by the active copy.

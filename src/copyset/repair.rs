@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::Database;
 use crate::checksum;
-use crate::tap::activity::{self, EXTENT_SHIFT, Recovered};
+use crate::tap::activity::{self, Recovered};
 use crate::tap::reconcile::{self, SideError};
 use crate::volume::{Mode, OFlags, VolFile};
 
@@ -67,7 +67,12 @@ pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
     }
     db.tap().widen(&log.as_dirty());
     report.files = log.extents.len();
-    report.extents = log.extents.values().map(|e| e.len()).sum();
+    report.extents = log
+        .extents
+        .values()
+        .flat_map(|e| e.iter())
+        .map(|r| usize::try_from(r.end - r.start).unwrap_or(usize::MAX))
+        .fold(0usize, usize::saturating_add);
     let Some(active) = db.active_index() else {
         return Ok(report);
     };
@@ -118,10 +123,12 @@ pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
                 Err(e) => return Err(fail(e)),
             };
             let mut changed = false;
-            for &e in extents {
-                let (read, fixed) =
-                    reconcile::repair_extent(&a, &b, e << EXTENT_SHIFT, 1 << EXTENT_SHIFT)
-                        .map_err(fail)?;
+            for r in extents.iter() {
+                // Extents past the end of the file cost nothing: the comparison stops at
+                // the active copy's end.
+                let start = activity::byte_of(r.start);
+                let len = activity::byte_of(r.end).saturating_sub(start);
+                let (read, fixed) = reconcile::repair_extent(&a, &b, start, len).map_err(fail)?;
                 report.bytes_read += read;
                 report.bytes_repaired += fixed;
                 changed |= fixed > 0;
@@ -147,10 +154,10 @@ fn resum(db: &Database, log: &Recovered, report: &mut RepairReport) -> Result<()
             continue;
         };
         for (path, extents) in &log.extents {
-            for &e in extents {
-                if let Err(err) =
-                    checksum::recompute(&v, &db.name, path, e << EXTENT_SHIFT, 1 << EXTENT_SHIFT)
-                {
+            for r in extents.iter() {
+                let start = activity::byte_of(r.start);
+                let len = activity::byte_of(r.end).saturating_sub(start);
+                if let Err(err) = checksum::recompute(&v, &db.name, path, start, len) {
                     db.on_error(slot, "crash repair checksums", &err, true);
                     return Err(format!(
                         "crash repair of {}: summing {} again on {} failed: {err}",

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
-use crate::volume::{Call, DIRECT_ALIGN, VolFile, Volume, is_media_error};
+use crate::volume::{
+    AlignedBuf, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
+};
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
 const DIRECT_READ_MAX: usize = 64 << 10;
@@ -93,11 +95,33 @@ impl Database {
     }
 
     /// [`Database::mutate`] on the copies for which `has(i)` holds.
-    fn mutate_where<T>(
+    pub(super) fn mutate_where<T>(
         &self,
         op: &str,
         has: impl Fn(usize) -> bool,
         f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.on_every_copy(op, has, f, true)
+    }
+
+    /// Opens a file on every copy that takes mutations (see [`Database::mutate`]). An open
+    /// that changes nothing (no `O_TRUNC`) is answered even when the failure of a copy it
+    /// skipped could not be recorded (see `settle`): reads go on.
+    pub(super) fn open_where<T>(
+        &self,
+        op: &str,
+        changes: bool,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.on_every_copy(op, |_| true, f, changes)
+    }
+
+    fn on_every_copy<T>(
+        &self,
+        op: &str,
+        has: impl Fn(usize) -> bool,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
+        changes: bool,
     ) -> io::Result<T> {
         let _namespace = self.namespace_shared();
         let (first, result) = loop {
@@ -134,7 +158,9 @@ impl Database {
             }
         }
         self.tap.mutated();
-        self.settle()?;
+        if changes {
+            self.settle()?;
+        }
         Ok(result)
     }
 
@@ -158,8 +184,9 @@ impl Database {
                 && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
             if direct && let Some(d) = f.direct(v) {
                 match v.read_at(d, offset, buf) {
-                    // The backing filesystem wants a larger alignment than ours.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    // The backing filesystem wants a larger alignment than ours; or the
+                    // handle was opened write-only.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EBADF)) => {}
                     r => return r,
                 }
             }
@@ -238,16 +265,91 @@ impl Database {
         data: &[u8],
         to_seeding: bool,
     ) -> io::Result<usize> {
+        let len = data.len();
+        // With checksums, an O_DIRECT caller's writes take the summed path below (the
+        // data and its sums in one lane call); O_DIRECT to the copies is for pools
+        // without them, for now.
+        if files.is_direct() && is_direct_aligned(offset, len) && !self.sums.enabled() {
+            // An O_DIRECT caller: its data goes O_DIRECT to every copy, from one aligned
+            // copy (the same one copy as below, aligned), so that a database caching its
+            // own pages is not cached again, once per copy.
+            let shared = Arc::new(AlignedBuf::copy_of(data));
+            return self
+                .fan_out(files, "write", len, to_seeding, |_, v, f| {
+                    match f.direct(v) {
+                        Some(d) => v.submit_write_direct(&f.file, d, offset, shared.clone()),
+                        None => v.submit_write(&f.file, offset, shared.clone()),
+                    }
+                })
+                .map(|()| len);
+        }
         // One copy of the data, shared by every copy's lane (a call that misses its
         // deadline keeps it until the disk answers).
         let sums = self.sums_for_write(files, offset, data)?;
         let shared: Arc<[u8]> = Arc::from(data);
-        let len = data.len();
         self.fan_out(files, "write", len, to_seeding, |i, v, f| match &sums {
             Some(sums) => self.submit_summed_write(i, v, f, offset, &shared, sums),
             None => v.submit_write(&f.file, offset, shared.clone()),
         })
         .map(|()| len)
+    }
+
+    /// After a write that every in-sync copy refused (ENOSPC, EDQUOT, a short write that
+    /// could not go on): each copy may hold a different part of it. Makes every other
+    /// in-sync copy equal to the active one in `[offset, offset+len)` and in size, before
+    /// the error goes back; a copy that cannot be made equal (it refuses the bytes too) is
+    /// failed as diverged (3003). Call with the file's resize lock held exclusively (no
+    /// write in flight, sizes stable).
+    pub(super) fn equalize_after_refused_write(&self, files: &OpenFiles, offset: u64, len: usize) {
+        let Ok((active, av)) = self.active() else {
+            return;
+        };
+        let Some(af) = files.get(active, &self.copies[active]) else {
+            return;
+        };
+        let mut want = vec![0u8; len];
+        let size = read_full(&av, &af.file, offset, &mut want)
+            .and_then(|n| Ok((n, av.fstat(&af.file)?.st_size as u64)));
+        let (n, size) = match size {
+            Ok(x) => x,
+            Err(e) => {
+                // The active copy's own error (a media error fails it; the next write
+                // or read meets the rest).
+                self.on_error(active, "write (reading back a refused write)", &e, false);
+                return;
+            }
+        };
+        for (i, c) in self.copies.iter().enumerate() {
+            if i == active || !c.is(CopyState::InSync) {
+                continue;
+            }
+            let (Some(v), Some(f)) = (c.in_sync_volume(), files.get(i, c)) else {
+                continue;
+            };
+            let made_equal = (|| -> io::Result<()> {
+                let mut have = vec![0u8; n];
+                if read_full(&v, &f.file, offset, &mut have)? != n || have != want[..n] {
+                    v.write_all_at(&f.file, offset, &want[..n])?;
+                }
+                if v.fstat(&f.file)?.st_size as u64 != size {
+                    v.set_len(&f.file, size)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = made_equal {
+                tracing::warn!(
+                    "{}: copy on {} cannot be made equal to the active copy after a write                      every copy refused: {e}",
+                    self.name,
+                    v.name()
+                );
+                self.on_error(
+                    i,
+                    "write (making the copies equal after a refused write)",
+                    &e,
+                    true,
+                );
+            }
+        }
     }
 
     /// Starts writing `[offset, offset+len)` of the handle's files back to every copy's
@@ -417,4 +519,17 @@ fn count_written<T>(v: &Volume, r: &io::Result<T>, len: usize) {
     if len > 0 && r.is_ok() {
         v.count_written(len);
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` of `f` unless end of file comes first; returns the
+/// bytes read.
+fn read_full(v: &Volume, f: &VolFile, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match v.read_at(f, offset + done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
 }

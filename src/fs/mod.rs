@@ -28,6 +28,7 @@ use crate::volume::{
 use parking_lot::RwLock;
 
 use crate::copyset::{Database, OpenFiles, SeedFile};
+use crate::events::{EventId, NewEvent};
 use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
 use crate::volume::child_path;
@@ -239,6 +240,51 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// What [`Core::refresh_handles`] did.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// Handles that got their file on the copy.
+    pub handles: usize,
+    /// The files open with no name left: each got an anonymous file on the copy, empty,
+    /// for the caller to fill ([`crate::reseed::orphans`]).
+    pub orphans: Vec<Arc<Node>>,
+}
+
+/// An empty anonymous file on `volume`, with the owner and mode that `files` (a handle of
+/// a file with no name left) has on an in-sync copy of `db`.
+fn anonymous_copy(
+    db: &Database,
+    volume: &crate::volume::Volume,
+    files: &OpenFiles,
+) -> io::Result<crate::volume::VolFile> {
+    let st = db.fstat(files)?;
+    let dir = PathBuf::from(layout::db_folder(&db.name));
+    let f = volume.create_anonymous(&dir, Mode::from_raw_mode(0o600))?;
+    // Owner before mode: a chown clears setuid and setgid.
+    volume.fchown(&f, Some(st.st_uid), Some(st.st_gid))?;
+    volume.fchmod(&f, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    Ok(f)
+}
+
+/// A backing node as a request reaches it (see [`Core::target`]).
+struct Target<'a> {
+    node: Arc<Node>,
+    db: &'a Arc<Database>,
+    /// Its name, while it has one.
+    path: Option<PathBuf>,
+    /// The files of the request's handle, or of a handle still open on a node with no
+    /// name left.
+    files: Option<Arc<OpenFiles>>,
+}
+
+/// How a metadata change reaches a file: by its name, or through a handle's files when
+/// it has no name left.
+#[derive(Clone, Copy)]
+enum By<'a> {
+    Name(&'a Path),
+    Files(&'a OpenFiles),
+}
+
 enum Handle {
     File {
         node: Arc<Node>,
@@ -349,8 +395,35 @@ impl Core {
         Attr::from_stat(id, st)
     }
 
+    /// A request reached a bug: the adapter caught its panic and answered EIO. Recorded
+    /// (event 3060) so that someone reports it; the request thread goes on serving.
+    pub fn request_panicked(&self, op: &str, what: &str) {
+        self.pool.events().emit(
+            NewEvent::new(
+                EventId::RequestPanicked,
+                format!(
+                    "a {op} request panicked ({what}); it was answered with an I/O error and the mount goes on serving. This is a bug: please report it with the daemon's log"
+                ),
+            )
+            .field("operation", op)
+            .field("panic", what),
+        );
+    }
+
     /// Looks `name` up in `parent` and counts a kernel reference to the result.
     pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Attr> {
+        // Tests: `return(NAME)` makes a lookup of NAME panic (a bug inside a request);
+        // other lookups go on as usual.
+        fail::fail_point!("fs::lookup", |target: Option<String>| {
+            if target.as_deref() == name.to_str() {
+                panic!("failpoint fs::lookup: {}", name.to_string_lossy());
+            }
+            self.lookup_name(parent, name)
+        });
+        self.lookup_name(parent, name)
+    }
+
+    fn lookup_name(&self, parent: NodeId, name: &OsStr) -> Result<Attr> {
         layout::check_component(name)?;
         let p = self.node(parent)?;
         match p.place {
@@ -383,16 +456,63 @@ impl Core {
         self.nodes.write().forget(node, n);
     }
 
-    /// Attributes of `node`.
-    pub fn getattr(&self, id: NodeId) -> Result<Attr> {
+    /// Attributes of `node`, through the open handle `fh` when the kernel names one
+    /// (`fstat`, and reads or seeks that check the size), else by its name; a node whose
+    /// last name is gone is stated through any handle still open on it.
+    pub fn getattr(&self, id: NodeId, fh: Option<HandleId>) -> Result<Attr> {
         let node = self.node(id)?;
         match node.place {
             Place::Root | Place::DbDir(_) => Ok(Attr::virtual_dir(id, self.started)),
-            Place::Backing(db) => {
-                let path = node.path().ok_or(Errno(libc::ENOENT))?;
-                let st = self.stat_backing(self.db(db), &path)?;
-                Ok(Attr::from_stat(id, &st))
+            Place::Backing(_) => {
+                let t = self.target(id, fh)?;
+                Ok(Attr::from_stat(id, &self.stat_target(&t)?))
             }
+        }
+    }
+
+    /// A backing node as a request reaches it: by name while it has one, and through
+    /// the files of the request's handle, or of any handle still open on it once its last
+    /// name is gone (an open file that was unlinked: the database's temporary files).
+    fn target(&self, id: NodeId, fh: Option<HandleId>) -> Result<Target<'_>> {
+        let node = self.node(id)?;
+        let Place::Backing(db) = node.place else {
+            return Err(Errno(libc::EPERM));
+        };
+        let path = node.path();
+        let mut files = fh
+            .and_then(|h| self.handle(h).ok())
+            .and_then(|h| match &*h {
+                Handle::File { files, .. } => Some(files.clone()),
+                Handle::Dir { .. } => None,
+            });
+        if files.is_none() && path.is_none() {
+            files = node.any_open_files();
+        }
+        if files.is_none() && path.is_none() {
+            return Err(Errno(libc::ENOENT));
+        }
+        Ok(Target {
+            node,
+            db: self.db(db),
+            path,
+            files,
+        })
+    }
+
+    /// `fstat` through the target's handle, else `lstat` by its name.
+    fn stat_target(&self, t: &Target<'_>) -> Result<Stat> {
+        match (&t.files, &t.path) {
+            (Some(files), path) => match t.db.fstat(files) {
+                Ok(st) => Ok(st),
+                // The handle has no file on an in-sync copy (none of its copies is left
+                // in sync): the name still tells.
+                Err(_) if path.is_some() => {
+                    self.stat_backing(t.db, path.as_deref().unwrap_or(Path::new("")))
+                }
+                Err(e) => Err(e.into()),
+            },
+            (None, Some(path)) => self.stat_backing(t.db, path),
+            (None, None) => Err(Errno(libc::ENOENT)),
         }
     }
 
@@ -412,22 +532,33 @@ impl Core {
         HandleId(id)
     }
 
-    /// Changes attributes; `fh` is used for the size when given.
+    /// Changes attributes; `fh` is used for the size when given. A node whose last name
+    /// is gone is changed through its open handles' files.
     pub fn setattr(&self, id: NodeId, fh: Option<HandleId>, set: SetAttr) -> Result<Attr> {
-        let (node, db, path) = self.backing(id)?;
+        let t = self.target(id, fh)?;
+        let (node, db) = (&t.node, t.db);
         if let Some(size) = set.size {
-            let handle = fh.and_then(|h| self.handle(h).ok());
-            let files = match handle.as_deref() {
-                Some(Handle::File { files, .. }) => Some(&**files),
-                _ => None,
-            };
-            db.truncate(&*node, files, size)?;
+            db.truncate(&**node, t.files.as_deref(), size)?;
+        }
+        // By name while there is one; else through the handle's files.
+        let by = match (t.path.as_deref(), t.files.as_deref()) {
+            (Some(path), _) => By::Name(path),
+            (None, Some(files)) => By::Files(files),
+            (None, None) => return Err(Errno(libc::ENOENT)),
+        };
+        // Owner before mode: a chown clears setuid and setgid.
+        if set.uid.is_some() || set.gid.is_some() {
+            match by {
+                By::Name(path) => db.chown(path, set.uid, set.gid)?,
+                By::Files(f) => db.fchown(f, set.uid, set.gid)?,
+            }
         }
         if let Some(mode) = set.mode {
-            db.chmod(&path, Mode::from_raw_mode(mode & 0o7777))?;
-        }
-        if set.uid.is_some() || set.gid.is_some() {
-            db.chown(&path, set.uid, set.gid)?;
+            let mode = Mode::from_raw_mode(mode & 0o7777);
+            match by {
+                By::Name(path) => db.chmod(path, mode)?,
+                By::Files(f) => db.fchmod(f, mode)?,
+            }
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = |t: Option<SetTime>| match t {
@@ -451,20 +582,36 @@ impl Core {
                 last_access: ts(set.atime),
                 last_modification: ts(set.mtime),
             };
-            db.set_times(&path, &times)?;
+            match by {
+                By::Name(path) => db.set_times(path, &times)?,
+                By::Files(f) => db.set_file_times(f, &times)?,
+            }
         }
-        self.getattr(id)
+        self.getattr(id, fh)
     }
 
-    /// Clears setuid/setgid after a write by someone else than the owner (the kernel asks
-    /// for it with FUSE_WRITE_KILL_SUIDGID).
-    pub fn kill_suidgid(&self, id: NodeId) -> Result<()> {
-        let (_, db, path) = self.backing(id)?;
-        let st = self.stat_backing(db, &path)?;
+    /// Clears setuid/setgid after a write or truncate (through handle `fh`, when given) by
+    /// someone else than root (the kernel asks for it with FUSE_WRITE_KILL_SUIDGID): as the
+    /// VFS does, setgid only when the group may execute (without it, setgid means
+    /// mandatory locking, not privilege).
+    pub fn kill_suidgid(&self, id: NodeId, fh: Option<HandleId>) -> Result<()> {
+        let t = self.target(id, fh)?;
+        let st = self.stat_target(&t)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
         let mode = st.st_mode & 0o7777;
-        let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
-        if cleared != mode {
-            db.chmod(&path, Mode::from_raw_mode(cleared))?;
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        let cleared = Mode::from_raw_mode(mode & !kill);
+        if cleared.bits() != mode {
+            match (&t.path, &t.files) {
+                (Some(path), _) => t.db.chmod(path, cleared)?,
+                (None, Some(files)) => t.db.fchmod(files, cleared)?,
+                (None, None) => return Err(Errno(libc::ENOENT)),
+            }
         }
         Ok(())
     }
@@ -490,6 +637,7 @@ impl Core {
         name: &OsStr,
         who: Caller,
         op: &str,
+        perm: Option<Mode>,
         f: impl Fn(&crate::volume::Volume, &Path) -> io::Result<()>,
     ) -> Result<Attr> {
         let (db, path) = self.child(parent, name)?;
@@ -497,7 +645,14 @@ impl Core {
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let owner = self.owner(d, &parent_path, who);
         d.make(op, &path, owner, f)?;
-        let st = self.stat_backing(d, &path)?;
+        let mut st = self.stat_backing(d, &path)?;
+        // The owner is set after the mode, and a chown clears setuid and setgid.
+        if let Some(perm) = perm.filter(|p| p.bits() & (libc::S_ISUID | libc::S_ISGID) != 0)
+            && st.st_mode & 0o7777 != perm.bits()
+        {
+            d.chmod(&path, perm)?;
+            st = self.stat_backing(d, &path)?;
+        }
         Ok(self.entry(db, path, &st))
     }
 
@@ -512,7 +667,7 @@ impl Core {
     ) -> Result<Attr> {
         let kind = FileType::from_raw_mode(mode);
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mknod", |v, p| {
+        self.make(parent, name, who, "mknod", Some(perm), |v, p| {
             v.mknod(p, kind, perm, rdev)
         })
     }
@@ -520,7 +675,7 @@ impl Core {
     /// Creates a directory.
     pub fn mkdir(&self, parent: NodeId, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mkdir", |v, p| v.mkdir(p, perm))
+        self.make(parent, name, who, "mkdir", None, |v, p| v.mkdir(p, perm))
     }
 
     /// Creates a symlink.
@@ -531,7 +686,9 @@ impl Core {
         target: &Path,
         who: Caller,
     ) -> Result<Attr> {
-        self.make(parent, name, who, "symlink", |v, p| v.symlink(target, p))
+        self.make(parent, name, who, "symlink", None, |v, p| {
+            v.symlink(target, p)
+        })
     }
 
     /// Removes a file or an empty directory.
@@ -578,11 +735,27 @@ impl Core {
         Ok(Attr::from_stat(id, &st))
     }
 
-    /// Opens a file on every in-sync copy.
+    /// Opens a file on every in-sync copy. A file with no name left (opened again
+    /// through `/proc/<pid>/fd/<n>`) is opened again through a handle still open on it.
     pub fn open(&self, id: NodeId, flags: i32) -> Result<HandleId> {
-        let (node, db, path) = self.backing(id)?;
+        let node = self.node(id)?;
+        let Place::Backing(db) = node.place else {
+            return Err(Errno(libc::EPERM));
+        };
+        let db = self.db(db);
         let oflags = backing_open_flags(flags);
-        let files = db.open(&path, oflags)?;
+        // Until the handle is in the table: a reseed laying out a copy meanwhile would
+        // not see it, and it would miss the new copy's file.
+        let _namespace = db.namespace_shared();
+        let files = match node.path() {
+            Some(path) => db.open(&path, oflags)?,
+            None => {
+                let from = node.any_open_files().ok_or(Errno(libc::ENOENT))?;
+                db.reopen(&from, oflags)?
+            }
+        };
+        files.set_direct(flags & libc::O_DIRECT != 0);
+        node.add_open(&files);
         Ok(self.insert_handle(Handle::File {
             node,
             db: db.clone(),
@@ -607,10 +780,20 @@ impl Core {
         let owner = self.owner(d, &parent_path, who);
         let oflags =
             backing_open_flags(flags) | OFlags::from_bits_retain((flags & libc::O_EXCL) as u32);
+        // Until the handle is in the table (see `open`).
+        let _namespace = d.namespace_shared();
         let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
-        let st = self.stat_backing(d, &path)?;
+        files.set_direct(flags & libc::O_DIRECT != 0);
+        let mut st = self.stat_backing(d, &path)?;
+        // The owner is set after the mode, and a chown clears setuid and setgid.
+        let perm = mode & 0o7777;
+        if perm & (libc::S_ISUID | libc::S_ISGID) != 0 && st.st_mode & 0o7777 != perm {
+            d.fchmod(&files, Mode::from_raw_mode(perm))?;
+            st = self.stat_backing(d, &path)?;
+        }
         let attr = self.entry(db, path, &st);
         let node = self.node(attr.node)?;
+        node.add_open(&files);
         let h = self.insert_handle(Handle::File {
             node,
             db: d.clone(),
@@ -655,7 +838,7 @@ impl Core {
 
     /// `fsync`/`fdatasync`: durable on every in-sync copy when it returns.
     pub fn fsync(&self, h: HandleId, datasync: bool) -> Result<()> {
-        self.with_file(h, |_, db, files| Ok(db.fsync(files, datasync)?))
+        self.with_file(h, |node, db, files| Ok(db.fsync(&**node, files, datasync)?))
     }
 
     /// `fallocate` with its mode bits (KEEP_SIZE, PUNCH_HOLE, ...).
@@ -825,10 +1008,16 @@ impl Core {
         nodes.get(id)
     }
 
-    /// For a reseed laying out copy `slot` of `db` (namespace held exclusively): opens
-    /// the file of every open handle of `db` on the copy's new placement. A handle whose
-    /// file has no name any more has nothing there. Returns the handles refreshed.
-    pub fn refresh_handles(&self, db: &Database, slot: usize) -> io::Result<usize> {
+    /// For a reseed or a resync laying out copy `slot` of `db` (namespace held
+    /// exclusively): opens the file of every open handle of `db` on the copy's new
+    /// placement, so that it keeps working when the other copies fail.
+    ///
+    /// A file that is open but has no name left (unlinked while open, as databases do
+    /// with their temporary files) gets an anonymous file on the copy (`O_TMPFILE`: no
+    /// name, freed at its last close, also after a crash), with the owner and mode of the
+    /// source, which every handle of that file opens. Its data is the caller's to copy
+    /// ([`crate::reseed::orphans`]): writes reach it from here on, like any copy's.
+    pub fn refresh_handles(&self, db: &Database, slot: usize) -> io::Result<Refreshed> {
         let placement = db.copies()[slot].placement();
         let volume = placement
             .volume
@@ -839,6 +1028,7 @@ impl Core {
             handles.extend(shard.read().values().cloned());
         }
         let mut n = 0;
+        let mut anonymous: Vec<(Arc<Node>, crate::volume::VolFile)> = Vec::new();
         for h in handles {
             let Handle::File {
                 node,
@@ -853,8 +1043,22 @@ impl Core {
             if hdb.index != db.index {
                 continue;
             }
-            let Some(path) = node.path() else { continue };
-            match volume.open_file(&path, *flags, Mode::empty()) {
+            let opened = match node.path() {
+                Some(path) => volume.open_file(&path, *flags, Mode::empty()),
+                None => {
+                    let known = anonymous.iter().position(|(n, _)| Arc::ptr_eq(n, node));
+                    let i = match known {
+                        Some(i) => i,
+                        None => {
+                            let f = anonymous_copy(db, volume, files)?;
+                            anonymous.push((node.clone(), f));
+                            anonymous.len() - 1
+                        }
+                    };
+                    volume.reopen(&anonymous[i].1, *flags)
+                }
+            };
+            match opened {
                 Ok(f) => {
                     files.set(slot, placement.generation, f);
                     n += 1;
@@ -863,7 +1067,10 @@ impl Core {
                 Err(e) => return Err(e),
             }
         }
-        Ok(n)
+        Ok(Refreshed {
+            handles: n,
+            orphans: anonymous.into_iter().map(|(n, _)| n).collect(),
+        })
     }
 
     /// Reads an xattr (empty `buf`: asks for the size).

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::copyset::{FileIo, FileRef};
+use crate::copyset::{FileIo, FileRef, OpenFiles};
 
 /// A node (inode) of the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,6 +38,9 @@ pub struct Node {
     /// Where it is.
     pub place: Place,
     paths: Mutex<Vec<PathBuf>>,
+    /// The backing files of the node's open handles (weakly: a handle owns its files). A
+    /// node whose last name is gone is reached through them only.
+    open: Mutex<Vec<Weak<OpenFiles>>>,
     /// The copy set's per-file locks and marks.
     pub io: FileIo,
 }
@@ -56,6 +59,25 @@ impl Node {
     /// Its volume-relative path (the first of its hard links), if it still has one.
     pub fn path(&self) -> Option<PathBuf> {
         self.paths.lock().first().cloned()
+    }
+
+    /// Remembers the backing files of a handle opened on this node.
+    pub fn add_open(&self, files: &Arc<OpenFiles>) {
+        let mut open = self.open.lock();
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Arc::downgrade(files));
+    }
+
+    /// The backing files of the node's handles still open, oldest first.
+    pub fn open_files(&self) -> Vec<Arc<OpenFiles>> {
+        let mut open = self.open.lock();
+        open.retain(|w| w.strong_count() > 0);
+        open.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The backing files of one handle still open on the node, if any.
+    pub fn any_open_files(&self) -> Option<Arc<OpenFiles>> {
+        self.open.lock().iter().find_map(Weak::upgrade)
     }
 }
 
@@ -96,6 +118,7 @@ impl Table {
         let node = Node {
             place,
             paths: Mutex::new(paths),
+            open: Mutex::new(Vec::new()),
             io: FileIo::default(),
         };
         self.by_id.insert(id, (Arc::new(node), 0));

@@ -94,7 +94,7 @@ fn writes_reach_every_copy_and_reads_come_back() {
         !bed.backing(3, "db001.db/f").exists(),
         "the spare holds no copy"
     );
-    assert_eq!(core.getattr(attr.node).expect("getattr").size, 4101);
+    assert_eq!(core.getattr(attr.node, None).expect("getattr").size, 4101);
     core.release(h);
 }
 
@@ -454,17 +454,20 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
     // Random (not sequential) writes to extents 0 and 5.
     core.write(h, 5 * MIB4, b"x").expect("write");
     core.write(h, 0, b"x").expect("write");
-    assert_eq!(logged(), [0, 5].into());
+    assert_eq!(logged(), [0..1, 5..6].into());
     // The checkpoint carries both over: they were written in the epoch it ends.
     db.checkpoint(false);
-    assert_eq!(logged(), [0, 5].into());
+    assert_eq!(logged(), [0..1, 5..6].into());
     // A write to a carried extent needs no log record.
     let before = log_len();
     core.write(h, 100, b"y").expect("write");
     assert_eq!(log_len(), before, "a carried extent was logged again");
     // Extent 5 was not written in the last epoch: it leaves; extent 0 stays.
     db.checkpoint(false);
-    assert_eq!(logged(), [0].into());
+    assert_eq!(
+        logged(),
+        rangemap::RangeSet::from_iter(std::iter::once(0..1))
+    );
     // Nothing written for a whole epoch: the log is empty of the file.
     db.checkpoint(false);
     assert!(logged().is_empty());
@@ -475,6 +478,93 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
         .expect("read log")
         .expect("a log");
     assert!(r.clean && r.extents.is_empty());
+    core.release(h);
+}
+
+/// Bytes of `path` in the page cache (`fincore`), or `None` when fincore is missing.
+fn cached_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn direct_callers_writes_bypass_the_backing_page_cache() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bed = Bed::new("direct-write", 2, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let rel = "db001.db/f";
+    let (attr, h) = core
+        .create(
+            dir,
+            OsStr::new("f"),
+            0o644,
+            libc::O_RDWR | libc::O_DIRECT,
+            ME,
+        )
+        .expect("create O_DIRECT");
+    // Data 80 bytes into a page-aligned buffer, as FUSE hands a write over.
+    let mut raw = vec![0u8; (2 << 20) + 8192];
+    let at = raw.as_ptr().align_offset(4096) + 80;
+    for (i, b) in raw[at..at + (2 << 20)].iter_mut().enumerate() {
+        *b = (i % 253) as u8;
+    }
+    let data = &raw[at..at + (2 << 20)];
+    assert_eq!(core.write(h, 0, data).expect("direct write"), 2 << 20);
+    for k in 1..=2 {
+        let backing = bed.backing(k, rel);
+        let Some(cached) = cached_bytes(&backing) else {
+            let why = "fincore (util-linux) is missing: the page cache cannot be seen";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        };
+        if cached > 0 {
+            // tmpfs and some others refuse O_DIRECT: the write fell back to the cache.
+            let probe = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&backing);
+            if probe.is_err() {
+                eprintln!("SKIPPED: {} refuses O_DIRECT", backing.display());
+                return;
+            }
+        }
+        assert_eq!(
+            cached,
+            0,
+            "copy {k}: O_DIRECT data cached in {}",
+            backing.display()
+        );
+        assert_eq!(
+            std::fs::read(&backing).expect("read copy"),
+            data,
+            "copy {k}"
+        );
+    }
+    // An unaligned write of the same caller goes through the cache (O_DIRECT cannot take
+    // it), and lands all the same.
+    let odd = &raw[at + 3..at + 1003];
+    assert_eq!(core.write(h, 4097, odd).expect("unaligned write"), 1000);
+    let mut back = vec![0u8; 1000];
+    assert_eq!(core.read(h, 4097, &mut back).expect("read back"), 1000);
+    assert_eq!(back, odd);
+    // The same write from a caller without O_DIRECT is cached, once per copy: the check
+    // above can fail.
+    let b = core.open(attr.node, libc::O_RDWR).expect("open buffered");
+    assert_eq!(core.write(b, 0, data).expect("buffered write"), 2 << 20);
+    for k in 1..=2 {
+        let cached = cached_bytes(&bed.backing(k, rel)).unwrap_or(0);
+        assert!(
+            cached >= 1 << 20,
+            "copy {k}: a buffered write left {cached} bytes cached"
+        );
+    }
+    core.release(b);
     core.release(h);
 }
 
@@ -516,4 +606,164 @@ fn direct_callers_read_what_was_just_written_aligned_or_not() {
     assert_eq!(copy_state(&core, 1), CopyState::FailedAndSuspended);
     core.release(d);
     core.release(h);
+}
+
+/// The bytes of `name` in the database folder on volume `k`.
+fn backing_bytes(bed: &Bed, k: usize, name: &str) -> Vec<u8> {
+    std::fs::read(bed.backing(k, &format!("db001.db/{name}"))).expect("read the backing file")
+}
+
+#[test]
+fn a_write_every_copy_refuses_after_different_parts_leaves_the_copies_equal() {
+    // The active copy takes 12 KiB of a 64 KiB write and the other 40 KiB, then both say
+    // ENOSPC; and the other way round. The copies end up equal (size and bytes), and
+    // the caller gets ENOSPC.
+    for (name, active_lands, other_lands) in [("a", 12 << 10, 40 << 10), ("b", 0, 40 << 10)] {
+        let bed = Bed::new(&format!("refused-{name}"), 2, 2);
+        let (core, sink) = bed.open();
+        let dir = db_folder(&core);
+        let (_, h) = core
+            .create(dir, OsStr::new(name), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        core.write(h, 0, &[1u8; 8192]).expect("write before");
+        volume(&core, 1).inject_write_fault(libc::ENOSPC, active_lands);
+        volume(&core, 2).inject_write_fault(libc::ENOSPC, other_lands);
+        let e = core
+            .write(h, 4096, &[2u8; 64 << 10])
+            .expect_err("a write every copy refused");
+        assert_eq!(e.0, libc::ENOSPC);
+        let (a, b) = (backing_bytes(&bed, 1, name), backing_bytes(&bed, 2, name));
+        assert_eq!(
+            a.len(),
+            8192.max(4096 + active_lands as usize),
+            "the active copy's part"
+        );
+        assert!(a == b, "copies differ: {} and {} bytes", a.len(), b.len());
+        assert_eq!(copy_state(&core, 1), CopyState::InSync);
+        assert_eq!(copy_state(&core, 2), CopyState::InSync);
+        assert!(
+            !sink.ids().contains(&EventId::CopyDiverged),
+            "{:?}",
+            sink.ids()
+        );
+        core.release(h);
+    }
+}
+
+#[test]
+fn a_copy_that_cannot_be_made_equal_after_a_refused_write_is_failed_as_diverged() {
+    // The active copy takes 40 KiB before ENOSPC, the other none and it refuses everything
+    // from then on: it cannot be made equal, so it is failed (3003) and the database runs
+    // on the active copy.
+    let bed = Bed::new("refused-diverged", 2, 2);
+    let (core, sink) = bed.open();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    volume(&core, 1).inject_write_fault(libc::ENOSPC, 40 << 10);
+    volume(&core, 2).inject_fault(libc::ENOSPC);
+    let e = core
+        .write(h, 0, &[3u8; 64 << 10])
+        .expect_err("a write every copy refused");
+    assert_eq!(e.0, libc::ENOSPC);
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+    assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
+    assert!(
+        sink.ids().contains(&EventId::CopyDiverged),
+        "{:?}",
+        sink.ids()
+    );
+    core.release(h);
+}
+
+/// Descriptors of this process on files under `dir` that have no name left.
+pub(crate) fn deleted_fds_under(dir: &std::path::Path) -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(dir) && t.to_string_lossy().ends_with(" (deleted)"))
+        .count()
+}
+
+#[test]
+fn r13_an_unlinked_open_file_works_through_its_handles_until_its_last_close() {
+    let bed = Bed::new("unlinked", 3, 2);
+    let (core, _) = bed.open();
+    let dir = db_folder(&core);
+    let (attr, h) = core
+        .create(dir, OsStr::new("etilqs_tmp"), 0o600, libc::O_RDWR, ME)
+        .expect("create");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    core.write(h, 0, &data).expect("write");
+    // What SQLite does with its temporary files: unlink right after the open.
+    core.remove(dir, OsStr::new("etilqs_tmp"), false)
+        .expect("unlink");
+    assert!(!bed.backing(1, "db001.db/etilqs_tmp").exists());
+    let node = attr.node;
+    // fstat: the kernel asks with the handle (FUSE_GETATTR_FH) or without it.
+    for fh in [Some(h), None] {
+        let a = core.getattr(node, fh).expect("getattr of an unlinked file");
+        assert_eq!((a.size, a.nlink), (3 << 20, 0), "fh {fh:?}");
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    assert_eq!(core.read(h, 1 << 20, &mut buf).expect("read"), 1 << 20);
+    assert_eq!(buf[..], data[1 << 20..2 << 20]);
+    core.write(h, 3 << 20, b"tail").expect("write after unlink");
+    // ftruncate (with the handle), then a size change without one, fallocate, fsync.
+    let set = |size| SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    assert_eq!(
+        core.setattr(node, Some(h), set(2 << 20))
+            .expect("ftruncate")
+            .size,
+        2 << 20
+    );
+    assert_eq!(
+        core.setattr(node, None, set(5 << 20))
+            .expect("truncate")
+            .size,
+        5 << 20
+    );
+    core.fallocate(h, 6 << 20, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
+        .expect("fallocate");
+    core.fsync(h, false).expect("fsync");
+    assert_eq!(core.lseek(h, 0, libc::SEEK_DATA).expect("SEEK_DATA"), 0);
+    // fchmod and futimens reach a file with no name through its handles.
+    let chmod = SetAttr {
+        mode: Some(0o640),
+        mtime: Some(SetTime::At(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        )),
+        ..Default::default()
+    };
+    let a = core.setattr(node, None, chmod).expect("fchmod");
+    assert_eq!(a.perm, 0o640);
+    assert_eq!(
+        a.mtime,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+    );
+    // Opened again (through /proc/<pid>/fd): the same file.
+    let h2 = core.open(node, libc::O_RDONLY).expect("reopen");
+    assert_eq!(core.read(h2, 0, &mut buf).expect("read h2"), 1 << 20);
+    assert_eq!(buf[..], data[..1 << 20]);
+    // Both copies hold it; the active one dies: reads go on from the other.
+    let vols = bed.root.join("vols");
+    assert!(deleted_fds_under(&vols) >= 4, "a file per copy and handle");
+    volume(&core, 1).inject_fault(libc::EIO);
+    assert_eq!(
+        core.read(h2, 0, &mut buf).expect("read after death"),
+        1 << 20
+    );
+    assert_eq!(buf[..], data[..1 << 20]);
+    assert_eq!(core.getattr(node, None).expect("getattr").size, 5 << 20);
+    // Its space is freed at the last close: no descriptor is left on it.
+    core.release(h);
+    assert!(deleted_fds_under(&vols) > 0, "h2 still holds it");
+    core.release(h2);
+    assert_eq!(deleted_fds_under(&vols), 0);
+    assert_eq!(core.getattr(node, None), Err(Errno(libc::ENOENT)));
 }

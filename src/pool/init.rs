@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
@@ -34,9 +34,94 @@ fn new_pool_id() -> String {
     format!("{:x}-{:x}", t.as_nanos(), std::process::id())
 }
 
-/// Initialises the pool described by `config` and writes the config to `config_path`.
+/// Why `init` refused: the config it would write is unusable (exit code 3), or it could
+/// not do its work (1).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The config (names, copies, paths) is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The volumes cannot take this pool (missing, already in a pool, too few, ...).
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
+}
+
+/// Checks the paths `init` is given, as the filesystem resolves them: the volumes root
+/// exists; no path goes through `..`; the daemon's state directories are outside the
+/// databases root and the volumes (they would be reachable by the databases' users, or
+/// lost with a disk).
+fn check_paths(config: &Config, config_path: &Path) -> anyhow::Result<()> {
+    let resolved = |p: &Path| -> PathBuf {
+        // The longest existing prefix, resolved; the rest as written.
+        let mut existing = p;
+        let mut rest = Vec::new();
+        while std::fs::symlink_metadata(existing).is_err() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break,
+            }
+        }
+        let mut out = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_owned());
+        out.extend(rest.iter().rev());
+        out
+    };
+    let volumes = resolved(&config.volumes_root);
+    let databases = resolved(&config.databases_root);
+    for (key, p) in [
+        ("state_dir", &config.state_dir),
+        ("witness_dir", &config.witness_dir),
+        ("config", &config_path.to_path_buf()),
+    ] {
+        let r = resolved(p);
+        for (other, root) in [("databases root", &databases), ("volumes root", &volumes)] {
+            if r.starts_with(root) || (key != "config" && root.starts_with(&r)) {
+                bail!(
+                    "{key} {} is inside the {other} {} (resolved: {}): the daemon's state must stay private to root and off the volumes; choose another path",
+                    p.display(),
+                    root.display(),
+                    r.display()
+                );
+            }
+        }
+    }
+    if databases.starts_with(&volumes) || volumes.starts_with(&databases) {
+        bail!(
+            "the databases root {} and the volumes root {} contain each other once resolved ({} and {})",
+            config.databases_root.display(),
+            config.volumes_root.display(),
+            databases.display(),
+            volumes.display()
+        );
+    }
+    Ok(())
+}
+
+/// Initialises the pool described by `config` and writes the config, with the new pool's
+/// id, to `config_path`.
 pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
-    config.validate(config_path)?;
+    let (volumes, warnings, placement) =
+        plan(config, config_path).map_err(|e| match e.downcast::<InitError>() {
+            Ok(e) => anyhow::Error::new(e),
+            Err(e) => anyhow::Error::new(InitError::Refused(e)),
+        })?;
+    write(config, config_path, volumes, warnings, placement)
+}
+
+/// A volume found by `init`: name, directory, device.
+type Found = (String, PathBuf, u64);
+
+/// Every check of `init`, before anything is written: the volumes, the warnings, and the
+/// placement (database, indexes of its volumes).
+#[allow(clippy::type_complexity)]
+fn plan(
+    config: &Config,
+    config_path: &Path,
+) -> anyhow::Result<(Vec<Found>, Vec<String>, Vec<(String, Vec<usize>)>)> {
+    config.validate(config_path).map_err(InitError::Config)?;
+    check_paths(config, config_path)?;
     let root = &config.volumes_root;
     let meta = std::fs::metadata(root).with_context(|| {
         format!(
@@ -140,7 +225,17 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
         );
     }
 
-    // Everything checked: write.
+    Ok((volumes, warnings, placement))
+}
+
+/// Writes what `plan` decided.
+fn write(
+    config: &Config,
+    config_path: &Path,
+    volumes: Vec<Found>,
+    warnings: Vec<String>,
+    placement: Vec<(String, Vec<usize>)>,
+) -> anyhow::Result<InitReport> {
     let pool_id = new_pool_id();
     let state = PoolState {
         pool_id: pool_id.clone(),
@@ -166,8 +261,20 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
     let state_bytes = serde_json::to_vec_pretty(&state)?;
     for (i, (name, path, _)) in volumes.iter().enumerate() {
         let meta_dir = path.join(layout::META_DIR);
-        std::fs::create_dir_all(&meta_dir)
-            .with_context(|| format!("create {}", meta_dir.display()))?;
+        // Private to root, whatever the umask.
+        match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&meta_dir)
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("create {}", meta_dir.display()));
+            }
+            _ => {}
+        }
+        std::fs::set_permissions(
+            &meta_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .with_context(|| format!("chmod {}", meta_dir.display()))?;
         let v =
             Volume::open(name, path).with_context(|| format!("open volume {}", path.display()))?;
         let meta = VolumeMeta {
@@ -198,7 +305,9 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
     if let Some(dir) = config_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(config_path, config.to_toml())
+    let mut written = config.clone();
+    written.pool_id = Some(pool_id.clone());
+    write_config(config_path, &written.to_toml())
         .with_context(|| format!("write config {}", config_path.display()))?;
     let placement: Vec<(String, Vec<String>)> = placement
         .into_iter()
@@ -214,6 +323,25 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
         spares,
         warnings,
     })
+}
+
+/// Writes the config: readable by everyone (the commands of a `control_group` member
+/// read it), writable by root only, whatever the umask; replaced atomically.
+fn write_config(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let tmp = path.with_extension("toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

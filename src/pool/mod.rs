@@ -38,11 +38,11 @@ use crate::layout;
 use crate::volume::Volume;
 
 pub use checkpoint::Checkpointer;
-pub use init::{InitReport, init};
+pub use init::{InitError, InitReport, init};
 pub use open::OpenError;
 pub use state::{
-    CopyRecord, DbRecord, PoolState, RetiredCopy, VolumeMeta, pool_state_path, volume_meta_path,
-    witness_path, write_witness,
+    CopyRecord, DbRecord, Foreign, PoolState, RetiredCopy, VolumeMeta, is_pool_id, pool_state_path,
+    volume_meta_path, witness_path, write_witness,
 };
 
 /// A volume of the pool at run time.
@@ -138,6 +138,8 @@ pub struct Pool {
     system: crate::volume::lane::Lane,
     /// The previous stop was clean (no crash repair needed).
     was_clean: bool,
+    /// Volumes (and a witness) of other pools found at mount: left alone.
+    foreign: Vec<Foreign>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -272,5 +274,11 @@ impl Pool {
     /// True when the previous stop of the pool was clean.
     pub fn was_clean(&self) -> bool {
         self.was_clean
+    }
+
+    /// What the mount found under the volumes root (or as the witness) that belongs to
+    /// another pool, and left alone.
+    pub fn foreign(&self) -> &[Foreign] {
+        &self.foreign
     }
 }

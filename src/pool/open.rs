@@ -1,6 +1,14 @@
-//! Opening the pool for a mount, in steps: probe every volume, take the newest state
-//! (a volume's or the witness's), decide which copies can be trusted, refuse when the
-//! survivors may be stale, and assemble the databases over the volumes that answer.
+//! Opening the pool for a mount, in steps: read who every volume is, know which pool this
+//! is, take the newest state (a volume's or the witness's), decide which copies can be
+//! trusted, refuse when the survivors may be stale, and assemble the databases over the
+//! volumes that answer.
+//!
+//! The pool has an identity, its pool id (in the config since `init`, in every volume's
+//! `volume.json`, in the witness). A volume or a witness with another pool id is never
+//! adopted, whatever its epoch: it is left alone (not even probed), named in event 3006
+//! and in `status`. A state file that cannot be read counts as "a newer state may be in
+//! it": without a witness at least as new as every readable state, the mount refuses and
+//! names the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +18,10 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-use super::state::{PoolState, VolumeMeta, pool_state_path, read_witness, volume_meta_path};
+use super::state::{
+    Foreign, PoolState, VolumeMeta, Witness, is_pool_id, pool_state_path, read_witness,
+    volume_meta_path, witness_path,
+};
 use super::{Pool, PoolVolume, list_volumes};
 use crate::config::Config;
 use crate::copyset::{Copy, CopyState, Database, Store};
@@ -34,6 +45,38 @@ pub enum OpenError {
         "no volume under {0} holds reseedfs pool state (.reseedfs/pool.json): run `reseedfs init` first, or check that the volumes are mounted"
     )]
     NoState(PathBuf),
+    /// The config names no pool id and the volumes belong to several pools.
+    #[error(
+        "the volumes under {root} belong to several pools ({pools}) and the config names none: add `pool_id = \"<the id of this pool>\"` to {config}"
+    )]
+    Ambiguous {
+        /// The volumes root.
+        root: PathBuf,
+        /// Each pool id and its volumes.
+        pools: String,
+        /// The config file.
+        config: String,
+    },
+    /// No volume of this pool is left (the others belong to other pools, or none answers).
+    #[error("no volume under {root} belongs to pool {pool_id}: {why}")]
+    NoVolume {
+        /// The volumes root.
+        root: PathBuf,
+        /// This pool.
+        pool_id: String,
+        /// What each volume is.
+        why: String,
+    },
+    /// A pool state file cannot be read, and no intact witness is newer than it can be.
+    #[error(
+        "{files}: {newest}, and it may be newer than that, so the copies cannot be trusted without it. Restore the file from a backup; or, once you know which copies are current, move it aside (`mv FILE FILE.damaged`) and mount again: the newest readable state is then used"
+    )]
+    DamagedState {
+        /// Each damaged file and why.
+        files: String,
+        /// The newest state that could be read.
+        newest: String,
+    },
     /// The config and the pool disagree on the databases.
     #[error(
         "database {0} is in the config but not in the pool state: the pool was initialised with other databases"
@@ -61,27 +104,85 @@ pub enum OpenError {
     },
 }
 
-/// A volume as the probe found it: open and answering, with its metadata and the pool
-/// state it holds, or why it is unusable.
-type Probed = (String, PathBuf, Result<(Volume, VolumeMeta), String>);
+/// A file of a volume's `.reseedfs/`, read.
+#[derive(Debug)]
+enum Read<T> {
+    /// Not there.
+    Missing,
+    /// There, and it cannot be read or parsed: why.
+    Damaged(String),
+    /// Read.
+    Found(T),
+}
+
+/// A `VolumeN` of the volumes root as first read: nothing written yet.
+struct Probe {
+    name: String,
+    path: PathBuf,
+    /// The volume opened, or why not.
+    volume: Result<Volume, String>,
+    meta: Read<VolumeMeta>,
+    state: Read<PoolState>,
+}
 
 /// A copy found untrusted at mount: database, volume, why.
 type Untrusted = (String, String, String);
 
-/// Opens a volume and checks that it answers: reads its metadata, writes and reads back
-/// a canary. Returns the volume and the pool state it holds, or why it is unusable.
-pub(super) fn probe_volume(
-    name: &str,
-    path: &Path,
-    limits: crate::volume::Limits,
-) -> Result<(Volume, VolumeMeta, Option<PoolState>), String> {
-    let v = Volume::open_with(name, path, limits)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let meta: VolumeMeta = serde_json::from_slice(
-        &v.read_file(&volume_meta_path())
-            .map_err(|e| format!("cannot read {}/.reseedfs/volume.json: {e}", path.display()))?,
-    )
-    .map_err(|e| format!("{}/.reseedfs/volume.json is damaged: {e}", path.display()))?;
+/// Reads the JSON file `rel` of volume `v` (at `root`). A media error is no damage of the
+/// file: the volume is failing, which the health probe finds.
+fn read_json<T: serde::de::DeserializeOwned>(
+    v: &Volume,
+    root: &Path,
+    rel: &Path,
+) -> Result<Read<T>, String> {
+    let shown = root.join(rel);
+    match v.read_file(rel) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Missing),
+        Err(e) if crate::volume::is_media_error(&e) => {
+            Err(format!("cannot read {}: {e}", shown.display()))
+        }
+        Err(e) => Ok(Read::Damaged(format!("{}: {e}", shown.display()))),
+        Ok(bytes) => Ok(match serde_json::from_slice(&bytes) {
+            Ok(t) => Read::Found(t),
+            Err(e) => Read::Damaged(format!("{} is damaged: {e}", shown.display())),
+        }),
+    }
+}
+
+/// Opens the volume `name` at `path` and reads who it is and the pool state it holds,
+/// writing nothing.
+fn read_volume(name: &str, path: &Path, limits: crate::volume::Limits) -> Probe {
+    let mut probe = Probe {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        volume: Err(String::new()),
+        meta: Read::Missing,
+        state: Read::Missing,
+    };
+    let v = match Volume::open_with(name, path, limits) {
+        Ok(v) => v,
+        Err(e) => {
+            probe.volume = Err(format!("cannot open {}: {e}", path.display()));
+            return probe;
+        }
+    };
+    let read = read_json::<VolumeMeta>(&v, path, &volume_meta_path()).and_then(|meta| {
+        let state = read_json::<PoolState>(&v, path, &pool_state_path())?;
+        Ok((meta, state))
+    });
+    match read {
+        Ok((meta, state)) => {
+            probe.meta = meta;
+            probe.state = state;
+            probe.volume = Ok(v);
+        }
+        Err(why) => probe.volume = Err(why),
+    }
+    probe
+}
+
+/// Writes, fsyncs and reads back a canary under `.reseedfs/`: the volume answers.
+fn health_check(v: &Volume) -> Result<(), String> {
     let canary = Path::new(layout::META_DIR).join("probe");
     let stamp = format!("{:?}", SystemTime::now());
     v.write_atomic(&canary, stamp.as_bytes())
@@ -93,25 +194,101 @@ pub(super) fn probe_volume(
             } else {
                 Err("health probe read back other bytes".to_owned())
             }
-        })?;
-    let state = v
-        .read_file(&pool_state_path())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<PoolState>(&b).ok());
-    Ok((v, meta, state))
+        })
+}
+
+/// Opens volume `name` of pool `pool_id` and checks that it answers: reads its metadata
+/// (it must be `name` of this pool: another pool's volume is not touched), then writes
+/// and reads back a canary.
+pub(super) fn probe_volume(
+    name: &str,
+    path: &Path,
+    pool_id: &str,
+    limits: crate::volume::Limits,
+) -> Result<Volume, String> {
+    let probe = read_volume(name, path, limits);
+    let v = probe.volume?;
+    match probe.meta {
+        Read::Missing => Err(format!(
+            "{} has no .reseedfs/volume.json: it is not a volume of a reseedfs pool",
+            path.display()
+        )),
+        Read::Damaged(why) => Err(why),
+        Read::Found(meta) if meta.pool_id != pool_id || meta.name != name => Err(format!(
+            "{} now holds volume {} of pool {}, not {name} of this pool ({pool_id}): left alone",
+            path.display(),
+            meta.name,
+            meta.pool_id
+        )),
+        Read::Found(_) => {
+            health_check(&v)?;
+            Ok(v)
+        }
+    }
 }
 
 impl Pool {
     /// Opens the pool for a mount: probes every volume, takes the newest persisted state,
     /// fails the copies whose volume is missing or dead, and persists the result.
     pub fn open(config: &Config, events: Arc<dyn EventSink>) -> Result<Arc<Pool>, OpenError> {
-        let (probed, newest) = probe_all(config)?;
-        let mut state = newest.ok_or_else(|| OpenError::NoState(config.volumes_root.clone()))?;
-        // The witness on the system disk saw every state change that reached a volume.
-        let witness = read_witness(config, &state.pool_id);
-        let vouched = witness.as_ref().is_some_and(|w| w.epoch >= state.epoch);
-        if let Some(w) = witness.filter(|w| w.epoch > state.epoch) {
-            state = w;
+        let listed =
+            list_volumes(&config.volumes_root).map_err(|source| OpenError::VolumesRoot {
+                path: config.volumes_root.clone(),
+                source,
+            })?;
+        let probes: Vec<Probe> = listed
+            .iter()
+            .map(|(_, name, path)| read_volume(name, path, config.volume.limits()))
+            .collect();
+        let pool_id = identify(config, &probes)?;
+        let (mut state, vouched, foreign) = newest_state(config, &pool_id, &probes, &*events)?;
+        for f in &foreign {
+            events.emit(
+                NewEvent::new(
+                    EventId::ForeignVolume,
+                    format!(
+                        "{} ({}) belongs to pool {}, not to this pool {}: never adopted, left alone",
+                        f.name,
+                        f.path.display(),
+                        f.pool_id,
+                        f.expected_pool_id
+                    ),
+                )
+                .volume(&f.name)
+                .field("path", f.path.display().to_string())
+                .field("pool_id", f.pool_id.clone())
+                .field("expected_pool_id", f.expected_pool_id.clone()),
+            );
+        }
+        let mut probed = probe_ours(&state, probes);
+        // What each volume is, the strangers included, for a refusal.
+        let why = probed
+            .iter()
+            .map(|(name, _, r)| match r {
+                Ok(_) => format!("{name}: answers"),
+                Err(why) => format!("{name}: {why}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        // Another pool's volume in a slot this pool never used is not one of its volumes
+        // (not even a failed one); in a slot of its copies, it explains why they are gone.
+        probed.retain(|(name, _, _)| {
+            !foreign.iter().any(|f| &f.name == name)
+                || state
+                    .databases
+                    .iter()
+                    .any(|d| d.copies.iter().any(|c| &c.volume == name))
+        });
+        if !probed.iter().any(|(_, _, r)| r.is_ok()) {
+            return Err(OpenError::NoVolume {
+                root: config.volumes_root.clone(),
+                pool_id,
+                why: if why.is_empty() {
+                    "there is no VolumeN".into()
+                } else {
+                    why
+                },
+            });
         }
         if let Some(db) = config
             .databases
@@ -156,7 +333,7 @@ impl Pool {
                 .field("status", "FailedAndSuspended"),
             );
         }
-        Pool::assemble(config, state, volumes, events)
+        Pool::assemble(config, state, volumes, foreign, events)
     }
 
     /// The pool over `volumes` with the decided `state`: its databases and copies, the
@@ -166,6 +343,7 @@ impl Pool {
         config: &Config,
         state: PoolState,
         volumes: Vec<PoolVolume>,
+        foreign: Vec<Foreign>,
         events: Arc<dyn EventSink>,
     ) -> Result<Arc<Pool>, OpenError> {
         let was_clean = state.clean;
@@ -203,6 +381,7 @@ impl Pool {
                 stranded: std::sync::atomic::AtomicBool::new(false),
                 system: crate::volume::lane::Lane::new("system"),
                 was_clean,
+                foreign,
             };
             {
                 let mut state = pool.state.lock();
@@ -222,31 +401,175 @@ impl Pool {
     }
 }
 
-/// Probes every `VolumeN` of the volumes root; returns them and the newest pool state
-/// found on a volume that belongs to the pool it names.
-fn probe_all(config: &Config) -> Result<(Vec<Probed>, Option<PoolState>), OpenError> {
-    let listed = list_volumes(&config.volumes_root).map_err(|source| OpenError::VolumesRoot {
-        path: config.volumes_root.clone(),
-        source,
-    })?;
-    let mut probed = Vec::new();
-    let mut best: Option<PoolState> = None;
-    for (_, name, path) in listed {
-        match probe_volume(&name, &path, config.volume.limits()) {
-            Ok((v, meta, state)) => {
-                if let Some(s) = state
-                    && s.pool_id == meta.pool_id
-                    && best.as_ref().is_none_or(|b| s.epoch > b.epoch)
-                {
-                    best = Some(s);
-                }
-                probed.push((name, path, Ok((v, meta))));
-            }
-            Err(why) => probed.push((name, path, Err(why))),
+/// The id of this pool: the config's; for a config written before `init` recorded it, the
+/// one pool the volumes belong to (or the one of those with a witness).
+fn identify(config: &Config, probes: &[Probe]) -> Result<String, OpenError> {
+    if let Some(id) = &config.pool_id {
+        return Ok(id.clone());
+    }
+    let mut pools: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in probes {
+        if let Read::Found(meta) = &p.meta
+            && is_pool_id(&meta.pool_id)
+        {
+            pools.entry(&meta.pool_id).or_default().push(&p.name);
         }
     }
-    Ok((probed, best))
+    let ids: Vec<&str> = pools.keys().copied().collect();
+    match ids.as_slice() {
+        [] => Err(OpenError::NoState(config.volumes_root.clone())),
+        [one] => Ok((*one).to_owned()),
+        many => {
+            let witnessed: Vec<&&str> = many
+                .iter()
+                .filter(|id| matches!(read_witness(config, id), Witness::Found(_)))
+                .collect();
+            if let [one] = witnessed.as_slice() {
+                return Ok((**one).to_owned());
+            }
+            Err(OpenError::Ambiguous {
+                root: config.volumes_root.clone(),
+                pools: pools
+                    .iter()
+                    .map(|(id, names)| format!("{id} on {}", names.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                config: "the config".into(),
+            })
+        }
+    }
 }
+
+/// The newest state of pool `pool_id` (its volumes' and its witness's), whether the witness
+/// vouches that nothing is newer, and what belongs to other pools. Refuses when a state
+/// file that cannot be read may be newer than every one that can.
+fn newest_state(
+    config: &Config,
+    pool_id: &str,
+    probes: &[Probe],
+    events: &dyn EventSink,
+) -> Result<(PoolState, bool, Vec<Foreign>), OpenError> {
+    let mut foreign = Vec::new();
+    let mut damaged = Vec::new();
+    let mut best: Option<(PoolState, String)> = None;
+    for p in probes {
+        let ours = match &p.meta {
+            Read::Found(meta) if meta.pool_id != pool_id => {
+                foreign.push(Foreign {
+                    name: p.name.clone(),
+                    path: p.path.clone(),
+                    pool_id: meta.pool_id.clone(),
+                    expected_pool_id: pool_id.to_owned(),
+                });
+                continue;
+            }
+            Read::Found(_) => true,
+            Read::Damaged(_) => false,
+            Read::Missing => continue,
+        };
+        match &p.state {
+            Read::Found(s) if s.pool_id == pool_id => {
+                if best.as_ref().is_none_or(|(b, _)| s.epoch > b.epoch) {
+                    best = Some((s.clone(), p.name.clone()));
+                }
+            }
+            Read::Found(s) if ours => damaged.push(format!(
+                "{} names pool {}, not this pool {pool_id}",
+                p.path.join(pool_state_path()).display(),
+                s.pool_id
+            )),
+            Read::Found(_) | Read::Missing => {}
+            // A volume whose identity is damaged too may be ours: its state counts.
+            Read::Damaged(why) => damaged.push(why.clone()),
+        }
+    }
+    // The witness on the system disk saw every state change that reached a volume.
+    let mut vouched = false;
+    match read_witness(config, pool_id) {
+        Witness::Found(w) => {
+            vouched = best.as_ref().is_none_or(|(b, _)| w.epoch >= b.epoch);
+            if best.as_ref().is_none_or(|(b, _)| w.epoch > b.epoch) {
+                best = Some((w, "the witness".into()));
+            }
+        }
+        Witness::Missing => {}
+        Witness::Damaged(why) => damaged.push(why),
+        Witness::Untrusted(why) => events.emit(NewEvent::new(
+            EventId::StateDamaged,
+            format!(
+                "the witness is not trusted ({why}): it is rewritten, private to root, at the next state change"
+            ),
+        )),
+        Witness::Foreign(other) => foreign.push(Foreign {
+            name: "witness".into(),
+            path: witness_path(config, pool_id),
+            pool_id: other,
+            expected_pool_id: pool_id.to_owned(),
+        }),
+    }
+    for why in &damaged {
+        events.emit(
+            NewEvent::new(
+                EventId::StateDamaged,
+                if vouched {
+                    format!("pool state {why}; the witness is newer, and the file is rewritten with the next state")
+                } else {
+                    format!("pool state {why}; no intact witness vouches for a newer state")
+                },
+            )
+            .field("file", why.clone()),
+        );
+    }
+    if !damaged.is_empty() && !vouched {
+        return Err(OpenError::DamagedState {
+            files: damaged.join("; "),
+            newest: match &best {
+                Some((s, from)) => format!(
+                    "the newest readable pool state is epoch {} (on {from})",
+                    s.epoch
+                ),
+                None => "no pool state can be read".into(),
+            },
+        });
+    }
+    match best {
+        Some((state, _)) => Ok((state, vouched, foreign)),
+        None => Err(OpenError::NoState(config.volumes_root.clone())),
+    }
+}
+
+/// The volumes of this pool (their identity read, then a health probe), and why each
+/// other one is unusable. Another pool's volume is not probed: nothing is written to it.
+fn probe_ours(state: &PoolState, probes: Vec<Probe>) -> Vec<Probed> {
+    probes
+        .into_iter()
+        .map(|p| {
+            let result = p.volume.and_then(|v| match p.meta {
+                Read::Found(meta) if meta.pool_id == state.pool_id && meta.name == p.name => {
+                    health_check(&v).map(|()| (v, meta))
+                }
+                Read::Found(meta) if meta.pool_id == state.pool_id => Err(format!(
+                    "it is {} of this pool, not {}: put the disk back in its place",
+                    meta.name, p.name
+                )),
+                Read::Found(meta) => Err(format!(
+                    "it belongs to pool {} as {}, not to this pool {}: left alone",
+                    meta.pool_id, meta.name, state.pool_id
+                )),
+                Read::Damaged(why) => Err(why),
+                Read::Missing => Err(format!(
+                    "{} has no .reseedfs/volume.json: it is not a volume of a reseedfs pool",
+                    p.path.display()
+                )),
+            });
+            (p.name, p.path, result)
+        })
+        .collect()
+}
+
+/// A volume as the probe found it: open and answering with its metadata, or why it is
+/// unusable.
+type Probed = (String, PathBuf, Result<(Volume, VolumeMeta), String>);
 
 /// The pool's volumes (opened where they answer and belong to this pool), and why each
 /// other one is unusable.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::copyset::CopyState;
 use crate::layout;
+use crate::private::PrivateDir;
 use crate::tap::Generation;
 
 /// One copy in the persisted placement.
@@ -127,6 +128,20 @@ pub struct VolumeMeta {
     pub name: String,
 }
 
+/// A volume (or a witness) that belongs to another pool: never adopted, left alone, shown
+/// in `status` (`foreign`) and event 3006.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Foreign {
+    /// `Volume4`, or `witness`.
+    pub name: String,
+    /// Its directory (the witness: its file).
+    pub path: PathBuf,
+    /// The pool it belongs to.
+    pub pool_id: String,
+    /// This pool.
+    pub expected_pool_id: String,
+}
+
 /// Relative path of the volume metadata.
 pub fn volume_meta_path() -> PathBuf {
     Path::new(layout::META_DIR).join("volume.json")
@@ -142,25 +157,72 @@ pub fn witness_path(config: &Config, pool_id: &str) -> PathBuf {
     config.witness_dir.join(format!("{pool_id}.json"))
 }
 
-/// Writes the witness durably (temp file, fsync, rename, directory fsync).
-pub fn write_witness(config: &Config, state: &PoolState) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = witness_path(config, &state.pool_id);
-    std::fs::create_dir_all(&config.witness_dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(state)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&config.witness_dir)?.sync_all()
+/// True for a pool id as `init` makes them (`[A-Za-z0-9_-]{1,64}`): it names the witness
+/// file, so an id read from a volume must never be a path.
+pub fn is_pool_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The witness of pool `pool_id`, when it exists and is readable.
-pub(super) fn read_witness(config: &Config, pool_id: &str) -> Option<PoolState> {
-    let bytes = std::fs::read(witness_path(config, pool_id)).ok()?;
-    serde_json::from_slice::<PoolState>(&bytes)
-        .ok()
-        .filter(|s| s.pool_id == pool_id)
+/// Writes the witness durably in the witness directory (private to root: see
+/// [`crate::private`]), mode 0600.
+pub fn write_witness(config: &Config, state: &PoolState) -> std::io::Result<()> {
+    if !is_pool_id(&state.pool_id) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("pool id {:?} cannot name a witness file", state.pool_id),
+        ));
+    }
+    let dir = PrivateDir::create(&config.witness_dir, 0o700, None)?;
+    dir.write_atomic(
+        &format!("{}.json", state.pool_id),
+        &serde_json::to_vec_pretty(state)?,
+        0o600,
+    )
+}
+
+/// What the witness directory holds for a pool.
+#[derive(Debug)]
+pub(super) enum Witness {
+    /// No witness.
+    Missing,
+    /// The witness of the pool.
+    Found(PoolState),
+    /// A file that should be the witness and cannot be read: why.
+    Damaged(String),
+    /// A witness others could have written (an older reseedfs made it 0666 in a 0777
+    /// directory): never trusted; why.
+    Untrusted(String),
+    /// The file names another pool: never adopted. Its pool id.
+    Foreign(String),
+}
+
+/// The witness of pool `pool_id`.
+pub(super) fn read_witness(config: &Config, pool_id: &str) -> Witness {
+    let path = witness_path(config, pool_id);
+    let name = format!("{pool_id}.json");
+    let dir = match PrivateDir::open(&config.witness_dir) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return Witness::Missing,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Witness::Untrusted(e.to_string());
+        }
+        Err(e) => return Witness::Damaged(format!("{}: {e}", path.display())),
+    };
+    match dir.read(&name) {
+        Ok(None) => Witness::Missing,
+        Ok(Some(bytes)) => match serde_json::from_slice::<PoolState>(&bytes) {
+            Ok(s) if s.pool_id == pool_id => Witness::Found(s),
+            Ok(s) => Witness::Foreign(s.pool_id),
+            Err(e) => Witness::Damaged(format!("{}: {e}", path.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Witness::Untrusted(e.to_string())
+        }
+        Err(e) => Witness::Damaged(e.to_string()),
+    }
 }
 
 impl PoolState {

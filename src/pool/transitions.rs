@@ -23,16 +23,8 @@ impl Pool {
         let pv = self
             .pool_volume(name)
             .ok_or_else(|| format!("{name} is not a volume of this pool"))?;
-        let (v, meta, _) = probe_volume(name, &pv.path, self.config.volume.limits())?;
         let pool_id = self.state.lock().pool_id.clone();
-        if meta.pool_id != pool_id || meta.name != name {
-            return Err(format!(
-                "{} now holds volume {} of pool {}, not {name} of this pool",
-                pv.path.display(),
-                meta.name,
-                meta.pool_id
-            ));
-        }
+        let v = probe_volume(name, &pv.path, &pool_id, self.config.volume.limits())?;
         let v = Arc::new(v);
         let returned = {
             let mut state = self.state.lock();

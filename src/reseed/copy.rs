@@ -94,6 +94,7 @@ pub(super) fn copy_files(
     for job in &layout.files {
         bytes += copy_file(core, req, source, target, job, engine, progress)?;
     }
+    bytes += super::orphans::copy_orphans(db, req.slot, &layout.orphans, progress)?;
     for dir in layout.dirs.iter().rev() {
         let synced = target
             .open_file(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
@@ -185,7 +186,13 @@ fn copy_file(
                 return Ok(total);
             }
             Ok(Step::Unlinked) => {
+                // Every write is mirrored to the new copy from here on. A handle still
+                // open on the file keeps it alive with no name: it is copied through the
+                // handles' descriptors (they have it on the new copy since the layout).
                 job.seed.complete();
+                if let Some(node) = job.nodes.iter().find(|n| n.any_open_files().is_some()) {
+                    total += super::orphans::copy_orphan(db, req.slot, node, progress)?;
+                }
                 return Ok(total);
             }
             Err(CopyError::Dest(e)) if e.kind() == io::ErrorKind::Interrupted => {

@@ -43,6 +43,9 @@ pub(super) struct Layout {
     pub(super) files: Vec<FileJob>,
     pub(super) dirs: Vec<PathBuf>,
     pub(super) replaced: Option<PathBuf>,
+    /// Files open with no name left, with an anonymous file on the target to fill
+    /// ([`super::orphans`]).
+    pub(super) orphans: Vec<Arc<Node>>,
 }
 
 /// Phase 1: returns the source copy and the layout. A refusal before the copy became
@@ -157,13 +160,15 @@ impl<'a> Recreate<'a> {
                 .set_times(path, &t)
                 .map_err(|e| self.dst_err(path, e))?;
         }
-        self.core
+        let refreshed = self
+            .core
             .refresh_handles(self.db, self.slot)
             .map_err(|e| self.dst_err(Path::new("(open handles)"), e))?;
         Ok(Layout {
             files: self.files,
             dirs: self.dirs,
             replaced,
+            orphans: refreshed.orphans,
         })
     }
 
@@ -234,6 +239,8 @@ impl<'a> Recreate<'a> {
         dst.chown(path, Some(st.st_uid), Some(st.st_gid))
             .map_err(|e| self.dst_err(path, e))?;
         if kind != FileType::Symlink {
+            // After the owner: a chown clears setuid and setgid, the mode restores them.
+            dst.chmod(path, mode).map_err(|e| self.dst_err(path, e))?;
             copy_xattrs(src, dst, path)?;
         }
         self.made.push((path.to_owned(), st));

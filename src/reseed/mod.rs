@@ -26,6 +26,7 @@
 mod copy;
 pub mod engine;
 mod layout;
+pub mod orphans;
 pub mod resync;
 mod verify;
 

@@ -432,7 +432,11 @@ fn run(
     // Step 3: lay out. The copy's own changes are settled: from here on it is written by
     // this resync, which a later scan (after a crash) must not take for divergence.
     db.tap().restart_since(slot, SystemTime::now());
-    let (jobs, tree_fixed) = {
+    let LaidOut {
+        jobs,
+        tree_fixed,
+        orphans,
+    } = {
         let _namespace = db.namespace_exclusive();
         // What the copy missed changes its data behind its sums, and files it gets anew
         // may reuse inode numbers: its blocks are unknown until written or scrubbed.
@@ -488,6 +492,11 @@ fn run(
         &[&source.volume, &target],
     );
     let copied = copy_jobs(db, slot, &source, &target, &jobs, progress, &mut report)
+        .and_then(|()| {
+            // Open files with no name left: in no tree and no dirty map, copied whole.
+            report.bytes_copied += super::orphans::copy_orphans(db, slot, &orphans, progress)?;
+            Ok(())
+        })
         .and_then(|()| {
             report.copy_s = started.elapsed().as_secs_f64() - report.prepare_s;
             progress.job.set_phase(Phase::Verifying);
@@ -548,8 +557,17 @@ fn side(db: &Database, slot: usize, source: &Source, e: SideError) -> SeedError 
     }
 }
 
+/// What the layout of a resync leaves to copy.
+struct LaidOut {
+    jobs: Vec<Job>,
+    /// Tree entries changed by the reconciliation.
+    tree_fixed: usize,
+    /// Files open with no name left, with an anonymous file on the copy to fill.
+    orphans: Vec<Arc<Node>>,
+}
+
 /// Step 3 (namespace held exclusively): replay, reconcile, refresh handles; returns the
-/// files to copy and how many tree entries changed.
+/// files to copy, how many tree entries changed, and the open files with no name left.
 fn lay_out(
     core: &Core,
     db: &Database,
@@ -557,7 +575,7 @@ fn lay_out(
     source: &Source,
     target: &Volume,
     extra: &BTreeMap<PathBuf, FileDirty>,
-) -> Result<(Vec<Job>, usize), SeedError> {
+) -> Result<LaidOut, SeedError> {
     let gone = || {
         SeedError::Refused(format!(
             "the dirty map of {}\\{} was dropped during the resync (a full reseed of the copy started?); resume it again, or reseed it",
@@ -570,7 +588,8 @@ fn lay_out(
     let replayed = reconcile::replay(target, &ops).map_err(|e| side(db, slot, source, e))?;
     let tree =
         reconcile::tree(&source.volume, target, &db.name).map_err(|e| side(db, slot, source, e))?;
-    core.refresh_handles(db, slot)
+    let refreshed = core
+        .refresh_handles(db, slot)
         .map_err(|e| dest_failed(db, slot, "resync open handles", e))?;
     // Data writes do not wait for the namespace: the map is read only now that every
     // handle has its file on the copy. A write records itself before it picks its
@@ -609,7 +628,11 @@ fn lay_out(
         tree.changed(),
         jobs.len()
     );
-    Ok((jobs, tree.changed()))
+    Ok(LaidOut {
+        jobs,
+        tree_fixed: tree.changed(),
+        orphans: refreshed.orphans,
+    })
 }
 
 fn open_pair(
@@ -664,6 +687,12 @@ fn copy_jobs(
         let Some((a, b)) =
             open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
         else {
+            // Unlinked since the layout, but still open: its handles have it on the copy
+            // (opened at the layout, by name); it is copied whole through them.
+            if let Some(node) = job.node.as_ref().filter(|n| n.any_open_files().is_some()) {
+                report.bytes_copied += super::orphans::copy_orphan(db, slot, node, progress)?;
+                report.files += 1;
+            }
             continue;
         };
         let _resize = job.node.as_ref().map(|n| n.io.resize.read());

@@ -310,3 +310,115 @@ fn a_read_error_on_the_last_source_fails_the_reseed_not_the_database() {
     assert_eq!(progress.phase(), Phase::Failed);
     core.release(h);
 }
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn r13_an_open_file_with_no_name_is_reseeded_and_outlives_the_old_copies() {
+    let bed = Bed::new("reseed-unlinked", 3, 2);
+    let (core, _sink, h, req) = failed_copy(&bed, 4, "Volume3", None);
+    let dir = db_folder(&core);
+    // A temporary file unlinked before the reseed, and one unlinked during it.
+    let mut tmp_model = pattern(7, 3 << 20);
+    let (tmp, ht) = core
+        .create(dir, OsStr::new("etilqs_1"), 0o600, libc::O_RDWR, ME)
+        .expect("create tmp");
+    core.write(ht, 0, &tmp_model).expect("write tmp");
+    core.remove(dir, OsStr::new("etilqs_1"), false)
+        .expect("unlink tmp");
+    // Two more unlinked after the first window: whichever file that window belonged
+    // to, one of them is not copied yet, so the seeder finds it without a name.
+    let mut late = Vec::new();
+    for (i, name) in ["etilqs_2", "etilqs_3"].into_iter().enumerate() {
+        let data = pattern(8 + i as u64, 3 << 20);
+        let (attr, hl) = core
+            .create(dir, OsStr::new(name), 0o640, libc::O_RDWR, ME)
+            .expect("create late");
+        core.write(hl, 0, &data).expect("write late");
+        late.push((attr, hl, data));
+    }
+    let progress = Progress::new("db001", "Volume3");
+    let unlinked = Arc::new(AtomicBool::new(false));
+    let scenario = fail::FailScenario::setup();
+    {
+        let (core, unlinked) = (core.clone(), unlinked.clone());
+        after_each_window(move || {
+            if !unlinked.swap(true, Ordering::AcqRel) {
+                for name in ["etilqs_2", "etilqs_3"] {
+                    core.remove(dir, OsStr::new(name), false)
+                        .expect("unlink late");
+                }
+            }
+        });
+    }
+    // A writer keeps rewriting the unlinked file during the whole reseed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (core, stop) = (core.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let off = (n * 7919 * 4096) % (4 << 20);
+                let data = pattern(100 + n, 4096);
+                core.write(ht, off, &data).expect("write the unlinked file");
+                let end = off as usize + data.len();
+                if tmp_model.len() < end {
+                    tmp_model.resize(end, 0);
+                }
+                tmp_model[off as usize..end].copy_from_slice(&data);
+                n += 1;
+            }
+            (n, tmp_model)
+        })
+    };
+    let seeded = reseed(&core, &req, &progress);
+    scenario.teardown();
+    seeded.expect("reseed");
+    stop.store(true, Ordering::Relaxed);
+    let (writes, tmp_model) = writer.join().expect("writer");
+    assert!(writes > 0 && unlinked.load(Ordering::Acquire));
+    assert_eq!(copy_state(&core, 1), CopyState::InSync);
+    // Volume3 holds both files with no name: the old copy's disk dies, and the database
+    // still reads every byte it wrote.
+    volume(&core, 2).inject_fault(libc::EIO);
+    core.write(h, 0, b"x").expect("a write fails Volume2");
+    assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
+    assert_eq!(db_active(&core), Some(0));
+    let read_all = |h: HandleId, len: usize| {
+        let mut buf = vec![0u8; len];
+        assert_eq!(core.read(h, 0, &mut buf).expect("read from Volume3"), len);
+        buf
+    };
+    assert_eq!(
+        core.getattr(tmp.node, None).expect("fstat").size as usize,
+        tmp_model.len()
+    );
+    assert!(
+        read_all(ht, tmp_model.len()) == tmp_model,
+        "the unlinked file on Volume3"
+    );
+    for (attr, hl, data) in &late {
+        assert!(
+            read_all(*hl, data.len()) == *data,
+            "a file unlinked during it"
+        );
+        assert_eq!(
+            core.getattr(attr.node, Some(*hl)).expect("fstat").perm,
+            0o640
+        );
+    }
+    core.write(ht, 0, b"still writable")
+        .expect("write on Volume3");
+    // Freed at the last close.
+    let vol3 = bed.backing(3, "");
+    assert!(crate::fs::tests::deleted_fds_under(&vol3) >= 3);
+    core.release(ht);
+    for (_, hl, _) in late {
+        core.release(hl);
+    }
+    assert_eq!(crate::fs::tests::deleted_fds_under(&vol3), 0);
+    core.release(h);
+}
+
+fn db_active(core: &Core) -> Option<usize> {
+    core.pool().databases()[0].active_index()
+}

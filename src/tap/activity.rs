@@ -16,14 +16,24 @@
 //! that is neither recorded in this epoch nor carried over from the last one; a write
 //! that continues a sequential run records the next 16 extents at once.
 //!
+//! Sets of extents are ranges ([`RangeSet`]): what a file costs the log is proportional to
+//! the runs of extents written, never to the offsets (a `fallocate` of 4 EiB is one range).
+//!
+//! An `fsync` trims what a failure must resync: the extents of a file written before the
+//! `fsync` began are durable on every copy in sync once it returns, so when a copy fails
+//! later they are not in the map of what it missed ([`ActivityLog::synced`]), until they
+//! are written again. (After a crash the log still lists them; crash repair compares them,
+//! which costs reads, not copies.)
+//!
 //! Why carried extents are safe without a log write: an extent written in epoch `e` is
 //! in the log file until the rewrite that ends checkpoint `e -> e+1` (recorded in `e`,
 //! or carried into `e` by the rewrite before), and that rewrite lists every extent
 //! written in `e` again. A write of epoch `e+1` that finds its extent among the node's
 //! marks of epoch `e` therefore finds it in the log file, before and after the rewrite.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rangemap::{RangeMap, RangeSet};
 
 use super::Replicas;
 use super::dirty::FileDirty;
@@ -63,10 +74,21 @@ pub struct NodeMarks {
 struct Marks {
     /// The epoch `current` belongs to.
     epoch: u64,
-    /// Extents written in `epoch` (sorted).
-    current: Vec<u64>,
-    /// Extents written in `epoch - 1` (sorted): carried over, in the log already.
-    carried: Vec<u64>,
+    /// Extents written in `epoch`.
+    current: RangeSet<u64>,
+    /// Extents written in `epoch - 1`: carried over, in the log already.
+    carried: RangeSet<u64>,
+    /// Writes completed to this file (their sequence).
+    writes: u64,
+    /// Extents written and not made durable by an `fsync` since, with the sequence of the
+    /// last write that completed there.
+    unsynced: RangeMap<u64, u64>,
+    /// Extents an `fsync` made durable, as the log's `State::durable` lists them for
+    /// this file: a write there takes them out again.
+    durable: RangeSet<u64>,
+    /// The extents of the writes in flight (noted, not completed): an `fsync` that
+    /// returns meanwhile does not make them durable.
+    inflight: Vec<Range<u64>>,
 }
 
 impl Marks {
@@ -79,17 +101,9 @@ impl Marks {
             self.carried = if epoch == self.epoch + 1 {
                 written
             } else {
-                Vec::new()
+                RangeSet::new()
             };
             self.epoch = epoch;
-        }
-    }
-
-    fn add(&mut self, extents: impl IntoIterator<Item = u64>) {
-        for e in extents {
-            if let Err(i) = self.current.binary_search(&e) {
-                self.current.insert(i, e);
-            }
         }
     }
 }
@@ -108,7 +122,7 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-type Extents = BTreeMap<PathBuf, BTreeSet<u64>>;
+type Extents = BTreeMap<PathBuf, RangeSet<u64>>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -118,6 +132,9 @@ struct State {
     previous: Extents,
     /// Extents carried into the log file by its last rewrite.
     carried: Extents,
+    /// Extents an `fsync` made durable on every in-sync copy since they were last
+    /// written: a failing copy has them (see the module doc).
+    durable: Extents,
     pending: Vec<u8>,
     next_lsn: u64,
 }
@@ -194,7 +211,7 @@ fn rename_keys(map: &mut Extents, from: &Path, to: &Path, exchange: bool) {
         }
     }
     for (k, v) in moved {
-        map.entry(k).or_default().extend(v);
+        map.entry(k).or_default().extend(v.iter().cloned());
     }
 }
 
@@ -204,7 +221,7 @@ pub struct Recovered {
     /// The log ends with a clean stop.
     pub clean: bool,
     /// Extents (4 MiB) that may differ, per path.
-    pub extents: BTreeMap<PathBuf, BTreeSet<u64>>,
+    pub extents: BTreeMap<PathBuf, RangeSet<u64>>,
 }
 
 impl Recovered {
@@ -217,7 +234,7 @@ impl Recovered {
     pub fn merge(&mut self, other: Recovered) {
         self.clean &= other.clean;
         for (p, e) in other.extents {
-            self.extents.entry(p).or_default().extend(e);
+            self.extents.entry(p).or_default().extend(e.iter().cloned());
         }
     }
 }
@@ -227,8 +244,9 @@ fn to_dirty(extents: &Extents) -> BTreeMap<PathBuf, FileDirty> {
         .iter()
         .map(|(p, set)| {
             let mut f = FileDirty::default();
-            for &e in set {
-                f.mark(e << EXTENT_SHIFT, 1 << EXTENT_SHIFT);
+            for r in set.iter() {
+                let (start, end) = (byte_of(r.start), byte_of(r.end));
+                f.mark(start, end - start);
             }
             (p.clone(), f)
         })
@@ -266,10 +284,12 @@ pub fn parse(bytes: &[u8]) -> Recovered {
                 };
                 let (first, count) = (num(&body[..8]), num(&body[8..16]));
                 let path = PathBuf::from(std::ffi::OsStr::from_bytes(&body[16..]));
-                out.extents
-                    .entry(path)
-                    .or_default()
-                    .extend(first..first.saturating_add(count.min(1 << 20)));
+                if count > 0 {
+                    out.extents
+                        .entry(path)
+                        .or_default()
+                        .insert(first..first.saturating_add(count));
+                }
                 out.clean = false;
             }
             KIND_RENAME if body.len() >= 5 => {
@@ -336,22 +356,48 @@ impl ActivityLog {
         db: &dyn Replicas,
         guard: &WriteGuard<'_>,
         marks: &NodeMarks,
-        path: impl FnOnce() -> Option<PathBuf>,
+        path: impl Fn() -> Option<PathBuf>,
         offset: u64,
         len: u64,
     ) {
-        let first = offset >> EXTENT_SHIFT;
-        let last = (offset + len.max(1) - 1) >> EXTENT_SHIFT;
+        let want = extents_of(offset, len);
         let (carried, fresh) = {
             let mut m = marks.inner.lock();
             m.advance(guard.epoch);
-            let (carried, missing): (Vec<u64>, Vec<u64>) = (first..=last)
-                .filter(|e| m.current.binary_search(e).is_err())
-                .partition(|e| m.carried.binary_search(e).is_ok());
+            m.inflight.push(want.clone());
+            if m.durable.overlaps(&want) {
+                // Written again: a copy that fails from now on may miss it. (Under the
+                // marks' lock, then the state's, as in `synced`.)
+                m.durable.remove(want.clone());
+                if let Some(p) = path() {
+                    if let Some(d) = self.state.lock().durable.get_mut(&p) {
+                        d.remove(want.clone());
+                    }
+                }
+            }
+            // Not recorded in this epoch: carried over from the last (in the log file
+            // already), or missing from the log.
+            let mut carried = RangeSet::new();
+            let mut missing = RangeSet::new();
+            for gap in m.current.gaps(&want) {
+                missing.insert(gap.clone());
+                for c in m.carried.overlapping(&gap) {
+                    let both = c.start.max(gap.start)..c.end.min(gap.end);
+                    carried.insert(both.clone());
+                    missing.remove(both);
+                }
+            }
             let fresh = match (missing.first(), missing.last()) {
-                (Some(&lo), Some(&hi)) => {
-                    let sequential = lo > 0 && m.current.binary_search(&(lo - 1)).is_ok();
-                    Some((lo, if sequential { hi + AHEAD } else { hi }))
+                (Some(lo), Some(hi)) => {
+                    let (lo, hi) = (lo.start, hi.end);
+                    let sequential = lo > 0 && m.current.contains(&(lo - 1));
+                    Some(
+                        lo..if sequential {
+                            hi.saturating_add(AHEAD)
+                        } else {
+                            hi
+                        },
+                    )
                 }
                 _ => None,
             };
@@ -365,12 +411,12 @@ impl ActivityLog {
             let mut s = self.state.lock();
             let set = s.current.entry(path.clone()).or_default();
             // Written again in this epoch: carried over at the next rewrite too.
-            set.extend(&carried);
-            if let Some((from, to)) = fresh {
-                set.extend(from..=to);
+            set.extend(carried.iter().cloned());
+            if let Some(r) = &fresh {
+                set.insert(r.clone());
             }
-            fresh.map(|(from, to)| {
-                let rec = extents_record(guard.epoch, &path, from, to - from + 1);
+            fresh.as_ref().map(|r| {
+                let rec = extents_record(guard.epoch, &path, r.start, r.end - r.start);
                 s.pending.extend_from_slice(&rec);
                 s.next_lsn += 1;
                 s.next_lsn
@@ -381,10 +427,59 @@ impl ActivityLog {
         }
         let mut m = marks.inner.lock();
         m.advance(guard.epoch);
-        m.add(carried);
-        if let Some((from, to)) = fresh {
-            m.add(from..=to);
+        m.current.extend(carried.iter().cloned());
+        if let Some(r) = fresh {
+            m.current.insert(r);
         }
+    }
+
+    /// The write of `[offset, offset+len)` that [`ActivityLog::note`] recorded for the
+    /// file with `marks` is over (done on every copy, or failed): until an `fsync` that
+    /// begins after it returns, a copy that fails must resync it.
+    pub fn written(&self, marks: &NodeMarks, offset: u64, len: u64) {
+        let range = extents_of(offset, len);
+        let mut m = marks.inner.lock();
+        if let Some(i) = m.inflight.iter().position(|r| *r == range) {
+            m.inflight.swap_remove(i);
+        }
+        m.writes += 1;
+        let seq = m.writes;
+        m.unsynced.insert(range, seq);
+    }
+
+    /// Where an `fsync` of the file with `marks` starts: the writes completed so far.
+    pub fn sync_begins(&self, marks: &NodeMarks) -> u64 {
+        marks.inner.lock().writes
+    }
+
+    /// An `fsync` of the file with `marks` (named `path`), begun at `began` (from
+    /// [`ActivityLog::sync_begins`]), returned on every in-sync copy: what was written
+    /// before it began is durable on all of them, and leaves what a failure must resync.
+    pub fn synced(&self, marks: &NodeMarks, path: impl FnOnce() -> Option<PathBuf>, began: u64) {
+        let mut m = marks.inner.lock();
+        let mut done: RangeSet<u64> = m
+            .unsynced
+            .iter()
+            .filter(|(_, seq)| **seq <= began)
+            .map(|(r, _)| r.clone())
+            .collect();
+        // A write in flight there may not have reached the disk before the fsync.
+        for r in &m.inflight {
+            done.remove(r.clone());
+        }
+        if done.is_empty() {
+            return;
+        }
+        let Some(path) = path() else { return };
+        for r in done.iter() {
+            m.unsynced.remove(r.clone());
+            m.durable.insert(r.clone());
+        }
+        let mut s = self.state.lock();
+        s.durable
+            .entry(path)
+            .or_default()
+            .extend(done.iter().cloned());
     }
 
     /// `from` was renamed to `to`: extents recorded under the old name follow it.
@@ -406,6 +501,7 @@ impl ActivityLog {
             rename_keys(&mut s.current, from, to, exchange);
             rename_keys(&mut s.previous, from, to, exchange);
             rename_keys(&mut s.carried, from, to, exchange);
+            rename_keys(&mut s.durable, from, to, exchange);
             let rec = rename_record(self.epoch.load(Ordering::SeqCst), from, to, exchange);
             s.pending.extend_from_slice(&rec);
             s.next_lsn += 1;
@@ -420,8 +516,18 @@ impl ActivityLog {
         let s = self.state.lock();
         let mut all = s.carried.clone();
         for (p, e) in s.previous.iter().chain(&s.current) {
-            all.entry(p.clone()).or_default().extend(e);
+            all.entry(p.clone()).or_default().extend(e.iter().cloned());
         }
+        // What an fsync made durable everywhere (and was not written since) is on the
+        // failing copy's disk too.
+        for (p, d) in &s.durable {
+            if let Some(e) = all.get_mut(p) {
+                for r in d.iter() {
+                    e.remove(r.clone());
+                }
+            }
+        }
+        all.retain(|_, e| !e.is_empty());
         to_dirty(&all)
     }
 
@@ -533,7 +639,7 @@ impl ActivityLog {
             let mut s = self.state.lock();
             let cur = std::mem::take(&mut s.current);
             for (p, e) in cur {
-                s.previous.entry(p).or_default().extend(e);
+                s.previous.entry(p).or_default().extend(e.iter().cloned());
             }
             self.epoch.fetch_add(1, Ordering::SeqCst)
         };
@@ -560,16 +666,25 @@ impl ActivityLog {
             let mut content = record(KIND_HEADER, epoch, &[]);
             let mut listed = carried.clone();
             for (p, e) in &s.current {
-                listed.entry(p.clone()).or_default().extend(e);
+                listed
+                    .entry(p.clone())
+                    .or_default()
+                    .extend(e.iter().cloned());
             }
             for (p, set) in &listed {
-                for (first, count) in runs(set) {
-                    content.extend_from_slice(&extents_record(epoch, p, first, count));
+                for r in set.iter() {
+                    content.extend_from_slice(&extents_record(epoch, p, r.start, r.end - r.start));
                 }
             }
             if clean {
                 content.extend_from_slice(&record(KIND_CLEAN, epoch, &[]));
             }
+            // What is no longer listed needs no mark of being durable either.
+            let durable = std::mem::take(&mut s.durable);
+            s.durable = durable
+                .into_iter()
+                .filter(|(p, _)| listed.contains_key(p))
+                .collect();
             s.carried = carried;
             s.pending.clear();
             (content, s.next_lsn)
@@ -581,16 +696,18 @@ impl ActivityLog {
     }
 }
 
-/// `set` as runs of consecutive extents: (first, count).
-fn runs(set: &BTreeSet<u64>) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &e in set {
-        match out.last_mut() {
-            Some((first, count)) if *first + *count == e => *count += 1,
-            _ => out.push((e, 1)),
-        }
-    }
-    out
+/// The extents (4 MiB) that `[offset, offset+len)` touches.
+fn extents_of(offset: u64, len: u64) -> Range<u64> {
+    let first = offset >> EXTENT_SHIFT;
+    let last = offset.saturating_add(len.max(1) - 1) >> EXTENT_SHIFT;
+    first..last.saturating_add(1)
+}
+
+/// The first byte of extent `e` (saturating at the largest offset).
+pub fn byte_of(e: u64) -> u64 {
+    e.checked_shl(EXTENT_SHIFT)
+        .filter(|b| b >> EXTENT_SHIFT == e)
+        .unwrap_or(u64::MAX)
 }
 
 fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<VolFile> {
@@ -626,8 +743,14 @@ mod tests {
         log.extend(extents_record(3, Path::new("db.db/c"), 1, 1));
         let r = parse(&log);
         assert!(!r.clean);
-        assert_eq!(r.extents[Path::new("db.db/a")], BTreeSet::from([0, 1]));
-        assert_eq!(r.extents[Path::new("db.db/e/b")], BTreeSet::from([5]));
+        assert_eq!(
+            r.extents[Path::new("db.db/a")],
+            RangeSet::from_iter(std::iter::once(0..2))
+        );
+        assert_eq!(
+            r.extents[Path::new("db.db/e/b")],
+            RangeSet::from_iter(std::iter::once(5..6))
+        );
         assert!(!r.extents.contains_key(Path::new("db.db/d/b")));
         // A torn last record is ignored; the ones before it count.
         let torn = &log[..log.len() - 3];
@@ -641,5 +764,119 @@ mod tests {
             r.as_dirty()[Path::new("db.db/a")].extents(),
             vec![(0, 8 << 20)]
         );
+    }
+
+    /// One in-sync copy on a scratch directory: the log is really written.
+    struct OneCopy(Arc<Volume>, PathBuf);
+
+    impl OneCopy {
+        fn new(tag: &str) -> OneCopy {
+            let dir = std::env::temp_dir()
+                .join(format!("reseedfs-activity-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let v = Volume::open("Volume1", &dir).expect("open");
+            OneCopy(Arc::new(v), dir)
+        }
+    }
+
+    impl Drop for OneCopy {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    impl Replicas for OneCopy {
+        fn in_sync(&self) -> Vec<(usize, u64, Arc<Volume>)> {
+            vec![(0, 1, self.0.clone())]
+        }
+        fn volume_name(&self, _: usize) -> String {
+            self.0.name().to_owned()
+        }
+        fn on_error(&self, _: usize, op: &str, err: &io::Error) {
+            panic!("{op}: {err}");
+        }
+    }
+
+    fn write(al: &ActivityLog, db: &OneCopy, marks: &NodeMarks, path: &str, off: u64, len: u64) {
+        let g = al.begin();
+        al.note(db, &g, marks, || Some(PathBuf::from(path)), off, len);
+        al.written(marks, off, len);
+    }
+
+    fn listed(al: &ActivityLog, path: &str) -> Vec<(u64, u64)> {
+        al.extents()
+            .get(Path::new(path))
+            .map(FileDirty::extents)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_fsync_takes_what_it_made_durable_out_of_what_a_failure_resyncs() {
+        let db = OneCopy::new("fsync");
+        let al = ActivityLog::new("db");
+        let marks = NodeMarks::default();
+        let name = || Some(PathBuf::from("db.db/a"));
+        // A bulk load: 64 MiB written, then fsynced.
+        for i in 0..16u64 {
+            write(&al, &db, &marks, "db.db/a", i << 22, 4 << 20);
+        }
+        // The second write found a sequential run: 16 extents were recorded past it.
+        assert_eq!(listed(&al, "db.db/a"), vec![(0, 72 << 20)]);
+        let began = al.sync_begins(&marks);
+        al.synced(&marks, name, began);
+        // The 2 extents recorded ahead were never written: still listed.
+        assert_eq!(listed(&al, "db.db/a"), vec![(64 << 20, 8 << 20)]);
+        // Written again after the fsync: listed again, until the next fsync.
+        write(&al, &db, &marks, "db.db/a", 5 << 20, 100);
+        assert_eq!(
+            listed(&al, "db.db/a"),
+            vec![(4 << 20, 4 << 20), (64 << 20, 8 << 20)]
+        );
+        // A write that was in flight while an fsync ran is not made durable by it.
+        let g = al.begin();
+        al.note(&db, &g, &marks, name, 9 << 20, 100);
+        let began = al.sync_begins(&marks);
+        al.synced(&marks, name, began);
+        assert_eq!(
+            listed(&al, "db.db/a"),
+            vec![(8 << 20, 4 << 20), (64 << 20, 8 << 20)],
+            "the extent written before the fsync left; the one in flight stays"
+        );
+        al.written(&marks, 9 << 20, 100);
+        // An fsync that began before the write completed does not cover it either.
+        al.synced(&marks, name, began);
+        assert_eq!(listed(&al, "db.db/a")[0], (8 << 20, 4 << 20));
+        let began = al.sync_begins(&marks);
+        al.synced(&marks, name, began);
+        assert_eq!(listed(&al, "db.db/a"), vec![(64 << 20, 8 << 20)]);
+    }
+
+    #[test]
+    fn writes_at_the_largest_offsets_cost_a_range_each() {
+        let db = OneCopy::new("huge");
+        let al = ActivityLog::new("db");
+        let marks = NodeMarks::default();
+        // fallocate -l 4EiB, and a write just below the largest offset a file can have.
+        write(&al, &db, &marks, "db.db/big", 0, 4 << 60);
+        write(
+            &al,
+            &db,
+            &marks,
+            "db.db/big",
+            (i64::MAX as u64) - 4096,
+            4096,
+        );
+        write(&al, &db, &marks, "db.db/big", u64::MAX - 10, 100);
+        let e = listed(&al, "db.db/big");
+        assert_eq!(e.first().map(|r| r.0), Some(0));
+        assert_eq!(e.len(), 3, "{e:?}");
+        let last = e.last().copied().expect("listed");
+        assert_eq!(last.0.saturating_add(last.1), u64::MAX);
+        // The log file holds a few records, not one per extent.
+        let bytes = std::fs::read(db.1.join(log_path("db"))).expect("log");
+        assert!(bytes.len() < 4096, "{} bytes", bytes.len());
+        let r = parse(&bytes);
+        assert_eq!(r.extents[Path::new("db.db/big")].iter().count(), e.len());
     }
 }

@@ -1,7 +1,7 @@
 //! The dirty map of a copy that is not in sync: what it missed since it left, kept by
 //! the in-sync copies and persisted on their volumes (`.reseedfs/tap/<db>/dirty-<vol>.json`).
 //!
-//! Data is tracked per file in 4 KiB blocks (a bitmap, held as runs on disk); a file
+//! Data is tracked per file in 4 KiB blocks (a set of block runs, in memory and on disk); a file
 //! created while the copy was out, or whose contents moved (collapse/insert range), is
 //! `whole`. Namespace operations that the copy's old tree must replay before it is
 //! reconciled (removes, renames, links) are kept in order; every other metadata change
@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use rangemap::RangeSet;
 use serde::{Deserialize, Serialize};
 
 use super::{PathText, decode_path};
 
-/// Granularity of the dirty bitmap.
+/// Granularity of the dirty map.
 pub const BLOCK: u64 = 4096;
 
 /// What one file missed.
@@ -25,23 +26,24 @@ pub struct FileDirty {
     pub whole: bool,
     /// The smallest size the file was truncated to: everything from there on is copied.
     pub truncated_to: Option<u64>,
-    bits: Vec<u64>,
+    /// The marked bytes, rounded out to whole blocks. A range set costs memory in
+    /// proportion to the runs written, whatever their offsets (a write at 4 EiB is one run).
+    blocks: RangeSet<u64>,
 }
 
 impl FileDirty {
-    /// Marks `[offset, offset+len)`.
+    /// Marks `[offset, offset+len)` (clamped at the largest offset a file can have).
     pub fn mark(&mut self, offset: u64, len: u64) {
         if len == 0 || self.whole {
             return;
         }
-        let first = offset / BLOCK;
-        let last = (offset + len - 1) / BLOCK;
-        let words = (last / 64 + 1) as usize;
-        if self.bits.len() < words {
-            self.bits.resize(words, 0);
-        }
-        for b in first..=last {
-            self.bits[(b / 64) as usize] |= 1 << (b % 64);
+        let start = offset / BLOCK * BLOCK;
+        let end = offset
+            .saturating_add(len)
+            .div_ceil(BLOCK)
+            .saturating_mul(BLOCK);
+        if start < end {
+            self.blocks.insert(start..end);
         }
     }
 
@@ -52,32 +54,17 @@ impl FileDirty {
 
     /// The marked block runs, as byte extents `(offset, len)`, in order.
     pub fn extents(&self) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for (w, &word) in self.bits.iter().enumerate() {
-            if word == 0 {
-                continue;
-            }
-            for bit in 0..64 {
-                if word & (1 << bit) == 0 {
-                    continue;
-                }
-                let off = (w as u64 * 64 + bit) * BLOCK;
-                match out.last_mut() {
-                    Some((o, l)) if *o + *l == off => *l += BLOCK,
-                    _ => out.push((off, BLOCK)),
-                }
-            }
-        }
-        out
+        self.blocks
+            .iter()
+            .map(|r| (r.start, r.end - r.start))
+            .collect()
     }
 
-    /// Bytes marked (4 KiB per block).
+    /// Bytes marked (whole blocks).
     pub fn bytes(&self) -> u64 {
-        self.bits
+        self.blocks
             .iter()
-            .map(|w| u64::from(w.count_ones()))
-            .sum::<u64>()
-            * BLOCK
+            .fold(0u64, |n, r| n.saturating_add(r.end - r.start))
     }
 
     /// Adds what `other` marks.
@@ -86,11 +73,8 @@ impl FileDirty {
         if let Some(t) = other.truncated_to {
             self.truncated(t);
         }
-        if self.bits.len() < other.bits.len() {
-            self.bits.resize(other.bits.len(), 0);
-        }
-        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
-            *a |= b;
+        for r in other.blocks.iter() {
+            self.blocks.insert(r.clone());
         }
     }
 }
@@ -313,7 +297,7 @@ impl DirtyMap {
             let mut d = FileDirty {
                 whole: f.whole,
                 truncated_to: f.truncated_to,
-                bits: Vec::new(),
+                blocks: RangeSet::new(),
             };
             for (o, l) in f.extents {
                 d.mark(o, l);
@@ -379,6 +363,29 @@ enum OpRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mark_at_any_offset_is_one_run() {
+        let mut f = FileDirty::default();
+        f.mark(u64::MAX - 10, 100);
+        f.mark(0, 4 << 60);
+        f.mark(1 << 62, 1);
+        assert_eq!(
+            f.extents(),
+            vec![
+                (0, (4 << 60) + BLOCK),
+                (u64::MAX / BLOCK * BLOCK, u64::MAX % BLOCK)
+            ]
+        );
+        let mut g = FileDirty::default();
+        g.merge(&f);
+        assert_eq!(g, f);
+        let m = DirtyMap::new("Volume1", 1, SystemTime::UNIX_EPOCH);
+        let mut m2 = m.clone();
+        m2.files.insert(PathBuf::from("db.db/x"), f.clone());
+        let back = DirtyMap::from_json(&m2.to_json().expect("json")).expect("parse");
+        assert_eq!(back.files[Path::new("db.db/x")], f);
+    }
 
     #[test]
     fn blocks_merge_into_extents_and_follow_renames() {

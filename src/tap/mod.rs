@@ -305,6 +305,27 @@ impl Tap {
         }
     }
 
+    /// The data change that [`Tap::data`] recorded for `m` is over (done or failed).
+    pub fn written(&self, m: &Mutation<'_>, marks: &NodeMarks, offset: u64, len: u64) {
+        if let (Some(al), Some(_)) = (&self.activity, &m.guard) {
+            al.written(marks, offset, len);
+        }
+    }
+
+    /// Where an `fsync` of the file with `marks` starts (see [`Tap::synced`]).
+    pub fn sync_begins(&self, marks: &NodeMarks) -> u64 {
+        self.activity.as_ref().map_or(0, |al| al.sync_begins(marks))
+    }
+
+    /// An `fsync` of the file with `marks` (named by `path()`), begun at `began`,
+    /// returned on every in-sync copy: what was written before it began need not be
+    /// resynced when a copy fails later.
+    pub fn synced(&self, marks: &NodeMarks, path: impl FnOnce() -> Option<PathBuf>, began: u64) {
+        if let Some(al) = &self.activity {
+            al.synced(marks, path, began);
+        }
+    }
+
     /// A metadata mutation (through `Database::mutate`): numbered and counted.
     pub fn mutated(&self) {
         self.seq.fetch_add(1, Ordering::Relaxed);

@@ -155,11 +155,14 @@ pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideErro
             }
             _ => {}
         }
-        let b = dst.stat(&path).map_err(d)?;
+        let mut b = dst.stat(&path).map_err(d)?;
+        // Owner first: a chown clears setuid and setgid, so the mode is compared (and
+        // restored) after it, on a fresh stat.
         if (b.st_uid, b.st_gid) != (a.st_uid, a.st_gid) {
             dst.chown(&path, Some(a.st_uid), Some(a.st_gid))
                 .map_err(d)?;
             report.fixed += 1;
+            b = dst.stat(&path).map_err(d)?;
         }
         if kind(&a) != FileType::Symlink {
             if b.st_mode & 0o7777 != a.st_mode & 0o7777 {

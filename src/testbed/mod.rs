@@ -133,6 +133,29 @@ impl LoopVolume {
         }
     }
 
+    /// A disk that hangs instead of failing: `fsfreeze -f`. Every write and fsync on the
+    /// volume blocks (reads go on) until the returned guard is dropped (`fsfreeze -u`).
+    pub fn freeze(&self) -> io::Result<Frozen<'_>> {
+        run(
+            Command::new(tool("fsfreeze"))
+                .arg("-f")
+                .arg(&self.mountpoint),
+            &self.mountpoint,
+        )?;
+        Ok(Frozen { volume: self })
+    }
+
+    /// `fsfreeze -u`; an error when the volume was not frozen.
+    fn thaw(&self) -> io::Result<()> {
+        run(
+            Command::new(tool("fsfreeze"))
+                .arg("-u")
+                .arg(&self.mountpoint),
+            &self.mountpoint,
+        )
+        .map(drop)
+    }
+
     /// The disk comes back: umount (retried, then lazy), `e2fsck -fy` (exit codes 0, 1 and 2
     /// are success), mount again.
     ///
@@ -189,6 +212,29 @@ impl LoopVolume {
                 }
                 Err(_) => thread::sleep(UMOUNT_PAUSE),
             }
+        }
+    }
+}
+
+/// A volume frozen by [`LoopVolume::freeze`]; dropping it thaws the volume.
+#[derive(Debug)]
+pub struct Frozen<'a> {
+    volume: &'a LoopVolume,
+}
+
+impl Frozen<'_> {
+    /// Thaws the volume now, reporting an error (dropping the guard only logs it).
+    pub fn thaw(self) -> io::Result<()> {
+        let v = self.volume;
+        std::mem::forget(self);
+        v.thaw()
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.volume.thaw() {
+            tracing::warn!(mountpoint = %self.volume.mountpoint.display(), "testbed: {e}");
         }
     }
 }

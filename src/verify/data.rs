@@ -410,7 +410,7 @@ impl Run<'_> {
         Some((store, sums))
     }
 
-    /// Event 3060 for block `k` of `f`, bad on peer `bad` (`None`: the active copy),
+    /// Event 3070 for block `k` of `f`, bad on peer `bad` (`None`: the active copy),
     /// good on peer `good` (`None`: the active copy).
     fn checksum_event(
         &self,

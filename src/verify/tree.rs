@@ -245,10 +245,18 @@ impl Run<'_> {
         let repair = self.opts.repair;
         // Owner first: a chown clears setuid and setgid, which the mode then restores.
         if (a.st_uid, a.st_gid) != (b.st_uid, b.st_gid) {
-            let repaired = repair
+            let want = a.st_mode & 0o7777;
+            let mut repaired = repair
                 && v.chown(path, Some(a.st_uid), Some(a.st_gid)).is_ok()
                 && v.stat(path)
                     .is_ok_and(|st| (st.st_uid, st.st_gid) == (a.st_uid, a.st_gid));
+            // The mode was right before the chown cleared setuid/setgid: put them back
+            // (a mode that was wrong is reported and repaired below).
+            if repaired && a_link.is_none() && b.st_mode & 0o7777 == want {
+                repaired = v.stat(path).is_ok_and(|st| st.st_mode & 0o7777 == want)
+                    || (v.chmod(path, Mode::from_raw_mode(want)).is_ok()
+                        && v.stat(path).is_ok_and(|st| st.st_mode & 0o7777 == want));
+            }
             self.mismatch(
                 path,
                 i,

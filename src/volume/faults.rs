@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use super::{
     Advice, Backend, DirEntry, FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat,
@@ -24,6 +24,9 @@ use super::{
 pub struct Faults {
     all: AtomicI32,
     reads: AtomicI32,
+    /// Writes of file data: the errno, and how many bytes of each write land first.
+    writes: AtomicI32,
+    writes_land: AtomicU64,
 }
 
 impl Faults {
@@ -35,6 +38,13 @@ impl Faults {
     /// Every later read of file data fails with `errno` (0 clears it).
     pub fn fail_reads(&self, errno: i32) {
         self.reads.store(errno, Ordering::Release);
+    }
+
+    /// Every later write of file data fails with `errno` after its first `land` bytes
+    /// were written (a full volume that takes part of a write; 0 clears it).
+    pub fn fail_writes(&self, errno: i32, land: u64) {
+        self.writes_land.store(land, Ordering::Release);
+        self.writes.store(errno, Ordering::Release);
     }
 
     /// The armed fault for any operation, if any.
@@ -155,7 +165,15 @@ impl Backend for Faulty {
     }
     fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check()?;
-        self.inner.write_all_at(f, offset, data)
+        match self.faults.writes.swap(0, Ordering::AcqRel) {
+            0 => self.inner.write_all_at(f, offset, data),
+            errno => {
+                let land = self.faults.writes_land.load(Ordering::Acquire);
+                let land = data.len().min(usize::try_from(land).unwrap_or(usize::MAX));
+                self.inner.write_all_at(f, offset, &data[..land])?;
+                Err(io::Error::from_raw_os_error(errno))
+            }
+        }
     }
     fn append(&self, f: &File, data: &[u8]) -> io::Result<()> {
         self.faults.check()?;
@@ -184,6 +202,18 @@ impl Backend for Faulty {
     fn fchown(&self, f: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         self.faults.check()?;
         self.inner.fchown(f, uid, gid)
+    }
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.fchmod(f, mode)
+    }
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.set_file_times(f, times)
+    }
+    fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File> {
+        self.faults.check()?;
+        self.inner.reopen(f, flags)
     }
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
         self.inner.advise(f, offset, len, advice)

@@ -100,12 +100,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn fstat(&self, f: &File) -> io::Result<Stat>;
     /// `fchown`.
     fn fchown(&self, f: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()>;
+    /// `fchmod`.
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()>;
+    /// `futimens`: the access and modification times of an open file.
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()>;
+    /// The file `f` is open on, opened again with `flags` (a new open file description
+    /// of the same inode, whatever its name is now, even when it has none left).
+    /// `Unsupported` where there is no way to do that.
+    fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File>;
     /// An access-pattern hint (`posix_fadvise`); `len` 0 means to the end.
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()>;
     /// Starts writing `[offset, offset+len)` of `f` back to the disk without waiting.
     fn start_writeback(&self, f: &File, offset: u64, len: u64) -> io::Result<()>;
-    /// The file `f` is open on, opened again read-only with `O_DIRECT` (`Unsupported`
-    /// where there is no way to do that).
+    /// The file `f` is open on, opened again with `O_DIRECT` and `f`'s access mode
+    /// (`Unsupported` where there is no way to do that).
     fn reopen_direct(&self, f: &File) -> io::Result<File>;
 }
 
@@ -531,6 +539,13 @@ impl Volume {
         self.faults.fail_all(errno);
     }
 
+    /// Makes the next write of file data fail with `errno` once its first `land` bytes
+    /// are written (0 clears it): a volume that fills up during that write.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn inject_write_fault(&self, errno: i32, land: u64) {
+        self.faults.fail_writes(errno, land);
+    }
+
     /// Makes every later read of file data fail with `errno` (0 clears it): unreadable
     /// sectors while writes still work.
     #[cfg(any(test, feature = "failpoints"))]
@@ -716,9 +731,37 @@ impl Volume {
     }
 
     /// Hands a write of `data` at `offset` of `f` to the lane (see [`Volume::submit`]).
-    pub fn submit_write(&self, f: &VolFile, offset: u64, data: Arc<[u8]>) -> Call<()> {
+    pub fn submit_write<D>(&self, f: &VolFile, offset: u64, data: Arc<D>) -> Call<()>
+    where
+        D: AsRef<[u8]> + Send + Sync + ?Sized + 'static,
+    {
         let f = f.clone();
-        self.submit("write", move |b| b.write_all_at(&f, offset, &data))
+        self.submit("write", move |b| {
+            b.write_all_at(&f, offset, (*data).as_ref())
+        })
+    }
+
+    /// Hands a write of `data` (page-aligned, at an aligned `offset`) to the lane, to go
+    /// `O_DIRECT` through `direct` (the same file reopened by [`Volume::reopen_direct`]):
+    /// an `O_DIRECT` caller's data is not cached again here. Where the backing filesystem
+    /// refuses it (`EINVAL`: a logical block larger than [`DIRECT_ALIGN`]), the write goes
+    /// through the page cache of `f` instead, as it always did.
+    pub fn submit_write_direct(
+        &self,
+        f: &VolFile,
+        direct: &VolFile,
+        offset: u64,
+        data: Arc<AlignedBuf>,
+    ) -> Call<()> {
+        let (f, direct) = (f.clone(), direct.clone());
+        self.submit("write", move |b| {
+            match b.write_all_at(&direct, offset, data.as_slice()) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    b.write_all_at(&f, offset, data.as_slice())
+                }
+                r => r,
+            }
+        })
     }
 
     /// Writes all of `data` at the end of `f`, opened for appending.
@@ -790,6 +833,52 @@ impl Volume {
         self.call("chown", move |b| b.fchown(&f, uid, gid))
     }
 
+    /// `fchmod` of `f`.
+    pub fn fchmod(&self, f: &VolFile, mode: Mode) -> io::Result<()> {
+        let f = f.clone();
+        self.call("chmod", move |b| b.fchmod(&f, mode))
+    }
+
+    /// `futimens` of `f`.
+    pub fn set_file_times(&self, f: &VolFile, times: &Timestamps) -> io::Result<()> {
+        let f = f.clone();
+        let times = Timestamps {
+            last_access: times.last_access,
+            last_modification: times.last_modification,
+        };
+        self.call("utimens", move |b| b.set_file_times(&f, &times))
+    }
+
+    /// Opens the file `f` is open on again with `flags`: a new open file description of
+    /// the same inode, also when the file has no name left (an open file that was
+    /// unlinked, an anonymous file).
+    pub fn reopen(&self, f: &VolFile, flags: OFlags) -> io::Result<VolFile> {
+        let f = f.clone();
+        self.call("open", move |b| b.reopen(&f, flags).map(VolFile::new))
+    }
+
+    /// A new regular file with no name in the directory `dir` (mode `mode`, opened read
+    /// and write): its space is freed when its last descriptor closes, after a crash too.
+    /// `O_TMPFILE` where the system and the filesystem have it; elsewhere a file created
+    /// under `.reseedfs/` and unlinked at once.
+    pub fn create_anonymous(&self, dir: &Path, mode: Mode) -> io::Result<VolFile> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        match self.open_file(dir, OFlags::TMPFILE | OFlags::RDWR, mode) {
+            // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {}
+            r => return r,
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = PathBuf::from(crate::layout::META_DIR).join(format!(
+            "anonymous-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let f = self.open_file(&name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, mode)?;
+        self.remove(&name, false)?;
+        Ok(f)
+    }
+
     /// An access-pattern hint for `f` (`len` 0: to the end); a hint that cannot be given
     /// is not an error, and nobody waits for it.
     pub fn advise(&self, f: &VolFile, offset: u64, len: u64, advice: Advice) {
@@ -806,9 +895,9 @@ impl Volume {
         drop(self.submit("writeback", move |b| b.start_writeback(&f, offset, len)));
     }
 
-    /// Opens the file `f` is open on again, read-only with `O_DIRECT` (a new open file
-    /// description of the same inode, whatever its name is now). `Unsupported` where
-    /// there is no way to do that.
+    /// Opens the file `f` is open on again, with `O_DIRECT` and `f`'s access mode (a new
+    /// open file description of the same inode, whatever its name is now). `Unsupported`
+    /// where there is no way to do that.
     pub fn reopen_direct(&self, f: &VolFile) -> io::Result<VolFile> {
         let f = f.clone();
         self.call("open", move |b| b.reopen_direct(&f).map(VolFile::new))
@@ -1082,6 +1171,58 @@ pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<Extent>> {
 /// enough for every logical block size up to 4 KiB).
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// True when `len` bytes at `offset` may go `O_DIRECT` (from an aligned buffer).
+pub fn is_direct_aligned(offset: u64, len: usize) -> bool {
+    len > 0 && (offset as usize | len) % DIRECT_ALIGN == 0
+}
+
+/// A byte buffer starting on a [`DIRECT_ALIGN`] boundary, for `O_DIRECT` writes. FUSE
+/// hands write data over 80 bytes into its request buffer (after the headers), never
+/// aligned: the one copy a write makes anyway (the lanes share it, see
+/// `copyset::route`) goes into one of these. Safe code: over-allocates a `Vec` and starts
+/// at its first aligned byte.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A page-aligned copy of `data`.
+    pub fn copy_of(data: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::default();
+        b.fill(data);
+        b
+    }
+
+    /// Makes the buffer `data.len()` bytes long (growing it when needed) and copies
+    /// `data` in.
+    pub fn fill(&mut self, data: &[u8]) {
+        if self.raw.len() < data.len() + DIRECT_ALIGN {
+            self.raw = vec![0; data.len() + DIRECT_ALIGN];
+        }
+        self.start = self
+            .raw
+            .as_ptr()
+            .align_offset(DIRECT_ALIGN)
+            .min(DIRECT_ALIGN);
+        self.len = data.len();
+        self.raw[self.start..self.start + data.len()].copy_from_slice(data);
+    }
+
+    /// The bytes, starting on an aligned address.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// The errno an error stands for in events (`ETIMEDOUT` for a missed deadline).
 pub fn errno_of(err: &io::Error) -> i32 {
     match err.raw_os_error() {
@@ -1145,6 +1286,87 @@ mod tests {
                 .is_err()
         );
         assert!(!Path::new("/etc/x").exists());
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn r14_special_files_and_symlinks_are_never_opened_or_followed() {
+        let d = tempdir("special");
+        std::fs::create_dir_all(d.join("v/db.db")).expect("mkdir");
+        let outside = d.join("outside");
+        std::fs::write(&outside, b"root's").expect("outside");
+        std::fs::set_permissions(
+            &outside,
+            std::os::unix::fs::PermissionsExt::from_mode(0o640),
+        )
+        .expect("chmod");
+        std::os::unix::fs::symlink(&outside, d.join("v/db.db/link")).expect("symlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("v/db.db/fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        let _sock = std::os::unix::net::UnixListener::bind(d.join("v/db.db/sock")).expect("sock");
+        let v = Volume::open("Volume1", &d.join("v")).expect("open");
+        let errno = |r: io::Result<VolFile>| r.expect_err("refused").raw_os_error();
+        for flags in [
+            OFlags::RDONLY,
+            OFlags::WRONLY,
+            OFlags::RDWR | OFlags::CREATE,
+        ] {
+            // A FIFO would block this thread forever; a socket's ENXIO is a media error.
+            for name in ["db.db/fifo", "db.db/sock"] {
+                let e = errno(v.open_file(Path::new(name), flags, Mode::from_raw_mode(0o600)));
+                assert_eq!(e, Some(libc::ESTALE), "{name} {flags:?}");
+            }
+            let e = errno(v.open_file(Path::new("db.db/link"), flags, Mode::from_raw_mode(0o600)));
+            assert_eq!(e, Some(libc::ELOOP), "{flags:?}");
+        }
+        let e = v
+            .chmod(Path::new("db.db/link"), Mode::from_raw_mode(0o666))
+            .expect_err("chmod of a symlink");
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let md = std::fs::metadata(&outside).expect("outside");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+            0o640
+        );
+        // Regular files and directories open as before, with and without O_CREAT.
+        let f = v
+            .open_file(
+                Path::new("db.db/new"),
+                OFlags::RDWR | OFlags::CREATE,
+                Mode::from_raw_mode(0o640),
+            )
+            .expect("create");
+        v.write_all_at(&f, 0, b"data").expect("write");
+        let again = v
+            .open_file(
+                Path::new("db.db/new"),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+                Mode::from_raw_mode(0o600),
+            )
+            .expect("open existing with O_CREAT|O_TRUNC");
+        assert_eq!(v.fstat(&again).expect("fstat").st_size, 0);
+        assert_eq!(v.fstat(&again).expect("fstat").st_mode & 0o777, 0o640);
+        v.chmod(Path::new("db.db/new"), Mode::from_raw_mode(0o600))
+            .expect("chmod a file");
+        assert_eq!(
+            v.stat(Path::new("db.db/new")).expect("stat").st_mode & 0o777,
+            0o600
+        );
+        assert!(v.read_dir(Path::new("db.db")).expect("list").len() >= 4);
+        let e = v
+            .open_file(
+                Path::new("db.db/new"),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o600),
+            )
+            .expect_err("O_EXCL on an existing name");
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 

@@ -2,6 +2,20 @@
 //! under it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` for the parents and `*at`
 //! calls that do not follow symlinks for the last component, so that neither `..` nor a
 //! symlink can lead outside the volume.
+//!
+//! The names under a volume belong to the database's users, who rename them while the
+//! daemon (root) works on them. So no method checks a name and then acts on the name
+//! again: it acts on the name with a call that cannot follow a symlink, or it pins the
+//! inode first (an `O_PATH | O_NOFOLLOW` descriptor) and checks and acts on that:
+//! - `chmod`: `fchmodat2(AT_SYMLINK_NOFOLLOW)`; on kernels before 6.6, the pinned inode's
+//!   type is checked and its mode changed through `/proc/self/fd`;
+//! - `open`: the pinned inode must be a regular file or a directory before it is opened
+//!   (through `/proc/self/fd`): a FIFO would block the opener forever, a socket would
+//!   answer `ENXIO`, which is a dying disk's errno; such a name answers `ESTALE` (it no
+//!   longer names what the kernel asked for);
+//! - `chown`, `set_times`: `AT_SYMLINK_NOFOLLOW`; xattrs and `link`: the pinned inode;
+//!   `mkdir`, `mknod`, `symlink`, `remove`, `rename`, `readlink`, `stat`: never follow the
+//!   last component by definition.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -77,6 +91,19 @@ impl UnixBackend {
         })
     }
 
+    /// `openat2` of `rel` under the root, never following a symlink.
+    fn openat(&self, rel: &Path, flags: OFlags, mode: Mode) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat2(
+            &self.root_fd,
+            rel,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            mode,
+            RESOLVE,
+        )
+    }
+
+    /// The inode an `O_PATH` descriptor pins, as a path the kernel resolves to exactly that
+    /// inode (no name is looked up again).
     fn proc_path(fd: &OwnedFd) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -99,14 +126,49 @@ impl Backend for UnixBackend {
         } else {
             rel
         };
-        let fd = rustix::fs::openat2(
-            &self.root_fd,
-            rel,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            mode,
-            RESOLVE,
-        )?;
-        Ok(File::from(fd))
+        let create = flags.contains(OFlags::CREATE);
+        if create && flags.contains(OFlags::EXCL) {
+            // A new name: nothing there to be swapped.
+            return Ok(File::from(self.openat(rel, flags, mode)?));
+        }
+        // Opening an existing name: pin its inode, check its type, then open that inode.
+        // With O_CREAT, try to create it first (O_EXCL: a regular file of our making); it
+        // exists: open it as any existing name. Retried when the name comes and goes.
+        let mut last = io::Error::from_raw_os_error(libc::ENOENT);
+        for _ in 0..3 {
+            if create {
+                match self.openat(rel, flags | OFlags::EXCL, mode) {
+                    Ok(fd) => return Ok(File::from(fd)),
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let pinned = match self.openat(rel, OFlags::PATH, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) if create => {
+                    last = io::Error::from_raw_os_error(libc::ENOENT);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let kind = FileType::from_raw_mode(rustix::fs::fstat(&pinned)?.st_mode);
+            if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+                // A symlink (O_NOFOLLOW: ELOOP, as before), else a FIFO, socket or device:
+                // never opened by the daemon.
+                return Err(io::Error::from_raw_os_error(if kind == FileType::Symlink {
+                    libc::ELOOP
+                } else {
+                    libc::ESTALE
+                }));
+            }
+            let reopen = flags.difference(OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW);
+            return Ok(File::from(rustix::fs::open(
+                Self::proc_path(&pinned),
+                reopen | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?));
+        }
+        Err(last)
     }
 
     fn mkdir(&self, rel: &Path, mode: Mode) -> io::Result<()> {
@@ -160,13 +222,27 @@ impl Backend for UnixBackend {
     }
 
     fn chmod(&self, rel: &Path, mode: Mode) -> io::Result<()> {
-        self.with_parent(rel, |dir, name| {
-            let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-                return Err(rustix::io::Errno::OPNOTSUPP);
+        #[cfg(target_os = "linux")]
+        {
+            let (parent, name) = split(rel)?;
+            let dir;
+            let dir_fd = if parent.as_os_str().is_empty() {
+                self.root_fd.as_fd()
+            } else {
+                dir = self.open_dir_path(parent)?;
+                dir.as_fd()
+            };
+            match crate::sys::at::chmod_nofollow(dir_fd, name, mode.bits()) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+                r => return r,
             }
-            rustix::fs::chmodat(dir, name, mode, AtFlags::empty())
-        })
+        }
+        // No fchmodat2: check and change the inode pinned by an O_PATH descriptor.
+        let pinned = self.open_path(rel)?;
+        if FileType::from_raw_mode(rustix::fs::fstat(&pinned)?.st_mode) == FileType::Symlink {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        Ok(rustix::fs::chmod(Self::proc_path(&pinned), mode)?)
     }
 
     fn chown(&self, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
@@ -320,6 +396,35 @@ impl Backend for UnixBackend {
         )?)
     }
 
+    fn fchmod(&self, f: &File, mode: Mode) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(f, mode)?)
+    }
+
+    fn set_file_times(&self, f: &File, times: &Timestamps) -> io::Result<()> {
+        Ok(rustix::fs::futimens(f, times)?)
+    }
+
+    fn reopen(&self, f: &File, flags: OFlags) -> io::Result<File> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // Through the magic link of the descriptor: the inode itself, named or not.
+            // Creation flags have no meaning for an inode that exists.
+            let flags = flags.difference(OFlags::CREATE | OFlags::EXCL | OFlags::TRUNC);
+            let fd = rustix::fs::open(
+                format!("/proc/self/fd/{}", f.as_raw_fd()),
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok(File::from(fd))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (f, flags);
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
     fn advise(&self, f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
         Ok(rustix::fs::fadvise(
             f,
@@ -344,8 +449,11 @@ impl Backend for UnixBackend {
         {
             use std::os::fd::AsRawFd;
             use std::os::unix::fs::OpenOptionsExt;
+            // The access mode of `f`: a handle open for writing writes through it too.
+            let mode = rustix::fs::fcntl_getfl(f)? & rustix::fs::OFlags::RWMODE;
             std::fs::OpenOptions::new()
-                .read(true)
+                .read(mode != rustix::fs::OFlags::WRONLY)
+                .write(mode != rustix::fs::OFlags::RDONLY)
                 .custom_flags(libc::O_DIRECT)
                 .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
         }

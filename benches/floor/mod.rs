@@ -1,0 +1,668 @@
+//! The FUSE floor: the thinnest filesystem on reseedfs's own stack, so that the throughput
+//! bench can say how much of the gap to the bare disk is FUSE and how much is reseedfs.
+//!
+//! Same stack: fuser, the same session settings and INIT reply (mount options, request
+//! threads with cloned `/dev/fuse` descriptors, request sizes, `FUSE_ASYNC_DIO`,
+//! `max_background`, killpriv; both come from `reseedfs::sys::fuse`, so a change there
+//! moves the floor with it) and the same readahead on the mount's bdi. Everything else is
+//! as thin as it gets: every open is one open of one backing file, a read or a write is
+//! one `pread`/`pwrite` on it, `fsync` one `fsync`. No copies, no log, no locks beyond a
+//! handle table sharded like reseedfs's.
+//!
+//! `O_DIRECT` is honoured the way reseedfs honours it (so that a cached read is never
+//! compared with an uncached one), chosen by [`Direct`]:
+//! - [`Direct::Honest`] (the default, as reseedfs does): the backing file is opened
+//!   without `O_DIRECT`; reads of an `O_DIRECT` caller up to 64 KiB, aligned, go through
+//!   a second `O_DIRECT` descriptor opened at first use; every aligned write of an
+//!   `O_DIRECT` caller goes `O_DIRECT` through that descriptor, via
+//!   `reseedfs::sys::direct` (FUSE hands the daemon write data 80 bytes into its request
+//!   buffer, so it is copied once into a page-aligned buffer of the request thread: a
+//!   bounce). Unaligned writes stay buffered.
+//! - [`Direct::Cached`]: reads as above, writes through the page cache with a sequential
+//!   run handed to the disk every 4 MiB (`sync_file_range`): what reseedfs did before its
+//!   `O_DIRECT` writes (target `fuse_floor_cached`, for the page cache it costs).
+//!
+//! It serves one backing directory, and only what the bench's jobs (fio, the built-in
+//! generator) need: lookup, getattr, setattr, create, open, read, write, flush, fsync,
+//! release, unlink, mkdir, readdir, statfs. It counts the requests and the largest read and
+//! write it received, and logs them when it is unmounted (to check what request size the
+//! kernel granted).
+//!
+//! It runs as a process of its own (the bench binary, started again with
+//! `--serve-fuse-floor`), so that its CPU time is read from `/proc/<pid>/stat` like the
+//! other daemons'.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+/// The attribute and entry timeout reseedfs replies with.
+const TTL: Duration = Duration::from_secs(1);
+/// reseedfs's cap on reads that go `O_DIRECT` to the backing file (`copyset`).
+const DIRECT_READ_MAX: usize = 64 << 10;
+/// The alignment an `O_DIRECT` backing request needs here (a page).
+const DIRECT_ALIGN: usize = 4096;
+/// reseedfs's writeback kick: every 4 MiB of a sequential run (`fs::node::KICK_BYTES`).
+const KICK_BYTES: u64 = 4 << 20;
+/// Handle table shards, as in reseedfs's core.
+const SHARDS: usize = 16;
+const ROOT: u64 = 1;
+
+/// How the floor treats an `O_DIRECT` caller (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// As reseedfs did before its `O_DIRECT` writes: small aligned reads direct, writes
+    /// buffered and kicked.
+    Cached,
+    /// As reseedfs does: reads as [`Direct::Cached`]; aligned writes direct (through a
+    /// bounce buffer).
+    Honest,
+}
+
+impl Direct {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direct::Cached => "cached",
+            Direct::Honest => "honest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Direct> {
+        [Direct::Cached, Direct::Honest]
+            .into_iter()
+            .find(|d| d.name() == s)
+    }
+}
+
+/// One open file.
+struct Handle {
+    file: File,
+    /// The caller opened it with `O_DIRECT`.
+    caller_direct: bool,
+    /// The same file opened again with `O_DIRECT`, read-write, at first use; `None` when
+    /// the backing filesystem refuses.
+    direct: OnceLock<Option<File>>,
+    /// (where the next sequential write starts, where the unkicked part begins)
+    run: Mutex<(u64, u64)>,
+}
+
+impl Handle {
+    fn direct(&self) -> Option<&File> {
+        self.direct
+            .get_or_init(|| reseedfs::sys::direct::reopen(&self.file, true).ok())
+            .as_ref()
+    }
+
+    /// reseedfs's `WriteRun::note`: the range to start writing back, every 4 MiB of a
+    /// sequential run.
+    fn note(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let mut r = self.run.lock();
+        if offset != r.0 {
+            r.1 = offset;
+        }
+        r.0 = offset + len;
+        let pending = r.0 - r.1;
+        (pending >= KICK_BYTES).then(|| {
+            let next = r.0;
+            let from = std::mem::replace(&mut r.1, next);
+            (from, pending)
+        })
+    }
+}
+
+#[derive(Default)]
+struct Inodes {
+    paths: HashMap<u64, PathBuf>,
+    inos: HashMap<PathBuf, u64>,
+    next: u64,
+}
+
+/// What the floor counts, logged at unmount.
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    read_max_bytes: AtomicU64,
+    write_max_bytes: AtomicU64,
+    direct_reads: AtomicU64,
+    direct_writes: AtomicU64,
+}
+
+struct Floor {
+    backing: PathBuf,
+    direct: Direct,
+    inodes: RwLock<Inodes>,
+    handles: [RwLock<HashMap<u64, Arc<Handle>>>; SHARDS],
+    next_handle: AtomicU64,
+    counters: Counters,
+}
+
+thread_local! {
+    /// The request thread's page-aligned buffer for reads.
+    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a page-aligned slice of `len` bytes of the thread's buffer.
+fn with_aligned<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUF.with_borrow_mut(|buf| {
+        if buf.len() < len + DIRECT_ALIGN {
+            buf.resize(len + DIRECT_ALIGN, 0);
+        }
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        f(&mut buf[start..start + len])
+    })
+}
+
+fn aligned(offset: u64, len: usize, addr: usize) -> bool {
+    (offset as usize | len | addr) % DIRECT_ALIGN == 0
+}
+
+fn err(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    let nsecs = u32::try_from(nsecs).unwrap_or(0);
+    match u64::try_from(secs) {
+        Ok(s) => UNIX_EPOCH + Duration::new(s, nsecs),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+fn attr(ino: u64, m: &fs::Metadata) -> FileAttr {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else {
+        FileType::RegularFile
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: time(m.atime(), m.atime_nsec()),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+        crtime: time(m.ctime(), m.ctime_nsec()),
+        kind,
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: u32::try_from(m.nlink()).unwrap_or(u32::MAX),
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: u32::try_from(m.rdev()).unwrap_or(0),
+        blksize: u32::try_from(m.blksize()).unwrap_or(4096),
+        flags: 0,
+    }
+}
+
+/// The open flags a backing open keeps (reseedfs's `backing_open_flags`: no `O_DIRECT`).
+fn backing_flags(flags: i32) -> i32 {
+    flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_NONBLOCK | libc::O_LARGEFILE)
+}
+
+impl Floor {
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        let inodes = self.inodes.read();
+        let rel = inodes.paths.get(&ino.0).ok_or(Errno::ENOENT)?;
+        Ok(self.backing.join(rel))
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        let inodes = self.inodes.read();
+        let rel = inodes.paths.get(&parent.0).ok_or(Errno::ENOENT)?;
+        Ok(rel.join(name))
+    }
+
+    fn ino_of(&self, rel: &Path) -> u64 {
+        if let Some(&ino) = self.inodes.read().inos.get(rel) {
+            return ino;
+        }
+        let mut inodes = self.inodes.write();
+        if let Some(&ino) = inodes.inos.get(rel) {
+            return ino;
+        }
+        inodes.next += 1;
+        let ino = inodes.next;
+        inodes.paths.insert(ino, rel.to_owned());
+        inodes.inos.insert(rel.to_owned(), ino);
+        ino
+    }
+
+    fn entry(&self, rel: &Path) -> Result<FileAttr, Errno> {
+        let m = fs::symlink_metadata(self.backing.join(rel)).map_err(err)?;
+        Ok(attr(self.ino_of(rel), &m))
+    }
+
+    fn shard(&self, fh: u64) -> &RwLock<HashMap<u64, Arc<Handle>>> {
+        &self.handles[fh as usize % SHARDS]
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.shard(fh.0)
+            .read()
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, file: File, flags: i32) -> FileHandle {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let h = Handle {
+            file,
+            caller_direct: flags & libc::O_DIRECT != 0,
+            direct: OnceLock::new(),
+            run: Mutex::new((0, 0)),
+        };
+        self.shard(fh).write().insert(fh, Arc::new(h));
+        FileHandle(fh)
+    }
+
+    fn open_backing(&self, path: &Path, flags: i32, create: Option<u32>) -> io::Result<File> {
+        let mode = flags & libc::O_ACCMODE;
+        let mut o = fs::OpenOptions::new();
+        o.read(mode != libc::O_WRONLY)
+            .write(mode != libc::O_RDONLY)
+            .custom_flags(backing_flags(flags) | (flags & (libc::O_EXCL | libc::O_TRUNC)));
+        if let Some(perm) = create {
+            o.create(true).mode(perm);
+        }
+        o.open(path)
+    }
+
+    fn read(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let h = self
+            .handle(fh)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        let direct_ok = h.caller_direct
+            && buf.len() <= DIRECT_READ_MAX
+            && aligned(offset, buf.len(), buf.as_ptr().addr());
+        if direct_ok && let Some(d) = h.direct() {
+            self.counters.direct_reads.fetch_add(1, Ordering::Relaxed);
+            return read_full(d, offset, buf);
+        }
+        read_full(&h.file, offset, buf)
+    }
+
+    fn write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> io::Result<usize> {
+        let h = self
+            .handle(fh)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        if self.direct == Direct::Honest
+            && h.caller_direct
+            && reseedfs::sys::direct::is_aligned(offset, data.len())
+            && let Some(d) = h.direct()
+        {
+            self.counters.direct_writes.fetch_add(1, Ordering::Relaxed);
+            return reseedfs::sys::direct::write_all_at(d, offset, data).map(|()| data.len());
+        }
+        h.file.write_all_at(data, offset)?;
+        if let Some((from, len)) = h.note(offset, data.len() as u64) {
+            let _ = reseedfs::sys::writeback::start(&h.file, from, len);
+        }
+        Ok(data.len())
+    }
+}
+
+fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn max(counter: &AtomicU64, v: u64) {
+    counter.fetch_max(v, Ordering::Relaxed);
+}
+
+impl fuser::Filesystem for Floor {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        reseedfs::sys::fuse::configure_kernel(config);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let c = &self.counters;
+        eprintln!(
+            "fuse_floor: {} reads (largest {} bytes, {} direct), {} writes (largest {} bytes, \
+             {} direct)",
+            c.reads.load(Ordering::Relaxed),
+            c.read_max_bytes.load(Ordering::Relaxed),
+            c.direct_reads.load(Ordering::Relaxed),
+            c.writes.load(Ordering::Relaxed),
+            c.write_max_bytes.load(Ordering::Relaxed),
+            c.direct_writes.load(Ordering::Relaxed),
+        );
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent, name).and_then(|rel| self.entry(&rel)) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let m = match fh.map(|fh| self.handle(fh)) {
+            Some(Ok(h)) => h.file.metadata().map_err(err),
+            _ => self
+                .path(ino)
+                .and_then(|p| fs::symlink_metadata(p).map_err(err)),
+        };
+        match m {
+            Ok(m) => reply.attr(&TTL, &attr(ino.0, &m)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Size and mode: what fio and the generator may change. Times and owners are left
+        // as they are (the bench never sets them).
+        let r = (|| -> Result<fs::Metadata, Errno> {
+            let path = self.path(ino)?;
+            if let Some(size) = size {
+                match fh.map(|fh| self.handle(fh)) {
+                    Some(Ok(h)) => h.file.set_len(size).map_err(err)?,
+                    _ => fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(size))
+                        .map_err(err)?,
+                }
+            }
+            if let Some(mode) = mode {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(err)?;
+            }
+            fs::symlink_metadata(&path).map_err(err)
+        })();
+        match r {
+            Ok(m) => reply.attr(&TTL, &attr(ino.0, &m)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.child(parent, name).and_then(|rel| {
+            fs::DirBuilder::new()
+                .mode(mode & 0o7777)
+                .create(self.backing.join(&rel))
+                .map_err(err)?;
+            self.entry(&rel)
+        });
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent, name).and_then(|rel| {
+            fs::remove_file(self.backing.join(&rel)).map_err(err)?;
+            let mut inodes = self.inodes.write();
+            if let Some(ino) = inodes.inos.remove(&rel) {
+                inodes.paths.remove(&ino);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.path(ino).and_then(|p| {
+            let f = self.open_backing(&p, flags.0, None).map_err(err)?;
+            Ok(self.add_handle(f, flags.0))
+        });
+        match r {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self.child(parent, name).and_then(|rel| {
+            let f = self
+                .open_backing(&self.backing.join(&rel), flags, Some(mode & 0o7777))
+                .map_err(err)?;
+            let m = f.metadata().map_err(err)?;
+            let a = attr(self.ino_of(&rel), &m);
+            Ok((a, self.add_handle(f, flags)))
+        });
+        match r {
+            Ok((a, fh)) => reply.created(&TTL, &a, Generation(0), fh, FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        max(&self.counters.read_max_bytes, u64::from(size));
+        with_aligned(size as usize, |buf| match self.read(fh, offset, buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        max(&self.counters.write_max_bytes, data.len() as u64);
+        match self.write(fh, offset, data) {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.shard(fh.0).write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.handle(fh).and_then(|h| {
+            if datasync {
+                h.file.sync_data().map_err(err)
+            } else {
+                h.file.sync_all().map_err(err)
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = (|| -> Result<(), Errno> {
+            let path = self.path(ino)?;
+            let rel = path
+                .strip_prefix(&self.backing)
+                .unwrap_or(Path::new(""))
+                .to_owned();
+            let mut entries = vec![
+                (ino.0, FileType::Directory, OsStr::new(".").to_owned()),
+                (ino.0, FileType::Directory, OsStr::new("..").to_owned()),
+            ];
+            for e in fs::read_dir(&path).map_err(err)? {
+                let e = e.map_err(err)?;
+                let kind = match e.file_type() {
+                    Ok(t) if t.is_dir() => FileType::Directory,
+                    Ok(t) if t.is_symlink() => FileType::Symlink,
+                    _ => FileType::RegularFile,
+                };
+                let name = e.file_name();
+                entries.push((self.ino_of(&rel.join(&name)), kind, name));
+            }
+            for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match rustix::fs::statvfs(&self.backing) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                u32::try_from(s.f_bsize).unwrap_or(4096),
+                u32::try_from(s.f_namemax).unwrap_or(255),
+                u32::try_from(s.f_frsize).unwrap_or(4096),
+            ),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+}
+
+/// Mounts the floor over `backing` at `mountpoint` with `threads` request threads and
+/// serves it until it is unmounted (`umount mountpoint`).
+pub fn serve(backing: &Path, mountpoint: &Path, threads: usize, direct: Direct) -> io::Result<()> {
+    let mut inodes = Inodes {
+        next: ROOT,
+        ..Inodes::default()
+    };
+    inodes.paths.insert(ROOT, PathBuf::new());
+    inodes.inos.insert(PathBuf::new(), ROOT);
+    let floor = Floor {
+        backing: backing.to_owned(),
+        direct,
+        inodes: RwLock::new(inodes),
+        handles: Default::default(),
+        next_handle: AtomicU64::new(1),
+        counters: Counters::default(),
+    };
+    let config =
+        reseedfs::sys::fuse::session_config(&backing.display().to_string(), "fuse_floor", threads);
+    let session = fuser::Session::new(floor, mountpoint, &config)?;
+    let serving = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || session.run())?;
+    // Only once the session serves: this stats the mount point, a request to ourselves.
+    reseedfs::sys::fuse::raise_readahead(mountpoint);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the FUSE session thread panicked"))?
+}

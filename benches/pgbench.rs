@@ -1,0 +1,817 @@
+//! `cargo bench --bench pgbench`: a database's own benchmark through reseedfs. PostgreSQL's
+//! pgbench (TPC-B-like, the default script) on a plain ext4 volume and through reseedfs with
+//! 1 and 2 copies, in one run, the targets alternating, ratios taken within each round.
+//!
+//! Needs root (loop devices, mounts, FUSE) and PostgreSQL's server binaries
+//! (`/usr/lib/postgresql/<version>/bin`, Debian's `postgresql` package: the newest there is
+//! used). Without them it says so and exits 0; under `CI=true` it exits 1 instead.
+//!
+//! # What it builds
+//!
+//! Two ext4 volumes on loop devices attached with `--direct-io=on`, both backed by image
+//! files on the same host disk, laid out as in the throughput bench:
+//!
+//! | target | data directory and WAL |
+//! |---|---|
+//! | `native` | `Volume1/native/pgdata`, `Volume1/native/pg_wal` |
+//! | `reseedfs_1copy` | `pg/pg.db/pgdata` and `pg/pg.log/pg_wal` on a reseedfs mount (1 copy) over a bind mount of `Volume1/pool1` |
+//! | `reseedfs_2copies` | the same on a reseedfs mount (2 copies) over `Volume1/pool2` and `Volume2/pool2` |
+//!
+//! Each target gets its own cluster (`initdb`, then `pgbench -i -s SCALE`), run by the
+//! `postgres` user with `fsync=on`, `synchronous_commit=on`, `full_page_writes=on` and
+//! otherwise the defaults (shared_buffers 128 MB, max_wal_size 1 GB, checkpoint_timeout
+//! 5 min): what a database on a disk does by default, commits durable.
+//!
+//! # A round
+//!
+//! For each target in turn (the order rotates from round to round): start its server,
+//! warm up (`pgbench -T WARMUP`, not counted), run `pgbench -c CLIENTS -j JOBS -T SECONDS`
+//! with a log of every transaction's latency, stop the server (`-m fast`). Only one server
+//! runs at a time, so the targets never compete. The reseedfs daemons stay mounted
+//! throughout; their CPU time over the measured run is read from `/proc/<pid>/stat`.
+//!
+//! # Output
+//!
+//! A table per round and the medians, the goals of issue 18 (1 copy at least 0.9 and 2
+//! copies at least 0.8 of native TPS; p99 latency within 1.5x of native), and
+//! `target/bench/pgbench.json`:
+//! `{"rounds","native_tps","reseedfs_1copy_tps","reseedfs_2copies_tps","ratio_1copy",
+//! "ratio_2copies","native_p99_ms","reseedfs_1copy_p99_ms","reseedfs_2copies_p99_ms",
+//! "p99_ratio_1copy","p99_ratio_2copies","..._latency_avg_ms","..._daemon_cpu_us_per_tx",
+//! "ratio_1copy_min","ratio_1copy_max","ratio_2copies_min","ratio_2copies_max",
+//! "settings","per_round"}`: TPS, p99 and CPU are medians over the rounds; a ratio is
+//! taken within each round, then the median (and its range).
+//!
+//! # Options
+//!
+//! `cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
+//! [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]
+//! [--set key=value]...` (defaults: 3 rounds, 30 s, 5 s, scale 10, 8 clients, 2 threads).
+//! `--set` changes both reseedfs configs, for experiments: `--set
+//! tap.checkpoint_interval=30s`, `--set threads=16`. `RESEEDFS_TESTBED_DIR`
+//! picks where the volume images go. The daemons' and servers' pids are printed, for
+//! `perf record -p` during a run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use common::{Daemon, Setting, bench_dir, machine_load, median, with_path};
+use reseedfs::testbed::{self, BindMount, Testbed};
+use serde_json::{Value, json};
+
+mod common;
+
+/// The database of both reseedfs pools.
+const DB: &str = "pg";
+/// The user the servers run as.
+const PG_USER: &str = "postgres";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Native,
+    Reseedfs1,
+    Reseedfs2,
+}
+
+const TARGETS: [Target; 3] = [Target::Native, Target::Reseedfs1, Target::Reseedfs2];
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Native => "native",
+            Target::Reseedfs1 => "reseedfs_1copy",
+            Target::Reseedfs2 => "reseedfs_2copies",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Settings {
+    repeat: usize,
+    seconds: u64,
+    warmup_seconds: u64,
+    scale: u64,
+    clients: u64,
+    jobs: u64,
+    targets: Vec<Target>,
+    /// Changes to both reseedfs configs (`--set key=value`).
+    settings: Vec<Setting>,
+}
+
+impl Settings {
+    fn parse(args: &[String]) -> Result<Settings, String> {
+        let mut s = Settings {
+            repeat: 3,
+            seconds: 30,
+            warmup_seconds: 5,
+            scale: 10,
+            clients: 8,
+            jobs: 2,
+            targets: TARGETS.to_vec(),
+            settings: Vec::new(),
+        };
+        let mut it = args.iter();
+        let number = |flag: &str, v: Option<&String>| -> Result<u64, String> {
+            v.and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{flag} needs a positive number"))
+        };
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--bench" => {}
+                "--repeat" => s.repeat = number(arg, it.next())? as usize,
+                "--seconds" => s.seconds = number(arg, it.next())?,
+                "--warmup" => s.warmup_seconds = number(arg, it.next())?,
+                "--scale" => s.scale = number(arg, it.next())?,
+                "--clients" => s.clients = number(arg, it.next())?,
+                "--jobs" => s.jobs = number(arg, it.next())?,
+                "--set" => s
+                    .settings
+                    .push(Setting::parse(it.next().ok_or("--set needs key=value")?)?),
+                "--targets" => {
+                    let list = it.next().ok_or("--targets needs a list")?;
+                    let mut targets = vec![Target::Native];
+                    for name in list.split(',') {
+                        let t = TARGETS
+                            .into_iter()
+                            .find(|t| t.name() == name)
+                            .ok_or_else(|| format!("unknown target {name}"))?;
+                        if !targets.contains(&t) {
+                            targets.push(t);
+                        }
+                    }
+                    s.targets = targets;
+                }
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// What `--help` prints.
+const USAGE: &str = "\
+cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
+    [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]
+    [--set key=value]...
+
+PostgreSQL's pgbench on a plain ext4 volume and through reseedfs with 1 and 2 copies,
+alternating, ratios of TPS and p99 latency taken within each round. Needs root and
+PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.json.
+
+  --repeat N        rounds (default 3)
+  --seconds S       measured seconds per target and round (default 30)
+  --warmup S        unmeasured seconds before (default 5)
+  --scale N         pgbench -i -s N (default 10)
+  --clients N       pgbench -c N (default 8)
+  --jobs N          pgbench -j N (default 2)
+  --targets LIST    which targets run
+  --set key=value   change both reseedfs configs (threads=4, tap.checkpoint_interval=30s)
+  -h, --help        this text
+
+RESEEDFS_TESTBED_DIR picks where the volume images go.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --benches` runs bench targets without `--bench`: nothing to do.
+        println!("pgbench: run it with `cargo bench --bench pgbench` (as root)");
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::parse(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pgbench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let missing = match (testbed::mount_privileges(), pg_bin()) {
+        (Err(reason), _) => Some(format!("this benchmark needs root: {reason}")),
+        (Ok(()), None) => Some(
+            "no PostgreSQL server under /usr/lib/postgresql (apt-get install postgresql)"
+                .to_owned(),
+        ),
+        (Ok(()), Some(_)) => None,
+    };
+    if let Some(why) = missing {
+        println!("pgbench: SKIPPED: {why}");
+        if ci {
+            eprintln!("pgbench: a skipped benchmark is a failure under CI=true");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("pgbench: cannot install a signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(&settings, &stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The newest PostgreSQL server binaries installed, if any.
+fn pg_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| {
+            ["initdb", "pg_ctl", "pgbench", "postgres"]
+                .iter()
+                .all(|p| bin.join(p).exists())
+        })
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
+    let bin = pg_bin().ok_or_else(|| io::Error::other("PostgreSQL binaries vanished"))?;
+    let version = command_output(Command::new(bin.join("postgres")).arg("--version"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| bin.display().to_string());
+    println!(
+        "pgbench: {version}; scale {}, {} clients, {} threads, {} s per run after {} s of \
+         warm-up, {} round(s)",
+        s.scale, s.clients, s.jobs, s.seconds, s.warmup_seconds, s.repeat
+    );
+    if !s.settings.is_empty() {
+        let set: Vec<String> = s.settings.iter().map(Setting::text).collect();
+        println!("pgbench: reseedfs config changed: {}", set.join(", "));
+    }
+    println!("pgbench: machine: {}", machine_load());
+
+    let started = Instant::now();
+    let rig = Rig::build(s, &bin)?;
+    println!(
+        "pgbench: {} clusters ready in {:.0} s under {}",
+        rig.clusters.len(),
+        started.elapsed().as_secs_f64(),
+        rig.bed.root.display()
+    );
+    for d in &rig.daemons {
+        println!(
+            "pgbench: {} is pid {} at {}",
+            d.label,
+            d.pid(),
+            d.mountpoint().display()
+        );
+    }
+
+    let mut samples: Vec<Sample> = Vec::new();
+    for round in 0..s.repeat {
+        println!(
+            "pgbench: round {}/{}; machine: {}",
+            round + 1,
+            s.repeat,
+            machine_load()
+        );
+        let mut order = s.targets.clone();
+        let shift = round % order.len();
+        order.rotate_left(shift);
+        for t in order {
+            if stop.load(Ordering::Relaxed) {
+                return Err(io::Error::other("interrupted; cleaning up"));
+            }
+            let cluster = rig
+                .cluster(t)
+                .ok_or_else(|| io::Error::other("no cluster"))?;
+            let daemon = rig.daemons.iter().find(|d| d.label == t.name());
+            if let Some(d) = daemon {
+                d.check()?;
+            }
+            let sample = cluster.measure(s, daemon, round)?;
+            if let Some(d) = daemon {
+                d.check()?;
+            }
+            println!(
+                "  {:<17} {:>8.1} tps  latency avg {:>6.2} ms, p99 {:>6.2} ms{}",
+                t.name(),
+                sample.tps,
+                sample.latency_avg_ms,
+                sample.p99_ms,
+                sample
+                    .cpu_us_per_tx
+                    .map(|c| format!("  daemon CPU {c:.0} us/transaction"))
+                    .unwrap_or_default()
+            );
+            samples.push(sample);
+        }
+    }
+    println!("pgbench: machine after: {}", machine_load());
+    let summary = summarize(s, &samples);
+    print_summary(&summary);
+    let dir = bench_dir();
+    fs::create_dir_all(&dir).map_err(|e| with_path(e, "create", &dir))?;
+    let path = dir.join("pgbench.json");
+    let text = serde_json::to_string_pretty(&summary).map_err(io::Error::other)?;
+    fs::write(&path, text + "\n").map_err(|e| with_path(e, "write", &path))?;
+    println!("\npgbench: wrote {}", path.display());
+    drop(rig);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The rig
+
+/// Fields drop in order: the clusters (servers stopped), the daemons, the bind mounts,
+/// then the testbed.
+struct Rig {
+    clusters: Vec<Cluster>,
+    daemons: Vec<Daemon>,
+    binds: Vec<BindMount>,
+    bed: Testbed,
+}
+
+impl Rig {
+    fn build(s: &Settings, bin: &Path) -> io::Result<Rig> {
+        // Per cluster: the data (about 16 MB per unit of scale) and up to max_wal_size of
+        // WAL (1 GiB) plus headroom; Volume1 holds three clusters.
+        let cluster_bytes = s.scale * (16 << 20) * 2 + (2 << 30);
+        let bed = Testbed::loop_volumes(2, cluster_bytes * 3 + (1 << 30))?;
+        let mut rig = Rig {
+            clusters: Vec::new(),
+            daemons: Vec::new(),
+            binds: Vec::new(),
+            bed,
+        };
+        // The postgres user must reach the data directories: o+x on every folder above.
+        let mut dir = rig.bed.root.clone();
+        while dir != Path::new("/") {
+            let mode = fs::metadata(&dir)
+                .map_err(|e| with_path(e, "stat", &dir))?
+                .permissions();
+            let mut p = mode.clone();
+            p.set_mode(mode.mode() | 0o001);
+            fs::set_permissions(&dir, p).map_err(|e| with_path(e, "chmod", &dir))?;
+            dir = match dir.parent() {
+                Some(d) => d.to_owned(),
+                None => break,
+            };
+        }
+        let vol1 = rig.bed.volume_path(1);
+        let vol2 = rig.bed.volume_path(2);
+        for d in [
+            vol1.join("native"),
+            vol1.join("pool1"),
+            vol1.join("pool2"),
+            vol2.join("pool2"),
+        ] {
+            fs::create_dir(&d).map_err(|e| with_path(e, "create", &d))?;
+        }
+        let root = rig.bed.root.clone();
+        // The servers' sockets and logs, and pgbench's transaction logs: the postgres
+        // user's.
+        let run_dir = root.join("pg");
+        fs::create_dir(&run_dir).map_err(|e| with_path(e, "create", &run_dir))?;
+        chown(&run_dir)?;
+
+        let port_base = 54000 + std::process::id() % 900 * 10;
+        for (n, &t) in s.targets.iter().enumerate() {
+            let (data_parent, wal_parent) = match t {
+                Target::Native => (vol1.join("native"), vol1.join("native")),
+                Target::Reseedfs1 | Target::Reseedfs2 => {
+                    let copies: u32 = if t == Target::Reseedfs1 { 1 } else { 2 };
+                    let pool = root.join(format!("pool{copies}"));
+                    for k in 1..=copies {
+                        let source = rig
+                            .bed
+                            .volume_path(k as usize)
+                            .join(format!("pool{copies}"));
+                        let at = pool.join("vols").join(format!("Volume{k}"));
+                        rig.binds.push(BindMount::new(&source, &at)?);
+                    }
+                    let daemon = Daemon::reseedfs(t.name(), &pool, DB, copies, &s.settings)?;
+                    let db = daemon.mountpoint().join(DB);
+                    rig.daemons.push(daemon);
+                    (db.join(format!("{DB}.db")), db.join(format!("{DB}.log")))
+                }
+            };
+            chown(&data_parent)?;
+            chown(&wal_parent)?;
+            let cluster = Cluster {
+                target: t,
+                bin: bin.to_owned(),
+                data: data_parent.join("pgdata"),
+                socket_dir: run_dir.clone(),
+                port: (port_base + n as u32).to_string(),
+                log: run_dir.join(format!("{}.log", t.name())),
+                logs: run_dir.join(format!("{}-txlog", t.name())),
+            };
+            let started = Instant::now();
+            cluster.init(s, &wal_parent.join("pg_wal"))?;
+            println!(
+                "pgbench: {} initialized (initdb, pgbench -i -s {}) in {:.0} s",
+                t.name(),
+                s.scale,
+                started.elapsed().as_secs_f64()
+            );
+            rig.clusters.push(cluster);
+        }
+        Ok(rig)
+    }
+
+    fn cluster(&self, t: Target) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.target == t)
+    }
+}
+
+fn chown(path: &Path) -> io::Result<()> {
+    let out = command_output(
+        Command::new("chown")
+            .arg(format!("{PG_USER}:{PG_USER}"))
+            .arg(path),
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "chown {PG_USER} {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+fn command_output(cmd: &mut Command) -> io::Result<Output> {
+    cmd.stdin(Stdio::null()).output()
+}
+
+/// One PostgreSQL cluster of a target.
+struct Cluster {
+    target: Target,
+    bin: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    port: String,
+    /// The server's log.
+    log: PathBuf,
+    /// Where pgbench writes its per-transaction logs.
+    logs: PathBuf,
+}
+
+impl Cluster {
+    /// Runs `program` (a PostgreSQL binary) as the postgres user.
+    fn as_postgres(&self, program: &str, args: &[&str]) -> io::Result<Output> {
+        command_output(
+            Command::new("runuser")
+                .args(["-u", PG_USER, "--"])
+                .arg(self.bin.join(program))
+                .args(args),
+        )
+    }
+
+    fn check(&self, out: io::Result<Output>, what: &str) -> io::Result<Output> {
+        let out = out?;
+        if out.status.success() {
+            return Ok(out);
+        }
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        Err(io::Error::other(format!(
+            "{}: {what} failed ({}):\n{}{}\nserver log (last lines):\n{}",
+            self.target.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )))
+    }
+
+    fn conn(&self) -> Vec<String> {
+        vec![
+            "-h".into(),
+            self.socket_dir.display().to_string(),
+            "-p".into(),
+            self.port.clone(),
+            "-U".into(),
+            PG_USER.into(),
+        ]
+    }
+
+    fn init(&self, s: &Settings, waldir: &Path) -> io::Result<()> {
+        let data = self.data.display().to_string();
+        let wal = waldir.display().to_string();
+        self.check(
+            self.as_postgres(
+                "initdb",
+                &[
+                    "-D", &data, "--waldir", &wal, "-A", "trust", "-U", PG_USER, "-E", "UTF8",
+                ],
+            ),
+            "initdb",
+        )?;
+        self.start()?;
+        let mut args = self.conn();
+        args.extend(["-i", "-q", "-s"].map(String::from));
+        args.push(s.scale.to_string());
+        args.push("postgres".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = self.check(self.as_postgres("pgbench", &args), "pgbench -i");
+        self.stop()?;
+        r.map(drop)
+    }
+
+    fn start(&self) -> io::Result<()> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses='' -c fsync=on -c synchronous_commit=on \
+             -c full_page_writes=on",
+            self.port,
+            self.socket_dir.display()
+        );
+        let data = self.data.display().to_string();
+        let log = self.log.display().to_string();
+        self.check(
+            self.as_postgres(
+                "pg_ctl",
+                &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"],
+            ),
+            "pg_ctl start",
+        )
+        .map(drop)
+    }
+
+    fn stop(&self) -> io::Result<()> {
+        let data = self.data.display().to_string();
+        self.check(
+            self.as_postgres("pg_ctl", &["-D", &data, "-w", "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        )
+        .map(drop)
+    }
+
+    /// The postmaster's pid, from `postmaster.pid`.
+    fn server_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// `pgbench -T seconds`; `log`: write every transaction's latency under `self.logs`.
+    fn pgbench(&self, s: &Settings, seconds: u64, log: bool) -> io::Result<String> {
+        let mut args = self.conn();
+        args.extend([
+            "-c".to_owned(),
+            s.clients.to_string(),
+            "-j".to_owned(),
+            s.jobs.to_string(),
+            "-T".to_owned(),
+            seconds.to_string(),
+        ]);
+        if log {
+            let _ = fs::remove_dir_all(&self.logs);
+            fs::create_dir_all(&self.logs).map_err(|e| with_path(e, "create", &self.logs))?;
+            chown(&self.logs)?;
+            args.push("-l".into());
+            args.push(format!("--log-prefix={}/tx", self.logs.display()));
+        }
+        args.push("postgres".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.check(self.as_postgres("pgbench", &args), "pgbench")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One measured run: start, warm up, run, stop.
+    fn measure(&self, s: &Settings, daemon: Option<&Daemon>, round: usize) -> io::Result<Sample> {
+        self.start()?;
+        let r = (|| -> io::Result<Sample> {
+            self.pgbench(s, s.warmup_seconds, false)?;
+            let cpu_before = daemon.and_then(Daemon::cpu_seconds);
+            let report = self.pgbench(s, s.seconds, true)?;
+            let cpu = match (cpu_before, daemon.and_then(Daemon::cpu_seconds)) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            let tps = report_value(&report, "tps = ").ok_or_else(|| {
+                io::Error::other(format!("no tps in pgbench's report:\n{report}"))
+            })?;
+            let latency_avg_ms = report_value(&report, "latency average = ").unwrap_or(0.0);
+            let transactions = report_value(&report, "number of transactions actually processed: ")
+                .unwrap_or(tps * s.seconds as f64);
+            let mut latencies = self.latencies_us()?;
+            let p99_ms = percentile(&mut latencies, 0.99).map_or(0.0, |us| us / 1000.0);
+            Ok(Sample {
+                target: self.target,
+                round,
+                tps,
+                latency_avg_ms,
+                p99_ms,
+                cpu_us_per_tx: cpu
+                    .filter(|_| transactions > 0.0)
+                    .map(|c| c / transactions * 1e6),
+            })
+        })();
+        let stopped = self.stop();
+        let sample = r?;
+        stopped?;
+        Ok(sample)
+    }
+
+    /// Every transaction's latency (µs) from pgbench's logs: `client_id transaction_no
+    /// time script_no time_epoch time_us`, `time` being the latency.
+    fn latencies_us(&self) -> io::Result<Vec<f64>> {
+        let mut all = Vec::new();
+        for e in fs::read_dir(&self.logs).map_err(|e| with_path(e, "read", &self.logs))? {
+            let path = e?.path();
+            let text = fs::read_to_string(&path).map_err(|e| with_path(e, "read", &path))?;
+            all.extend(
+                text.lines()
+                    .filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()),
+            );
+        }
+        Ok(all)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.server_pid().is_some() {
+            let data = self.data.display().to_string();
+            let _ = self.as_postgres("pg_ctl", &["-D", &data, "-w", "-m", "immediate", "stop"]);
+        }
+    }
+}
+
+/// The number after `key` on the line of pgbench's report that has it.
+fn report_value(report: &str, key: &str) -> Option<f64> {
+    report.lines().find_map(|l| {
+        let rest = &l[l.find(key)? + key.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn percentile(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    Some(v[i])
+}
+
+// ---------------------------------------------------------------------------------------
+// Results
+
+struct Sample {
+    target: Target,
+    round: usize,
+    tps: f64,
+    latency_avg_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_tx: Option<f64>,
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn summarize(s: &Settings, samples: &[Sample]) -> Value {
+    let of = |t: Target| samples.iter().filter(move |x| x.target == t);
+    let med = |t: Target, f: &dyn Fn(&Sample) -> Option<f64>| {
+        let mut v: Vec<f64> = of(t).filter_map(f).collect();
+        median(&mut v).map(round3)
+    };
+    let native: BTreeMap<usize, &Sample> = of(Target::Native).map(|x| (x.round, x)).collect();
+    // Ratios within a round, then the median and range.
+    let ratio = |t: Target, f: &dyn Fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = of(t)
+            .filter_map(|x| {
+                let n = f(native.get(&x.round)?);
+                (n > 0.0).then(|| f(x) / n)
+            })
+            .collect();
+        let lo = v.iter().copied().reduce(f64::min).map(round3);
+        let hi = v.iter().copied().reduce(f64::max).map(round3);
+        (median(&mut v).map(round3), lo, hi)
+    };
+    let mut doc = serde_json::Map::new();
+    doc.insert("rounds".into(), json!(s.repeat));
+    for t in TARGETS {
+        let key = t.name();
+        doc.insert(format!("{key}_tps"), json!(med(t, &|x| Some(x.tps))));
+        doc.insert(format!("{key}_p99_ms"), json!(med(t, &|x| Some(x.p99_ms))));
+        doc.insert(
+            format!("{key}_latency_avg_ms"),
+            json!(med(t, &|x| Some(x.latency_avg_ms))),
+        );
+        if t != Target::Native {
+            doc.insert(
+                format!("{key}_daemon_cpu_us_per_tx"),
+                json!(med(t, &|x| x.cpu_us_per_tx)),
+            );
+        }
+    }
+    for (t, suffix) in [(Target::Reseedfs1, "1copy"), (Target::Reseedfs2, "2copies")] {
+        let (m, lo, hi) = ratio(t, &|x| x.tps);
+        doc.insert(format!("ratio_{suffix}"), json!(m));
+        doc.insert(format!("ratio_{suffix}_min"), json!(lo));
+        doc.insert(format!("ratio_{suffix}_max"), json!(hi));
+        let (p, _, _) = ratio(t, &|x| x.p99_ms);
+        doc.insert(format!("p99_ratio_{suffix}"), json!(p));
+    }
+    doc.insert(
+        "settings".into(),
+        json!({
+            "scale": s.scale, "clients": s.clients, "jobs": s.jobs,
+            "seconds": s.seconds, "warmup_seconds": s.warmup_seconds,
+            "reseedfs_config": s.settings.iter().map(Setting::text).collect::<Vec<_>>(),
+        }),
+    );
+    let per_round: Vec<Value> = samples
+        .iter()
+        .map(|x| {
+            json!({
+                "round": x.round + 1, "target": x.target.name(), "tps": round3(x.tps),
+                "latency_avg_ms": round3(x.latency_avg_ms), "p99_ms": round3(x.p99_ms),
+                "daemon_cpu_us_per_tx": x.cpu_us_per_tx.map(round3),
+            })
+        })
+        .collect();
+    doc.insert("per_round".into(), Value::Array(per_round));
+    Value::Object(doc)
+}
+
+fn print_summary(doc: &Value) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<17} {:>10} {:>12} {:>10} {:>22} {:>16}",
+        "target", "tps", "latency avg", "p99", "ratio to native", "daemon CPU/tx"
+    );
+    for t in TARGETS {
+        let key = t.name();
+        let tps = &doc[format!("{key}_tps")];
+        if tps.is_null() {
+            continue;
+        }
+        let suffix = match t {
+            Target::Native => None,
+            Target::Reseedfs1 => Some("1copy"),
+            Target::Reseedfs2 => Some("2copies"),
+        };
+        let num = |k: String| doc[k].as_f64().unwrap_or(f64::NAN);
+        let ratio = suffix.map_or_else(
+            || "-".to_owned(),
+            |x| {
+                format!(
+                    "{:.3} [{:.3}-{:.3}]",
+                    num(format!("ratio_{x}")),
+                    num(format!("ratio_{x}_min")),
+                    num(format!("ratio_{x}_max"))
+                )
+            },
+        );
+        let cpu = doc
+            .get(format!("{key}_daemon_cpu_us_per_tx"))
+            .and_then(Value::as_f64)
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0} us"));
+        let _ = writeln!(
+            out,
+            "{key:<17} {:>10.1} {:>9.2} ms {:>7.2} ms {ratio:>22} {cpu:>16}",
+            tps.as_f64().unwrap_or(f64::NAN),
+            num(format!("{key}_latency_avg_ms")),
+            num(format!("{key}_p99_ms")),
+        );
+    }
+    out.push_str("(medians over the rounds; ratios taken within a round, [range])\n");
+    out.push_str("\ngoals of issue 18:\n");
+    for (suffix, least) in [("1copy", 0.9), ("2copies", 0.8)] {
+        if let Some(r) = doc[format!("ratio_{suffix}")].as_f64() {
+            let _ = writeln!(
+                out,
+                "  {:<4} TPS {suffix:<8} {r:.3} >= {least} of native",
+                if r >= least { "ok" } else { "MISS" }
+            );
+        }
+    }
+    for suffix in ["1copy", "2copies"] {
+        if let Some(r) = doc[format!("p99_ratio_{suffix}")].as_f64() {
+            let _ = writeln!(
+                out,
+                "  {:<4} p99 {suffix:<8} {r:.3} <= 1.5 of native",
+                if r <= 1.5 { "ok" } else { "MISS" }
+            );
+        }
+    }
+    print!("{out}");
+    let _ = io::stdout().flush();
+}
