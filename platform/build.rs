@@ -6,6 +6,11 @@
 //! tarball who knows it), `git rev-parse` when the package root is the top of a git work
 //! tree, else `unknown` (a source tarball without `.git`).
 //!
+//! On a Windows host building for Windows (a real Windows build, not the type-check of
+//! `platform/windows/check.sh`, which enables `winfsp-docsrs`), it also links WinFsp's DLL
+//! delay-loaded (`winfsp::build::winfsp_link_delayload`): the binary starts without WinFsp
+//! installed and `mount` says how to install it.
+//!
 //! The script reruns only when HEAD moves (a commit, a checkout, a merge): it watches HEAD,
 //! its reflog and the branch's ref file, not the sources, so editing code does not rerun it.
 
@@ -21,6 +26,12 @@ fn main() {
         _ => from_git(&manifest_dir).unwrap_or_else(|| "unknown".to_owned()),
     };
     println!("cargo:rustc-env=RESEEDFS_COMMIT={commit}");
+    #[cfg(windows)]
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("windows")
+        && std::env::var_os("CARGO_FEATURE_WINFSP_DOCSRS").is_none()
+    {
+        winfsp::build::winfsp_link_delayload();
+    }
 }
 
 /// `git -C dir args...`, its trimmed stdout when it succeeds.

@@ -51,7 +51,11 @@ use serde::{Deserialize, Serialize};
 use crate::layout;
 
 /// Where `init` writes the config and every other command reads it by default.
+#[cfg(not(windows))]
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/reseedfs/reseedfs.toml";
+/// Where `init` writes the config and every other command reads it by default.
+#[cfg(windows)]
+pub const DEFAULT_CONFIG_PATH: &str = r"C:\ProgramData\reseedfs\reseedfs.toml";
 
 /// The whole configuration of one reseedfs mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,9 +229,15 @@ fn default_copies_per_volume() -> u32 {
     1
 }
 fn default_state_dir() -> PathBuf {
+    #[cfg(windows)]
+    return PathBuf::from(r"C:\ProgramData\reseedfs\run");
+    #[cfg(not(windows))]
     PathBuf::from("/run/reseedfs")
 }
 fn default_witness_dir() -> PathBuf {
+    #[cfg(windows)]
+    return PathBuf::from(r"C:\ProgramData\reseedfs\witness");
+    #[cfg(not(windows))]
     PathBuf::from("/var/lib/reseedfs")
 }
 fn default_threads() -> usize {
@@ -448,7 +458,7 @@ impl Config {
             ));
         }
         if let Some(id) = &self.pool_id
-            && !crate::pool::is_pool_id(id)
+            && !crate::layout::is_pool_id(id)
         {
             return Err(invalid(
                 "pool_id",

@@ -25,9 +25,14 @@
 //! reachable with wider rights. Every connection has a deadline to send its request
 //! ([`REQUEST_DEADLINE`]) and read the answer, and at most [`MAX_CONNECTIONS`] are served
 //! at once. The events a request causes record who asked (`asked_by`: uid, pid, command).
+//!
+//! On Windows the channel is a named pipe whose security descriptor admits Administrators
+//! and SYSTEM only (`platform/windows/pipe.rs`): every peer counts as root, and the
+//! deadlines are not enforced (blocking pipe I/O has no timeouts).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+#[cfg(unix)]
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +44,51 @@ use serde::{Deserialize, Serialize};
 use crate::events::Event;
 use crate::private::PrivateDir;
 use crate::status::Status;
+
+/// The channel's transport: a Unix socket (bound private to root, see [`serve`]); on
+/// Windows a named pipe derived from the same path, open to Administrators and SYSTEM only
+/// (`platform/windows/pipe.rs`).
+#[cfg(unix)]
+mod transport {
+    use std::path::Path;
+    use std::time::Duration;
+
+    pub use std::os::unix::net::UnixStream as Stream;
+
+    /// Connects to the daemon at `path`.
+    pub fn connect(path: &Path) -> std::io::Result<Stream> {
+        Stream::connect(path)
+    }
+
+    /// Bounds the wait of the next read.
+    pub fn set_read_timeout(stream: &Stream, t: Option<Duration>) -> std::io::Result<()> {
+        stream.set_read_timeout(t)
+    }
+
+    /// Bounds the wait of the next write.
+    pub fn set_write_timeout(stream: &Stream, t: Option<Duration>) -> std::io::Result<()> {
+        stream.set_write_timeout(t)
+    }
+}
+
+#[cfg(windows)]
+mod transport {
+    use std::time::Duration;
+
+    pub use crate::sys::pipe::{Stream, bind, connect};
+
+    /// A pipe instance opened for blocking I/O has no timeouts: on Windows the request
+    /// deadline is not enforced (only Administrators and SYSTEM can connect, and at most
+    /// [`super::MAX_CONNECTIONS`] connections are served at once).
+    pub fn set_read_timeout(_stream: &Stream, _t: Option<Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// As [`set_read_timeout`]: not enforced on Windows.
+    pub fn set_write_timeout(_stream: &Stream, _t: Option<Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// How long a client has to send its whole request line.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -262,7 +312,7 @@ pub struct PeerCred {
 
 /// Asks the OS who is at the other end of a connection: the daemon passes its adapter's
 /// (the core does not call the OS itself).
-pub type PeerOf = fn(&UnixStream) -> std::io::Result<PeerCred>;
+pub type PeerOf = fn(&transport::Stream) -> std::io::Result<PeerCred>;
 
 /// The command line of process `pid` as it shows it (`/proc/PID/cmdline`, its name when
 /// that is empty), at most 200 characters.
@@ -368,8 +418,10 @@ pub fn serve(
     handler: Handler,
 ) -> std::io::Result<Server> {
     let path = dir.path().join(name);
-    if std::fs::symlink_metadata(&path).is_ok() {
-        if UnixStream::connect(&path).is_ok() {
+    // On Windows the pipe has no file: a live daemon is asked whatever the directory holds.
+    let stale = std::fs::symlink_metadata(&path).is_ok();
+    if stale || cfg!(windows) {
+        if transport::connect(&path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!(
@@ -380,7 +432,10 @@ pub fn serve(
         }
         dir.remove(name)?;
     }
+    #[cfg(unix)]
     let listener = bind_private(dir, name, access.group)?;
+    #[cfg(windows)]
+    let listener = transport::bind(&path)?;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let counter = in_flight.clone();
     let thread = std::thread::Builder::new()
@@ -419,6 +474,7 @@ pub fn serve(
 /// Binds `name` in `dir` without it ever being reachable with wider rights than its final
 /// ones: bound in a fresh subdirectory only root can enter, given its mode and group
 /// there, then renamed into place.
+#[cfg(unix)]
 fn bind_private(dir: &PrivateDir, name: &str, group: Option<u32>) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     let staging = dir.path().join(format!(".{name}.{}", std::process::id()));
@@ -442,7 +498,7 @@ fn bind_private(dir: &PrivateDir, name: &str, group: Option<u32>) -> std::io::Re
 }
 
 /// Reads one request line before `deadline`, at most [`MAX_REQUEST_BYTES`].
-fn read_request(stream: &UnixStream, deadline: Instant) -> std::io::Result<String> {
+fn read_request(stream: &transport::Stream, deadline: Instant) -> std::io::Result<String> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST_BYTES));
     loop {
@@ -450,7 +506,7 @@ fn read_request(stream: &UnixStream, deadline: Instant) -> std::io::Result<Strin
         if left.is_zero() {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        stream.set_read_timeout(Some(left))?;
+        transport::set_read_timeout(stream, Some(left))?;
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -477,7 +533,7 @@ fn read_request(stream: &UnixStream, deadline: Instant) -> std::io::Result<Strin
     String::from_utf8(line).map_err(|_| std::io::ErrorKind::InvalidData.into())
 }
 
-fn serve_one(stream: UnixStream, access: Access, handler: &Handler) {
+fn serve_one(stream: transport::Stream, access: Access, handler: &Handler) {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let response = match (access.peer_of)(&stream).map(Asker::of) {
         Err(e) => Response::Error(format!("cannot tell who is asking: {e}")),
@@ -503,7 +559,7 @@ fn serve_one(stream: UnixStream, access: Access, handler: &Handler) {
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
-    let _ = stream.set_write_timeout(Some(ANSWER_DEADLINE));
+    let _ = transport::set_write_timeout(&stream, Some(ANSWER_DEADLINE));
     let _ = (&stream).write_all(&out);
 }
 
@@ -526,7 +582,7 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, CallError> {
         path: path.to_owned(),
         source,
     };
-    let mut stream = UnixStream::connect(path).map_err(err)?;
+    let mut stream = transport::connect(path).map_err(err)?;
     let mut out = serde_json::to_vec(req).map_err(|e| err(e.into()))?;
     out.push(b'\n');
     stream.write_all(&out).map_err(err)?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::autoreseed::{Runner, SystemClock};
@@ -23,6 +23,20 @@ use crate::pool::{Checkpointer, Pool};
 use crate::private::PrivateDir;
 use crate::status::LastErrors;
 use crate::verify::{Verifier, VerifyOptions};
+
+// The OS's filesystem adapter: FUSE on Linux, WinFsp on Windows. Both take the core and
+// answer `is_finished`, `try_unmount` and `unmount`.
+#[cfg(target_os = "linux")]
+use crate::sys::fuse::{FuseMount as Mount, mount as mount_adapter};
+#[cfg(windows)]
+use crate::sys::winfsp::{WinFspMount as Mount, mount as mount_adapter};
+
+/// Ends the delivery of stop requests from the OS (signals; on Windows console events and
+/// the service's stop).
+#[cfg(unix)]
+type SignalHandle = signal_hook::iterator::Handle;
+#[cfg(windows)]
+type SignalHandle = crate::sys::stop::StopHandle;
 
 /// Why the daemon is asked to stop.
 #[derive(Debug)]
@@ -50,8 +64,11 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
             .context("start the tap checkpoint thread")?,
     );
+    // WinFsp makes the mount point itself (a drive letter, or a directory it creates):
+    // the Windows adapter checks it.
+    #[cfg(not(windows))]
     if !config.databases_root.is_dir() {
-        bail!(
+        anyhow::bail!(
             "databases root {} is not a directory: create it (reseedfs init does)",
             config.databases_root.display()
         );
@@ -91,16 +108,15 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let fsname = crate::mountpoint::fsname(config_path);
     let timed = config.metrics.map(|_| sinks.metrics.clone());
-    let mount =
-        crate::sys::fuse::mount(core, &config.databases_root, config.threads, &fsname, timed)
-            .with_context(|| format!("mount FUSE at {}", config.databases_root.display()))?;
+    let mount = mount_adapter(core, &config.databases_root, config.threads, &fsname, timed)
+        .with_context(|| format!("mount at {}", config.databases_root.display()))?;
     let autoreseed = runner.start().context("start the AutoReseed runner")?;
     announce(config, &pool, &sinks.events, &socket);
 
     let why = serve_until_stopped(&mount, &stop_rx, &config.databases_root);
 
     teardown.stop_signals();
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify_stopping();
     // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
     autoreseed.stop();
     verifier.stop();
@@ -115,10 +131,45 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     result.with_context(|| format!("unmount {}", config.databases_root.display()))
 }
 
+/// An error that makes the config or the pool unusable (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
+
+/// What `reseedfs service` does.
+#[cfg(windows)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceAction {
+    /// Register the service for the config (run as Administrator).
+    Install,
+    /// Remove the service (once stopped).
+    Uninstall,
+    /// Run as the service (started by the Service Control Manager, not by hand).
+    Run,
+}
+
+/// Mounts the pool of the config file at `path` (the Windows service's entry).
+#[cfg(windows)]
+pub fn run_config_file(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path).with_context(|| format!("load {}", path.display()))?;
+    run(&config, path)
+}
+
+/// `reseedfs service install|uninstall|run` (Windows).
+#[cfg(windows)]
+pub fn service(action: ServiceAction, config: &Path) -> anyhow::Result<()> {
+    match action {
+        ServiceAction::Install => crate::sys::service::install(config),
+        ServiceAction::Uninstall => crate::sys::service::uninstall(),
+        ServiceAction::Run => crate::sys::service::run(config),
+    }
+}
+
 /// The control socket's name in the state directory (`Config::socket_path`).
 const CONTROL_SOCKET: &str = "control.sock";
 
 /// Who is at the other end of a control connection, as the kernel says.
+#[cfg(unix)]
 fn peer_of_connection(
     stream: &std::os::unix::net::UnixStream,
 ) -> std::io::Result<control::PeerCred> {
@@ -133,14 +184,29 @@ fn peer_of_connection(
     })
 }
 
+/// Who is at the other end of a control connection: the pipe's security descriptor
+/// admits Administrators and SYSTEM only (`platform/windows/pipe.rs`), so an administrator,
+/// who is what root is on Unix (its process id is not asked for: 0, unknown).
+#[cfg(windows)]
+fn peer_of_connection(_pipe: &crate::sys::pipe::Stream) -> std::io::Result<control::PeerCred> {
+    Ok(control::PeerCred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        user: Some("Administrators".to_owned()),
+        groups: Vec::new(),
+    })
+}
+
 /// The config says where the volumes are and who may ask the daemon: a config others can
 /// change is refused.
+#[cfg(unix)]
 fn check_config_file(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let md = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     let me = rustix::process::geteuid().as_raw();
     if (md.uid() != 0 && md.uid() != me) || md.mode() & 0o022 != 0 {
-        return Err(crate::cli::Unusable(format!(
+        return Err(Unusable(format!(
             "config {} can be changed by others than root (owner uid {}, mode {:o}): `chown root {0}; chmod go-w {0}`",
             path.display(),
             md.uid(),
@@ -151,7 +217,29 @@ fn check_config_file(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The config file on Windows: it lives under `C:\ProgramData\reseedfs`, whose inherited
+/// ACL lets only Administrators and SYSTEM change it; the ACL is not checked here.
+#[cfg(windows)]
+fn check_config_file(path: &Path) -> anyhow::Result<()> {
+    std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(())
+}
+
+/// The `control_group` on Windows: none (the control pipe admits Administrators and
+/// SYSTEM only); a config that names one is refused rather than silently ignored.
+#[cfg(windows)]
+pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
+    match &config.control_group {
+        None => Ok(None),
+        Some(name) => Err(Unusable(format!(
+            "control_group {name:?}: a Unix group; on Windows the control pipe admits Administrators and SYSTEM only: remove the key"
+        ))
+        .into()),
+    }
+}
+
 /// The `control_group`'s id: a number, or a group name known to the host.
+#[cfg(unix)]
 pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
     let Some(name) = &config.control_group else {
         return Ok(None);
@@ -161,11 +249,11 @@ pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
     }
     match crate::sys::cred::group_id(name) {
         Ok(Some(gid)) => Ok(Some(gid)),
-        Ok(None) => Err(crate::cli::Unusable(format!(
+        Ok(None) => Err(Unusable(format!(
             "control_group {name:?}: no such group on this host (create it, or remove the key)"
         ))
         .into()),
-        Err(e) => Err(crate::cli::Unusable(format!(
+        Err(e) => Err(Unusable(format!(
             "control_group {name:?}: cannot look the group up: {e}"
         ))
         .into()),
@@ -177,14 +265,22 @@ pub fn control_group(config: &Config) -> anyhow::Result<Option<u32>> {
 /// to root: 0700, or 0750 with the `control_group`, whose members reach the socket and
 /// the event log there.
 fn prepare_state_dir(config: &Config, group: Option<u32>) -> anyhow::Result<PrivateDir> {
+    #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::empty());
     let mode = if group.is_some() { 0o750 } else { 0o700 };
     PrivateDir::create(&config.state_dir, mode, group)
-        .map_err(|e| crate::cli::Unusable(format!("state_dir: {e}")).into())
+        .map_err(|e| Unusable(format!("state_dir: {e}")).into())
 }
 
 /// The volumes should be reachable by root only: a database user who can reach the
+/// backing files directly bypasses the mount's permission checks. (On Windows the
+/// volumes' ACLs are the operator's: nothing is checked.)
+#[cfg(not(unix))]
+fn warn_open_volumes_root(_config: &Config) {}
+
+/// The volumes should be reachable by root only: a database user who can reach the
 /// backing files directly bypasses the mount's permission checks.
+#[cfg(unix)]
 fn warn_open_volumes_root(config: &Config) {
     use std::os::unix::fs::MetadataExt as _;
     if let Ok(md) = std::fs::metadata(&config.volumes_root)
@@ -196,6 +292,23 @@ fn warn_open_volumes_root(config: &Config) {
             md.mode() & 0o7777
         );
     }
+}
+
+/// Tells the service manager the databases are reachable: systemd (Type=notify) on Linux,
+/// the Service Control Manager on Windows.
+fn notify_ready() {
+    #[cfg(target_os = "linux")]
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    #[cfg(windows)]
+    crate::sys::service::report_running();
+}
+
+/// Tells the service manager the mount is stopping.
+fn notify_stopping() {
+    #[cfg(target_os = "linux")]
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    #[cfg(windows)]
+    crate::sys::service::report_stopping();
 }
 
 /// Where events go: the persisted log, counted by the metrics, each copy's last error
@@ -213,8 +326,11 @@ impl Sinks {
                 .with_context(|| format!("open event log {}", config.events_path().display()))?,
         );
         let metrics = Arc::new(Metrics::new());
-        let counting: Arc<dyn EventSink> =
-            Arc::new(CountingSink::new(log.clone(), metrics.clone()));
+        let persisted: Arc<dyn EventSink> = log.clone();
+        // On Windows every event also goes to the Application event log, same id.
+        #[cfg(windows)]
+        let persisted: Arc<dyn EventSink> = Arc::new(crate::sys::eventlog::Tee::new(persisted));
+        let counting: Arc<dyn EventSink> = Arc::new(CountingSink::new(persisted, metrics.clone()));
         let last_errors = Arc::new(LastErrors::new(counting));
         Ok(Sinks {
             metrics,
@@ -230,7 +346,7 @@ impl Sinks {
 struct Teardown {
     pool: Arc<Pool>,
     checkpoints: Option<Checkpointer>,
-    signals: Option<signal_hook::iterator::Handle>,
+    signals: Option<SignalHandle>,
     socket: Option<PathBuf>,
     /// Set once done, so that dropping after [`Teardown::finish`] undoes nothing again.
     done: bool,
@@ -282,7 +398,8 @@ impl Drop for Teardown {
 }
 
 /// SIGINT and SIGTERM become [`Stop::Signal`]; returns the handle that ends it.
-fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<signal_hook::iterator::Handle> {
+#[cfg(unix)]
+fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<SignalHandle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -298,6 +415,17 @@ fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<signal_hook::iterato
         })
         .context("start the signal thread")?;
     Ok(handle)
+}
+
+/// Ctrl-C, Ctrl-Break, closing the console and the service's stop become
+/// [`Stop::Signal`] (2 for Ctrl-C, 15 for the others, as SIGINT and SIGTERM); returns the
+/// handle that ends it.
+#[cfg(windows)]
+fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<SignalHandle> {
+    crate::sys::stop::on_stop(move |sig| {
+        let _ = stop_tx.try_send(Stop::Signal(sig));
+    })
+    .context("install the console and service stop handlers")
 }
 
 /// Prometheus `/metrics` at `addr`, rendered from the pool at each scrape.
@@ -342,17 +470,13 @@ fn announce(config: &Config, pool: &Pool, events: &Arc<dyn EventSink>, socket: &
             socket.display()
         ),
     ));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    notify_ready();
 }
 
 /// Serves until a signal or an `unmount` request unmounts the filesystem, or the kernel
 /// ends the mount; returns why. A busy mount is not pulled from under its users: the
 /// request fails, says why, and the mount keeps serving.
-fn serve_until_stopped(
-    mount: &crate::sys::fuse::FuseMount,
-    stop_rx: &Receiver<Stop>,
-    databases_root: &Path,
-) -> String {
+fn serve_until_stopped(mount: &Mount, stop_rx: &Receiver<Stop>, databases_root: &Path) -> String {
     let root = databases_root.display().to_string();
     loop {
         let (why, reply) = match stop_rx.recv_timeout(Duration::from_millis(200)) {

@@ -63,7 +63,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -549,7 +548,9 @@ impl EventLog {
             // A last line torn by a crash: close it, so the next event starts a line of
             // its own (the torn one is skipped by readers).
             let mut last = [0u8];
-            File::open(path)?.read_exact_at(&mut last, bytes - 1)?;
+            let mut reader = File::open(path)?;
+            reader.seek(SeekFrom::Start(bytes - 1))?;
+            reader.read_exact(&mut last)?;
             if last[0] != b'\n' {
                 tracing::warn!(
                     path = %path.display(),

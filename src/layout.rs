@@ -41,6 +41,15 @@ pub fn check_db_name(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// True for a pool id as `init` makes them (`[A-Za-z0-9_-]{1,64}`): it names the witness
+/// file, so an id read from a volume must never be a path.
+pub fn is_pool_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `db001` -> `db001.db`: the folder of database files.
 pub fn db_folder(db: &str) -> String {
     format!("{db}.db")

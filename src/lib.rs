@@ -57,6 +57,11 @@ pub mod layout;
 pub mod metrics;
 pub mod mountpoint;
 pub mod pool;
+#[cfg(unix)]
+pub mod private;
+/// The daemon's own files, Windows (the same API; see the file's header).
+#[cfg(windows)]
+#[path = "../platform/windows/private.rs"]
 pub mod private;
 pub mod reseed;
 pub mod status;
@@ -72,3 +77,17 @@ pub mod volume;
 #[path = "../platform/linux/mod.rs"]
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// OS adapters (the `platform/` tree): WinFsp, the volume backend, the named pipe, the
+/// service and the event log. Only this module may contain `unsafe`.
+#[cfg(windows)]
+#[path = "../platform/windows/mod.rs"]
+#[allow(unsafe_code)]
+pub mod sys;
+
+/// The Windows adapters' rules that need no Windows API (name rules, path walking, the
+/// errno/Win32/NTSTATUS mappings, security descriptors from owner and mode, the control
+/// pipe's name): compiled on every OS, so that their tests run on Linux.
+#[cfg(any(windows, test))]
+#[path = "../platform/windows/rules/mod.rs"]
+pub mod winrules;

@@ -12,8 +12,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Installed as /sbin/mount.fuse.reseedfs, the binary is mount(8)'s helper.
+    #[cfg(unix)]
     if reseedfs::cli::mount_helper::invoked_as_helper(args.first()) {
         args.insert(1, "mount-helper".into());
     }

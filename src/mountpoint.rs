@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+#[cfg_attr(not(unix), allow(unused_imports))]
 use anyhow::{Context, bail};
 
 /// The type of a reseedfs mount in `/proc/self/mountinfo`.
@@ -183,8 +184,14 @@ pub fn clear_stale(root: &Path) -> anyhow::Result<()> {
                 "{}: the reseedfs mount of a daemon that is gone (transport endpoint is not connected): detaching it",
                 root.display()
             );
-            rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH)
-                .with_context(|| format!("detach the dead reseedfs mount at {}", root.display()))
+            #[cfg(unix)]
+            return rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH)
+                .with_context(|| format!("detach the dead reseedfs mount at {}", root.display()));
+            #[cfg(not(unix))]
+            anyhow::bail!(
+                "{}: a dead reseedfs mount; end its WinFsp host process, then mount again",
+                root.display()
+            )
         }
     }
 }

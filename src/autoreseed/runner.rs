@@ -772,7 +772,8 @@ pub(crate) fn db_bytes(db: &Database) -> u64 {
     while let Some(p) = todo.pop() {
         let Ok(st) = v.stat(&p) else { continue };
         total += st.st_blocks as u64 * 512;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+        if crate::volume::FileType::from_raw_mode(st.st_mode) == crate::volume::FileType::Directory
+        {
             if let Ok(entries) = v.read_dir(&p) {
                 todo.extend(
                     entries

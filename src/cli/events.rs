@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -130,14 +129,14 @@ fn follow(path: &Path, filter: &Filter, json: bool, out: &mut impl Write) -> any
 #[derive(Debug)]
 pub struct Tail {
     path: PathBuf,
-    /// The file read, and its inode: the current file when it was opened.
-    file: Option<(File, u64)>,
+    /// The file read, and its inode (none on Windows): the current file when it was opened.
+    file: Option<(File, Option<u64>)>,
     offset: u64,
     partial: Vec<u8>,
 }
 
 fn inode(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().map(|m| m.ino())
+    std::fs::metadata(path).ok().and_then(|m| file_id(&m))
 }
 
 impl Tail {
@@ -169,27 +168,32 @@ impl Tail {
             }
             Err(e) => return Err(e),
         };
-        let held = self.file.as_ref().map(|(_, ino)| *ino);
+        let id = file_id(&meta);
+        let held = self.file.as_ref().map(|(_, id)| *id);
         match held {
-            Some(ino) if ino == meta.ino() && meta.len() >= self.offset => {}
-            Some(ino) if ino == meta.ino() => self.open_current(meta.ino())?,
+            Some(held) if held == id && meta.len() >= self.offset => {}
+            Some(held) if held == id => self.open_current(id)?,
             Some(old) => {
                 // Rotated: the rest of the file held, then what was rotated after it.
                 self.read_more(&mut out)?;
                 let rotated = self.rotated();
-                if let Some(i) = rotated.iter().position(|p| inode(p) == Some(old)) {
+                if let Some(i) = rotated.iter().position(|p| inode(p) == old) {
                     for p in &rotated[i + 1..] {
                         out.extend(crate::events::read_file_events(p)?);
                     }
                 }
-                self.open_current(meta.ino())?;
+                self.open_current(id)?;
             }
             None => {
-                self.open_current(meta.ino())?;
+                self.open_current(id)?;
                 // The rotated files, oldest first; the current file is read below through
-                // the descriptor just opened (even if it was rotated meanwhile).
-                let current = Some(meta.ino());
-                for p in self.rotated().iter().filter(|p| inode(p) != current) {
+                // the descriptor just opened (even if it was rotated meanwhile; without
+                // file ids, on Windows, every rotated file is read).
+                for p in self
+                    .rotated()
+                    .iter()
+                    .filter(|p| id.is_none() || inode(p) != id)
+                {
                     out.extend(crate::events::read_file_events(p)?);
                 }
             }
@@ -205,8 +209,8 @@ impl Tail {
         files
     }
 
-    fn open_current(&mut self, ino: u64) -> io::Result<()> {
-        self.file = Some((File::open(&self.path)?, ino));
+    fn open_current(&mut self, id: Option<u64>) -> io::Result<()> {
+        self.file = Some((File::open(&self.path)?, id));
         self.offset = 0;
         self.partial.clear();
         Ok(())
@@ -232,6 +236,19 @@ impl Tail {
                 .filter_map(|line| serde_json::from_slice::<Event>(line).ok()),
         );
         Ok(())
+    }
+}
+
+/// The identity of the file behind `meta`: its inode, so that a log replaced under the
+/// same name is read from its start. Off Unix there is none here (`None`): a replaced log is
+/// seen only once it is shorter than what was read.
+fn file_id(meta: &std::fs::Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    return Some(std::os::unix::fs::MetadataExt::ino(meta));
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
     }
 }
 

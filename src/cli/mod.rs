@@ -5,6 +5,7 @@ pub mod demo;
 mod events;
 mod explain;
 pub mod generate;
+#[cfg(unix)]
 pub mod mount_helper;
 mod reseed;
 mod tap;
@@ -103,6 +104,7 @@ pub enum Command {
     Throttle(ThrottleArgs),
     /// The mount(8) helper (`mount -t fuse.reseedfs CONFIG DIR -o OPTIONS`), also run as
     /// `/sbin/mount.fuse.reseedfs`.
+    #[cfg(unix)]
     #[command(hide = true)]
     MountHelper(mount_helper::HelperArgs),
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
@@ -116,6 +118,10 @@ pub enum Command {
     /// (`generate man DIR`, `generate completions DIR`; the package build runs it).
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
+    /// The Windows service: `service install` (automatic start, LocalSystem),
+    /// `service uninstall`; `service run` is what the Service Control Manager starts.
+    #[cfg(windows)]
+    Service(ServiceArgs),
 }
 
 /// `demo` in a build without the `demo` feature: whatever follows is ignored.
@@ -131,6 +137,20 @@ pub struct NoDemoArgs {
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// The config file.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[cfg(windows)]
+pub use crate::daemon::ServiceAction;
+
+/// Arguments of `service`.
+#[cfg(windows)]
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// What to do.
+    pub action: ServiceAction,
+    /// The config file the service mounts.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 }
@@ -153,10 +173,12 @@ pub struct MountArgs {
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Folder holding Volume1..N, one mounted disk each (AutoDagVolumesRootFolderPath).
-    #[arg(long)]
+    #[cfg_attr(not(windows), arg(long))]
+    #[cfg_attr(windows, arg(long, default_value = r"C:\ExchVols"))]
     pub volumes: PathBuf,
     /// Folder where the databases will be mounted (AutoDagDatabasesRootFolderPath).
-    #[arg(long)]
+    #[cfg_attr(not(windows), arg(long))]
+    #[cfg_attr(windows, arg(long, default_value = r"C:\ExchDBs"))]
     pub databases: PathBuf,
     /// A database name ([A-Za-z0-9_-]{1,64}); repeat for several.
     #[arg(long = "database", required = true)]
@@ -284,10 +306,13 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Explain(a) => explain::explain(&a),
         Command::Throttle(a) => throttle::throttle(&a),
+        #[cfg(unix)]
         Command::MountHelper(a) => return mount_helper::run(&a),
         Command::Verify(a) => verify::verify(&a),
         Command::Scrub(a) => verify::scrub(&a),
         Command::Generate(a) => generate::run(&a),
+        #[cfg(windows)]
+        Command::Service(a) => crate::daemon::service(a.action, &a.config).map(|()| Exit::Ok),
     };
     match r {
         Ok(e) => e.into(),
@@ -315,10 +340,7 @@ fn exit_for(e: &anyhow::Error) -> Exit {
     }
 }
 
-/// An error that makes the config or the pool unusable (exit code 3).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unusable(pub String);
+pub use crate::daemon::Unusable;
 
 fn init(a: InitArgs) -> anyhow::Result<Exit> {
     let mut config = Config::new(absolute(&a.volumes)?, absolute(&a.databases)?, a.database);
@@ -360,20 +382,30 @@ fn mount(a: &MountArgs) -> anyhow::Result<Exit> {
     }
     if a.detach {
         // Started by the mount helper: no terminal, no process group of mount(8)'s.
+        #[cfg(unix)]
         if let Err(e) = rustix::process::setsid() {
             tracing::debug!(%e, "setsid");
         }
     }
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     {
         crate::daemon::run(&config, path)?;
         Ok(Exit::Ok)
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
         let _ = config;
-        anyhow::bail!("mounting is only supported on Linux in this build")
+        anyhow::bail!("mounting is only supported on Linux and Windows in this build")
     }
+}
+
+/// The caller's uid, for the record of who changed something (0 off Unix, where the
+/// control channel admits Administrators only).
+pub(crate) fn caller_uid() -> u32 {
+    #[cfg(unix)]
+    return rustix::process::getuid().as_raw();
+    #[cfg(not(unix))]
+    return 0;
 }
 
 fn fmt_bytes(b: Option<u64>) -> String {

@@ -33,7 +33,7 @@ fn requester() -> String {
         .unwrap_or_else(|_| "unknown user".into());
     format!(
         "`reseedfs throttle` ({user}, uid {}, pid {})",
-        rustix::process::getuid().as_raw(),
+        crate::cli::caller_uid(),
         std::process::id()
     )
 }

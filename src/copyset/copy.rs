@@ -48,6 +48,11 @@ impl StatusWord {
         }
     }
 
+    /// A copy in sync (active or not).
+    pub fn is_in_sync(self) -> bool {
+        matches!(self, StatusWord::Mounted | StatusWord::Healthy)
+    }
+
     /// The status of a copy in `state`, active or not.
     pub fn of(state: CopyState, active: bool) -> StatusWord {
         match (state, active) {

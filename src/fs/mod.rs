@@ -31,7 +31,7 @@ use crate::copyset::{Database, OpenFiles, SeedFile};
 use crate::events::{EventId, NewEvent};
 use crate::layout::{self, ComponentError};
 use crate::pool::Pool;
-use crate::volume::child_path;
+use crate::volume::{child_path, posix};
 
 use node::Table;
 pub use node::{Node, NodeId, Place};
@@ -326,18 +326,18 @@ impl std::fmt::Debug for Core {
 /// is made read-write: block checksums read the other bytes of a block a write covers in
 /// part, on the file of the handle (the kernel still refuses reads through the handle).
 fn backing_open_flags(flags: i32) -> OFlags {
-    let flags = if flags & libc::O_ACCMODE == libc::O_WRONLY {
-        (flags & !libc::O_ACCMODE) | libc::O_RDWR
+    let flags = if flags & posix::O_ACCMODE == posix::O_WRONLY {
+        (flags & !posix::O_ACCMODE) | posix::O_RDWR
     } else {
         flags
     };
-    let keep = libc::O_ACCMODE
-        | libc::O_SYNC
-        | libc::O_DSYNC
-        | libc::O_NOATIME
-        | libc::O_NONBLOCK
-        | libc::O_DIRECTORY
-        | libc::O_LARGEFILE;
+    let keep = posix::O_ACCMODE
+        | posix::O_SYNC
+        | posix::O_DSYNC
+        | posix::O_NOATIME
+        | posix::O_NONBLOCK
+        | posix::O_DIRECTORY
+        | posix::O_LARGEFILE;
     OFlags::from_bits_retain((flags & keep) as u32)
 }
 
@@ -564,11 +564,11 @@ impl Core {
             let ts = |t: Option<SetTime>| match t {
                 None => Timespec {
                     tv_sec: 0,
-                    tv_nsec: libc::UTIME_OMIT,
+                    tv_nsec: posix::UTIME_OMIT,
                 },
                 Some(SetTime::Now) => Timespec {
                     tv_sec: 0,
-                    tv_nsec: libc::UTIME_NOW,
+                    tv_nsec: posix::UTIME_NOW,
                 },
                 Some(SetTime::At(t)) => {
                     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -597,13 +597,13 @@ impl Core {
     pub fn kill_suidgid(&self, id: NodeId, fh: Option<HandleId>) -> Result<()> {
         let t = self.target(id, fh)?;
         let st = self.stat_target(&t)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Ok(());
         }
         let mode = st.st_mode & 0o7777;
-        let mut kill = libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            kill |= libc::S_ISGID;
+        let mut kill = posix::S_ISUID;
+        if mode & posix::S_IXGRP != 0 {
+            kill |= posix::S_ISGID;
         }
         let cleared = Mode::from_raw_mode(mode & !kill);
         if cleared.bits() != mode {
@@ -625,7 +625,7 @@ impl Core {
     /// Ownership of a new node: the caller's, with the parent's group under a setgid dir.
     fn owner(&self, db: &Database, parent: &Path, who: Caller) -> (u32, u32) {
         let gid = match self.stat_backing(db, parent) {
-            Ok(st) if st.st_mode & libc::S_ISGID != 0 => st.st_gid,
+            Ok(st) if st.st_mode & posix::S_ISGID != 0 => st.st_gid,
             _ => who.gid,
         };
         (who.uid, gid)
@@ -647,7 +647,7 @@ impl Core {
         d.make(op, &path, owner, f)?;
         let mut st = self.stat_backing(d, &path)?;
         // The owner is set after the mode, and a chown clears setuid and setgid.
-        if let Some(perm) = perm.filter(|p| p.bits() & (libc::S_ISUID | libc::S_ISGID) != 0)
+        if let Some(perm) = perm.filter(|p| p.bits() & (posix::S_ISUID | posix::S_ISGID) != 0)
             && st.st_mode & 0o7777 != perm.bits()
         {
             d.chmod(&path, perm)?;
@@ -754,14 +754,14 @@ impl Core {
                 db.reopen(&from, oflags)?
             }
         };
-        files.set_direct(flags & libc::O_DIRECT != 0);
+        files.set_direct(flags & posix::O_DIRECT != 0);
         node.add_open(&files);
         Ok(self.insert_handle(Handle::File {
             node,
             db: db.clone(),
             files,
             flags: oflags,
-            direct: flags & libc::O_DIRECT != 0,
+            direct: flags & posix::O_DIRECT != 0,
         }))
     }
 
@@ -779,15 +779,15 @@ impl Core {
         let parent_path = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let owner = self.owner(d, &parent_path, who);
         let oflags =
-            backing_open_flags(flags) | OFlags::from_bits_retain((flags & libc::O_EXCL) as u32);
+            backing_open_flags(flags) | OFlags::from_bits_retain((flags & posix::O_EXCL) as u32);
         // Until the handle is in the table (see `open`).
         let _namespace = d.namespace_shared();
         let files = d.create(&path, oflags, Mode::from_raw_mode(mode & 0o7777), owner)?;
-        files.set_direct(flags & libc::O_DIRECT != 0);
+        files.set_direct(flags & posix::O_DIRECT != 0);
         let mut st = self.stat_backing(d, &path)?;
         // The owner is set after the mode, and a chown clears setuid and setgid.
         let perm = mode & 0o7777;
-        if perm & (libc::S_ISUID | libc::S_ISGID) != 0 && st.st_mode & 0o7777 != perm {
+        if perm & (posix::S_ISUID | posix::S_ISGID) != 0 && st.st_mode & 0o7777 != perm {
             d.fchmod(&files, Mode::from_raw_mode(perm))?;
             st = self.stat_backing(d, &path)?;
         }
@@ -799,7 +799,7 @@ impl Core {
             db: d.clone(),
             files,
             flags: backing_open_flags(flags),
-            direct: flags & libc::O_DIRECT != 0,
+            direct: flags & posix::O_DIRECT != 0,
         });
         Ok((attr, h))
     }
@@ -853,10 +853,10 @@ impl Core {
     pub fn lseek(&self, h: HandleId, offset: i64, whence: i32) -> Result<i64> {
         self.with_file(h, |_, db, files| {
             let pos = match whence {
-                libc::SEEK_DATA => {
+                posix::SEEK_DATA => {
                     SeekFrom::Data(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
                 }
-                libc::SEEK_HOLE => {
+                posix::SEEK_HOLE => {
                     SeekFrom::Hole(u64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?)
                 }
                 _ => return Err(Errno(libc::EINVAL)),

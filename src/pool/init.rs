@@ -3,7 +3,6 @@
 //! refused init changes nothing.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -156,7 +155,9 @@ fn plan(
                 path.join(layout::META_DIR).join("pool.json").display()
             );
         }
-        volumes.push((name, path, m.dev()));
+        let fs_id = crate::volume::filesystem_id(&path, &m)
+            .with_context(|| format!("identify the filesystem of {}", path.display()))?;
+        volumes.push((name, path, fs_id));
     }
     if volumes.is_empty() {
         bail!(
@@ -261,15 +262,17 @@ fn write(
     let state_bytes = serde_json::to_vec_pretty(&state)?;
     for (i, (name, path, _)) in volumes.iter().enumerate() {
         let meta_dir = path.join(layout::META_DIR);
-        // Private to root, whatever the umask.
-        match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&meta_dir)
-        {
+        // Private to root, whatever the umask (on Windows: the volume's ACL).
+        let builder = &mut std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(builder, 0o700);
+        match builder.create(&meta_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(e).with_context(|| format!("create {}", meta_dir.display()));
             }
             _ => {}
         }
+        #[cfg(unix)]
         std::fs::set_permissions(
             &meta_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
@@ -326,19 +329,22 @@ fn write(
 }
 
 /// Writes the config: readable by everyone (the commands of a `control_group` member
-/// read it), writable by root only, whatever the umask; replaced atomically.
+/// read it), writable by root only, whatever the umask (on Windows: the directory's ACL);
+/// replaced atomically.
 fn write_config(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let tmp = path.with_extension("toml.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644),
+        libc::O_NOFOLLOW,
+    );
+    let mut f = options.open(&tmp)?;
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -157,14 +157,7 @@ pub fn witness_path(config: &Config, pool_id: &str) -> PathBuf {
     config.witness_dir.join(format!("{pool_id}.json"))
 }
 
-/// True for a pool id as `init` makes them (`[A-Za-z0-9_-]{1,64}`): it names the witness
-/// file, so an id read from a volume must never be a path.
-pub fn is_pool_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use crate::layout::is_pool_id;
 
 /// Writes the witness durably in the witness directory (private to root: see
 /// [`crate::private`]), mode 0600.

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +20,7 @@ use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::throttle::StreamKind;
-use crate::volume::{
-    Advice, FallocateFlags, Mode, OFlags, VolFile, Volume, is_media_error, punch_hole,
-};
+use crate::volume::{Advice, FileExt, Mode, OFlags, VolFile, Volume, is_media_error, punch_hole};
 
 /// What phase 2 moved.
 pub(super) struct Copied {
@@ -362,7 +359,7 @@ fn copy_range(
             punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
         }
         if e.len > 0 {
-            let _ = rustix::fs::fallocate(&pair.dst, FallocateFlags::KEEP_SIZE, e.offset, e.len);
+            crate::volume::preallocate_keep_size(&pair.dst, e.offset, e.len);
         }
         pos = e.offset + e.len;
     }

@@ -464,13 +464,13 @@ fn copy_chunk(
 
 /// `pread`.
 fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(f, buf, offset)
+    crate::volume::FileExt::read_at(f, buf, offset)
 }
 
 /// `pwrite` until all of `buf` is written; retries on `EINTR`.
 fn write_all_at(f: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {
-        match std::os::unix::fs::FileExt::write_at(f, buf, offset) {
+        match crate::volume::FileExt::write_at(f, buf, offset) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => {
                 buf = &buf[n..];

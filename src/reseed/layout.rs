@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustix::fs::{FileType, Mode, OFlags, Stat};
+use crate::volume::{FileType, Mode, OFlags, Stat};
 
 use super::{
     Progress, SeedError, SeedRequest, Source, check_folders, choose_source, copy_xattrs,
@@ -197,7 +197,7 @@ impl<'a> Recreate<'a> {
                 .rename(
                     &folder,
                     &aside.join(&folder),
-                    rustix::fs::RenameFlags::NOREPLACE,
+                    crate::volume::RenameFlags::NOREPLACE,
                 )
                 .map_err(|e| self.dst_err(&folder, e))?;
         }
@@ -227,7 +227,7 @@ impl<'a> Recreate<'a> {
             }
             FileType::Symlink => {
                 let target = src.readlink(path).map_err(|e| self.src_err(path, e))?;
-                use std::os::unix::ffi::OsStrExt;
+                use crate::volume::OsStrExt;
                 dst.symlink(Path::new(std::ffi::OsStr::from_bytes(&target)), path)
                     .map_err(|e| self.dst_err(path, e))?;
             }

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::volume::FileType;
 use parking_lot::Mutex;
-use rustix::fs::FileType;
 use serde::{Deserialize, Serialize};
 
 use crate::copyset::Database;
@@ -445,7 +445,7 @@ fn keep_in_quarantine(target: &Volume, db: &str, old: &Path) -> io::Result<PathB
         target.rename(
             &old.join(&e.name),
             &dir.join(&e.name),
-            rustix::fs::RenameFlags::NOREPLACE,
+            crate::volume::RenameFlags::NOREPLACE,
         )?;
         files.push(resync::QuarantinedFile {
             path: e.name.to_string_lossy().into_owned(),

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{FileType, Mode, OFlags, RenameFlags};
+use crate::volume::{Advice, FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
 use super::verify::compare_trees;
@@ -704,12 +704,7 @@ fn copy_jobs(
         let chunks = chunks(&job.ranges, size);
         // Scattered small extents: let the source's disk read them all at once.
         for &(off, len) in &chunks {
-            let _ = rustix::fs::fadvise(
-                &a,
-                off,
-                std::num::NonZeroU64::new(len),
-                rustix::fs::Advice::WillNeed,
-            );
+            crate::volume::advise_file(&a, off, len, Advice::WillNeed);
         }
         for (off, len) in chunks {
             progress

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{FileType, Mode, OFlags};
+use crate::volume::{FileType, Mode, OFlags};
 
 use super::copy::size_of;
 use super::layout::Layout;
@@ -221,7 +221,7 @@ pub(super) fn compare_trees(
                 target.name()
             ))
         })?;
-        let what = |st: &rustix::fs::Stat| (st.st_mode, st.st_uid, st.st_gid);
+        let what = |st: &crate::volume::Stat| (st.st_mode, st.st_uid, st.st_gid);
         if what(&a) != what(&b) {
             return Err(SeedError::Verify(format!(
                 "{}: mode/owner {:o} {}:{} on {} but {:o} {}:{} on {}",

@@ -34,7 +34,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +44,7 @@ use rangemap::{RangeMap, RangeSet};
 
 use super::Replicas;
 use super::dirty::FileDirty;
-use crate::volume::{Mode, OFlags, VolFile, Volume};
+use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume};
 
 /// log2 of the activity log's extent size (4 MiB).
 pub const EXTENT_SHIFT: u32 = 22;

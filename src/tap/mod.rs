@@ -63,7 +63,7 @@ pub struct PathText(String);
 
 impl From<&Path> for PathText {
     fn from(p: &Path) -> PathText {
-        use std::os::unix::ffi::OsStrExt;
+        use crate::volume::OsStrExt;
         match p.to_str() {
             Some(s) if !s.starts_with("hex:") => PathText(s.to_owned()),
             _ => {
@@ -81,7 +81,7 @@ impl From<&Path> for PathText {
 
 /// The path a [`PathText`] stands for.
 pub fn decode_path(t: &PathText) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
+    use crate::volume::OsStrExt;
     match t.0.strip_prefix("hex:") {
         Some(hex) => {
             let bytes: Vec<u8> = (0..hex.len() / 2)
@@ -525,7 +525,7 @@ mod tests {
 
     #[test]
     fn paths_round_trip_through_text() {
-        use std::os::unix::ffi::OsStrExt;
+        use crate::volume::OsStrExt;
         for p in [
             Path::new("db.db/a b"),
             Path::new(std::ffi::OsStr::from_bytes(b"db.db/\xff\xfe")),

@@ -9,14 +9,13 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::dirty::MetaOp;
 use crate::layout;
 use crate::volume::{
-    FileType, Mode, OFlags, RenameFlags, Stat, Volume, child_path, data_extents, read_full,
+    FileExt, FileType, Mode, OFlags, OsStrExt, RenameFlags, Stat, Volume, child_path, data_extents,
+    read_full,
 };
 
 /// Which side an error came from.

@@ -46,8 +46,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::volume::Stat;
 use parking_lot::Mutex;
-use rustix::fs::Stat;
 use serde::{Deserialize, Serialize};
 
 use crate::copyset::CopyState;

@@ -4,9 +4,9 @@
 //! pass). Names present on one side only, kinds and symlink targets are not repaired:
 //! that copy needs a reseed.
 
+use crate::volume::FileExt;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::Run;
@@ -24,7 +24,7 @@ impl Run<'_> {
         want: &BTreeMap<Vec<u8>, Vec<u8>>,
         have: &BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> bool {
-        use std::os::unix::ffi::OsStrExt;
+        use crate::volume::OsStrExt;
         for key in have.keys().filter(|k| !want.contains_key(*k)) {
             if v.remove_xattr(path, std::ffi::OsStr::from_bytes(key))
                 .is_err()

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, Stat};
+use crate::volume::{FileType, Mode, Stat};
 
 use super::{DIR_BATCH, FileGroup, Run, TreeField, VerifyError, stat_opt};
 use crate::layout;
@@ -29,7 +29,7 @@ fn names(v: &Volume, dir: &Path) -> io::Result<BTreeSet<OsString>> {
 
 /// Every xattr of `rel` (none where the filesystem has none), by raw name.
 pub(super) fn xattrs(v: &Volume, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-    use std::os::unix::ffi::OsStrExt;
+    use crate::volume::OsStrExt;
     Ok(v.xattrs(rel)?
         .into_iter()
         .map(|(k, val)| (k.as_bytes().to_vec(), val))

@@ -1,5 +1,5 @@
 //! One backing volume, reached through one interface: a [`Backend`] does the operations
-//! (the Unix one, [`unix::UnixBackend`], today), and the [`Volume`] front in this module adds
+//! (the Unix one, [`unix::UnixBackend`]; on Windows `platform/windows/volume.rs`), and the [`Volume`] front in this module adds
 //! what every backend shares: the volume's health (`failed` once an I/O error marked it),
 //! its error and byte counters, and the latency the database's requests see on it
 //! ([`Volume::observe`]), which the rebuild throttle ([`crate::throttle`]) watches.
@@ -11,11 +11,15 @@
 //! feature) today.
 //!
 //! The types of the interface ([`Stat`], [`Mode`], [`OFlags`], ...) are named through this
-//! module: the core never names the OS crate that defines them.
+//! module: the core never names the OS crate that defines them (rustix's on Unix, the
+//! module `portable`'s elsewhere, with the same names and Linux values).
 
 #[cfg(any(test, feature = "failpoints"))]
 pub mod faults;
 pub mod lane;
+#[cfg(any(not(unix), test))]
+pub mod portable;
+#[cfg(unix)]
 pub mod unix;
 
 use std::ffi::{OsStr, OsString};
@@ -28,10 +32,29 @@ use std::time::{Duration, Instant};
 
 use lane::Lane;
 
+#[cfg(not(unix))]
+pub use portable::{
+    Advice, FallocateFlags, FileExt, FileType, Mode, OFlags, OsStrExt, RenameFlags, SeekFrom, Stat,
+    StatVfs, Timespec, Timestamps, posix,
+};
+#[cfg(unix)]
 pub use rustix::fs::{
     Advice, FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, StatVfs, Timespec,
     Timestamps,
 };
+#[cfg(unix)]
+pub use std::os::unix::{ffi::OsStrExt, fs::FileExt};
+
+/// POSIX constants the core uses that libc does not define on every OS (libc's own on
+/// Unix; Linux values elsewhere, see `src/volume/portable.rs`).
+#[cfg(unix)]
+pub mod posix {
+    pub use libc::{
+        O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_DIRECTORY, O_DSYNC, O_EXCL, O_LARGEFILE,
+        O_NOATIME, O_NONBLOCK, O_RDONLY, O_RDWR, O_SYNC, O_TRUNC, O_WRONLY, S_ISGID, S_ISUID,
+        S_IXGRP, SEEK_DATA, SEEK_HOLE, UTIME_NOW, UTIME_OMIT,
+    };
+}
 
 /// The operations of one kind of volume. Every path is relative to the volume root and
 /// must not leave it (neither `..` nor a symlink may lead out); a symlink is never
@@ -246,6 +269,34 @@ pub struct DirEntry {
     pub kind: FileType,
 }
 
+/// The backend of this system for the volume directory `dir`.
+#[cfg(unix)]
+fn open_backend(dir: &Path) -> io::Result<unix::UnixBackend> {
+    unix::UnixBackend::open(dir)
+}
+
+/// The backend of this system for the volume directory `dir`.
+#[cfg(windows)]
+fn open_backend(dir: &Path) -> io::Result<crate::sys::volume::WindowsBackend> {
+    crate::sys::volume::WindowsBackend::open(dir)
+}
+
+/// The identity of the filesystem that holds `path` (its `meta`): the device number on
+/// Unix, the volume serial number on Windows. Two volumes with one identity sit on one
+/// disk.
+pub fn filesystem_id(path: &Path, meta: &std::fs::Metadata) -> io::Result<u64> {
+    #[cfg(unix)]
+    {
+        let _ = path;
+        Ok(std::os::unix::fs::MetadataExt::dev(meta))
+    }
+    #[cfg(windows)]
+    {
+        let _ = meta;
+        crate::sys::volume::filesystem_id(path)
+    }
+}
+
 /// The relative path of a child: `parent/name` (or `name` at the volume root).
 pub fn child_path(parent: &Path, name: &OsStr) -> PathBuf {
     if parent.as_os_str().is_empty() {
@@ -275,7 +326,7 @@ impl Volume {
         let lane = Lane::new(name);
         let dir = root.to_owned();
         let backend = lane
-            .run(limits.io_timeout, move || unix::UnixBackend::open(&dir))
+            .run(limits.io_timeout, move || open_backend(&dir))
             .map_err(|_| timeout(name, "open", limits.io_timeout))??;
         Ok(Volume::assemble(
             name,
@@ -862,6 +913,8 @@ impl Volume {
     /// `O_TMPFILE` where the system and the filesystem have it; elsewhere a file created
     /// under `.reseedfs/` and unlinked at once.
     pub fn create_anonymous(&self, dir: &Path, mode: Mode) -> io::Result<VolFile> {
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let _ = dir; // the fallback's file lives under `.reseedfs/`
         #[cfg(any(target_os = "linux", target_os = "android"))]
         match self.open_file(dir, OFlags::TMPFILE | OFlags::RDWR, mode) {
             // No O_TMPFILE in this kernel (EISDIR) or filesystem (EOPNOTSUPP).
@@ -1023,7 +1076,6 @@ fn read_full_with(b: &dyn Backend, f: &File, offset: u64, buf: &mut [u8]) -> io:
 
 /// Every xattr of `rel` through `b`, sorted by name.
 fn xattrs_of(b: &dyn Backend, rel: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-    use std::os::unix::ffi::OsStrExt;
     let n = match b.list_xattr(rel, &mut []) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
@@ -1063,6 +1115,7 @@ pub fn stat_times(st: &Stat) -> Timestamps {
 /// Punches a hole in `[offset, offset+len)` of `f` without going through a [`Volume`]: for
 /// the copy paths that hold their own descriptors (the reseed's engines, the resync's
 /// extent copy). See [`Volume::punch_hole`].
+#[cfg(unix)]
 pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
     match rustix::fs::fallocate(
         f,
@@ -1075,10 +1128,43 @@ pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Zeroes `[offset, offset+len)` of `f` (what a hole reads as): systems without
+/// `fallocate` write the zeros, so the range reads as a punched hole would.
+#[cfg(not(unix))]
+pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(1 << 20)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Pre-allocates `[offset, offset+len)` of `f` without changing its size
+/// (`FALLOC_FL_KEEP_SIZE`), as a hint: errors are ignored, and systems without
+/// `fallocate` do nothing.
+pub fn preallocate_keep_size(f: &File, offset: u64, len: u64) {
+    #[cfg(unix)]
+    let _ = rustix::fs::fallocate(f, FallocateFlags::KEEP_SIZE, offset, len);
+    #[cfg(not(unix))]
+    let _ = (f, offset, len);
+}
+
+/// An access-pattern hint for `[offset, offset+len)` of `f` (`posix_fadvise`; `len` 0:
+/// to the end) without going through a [`Volume`], best effort: systems without it
+/// ignore it.
+pub fn advise_file(f: &File, offset: u64, len: u64, advice: Advice) {
+    #[cfg(unix)]
+    let _ = rustix::fs::fadvise(f, offset, std::num::NonZeroU64::new(len), advice);
+    #[cfg(not(unix))]
+    let _ = (f, offset, len, advice);
+}
+
 /// `pread` until `buf` is full or end of file, without going through a [`Volume`] (see
 /// [`punch_hole`]); returns the bytes read.
 pub fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -1240,18 +1326,17 @@ pub fn is_timeout(err: &io::Error) -> bool {
 /// True for the errors that mean a volume is failing, not that the caller erred: media
 /// errors, and a missed deadline.
 pub fn is_media_error(err: &io::Error) -> bool {
-    is_timeout(err)
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EIO
-                    | libc::ENXIO
-                    | libc::ENODEV
-                    | libc::ESHUTDOWN
-                    | libc::EROFS
-                    | libc::EUCLEAN
-            )
-        )
+    is_timeout(err) || err.raw_os_error().is_some_and(is_media_errno)
+}
+
+/// True for the errnos of a failing disk (EIO, ENXIO, ENODEV, EROFS; on Linux also
+/// ESHUTDOWN and EUCLEAN).
+fn is_media_errno(errno: i32) -> bool {
+    #[cfg(unix)]
+    if matches!(errno, libc::ESHUTDOWN | libc::EUCLEAN) {
+        return true;
+    }
+    matches!(errno, libc::EIO | libc::ENXIO | libc::ENODEV | libc::EROFS)
 }
 
 #[cfg(test)]

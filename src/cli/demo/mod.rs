@@ -25,6 +25,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -44,7 +45,7 @@ use workload::{CoreTarget, DirTarget, Plan, Verified, Written, verify, write_wor
 pub struct DemoArgs {
     /// How long the write workload runs, in seconds; the active copy's volume dies at 40%
     /// of it.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(2..=600))]
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(2..=600))]
     pub seconds: u64,
     /// Size of each of the three throwaway volumes, in MiB (loop-mounted ext4, as root).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(64..=65536))]
@@ -61,7 +62,9 @@ const VOLUMES: usize = 3;
 /// Copies of the database.
 const COPIES: u32 = 2;
 /// Steps printed as `[k/STEPS]`.
-const STEPS: u32 = 7;
+const STEPS: u32 = 8;
+/// How long the demo waits for AutoReseed to seed the spare after the workload.
+const SEED_TIMEOUT: Duration = Duration::from_secs(180);
 const MIB: u64 = 1 << 20;
 /// Room each volume needs beyond the files (ext4 metadata and journal, pool state).
 const VOLUME_SLACK_MIB: u64 = 48;
@@ -205,7 +208,8 @@ fn run_mounted(args: &DemoArgs, interrupted: &AtomicBool) -> (anyhow::Result<Exi
 
 fn mounted_story(bed: &Testbed, args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     check(interrupted)?;
-    let (config, copies) = init_pool(bed, false)?;
+    let (_, copies) = init_pool(bed, false)?;
+    let config = short_timings(&bed.config_path)?;
     check(interrupted)?;
 
     let log_path = bed.root.join("mount.log");
@@ -282,24 +286,35 @@ fn mounted_story(bed: &Testbed, args: &DemoArgs, interrupted: &AtomicBool) -> an
     let through = verify(&target, &written.files, interrupted)?;
     check(interrupted)?;
 
-    step(6, "status and events, from the daemon's control socket");
+    step(
+        6,
+        "AutoReseed: the spare is assigned and seeded while the database runs on one copy",
+    );
     let socket = config.socket_path();
+    let seeded = wait_for_redundancy(&socket, interrupted)?;
+    check(interrupted)?;
+
+    step(7, "status and events, from the daemon's control socket");
     match control::call(&socket, &Request::Status) {
         Ok(Response::Status(s)) => show_status(&s, active),
         Ok(other) => println!("  the daemon answered Status with {other:?}"),
         Err(e) => println!("  {e}"),
     }
     println!();
+    let mut one_copy = None;
     match control::call(&socket, &Request::Events { since: 0 }) {
-        Ok(Response::Events(list)) => show_events(&list),
+        Ok(Response::Events(list)) => {
+            show_events(&list);
+            one_copy = show_story(&list, active);
+        }
         Ok(other) => println!("  the daemon answered Events with {other:?}"),
         Err(e) => println!("  {e}"),
     }
     check(interrupted)?;
 
     step(
-        7,
-        "unmounting (an Unmount request on the control socket) and removing the pool",
+        8,
+        "unmounting (an Unmount request on the control socket), reading both copies directly",
     );
     match daemon.0.stop() {
         Some(how) => println!("  {how}"),
@@ -311,15 +326,173 @@ fn mounted_story(bed: &Testbed, args: &DemoArgs, interrupted: &AtomicBool) -> an
             bed.databases_root.display()
         );
     }
-    let survivor = DirTarget {
-        dir: bed.volumes_root.join(passive).join(format!("{DB}.db")),
-    };
+    let mut copies_now = vec![passive.clone()];
+    copies_now.extend(seeded.clone());
+    let mut direct = Vec::new();
+    for volume in &copies_now {
+        let copy = DirTarget {
+            dir: bed.volumes_root.join(volume).join(format!("{DB}.db")),
+        };
+        println!(
+            "  reading the copy on {volume} directly ({}):",
+            copy.dir.display()
+        );
+        direct.push((volume.clone(), verify(&copy, &written.files, interrupted)?));
+    }
+    Ok(verdict(
+        &written,
+        &through,
+        &direct,
+        active,
+        Some(Story {
+            seeded: seeded.is_some(),
+            one_copy,
+        }),
+    ))
+}
+
+/// AutoReseed timings short enough for the demo (the defaults wait 15 minutes before they
+/// act); written to the demo's config, and said.
+fn short_timings(path: &Path) -> anyhow::Result<Config> {
+    let mut config = Config::load(path).with_context(|| format!("load {}", path.display()))?;
+    config.autoreseed.dwell = Duration::from_secs(1);
+    config.autoreseed.resume_attempts = 1;
+    config.autoreseed.resume_interval = Duration::from_secs(1);
+    config.autoreseed.spare_attempts = 3;
+    config.autoreseed.spare_interval = Duration::from_secs(2);
+    std::fs::write(path, config.to_toml()).with_context(|| format!("write {}", path.display()))?;
     println!(
-        "  reading the surviving copy directly on {passive} ({}):",
-        survivor.dir.display()
+        "  AutoReseed timings shortened for the demo: dwell 1s (default 15m), one resume \
+         attempt after 1s (default 3 every 5m), spare attempts every 2s (default every 1h)"
     );
-    let direct = verify(&survivor, &written.files, interrupted)?;
-    Ok(verdict(&written, &through, &direct, active, passive))
+    Ok(config)
+}
+
+/// Waits until the database has two copies in sync again, showing the seed's progress on
+/// one line. Returns the volume the new copy is on (`None`: not within [`SEED_TIMEOUT`]).
+fn wait_for_redundancy(socket: &Path, interrupted: &AtomicBool) -> anyhow::Result<Option<String>> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        check(interrupted)?;
+        let status = match control::call(socket, &Request::Status) {
+            Ok(Response::Status(s)) => Some(s),
+            _ => None,
+        };
+        let db = status
+            .as_ref()
+            .and_then(|s| s.databases.iter().find(|d| d.name == DB));
+        if let Some(db) = db {
+            let in_sync: Vec<&str> = db
+                .copies
+                .iter()
+                .filter(|c| c.status.is_in_sync())
+                .map(|c| c.volume.as_str())
+                .collect();
+            let line = match db.copies.iter().find_map(|c| c.seed.as_ref()) {
+                Some(seed) => format!(
+                    "  seeding {} from {}: {} of {} ({:?}, {:.0} MiB/s)",
+                    seed.target,
+                    seed.source,
+                    mib(seed.bytes_done),
+                    mib(seed.bytes_total),
+                    seed.phase,
+                    seed.mib_s
+                ),
+                None => format!(
+                    "  {}",
+                    db.copies
+                        .iter()
+                        .map(|c| format!("{} {}", c.volume, c.status))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+            if in_sync.len() >= COPIES as usize {
+                let new = db
+                    .copies
+                    .iter()
+                    .find(|c| c.status.is_in_sync() && !c.active)
+                    .map(|c| c.volume.clone());
+                let waited = started.elapsed();
+                if waited < Duration::from_secs(1) {
+                    println!(
+                        "  {DB} has {} copies in sync again: the spare was seeded while the \
+                         writers ran (the events below say when)",
+                        in_sync.len()
+                    );
+                } else {
+                    println!(
+                        "  {DB} has {} copies in sync again, after {:.1}s of waiting here",
+                        in_sync.len(),
+                        waited.as_secs_f64()
+                    );
+                }
+                return Ok(new);
+            }
+        }
+        if started.elapsed() > SEED_TIMEOUT {
+            println!(
+                "  WARNING: no second copy in sync after {}s (see `reseedfs status` and the \
+                 events below)",
+                SEED_TIMEOUT.as_secs()
+            );
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What the AutoReseed part of the story showed.
+struct Story {
+    /// A second copy was seeded and is in sync.
+    seeded: bool,
+    /// How long the database ran on one copy (1109 to 1110).
+    one_copy: Option<Duration>,
+}
+
+/// The failure and the rebuild, event by event, with their times since the failure.
+/// Returns how long the database ran on one copy.
+fn show_story(events: &[Event], dead: &str) -> Option<Duration> {
+    let when = |e: &Event| humantime::parse_rfc3339_weak(&e.time).ok();
+    let failed = events
+        .iter()
+        .find(|e| e.id == 1109 && e.volume.as_deref() == Some(dead))?;
+    let t0 = when(failed)?;
+    println!();
+    println!("  the story, from the disk's death:");
+    let mut healthy = None;
+    let mut at = failed.seq;
+    for id in [1109u32, 825, 826, 827, 828, 1110] {
+        let Some(e) = events.iter().find(|e| e.id == id && e.seq >= at) else {
+            println!("  {id:>5}  (not seen)");
+            continue;
+        };
+        at = e.seq;
+        let since = when(e)
+            .and_then(|t| t.duration_since(t0).ok())
+            .unwrap_or_default();
+        println!(
+            "  {id:>5}  +{:>5.1}s  {} {}",
+            since.as_secs_f64(),
+            e.kind,
+            e.volume.as_deref().unwrap_or("")
+        );
+        if id == 1110 {
+            healthy = Some(since);
+        }
+    }
+    if let Some(d) = healthy {
+        println!(
+            "  {DB} ran on one copy for {:.1}s; its writers never saw an error",
+            d.as_secs_f64()
+        );
+    }
+    healthy
 }
 
 /// The demo's daemon: stopped when the story ends, even early, and the operator told how.
@@ -463,7 +636,13 @@ fn in_process_story(
         survivor.dir.display()
     );
     let direct = verify(&survivor, &written.files, interrupted)?;
-    Ok(verdict(&written, &through, &direct, active, passive))
+    Ok(verdict(
+        &written,
+        &through,
+        &[(passive.clone(), direct)],
+        active,
+        None,
+    ))
 }
 
 /// `reseedfs init` on the testbed: one database, two copies, the state in the testbed.
@@ -543,8 +722,24 @@ fn show_status(s: &Status, dead: &str) {
                 d.name, d.status, a.name, a.status
             )
         }
+        (None, Some(a)) if a.volume != dead => {
+            let others: Vec<String> = db
+                .copies
+                .iter()
+                .filter(|c| !c.active)
+                .map(|c| format!("{} {}", c.name, c.status))
+                .collect();
+            println!(
+                "  notice: the copy on {dead} is gone from the placement (a spare took its \
+                 place): {} is active ({}), {}",
+                a.name,
+                a.status,
+                others.join(", ")
+            )
+        }
         _ => println!(
-            "  WARNING: the status should show the copy on {dead} failed and another copy active"
+            "  WARNING: the status should show the copy on {dead} failed or replaced, and \
+             another copy active"
         ),
     }
 }
@@ -560,9 +755,9 @@ fn show_events(events: &[Event]) {
 fn verdict(
     written: &Written,
     through: &Verified,
-    direct: &Verified,
+    direct: &[(String, Verified)],
     active: &str,
-    passive: &str,
+    story: Option<Story>,
 ) -> Exit {
     let mut problems = Vec::new();
     if let Some(e) = &written.kill_error {
@@ -577,19 +772,32 @@ fn verdict(
     if through.bad > 0 {
         problems.push(format!("{} block(s) read back wrong", through.bad));
     }
-    if direct.bad > 0 {
-        problems.push(format!(
-            "{} block(s) wrong on the copy on {passive}",
-            direct.bad
-        ));
+    for (volume, v) in direct {
+        if v.bad > 0 {
+            problems.push(format!("{} block(s) wrong on the copy on {volume}", v.bad));
+        }
     }
+    if story.as_ref().is_some_and(|s| !s.seeded) {
+        problems.push("AutoReseed did not bring a second copy in sync".to_owned());
+    }
+    let copies: Vec<&str> = direct.iter().map(|(v, _)| v.as_str()).collect();
     println!();
     if problems.is_empty() {
+        let rebuilt = match story.and_then(|s| s.one_copy) {
+            Some(d) => format!(
+                " AutoReseed seeded the spare and the database has two copies again, after \
+                 {:.1}s on one copy;",
+                d.as_secs_f64()
+            ),
+            None => String::new(),
+        };
         println!(
             "done: {active} died under a running workload; all {} writes and {} fsyncs \
-             succeeded, and every block reads back intact, through the filesystem and on the \
-             surviving copy on {passive}",
-            written.writes, written.fsyncs
+             succeeded;{rebuilt} every block reads back intact through the filesystem and on \
+             the copies ({})",
+            written.writes,
+            written.fsyncs,
+            copies.join(" and ")
         );
         Exit::Ok
     } else {
