@@ -551,3 +551,57 @@ fn corruption_drill_random_flips_on_both_copies_under_a_workload() {
     }
     m.unmount();
 }
+
+#[test]
+fn o_direct_writes_carry_their_sums() {
+    const TEST: &str = "o_direct_writes_carry_their_sums";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let path = m.db_files(DB).join("direct.bin");
+    let size = 1usize << 20;
+    let mut raw = vec![0u8; size + BLOCK as usize];
+    let at = raw.as_ptr().align_offset(BLOCK as usize);
+    let want = pattern(31, size);
+    raw[at..at + size].copy_from_slice(&want);
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("open O_DIRECT through the mount");
+        for k in 0..size / (256 << 10) {
+            let part = &raw[at + k * (256 << 10)..at + (k + 1) * (256 << 10)];
+            f.write_all_at(part, (k * (256 << 10)) as u64)
+                .expect("aligned O_DIRECT write");
+        }
+        f.sync_all().expect("fsync");
+    }
+    let (active, _) = active_and_passive(&m);
+    let backing = m.backing_files(active, DB).join("direct.bin");
+    assert_eq!(fs::read(&backing).expect("read the backing file"), want);
+    flip(&backing, 77 * BLOCK + 1, 3);
+    drop_caches();
+    assert_eq!(
+        read_all(&path),
+        want,
+        "a block written O_DIRECT and damaged was read back wrong: its sum was not written"
+    );
+    let events = checksum_events(&m, 3070);
+    assert!(
+        events.iter().any(|e| e["block"].as_u64() == Some(77)),
+        "no event 3070 names block 77 written O_DIRECT: {events:?}"
+    );
+    assert_eq!(
+        fs::read(&backing).expect("read the backing file"),
+        want,
+        "not repaired"
+    );
+    m.unmount();
+}

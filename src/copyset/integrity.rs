@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::{BackingFile, CopyState, Database, OpenFiles};
 use crate::checksum::{self, BLOCK_BYTES, SumFile, UNKNOWN};
 use crate::events::{EventId, NewEvent};
-use crate::volume::{Call, FallocateFlags, Mode, OFlags, VolFile, Volume, is_media_error};
+use crate::volume::{Backend, Call, FallocateFlags, Mode, OFlags, VolFile, Volume, is_media_error};
 
 /// The sums a write brings: the blocks it touches and their store bytes.
 pub(super) struct WriteSums {
@@ -90,26 +90,26 @@ impl Database {
         }))
     }
 
-    /// Hands a write of `data` at `offset` to copy `i`'s lane: the data, then its sums,
-    /// under the store's lock.
+    /// Hands a write to copy `i`'s lane: `write` (the data), then its sums, under the
+    /// store's lock, in one call (so a reader confirming a mismatch never sees one
+    /// without the other).
     pub(super) fn submit_summed_write(
         &self,
         i: usize,
         v: &Volume,
         b: &BackingFile,
-        offset: u64,
-        data: &Arc<[u8]>,
         sums: &WriteSums,
+        write: impl FnOnce(&dyn Backend) -> io::Result<()> + Send + 'static,
     ) -> Call<()> {
         let store = match self.sum_file(i, v, b) {
             Ok(s) => s,
             Err(e) => return v.submit("write", move |_| Err(e)),
         };
-        let (file, data, bytes) = (b.file.clone(), data.clone(), sums.bytes.clone());
+        let bytes = sums.bytes.clone();
         let (first, blocks) = (sums.first, sums.blocks.clone());
         v.submit("write", move |be| {
             let _g = store.lock_exclusive(&blocks);
-            be.write_all_at(&file, offset, &data)?;
+            write(be)?;
             store.write_with(be, first, &bytes)
         })
     }

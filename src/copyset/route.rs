@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::volume::{
-    AlignedBuf, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
+    AlignedBuf, Backend, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
+    write_direct,
 };
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
@@ -266,29 +267,39 @@ impl Database {
         to_seeding: bool,
     ) -> io::Result<usize> {
         let len = data.len();
-        // With checksums, an O_DIRECT caller's writes take the summed path below (the
-        // data and its sums in one lane call); O_DIRECT to the copies is for pools
-        // without them, for now.
-        if files.is_direct() && is_direct_aligned(offset, len) && !self.sums.enabled() {
+        // The sums of the blocks the write covers (aligned O_DIRECT writes cover whole
+        // blocks, so theirs need no read); each copy's lane writes them after the data.
+        let sums = self.sums_for_write(files, offset, data)?;
+        if files.is_direct() && is_direct_aligned(offset, len) {
             // An O_DIRECT caller: its data goes O_DIRECT to every copy, from one aligned
             // copy (the same one copy as below, aligned), so that a database caching its
             // own pages is not cached again, once per copy.
             let shared = Arc::new(AlignedBuf::copy_of(data));
             return self
-                .fan_out(files, "write", len, to_seeding, |_, v, f| {
-                    match f.direct(v) {
-                        Some(d) => v.submit_write_direct(&f.file, d, offset, shared.clone()),
-                        None => v.submit_write(&f.file, offset, shared.clone()),
+                .fan_out(files, "write", len, to_seeding, |i, v, f| {
+                    let (file, direct, data) =
+                        (f.file.clone(), f.direct(v).cloned(), shared.clone());
+                    let write = move |be: &dyn Backend| match &direct {
+                        Some(d) => write_direct(be, &file, d, offset, data.as_slice()),
+                        None => be.write_all_at(&file, offset, data.as_slice()),
+                    };
+                    match &sums {
+                        Some(sums) => self.submit_summed_write(i, v, f, sums, write),
+                        None => v.submit("write", write),
                     }
                 })
                 .map(|()| len);
         }
         // One copy of the data, shared by every copy's lane (a call that misses its
         // deadline keeps it until the disk answers).
-        let sums = self.sums_for_write(files, offset, data)?;
         let shared: Arc<[u8]> = Arc::from(data);
         self.fan_out(files, "write", len, to_seeding, |i, v, f| match &sums {
-            Some(sums) => self.submit_summed_write(i, v, f, offset, &shared, sums),
+            Some(sums) => {
+                let (file, data) = (f.file.clone(), shared.clone());
+                self.submit_summed_write(i, v, f, sums, move |be| {
+                    be.write_all_at(&file, offset, &data)
+                })
+            }
             None => v.submit_write(&f.file, offset, shared.clone()),
         })
         .map(|()| len)
