@@ -17,6 +17,7 @@
 //! | `fuse_floor_cached` | the same floor writing an `O_DIRECT` caller's data through the backing page cache, as reseedfs did before (only when `--targets` names it: what that cache costs and holds) |
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
+//! | `reseedfs_1copy_nosums`, `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false`, over `pool1_nosums`, `pool2_nosums` (only when `--targets` names them: the `cR` column and `ratio_to_nosums` give what block checksums cost, issue 17) |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
 //!
 //! Both reseedfs mounts are the real binary (`reseedfs init` + `reseedfs mount`, default
@@ -72,7 +73,8 @@
 //! `O_DIRECT` job that leaves its data cached was cached by the daemon); the goals of
 //! issue 18 checked one by one; and the same figures in `target/bench/throughput.json`: a
 //! list of `{"workload","target","value","unit","ratio","ratio_min","ratio_max",
-//! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","daemon_cpu_us_per_request",
+//! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","ratio_to_nosums",
+//! "ratio_to_nosums_min","ratio_to_nosums_max","daemon_cpu_us_per_request",
 //! "daemon_cpu_us_per_mib","page_cache_mib","runs","error"}` (`value` is null and `error`
 //! says why when every round failed; the floor fields are null for `direct` and the
 //! floor, the CPU fields for `direct`). The reseed workload
@@ -139,16 +141,22 @@ enum Target {
     FloorCached,
     Reseedfs1,
     Reseedfs2,
+    /// `reseedfs_1copy` with `[checksums] enabled = false` (issue 17: what the sums cost).
+    Reseedfs1NoSums,
+    /// `reseedfs_2copies` with `[checksums] enabled = false`.
+    Reseedfs2NoSums,
     Mergerfs,
 }
 
 /// Every target, in table order.
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 8] = [
     Target::Direct,
     Target::Floor,
     Target::FloorCached,
     Target::Reseedfs1,
     Target::Reseedfs2,
+    Target::Reseedfs1NoSums,
+    Target::Reseedfs2NoSums,
     Target::Mergerfs,
 ];
 
@@ -169,6 +177,8 @@ impl Target {
             Target::FloorCached => "fuse_floor_cached",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
+            Target::Reseedfs1NoSums => "reseedfs_1copy_nosums",
+            Target::Reseedfs2NoSums => "reseedfs_2copies_nosums",
             Target::Mergerfs => "mergerfs",
         }
     }
@@ -654,21 +664,28 @@ impl Rig {
             rig.daemons.push(daemon);
         }
 
-        for (target, copies) in [(Target::Reseedfs1, 1u32), (Target::Reseedfs2, 2)] {
+        for (target, copies, pool_dir, sums) in [
+            (Target::Reseedfs1, 1u32, "pool1", true),
+            (Target::Reseedfs2, 2, "pool2", true),
+            (Target::Reseedfs1NoSums, 1, "pool1_nosums", false),
+            (Target::Reseedfs2NoSums, 2, "pool2_nosums", false),
+        ] {
             if !s.targets.contains(&target) {
                 continue;
             }
-            let pool = root.join(format!("pool{copies}"));
+            let pool = root.join(pool_dir);
             let vols = pool.join("vols");
             for k in 1..=copies {
-                let source = rig
-                    .bed
-                    .volume_path(k as usize)
-                    .join(format!("pool{copies}"));
+                let source = rig.bed.volume_path(k as usize).join(pool_dir);
+                fs::create_dir_all(&source).map_err(|e| with_path(e, "create", &source))?;
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
+            let mut settings: Vec<Setting> =
+                s.threads.map(Setting::threads).into_iter().collect();
+            if !sums {
+                settings.push(Setting::parse("checksums.enabled=false").map_err(io::Error::other)?);
+            }
             let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
             let file = daemon
                 .mountpoint()
@@ -682,7 +699,7 @@ impl Rig {
                 .map(|k| {
                     rig.bed
                         .volume_path(k)
-                        .join(format!("pool{copies}"))
+                        .join(pool_dir)
                         .join(format!("{DB}.db"))
                         .join(FILE)
                 })
@@ -1126,6 +1143,11 @@ struct Row {
     ratio_to_floor: Option<f64>,
     ratio_to_floor_min: Option<f64>,
     ratio_to_floor_max: Option<f64>,
+    /// Ratio of a checksummed reseedfs target to the same target without checksums in
+    /// the same round (median, range; issue 17: the cost of the sums).
+    ratio_to_nosums: Option<f64>,
+    ratio_to_nosums_min: Option<f64>,
+    ratio_to_nosums_max: Option<f64>,
     /// Medians of the daemon's CPU cost.
     cpu_us_per_request: Option<f64>,
     cpu_us_per_mib: Option<f64>,
@@ -1180,6 +1202,11 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 } else {
                     ratios(&mine, &floor)
                 };
+            let (ratio_to_nosums, ratio_to_nosums_min, ratio_to_nosums_max) = match t {
+                Target::Reseedfs1 => ratios(&mine, &by_round(Target::Reseedfs1NoSums)),
+                Target::Reseedfs2 => ratios(&mine, &by_round(Target::Reseedfs2NoSums)),
+                _ => (None, None, None),
+            };
             let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
                 let mut v: Vec<f64> = mine.iter().filter_map(|x| f(x)).collect();
                 median(&mut v)
@@ -1196,6 +1223,9 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 ratio_to_floor,
                 ratio_to_floor_min,
                 ratio_to_floor_max,
+                ratio_to_nosums,
+                ratio_to_nosums_min,
+                ratio_to_nosums_max,
                 cpu_us_per_request: pick(&|x| x.cpu.map(|c| c.us_per_request)),
                 cpu_us_per_mib: pick(&|x| x.cpu.map(|c| c.us_per_mib)),
                 cache_mib: pick(&|x| x.value.is_ok().then_some(x.cache.mib)),
@@ -1270,6 +1300,9 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
                     if let Some(f) = r.ratio_to_floor {
                         let _ = write!(cell, " f{f:.2}");
                     }
+                    if let Some(c) = r.ratio_to_nosums {
+                        let _ = write!(cell, " c{c:.2}");
+                    }
                     cell
                 })
                 .unwrap_or_else(|| "-".to_owned());
@@ -1279,7 +1312,7 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     }
     out.push_str(
         "(value: median over the rounds; xR: ratio to direct in the same round, [range]; \
-         fR: ratio to fuse_floor in the same round)\n",
+         fR: ratio to fuse_floor in the same round; cR: checksums on / off, same round)\n",
     );
 
     let _ = write!(
@@ -1386,6 +1419,21 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
         );
     }
 
+    out.push_str("\ngoal of issue 17 (checksums cost within 10%; medians):\n");
+    for w in workloads {
+        for t in [Target::Reseedfs1, Target::Reseedfs2] {
+            let Some(r) = row(w.name, t) else { continue };
+            let Some(c) = r.ratio_to_nosums else { continue };
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<22} {:<17} {c:.2} >= 0.90 of checksums off",
+                if c >= 0.9 { "ok" } else { "MISS" },
+                w.name,
+                t.name()
+            );
+        }
+    }
+
     out.push_str("\nreseed: ");
     if reseed.is_empty() {
         out.push_str(
@@ -1428,6 +1476,9 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
                 "ratio_to_floor": r.ratio_to_floor.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_floor_min": r.ratio_to_floor_min.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_floor_max": r.ratio_to_floor_max.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_nosums": r.ratio_to_nosums.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_nosums_min": r.ratio_to_nosums_min.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_nosums_max": r.ratio_to_nosums_max.map(|x| (x * 1000.0).round() / 1000.0),
                 "daemon_cpu_us_per_request": r.cpu_us_per_request.map(|x| (x * 10.0).round() / 10.0),
                 "daemon_cpu_us_per_mib": r.cpu_us_per_mib.map(|x| x.round()),
                 "page_cache_mib": r.cache_mib.map(|x| x.round()),
