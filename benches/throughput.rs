@@ -681,8 +681,7 @@ impl Rig {
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let mut settings: Vec<Setting> =
-                s.threads.map(Setting::threads).into_iter().collect();
+            let mut settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
             if !sums {
                 settings.push(Setting::parse("checksums.enabled=false").map_err(io::Error::other)?);
             }

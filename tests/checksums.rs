@@ -605,3 +605,183 @@ fn o_direct_writes_carry_their_sums() {
     );
     m.unmount();
 }
+
+/// The blocks of `backing` (a copy's file on volume `k`) whose sum in the copy's store is
+/// unknown, and those whose sum does not match: (unknown, wrong).
+fn sums_of_copy(m: &Mounted, k: usize, name: &str) -> (Vec<u64>, Vec<u64>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let backing = m.backing_files(k, DB).join(name);
+    let data = fs::read(&backing).expect("read the copy's file");
+    let ino = fs::metadata(&backing).expect("stat").ino();
+    let store = m
+        .bed
+        .volume_path(k)
+        .join(".reseedfs/sums")
+        .join(DB)
+        .join(ino.to_string());
+    let sums = fs::read(&store).unwrap_or_default();
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for (b, block) in data.chunks(BLOCK as usize).enumerate() {
+        let want = sums
+            .get(b * 4..b * 4 + 4)
+            .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+        if want == 0 {
+            unknown.push(b as u64);
+        } else if reseedfs::checksum::block_sum(block) != want {
+            wrong.push(b as u64);
+        }
+    }
+    (unknown, wrong)
+}
+
+fn cli_ok(m: &Mounted, args: &[&str]) -> String {
+    let out = m.cli(args);
+    assert!(
+        out.status.success(),
+        "reseedfs {args:?} failed:\n{}\nmount.log:\n{}",
+        common::describe_output(&out),
+        m.mount_log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn reseed_and_resync_give_the_new_copy_its_sums_and_refuse_a_bad_source_block() {
+    const TEST: &str = "reseed_and_resync_give_the_new_copy_its_sums_and_refuse_a_bad_source_block";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let path = m.db_files(DB).join("seeded.bin");
+    let mut want = pattern(41, 3 << 20);
+    fs::write(&path, &want).expect("write through the mount");
+    let (active, passive) = active_and_passive(&m);
+    let passive_name = format!("Volume{passive}");
+
+    // A reseed of the passive copy in place: its sums are written as it is verified.
+    cli_ok(&m, &["reseed", DB, "--to", &passive_name, "--wait"]);
+    let (unknown, wrong) = sums_of_copy(&m, passive, "seeded.bin");
+    assert!(
+        unknown.is_empty() && wrong.is_empty(),
+        "after a reseed the new copy has unknown sums {unknown:?} and wrong ones {wrong:?}"
+    );
+
+    // A resync after missed writes: the copy gets the source's sums for every file.
+    cli_ok(&m, &["suspend", DB, "--volume", &passive_name]);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    let part = pattern(42, 10_000);
+    f.write_all_at(&part, 123_456)
+        .expect("a write the copy misses");
+    f.sync_all().expect("fsync");
+    want[123_456..123_456 + part.len()].copy_from_slice(&part);
+    drop(f);
+    cli_ok(&m, &["resume", DB, "--volume", &passive_name, "--wait"]);
+    let (unknown, wrong) = sums_of_copy(&m, passive, "seeded.bin");
+    assert!(
+        unknown.is_empty() && wrong.is_empty(),
+        "after a resync the copy has unknown sums {unknown:?} and wrong ones {wrong:?}"
+    );
+    assert!(
+        fs::read(m.backing_files(passive, DB).join("seeded.bin")).expect("read") == want,
+        "the resynced copy differs from what was written"
+    );
+
+    // A block of the source that does not match its sum, and no other copy to take it
+    // from: the reseed fails, naming the block, and does not spread the damage quietly.
+    flip(
+        &m.backing_files(active, DB).join("seeded.bin"),
+        300 * BLOCK + 9,
+        2,
+    );
+    drop_caches();
+    let out = m.cli(&["reseed", DB, "--to", &passive_name, "--wait"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the reseed from a damaged source succeeded: {said}"
+    );
+    let events = checksum_events(&m, 3071);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["block"].as_u64() == Some(300) && e["found_by"] == "reseed"),
+        "no event 3071 names block 300 found by the reseed ({said}): {events:?}"
+    );
+    m.unmount();
+}
+
+#[test]
+fn a_reseed_takes_a_bad_source_block_from_a_third_copy() {
+    const TEST: &str = "a_reseed_takes_a_bad_source_block_from_a_third_copy";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(3, 256 << 20).expect("three loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 3);
+    let path = m.db_files(DB).join("three.bin");
+    let want = pattern(43, 2 << 20);
+    fs::write(&path, &want).expect("write through the mount");
+    let (active, _) = active_and_passive3(&m);
+    let target = (1..=3).find(|&k| k != active).expect("a passive copy");
+    flip(
+        &m.backing_files(active, DB).join("three.bin"),
+        17 * BLOCK,
+        4,
+    );
+    drop_caches();
+    // The damaged copy is the source (a bad source block must be taken from the third).
+    cli_ok(
+        &m,
+        &[
+            "reseed",
+            DB,
+            "--to",
+            &format!("Volume{target}"),
+            "--from",
+            &format!("Volume{active}"),
+            "--wait",
+        ],
+    );
+    for k in [active, target] {
+        assert!(
+            fs::read(m.backing_files(k, DB).join("three.bin")).expect("read") == want,
+            "the copy on Volume{k} differs from what was written after the reseed"
+        );
+    }
+    let (unknown, wrong) = sums_of_copy(&m, target, "three.bin");
+    assert!(
+        unknown.is_empty() && wrong.is_empty(),
+        "{unknown:?} {wrong:?}"
+    );
+    let events = checksum_events(&m, 3070);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["block"].as_u64() == Some(17) && e["found_by"] == "reseed"),
+        "no event 3070 names block 17 found by the reseed: {events:?}"
+    );
+    m.unmount();
+}
+
+/// The volume (1..3) of the active copy of a three-copy database.
+fn active_and_passive3(m: &Mounted) -> (usize, ()) {
+    let status = m.status_json();
+    let active = status["databases"][0]["copies"]
+        .as_array()
+        .expect("copies in status")
+        .iter()
+        .find(|c| c["active"] == true)
+        .and_then(|c| c["volume"].as_str())
+        .and_then(|v| v.strip_prefix("Volume"))
+        .and_then(|k| k.parse().ok())
+        .expect("an active copy");
+    (active, ())
+}

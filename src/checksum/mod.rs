@@ -125,6 +125,51 @@ pub fn mismatches(first: u64, data: &[u8], sums: &[u32]) -> Vec<u64> {
 pub struct SumFile {
     file: VolFile,
     stripes: [RwLock<()>; STRIPES],
+    cache: Mutex<Cache>,
+}
+
+/// Sums per cached chunk: one 4 KiB page of the store, 4 MiB of data.
+const CHUNK_SUMS: u64 = 1024;
+/// Chunks a store keeps in memory (16 MiB: the sums of 16 GiB of data); past it the cache
+/// starts again empty.
+const CACHE_CHUNKS_MAX: usize = 4096;
+
+/// The sums of a store in memory, by chunk, so that a checked read costs no read of the
+/// store. Writers of the store update it; `epoch` moves with every update, so a chunk read
+/// from the disk while a writer changed it is not kept (it could be older than the write).
+/// A mismatch is always confirmed from the disk, never from here, so a stale entry can
+/// cost a slower read and never a false alarm.
+#[derive(Debug, Default)]
+struct Cache {
+    epoch: u64,
+    chunks: HashMap<u64, Box<[u32]>>,
+}
+
+impl Cache {
+    fn update(&mut self, first: u64, sums: &[u32]) {
+        self.epoch += 1;
+        for (k, &sum) in sums.iter().enumerate() {
+            let b = first + k as u64;
+            if let Some(c) = self.chunks.get_mut(&(b / CHUNK_SUMS)) {
+                c[(b % CHUNK_SUMS) as usize] = sum;
+            }
+        }
+    }
+
+    fn forget(&mut self, blocks: &Range<u64>) {
+        self.epoch += 1;
+        if blocks.is_empty() {
+            return;
+        }
+        let (first, last) = (blocks.start / CHUNK_SUMS, (blocks.end - 1) / CHUNK_SUMS);
+        if last - first > self.chunks.len() as u64 {
+            self.chunks.retain(|&c, _| c < first || c > last);
+        } else {
+            for c in first..=last {
+                self.chunks.remove(&c);
+            }
+        }
+    }
 }
 
 /// The stripe locks of a range of a [`SumFile`], exclusive.
@@ -175,7 +220,49 @@ impl SumFile {
         Some(Shared { _g: g })
     }
 
-    /// The sums of `blocks` (unknown past the end of the store).
+    /// The sums of `blocks` as the reads check them: from memory, a chunk of the store
+    /// read at its first use (see [`Cache`]). A mismatch is confirmed with
+    /// [`SumFile::read`], from the disk.
+    pub fn cached(&self, v: &Volume, blocks: &Range<u64>) -> io::Result<Vec<u32>> {
+        let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        let mut b = blocks.start;
+        while b < blocks.end {
+            let chunk = b / CHUNK_SUMS;
+            let upto = ((chunk + 1) * CHUNK_SUMS).min(blocks.end);
+            let (from, to) = (
+                (b % CHUNK_SUMS) as usize,
+                (upto - chunk * CHUNK_SUMS) as usize,
+            );
+            let epoch = {
+                let cache = self.cache.lock();
+                if let Some(c) = cache.chunks.get(&chunk) {
+                    out.extend_from_slice(&c[from..to]);
+                    b = upto;
+                    continue;
+                }
+                cache.epoch
+            };
+            let loaded = self.read(v, &(chunk * CHUNK_SUMS..(chunk + 1) * CHUNK_SUMS))?;
+            out.extend_from_slice(&loaded[from..to]);
+            let mut cache = self.cache.lock();
+            if cache.epoch == epoch {
+                if cache.chunks.len() >= CACHE_CHUNKS_MAX {
+                    cache.chunks.clear();
+                }
+                cache.chunks.insert(chunk, loaded.into_boxed_slice());
+            }
+            b = upto;
+        }
+        Ok(out)
+    }
+
+    /// Drops `blocks` from memory: the next read takes them from the disk again (after a
+    /// mismatch was confirmed there, or a repair).
+    pub fn forget(&self, blocks: &Range<u64>) {
+        self.cache.lock().forget(blocks);
+    }
+
+    /// The sums of `blocks` on the disk (unknown past the end of the store).
     pub fn read(&self, v: &Volume, blocks: &Range<u64>) -> io::Result<Vec<u32>> {
         let n = (blocks.end - blocks.start) as usize;
         let mut bytes = vec![0u8; n * SUM_BYTES as usize];
@@ -187,17 +274,33 @@ impl SumFile {
     /// Writes store bytes `sums` (from [`sums_of`]) for the blocks from `first`, through
     /// `b` (on the volume's lane, after the data).
     pub fn write_with(&self, b: &dyn Backend, first: u64, sums: &[u8]) -> io::Result<()> {
-        b.write_all_at(&self.file, first * SUM_BYTES, sums)
+        let r = b.write_all_at(&self.file, first * SUM_BYTES, sums);
+        self.written(first, sums, r.is_ok());
+        r
     }
 
     /// Writes `sums` for the blocks from `first` (outside a lane call).
     pub fn write(&self, v: &Volume, first: u64, sums: &[u8]) -> io::Result<()> {
-        v.write_all_at(&self.file, first * SUM_BYTES, sums)
+        let r = v.write_all_at(&self.file, first * SUM_BYTES, sums);
+        self.written(first, sums, r.is_ok());
+        r
+    }
+
+    /// Keeps the memory of the store equal to the disk after a write of `sums` at `first`
+    /// (forgotten when the write failed: the disk may hold a part of it).
+    fn written(&self, first: u64, sums: &[u8], ok: bool) {
+        let mut cache = self.cache.lock();
+        if ok {
+            cache.update(first, &decode(sums));
+        } else {
+            cache.forget(&(first..first + sums.len() as u64 / SUM_BYTES));
+        }
     }
 
     /// Drops the entries of the blocks from `first` on (they become unknown).
     pub fn cut(&self, v: &Volume, first: u64) -> io::Result<()> {
         let len = v.fstat(&self.file)?.st_size as u64;
+        self.cache.lock().forget(&(first..u64::MAX));
         if len > first * SUM_BYTES {
             v.set_len(&self.file, first * SUM_BYTES)?;
         }
@@ -275,6 +378,7 @@ impl Sums {
         let f = Arc::new(SumFile {
             file,
             stripes: Default::default(),
+            cache: Mutex::default(),
         });
         open.insert(key, Arc::downgrade(&f));
         Ok(f)

@@ -136,16 +136,18 @@ impl Database {
             };
             let checked = self.sum_file(i, &v, &b).and_then(|store| {
                 let blocks = checksum::blocks(offset, n as u64);
-                let bad = bad_blocks(&v, &store, &blocks, &buf[..n])?;
+                let bad = bad_blocks(&v, &store, &blocks, &buf[..n], false)?;
                 if bad.is_empty() {
                     return Ok((store, n, bad));
                 }
-                // Confirm under the store's lock: a write may be between its data and sums.
+                // Confirm under the store's lock, with the sums on the disk: a write may
+                // be between its data and sums, the memory of the store may be stale.
                 let (n, bad) = {
                     let _g = store.lock_shared(&blocks, v.deadline());
                     let n = read(&v, &b, offset, buf)?;
                     let blocks = checksum::blocks(offset, n as u64);
-                    (n, bad_blocks(&v, &store, &blocks, &buf[..n])?)
+                    store.forget(&blocks);
+                    (n, bad_blocks(&v, &store, &blocks, &buf[..n], true)?)
                 };
                 Ok((store, n, bad))
             });
@@ -473,17 +475,23 @@ fn writable_twin(
     Ok((a.st_ino == b.st_ino && a.st_dev == b.st_dev).then_some(twin))
 }
 
-/// The blocks of `data` (read at `blocks.start`) that do not match their sum in `store`.
+/// The blocks of `data` (read at `blocks.start`) that do not match their sum in `store`
+/// (the sums in memory, or on the disk when `from_disk`).
 fn bad_blocks(
     v: &Volume,
     store: &SumFile,
     blocks: &Range<u64>,
     data: &[u8],
+    from_disk: bool,
 ) -> io::Result<Vec<Bad>> {
     if blocks.is_empty() {
         return Ok(Vec::new());
     }
-    let sums = store.read(v, blocks)?;
+    let sums = if from_disk {
+        store.read(v, blocks)?
+    } else {
+        store.cached(v, blocks)?
+    };
     Ok(checksum::mismatches(blocks.start, data, &sums)
         .into_iter()
         .map(|block| Bad {
@@ -526,4 +534,202 @@ fn resum_range(
         at += n as u64;
     }
     Ok(())
+}
+
+/// Why a chunk of a new copy could not be checked or summed.
+#[derive(Debug)]
+pub enum SeedSums {
+    /// Reading the source (or its sums) failed.
+    Source(io::Error),
+    /// Writing the new copy's sums failed.
+    Dest(io::Error),
+    /// A block of the source does not match its checksum and no other copy has it right:
+    /// the message names the block.
+    Unrecoverable(String),
+}
+
+impl Database {
+    /// A chunk of a copy being seeded (slot `dst`, on `dst_v`) that holds the source's
+    /// bytes `data` at `offset` of `path` (copy `src` on `src_v`): the source's blocks are
+    /// checked against the source's sums; a bad one is taken from another in-sync copy
+    /// whose block matches and written to both (the source repaired, the new copy right),
+    /// or the chunk fails naming the block; then the new copy's sums of the chunk are
+    /// written. The caller holds the chunk's write-ordering locks (no write in flight, so
+    /// the data and both copies' sums agree but for damage). Returns the blocks repaired.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seed_chunk_sums(
+        &self,
+        (src, src_v, src_file): (usize, &Volume, &VolFile),
+        (dst, dst_v, dst_file): (usize, &Volume, &VolFile),
+        path: &std::path::Path,
+        offset: u64,
+        data: &[u8],
+        found_by: &str,
+    ) -> Result<u64, SeedSums> {
+        if !self.sums.enabled() || data.is_empty() {
+            return Ok(0);
+        }
+        let blocks = checksum::blocks(offset, data.len() as u64);
+        let src_gen = self.copies[src].placement().generation;
+        let store = self
+            .sums
+            .file(src, src_gen, src_v, src_file)
+            .map_err(SeedSums::Source)?;
+        let bad = bad_blocks(src_v, &store, &blocks, data, true).map_err(SeedSums::Source)?;
+        let mut fixed: Vec<(u64, Vec<u8>)> = Vec::new();
+        for b in &bad {
+            let at = b.block * BLOCK_BYTES;
+            let from = (at - offset) as usize;
+            let len = (data.len() - from).min(BLOCK_BYTES as usize);
+            let good = self.good_block_by_path(&[src, dst], path, at, len, b.want);
+            let Some((j, good)) = good else {
+                let why = format!(
+                    "block {} of {} (bytes {at}..{}) on {} does not match its checksum and no other copy has it right: restore the file from a backup, then reseed",
+                    b.block,
+                    path.display(),
+                    at + len as u64,
+                    src_v.name()
+                );
+                let event = NewEvent::new(EventId::ChecksumUnrecoverable, why.clone())
+                    .database(&self.name)
+                    .volume(src_v.name())
+                    .field("file", path.display().to_string())
+                    .field("offset", at)
+                    .field("block", b.block)
+                    .field("len", len as u64)
+                    .field("found_by", found_by);
+                self.report_checksum(src, event);
+                return Err(SeedSums::Unrecoverable(why));
+            };
+            let write = |v: &Volume| -> io::Result<()> {
+                let f = v.open_file(path, OFlags::WRONLY, Mode::empty())?;
+                v.write_all_at(&f, at, &good)?;
+                v.sync_file(&f, true)
+            };
+            let repaired = write(src_v).is_ok();
+            write(dst_v).map_err(SeedSums::Dest)?;
+            let event = NewEvent::new(
+                EventId::ChecksumRepaired,
+                format!(
+                    "block {} of {} (bytes {at}..{}) on {} did not match its checksum ({found_by}); the copy on {} does: {}",
+                    b.block,
+                    path.display(),
+                    at + len as u64,
+                    src_v.name(),
+                    self.copies[j].volume_name(),
+                    if repaired {
+                        "written to the new copy and the source from it"
+                    } else {
+                        "written to the new copy from it; the source not repaired (scrub)"
+                    }
+                ),
+            )
+            .database(&self.name)
+            .volume(src_v.name())
+            .field("file", path.display().to_string())
+            .field("offset", at)
+            .field("block", b.block)
+            .field("len", len as u64)
+            .field("source", self.copies[j].volume_name())
+            .field("repaired", repaired)
+            .field("found_by", found_by);
+            self.report_checksum(src, event);
+            fixed.push((b.block, good));
+        }
+        let mut sums = checksum::sums_of(data);
+        for (block, good) in &fixed {
+            let k = ((block - blocks.start) * checksum::SUM_BYTES) as usize;
+            sums[k..k + 4].copy_from_slice(&checksum::block_sum(good).to_le_bytes());
+        }
+        let dst_gen = self.copies[dst].placement().generation;
+        self.sums
+            .file(dst, dst_gen, dst_v, dst_file)
+            .and_then(|s| s.write(dst_v, blocks.start, &sums))
+            .map_err(SeedSums::Dest)?;
+        Ok(fixed.len() as u64)
+    }
+
+    /// Block at `at` (`len` bytes) of `path` from an in-sync copy not in `skip` whose
+    /// bytes match its own sum or `want`: (copy, bytes).
+    fn good_block_by_path(
+        &self,
+        skip: &[usize],
+        path: &std::path::Path,
+        at: u64,
+        len: usize,
+        want: u32,
+    ) -> Option<(usize, Vec<u8>)> {
+        for (j, c) in self.copies.iter().enumerate() {
+            if skip.contains(&j) {
+                continue;
+            }
+            let Some(v) = c.in_sync_volume() else {
+                continue;
+            };
+            let got = v
+                .open_file(path, OFlags::RDONLY, Mode::empty())
+                .and_then(|f| {
+                    let mut data = vec![0u8; len];
+                    let n = v.read_at(&f, at, &mut data)?;
+                    let store = self.sums.file(j, c.placement().generation, &v, &f)?;
+                    let theirs = store.read(&v, &checksum::blocks(at, 1))?;
+                    Ok((n, data, theirs.first().copied().unwrap_or(UNKNOWN)))
+                });
+            if let Ok((n, data, theirs)) = got {
+                let sum = checksum::block_sum(&data);
+                if n == len && (sum == want || (theirs != UNKNOWN && sum == theirs)) {
+                    return Some((j, data));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Database {
+    /// Gives copy `dst` (on `dst_v`, being resynced from copy `src` on `src_v`, equal to it
+    /// now) the source's sums of the regular file `path`: the data is the same, so are
+    /// its sums (the copied extents were checked against them). The caller holds the
+    /// file's write-ordering locks over the whole file. Returns the blocks summed.
+    pub fn copy_sums(
+        &self,
+        (src, src_v): (usize, &Volume),
+        (dst, dst_v): (usize, &Volume),
+        path: &std::path::Path,
+    ) -> Result<u64, SeedSums> {
+        if !self.sums.enabled() {
+            return Ok(0);
+        }
+        let open = |v: &Volume| v.open_file(path, OFlags::RDONLY, Mode::empty());
+        let (a, b) = match (open(src_v), open(dst_v)) {
+            (Ok(a), Ok(b)) => (a, b),
+            // Removed since: nothing to sum.
+            (Err(e), _) | (_, Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
+            (Err(e), _) => return Err(SeedSums::Source(e)),
+            (_, Err(e)) => return Err(SeedSums::Dest(e)),
+        };
+        let size = dst_v.fstat(&b).map_err(SeedSums::Dest)?.st_size as u64;
+        let blocks = size.div_ceil(BLOCK_BYTES);
+        let from = self
+            .sums
+            .file(src, self.copies[src].placement().generation, src_v, &a)
+            .map_err(SeedSums::Source)?;
+        let to = self
+            .sums
+            .file(dst, self.copies[dst].placement().generation, dst_v, &b)
+            .map_err(SeedSums::Dest)?;
+        // 1 MiB of sums (1 GiB of data) per step.
+        const STEP: u64 = 1 << 18;
+        let mut at = 0;
+        while at < blocks {
+            let range = at..(at + STEP).min(blocks);
+            let sums = from.read(src_v, &range).map_err(SeedSums::Source)?;
+            let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+            to.write(dst_v, range.start, &bytes)
+                .map_err(SeedSums::Dest)?;
+            at = range.end;
+        }
+        to.cut(dst_v, blocks).map_err(SeedSums::Dest)?;
+        Ok(blocks)
+    }
 }

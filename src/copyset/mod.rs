@@ -47,6 +47,7 @@ use parking_lot::{
 pub use crate::volume::DIRECT_ALIGN;
 pub use copy::{Copy, CopyState, Placement, StatusWord};
 pub use files::{BackingFile, OpenFiles};
+pub use integrity::SeedSums;
 pub use io::{FileIo, FileRef, RangeGuard, WriteRun};
 pub use seed::SeedFile;
 
