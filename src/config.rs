@@ -115,6 +115,9 @@ pub struct Config {
     /// Block checksums (`[checksums]`).
     #[serde(default)]
     pub checksums: ChecksumConfig,
+    /// Scheduled scrubs (`[scrub]`).
+    #[serde(default)]
+    pub scrub: ScrubConfig,
     /// The log tap: checkpoints and what to do when a copy diverged.
     #[serde(default)]
     pub tap: TapConfig,
@@ -180,6 +183,18 @@ impl Default for ChecksumConfig {
     fn default() -> Self {
         ChecksumConfig { enabled: true }
     }
+}
+
+/// The `[scrub]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubConfig {
+    /// How often every database is scrubbed (`reseedfs scrub`, started by the daemon:
+    /// every block of every in-sync copy checked against its checksum and repaired),
+    /// paced by the host's rebuild throttle (`[throttle]`), e.g. `"7d"`. The time of the
+    /// last scrub survives restarts. Default: off.
+    #[serde(with = "humantime_serde::option")]
+    pub interval: Option<std::time::Duration>,
 }
 
 /// The `[tap]` section.
@@ -295,6 +310,7 @@ impl Config {
             autoreseed: Default::default(),
             reseed: Default::default(),
             checksums: Default::default(),
+            scrub: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
             events: Default::default(),

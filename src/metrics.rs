@@ -952,6 +952,7 @@ mod tests {
             databases: vec![DbStatus {
                 name: "db001".into(),
                 copies: vec![failed, queued],
+                scrub: None,
             }],
             volumes: vec![
                 volume("Volume1", "Failed", 3),

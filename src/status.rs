@@ -99,6 +99,10 @@ pub struct DbStatus {
     pub name: String,
     /// Its copies.
     pub copies: Vec<CopyStatus>,
+    /// Its scrubs: the schedule (`[scrub] interval`), whether one runs, the last one and
+    /// what it found (`None` outside the daemon).
+    #[serde(default)]
+    pub scrub: Option<crate::verify::ScrubState>,
 }
 
 /// One volume in `status`.
@@ -219,6 +223,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                     }
                 })
                 .collect(),
+            scrub: None,
         })
         .collect();
     let volumes = pool

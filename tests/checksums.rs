@@ -785,3 +785,74 @@ fn active_and_passive3(m: &Mounted) -> (usize, ()) {
         .expect("an active copy");
     (active, ())
 }
+
+#[test]
+fn the_scrub_schedule_finds_a_flip_and_status_and_explain_show_the_last_scrub() {
+    const TEST: &str = "the_scrub_schedule_finds_a_flip_and_status_and_explain_show_the_last_scrub";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    common::init(&bed, &[DB], 2);
+    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
+    c.scrub.interval = Some(Duration::from_secs(3));
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let data = pattern(12, 2 << 20);
+    let path = m.db_files(DB).join("scheduled.bin");
+    fs::write(&path, &data).expect("write through the mount");
+    let (_, passive) = active_and_passive(&m);
+    let p_backing = m.backing_files(passive, DB).join("scheduled.bin");
+    // Sums are written with the data; flip after the write settled.
+    flip(&p_backing, 200 * BLOCK + 1, 1);
+    drop_caches();
+    let scrub = |m: &Mounted| m.status_json()["databases"][0]["scrub"].clone();
+    assert_eq!(scrub(&m)["interval_s"], 3, "{}", scrub(&m));
+    let found = common::wait_for(Duration::from_secs(30), || {
+        let s = scrub(&m);
+        let last = &s["last"];
+        (last["completed"] == true && last["checksum_errors"].as_u64() >= Some(1)).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no scheduled scrub found the flip: {}\nevents: {:?}",
+            scrub(&m),
+            m.events_json()
+        )
+    });
+    assert_eq!(found["last"]["scheduled"], true, "{found}");
+    assert!(
+        found["last"]["checksum_repaired"].as_u64() >= Some(1),
+        "{found}"
+    );
+    assert!(found["next_due_unix"].as_u64().is_some(), "{found}");
+    assert!(
+        fs::read(&p_backing).expect("read") == data,
+        "the scheduled scrub did not repair the passive copy"
+    );
+    assert!(
+        checksum_events(&m, 3073).iter().count() >= 1,
+        "no event 3073 for the scheduled scrub"
+    );
+    let text = String::from_utf8_lossy(&m.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("scrub: "),
+        "status does not show the last scrub:\n{text}"
+    );
+    let out = m.cli(&["explain", "--json"]);
+    let explained: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("explain --json: {e}\n{}", common::describe_output(&out)));
+    assert!(
+        explained.to_string().contains("\"checksum_errors\""),
+        "explain --json does not carry the last scrub: {explained}"
+    );
+    // The last scrub survives a restart.
+    let bed = m.unmount();
+    let m = Mounted::mount_only(bed);
+    assert!(
+        scrub(&m)["last"]["checksum_errors"].as_u64() >= Some(1),
+        "the last scrub was forgotten over a restart: {}",
+        scrub(&m)
+    );
+    m.unmount();
+}

@@ -503,6 +503,9 @@ pub fn render_status(s: &Status) -> String {
                 out += &format!("    last error: {e}\n");
             }
         }
+        if let Some(line) = d.scrub.as_ref().and_then(verify::render_scrub) {
+            out += &format!("{}: {line}\n", d.name);
+        }
     }
     out += &format!(
         "\n{:<12} {:<8} {:>12} {:>12} {:>10} {:>6}\n",

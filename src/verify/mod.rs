@@ -38,7 +38,7 @@ mod repair;
 mod tree;
 mod verifier;
 
-pub use verifier::Verifier;
+pub use verifier::{ScrubRecord, ScrubSchedule, ScrubState, Verifier};
 
 use std::collections::BTreeSet;
 use std::io;
@@ -314,6 +314,11 @@ impl VerifyProgress {
     /// True until it ends (either way).
     pub fn is_running(&self) -> bool {
         self.job.is_running()
+    }
+
+    /// What it was asked to do.
+    pub fn options(&self) -> VerifyOptions {
+        self.options
     }
 
     /// Asks it to stop at its next chunk or directory (the daemon is stopping).
