@@ -41,6 +41,8 @@
 //! | `rand_read_4k_qd1`, `_qd32` | `O_DIRECT` 4 KiB random reads, libaio, queue depth 1 / 32 |
 //! | `rand_write_4k_qd1`, `_qd32` | `O_DIRECT` 4 KiB random overwrites, libaio, depth 1 / 32, `fsync` at the end |
 //!
+//! | `scrub` | `reseedfs scrub` of the `reseedfs_2copies` pool (every block of both copies read and checked against its checksum) against a plain sequential read of the same two backing files, both at once; when `reseedfs_2copies` is a target and no FILTER excludes it (issue 17) |
+//!
 //! Sequential jobs make one pass over the file (2 GiB by default), capped at `--seconds`;
 //! random jobs run for `--seconds` (5 by default) after a 1 s ramp. fio's random map never
 //! repeats an offset within a pass, and a pass is far longer than a job, so random reads
@@ -77,7 +79,8 @@
 //! "ratio_to_nosums_min","ratio_to_nosums_max","daemon_cpu_us_per_request",
 //! "daemon_cpu_us_per_mib","page_cache_mib","runs","error"}` (`value` is null and `error`
 //! says why when every round failed; the floor fields are null for `direct` and the
-//! floor, the CPU fields for `direct`). The reseed workload
+//! floor, the CPU fields for `direct`). The `scrub` row has `"value"` (MiB/s per copy),
+//! `"plain_read_mib_s"` and `"ratio_to_plain_read"` (with `_min`, `_max`). The reseed workload
 //! belongs to `cargo bench --bench reseed`: when `target/bench/reseed.json` exists, its
 //! rows are shown, labelled as such, and copied with `"source":"reseed.json"`.
 //!
@@ -464,7 +467,8 @@ fn serve_floor(args: &[String]) -> ExitCode {
 
 fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     let workloads = s.workloads();
-    if workloads.is_empty() {
+    let scrub = s.filters.is_empty() || s.filters.iter().any(|f| "scrub".contains(f.as_str()));
+    if workloads.is_empty() && !scrub {
         return Err(io::Error::other("no workload matches the filter"));
     }
     let mut settings_line = format!(
@@ -591,13 +595,122 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
             }
         }
     }
+    let mut scrub_row = None;
+    if scrub && targets.contains(&Target::Reseedfs2) {
+        scrub_row = Some(scrub_vs_read(s, &rig, stop)?);
+    }
     println!("throughput: machine after: {}", machine_load());
     let rows = summarize(&workloads, &targets, &samples);
     let reseed = reseed_rows();
     print_table(&workloads, &targets, &rows, &reseed);
-    write_json(&rows, &reseed)?;
+    if let Some(row) = &scrub_row {
+        println!(
+            "\nscrub (issue 17, reseedfs_2copies, unthrottled): {} MiB/s per copy; a plain sequential read of the same backing files, both at once: {} MiB/s per copy; ratio {} [{}-{}] (goal: the device's sequential speed, 1.0)",
+            row["value"],
+            row["plain_read_mib_s"],
+            row["ratio_to_plain_read"],
+            row["ratio_to_plain_read_min"],
+            row["ratio_to_plain_read_max"]
+        );
+    }
+    write_json(&rows, &reseed, scrub_row)?;
     drop(rig);
     Ok(())
+}
+
+/// Issue 17: `reseedfs scrub` of the `reseedfs_2copies` pool (every block of both copies
+/// read and checked, unthrottled: the default `[throttle]` has no budget) against a plain
+/// sequential read of the same two backing files, both at once (1 MiB buffered reads, as
+/// the scrub reads), caches dropped before each, alternating, `--repeat` rounds. The
+/// scrub's time is its own report's (`report.seconds`), not the CLI's polling.
+fn scrub_vs_read(s: &Settings, rig: &Rig, stop: &AtomicBool) -> io::Result<Value> {
+    let t = Target::Reseedfs2;
+    let file = rig
+        .file(t)
+        .ok_or_else(|| io::Error::other("no reseedfs_2copies mount"))?;
+    let backing: Vec<PathBuf> = rig
+        .backing
+        .iter()
+        .find(|(x, _)| *x == t)
+        .map(|(_, f)| f.clone())
+        .unwrap_or_default();
+    let config = rig.bed.root.join("pool2").join("reseedfs.toml");
+    ensure_file(file, s.file_bytes)?;
+    let mib = s.file_bytes as f64 / MIB;
+    let (mut plain, mut scrub, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..s.repeat {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("interrupted; cleaning up"));
+        }
+        drop_caches();
+        let t0 = Instant::now();
+        thread::scope(|scope| {
+            let readers: Vec<_> = backing
+                .iter()
+                .map(|p| scope.spawn(move || read_through(p)))
+                .collect();
+            readers
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("reader panicked")))
+                })
+                .collect::<io::Result<Vec<u64>>>()
+        })?;
+        let plain_s = t0.elapsed().as_secs_f64();
+        drop_caches();
+        let out = Command::new(common::BIN)
+            .args(["scrub", DB, "--wait", "--json", "--config"])
+            .arg(&config)
+            .output()?;
+        let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            io::Error::other(format!(
+                "reseedfs scrub --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+        let scrub_s = status["report"]["seconds"]
+            .as_f64()
+            .filter(|x| *x > 0.0)
+            .ok_or_else(|| io::Error::other(format!("reseedfs scrub failed: {status}")))?;
+        println!(
+            "  scrub                  reseedfs_2copies  round {}: scrub {:.0} MiB/s per copy in {scrub_s:.2} s, plain read {:.0} MiB/s per copy in {plain_s:.2} s",
+            round + 1,
+            mib / scrub_s,
+            mib / plain_s
+        );
+        plain.push(mib / plain_s);
+        scrub.push(mib / scrub_s);
+        ratios.push(plain_s / scrub_s);
+    }
+    let round3 = |x: Option<f64>| x.map(|v| (v * 1000.0).round() / 1000.0);
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    Ok(json!({
+        "workload": "scrub",
+        "target": t.name(),
+        "value": median(&mut scrub).map(|x| (x * 10.0).round() / 10.0),
+        "unit": "MiB/s",
+        "plain_read_mib_s": median(&mut plain).map(|x| (x * 10.0).round() / 10.0),
+        "ratio_to_plain_read": round3(median(&mut ratios)),
+        "ratio_to_plain_read_min": round3(Some(lo)),
+        "ratio_to_plain_read_max": round3(Some(hi)),
+        "runs": s.repeat,
+    }))
+}
+
+/// Reads `path` front to back in 1 MiB reads; returns the bytes.
+fn read_through(path: &Path) -> io::Result<u64> {
+    let f = fs::File::open(path).map_err(|e| with_path(e, "open", path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(at);
+        }
+        at += n as u64;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1459,7 +1572,7 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     let _ = io::stdout().flush();
 }
 
-fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
+fn write_json(rows: &[Row], reseed: &[Value], scrub: Option<Value>) -> io::Result<()> {
     let mut list: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -1492,6 +1605,7 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
         }
         list.push(r);
     }
+    list.extend(scrub);
     let dir = bench_dir();
     fs::create_dir_all(&dir).map_err(|e| with_path(e, "create", &dir))?;
     let path = dir.join("throughput.json");

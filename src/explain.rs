@@ -234,7 +234,7 @@ pub struct DbExplanation {
     /// The copies that are not healthy (none: every copy is in sync).
     pub not_healthy: Vec<CopyExplanation>,
     /// Its scrubs: the schedule, the last one and what it found (as in `status`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrub: Option<crate::verify::ScrubState>,
 }
 

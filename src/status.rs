@@ -101,7 +101,7 @@ pub struct DbStatus {
     pub copies: Vec<CopyStatus>,
     /// Its scrubs: the schedule (`[scrub] interval`), whether one runs, the last one and
     /// what it found (`None` outside the daemon).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrub: Option<crate::verify::ScrubState>,
 }
 
@@ -419,6 +419,7 @@ mod tests {
                     copy("Volume2", "Mounted"),
                     seeding,
                 ],
+                scrub: None,
             }],
             volumes: vec![
                 VolumeStatus {

@@ -64,6 +64,7 @@ fn db(name: &str, copies: Vec<CopyStatus>) -> DbStatus {
     DbStatus {
         name: name.into(),
         copies,
+        scrub: None,
     }
 }
 

@@ -302,6 +302,50 @@ fn counts(r: &VerifyReport) -> String {
     )
 }
 
+/// The scrubbing of a database as `status` and `explain` print it (one line), or `None`
+/// when it has no schedule, runs no scrub and was never scrubbed.
+pub fn render_scrub(s: &crate::verify::ScrubState) -> Option<String> {
+    if s.interval_s.is_none() && s.last.is_none() && !s.running {
+        return None;
+    }
+    let at = |unix: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix),
+        )
+        .to_string()
+    };
+    let mut parts = Vec::new();
+    if s.running {
+        parts.push("running now".to_owned());
+    }
+    match &s.last {
+        Some(l) if l.completed => parts.push(format!(
+            "last {} at {}: {} blocks checked, {} bad ({} repaired, {} bad on every copy), {} summed anew, {} differing extents",
+            if l.scheduled { "(scheduled)" } else { "(manual)" },
+            at(l.finished_unix),
+            l.blocks_checked,
+            l.checksum_errors,
+            l.checksum_repaired,
+            l.checksum_unrecoverable,
+            l.sums_filled,
+            l.extents_mismatched
+        )),
+        Some(l) => parts.push(format!(
+            "last {} stopped at {}: {}",
+            if l.scheduled { "(scheduled)" } else { "(manual)" },
+            at(l.finished_unix),
+            l.error.as_deref().unwrap_or("?")
+        )),
+        None => parts.push("never scrubbed".to_owned()),
+    }
+    if let Some(i) = s.interval_s {
+        let every = humantime::format_duration(std::time::Duration::from_secs(i));
+        let next = s.next_due_unix.map_or("-".to_owned(), at);
+        parts.push(format!("every {every}, next due {next}"));
+    }
+    Some(format!("scrub: {}", parts.join("; ")))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -357,48 +401,4 @@ mod tests {
         r.tree_total = 1;
         assert!(matches!(exit_of(&r), Exit::Failure), "a tree entry left");
     }
-}
-
-/// The scrubbing of a database as `status` and `explain` print it (one line), or `None`
-/// when it has no schedule, runs no scrub and was never scrubbed.
-pub fn render_scrub(s: &crate::verify::ScrubState) -> Option<String> {
-    if s.interval_s.is_none() && s.last.is_none() && !s.running {
-        return None;
-    }
-    let at = |unix: u64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix),
-        )
-        .to_string()
-    };
-    let mut parts = Vec::new();
-    if s.running {
-        parts.push("running now".to_owned());
-    }
-    match &s.last {
-        Some(l) if l.completed => parts.push(format!(
-            "last {} at {}: {} blocks checked, {} bad ({} repaired, {} bad on every copy), {} summed anew, {} differing extents",
-            if l.scheduled { "(scheduled)" } else { "(manual)" },
-            at(l.finished_unix),
-            l.blocks_checked,
-            l.checksum_errors,
-            l.checksum_repaired,
-            l.checksum_unrecoverable,
-            l.sums_filled,
-            l.extents_mismatched
-        )),
-        Some(l) => parts.push(format!(
-            "last {} stopped at {}: {}",
-            if l.scheduled { "(scheduled)" } else { "(manual)" },
-            at(l.finished_unix),
-            l.error.as_deref().unwrap_or("?")
-        )),
-        None => parts.push("never scrubbed".to_owned()),
-    }
-    if let Some(i) = s.interval_s {
-        let every = humantime::format_duration(std::time::Duration::from_secs(i));
-        let next = s.next_due_unix.map_or("-".to_owned(), at);
-        parts.push(format!("every {every}, next due {next}"));
-    }
-    Some(format!("scrub: {}", parts.join("; ")))
 }
