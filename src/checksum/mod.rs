@@ -30,14 +30,18 @@
 //! - crash repair: after the copies agree, the extents of the activity log are summed
 //!   again on every copy (writes in flight at the crash may have reached the data and not
 //!   the sums, or the reverse);
-//! - a reseed or resync of a copy starts from an empty sums directory for that copy.
+//! - a reseed or resync of a copy starts from an empty sums directory for that copy, and
+//!   fills it as it verifies the copy (the reseed sums each chunk it checked against the
+//!   source's sums; the resync copies the source's sums of every file).
 //!
 //! Readers take the stripe lock only to confirm a mismatch: a block that does not match
 //! while a write is between its data and its sums is read again under the lock, so a
 //! write in progress is never taken for damage.
 //!
-//! Why not a mapped file (`memmap2`): a store is touched by a few bytes per request and
-//! lives on the disk that may die; through the volume's lane every access has the
+//! Readers check against sums kept in memory ([`SumFile::cached`]: chunks of the store
+//! read at their first use, updated by every writer), so a checked read costs no read of
+//! the store; a mismatch is confirmed from the disk. Why not a mapped file (`memmap2`): a
+//! store lives on the disk that may die; through the volume's lane every access has the
 //! volume's deadline and a dead disk answers an error, where a mapping would fault the
 //! process (SIGBUS) and needs `unsafe` outside `platform/`.
 
@@ -221,7 +225,7 @@ impl SumFile {
     }
 
     /// The sums of `blocks` as the reads check them: from memory, a chunk of the store
-    /// read at its first use (see [`Cache`]). A mismatch is confirmed with
+    /// read at its first use (kept up to date by every writer of the store). A mismatch is confirmed with
     /// [`SumFile::read`], from the disk.
     pub fn cached(&self, v: &Volume, blocks: &Range<u64>) -> io::Result<Vec<u32>> {
         let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
