@@ -856,3 +856,40 @@ fn the_scrub_schedule_finds_a_flip_and_status_and_explain_show_the_last_scrub() 
     );
     m.unmount();
 }
+
+#[test]
+fn a_scrub_of_a_single_copy_finds_the_damage_it_cannot_repair() {
+    const TEST: &str = "a_scrub_of_a_single_copy_finds_the_damage_it_cannot_repair";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
+    let m = Mounted::start(bed, &[DB], 1);
+    let data = pattern(13, 1 << 20);
+    let path = m.db_files(DB).join("alone.bin");
+    fs::write(&path, &data).expect("write through the mount");
+    flip(&m.backing_files(1, DB).join("alone.bin"), 50 * BLOCK + 3, 1);
+    drop_caches();
+    let out = m.cli(&["scrub", DB, "--wait", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
+    let report = &status["report"];
+    assert_eq!(report["checksum_unrecoverable"], 1, "{status}");
+    assert!(
+        report["blocks_checked"].as_u64() >= Some((1 << 20) / BLOCK),
+        "every block checked: {status}"
+    );
+    assert!(
+        !out.status.success(),
+        "a scrub that found damage exited 0: {status}"
+    );
+    // The read of that block fails rather than return the wrong bytes.
+    let f = fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = f
+        .read_exact_at(&mut buf, 50 * BLOCK)
+        .expect_err("a damaged block of the only copy was read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(f);
+    m.unmount();
+}

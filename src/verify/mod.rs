@@ -521,7 +521,10 @@ fn run(
         .into_iter()
         .next()
         .ok_or_else(|| VerifyError::Refused(format!("the active copy of {} left sync", db.name)))?;
-    if peers.is_empty() {
+    // A scrub of a single copy still checks every block against its checksum (damage is
+    // found and counted, and blocks without a sum get one; there is nothing to repair
+    // from); a verification needs two copies to compare.
+    if peers.is_empty() && !opts.scrub {
         return Err(VerifyError::Refused(format!(
             "only {} holds an in-sync copy of {}: there is nothing to compare it with (reseed the other copy first)",
             active.name(),
@@ -654,7 +657,8 @@ impl Run<'_> {
                 ));
             }
         }
-        if self.gone.iter().all(|g| *g) {
+        // (A scrub of a single copy has no other copy to lose.)
+        if !self.gone.is_empty() && self.gone.iter().all(|g| *g) {
             return Err(VerifyError::Io(format!(
                 "no copy of {} other than {} is in sync any more: nothing left to compare",
                 self.db.name,
