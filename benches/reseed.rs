@@ -102,7 +102,7 @@ mod linux {
     const DB: &str = "db001";
     /// The volume that receives every copy, and its copy's index in the placement.
     const TARGET: &str = "Volume2";
-    const TARGET_SLOT: usize = 1;
+    const TARGET_SLOT: reseedfs::names::CopySlot = reseedfs::names::CopySlot::new(1);
     /// The seeder's window (`reseed::WINDOW`), for the engine sweep.
     const WINDOW: u64 = 64 << 20;
     const MIB: f64 = (1u64 << 20) as f64;
@@ -427,7 +427,7 @@ mod linux {
         let mut config = Config::new(
             bed.volumes_root.clone(),
             bed.databases_root.clone(),
-            vec![DB.into()],
+            vec![reseedfs::names::DbName::from_static(DB)],
         );
         config.copies = 2;
         config.state_dir = bed.state_dir.clone();
@@ -477,7 +477,7 @@ mod linux {
             keep_replaced: false,
             window_bytes: reseed::WINDOW_BYTES,
         };
-        let progress = Progress::new(DB, TARGET);
+        let progress = Progress::new(&reseedfs::names::DbName::from_static(DB), TARGET);
         if let Some(b) = budget {
             let throttle = ThrottleConfig {
                 max_bytes_per_s: Some(b),

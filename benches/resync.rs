@@ -64,7 +64,7 @@ mod linux {
     const DB: &str = "db001";
     const DB_BYTES: u64 = 1 << 30;
     const BLOCK: u64 = 4096;
-    const SLOT: usize = 1;
+    const SLOT: reseedfs::names::CopySlot = reseedfs::names::CopySlot::new(1);
     /// The hot set written before the simulated crash.
     const HOT_BYTES: u64 = 64 << 20;
     const MIB: f64 = (1u64 << 20) as f64;
@@ -187,7 +187,7 @@ mod linux {
         let mut config = Config::new(
             bed.volumes_root.clone(),
             bed.databases_root.clone(),
-            vec![DB.into()],
+            vec![DB.parse().expect("a valid database name")],
         );
         config.copies = 2;
         config.state_dir = bed.state_dir.clone();
@@ -207,7 +207,7 @@ mod linux {
         let changed = rewrite_blocks(&core, DB_BYTES / BLOCK / 100, DB_BYTES, 7)?;
         let (mutations, queued) = db.tap().queue(SLOT).unwrap_or_default();
         drop_caches()?;
-        let progress = Progress::new(DB, "Volume2");
+        let progress = Progress::new(&db.name, "Volume2");
         let started = Instant::now();
         let report =
             resync::resync(&core, &db, SLOT, &progress).map_err(|e| format!("resync: {e}"))?;
@@ -230,7 +230,7 @@ mod linux {
             keep_replaced: false,
             window_bytes: reseed::WINDOW_BYTES,
         };
-        let progress = Progress::new(DB, "Volume2");
+        let progress = Progress::new(&db.name, "Volume2");
         let started = Instant::now();
         let full = reseed::reseed(&core, &req, &progress).map_err(|e| format!("reseed: {e}"))?;
         let reseed_s = started.elapsed().as_secs_f64();

@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout;
+use crate::names::DbName;
 
 /// Where `init` writes the config and every other command reads it by default.
 #[cfg(not(windows))]
@@ -68,7 +68,8 @@ pub struct Config {
     #[serde(alias = "AutoDagDatabasesRootFolderPath")]
     pub databases_root: PathBuf,
     /// The databases, by name. No default.
-    pub databases: Vec<String>,
+    #[serde(deserialize_with = "database_names")]
+    pub databases: Vec<DbName>,
     /// Copies of each database. Default 2.
     #[serde(default = "default_copies")]
     pub copies: u32,
@@ -297,7 +298,7 @@ pub enum ConfigError {
 
 impl Config {
     /// A config with defaults for everything but the paths and databases.
-    pub fn new(volumes_root: PathBuf, databases_root: PathBuf, databases: Vec<String>) -> Config {
+    pub fn new(volumes_root: PathBuf, databases_root: PathBuf, databases: Vec<DbName>) -> Config {
         Config {
             volumes_root,
             databases_root,
@@ -353,7 +354,6 @@ impl Config {
         }
         let mut seen = std::collections::BTreeSet::new();
         for db in &self.databases {
-            layout::check_db_name(db).map_err(|e| invalid("databases", e.to_string()))?;
             if !seen.insert(db) {
                 return Err(invalid(
                     "databases",
@@ -512,6 +512,14 @@ impl Config {
     pub fn throughput_path(&self) -> PathBuf {
         self.state_dir.join("throughput.json")
     }
+}
+
+/// Reads `databases`, naming the key in the error of a name that breaks the rule.
+fn database_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DbName>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|n| DbName::new(n).map_err(|e| serde::de::Error::custom(format!("`databases`: {e}"))))
+        .collect()
 }
 
 #[cfg(test)]

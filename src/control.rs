@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
+use crate::names::DbName;
 use crate::private::PrivateDir;
 use crate::status::Status;
 
@@ -118,7 +119,7 @@ pub enum Request {
     /// Start a reseed of a copy of `db`.
     Reseed {
         /// The database.
-        db: String,
+        db: DbName,
         /// Source volume (an in-sync copy); default: chosen by the daemon.
         from: Option<String>,
         /// Target volume: a volume holding a copy of `db` (reseeded in place) or a
@@ -129,21 +130,21 @@ pub enum Request {
     /// Suspend the copy of `db` on `volume` (it misses writes from here on, recorded).
     Suspend {
         /// The database.
-        db: String,
+        db: DbName,
         /// The copy's volume.
         volume: String,
     },
     /// Resume the copy of `db` on `volume`: incremental resync from its dirty map.
     Resume {
         /// The database.
-        db: String,
+        db: DbName,
         /// The copy's volume.
         volume: String,
     },
     /// Set or clear ReseedBlocked / ResumeBlocked.
     Block {
         /// The database.
-        db: String,
+        db: DbName,
         /// Only the copy on this volume (default: every copy of `db`).
         volume: Option<String>,
         /// Change ReseedBlocked.
@@ -165,14 +166,14 @@ pub enum Request {
     /// Explain the copies that are not healthy, or what a volume's failure would do.
     Explain {
         /// Only this database (default: all).
-        db: Option<String>,
+        db: Option<DbName>,
         /// Instead: what would happen if this volume failed now.
         what_if_fail: Option<String>,
     },
     /// Start an online verification of `db`'s in-sync copies against its active copy.
     Verify {
         /// The database.
-        db: String,
+        db: DbName,
         /// Rewrite what differs from the active copy.
         repair: bool,
         /// Read at most this many bytes per second (per copy); `None`: unlimited.
@@ -185,7 +186,7 @@ pub enum Request {
     /// Progress (then the report) of the running or last verification of `db`.
     VerifyStatus {
         /// The database.
-        db: String,
+        db: DbName,
     },
 }
 
@@ -203,7 +204,7 @@ pub enum Response {
     /// A reseed started.
     Started {
         /// The database.
-        db: String,
+        db: DbName,
         /// The volume that receives the copy.
         target: String,
     },

@@ -1052,7 +1052,7 @@ pub fn live(
     let db_bytes: BTreeMap<String, u64> = pool
         .databases()
         .iter()
-        .map(|d| (d.name.clone(), crate::autoreseed::db_bytes(d)))
+        .map(|d| (d.name.to_string(), crate::autoreseed::db_bytes(d)))
         .collect();
     let throttle = runner.throttle();
     let inputs = Inputs {

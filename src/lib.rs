@@ -56,6 +56,7 @@ pub mod job;
 pub mod layout;
 pub mod metrics;
 pub mod mountpoint;
+pub mod names;
 pub mod pool;
 #[cfg(unix)]
 pub mod private;

@@ -390,7 +390,7 @@ impl Metrics {
         );
         let mut copied = self.reseed_copied.lock().clone();
         for d in &status.databases {
-            copied.entry(d.name.clone()).or_default();
+            copied.entry(d.name.to_string()).or_default();
         }
         for (db, bytes) in &copied {
             out.sample(name, &[("database", db)], bytes);
@@ -938,7 +938,7 @@ mod tests {
             last_error: None,
         });
         let stream = |kind, rate| crate::throttle::StreamStatus {
-            db: "db001".into(),
+            db: crate::names::DbName::from_static("db001"),
             kind,
             single_copy: true,
             weight: 4,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::copyset::StatusWord;
 use crate::events::{EventId, EventSink, NewEvent};
+use crate::names::CopySlot;
 use crate::pool::Pool;
 use crate::reseed::Phase;
 use crate::throttle::Throttle;
@@ -198,18 +199,18 @@ pub fn of_pool(pool: &Pool) -> Status {
         .databases()
         .iter()
         .map(|d| DbStatus {
-            name: d.name.clone(),
+            name: d.name.to_string(),
             copies: d
                 .copies()
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
                     let rec = state.database(&d.name).and_then(|r| r.copies.get(i));
-                    let queue = d.tap().queue(i);
+                    let queue = d.tap().queue(CopySlot::new(i));
                     CopyStatus {
                         name: format!("{}\\{}", d.name, c.volume_name()),
                         volume: c.volume_name(),
-                        status: d.status_word(i),
+                        status: d.status_word(CopySlot::new(i)),
                         active: d.active_index() == Some(i),
                         reseed_blocked: rec.is_some_and(|r| r.reseed_blocked),
                         resume_blocked: rec.is_some_and(|r| r.resume_blocked),
@@ -294,7 +295,7 @@ impl LastErrors {
     pub fn get(&self, db: &str, volume: &str) -> Option<String> {
         self.last
             .lock()
-            .get(&(db.to_owned(), volume.to_owned()))
+            .get(&(db.to_string(), volume.to_owned()))
             .cloned()
     }
 }
@@ -463,6 +464,9 @@ mod tests {
                 .database("db001")
                 .volume("Volume1"),
         );
-        assert_eq!(errors.get("db001", "Volume1"), None);
+        assert_eq!(
+            errors.get(&crate::names::DbName::from_static("db001"), "Volume1"),
+            None
+        );
     }
 }

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::copyset::CopyState;
 use crate::copyset::Database;
+use crate::names::DbName;
 use crate::volume::{RebuildMark, Volume};
 
 /// Weight of a stream rebuilding a database that runs on a single copy.
@@ -224,7 +225,7 @@ impl StreamKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamStatus {
     /// The database rebuilt.
-    pub db: String,
+    pub db: DbName,
     /// What the stream does.
     pub kind: StreamKind,
     /// The database runs on a single copy: the stream has priority.
@@ -260,7 +261,7 @@ pub struct ThrottleStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// Bytes moved.
     pub bytes: u64,
     /// From the stream's start to its end.
@@ -291,7 +292,7 @@ pub struct Measured {
 /// One registered stream, in the scheduler.
 #[derive(Debug)]
 struct StreamState {
-    db: String,
+    db: DbName,
     kind: StreamKind,
     single_copy: bool,
     /// Virtual finish time of its last request.
@@ -406,7 +407,7 @@ impl Sched {
 
     pub(crate) fn register(
         &mut self,
-        db: &str,
+        db: &DbName,
         kind: StreamKind,
         single_copy: bool,
         now: Duration,
@@ -678,7 +679,7 @@ impl Throttle {
 
     /// Registers a stream for `db`: every byte it moves goes through [`Stream::take`].
     /// `single_copy`: the database runs on a single copy (the stream has priority).
-    pub fn stream(self: &Arc<Self>, db: &str, kind: StreamKind, single_copy: bool) -> Stream {
+    pub fn stream(self: &Arc<Self>, db: &DbName, kind: StreamKind, single_copy: bool) -> Stream {
         let now = self.now();
         let id = self.sched.lock().register(db, kind, single_copy, now);
         Stream {
@@ -1062,7 +1063,12 @@ mod tests {
     #[test]
     fn token_bucket_holds_the_budget() {
         let mut s = Sched::new(&config(Some(100)), Duration::ZERO);
-        let a = s.register("db001", StreamKind::Reseed, false, Duration::ZERO);
+        let a = s.register(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Reseed,
+            false,
+            Duration::ZERO,
+        );
         let (got, end) = drive(&mut s, &[a], Duration::ZERO, 10.0, |_, _| {});
         let rate = got[0] as f64 / end.as_secs_f64() / MIB;
         assert!((rate - 100.0).abs() < 1.5, "{rate} MiB/s against 100");
@@ -1071,8 +1077,18 @@ mod tests {
     #[test]
     fn single_copy_databases_get_four_fifths() {
         let mut s = Sched::new(&config(Some(100)), Duration::ZERO);
-        let single = s.register("db001", StreamKind::Reseed, true, Duration::ZERO);
-        let other = s.register("db002", StreamKind::Reseed, false, Duration::ZERO);
+        let single = s.register(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Reseed,
+            true,
+            Duration::ZERO,
+        );
+        let other = s.register(
+            &crate::names::DbName::from_static("db002"),
+            StreamKind::Reseed,
+            false,
+            Duration::ZERO,
+        );
         let (got, end) = drive(&mut s, &[single, other], Duration::ZERO, 20.0, |_, _| {});
         let total = (got[0] + got[1]) as f64 / end.as_secs_f64() / MIB;
         assert!((total - 100.0).abs() < 1.5, "{total} MiB/s in all");
@@ -1086,7 +1102,12 @@ mod tests {
     #[test]
     fn a_lone_stream_gets_the_whole_budget_and_unlimited_never_waits() {
         let mut s = Sched::new(&config(Some(50)), Duration::ZERO);
-        let a = s.register("db002", StreamKind::Verify, false, Duration::ZERO);
+        let a = s.register(
+            &crate::names::DbName::from_static("db002"),
+            StreamKind::Verify,
+            false,
+            Duration::ZERO,
+        );
         let (got, end) = drive(&mut s, &[a], Duration::ZERO, 4.0, |_, _| {});
         let rate = got[0] as f64 / end.as_secs_f64() / MIB;
         assert!((rate - 50.0).abs() < 1.5, "{rate}");
@@ -1105,8 +1126,18 @@ mod tests {
     #[test]
     fn try_grant_respects_the_queue_and_the_tokens() {
         let mut s = Sched::new(&config(Some(10)), Duration::ZERO);
-        let a = s.register("db001", StreamKind::Reseed, false, Duration::ZERO);
-        let b = s.register("db002", StreamKind::Reseed, false, Duration::ZERO);
+        let a = s.register(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Reseed,
+            false,
+            Duration::ZERO,
+        );
+        let b = s.register(
+            &crate::names::DbName::from_static("db002"),
+            StreamKind::Reseed,
+            false,
+            Duration::ZERO,
+        );
         let now = Duration::from_secs(1);
         assert!(
             s.try_grant(a, 2 * MB, now),
@@ -1138,7 +1169,12 @@ mod tests {
             v.observe(Duration::from_millis(2)); // the database alone: 2 ms
         }
         let mut s = Sched::new(&config(Some(200)), Duration::ZERO);
-        let a = s.register("db001", StreamKind::Reseed, true, Duration::ZERO);
+        let a = s.register(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Reseed,
+            true,
+            Duration::ZERO,
+        );
         s.streams.get_mut(&a).expect("stream").marks = vec![v.mark_rebuild()];
         // The rebuild makes the database's requests take 10 ms (target: 4 ms).
         let slow = |_: &mut Sched, _: Duration| v.observe(Duration::from_millis(10));
@@ -1185,7 +1221,12 @@ mod tests {
             },
             Duration::ZERO,
         );
-        let a = s.register("db001", StreamKind::Resync, false, Duration::ZERO);
+        let a = s.register(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Resync,
+            false,
+            Duration::ZERO,
+        );
         s.streams.get_mut(&a).expect("stream").marks = vec![v.mark_rebuild()];
         // No database request at all: nothing to protect, no backoff.
         let t = s.request(a, 300 * MB);
@@ -1209,7 +1250,11 @@ mod tests {
             for db in ["db001", "db002"] {
                 let t = t.clone();
                 scope.spawn(move || {
-                    let s = t.stream(db, StreamKind::Reseed, false);
+                    let s = t.stream(
+                        &crate::names::DbName::from_static(db),
+                        StreamKind::Reseed,
+                        false,
+                    );
                     for _ in 0..16 {
                         s.take(MB);
                     }
@@ -1224,7 +1269,11 @@ mod tests {
             "streams unregister when dropped"
         );
         assert_eq!(t.set_budget(None), Some(64 * MB));
-        let s = t.stream("db001", StreamKind::Reseed, false);
+        let s = t.stream(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Reseed,
+            false,
+        );
         let started = Instant::now();
         s.take(1 << 40);
         assert!(started.elapsed() < Duration::from_secs(1), "unlimited");
@@ -1235,11 +1284,19 @@ mod tests {
         let (dir, _) = temp_volume("record");
         let path = dir.join("throughput.json");
         let t = Throttle::new(&config(None), Some(path.clone()));
-        let s = t.stream("db001", StreamKind::Reseed, false);
+        let s = t.stream(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Reseed,
+            false,
+        );
         s.take(MIN_MEASURED);
         std::thread::sleep(Duration::from_millis(20));
         drop(s);
-        let small = t.stream("db001", StreamKind::Verify, false);
+        let small = t.stream(
+            &crate::names::DbName::from_static("db001"),
+            StreamKind::Verify,
+            false,
+        );
         small.take(MB);
         drop(small);
         let m = t.measured();

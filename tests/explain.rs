@@ -94,7 +94,7 @@ fn status(databases: Vec<DbStatus>, volumes: Vec<VolumeStatus>) -> Status {
 /// The last reseed copied at 400 MiB/s and verified at 600 MiB/s.
 fn rate(budget: Option<u64>) -> Rate {
     let m = |bytes_per_s: u64| Measurement {
-        db: "db001".into(),
+        db: reseedfs::names::DbName::from_static("db001"),
         bytes: 80 * GIB,
         seconds: (80 * GIB / bytes_per_s) as f64,
         bytes_per_s: bytes_per_s as f64,
@@ -469,7 +469,10 @@ fn spare_rules_are_the_pools() {
     let mut config = Config::new(
         bed.volumes_root.clone(),
         bed.databases_root.clone(),
-        vec!["db001".into(), "db002".into()],
+        vec![
+            reseedfs::names::DbName::from_static("db001"),
+            reseedfs::names::DbName::from_static("db002"),
+        ],
     );
     config.state_dir = bed.state_dir.clone();
     config.witness_dir = bed.root.join("witness");

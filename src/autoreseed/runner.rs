@@ -24,6 +24,8 @@ use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout;
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::reseed::resync::ResyncError;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
 use crate::status::{Blocker, Status, WorkflowStatus};
@@ -31,7 +33,7 @@ use crate::tap::IncrementalError;
 use crate::throttle::Throttle;
 
 /// A copy: database name and index in its placement.
-type CopyKey = (String, usize);
+type CopyKey = (DbName, CopySlot);
 
 /// The outcome of an action, sent back by its thread.
 struct Outcome {
@@ -189,7 +191,7 @@ impl Runner {
                 .map(|(k, _)| k.clone())
                 .collect();
             for db in pool.databases() {
-                for (slot, c) in db.copies().iter().enumerate() {
+                for (slot, c) in db.slots() {
                     let key = (db.name.clone(), slot);
                     // A copy an operator suspended is theirs until they resume it.
                     let failed = c.state() == CopyState::FailedAndSuspended
@@ -251,7 +253,7 @@ impl Runner {
     }
 
     /// The first prerequisite that fails for copy `slot` of `db`.
-    fn blocker(&self, db: &Database, slot: usize) -> Option<Reason> {
+    fn blocker(&self, db: &Database, slot: CopySlot) -> Option<Reason> {
         let pool = self.core.pool();
         let rec = pool.copy_record(&db.name, slot)?;
         let volume = rec.volume.clone();
@@ -437,7 +439,7 @@ impl Runner {
     fn spawn_reseed(
         &self,
         db: Arc<Database>,
-        slot: usize,
+        slot: CopySlot,
         target: String,
         from: Option<String>,
         allow_in_sync: bool,
@@ -475,7 +477,12 @@ impl Runner {
     /// Resyncs copy `slot` of `db` from its dirty map on a new thread. When that is
     /// impossible (event 2058), `[tap] on_divergence` decides: a full reseed in place
     /// that keeps the copy's old files in quarantine, or the operator.
-    fn spawn_resync(&self, db: Arc<Database>, slot: usize, automatic: bool) -> Result<(), String> {
+    fn spawn_resync(
+        &self,
+        db: Arc<Database>,
+        slot: CopySlot,
+        automatic: bool,
+    ) -> Result<(), String> {
         let volume = db.copies()[slot].volume_name();
         let d = db.clone();
         self.spawn_work(
@@ -501,7 +508,7 @@ impl Runner {
         &self,
         what: &str,
         db: &Database,
-        slot: usize,
+        slot: CopySlot,
         target: &str,
         automatic: bool,
         work: impl FnOnce(&Arc<Core>, &Progress) -> Result<(), String> + Send + 'static,
@@ -537,7 +544,7 @@ impl Runner {
     }
 
     /// An operator's suspend of the copy of `db` on `volume`.
-    pub fn suspend(&self, db: &str, volume: &str) -> Result<String, String> {
+    pub fn suspend(&self, db: &DbName, volume: &str) -> Result<String, String> {
         let pool = self.core.pool();
         let (d, slot) = self.copy_on(db, volume)?;
         pool.suspend(&d, slot)?;
@@ -547,7 +554,7 @@ impl Runner {
 
     /// An operator's resume of the copy of `db` on `volume`: an incremental resync when
     /// its dirty map allows it, else (event 2058) as `[tap] on_divergence` says.
-    pub fn resume(&self, db: &str, volume: &str) -> Result<String, String> {
+    pub fn resume(&self, db: &DbName, volume: &str) -> Result<String, String> {
         let pool = self.core.pool();
         let (d, slot) = self.copy_on(db, volume)?;
         let label = format!("{db}\\{volume}");
@@ -572,7 +579,7 @@ impl Runner {
         Ok(label)
     }
 
-    fn copy_on(&self, db: &str, volume: &str) -> Result<(Arc<Database>, usize), String> {
+    fn copy_on(&self, db: &DbName, volume: &str) -> Result<(Arc<Database>, CopySlot), String> {
         let d = self
             .core
             .pool()
@@ -580,9 +587,8 @@ impl Runner {
             .ok_or_else(|| format!("no database {db} in this mount"))?
             .clone();
         let slot = d
-            .copies()
-            .iter()
-            .position(|c| c.volume_name() == volume)
+            .slots()
+            .find_map(|(slot, c)| (c.volume_name() == volume).then_some(slot))
             .ok_or_else(|| {
                 let on: Vec<String> = d.copies().iter().map(|c| c.volume_name()).collect();
                 format!(
@@ -596,7 +602,7 @@ impl Runner {
     /// An operator's reseed of `db` (see `control::Request::Reseed`). Returns the target.
     pub fn manual_reseed(
         &self,
-        db: &str,
+        db: &DbName,
         from: Option<String>,
         to: Option<String>,
     ) -> Result<String, String> {
@@ -649,13 +655,23 @@ impl Runner {
                 "no other copy of {db} is in sync to seed {label} from: it would leave {db} without a copy"
             ));
         }
-        if pool.copy_record(db, slot).is_some_and(|r| r.reseed_blocked) {
+        if pool
+            .copy_record(db, CopySlot::new(slot))
+            .is_some_and(|r| r.reseed_blocked)
+        {
             return Err(format!(
                 "copy {label} is ReseedBlocked: `reseedfs unblock {db} --volume {} --reseed` first",
                 copies[slot].volume_name()
             ));
         }
-        self.spawn_reseed(d, slot, target.clone(), from, allow_in_sync, false)?;
+        self.spawn_reseed(
+            d,
+            CopySlot::new(slot),
+            target.clone(),
+            from,
+            allow_in_sync,
+            false,
+        )?;
         Ok(target)
     }
 
@@ -664,7 +680,10 @@ impl Runner {
         let shared = self.shared.lock();
         for d in &mut status.databases {
             for (slot, c) in d.copies.iter_mut().enumerate() {
-                let key = (d.name.clone(), slot);
+                let Ok(name) = DbName::new(d.name.as_str()) else {
+                    continue;
+                };
+                let key = (name, CopySlot::new(slot));
                 // A reseed shows while it runs, and after it failed until the copy is
                 // in sync again.
                 if let Some(p) = shared.seeds.get(&key) {
@@ -698,7 +717,7 @@ impl Runner {
 fn incremental_failed(
     core: &Arc<Core>,
     db: &Arc<Database>,
-    slot: usize,
+    slot: CopySlot,
     volume: &str,
     code: IncrementalError,
     why: &str,

@@ -55,6 +55,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::names::CopySlot;
 use crate::volume::{Backend, FileType, Mode, OFlags, VolFile, Volume};
 
 /// The checksummed block.
@@ -361,13 +362,13 @@ impl Sums {
     /// opened (and created) at the first use.
     pub fn file(
         &self,
-        slot: usize,
+        slot: CopySlot,
         generation: u64,
         v: &Volume,
         data: &VolFile,
     ) -> io::Result<Arc<SumFile>> {
         let ino = v.fstat(data)?.st_ino;
-        let key = (slot, generation, ino);
+        let key = (slot.index(), generation, ino);
         if let Some(f) = self.open.lock().get(&key).and_then(Weak::upgrade) {
             return Ok(f);
         }

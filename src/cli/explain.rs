@@ -8,12 +8,13 @@ use super::{Exit, fmt_bytes, load, when};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{self, Request, Response};
 use crate::explain::{CopyExplanation, Explanation, WhatIf};
+use crate::names::DbName;
 
 /// Arguments of `explain`.
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
     /// Only this database (default: every database).
-    pub db: Option<String>,
+    pub db: Option<DbName>,
     /// Instead: what would happen if this volume (`VolumeN`) failed now.
     #[arg(long, value_name = "VOLUME")]
     pub what_if_fail: Option<String>,

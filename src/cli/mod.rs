@@ -26,6 +26,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::control::{self, Request, Response};
 use crate::events::Event;
+use crate::names::DbName;
 use crate::status::Status;
 
 /// The version and the commit it was built from, as `--version` prints it:
@@ -343,7 +344,14 @@ fn exit_for(e: &anyhow::Error) -> Exit {
 pub use crate::daemon::Unusable;
 
 fn init(a: InitArgs) -> anyhow::Result<Exit> {
-    let mut config = Config::new(absolute(&a.volumes)?, absolute(&a.databases)?, a.database);
+    // Names are checked here rather than by clap: a refused `init` exits 3, as the README's
+    // table says, like every other thing `init` refuses.
+    let databases = a
+        .database
+        .into_iter()
+        .map(|n| DbName::new(n).map_err(|e| Unusable(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config = Config::new(absolute(&a.volumes)?, absolute(&a.databases)?, databases);
     config.copies = a.copies;
     config.copies_per_volume = a.copies_per_volume;
     if let Some(s) = a.state_dir {

@@ -368,7 +368,11 @@ mod tests {
 
     #[test]
     fn dir_must_be_the_databases_root() {
-        let config = Config::new("/v".into(), "/srv/dbs".into(), vec!["db001".into()]);
+        let config = Config::new(
+            "/v".into(),
+            "/srv/dbs".into(),
+            vec![crate::names::DbName::from_static("db001")],
+        );
         let path = Path::new("/etc/reseedfs/reseedfs.toml");
         assert!(check_dir(Path::new("/srv/dbs"), &config, path).is_ok());
         let e = check_dir(Path::new("/srv/other"), &config, path).unwrap_err();

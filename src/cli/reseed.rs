@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{Request, Response};
+use crate::names::DbName;
 use crate::reseed::{Phase, SeedStatus};
 use crate::status::Status;
 
@@ -15,7 +16,7 @@ use crate::status::Status;
 #[derive(Debug, clap::Args)]
 pub struct ReseedArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// Read from this volume's copy (it must be in sync). Default: a passive in-sync copy.
     #[arg(long)]
     pub from: Option<String>,
@@ -37,7 +38,7 @@ pub struct ReseedArgs {
 #[command(group(clap::ArgGroup::new("flag").required(true).multiple(true).args(["reseed", "resume"])))]
 pub struct BlockArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// Only its copy on this volume (default: every copy of the database).
     #[arg(long)]
     pub volume: Option<String>,
@@ -77,7 +78,7 @@ pub fn reseed(a: &ReseedArgs) -> anyhow::Result<Exit> {
 }
 
 /// Waits for the reseed or resync of `db` onto `target` to end, with a progress bar.
-pub(super) fn wait_seed(config: &crate::config::Config, db: &str, target: &str) -> Exit {
+pub(super) fn wait_seed(config: &crate::config::Config, db: &DbName, target: &str) -> Exit {
     let bar = ProgressBar::new(0);
     let style = |phase: &str| {
         ProgressStyle::with_template(&format!(
@@ -142,18 +143,18 @@ pub(super) fn wait_seed(config: &crate::config::Config, db: &str, target: &str) 
     }
 }
 
-fn copy_in_sync(s: &Status, db: &str, volume: &str) -> bool {
+fn copy_in_sync(s: &Status, db: &DbName, volume: &str) -> bool {
     s.databases
         .iter()
-        .filter(|d| d.name == db)
+        .filter(|d| d.name == db.as_str())
         .flat_map(|d| d.copies.iter())
         .any(|c| c.volume == volume && matches!(c.status.as_str(), "Healthy" | "Mounted"))
 }
 
-fn seed_of(s: &Status, db: &str, target: &str) -> Option<SeedStatus> {
+fn seed_of(s: &Status, db: &DbName, target: &str) -> Option<SeedStatus> {
     s.databases
         .iter()
-        .filter(|d| d.name == db)
+        .filter(|d| d.name == db.as_str())
         .flat_map(|d| d.copies.iter())
         .filter_map(|c| c.seed.clone())
         .find(|seed| seed.target == target)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{Request, Response};
+use crate::names::DbName;
 use crate::pool::list_volumes;
 use crate::reseed::resync::list_quarantine;
 use crate::volume::Volume;
@@ -13,7 +14,7 @@ use crate::volume::Volume;
 #[derive(Debug, clap::Args)]
 pub struct SuspendArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// The volume of the copy to suspend (`Volume2`).
     #[arg(long)]
     pub volume: String,
@@ -26,7 +27,7 @@ pub struct SuspendArgs {
 #[derive(Debug, clap::Args)]
 pub struct ResumeArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// The volume of the copy to resume (`Volume2`).
     #[arg(long)]
     pub volume: String,
@@ -42,7 +43,7 @@ pub struct ResumeArgs {
 #[derive(Debug, clap::Args)]
 pub struct QuarantineArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// Print JSON (one object per quarantine folder).
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{Request, Response};
+use crate::names::DbName;
 use crate::throttle::parse_budget;
 use crate::verify::{TreeField, VerifyPhase, VerifyReport, VerifyStatus};
 
@@ -16,7 +17,7 @@ use crate::verify::{TreeField, VerifyPhase, VerifyReport, VerifyStatus};
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// Rewrite what differs on the other copies from the active copy (data, sizes, modes,
     /// owners, xattrs), then read it again to confirm.
     #[arg(long)]
@@ -43,7 +44,7 @@ pub struct VerifyArgs {
 #[derive(Debug, clap::Args)]
 pub struct ScrubArgs {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// Follow it to the end with a progress bar, print the report, and exit 0 only when
     /// every bad block was repaired (1 otherwise, 2 when it could not finish).
     #[arg(long)]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use super::{BackingFile, CopyState, Database, OpenFiles};
 use crate::checksum::{self, BLOCK_BYTES, SumFile, UNKNOWN};
 use crate::events::{EventId, NewEvent};
+use crate::names::CopySlot;
 use crate::volume::{Backend, Call, FallocateFlags, Mode, OFlags, VolFile, Volume, is_media_error};
 
 /// The sums a write brings: the blocks it touches and their store bytes.
@@ -40,7 +41,7 @@ impl Database {
         if let Some(s) = b.sums.get() {
             return Ok(s.clone());
         }
-        let s = self.sums.file(i, b.generation, v, &b.file)?;
+        let s = self.sums.file(CopySlot::new(i), b.generation, v, &b.file)?;
         let _ = b.sums.set(s.clone());
         Ok(s)
     }
@@ -241,7 +242,7 @@ impl Database {
                     .field("offset", at)
                     .field("block", bad.block)
                     .field("len", len as u64);
-                    self.report_checksum(slot, event);
+                    self.report_checksum(CopySlot::new(slot), event);
                     return Err(io::Error::from_raw_os_error(libc::EIO));
                 }
             }
@@ -284,7 +285,7 @@ impl Database {
             .field("len", data.len() as u64)
             .field("source", self.copies[from].volume_name())
             .field("repaired", repaired);
-            self.report_checksum(slot, event);
+            self.report_checksum(CopySlot::new(slot), event);
             if let Err(e) = outcome
                 && is_media_error(&e)
             {
@@ -366,7 +367,7 @@ impl Database {
     }
 
     /// Records a checksum event against copy `slot`'s volume.
-    pub fn report_checksum(&self, slot: usize, event: NewEvent) {
+    pub fn report_checksum(&self, slot: CopySlot, event: NewEvent) {
         match self.store.upgrade() {
             Some(store) => store.checksum_failed(self, slot, event),
             None => tracing::warn!("{}", event.message),
@@ -428,7 +429,7 @@ impl Database {
         }
         let file = v.open_file(path, OFlags::RDWR, Mode::empty())?;
         let generation = self.copies[i].placement().generation;
-        let store = self.sums.file(i, generation, v, &file)?;
+        let store = self.sums.file(CopySlot::new(i), generation, v, &file)?;
         let _g = store.lock_exclusive(&(0..u64::MAX));
         v.set_len(&file, size)?;
         resum_after_resize(v, &file, &store, size)
@@ -569,8 +570,8 @@ impl Database {
     #[allow(clippy::too_many_arguments)]
     pub fn seed_chunk_sums(
         &self,
-        (src, src_v, src_file): (usize, &Volume, &VolFile),
-        (dst, dst_v, dst_file): (usize, &Volume, &VolFile),
+        (src, src_v, src_file): (CopySlot, &Volume, &VolFile),
+        (dst, dst_v, dst_file): (CopySlot, &Volume, &VolFile),
         path: &std::path::Path,
         offset: u64,
         data: &[u8],
@@ -579,11 +580,12 @@ impl Database {
         if !self.sums.enabled() || data.is_empty() {
             return Ok(0);
         }
+        let (src, dst) = (src.index(), dst.index());
         let blocks = checksum::blocks(offset, data.len() as u64);
         let src_gen = self.copies[src].placement().generation;
         let store = self
             .sums
-            .file(src, src_gen, src_v, src_file)
+            .file(CopySlot::new(src), src_gen, src_v, src_file)
             .map_err(SeedSums::Source)?;
         let bad = bad_blocks(src_v, &store, &blocks, data, true).map_err(SeedSums::Source)?;
         let mut fixed: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -608,7 +610,7 @@ impl Database {
                     .field("block", b.block)
                     .field("len", len as u64)
                     .field("found_by", found_by);
-                self.report_checksum(src, event);
+                self.report_checksum(CopySlot::new(src), event);
                 return Err(SeedSums::Unrecoverable(why));
             };
             let write = |v: &Volume| -> io::Result<()> {
@@ -643,7 +645,7 @@ impl Database {
             .field("source", self.copies[j].volume_name())
             .field("repaired", repaired)
             .field("found_by", found_by);
-            self.report_checksum(src, event);
+            self.report_checksum(CopySlot::new(src), event);
             fixed.push((b.block, good));
         }
         let mut sums = checksum::sums_of(data);
@@ -653,7 +655,7 @@ impl Database {
         }
         let dst_gen = self.copies[dst].placement().generation;
         self.sums
-            .file(dst, dst_gen, dst_v, dst_file)
+            .file(CopySlot::new(dst), dst_gen, dst_v, dst_file)
             .and_then(|s| s.write(dst_v, blocks.start, &sums))
             .map_err(SeedSums::Dest)?;
         Ok(fixed.len() as u64)
@@ -681,7 +683,9 @@ impl Database {
                 .and_then(|f| {
                     let mut data = vec![0u8; len];
                     let n = v.read_at(&f, at, &mut data)?;
-                    let store = self.sums.file(j, c.placement().generation, &v, &f)?;
+                    let store =
+                        self.sums
+                            .file(CopySlot::new(j), c.placement().generation, &v, &f)?;
                     let theirs = store.read(&v, &checksum::blocks(at, 1))?;
                     Ok((n, data, theirs.first().copied().unwrap_or(UNKNOWN)))
                 });
@@ -703,13 +707,14 @@ impl Database {
     /// file's write-ordering locks over the whole file. Returns the blocks summed.
     pub fn copy_sums(
         &self,
-        (src, src_v): (usize, &Volume),
-        (dst, dst_v): (usize, &Volume),
+        (src, src_v): (CopySlot, &Volume),
+        (dst, dst_v): (CopySlot, &Volume),
         path: &std::path::Path,
     ) -> Result<u64, SeedSums> {
         if !self.sums.enabled() {
             return Ok(0);
         }
+        let (src, dst) = (src.index(), dst.index());
         let open = |v: &Volume| v.open_file(path, OFlags::RDONLY, Mode::empty());
         let (a, b) = match (open(src_v), open(dst_v)) {
             (Ok(a), Ok(b)) => (a, b),
@@ -722,11 +727,21 @@ impl Database {
         let blocks = size.div_ceil(BLOCK_BYTES);
         let from = self
             .sums
-            .file(src, self.copies[src].placement().generation, src_v, &a)
+            .file(
+                CopySlot::new(src),
+                self.copies[src].placement().generation,
+                src_v,
+                &a,
+            )
             .map_err(SeedSums::Source)?;
         let to = self
             .sums
-            .file(dst, self.copies[dst].placement().generation, dst_v, &b)
+            .file(
+                CopySlot::new(dst),
+                self.copies[dst].placement().generation,
+                dst_v,
+                &b,
+            )
             .map_err(SeedSums::Dest)?;
         // 1 MiB of sums (1 GiB of data) per step.
         const STEP: u64 = 1 << 18;

@@ -51,6 +51,8 @@ pub use integrity::SeedSums;
 pub use io::{FileIo, FileRef, RangeGuard, WriteRun};
 pub use seed::SeedFile;
 
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::tap::{Replicas, Tap};
 use crate::volume::Volume;
 
@@ -69,13 +71,13 @@ pub trait Store: Send + Sync {
     fn volume_failed(&self, volume: &Volume, op: &str, err: &std::io::Error);
     /// Copy `slot` of `db` answered `op` with `err` while another copy took it: it
     /// leaves the in-sync set alone (`Database::fail_copy`).
-    fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &std::io::Error);
+    fn copy_diverged(&self, db: &Database, slot: CopySlot, op: &str, err: &std::io::Error);
     /// Returns once every failure already visible in copy states is persisted; an error
     /// when it could be persisted nowhere (the mutation must not be acknowledged).
     fn barrier(&self) -> std::io::Result<()>;
     /// A block of copy `slot` of `db` did not match its checksum (`event` says which and
     /// what was done): recorded and counted against the copy's volume.
-    fn checksum_failed(&self, db: &Database, slot: usize, event: crate::events::NewEvent) {
+    fn checksum_failed(&self, db: &Database, slot: CopySlot, event: crate::events::NewEvent) {
         let _ = (db, slot, event);
     }
 }
@@ -83,7 +85,7 @@ pub trait Store: Send + Sync {
 /// A database and its copies.
 pub struct Database {
     /// `db001`.
-    pub name: String,
+    pub name: DbName,
     /// Position in the pool (stable while mounted).
     pub index: usize,
     copies: Vec<Copy>,
@@ -115,7 +117,7 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// A database over `copies`; the first in-sync copy becomes active. Failures go to
     /// `store`.
-    pub fn new(name: String, index: usize, copies: Vec<Copy>, store: Weak<dyn Store>) -> Database {
+    pub fn new(name: DbName, index: usize, copies: Vec<Copy>, store: Weak<dyn Store>) -> Database {
         let active = copies
             .iter()
             .position(|c| c.is(CopyState::InSync))
@@ -176,8 +178,32 @@ impl Database {
     }
 
     /// The Exchange status word of copy `i`.
-    pub fn status_word(&self, i: usize) -> StatusWord {
+    pub fn status_word(&self, slot: CopySlot) -> StatusWord {
+        let i = slot.index();
         StatusWord::of(self.copies[i].state(), self.active_index() == Some(i))
+    }
+
+    /// The copy in `slot`.
+    pub fn copy(&self, slot: CopySlot) -> &Copy {
+        &self.copies[slot.index()]
+    }
+
+    /// Every slot with its copy, in order.
+    pub fn slots(&self) -> impl Iterator<Item = (CopySlot, &Copy)> {
+        self.copies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (CopySlot::new(i), c))
+    }
+
+    /// The slot of the active copy, if any copy is in sync.
+    pub fn active_slot(&self) -> Option<CopySlot> {
+        self.active_index().map(CopySlot::new)
+    }
+
+    /// The slot of the copy being seeded, if any.
+    pub fn seeding_slot(&self) -> Option<CopySlot> {
+        self.seeding_index().map(CopySlot::new)
     }
 
     /// True when a copy is not in sync.
@@ -216,19 +242,26 @@ impl Database {
     // ---- Transitions. The pool calls them with its state lock held and persists what
     // they return; nothing else changes a copy's state.
 
-    /// Moves copy `i` to a new placement in state Seeding; returns its generation. The
-    /// caller holds the namespace exclusively.
-    pub(crate) fn start_seeding(&self, i: usize, volume_name: String, volume: Arc<Volume>) -> u64 {
-        let copy = &self.copies[i];
+    /// Moves the copy in `slot` to a new placement in state Seeding; returns its
+    /// generation. The caller holds the namespace exclusively.
+    pub(crate) fn start_seeding(
+        &self,
+        slot: CopySlot,
+        volume_name: String,
+        volume: Arc<Volume>,
+    ) -> u64 {
+        let copy = self.copy(slot);
         copy.set(CopyState::FailedAndSuspended);
         let generation = copy.place(volume_name, Some(volume));
         copy.set(CopyState::Seeding);
         generation
     }
 
-    /// Copy `i` finished seeding: in sync. False when it failed meanwhile.
-    pub(crate) fn seeded(&self, i: usize) -> bool {
-        let ok = self.copies[i].move_from(CopyState::Seeding, CopyState::InSync);
+    /// The copy in `slot` finished seeding: in sync. False when it failed meanwhile.
+    pub(crate) fn seeded(&self, slot: CopySlot) -> bool {
+        let ok = self
+            .copy(slot)
+            .move_from(CopyState::Seeding, CopyState::InSync);
         if ok {
             self.elect();
         }
@@ -239,9 +272,9 @@ impl Database {
     /// of the dead volume (a new placement without it), so that nothing keeps its
     /// filesystem alive once it is unmounted: the disk can come back while the database
     /// runs. Returns the copies that changed, with the state each left.
-    pub(crate) fn fail_copies_on(&self, vol: &str) -> Vec<(usize, CopyState)> {
+    pub(crate) fn fail_copies_on(&self, vol: &str) -> Vec<(CopySlot, CopyState)> {
         let mut changed = Vec::new();
-        for (i, c) in self.copies.iter().enumerate() {
+        for (i, c) in self.slots() {
             if c.placement().volume_name != vol {
                 continue;
             }
@@ -257,11 +290,11 @@ impl Database {
         changed
     }
 
-    /// Takes copy `i` out of service on an operator's request (suspend): like a failure,
-    /// its placement lets go of the volume so no file stays open there. False unless it
-    /// was in sync.
-    pub(crate) fn suspend_copy(&self, i: usize) -> bool {
-        let c = &self.copies[i];
+    /// Takes the copy in `slot` out of service on an operator's request (suspend): like a
+    /// failure, its placement lets go of the volume so no file stays open there. False
+    /// unless it was in sync.
+    pub(crate) fn suspend_copy(&self, slot: CopySlot) -> bool {
+        let c = self.copy(slot);
         if !c.move_from(CopyState::InSync, CopyState::FailedAndSuspended) {
             return false;
         }
@@ -270,10 +303,10 @@ impl Database {
         true
     }
 
-    /// Fails copy `i` alone (it diverged, or its reseed failed). Returns the state it
-    /// left, or `None` when it was failed already.
-    pub(crate) fn fail_copy(&self, i: usize) -> Option<CopyState> {
-        let was = self.copies[i].set(CopyState::FailedAndSuspended);
+    /// Fails the copy in `slot` alone (it diverged, or its reseed failed). Returns the
+    /// state it left, or `None` when it was failed already.
+    pub(crate) fn fail_copy(&self, slot: CopySlot) -> Option<CopyState> {
+        let was = self.copy(slot).set(CopyState::FailedAndSuspended);
         if was == CopyState::FailedAndSuspended {
             return None;
         }
@@ -319,11 +352,11 @@ impl Replicas for Database {
             .collect()
     }
 
-    fn volume_name(&self, slot: usize) -> String {
-        self.copies[slot].volume_name()
+    fn volume_name(&self, slot: CopySlot) -> String {
+        self.copies[slot.index()].volume_name()
     }
 
-    fn on_error(&self, slot: usize, op: &str, err: &std::io::Error) {
-        Database::on_error(self, slot, op, err, true);
+    fn on_error(&self, slot: CopySlot, op: &str, err: &std::io::Error) {
+        Database::on_error(self, slot.index(), op, err, true);
     }
 }

@@ -56,7 +56,7 @@ pub fn recovered(db: &Database) -> Option<Recovered> {
 /// copies' dirty maps by the extents that may differ. Runs before the mount serves.
 pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
     let mut report = RepairReport {
-        db: db.name.clone(),
+        db: db.name.to_string(),
         ..RepairReport::default()
     };
     let Some(log) = recovered(db) else {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
+use crate::names::CopySlot;
 use crate::volume::{
     AlignedBuf, Backend, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
     write_direct,
@@ -33,7 +34,7 @@ impl Database {
             }
             true
         } else if another_succeeded {
-            store.copy_diverged(self, i, op, err);
+            store.copy_diverged(self, CopySlot::new(i), op, err);
             true
         } else {
             false

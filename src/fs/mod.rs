@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::{
     FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timespec, Timestamps,
 };
@@ -344,7 +346,7 @@ fn backing_open_flags(flags: i32) -> OFlags {
 impl Core {
     /// A core over `pool`.
     pub fn new(pool: Arc<Pool>) -> Core {
-        let names: Vec<String> = pool.databases().iter().map(|d| d.name.clone()).collect();
+        let names: Vec<DbName> = pool.databases().iter().map(|d| d.name.clone()).collect();
         Core {
             nodes: RwLock::new(Table::new(&names)),
             handles: Default::default(),
@@ -895,7 +897,7 @@ impl Core {
                     entries.push(DirEntry {
                         node: t.db_dir(d.index, false),
                         kind: Kind::Dir,
-                        name: d.name.clone().into(),
+                        name: d.name.as_str().into(),
                     });
                 }
             }
@@ -1017,7 +1019,7 @@ impl Core {
     /// name, freed at its last close, also after a crash), with the owner and mode of the
     /// source, which every handle of that file opens. Its data is the caller's to copy
     /// ([`crate::reseed::orphans`]): writes reach it from here on, like any copy's.
-    pub fn refresh_handles(&self, db: &Database, slot: usize) -> io::Result<Refreshed> {
+    pub fn refresh_handles(&self, db: &Database, slot: CopySlot) -> io::Result<Refreshed> {
         let placement = db.copies()[slot].placement();
         let volume = placement
             .volume
@@ -1060,7 +1062,7 @@ impl Core {
             };
             match opened {
                 Ok(f) => {
-                    files.set(slot, placement.generation, f);
+                    files.set(slot.index(), placement.generation, f);
                     n += 1;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

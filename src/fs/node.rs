@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use crate::copyset::{FileIo, FileRef, OpenFiles};
+use crate::names::DbName;
 
 /// A node (inode) of the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,7 +93,7 @@ pub struct Table {
 
 impl Table {
     /// A table with the root and one directory per database.
-    pub fn new(dbs: &[String]) -> Table {
+    pub fn new(dbs: &[DbName]) -> Table {
         let mut t = Table {
             by_id: HashMap::new(),
             by_path: BTreeMap::new(),
@@ -244,7 +245,7 @@ mod tests {
 
     #[test]
     fn ids_follow_renames_and_links() {
-        let mut t = Table::new(&["db".into()]);
+        let mut t = Table::new(&[crate::names::DbName::from_static("db")]);
         let d = t.intern(0, "db.db/dir".into(), true);
         let f = t.intern(0, "db.db/dir/f".into(), true);
         let sib = t.intern(0, "db.db/dir0".into(), true);

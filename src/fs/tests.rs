@@ -24,7 +24,11 @@ impl Bed {
         for k in 1..=volumes {
             std::fs::create_dir_all(root.join(format!("vols/Volume{k}"))).expect("mkdir volume");
         }
-        let mut config = Config::new(root.join("vols"), root.join("dbs"), vec!["db001".into()]);
+        let mut config = Config::new(
+            root.join("vols"),
+            root.join("dbs"),
+            vec![crate::names::DbName::from_static("db001")],
+        );
         config.copies = copies;
         config.state_dir = root.join("state");
         config.witness_dir = root.join("witness");
@@ -438,9 +442,12 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
         .expect("create");
     const MIB4: u64 = 4 << 20;
     let logged = || {
-        let r = crate::tap::activity::read(&volume(&core, 1), "db001")
-            .expect("read log")
-            .expect("a log");
+        let r = crate::tap::activity::read(
+            &volume(&core, 1),
+            &crate::names::DbName::from_static("db001"),
+        )
+        .expect("read log")
+        .expect("a log");
         r.extents
             .get(std::path::Path::new("db001.db/f"))
             .cloned()
@@ -474,9 +481,12 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
     // A clean stop carries nothing.
     core.write(h, 0, b"z").expect("write");
     db.checkpoint(true);
-    let r = crate::tap::activity::read(&volume(&core, 1), "db001")
-        .expect("read log")
-        .expect("a log");
+    let r = crate::tap::activity::read(
+        &volume(&core, 1),
+        &crate::names::DbName::from_static("db001"),
+    )
+    .expect("read log")
+    .expect("a log");
     assert!(r.clean && r.extents.is_empty());
     core.release(h);
 }

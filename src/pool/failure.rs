@@ -10,6 +10,8 @@ use super::state::{DbRecord, PoolState, pool_state_path, witness_path, write_wit
 use super::{Pool, Unpersisted};
 use crate::copyset::{CopyState, Database, Store};
 use crate::events::{EventId, NewEvent};
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::tap::{self, Generation};
 use crate::volume::{Volume, errno_of};
 
@@ -21,11 +23,11 @@ impl Store for Pool {
         self.fail_volume(volume.name(), op, err);
     }
 
-    fn copy_diverged(&self, db: &Database, slot: usize, op: &str, err: &io::Error) {
+    fn copy_diverged(&self, db: &Database, slot: CopySlot, op: &str, err: &io::Error) {
         self.fail_diverged(db, slot, op, err);
     }
 
-    fn checksum_failed(&self, db: &Database, slot: usize, event: NewEvent) {
+    fn checksum_failed(&self, db: &Database, slot: CopySlot, event: NewEvent) {
         let volume = db.copies()[slot].volume_name();
         if let Some(v) = self.volumes.iter().find(|v| v.name == volume) {
             v.checksum_errors.fetch_add(1, Ordering::Relaxed);
@@ -48,7 +50,7 @@ impl Store for Pool {
 
 /// A copy that failed with its volume, for the event.
 struct Failed {
-    db: String,
+    db: DbName,
     volume: String,
     op: String,
     errno: i32,
@@ -90,7 +92,7 @@ impl Pool {
                     && !last
                 {
                     for &(slot, was) in &left {
-                        if let Some(c) = rec.copies.get_mut(slot) {
+                        if let Some(c) = rec.copies.get_mut(slot.index()) {
                             c.set_failed();
                         }
                         if copy_left(rec, d, slot, was) {
@@ -204,7 +206,7 @@ impl Pool {
 
     /// Fails copy `slot` of `db` alone: it answered `err` to `op` while another copy took
     /// the mutation, so the copies are no longer identical.
-    pub fn fail_diverged(&self, db: &Database, slot: usize, op: &str, err: &io::Error) {
+    pub fn fail_diverged(&self, db: &Database, slot: CopySlot, op: &str, err: &io::Error) {
         let mut state = self.state.lock();
         let pending = Unpersisted::new(&self.unpersisted);
         let Some(was) = db.fail_copy(slot) else {
@@ -212,7 +214,7 @@ impl Pool {
         };
         let vol = db.copies()[slot].volume_name();
         if let Some(rec) = state.database_mut(&db.name) {
-            if let Some(c) = rec.copies.get_mut(slot) {
+            if let Some(c) = rec.copies.get_mut(slot.index()) {
                 c.set_failed();
             }
             copy_left(rec, db, slot, was);
@@ -336,8 +338,8 @@ impl Pool {
 /// (it failed again during its resync) keeps its map.
 /// `was` is the copy's state before it failed: only a copy that was in sync has a known
 /// content to record changes against. Returns whether the generation moved.
-pub(super) fn copy_left(rec: &mut DbRecord, db: &Database, slot: usize, was: CopyState) -> bool {
-    let Some(c) = rec.copies.get(slot) else {
+pub(super) fn copy_left(rec: &mut DbRecord, db: &Database, slot: CopySlot, was: CopyState) -> bool {
+    let Some(c) = rec.copies.get(slot.index()) else {
         return false;
     };
     if c.dirty_base.is_some() || was != CopyState::InSync {
@@ -346,7 +348,7 @@ pub(super) fn copy_left(rec: &mut DbRecord, db: &Database, slot: usize, was: Cop
     let since = c.failed_at.unwrap_or_else(std::time::SystemTime::now);
     let volume = c.volume.clone();
     let base = rec.generation.bump();
-    rec.copies[slot].dirty_base = Some(base);
+    rec.copies[slot.index()].dirty_base = Some(base);
     db.tap().start_lagging(slot, &volume, base, since);
     true
 }

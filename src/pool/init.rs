@@ -13,13 +13,14 @@ use super::{
 use crate::config::Config;
 use crate::copyset::CopyState;
 use crate::layout;
+use crate::names::DbName;
 use crate::volume::Volume;
 
 /// What `init` did.
 #[derive(Debug)]
 pub struct InitReport {
     /// The placement: database -> volumes of its copies.
-    pub placement: Vec<(String, Vec<String>)>,
+    pub placement: Vec<(DbName, Vec<String>)>,
     /// Volumes left without copies.
     pub spares: Vec<String>,
     /// Warnings the operator must read (volumes sharing a filesystem, ...).
@@ -118,7 +119,7 @@ type Found = (String, PathBuf, u64);
 fn plan(
     config: &Config,
     config_path: &Path,
-) -> anyhow::Result<(Vec<Found>, Vec<String>, Vec<(String, Vec<usize>)>)> {
+) -> anyhow::Result<(Vec<Found>, Vec<String>, Vec<(DbName, Vec<usize>)>)> {
     config.validate(config_path).map_err(InitError::Config)?;
     check_paths(config, config_path)?;
     let root = &config.volumes_root;
@@ -235,7 +236,7 @@ fn write(
     config_path: &Path,
     volumes: Vec<Found>,
     warnings: Vec<String>,
-    placement: Vec<(String, Vec<usize>)>,
+    placement: Vec<(DbName, Vec<usize>)>,
 ) -> anyhow::Result<InitReport> {
     let pool_id = new_pool_id();
     let state = PoolState {
@@ -312,7 +313,7 @@ fn write(
     written.pool_id = Some(pool_id.clone());
     write_config(config_path, &written.to_toml())
         .with_context(|| format!("write config {}", config_path.display()))?;
-    let placement: Vec<(String, Vec<String>)> = placement
+    let placement: Vec<(DbName, Vec<String>)> = placement
         .into_iter()
         .map(|(db, chosen)| (db, chosen.iter().map(|&i| volumes[i].0.clone()).collect()))
         .collect();
@@ -364,7 +365,10 @@ mod tests {
         let mut c = Config::new(
             root.join("vols"),
             root.join("dbs"),
-            vec!["db001".into(), "db002".into()],
+            vec![
+                crate::names::DbName::from_static("db001"),
+                crate::names::DbName::from_static("db002"),
+            ],
         );
         c.state_dir = root.join("state");
         c.witness_dir = root.join("witness");
@@ -378,8 +382,14 @@ mod tests {
         assert_eq!(
             r.placement,
             vec![
-                ("db001".into(), vec!["Volume1".into(), "Volume2".into()]),
-                ("db002".into(), vec!["Volume3".into(), "Volume4".into()]),
+                (
+                    crate::names::DbName::from_static("db001"),
+                    vec!["Volume1".into(), "Volume2".into()]
+                ),
+                (
+                    crate::names::DbName::from_static("db002"),
+                    vec!["Volume3".into(), "Volume4".into()]
+                ),
             ]
         );
         assert_eq!(r.spares, vec!["Volume5".to_string()]);
@@ -404,7 +414,7 @@ mod tests {
         assert!(!root.join("vols/Volume1/.reseedfs").exists());
         assert!(!root.join("cfg.toml").exists());
         std::fs::write(root.join("vols/Volume4"), b"x").expect("file");
-        c.databases = vec!["db001".into()];
+        c.databases = vec![crate::names::DbName::from_static("db001")];
         let e = init(&c, &root.join("cfg.toml")).expect_err("not a dir");
         assert!(e.to_string().contains("not a directory"), "{e:#}");
         c.volumes_root = root.join("missing");

@@ -35,6 +35,8 @@ use crate::config::Config;
 use crate::copyset::Database;
 use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::Volume;
 
 pub use checkpoint::Checkpointer;
@@ -231,11 +233,11 @@ impl Pool {
     }
 
     /// The persisted record of copy `slot` of database `db`.
-    pub fn copy_record(&self, db: &str, slot: usize) -> Option<CopyRecord> {
+    pub fn copy_record(&self, db: &DbName, slot: CopySlot) -> Option<CopyRecord> {
         self.state
             .lock()
             .database(db)
-            .and_then(|d| d.copies.get(slot).cloned())
+            .and_then(|d| d.copies.get(slot.index()).cloned())
     }
 
     /// Reports (event 3008) each volume whose every operation has been slower than

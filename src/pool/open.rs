@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::copyset::{Copy, CopyState, Database, Store};
 use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
+use crate::names::DbName;
 use crate::volume::Volume;
 
 /// Why a pool cannot be mounted.
@@ -81,14 +82,14 @@ pub enum OpenError {
     #[error(
         "database {0} is in the config but not in the pool state: the pool was initialised with other databases"
     )]
-    UnknownDatabase(String),
+    UnknownDatabase(DbName),
     /// A copy that was in sync is gone after an unclean stop: the others may be stale.
     #[error(
         "database {db}: the copy on {lost} was in sync but its volume is missing or dead, and the last pool state (epoch {epoch}) was written while mounted (the daemon did not stop cleanly): the other copies may have missed writes that only that volume took. Bring {lost} back and mount again"
     )]
     Uncertain {
         /// The database.
-        db: String,
+        db: DbName,
         /// The volumes of the lost in-sync copies.
         lost: String,
         /// The epoch of the newest state found.
@@ -98,7 +99,7 @@ pub enum OpenError {
     #[error("database {db} has no copy in sync, refusing to mount: {reasons}")]
     NoCopyInSync {
         /// The database.
-        db: String,
+        db: DbName,
         /// One reason per copy.
         reasons: String,
     },
@@ -126,7 +127,7 @@ struct Probe {
 }
 
 /// A copy found untrusted at mount: database, volume, why.
-type Untrusted = (String, String, String);
+type Untrusted = (DbName, String, String);
 
 /// Reads the JSON file `rel` of volume `v` (at `root`). A media error is no damage of the
 /// file: the volume is failing, which the health probe finds.

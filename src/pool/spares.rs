@@ -83,7 +83,7 @@ impl Pool {
                         Some(Err(e)) => Err(format!("statvfs failed: {e}")),
                         Some(Ok(st)) => Ok(st.f_bavail * st.f_frsize),
                     },
-                    holding: state.holding(&v.name).map(|d| d.name.clone()).collect(),
+                    holding: state.holding(&v.name).map(|d| d.name.to_string()).collect(),
                 }
             })
             .collect();

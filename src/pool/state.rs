@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::copyset::CopyState;
 use crate::layout;
+use crate::names::DbName;
 use crate::private::PrivateDir;
 use crate::tap::Generation;
 
@@ -91,7 +92,7 @@ pub struct RetiredCopy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DbRecord {
     /// `db001`.
-    pub name: String,
+    pub name: DbName,
     /// Its copies, the preferred active copy first.
     pub copies: Vec<CopyRecord>,
     /// Copies retired from the placement, oldest first.
@@ -220,12 +221,12 @@ pub(super) fn read_witness(config: &Config, pool_id: &str) -> Witness {
 
 impl PoolState {
     /// The record of database `db`.
-    pub fn database(&self, db: &str) -> Option<&DbRecord> {
+    pub fn database(&self, db: &DbName) -> Option<&DbRecord> {
         self.databases.iter().find(|d| d.name == db)
     }
 
     /// The record of database `db`, to change it.
-    pub fn database_mut(&mut self, db: &str) -> Option<&mut DbRecord> {
+    pub fn database_mut(&mut self, db: &DbName) -> Option<&mut DbRecord> {
         self.databases.iter_mut().find(|d| d.name == db)
     }
 

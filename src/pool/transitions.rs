@@ -12,6 +12,8 @@ use super::state::{CopyRecord, PoolState, RetiredCopy};
 use super::{Pool, Unpersisted};
 use crate::copyset::{CopyState, Database};
 use crate::events::{EventId, NewEvent};
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::tap;
 use crate::volume::Volume;
 
@@ -58,7 +60,7 @@ impl Pool {
     pub fn begin_seed(
         &self,
         db: &Database,
-        slot: usize,
+        slot: CopySlot,
         target: &str,
         volume: Arc<Volume>,
         allow_in_sync: bool,
@@ -72,7 +74,7 @@ impl Pool {
             .ok_or_else(|| format!("database {} is not in the pool state", db.name))?;
         let copy = rec
             .copies
-            .get(slot)
+            .get(slot.index())
             .cloned()
             .ok_or_else(|| format!("{} has no copy #{slot}", db.name))?;
         let label = format!("{}\\{}", db.name, copy.volume);
@@ -112,7 +114,7 @@ impl Pool {
                 replaced_by: target.to_owned(),
             });
         }
-        rec.copies[slot] = CopyRecord {
+        rec.copies[slot.index()] = CopyRecord {
             volume: target.to_owned(),
             state: CopyState::Seeding,
             failed_at: None,
@@ -136,7 +138,7 @@ impl Pool {
 
     /// Copy `slot` of `db` finished seeding and verification: in sync, persisted. False
     /// when the copy failed meanwhile.
-    pub fn finish_seed(&self, db: &Database, slot: usize) -> bool {
+    pub fn finish_seed(&self, db: &Database, slot: CopySlot) -> bool {
         let mut state = self.state.lock();
         if !db.seeded(slot) {
             return false;
@@ -145,7 +147,7 @@ impl Pool {
             .databases
             .iter_mut()
             .find(|d| d.name == db.name)
-            .and_then(|d| d.copies.get_mut(slot))
+            .and_then(|d| d.copies.get_mut(slot.index()))
         {
             c.state = CopyState::InSync;
             c.failed_at = None;
@@ -172,7 +174,7 @@ impl Pool {
     pub fn begin_resync(
         &self,
         db: &Database,
-        slot: usize,
+        slot: CopySlot,
         volume: Arc<Volume>,
     ) -> Result<u64, String> {
         let mut state = self.state.lock();
@@ -183,7 +185,7 @@ impl Pool {
             .databases
             .iter_mut()
             .find(|d| d.name == db.name)
-            .and_then(|d| d.copies.get_mut(slot))
+            .and_then(|d| d.copies.get_mut(slot.index()))
             .ok_or_else(|| format!("{label} is not in the pool state"))?;
         if db.copies()[slot].state() != CopyState::FailedAndSuspended {
             return Err(format!(
@@ -216,7 +218,7 @@ impl Pool {
     /// Suspends copy `slot` of `db` by an operator's request: it stops taking mutations
     /// (recorded in its dirty map from here on), its volume is synced and released, and
     /// AutoReseed leaves it alone until it is resumed.
-    pub fn suspend(&self, db: &Database, slot: usize) -> Result<(), String> {
+    pub fn suspend(&self, db: &Database, slot: CopySlot) -> Result<(), String> {
         let label = format!("{}\\{}", db.name, db.copies()[slot].volume_name());
         if db.copies()[slot].state() != CopyState::InSync {
             return Err(format!(
@@ -244,7 +246,7 @@ impl Pool {
             return Err(format!("copy {label} changed state meanwhile; try again"));
         }
         if let Some(rec) = state.databases.iter_mut().find(|r| r.name == db.name) {
-            if let Some(c) = rec.copies.get_mut(slot) {
+            if let Some(c) = rec.copies.get_mut(slot.index()) {
                 c.set_failed();
                 c.suspended = true;
             }
@@ -325,13 +327,13 @@ impl Pool {
 
     /// Records that copy `slot` of `db` cannot be resynced incrementally (`code`), and
     /// suspends it when an operator must decide (`on_divergence = "manual"`).
-    pub fn mark_divergent(&self, db: &Database, slot: usize, code: &str, suspend: bool) {
+    pub fn mark_divergent(&self, db: &Database, slot: CopySlot, code: &str, suspend: bool) {
         let mut state = self.state.lock();
         if let Some(c) = state
             .databases
             .iter_mut()
             .find(|d| d.name == db.name)
-            .and_then(|d| d.copies.get_mut(slot))
+            .and_then(|d| d.copies.get_mut(slot.index()))
         {
             c.divergence = Some(code.to_owned());
             c.suspended |= suspend;
@@ -359,11 +361,11 @@ impl Pool {
                     continue;
                 }
                 match tap::read_dirty_map(&volumes, &d.name, &c.volume) {
-                    Some(map) => d.tap().restore_lagging(slot, map),
+                    Some(map) => d.tap().restore_lagging(CopySlot::new(slot), map),
                     // Never persisted: the crash came before the first checkpoint, and the
                     // activity log (merged in by the crash repair) holds what it missed.
                     None if !state.clean => d.tap().restore_lagging(
-                        slot,
+                        CopySlot::new(slot),
                         tap::DirtyMap::new(
                             &c.volume,
                             base,
@@ -381,7 +383,7 @@ impl Pool {
     }
 
     /// The generation of database `db` as its in-sync copies hold it.
-    pub fn generation(&self, db: &str) -> tap::Generation {
+    pub fn generation(&self, db: &DbName) -> tap::Generation {
         let state = self.state.lock();
         state
             .databases
@@ -392,7 +394,7 @@ impl Pool {
     }
 
     /// A reseed of copy `slot` of `db` failed: the copy is FailedAndSuspended again.
-    pub fn abort_seed(&self, db: &Database, slot: usize) {
+    pub fn abort_seed(&self, db: &Database, slot: CopySlot) {
         let mut state = self.state.lock();
         let pending = Unpersisted::new(&self.unpersisted);
         db.fail_copy(slot);
@@ -400,7 +402,7 @@ impl Pool {
             .databases
             .iter_mut()
             .find(|d| d.name == db.name)
-            .and_then(|d| d.copies.get_mut(slot))
+            .and_then(|d| d.copies.get_mut(slot.index()))
         {
             c.set_failed();
         }
@@ -414,7 +416,7 @@ impl Pool {
     /// only, when given); persisted. Returns the labels of the copies changed.
     pub fn set_blocks(
         &self,
-        db: &str,
+        db: &DbName,
         volume: Option<&str>,
         reseed: Option<bool>,
         resume: Option<bool>,

@@ -19,6 +19,7 @@ use crate::copyset::CopyState;
 use crate::copyset::Database;
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
+use crate::names::CopySlot;
 use crate::throttle::StreamKind;
 use crate::volume::{Advice, FileExt, Mode, OFlags, VolFile, Volume, is_media_error, punch_hole};
 
@@ -82,7 +83,7 @@ pub(super) fn copy_files(
     let paced = progress.job.pacer.begin(
         StreamKind::Reseed,
         db,
-        Some(req.slot),
+        Some(req.slot.index()),
         &[&source.volume, target],
     );
     engine.set_throttle(paced);
@@ -228,9 +229,12 @@ fn switch_source(
         )));
     };
     if is_media_error(&e) && db.copies()[source.slot].state() == CopyState::InSync {
-        db.on_error(source.slot, "reseed read", &e, false);
+        db.on_error(source.slot.index(), "reseed read", &e, false);
     }
-    *source = Source { slot, volume };
+    *source = Source {
+        slot: CopySlot::new(slot),
+        volume,
+    };
     core.pool().events().emit(
         NewEvent::new(
             EventId::ReseedSourceChanged,

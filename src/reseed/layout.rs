@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::names::CopySlot;
 use crate::volume::{FileType, Mode, OFlags, Stat};
 
 use super::{
@@ -108,7 +109,7 @@ fn begin(core: &Core, req: &SeedRequest, target: &Arc<Volume>) -> Result<Source,
 struct Recreate<'a> {
     core: &'a Core,
     db: &'a Database,
-    slot: usize,
+    slot: CopySlot,
     src: &'a Volume,
     dst: &'a Volume,
     files: Vec<FileJob>,
@@ -123,7 +124,7 @@ impl<'a> Recreate<'a> {
     fn new(
         core: &'a Core,
         db: &'a Database,
-        slot: usize,
+        slot: CopySlot,
         src: &'a Volume,
         dst: &'a Volume,
     ) -> Recreate<'a> {

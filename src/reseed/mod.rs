@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::FileType;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -59,7 +61,7 @@ pub struct SeedRequest {
     /// The database.
     pub db: Arc<Database>,
     /// The copy (index in the placement).
-    pub slot: usize,
+    pub slot: CopySlot,
     /// The volume that receives the copy: the copy's own (in place) or a spare.
     pub target: String,
     /// Preferred source volume (an in-sync copy).
@@ -101,7 +103,7 @@ impl JobPhase for Phase {
 
 /// Live progress of one reseed (or resync), shared with `status`.
 pub struct Progress {
-    db: String,
+    db: DbName,
     target: String,
     source: Mutex<String>,
     engine: Mutex<String>,
@@ -149,7 +151,7 @@ impl std::fmt::Debug for Progress {
 
 impl Progress {
     /// A reseed of `db` onto `target`, not started.
-    pub fn new(db: &str, target: &str) -> Progress {
+    pub fn new(db: &DbName, target: &str) -> Progress {
         Progress {
             db: db.to_owned(),
             target: target.to_owned(),
@@ -208,7 +210,7 @@ impl Progress {
     pub fn snapshot(&self) -> SeedStatus {
         let (phase, rate) = self.job.rate();
         SeedStatus {
-            db: self.db.clone(),
+            db: self.db.to_string(),
             target: self.target.clone(),
             source: self.source.lock().clone(),
             engine: self.engine.lock().clone(),
@@ -262,13 +264,13 @@ pub enum SeedError {
 /// The copy read from.
 #[derive(Clone)]
 struct Source {
-    slot: usize,
+    slot: CopySlot,
     volume: Arc<Volume>,
 }
 
 /// Checks the naming convention and that the database and log folders are directories
 /// on the volume's own filesystem: `(naming_ok, layout_split)`.
-pub fn check_folders(volume: &Volume, db: &str) -> (bool, bool) {
+pub fn check_folders(volume: &Volume, db: &DbName) -> (bool, bool) {
     let root_dev = volume.stat(Path::new("")).map(|s| s.st_dev).ok();
     let mut naming_ok = names::check_db_name(db).is_ok();
     let mut split = false;
@@ -286,7 +288,7 @@ pub fn check_folders(volume: &Volume, db: &str) -> (bool, bool) {
 
 /// The in-sync copy to read from: `from` if given, else a passive in-sync copy, else
 /// the active one.
-fn choose_source(db: &Database, slot: usize, from: Option<&str>) -> Result<Source, String> {
+fn choose_source(db: &Database, slot: CopySlot, from: Option<&str>) -> Result<Source, String> {
     let in_sync: Vec<(usize, Arc<Volume>)> = db
         .copies()
         .iter()
@@ -298,7 +300,10 @@ fn choose_source(db: &Database, slot: usize, from: Option<&str>) -> Result<Sourc
         return in_sync
             .into_iter()
             .find(|(_, v)| v.name() == from)
-            .map(|(slot, volume)| Source { slot, volume })
+            .map(|(slot, volume)| Source {
+                slot: CopySlot::new(slot),
+                volume,
+            })
             .ok_or_else(|| format!("{from} holds no in-sync copy of {}", db.name));
     }
     let active = db.active_index();
@@ -307,7 +312,7 @@ fn choose_source(db: &Database, slot: usize, from: Option<&str>) -> Result<Sourc
         .find(|(i, _)| Some(*i) != active)
         .or_else(|| in_sync.first())
         .map(|(slot, volume)| Source {
-            slot: *slot,
+            slot: CopySlot::new(*slot),
             volume: volume.clone(),
         })
         .ok_or_else(|| format!("no copy of {} is in sync to seed from", db.name))
@@ -438,7 +443,7 @@ fn finish(
 }
 
 /// Moves the folders a reseed replaced into a new quarantine with its manifest.
-fn keep_in_quarantine(target: &Volume, db: &str, old: &Path) -> io::Result<PathBuf> {
+fn keep_in_quarantine(target: &Volume, db: &DbName, old: &Path) -> io::Result<PathBuf> {
     let dir = resync::quarantine_dir(target)?;
     let mut files = Vec::new();
     for e in target.read_dir(old)? {
@@ -499,12 +504,12 @@ fn give_up(core: &Core, req: &SeedRequest, files: &[FileJob], e: SeedError) -> S
 }
 
 /// A write to the new copy failed: the copy fails (its volume too, for a media error).
-fn dest_failed(db: &Database, slot: usize, op: &str, e: io::Error) -> SeedError {
+fn dest_failed(db: &Database, slot: CopySlot, op: &str, e: io::Error) -> SeedError {
     let msg = format!(
         "writing the new copy on {} failed: {e}",
         db.copies()[slot].volume_name()
     );
-    db.on_error(slot, op, &e, true);
+    db.on_error(slot.index(), op, &e, true);
     SeedError::Dest(msg)
 }
 

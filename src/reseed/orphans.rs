@@ -22,6 +22,7 @@ use std::sync::Arc;
 use super::{Progress, SeedError, dest_failed};
 use crate::copyset::{BackingFile, CopyState, Database, OpenFiles};
 use crate::fs::Node;
+use crate::names::CopySlot;
 use crate::tap::reconcile::{self, SideError};
 use crate::volume::{is_media_error, read_full};
 
@@ -32,7 +33,7 @@ const CHUNK: u64 = 1 << 20;
 /// the bytes of data copied.
 pub(crate) fn copy_orphans(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     orphans: &[Arc<Node>],
     progress: &Progress,
 ) -> Result<u64, SeedError> {
@@ -46,7 +47,7 @@ pub(crate) fn copy_orphans(
 /// Both sides of a copy of a file with no name left: a handle's files.
 struct Sides {
     /// The in-sync copy read from.
-    slot: usize,
+    slot: CopySlot,
     src: Arc<BackingFile>,
     /// On the copy being rebuilt.
     dst: Arc<BackingFile>,
@@ -54,12 +55,12 @@ struct Sides {
 
 /// The handle files of `node` on copy `slot` (the destination) and on the first in-sync
 /// copy that has one (the source); `None` when no handle is open on the file any more.
-fn sides(db: &Database, slot: usize, node: &Node) -> Result<Option<Sides>, SeedError> {
+fn sides(db: &Database, slot: CopySlot, node: &Node) -> Result<Option<Sides>, SeedError> {
     let Some(files) = node.any_open_files() else {
         return Ok(None);
     };
     let dst = files
-        .get(slot, &db.copies()[slot])
+        .get(slot.index(), &db.copies()[slot])
         .ok_or_else(|| SeedError::Dest(missing(db, slot)))?;
     let (i, src) = source(db, slot, &files).ok_or_else(|| {
         SeedError::Source(format!(
@@ -67,10 +68,14 @@ fn sides(db: &Database, slot: usize, node: &Node) -> Result<Option<Sides>, SeedE
             db.name
         ))
     })?;
-    Ok(Some(Sides { slot: i, src, dst }))
+    Ok(Some(Sides {
+        slot: CopySlot::new(i),
+        src,
+        dst,
+    }))
 }
 
-fn missing(db: &Database, slot: usize) -> String {
+fn missing(db: &Database, slot: CopySlot) -> String {
     format!(
         "an open file of {} with no name left has no file on the copy on {}",
         db.name,
@@ -79,7 +84,7 @@ fn missing(db: &Database, slot: usize) -> String {
 }
 
 /// The first in-sync copy other than `slot` where `files` has a file, active first.
-fn source(db: &Database, slot: usize, files: &OpenFiles) -> Option<(usize, Arc<BackingFile>)> {
+fn source(db: &Database, slot: CopySlot, files: &OpenFiles) -> Option<(usize, Arc<BackingFile>)> {
     let active = db.active_index();
     active
         .into_iter()
@@ -88,7 +93,7 @@ fn source(db: &Database, slot: usize, files: &OpenFiles) -> Option<(usize, Arc<B
         .find_map(|i| files.get(i, &db.copies()[i]).map(|f| (i, f)))
 }
 
-fn still_seeding(db: &Database, slot: usize, progress: &Progress) -> Result<(), SeedError> {
+fn still_seeding(db: &Database, slot: CopySlot, progress: &Progress) -> Result<(), SeedError> {
     progress
         .check_cancel()
         .map_err(|e| SeedError::Dest(e.to_string()))?;
@@ -121,7 +126,7 @@ fn source_failed(db: &Database, i: usize, e: io::Error) -> Result<(), SeedError>
 /// bytes of data copied.
 pub(crate) fn copy_orphan(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     node: &Node,
     progress: &Progress,
 ) -> Result<u64, SeedError> {
@@ -138,7 +143,7 @@ pub(crate) fn copy_orphan(
         let size = match src.file.metadata() {
             Ok(m) => m.len(),
             Err(e) => {
-                source_failed(db, i, e)?;
+                source_failed(db, i.index(), e)?;
                 continue;
             }
         };
@@ -149,7 +154,7 @@ pub(crate) fn copy_orphan(
             let size = match src.file.metadata() {
                 Ok(m) => m.len(),
                 Err(e) => {
-                    source_failed(db, i, e)?;
+                    source_failed(db, i.index(), e)?;
                     continue;
                 }
             };
@@ -175,7 +180,7 @@ pub(crate) fn copy_orphan(
                 progress.job.add_done(n);
                 offset += CHUNK;
             }
-            Err(SideError::Source(e)) => source_failed(db, i, e)?,
+            Err(SideError::Source(e)) => source_failed(db, i.index(), e)?,
             Err(SideError::Dest(e)) => return Err(dest_failed(db, slot, "reseed write", e)),
         }
     }
@@ -192,7 +197,7 @@ pub(crate) fn copy_orphan(
 /// the chunk's locks.
 fn verify_orphan(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     node: &Node,
     progress: &Progress,
 ) -> Result<(), SeedError> {
@@ -212,7 +217,7 @@ fn verify_orphan(
             let n = match read_full(&src.file, offset, a) {
                 Ok(n) => n,
                 Err(e) => {
-                    source_failed(db, i, e)?;
+                    source_failed(db, i.index(), e)?;
                     return Ok(None);
                 }
             };

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::{Advice, FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +99,7 @@ pub struct QuarantinedFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// The volume (the losing copy's).
     pub volume: String,
     /// When it was made.
@@ -128,7 +130,7 @@ pub fn write_manifest(v: &Volume, dir: &Path, m: &Manifest) -> io::Result<()> {
 }
 
 /// Every quarantine of `db` on `v`: (folder, manifest).
-pub fn list_quarantine(v: &Volume, db: &str) -> Vec<(PathBuf, Manifest)> {
+pub fn list_quarantine(v: &Volume, db: &DbName) -> Vec<(PathBuf, Manifest)> {
     let root = Path::new(layout::META_DIR).join("quarantine");
     let mut out = Vec::new();
     for e in v.read_dir(&root).unwrap_or_default() {
@@ -147,7 +149,11 @@ pub fn list_quarantine(v: &Volume, db: &str) -> Vec<(PathBuf, Manifest)> {
 }
 
 /// Entries of `db`'s folders on `v` changed (ctime) after `cutoff`.
-fn changed_since(v: &Volume, db: &str, cutoff: SystemTime) -> io::Result<Vec<(PathBuf, FileType)>> {
+fn changed_since(
+    v: &Volume,
+    db: &DbName,
+    cutoff: SystemTime,
+) -> io::Result<Vec<(PathBuf, FileType)>> {
     let cutoff = cutoff
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -290,7 +296,7 @@ fn quarantine_divergence(
 /// The first log where `b`'s log stream leaves `a`'s, for events: `E0000000003.log
 /// (checksum)`, `none`, or why it could not be told. A log `b` merely lacks at the end
 /// (it missed it) is not a divergence.
-pub fn first_diverged_log(db: &str, a: &Volume, b: &Volume) -> String {
+pub fn first_diverged_log(db: &DbName, a: &Volume, b: &Volume) -> String {
     use crate::tap::logstream::{self, Divergence};
     match logstream::first_diverged_log(db, a, b) {
         Ok(c) => match c.first_diverged {
@@ -337,7 +343,7 @@ fn ranges(f: &FileDirty, size: u64) -> Vec<(u64, u64)> {
 pub fn resync(
     core: &Core,
     db: &Arc<Database>,
-    slot: usize,
+    slot: CopySlot,
     progress: &Progress,
 ) -> Result<ResyncReport, ResyncError> {
     let r = run(core, db, slot, progress);
@@ -353,7 +359,7 @@ pub fn resync(
 fn run(
     core: &Core,
     db: &Arc<Database>,
-    slot: usize,
+    slot: CopySlot,
     progress: &Progress,
 ) -> Result<ResyncReport, ResyncError> {
     let started = Instant::now();
@@ -489,7 +495,7 @@ fn run(
     progress.job.pacer.begin(
         crate::throttle::StreamKind::Resync,
         db,
-        Some(slot),
+        Some(slot.index()),
         &[&source.volume, &target],
     );
     let copied = copy_jobs(db, slot, &source, &target, &jobs, progress, &mut report)
@@ -549,7 +555,7 @@ fn run(
     Ok(report)
 }
 
-fn side(db: &Database, slot: usize, source: &Source, e: SideError) -> SeedError {
+fn side(db: &Database, slot: CopySlot, source: &Source, e: SideError) -> SeedError {
     match e {
         SideError::Source(e) => SeedError::Source(format!(
             "reading the source copy on {}: {e}",
@@ -573,7 +579,7 @@ struct LaidOut {
 fn lay_out(
     core: &Core,
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     extra: &BTreeMap<PathBuf, FileDirty>,
@@ -678,7 +684,7 @@ fn chunks(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
 
 fn copy_jobs(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     jobs: &[Job],
@@ -741,7 +747,7 @@ fn copy_jobs(
 /// comparison of [`crate::verify::chunk`].
 fn compare_jobs(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     jobs: &[Job],
@@ -795,7 +801,7 @@ fn compare_jobs(
 }
 
 /// A [`SeedSums`] as the resync reports it.
-fn sums_error(db: &Database, slot: usize, source: &Source, e: SeedSums) -> SeedError {
+fn sums_error(db: &Database, slot: CopySlot, source: &Source, e: SeedSums) -> SeedError {
     match e {
         SeedSums::Source(e) => side(db, slot, source, SideError::Source(e)),
         SeedSums::Dest(e) => dest_failed(db, slot, "resync checksums", e),
@@ -810,7 +816,7 @@ fn sums_error(db: &Database, slot: usize, source: &Source, e: SeedSums) -> SeedE
 fn copy_sums(
     core: &Core,
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
 ) -> Result<(), SeedError> {

@@ -144,7 +144,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
     let db = core.pool().databases()[0].clone();
     let req = SeedRequest {
         db: db.clone(),
-        slot: 0,
+        slot: crate::names::CopySlot::new(0),
         target: "Volume3".into(),
         from: None,
         allow_in_sync: false,
@@ -152,7 +152,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
         // Many windows in a small file.
         window_bytes: 1 << 20,
     };
-    let progress = Progress::new("db001", "Volume3");
+    let progress = Progress::new(&crate::names::DbName::from_static("db001"), "Volume3");
     let report = reseed(&core, &req, &progress).expect("reseed");
     stop.store(true, Ordering::Relaxed);
     let writes: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
@@ -165,7 +165,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
     // The copy moved to Volume3 and is in sync; Volume2 stays active.
     assert_eq!(db.copies()[0].volume_name(), "Volume3");
     assert_eq!(copy_state(&core, 1), CopyState::InSync);
-    assert_eq!(db.status_word(0), "Healthy");
+    assert_eq!(db.status_word(crate::names::CopySlot::new(0)), "Healthy");
     let persisted = bed.persisted(2);
     assert_eq!(persisted.databases[0].copies[0].volume, "Volume3");
     assert_eq!(persisted.databases[0].copies[0].state, CopyState::InSync);
@@ -237,7 +237,7 @@ fn failed_copy(
     fail_copy_on(&core, 1, h);
     let req = SeedRequest {
         db: core.pool().databases()[0].clone(),
-        slot: 0,
+        slot: crate::names::CopySlot::new(0),
         target: target.into(),
         from: from.map(Into::into),
         allow_in_sync: false,
@@ -265,7 +265,7 @@ fn after_each_window(hook: impl Fn() + Send + Sync + 'static) {
 fn a_source_read_error_moves_the_reseed_to_another_copy() {
     let bed = Bed::new("reseed-src", 4, 3);
     let (core, sink, h, req) = failed_copy(&bed, 6, "Volume1", Some("Volume2"));
-    let progress = Progress::new("db001", "Volume1");
+    let progress = Progress::new(&crate::names::DbName::from_static("db001"), "Volume1");
     // Volume2 dies after the first window.
     let v2 = volume(&core, 2);
     let scenario = fail::FailScenario::setup();
@@ -286,7 +286,7 @@ fn a_source_read_error_moves_the_reseed_to_another_copy() {
 fn a_read_error_on_the_last_source_fails_the_reseed_not_the_database() {
     let bed = Bed::new("reseed-last", 3, 2);
     let (core, sink, h, req) = failed_copy(&bed, 4, "Volume3", None);
-    let progress = Progress::new("db001", "Volume3");
+    let progress = Progress::new(&crate::names::DbName::from_static("db001"), "Volume3");
     let v2 = volume(&core, 2);
     let v2_hook = v2.clone();
     // Unreadable sectors: reads fail, writes (the pool state) still work.
@@ -336,7 +336,7 @@ fn r13_an_open_file_with_no_name_is_reseeded_and_outlives_the_old_copies() {
         core.write(hl, 0, &data).expect("write late");
         late.push((attr, hl, data));
     }
-    let progress = Progress::new("db001", "Volume3");
+    let progress = Progress::new(&crate::names::DbName::from_static("db001"), "Volume3");
     let unlinked = Arc::new(AtomicBool::new(false));
     let scenario = fail::FailScenario::setup();
     {

@@ -12,6 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::names::CopySlot;
 use crate::volume::{FileType, Mode, OFlags};
 
 use super::copy::size_of;
@@ -52,7 +53,7 @@ pub(super) fn verify_copy(
     progress.job.pacer.begin(
         StreamKind::Verify,
         db,
-        Some(req.slot),
+        Some(req.slot.index()),
         &[&source.volume, target],
     );
     progress.job.set_phase(Phase::Verifying);
@@ -93,7 +94,7 @@ pub(super) fn verify_copy(
 /// locks, both sides read at once.
 fn compare_files(
     db: &Database,
-    slot: usize,
+    slot: CopySlot,
     source: &Source,
     target: &Volume,
     layout: &Layout,

@@ -44,6 +44,8 @@ use rangemap::{RangeMap, RangeSet};
 
 use super::Replicas;
 use super::dirty::FileDirty;
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume};
 
 /// log2 of the activity log's extent size (4 MiB).
@@ -58,7 +60,7 @@ const KIND_RENAME: u8 = 2;
 const KIND_CLEAN: u8 = 3;
 
 /// The log's path on a volume.
-pub fn log_path(db: &str) -> PathBuf {
+pub fn log_path(db: &DbName) -> PathBuf {
     super::tap_dir(db).join("activity.log")
 }
 
@@ -148,7 +150,7 @@ struct Files {
 /// One database's activity log.
 #[derive(Debug)]
 pub struct ActivityLog {
-    db: String,
+    db: DbName,
     epoch: AtomicU64,
     inflight: [AtomicU64; 2],
     state: Mutex<State>,
@@ -314,7 +316,7 @@ pub fn parse(bytes: &[u8]) -> Recovered {
 }
 
 /// Reads the log of `db` on `volume`: `None` when there is none.
-pub fn read(volume: &Volume, db: &str) -> io::Result<Option<Recovered>> {
+pub fn read(volume: &Volume, db: &DbName) -> io::Result<Option<Recovered>> {
     match volume.read_file(&log_path(db)) {
         Ok(b) => Ok(Some(parse(&b))),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
@@ -324,7 +326,7 @@ pub fn read(volume: &Volume, db: &str) -> io::Result<Option<Recovered>> {
 
 impl ActivityLog {
     /// The log of database `db` (nothing recorded yet).
-    pub fn new(db: &str) -> ActivityLog {
+    pub fn new(db: &DbName) -> ActivityLog {
         ActivityLog {
             db: db.to_owned(),
             epoch: AtomicU64::new(1),
@@ -577,12 +579,12 @@ impl ActivityLog {
             tracing::warn!(
                 "activity log of {} on {}: {e}",
                 self.db,
-                db.volume_name(slot)
+                db.volume_name(CopySlot::new(slot))
             );
             // A dying disk fails its copy; anything else (a full volume) leaves the log
             // to the other copies, and the write itself will tell.
             if crate::volume::is_media_error(&e) {
-                db.on_error(slot, "activity log", &e);
+                db.on_error(CopySlot::new(slot), "activity log", &e);
             }
         }
     }
@@ -648,7 +650,7 @@ impl ActivityLog {
         }
         for (slot, _, v) in db.in_sync() {
             if let Err(e) = v.syncfs() {
-                db.on_error(slot, "checkpoint syncfs", &e);
+                db.on_error(CopySlot::new(slot), "checkpoint syncfs", &e);
             }
         }
         persist();
@@ -709,7 +711,7 @@ pub fn byte_of(e: u64) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn open_log(v: &Volume, db: &str, content: Option<&[u8]>) -> io::Result<VolFile> {
+fn open_log(v: &Volume, db: &DbName, content: Option<&[u8]>) -> io::Result<VolFile> {
     let path = log_path(db);
     if let Some(parent) = path.parent() {
         v.mkdir_all(parent)?;
@@ -789,10 +791,10 @@ mod tests {
         fn in_sync(&self) -> Vec<(usize, u64, Arc<Volume>)> {
             vec![(0, 1, self.0.clone())]
         }
-        fn volume_name(&self, _: usize) -> String {
+        fn volume_name(&self, _: CopySlot) -> String {
             self.0.name().to_owned()
         }
-        fn on_error(&self, _: usize, op: &str, err: &io::Error) {
+        fn on_error(&self, _: CopySlot, op: &str, err: &io::Error) {
             panic!("{op}: {err}");
         }
     }
@@ -813,7 +815,7 @@ mod tests {
     #[test]
     fn an_fsync_takes_what_it_made_durable_out_of_what_a_failure_resyncs() {
         let db = OneCopy::new("fsync");
-        let al = ActivityLog::new("db");
+        let al = ActivityLog::new(&crate::names::DbName::from_static("db"));
         let marks = NodeMarks::default();
         let name = || Some(PathBuf::from("db.db/a"));
         // A bulk load: 64 MiB written, then fsynced.
@@ -854,7 +856,7 @@ mod tests {
     #[test]
     fn writes_at_the_largest_offsets_cost_a_range_each() {
         let db = OneCopy::new("huge");
-        let al = ActivityLog::new("db");
+        let al = ActivityLog::new(&crate::names::DbName::from_static("db"));
         let marks = NodeMarks::default();
         // fallocate -l 4EiB, and a write just below the largest offset a file can have.
         write(&al, &db, &marks, "db.db/big", 0, 4 << 60);
@@ -873,7 +875,8 @@ mod tests {
         let last = e.last().copied().expect("listed");
         assert_eq!(last.0.saturating_add(last.1), u64::MAX);
         // The log file holds a few records, not one per extent.
-        let bytes = std::fs::read(db.1.join(log_path("db"))).expect("log");
+        let bytes = std::fs::read(db.1.join(log_path(&crate::names::DbName::from_static("db"))))
+            .expect("log");
         assert!(bytes.len() < 4096, "{} bytes", bytes.len());
         let r = parse(&bytes);
         assert_eq!(r.extents[Path::new("db.db/big")].iter().count(), e.len());

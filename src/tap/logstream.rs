@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
+use crate::names::DbName;
 use crate::volume::{FileType, Mode, OFlags, Volume, child_path};
 
 /// Bytes read per step while checksumming a log.
@@ -75,7 +76,7 @@ type Log = (PathBuf, u64);
 ///
 /// Fails when a volume has no `<db>.log` folder or cannot be read; the error names the
 /// volume and the file.
-pub fn first_diverged_log(db: &str, a: &Volume, b: &Volume) -> io::Result<LogStreamCompare> {
+pub fn first_diverged_log(db: &DbName, a: &Volume, b: &Volume) -> io::Result<LogStreamCompare> {
     let folder = PathBuf::from(layout::log_folder(db));
     let logs_a = list_logs(a, &folder)?;
     let logs_b = list_logs(b, &folder)?;
@@ -225,7 +226,12 @@ mod tests {
         }
 
         fn compare(&self) -> LogStreamCompare {
-            first_diverged_log("db001", &self.a, &self.b).expect("compare")
+            first_diverged_log(
+                &crate::names::DbName::from_static("db001"),
+                &self.a,
+                &self.b,
+            )
+            .expect("compare")
         }
     }
 
@@ -348,7 +354,8 @@ mod tests {
     fn a_missing_log_folder_is_an_error_naming_the_volume() {
         let p = Pair::new("nofolder");
         std::fs::remove_dir(p.root.join("Volume2/db001.log")).expect("rmdir");
-        let e = first_diverged_log("db001", &p.a, &p.b).expect_err("no folder");
+        let e = first_diverged_log(&crate::names::DbName::from_static("db001"), &p.a, &p.b)
+            .expect_err("no folder");
         assert!(e.to_string().contains("Volume2"), "{e}");
     }
 }

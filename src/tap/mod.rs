@@ -27,23 +27,25 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::layout;
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::Volume;
 
 pub use activity::{ActivityLog, NodeMarks, WriteGuard};
 pub use dirty::{DirtyMap, FileDirty, MetaOp};
 
 /// `.reseedfs/tap/<db>` on a volume.
-pub fn tap_dir(db: &str) -> PathBuf {
+pub fn tap_dir(db: &DbName) -> PathBuf {
     Path::new(layout::META_DIR).join("tap").join(db)
 }
 
 /// Where the dirty map of the copy on `volume` is kept.
-pub fn dirty_path(db: &str, volume: &str) -> PathBuf {
+pub fn dirty_path(db: &DbName, volume: &str) -> PathBuf {
     tap_dir(db).join(format!("dirty-{volume}.json"))
 }
 
 /// Where a copy's own generation is kept (on the copy's volume).
-pub fn generation_path(db: &str) -> PathBuf {
+pub fn generation_path(db: &DbName) -> PathBuf {
     tap_dir(db).join("generation.json")
 }
 
@@ -130,7 +132,7 @@ impl Generation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyGeneration {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// The generation the copy has.
     pub current: u64,
     /// The generations before it, newest first.
@@ -139,7 +141,7 @@ pub struct CopyGeneration {
 }
 
 /// Writes the generation of the copy of `db` on `volume`.
-pub fn write_copy_generation(volume: &Volume, db: &str, g: &Generation) -> std::io::Result<()> {
+pub fn write_copy_generation(volume: &Volume, db: &DbName, g: &Generation) -> std::io::Result<()> {
     let rec = CopyGeneration {
         db: db.to_owned(),
         current: g.current,
@@ -154,7 +156,10 @@ pub fn write_copy_generation(volume: &Volume, db: &str, g: &Generation) -> std::
 }
 
 /// Reads the generation of the copy of `db` on `volume` (`Ok(None)`: it has none).
-pub fn read_copy_generation(volume: &Volume, db: &str) -> std::io::Result<Option<CopyGeneration>> {
+pub fn read_copy_generation(
+    volume: &Volume,
+    db: &DbName,
+) -> std::io::Result<Option<CopyGeneration>> {
     match volume.read_file(&generation_path(db)) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -234,16 +239,16 @@ pub trait Replicas {
     /// Every copy in sync now: its slot, placement generation and volume.
     fn in_sync(&self) -> Vec<(usize, u64, std::sync::Arc<Volume>)>;
     /// The volume name of copy `slot`, for messages.
-    fn volume_name(&self, slot: usize) -> String;
+    fn volume_name(&self, slot: CopySlot) -> String;
     /// Copy `slot` failed `op` of the tap with `err` while the others took it: the copy
     /// set decides what that means for the copy.
-    fn on_error(&self, slot: usize, op: &str, err: &std::io::Error);
+    fn on_error(&self, slot: CopySlot, op: &str, err: &std::io::Error);
 }
 
 /// One database's tap.
 #[derive(Debug)]
 pub struct Tap {
-    db: String,
+    db: DbName,
     seq: AtomicU64,
     /// The activity log (databases with two copies or more).
     pub activity: Option<ActivityLog>,
@@ -261,7 +266,7 @@ pub struct Mutation<'a> {
 
 impl Tap {
     /// The tap of database `db` with `copies` copies.
-    pub fn new(db: &str, copies: usize) -> Tap {
+    pub fn new(db: &DbName, copies: usize) -> Tap {
         Tap {
             db: db.to_owned(),
             seq: AtomicU64::new(0),
@@ -359,7 +364,7 @@ impl Tap {
     /// Copy `slot` left the in-sync copies at generation `base`: from now on what it
     /// misses is recorded, starting with every extent the activity log holds (its disk
     /// may have lost those writes). An existing map is kept (and widened).
-    pub fn start_lagging(&self, slot: usize, volume: &str, base: u64, since: SystemTime) {
+    pub fn start_lagging(&self, slot: CopySlot, volume: &str, base: u64, since: SystemTime) {
         let extents = self
             .activity
             .as_ref()
@@ -374,7 +379,7 @@ impl Tap {
     }
 
     /// Installs the map read at mount for copy `slot`.
-    pub fn restore_lagging(&self, slot: usize, map: DirtyMap) {
+    pub fn restore_lagging(&self, slot: CopySlot, map: DirtyMap) {
         let mut s = self.lagging[slot].lock();
         if s.is_none() {
             self.n_lagging.fetch_add(1, Ordering::AcqRel);
@@ -389,7 +394,7 @@ impl Tap {
     }
 
     /// Copy `slot` is in sync again (or is being seeded in full): its map is dropped.
-    pub fn stop_lagging(&self, slot: usize) -> Option<DirtyMap> {
+    pub fn stop_lagging(&self, slot: CopySlot) -> Option<DirtyMap> {
         let map = self.lagging[slot].lock().take();
         if map.is_some() {
             self.n_lagging.fetch_sub(1, Ordering::AcqRel);
@@ -400,7 +405,7 @@ impl Tap {
     /// From now on, anything on copy `slot` changed later than `at` was not written by
     /// the tap's owner: called when a resync starts writing to the copy, so that a resync
     /// interrupted by a crash is not mistaken for writes behind reseedfs's back.
-    pub fn restart_since(&self, slot: usize, at: SystemTime) {
+    pub fn restart_since(&self, slot: CopySlot, at: SystemTime) {
         if let Some(m) = self.lagging[slot].lock().as_mut() {
             m.since = at;
             m.dirty = true;
@@ -408,12 +413,12 @@ impl Tap {
     }
 
     /// A copy of the map of copy `slot`.
-    pub fn snapshot(&self, slot: usize) -> Option<DirtyMap> {
+    pub fn snapshot(&self, slot: CopySlot) -> Option<DirtyMap> {
         self.lagging[slot].lock().clone()
     }
 
     /// What copy `slot` lacks: (mutations, bytes); `None` when no map is kept for it.
-    pub fn queue(&self, slot: usize) -> Option<(u64, u64)> {
+    pub fn queue(&self, slot: CopySlot) -> Option<(u64, u64)> {
         self.lagging[slot]
             .lock()
             .as_ref()
@@ -461,7 +466,7 @@ impl Tap {
 /// one with the most mutations wins (they are written together).
 pub fn read_dirty_map(
     volumes: &[std::sync::Arc<Volume>],
-    db: &str,
+    db: &DbName,
     volume: &str,
 ) -> Option<DirtyMap> {
     volumes
@@ -472,7 +477,7 @@ pub fn read_dirty_map(
 }
 
 /// Removes the dirty map of the copy of `db` on `volume` from `volumes`.
-pub fn remove_dirty_map(volumes: &[std::sync::Arc<Volume>], db: &str, volume: &str) {
+pub fn remove_dirty_map(volumes: &[std::sync::Arc<Volume>], db: &DbName, volume: &str) {
     for v in volumes {
         let _ = v.remove(&dirty_path(db, volume), false);
     }
@@ -491,7 +496,7 @@ mod tests {
         let base = g.bump();
         assert_eq!(base, 10);
         let copy = |current: u64, history: Vec<u64>| CopyGeneration {
-            db: "db".into(),
+            db: crate::names::DbName::from_static("db"),
             current,
             history,
         };

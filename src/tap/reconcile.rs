@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::dirty::MetaOp;
 use crate::layout;
+use crate::names::DbName;
 use crate::volume::{
     FileExt, FileType, Mode, OFlags, OsStrExt, RenameFlags, Stat, Volume, child_path, data_extents,
     read_full,
@@ -80,7 +81,7 @@ fn kind(st: &Stat) -> FileType {
 }
 
 /// Makes `dst`'s tree of database `db` match `src`'s (metadata only).
-pub fn tree(src: &Volume, dst: &Volume, db: &str) -> Result<TreeReport, SideError> {
+pub fn tree(src: &Volume, dst: &Volume, db: &DbName) -> Result<TreeReport, SideError> {
     let s = |e| SideError::Source(e);
     let d = |e| SideError::Dest(e);
     let mut report = TreeReport::default();
@@ -308,7 +309,7 @@ mod tests {
         std::fs::write(b.join("db.db/extra"), b"x").expect("w");
         std::fs::hard_link(a.join("db.db/new"), a.join("db.db/sub/link")).expect("link");
         std::os::unix::fs::symlink("new", a.join("db.log/sym")).expect("symlink");
-        let r = tree(&src, &dst, "db").expect("tree");
+        let r = tree(&src, &dst, &crate::names::DbName::from_static("db")).expect("tree");
         // One of the two names of the hard-linked file is created, the other linked to it.
         assert_eq!(r.created.len(), 1, "{:?}", r.created);
         assert_eq!(r.grown, vec![(PathBuf::from("db.db/grow"), 100)]);
@@ -327,7 +328,12 @@ mod tests {
             PathBuf::from("new")
         );
         // A second pass finds nothing to do.
-        assert_eq!(tree(&src, &dst, "db").expect("tree").changed(), 0);
+        assert_eq!(
+            tree(&src, &dst, &crate::names::DbName::from_static("db"))
+                .expect("tree")
+                .changed(),
+            0
+        );
         // Data: copied as ranges, then compared block by block.
         let open = |v: &Volume, w: bool| {
             let flags = if w { OFlags::RDWR } else { OFlags::RDONLY };

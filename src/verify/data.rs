@@ -5,13 +5,12 @@
 //! rename racing the verification cannot pass for one.
 
 use std::fs::File;
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::chunk::{BLOCK, ChunkLocks, ChunkReader};
-use super::repair::{repair_extent, repair_size};
+use super::repair::{repair_extent, repair_size, size_of};
 use super::{CHUNK, ExtentMismatch, FileGroup, Run, TreeField, VerifyError, is_enoent, stat_opt};
 use crate::checksum::{self, SumFile};
 use crate::events::{EventId, NewEvent};
@@ -196,7 +195,8 @@ impl Run<'_> {
             (a, sizes)
         };
         for (i, a, b) in sizes.into_iter().filter(|(_, a, b)| a != b) {
-            let repaired = self.opts.repair && repair_size(f, i);
+            let repaired =
+                self.opts.repair && repair_size(&f.nodes, &f.active, f.others[i].as_deref());
             self.mismatch(
                 &f.path,
                 i,
@@ -494,8 +494,4 @@ impl Chunk {
     fn differs(&self) -> bool {
         !self.active_mismatches.is_empty() || self.mismatches.iter().any(|m| !m.is_empty())
     }
-}
-
-pub(super) fn size_of(f: &File) -> io::Result<u64> {
-    Ok(f.metadata()?.len())
 }

@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::names::CopySlot;
+use crate::names::DbName;
 use crate::volume::Stat;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -266,7 +268,7 @@ impl JobPhase for VerifyPhase {
 /// Live progress of one verification, shared with the control socket.
 #[derive(Debug)]
 pub struct VerifyProgress {
-    db: String,
+    db: DbName,
     options: VerifyOptions,
     report: Mutex<Option<VerifyReport>>,
     /// Phase, bytes, throughput, cancellation and the pacing of the reads.
@@ -277,7 +279,7 @@ pub struct VerifyProgress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyStatus {
     /// The database.
-    pub db: String,
+    pub db: DbName,
     /// What was asked.
     pub options: VerifyOptions,
     /// The phase.
@@ -300,7 +302,7 @@ pub struct VerifyStatus {
 
 impl VerifyProgress {
     /// A verification of `db`, not started, its reads limited to `options.max_bytes_per_s`.
-    pub fn new(db: &str, options: VerifyOptions) -> VerifyProgress {
+    pub fn new(db: &DbName, options: VerifyOptions) -> VerifyProgress {
         let job = JobProgress::new(VerifyPhase::Tree);
         job.pacer.set_limit(options.max_bytes_per_s);
         VerifyProgress {
@@ -455,7 +457,7 @@ pub fn verify(
 /// A copy taking part: its slot, and the placement it had when the verification began.
 #[derive(Debug, Clone)]
 pub(super) struct Peer {
-    slot: usize,
+    slot: CopySlot,
     volume: Arc<Volume>,
     generation: u64,
 }
@@ -506,7 +508,7 @@ fn run(
         .filter_map(|(slot, c)| {
             let volume = c.in_sync_volume()?;
             Some(Peer {
-                slot,
+                slot: CopySlot::new(slot),
                 volume,
                 generation: c.placement().generation,
             })
@@ -564,7 +566,7 @@ fn run(
         gone: vec![false; peers.len()],
         absent: vec![BTreeSet::new(); peers.len()],
         report: VerifyReport {
-            db: db.name.clone(),
+            db: db.name.to_string(),
             active: active.name().to_owned(),
             compared_with: names,
             repair: opts.repair,
@@ -679,7 +681,7 @@ impl Run<'_> {
     ) -> VerifyError {
         let p = peer.map_or(&self.active, |i| &self.peers[i]);
         if is_media_error(&e) {
-            self.db.on_error(p.slot, "verify", &e, false);
+            self.db.on_error(p.slot.index(), "verify", &e, false);
         }
         VerifyError::Io(io_err(what, path, &p.volume, &e))
     }

@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use super::Run;
-use super::data::{OpenGroup, size_of};
 use super::tree::xattrs;
+use crate::fs::Node;
 use crate::volume::Volume;
 use crate::volume::read_full;
 
@@ -57,16 +59,21 @@ pub(super) fn repair_extent(
         && a[start..end] == b[start..end]
 }
 
-/// Truncates (or extends) copy `i` of the file to the active copy's size, with every
-/// node's resize lock held exclusively (no write or truncate in between), and checks it;
-/// true when the sizes now match.
-pub(super) fn repair_size(f: &OpenGroup, i: usize) -> bool {
-    let _resize: Vec<_> = f.nodes.iter().map(|n| n.io.resize.write()).collect();
-    let a_now = size_of(&f.active).ok();
-    match (a_now, f.others[i].as_ref()) {
+/// Truncates (or extends) `other`, a copy of the file whose names are `nodes`, to the
+/// size of `active`, with every node's resize lock held exclusively (no write or truncate
+/// in between), and checks it; true when the sizes now match.
+pub(super) fn repair_size(nodes: &[Arc<Node>], active: &File, other: Option<&File>) -> bool {
+    let _resize: Vec<_> = nodes.iter().map(|n| n.io.resize.write()).collect();
+    let a_now = size_of(active).ok();
+    match (a_now, other) {
         (Some(a_now), Some(o)) => {
             o.set_len(a_now).is_ok() && o.sync_all().is_ok() && size_of(o).ok() == Some(a_now)
         }
         _ => false,
     }
+}
+
+/// The size of an open file.
+pub(super) fn size_of(f: &File) -> std::io::Result<u64> {
+    Ok(f.metadata()?.len())
 }

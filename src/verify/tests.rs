@@ -23,7 +23,8 @@ fn options(repair: bool) -> VerifyOptions {
 
 fn run_verify(core: &Core, repair: bool) -> Result<VerifyReport, VerifyError> {
     let db = core.pool().databases()[0].clone();
-    let progress = VerifyProgress::new("db001", options(repair));
+    let progress =
+        VerifyProgress::new(&crate::names::DbName::from_static("db001"), options(repair));
     let r = verify(core, &db, options(repair), &progress);
     let s = progress.snapshot();
     assert!(!progress.is_running());
@@ -322,7 +323,7 @@ fn rates_parse_and_pace() {
     assert_eq!(parse_budget("unlimited"), Ok(None));
     assert!(parse_budget("fast").is_err());
     let progress = VerifyProgress::new(
-        "db001",
+        &crate::names::DbName::from_static("db001"),
         VerifyOptions {
             repair: false,
             max_bytes_per_s: Some(20 << 20),

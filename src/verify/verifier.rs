@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{VerifyError, VerifyOptions, VerifyProgress, VerifyReport, VerifyStatus, verify};
 use crate::fs::Core;
+use crate::names::DbName;
 use crate::private::PrivateDir;
 
 /// The file of the state directory that keeps the last scrub of every database.
@@ -81,7 +82,7 @@ type Running = (Arc<VerifyProgress>, Option<JoinHandle<()>>);
 #[derive(Debug)]
 pub struct Verifier {
     core: Arc<Core>,
-    runs: Mutex<HashMap<String, Running>>,
+    runs: Mutex<HashMap<DbName, Running>>,
     throttle: Option<Arc<crate::throttle::Throttle>>,
     scrubs: Arc<Scrubs>,
 }
@@ -230,13 +231,13 @@ impl Verifier {
     }
 
     /// Starts a verification of `db` (see `control::Request::Verify`).
-    pub fn start(&self, db: &str, options: VerifyOptions) -> Result<VerifyStatus, String> {
+    pub fn start(&self, db: &DbName, options: VerifyOptions) -> Result<VerifyStatus, String> {
         self.start_as(db, options, false)
     }
 
     fn start_as(
         &self,
-        db: &str,
+        db: &DbName,
         options: VerifyOptions,
         scheduled: bool,
     ) -> Result<VerifyStatus, String> {
@@ -280,7 +281,7 @@ impl Verifier {
     }
 
     /// The running or last verification of `db`.
-    pub fn status(&self, db: &str) -> Option<VerifyStatus> {
+    pub fn status(&self, db: &DbName) -> Option<VerifyStatus> {
         self.runs.lock().get(db).map(|(p, _)| p.snapshot())
     }
 
@@ -339,7 +340,7 @@ impl Verifier {
 
     fn start_due_scrubs(&self) {
         let now = unix_now();
-        let names: Vec<String> = self
+        let names: Vec<DbName> = self
             .core
             .pool()
             .databases()

@@ -407,6 +407,7 @@ pub fn free_local_addr() -> std::net::SocketAddr {
 /// checkpoints have passed since it was last written, so a dying disk cannot have lost
 /// any of it. Panics when it stays listed.
 pub fn wait_out_of_activity_log(bed: &Testbed, db: &str, file: &str) {
+    let db: reseedfs::names::DbName = db.parse().expect("a valid database name");
     let listed = || {
         let vols = reseedfs::pool::list_volumes(&bed.volumes_root).unwrap_or_default();
         vols.iter().any(|(_, name, path)| {
@@ -414,7 +415,7 @@ pub fn wait_out_of_activity_log(bed: &Testbed, db: &str, file: &str) {
                 return false;
             };
             matches!(
-                reseedfs::tap::activity::read(&v, db),
+                reseedfs::tap::activity::read(&v, &db),
                 Ok(Some(r)) if r.extents.contains_key(Path::new(file))
             )
         })

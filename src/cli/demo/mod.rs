@@ -658,7 +658,7 @@ fn init_pool(bed: &Testbed, plain: bool) -> anyhow::Result<(Config, Vec<String>)
     let mut config = Config::new(
         abs(&bed.volumes_root)?,
         abs(&bed.databases_root)?,
-        vec![DB.to_owned()],
+        vec![DB.parse().expect("the demo database name is valid")],
     );
     config.copies = COPIES;
     config.state_dir = abs(&bed.state_dir)?;
