@@ -471,7 +471,7 @@ mod linux {
         let req = SeedRequest {
             db: db.clone(),
             slot: TARGET_SLOT,
-            target: TARGET.into(),
+            target: reseedfs::names::VolumeName::from_static(TARGET),
             from: None,
             allow_in_sync: false,
             keep_replaced: false,

@@ -224,7 +224,7 @@ mod linux {
         let req = SeedRequest {
             db: db.clone(),
             slot: SLOT,
-            target: "Volume2".into(),
+            target: reseedfs::names::VolumeName::from_static("Volume2"),
             from: None,
             allow_in_sync: false,
             keep_replaced: false,

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::private::PrivateDir;
 use crate::status::Status;
 
@@ -121,25 +122,25 @@ pub enum Request {
         /// The database.
         db: DbName,
         /// Source volume (an in-sync copy); default: chosen by the daemon.
-        from: Option<String>,
+        from: Option<VolumeName>,
         /// Target volume: a volume holding a copy of `db` (reseeded in place) or a
         /// spare (takes the place of the copy that is not in sync). Default: the copy
         /// that is not in sync, in place when its volume answers, else the best spare.
-        to: Option<String>,
+        to: Option<VolumeName>,
     },
     /// Suspend the copy of `db` on `volume` (it misses writes from here on, recorded).
     Suspend {
         /// The database.
         db: DbName,
         /// The copy's volume.
-        volume: String,
+        volume: VolumeName,
     },
     /// Resume the copy of `db` on `volume`: incremental resync from its dirty map.
     Resume {
         /// The database.
         db: DbName,
         /// The copy's volume.
-        volume: String,
+        volume: VolumeName,
     },
     /// Set or clear ReseedBlocked / ResumeBlocked.
     Block {

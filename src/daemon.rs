@@ -458,7 +458,7 @@ fn serve_metrics(
             let mirrored: Vec<(String, u64)> = pool
                 .volumes()
                 .iter()
-                .map(|v| (v.name.clone(), v.written_bytes()))
+                .map(|v| (v.name.to_string(), v.written_bytes()))
                 .collect();
             metrics.render(&status, &mirrored)
         })
@@ -472,7 +472,13 @@ fn announce(config: &Config, pool: &Pool, events: &Arc<dyn EventSink>, socket: &
     let serving: Vec<String> = pool
         .databases()
         .iter()
-        .map(|d| format!("{} on {}", d.name, d.active_volume().unwrap_or_default()))
+        .map(|d| {
+            format!(
+                "{} on {}",
+                d.name,
+                d.active_volume().map(String::from).unwrap_or_default()
+            )
+        })
         .collect();
     events.emit(NewEvent::new(
         EventId::MountStarted,
@@ -560,7 +566,10 @@ impl Control {
                 Err(e) => Response::Error(e),
             },
             Request::Reseed { db, from, to } => match self.runner.manual_reseed(&db, from, to) {
-                Ok(target) => Response::Started { db, target },
+                Ok(target) => Response::Started {
+                    db,
+                    target: target.to_string(),
+                },
                 Err(e) => Response::Error(e),
             },
             Request::Suspend { db, volume } => match self.runner.suspend(&db, &volume) {
@@ -568,7 +577,10 @@ impl Control {
                 Err(e) => Response::Error(e),
             },
             Request::Resume { db, volume } => match self.runner.resume(&db, &volume) {
-                Ok(_) => Response::Started { db, target: volume },
+                Ok(_) => Response::Started {
+                    db,
+                    target: volume.to_string(),
+                },
                 Err(e) => Response::Error(e),
             },
             Request::Block {

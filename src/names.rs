@@ -135,6 +135,18 @@ macro_rules! string_name {
             }
         }
 
+        impl From<&$ty> for serde_json::Value {
+            fn from(n: &$ty) -> serde_json::Value {
+                serde_json::Value::String(n.0.clone().into())
+            }
+        }
+
+        impl From<$ty> for serde_json::Value {
+            fn from(n: $ty) -> serde_json::Value {
+                serde_json::Value::String(n.0.into())
+            }
+        }
+
         impl From<$ty> for String {
             fn from(n: $ty) -> String {
                 n.0.into()
@@ -180,6 +192,12 @@ impl VolumeName {
             Some(_) => Ok(VolumeName(name.into().into_boxed_str())),
             None => Err(NameError::Volume(name.into())),
         }
+    }
+
+    /// A name written in the code (tests, benches): panics when it breaks the rule, which
+    /// is a bug in that code, never a user's input.
+    pub fn from_static(name: &'static str) -> VolumeName {
+        VolumeName::new(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `Volume7` -> 7.

@@ -209,7 +209,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                     let queue = d.tap().queue(CopySlot::new(i));
                     CopyStatus {
                         name: format!("{}\\{}", d.name, c.volume_name()),
-                        volume: c.volume_name(),
+                        volume: c.volume_name().to_string(),
                         status: d.status_word(CopySlot::new(i)),
                         active: d.active_index() == Some(i),
                         reseed_blocked: rec.is_some_and(|r| r.reseed_blocked),
@@ -241,7 +241,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                     (Some(s.f_bavail * s.f_frsize), Some(s.f_blocks * s.f_frsize))
                 });
             VolumeStatus {
-                name: v.name.clone(),
+                name: v.name.to_string(),
                 state: if failed {
                     VolumeState::Failed
                 } else if state.holding(&v.name).next().is_some() {

@@ -584,7 +584,7 @@ impl Sched {
         let mut volumes: BTreeMap<String, Arc<Volume>> = BTreeMap::new();
         for s in self.streams.values() {
             for m in &s.marks {
-                volumes.insert(m.volume().name().to_owned(), m.volume().clone());
+                volumes.insert(m.volume().name().to_string(), m.volume().clone());
             }
         }
         self.samples.retain(|name, _| volumes.contains_key(name));
@@ -630,7 +630,7 @@ impl Sched {
                 volumes: s
                     .marks
                     .iter()
-                    .map(|m| m.volume().name().to_owned())
+                    .map(|m| m.volume().name().to_string())
                     .collect(),
             })
             .collect();

@@ -26,6 +26,7 @@ use crate::fs::Core;
 use crate::layout;
 use crate::names::CopySlot;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::reseed::resync::ResyncError;
 use crate::reseed::{self, Phase, Progress, SeedRequest};
 use crate::status::{Blocker, Status, WorkflowStatus};
@@ -411,12 +412,12 @@ impl Runner {
     }
 
     /// The best spare for a new copy of `db`, or why there is none (event 3014).
-    fn pick_spare(&self, db: &Database) -> Result<String, String> {
+    fn pick_spare(&self, db: &Database) -> Result<VolumeName, String> {
         let pool = self.core.pool();
         let bytes = db_bytes(db);
         let (ok, rejected) = pool.spares(&db.name, bytes);
         if let Some(v) = ok.into_iter().next() {
-            return Ok(v);
+            return VolumeName::new(v).map_err(|e| e.to_string());
         }
         let reasons = rejected
             .iter()
@@ -440,8 +441,8 @@ impl Runner {
         &self,
         db: Arc<Database>,
         slot: CopySlot,
-        target: String,
-        from: Option<String>,
+        target: VolumeName,
+        from: Option<VolumeName>,
         allow_in_sync: bool,
         automatic: bool,
     ) -> Result<(), String> {
@@ -544,7 +545,7 @@ impl Runner {
     }
 
     /// An operator's suspend of the copy of `db` on `volume`.
-    pub fn suspend(&self, db: &DbName, volume: &str) -> Result<String, String> {
+    pub fn suspend(&self, db: &DbName, volume: &VolumeName) -> Result<String, String> {
         let pool = self.core.pool();
         let (d, slot) = self.copy_on(db, volume)?;
         pool.suspend(&d, slot)?;
@@ -554,7 +555,7 @@ impl Runner {
 
     /// An operator's resume of the copy of `db` on `volume`: an incremental resync when
     /// its dirty map allows it, else (event 2058) as `[tap] on_divergence` says.
-    pub fn resume(&self, db: &DbName, volume: &str) -> Result<String, String> {
+    pub fn resume(&self, db: &DbName, volume: &VolumeName) -> Result<String, String> {
         let pool = self.core.pool();
         let (d, slot) = self.copy_on(db, volume)?;
         let label = format!("{db}\\{volume}");
@@ -574,12 +575,16 @@ impl Runner {
         if d.tap().snapshot(slot).is_some() {
             self.spawn_resync(d, slot, false)?;
         } else {
-            self.spawn_reseed(d, slot, volume.to_owned(), None, false, false)?;
+            self.spawn_reseed(d, slot, volume.clone(), None, false, false)?;
         }
         Ok(label)
     }
 
-    fn copy_on(&self, db: &DbName, volume: &str) -> Result<(Arc<Database>, CopySlot), String> {
+    fn copy_on(
+        &self,
+        db: &DbName,
+        volume: &VolumeName,
+    ) -> Result<(Arc<Database>, CopySlot), String> {
         let d = self
             .core
             .pool()
@@ -590,7 +595,7 @@ impl Runner {
             .slots()
             .find_map(|(slot, c)| (c.volume_name() == volume).then_some(slot))
             .ok_or_else(|| {
-                let on: Vec<String> = d.copies().iter().map(|c| c.volume_name()).collect();
+                let on: Vec<String> = d.copies().iter().map(|c| c.volume_name().into()).collect();
                 format!(
                     "{db} has no copy on {volume} (its copies are on {})",
                     on.join(", ")
@@ -603,9 +608,9 @@ impl Runner {
     pub fn manual_reseed(
         &self,
         db: &DbName,
-        from: Option<String>,
-        to: Option<String>,
-    ) -> Result<String, String> {
+        from: Option<VolumeName>,
+        to: Option<VolumeName>,
+    ) -> Result<VolumeName, String> {
         let pool = self.core.pool();
         let d = pool
             .database(db)
@@ -718,7 +723,7 @@ fn incremental_failed(
     core: &Arc<Core>,
     db: &Arc<Database>,
     slot: CopySlot,
-    volume: &str,
+    volume: &VolumeName,
     code: IncrementalError,
     why: &str,
     progress: &Progress,
@@ -767,7 +772,7 @@ fn incremental_failed(
     let req = SeedRequest {
         db: db.clone(),
         slot,
-        target: volume.to_owned(),
+        target: volume.clone(),
         from: None,
         allow_in_sync: false,
         keep_replaced: true,

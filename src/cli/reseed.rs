@@ -9,6 +9,7 @@ use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{Request, Response};
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::reseed::{Phase, SeedStatus};
 use crate::status::Status;
 
@@ -19,12 +20,12 @@ pub struct ReseedArgs {
     pub db: DbName,
     /// Read from this volume's copy (it must be in sync). Default: a passive in-sync copy.
     #[arg(long)]
-    pub from: Option<String>,
+    pub from: Option<VolumeName>,
     /// Seed onto this volume: one holding a copy of the database (reseeded in place, even
     /// if it is in sync) or a spare (takes the place of the copy that is not in sync).
     /// Default: the copy that is not in sync, in place if its volume answers, else a spare.
     #[arg(long)]
-    pub to: Option<String>,
+    pub to: Option<VolumeName>,
     /// Wait for the end, with a progress bar (bytes, MiB/s, ETA).
     #[arg(long)]
     pub wait: bool,

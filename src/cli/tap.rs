@@ -6,6 +6,7 @@ use super::{Exit, ask, load};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::control::{Request, Response};
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::pool::list_volumes;
 use crate::reseed::resync::list_quarantine;
 use crate::volume::Volume;
@@ -17,7 +18,7 @@ pub struct SuspendArgs {
     pub db: DbName,
     /// The volume of the copy to suspend (`Volume2`).
     #[arg(long)]
-    pub volume: String,
+    pub volume: VolumeName,
     /// The config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
@@ -30,7 +31,7 @@ pub struct ResumeArgs {
     pub db: DbName,
     /// The volume of the copy to resume (`Volume2`).
     #[arg(long)]
-    pub volume: String,
+    pub volume: VolumeName,
     /// Wait for the end of the resync, with a progress bar.
     #[arg(long)]
     pub wait: bool,

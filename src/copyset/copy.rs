@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use crate::names::VolumeName;
 use crate::volume::Volume;
 
 /// The state of one copy (persisted in the pool state under these names).
@@ -130,7 +131,7 @@ pub(super) fn next_generation() -> u64 {
 #[derive(Debug)]
 pub struct Placement {
     /// `Volume1`.
-    pub volume_name: String,
+    pub volume_name: VolumeName,
     /// The volume; `None` when it could not be opened or was let go after a failure.
     pub volume: Option<Arc<Volume>>,
     /// Unique per placement.
@@ -147,7 +148,7 @@ pub struct Copy {
 impl Copy {
     /// A copy on `volume_name`; `volume` is `None` when the volume could not be opened
     /// (the copy is then FailedAndSuspended, whatever `state` says).
-    pub fn new(volume_name: String, volume: Option<Arc<Volume>>, state: CopyState) -> Copy {
+    pub fn new(volume_name: VolumeName, volume: Option<Arc<Volume>>, state: CopyState) -> Copy {
         let state = if volume.is_none() {
             CopyState::FailedAndSuspended
         } else {
@@ -169,7 +170,7 @@ impl Copy {
     }
 
     /// `Volume1`.
-    pub fn volume_name(&self) -> String {
+    pub fn volume_name(&self) -> VolumeName {
         self.placement.load().volume_name.clone()
     }
 
@@ -222,7 +223,7 @@ impl Copy {
     }
 
     /// A new placement; returns its generation.
-    pub(super) fn place(&self, volume_name: String, volume: Option<Arc<Volume>>) -> u64 {
+    pub(super) fn place(&self, volume_name: VolumeName, volume: Option<Arc<Volume>>) -> u64 {
         let generation = next_generation();
         self.placement.store(Arc::new(Placement {
             volume_name,

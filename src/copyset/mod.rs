@@ -53,6 +53,7 @@ pub use seed::SeedFile;
 
 use crate::names::CopySlot;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::tap::{Replicas, Tap};
 use crate::volume::Volume;
 
@@ -168,7 +169,7 @@ impl Database {
     }
 
     /// Volume name of the active copy.
-    pub fn active_volume(&self) -> Option<String> {
+    pub fn active_volume(&self) -> Option<VolumeName> {
         self.active_index().map(|i| self.copies[i].volume_name())
     }
 
@@ -247,7 +248,7 @@ impl Database {
     pub(crate) fn start_seeding(
         &self,
         slot: CopySlot,
-        volume_name: String,
+        volume_name: VolumeName,
         volume: Arc<Volume>,
     ) -> u64 {
         let copy = self.copy(slot);
@@ -353,7 +354,7 @@ impl Replicas for Database {
     }
 
     fn volume_name(&self, slot: CopySlot) -> String {
-        self.copies[slot.index()].volume_name()
+        self.copies[slot.index()].volume_name().to_string()
     }
 
     fn on_error(&self, slot: CopySlot, op: &str, err: &std::io::Error) {

@@ -138,7 +138,7 @@ fn active_volume_death_is_hidden_and_persisted() {
     // Persisted on the survivors (the copy's volume and the spare) before the reply.
     for k in [2, 3] {
         let s = bed.persisted(k);
-        assert!(s.failed_volumes.contains(&"Volume1".to_string()));
+        assert!(s.failed_volumes.iter().any(|v| v == "Volume1"));
         assert_eq!(
             s.databases[0].copies[0].state,
             CopyState::FailedAndSuspended

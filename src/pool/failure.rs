@@ -12,11 +12,12 @@ use crate::copyset::{CopyState, Database, Store};
 use crate::events::{EventId, NewEvent};
 use crate::names::CopySlot;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::tap::{self, Generation};
 use crate::volume::{Volume, errno_of};
 
 /// A volume found dead while the state was written: its name and error.
-pub(super) type Dead = Vec<(String, io::Error)>;
+pub(super) type Dead = Vec<(VolumeName, io::Error)>;
 
 impl Store for Pool {
     fn volume_failed(&self, volume: &Volume, op: &str, err: &io::Error) {
@@ -51,7 +52,7 @@ impl Store for Pool {
 /// A copy that failed with its volume, for the event.
 struct Failed {
     db: DbName,
-    volume: String,
+    volume: VolumeName,
     op: String,
     errno: i32,
     timeout: Option<String>,
@@ -63,11 +64,11 @@ impl Pool {
     /// Marks volume `name` failed after `err` during `op` (a media error, or a missed
     /// deadline): every copy on it becomes FailedAndSuspended, the state is persisted on
     /// every healthy volume, events are emitted. Returns once persisted. Idempotent.
-    pub fn fail_volume(&self, name: &str, op: &str, err: &io::Error) {
+    pub fn fail_volume(&self, name: &VolumeName, op: &str, err: &io::Error) {
         let mut state = self.state.lock();
         let unpersisted = Unpersisted::new(&self.unpersisted);
         let timeout = crate::volume::is_timeout(err).then(|| err.to_string());
-        let mut pending = vec![(name.to_owned(), op.to_owned(), errno_of(err), timeout)];
+        let mut pending = vec![(name.clone(), op.to_owned(), errno_of(err), timeout)];
         let mut failed = Vec::new();
         let mut moved = Vec::new();
         while let Some((vol, op, errno, timeout)) = pending.pop() {
@@ -150,7 +151,7 @@ impl Pool {
     /// Nothing may keep a dead volume's filesystem alive: the disk can then be unmounted,
     /// checked and mounted again while the database runs (AutoReseed's resume step finds
     /// it back). Closes every file the copies had on the failed volumes.
-    fn let_go(&self, failed: &[String]) {
+    fn let_go(&self, failed: &[VolumeName]) {
         let mut released = false;
         for name in failed {
             if let Some(pv) = self.pool_volume(name)

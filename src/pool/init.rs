@@ -14,15 +14,16 @@ use crate::config::Config;
 use crate::copyset::CopyState;
 use crate::layout;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::volume::Volume;
 
 /// What `init` did.
 #[derive(Debug)]
 pub struct InitReport {
     /// The placement: database -> volumes of its copies.
-    pub placement: Vec<(DbName, Vec<String>)>,
+    pub placement: Vec<(DbName, Vec<VolumeName>)>,
     /// Volumes left without copies.
-    pub spares: Vec<String>,
+    pub spares: Vec<VolumeName>,
     /// Warnings the operator must read (volumes sharing a filesystem, ...).
     pub warnings: Vec<String>,
 }
@@ -111,7 +112,7 @@ pub fn init(config: &Config, config_path: &Path) -> anyhow::Result<InitReport> {
 }
 
 /// A volume found by `init`: name, directory, device.
-type Found = (String, PathBuf, u64);
+type Found = (VolumeName, PathBuf, u64);
 
 /// Every check of `init`, before anything is written: the volumes, the warnings, and the
 /// placement (database, indexes of its volumes).
@@ -283,7 +284,7 @@ fn write(
             Volume::open(name, path).with_context(|| format!("open volume {}", path.display()))?;
         let meta = VolumeMeta {
             pool_id: pool_id.clone(),
-            name: name.clone(),
+            name: name.to_string(),
         };
         v.write_atomic(&volume_meta_path(), &serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("write {}", meta_dir.join("volume.json").display()))?;
@@ -313,7 +314,7 @@ fn write(
     written.pool_id = Some(pool_id.clone());
     write_config(config_path, &written.to_toml())
         .with_context(|| format!("write config {}", config_path.display()))?;
-    let placement: Vec<(DbName, Vec<String>)> = placement
+    let placement: Vec<(DbName, Vec<VolumeName>)> = placement
         .into_iter()
         .map(|(db, chosen)| (db, chosen.iter().map(|&i| volumes[i].0.clone()).collect()))
         .collect();
@@ -384,11 +385,17 @@ mod tests {
             vec![
                 (
                     crate::names::DbName::from_static("db001"),
-                    vec!["Volume1".into(), "Volume2".into()]
+                    vec![
+                        crate::names::VolumeName::from_static("Volume1"),
+                        crate::names::VolumeName::from_static("Volume2")
+                    ]
                 ),
                 (
                     crate::names::DbName::from_static("db002"),
-                    vec!["Volume3".into(), "Volume4".into()]
+                    vec![
+                        crate::names::VolumeName::from_static("Volume3"),
+                        crate::names::VolumeName::from_static("Volume4")
+                    ]
                 ),
             ]
         );

@@ -34,9 +34,9 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::copyset::Database;
 use crate::events::{EventId, EventSink, NewEvent};
-use crate::layout;
 use crate::names::CopySlot;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::volume::Volume;
 
 pub use checkpoint::Checkpointer;
@@ -51,7 +51,7 @@ pub use state::{
 #[derive(Debug)]
 pub struct PoolVolume {
     /// `Volume1`.
-    pub name: String,
+    pub name: VolumeName,
     /// Its directory.
     pub path: PathBuf,
     /// The open volume, when it could be opened (opened again when it comes back).
@@ -69,7 +69,7 @@ pub struct PoolVolume {
 }
 
 impl PoolVolume {
-    pub(super) fn new(name: String, path: PathBuf, volume: Option<Volume>) -> PoolVolume {
+    pub(super) fn new(name: VolumeName, path: PathBuf, volume: Option<Volume>) -> PoolVolume {
         PoolVolume {
             name,
             path,
@@ -171,13 +171,13 @@ impl Drop for Unpersisted<'_> {
 }
 
 /// Lists `VolumeN` directories of the volumes root, in number order.
-pub fn list_volumes(root: &Path) -> std::io::Result<Vec<(u32, String, PathBuf)>> {
+pub fn list_volumes(root: &Path) -> std::io::Result<Vec<(u32, VolumeName, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = layout::volume_number(&name) {
-            out.push((n, name, entry.path()));
+        if let Ok(name) = VolumeName::new(name) {
+            out.push((name.number(), name, entry.path()));
         }
     }
     out.sort();

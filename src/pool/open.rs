@@ -28,6 +28,7 @@ use crate::copyset::{Copy, CopyState, Database, Store};
 use crate::events::{EventId, EventSink, NewEvent};
 use crate::layout;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::volume::Volume;
 
 /// Why a pool cannot be mounted.
@@ -118,7 +119,7 @@ enum Read<T> {
 
 /// A `VolumeN` of the volumes root as first read: nothing written yet.
 struct Probe {
-    name: String,
+    name: VolumeName,
     path: PathBuf,
     /// The volume opened, or why not.
     volume: Result<Volume, String>,
@@ -127,7 +128,7 @@ struct Probe {
 }
 
 /// A copy found untrusted at mount: database, volume, why.
-type Untrusted = (DbName, String, String);
+type Untrusted = (DbName, VolumeName, String);
 
 /// Reads the JSON file `rel` of volume `v` (at `root`). A media error is no damage of the
 /// file: the volume is failing, which the health probe finds.
@@ -152,9 +153,9 @@ fn read_json<T: serde::de::DeserializeOwned>(
 
 /// Opens the volume `name` at `path` and reads who it is and the pool state it holds,
 /// writing nothing.
-fn read_volume(name: &str, path: &Path, limits: crate::volume::Limits) -> Probe {
+fn read_volume(name: &VolumeName, path: &Path, limits: crate::volume::Limits) -> Probe {
     let mut probe = Probe {
-        name: name.to_owned(),
+        name: name.clone(),
         path: path.to_owned(),
         volume: Err(String::new()),
         meta: Read::Missing,
@@ -202,7 +203,7 @@ fn health_check(v: &Volume) -> Result<(), String> {
 /// (it must be `name` of this pool: another pool's volume is not touched), then writes
 /// and reads back a canary.
 pub(super) fn probe_volume(
-    name: &str,
+    name: &VolumeName,
     path: &Path,
     pool_id: &str,
     limits: crate::volume::Limits,
@@ -215,7 +216,7 @@ pub(super) fn probe_volume(
             path.display()
         )),
         Read::Damaged(why) => Err(why),
-        Read::Found(meta) if meta.pool_id != pool_id || meta.name != name => Err(format!(
+        Read::Found(meta) if meta.pool_id != pool_id || meta.name != *name => Err(format!(
             "{} now holds volume {} of pool {}, not {name} of this pool ({pool_id}): left alone",
             path.display(),
             meta.name,
@@ -278,7 +279,7 @@ impl Pool {
                 || state
                     .databases
                     .iter()
-                    .any(|d| d.copies.iter().any(|c| &c.volume == name))
+                    .any(|d| d.copies.iter().any(|c| c.volume == *name))
         });
         if !probed.iter().any(|(_, _, r)| r.is_ok()) {
             return Err(OpenError::NoVolume {
@@ -309,7 +310,7 @@ impl Pool {
         }
         refuse_without_copy(config, &state, &failed_now)?;
         // A volume holding an in-sync copy is not failed, whatever an older state said.
-        let trusted: Vec<String> = state
+        let trusted: Vec<VolumeName> = state
             .databases
             .iter()
             .flat_map(|d| d.copies.iter())
@@ -457,7 +458,7 @@ fn newest_state(
         let ours = match &p.meta {
             Read::Found(meta) if meta.pool_id != pool_id => {
                 foreign.push(Foreign {
-                    name: p.name.clone(),
+                    name: p.name.to_string(),
                     path: p.path.clone(),
                     pool_id: meta.pool_id.clone(),
                     expected_pool_id: pool_id.to_owned(),
@@ -471,7 +472,7 @@ fn newest_state(
         match &p.state {
             Read::Found(s) if s.pool_id == pool_id => {
                 if best.as_ref().is_none_or(|(b, _)| s.epoch > b.epoch) {
-                    best = Some((s.clone(), p.name.clone()));
+                    best = Some((s.clone(), p.name.to_string()));
                 }
             }
             Read::Found(s) if ours => damaged.push(format!(
@@ -570,14 +571,14 @@ fn probe_ours(state: &PoolState, probes: Vec<Probe>) -> Vec<Probed> {
 
 /// A volume as the probe found it: open and answering with its metadata, or why it is
 /// unusable.
-type Probed = (String, PathBuf, Result<(Volume, VolumeMeta), String>);
+type Probed = (VolumeName, PathBuf, Result<(Volume, VolumeMeta), String>);
 
 /// The pool's volumes (opened where they answer and belong to this pool), and why each
 /// other one is unusable.
 fn adopt_volumes(
     state: &PoolState,
     probed: Vec<Probed>,
-) -> (Vec<PoolVolume>, BTreeMap<String, String>) {
+) -> (Vec<PoolVolume>, BTreeMap<VolumeName, String>) {
     let mut volumes = Vec::new();
     let mut unusable = BTreeMap::new();
     for (name, path, res) in probed {
@@ -609,7 +610,7 @@ fn adopt_volumes(
 fn distrust(
     state: &mut PoolState,
     volumes: &[PoolVolume],
-    unusable: &BTreeMap<String, String>,
+    unusable: &BTreeMap<VolumeName, String>,
 ) -> (Vec<Untrusted>, Vec<Untrusted>) {
     let mut failed_now = Vec::new();
     let mut interrupted = Vec::new();

@@ -76,7 +76,7 @@ impl Pool {
             .map(|v| {
                 let volume = v.volume();
                 Candidate {
-                    name: v.name.clone(),
+                    name: v.name.to_string(),
                     failed: state.failed_volumes.contains(&v.name),
                     free_bytes: match volume.map(|vol| vol.statvfs()) {
                         None => Err("it could not be opened".to_owned()),

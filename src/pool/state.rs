@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::copyset::CopyState;
 use crate::layout;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::private::PrivateDir;
 use crate::tap::Generation;
 
@@ -19,7 +20,7 @@ use crate::tap::Generation;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
     /// `Volume1`.
-    pub volume: String,
+    pub volume: VolumeName,
     /// Its state.
     pub state: CopyState,
     /// When it became FailedAndSuspended (the AutoReseed dwell counts from here).
@@ -55,9 +56,9 @@ fn is_false(b: &bool) -> bool {
 
 impl CopyRecord {
     /// A copy on `volume` in `state`, unblocked.
-    pub fn new(volume: &str, state: CopyState) -> CopyRecord {
+    pub fn new(volume: &VolumeName, state: CopyState) -> CopyRecord {
         CopyRecord {
-            volume: volume.to_owned(),
+            volume: volume.clone(),
             state,
             failed_at: None,
             reseed_blocked: false,
@@ -80,12 +81,12 @@ impl CopyRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiredCopy {
     /// The volume it was on.
-    pub volume: String,
+    pub volume: VolumeName,
     /// When it was retired.
     #[serde(with = "humantime_serde")]
     pub at: SystemTime,
     /// The volume that took its place.
-    pub replaced_by: String,
+    pub replaced_by: VolumeName,
 }
 
 /// One database in the persisted placement.
@@ -111,7 +112,7 @@ pub struct PoolState {
     /// Grows with every change; the highest epoch found at mount wins.
     pub epoch: u64,
     /// Volumes known to have failed.
-    pub failed_volumes: Vec<String>,
+    pub failed_volumes: Vec<VolumeName>,
     /// True when written by a clean unmount: every in-sync copy had every write and no
     /// failure could have gone unrecorded since.
     #[serde(default)]

@@ -14,6 +14,7 @@ use crate::copyset::{CopyState, Database};
 use crate::events::{EventId, NewEvent};
 use crate::names::CopySlot;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::tap;
 use crate::volume::Volume;
 
@@ -26,7 +27,7 @@ impl Pool {
             .pool_volume(name)
             .ok_or_else(|| format!("{name} is not a volume of this pool"))?;
         let pool_id = self.state.lock().pool_id.clone();
-        let v = probe_volume(name, &pv.path, &pool_id, self.config.volume.limits())?;
+        let v = probe_volume(&pv.name, &pv.path, &pool_id, self.config.volume.limits())?;
         let v = Arc::new(v);
         let returned = {
             let mut state = self.state.lock();
@@ -61,7 +62,7 @@ impl Pool {
         &self,
         db: &Database,
         slot: CopySlot,
-        target: &str,
+        target: &VolumeName,
         volume: Arc<Volume>,
         allow_in_sync: bool,
     ) -> Result<u64, String> {
@@ -104,18 +105,18 @@ impl Pool {
                 ));
             }
         }
-        if target != copy.volume && rec.copies.iter().any(|c| c.volume == target) {
+        if *target != copy.volume && rec.copies.iter().any(|c| c.volume == *target) {
             return Err(format!("{target} already holds a copy of {}", db.name));
         }
-        if target != copy.volume {
+        if *target != copy.volume {
             rec.retired.push(RetiredCopy {
                 volume: copy.volume.clone(),
                 at: SystemTime::now(),
-                replaced_by: target.to_owned(),
+                replaced_by: target.clone(),
             });
         }
         rec.copies[slot.index()] = CopyRecord {
-            volume: target.to_owned(),
+            volume: target.clone(),
             state: CopyState::Seeding,
             failed_at: None,
             reseed_blocked: false,
@@ -128,7 +129,7 @@ impl Pool {
         db.tap().stop_lagging(slot);
         tap::remove_dirty_map(&db.in_sync_volumes(), &db.name, &copy.volume);
         state.failed_volumes.retain(|v| v != target);
-        let generation = db.start_seeding(slot, target.to_owned(), volume);
+        let generation = db.start_seeding(slot, target.clone(), volume);
         let dead = self.persist_locked(&mut state);
         drop(pending);
         drop(state);

@@ -37,6 +37,7 @@ use std::time::SystemTime;
 
 use crate::names::CopySlot;
 use crate::names::DbName;
+use crate::names::VolumeName;
 use crate::volume::FileType;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -63,9 +64,9 @@ pub struct SeedRequest {
     /// The copy (index in the placement).
     pub slot: CopySlot,
     /// The volume that receives the copy: the copy's own (in place) or a spare.
-    pub target: String,
+    pub target: VolumeName,
     /// Preferred source volume (an in-sync copy).
-    pub from: Option<String>,
+    pub from: Option<VolumeName>,
     /// Reseed even an in-sync copy (an operator asked for it by name).
     pub allow_in_sync: bool,
     /// Keep what the target held in quarantine instead of deleting it once the new copy
@@ -383,7 +384,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         mib_s: copied.mib_s(),
         bytes_verified: verified.bytes,
         engine: engine.name().to_owned(),
-        source: source.volume.name().to_owned(),
+        source: source.volume.name().to_string(),
     })
 }
 
@@ -464,7 +465,7 @@ fn keep_in_quarantine(target: &Volume, db: &DbName, old: &Path) -> io::Result<Pa
         &dir,
         &resync::Manifest {
             db: db.to_owned(),
-            volume: target.name().to_owned(),
+            volume: target.name().to_string(),
             at: SystemTime::now(),
             reason: "replaced by a full reseed after event 2058: no common generation".into(),
             common_generation: None,
@@ -487,7 +488,11 @@ fn give_up(core: &Core, req: &SeedRequest, files: &[FileJob], e: SeedError) -> S
     let pool = core.pool();
     pool.abort_seed(&req.db, req.slot);
     clear_seeds(files);
-    let runs_on = req.db.active_volume().unwrap_or_else(|| "no copy".into());
+    let runs_on = req
+        .db
+        .active_volume()
+        .map(String::from)
+        .unwrap_or_else(|| "no copy".into());
     pool.events().emit(
         NewEvent::new(
             EventId::ReseedFailed,

@@ -283,7 +283,7 @@ fn quarantine_divergence(
     }
     let manifest = Manifest {
         db: db.name.clone(),
-        volume: target.name().to_owned(),
+        volume: target.name().to_string(),
         at: SystemTime::now(),
         reason: "written while it was out of the in-sync copies".into(),
         common_generation: common,
@@ -488,7 +488,7 @@ fn run(
     let mut report = ResyncReport {
         tree_fixed,
         quarantine,
-        source: source.volume.name().to_owned(),
+        source: source.volume.name().to_string(),
         ..ResyncReport::default()
     };
     report.prepare_s = started.elapsed().as_secs_f64();

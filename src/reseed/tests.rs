@@ -145,7 +145,7 @@ fn reseed_to_a_spare_while_writers_write_gives_an_identical_copy() {
     let req = SeedRequest {
         db: db.clone(),
         slot: crate::names::CopySlot::new(0),
-        target: "Volume3".into(),
+        target: crate::names::VolumeName::from_static("Volume3"),
         from: None,
         allow_in_sync: false,
         keep_replaced: false,
@@ -238,8 +238,8 @@ fn failed_copy(
     let req = SeedRequest {
         db: core.pool().databases()[0].clone(),
         slot: crate::names::CopySlot::new(0),
-        target: target.into(),
-        from: from.map(Into::into),
+        target: crate::names::VolumeName::new(target).expect("a valid volume name"),
+        from: from.map(|f| crate::names::VolumeName::new(f).expect("a valid volume name")),
         allow_in_sync: false,
         keep_replaced: false,
         // Many windows in a small file.

@@ -792,7 +792,7 @@ mod tests {
             vec![(0, 1, self.0.clone())]
         }
         fn volume_name(&self, _: CopySlot) -> String {
-            self.0.name().to_owned()
+            self.0.name().to_string()
         }
         fn on_error(&self, _: CopySlot, op: &str, err: &io::Error) {
             panic!("{op}: {err}");

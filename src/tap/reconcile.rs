@@ -293,7 +293,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("db.db/sub")).expect("mkdir");
         std::fs::create_dir_all(dir.join("db.log")).expect("mkdir");
-        let v = Volume::open(tag, &dir).expect("open");
+        let name = if tag == "src" { "Volume1" } else { "Volume2" };
+        let v = Volume::open(name, &dir).expect("open");
         (dir, v)
     }
 

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::names::VolumeName;
 use lane::Lane;
 
 #[cfg(not(unix))]
@@ -201,7 +202,7 @@ pub struct Timeout {
 /// counters.
 #[derive(Debug)]
 pub struct Volume {
-    name: String,
+    name: VolumeName,
     root: PathBuf,
     backend: Arc<dyn Backend>,
     lane: Lane,
@@ -323,6 +324,13 @@ impl Volume {
     /// Opens the volume directory `root` under the name `name`, with `limits`. The open
     /// itself has the deadline too: a hung disk does not hold up a mount or a probe.
     pub fn open_with(name: &str, root: &Path, limits: Limits) -> io::Result<Volume> {
+        let name = VolumeName::new(name).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: {e}", root.display()),
+            )
+        })?;
+        let name = &name;
         let lane = Lane::new(name);
         let dir = root.to_owned();
         let backend = lane
@@ -339,7 +347,7 @@ impl Volume {
 
     /// A volume named `name` at `root` served by `backend`.
     pub fn with_backend(
-        name: &str,
+        name: &VolumeName,
         root: &Path,
         backend: Arc<dyn Backend>,
         limits: Limits,
@@ -348,7 +356,7 @@ impl Volume {
     }
 
     fn assemble(
-        name: &str,
+        name: &VolumeName,
         root: &Path,
         backend: Arc<dyn Backend>,
         lane: Lane,
@@ -361,7 +369,7 @@ impl Volume {
             (wrapped, faults)
         };
         Volume {
-            name: name.to_owned(),
+            name: name.clone(),
             root: root.to_owned(),
             backend,
             lane,
@@ -535,7 +543,7 @@ impl Volume {
     }
 
     /// `Volume1`.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &VolumeName {
         &self.name
     }
 

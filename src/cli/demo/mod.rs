@@ -582,6 +582,7 @@ fn in_process_story(
         "  {DB} is served from {}; the files are created in {}",
         pool.database(DB)
             .and_then(|d| d.active_volume())
+            .map(String::from)
             .unwrap_or_else(|| "no copy".into()),
         target.label
     );
@@ -675,7 +676,7 @@ fn init_pool(bed: &Testbed, plain: bool) -> anyhow::Result<(Config, Vec<String>)
         .placement
         .iter()
         .find(|(db, _)| db == DB)
-        .map(|(_, volumes)| volumes.clone())
+        .map(|(_, volumes)| volumes.iter().map(|v| v.to_string()).collect::<Vec<_>>())
         .with_context(|| format!("find {DB} in the placement init made"))?;
     if copies.len() < 2 {
         bail!(
