@@ -15,6 +15,8 @@
 //! | `direct` | `Volume1/direct/bench.dat` |
 //! | `fuse_floor` | the thinnest FUSE filesystem on reseedfs's stack (`floor/mod.rs`: the same fuser session, threads, INIT reply and readahead; each open one backing file; `O_DIRECT` honoured as reseedfs does: small aligned reads and aligned writes `O_DIRECT`, writes through a bounce buffer) over `Volume1/floor` |
 //! | `fuse_floor_cached` | the same floor writing an `O_DIRECT` caller's data through the backing page cache, as reseedfs did before (only when `--targets` names it: what that cache costs and holds) |
+//! | `fuse_floor_uring` | the same floor as `fuse_floor`, served over FUSE's io_uring transport instead of `/dev/fuse` (`floor/ring.rs`, `reseedfs::sys::fuse_uring`: as many ring entries as request threads on each of the kernel's per-CPU queues, one thread each; lever 5(b) of issue 18; only when `--targets` names it; the bench sets `enable_uring` for the run and puts it back) over `Volume1/floor_uring` |
+//! | `fuse_floor_uring_bounce` | `fuse_floor_uring` copying write data once into an aligned buffer before writing it, as the floor must through `/dev/fuse` (the transport alone; only when `--targets` names it) |
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
 //! | `reseedfs_1copy_nosums`, `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false`, over `pool1_nosums`, `pool2_nosums` (only when `--targets` names them: the `cR` column and `ratio_to_nosums` give what block checksums cost, issue 17) |
@@ -142,6 +144,11 @@ enum Target {
     /// The floor writing an `O_DIRECT` caller's data through the backing page cache, as
     /// reseedfs did before; only when `--targets` names it.
     FloorCached,
+    /// The floor served over FUSE's io_uring transport; only when `--targets` names it.
+    FloorUring,
+    /// The same, copying write data once before writing it, as through `/dev/fuse`: the
+    /// transport alone, without the aligned payload's saved copy.
+    FloorUringBounce,
     Reseedfs1,
     Reseedfs2,
     /// `reseedfs_1copy` with `[checksums] enabled = false` (issue 17: what the sums cost).
@@ -152,10 +159,12 @@ enum Target {
 }
 
 /// Every target, in table order.
-const TARGETS: [Target; 8] = [
+const TARGETS: [Target; 10] = [
     Target::Direct,
     Target::Floor,
     Target::FloorCached,
+    Target::FloorUring,
+    Target::FloorUringBounce,
     Target::Reseedfs1,
     Target::Reseedfs2,
     Target::Reseedfs1NoSums,
@@ -178,6 +187,8 @@ impl Target {
             Target::Direct => "direct",
             Target::Floor => "fuse_floor",
             Target::FloorCached => "fuse_floor_cached",
+            Target::FloorUring => "fuse_floor_uring",
+            Target::FloorUringBounce => "fuse_floor_uring_bounce",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
             Target::Reseedfs1NoSums => "reseedfs_1copy_nosums",
@@ -388,14 +399,21 @@ with fio (or a built-in generator). Needs root. Writes target/bench/throughput.j
   --file-mib M           the file each target works on (default 2048)
   --builtin              the built-in generator even when fio is installed
   --targets LIST         targets to measure (direct is always measured); also
-                         fuse_floor_cached (the floor with cached O_DIRECT writes)
+                         fuse_floor_cached (the floor with cached O_DIRECT writes),
+                         fuse_floor_uring (the floor over FUSE's io_uring transport:
+                         sets /sys/module/fuse/parameters/enable_uring for the run and
+                         puts it back), fuse_floor_uring_bounce (the same copying
+                         write data once, as through /dev/fuse)
   --threads N            FUSE request threads of reseedfs and the floor (default: the
                          reseedfs default)
   --large                add 4 and 16 MiB O_DIRECT requests (seq_*_4m, seq_*_16m)
   --max-pages-limit P    set fs.fuse.max_pages_limit for the run (restored at the end)
   -h, --help             this text
 
-RESEEDFS_TESTBED_DIR picks where the volume images go.";
+RESEEDFS_TESTBED_DIR picks where the volume images go. For fuse_floor_uring:
+FUSE_FLOOR_URING_ENTRIES=N ring entries (threads) per queue (default: --threads),
+FUSE_FLOOR_URING_PIN=1 binds each queue's threads to its CPU, FUSE_FLOOR_URING_BOUNCE=1
+copies write data once before writing it (as through /dev/fuse).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -443,20 +461,30 @@ fn main() -> ExitCode {
 }
 
 /// The bench binary started again as the FUSE floor's daemon:
-/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest`.
+/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest devfuse|uring`.
 const SERVE_FLOOR: &str = "--serve-fuse-floor";
 
 fn serve_floor(args: &[String]) -> ExitCode {
-    let (Some(backing), Some(mountpoint), Some(threads), Some(direct)) = (
+    let (Some(backing), Some(mountpoint), Some(threads), Some(direct), Some(transport)) = (
         args.first(),
         args.get(1),
         args.get(2).and_then(|t| t.parse::<usize>().ok()),
         args.get(3).and_then(|d| floor::Direct::parse(d)),
+        args.get(4).and_then(|t| floor::Transport::parse(t)),
     ) else {
-        eprintln!("fuse_floor: usage: {SERVE_FLOOR} BACKING MOUNTPOINT THREADS cached|honest");
+        eprintln!(
+            "fuse_floor: usage: {SERVE_FLOOR} BACKING MOUNTPOINT THREADS cached|honest \
+             devfuse|uring"
+        );
         return ExitCode::FAILURE;
     };
-    match floor::serve(Path::new(backing), Path::new(mountpoint), threads, direct) {
+    match floor::serve(
+        Path::new(backing),
+        Path::new(mountpoint),
+        threads,
+        direct,
+        transport,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fuse_floor: serving {backing} at {mountpoint}: {e}");
@@ -498,6 +526,21 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         MaxPagesLimit::get().map_or_else(|| "256 (no such sysctl)".to_owned(), |p| p.to_string())
     );
 
+    // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
+    // run when the ring floor is measured, put back as it was at the end.
+    let uring = [Target::FloorUring, Target::FloorUringBounce];
+    let _uring = if s.targets.iter().any(|t| uring.contains(t)) {
+        let was = reseedfs::sys::fuse_uring::enabled();
+        let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
+        println!(
+            "throughput: {} set for the run (was {})",
+            reseedfs::sys::fuse_uring::ENABLE_URING,
+            if was { "on" } else { "off" }
+        );
+        Some(guard)
+    } else {
+        None
+    };
     let started = Instant::now();
     let rig = Rig::build(s, mergerfs)?;
     println!(
@@ -747,6 +790,8 @@ impl Rig {
             vol1.join("direct"),
             vol1.join("floor"),
             vol1.join("floor_cached"),
+            vol1.join("floor_uring"),
+            vol1.join("floor_uring_bounce"),
             vol1.join("pool1"),
             vol1.join("pool2"),
             vol1.join("mergerfs"),
@@ -763,15 +808,38 @@ impl Rig {
             || reseedfs::config::Config::new(PathBuf::new(), PathBuf::new(), Vec::new()).threads,
             |n| n as usize,
         );
-        for (target, dir, direct) in [
-            (Target::Floor, "floor", floor::Direct::Honest),
-            (Target::FloorCached, "floor_cached", floor::Direct::Cached),
+        for (target, dir, direct, transport) in [
+            (
+                Target::Floor,
+                "floor",
+                floor::Direct::Honest,
+                floor::Transport::DevFuse,
+            ),
+            (
+                Target::FloorCached,
+                "floor_cached",
+                floor::Direct::Cached,
+                floor::Transport::DevFuse,
+            ),
+            (
+                Target::FloorUring,
+                "floor_uring",
+                floor::Direct::Honest,
+                floor::Transport::Uring,
+            ),
+            (
+                Target::FloorUringBounce,
+                "floor_uring_bounce",
+                floor::Direct::Honest,
+                floor::Transport::Uring,
+            ),
         ] {
             if !s.targets.contains(&target) {
                 continue;
             }
             let backing = vol1.join(dir);
-            let daemon = floor_daemon(target, &backing, &root.join(dir), threads, direct)?;
+            let mountpoint = root.join(dir);
+            let daemon = floor_daemon(target, &backing, &mountpoint, threads, direct, transport)?;
             rig.files.push((target, daemon.mountpoint().join(FILE)));
             rig.backing.push((target, vec![backing.join(FILE)]));
             rig.daemons.push(daemon);
@@ -870,6 +938,7 @@ fn floor_daemon(
     mountpoint: &Path,
     threads: usize,
     direct: floor::Direct,
+    transport: floor::Transport,
 ) -> io::Result<Daemon> {
     fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -877,7 +946,11 @@ fn floor_daemon(
         .arg(backing)
         .arg(mountpoint)
         .arg(threads.to_string())
-        .arg(direct.name());
+        .arg(direct.name())
+        .arg(transport.name());
+    if target == Target::FloorUringBounce {
+        cmd.env("FUSE_FLOOR_URING_BOUNCE", "1");
+    }
     let log = mountpoint.with_extension("log");
     Daemon::start(
         cmd,

@@ -28,6 +28,13 @@
 //! write it received, and logs them when it is unmounted (to check what request size the
 //! kernel granted).
 //!
+//! Two transports, chosen by [`Transport`]: `/dev/fuse` through fuser (target
+//! `fuse_floor`), or FUSE over io_uring (target `fuse_floor_uring`, `ring.rs`): fuser
+//! answers INIT (asking for `FUSE_OVER_IO_URING`) and keeps one thread on `/dev/fuse` for
+//! FORGET and INTERRUPT; every other request comes through ring entries, as many per
+//! queue as request threads, each served by a thread of its own with the same `Floor`
+//! calls.
+//!
 //! It runs as a process of its own (the bench binary, started again with
 //! `--serve-fuse-floor`), so that its CPU time is read from `/proc/<pid>/stat` like the
 //! other daemons'.
@@ -51,6 +58,9 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
+use reseedfs::sys::fuse_uring;
+
+mod ring;
 
 /// The attribute and entry timeout reseedfs replies with.
 const TTL: Duration = Duration::from_secs(1);
@@ -87,6 +97,32 @@ impl Direct {
         [Direct::Cached, Direct::Honest]
             .into_iter()
             .find(|d| d.name() == s)
+    }
+}
+
+/// How requests reach the floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `/dev/fuse` through fuser, as reseedfs (target `fuse_floor`).
+    DevFuse,
+    /// FUSE over io_uring (`ring.rs`; target `fuse_floor_uring`): fuser for INIT and for
+    /// what the kernel still sends through `/dev/fuse` (FORGET, INTERRUPT), the ring for
+    /// every other request.
+    Uring,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::DevFuse => "devfuse",
+            Transport::Uring => "uring",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Transport> {
+        [Transport::DevFuse, Transport::Uring]
+            .into_iter()
+            .find(|t| t.name() == s)
     }
 }
 
@@ -147,10 +183,22 @@ struct Counters {
 struct Floor {
     backing: PathBuf,
     direct: Direct,
+    transport: Transport,
     inodes: RwLock<Inodes>,
     handles: [RwLock<HashMap<u64, Arc<Handle>>>; SHARDS],
     next_handle: AtomicU64,
     counters: Counters,
+}
+
+/// The floor as fuser's `Filesystem` (fuser owns it; the ring's threads share it).
+struct Shared(Arc<Floor>);
+
+impl std::ops::Deref for Shared {
+    type Target = Floor;
+
+    fn deref(&self) -> &Floor {
+        &self.0
+    }
 }
 
 thread_local! {
@@ -287,7 +335,7 @@ impl Floor {
         o.open(path)
     }
 
-    fn read(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let h = self
             .handle(fh)
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
@@ -301,7 +349,7 @@ impl Floor {
         read_full(&h.file, offset, buf)
     }
 
-    fn write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> io::Result<usize> {
+    fn write_at(&self, fh: FileHandle, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self
             .handle(fh)
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
@@ -338,9 +386,18 @@ fn max(counter: &AtomicU64, v: u64) {
     counter.fetch_max(v, Ordering::Relaxed);
 }
 
-impl fuser::Filesystem for Floor {
+impl fuser::Filesystem for Shared {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         reseedfs::sys::fuse::configure_kernel(config);
+        if self.transport == Transport::Uring
+            && let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING)
+        {
+            return Err(io::Error::other(format!(
+                "the kernel does not offer FUSE_OVER_IO_URING at INIT ({missing:?} missing): \
+                 is {} set (root: echo 1 > {0})?",
+                fuse_uring::ENABLE_URING
+            )));
+        }
         Ok(())
     }
 
@@ -507,7 +564,7 @@ impl fuser::Filesystem for Floor {
     ) {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         max(&self.counters.read_max_bytes, u64::from(size));
-        with_aligned(size as usize, |buf| match self.read(fh, offset, buf) {
+        with_aligned(size as usize, |buf| match self.0.read_at(fh, offset, buf) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(err(e)),
         });
@@ -527,7 +584,7 @@ impl fuser::Filesystem for Floor {
     ) {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         max(&self.counters.write_max_bytes, data.len() as u64);
-        match self.write(fh, offset, data) {
+        match self.0.write_at(fh, offset, data) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(err(e)),
         }
@@ -637,32 +694,55 @@ impl fuser::Filesystem for Floor {
     }
 }
 
-/// Mounts the floor over `backing` at `mountpoint` with `threads` request threads and
-/// serves it until it is unmounted (`umount mountpoint`).
-pub fn serve(backing: &Path, mountpoint: &Path, threads: usize, direct: Direct) -> io::Result<()> {
+/// Mounts the floor over `backing` at `mountpoint` with `threads` request threads (with
+/// the ring: `threads` entries on each of its per-CPU queues, one thread each, and one
+/// `/dev/fuse` thread) and serves it until it is unmounted (`umount mountpoint`).
+pub fn serve(
+    backing: &Path,
+    mountpoint: &Path,
+    threads: usize,
+    direct: Direct,
+    transport: Transport,
+) -> io::Result<()> {
     let mut inodes = Inodes {
         next: ROOT,
         ..Inodes::default()
     };
     inodes.paths.insert(ROOT, PathBuf::new());
     inodes.inos.insert(PathBuf::new(), ROOT);
-    let floor = Floor {
+    let floor = Arc::new(Floor {
         backing: backing.to_owned(),
         direct,
+        transport,
         inodes: RwLock::new(inodes),
         handles: Default::default(),
         next_handle: AtomicU64::new(1),
         counters: Counters::default(),
+    });
+    let dev_threads = match transport {
+        Transport::DevFuse => threads,
+        Transport::Uring => 1,
     };
-    let config =
-        reseedfs::sys::fuse::session_config(&backing.display().to_string(), "fuse_floor", threads);
-    let session = fuser::Session::new(floor, mountpoint, &config)?;
+    let config = reseedfs::sys::fuse::session_config(
+        &backing.display().to_string(),
+        "fuse_floor",
+        dev_threads,
+    );
+    let session = fuser::Session::new(Shared(Arc::clone(&floor)), mountpoint, &config)?;
+    // INIT is answered: with the ring, every request now waits until each queue has an
+    // entry registered, then goes to the ring.
+    let ring = match transport {
+        Transport::DevFuse => None,
+        Transport::Uring => Some(ring::start(&session, &floor, threads)?),
+    };
     let serving = std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || session.run())?;
     // Only once the session serves: this stats the mount point, a request to ourselves.
     reseedfs::sys::fuse::raise_readahead(mountpoint);
-    serving
+    let served = serving
         .join()
-        .map_err(|_| io::Error::other("the FUSE session thread panicked"))?
+        .map_err(|_| io::Error::other("the FUSE session thread panicked"))?;
+    let rang = ring.map_or(Ok(()), fuse_uring::Ring::join);
+    served.and(rang)
 }
