@@ -19,6 +19,7 @@
 //! | `fuse_floor_uring_bounce` | `fuse_floor_uring` copying write data once into an aligned buffer before writing it, as the floor must through `/dev/fuse` (the transport alone; only when `--targets` names it) |
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
+//! | `reseedfs_1copy_nosums`, `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false`, over `pool1_nosums`, `pool2_nosums` (only when `--targets` names them: the `cR` column and `ratio_to_nosums` give what block checksums cost, issue 17) |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
 //!
 //! Both reseedfs mounts are the real binary (`reseedfs init` + `reseedfs mount`, default
@@ -41,6 +42,8 @@
 //! | `seq_read_1m_buffered` | the same through the page cache (readahead) |
 //! | `rand_read_4k_qd1`, `_qd32` | `O_DIRECT` 4 KiB random reads, libaio, queue depth 1 / 32 |
 //! | `rand_write_4k_qd1`, `_qd32` | `O_DIRECT` 4 KiB random overwrites, libaio, depth 1 / 32, `fsync` at the end |
+//!
+//! | `scrub` | `reseedfs scrub` of the `reseedfs_2copies` pool (every block of both copies read and checked against its checksum) against a plain sequential read of the same two backing files, both at once; when `reseedfs_2copies` is a target and no FILTER excludes it (issue 17) |
 //!
 //! Sequential jobs make one pass over the file (2 GiB by default), capped at `--seconds`;
 //! random jobs run for `--seconds` (5 by default) after a 1 s ramp. fio's random map never
@@ -74,10 +77,12 @@
 //! `O_DIRECT` job that leaves its data cached was cached by the daemon); the goals of
 //! issue 18 checked one by one; and the same figures in `target/bench/throughput.json`: a
 //! list of `{"workload","target","value","unit","ratio","ratio_min","ratio_max",
-//! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","daemon_cpu_us_per_request",
+//! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","ratio_to_nosums",
+//! "ratio_to_nosums_min","ratio_to_nosums_max","daemon_cpu_us_per_request",
 //! "daemon_cpu_us_per_mib","page_cache_mib","runs","error"}` (`value` is null and `error`
 //! says why when every round failed; the floor fields are null for `direct` and the
-//! floor, the CPU fields for `direct`). The reseed workload
+//! floor, the CPU fields for `direct`). The `scrub` row has `"value"` (MiB/s per copy),
+//! `"plain_read_mib_s"` and `"ratio_to_plain_read"` (with `_min`, `_max`). The reseed workload
 //! belongs to `cargo bench --bench reseed`: when `target/bench/reseed.json` exists, its
 //! rows are shown, labelled as such, and copied with `"source":"reseed.json"`.
 //!
@@ -146,11 +151,15 @@ enum Target {
     FloorUringBounce,
     Reseedfs1,
     Reseedfs2,
+    /// `reseedfs_1copy` with `[checksums] enabled = false` (issue 17: what the sums cost).
+    Reseedfs1NoSums,
+    /// `reseedfs_2copies` with `[checksums] enabled = false`.
+    Reseedfs2NoSums,
     Mergerfs,
 }
 
 /// Every target, in table order.
-const TARGETS: [Target; 8] = [
+const TARGETS: [Target; 10] = [
     Target::Direct,
     Target::Floor,
     Target::FloorCached,
@@ -158,6 +167,8 @@ const TARGETS: [Target; 8] = [
     Target::FloorUringBounce,
     Target::Reseedfs1,
     Target::Reseedfs2,
+    Target::Reseedfs1NoSums,
+    Target::Reseedfs2NoSums,
     Target::Mergerfs,
 ];
 
@@ -180,6 +191,8 @@ impl Target {
             Target::FloorUringBounce => "fuse_floor_uring_bounce",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
+            Target::Reseedfs1NoSums => "reseedfs_1copy_nosums",
+            Target::Reseedfs2NoSums => "reseedfs_2copies_nosums",
             Target::Mergerfs => "mergerfs",
         }
     }
@@ -482,7 +495,8 @@ fn serve_floor(args: &[String]) -> ExitCode {
 
 fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     let workloads = s.workloads();
-    if workloads.is_empty() {
+    let scrub = s.filters.is_empty() || s.filters.iter().any(|f| "scrub".contains(f.as_str()));
+    if workloads.is_empty() && !scrub {
         return Err(io::Error::other("no workload matches the filter"));
     }
     let mut settings_line = format!(
@@ -624,13 +638,122 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
             }
         }
     }
+    let mut scrub_row = None;
+    if scrub && targets.contains(&Target::Reseedfs2) {
+        scrub_row = Some(scrub_vs_read(s, &rig, stop)?);
+    }
     println!("throughput: machine after: {}", machine_load());
     let rows = summarize(&workloads, &targets, &samples);
     let reseed = reseed_rows();
     print_table(&workloads, &targets, &rows, &reseed);
-    write_json(&rows, &reseed)?;
+    if let Some(row) = &scrub_row {
+        println!(
+            "\nscrub (issue 17, reseedfs_2copies, unthrottled): {} MiB/s per copy; a plain sequential read of the same backing files, both at once: {} MiB/s per copy; ratio {} [{}-{}] (goal: the device's sequential speed, 1.0)",
+            row["value"],
+            row["plain_read_mib_s"],
+            row["ratio_to_plain_read"],
+            row["ratio_to_plain_read_min"],
+            row["ratio_to_plain_read_max"]
+        );
+    }
+    write_json(&rows, &reseed, scrub_row)?;
     drop(rig);
     Ok(())
+}
+
+/// Issue 17: `reseedfs scrub` of the `reseedfs_2copies` pool (every block of both copies
+/// read and checked, unthrottled: the default `[throttle]` has no budget) against a plain
+/// sequential read of the same two backing files, both at once (1 MiB buffered reads, as
+/// the scrub reads), caches dropped before each, alternating, `--repeat` rounds. The
+/// scrub's time is its own report's (`report.seconds`), not the CLI's polling.
+fn scrub_vs_read(s: &Settings, rig: &Rig, stop: &AtomicBool) -> io::Result<Value> {
+    let t = Target::Reseedfs2;
+    let file = rig
+        .file(t)
+        .ok_or_else(|| io::Error::other("no reseedfs_2copies mount"))?;
+    let backing: Vec<PathBuf> = rig
+        .backing
+        .iter()
+        .find(|(x, _)| *x == t)
+        .map(|(_, f)| f.clone())
+        .unwrap_or_default();
+    let config = rig.bed.root.join("pool2").join("reseedfs.toml");
+    ensure_file(file, s.file_bytes)?;
+    let mib = s.file_bytes as f64 / MIB;
+    let (mut plain, mut scrub, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..s.repeat {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("interrupted; cleaning up"));
+        }
+        drop_caches();
+        let t0 = Instant::now();
+        thread::scope(|scope| {
+            let readers: Vec<_> = backing
+                .iter()
+                .map(|p| scope.spawn(move || read_through(p)))
+                .collect();
+            readers
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("reader panicked")))
+                })
+                .collect::<io::Result<Vec<u64>>>()
+        })?;
+        let plain_s = t0.elapsed().as_secs_f64();
+        drop_caches();
+        let out = Command::new(common::BIN)
+            .args(["scrub", DB, "--wait", "--json", "--config"])
+            .arg(&config)
+            .output()?;
+        let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            io::Error::other(format!(
+                "reseedfs scrub --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+        let scrub_s = status["report"]["seconds"]
+            .as_f64()
+            .filter(|x| *x > 0.0)
+            .ok_or_else(|| io::Error::other(format!("reseedfs scrub failed: {status}")))?;
+        println!(
+            "  scrub                  reseedfs_2copies  round {}: scrub {:.0} MiB/s per copy in {scrub_s:.2} s, plain read {:.0} MiB/s per copy in {plain_s:.2} s",
+            round + 1,
+            mib / scrub_s,
+            mib / plain_s
+        );
+        plain.push(mib / plain_s);
+        scrub.push(mib / scrub_s);
+        ratios.push(plain_s / scrub_s);
+    }
+    let round3 = |x: Option<f64>| x.map(|v| (v * 1000.0).round() / 1000.0);
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    Ok(json!({
+        "workload": "scrub",
+        "target": t.name(),
+        "value": median(&mut scrub).map(|x| (x * 10.0).round() / 10.0),
+        "unit": "MiB/s",
+        "plain_read_mib_s": median(&mut plain).map(|x| (x * 10.0).round() / 10.0),
+        "ratio_to_plain_read": round3(median(&mut ratios)),
+        "ratio_to_plain_read_min": round3(Some(lo)),
+        "ratio_to_plain_read_max": round3(Some(hi)),
+        "runs": s.repeat,
+    }))
+}
+
+/// Reads `path` front to back in 1 MiB reads; returns the bytes.
+fn read_through(path: &Path) -> io::Result<u64> {
+    let f = fs::File::open(path).map_err(|e| with_path(e, "open", path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(at);
+        }
+        at += n as u64;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -722,21 +845,27 @@ impl Rig {
             rig.daemons.push(daemon);
         }
 
-        for (target, copies) in [(Target::Reseedfs1, 1u32), (Target::Reseedfs2, 2)] {
+        for (target, copies, pool_dir, sums) in [
+            (Target::Reseedfs1, 1u32, "pool1", true),
+            (Target::Reseedfs2, 2, "pool2", true),
+            (Target::Reseedfs1NoSums, 1, "pool1_nosums", false),
+            (Target::Reseedfs2NoSums, 2, "pool2_nosums", false),
+        ] {
             if !s.targets.contains(&target) {
                 continue;
             }
-            let pool = root.join(format!("pool{copies}"));
+            let pool = root.join(pool_dir);
             let vols = pool.join("vols");
             for k in 1..=copies {
-                let source = rig
-                    .bed
-                    .volume_path(k as usize)
-                    .join(format!("pool{copies}"));
+                let source = rig.bed.volume_path(k as usize).join(pool_dir);
+                fs::create_dir_all(&source).map_err(|e| with_path(e, "create", &source))?;
                 rig.binds
                     .push(BindMount::new(&source, &vols.join(format!("Volume{k}")))?);
             }
-            let settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
+            let mut settings: Vec<Setting> = s.threads.map(Setting::threads).into_iter().collect();
+            if !sums {
+                settings.push(Setting::parse("checksums.enabled=false").map_err(io::Error::other)?);
+            }
             let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
             let file = daemon
                 .mountpoint()
@@ -750,7 +879,7 @@ impl Rig {
                 .map(|k| {
                     rig.bed
                         .volume_path(k)
-                        .join(format!("pool{copies}"))
+                        .join(pool_dir)
                         .join(format!("{DB}.db"))
                         .join(FILE)
                 })
@@ -1199,6 +1328,11 @@ struct Row {
     ratio_to_floor: Option<f64>,
     ratio_to_floor_min: Option<f64>,
     ratio_to_floor_max: Option<f64>,
+    /// Ratio of a checksummed reseedfs target to the same target without checksums in
+    /// the same round (median, range; issue 17: the cost of the sums).
+    ratio_to_nosums: Option<f64>,
+    ratio_to_nosums_min: Option<f64>,
+    ratio_to_nosums_max: Option<f64>,
     /// Medians of the daemon's CPU cost.
     cpu_us_per_request: Option<f64>,
     cpu_us_per_mib: Option<f64>,
@@ -1253,6 +1387,11 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 } else {
                     ratios(&mine, &floor)
                 };
+            let (ratio_to_nosums, ratio_to_nosums_min, ratio_to_nosums_max) = match t {
+                Target::Reseedfs1 => ratios(&mine, &by_round(Target::Reseedfs1NoSums)),
+                Target::Reseedfs2 => ratios(&mine, &by_round(Target::Reseedfs2NoSums)),
+                _ => (None, None, None),
+            };
             let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
                 let mut v: Vec<f64> = mine.iter().filter_map(|x| f(x)).collect();
                 median(&mut v)
@@ -1269,6 +1408,9 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 ratio_to_floor,
                 ratio_to_floor_min,
                 ratio_to_floor_max,
+                ratio_to_nosums,
+                ratio_to_nosums_min,
+                ratio_to_nosums_max,
                 cpu_us_per_request: pick(&|x| x.cpu.map(|c| c.us_per_request)),
                 cpu_us_per_mib: pick(&|x| x.cpu.map(|c| c.us_per_mib)),
                 cache_mib: pick(&|x| x.value.is_ok().then_some(x.cache.mib)),
@@ -1343,6 +1485,9 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
                     if let Some(f) = r.ratio_to_floor {
                         let _ = write!(cell, " f{f:.2}");
                     }
+                    if let Some(c) = r.ratio_to_nosums {
+                        let _ = write!(cell, " c{c:.2}");
+                    }
                     cell
                 })
                 .unwrap_or_else(|| "-".to_owned());
@@ -1352,7 +1497,7 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     }
     out.push_str(
         "(value: median over the rounds; xR: ratio to direct in the same round, [range]; \
-         fR: ratio to fuse_floor in the same round)\n",
+         fR: ratio to fuse_floor in the same round; cR: checksums on / off, same round)\n",
     );
 
     let _ = write!(
@@ -1459,6 +1604,21 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
         );
     }
 
+    out.push_str("\ngoal of issue 17 (checksums cost within 10%; medians):\n");
+    for w in workloads {
+        for t in [Target::Reseedfs1, Target::Reseedfs2] {
+            let Some(r) = row(w.name, t) else { continue };
+            let Some(c) = r.ratio_to_nosums else { continue };
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<22} {:<17} {c:.2} >= 0.90 of checksums off",
+                if c >= 0.9 { "ok" } else { "MISS" },
+                w.name,
+                t.name()
+            );
+        }
+    }
+
     out.push_str("\nreseed: ");
     if reseed.is_empty() {
         out.push_str(
@@ -1485,7 +1645,7 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     let _ = io::stdout().flush();
 }
 
-fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
+fn write_json(rows: &[Row], reseed: &[Value], scrub: Option<Value>) -> io::Result<()> {
     let mut list: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -1501,6 +1661,9 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
                 "ratio_to_floor": r.ratio_to_floor.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_floor_min": r.ratio_to_floor_min.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_floor_max": r.ratio_to_floor_max.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_nosums": r.ratio_to_nosums.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_nosums_min": r.ratio_to_nosums_min.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_nosums_max": r.ratio_to_nosums_max.map(|x| (x * 1000.0).round() / 1000.0),
                 "daemon_cpu_us_per_request": r.cpu_us_per_request.map(|x| (x * 10.0).round() / 10.0),
                 "daemon_cpu_us_per_mib": r.cpu_us_per_mib.map(|x| x.round()),
                 "page_cache_mib": r.cache_mib.map(|x| x.round()),
@@ -1515,6 +1678,7 @@ fn write_json(rows: &[Row], reseed: &[Value]) -> io::Result<()> {
         }
         list.push(r);
     }
+    list.extend(scrub);
     let dir = bench_dir();
     fs::create_dir_all(&dir).map_err(|e| with_path(e, "create", &dir))?;
     let path = dir.join("throughput.json");

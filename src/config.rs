@@ -113,6 +113,12 @@ pub struct Config {
     /// How reseeds copy.
     #[serde(default)]
     pub reseed: ReseedConfig,
+    /// Block checksums (`[checksums]`).
+    #[serde(default)]
+    pub checksums: ChecksumConfig,
+    /// Scheduled scrubs (`[scrub]`).
+    #[serde(default)]
+    pub scrub: ScrubConfig,
     /// The log tap: checkpoints and what to do when a copy diverged.
     #[serde(default)]
     pub tap: TapConfig,
@@ -162,6 +168,34 @@ impl VolumeConfig {
             slow_request: self.slow_request,
         }
     }
+}
+
+/// The `[checksums]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksumConfig {
+    /// A CRC32C per 4 KiB block of every database file, kept by each copy, written with
+    /// the data and checked on every read (a bad block is served and repaired from a copy
+    /// whose block matches). Default true.
+    pub enabled: bool,
+}
+
+impl Default for ChecksumConfig {
+    fn default() -> Self {
+        ChecksumConfig { enabled: true }
+    }
+}
+
+/// The `[scrub]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubConfig {
+    /// How often every database is scrubbed (`reseedfs scrub`, started by the daemon:
+    /// every block of every in-sync copy checked against its checksum and repaired),
+    /// paced by the host's rebuild throttle (`[throttle]`), e.g. `"7d"`. The time of the
+    /// last scrub survives restarts. Default: off.
+    #[serde(with = "humantime_serde::option")]
+    pub interval: Option<std::time::Duration>,
 }
 
 /// The `[tap]` section.
@@ -276,6 +310,8 @@ impl Config {
             threads: default_threads(),
             autoreseed: Default::default(),
             reseed: Default::default(),
+            checksums: Default::default(),
+            scrub: Default::default(),
             tap: Default::default(),
             throttle: Default::default(),
             events: Default::default(),

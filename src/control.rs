@@ -179,6 +179,10 @@ pub enum Request {
         repair: bool,
         /// Read at most this many bytes per second (per copy); `None`: unlimited.
         max_bytes_per_s: Option<u64>,
+        /// A scrub: every block of every copy checked against its checksum and repaired
+        /// from a copy whose block matches (`reseedfs scrub`).
+        #[serde(default)]
+        scrub: bool,
     },
     /// Progress (then the report) of the running or last verification of `db`.
     VerifyStatus {

@@ -75,7 +75,19 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let core = Arc::new(Core::new(pool.clone()));
     let runner = Runner::new(core.clone(), Arc::new(SystemClock));
-    let verifier = Arc::new(Verifier::new(core.clone()).with_throttle(runner.throttle().clone()));
+    let verifier = Arc::new(
+        Verifier::new(core.clone())
+            .with_throttle(runner.throttle().clone())
+            .with_scrub_log(&config.state_dir),
+    );
+    let scrubs = match config.scrub.interval {
+        Some(interval) => Some(
+            verifier
+                .schedule_scrubs(interval)
+                .context("start the scrub schedule")?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(4);
 
     // The socket and the signal handlers come first: once the mount is visible, `status`
@@ -119,6 +131,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     notify_stopping();
     // Reseeds in flight stop here; their copies stay FailedAndSuspended for the next mount.
     autoreseed.stop();
+    drop(scrubs);
     verifier.stop();
     let result = mount.unmount();
     // A mount that would not go away may still have writes in flight: not clean.
@@ -589,9 +602,11 @@ impl Control {
                 db,
                 repair,
                 max_bytes_per_s,
+                scrub,
             } => {
                 let options = VerifyOptions {
-                    repair,
+                    scrub,
+                    repair: repair || scrub,
                     max_bytes_per_s,
                 };
                 match self.verifier.start(&db, options) {
@@ -619,6 +634,7 @@ impl Control {
     fn status(&self) -> crate::status::Status {
         let mut status = crate::status::of_pool(&self.pool);
         self.runner.annotate(&mut status);
+        self.verifier.annotate(&mut status);
         crate::status::complete(
             &mut status,
             Some(self.runner.throttle()),

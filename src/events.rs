@@ -51,10 +51,14 @@
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
 //! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message); on a volume's lane: answered as a failed I/O of the volume, which is failed (volume, operation, `lane: true`) |
+//! | 3070 | `checksum.repaired`         | a block of a copy did not match its checksum: the read was served from a copy whose block matches, and the bad block rewritten from it and read back (database, file, offset, volume, source) |
+//! | 3071 | `checksum.unrecoverable`    | a block matches its checksum on no copy: the read failed with EIO (database, file, offset) |
+//! | 3072 | `scrub.started`             | a scrub of a database's in-sync copies started (copies, bytes) |
+//! | 3073 | `scrub.completed`           | the scrub ended: blocks checked, bad blocks found and repaired, blocks summed for the first time (or why it stopped) |
 //!
 //! Each event is also logged, one line each ([`EventId::severity`]): at ERROR when a human
-//! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019, 3060), at WARN when the system
-//! carried on around a problem (3004, 3006, 3008, 3012, 3015, 3020, 3032, 3034), at INFO
+//! must act (1109, 2058, 3003, 3005, 3007, 3014, 3017, 3019, 3060, 3071), at WARN when the system
+//! carried on around a problem (3004, 3006, 3008, 3012, 3015, 3020, 3032, 3034, 3070), at INFO
 //! otherwise.
 
 use std::fs::File;
@@ -143,6 +147,14 @@ pub enum EventId {
     OnlineVerifyCompleted,
     /// 3060: a request panicked (a bug): answered EIO, its thread goes on serving.
     RequestPanicked,
+    /// 3070: a block did not match its checksum on a copy; served and repaired from another.
+    ChecksumRepaired,
+    /// 3071: a block matches its checksum on no copy: the read failed with EIO.
+    ChecksumUnrecoverable,
+    /// 3072: a scrub of a database's in-sync copies started.
+    ScrubStarted,
+    /// 3073: a scrub ended (what it found and repaired, or why it stopped).
+    ScrubCompleted,
 }
 
 impl EventId {
@@ -186,6 +198,10 @@ impl EventId {
             EventId::OnlineVerifyStarted => 3040,
             EventId::OnlineVerifyCompleted => 3041,
             EventId::RequestPanicked => 3060,
+            EventId::ChecksumRepaired => 3070,
+            EventId::ChecksumUnrecoverable => 3071,
+            EventId::ScrubStarted => 3072,
+            EventId::ScrubCompleted => 3073,
         }
     }
 
@@ -201,6 +217,7 @@ impl EventId {
             | EventId::AutoReseedStopped
             | EventId::IncrementalReseedError
             | EventId::ReseedFailed
+            | EventId::ChecksumUnrecoverable
             | EventId::RequestPanicked => Severity::Error,
             EventId::ActiveChanged
             | EventId::ForeignVolume
@@ -209,6 +226,7 @@ impl EventId {
             | EventId::ReseedSourceChanged
             | EventId::VolumeSlow
             | EventId::DivergenceFound
+            | EventId::ChecksumRepaired
             | EventId::CopySuspended => Severity::Warn,
             _ => Severity::Info,
         }
@@ -254,6 +272,10 @@ impl EventId {
             EventId::OnlineVerifyStarted => "verify.online_started",
             EventId::OnlineVerifyCompleted => "verify.online_completed",
             EventId::RequestPanicked => "request.panicked",
+            EventId::ChecksumRepaired => "checksum.repaired",
+            EventId::ChecksumUnrecoverable => "checksum.unrecoverable",
+            EventId::ScrubStarted => "scrub.started",
+            EventId::ScrubCompleted => "scrub.completed",
         }
     }
 }

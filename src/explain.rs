@@ -233,6 +233,9 @@ pub struct DbExplanation {
     pub bytes: u64,
     /// The copies that are not healthy (none: every copy is in sync).
     pub not_healthy: Vec<CopyExplanation>,
+    /// Its scrubs: the schedule, the last one and what it found (as in `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<crate::verify::ScrubState>,
 }
 
 /// The answer to `explain`.
@@ -790,6 +793,7 @@ pub fn explain(i: &Inputs, db: Option<&str>) -> Result<Explanation, String> {
                 .filter(|(dk, _, _)| *dk == k)
                 .map(|(_, _, e)| e.clone())
                 .collect(),
+            scrub: d.scrub.clone(),
         })
         .collect();
     Ok(Explanation {

@@ -11,6 +11,7 @@
 //!                 tables
 //! pool/           volumes, placement map, persisted pool state (the copy set's Store),
 //!                 spares, `init`
+//! checksum/       a CRC32C per 4 KiB block of every database file, per copy (format, stores)
 //! copyset/        one database's copies: owns copy states; every mutation in one call
 //!                 (locks, tap, seed routing, fan-out, outcome rules); read failover;
 //!                 crash repair
@@ -42,6 +43,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod autoreseed;
+pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -17,6 +17,7 @@
 //! | `reseedfs_volume_state` | gauge | `volume`, `state` | 1 for `InUse`, `Spare` or `Failed`, 0 for the others |
 //! | `reseedfs_volume_io_errors_total` | counter | `volume` | I/O errors seen on the volume |
 //! | `reseedfs_volume_slow_requests_total` | counter | `volume` | operations slower than `[volume] slow_request` |
+//! | `reseedfs_checksum_errors_total` | counter | `volume` | blocks read from the volume that did not match their checksum |
 //! | `reseedfs_volume_mirrored_bytes_total` | counter | `volume` | file data written to the volume's copies through the mount |
 //! | `reseedfs_volume_free_bytes`, `reseedfs_volume_size_bytes` | gauge | `volume` | when the volume answers |
 //! | `reseedfs_events_total` | counter | `id`, `kind` | events recorded; those logged at ERROR from 0, the others from their first |
@@ -616,6 +617,15 @@ fn render_volumes(out: &mut Exposition, status: &Status, mirrored: &[(String, u6
     for v in &status.volumes {
         out.sample(name, &[("volume", v.name.as_str())], v.slow_requests);
     }
+    let name = "reseedfs_checksum_errors_total";
+    out.family(
+        name,
+        "counter",
+        "Blocks read from the volume that did not match their checksum since the mount (each served from a good copy and repaired, or failed with EIO).",
+    );
+    for v in &status.volumes {
+        out.sample(name, &[("volume", v.name.as_str())], v.checksum_errors);
+    }
     let name = "reseedfs_volume_mirrored_bytes_total";
     out.family(
         name,
@@ -913,6 +923,7 @@ mod tests {
             total_bytes: (state != "Failed").then_some(2 << 20),
             io_errors,
             slow_requests: 0,
+            checksum_errors: 0,
         };
         let mut queued = copy("Volume2", "Mounted", true);
         queued.queue_bytes = Some(4096);
@@ -941,6 +952,7 @@ mod tests {
             databases: vec![DbStatus {
                 name: "db001".into(),
                 copies: vec![failed, queued],
+                scrub: None,
             }],
             volumes: vec![
                 volume("Volume1", "Failed", 3),

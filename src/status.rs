@@ -100,6 +100,10 @@ pub struct DbStatus {
     pub name: String,
     /// Its copies.
     pub copies: Vec<CopyStatus>,
+    /// Its scrubs: the schedule (`[scrub] interval`), whether one runs, the last one and
+    /// what it found (`None` outside the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<crate::verify::ScrubState>,
 }
 
 /// One volume in `status`.
@@ -118,6 +122,9 @@ pub struct VolumeStatus {
     /// Operations slower than `[volume] slow_request` since the mount.
     #[serde(default)]
     pub slow_requests: u64,
+    /// Blocks read from the volume that did not match their checksum, since the mount.
+    #[serde(default)]
+    pub checksum_errors: u64,
 }
 
 /// The answer to `status`.
@@ -217,6 +224,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                     }
                 })
                 .collect(),
+            scrub: None,
         })
         .collect();
     let volumes = pool
@@ -245,6 +253,7 @@ pub fn of_pool(pool: &Pool) -> Status {
                 total_bytes,
                 io_errors: v.io_errors(),
                 slow_requests: v.slow_requests(),
+                checksum_errors: v.checksum_errors(),
             }
         })
         .collect();
@@ -411,6 +420,7 @@ mod tests {
                     copy("Volume2", "Mounted"),
                     seeding,
                 ],
+                scrub: None,
             }],
             volumes: vec![
                 VolumeStatus {
@@ -420,6 +430,7 @@ mod tests {
                     total_bytes: None,
                     io_errors: 1,
                     slow_requests: 0,
+                    checksum_errors: 0,
                 },
                 VolumeStatus {
                     name: "Volume2".into(),
@@ -428,6 +439,7 @@ mod tests {
                     total_bytes: Some(10 << 30),
                     io_errors: 0,
                     slow_requests: 0,
+                    checksum_errors: 0,
                 },
             ],
             throttle: None,

@@ -64,6 +64,7 @@ fn db(name: &str, copies: Vec<CopyStatus>) -> DbStatus {
     DbStatus {
         name: name.into(),
         copies,
+        scrub: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn volume(name: &str, state: &str, free_gib: Option<u64>) -> VolumeStatus {
         total_bytes: free_gib.map(|_| 1000 * GIB),
         io_errors: u64::from(state == "Failed"),
         slow_requests: 0,
+        checksum_errors: 0,
     }
 }
 

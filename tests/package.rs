@@ -617,10 +617,11 @@ fn the_example_config_parses_and_shows_the_defaults() {
         .join("\n");
     let mut shown = Config::parse(&uncommented, &path).expect("the uncommented example parses");
     assert!(shown.metrics.is_some() && shown.throttle.max_bytes_per_s.is_some());
-    // The three examples of keys that are off by default.
+    // The examples of keys that are off by default.
     shown.metrics = None;
     shown.throttle.max_bytes_per_s = None;
     shown.throttle.latency_target = None;
+    shown.scrub.interval = None;
     assert_eq!(
         shown, as_shipped,
         "the example shows other values than the defaults"

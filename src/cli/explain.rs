@@ -85,6 +85,12 @@ fn render_copy(c: &CopyExplanation) -> String {
 pub fn render_explanation(e: &Explanation) -> String {
     let mut out = String::new();
     for d in &e.databases {
+        let scrub = d
+            .scrub
+            .as_ref()
+            .and_then(super::verify::render_scrub)
+            .map(|line| format!("{}: {line}\n", d.name))
+            .unwrap_or_default();
         if d.not_healthy.is_empty() {
             out += &format!(
                 "{}: healthy ({} of {} copies in sync, {})\n",
@@ -93,6 +99,7 @@ pub fn render_explanation(e: &Explanation) -> String {
                 d.copies,
                 fmt_bytes(Some(d.bytes))
             );
+            out += &scrub;
             continue;
         }
         out += &format!(
@@ -105,6 +112,7 @@ pub fn render_explanation(e: &Explanation) -> String {
         for c in &d.not_healthy {
             out += &render_copy(c);
         }
+        out += &scrub;
     }
     out += &format!("durations: {}\n", e.rate.note);
     out

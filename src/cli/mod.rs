@@ -111,6 +111,10 @@ pub enum Command {
     /// Compare every in-sync copy with the active copy online (exit 0 identical, 1
     /// differences, 2 error); --repair rewrites what differs from the active copy.
     Verify(VerifyArgs),
+    /// Read every block of every in-sync copy, check it against its checksum and repair
+    /// a bad one from a copy whose block matches (`--wait`: follow it, exit 0 when all
+    /// repaired).
+    Scrub(verify::ScrubArgs),
     /// Write the man pages or the shell completions, made from these definitions
     /// (`generate man DIR`, `generate completions DIR`; the package build runs it).
     #[command(hide = true)]
@@ -306,6 +310,7 @@ pub fn run(cli: Cli) -> ExitCode {
         #[cfg(unix)]
         Command::MountHelper(a) => return mount_helper::run(&a),
         Command::Verify(a) => verify::verify(&a),
+        Command::Scrub(a) => verify::scrub(&a),
         Command::Generate(a) => generate::run(&a),
         #[cfg(windows)]
         Command::Service(a) => crate::daemon::service(a.action, &a.config).map(|()| Exit::Ok),
@@ -505,6 +510,9 @@ pub fn render_status(s: &Status) -> String {
             if let Some(e) = last {
                 out += &format!("    last error: {e}\n");
             }
+        }
+        if let Some(line) = d.scrub.as_ref().and_then(verify::render_scrub) {
+            out += &format!("{}: {line}\n", d.name);
         }
     }
     out += &format!(

@@ -35,6 +35,73 @@ pub struct VerifyArgs {
     /// The config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
+    /// A scrub (set by `reseedfs scrub`).
+    #[arg(skip)]
+    pub scrub: bool,
+}
+
+/// Arguments of `scrub`.
+#[derive(Debug, clap::Args)]
+pub struct ScrubArgs {
+    /// The database.
+    pub db: DbName,
+    /// Follow it to the end with a progress bar, print the report, and exit 0 only when
+    /// every bad block was repaired (1 otherwise, 2 when it could not finish).
+    #[arg(long)]
+    pub wait: bool,
+    /// Read at most this fast, per copy (`200MiB/s`, `unlimited`); the host's rebuild
+    /// budget applies in any case.
+    #[arg(long, default_value = "unlimited", value_parser = parse_max_rate)]
+    pub max_rate: MaxRate,
+    /// Print the final status and report as JSON (with --wait).
+    #[arg(long)]
+    pub json: bool,
+    /// The config file.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+/// `reseedfs scrub`: every block of every in-sync copy read and checked against its
+/// checksum, a bad one rewritten from a copy whose block matches; blocks without a
+/// checksum get one where the copies agree. Runs in the daemon, as a verification with
+/// repair whose checksums decide.
+pub fn scrub(a: &ScrubArgs) -> anyhow::Result<Exit> {
+    let v = VerifyArgs {
+        db: a.db.clone(),
+        repair: true,
+        max_rate: a.max_rate,
+        status: false,
+        json: a.json,
+        config: a.config.clone(),
+        scrub: true,
+    };
+    if a.wait {
+        return verify(&v);
+    }
+    let config = match load(&a.config) {
+        Ok(c) => c,
+        Err(e) => return Ok(e),
+    };
+    match ask(&config, &request(&v)) {
+        Ok(Response::Verify(_)) => {
+            println!(
+                "scrub of {} started: follow it with `reseedfs verify {} --status`",
+                a.db, a.db
+            );
+            Ok(Exit::Ok)
+        }
+        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Err(e) => Ok(e),
+    }
+}
+
+fn request(a: &VerifyArgs) -> Request {
+    Request::Verify {
+        db: a.db.clone(),
+        repair: a.repair,
+        max_bytes_per_s: a.max_rate.0,
+        scrub: a.scrub,
+    }
 }
 
 /// `--max-rate`: bytes per second, or `None` for unlimited.
@@ -54,12 +121,7 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<Exit> {
         Err(e) => return Ok(e),
     };
     if !a.status {
-        let req = Request::Verify {
-            db: a.db.clone(),
-            repair: a.repair,
-            max_bytes_per_s: a.max_rate.0,
-        };
-        match ask(&config, &req) {
+        match ask(&config, &request(a)) {
             Ok(Response::Verify(_)) => {}
             Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
             Err(e) => return Ok(e),
@@ -118,7 +180,8 @@ fn finish(a: &VerifyArgs, s: &VerifyStatus) -> anyhow::Result<Exit> {
 
 /// 0 when identical or when every difference was repaired and read back identical.
 fn exit_of(r: &VerifyReport) -> Exit {
-    if r.identical() || (r.repair && r.all_repaired()) {
+    let sums_ok = r.checksum_unrecoverable == 0 && r.checksum_repaired == r.checksum_errors;
+    if (r.identical() || (r.repair && r.all_repaired())) && sums_ok {
         Exit::Ok
     } else {
         Exit::Failure
@@ -185,6 +248,16 @@ pub fn render_report(r: &VerifyReport) -> String {
     for n in &r.notes {
         out += &format!("note: {n}\n");
     }
+    if r.blocks_checked + r.checksum_errors + r.sums_filled > 0 {
+        out += &format!(
+            "checksums: {} blocks checked, {} bad ({} repaired, {} bad on every copy), {} summed for the first time\n",
+            r.blocks_checked,
+            r.checksum_errors,
+            r.checksum_repaired,
+            r.checksum_unrecoverable,
+            r.sums_filled
+        );
+    }
     out += &if r.identical() {
         format!(
             "identical: every in-sync copy of {} matches {}\n",
@@ -228,6 +301,50 @@ fn counts(r: &VerifyReport) -> String {
         r.bytes_mismatched,
         n(r.tree_total, "tree entry", "tree entries")
     )
+}
+
+/// The scrubbing of a database as `status` and `explain` print it (one line), or `None`
+/// when it has no schedule, runs no scrub and was never scrubbed.
+pub fn render_scrub(s: &crate::verify::ScrubState) -> Option<String> {
+    if s.interval_s.is_none() && s.last.is_none() && !s.running {
+        return None;
+    }
+    let at = |unix: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix),
+        )
+        .to_string()
+    };
+    let mut parts = Vec::new();
+    if s.running {
+        parts.push("running now".to_owned());
+    }
+    match &s.last {
+        Some(l) if l.completed => parts.push(format!(
+            "last {} at {}: {} blocks checked, {} bad ({} repaired, {} bad on every copy), {} summed anew, {} differing extents",
+            if l.scheduled { "(scheduled)" } else { "(manual)" },
+            at(l.finished_unix),
+            l.blocks_checked,
+            l.checksum_errors,
+            l.checksum_repaired,
+            l.checksum_unrecoverable,
+            l.sums_filled,
+            l.extents_mismatched
+        )),
+        Some(l) => parts.push(format!(
+            "last {} stopped at {}: {}",
+            if l.scheduled { "(scheduled)" } else { "(manual)" },
+            at(l.finished_unix),
+            l.error.as_deref().unwrap_or("?")
+        )),
+        None => parts.push("never scrubbed".to_owned()),
+    }
+    if let Some(i) = s.interval_s {
+        let every = humantime::format_duration(std::time::Duration::from_secs(i));
+        let next = s.next_due_unix.map_or("-".to_owned(), at);
+        parts.push(format!("every {every}, next due {next}"));
+    }
+    Some(format!("scrub: {}", parts.join("; ")))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct BackingFile {
     /// small reads and the aligned writes of a caller that opened it so; opened at the
     /// first of them (`None`: not possible here).
     direct: OnceLock<Option<VolFile>>,
+    /// The file's checksum store on this copy, opened at the first use.
+    pub(super) sums: OnceLock<Arc<crate::checksum::SumFile>>,
 }
 
 impl BackingFile {
@@ -40,6 +42,9 @@ impl BackingFile {
 #[derive(Debug)]
 pub struct OpenFiles {
     slots: Box<[ArcSwapOption<BackingFile>]>,
+    /// The volume-relative path the handle was opened by (for events; a later rename is
+    /// not followed).
+    name: OnceLock<std::path::PathBuf>,
     /// The caller opened the file with `O_DIRECT`: its aligned writes go `O_DIRECT` to
     /// the backing files too ([`OpenFiles::set_direct`]).
     direct: AtomicBool,
@@ -50,8 +55,26 @@ impl OpenFiles {
     pub fn new(n: usize) -> OpenFiles {
         OpenFiles {
             slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            name: OnceLock::new(),
             direct: AtomicBool::new(false),
         }
+    }
+
+    /// Names the file (the path it was opened by).
+    pub fn set_name(&self, path: &std::path::Path) {
+        let _ = self.name.set(path.to_owned());
+    }
+
+    /// The volume-relative path the file was opened by.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.name.get().map(|p| p.as_path())
+    }
+
+    /// The path the file was opened by, for messages.
+    pub fn name(&self) -> String {
+        self.name
+            .get()
+            .map_or_else(|| "(unnamed)".to_owned(), |p| p.display().to_string())
     }
 
     /// Marks the handle as opened with `O_DIRECT` by its caller (a database that caches
@@ -73,6 +96,7 @@ impl OpenFiles {
                 generation,
                 file,
                 direct: OnceLock::new(),
+                sums: OnceLock::new(),
             })));
         }
     }

@@ -8,6 +8,8 @@
 //! - `files`: the backing files of open handles, closed at once when a volume dies.
 //! - `io`: per-file locks and marks. `seed`: writes to a copy being seeded.
 //! - [`repair`]: crash repair, where the activity log says the copies may differ.
+//! - `integrity`: block checksums on the data path (see [`crate::checksum`]): every read
+//!   checked, a bad block served and rewritten from a copy whose block matches.
 //!
 //! Outcome rules, applied to every mutation:
 //! - a media error (EIO, ENXIO, ENODEV, ESHUTDOWN, EROFS, EUCLEAN) fails the volume and
@@ -28,6 +30,7 @@
 
 mod copy;
 mod files;
+mod integrity;
 mod io;
 mod ops;
 pub mod repair;
@@ -44,6 +47,7 @@ use parking_lot::{
 pub use crate::volume::DIRECT_ALIGN;
 pub use copy::{Copy, CopyState, Placement, StatusWord};
 pub use files::{BackingFile, OpenFiles};
+pub use integrity::SeedSums;
 pub use io::{FileIo, FileRef, RangeGuard, WriteRun};
 pub use seed::SeedFile;
 
@@ -72,6 +76,11 @@ pub trait Store: Send + Sync {
     /// Returns once every failure already visible in copy states is persisted; an error
     /// when it could be persisted nowhere (the mutation must not be acknowledged).
     fn barrier(&self) -> std::io::Result<()>;
+    /// A block of copy `slot` of `db` did not match its checksum (`event` says which and
+    /// what was done): recorded and counted against the copy's volume.
+    fn checksum_failed(&self, db: &Database, slot: CopySlot, event: crate::events::NewEvent) {
+        let _ = (db, slot, event);
+    }
 }
 
 /// A database and its copies.
@@ -92,6 +101,8 @@ pub struct Database {
     tap: Tap,
     /// The open handles' files, for closing those on a dead volume.
     open_files: files::Registry,
+    /// Block checksums: on or off, and the stores open now.
+    sums: crate::checksum::Sums,
 }
 
 impl std::fmt::Debug for Database {
@@ -119,6 +130,7 @@ impl Database {
             seeding: Mutex::new(()),
             tap: Tap::new(&name, copies.len()),
             open_files: files::Registry::default(),
+            sums: crate::checksum::Sums::new(&name),
             name,
             index,
             copies,
@@ -128,6 +140,11 @@ impl Database {
     /// The log tap.
     pub fn tap(&self) -> &Tap {
         &self.tap
+    }
+
+    /// Block checksums of this database.
+    pub fn sums(&self) -> &crate::checksum::Sums {
+        &self.sums
     }
 
     /// The copies, in placement order.

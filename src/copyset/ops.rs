@@ -25,7 +25,11 @@ impl Database {
         // No reseed lays out a new copy between the open and the handle's registration.
         let _namespace = self.namespace_shared();
         let changes = flags.contains(OFlags::TRUNC);
-        self.open_on_copies("open", changes, |v| v.open_file(path, flags, Mode::empty()))
+        let files = self.open_on_copies("open", path, changes, |v| {
+            v.open_file(path, flags, Mode::empty())
+        })?;
+        self.sums_opened(&files)?;
+        Ok(files)
     }
 
     /// Creates and opens `path` (owned by `uid:gid`) on every copy that takes mutations.
@@ -37,12 +41,13 @@ impl Database {
         owner: (u32, u32),
     ) -> io::Result<Arc<OpenFiles>> {
         let _namespace = self.namespace_shared();
-        let files = self.open_on_copies("create", true, |v| {
+        let files = self.open_on_copies("create", path, true, |v| {
             let f = v.open_file(path, flags | OFlags::CREATE, perm)?;
             v.fchown(&f, Some(owner.0), Some(owner.1))?;
             Ok(f)
         })?;
         self.tap.meta(|m| m.created(path));
+        self.sums_opened(&files)?;
         Ok(files)
     }
 
@@ -92,10 +97,12 @@ impl Database {
     fn open_on_copies(
         &self,
         op: &str,
+        path: &Path,
         changes: bool,
         open: impl Fn(&Volume) -> io::Result<VolFile>,
     ) -> io::Result<Arc<OpenFiles>> {
         let files = Arc::new(OpenFiles::new(self.copies.len()));
+        files.set_name(path);
         self.open_where(op, changes, |i, v| {
             let f = open(v)?;
             files.set(i, self.copies[i].placement().generation, f);
@@ -155,9 +162,13 @@ impl Database {
         let path = file.path();
         match (files, &path) {
             (Some(files), _) => {
-                self.mutate_files("truncate", files, |v, f| v.set_len(f, size))?;
+                self.mutate_backing("truncate", files, |i, v, f| {
+                    self.set_len_summed(i, v, f, size)
+                })?;
             }
-            (None, Some(path)) => self.mutate("truncate", |_, v| v.truncate(path, size))?,
+            (None, Some(path)) => {
+                self.mutate("truncate", |i, v| self.truncate_summed(i, v, path, size))?
+            }
             (None, None) => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         }
         if let Some(path) = path {
@@ -220,7 +231,10 @@ impl Database {
         let len = data.len() as u64;
         let written = {
             let _resize = io.resize.read();
-            let _order = (self.copies.len() > 1).then(|| io.lock_range(offset, len));
+            // Checksums need the order too: a write covering part of a block sums it with
+            // the block's other bytes as they are.
+            let _order =
+                (self.copies.len() > 1 || self.sums.enabled()).then(|| io.lock_range(offset, len));
             let m = self.tap.begin();
             self.tap
                 .data(self, &m, &io.marks, || file.path(), offset, len);
@@ -291,7 +305,9 @@ impl Database {
         let marked = self
             .tap
             .data_revocable(self, &m, &io.marks, || file.path(), offset, len);
-        let done = self.mutate_files("fallocate", files, |v, f| v.fallocate(f, mode, offset, len));
+        let done = self.mutate_backing("fallocate", files, |i, v, f| {
+            self.fallocate_summed(i, v, f, mode, offset, len)
+        });
         self.tap.written(&m, &io.marks, offset, len);
         // Refused by the active copy (EFBIG, ENOSPC, ...: not a media error, which fails
         // the copy and tries the next), the request reached no other copy: a lagging

@@ -2,13 +2,15 @@
 //! database that was not stopped cleanly are compared where they can differ (the trees,
 //! metadata only, and the extents in the activity log) and brought in line with the
 //! active copy. The writes in flight at the crash were never acknowledged, so either
-//! version is a valid one; what matters is that the copies agree.
+//! version is a valid one; what matters is that the copies agree. Then the checksums of
+//! those extents are computed again on every copy (see [`crate::checksum`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::Database;
+use crate::checksum;
 use crate::tap::activity::{self, Recovered};
 use crate::tap::reconcile::{self, SideError};
 use crate::volume::{Mode, OFlags, VolFile};
@@ -30,6 +32,8 @@ pub struct RepairReport {
     pub tree_fixed: usize,
     /// Copies compared with the active one.
     pub copies: usize,
+    /// Extents whose checksums were computed again (on every in-sync copy).
+    pub extents_resummed: usize,
 }
 
 /// The activity logs of `db`'s in-sync copies, merged (`None`: no copy has one).
@@ -106,6 +110,10 @@ pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
             let (a, b) = open_pair(&src, &dst, &path).map_err(fail)?;
             reconcile::copy_extent(&a, &b, from, u64::MAX - from).map_err(fail)?;
             b.sync_all().map_err(|e| fail(SideError::Dest(e)))?;
+            if db.sums().enabled() {
+                checksum::recompute(&dst, &db.name, &path, from, u64::MAX - from)
+                    .map_err(|e| fail(SideError::Dest(e)))?;
+            }
         }
         for (path, extents) in &log.extents {
             let (a, b) = match open_pair(&src, &dst, path) {
@@ -130,7 +138,39 @@ pub fn after_crash(db: &Database) -> Result<RepairReport, String> {
             }
         }
     }
+    if db.sums().enabled() {
+        resum(db, &log, &mut report)?;
+    }
     Ok(report)
+}
+
+/// The copies now agree on the logged extents; a write in flight at the crash may have
+/// reached the data and not its sums (or the reverse), on any copy: the sums of those
+/// extents are computed again from the data, on every in-sync copy. No false alarm after
+/// a crash, and nothing else is trusted less than before.
+fn resum(db: &Database, log: &Recovered, report: &mut RepairReport) -> Result<(), String> {
+    for (slot, c) in db.copies().iter().enumerate() {
+        let Some(v) = c.in_sync_volume() else {
+            continue;
+        };
+        for (path, extents) in &log.extents {
+            for r in extents.iter() {
+                let start = activity::byte_of(r.start);
+                let len = activity::byte_of(r.end).saturating_sub(start);
+                if let Err(err) = checksum::recompute(&v, &db.name, path, start, len) {
+                    db.on_error(slot, "crash repair checksums", &err, true);
+                    return Err(format!(
+                        "crash repair of {}: summing {} again on {} failed: {err}",
+                        db.name,
+                        path.display(),
+                        v.name()
+                    ));
+                }
+                report.extents_resummed += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_pair(

@@ -9,7 +9,8 @@ use std::time::Instant;
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::names::CopySlot;
 use crate::volume::{
-    AlignedBuf, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
+    AlignedBuf, Backend, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
+    write_direct,
 };
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
@@ -52,7 +53,7 @@ impl Database {
     }
 
     /// The active copy and its volume; `EIO` when no copy is in sync.
-    fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
+    pub(super) fn active(&self) -> io::Result<(usize, Arc<Volume>)> {
         loop {
             let i = self
                 .active_index()
@@ -179,10 +180,10 @@ impl Database {
         buf: &mut [u8],
         direct: bool,
     ) -> io::Result<usize> {
-        let direct = direct
-            && buf.len() <= DIRECT_READ_MAX
-            && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
-        self.read_backing_op("read", files, |v, f| {
+        let read = |v: &Volume, f: &BackingFile, offset: u64, buf: &mut [u8]| {
+            let direct = direct
+                && buf.len() <= DIRECT_READ_MAX
+                && (offset as usize | buf.len() | buf.as_ptr().addr()) % DIRECT_ALIGN == 0;
             if direct && let Some(d) = f.direct(v) {
                 match v.read_at(d, offset, buf) {
                     // The backing filesystem wants a larger alignment than ours; or the
@@ -192,7 +193,24 @@ impl Database {
                 }
             }
             v.read_at(&f.file, offset, buf)
-        })
+        };
+        if !self.sums.enabled() {
+            return self.read_backing_op("read", files, |v, f| read(v, f, offset, buf));
+        }
+        // Checked reads cover whole blocks: a read that starts or ends inside one reads
+        // the whole block into a buffer of its own.
+        let block = crate::checksum::BLOCK_BYTES;
+        let start = offset / block * block;
+        let end = (offset + buf.len() as u64).div_ceil(block) * block;
+        if start == offset && end == offset + buf.len() as u64 {
+            return self.read_checked(files, offset, buf, read);
+        }
+        let mut whole = vec![0u8; (end - start) as usize];
+        let n = self.read_checked(files, start, &mut whole, read)?;
+        let skip = (offset - start) as usize;
+        let n = n.saturating_sub(skip).min(buf.len());
+        buf[..n].copy_from_slice(&whole[skip..skip + n]);
+        Ok(n)
     }
 
     /// Runs `f` on the handle's file of the active copy (or, when the handle has no file
@@ -250,23 +268,40 @@ impl Database {
         to_seeding: bool,
     ) -> io::Result<usize> {
         let len = data.len();
+        // The sums of the blocks the write covers (aligned O_DIRECT writes cover whole
+        // blocks, so theirs need no read); each copy's lane writes them after the data.
+        let sums = self.sums_for_write(files, offset, data)?;
         if files.is_direct() && is_direct_aligned(offset, len) {
             // An O_DIRECT caller: its data goes O_DIRECT to every copy, from one aligned
             // copy (the same one copy as below, aligned), so that a database caching its
             // own pages is not cached again, once per copy.
             let shared = Arc::new(AlignedBuf::copy_of(data));
             return self
-                .fan_out(files, "write", len, to_seeding, |v, f| match f.direct(v) {
-                    Some(d) => v.submit_write_direct(&f.file, d, offset, shared.clone()),
-                    None => v.submit_write(&f.file, offset, shared.clone()),
+                .fan_out(files, "write", len, to_seeding, |i, v, f| {
+                    let (file, direct, data) =
+                        (f.file.clone(), f.direct(v).cloned(), shared.clone());
+                    let write = move |be: &dyn Backend| match &direct {
+                        Some(d) => write_direct(be, &file, d, offset, data.as_slice()),
+                        None => be.write_all_at(&file, offset, data.as_slice()),
+                    };
+                    match &sums {
+                        Some(sums) => self.submit_summed_write(i, v, f, sums, write),
+                        None => v.submit("write", write),
+                    }
                 })
                 .map(|()| len);
         }
         // One copy of the data, shared by every copy's lane (a call that misses its
         // deadline keeps it until the disk answers).
         let shared: Arc<[u8]> = Arc::from(data);
-        self.fan_out(files, "write", len, to_seeding, |v, f| {
-            v.submit_write(&f.file, offset, shared.clone())
+        self.fan_out(files, "write", len, to_seeding, |i, v, f| match &sums {
+            Some(sums) => {
+                let (file, data) = (f.file.clone(), shared.clone());
+                self.submit_summed_write(i, v, f, sums, move |be| {
+                    be.write_all_at(&file, offset, &data)
+                })
+            }
+            None => v.submit_write(&f.file, offset, shared.clone()),
         })
         .map(|()| len)
     }
@@ -345,7 +380,12 @@ impl Database {
     /// are durable.
     pub(super) fn sync_files(&self, files: &OpenFiles, datasync: bool) -> io::Result<()> {
         let op = if datasync { "fdatasync" } else { "fsync" };
-        self.fan_out(files, op, 0, true, |v, f| v.submit_sync(&f.file, datasync))
+        // The sums are not synced here: where they may lag the data after a crash, the
+        // activity log says so (its checkpoint syncs whole volumes), and crash repair sums
+        // those extents again.
+        self.fan_out(files, op, 0, true, |_, v, f| {
+            v.submit_sync(&f.file, datasync)
+        })
     }
 
     /// Applies `f` to the open file of every copy that takes mutations (active first):
@@ -367,7 +407,24 @@ impl Database {
         )
     }
 
-    /// Hands `submit(volume, file)` to every in-sync copy's lane at once (and the seeding
+    /// [`Database::mutate_files`] with the copy's index and [`BackingFile`].
+    pub(super) fn mutate_backing<T>(
+        &self,
+        op: &str,
+        files: &OpenFiles,
+        f: impl Fn(usize, &Volume, &BackingFile) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.mutate_where(
+            op,
+            |i| files.get(i, &self.copies[i]).is_some(),
+            |i, v| match files.get(i, &self.copies[i]) {
+                Some(file) => f(i, v, &file),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            },
+        )
+    }
+
+    /// Hands `submit(copy, volume, file)` to every in-sync copy's lane at once (and the seeding
     /// copy's when `to_seeding`) where the handle has a file, waits for every answer until
     /// the deadline, then reconciles the outcomes. `len`: the bytes of data written (for
     /// the volumes' counters).
@@ -377,7 +434,7 @@ impl Database {
         op: &'static str,
         len: usize,
         to_seeding: bool,
-        submit: impl Fn(&Volume, &BackingFile) -> Call<T>,
+        submit: impl Fn(usize, &Volume, &BackingFile) -> Call<T>,
     ) -> io::Result<T> {
         loop {
             let mut targets: [Option<Target>; MAX_COPIES] = Default::default();
@@ -412,8 +469,8 @@ impl Database {
             let started = Instant::now();
             let mut calls: [Option<(Call<T>, Instant)>; MAX_COPIES] = Default::default();
             for (slot, t) in targets[..n].iter().enumerate() {
-                if let Some((_, v, f)) = t {
-                    calls[slot] = Some((submit(v, f), v.deadline()));
+                if let Some((i, v, f)) = t {
+                    calls[slot] = Some((submit(*i, v, f), v.deadline()));
                 }
             }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();

@@ -324,8 +324,15 @@ impl std::fmt::Debug for Core {
 /// The open flags a backing open keeps: the access mode and the flags that change how
 /// I/O behaves. Creation flags are handled by the core, O_APPEND by the kernel (it sends
 /// explicit offsets), O_DIRECT is dropped (FUSE hands us unaligned buffers), and kernel-
-/// internal bits (such as `__FMODE_EXEC`) would make `openat2` fail.
+/// internal bits (such as `__FMODE_EXEC`) would make `openat2` fail. A write-only open
+/// is made read-write: block checksums read the other bytes of a block a write covers in
+/// part, on the file of the handle (the kernel still refuses reads through the handle).
 fn backing_open_flags(flags: i32) -> OFlags {
+    let flags = if flags & posix::O_ACCMODE == posix::O_WRONLY {
+        (flags & !posix::O_ACCMODE) | posix::O_RDWR
+    } else {
+        flags
+    };
     let keep = posix::O_ACCMODE
         | posix::O_SYNC
         | posix::O_DSYNC

@@ -28,6 +28,14 @@ impl Store for Pool {
         self.fail_diverged(db, slot, op, err);
     }
 
+    fn checksum_failed(&self, db: &Database, slot: CopySlot, event: NewEvent) {
+        let volume = db.copies()[slot].volume_name();
+        if let Some(v) = self.volumes.iter().find(|v| v.name == volume) {
+            v.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.events.emit(event);
+    }
+
     fn barrier(&self) -> io::Result<()> {
         if self.unpersisted.load(Ordering::SeqCst) != 0 {
             drop(self.state.lock());

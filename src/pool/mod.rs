@@ -64,6 +64,8 @@ pub struct PoolVolume {
     past_slow_requests: std::sync::atomic::AtomicU64,
     /// The volume's slow spell was reported (event 3008): once per spell.
     slow_reported: std::sync::atomic::AtomicBool,
+    /// Blocks read from this volume that did not match their checksum, since the mount.
+    pub(crate) checksum_errors: std::sync::atomic::AtomicU64,
 }
 
 impl PoolVolume {
@@ -76,6 +78,7 @@ impl PoolVolume {
             past_written_bytes: std::sync::atomic::AtomicU64::new(0),
             past_slow_requests: std::sync::atomic::AtomicU64::new(0),
             slow_reported: std::sync::atomic::AtomicBool::new(false),
+            checksum_errors: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -88,6 +91,11 @@ impl PoolVolume {
     pub fn io_errors(&self) -> u64 {
         self.past_io_errors.load(Ordering::Relaxed)
             + self.volume.load().as_ref().map_or(0, |v| v.io_errors())
+    }
+
+    /// Blocks read from this volume that did not match their checksum, since the mount.
+    pub fn checksum_errors(&self) -> u64 {
+        self.checksum_errors.load(Ordering::Relaxed)
     }
 
     /// Operations on this volume slower than `[volume] slow_request` since the mount.

@@ -368,7 +368,9 @@ impl Pool {
                             Copy::new(c.volume.clone(), volume, c.state)
                         })
                         .collect();
-                    Arc::new(Database::new(d.name.clone(), index, copies, store.clone()))
+                    let db = Database::new(d.name.clone(), index, copies, store.clone());
+                    db.sums().set_enabled(config.checksums.enabled);
+                    Arc::new(db)
                 })
                 .collect();
             let pool = Pool {

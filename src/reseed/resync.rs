@@ -32,7 +32,7 @@ use super::engine::CopyError;
 use super::verify::compare_trees;
 use super::watch::{Side, Watched};
 use super::{Phase, Progress, SeedError, Source, choose_source, dest_failed};
-use crate::copyset::{CopyState, Database};
+use crate::copyset::{CopyState, Database, SeedSums};
 use crate::events::{EventId, NewEvent};
 use crate::fs::{Core, Node};
 use crate::layout;
@@ -446,6 +446,11 @@ fn run(
         orphans,
     } = {
         let _namespace = db.namespace_exclusive();
+        // What the copy missed changes its data behind its sums, and files it gets anew
+        // may reuse inode numbers: its sums start afresh, and are the source's once the
+        // copy is equal to it (`copy_sums`).
+        crate::checksum::reset(&target, &db.name)
+            .map_err(|e| SeedError::Dest(format!("checksums of {label}: {e}")))?;
         pool.begin_resync(db, slot, target.clone())
             .map_err(SeedError::Refused)?;
         let laid = lay_out(core, db, slot, &source, &target, &extra);
@@ -506,6 +511,7 @@ fn run(
             progress.job.set_phase(Phase::Verifying);
             compare_jobs(db, slot, &source, &target, &jobs)
         })
+        .and_then(|()| copy_sums(core, db, slot, &source, &target))
         .and_then(|()| compare_trees(db, &source, &target));
     report.verify_s = started.elapsed().as_secs_f64() - report.prepare_s - report.copy_s;
     progress.job.pacer.end();
@@ -821,6 +827,67 @@ fn compare_jobs(
                     job.path.display(),
                     off + len
                 )));
+            }
+            // The copied bytes checked against the source's sums (a bad block taken from
+            // another copy, or the resync fails naming it), under the same locks.
+            db.seed_chunk_sums(
+                (source.slot, &source.volume, &a),
+                (slot, target, &b),
+                &job.path,
+                off,
+                reader.bytes(0, n),
+                "resync",
+            )
+            .map_err(|e| sums_error(db, slot, source, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A [`SeedSums`] as the resync reports it.
+fn sums_error(db: &Database, slot: CopySlot, source: &Source, e: SeedSums) -> SeedError {
+    match e {
+        SeedSums::Source(e) => side(db, slot, source, SideError::Source(e)),
+        SeedSums::Dest(e) => dest_failed(db, slot, "resync checksums", e),
+        SeedSums::Unrecoverable(why) => SeedError::Source(why),
+    }
+}
+
+/// The resynced copy gets the source's sums of every regular file (its own were dropped
+/// at the layout: what it missed changed its data behind them): the files are equal now,
+/// so are their sums. Each file under its write-ordering locks, whole (a write in flight
+/// writes both copies' sums itself). 0.1% of the data is read, not the data.
+fn copy_sums(
+    core: &Core,
+    db: &Database,
+    slot: CopySlot,
+    source: &Source,
+    target: &Volume,
+) -> Result<(), SeedError> {
+    if !db.sums().enabled() {
+        return Ok(());
+    }
+    let mut todo: Vec<PathBuf> = crate::layout::db_folders(&db.name)
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    while let Some(dir) = todo.pop() {
+        let entries = match target.read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(dest_failed(db, slot, "resync checksums", e)),
+        };
+        for e in entries {
+            let path = crate::volume::child_path(&dir, &e.name);
+            match e.kind {
+                FileType::Directory => todo.push(path),
+                FileType::RegularFile => {
+                    let node = core.node_for(db.index, path.clone());
+                    let _locks = ChunkLocks::take(node.as_slice(), 0, u64::MAX);
+                    db.copy_sums((source.slot, &source.volume), (slot, target), &path)
+                        .map_err(|e| sums_error(db, slot, source, e))?;
+                }
+                _ => {}
             }
         }
     }

@@ -2,7 +2,11 @@
 //! chunk by chunk ([`CHUNK`]), each chunk under the file's write-ordering locks so that
 //! concurrent writes cannot race it (the locked chunk comparison of
 //! [`crate::verify::chunk`], which the resync and online verification use too), its CRC32
-//! kept for the event; then the trees (names, kinds, modes, owners, link targets).
+//! kept for the event; then the trees (names, kinds, modes, owners, link targets). With
+//! checksums on, each chunk of the source is also checked against the source's sums (a
+//! block that does not match is taken from another copy whose block does, or the reseed
+//! fails naming it), and the new copy's sums are written from it, under the same locks:
+//! a new copy is protected as soon as it is in sync, not after a scrub.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,8 +18,8 @@ use crate::volume::{FileType, Mode, OFlags};
 use super::copy::size_of;
 use super::layout::Layout;
 use super::{Phase, Progress, SeedError, SeedRequest, Source, dest_failed};
-use crate::copyset::CopyState;
 use crate::copyset::Database;
+use crate::copyset::{CopyState, SeedSums};
 use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::layout as names;
@@ -180,7 +184,6 @@ fn compare_files(
                 .unwrap_or(Ok(0))
                 .map_err(|e| source_err(&path, e))?;
             let m = reads.next().unwrap_or(Ok(0)).map_err(dest_err)?;
-            drop(locks);
             let (ca, cb) = (
                 crc32fast::hash(reader.bytes(0, n)),
                 crc32fast::hash(reader.bytes(1, m)),
@@ -194,6 +197,23 @@ fn compare_files(
                     target.name()
                 )));
             }
+            // Integrity: the source's blocks checked against its sums (a bad one taken
+            // from another copy, or the reseed fails naming it), the new copy's sums
+            // written, under the same locks.
+            db.seed_chunk_sums(
+                (source.slot, &source.volume, &src),
+                (slot, target, &dst),
+                &path,
+                offset,
+                reader.bytes(0, n),
+                "reseed",
+            )
+            .map_err(|e| match e {
+                SeedSums::Source(e) => source_err(&path, e),
+                SeedSums::Dest(e) => dest_err(e),
+                SeedSums::Unrecoverable(why) => SeedError::Source(why),
+            })?;
+            drop(locks);
             all.update(&ca.to_le_bytes());
             offset += n as u64;
             verified.bytes += n as u64;

@@ -244,6 +244,18 @@ impl ChunkReader {
         differing_blocks(&self.bufs[0][..n], &self.bufs[i][..n])
     }
 
+    /// Copy `src`'s first `n` bytes, and copy `dst`'s buffer (to read a repair back into).
+    pub fn pair(&mut self, src: usize, dst: usize, n: usize) -> (&[u8], &mut [u8]) {
+        assert_ne!(src, dst, "a copy is repaired from another");
+        if src < dst {
+            let (a, b) = self.bufs.split_at_mut(dst);
+            (&a[src][..n], &mut b[0][..n])
+        } else {
+            let (a, b) = self.bufs.split_at_mut(src);
+            (&b[0][..n], &mut a[dst][..n])
+        }
+    }
+
     /// The reference's first `n` bytes, and copy `i`'s buffer (to read a repair back into).
     pub fn reference_and(&mut self, i: usize, n: usize) -> (&[u8], &mut [u8]) {
         let (first, rest) = self.bufs.split_at_mut(1);

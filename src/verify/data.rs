@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::chunk::{ChunkLocks, ChunkReader};
+use super::chunk::{BLOCK, ChunkLocks, ChunkReader};
 use super::repair::{repair_extent, repair_size, size_of};
 use super::{CHUNK, ExtentMismatch, FileGroup, Run, TreeField, VerifyError, is_enoent, stat_opt};
+use crate::checksum::{self, SumFile};
+use crate::events::{EventId, NewEvent};
 use crate::fs::Node;
 use crate::volume::{FileType, Mode, OFlags, VolFile};
 
@@ -57,6 +59,16 @@ impl Run<'_> {
                 confirmed |= chunk.differs();
                 // A copy that left sync meanwhile: what it read is not its copy any more.
                 self.check_copies()?;
+                for &(off, len, repaired) in &chunk.active_mismatches {
+                    let volume = self.active.name().to_owned();
+                    self.report.add_extent(ExtentMismatch {
+                        path: f.path.display().to_string(),
+                        volume,
+                        offset: off,
+                        len,
+                        repaired,
+                    });
+                }
                 for (i, extents) in chunk.mismatches.iter().enumerate() {
                     if self.gone[i] {
                         continue;
@@ -73,6 +85,12 @@ impl Run<'_> {
                     }
                 }
             }
+            let t = &chunk.tally;
+            self.report.blocks_checked += t.checked;
+            self.report.checksum_errors += t.errors;
+            self.report.checksum_repaired += t.repaired;
+            self.report.checksum_unrecoverable += t.unrecoverable;
+            self.report.sums_filled += t.filled;
             self.report.bytes_compared += chunk.read as u64;
             self.progress.job.add_done(chunk.read as u64);
             self.progress.job.pacer.take(chunk.read as u64);
@@ -104,7 +122,13 @@ impl Run<'_> {
         let (Some(ino), Some(path)) = (ino, paths.first().cloned()) else {
             return Ok(None);
         };
-        let file = match active.open_file(&path, OFlags::RDONLY, Mode::empty()) {
+        // With repair, the active copy too may be the one a checksum proves wrong.
+        let active_flags = if self.opts.repair {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let file = match active.open_file(&path, active_flags, Mode::empty()) {
             Ok(f) => f,
             Err(e) if is_enoent(&e) => return Ok(None),
             Err(e) => return Err(self.copy_error(None, "open", &path, e)),
@@ -186,8 +210,13 @@ impl Run<'_> {
     }
 
     /// Reads `[offset, offset + CHUNK)` on every copy under the file's locks and locates
-    /// the 4 KiB blocks that differ from the active copy; with `repair`, rewrites them
-    /// from the active copy (under the same locks) and reads them again.
+    /// the 4 KiB blocks that differ from the active copy. Where checksums are kept, they
+    /// decide which copy is right: a block of the active copy that does not match its
+    /// checksum while the other copy's does is the active copy's difference (repaired from
+    /// the other); otherwise the other copy's (repaired from the active copy, as when
+    /// both match their checksums: a write behind reseedfs's back). A scrub also checks
+    /// the blocks where the copies agree: a sum that the agreed data does not match is
+    /// rewritten where another copy's matches, and blocks without a sum get one.
     fn compare_chunk(
         &self,
         f: &OpenGroup,
@@ -205,26 +234,235 @@ impl Run<'_> {
             Some(Err(e)) => return Err(self.copy_error(None, "read", &f.path, e)),
             None => 0,
         };
-        let mut mismatches = vec![Vec::new(); self.peers.len()];
+        let mut lens = Vec::new();
         for (i, r) in reads.enumerate() {
-            let Some(o) = f.others[i].as_ref().filter(|_| !self.gone[i]) else {
+            if f.others[i].is_none() || self.gone[i] {
                 continue;
-            };
+            }
             let m = r.map_err(|e| self.copy_error(Some(i), "read", &f.path, e))?;
+            lens.push((i, m));
+        }
+        let sums: Vec<Option<CopySums>> = (0..=self.peers.len())
+            .map(|c| self.chunk_sums(f, c, offset, n))
+            .collect();
+        let first = offset / BLOCK as u64;
+        let known = |c: usize, k: u64| -> Option<u32> {
+            let (_, s) = sums[c].as_ref()?;
+            let w = s
+                .get((k - first) as usize)
+                .copied()
+                .unwrap_or(checksum::UNKNOWN);
+            (w != checksum::UNKNOWN).then_some(w)
+        };
+        let mut chunk = Chunk {
+            read: n,
+            mismatches: vec![Vec::new(); self.peers.len()],
+            active_mismatches: Vec::new(),
+            tally: Tally::default(),
+        };
+        for &(i, m) in &lens {
             for (start, end) in reader.differing_blocks(i + 1, n, m) {
-                let repaired = repair && {
-                    let (a, b) = reader.reference_and(i + 1, n);
-                    repair_extent(o, a, b, offset, start, end)
-                };
-                mismatches[i].push((offset + start as u64, (end - start) as u64, repaired));
+                for s in (start..end).step_by(BLOCK) {
+                    let e = (s + BLOCK).min(end);
+                    let k = first + (s / BLOCK) as u64;
+                    let matches = |c: usize, reader: &ChunkReader| {
+                        known(c, k).map(|w| checksum::block_sum(&reader.bytes(c, n)[s..e]) == w)
+                    };
+                    let (a_ok, p_ok) = (matches(0, reader), matches(i + 1, reader));
+                    let at = offset + s as u64;
+                    if a_ok == Some(false) && p_ok != Some(false) {
+                        // The active copy is the one that is wrong.
+                        let repaired = repair && {
+                            let (src, dst) = reader.pair(i + 1, 0, n);
+                            repair_extent(&f.active, src, dst, offset, s, e)
+                        };
+                        chunk.tally.errors += 1;
+                        chunk.tally.repaired += u64::from(repaired);
+                        chunk.active_mismatches.push((at, (e - s) as u64, repaired));
+                        if repair {
+                            self.checksum_event(f, None, Some(i), k, repaired);
+                        }
+                    } else if a_ok == Some(false) {
+                        // Wrong on both: nothing to repair from.
+                        chunk.tally.errors += 2;
+                        chunk.tally.unrecoverable += 1;
+                        chunk.mismatches[i].push((at, (e - s) as u64, false));
+                    } else {
+                        let Some(o) = f.others[i].as_ref() else {
+                            continue;
+                        };
+                        let repaired = repair && {
+                            let (a, b) = reader.reference_and(i + 1, n);
+                            repair_extent(o, a, b, offset, s, e)
+                        };
+                        if p_ok == Some(false) {
+                            chunk.tally.errors += 1;
+                            chunk.tally.repaired += u64::from(repaired);
+                            if repair {
+                                self.checksum_event(f, Some(i), None, k, repaired);
+                            }
+                        }
+                        chunk.mismatches[i].push((at, (e - s) as u64, repaired));
+                    }
+                }
             }
         }
+        if self.opts.scrub && self.db.sums().enabled() {
+            self.scrub_agreed(reader, n, first, &lens, &sums, &mut chunk);
+        }
+        for c in 0..=self.peers.len() {
+            chunk.tally.checked += (0..n.div_ceil(BLOCK) as u64)
+                .filter(|&b| known(c, first + b).is_some())
+                .count() as u64;
+        }
         drop(locks);
-        Ok(Chunk {
-            read: n,
-            mismatches,
-        })
+        Ok(chunk)
     }
+
+    /// A scrub's pass over the blocks where every copy agrees: sums that the agreed data
+    /// does not match are rewritten where another copy's sum matches it, blocks without a
+    /// sum get one; data that matches no copy's known sum is counted unrecoverable.
+    fn scrub_agreed(
+        &self,
+        reader: &ChunkReader,
+        n: usize,
+        first: u64,
+        lens: &[(usize, usize)],
+        sums: &[Option<CopySums>],
+        chunk: &mut Chunk,
+    ) {
+        let copies: Vec<usize> = std::iter::once(0)
+            .chain(lens.iter().map(|&(i, _)| i + 1))
+            .collect();
+        for s in (0..n).step_by(BLOCK) {
+            let e = (s + BLOCK).min(n);
+            let data = &reader.bytes(0, n)[s..e];
+            if lens
+                .iter()
+                .any(|&(i, m)| m < e || &reader.bytes(i + 1, n)[s..e] != data)
+            {
+                continue;
+            }
+            let k = first + (s / BLOCK) as u64;
+            let sum = checksum::block_sum(data);
+            let want = |c: usize| {
+                sums[c].as_ref().map(|(_, v)| {
+                    v.get((k - first) as usize)
+                        .copied()
+                        .unwrap_or(checksum::UNKNOWN)
+                })
+            };
+            let any_match = copies.iter().any(|&c| want(c) == Some(sum));
+            let all_unknown = copies
+                .iter()
+                .all(|&c| want(c).is_none_or(|w| w == checksum::UNKNOWN));
+            if !any_match && !all_unknown {
+                chunk.tally.unrecoverable += 1;
+                chunk
+                    .active_mismatches
+                    .push((k * BLOCK as u64, (e - s) as u64, false));
+                continue;
+            }
+            for &c in &copies {
+                let (Some(w), Some((store, _))) = (want(c), &sums[c]) else {
+                    continue;
+                };
+                if w == sum {
+                    continue;
+                }
+                let peer = if c == 0 {
+                    &self.active
+                } else {
+                    &self.peers[c - 1]
+                };
+                let ok = store.write(&peer.volume, k, &sum.to_le_bytes()).is_ok();
+                if w == checksum::UNKNOWN {
+                    chunk.tally.filled += u64::from(ok);
+                } else {
+                    // The store was wrong and the data right: the store is repaired.
+                    chunk.tally.errors += 1;
+                    chunk.tally.repaired += u64::from(ok);
+                }
+            }
+        }
+    }
+
+    /// The checksum store and sums of copy `c` (0: the active copy, `i + 1`: peer `i`)
+    /// for the chunk at `offset` (`n` bytes); `None` when checksums are off or the store
+    /// cannot be read (its blocks are then not decided by it).
+    fn chunk_sums(&self, f: &OpenGroup, c: usize, offset: u64, n: usize) -> Option<CopySums> {
+        if !self.db.sums().enabled() || n == 0 {
+            return None;
+        }
+        let (peer, file) = if c == 0 {
+            (&self.active, Some(&f.active))
+        } else {
+            (&self.peers[c - 1], f.others[c - 1].as_ref())
+        };
+        let store = self
+            .db
+            .sums()
+            .file(peer.slot, peer.generation, &peer.volume, file?)
+            .ok()?;
+        let sums = store
+            .read(&peer.volume, &checksum::blocks(offset, n as u64))
+            .ok()?;
+        Some((store, sums))
+    }
+
+    /// Event 3070 for block `k` of `f`, bad on peer `bad` (`None`: the active copy),
+    /// good on peer `good` (`None`: the active copy).
+    fn checksum_event(
+        &self,
+        f: &OpenGroup,
+        bad: Option<usize>,
+        good: Option<usize>,
+        k: u64,
+        repaired: bool,
+    ) {
+        let who = |p: Option<usize>| p.map_or(&self.active, |i| &self.peers[i]);
+        let (bad, good) = (who(bad), who(good));
+        let at = k * BLOCK as u64;
+        let found_by = if self.opts.scrub { "scrub" } else { "verify" };
+        let event = NewEvent::new(
+            EventId::ChecksumRepaired,
+            format!(
+                "block {k} of {} (bytes {at}..{}) on {} did not match its checksum ({found_by}); the copy on {} does: {}",
+                f.path.display(),
+                at + BLOCK as u64,
+                bad.name(),
+                good.name(),
+                if repaired {
+                    "rewritten from it and read back"
+                } else {
+                    "not repaired (run verify --repair, or scrub)"
+                }
+            ),
+        )
+        .database(&self.db.name)
+        .volume(bad.name())
+        .field("file", f.path.display().to_string())
+        .field("offset", at)
+        .field("block", k)
+        .field("len", BLOCK as u64)
+        .field("source", good.name())
+        .field("repaired", repaired)
+        .field("found_by", found_by);
+        self.db.report_checksum(bad.slot, event);
+    }
+}
+
+/// One copy's checksum store and the sums of a chunk's blocks.
+type CopySums = (Arc<SumFile>, Vec<u32>);
+
+/// What the checksums decided in one chunk.
+#[derive(Debug, Default)]
+struct Tally {
+    checked: u64,
+    errors: u64,
+    repaired: u64,
+    unrecoverable: u64,
+    filled: u64,
 }
 
 /// One file opened on every copy.
@@ -246,10 +484,14 @@ struct Chunk {
     read: usize,
     /// Per peer: (offset, len, repaired).
     mismatches: Vec<Vec<(u64, u64, bool)>>,
+    /// Where the active copy is the one that is wrong (its checksums say so).
+    active_mismatches: Vec<(u64, u64, bool)>,
+    /// What the checksums decided.
+    tally: Tally,
 }
 
 impl Chunk {
     fn differs(&self) -> bool {
-        self.mismatches.iter().any(|m| !m.is_empty())
+        !self.active_mismatches.is_empty() || self.mismatches.iter().any(|m| !m.is_empty())
     }
 }

@@ -38,7 +38,7 @@ mod repair;
 mod tree;
 mod verifier;
 
-pub use verifier::Verifier;
+pub use verifier::{ScrubRecord, ScrubSchedule, ScrubState, Verifier};
 
 use std::collections::BTreeSet;
 use std::io;
@@ -76,6 +76,11 @@ pub struct VerifyOptions {
     pub repair: bool,
     /// Rate limit of the reads (bytes per second, per copy); `None`: unlimited.
     pub max_bytes_per_s: Option<u64>,
+    /// A scrub (`reseedfs scrub`): every block of every copy checked against its own
+    /// checksum and repaired from a copy whose block matches; blocks without a checksum
+    /// get one where the copies agree.
+    #[serde(default)]
+    pub scrub: bool,
 }
 
 /// Which property of a tree entry differs.
@@ -176,6 +181,22 @@ pub struct VerifyReport {
     /// What was left out, and why (a copy that stopped being in sync, a file that
     /// changed identity while it was compared).
     pub notes: Vec<String>,
+    /// Blocks (one copy's 4 KiB) checked against a known checksum.
+    #[serde(default)]
+    pub blocks_checked: u64,
+    /// Blocks of a copy that did not match their checksum (each decided for the copy
+    /// whose block matches).
+    #[serde(default)]
+    pub checksum_errors: u64,
+    /// Of those, rewritten from a good copy and read back.
+    #[serde(default)]
+    pub checksum_repaired: u64,
+    /// Blocks that matched their checksum on no copy (left as they are).
+    #[serde(default)]
+    pub checksum_unrecoverable: u64,
+    /// Blocks without a checksum that got one (a scrub, where the copies agree).
+    #[serde(default)]
+    pub sums_filled: u64,
     /// Wall time.
     pub seconds: f64,
 }
@@ -297,6 +318,11 @@ impl VerifyProgress {
         self.job.is_running()
     }
 
+    /// What it was asked to do.
+    pub fn options(&self) -> VerifyOptions {
+        self.options
+    }
+
     /// Asks it to stop at its next chunk or directory (the daemon is stopping).
     pub fn cancel(&self) {
         self.job.cancel();
@@ -368,17 +394,28 @@ pub fn verify(
                     report.extents_repaired + report.tree_repaired
                 )
             };
+            let id = if opts.scrub {
+                EventId::ScrubCompleted
+            } else {
+                EventId::OnlineVerifyCompleted
+            };
             events.emit(
                 NewEvent::new(
-                    EventId::OnlineVerifyCompleted,
+                    id,
                     format!(
-                        "online verification of {} completed: {} against {}: {} files, {} MiB compared in {:.1} s: {verdict}",
+                        "{} of {} completed: {} against {}: {} files, {} MiB compared in {:.1} s: {verdict}; checksums: {} blocks checked, {} bad, {} repaired, {} bad on every copy, {} summed anew",
+                        kind(opts),
                         db.name,
                         report.compared_with.join(", "),
                         report.active,
                         report.files,
                         report.bytes_compared >> 20,
-                        report.seconds
+                        report.seconds,
+                        report.blocks_checked,
+                        report.checksum_errors,
+                        report.checksum_repaired,
+                        report.checksum_unrecoverable,
+                        report.sums_filled
                     ),
                 )
                 .database(&db.name)
@@ -389,15 +426,24 @@ pub fn verify(
                 .field("mismatched_bytes", report.bytes_mismatched)
                 .field("tree_mismatches", report.tree_total)
                 .field("repaired", report.extents_repaired + report.tree_repaired)
-                .field("repair", report.repair),
+                .field("repair", report.repair)
+                .field("blocks_checked", report.blocks_checked)
+                .field("checksum_errors", report.checksum_errors)
+                .field("checksum_repaired", report.checksum_repaired)
+                .field("checksum_unrecoverable", report.checksum_unrecoverable)
+                .field("sums_filled", report.sums_filled),
             );
         }
         Err(e) => {
             progress.job.fail(&e.to_string());
             events.emit(
                 NewEvent::new(
-                    EventId::OnlineVerifyCompleted,
-                    format!("online verification of {} stopped: {e}", db.name),
+                    if opts.scrub {
+                        EventId::ScrubCompleted
+                    } else {
+                        EventId::OnlineVerifyCompleted
+                    },
+                    format!("{} of {} stopped: {e}", kind(opts), db.name),
                 )
                 .database(&db.name)
                 .field("bytes", progress.job.done())
@@ -477,7 +523,10 @@ fn run(
         .into_iter()
         .next()
         .ok_or_else(|| VerifyError::Refused(format!("the active copy of {} left sync", db.name)))?;
-    if peers.is_empty() {
+    // A scrub of a single copy still checks every block against its checksum (damage is
+    // found and counted, and blocks without a sum get one; there is nothing to repair
+    // from); a verification needs two copies to compare.
+    if peers.is_empty() && !opts.scrub {
         return Err(VerifyError::Refused(format!(
             "only {} holds an in-sync copy of {}: there is nothing to compare it with (reseed the other copy first)",
             active.name(),
@@ -487,9 +536,14 @@ fn run(
     let names: Vec<String> = peers.iter().map(|p| p.name().to_owned()).collect();
     core.pool().events().emit(
         NewEvent::new(
-            EventId::OnlineVerifyStarted,
+            if opts.scrub {
+                EventId::ScrubStarted
+            } else {
+                EventId::OnlineVerifyStarted
+            },
             format!(
-                "online verification of {} started: {} against {} (active){}, rate {}",
+                "{} of {} started: {} against {} (active){}, rate {}",
+                kind(opts),
                 db.name,
                 names.join(", "),
                 active.name(),
@@ -536,6 +590,15 @@ fn run(
     }
     run.report.seconds = started.elapsed().as_secs_f64();
     Ok(run.report)
+}
+
+/// What a run is called in its events.
+fn kind(opts: VerifyOptions) -> &'static str {
+    if opts.scrub {
+        "scrub"
+    } else {
+        "online verification"
+    }
 }
 
 fn io_err(what: &str, path: &Path, v: &Volume, e: &io::Error) -> String {
@@ -602,7 +665,8 @@ impl Run<'_> {
                 ));
             }
         }
-        if self.gone.iter().all(|g| *g) {
+        // (A scrub of a single copy has no other copy to lose.)
+        if !self.gone.is_empty() && self.gone.iter().all(|g| *g) {
             return Err(VerifyError::Io(format!(
                 "no copy of {} other than {} is in sync any more: nothing left to compare",
                 self.db.name,

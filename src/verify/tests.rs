@@ -17,6 +17,7 @@ fn options(repair: bool) -> VerifyOptions {
     VerifyOptions {
         repair,
         max_bytes_per_s: None,
+        scrub: false,
     }
 }
 
@@ -326,6 +327,7 @@ fn rates_parse_and_pace() {
         VerifyOptions {
             repair: false,
             max_bytes_per_s: Some(20 << 20),
+            scrub: false,
         },
     );
     let t = Instant::now();

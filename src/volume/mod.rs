@@ -833,12 +833,7 @@ impl Volume {
     ) -> Call<()> {
         let (f, direct) = (f.clone(), direct.clone());
         self.submit("write", move |b| {
-            match b.write_all_at(&direct, offset, data.as_slice()) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    b.write_all_at(&f, offset, data.as_slice())
-                }
-                r => r,
-            }
+            write_direct(b, &f, &direct, offset, data.as_slice())
         })
     }
 
@@ -1277,6 +1272,22 @@ pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<Extent>> {
             len: end - start,
         });
         Ok(extents)
+    }
+}
+
+/// Writes `data` (page-aligned, at an aligned `offset`) `O_DIRECT` through `direct`, or
+/// through the page cache of `f` where the backing filesystem refuses it (`EINVAL`): the
+/// body of [`Volume::submit_write_direct`], for lane calls that write more than the data.
+pub fn write_direct(
+    b: &dyn Backend,
+    f: &VolFile,
+    direct: &VolFile,
+    offset: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    match b.write_all_at(direct, offset, data) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => b.write_all_at(f, offset, data),
+        r => r,
     }
 }
 

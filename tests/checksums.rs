@@ -1,0 +1,895 @@
+//! Block checksums on a real mount (two copies on loop-mounted ext4 volumes): bytes
+//! flipped in a copy's backing file behind reseedfs's back are caught when the block is
+//! read through the mount, served from the other copy and repaired on the bad one (event
+//! 3070, `reseedfs_checksum_errors_total`); the same block damaged on both copies fails the
+//! read with EIO (event 3071) and never returns the wrong bytes; unaligned writes,
+//! appends and truncates through the mount never raise a false alarm.
+//!
+//! Needs root, `/dev/fuse` and loop devices; elsewhere prints `SKIPPED` (fails under
+//! `CI=true`).
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{Mounted, drop_caches, event_id, read_all, require_mount_privileges};
+use reseedfs::testbed::Testbed;
+use reseedfs::testbed::rng::{Rng, pattern};
+use serde_json::Value;
+
+const DB: &str = "db001";
+const BLOCK: u64 = 4096;
+
+/// The volume (1 or 2) of the active copy, and of the other.
+fn active_and_passive(m: &Mounted) -> (usize, usize) {
+    let status = m.status_json();
+    let copies = status["databases"][0]["copies"]
+        .as_array()
+        .expect("copies in status");
+    let active = copies
+        .iter()
+        .find(|c| c["active"] == true)
+        .and_then(|c| c["volume"].as_str())
+        .expect("an active copy");
+    match active {
+        "Volume1" => (1, 2),
+        "Volume2" => (2, 1),
+        other => panic!("active copy on {other}"),
+    }
+}
+
+/// Flips every bit of `len` bytes at `offset` of `path` (a backing file), durably.
+fn flip(path: &Path, offset: u64, len: usize) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .expect("read the bytes to flip");
+    for b in &mut buf {
+        *b ^= 0xff;
+    }
+    f.write_all_at(&buf, offset).expect("flip the bytes");
+    f.sync_all().expect("fsync the damage");
+}
+
+fn checksum_events(m: &Mounted, id: u64) -> Vec<Value> {
+    m.events_json()
+        .into_iter()
+        .filter(|e| event_id(e) == Some(id))
+        .collect()
+}
+
+fn checksum_errors(m: &Mounted, volume: &str) -> u64 {
+    m.status_json()["volumes"]
+        .as_array()
+        .expect("volumes in status")
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["checksum_errors"].as_u64())
+        .expect("checksum_errors of the volume")
+}
+
+/// Writes `data` to `name` through the mount, then rewrites parts of it with unaligned
+/// writes, appends and truncates, the way the model `want` says; returns the model.
+fn write_with_unaligned_changes(m: &Mounted, name: &str, size: usize) -> Vec<u8> {
+    let path = m.db_files(DB).join(name);
+    let mut want = pattern(7, size);
+    {
+        let mut f = fs::File::create(&path).expect("create the file");
+        f.write_all(&want).expect("write the file");
+        f.sync_all().expect("fsync the file");
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    for (k, (at, len)) in [(5000u64, 100usize), (12_345, 9000), (40_000, 1), (8191, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = pattern(100 + k as u64, len);
+        f.write_all_at(&bytes, at).expect("unaligned write");
+        want[at as usize..at as usize + len].copy_from_slice(&bytes);
+    }
+    // An unaligned end, then an append across a block boundary, then a truncate into a
+    // block and an extension with zeros.
+    let cut = size - 3000;
+    f.set_len(cut as u64).expect("truncate into a block");
+    want.truncate(cut);
+    let tail = pattern(200, 7000);
+    f.write_all_at(&tail, cut as u64).expect("append");
+    want.extend_from_slice(&tail);
+    let shorter = want.len() - 123;
+    f.set_len(shorter as u64).expect("truncate again");
+    want.truncate(shorter);
+    f.set_len(shorter as u64 + 5000).expect("extend with zeros");
+    want.resize(shorter + 5000, 0);
+    f.sync_all().expect("fsync");
+    want
+}
+
+#[test]
+fn a_flipped_block_is_served_from_the_good_copy_and_repaired() {
+    const TEST: &str = "a_flipped_block_is_served_from_the_good_copy_and_repaired";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let want = write_with_unaligned_changes(&m, "data.bin", 1 << 20);
+    drop_caches();
+    assert_eq!(
+        read_all(&m.db_files(DB).join("data.bin")),
+        want,
+        "the file read back after unaligned writes and truncates"
+    );
+    assert!(
+        checksum_events(&m, 3070).is_empty() && checksum_events(&m, 3071).is_empty(),
+        "unaligned writes and truncates raised a checksum alarm: {:?}",
+        m.events_json()
+    );
+
+    // Damage the active copy in two blocks (one flip spans two blocks).
+    let (active, _) = active_and_passive(&m);
+    let backing = m.backing_files(active, DB).join("data.bin");
+    flip(&backing, 37 * BLOCK + 100, 8);
+    flip(&backing, 100 * BLOCK + 4090, 12);
+    drop_caches();
+    assert_eq!(
+        read_all(&m.db_files(DB).join("data.bin")),
+        want,
+        "the read through the mount returned the damaged bytes"
+    );
+    let events = checksum_events(&m, 3070);
+    let volume = format!("Volume{active}");
+    let blocks: Vec<u64> = events
+        .iter()
+        .filter(|e| e["volume"] == volume.as_str() && e["repaired"] == true)
+        .filter(|e| e["file"].as_str().is_some_and(|f| f.ends_with("data.bin")))
+        .filter_map(|e| e["block"].as_u64())
+        .collect();
+    for b in [37, 100, 101] {
+        assert!(
+            blocks.contains(&b),
+            "no event 3070 names block {b} on {volume} as repaired: {events:?}"
+        );
+        let e = events
+            .iter()
+            .find(|e| e["block"].as_u64() == Some(b))
+            .expect("the event");
+        assert_eq!(e["offset"].as_u64(), Some(b * BLOCK), "offset of {e}");
+        assert_eq!(e["database"], DB);
+    }
+    assert_eq!(
+        fs::read(&backing).expect("read the backing file"),
+        want,
+        "the damaged backing file was not repaired"
+    );
+    assert!(
+        checksum_errors(&m, &volume) >= 3,
+        "reseedfs counts the bad blocks"
+    );
+    m.unmount();
+}
+
+#[test]
+fn the_same_block_bad_on_both_copies_fails_with_eio() {
+    const TEST: &str = "the_same_block_bad_on_both_copies_fails_with_eio";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let data = pattern(9, 256 << 10);
+    let path = m.db_files(DB).join("both.bin");
+    {
+        let mut f = fs::File::create(&path).expect("create");
+        f.write_all(&data).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    for k in [1, 2] {
+        flip(&m.backing_files(k, DB).join("both.bin"), 20 * BLOCK + 7, 1);
+    }
+    drop_caches();
+    let f = fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = f
+        .read_exact_at(&mut buf, 20 * BLOCK)
+        .expect_err("a block bad on every copy was read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The blocks around it still read.
+    f.read_exact_at(&mut buf, 19 * BLOCK).expect("block 19");
+    assert_eq!(buf, data[19 * BLOCK as usize..20 * BLOCK as usize]);
+    let mut rest = Vec::new();
+    let mut g = fs::File::open(&path).expect("open");
+    assert!(g.read_to_end(&mut rest).is_err(), "a whole read succeeded");
+    let events = checksum_events(&m, 3071);
+    assert!(
+        events.iter().any(|e| e["block"].as_u64() == Some(20)
+            && e["offset"].as_u64() == Some(20 * BLOCK)
+            && e["file"].as_str().is_some_and(|f| f.ends_with("both.bin"))),
+        "no event 3071 names block 20 of both.bin: {events:?}"
+    );
+    drop((f, g));
+    m.unmount();
+}
+
+#[test]
+fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
+    const TEST: &str = "kill_9_under_unaligned_writers_leaves_no_checksum_error";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    const WRITERS: u64 = 4;
+    const FILE: usize = 4 << 20;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let mut m = Mounted::start(bed, &[DB], 2);
+    let dir = m.db_files(DB);
+    for w in 0..WRITERS {
+        fs::write(dir.join(format!("w{w}.dat")), pattern(w, FILE)).expect("seed a file");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (path, stop) = (dir.join(format!("w{w}.dat")), stop.clone());
+            thread::spawn(move || {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open for writing");
+                let mut rng = Rng::new(1000 + w);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Unaligned offsets and lengths: most writes cover blocks in part.
+                    let len = 1 + rng.below(20_000) as usize;
+                    let at = rng.below((FILE - len) as u64);
+                    if f.write_all_at(&pattern(n, len), at).is_err() {
+                        break; // the daemon is gone
+                    }
+                    n += 1;
+                    if n % 16 == 0 && f.sync_data().is_err() {
+                        break;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    m.kill();
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    assert!(
+        writes > 100,
+        "the writers made {writes} writes before the kill"
+    );
+    let root = m.bed.databases_root.clone();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&root)
+        .status();
+    let bed = m.bed.take();
+    drop(m);
+
+    let m = Mounted::mount_only(bed);
+    drop_caches();
+    for w in 0..WRITERS {
+        let path = m.db_files(DB).join(format!("w{w}.dat"));
+        let data = fs::read(&path)
+            .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
+        assert_eq!(data.len(), FILE, "{}", path.display());
+    }
+    for id in [3070, 3071] {
+        let found = checksum_events(&m, id);
+        assert!(found.is_empty(), "event {id} after a crash: {found:?}");
+    }
+    for v in ["Volume1", "Volume2"] {
+        assert_eq!(
+            checksum_errors(&m, v),
+            0,
+            "checksum errors on {v} after a crash"
+        );
+    }
+    let bed = m.unmount();
+    // Every block of both copies matches its sums.
+    for k in [1, 2] {
+        let v = reseedfs::volume::Volume::open(&format!("Volume{k}"), &bed.volume_path(k))
+            .expect("open the volume");
+        for w in 0..WRITERS {
+            let rel = format!("{DB}.db/w{w}.dat");
+            let ino = std::os::unix::fs::MetadataExt::ino(
+                &fs::metadata(bed.volume_path(k).join(&rel)).expect("stat the copy"),
+            );
+            let store = bed
+                .volume_path(k)
+                .join(reseedfs::checksum::store_path(DB, ino));
+            let sums = fs::read(&store).expect("the file's checksum store");
+            assert_eq!(sums.len(), FILE / 4096 * 4, "{}", store.display());
+            assert!(
+                sums.chunks(4).all(|c| c != [0, 0, 0, 0]),
+                "every block of {rel} on Volume{k} has a known sum"
+            );
+            let bad = reseedfs::checksum::check_file(&v, DB, Path::new(&rel)).expect("check");
+            assert!(
+                bad.is_empty(),
+                "Volume{k} {rel}: blocks {bad:?} do not match their sums"
+            );
+        }
+    }
+}
+
+#[test]
+fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_good_copy() {
+    const TEST: &str =
+        "scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_good_copy";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let data = pattern(11, 6 << 20);
+    let path = m.db_files(DB).join("scrubbed.bin");
+    {
+        let mut f = fs::File::create(&path).expect("create");
+        f.write_all(&data).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    let (active, passive) = active_and_passive(&m);
+    let (a_name, p_name) = (format!("Volume{active}"), format!("Volume{passive}"));
+
+    // 1. The passive copy, which no read reaches: scrub finds and repairs it.
+    let p_backing = m.backing_files(passive, DB).join("scrubbed.bin");
+    flip(&p_backing, 1000 * BLOCK + 10, 4);
+    drop_caches();
+    assert_eq!(read_all(&path), data, "the read through the mount");
+    assert!(
+        checksum_events(&m, 3070).is_empty(),
+        "a read reached the passive copy"
+    );
+    let out = m.cli(&["scrub", DB, "--wait", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
+    assert!(
+        out.status.success(),
+        "scrub exit {:?}: {status}",
+        out.status.code()
+    );
+    let report = &status["report"];
+    assert_eq!(report["checksum_errors"], 1, "{report}");
+    assert_eq!(report["checksum_repaired"], 1, "{report}");
+    assert!(
+        report["blocks_checked"].as_u64() >= Some(2 * (6 << 20) / BLOCK),
+        "every block of both copies checked: {report}"
+    );
+    assert_eq!(
+        fs::read(&p_backing).expect("read the passive copy"),
+        data,
+        "the passive copy was not repaired"
+    );
+    let events = checksum_events(&m, 3070);
+    assert!(
+        events.iter().any(|e| e["volume"] == p_name.as_str()
+            && e["block"] == 1000
+            && e["found_by"] == "scrub"
+            && e["repaired"] == true),
+        "no 3070 from the scrub for block 1000 on {p_name}: {events:?}"
+    );
+    let ids: Vec<u64> = m.events_json().iter().filter_map(event_id).collect();
+    assert!(
+        ids.contains(&3072) && ids.contains(&3073),
+        "scrub events: {ids:?}"
+    );
+
+    // 2. The active copy rots: `verify --repair` takes the good block from the other
+    // copy (its checksum says which is right) instead of copying the rot over it.
+    let a_backing = m.backing_files(active, DB).join("scrubbed.bin");
+    flip(&a_backing, 200 * BLOCK, 1);
+    let out = m.cli(&["verify", DB, "--repair", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify --json: {e}\n{}", common::describe_output(&out)));
+    assert!(
+        out.status.success(),
+        "verify --repair exit {:?}: {status}",
+        out.status.code()
+    );
+    let extents = status["report"]["extents"].as_array().expect("extents");
+    assert!(
+        extents.iter().any(|e| e["volume"] == a_name.as_str()
+            && e["offset"] == 200 * BLOCK
+            && e["repaired"] == true),
+        "verify names the active copy {a_name} as the one that differs: {status}"
+    );
+    for (k, what) in [(active, "active"), (passive, "passive")] {
+        assert_eq!(
+            fs::read(m.backing_files(k, DB).join("scrubbed.bin")).expect("read a copy"),
+            data,
+            "the {what} copy after verify --repair"
+        );
+    }
+
+    m.unmount();
+}
+
+#[test]
+fn corruption_drill_random_flips_on_both_copies_under_a_workload() {
+    const TEST: &str = "corruption_drill_random_flips_on_both_copies_under_a_workload";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    const FILES: u64 = 3;
+    const FILE: usize = 2 << 20;
+    const BLOCKS: u64 = FILE as u64 / BLOCK;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let dir = m.db_files(DB);
+    for w in 0..FILES {
+        let mut f = fs::File::create(dir.join(format!("d{w}.dat"))).expect("create");
+        f.write_all(&pattern(50 + w, FILE)).expect("seed a file");
+        f.sync_all().expect("fsync");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers: each owns a file and its model; after every write it reads back a random
+    // range of its file through the mount and checks it against the model.
+    let writers: Vec<_> = (0..FILES)
+        .map(|w| {
+            let (path, stop) = (dir.join(format!("d{w}.dat")), stop.clone());
+            thread::spawn(move || {
+                let mut model = pattern(50 + w, FILE);
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .expect("open");
+                let mut rng = Rng::new(77 + w);
+                let mut reads = 0u64;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let len = 1 + rng.below(9000) as usize;
+                    let at = rng.below((FILE - len) as u64) as usize;
+                    let bytes = pattern(1000 * w + n, len);
+                    f.write_all_at(&bytes, at as u64)
+                        .expect("write under the drill");
+                    model[at..at + len].copy_from_slice(&bytes);
+                    n += 1;
+                    for _ in 0..4 {
+                        let len = 1 + rng.below(64 << 10) as usize;
+                        let at = rng.below((FILE - len) as u64) as usize;
+                        let mut buf = vec![0u8; len];
+                        f.read_exact_at(&mut buf, at as u64)
+                            .expect("read under the drill");
+                        assert!(
+                            buf == model[at..at + len],
+                            "d{w}.dat: wrong bytes read at {at}..{}",
+                            at + len
+                        );
+                        reads += 1;
+                    }
+                }
+                (model, n, reads)
+            })
+        })
+        .collect();
+    // The flipper: one bit of one byte, in a random block of a random file of a random
+    // copy, each block flipped at most once (so never on both copies); the page cache of
+    // the mount is dropped now and then, so that reads reach the copies.
+    let mut rng = Rng::new(4242);
+    let mut flipped = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let (w, block, k) = (
+            rng.below(FILES),
+            rng.below(BLOCKS),
+            1 + rng.below(2) as usize,
+        );
+        if !flipped.insert((w, block)) {
+            continue;
+        }
+        let backing = m.backing_files(k, DB).join(format!("d{w}.dat"));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&backing)
+            .expect("open a backing file");
+        let at = block * BLOCK + rng.below(BLOCK);
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).expect("read a byte");
+        b[0] ^= 1 << rng.below(8);
+        f.write_all_at(&b, at).expect("flip a bit");
+        if flipped.len() % 8 == 0 {
+            drop_caches();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let models: Vec<(Vec<u8>, u64, u64)> = writers
+        .into_iter()
+        .map(|t| t.join().expect("a writer failed"))
+        .collect();
+    drop_caches();
+    for (w, (model, _, _)) in models.iter().enumerate() {
+        assert!(
+            read_all(&dir.join(format!("d{w}.dat"))) == *model,
+            "d{w}.dat read whole after the drill"
+        );
+    }
+    let out = m.cli(&["scrub", DB, "--wait", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
+    assert!(out.status.success(), "scrub after the drill: {status}");
+    let found = checksum_events(&m, 3070).len();
+    let writes: u64 = models.iter().map(|m| m.1).sum();
+    let reads: u64 = models.iter().map(|m| m.2).sum();
+    eprintln!(
+        "drill: {} blocks flipped, {writes} writes, {reads} checked reads, {found} bad blocks found (3070), scrub report {}",
+        flipped.len(),
+        status["report"]
+    );
+    assert!(
+        checksum_events(&m, 3071).is_empty(),
+        "a block was bad on every copy"
+    );
+    assert!(found > 0, "no flip was found");
+    // Every flip was found (by a read, by a write's checked read or by the scrub) or
+    // overwritten: both copies now hold exactly what the writers wrote.
+    for k in [1, 2] {
+        for (w, (model, _, _)) in models.iter().enumerate() {
+            let copy = fs::read(m.backing_files(k, DB).join(format!("d{w}.dat"))).expect("read");
+            assert!(copy == *model, "Volume{k} d{w}.dat differs after the scrub");
+        }
+    }
+    m.unmount();
+}
+
+#[test]
+fn o_direct_writes_carry_their_sums() {
+    const TEST: &str = "o_direct_writes_carry_their_sums";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let path = m.db_files(DB).join("direct.bin");
+    let size = 1usize << 20;
+    let mut raw = vec![0u8; size + BLOCK as usize];
+    let at = raw.as_ptr().align_offset(BLOCK as usize);
+    let want = pattern(31, size);
+    raw[at..at + size].copy_from_slice(&want);
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("open O_DIRECT through the mount");
+        for k in 0..size / (256 << 10) {
+            let part = &raw[at + k * (256 << 10)..at + (k + 1) * (256 << 10)];
+            f.write_all_at(part, (k * (256 << 10)) as u64)
+                .expect("aligned O_DIRECT write");
+        }
+        f.sync_all().expect("fsync");
+    }
+    let (active, _) = active_and_passive(&m);
+    let backing = m.backing_files(active, DB).join("direct.bin");
+    assert_eq!(fs::read(&backing).expect("read the backing file"), want);
+    flip(&backing, 77 * BLOCK + 1, 3);
+    drop_caches();
+    assert_eq!(
+        read_all(&path),
+        want,
+        "a block written O_DIRECT and damaged was read back wrong: its sum was not written"
+    );
+    let events = checksum_events(&m, 3070);
+    assert!(
+        events.iter().any(|e| e["block"].as_u64() == Some(77)),
+        "no event 3070 names block 77 written O_DIRECT: {events:?}"
+    );
+    assert_eq!(
+        fs::read(&backing).expect("read the backing file"),
+        want,
+        "not repaired"
+    );
+    m.unmount();
+}
+
+/// The blocks of `backing` (a copy's file on volume `k`) whose sum in the copy's store is
+/// unknown, and those whose sum does not match: (unknown, wrong).
+fn sums_of_copy(m: &Mounted, k: usize, name: &str) -> (Vec<u64>, Vec<u64>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let backing = m.backing_files(k, DB).join(name);
+    let data = fs::read(&backing).expect("read the copy's file");
+    let ino = fs::metadata(&backing).expect("stat").ino();
+    let store = m
+        .bed
+        .volume_path(k)
+        .join(".reseedfs/sums")
+        .join(DB)
+        .join(ino.to_string());
+    let sums = fs::read(&store).unwrap_or_default();
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for (b, block) in data.chunks(BLOCK as usize).enumerate() {
+        let want = sums
+            .get(b * 4..b * 4 + 4)
+            .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+        if want == 0 {
+            unknown.push(b as u64);
+        } else if reseedfs::checksum::block_sum(block) != want {
+            wrong.push(b as u64);
+        }
+    }
+    (unknown, wrong)
+}
+
+fn cli_ok(m: &Mounted, args: &[&str]) -> String {
+    let out = m.cli(args);
+    assert!(
+        out.status.success(),
+        "reseedfs {args:?} failed:\n{}\nmount.log:\n{}",
+        common::describe_output(&out),
+        m.mount_log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn reseed_and_resync_give_the_new_copy_its_sums_and_refuse_a_bad_source_block() {
+    const TEST: &str = "reseed_and_resync_give_the_new_copy_its_sums_and_refuse_a_bad_source_block";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let path = m.db_files(DB).join("seeded.bin");
+    let mut want = pattern(41, 3 << 20);
+    fs::write(&path, &want).expect("write through the mount");
+    let (active, passive) = active_and_passive(&m);
+    let passive_name = format!("Volume{passive}");
+
+    // A reseed of the passive copy in place: its sums are written as it is verified.
+    cli_ok(&m, &["reseed", DB, "--to", &passive_name, "--wait"]);
+    let (unknown, wrong) = sums_of_copy(&m, passive, "seeded.bin");
+    assert!(
+        unknown.is_empty() && wrong.is_empty(),
+        "after a reseed the new copy has unknown sums {unknown:?} and wrong ones {wrong:?}"
+    );
+
+    // A resync after missed writes: the copy gets the source's sums for every file.
+    cli_ok(&m, &["suspend", DB, "--volume", &passive_name]);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    let part = pattern(42, 10_000);
+    f.write_all_at(&part, 123_456)
+        .expect("a write the copy misses");
+    f.sync_all().expect("fsync");
+    want[123_456..123_456 + part.len()].copy_from_slice(&part);
+    drop(f);
+    cli_ok(&m, &["resume", DB, "--volume", &passive_name, "--wait"]);
+    let (unknown, wrong) = sums_of_copy(&m, passive, "seeded.bin");
+    assert!(
+        unknown.is_empty() && wrong.is_empty(),
+        "after a resync the copy has unknown sums {unknown:?} and wrong ones {wrong:?}"
+    );
+    assert!(
+        fs::read(m.backing_files(passive, DB).join("seeded.bin")).expect("read") == want,
+        "the resynced copy differs from what was written"
+    );
+
+    // A block of the source that does not match its sum, and no other copy to take it
+    // from: the reseed fails, naming the block, and does not spread the damage quietly.
+    flip(
+        &m.backing_files(active, DB).join("seeded.bin"),
+        300 * BLOCK + 9,
+        2,
+    );
+    drop_caches();
+    let out = m.cli(&["reseed", DB, "--to", &passive_name, "--wait"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the reseed from a damaged source succeeded: {said}"
+    );
+    let events = checksum_events(&m, 3071);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["block"].as_u64() == Some(300) && e["found_by"] == "reseed"),
+        "no event 3071 names block 300 found by the reseed ({said}): {events:?}"
+    );
+    m.unmount();
+}
+
+#[test]
+fn a_reseed_takes_a_bad_source_block_from_a_third_copy() {
+    const TEST: &str = "a_reseed_takes_a_bad_source_block_from_a_third_copy";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(3, 256 << 20).expect("three loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 3);
+    let path = m.db_files(DB).join("three.bin");
+    let want = pattern(43, 2 << 20);
+    fs::write(&path, &want).expect("write through the mount");
+    let (active, _) = active_and_passive3(&m);
+    let target = (1..=3).find(|&k| k != active).expect("a passive copy");
+    flip(
+        &m.backing_files(active, DB).join("three.bin"),
+        17 * BLOCK,
+        4,
+    );
+    drop_caches();
+    // The damaged copy is the source (a bad source block must be taken from the third).
+    cli_ok(
+        &m,
+        &[
+            "reseed",
+            DB,
+            "--to",
+            &format!("Volume{target}"),
+            "--from",
+            &format!("Volume{active}"),
+            "--wait",
+        ],
+    );
+    for k in [active, target] {
+        assert!(
+            fs::read(m.backing_files(k, DB).join("three.bin")).expect("read") == want,
+            "the copy on Volume{k} differs from what was written after the reseed"
+        );
+    }
+    let (unknown, wrong) = sums_of_copy(&m, target, "three.bin");
+    assert!(
+        unknown.is_empty() && wrong.is_empty(),
+        "{unknown:?} {wrong:?}"
+    );
+    let events = checksum_events(&m, 3070);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["block"].as_u64() == Some(17) && e["found_by"] == "reseed"),
+        "no event 3070 names block 17 found by the reseed: {events:?}"
+    );
+    m.unmount();
+}
+
+/// The volume (1..3) of the active copy of a three-copy database.
+fn active_and_passive3(m: &Mounted) -> (usize, ()) {
+    let status = m.status_json();
+    let active = status["databases"][0]["copies"]
+        .as_array()
+        .expect("copies in status")
+        .iter()
+        .find(|c| c["active"] == true)
+        .and_then(|c| c["volume"].as_str())
+        .and_then(|v| v.strip_prefix("Volume"))
+        .and_then(|k| k.parse().ok())
+        .expect("an active copy");
+    (active, ())
+}
+
+#[test]
+fn the_scrub_schedule_finds_a_flip_and_status_and_explain_show_the_last_scrub() {
+    const TEST: &str = "the_scrub_schedule_finds_a_flip_and_status_and_explain_show_the_last_scrub";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    common::init(&bed, &[DB], 2);
+    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
+    c.scrub.interval = Some(Duration::from_secs(3));
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let data = pattern(12, 2 << 20);
+    let path = m.db_files(DB).join("scheduled.bin");
+    fs::write(&path, &data).expect("write through the mount");
+    let (_, passive) = active_and_passive(&m);
+    let p_backing = m.backing_files(passive, DB).join("scheduled.bin");
+    // Sums are written with the data; flip after the write settled.
+    flip(&p_backing, 200 * BLOCK + 1, 1);
+    drop_caches();
+    let scrub = |m: &Mounted| m.status_json()["databases"][0]["scrub"].clone();
+    assert_eq!(scrub(&m)["interval_s"], 3, "{}", scrub(&m));
+    let found = common::wait_for(Duration::from_secs(30), || {
+        let s = scrub(&m);
+        let last = &s["last"];
+        (last["completed"] == true && last["checksum_errors"].as_u64() >= Some(1)).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no scheduled scrub found the flip: {}\nevents: {:?}",
+            scrub(&m),
+            m.events_json()
+        )
+    });
+    assert_eq!(found["last"]["scheduled"], true, "{found}");
+    assert!(
+        found["last"]["checksum_repaired"].as_u64() >= Some(1),
+        "{found}"
+    );
+    assert!(found["next_due_unix"].as_u64().is_some(), "{found}");
+    assert!(
+        fs::read(&p_backing).expect("read") == data,
+        "the scheduled scrub did not repair the passive copy"
+    );
+    assert!(
+        !checksum_events(&m, 3073).is_empty(),
+        "no event 3073 for the scheduled scrub"
+    );
+    let text = String::from_utf8_lossy(&m.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("scrub: "),
+        "status does not show the last scrub:\n{text}"
+    );
+    let out = m.cli(&["explain", "--json"]);
+    let explained: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("explain --json: {e}\n{}", common::describe_output(&out)));
+    assert!(
+        explained.to_string().contains("\"checksum_errors\""),
+        "explain --json does not carry the last scrub: {explained}"
+    );
+    // The last scrub survives a restart.
+    let bed = m.unmount();
+    let m = Mounted::mount_only(bed);
+    assert!(
+        scrub(&m)["last"]["checksum_errors"].as_u64() >= Some(1),
+        "the last scrub was forgotten over a restart: {}",
+        scrub(&m)
+    );
+    m.unmount();
+}
+
+#[test]
+fn a_scrub_of_a_single_copy_finds_the_damage_it_cannot_repair() {
+    const TEST: &str = "a_scrub_of_a_single_copy_finds_the_damage_it_cannot_repair";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
+    let m = Mounted::start(bed, &[DB], 1);
+    let data = pattern(13, 1 << 20);
+    let path = m.db_files(DB).join("alone.bin");
+    fs::write(&path, &data).expect("write through the mount");
+    flip(&m.backing_files(1, DB).join("alone.bin"), 50 * BLOCK + 3, 1);
+    drop_caches();
+    let out = m.cli(&["scrub", DB, "--wait", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("scrub --json: {e}\n{}", common::describe_output(&out)));
+    let report = &status["report"];
+    assert_eq!(report["checksum_unrecoverable"], 1, "{status}");
+    assert!(
+        report["blocks_checked"].as_u64() >= Some((1 << 20) / BLOCK),
+        "every block checked: {status}"
+    );
+    assert!(
+        !out.status.success(),
+        "a scrub that found damage exited 0: {status}"
+    );
+    // The read of that block fails rather than return the wrong bytes.
+    let f = fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = f
+        .read_exact_at(&mut buf, 50 * BLOCK)
+        .expect_err("a damaged block of the only copy was read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(f);
+    m.unmount();
+}
