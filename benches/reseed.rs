@@ -34,6 +34,8 @@
 //! file by file (io_uring chunk sizes and depths, direct and buffered, with and without
 //! preallocation, whole files or 64 MiB windows as the seeder copies, the thread engine),
 //! against the reseed (io_uring) and `cp` (byte counts checked, no JSON).
+//! `RESEED_BENCH_SWEEP=watch` is a short one: each engine with and without the hung-volume
+//! watch the seeder gives it (`reseed::watch`), side by side, and `cp`.
 
 use std::process::ExitCode;
 
@@ -55,6 +57,7 @@ run. Needs root. Writes target/bench/reseed.json. No options; environment:
   RESEED_BENCH_ROUNDS=N        rounds (default 2)
   RESEED_BENCH_THROTTLE=RATE   the throttled pass's budget (default 150MiB/s; off: none)
   RESEED_BENCH_SWEEP=1         an engine sweep instead (chunk sizes, depths, no JSON)
+  RESEED_BENCH_SWEEP=watch     each engine with and without the hung-volume watch, and cp
   RESEEDFS_TESTBED_DIR=DIR     where the volume images go";
 
 #[cfg(target_os = "linux")]
@@ -87,6 +90,7 @@ mod linux {
         self, CHUNK, CopyEngine, EngineChoice, Extent, IN_FLIGHT, ThreadEngine, data_extents,
         split_aligned,
     };
+    use reseedfs::reseed::watch::Watch;
     use reseedfs::reseed::{self, Progress, SeedRequest};
     use reseedfs::sys::uring::UringEngine;
     use reseedfs::testbed::rng::Rng;
@@ -318,12 +322,13 @@ mod linux {
         // method writes over blocks that exist.
         warm_volume(&vol2, &stop)?;
 
-        let sweep = std::env::var("RESEED_BENCH_SWEEP").as_deref() == Ok("1");
-        let mut variants = if sweep {
-            sweep_variants()?
-        } else {
-            standard_variants()?
+        let sweep = std::env::var("RESEED_BENCH_SWEEP");
+        let mut variants = match sweep.as_deref() {
+            Ok("1") => sweep_variants()?,
+            Ok("watch") => watch_variants()?,
+            _ => standard_variants()?,
         };
+        let sweep = sweep.is_ok_and(|v| v == "1" || v == "watch");
 
         for round in 0..rounds {
             let mut order: Vec<usize> = (0..variants.len()).collect();
@@ -623,6 +628,39 @@ mod linux {
             Role::ReseedUring,
             Kind::Reseed(EngineChoice::IoUring),
         ));
+        variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
+        Ok(variants)
+    }
+
+    /// `RESEED_BENCH_SWEEP=watch`: the io_uring and thread engines as the seeder drives
+    /// them (direct, preallocated, by windows), each without and with the watch that
+    /// times a hung volume out (`reseed::watch`), and `cp`.
+    fn watch_variants() -> Result<Vec<Variant>> {
+        let mut variants = Vec::new();
+        for watched in [false, true] {
+            let tag = if watched { "watched" } else { "unwatched" };
+            let uring = UringEngine::with_geometry(CHUNK, IN_FLIGHT)
+                .map_err(|e| format!("io_uring: {e}"))?;
+            let engines: [(&str, Box<dyn CopyEngine>); 2] = [
+                ("io_uring", Box::new(uring)),
+                ("threads", Box::new(ThreadEngine::new())),
+            ];
+            for (name, mut engine) in engines {
+                if watched {
+                    engine.set_watch(Some(Arc::new(Watch::new())));
+                }
+                variants.push(Variant::new(
+                    format!("engine {name} {} {tag}", mode(true, true, true)),
+                    Role::Tuning,
+                    Kind::Engine {
+                        engine,
+                        direct: true,
+                        prealloc: true,
+                        windowed: true,
+                    },
+                ));
+            }
+        }
         variants.push(Variant::new("cp -a + sync", Role::Cp, Kind::Cp));
         Ok(variants)
     }

@@ -50,7 +50,7 @@
 //! | 3040 | `verify.online_started`     | an online verification of a database's in-sync copies started (copies, repair, rate) |
 //! | 3041 | `verify.online_completed`   | it ended: bytes compared, mismatched extents and tree entries, repaired (or why it stopped) |
 //! | 3050 | `throttle.changed`          | the rebuild budget was changed at run time (old, new, who) |
-//! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message) |
+//! | 3060 | `request.panicked`          | a request hit a bug (a panic): it was answered EIO, the request thread goes on serving (operation, panic message); on a volume's lane: answered as a failed I/O of the volume, which is failed (volume, operation, `lane: true`) |
 //! | 3070 | `checksum.repaired`         | a block of a copy did not match its checksum: the read was served from a copy whose block matches, and the bad block rewritten from it and read back (database, file, offset, volume, source) |
 //! | 3071 | `checksum.unrecoverable`    | a block matches its checksum on no copy: the read failed with EIO (database, file, offset) |
 //! | 3072 | `scrub.started`             | a scrub of a database's in-sync copies started (copies, bytes) |

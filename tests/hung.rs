@@ -13,7 +13,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -75,11 +75,39 @@ impl Stall {
     }
 }
 
-/// What a writer leaves: its file, every block's last version, its longest stall.
+/// The phases of a run that stalls are told apart in (a drill each): at most this many.
+const PHASES: usize = 4;
+
+/// The longest stall of each phase a request started in.
+#[derive(Debug, Default, Clone)]
+struct Stalls([Stall; PHASES]);
+
+impl Stalls {
+    fn note(&mut self, phase: usize, took: Duration, what: impl FnOnce() -> String) {
+        self.0[phase.min(PHASES - 1)].note(took, what);
+    }
+
+    fn merge(&mut self, other: &Stalls) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            mine.note(theirs.longest, || theirs.what.clone());
+        }
+    }
+
+    /// The longest stall of the whole run.
+    fn longest(&self) -> Stall {
+        let mut all = Stall::default();
+        for s in &self.0 {
+            all.note(s.longest, || s.what.clone());
+        }
+        all
+    }
+}
+
+/// What a writer leaves: its file, every block's last version, its longest stalls.
 struct Written {
     path: PathBuf,
     versions: Vec<u64>,
-    stall: Stall,
+    stalls: Stalls,
     writes: u64,
 }
 
@@ -93,13 +121,16 @@ type Versions = Arc<Vec<Vec<Mutex<u64>>>>;
 /// timed; `stop` ends them. Any error panics the thread that met it.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// The phase requests starting now count in ([`Load::next_phase`]).
+    phase: Arc<AtomicUsize>,
     writers: Vec<thread::JoinHandle<Written>>,
-    readers: Vec<thread::JoinHandle<(Stall, u64)>>,
+    readers: Vec<thread::JoinHandle<(Stalls, u64)>>,
 }
 
 impl Load {
     fn start(dir: &Path, writers: u64, readers: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(AtomicUsize::new(0));
         let paths: Vec<PathBuf> = (0..writers)
             .map(|w| dir.join(format!("writer{w}.dat")))
             .collect();
@@ -122,15 +153,18 @@ impl Load {
             .enumerate()
             .map(|(w, p)| {
                 let (path, stop, versions) = (p.clone(), stop.clone(), versions.clone());
+                let phase = phase.clone();
                 let w = w as u64;
                 thread::spawn(move || {
                     let f = fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-                    let (mut rng, mut stall, mut writes) = (Rng::new(w + 100), Stall::default(), 0);
+                    let (mut rng, mut stalls, mut writes) =
+                        (Rng::new(w + 100), Stalls::default(), 0);
                     while !stop.load(Ordering::Relaxed) {
                         let b = rng.below(BLOCKS);
+                        let now = phase.load(Ordering::Relaxed);
                         {
                             let mut version = versions[w as usize][b as usize]
                                 .lock()
@@ -139,13 +173,15 @@ impl Load {
                             let t = Instant::now();
                             f.write_all_at(&block(w, b, v), b * BLOCK as u64)
                                 .unwrap_or_else(|e| panic!("writer {w} block {b} v{v}: {e}"));
-                            stall.note(t.elapsed(), || format!("write of writer {w} block {b}"));
+                            stalls.note(now, t.elapsed(), || {
+                                format!("write of writer {w} block {b}")
+                            });
                             *version = v;
                         }
                         let t = Instant::now();
                         f.sync_data()
                             .unwrap_or_else(|e| panic!("writer {w} fdatasync: {e}"));
-                        stall.note(t.elapsed(), || format!("fdatasync of writer {w}"));
+                        stalls.note(now, t.elapsed(), || format!("fdatasync of writer {w}"));
                         writes += 1;
                     }
                     let versions = versions[w as usize]
@@ -155,7 +191,7 @@ impl Load {
                     Written {
                         path,
                         versions,
-                        stall,
+                        stalls,
                         writes,
                     }
                 })
@@ -164,12 +200,14 @@ impl Load {
         let readers = (0..readers)
             .map(|r| {
                 let (paths, stop, versions) = (paths.clone(), stop.clone(), versions.clone());
+                let phase = phase.clone();
                 thread::spawn(move || {
                     let files: Vec<fs::File> = paths
                         .iter()
                         .map(|p| fs::File::open(p).expect("open for reading"))
                         .collect();
-                    let (mut rng, mut stall, mut reads) = (Rng::new(r + 200), Stall::default(), 0);
+                    let (mut rng, mut stalls, mut reads) =
+                        (Rng::new(r + 200), Stalls::default(), 0);
                     let mut buf = vec![0u8; BLOCK];
                     while !stop.load(Ordering::Relaxed) {
                         let w = rng.below(files.len() as u64);
@@ -177,11 +215,12 @@ impl Load {
                         let want = versions[w as usize][b as usize]
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
+                        let now = phase.load(Ordering::Relaxed);
                         let t = Instant::now();
                         files[w as usize]
                             .read_exact_at(&mut buf, b * BLOCK as u64)
                             .unwrap_or_else(|e| panic!("reader {r}: writer {w} block {b}: {e}"));
-                        stall.note(t.elapsed(), || format!("read of writer {w} block {b}"));
+                        stalls.note(now, t.elapsed(), || format!("read of writer {w} block {b}"));
                         let got =
                             check_block(w, b, &buf).unwrap_or_else(|e| panic!("reader {r}: {e}"));
                         assert_eq!(
@@ -193,36 +232,44 @@ impl Load {
                         drop(want);
                         reads += 1;
                     }
-                    (stall, reads)
+                    (stalls, reads)
                 })
             })
             .collect();
         Load {
             stop,
+            phase,
             writers,
             readers,
         }
     }
 
-    /// Stops the load; returns what the writers wrote and the longest stall of all.
-    fn stop(self) -> (Vec<Written>, Stall, u64) {
+    /// Requests starting from now count in the next phase (up to [`PHASES`] - 1); returns it.
+    fn next_phase(&self) -> usize {
+        let next = (self.phase.load(Ordering::Relaxed) + 1).min(PHASES - 1);
+        self.phase.store(next, Ordering::Relaxed);
+        next
+    }
+
+    /// Stops the load; returns what the writers wrote and the longest stall of each phase.
+    fn stop(self) -> (Vec<Written>, Stalls, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let written: Vec<Written> = self
             .writers
             .into_iter()
             .map(|w| w.join().expect("a writer failed (see its panic above)"))
             .collect();
-        let mut stall = Stall::default();
+        let mut stalls = Stalls::default();
         let mut reads = 0;
         for r in self.readers {
             let (s, n) = r.join().expect("a reader failed (see its panic above)");
-            stall.note(s.longest, || s.what.clone());
+            stalls.merge(&s);
             reads += n;
         }
         for w in &written {
-            stall.note(w.stall.longest, || w.stall.what.clone());
+            stalls.merge(&w.stalls);
         }
-        (written, stall, reads)
+        (written, stalls, reads)
     }
 }
 
@@ -344,21 +391,43 @@ fn a_hung_disk_is_failed_within_the_deadline_and_no_request_waits_longer() {
     } else {
         "Volume1"
     };
-    // The passive copy's disk hangs, then (once it is back) the active one's.
-    freeze_drill(&m, passive, Duration::from_secs(6));
-    freeze_drill(&m, &active, Duration::from_secs(6));
+    // The passive copy's disk hangs, then (once it is back) the active one's; the
+    // requests of each drill (from its freeze until the copy is back) count apart.
+    let drills = [("passive", passive.to_owned()), ("active", active.clone())];
+    let mut phases = Vec::new();
+    for (role, volume) in &drills {
+        phases.push((load.next_phase(), *role, volume.clone()));
+        freeze_drill(&m, volume, Duration::from_secs(6));
+    }
     thread::sleep(Duration::from_millis(500));
-    let (written, stall, reads) = load.stop();
+    let (written, stalls, reads) = load.stop();
     let writes: u64 = written.iter().map(|w| w.writes).sum();
+    let all = stalls.longest();
     eprintln!(
         "longest stall {:?} ({}); {writes} writes with fdatasync, {reads} reads",
-        stall.longest, stall.what
+        all.longest, all.what
     );
+    for (phase, role, volume) in &phases {
+        let s = &stalls.0[*phase];
+        eprintln!(
+            "{role}-volume freeze ({volume}): longest stall {:?} ({})",
+            s.longest, s.what
+        );
+    }
+    for (phase, role, volume) in &phases {
+        let s = &stalls.0[*phase];
+        assert!(
+            s.longest <= IO_TIMEOUT + Duration::from_secs(1),
+            "{role}-volume freeze ({volume}): a request waited {:?} ({}): more than io_timeout ({IO_TIMEOUT:?}) + 1 s",
+            s.longest,
+            s.what
+        );
+    }
     assert!(
-        stall.longest <= IO_TIMEOUT + Duration::from_secs(1),
+        all.longest <= IO_TIMEOUT + Duration::from_secs(1),
         "a request waited {:?} ({}): more than io_timeout ({IO_TIMEOUT:?}) + 1 s",
-        stall.longest,
-        stall.what
+        all.longest,
+        all.what
     );
     assert!(writes > 0 && reads > 0, "the load did nothing");
     verify_written(&written, &m.db_files(DB));
@@ -366,6 +435,151 @@ fn a_hung_disk_is_failed_within_the_deadline_and_no_request_waits_longer() {
     // Both copies hold every block's last version.
     for k in 1..=2 {
         verify_written(&written, &bed.volume_path(k).join(format!("{DB}.db")));
+    }
+}
+
+/// The copy of `db` on `volume`, as `status` shows it (`Value::Null` when there is none).
+fn copy_json(m: &Mounted, volume: &str) -> Value {
+    copy_status(&m.status_json(), DB, volume)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longer() {
+    if !require_mount_privileges(
+        "a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longer",
+    ) {
+        return;
+    }
+    // Copies on Volume1 and Volume2, Volume3 a spare; a 96 MiB file and the load; the
+    // rebuild budget at 8 MiB/s so that the reseed takes a while.
+    let bed = Testbed::loop_volumes(3, 320 << 20).expect("three loop volumes");
+    common::init(&bed, &[DB], 2);
+    hung_disk_config(&bed);
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.throttle.max_bytes_per_s = Some(8 << 20);
+    c.throttle.floor_bytes_per_s = 4 << 20;
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let big = m.db_files(DB).join("big.dat");
+    let data = reseedfs::testbed::rng::pattern(13, 96 << 20);
+    fs::write(&big, &data).expect("write the big file");
+    let load = Load::start(&m.db_files(DB), 2, 2);
+    thread::sleep(Duration::from_secs(1));
+    // Volume1's disk dies; the operator reseeds its copy onto the spare.
+    m.bed.volumes[0].shutdown().expect("shut down Volume1");
+    let failed = wait_for(Duration::from_secs(30), || {
+        copy_is(&m.status_json(), DB, "Volume1", "FailedAndSuspended", false).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "Volume1 never failed: {:#}",
+        m.status_json()
+    );
+    let out = m.cli(&["reseed", DB, "--to", "Volume3"]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let copying = wait_for(Duration::from_secs(60), || {
+        let c = copy_json(&m, "Volume3");
+        (c["seed"]["phase"] == "Copying" && c["seed"]["bytes_done"].as_u64() > Some(8 << 20))
+            .then_some(())
+    });
+    assert!(
+        copying.is_some(),
+        "the reseed onto Volume3 never got going: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    // The spare hangs in the middle of the copy.
+    let phase = load.next_phase();
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[2].freeze().expect("fsfreeze -f Volume3");
+    let ended = wait_for(IO_TIMEOUT + Duration::from_secs(10), || {
+        let t = Instant::now();
+        let status = m.status_json();
+        let took = t.elapsed();
+        assert!(
+            took < IO_TIMEOUT,
+            "status took {took:?} while Volume3 was frozen"
+        );
+        let seed = &copy_status(&status, DB, "Volume3")?["seed"];
+        (seed["phase"] == "Failed").then(|| seed["error"].as_str().unwrap_or_default().to_owned())
+    });
+    let reseed_ended = frozen_at.elapsed();
+    let Some(error) = ended else {
+        panic!(
+            "the reseed onto the frozen Volume3 did not end: {:#}\nevents: {:#?}",
+            m.status_json(),
+            m.events_json()
+        );
+    };
+    eprintln!("Volume3 frozen during the reseed: it ended after {reseed_ended:?}: {error}");
+    assert!(
+        reseed_ended <= IO_TIMEOUT + Duration::from_secs(5),
+        "the reseed ended {reseed_ended:?} after the freeze"
+    );
+    assert!(
+        error.contains("Volume3"),
+        "the error names the volume: {error}"
+    );
+    let events = m.events_json();
+    assert!(
+        events.iter().any(|e| event_id(e) == Some(1109)
+            && e["volume"] == "Volume3"
+            && e["reason"] == "timeout"),
+        "no copy.failed (1109) with reason timeout for Volume3: {events:#?}"
+    );
+    let failed_reseed = events
+        .iter()
+        .rev()
+        .find(|e| event_id(e) == Some(3019) && e["volume"] == "Volume3");
+    assert!(
+        failed_reseed.is_some_and(|e| e["error"].as_str().is_some_and(|t| t.contains("Volume3"))),
+        "no reseed.failed (3019) naming Volume3: {events:#?}"
+    );
+    if let Some(left) = Duration::from_secs(6).checked_sub(frozen_at.elapsed()) {
+        thread::sleep(left);
+    }
+    frozen.thaw().expect("fsfreeze -u Volume3");
+    // AutoReseed takes the copy on Volume3 up again once it answers.
+    let healthy = wait_for(Duration::from_secs(180), || {
+        copy_is(&m.status_json(), DB, "Volume3", "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "the copy on Volume3 never came back after the thaw: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    eprintln!(
+        "Volume3 thawed: copy in sync {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    let (written, stalls, reads) = load.stop();
+    let writes: u64 = written.iter().map(|w| w.writes).sum();
+    let s = &stalls.0[phase];
+    eprintln!(
+        "spare freeze during a reseed: longest stall {:?} ({}); {writes} writes with fdatasync, {reads} reads in all",
+        s.longest, s.what
+    );
+    let all = stalls.longest();
+    assert!(
+        all.longest <= IO_TIMEOUT + Duration::from_secs(1),
+        "a request waited {:?} ({}): more than io_timeout ({IO_TIMEOUT:?}) + 1 s",
+        all.longest,
+        all.what
+    );
+    verify_written(&written, &m.db_files(DB));
+    assert!(
+        fs::read(&big).expect("read the big file") == data,
+        "the big file reads back"
+    );
+    let bed = m.unmount();
+    for k in [2, 3] {
+        verify_written(&written, &bed.volume_path(k).join(format!("{DB}.db")));
+        let back = fs::read(bed.volume_path(k).join(format!("{DB}.db/big.dat")))
+            .expect("the big file on the copy");
+        assert!(back == data, "the big file on Volume{k}");
     }
 }
 

@@ -26,6 +26,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 use memmap2::MmapMut;
 
 use crate::reseed::engine::{ALIGN, CHUNK, Chunks, CopyEngine, CopyError, Extent, IN_FLIGHT};
+use crate::reseed::watch::{Side, Watch};
 use crate::throttle::Stream;
 
 /// Fixed-file index of the source.
@@ -78,6 +79,18 @@ pub struct UringEngine {
     completions: Vec<(u64, i32)>,
     /// The rebuild throttle's stream, when paced.
     throttle: Option<Arc<Stream>>,
+    /// Where requests are reported as they are queued and completed, when watched (the
+    /// seeder's deadline for a hung volume).
+    watch: Option<Arc<Watch>>,
+}
+
+/// The side of the copy a slot's request is on.
+fn side_of(slot: Slot) -> Option<Side> {
+    match slot {
+        Slot::Idle => None,
+        Slot::Read { .. } => Some(Side::Source),
+        Slot::Write { .. } => Some(Side::Dest),
+    }
 }
 
 impl fmt::Debug for UringEngine {
@@ -169,6 +182,7 @@ impl UringEngine {
             poisoned: None,
             completions: Vec::with_capacity(2 * depth),
             throttle: None,
+            watch: None,
         })
     }
 
@@ -202,7 +216,12 @@ impl UringEngine {
             // and the buffer stays untouched until this request's completion is reaped.
             // The fixed files are in the table until every request has completed.
             match unsafe { self.ring.submission().push(&entry) } {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let (Some(w), Some(side)) = (&self.watch, side_of(slot)) {
+                        w.begin(side);
+                    }
+                    return Ok(());
+                }
                 Err(_) => {
                     // Full: cannot happen with one entry per slot, but submitting makes room.
                     self.ring.submit()?;
@@ -227,6 +246,10 @@ impl UringEngine {
                 for (i, slot) in slots.iter_mut().enumerate() {
                     if !matches!(slot, Slot::Idle) {
                         continue;
+                    }
+                    if let Some(Err(e)) = self.watch.as_deref().map(Watch::check) {
+                        failure = Some(CopyError::Dest(e));
+                        break;
                     }
                     let Some(chunk) = held.take().or_else(|| chunks.next()) else {
                         break;
@@ -279,6 +302,9 @@ impl UringEngine {
                     continue; // not ours; cannot happen
                 };
                 in_flight -= 1;
+                if let (Some(w), Some(side)) = (&self.watch, side_of(slots[i])) {
+                    w.end(side);
+                }
                 let next = self.complete(i, slots[i], res, direct, &mut copied, &mut failure);
                 slots[i] = next;
                 if matches!(next, Slot::Idle) {
@@ -434,6 +460,10 @@ impl CopyEngine for UringEngine {
 
     fn set_throttle(&mut self, stream: Option<Arc<Stream>>) {
         self.throttle = stream;
+    }
+
+    fn set_watch(&mut self, watch: Option<Arc<Watch>>) {
+        self.watch = watch;
     }
 }
 

@@ -302,12 +302,22 @@ impl Database {
             });
         }
         let m = self.tap.begin();
-        self.tap
-            .data(self, &m, &io.marks, || file.path(), offset, len);
+        let marked = self
+            .tap
+            .data_revocable(self, &m, &io.marks, || file.path(), offset, len);
         let done = self.mutate_backing("fallocate", files, |i, v, f| {
             self.fallocate_summed(i, v, f, mode, offset, len)
         });
         self.tap.written(&m, &io.marks, offset, len);
+        // Refused by the active copy (EFBIG, ENOSPC, ...: not a media error, which fails
+        // the copy and tries the next), the request reached no other copy: a lagging
+        // copy's map must not keep it (a 4 EiB range its resync would visit).
+        if let Err(e) = &done
+            && !crate::volume::is_media_error(e)
+            && e.raw_os_error() != Some(libc::EIO)
+        {
+            marked.revoke();
+        }
         done
     }
 

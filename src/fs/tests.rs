@@ -777,3 +777,134 @@ fn r13_an_unlinked_open_file_works_through_its_handles_until_its_last_close() {
     assert_eq!(deleted_fds_under(&vols), 0);
     assert_eq!(core.getattr(node, None), Err(Errno(libc::ENOENT)));
 }
+
+#[test]
+fn r13_a_panic_on_a_volume_s_lane_fails_that_copy_and_the_write_completes_from_the_others() {
+    // A bug on the lane of the passive copy's volume, then (on a new bed) of the active
+    // one's: the write is answered from the other copy, nothing is lost, the volume is
+    // failed as by an I/O error, and event 3060 names the volume and the operation.
+    for k in [2, 1] {
+        let bed = Bed::new(&format!("lane-panic-{k}"), 2, 2);
+        let (core, sink) = bed.open();
+        let dir = db_folder(&core);
+        let (_, h) = core
+            .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+            .expect("create");
+        core.write(h, 0, &[1u8; 8192]).expect("write before");
+        volume(&core, k).faults().panic_next_write();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            core.write(h, 4096, &[2u8; 16384])
+                .expect("the write completes"),
+            16384
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "answered at once, not at the deadline: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(copy_state(&core, k), CopyState::FailedAndSuspended);
+        assert_eq!(copy_state(&core, 3 - k), CopyState::InSync);
+        let mut want = vec![1u8; 4096];
+        want.extend_from_slice(&[2u8; 16384]);
+        assert_eq!(
+            backing_bytes(&bed, 3 - k, "f"),
+            want,
+            "the other copy has it"
+        );
+        let mut back = vec![0u8; want.len()];
+        assert_eq!(core.read(h, 0, &mut back).expect("read"), want.len());
+        assert_eq!(back, want);
+        let events = sink.0.lock().clone();
+        let name = format!("Volume{k}");
+        let panicked = events
+            .iter()
+            .find(|e| e.id == EventId::RequestPanicked)
+            .unwrap_or_else(|| panic!("no event 3060: {:?}", sink.ids()));
+        assert_eq!(panicked.volume.as_deref(), Some(name.as_str()));
+        assert_eq!(panicked.fields["operation"], "write");
+        assert!(
+            panicked.fields["panic"]
+                .as_str()
+                .is_some_and(|p| p.contains("injected panic")),
+            "{panicked:?}"
+        );
+        let failed = events
+            .iter()
+            .find(|e| e.id == EventId::CopyFailed)
+            .expect("event 1109");
+        assert_eq!(failed.volume.as_deref(), Some(name.as_str()));
+        assert_eq!(failed.fields["reason"], "io_error");
+        // The mount goes on: the next write lands on the copy left.
+        core.write(h, 0, &[3u8; 4096]).expect("write after");
+        core.release(h);
+    }
+}
+
+#[test]
+fn r13_a_refused_huge_fallocate_leaves_a_lagging_copy_s_dirty_map_as_it_was() {
+    // The passive copy's disk dies and its copy lags; then a 4 EiB fallocate that the
+    // active copy refuses (EFBIG: past the largest file) must not stay in the lagging
+    // copy's map, while what was dirty before (and a later write) stays.
+    let bed = Bed::new("fallocate-refused", 2, 2);
+    let (core, _sink) = bed.open();
+    let dir = db_folder(&core);
+    let (_, h) = core
+        .create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+        .expect("create");
+    core.write(h, 0, &[1u8; 4096]).expect("write before");
+    volume(&core, 2).inject_fault(libc::EIO);
+    core.write(h, 1 << 20, &[2u8; 8192])
+        .expect("a write the passive copy misses");
+    assert_eq!(copy_state(&core, 2), CopyState::FailedAndSuspended);
+    let db = &core.pool().databases()[0];
+    let extents = |db: &crate::copyset::Database| {
+        let map = db
+            .tap()
+            .snapshot(crate::names::CopySlot::new(1))
+            .expect("the lagging copy's map");
+        let f = map
+            .files
+            .iter()
+            .find(|(p, _)| p.ends_with("f"))
+            .map(|(_, f)| f.clone())
+            .expect("the file is dirty");
+        (f.extents(), map.mutations)
+    };
+    // What it missed, and what the activity log held when it left (its disk may have
+    // lost those): a few MiB from the start of the file.
+    let (before, mutations) = extents(db);
+    let end = before.last().map_or(0, |&(o, l)| o + l);
+    assert!(
+        ((1 << 20) + 8192..=16 << 20).contains(&end),
+        "the map before: {before:?}"
+    );
+    for (offset, mode) in [(0, 0), (1 << 30, libc::FALLOC_FL_KEEP_SIZE)] {
+        let e = core
+            .fallocate(h, offset, 4 << 60, mode)
+            .expect_err("a 4 EiB fallocate is refused");
+        assert!(
+            matches!(e.0, libc::EFBIG | libc::ENOSPC | libc::EINVAL),
+            "errno {}",
+            e.0
+        );
+        assert_eq!(
+            copy_state(&core, 1),
+            CopyState::InSync,
+            "a refusal, not a failure"
+        );
+        assert_eq!(
+            extents(db),
+            (before.clone(), mutations),
+            "the map is as it was"
+        );
+    }
+    // What runs is recorded as before.
+    core.fallocate(h, 64 << 20, 4096, 0)
+        .expect("a small fallocate");
+    core.write(h, 96 << 20, &[3u8; 4096]).expect("a write");
+    let mut want = before.clone();
+    want.extend([(64 << 20, 4096), (96 << 20, 4096)]);
+    assert_eq!(extents(db).0, want);
+    core.release(h);
+}

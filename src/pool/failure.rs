@@ -65,6 +65,9 @@ impl Pool {
     /// deadline): every copy on it becomes FailedAndSuspended, the state is persisted on
     /// every healthy volume, events are emitted. Returns once persisted. Idempotent.
     pub fn fail_volume(&self, name: &VolumeName, op: &str, err: &io::Error) {
+        if let Some(p) = crate::volume::panic_of(err) {
+            self.lane_panicked(p, op);
+        }
         let mut state = self.state.lock();
         let unpersisted = Unpersisted::new(&self.unpersisted);
         let timeout = crate::volume::is_timeout(err).then(|| err.to_string());
@@ -146,6 +149,27 @@ impl Pool {
                 .volume(after.as_deref().unwrap_or(&vol)),
             );
         }
+    }
+
+    /// An operation on a volume's lane panicked (a bug): it was answered as a failed I/O of
+    /// the volume (failed below, the request completes from the other copies) and the
+    /// lane goes on serving. Event 3060, with the volume and the operation.
+    fn lane_panicked(&self, p: &crate::volume::Panicked, during: &str) {
+        let volume = &p.volume;
+        self.events.emit(
+            NewEvent::new(
+                EventId::RequestPanicked,
+                format!(
+                    "a {} on volume {volume} panicked during {during} ({}); it was answered as an I/O error of {volume} (the volume is failed, the request completes from the other copies) and the volume's lane goes on serving. This is a bug: please report it with the daemon's log",
+                    p.op, p.message
+                ),
+            )
+            .volume(volume)
+            .field("operation", p.op)
+            .field("request", during)
+            .field("panic", p.message.as_str())
+            .field("lane", true),
+        );
     }
 
     /// Nothing may keep a dead volume's filesystem alive: the disk can then be unmounted,

@@ -5,6 +5,12 @@
 //! [`crate::copyset::SeedFile`]: below the window mirrored, beyond it skipped, inside it
 //! recorded and copied again when the window closes. A read error on the source moves the
 //! copy to another in-sync copy (3020).
+//!
+//! Everything done through the files' own descriptors (the engine, holes, sizes, the
+//! window's dirty ranges, fsync) runs on the copy's own threads under the volumes'
+//! deadline ([`Watched`]): a volume that stops answering for `io_timeout` is failed like
+//! any timeout (1109, `reason: "timeout"`) and the reseed ends naming it, with the locks
+//! the database's writes need released; the stuck call is abandoned in the kernel.
 
 use std::fs::File;
 use std::io;
@@ -14,6 +20,7 @@ use std::time::Instant;
 
 use super::engine::{CopyEngine, CopyError, Extent, data_extents, split_aligned};
 use super::layout::{FileJob, Layout};
+use super::watch::{Side, Watch, Watched};
 use super::{Progress, SeedError, SeedRequest, Source, dest_failed};
 use crate::copyset::CopyState;
 use crate::copyset::Database;
@@ -21,7 +28,9 @@ use crate::events::{EventId, NewEvent};
 use crate::fs::Core;
 use crate::names::CopySlot;
 use crate::throttle::StreamKind;
-use crate::volume::{Advice, FileExt, Mode, OFlags, VolFile, Volume, is_media_error, punch_hole};
+use crate::volume::{
+    Advice, FileExt, Mode, OFlags, VolFile, Volume, is_media_error, is_timeout, punch_hole,
+};
 
 /// What phase 2 moved.
 pub(super) struct Copied {
@@ -44,12 +53,13 @@ pub(super) fn copy_files(
     source: &mut Source,
     target: &Arc<Volume>,
     layout: &Layout,
-    engine: &mut dyn CopyEngine,
+    engine: &mut Option<Box<dyn CopyEngine>>,
     fallback: Option<&str>,
     progress: &Progress,
 ) -> Result<Copied, SeedError> {
     let db = &req.db;
     let label = format!("{}\\{}", db.name, req.target);
+    let engine_name = engine.as_ref().map_or("none", |e| e.name());
     let total: u64 = layout
         .files
         .iter()
@@ -68,7 +78,7 @@ pub(super) fn copy_files(
                 source.volume.name(),
                 layout.files.len(),
                 total >> 20,
-                engine.name()
+                engine_name
             ),
         )
         .database(&db.name)
@@ -76,7 +86,7 @@ pub(super) fn copy_files(
         .field("source", source.volume.name())
         .field("bytes", total)
         .field("files", layout.files.len() as u64)
-        .field("engine", engine.name())
+        .field("engine", engine_name)
         .field("engine_fallback", fallback.unwrap_or_default()),
     );
 
@@ -86,22 +96,37 @@ pub(super) fn copy_files(
         Some(req.slot.index()),
         &[&source.volume, target],
     );
-    engine.set_throttle(paced);
+    let watched = Watched::new(&label, target.limits().io_timeout);
+    if let Some(e) = engine.as_mut() {
+        e.set_throttle(paced);
+        e.set_watch(Some(watched.watch().clone()));
+    }
     let started = Instant::now();
     let mut bytes = 0;
     for job in &layout.files {
-        bytes += copy_file(core, req, source, target, job, engine, progress)?;
+        bytes += copy_file(core, req, source, target, job, engine, &watched, progress)?;
     }
     bytes += super::orphans::copy_orphans(db, req.slot, &layout.orphans, progress)?;
     for dir in layout.dirs.iter().rev() {
         let synced = target
             .open_file(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-            .and_then(|d| d.sync_all());
-        if let Err(e) = synced {
-            return Err(dest_failed(db, req.slot, "reseed fsync", e));
+            .map_err(CopyError::Dest)
+            .and_then(|d| {
+                watched.run(source.volume.name(), target.name(), move |w| {
+                    w.on(Side::Dest, || d.sync_all()).map_err(CopyError::Dest)
+                })
+            });
+        match synced {
+            Ok(()) => {}
+            Err(CopyError::Dest(e)) | Err(CopyError::Source(e)) => {
+                return Err(dest_failed(db, req.slot, "reseed fsync", e));
+            }
         }
     }
-    engine.set_throttle(None);
+    if let Some(e) = engine.as_mut() {
+        e.set_throttle(None);
+        e.set_watch(None);
+    }
     let copied = Copied {
         bytes,
         seconds: started.elapsed().as_secs_f64(),
@@ -114,7 +139,7 @@ pub(super) fn copy_files(
                 bytes >> 20,
                 copied.seconds,
                 copied.mib_s(),
-                engine.name()
+                engine_name
             ),
         )
         .database(&db.name)
@@ -123,12 +148,13 @@ pub(super) fn copy_files(
         .field("bytes", bytes)
         .field("seconds", copied.seconds)
         .field("mib_s", copied.mib_s())
-        .field("engine", engine.name()),
+        .field("engine", engine_name),
     );
     Ok(copied)
 }
 
 /// One file's open descriptors on both sides.
+#[derive(Clone)]
 struct Pair {
     src: VolFile,
     dst: VolFile,
@@ -166,19 +192,21 @@ enum Step {
 }
 
 /// Phase 2 for one file: windows front to back until the last one closes.
+#[allow(clippy::too_many_arguments)]
 fn copy_file(
     core: &Core,
     req: &SeedRequest,
     source: &mut Source,
     target: &Volume,
     job: &FileJob,
-    engine: &mut dyn CopyEngine,
+    engine: &mut Option<Box<dyn CopyEngine>>,
+    watched: &Watched,
     progress: &Progress,
 ) -> Result<u64, SeedError> {
     let db = &req.db;
     let mut total = 0;
     loop {
-        match copy_file_from(db, req, source, target, job, engine, progress) {
+        match copy_file_from(db, req, source, target, job, engine, watched, progress) {
             Ok(Step::Copied(n)) => {
                 total += n;
                 return Ok(total);
@@ -197,6 +225,19 @@ fn copy_file(
                 return Err(SeedError::Dest(e.to_string()));
             }
             Err(CopyError::Dest(e)) => return Err(dest_failed(db, req.slot, "reseed write", e)),
+            Err(CopyError::Source(e)) if is_timeout(&e) => {
+                // The source hung: it is failed like any timeout; the copy's threads are
+                // stuck with it (and the engine), so this reseed ends here and AutoReseed
+                // starts another from a copy that answers.
+                let old = source.volume.name().to_owned();
+                if db.copies()[source.slot].state() == CopyState::InSync {
+                    db.on_error(source.slot.index(), "reseed read", &e, false);
+                }
+                return Err(SeedError::Source(format!(
+                    "reading the source copy on {old} failed ({e}); the reseed of {}\\{} ends, to be retried from a copy that answers",
+                    db.name, req.target
+                )));
+            }
             Err(CopyError::Source(e)) => {
                 switch_source(core, req, source, e)?;
                 progress.set_source(source.volume.name());
@@ -261,16 +302,20 @@ fn source_ok(db: &Database, source: &Source) -> Result<(), CopyError> {
 }
 
 /// The windows of one file from `source`, until the last one closes (or the file is
-/// unlinked).
+/// unlinked). The locks are taken here; what uses the descriptors runs on `watched`'s
+/// threads, so that a hung volume never keeps the locks past its deadline.
+#[allow(clippy::too_many_arguments)]
 fn copy_file_from(
     db: &Database,
     req: &SeedRequest,
     source: &Source,
     target: &Volume,
     job: &FileJob,
-    engine: &mut dyn CopyEngine,
+    engine: &mut Option<Box<dyn CopyEngine>>,
+    watched: &Watched,
     progress: &Progress,
 ) -> Result<Step, CopyError> {
+    let (from, to) = (source.volume.name(), target.name());
     let pair = {
         let _namespace = db.namespace_shared();
         let Some(path) = job.path() else {
@@ -295,7 +340,11 @@ fn copy_file_from(
         }
         source_ok(db, source)?;
         let _resize: Vec<_> = job.nodes.iter().map(|n| n.io.resize.read()).collect();
-        let size = size_of(&pair.src).map_err(CopyError::Source)?;
+        let src = pair.src.clone();
+        let size = watched.run(from, to, move |w| {
+            w.on(Side::Source, || size_of(&src))
+                .map_err(CopyError::Source)
+        })?;
         let start = job.seed.copied();
         let window = progress.job.pacer.window(window_bytes);
         let end = if size > start.saturating_add(window) {
@@ -308,17 +357,29 @@ fn copy_file_from(
         for n in &job.nodes {
             drop(n.io.lock_range(start, end - start));
         }
-        let stop = if end == u64::MAX {
-            size_of(&pair.src).map_err(CopyError::Source)?
-        } else {
-            end
-        };
-        if stop > start {
-            copied += copy_range(&pair, start, stop, engine)?;
-        }
-        if end == u64::MAX && size_of(&pair.dst).map_err(CopyError::Dest)? != stop {
-            pair.dst.set_len(stop).map_err(CopyError::Dest)?;
-        }
+        let p = pair.clone();
+        let (n, stop) = watched.run_engine(engine, from, to, move |w, engine| {
+            let stop = if end == u64::MAX {
+                w.on(Side::Source, || size_of(&p.src))
+                    .map_err(CopyError::Source)?
+            } else {
+                end
+            };
+            let mut n = 0;
+            if stop > start {
+                n = copy_range(&p, start, stop, engine, w)?;
+            }
+            if end == u64::MAX
+                && w.on(Side::Dest, || size_of(&p.dst))
+                    .map_err(CopyError::Dest)?
+                    != stop
+            {
+                w.on(Side::Dest, || p.dst.set_len(stop))
+                    .map_err(CopyError::Dest)?;
+            }
+            Ok((n, stop))
+        })?;
+        copied += n;
         for (off, len) in job.seed.close_window() {
             progress.job.pacer.take(len);
             let _stripes: Vec<_> = job
@@ -326,7 +387,10 @@ fn copy_file_from(
                 .iter()
                 .map(|n| n.io.lock_range(off, len))
                 .collect();
-            copied += copy_buffered(&pair.src, &pair.dst, off, len)?;
+            let p = pair.clone();
+            copied += watched.run(from, to, move |w| {
+                copy_buffered(&p.src, &p.dst, off, len, w)
+            })?;
         }
         progress.job.add_done(stop.saturating_sub(start));
         fail::fail_point!("reseed::after_window");
@@ -335,7 +399,10 @@ fn copy_file_from(
         }
     }
     job.seed.complete();
-    pair.dst.sync_all().map_err(CopyError::Dest)?;
+    let dst = pair.dst.clone();
+    watched.run(from, to, move |w| {
+        w.on(Side::Dest, || dst.sync_all()).map_err(CopyError::Dest)
+    })?;
     Ok(Step::Copied(copied))
 }
 
@@ -350,8 +417,11 @@ fn copy_range(
     start: u64,
     stop: u64,
     engine: &mut dyn CopyEngine,
+    w: &Watch,
 ) -> Result<u64, CopyError> {
-    let extents = data_extents(&pair.src, start, stop).map_err(CopyError::Source)?;
+    let extents = w
+        .on(Side::Source, || data_extents(&pair.src, start, stop))
+        .map_err(CopyError::Source)?;
     let mut pos = start;
     for e in extents.iter().chain(std::iter::once(&Extent {
         offset: stop,
@@ -360,13 +430,17 @@ fn copy_range(
         if e.offset > pos {
             // A hole in the source: make sure the destination has one too (it may hold
             // data there after a collapse or insert range moved the file's contents).
-            punch_hole(&pair.dst, pos, e.offset - pos).map_err(CopyError::Dest)?;
+            w.on(Side::Dest, || punch_hole(&pair.dst, pos, e.offset - pos))
+                .map_err(CopyError::Dest)?;
         }
         if e.len > 0 {
-            crate::volume::preallocate_keep_size(&pair.dst, e.offset, e.len);
+            w.on(Side::Dest, || {
+                crate::volume::preallocate_keep_size(&pair.dst, e.offset, e.len)
+            });
         }
         pos = e.offset + e.len;
     }
+    w.check().map_err(CopyError::Dest)?;
     match &pair.direct {
         Some((src, dst)) => {
             let (aligned, rest) = split_aligned(&extents);
@@ -378,17 +452,27 @@ fn copy_range(
     }
 }
 
-fn copy_buffered(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64, CopyError> {
+fn copy_buffered(
+    src: &File,
+    dst: &File,
+    offset: u64,
+    len: u64,
+    w: &Watch,
+) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; len.min(1 << 20) as usize];
     let mut done = 0;
     while done < len {
+        w.check().map_err(CopyError::Dest)?;
         let n = ((len - done) as usize).min(buf.len());
-        let got = crate::volume::read_full(src, offset + done, &mut buf[..n])
+        let got = w
+            .on(Side::Source, || {
+                crate::volume::read_full(src, offset + done, &mut buf[..n])
+            })
             .map_err(CopyError::Source)?;
         if got == 0 {
             break;
         }
-        dst.write_all_at(&buf[..got], offset + done)
+        w.on(Side::Dest, || dst.write_all_at(&buf[..got], offset + done))
             .map_err(CopyError::Dest)?;
         done += got as u64;
     }

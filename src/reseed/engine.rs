@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::watch::{Side, Watch};
 use crate::throttle::Stream;
 
 /// Bytes per request.
@@ -97,6 +98,11 @@ pub trait CopyEngine: Send + std::fmt::Debug {
     /// each chunk's bytes from `stream` ([`Stream::take`]) before it reads the chunk.
     /// `None`: as fast as the disks go.
     fn set_throttle(&mut self, stream: Option<Arc<Stream>>);
+
+    /// Reports every read (on the source) and write (on the destination) of the copies
+    /// that follow to `watch`, as it starts and as it ends: the seeder's deadline for a
+    /// hung volume ([`crate::reseed::watch`]). `None`: nothing reported.
+    fn set_watch(&mut self, watch: Option<Arc<Watch>>);
 }
 
 /// Picks the engine for `choice`, and says why when `Auto` fell back to threads.
@@ -310,6 +316,8 @@ pub struct ThreadEngine {
     bufs: Vec<ChunkBuf>,
     /// The rebuild throttle's stream, when paced.
     throttle: Option<Arc<Stream>>,
+    /// Where reads and writes are reported, when watched.
+    watch: Option<Arc<Watch>>,
 }
 
 impl Default for ThreadEngine {
@@ -330,6 +338,7 @@ impl ThreadEngine {
             threads: threads.max(1),
             bufs: Vec::new(),
             throttle: None,
+            watch: None,
         }
     }
 }
@@ -370,19 +379,25 @@ impl CopyEngine for ThreadEngine {
         let first_error = Mutex::new(None);
         let copied = AtomicU64::new(0);
         let throttle = self.throttle.as_deref();
+        let watch = self.watch.as_deref();
         std::thread::scope(|scope| {
             for buf in self.bufs.iter_mut().take(workers) {
                 let (next, stop, first_error, copied) = (&next, &stop, &first_error, &copied);
                 scope.spawn(move || {
                     let buf = buf.bytes_mut();
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(Err(e)) = watch.map(Watch::check) {
+                            stop.store(true, Ordering::Relaxed);
+                            first_error.lock().get_or_insert(CopyError::Dest(e));
+                            break;
+                        }
                         let Some(chunk) = next.lock().next() else {
                             break;
                         };
                         if let Some(t) = throttle {
                             t.take(chunk.len);
                         }
-                        match copy_chunk(src, dst, buf, chunk, direct) {
+                        match copy_chunk(src, dst, buf, chunk, direct, watch) {
                             Ok(n) => {
                                 copied.fetch_add(n, Ordering::Relaxed);
                             }
@@ -404,6 +419,19 @@ impl CopyEngine for ThreadEngine {
 
     fn set_throttle(&mut self, stream: Option<Arc<Stream>>) {
         self.throttle = stream;
+    }
+
+    fn set_watch(&mut self, watch: Option<Arc<Watch>>) {
+        self.watch = watch;
+    }
+}
+
+/// Runs `f`, reported to `watch` (when watched) as one request on `side`.
+#[inline]
+fn watched<T>(watch: Option<&Watch>, side: Side, f: impl FnOnce() -> T) -> T {
+    match watch {
+        Some(w) => w.on(side, f),
+        None => f(),
     }
 }
 
@@ -428,12 +456,14 @@ fn copy_chunk(
     buf: &mut [u8],
     chunk: Extent,
     direct: bool,
+    watch: Option<&Watch>,
 ) -> Result<u64, CopyError> {
     let len = usize::try_from(chunk.len).map_or(buf.len(), |len| len.min(buf.len()));
     let buf = &mut buf[..len];
     let mut got = 0;
     while got < len {
-        match read_at(src, &mut buf[got..], chunk.offset + got as u64) {
+        let at = chunk.offset + got as u64;
+        match watched(watch, Side::Source, || read_at(src, &mut buf[got..], at)) {
             Ok(0) => break, // end of file
             Ok(n) => {
                 got += n;
@@ -458,7 +488,10 @@ fn copy_chunk(
         got
     };
     buf[got..write_len].fill(0);
-    write_all_at(dst, &buf[..write_len], chunk.offset).map_err(CopyError::Dest)?;
+    watched(watch, Side::Dest, || {
+        write_all_at(dst, &buf[..write_len], chunk.offset)
+    })
+    .map_err(CopyError::Dest)?;
     Ok(got as u64)
 }
 

@@ -29,6 +29,7 @@ mod layout;
 pub mod orphans;
 pub mod resync;
 mod verify;
+pub mod watch;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -346,8 +347,11 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         .pool()
         .reprobe_volume(&req.target)
         .map_err(|why| SeedError::Refused(format!("target volume {}: {why}", req.target)))?;
-    let (mut engine, fallback) =
+    let (engine, fallback) =
         select(core.pool().config.reseed.engine).map_err(SeedError::Refused)?;
+    let engine_name = engine.name();
+    // Owned by the copy: a volume that hangs under it keeps it (see `watch`).
+    let mut engine = Some(engine);
     if let Some(why) = &fallback {
         tracing::warn!(
             "reseed of {}\\{} uses the portable engine: {why}",
@@ -355,7 +359,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
             req.target
         );
     }
-    progress.set_engine(engine.name());
+    progress.set_engine(engine_name);
 
     // Phase 1: lay out (refusals before the copy becomes Seeding change nothing).
     let (mut source, laid) = layout::lay_out(core, req, &target, progress)?;
@@ -367,7 +371,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         &mut source,
         &target,
         &laid,
-        engine.as_mut(),
+        &mut engine,
         fallback.as_deref(),
         progress,
     )
@@ -383,7 +387,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
         copy_seconds: copied.seconds,
         mib_s: copied.mib_s(),
         bytes_verified: verified.bytes,
-        engine: engine.name().to_owned(),
+        engine: engine_name.to_owned(),
         source: source.volume.name().to_string(),
     })
 }

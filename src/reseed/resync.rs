@@ -28,7 +28,9 @@ use crate::names::DbName;
 use crate::volume::{Advice, FileType, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
+use super::engine::CopyError;
 use super::verify::compare_trees;
+use super::watch::{Side, Watched};
 use super::{Phase, Progress, SeedError, Source, choose_source, dest_failed};
 use crate::copyset::{CopyState, Database, SeedSums};
 use crate::events::{EventId, NewEvent};
@@ -557,10 +559,18 @@ fn run(
 
 fn side(db: &Database, slot: CopySlot, source: &Source, e: SideError) -> SeedError {
     match e {
-        SideError::Source(e) => SeedError::Source(format!(
-            "reading the source copy on {}: {e}",
-            source.volume.name()
-        )),
+        SideError::Source(e) => {
+            // A hung source is failed like any timeout.
+            if crate::volume::is_timeout(&e)
+                && db.copies()[source.slot].state() == crate::copyset::CopyState::InSync
+            {
+                db.on_error(source.slot.index(), "resync read", &e, false);
+            }
+            SeedError::Source(format!(
+                "reading the source copy on {}: {e}",
+                source.volume.name()
+            ))
+        }
         SideError::Dest(e) => dest_failed(db, slot, "resync", e),
     }
 }
@@ -691,6 +701,17 @@ fn copy_jobs(
     progress: &Progress,
     report: &mut ResyncReport,
 ) -> Result<(), SeedError> {
+    // The extents are copied through the files' own descriptors, under their stripe
+    // locks: on the copy's own threads, under the volumes' deadline (see `watch`).
+    let watched = Watched::new(
+        &format!("{}\\{}", db.name, target.name()),
+        target.limits().io_timeout,
+    );
+    let (from, to) = (source.volume.name(), target.name());
+    let unwatched = |e| match e {
+        CopyError::Source(e) => SideError::Source(e),
+        CopyError::Dest(e) => SideError::Dest(e),
+    };
     for job in jobs {
         let Some((a, b)) =
             open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?
@@ -704,9 +725,13 @@ fn copy_jobs(
             continue;
         };
         let _resize = job.node.as_ref().map(|n| n.io.resize.read());
-        let size = a
-            .metadata()
-            .map_err(|e| side(db, slot, source, SideError::Source(e)))?
+        let src = a.clone();
+        let size = watched
+            .run(from, to, move |w| {
+                w.on(Side::Source, || src.metadata())
+                    .map_err(CopyError::Source)
+            })
+            .map_err(|e| side(db, slot, source, unwatched(e)))?
             .len();
         let mut copied_any = false;
         let chunks = chunks(&job.ranges, size);
@@ -726,8 +751,15 @@ fn copy_jobs(
             // The budget is waited for before the file's locks are taken.
             progress.job.pacer.take(len);
             let _stripes = job.node.as_ref().map(|n| n.io.lock_range(off, len));
-            let n =
-                reconcile::copy_extent(&a, &b, off, len).map_err(|e| side(db, slot, source, e))?;
+            let (src, dst) = (a.clone(), b.clone());
+            let n = watched
+                .run(from, to, move |w| {
+                    reconcile::copy_extent_watched(&src, &dst, off, len, w).map_err(|e| match e {
+                        SideError::Source(e) => CopyError::Source(e),
+                        SideError::Dest(e) => CopyError::Dest(e),
+                    })
+                })
+                .map_err(|e| side(db, slot, source, unwatched(e)))?;
             report.bytes_copied += n;
             report.extents += 1;
             copied_any = true;
@@ -735,8 +767,16 @@ fn copy_jobs(
         }
         if copied_any {
             report.files += 1;
-            b.sync_all()
-                .map_err(|e| dest_failed(db, slot, "resync fsync", e))?;
+            let dst = b.clone();
+            watched
+                .run(from, to, move |w| {
+                    w.on(Side::Dest, || dst.sync_all()).map_err(CopyError::Dest)
+                })
+                .map_err(|e| match e {
+                    CopyError::Source(e) | CopyError::Dest(e) => {
+                        dest_failed(db, slot, "resync fsync", e)
+                    }
+                })?;
         }
     }
     Ok(())
@@ -752,7 +792,11 @@ fn compare_jobs(
     target: &Volume,
     jobs: &[Job],
 ) -> Result<(), SeedError> {
-    let mut reader = ChunkReader::new(2, CHUNK as usize);
+    // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
+    let mut reader = ChunkReader::new(2, CHUNK as usize).with_deadline(
+        target.limits().io_timeout,
+        vec![source.volume.name().to_string(), target.name().to_string()],
+    );
     for job in jobs {
         let Some((a, b)) =
             open_pair(db, source, target, job).map_err(|e| side(db, slot, source, e))?

@@ -107,6 +107,11 @@ fn compare_files(
     };
     let mut all = crc32fast::Hasher::new();
     let source_err = |path: &Path, e: io::Error| {
+        // A hung source is failed like any timeout (a read error leaves it to the reads
+        // of the database, which fail over).
+        if crate::volume::is_timeout(&e) && db.copies()[source.slot].state() == CopyState::InSync {
+            db.on_error(source.slot.index(), "reseed verify", &e, false);
+        }
         SeedError::Source(format!(
             "verifying {} against {}: reading the source failed: {e}",
             path.display(),
@@ -114,7 +119,11 @@ fn compare_files(
         ))
     };
     let dest_err = |e| dest_failed(db, slot, "reseed verify", e);
-    let mut reader = ChunkReader::new(2, CHUNK);
+    // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
+    let mut reader = ChunkReader::new(2, CHUNK).with_deadline(
+        target.limits().io_timeout,
+        vec![source.volume.name().to_string(), target.name().to_string()],
+    );
     for job in &layout.files {
         let (path, src, dst) = {
             let _namespace = db.namespace_shared();

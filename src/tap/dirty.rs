@@ -6,8 +6,17 @@
 //! `whole`. Namespace operations that the copy's old tree must replay before it is
 //! reconciled (removes, renames, links) are kept in order; every other metadata change
 //! (mode, owner, times, xattrs, new directories) is found by comparing the trees.
+//!
+//! A mutation is recorded before it runs (a copy that fails meanwhile must not miss it).
+//! When every copy then refuses it (a 4 EiB `fallocate`: EFBIG or ENOSPC), nothing
+//! changed, and what it marked would only make the lagging copy's resync visit ranges
+//! that hold nothing: a mark can be made *revocable* ([`DirtyMap::write_revocable`]): it
+//! remembers the blocks it added (those not dirty before), any other mark of the same
+//! blocks meanwhile claims them for good, and [`DirtyMap::revoke`] takes out only what is
+//! left. Revocable marks live only while their request runs and are never persisted.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -31,20 +40,49 @@ pub struct FileDirty {
     blocks: RangeSet<u64>,
 }
 
+/// The whole blocks that hold `[offset, offset+len)` (clamped at the largest offset a
+/// file can have), if any.
+fn blocks_of(offset: u64, len: u64) -> Option<Range<u64>> {
+    if len == 0 {
+        return None;
+    }
+    let start = offset / BLOCK * BLOCK;
+    let end = offset
+        .saturating_add(len)
+        .div_ceil(BLOCK)
+        .saturating_mul(BLOCK);
+    (start < end).then_some(start..end)
+}
+
 impl FileDirty {
     /// Marks `[offset, offset+len)` (clamped at the largest offset a file can have).
     pub fn mark(&mut self, offset: u64, len: u64) {
-        if len == 0 || self.whole {
+        if self.whole {
             return;
         }
-        let start = offset / BLOCK * BLOCK;
-        let end = offset
-            .saturating_add(len)
-            .div_ceil(BLOCK)
-            .saturating_mul(BLOCK);
-        if start < end {
-            self.blocks.insert(start..end);
+        if let Some(r) = blocks_of(offset, len) {
+            self.blocks.insert(r);
         }
+    }
+
+    /// Marks `[offset, offset+len)` and returns the blocks that were not marked before.
+    fn mark_new(&mut self, offset: u64, len: u64) -> RangeSet<u64> {
+        let mut added = RangeSet::new();
+        if self.whole {
+            return added;
+        }
+        if let Some(r) = blocks_of(offset, len) {
+            for gap in self.blocks.gaps(&r) {
+                added.insert(gap);
+            }
+            self.blocks.insert(r);
+        }
+        added
+    }
+
+    /// True when nothing is marked.
+    fn is_empty(&self) -> bool {
+        !self.whole && self.truncated_to.is_none() && self.blocks.is_empty()
     }
 
     /// Marks the file as truncated to `size`.
@@ -120,6 +158,21 @@ pub struct DirtyMap {
     pub mutations: u64,
     /// Changed since last persisted.
     pub dirty: bool,
+    /// Marks of requests still running that may be taken out again (never persisted).
+    revocable: Vec<Revocable>,
+    /// The id of the next revocable mark.
+    next_revocable: u64,
+}
+
+/// What a revocable mark added (see the module header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Revocable {
+    id: u64,
+    path: PathBuf,
+    /// The blocks it marked that were not dirty before and no other mark claimed since.
+    added: RangeSet<u64>,
+    /// It created the file's entry, and nothing else marked the file since.
+    new_entry: bool,
 }
 
 /// Moves `path` from under `from` to under `to`, if it is there.
@@ -143,6 +196,8 @@ impl DirtyMap {
             ops: Vec::new(),
             mutations: 0,
             dirty: true,
+            revocable: Vec::new(),
+            next_revocable: 0,
         }
     }
 
@@ -154,9 +209,86 @@ impl DirtyMap {
     pub fn write(&mut self, path: &Path, offset: u64, len: u64) {
         self.mutations += 1;
         self.dirty = true;
+        if !self.revocable.is_empty()
+            && let Some(b) = blocks_of(offset, len)
+        {
+            self.claim(path, Some(b));
+        }
         match self.files.get_mut(path) {
             Some(f) => f.mark(offset, len),
             None => self.file(path).mark(offset, len),
+        }
+    }
+
+    /// A mutation of `[offset, offset+len)` of `path` about to run that every copy may
+    /// still refuse: marked as by [`DirtyMap::write`]; the returned id takes the mark out
+    /// again ([`DirtyMap::revoke`]) or keeps it ([`DirtyMap::settle`]).
+    pub fn write_revocable(&mut self, path: &Path, offset: u64, len: u64) -> u64 {
+        self.mutations += 1;
+        self.dirty = true;
+        if let Some(b) = blocks_of(offset, len) {
+            self.claim(path, Some(b));
+        }
+        let new_entry = !self.files.contains_key(path);
+        let added = self.file(path).mark_new(offset, len);
+        let id = self.next_revocable;
+        self.next_revocable += 1;
+        self.revocable.push(Revocable {
+            id,
+            path: path.to_owned(),
+            added,
+            new_entry,
+        });
+        id
+    }
+
+    /// The request of revocable mark `id` was refused by every copy: takes out the blocks
+    /// it added that nothing else marked since (and the file's entry, when it made it).
+    pub fn revoke(&mut self, id: u64) {
+        let Some(i) = self.revocable.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let r = self.revocable.swap_remove(i);
+        self.mutations = self.mutations.saturating_sub(1);
+        self.dirty = true;
+        let Some(f) = self.files.get_mut(&r.path) else {
+            return;
+        };
+        if f.whole {
+            return;
+        }
+        for range in r.added.iter() {
+            f.blocks.remove(range.clone());
+        }
+        if r.new_entry && f.is_empty() {
+            self.files.remove(&r.path);
+        }
+    }
+
+    /// The request of revocable mark `id` ran: its mark stays.
+    pub fn settle(&mut self, id: u64) {
+        self.revocable.retain(|r| r.id != id);
+    }
+
+    /// Another mutation marked `blocks` of `path` (all of it when `None`; the file's
+    /// entry alone for `Some` of an empty range): revocable marks can no longer take them
+    /// out.
+    fn claim(&mut self, path: &Path, blocks: Option<Range<u64>>) {
+        for r in self.revocable.iter_mut().filter(|r| r.path == path) {
+            r.new_entry = false;
+            match &blocks {
+                Some(b) if b.is_empty() => {}
+                Some(b) => r.added.remove(b.clone()),
+                None => r.added = RangeSet::new(),
+            }
+        }
+    }
+
+    /// The entries at or under `path` changed wholesale (created, removed, renamed):
+    /// revocable marks there are kept as they are.
+    fn forget_revocable_under(&mut self, path: &Path) {
+        if !self.revocable.is_empty() {
+            self.revocable.retain(|r| !r.path.starts_with(path));
         }
     }
 
@@ -170,6 +302,7 @@ impl DirtyMap {
     /// not counted: the mutation that carries it was, by [`DirtyMap::touch`].)
     pub fn created(&mut self, path: &Path) {
         self.dirty = true;
+        self.forget_revocable_under(path);
         let f = self.file(path);
         *f = FileDirty {
             whole: true,
@@ -180,6 +313,9 @@ impl DirtyMap {
     /// `path` was truncated to `size`.
     pub fn truncated(&mut self, path: &Path, size: u64) {
         self.dirty = true;
+        if !self.revocable.is_empty() {
+            self.claim(path, Some(0..0));
+        }
         self.file(path).truncated(size);
     }
 
@@ -192,6 +328,7 @@ impl DirtyMap {
     /// `path` was removed.
     pub fn removed(&mut self, path: &Path) {
         self.dirty = true;
+        self.forget_revocable_under(path);
         self.files.remove(path);
         self.ops.push(MetaOp::Remove(path.to_owned()));
     }
@@ -199,6 +336,8 @@ impl DirtyMap {
     /// `from` was renamed to `to`.
     pub fn renamed(&mut self, from: &Path, to: &Path, exchange: bool) {
         self.dirty = true;
+        self.forget_revocable_under(from);
+        self.forget_revocable_under(to);
         let mut a = Vec::new();
         let mut b = Vec::new();
         let keys: Vec<PathBuf> = self.files.keys().cloned().collect();
@@ -242,6 +381,9 @@ impl DirtyMap {
     /// copy's own changes).
     pub fn merge_files(&mut self, other: &BTreeMap<PathBuf, FileDirty>) {
         for (p, f) in other {
+            if !self.revocable.is_empty() {
+                self.claim(p, None);
+            }
             self.file(p).merge(f);
         }
         self.dirty = true;
@@ -412,5 +554,46 @@ mod tests {
         assert_eq!(back.files, m.files);
         assert_eq!(back.ops, m.ops);
         assert_eq!((back.base, back.mutations), (7, 4));
+    }
+
+    #[test]
+    fn a_revoked_mark_takes_out_only_what_it_added_and_nobody_else_marked() {
+        let p = Path::new("db.db/f");
+        let mut m = DirtyMap::new("Volume2", 3, SystemTime::UNIX_EPOCH);
+        m.write(p, 8192, 4096);
+        // A 4 EiB fallocate from 0, refused: the block dirty before stays.
+        let id = m.write_revocable(p, 0, 4 << 60);
+        assert_eq!(m.files[p].extents(), vec![(0, 4 << 60)]);
+        m.revoke(id);
+        assert_eq!(m.files[p].extents(), vec![(8192, 4096)]);
+        assert_eq!(m.mutations, 1);
+        // Another write inside the range while it runs keeps its blocks.
+        let id = m.write_revocable(p, 0, 4 << 60);
+        m.write(p, 1 << 40, 10);
+        m.revoke(id);
+        assert_eq!(m.files[p].extents(), vec![(8192, 4096), (1 << 40, BLOCK)]);
+        // A mark on a file nothing marked before leaves no entry behind.
+        let q = Path::new("db.db/g");
+        let id = m.write_revocable(q, 1 << 50, 1 << 50);
+        m.revoke(id);
+        assert!(!m.files.contains_key(q));
+        // A request that ran keeps its mark; revoking it later does nothing.
+        let id = m.write_revocable(q, 0, 100);
+        m.settle(id);
+        m.revoke(id);
+        assert_eq!(m.files[q].extents(), vec![(0, BLOCK)]);
+        // A removed or renamed file keeps what it had: its marks are not revoked.
+        let id = m.write_revocable(p, 1 << 20, 4096);
+        m.renamed(p, Path::new("db.db/h"), false);
+        m.revoke(id);
+        assert_eq!(
+            m.files[Path::new("db.db/h")].extents(),
+            vec![(8192, 4096), (1 << 20, BLOCK), (1 << 40, BLOCK)]
+        );
+        // Revocable marks are never persisted.
+        let id = m.write_revocable(q, 1 << 20, 1);
+        let back = DirtyMap::from_json(&m.to_json().expect("json")).expect("parse");
+        assert_eq!(back.files, m.files);
+        m.revoke(id);
     }
 }

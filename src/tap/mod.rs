@@ -310,6 +310,41 @@ impl Tap {
         }
     }
 
+    /// As [`Tap::data`], for a mutation that every copy may refuse without changing
+    /// anything (a huge `fallocate`): when it is, [`Revocable::revoke`] takes out of the
+    /// lagging copies' maps what it added there, keeping what was dirty before and what
+    /// any other mutation marked meanwhile. (The activity log keeps its note: it is
+    /// bounded by time, not by what a resync visits.)
+    pub fn data_revocable(
+        &self,
+        db: &dyn Replicas,
+        m: &Mutation<'_>,
+        marks: &NodeMarks,
+        path: impl Fn() -> Option<PathBuf>,
+        offset: u64,
+        len: u64,
+    ) -> Revocable<'_> {
+        if let (Some(al), Some(g)) = (&self.activity, &m.guard) {
+            al.note(db, g, marks, &path, offset, len);
+        }
+        let mut marked = Vec::new();
+        if self.n_lagging.load(Ordering::Acquire) > 0
+            && let Some(p) = path()
+        {
+            for slot in CopySlot::all(self.lagging.len()) {
+                if let Some(map) = self.lagging[slot].lock().as_mut() {
+                    let id = map.write_revocable(&p, offset, len);
+                    marked.push((slot, map.volume.clone(), map.base, id));
+                }
+            }
+        }
+        Revocable {
+            tap: self,
+            marked,
+            refused: false,
+        }
+    }
+
     /// The data change that [`Tap::data`] recorded for `m` is over (done or failed).
     pub fn written(&self, m: &Mutation<'_>, marks: &NodeMarks, offset: u64, len: u64) {
         if let (Some(al), Some(_)) = (&self.activity, &m.guard) {
@@ -457,6 +492,40 @@ impl Tap {
                         v.name()
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The marks of a mutation that every copy may still refuse ([`Tap::data_revocable`]):
+/// dropped, they stay; [`Revocable::revoke`] takes them out.
+#[derive(Debug)]
+pub struct Revocable<'a> {
+    tap: &'a Tap,
+    /// Per lagging map marked: its slot, volume and base (the same map still), the mark.
+    marked: Vec<(CopySlot, String, u64, u64)>,
+    refused: bool,
+}
+
+impl Revocable<'_> {
+    /// Every copy refused the mutation (nothing changed): takes its marks out.
+    pub fn revoke(mut self) {
+        self.refused = true;
+    }
+}
+
+impl Drop for Revocable<'_> {
+    fn drop(&mut self) {
+        for (slot, volume, base, id) in self.marked.drain(..) {
+            let mut s = self.tap.lagging[slot].lock();
+            // A map that left and came back meanwhile is another map: not touched.
+            let Some(map) = s.as_mut().filter(|m| m.volume == volume && m.base == base) else {
+                continue;
+            };
+            if self.refused {
+                map.revoke(id);
+            } else {
+                map.settle(id);
             }
         }
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use super::dirty::MetaOp;
 use crate::layout;
 use crate::names::DbName;
+use crate::volume::lane::{Side, Watch};
 use crate::volume::{
     FileExt, FileType, Mode, OFlags, OsStrExt, RenameFlags, Stat, Volume, child_path, data_extents,
     read_full,
@@ -214,12 +215,29 @@ pub fn tree(src: &Volume, dst: &Volume, db: &DbName) -> Result<TreeReport, SideE
 /// Copies `[offset, offset+len)` of `src` onto `dst` as the source has it: data copied,
 /// holes punched. Returns the bytes of data copied.
 pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64, SideError> {
-    let size = src.metadata().map_err(SideError::Source)?.len();
+    copy_extent_watched(src, dst, offset, len, &Watch::new())
+}
+
+/// [`copy_extent`], each read and write reported to `w` (the caller's deadline for a
+/// hung volume, see `volume::lane::Watch`); stops when the caller gave up.
+pub fn copy_extent_watched(
+    src: &File,
+    dst: &File,
+    offset: u64,
+    len: u64,
+    w: &Watch,
+) -> Result<u64, SideError> {
+    let size = w
+        .on(Side::Source, || src.metadata())
+        .map_err(SideError::Source)?
+        .len();
     let end = (offset + len).min(size);
     if end <= offset {
         return Ok(0);
     }
-    let extents = data_extents(src, offset, end).map_err(SideError::Source)?;
+    let extents = w
+        .on(Side::Source, || data_extents(src, offset, end))
+        .map_err(SideError::Source)?;
     let mut pos = offset;
     let mut copied = 0;
     let mut buf = vec![0u8; (end - offset).min(1 << 20) as usize];
@@ -229,16 +247,22 @@ pub fn copy_extent(src: &File, dst: &File, offset: u64, len: u64) -> Result<u64,
         .chain(std::iter::once((end, 0)));
     for (off, elen) in stops {
         if off > pos {
-            crate::volume::punch_hole(dst, pos, off - pos).map_err(SideError::Dest)?;
+            w.on(Side::Dest, || {
+                crate::volume::punch_hole(dst, pos, off - pos)
+            })
+            .map_err(SideError::Dest)?;
         }
         let mut done = 0;
         while done < elen {
+            w.check().map_err(SideError::Dest)?;
             let n = ((elen - done) as usize).min(buf.len());
-            let got = read_full(src, off + done, &mut buf[..n]).map_err(SideError::Source)?;
+            let got = w
+                .on(Side::Source, || read_full(src, off + done, &mut buf[..n]))
+                .map_err(SideError::Source)?;
             if got == 0 {
                 break;
             }
-            dst.write_all_at(&buf[..got], off + done)
+            w.on(Side::Dest, || dst.write_all_at(&buf[..got], off + done))
                 .map_err(SideError::Dest)?;
             done += got as u64;
         }

@@ -10,15 +10,24 @@
 //! slowest disk's time, not the sum. What the callers do with a difference is theirs:
 //! the seeder and the resync fail, the online verification locates it per 4 KiB block
 //! ([`ChunkReader::differing_blocks`]) and may repair it under the same locks.
+//!
+//! The reads go through the copies' own descriptors, outside the volumes' lanes, with the
+//! writers' locks held: a hung disk would hold the database's writes to that chunk for as
+//! long as it hangs. A reader given the volumes' deadline ([`ChunkReader::with_deadline`])
+//! reads on threads of its own and waits at most `io_timeout`: a copy that did not answer
+//! gets a [`Timeout`] error naming its volume (the callers fail it as any timeout), its
+//! read is abandoned in the kernel, and the locks are released.
 
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLockReadGuard;
 
 use crate::fs::Node;
-use crate::volume::read_full;
+use crate::volume::lane::{Lane, Unanswered};
+use crate::volume::{Timeout, read_full};
 
 /// Granularity of a located difference.
 pub const BLOCK: usize = 4096;
@@ -70,6 +79,17 @@ impl<'a> ChunkLocks<'a> {
 #[derive(Debug)]
 pub struct ChunkReader {
     bufs: Vec<Vec<u8>>,
+    chunk_bytes: usize,
+    deadline: Option<Deadline>,
+}
+
+/// The volumes' deadline of a reader (see the module header).
+#[derive(Debug)]
+struct Deadline {
+    lane: Lane,
+    io_timeout: Duration,
+    /// The volume of each copy, the reference's first, for the errors.
+    volumes: Vec<String>,
 }
 
 impl ChunkReader {
@@ -78,7 +98,21 @@ impl ChunkReader {
     pub fn new(copies: usize, chunk_bytes: usize) -> ChunkReader {
         ChunkReader {
             bufs: vec![vec![0u8; chunk_bytes]; copies],
+            chunk_bytes,
+            deadline: None,
         }
+    }
+
+    /// Reads with the volumes' deadline: a copy whose read takes longer than
+    /// `io_timeout` gets a [`Timeout`] error naming its volume (`volumes`: each copy's,
+    /// the reference's first), and the reader does not wait for it.
+    pub fn with_deadline(mut self, io_timeout: Duration, volumes: Vec<String>) -> ChunkReader {
+        self.deadline = Some(Deadline {
+            lane: Lane::new("verify"),
+            io_timeout,
+            volumes,
+        });
+        self
     }
 
     /// Reads `len` bytes at `offset` of each of `files` (the reference first; `None`
@@ -92,6 +126,9 @@ impl ChunkReader {
         offset: u64,
         len: usize,
     ) -> Vec<io::Result<usize>> {
+        if self.deadline.is_some() {
+            return self.read_within_deadline(files, offset, len);
+        }
         let read = |f: Option<&File>, buf: &mut Vec<u8>| match f {
             Some(f) => read_full(f, offset, &mut buf[..len]),
             None => Ok(0),
@@ -120,6 +157,71 @@ impl ChunkReader {
             }
             out
         })
+    }
+
+    /// [`ChunkReader::read`] on the reader's threads, each copy's read waited for until
+    /// the deadline. The files are duplicated (a descriptor the abandoned read keeps) and
+    /// the buffers go with the reads (a buffer left with an abandoned read is replaced).
+    fn read_within_deadline(
+        &mut self,
+        files: &[Option<&File>],
+        offset: u64,
+        len: usize,
+    ) -> Vec<io::Result<usize>> {
+        let Some(d) = &self.deadline else {
+            return Vec::new();
+        };
+        let until = Instant::now() + d.io_timeout;
+        let pending: Vec<_> = files
+            .iter()
+            .zip(self.bufs.iter_mut())
+            .map(|(f, buf)| {
+                let f = (*f)?;
+                let mut buf = std::mem::take(buf);
+                Some(f.try_clone().map(|file| {
+                    d.lane.submit(move || {
+                        let r = read_full(&file, offset, &mut buf[..len]);
+                        (buf, r)
+                    })
+                }))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(files.len());
+        for (i, p) in pending.into_iter().enumerate() {
+            let (buf, r) = match p {
+                None => (None, Ok(0)),
+                Some(Err(e)) => (None, Err(e)),
+                Some(Ok(p)) => match p.wait_until(until) {
+                    Ok((buf, r)) => (Some(buf), r),
+                    Err(Unanswered::Elapsed) => (
+                        None,
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            Timeout {
+                                volume: d.volumes.get(i).cloned().unwrap_or_default(),
+                                op: "verify read",
+                                after: d.io_timeout,
+                            },
+                        )),
+                    ),
+                    Err(Unanswered::Panicked(m)) => (
+                        None,
+                        Err(io::Error::other(format!(
+                            "verification reader panicked: {m}"
+                        ))),
+                    ),
+                },
+            };
+            match buf {
+                Some(buf) => self.bufs[i] = buf,
+                None if self.bufs[i].len() < self.chunk_bytes => {
+                    self.bufs[i] = vec![0u8; self.chunk_bytes];
+                }
+                None => {}
+            }
+            out.push(r);
+        }
+        out
     }
 
     /// The first `n` bytes copy `i` read.

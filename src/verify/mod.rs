@@ -578,7 +578,13 @@ fn run(
     progress.job.set_phase(VerifyPhase::Tree);
     let files = run.tree_pass()?;
     progress.job.set_phase(VerifyPhase::Data);
-    let mut reader = ChunkReader::new(run.peers.len() + 1, CHUNK);
+    // The volumes' deadline: a hung disk fails its copy instead of holding the stripes.
+    let volumes = std::iter::once(&run.active)
+        .chain(&run.peers)
+        .map(|p| p.volume.name().to_string())
+        .collect();
+    let mut reader = ChunkReader::new(run.peers.len() + 1, CHUNK)
+        .with_deadline(run.active.volume.limits().io_timeout, volumes);
     for f in &files {
         run.verify_file(f, &mut reader)?;
     }

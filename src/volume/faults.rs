@@ -5,14 +5,15 @@
 //! [`Faults`] holds an errno returned by every operation of the volume (a dying disk), and
 //! one returned only by reads of file data (unreadable sectors while writes still work).
 //! The wrapper checks them before it calls the real backend, at the same seam where every
-//! operation of reseedfs reaches a volume.
+//! operation of reseedfs reaches a volume. It can also make the next write of file data
+//! panic, as a bug on the volume's lane would.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use super::{
     Advice, Backend, DirEntry, FallocateFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat,
@@ -27,6 +28,8 @@ pub struct Faults {
     /// Writes of file data: the errno, and how many bytes of each write land first.
     writes: AtomicI32,
     writes_land: AtomicU64,
+    /// The next write of file data panics.
+    panic_write: AtomicBool,
 }
 
 impl Faults {
@@ -45,6 +48,11 @@ impl Faults {
     pub fn fail_writes(&self, errno: i32, land: u64) {
         self.writes_land.store(land, Ordering::Release);
         self.writes.store(errno, Ordering::Release);
+    }
+
+    /// The next write of file data panics (on the volume's lane, where it runs), once.
+    pub fn panic_next_write(&self) {
+        self.panic_write.store(true, Ordering::Release);
     }
 
     /// The armed fault for any operation, if any.
@@ -165,6 +173,12 @@ impl Backend for Faulty {
     }
     fn write_all_at(&self, f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check()?;
+        if self.faults.panic_write.swap(false, Ordering::AcqRel) {
+            panic!(
+                "injected panic in a write of {} bytes at {offset}",
+                data.len()
+            );
+        }
         match self.faults.writes.swap(0, Ordering::AcqRel) {
             0 => self.inner.write_all_at(f, offset, data),
             errno => {

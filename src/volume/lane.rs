@@ -13,9 +13,22 @@
 //! A lane grows a thread when every one of its threads is busy, up to [`MAX_THREADS`], and
 //! a thread idle for `IDLE` ends; so a healthy volume under load has as many threads as
 //! requests in flight, and an idle one keeps none.
+//!
+//! Long calls that use descriptors of their own (a reseed's copy of a window) have a
+//! deadline of another kind: no progress for `io_timeout`. They report each read and
+//! write to a [`Watch`], and the caller waits with [`Pending::wait_while_progressing`].
+//!
+//! A call that panics (a bug) is answered [`Unanswered::Panicked`] with the panic's message,
+//! and its thread goes on serving: the caller treats it as a failed I/O of that volume
+//! (`Volume::finish`), so a write completes from the other copies, and the failure path
+//! records the panic (event 3060). Unwinding through a lane thread would otherwise end it
+//! for good, its caller would wait out the whole deadline, and the lane would count a
+//! thread that no longer exists.
 
+use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -45,29 +58,68 @@ struct Shared {
     idle: AtomicUsize,
 }
 
-/// The answer of a call did not come before its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Elapsed;
+/// Why a call handed to a lane brought no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The answer did not come before the deadline.
+    Elapsed,
+    /// The call panicked (a bug); its thread goes on serving. The panic's message.
+    Panicked(String),
+}
+
+/// What a lane thread sends back: the call's answer, or its panic's message.
+type Answer<T> = Result<T, String>;
 
 /// A call handed to a lane: wait for its answer with [`Pending::wait_until`].
 #[derive(Debug)]
 pub struct Pending<T> {
-    rx: Receiver<T>,
+    rx: Receiver<Answer<T>>,
     abandoned: Arc<AtomicBool>,
 }
 
 impl<T> Pending<T> {
-    /// The answer, or [`Elapsed`] when it did not come by `deadline` (the call is then
-    /// abandoned: not made if it is still queued, its answer dropped otherwise).
-    pub fn wait_until(self, deadline: Instant) -> Result<T, Elapsed> {
+    /// The answer, or [`Unanswered::Elapsed`] when it did not come by `deadline` (the
+    /// call is then abandoned: not made if it is still queued, its answer dropped
+    /// otherwise), or [`Unanswered::Panicked`].
+    pub fn wait_until(self, deadline: Instant) -> Result<T, Unanswered> {
         match self.rx.recv_deadline(deadline) {
-            Ok(t) => Ok(t),
+            Ok(answer) => answer.map_err(Unanswered::Panicked),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                 self.abandoned.store(true, Ordering::Release);
-                Err(Elapsed)
+                Err(Unanswered::Elapsed)
             }
         }
     }
+
+    /// The answer, waiting as long as `stalled` (asked every `tick`) says the call is still
+    /// making progress; once it says the call is stuck, [`Unanswered::Elapsed`] (the call
+    /// is abandoned as by [`Pending::wait_until`]). For long calls whose deadline is "no
+    /// progress for a while" rather than a fixed time (a reseed's copy of a window).
+    pub fn wait_while_progressing(
+        self,
+        tick: Duration,
+        mut stalled: impl FnMut() -> bool,
+    ) -> Result<T, Unanswered> {
+        loop {
+            match self.rx.recv_timeout(tick) {
+                Ok(answer) => return answer.map_err(Unanswered::Panicked),
+                Err(RecvTimeoutError::Timeout) if !stalled() => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    self.abandoned.store(true, Ordering::Release);
+                    return Err(Unanswered::Elapsed);
+                }
+            }
+        }
+    }
+}
+
+/// The message a panic carried (`panic!("...")` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Lane {
@@ -95,7 +147,12 @@ impl Lane {
         let gave_up = abandoned.clone();
         let job: Job = Box::new(move || {
             if !gave_up.load(Ordering::Acquire) {
-                let _ = tx.send(call());
+                // A panic answers the call instead of ending the thread (see the module
+                // header). The call owns everything it touches: nothing shared is left
+                // half-changed for the next call on this thread.
+                let answer = std::panic::catch_unwind(AssertUnwindSafe(call))
+                    .map_err(|payload| panic_message(&*payload));
+                let _ = tx.send(answer);
             }
         });
         self.ensure_thread();
@@ -112,7 +169,7 @@ impl Lane {
         &self,
         timeout: Duration,
         call: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Elapsed> {
+    ) -> Result<T, Unanswered> {
         self.submit(call).wait_until(Instant::now() + timeout)
     }
 
@@ -162,6 +219,120 @@ fn worker(s: &Shared) {
     }
 }
 
+/// A side of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The volume read from.
+    Source,
+    /// The volume written to.
+    Dest,
+}
+
+/// The requests in flight on each side of a copy, and when each last made progress.
+#[derive(Debug)]
+pub struct Watch {
+    origin: Instant,
+    sides: [SideWatch; 2],
+    /// The caller gave up on the work: it stops at its next chunk (a hung disk that
+    /// answers at last must not see the rest of an abandoned copy).
+    abandoned: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct SideWatch {
+    in_flight: AtomicU32,
+    /// Milliseconds after `origin` of the last progress: a request ended, or one started
+    /// with none in flight.
+    progress_ms: AtomicU64,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch::new()
+    }
+}
+
+impl Watch {
+    /// A watch with nothing in flight.
+    pub fn new() -> Watch {
+        Watch {
+            origin: Instant::now(),
+            sides: Default::default(),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    /// The caller gave up on the work: [`Watch::check`] says so from now on.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// `Err` once the caller gave up on the work: checked before each chunk.
+    #[inline]
+    pub fn check(&self) -> io::Result<()> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "abandoned: a volume of the copy missed its deadline",
+            ));
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn side(&self, side: Side) -> &SideWatch {
+        &self.sides[side as usize]
+    }
+
+    /// A request on `side` starts.
+    #[inline]
+    pub fn begin(&self, side: Side) {
+        let s = self.side(side);
+        if s.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            s.progress_ms.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// A request on `side` ended (done or failed).
+    #[inline]
+    pub fn end(&self, side: Side) {
+        let s = self.side(side);
+        s.progress_ms.store(self.now_ms(), Ordering::Release);
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Runs `f`, one request on `side`.
+    #[inline]
+    pub fn on<T>(&self, side: Side, f: impl FnOnce() -> T) -> T {
+        self.begin(side);
+        let r = f();
+        self.end(side);
+        r
+    }
+
+    /// The side that has had a request in flight and no progress for `idle`, if any (the
+    /// one stuck longer when both are).
+    pub fn stuck(&self, idle: Duration) -> Option<Side> {
+        let now = self.now_ms();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        [Side::Dest, Side::Source]
+            .into_iter()
+            .filter_map(|side| {
+                let s = self.side(side);
+                if s.in_flight.load(Ordering::Acquire) == 0 {
+                    return None;
+                }
+                let quiet = now.saturating_sub(s.progress_ms.load(Ordering::Acquire));
+                (quiet >= idle_ms).then_some((quiet, side))
+            })
+            .max_by_key(|&(quiet, _)| quiet)
+            .map(|(_, side)| side)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,7 +346,7 @@ mod tests {
             let _ = stuck.recv();
             1
         });
-        assert_eq!(r, Err(Elapsed));
+        assert_eq!(r, Err(Unanswered::Elapsed));
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
@@ -201,11 +372,67 @@ mod tests {
         let r = lane.run(Duration::from_millis(50), move || {
             flag.store(true, Ordering::SeqCst)
         });
-        assert_eq!(r, Err(Elapsed));
+        assert_eq!(r, Err(Unanswered::Elapsed));
         drop(release);
         // The stuck calls return; the abandoned one must not run.
         assert_eq!(lane.run(Duration::from_secs(5), || 3), Ok(3));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_panicking_call_is_answered_and_its_thread_goes_on_serving() {
+        let lane = Lane::new("VolumeP");
+        let started = Instant::now();
+        let (tell, told) = crossbeam_channel::bounded(1);
+        let r: Result<u32, _> = lane.run(Duration::from_secs(30), move || {
+            let _ = tell.send(std::thread::current().id());
+            panic!("injected bug")
+        });
+        assert_eq!(r, Err(Unanswered::Panicked("injected bug".into())));
+        // Answered at once, not at the deadline.
+        assert!(started.elapsed() < Duration::from_secs(5), "{started:?}");
+        let panicked_on = told.recv().expect("the call ran");
+        // Once it is idle again, the same thread serves the next call: none lost.
+        std::thread::sleep(Duration::from_millis(100));
+        let next = lane.run(Duration::from_secs(5), || std::thread::current().id());
+        assert_eq!(next, Ok(panicked_on));
+        assert_eq!(lane.threads().0, 1);
+        let r: Result<(), _> = lane.run(Duration::from_secs(5), || {
+            std::panic::panic_any(format!("bug number {}", 2))
+        });
+        assert_eq!(r, Err(Unanswered::Panicked("bug number 2".into())));
+        assert_eq!(lane.run(Duration::from_secs(5), || 7), Ok(7));
+    }
+
+    #[test]
+    fn a_call_making_progress_is_waited_for_and_a_stuck_one_is_not() {
+        let lane = Lane::new("VolumeW");
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let t = ticks.clone();
+        // Takes 300 ms, well past a 50 ms tick, but progresses all along.
+        let slow = lane.submit(move || {
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(10));
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+            5
+        });
+        let mut seen = 0;
+        let r = slow.wait_while_progressing(Duration::from_millis(50), || {
+            let now = ticks.load(Ordering::Relaxed);
+            let stuck = now == seen;
+            seen = now;
+            stuck
+        });
+        assert_eq!(r, Ok(5));
+        let (release, stuck) = crossbeam_channel::bounded::<()>(0);
+        let started = Instant::now();
+        let r = lane
+            .submit(move || stuck.recv().is_ok())
+            .wait_while_progressing(Duration::from_millis(50), || true);
+        assert_eq!(r, Err(Unanswered::Elapsed));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(release);
     }
 }

@@ -198,6 +198,20 @@ pub struct Timeout {
     pub after: Duration,
 }
 
+/// An operation on a volume panicked on the volume's lane (a bug). The caller treats it as
+/// a failed I/O of the volume ([`is_media_error`]): the volume is failed, a write
+/// completes from the other copies, and the failure path records the panic (event 3060).
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on volume {volume} panicked ({message})")]
+pub struct Panicked {
+    /// The volume.
+    pub volume: String,
+    /// The operation.
+    pub op: &'static str,
+    /// The panic's message.
+    pub message: String,
+}
+
 /// A backing volume (`<volumes_root>/VolumeN`): its backend, its lane, health and
 /// counters.
 #[derive(Debug)]
@@ -432,11 +446,16 @@ impl Volume {
                 self.note_duration(started.elapsed());
                 match r {
                     Ok(r) => r,
-                    Err(lane::Elapsed) => Err(timeout(
+                    Err(lane::Unanswered::Elapsed) => Err(timeout(
                         &self.name,
                         op,
                         deadline.saturating_duration_since(started),
                     )),
+                    Err(lane::Unanswered::Panicked(message)) => Err(io::Error::other(Panicked {
+                        volume: self.name.to_string(),
+                        op,
+                        message,
+                    })),
                 }
             }
         }
@@ -1342,10 +1361,16 @@ pub fn is_timeout(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|e| e.is::<Timeout>())
 }
 
+/// The panic an operation of a volume met on its lane, when `err` is one ([`Panicked`]).
+pub fn panic_of(err: &io::Error) -> Option<&Panicked> {
+    err.get_ref().and_then(|e| e.downcast_ref::<Panicked>())
+}
+
 /// True for the errors that mean a volume is failing, not that the caller erred: media
-/// errors, and a missed deadline.
+/// errors, a missed deadline, and a panic on the volume's lane (handled as a failed I/O:
+/// the copy cannot be trusted to hold what the call was to do).
 pub fn is_media_error(err: &io::Error) -> bool {
-    is_timeout(err) || err.raw_os_error().is_some_and(is_media_errno)
+    is_timeout(err) || panic_of(err).is_some() || err.raw_os_error().is_some_and(is_media_errno)
 }
 
 /// True for the errnos of a failing disk (EIO, ENXIO, ENODEV, EROFS; on Linux also
