@@ -57,7 +57,7 @@ use fuser::{
     LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use reseedfs::sys::fuse_uring;
 
 mod ring;
@@ -68,8 +68,6 @@ const TTL: Duration = Duration::from_secs(1);
 const DIRECT_READ_MAX: usize = 64 << 10;
 /// The alignment an `O_DIRECT` backing request needs here (a page).
 const DIRECT_ALIGN: usize = 4096;
-/// reseedfs's writeback kick: every 4 MiB of a sequential run (`fs::node::KICK_BYTES`).
-const KICK_BYTES: u64 = 4 << 20;
 /// Handle table shards, as in reseedfs's core.
 const SHARDS: usize = 16;
 const ROOT: u64 = 1;
@@ -134,8 +132,8 @@ struct Handle {
     /// The same file opened again with `O_DIRECT`, read-write, at first use; `None` when
     /// the backing filesystem refuses.
     direct: OnceLock<Option<File>>,
-    /// (where the next sequential write starts, where the unkicked part begins)
-    run: Mutex<(u64, u64)>,
+    /// The sequential run since the last writeback kick: reseedfs's own rule.
+    run: reseedfs::copyset::WriteRun,
 }
 
 impl Handle {
@@ -143,22 +141,6 @@ impl Handle {
         self.direct
             .get_or_init(|| reseedfs::sys::direct::reopen(&self.file, true).ok())
             .as_ref()
-    }
-
-    /// reseedfs's `WriteRun::note`: the range to start writing back, every 4 MiB of a
-    /// sequential run.
-    fn note(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
-        let mut r = self.run.lock();
-        if offset != r.0 {
-            r.1 = offset;
-        }
-        r.0 = offset + len;
-        let pending = r.0 - r.1;
-        (pending >= KICK_BYTES).then(|| {
-            let next = r.0;
-            let from = std::mem::replace(&mut r.1, next);
-            (from, pending)
-        })
     }
 }
 
@@ -317,7 +299,7 @@ impl Floor {
             file,
             caller_direct: flags & libc::O_DIRECT != 0,
             direct: OnceLock::new(),
-            run: Mutex::new((0, 0)),
+            run: reseedfs::copyset::WriteRun::default(),
         };
         self.shard(fh).write().insert(fh, Arc::new(h));
         FileHandle(fh)
@@ -362,7 +344,7 @@ impl Floor {
             return reseedfs::sys::direct::write_all_at(d, offset, data).map(|()| data.len());
         }
         h.file.write_all_at(data, offset)?;
-        if let Some((from, len)) = h.note(offset, data.len() as u64) {
+        if let Some((from, len)) = h.run.note(offset, data.len() as u64) {
             let _ = reseedfs::sys::writeback::start(&h.file, from, len);
         }
         Ok(data.len())
