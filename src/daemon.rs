@@ -48,6 +48,10 @@ enum Stop {
 
 /// Mounts the pool of `config` and serves it until told to stop.
 pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
+    // Test builds only: fail points armed from the `FAILPOINTS` environment variable
+    // (`name=action;...`), so that a test can hold the daemon in a chosen window.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     check_config_file(config_path)?;
     let group = control_group(config)?;
     let state_dir = prepare_state_dir(config, group)?;

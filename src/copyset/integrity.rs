@@ -121,6 +121,9 @@ impl Database {
         v.submit("write", move |be| {
             let _g = store.lock_exclusive(&blocks);
             write(be)?;
+            // Between a write's data and its sums: where a crash leaves them disagreeing
+            // (tests make the window certain with `sleep(ms)`; crash repair must close it).
+            fail::fail_point!("checksum::between_data_and_sums");
             store.write_with(be, first, &bytes)
         })
     }

@@ -128,13 +128,22 @@ impl Database {
             store,
             namespace: RecursiveRwLock::new(()),
             seeding: Mutex::new(()),
-            tap: Tap::new(&name, copies.len()),
+            tap: Tap::new(&name, copies.len(), true),
             open_files: files::Registry::default(),
             sums: crate::checksum::Sums::new(&name),
             name,
             index,
             copies,
         }
+    }
+
+    /// Turns block checksums on or off (the pool's `[checksums] enabled`, before the
+    /// database serves): the tap keeps an activity log for a single copy only when they
+    /// are on (see [`Tap::new`]).
+    pub fn with_checksums(mut self, on: bool) -> Database {
+        self.sums.set_enabled(on);
+        self.tap = Tap::new(&self.name, self.copies.len(), on);
+        self
     }
 
     /// The log tap.

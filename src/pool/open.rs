@@ -368,8 +368,8 @@ impl Pool {
                             Copy::new(c.volume.clone(), volume, c.state)
                         })
                         .collect();
-                    let db = Database::new(d.name.clone(), index, copies, store.clone());
-                    db.sums().set_enabled(config.checksums.enabled);
+                    let db = Database::new(d.name.clone(), index, copies, store.clone())
+                        .with_checksums(config.checksums.enabled);
                     Arc::new(db)
                 })
                 .collect();

@@ -309,7 +309,8 @@ impl Pool {
                         .field("files", r.files as u64)
                         .field("bytes_read", r.bytes_read)
                         .field("bytes_repaired", r.bytes_repaired)
-                        .field("tree_fixed", r.tree_fixed as u64),
+                        .field("tree_fixed", r.tree_fixed as u64)
+                        .field("extents_resummed", r.extents_resummed as u64),
                     );
                     out.push(r);
                 }

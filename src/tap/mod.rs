@@ -250,7 +250,9 @@ pub trait Replicas {
 pub struct Tap {
     db: DbName,
     seq: AtomicU64,
-    /// The activity log (databases with two copies or more).
+    /// The activity log: databases with two copies or more (what may differ between the
+    /// copies), and databases with one copy whose blocks are checksummed (where a block's
+    /// sum may lag its data after a crash).
     pub activity: Option<ActivityLog>,
     lagging: Box<[Mutex<Option<DirtyMap>>]>,
     n_lagging: AtomicUsize,
@@ -265,12 +267,20 @@ pub struct Mutation<'a> {
 }
 
 impl Tap {
-    /// The tap of database `db` with `copies` copies.
-    pub fn new(db: &DbName, copies: usize) -> Tap {
+    /// The tap of database `db` with `copies` copies, its blocks checksummed or not.
+    ///
+    /// The activity log is kept when the copies can differ after a crash (two or more),
+    /// and when a block's data and its checksum can: a write in flight at a kill -9 or a
+    /// power loss may have reached one and not the other, and crash repair sums the
+    /// logged extents again from the data. Without the log a single copy would fail such
+    /// a block's reads with `EIO` until it is rewritten: a false alarm. Its cost for one
+    /// copy is the log's own (a group-committed `fdatasync` when a write reaches an
+    /// extent not in the log, and the checkpoint's `syncfs` of the volume).
+    pub fn new(db: &DbName, copies: usize, checksums: bool) -> Tap {
         Tap {
             db: db.to_owned(),
             seq: AtomicU64::new(0),
-            activity: (copies > 1).then(|| ActivityLog::new(db)),
+            activity: (copies > 1 || checksums).then(|| ActivityLog::new(db)),
             lagging: (0..copies).map(|_| Mutex::new(None)).collect(),
             n_lagging: AtomicUsize::new(0),
         }
