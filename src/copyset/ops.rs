@@ -160,7 +160,31 @@ impl Database {
     ) -> io::Result<()> {
         let _resize = file.io().resize.write();
         let path = file.path();
-        match (files, &path) {
+        let marks = &file.io().marks;
+        // With checksums the new last block's sum changes with the size: logged first,
+        // so that a crash between the two is repaired (see `Tap::resizing`).
+        let m = self
+            .sums
+            .enabled()
+            .then(|| self.tap.resizing(self, marks, || path.clone(), size));
+        let done = self.truncate_copies(files, path.as_deref(), size);
+        if let Some(m) = &m {
+            self.tap.written(m, marks, size.saturating_sub(1), 1);
+        }
+        done?;
+        if let Some(path) = path {
+            self.tap.meta(|m| m.truncated(&path, size));
+        }
+        Ok(())
+    }
+
+    fn truncate_copies(
+        &self,
+        files: Option<&OpenFiles>,
+        path: Option<&Path>,
+        size: u64,
+    ) -> io::Result<()> {
+        match (files, path) {
             (Some(files), _) => {
                 self.mutate_backing("truncate", files, |i, v, f| {
                     self.set_len_summed(i, v, f, size)
@@ -170,9 +194,6 @@ impl Database {
                 self.mutate("truncate", |i, v| self.truncate_summed(i, v, path, size))?
             }
             (None, None) => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
-        }
-        if let Some(path) = path {
-            self.tap.meta(|m| m.truncated(&path, size));
         }
         Ok(())
     }

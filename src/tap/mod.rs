@@ -320,6 +320,29 @@ impl Tap {
         }
     }
 
+    /// A size change of the file with `marks` (named by `path()`) to `size`, about to
+    /// reach the copies: the extent of its new last block goes into the activity log
+    /// first, so that crash repair sums that block again and drops the sums past the new
+    /// end (a crash between the size change and its sums leaves them disagreeing there).
+    /// Not numbered: the size change is, as a metadata mutation. Call [`Tap::written`]
+    /// with `size.saturating_sub(1), 1` when it is over.
+    pub fn resizing(
+        &self,
+        db: &dyn Replicas,
+        marks: &NodeMarks,
+        path: impl Fn() -> Option<PathBuf>,
+        size: u64,
+    ) -> Mutation<'_> {
+        let m = Mutation {
+            seq: self.seq(),
+            guard: self.activity.as_ref().map(ActivityLog::begin),
+        };
+        if let (Some(al), Some(g)) = (&self.activity, &m.guard) {
+            al.note(db, g, marks, &path, size.saturating_sub(1), 1);
+        }
+        m
+    }
+
     /// As [`Tap::data`], for a mutation that every copy may refuse without changing
     /// anything (a huge `fallocate`): when it is, [`Revocable::revoke`] takes out of the
     /// lagging copies' maps what it added there, keeping what was dirty before and what
