@@ -645,6 +645,9 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
     }
     let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
     common::init(&bed, &[DB], 1);
+    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
+    c.tap.checkpoint_interval = Duration::from_millis(500);
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
     // A truncate stops for 3 s between the file's new size and its sums.
     let mut m = mount_with_failpoints(bed, "checksum::between_resize_and_sums=sleep(3000)");
     let path = m.db_files(DB).join("cut.dat");
@@ -654,6 +657,8 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
         f.write_all_at(&data, 0).expect("write");
         f.sync_all().expect("fsync");
     }
+    // Its writes leave the activity log: only the truncate can bring it back.
+    common::wait_out_of_activity_log(&m.bed, DB, &format!("{DB}.db/cut.dat"));
     let cut = {
         let path = path.clone();
         thread::spawn(move || {
