@@ -64,6 +64,10 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     let mut teardown = Teardown::new(pool.clone());
     // After a crash: the copies are made identical where they may differ, before serving.
     pool.repair_after_crash();
+    // The checksum stores of files removed while open when the daemon stopped.
+    for db in pool.databases() {
+        db.sweep_sums();
+    }
     teardown.checkpoints = Some(
         Checkpointer::start(pool.clone(), config.tap.checkpoint_interval)
             .context("start the tap checkpoint thread")?,

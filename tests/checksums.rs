@@ -479,15 +479,22 @@ fn read_every_file(m: &Mounted) -> u64 {
 /// After the crash: no checksum event, no checksum error on the only volume, every block
 /// of every file matching its sum on the volume.
 fn assert_no_checksum_error_after_crash(m: &Mounted) {
+    assert_no_checksum_error_after_crash_on(m, &["Volume1"]);
+}
+
+/// As [`assert_no_checksum_error_after_crash`], on `volumes`.
+fn assert_no_checksum_error_after_crash_on(m: &Mounted, volumes: &[&str]) {
     for id in [3070, 3071] {
         let found = checksum_events(m, id);
         assert!(found.is_empty(), "event {id} after a crash: {found:?}");
     }
-    assert_eq!(
-        checksum_errors(m, "Volume1"),
-        0,
-        "checksum errors on Volume1 after a crash"
-    );
+    for v in volumes {
+        assert_eq!(
+            checksum_errors(m, v),
+            0,
+            "checksum errors on {v} after a crash"
+        );
+    }
 }
 
 #[test]
@@ -703,6 +710,114 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
     want.resize(12_000, 0);
     assert_eq!(read_all(&path), want, "cut.dat extended with zeros");
     assert_no_checksum_error_after_crash(&m);
+    m.unmount();
+}
+
+/// The store of `name` (a file of the database) on volume `k`, by the backing file's
+/// inode: (inode, store path).
+fn store_of(m: &Mounted, k: usize, name: &str) -> (u64, std::path::PathBuf) {
+    use std::os::unix::fs::MetadataExt as _;
+    let backing = m.backing_files(k, DB).join(name);
+    let ino = fs::metadata(&backing)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", backing.display()))
+        .ino();
+    (
+        ino,
+        m.bed
+            .volume_path(k)
+            .join(reseedfs::checksum::store_path(DB, ino)),
+    )
+}
+
+#[test]
+fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_next_start() {
+    const TEST: &str =
+        "the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_next_start";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let mut m = Mounted::start(bed, &[DB], 2);
+    let dir = m.db_files(DB);
+    let write = |name: &str, seed: u64| {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(name))
+            .expect("create through the mount");
+        f.write_all_at(&pattern(seed, 1 << 20), 0).expect("write");
+        f.sync_all().expect("fsync");
+        f
+    };
+    let keep = pattern(3, 1 << 20);
+    drop(write("keep.dat", 3));
+
+    // 1. Unlinked while open: the stores stay while the handle is open, and go with it.
+    let f = write("temp.dat", 1);
+    let stores: Vec<_> = [1, 2].map(|k| store_of(&m, k, "temp.dat").1).into();
+    for s in &stores {
+        assert!(s.exists(), "{} before the unlink", s.display());
+    }
+    fs::remove_file(dir.join("temp.dat")).expect("unlink through the mount");
+    f.write_all_at(&pattern(9, 8192), 4096)
+        .expect("write to the unlinked file");
+    let mut back = vec![0u8; 8192];
+    f.read_exact_at(&mut back, 4096)
+        .expect("read the unlinked file");
+    assert_eq!(back, pattern(9, 8192));
+    for s in &stores {
+        assert!(
+            s.exists(),
+            "{} removed while its file is still open",
+            s.display()
+        );
+    }
+    drop(f);
+    let gone = common::wait_for(Duration::from_secs(10), || {
+        stores.iter().all(|s| !s.exists()).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the stores of the unlinked file outlive its last close: {stores:?}"
+    );
+
+    // 2. Unlinked while open when the daemon dies: swept at the next start.
+    let f = write("temp2.dat", 2);
+    let stores: Vec<_> = [1, 2].map(|k| store_of(&m, k, "temp2.dat").1).into();
+    let kept: Vec<_> = [1, 2].map(|k| store_of(&m, k, "keep.dat").1).into();
+    fs::remove_file(dir.join("temp2.dat")).expect("unlink through the mount");
+    m.kill();
+    drop(f);
+    let root = m.bed.databases_root.clone();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&root)
+        .status();
+    for s in &stores {
+        assert!(
+            s.exists(),
+            "{} is gone before the restart: nothing left to sweep",
+            s.display()
+        );
+    }
+    let bed = m.bed.take();
+    drop(m);
+    let m = Mounted::mount_only(bed);
+    for s in &stores {
+        assert!(
+            !s.exists(),
+            "{} (of a file removed while open) survives the restart",
+            s.display()
+        );
+    }
+    for s in &kept {
+        assert!(s.exists(), "{} of a live file was swept", s.display());
+    }
+    drop_caches();
+    assert_eq!(read_all(&m.db_files(DB).join("keep.dat")), keep);
+    assert_no_checksum_error_after_crash_on(&m, &["Volume1", "Volume2"]);
     m.unmount();
 }
 

@@ -27,6 +27,10 @@
 //! - `truncate` and `fallocate` (punch, zero): the sums of the blocks whose bytes changed
 //!   are recomputed from the copy, under the same lock; entries past the end are dropped;
 //! - a file created empty: its store is emptied (an inode number can be reused);
+//! - a file unlinked while open: its store is removed when its handle is closed (the
+//!   file still held, so its inode number is not reused meanwhile); stores whose file is
+//!   gone (the daemon stopped while such a file was open) are swept before a database
+//!   serves ([`sweep_orphans`]);
 //! - crash repair: after the copies agree, the extents of the activity log are summed
 //!   again on every copy (writes in flight at the crash may have reached the data and not
 //!   the sums, or the reverse);
@@ -409,6 +413,76 @@ pub fn reset(v: &Volume, db: &str) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r,
     }
+}
+
+/// Removes the store of the file with inode `ino` of `db` on `v`: the file has no name
+/// left and its last handle is being closed. The caller still holds the file open, so
+/// no other file can have taken its inode number meanwhile. Without this the store
+/// would stay until the number is reused.
+pub fn remove_store(v: &Volume, db: &str, ino: u64) -> io::Result<()> {
+    match v.remove(&store_path(db, ino), false) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// Removes the stores of `db` on `v` whose file is gone from that copy (a file unlinked
+/// while open whose handles outlived the daemon: a crash, a kill). Run before the
+/// database serves: every file then has a name, so a store whose inode no name of
+/// `db`'s folders has belongs to no file. Returns the stores removed. One `lstat` per
+/// file of the copy, and nothing when `db` has no store.
+pub fn sweep_orphans(v: &Volume, db: &str) -> io::Result<usize> {
+    let stores = match v.read_dir(&dir(db)) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
+        r => r?,
+    };
+    let numbered: Vec<(u64, std::ffi::OsString)> = stores
+        .into_iter()
+        .filter_map(|e| Some((e.name.to_str()?.parse::<u64>().ok()?, e.name)))
+        .collect();
+    if numbered.is_empty() {
+        return Ok(0);
+    }
+    let mut live = std::collections::HashSet::new();
+    let mut todo: Vec<PathBuf> = crate::layout::db_folders(db)
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    while let Some(d) = todo.pop() {
+        let entries = match v.read_dir(&d) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            r => r?,
+        };
+        for e in entries {
+            let path = crate::volume::child_path(&d, &e.name);
+            match e.kind {
+                FileType::Directory => todo.push(path),
+                FileType::RegularFile | FileType::Unknown => match v.stat(&path) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                        todo.push(path)
+                    }
+                    Ok(st) => {
+                        live.insert(st.st_ino);
+                    }
+                    // Gone since it was listed.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e),
+                },
+                _ => {}
+            }
+        }
+    }
+    let mut removed = 0;
+    for (ino, name) in numbered {
+        if !live.contains(&ino) {
+            match v.remove(&dir(db).join(name), false) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                r => r?,
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Sums `[offset, offset+len)` of `path` on `v` again from its data (crash repair, a

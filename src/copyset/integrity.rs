@@ -18,7 +18,9 @@ use super::{BackingFile, CopyState, Database, OpenFiles};
 use crate::checksum::{self, BLOCK_BYTES, SumFile, UNKNOWN};
 use crate::events::{EventId, NewEvent};
 use crate::names::CopySlot;
-use crate::volume::{Backend, Call, FallocateFlags, Mode, OFlags, VolFile, Volume, is_media_error};
+use crate::volume::{
+    Backend, Call, FallocateFlags, FileType, Mode, OFlags, VolFile, Volume, is_media_error,
+};
 
 /// The sums a write brings: the blocks it touches and their store bytes.
 pub(super) struct WriteSums {
@@ -399,6 +401,68 @@ impl Database {
             }
         }
         Ok(())
+    }
+
+    /// A handle was closed: where its file has no name left on a copy (unlinked while
+    /// open, as databases do with their temporary files), the file's store there is
+    /// removed now, while the handle still holds the file (its inode number cannot have
+    /// gone to another file). Another handle of the same file that writes later
+    /// recreates it, and removes it again when it is closed.
+    pub fn sums_closed(&self, files: &OpenFiles) {
+        if !self.sums.enabled() {
+            return;
+        }
+        for (i, c) in self.copies.iter().enumerate() {
+            let (Some(p), Some(b)) = (c.writable(), files.get(i, c)) else {
+                continue;
+            };
+            let Some(v) = &p.volume else { continue };
+            let r = v.fstat(&b.file).and_then(|st| {
+                if st.st_nlink == 0 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                {
+                    checksum::remove_store(v, &self.name, st.st_ino)?;
+                }
+                Ok(())
+            });
+            // A close answers nothing: a store left behind is swept at the next start.
+            if let Err(e) = r {
+                tracing::warn!(
+                    "checksum store of {} (no name left) on {}: {e}",
+                    files.name(),
+                    v.name()
+                );
+            }
+        }
+    }
+
+    /// Removes the checksum stores of files gone from the in-sync copies (see
+    /// [`checksum::sweep_orphans`]); before the database serves. Returns the stores
+    /// removed.
+    pub fn sweep_sums(&self) -> usize {
+        if !self.sums.enabled() {
+            return 0;
+        }
+        let mut removed = 0;
+        for c in &self.copies {
+            let Some(v) = c.in_sync_volume() else {
+                continue;
+            };
+            match checksum::sweep_orphans(&v, &self.name) {
+                Ok(n) => removed += n,
+                Err(e) => tracing::warn!(
+                    "checksum stores of {} on {}: cannot sweep those of removed files: {e}",
+                    self.name,
+                    v.name()
+                ),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "{}: {removed} checksum stores of files removed while open were deleted",
+                self.name
+            );
+        }
+        removed
     }
 
     /// `ftruncate` of copy `i`'s file `f` to `size`, with its sums: the entries past the

@@ -870,9 +870,13 @@ impl Core {
 
     /// Closes a file or directory handle.
     pub fn release(&self, h: HandleId) {
-        self.handles[(h.0 as usize) % HANDLE_SHARDS]
+        let gone = self.handles[(h.0 as usize) % HANDLE_SHARDS]
             .write()
             .remove(&h.0);
+        // The checksum store of a file unlinked while open goes with its last handle.
+        if let Some(Handle::File { db, files, .. }) = gone.as_deref() {
+            db.sums_closed(files);
+        }
     }
 
     /// Opens a directory: its entries are read once, here.

@@ -867,6 +867,10 @@ fn copy_sums(
     if !db.sums().enabled() {
         return Ok(());
     }
+    // The regular files by inode: one store per inode, and the names of a file with hard
+    // links each have their own node (a link made before this mount, or behind it), whose
+    // locks order the writes through that name. Each store is copied holding every one.
+    let mut files: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
     let mut todo: Vec<PathBuf> = crate::layout::db_folders(&db.name)
         .into_iter()
         .map(PathBuf::from)
@@ -881,15 +885,30 @@ fn copy_sums(
             let path = crate::volume::child_path(&dir, &e.name);
             match e.kind {
                 FileType::Directory => todo.push(path),
-                FileType::RegularFile => {
-                    let node = core.node_for(db.index, path.clone());
-                    let _locks = ChunkLocks::take(node.as_slice(), 0, u64::MAX);
-                    db.copy_sums((source.slot, &source.volume), (slot, target), &path)
-                        .map_err(|e| sums_error(db, slot, source, e))?;
-                }
+                FileType::RegularFile => match target.stat(&path) {
+                    Ok(st) => files.entry(st.st_ino).or_default().push(path),
+                    // Removed since it was listed.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(dest_failed(db, slot, "resync checksums", e)),
+                },
                 _ => {}
             }
         }
+    }
+    for paths in files.into_values() {
+        let mut nodes: Vec<Arc<Node>> = Vec::new();
+        for p in &paths {
+            if let Some(n) = core.node_for(db.index, p.clone()) {
+                if !nodes.iter().any(|m| Arc::ptr_eq(m, &n)) {
+                    nodes.push(n);
+                }
+            }
+        }
+        // One order for every caller that takes the locks of several nodes (as verify).
+        nodes.sort_by_key(|n| Arc::as_ptr(n) as usize);
+        let _locks = ChunkLocks::take(&nodes, 0, u64::MAX);
+        db.copy_sums((source.slot, &source.volume), (slot, target), &paths[0])
+            .map_err(|e| sums_error(db, slot, source, e))?;
     }
     Ok(())
 }
