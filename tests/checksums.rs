@@ -822,6 +822,99 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
 }
 
 #[test]
+fn a_resyncs_sum_copy_holds_writes_through_every_hard_link_of_the_file() {
+    const TEST: &str = "a_resyncs_sum_copy_holds_writes_through_every_hard_link_of_the_file";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
+    let m = Mounted::start(bed, &[DB], 2);
+    let dir = m.db_files(DB);
+    fs::write(dir.join("a.dat"), pattern(50, 1 << 20)).expect("write a.dat");
+    fs::hard_link(dir.join("a.dat"), dir.join("b.dat")).expect("link b.dat");
+    // A new mount: the two names get a node each (a link found on disk).
+    let bed = m.unmount();
+    let m = mount_with_failpoints(bed, "checksum::copy_sums=sleep(3000)");
+    let (_, passive) = active_and_passive(&m);
+    let passive_name = format!("Volume{passive}");
+    cli_ok(&m, &["suspend", DB, "--volume", &passive_name]);
+    let write = |name: &str, block: u64, seed: u64| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(name))
+            .expect("open for writing");
+        f.write_all_at(&pattern(seed, BLOCK as usize), block * BLOCK)
+            .expect("write");
+        f.sync_all().expect("fsync");
+    };
+    write("a.dat", 3, 51); // missed by the suspended copy: a resync to do
+    let resume = {
+        let config = m.bed.config_path.clone();
+        let volume = passive_name.clone();
+        thread::spawn(move || {
+            std::process::Command::new(common::BIN)
+                .args(["resume", DB, "--volume", &volume, "--wait", "--config"])
+                .arg(config)
+                .output()
+                .expect("run reseedfs resume")
+        })
+    };
+    let started = common::wait_for(Duration::from_secs(60), || {
+        m.mount_log()
+            .contains("copying the checksums of every file")
+            .then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the resync never copied the sums:\n{}",
+        m.mount_log()
+    );
+    // Writes through both names while the sums are copied (each sleeps 3 s between
+    // reading the source's sums and writing them): through 1.5 s and 4.5 s in, so that
+    // one lands in the copy of each name when every name is copied on its own.
+    let mut writers = Vec::new();
+    for (at_ms, blocks) in [(1500u64, [10u64, 11]), (4500, [20, 21])] {
+        thread::sleep(Duration::from_millis(
+            at_ms - if at_ms > 1500 { 1500 } else { 0 },
+        ));
+        for (name, block) in ["a.dat", "b.dat"].into_iter().zip(blocks) {
+            let path = dir.join(name);
+            writers.push(thread::spawn(move || {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open for writing");
+                f.write_all_at(&pattern(100 + block, BLOCK as usize), block * BLOCK)
+                    .expect("write during the resync");
+                f.sync_all().expect("fsync");
+            }));
+        }
+    }
+    for w in writers {
+        w.join().expect("a writer");
+    }
+    let out = resume.join().expect("the resume thread");
+    assert!(
+        out.status.success(),
+        "resume failed:\n{}\n{}",
+        common::describe_output(&out),
+        m.mount_log()
+    );
+    let bed = m.unmount();
+    for k in [1, 2] {
+        let v = reseedfs::volume::Volume::open(&format!("Volume{k}"), &bed.volume_path(k))
+            .expect("open the volume");
+        let bad = reseedfs::checksum::check_file(&v, DB, Path::new(&format!("{DB}.db/a.dat")))
+            .expect("check a.dat");
+        assert!(
+            bad.is_empty(),
+            "Volume{k}: blocks {bad:?} of a.dat do not match their sums after the resync \
+             (a write through the other name raced the sum copy)"
+        );
+    }
+}
+
+#[test]
 fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_good_copy() {
     const TEST: &str =
         "scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_good_copy";

@@ -818,6 +818,9 @@ impl Database {
         while at < blocks {
             let range = at..(at + STEP).min(blocks);
             let sums = from.read(src_v, &range).map_err(SeedSums::Source)?;
+            // Between reading the source's sums and writing them (tests race a write
+            // through another name of the file against it).
+            fail::fail_point!("checksum::copy_sums");
             let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
             to.write(dst_v, range.start, &bytes)
                 .map_err(SeedSums::Dest)?;

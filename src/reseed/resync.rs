@@ -869,6 +869,11 @@ fn copy_sums(
     if !db.sums().enabled() {
         return Ok(());
     }
+    tracing::info!(
+        "resync of {}\\{}: copying the checksums of every file",
+        db.name,
+        target.name()
+    );
     // The regular files by inode: one store per inode, and the names of a file with hard
     // links each have their own node (a link made before this mount, or behind it), whose
     // locks order the writes through that name. Each store is copied holding every one.
