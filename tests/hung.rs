@@ -583,6 +583,344 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
     }
 }
 
+/// Runs `reseedfs verify --repair` on `m`; its output and how long it took, or no output
+/// when it has not ended `within` (it is left running: the caller unblocks it and fails).
+fn verify_repair_within(m: &Mounted, within: Duration) -> (Option<std::process::Output>, Duration) {
+    let started = Instant::now();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["verify", DB, "--repair", "--config"])
+        .arg(&m.bed.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run reseedfs verify --repair");
+    while started.elapsed() < within {
+        if child.try_wait().expect("wait for verify").is_some() {
+            let out = child.wait_with_output().expect("verify's output");
+            return (Some(out), started.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    (None, started.elapsed())
+}
+
+#[test]
+fn a_copy_that_hangs_while_verify_repairs_it_ends_the_repair_and_the_database_serves() {
+    if !require_mount_privileges(
+        "a_copy_that_hangs_while_verify_repairs_it_ends_the_repair_and_the_database_serves",
+    ) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop volumes");
+    common::init(&bed, &[DB], 2);
+    hung_disk_config(&bed);
+    // Without block checksums, the repair's write is the verification's first write to
+    // the frozen copy (with them, the opening of its checksum store comes first, a
+    // volume operation with its own deadline).
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.checksums.enabled = false;
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let path = m.db_files(DB).join("repaired.dat");
+    let data = reseedfs::testbed::rng::pattern(17, 4 << 20);
+    {
+        let f = fs::File::create(&path).expect("create the file");
+        f.write_all_at(&data, 0).expect("write the file");
+        f.sync_all().expect("fsync the file");
+    }
+    let active = active_volume(&m.status_json(), DB);
+    let passive = if active == "Volume1" {
+        "Volume2"
+    } else {
+        "Volume1"
+    };
+    let k = volume_index(passive);
+    // Quiet: nothing of the daemon's own writes to the passive volume while it is frozen
+    // but the repair's (the tap's checkpoint of the writes above is done by then).
+    thread::sleep(Duration::from_secs(3));
+    // The passive copy differs in one block (behind reseedfs's back): `verify --repair`
+    // reads it (reads of a frozen filesystem go on) and rewrites it, on a frozen disk.
+    {
+        let backing = m.backing_files(k, DB).join("repaired.dat");
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .expect("open the passive copy");
+        f.write_all_at(&[0xA5; 512], 40 * 4096 + 100)
+            .expect("damage the passive copy");
+        f.sync_all().expect("fsync the passive copy");
+    }
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[k - 1].freeze().expect("fsfreeze -f");
+    // The database keeps serving reads meanwhile (from the active copy).
+    let stop = AtomicBool::new(false);
+    let longest_read = thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let f = fs::File::open(&path).expect("open through the mount");
+            let mut buf = vec![0u8; 64 << 10];
+            let mut longest = Duration::ZERO;
+            let mut at = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                f.read_exact_at(&mut buf, at)
+                    .expect("read through the mount while a copy hangs");
+                longest = longest.max(t.elapsed());
+                assert!(
+                    buf[..] == data[at as usize..at as usize + buf.len()],
+                    "the read at {at} through the mount"
+                );
+                at = (at + buf.len() as u64) % data.len() as u64;
+                thread::sleep(Duration::from_millis(20));
+            }
+            longest
+        });
+        let (out, took) = verify_repair_within(&m, IO_TIMEOUT + Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        let Some(out) = out else {
+            return Err(took);
+        };
+        let text = common::describe_output(&out);
+        eprintln!("verify --repair on the frozen {passive} ended after {took:?}:\n{text}");
+        assert!(
+            !out.status.success(),
+            "verify --repair succeeded on a frozen copy:\n{text}"
+        );
+        assert!(
+            took <= IO_TIMEOUT + Duration::from_secs(3),
+            "verify --repair ended {took:?} after it started on the frozen {passive}"
+        );
+        assert!(
+            text.contains(passive) && text.contains("repaired.dat"),
+            "the error names the volume and the file:\n{text}"
+        );
+        let events = m.events_json();
+        assert!(
+            events.iter().any(|e| event_id(e) == Some(1109)
+                && e["volume"] == passive
+                && e["reason"] == "timeout"),
+            "no copy.failed (1109) with reason timeout for {passive}: {events:#?}"
+        );
+        assert!(
+            copy_is(&m.status_json(), DB, passive, "FailedAndSuspended", false),
+            "the copy on the frozen {passive}: {:#}",
+            m.status_json()
+        );
+        Ok(reader.join().expect("the reader"))
+    });
+    let longest_read = match longest_read {
+        Ok(longest) => longest,
+        Err(took) => {
+            drop(frozen);
+            panic!(
+                "verify --repair did not end {took:?} after it started on the frozen {passive}: the repair's write waits on the hung disk"
+            )
+        }
+    };
+    eprintln!("longest read through the mount while {passive} was frozen: {longest_read:?}");
+    assert!(
+        longest_read <= IO_TIMEOUT + Duration::from_secs(1),
+        "a read waited {longest_read:?} while {passive} was frozen"
+    );
+    // Writes go on (on the active copy; the failed one is left for its resync).
+    let t = Instant::now();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    f.write_all_at(b"after the freeze", 0)
+        .expect("write while a copy hangs");
+    f.sync_all().expect("fsync while a copy hangs");
+    assert!(
+        t.elapsed() <= IO_TIMEOUT + Duration::from_secs(1),
+        "a write waited {:?} while {passive} was frozen",
+        t.elapsed()
+    );
+    drop(f);
+    let mut data = data;
+    data[..16].copy_from_slice(b"after the freeze");
+    if let Some(left) = Duration::from_secs(6).checked_sub(frozen_at.elapsed()) {
+        thread::sleep(left);
+    }
+    frozen.thaw().expect("fsfreeze -u");
+    let healthy = wait_for(Duration::from_secs(120), || {
+        copy_is(&m.status_json(), DB, passive, "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "the copy on {passive} never came back after the thaw: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    // Back in sync, the damaged block included: verify finds nothing.
+    let out = m.cli(&["verify", DB]);
+    assert!(
+        out.status.success(),
+        "verify after the thaw:\n{}",
+        common::describe_output(&out)
+    );
+    let bed = m.unmount();
+    for k in 1..=2 {
+        assert!(
+            fs::read(bed.volume_path(k).join(format!("{DB}.db/repaired.dat")))
+                .expect("read a copy")
+                == data,
+            "the file on Volume{k}"
+        );
+    }
+}
+
+/// Bytes of the regular files under `dir`, recursively.
+fn bytes_under(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => bytes_under(&e.path()),
+                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_copy_that_hangs_while_it_takes_an_open_file_with_no_name_left_ends_its_reseed() {
+    if !require_mount_privileges(
+        "a_copy_that_hangs_while_it_takes_an_open_file_with_no_name_left_ends_its_reseed",
+    ) {
+        return;
+    }
+    // Two copies; the rebuild budget at 8 MiB/s, so that the copy of a 64 MiB file with
+    // no name left (after the named files, a few KiB) takes 8 s.
+    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop volumes");
+    common::init(&bed, &[DB], 2);
+    hung_disk_config(&bed);
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    c.throttle.max_bytes_per_s = Some(8 << 20);
+    c.throttle.floor_bytes_per_s = 4 << 20;
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let m = Mounted::mount_only(bed);
+    let path = m.db_files(DB).join("scratch");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create scratch");
+    let data = reseedfs::testbed::rng::pattern(19, 64 << 20);
+    file.write_all_at(&data, 0).expect("write scratch");
+    file.sync_all().expect("fsync scratch");
+    fs::remove_file(&path).expect("unlink scratch");
+    let named = bytes_under(&m.backing_files(1, DB));
+    let active = active_volume(&m.status_json(), DB);
+    let other = if active == "Volume1" {
+        "Volume2"
+    } else {
+        "Volume1"
+    };
+    let k = volume_index(other);
+    // The copy that is not active is seeded again; once it takes the file with no name
+    // left, its disk hangs.
+    let out = m.cli(&["reseed", DB, "--to", other]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let taking = wait_for(Duration::from_secs(60), || {
+        let c = copy_json(&m, other);
+        (c["seed"]["phase"] == "Copying"
+            && c["seed"]["bytes_done"].as_u64() > Some(named + (4 << 20)))
+        .then_some(())
+    });
+    assert!(
+        taking.is_some(),
+        "the reseed of {other} never reached the file with no name left: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[k - 1].freeze().expect("fsfreeze -f");
+    // The file keeps being read (from the active copy) meanwhile: a read waits at most
+    // for the copy's deadline (the copy holds the chunk's locks until then).
+    let mut longest_read = Duration::ZERO;
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = wait_for(IO_TIMEOUT + Duration::from_secs(10), || {
+        let at = (frozen_at.elapsed().as_millis() as u64 % 64) << 20;
+        let t = Instant::now();
+        file.read_exact_at(&mut buf, at)
+            .expect("read the file with no name left while a copy hangs");
+        longest_read = longest_read.max(t.elapsed());
+        assert!(
+            buf[..] == data[at as usize..at as usize + buf.len()],
+            "the file with no name left at {at}"
+        );
+        let t = Instant::now();
+        let status = m.status_json();
+        let took = t.elapsed();
+        assert!(
+            took < IO_TIMEOUT,
+            "status took {took:?} while {other} was frozen"
+        );
+        let seed = &copy_status(&status, DB, other)?["seed"];
+        (seed["phase"] == "Failed").then(|| seed["error"].as_str().unwrap_or_default().to_owned())
+    });
+    let reseed_ended = frozen_at.elapsed();
+    let Some(error) = ended else {
+        drop(frozen);
+        panic!(
+            "the reseed onto the frozen {other} did not end while it copied the file with no name left: {:#}\nevents: {:#?}",
+            m.status_json(),
+            m.events_json()
+        );
+    };
+    eprintln!(
+        "{other} frozen while it took a file with no name left: the reseed ended after {reseed_ended:?}: {error}; longest read {longest_read:?}"
+    );
+    assert!(
+        reseed_ended <= IO_TIMEOUT + Duration::from_secs(5),
+        "the reseed ended {reseed_ended:?} after the freeze"
+    );
+    assert!(
+        error.contains(other) && error.contains("no name left"),
+        "the error names the volume and the file: {error}"
+    );
+    assert!(
+        longest_read <= IO_TIMEOUT + Duration::from_secs(1),
+        "a read of the file waited {longest_read:?} while {other} was frozen"
+    );
+    let events = m.events_json();
+    assert!(
+        events
+            .iter()
+            .any(|e| event_id(e) == Some(1109) && e["volume"] == other && e["reason"] == "timeout"),
+        "no copy.failed (1109) with reason timeout for {other}: {events:#?}"
+    );
+    if let Some(left) = Duration::from_secs(6).checked_sub(frozen_at.elapsed()) {
+        thread::sleep(left);
+    }
+    frozen.thaw().expect("fsfreeze -u");
+    // AutoReseed takes the copy up again once it answers, the file with no name left
+    // included: the active copy's disk then dies and the file still reads back.
+    let healthy = wait_for(Duration::from_secs(180), || {
+        copy_is(&m.status_json(), DB, other, "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "the copy on {other} never came back after the thaw: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    m.bed.volumes[volume_index(&active) - 1]
+        .shutdown()
+        .expect("shut down the active copy's volume");
+    common::drop_caches();
+    let mut back = vec![0u8; data.len()];
+    file.read_exact_at(&mut back, 0)
+        .expect("read the file with no name left from the copy seeded again");
+    assert!(back == data, "the file with no name left on {other}");
+    drop(file);
+    drop(m.unmount());
+}
+
 #[test]
 fn writes_at_the_largest_offsets_keep_the_daemon_s_memory_flat() {
     if !require_mount_privileges("writes_at_the_largest_offsets_keep_the_daemon_s_memory_flat") {
