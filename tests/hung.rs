@@ -616,7 +616,7 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
 }
 
 /// Runs `reseedfs verify --repair` on `m`; its output and how long it took, or no output
-/// when it has not ended `within` (it is left running: the caller unblocks it and fails).
+/// when it has not ended `within` (the client is then killed).
 fn verify_repair_within(m: &Mounted, within: Duration) -> (Option<std::process::Output>, Duration) {
     let started = Instant::now();
     let mut child = std::process::Command::new(common::BIN)
@@ -633,6 +633,9 @@ fn verify_repair_within(m: &Mounted, within: Duration) -> (Option<std::process::
         }
         thread::sleep(Duration::from_millis(20));
     }
+    // The client goes; the daemon's run ends when the caller thaws the disk.
+    let _ = child.kill();
+    let _ = child.wait();
     (None, started.elapsed())
 }
 
