@@ -403,8 +403,7 @@ fn a_disk_that_comes_back_is_resynced_in_place_while_the_database_writes() {
         .expect("revive Volume2 while mounted (the daemon must let go of it)");
     // What the returned disk holds of cold.dat (read before the resync can write to it,
     // most likely): a resync that copies part of it is explained by this, or is wrong.
-    let cold_came_back =
-        fs::metadata(m.backing_files(2, DB).join("cold.dat")).map(|md| md.len());
+    let cold_came_back = fs::metadata(m.backing_files(2, DB).join("cold.dat")).map(|md| md.len());
     let healthy = wait_for(Duration::from_secs(120), || {
         let s = m.status_json();
         copy_is(&s, DB, "Volume2", "Healthy", false).then_some(())
