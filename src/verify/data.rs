@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::chunk::{BLOCK, ChunkLocks, ChunkReader};
-use super::repair::{repair_extent, repair_size, size_of};
+use super::repair::size_of;
 use super::{CHUNK, ExtentMismatch, FileGroup, Run, TreeField, VerifyError, is_enoent, stat_opt};
 use crate::checksum::{self, SumFile};
 use crate::events::{EventId, NewEvent};
 use crate::fs::Node;
-use crate::volume::{FileType, Mode, OFlags, VolFile};
+use crate::volume::{FileType, Mode, OFlags, VolFile, is_media_error};
 
 impl Run<'_> {
     /// Compares one file's size and data on every copy, chunk by chunk.
@@ -31,7 +31,7 @@ impl Run<'_> {
         self.report.files += 1;
         // Data appended after this is left to the next verification: a file growing as
         // fast as it is read would keep it here for ever.
-        let size = self.compare_sizes(&f)?;
+        let size = self.compare_sizes(&f, reader)?;
         let mut offset = 0u64;
         let mut confirmed = false;
         loop {
@@ -181,7 +181,7 @@ impl Run<'_> {
     /// The sizes on every copy, with every stripe of the file held; a copy whose size
     /// differs is reported (and truncated to the active copy's, under the resize lock,
     /// when repairing). Returns the active copy's.
-    fn compare_sizes(&mut self, f: &OpenGroup) -> Result<u64, VerifyError> {
+    fn compare_sizes(&mut self, f: &OpenGroup, reader: &ChunkReader) -> Result<u64, VerifyError> {
         let (active_size, sizes) = {
             let _locks = ChunkLocks::take(&f.nodes, 0, u64::MAX);
             let a = size_of(&f.active).map_err(|e| self.copy_error(None, "stat", &f.path, e))?;
@@ -195,8 +195,7 @@ impl Run<'_> {
             (a, sizes)
         };
         for (i, a, b) in sizes.into_iter().filter(|(_, a, b)| a != b) {
-            let repaired =
-                self.opts.repair && repair_size(&f.nodes, &f.active, f.others[i].as_deref());
+            let repaired = self.opts.repair && self.repair_size(reader, f, i + 1)?;
             self.mismatch(
                 &f.path,
                 i,
@@ -244,7 +243,7 @@ impl Run<'_> {
         }
         let sums: Vec<Option<CopySums>> = (0..=self.peers.len())
             .map(|c| self.chunk_sums(f, c, offset, n))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let first = offset / BLOCK as u64;
         let known = |c: usize, k: u64| -> Option<u32> {
             let (_, s) = sums[c].as_ref()?;
@@ -272,10 +271,8 @@ impl Run<'_> {
                     let at = offset + s as u64;
                     if a_ok == Some(false) && p_ok != Some(false) {
                         // The active copy is the one that is wrong.
-                        let repaired = repair && {
-                            let (src, dst) = reader.pair(i + 1, 0, n);
-                            repair_extent(&f.active, src, dst, offset, s, e)
-                        };
+                        let repaired =
+                            repair && self.repair_extent(reader, f, i + 1, 0, n, offset, (s, e))?;
                         chunk.tally.errors += 1;
                         chunk.tally.repaired += u64::from(repaired);
                         chunk.active_mismatches.push((at, (e - s) as u64, repaired));
@@ -288,13 +285,11 @@ impl Run<'_> {
                         chunk.tally.unrecoverable += 1;
                         chunk.mismatches[i].push((at, (e - s) as u64, false));
                     } else {
-                        let Some(o) = f.others[i].as_ref() else {
+                        if f.others[i].is_none() {
                             continue;
-                        };
-                        let repaired = repair && {
-                            let (a, b) = reader.reference_and(i + 1, n);
-                            repair_extent(o, a, b, offset, s, e)
-                        };
+                        }
+                        let repaired =
+                            repair && self.repair_extent(reader, f, 0, i + 1, n, offset, (s, e))?;
                         if p_ok == Some(false) {
                             chunk.tally.errors += 1;
                             chunk.tally.repaired += u64::from(repaired);
@@ -389,25 +384,40 @@ impl Run<'_> {
 
     /// The checksum store and sums of copy `c` (0: the active copy, `i + 1`: peer `i`)
     /// for the chunk at `offset` (`n` bytes); `None` when checksums are off or the store
-    /// cannot be read (its blocks are then not decided by it).
-    fn chunk_sums(&self, f: &OpenGroup, c: usize, offset: u64, n: usize) -> Option<CopySums> {
+    /// cannot be read (its blocks are then not decided by it). A store that fails as a
+    /// disk fails (a media error, a missed deadline) fails its copy and ends the run, as
+    /// a failed read of the data does: a hung copy must not cost one deadline per chunk.
+    fn chunk_sums(
+        &self,
+        f: &OpenGroup,
+        c: usize,
+        offset: u64,
+        n: usize,
+    ) -> Result<Option<CopySums>, VerifyError> {
         if !self.db.sums().enabled() || n == 0 {
-            return None;
+            return Ok(None);
         }
         let (peer, file) = if c == 0 {
             (&self.active, Some(&f.active))
         } else {
             (&self.peers[c - 1], f.others[c - 1].as_ref())
         };
-        let store = self
+        let Some(file) = file else { return Ok(None) };
+        let read = self
             .db
             .sums()
-            .file(peer.slot, peer.generation, &peer.volume, file?)
-            .ok()?;
-        let sums = store
-            .read(&peer.volume, &checksum::blocks(offset, n as u64))
-            .ok()?;
-        Some((store, sums))
+            .file(peer.slot, peer.generation, &peer.volume, file)
+            .and_then(|store| {
+                let sums = store.read(&peer.volume, &checksum::blocks(offset, n as u64))?;
+                Ok((store, sums))
+            });
+        match read {
+            Ok(sums) => Ok(Some(sums)),
+            Err(e) if is_media_error(&e) => {
+                Err(self.copy_error(c.checked_sub(1), "checksum store", &f.path, e))
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// Event 3070 for block `k` of `f`, bad on peer `bad` (`None`: the active copy),
@@ -468,7 +478,7 @@ struct Tally {
 /// One file opened on every copy.
 pub(super) struct OpenGroup {
     /// The name it is reported under.
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// Its inode on the active copy.
     ino: (u64, u64),
     /// The nodes of its names (one, unless hard links were found on disk).
