@@ -81,6 +81,26 @@ pub fn init(bed: &Testbed, dbs: &[&str], copies: u32) {
         out.status,
         describe_output(&out)
     );
+    // Any mount suite can run over FUSE over io_uring: `RESEEDFS_TEST_FUSE_TRANSPORT=uring`
+    // (with root's `enable_uring` set by whoever runs it; tests/transport.rs checks that the
+    // ring then really serves).
+    if let Ok(transport) = std::env::var("RESEEDFS_TEST_FUSE_TRANSPORT") {
+        set_fuse_transport(&bed.config_path, &transport);
+    }
+}
+
+/// Puts `fuse_transport = "<transport>"` at the top of the config file (a top-level key:
+/// before any table).
+pub fn set_fuse_transport(config: &Path, transport: &str) {
+    let text =
+        fs::read_to_string(config).unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let rest: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("fuse_transport"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(config, format!("fuse_transport = \"{transport}\"\n{rest}"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 
 /// `root/mount.log`: stdout and stderr of every `reseedfs mount` run on the testbed.
