@@ -15,7 +15,7 @@ mod common;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -362,15 +362,17 @@ mod sqlite {
     }
 }
 
-/// One writer's file: `chunks` chunks of 256 KiB, O_DIRECT from aligned buffers or
-/// buffered with an fsync every 16; every write must complete.
+/// One writer's file: chunks of 256 KiB one after the other until `stop` (at most
+/// `chunks`), O_DIRECT from aligned buffers or buffered with an fdatasync every 16; every
+/// write must complete. Returns how many chunks it wrote.
 fn writer(
     path: PathBuf,
     id: u64,
     chunks: u64,
     direct: bool,
     progress: &AtomicUsize,
-) -> Result<(), String> {
+    stop: &AtomicBool,
+) -> Result<u64, String> {
     const CHUNK: usize = 256 << 10;
     let mut options = OpenOptions::new();
     options.read(true).write(true).create_new(true);
@@ -381,7 +383,11 @@ fn writer(
         .open(&path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
     let mut buf = Aligned::new(CHUNK);
+    let mut written = 0;
     for k in 0..chunks {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         buf.buf().copy_from_slice(&pattern(&[4, id, k], CHUNK));
         f.write_all_at(buf.buf(), k * CHUNK as u64)
             .map_err(|e| format!("writer {id}: write of chunk {k}: {e}"))?;
@@ -390,10 +396,11 @@ fn writer(
                 .map_err(|e| format!("writer {id}: fdatasync after chunk {k}: {e}"))?;
         }
         progress.fetch_add(1, Ordering::Relaxed);
+        written += 1;
     }
     f.sync_all()
         .map_err(|e| format!("writer {id}: final fsync: {e}"))?;
-    Ok(())
+    Ok(written)
 }
 
 fn verify_writer(path: &Path, id: u64, chunks: u64) {
@@ -439,62 +446,99 @@ fn the_ring_serves_the_filesystem_a_database_and_writes_through_a_dying_volume()
     let root = m.db_files(DB);
     representative_slice(&root);
 
-    let chunks = 96u64;
+    // Writers go on until a while after the kill; SQLite runs all its transactions.
+    let chunks = 240u64;
     let sqlite_transactions = 150usize;
     let progress = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let db_path = root.join("ring.sqlite");
-    let mut workers = Vec::new();
+    let mut writers = Vec::new();
     for (id, direct) in [(0u64, true), (1, false)] {
-        let (path, progress) = (root.join(format!("w{id}.dat")), Arc::clone(&progress));
-        workers.push(thread::spawn(move || {
-            writer(path, id, chunks, direct, &progress).map(|()| 0)
+        let (path, progress, stop) = (
+            root.join(format!("w{id}.dat")),
+            Arc::clone(&progress),
+            Arc::clone(&stop),
+        );
+        writers.push(thread::spawn(move || {
+            writer(path, id, chunks, direct, &progress, &stop)
         }));
     }
     let sqlite_progress = Arc::new(AtomicUsize::new(0));
-    {
+    let database = {
         let (path, progress) = (db_path.clone(), Arc::clone(&sqlite_progress));
-        workers.push(thread::spawn(move || {
-            sqlite::run(&path, sqlite_transactions, &progress)
-        }));
-    }
+        thread::spawn(move || sqlite::run(&path, sqlite_transactions, &progress))
+    };
     let started = Instant::now();
-    while progress.load(Ordering::Relaxed) < (2 * chunks / 3) as usize
-        && !workers.iter().all(|w| w.is_finished())
-    {
-        assert!(started.elapsed() < WORKLOAD_TIMEOUT, "writers stalled");
-        thread::sleep(Duration::from_millis(5));
+    let in_flight = || {
+        sqlite_progress.load(Ordering::Relaxed) >= sqlite_transactions / 4
+            || progress.load(Ordering::Relaxed) >= chunks as usize / 2
+            || database.is_finished()
+            || writers.iter().any(|w| w.is_finished())
+    };
+    while !in_flight() {
+        assert!(started.elapsed() < WORKLOAD_TIMEOUT, "the workload stalled");
+        thread::sleep(Duration::from_millis(2));
     }
+    let chunks_before = progress.load(Ordering::Relaxed);
+    let commits_before = sqlite_progress.load(Ordering::Relaxed);
     eprintln!(
-        "killing Volume1 after {} chunks and {} SQLite commits ({:?} in)",
-        progress.load(Ordering::Relaxed),
-        sqlite_progress.load(Ordering::Relaxed),
+        "killing Volume1 after {chunks_before} chunks and {commits_before} SQLite commits \
+         ({:?} in)",
         started.elapsed()
     );
     m.bed.volumes[0].shutdown().expect("shut down Volume1");
-    let mut results = Vec::new();
-    for w in workers {
+    // Writes go on through the failover, then stop.
+    let _ = wait_for(WORKLOAD_TIMEOUT, || {
+        (progress.load(Ordering::Relaxed) >= chunks_before + 64
+            || writers.iter().all(|w| w.is_finished()))
+        .then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    fn finished<T>(w: &thread::JoinHandle<T>) -> bool {
+        wait_for(WORKLOAD_TIMEOUT, || w.is_finished().then_some(())).is_some()
+    }
+    let mut written = Vec::new();
+    let mut errors = Vec::new();
+    for w in writers {
         assert!(
-            wait_for(WORKLOAD_TIMEOUT, || w.is_finished().then_some(())).is_some(),
+            finished(&w),
             "a writer still runs after {WORKLOAD_TIMEOUT:?}: the mount hangs; mount.log:\n{}",
             m.mount_log()
         );
-        results.push(w.join().expect("a writer panicked"));
+        match w.join().expect("a writer panicked") {
+            Ok(n) => written.push(n),
+            Err(e) => errors.push(e),
+        }
     }
-    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        finished(&database),
+        "SQLite still runs after {WORKLOAD_TIMEOUT:?}: the mount hangs; mount.log:\n{}",
+        m.mount_log()
+    );
+    let rows = database.join().expect("the SQLite thread panicked");
+    if let Err(e) = &rows {
+        errors.push(format!("SQLite: {e}"));
+    }
     assert!(
         errors.is_empty(),
         "writes failed over the ring while Volume1 died: {errors:?}\nmount.log:\n{}",
         m.mount_log()
     );
-    assert!(
-        progress.load(Ordering::Relaxed) == 2 * chunks as usize,
-        "every chunk was written"
+    let rows = rows.expect("checked");
+    let total: u64 = written.iter().sum();
+    eprintln!(
+        "{total} chunks written ({} after the kill), {} SQLite commits after it",
+        total as usize - chunks_before,
+        sqlite_transactions - commits_before
     );
-    let rows = *results[2].as_ref().expect("sqlite");
+    assert!(
+        total as usize > chunks_before && commits_before < sqlite_transactions,
+        "writes went on after the kill"
+    );
 
     drop_caches();
-    for id in 0..2 {
-        verify_writer(&root.join(format!("w{id}.dat")), id, chunks);
+    for (id, n) in written.iter().enumerate() {
+        verify_writer(&root.join(format!("w{id}.dat")), id as u64, *n);
     }
     sqlite::verify(&db_path, rows);
     let failed_over = wait_for(STATE_TIMEOUT, || {
