@@ -1,8 +1,8 @@
 //! The FUSE adapter over the core. It converts kernel types to core types and back, and
 //! nothing else; every decision is in the core.
 //!
-//! Two transports, one semantics: [`Ops`] holds each request's core call, panic guard and
-//! metrics once; `/dev/fuse` (fuser's `Filesystem`, [`Adapter`]) and FUSE over io_uring
+//! Two transports, one semantics: `Ops` holds each request's core call, panic guard and
+//! metrics once; `/dev/fuse` (fuser's `Filesystem`, `Adapter`) and FUSE over io_uring
 //! (`fuse_ring`, chosen by the `fuse_transport` setting) decode requests and encode
 //! replies their own way around the same calls, so the two cannot drift apart.
 //!
