@@ -198,7 +198,19 @@ impl Mounted {
         if let Err(why) = daemon.wait_mounted(MOUNT_TIMEOUT, &|| false) {
             panic!("{}", daemon.describe(&why));
         }
-        Mounted { bed, daemon }
+        let m = Mounted { bed, daemon };
+        // A suite run over another transport must really run over it, not a fallback.
+        if let Ok(transport) = std::env::var("RESEEDFS_TEST_FUSE_TRANSPORT") {
+            let status = m.status_json();
+            assert_eq!(
+                status["fuse_transport"].as_str(),
+                Some(transport.as_str()),
+                "RESEEDFS_TEST_FUSE_TRANSPORT={transport}, but the mount serves otherwise \
+                 (for uring root sets /sys/module/fuse/parameters/enable_uring); mount.log:\n{}",
+                m.mount_log()
+            );
+        }
+        m
     }
 
     /// The daemon's pid (panics when it already exited).
