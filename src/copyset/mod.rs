@@ -83,6 +83,10 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// How long a new reseed waits for the seed lock of a job in its last steps (the
+/// caller already refused a job that is still running).
+const SEED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A database and its copies.
 pub struct Database {
     /// `db001`.
@@ -236,8 +240,13 @@ impl Database {
     }
 
     /// The right to seed a copy of this database; `None` while a reseed runs.
+    ///
+    /// A job that just declared its copy in sync (its progress says done, 1110 is out)
+    /// still holds the lock for its last steps; a request that follows at once (an
+    /// operator's `reseed --wait` right after `status` showed Healthy) waits that long,
+    /// not more: [`SEED_LOCK_PATIENCE`].
     pub fn try_seed_lock(&self) -> Option<MutexGuard<'_, ()>> {
-        self.seeding.try_lock()
+        self.seeding.try_lock_for(SEED_LOCK_PATIENCE)
     }
 
     // ---- Transitions. The pool calls them with its state lock held and persists what

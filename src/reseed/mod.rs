@@ -380,7 +380,7 @@ fn run(core: &Core, req: &SeedRequest, progress: &Progress) -> Result<SeedReport
     let verified =
         verify::verify_copy(core, req, &source, &target, &laid, progress).map_err(fail)?;
     // Phase 4: in sync (1110).
-    finish(core, req, &target, &laid).map_err(fail)?;
+    finish(core, req, &target, &laid, progress).map_err(fail)?;
     Ok(SeedReport {
         bytes_copied: copied.bytes,
         files: laid.files.len() as u64,
@@ -399,6 +399,7 @@ fn finish(
     req: &SeedRequest,
     target: &Volume,
     layout: &Layout,
+    progress: &Progress,
 ) -> Result<(), SeedError> {
     let pool = core.pool();
     let db = &req.db;
@@ -433,6 +434,9 @@ fn finish(
             "copy {label} failed while it was verified"
         )));
     }
+    // The job is over once its copy is in sync: a request that reads `status` next
+    // must not find it still running.
+    progress.job.set_phase(Phase::Done);
     clear_seeds(&layout.files);
     let status = db.status_word(req.slot);
     pool.events().emit(

@@ -524,6 +524,8 @@ fn run(
     if !pool.finish_seed(db, slot) {
         return Err(SeedError::Dest(format!("copy {label} failed during its resync")).into());
     }
+    // Over once the copy is in sync (see `reseed::finish`).
+    progress.job.set_phase(Phase::Done);
     report.seconds = started.elapsed().as_secs_f64();
     pool.events().emit(
         NewEvent::new(
