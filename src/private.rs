@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
+// What does not depend on the platform (the Windows module includes it too).
+mod write;
+pub use write::write_file;
+
 /// Mode bits that let someone other than the owner write.
 const OTHERS_WRITE: u32 = 0o022;
 
@@ -297,25 +301,6 @@ fn check_ancestors(path: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Replaces `path` (in a private directory that must exist) with `data`, mode 0600.
-pub fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(OsStr::to_str)) else {
-        return Err(at(
-            path,
-            "write",
-            io::Error::from(io::ErrorKind::InvalidInput),
-        ));
-    };
-    let dir = PrivateDir::open(dir)?.ok_or_else(|| {
-        at(
-            dir,
-            "open directory",
-            io::Error::from(io::ErrorKind::NotFound),
-        )
-    })?;
-    dir.write_atomic(name, data, 0o600)
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{Mounted, copy_is, copy_status, event_id, require_mount_privileges, wait_for};
 use reseedfs::config::Config;
-use reseedfs::testbed::Testbed;
 use reseedfs::testbed::rng::Rng;
+use reseedfs::testbed::{Frozen, Testbed};
 use serde_json::Value;
 
 const DB: &str = "db001";
@@ -320,6 +320,89 @@ fn hung_disk_config(bed: &Testbed) {
     fs::write(&bed.config_path, c.to_toml()).expect("write config");
 }
 
+/// `volumes` loop volumes of `size_bytes`, `db001` with two copies, [`hung_disk_config`]
+/// and then `change` to the config; mounted.
+fn hung_pool(volumes: usize, size_bytes: u64, change: impl FnOnce(&mut Config)) -> Mounted {
+    let bed = Testbed::loop_volumes(volumes, size_bytes).expect("loop volumes");
+    common::init(&bed, &[DB], 2);
+    hung_disk_config(&bed);
+    let mut c = Config::load(&bed.config_path).expect("load config");
+    change(&mut c);
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    Mounted::mount_only(bed)
+}
+
+/// The rebuild budget at 8 MiB/s, so that a reseed takes a while.
+fn slow_rebuilds(c: &mut Config) {
+    c.throttle.max_bytes_per_s = Some(8 << 20);
+    c.throttle.floor_bytes_per_s = 4 << 20;
+}
+
+/// The events so far, after checking that one is a copy.failed (1109) of `volume` with
+/// reason timeout.
+fn assert_timed_out(m: &Mounted, volume: &str) -> Vec<Value> {
+    let events = m.events_json();
+    assert!(
+        events.iter().any(|e| event_id(e) == Some(1109)
+            && e["volume"] == volume
+            && e["reason"] == "timeout"),
+        "no copy.failed (1109) with reason timeout for {volume}: {events:#?}"
+    );
+    events
+}
+
+/// Waits until the reseed onto `volume`, frozen at `frozen_at`, has failed (`status`
+/// answering within `io_timeout` all along, `each` run every round); its error and how
+/// long after the freeze it came.
+fn reseed_failed_after_freeze(
+    m: &Mounted,
+    volume: &str,
+    frozen_at: Instant,
+    mut each: impl FnMut(),
+) -> (String, Duration) {
+    let ended = wait_for(IO_TIMEOUT + Duration::from_secs(10), || {
+        each();
+        let t = Instant::now();
+        let status = m.status_json();
+        let took = t.elapsed();
+        assert!(
+            took < IO_TIMEOUT,
+            "status took {took:?} while {volume} was frozen"
+        );
+        let seed = &copy_status(&status, DB, volume)?["seed"];
+        (seed["phase"] == "Failed").then(|| seed["error"].as_str().unwrap_or_default().to_owned())
+    });
+    let reseed_ended = frozen_at.elapsed();
+    let Some(error) = ended else {
+        panic!(
+            "the reseed onto the frozen {volume} did not end: {:#}\nevents: {:#?}",
+            m.status_json(),
+            m.events_json()
+        );
+    };
+    (error, reseed_ended)
+}
+
+/// Thaws `frozen` (`volume`, frozen at `frozen_at`) once it has been frozen 6 s, and waits
+/// for AutoReseed to take the copy on it up again.
+fn thaw_and_wait_healthy(m: &Mounted, frozen: Frozen<'_>, frozen_at: Instant, volume: &str) {
+    if let Some(left) = Duration::from_secs(6).checked_sub(frozen_at.elapsed()) {
+        thread::sleep(left);
+    }
+    frozen
+        .thaw()
+        .unwrap_or_else(|e| panic!("fsfreeze -u {volume}: {e}"));
+    let healthy = wait_for(Duration::from_secs(180), || {
+        copy_is(&m.status_json(), DB, volume, "Healthy", false).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "the copy on {volume} never came back after the thaw: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+}
+
 /// One drill: the volume of `db`'s copy named `volume` hangs for `hold` under the load;
 /// the copy must be failed with the timeout event and `status` must answer meanwhile; then
 /// the volume thaws and AutoReseed must bring the copy back.
@@ -347,15 +430,7 @@ fn freeze_drill(m: &Mounted, volume: &str, hold: Duration) {
         frozen_at.elapsed()
     );
     // The timeout event names the volume and why.
-    let events = m.events_json();
-    let timeout = events
-        .iter()
-        .rev()
-        .find(|e| event_id(e) == Some(1109) && e["volume"] == volume && e["reason"] == "timeout");
-    assert!(
-        timeout.is_some(),
-        "no copy.failed (1109) with reason timeout for {volume}: {events:#?}"
-    );
+    assert_timed_out(m, volume);
     if let Some(left) = hold.checked_sub(frozen_at.elapsed()) {
         thread::sleep(left);
     }
@@ -454,14 +529,7 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
     }
     // Copies on Volume1 and Volume2, Volume3 a spare; a 96 MiB file and the load; the
     // rebuild budget at 8 MiB/s so that the reseed takes a while.
-    let bed = Testbed::loop_volumes(3, 320 << 20).expect("three loop volumes");
-    common::init(&bed, &[DB], 2);
-    hung_disk_config(&bed);
-    let mut c = Config::load(&bed.config_path).expect("load config");
-    c.throttle.max_bytes_per_s = Some(8 << 20);
-    c.throttle.floor_bytes_per_s = 4 << 20;
-    fs::write(&bed.config_path, c.to_toml()).expect("write config");
-    let m = Mounted::mount_only(bed);
+    let m = hung_pool(3, 320 << 20, slow_rebuilds);
     let big = m.db_files(DB).join("big.dat");
     let data = reseedfs::testbed::rng::pattern(13, 96 << 20);
     fs::write(&big, &data).expect("write the big file");
@@ -494,25 +562,7 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
     let phase = load.next_phase();
     let frozen_at = Instant::now();
     let frozen = m.bed.volumes[2].freeze().expect("fsfreeze -f Volume3");
-    let ended = wait_for(IO_TIMEOUT + Duration::from_secs(10), || {
-        let t = Instant::now();
-        let status = m.status_json();
-        let took = t.elapsed();
-        assert!(
-            took < IO_TIMEOUT,
-            "status took {took:?} while Volume3 was frozen"
-        );
-        let seed = &copy_status(&status, DB, "Volume3")?["seed"];
-        (seed["phase"] == "Failed").then(|| seed["error"].as_str().unwrap_or_default().to_owned())
-    });
-    let reseed_ended = frozen_at.elapsed();
-    let Some(error) = ended else {
-        panic!(
-            "the reseed onto the frozen Volume3 did not end: {:#}\nevents: {:#?}",
-            m.status_json(),
-            m.events_json()
-        );
-    };
+    let (error, reseed_ended) = reseed_failed_after_freeze(&m, "Volume3", frozen_at, || ());
     eprintln!("Volume3 frozen during the reseed: it ended after {reseed_ended:?}: {error}");
     assert!(
         reseed_ended <= IO_TIMEOUT + Duration::from_secs(5),
@@ -522,13 +572,7 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
         error.contains("Volume3"),
         "the error names the volume: {error}"
     );
-    let events = m.events_json();
-    assert!(
-        events.iter().any(|e| event_id(e) == Some(1109)
-            && e["volume"] == "Volume3"
-            && e["reason"] == "timeout"),
-        "no copy.failed (1109) with reason timeout for Volume3: {events:#?}"
-    );
+    let events = assert_timed_out(&m, "Volume3");
     let failed_reseed = events
         .iter()
         .rev()
@@ -537,20 +581,8 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
         failed_reseed.is_some_and(|e| e["error"].as_str().is_some_and(|t| t.contains("Volume3"))),
         "no reseed.failed (3019) naming Volume3: {events:#?}"
     );
-    if let Some(left) = Duration::from_secs(6).checked_sub(frozen_at.elapsed()) {
-        thread::sleep(left);
-    }
-    frozen.thaw().expect("fsfreeze -u Volume3");
     // AutoReseed takes the copy on Volume3 up again once it answers.
-    let healthy = wait_for(Duration::from_secs(180), || {
-        copy_is(&m.status_json(), DB, "Volume3", "Healthy", false).then_some(())
-    });
-    assert!(
-        healthy.is_some(),
-        "the copy on Volume3 never came back after the thaw: {:#}\nevents: {:#?}",
-        m.status_json(),
-        m.events_json()
-    );
+    thaw_and_wait_healthy(&m, frozen, frozen_at, "Volume3");
     eprintln!(
         "Volume3 thawed: copy in sync {:?} after the freeze",
         frozen_at.elapsed()
@@ -581,6 +613,281 @@ fn a_spare_that_hangs_during_a_reseed_ends_the_reseed_and_no_request_waits_longe
             .expect("the big file on the copy");
         assert!(back == data, "the big file on Volume{k}");
     }
+}
+
+/// Runs `reseedfs verify --repair` on `m`; its output and how long it took, or no output
+/// when it has not ended `within` (the client is then killed).
+fn verify_repair_within(m: &Mounted, within: Duration) -> (Option<std::process::Output>, Duration) {
+    let started = Instant::now();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["verify", DB, "--repair", "--config"])
+        .arg(&m.bed.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run reseedfs verify --repair");
+    while started.elapsed() < within {
+        if child.try_wait().expect("wait for verify").is_some() {
+            let out = child.wait_with_output().expect("verify's output");
+            return (Some(out), started.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The client goes; the daemon's run ends when the caller thaws the disk.
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, started.elapsed())
+}
+
+#[test]
+fn a_copy_that_hangs_while_verify_repairs_it_ends_the_repair_and_the_database_serves() {
+    if !require_mount_privileges(
+        "a_copy_that_hangs_while_verify_repairs_it_ends_the_repair_and_the_database_serves",
+    ) {
+        return;
+    }
+    // Without block checksums, the repair's write is the verification's first write to
+    // the frozen copy (with them, the opening of its checksum store comes first, a
+    // volume operation with its own deadline).
+    let m = hung_pool(2, 256 << 20, |c| c.checksums.enabled = false);
+    let path = m.db_files(DB).join("repaired.dat");
+    let data = reseedfs::testbed::rng::pattern(17, 4 << 20);
+    {
+        let f = fs::File::create(&path).expect("create the file");
+        f.write_all_at(&data, 0).expect("write the file");
+        f.sync_all().expect("fsync the file");
+    }
+    let active = active_volume(&m.status_json(), DB);
+    let passive = if active == "Volume1" {
+        "Volume2"
+    } else {
+        "Volume1"
+    };
+    let k = volume_index(passive);
+    // Quiet: nothing of the daemon's own writes to the passive volume while it is frozen
+    // but the repair's (the tap's checkpoint of the writes above is done by then).
+    thread::sleep(Duration::from_secs(3));
+    // The passive copy differs in one block (behind reseedfs's back): `verify --repair`
+    // reads it (reads of a frozen filesystem go on) and rewrites it, on a frozen disk.
+    {
+        let backing = m.backing_files(k, DB).join("repaired.dat");
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .expect("open the passive copy");
+        f.write_all_at(&[0xA5; 512], 40 * 4096 + 100)
+            .expect("damage the passive copy");
+        f.sync_all().expect("fsync the passive copy");
+    }
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[k - 1].freeze().expect("fsfreeze -f");
+    // The database keeps serving reads meanwhile (from the active copy).
+    let stop = AtomicBool::new(false);
+    let longest_read = thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let f = fs::File::open(&path).expect("open through the mount");
+            let mut buf = vec![0u8; 64 << 10];
+            let mut longest = Duration::ZERO;
+            let mut at = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                f.read_exact_at(&mut buf, at)
+                    .expect("read through the mount while a copy hangs");
+                longest = longest.max(t.elapsed());
+                assert!(
+                    buf[..] == data[at as usize..at as usize + buf.len()],
+                    "the read at {at} through the mount"
+                );
+                at = (at + buf.len() as u64) % data.len() as u64;
+                thread::sleep(Duration::from_millis(20));
+            }
+            longest
+        });
+        let (out, took) = verify_repair_within(&m, IO_TIMEOUT + Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        let Some(out) = out else {
+            return Err(took);
+        };
+        let text = common::describe_output(&out);
+        eprintln!("verify --repair on the frozen {passive} ended after {took:?}:\n{text}");
+        assert!(
+            !out.status.success(),
+            "verify --repair succeeded on a frozen copy:\n{text}"
+        );
+        assert!(
+            took <= IO_TIMEOUT + Duration::from_secs(3),
+            "verify --repair ended {took:?} after it started on the frozen {passive}"
+        );
+        assert!(
+            text.contains(passive) && text.contains("repaired.dat"),
+            "the error names the volume and the file:\n{text}"
+        );
+        assert_timed_out(&m, passive);
+        assert!(
+            copy_is(&m.status_json(), DB, passive, "FailedAndSuspended", false),
+            "the copy on the frozen {passive}: {:#}",
+            m.status_json()
+        );
+        Ok(reader.join().expect("the reader"))
+    });
+    let longest_read = match longest_read {
+        Ok(longest) => longest,
+        Err(took) => {
+            drop(frozen);
+            panic!(
+                "verify --repair did not end {took:?} after it started on the frozen {passive}: the repair's write waits on the hung disk"
+            )
+        }
+    };
+    eprintln!("longest read through the mount while {passive} was frozen: {longest_read:?}");
+    assert!(
+        longest_read <= IO_TIMEOUT + Duration::from_secs(1),
+        "a read waited {longest_read:?} while {passive} was frozen"
+    );
+    // Writes go on (on the active copy; the failed one is left for its resync).
+    let t = Instant::now();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    f.write_all_at(b"after the freeze", 0)
+        .expect("write while a copy hangs");
+    f.sync_all().expect("fsync while a copy hangs");
+    assert!(
+        t.elapsed() <= IO_TIMEOUT + Duration::from_secs(1),
+        "a write waited {:?} while {passive} was frozen",
+        t.elapsed()
+    );
+    drop(f);
+    let mut data = data;
+    data[..16].copy_from_slice(b"after the freeze");
+    thaw_and_wait_healthy(&m, frozen, frozen_at, passive);
+    // Back in sync: the damaged block is whole again if the abandoned repair landed at the
+    // thaw, and in any case once `verify --repair` runs again.
+    let out = m.cli(&["verify", DB, "--repair"]);
+    assert!(
+        out.status.success(),
+        "verify --repair after the thaw:\n{}",
+        common::describe_output(&out)
+    );
+    let bed = m.unmount();
+    for k in 1..=2 {
+        assert!(
+            fs::read(bed.volume_path(k).join(format!("{DB}.db/repaired.dat")))
+                .expect("read a copy")
+                == data,
+            "the file on Volume{k}"
+        );
+    }
+}
+
+/// Bytes of the regular files under `dir`, recursively.
+fn bytes_under(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => bytes_under(&e.path()),
+                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_copy_that_hangs_while_it_takes_an_open_file_with_no_name_left_ends_its_reseed() {
+    if !require_mount_privileges(
+        "a_copy_that_hangs_while_it_takes_an_open_file_with_no_name_left_ends_its_reseed",
+    ) {
+        return;
+    }
+    // Two copies; the rebuild budget at 8 MiB/s, so that the copy of a 64 MiB file with
+    // no name left (after the named files, a few KiB) takes 8 s.
+    let m = hung_pool(2, 256 << 20, slow_rebuilds);
+    let path = m.db_files(DB).join("scratch");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create scratch");
+    let data = reseedfs::testbed::rng::pattern(19, 64 << 20);
+    file.write_all_at(&data, 0).expect("write scratch");
+    file.sync_all().expect("fsync scratch");
+    fs::remove_file(&path).expect("unlink scratch");
+    let named = bytes_under(&m.backing_files(1, DB));
+    let active = active_volume(&m.status_json(), DB);
+    let other = if active == "Volume1" {
+        "Volume2"
+    } else {
+        "Volume1"
+    };
+    let k = volume_index(other);
+    // The copy that is not active is seeded again; once it takes the file with no name
+    // left, its disk hangs.
+    let out = m.cli(&["reseed", DB, "--to", other]);
+    assert!(out.status.success(), "{}", common::describe_output(&out));
+    let taking = wait_for(Duration::from_secs(60), || {
+        let c = copy_json(&m, other);
+        (c["seed"]["phase"] == "Copying"
+            && c["seed"]["bytes_done"].as_u64() > Some(named + (4 << 20)))
+        .then_some(())
+    });
+    assert!(
+        taking.is_some(),
+        "the reseed of {other} never reached the file with no name left: {:#}\nevents: {:#?}",
+        m.status_json(),
+        m.events_json()
+    );
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[k - 1].freeze().expect("fsfreeze -f");
+    // The file keeps being read (from the active copy) meanwhile: a read waits at most
+    // for the copy's deadline (the copy holds the chunk's locks until then).
+    let mut longest_read = Duration::ZERO;
+    let mut buf = vec![0u8; 1 << 20];
+    let (error, reseed_ended) = reseed_failed_after_freeze(&m, other, frozen_at, || {
+        let at = (frozen_at.elapsed().as_millis() as u64 % 64) << 20;
+        let t = Instant::now();
+        file.read_exact_at(&mut buf, at)
+            .expect("read the file with no name left while a copy hangs");
+        longest_read = longest_read.max(t.elapsed());
+        assert!(
+            buf[..] == data[at as usize..at as usize + buf.len()],
+            "the file with no name left at {at}"
+        );
+    });
+    eprintln!(
+        "{other} frozen while it took a file with no name left: the reseed ended after {reseed_ended:?}: {error}; longest read {longest_read:?}"
+    );
+    assert!(
+        reseed_ended <= IO_TIMEOUT + Duration::from_secs(5),
+        "the reseed ended {reseed_ended:?} after the freeze"
+    );
+    assert!(
+        error.contains(other) && error.contains("no name left"),
+        "the error names the volume and the file: {error}"
+    );
+    assert!(
+        longest_read <= IO_TIMEOUT + Duration::from_secs(1),
+        "a read of the file waited {longest_read:?} while {other} was frozen"
+    );
+    assert_timed_out(&m, other);
+    // AutoReseed takes the copy up again once it answers, the file with no name left
+    // included: the active copy's disk then dies and the file still reads back.
+    thaw_and_wait_healthy(&m, frozen, frozen_at, other);
+    m.bed.volumes[volume_index(&active) - 1]
+        .shutdown()
+        .expect("shut down the active copy's volume");
+    common::drop_caches();
+    let mut back = vec![0u8; data.len()];
+    file.read_exact_at(&mut back, 0)
+        .expect("read the file with no name left from the copy seeded again");
+    assert!(back == data, "the file with no name left on {other}");
+    drop(file);
+    drop(m.unmount());
 }
 
 #[test]

@@ -27,13 +27,27 @@ const NOBODY: u32 = 65534;
 /// The environment variable that gives a helper process its job.
 const JOB_ENV: &str = "RESEEDFS_SECURITY_JOB";
 
-/// Runs the helper test `name` of a copy of this binary (in `dir`, readable by everyone) as
-/// `nobody`, with `env`; returns its stdout. Panics with its output when it fails.
-fn run_unprivileged(dir: &Path, name: &str, env: &[(&str, &OsStr)]) -> String {
+/// The two-volume testbed of a privileged test named `test`; `None` (said loudly, see
+/// [`require_mount_privileges`]) where this host cannot mount.
+fn privileged_bed(test: &str) -> Option<Testbed> {
+    if !require_mount_privileges(test) {
+        return None;
+    }
+    Some(Testbed::plain_dirs(2).expect("testbed"))
+}
+
+/// `chmod MODE PATH`.
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The helper test `name` of a copy of this binary (in `dir`, readable by everyone, copied
+/// there once), to run as `nobody`.
+fn unprivileged(dir: &Path, name: &str) -> Command {
     let exe = dir.join("security-helper");
     if !exe.exists() {
         std::fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy exe");
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        chmod(&exe, 0o755);
     }
     let mut cmd = Command::new(&exe);
     cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
@@ -41,6 +55,13 @@ fn run_unprivileged(dir: &Path, name: &str, env: &[(&str, &OsStr)]) -> String {
         .current_dir("/")
         .uid(NOBODY)
         .gid(NOBODY);
+    cmd
+}
+
+/// Runs the helper test `name` of a copy of this binary (in `dir`, readable by everyone) as
+/// `nobody`, with `env`; returns its stdout. Panics with its output when it fails.
+fn run_unprivileged(dir: &Path, name: &str, env: &[(&str, &OsStr)]) -> String {
+    let mut cmd = unprivileged(dir, name);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -116,17 +137,17 @@ fn listing(dir: &Path) -> Vec<String> {
 /// file outside the volumes, and the directory holding it, must not change.
 #[test]
 fn r14_symlink_race_through_the_mount_changes_nothing_outside() {
-    if !require_mount_privileges("r14_symlink_race_through_the_mount_changes_nothing_outside") {
+    let Some(bed) = privileged_bed("r14_symlink_race_through_the_mount_changes_nothing_outside")
+    else {
         return;
-    }
-    let bed = Testbed::plain_dirs(2).expect("testbed");
+    };
     let m = Mounted::start(bed, &["db001"], 2);
     let outside = m.bed.root.join("outside");
     std::fs::create_dir(&outside).expect("mkdir outside");
-    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    chmod(&outside, 0o755);
     let target = outside.join("shadow");
     std::fs::write(&target, b"root:secret\n").expect("write target");
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    chmod(&target, 0o640);
     rustix::fs::setxattr(&target, "user.keep", b"1", rustix::fs::XattrFlags::empty())
         .expect("xattr on the target (the test needs user xattrs on the temp filesystem)");
     std::fs::write(outside.join("victim"), b"keep me").expect("victim");
@@ -136,7 +157,7 @@ fn r14_symlink_race_through_the_mount_changes_nothing_outside() {
     let user_dir = m.db_files("db001").join("u");
     std::fs::create_dir(&user_dir).expect("mkdir u");
     std::os::unix::fs::chown(&user_dir, Some(NOBODY), Some(NOBODY)).expect("chown u");
-    std::fs::set_permissions(&user_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    chmod(&user_dir, 0o755);
 
     let out = run_unprivileged(
         &m.bed.root,
@@ -302,76 +323,69 @@ fn unprivileged_symlink_racer() {
     let ax = a.join("x");
     let pick =
         move |f: &Path, i: u64| -> PathBuf { if i % 4 == 3 { f.to_owned() } else { ax.clone() } };
+    // An attack on the file `pick` names for round `i`.
+    let picked = |name: &'static str, attack: fn(&Path, u64) -> bool| -> (&'static str, Attack) {
+        let (f, pick) = (f.clone(), pick.clone());
+        (name, Box::new(move |i| attack(&pick(&f, i), i)))
+    };
+    // An attack that makes the name `{prefix}N` in `d` (`make`), then removes it.
+    let made_in_d = |name: &'static str,
+                     prefix: &'static str,
+                     make: fn(&Path) -> bool,
+                     remove: fn(&Path) -> std::io::Result<()>|
+     -> (&'static str, Attack) {
+        let d = d.clone();
+        let attack: Attack = Box::new(move |i| {
+            let p = d.join(format!("{prefix}{}", i % 4));
+            let ok = make(&p);
+            let _ = remove(&p);
+            ok
+        });
+        (name, attack)
+    };
     let mut attacks: Vec<(&'static str, Attack)> = vec![
-        ("chmod", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                let mode = if i % 2 == 0 { 0o666 } else { 0o600 };
-                rustix::fs::chmod(pick(&f, i), Mode::from_raw_mode(mode)).is_ok()
-            })
+        picked("chmod", |f, i| {
+            let mode = if i % 2 == 0 { 0o666 } else { 0o600 };
+            rustix::fs::chmod(f, Mode::from_raw_mode(mode)).is_ok()
         }),
-        ("chown", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                let f = pick(&f, i);
-                let id = Some(rustix::fs::Uid::from_raw(NOBODY));
-                let gid = Some(rustix::fs::Gid::from_raw(NOBODY));
-                rustix::fs::chown(&f, id, gid).is_ok()
-            })
+        picked("chown", |f, _| {
+            let id = Some(rustix::fs::Uid::from_raw(NOBODY));
+            let gid = Some(rustix::fs::Gid::from_raw(NOBODY));
+            rustix::fs::chown(f, id, gid).is_ok()
         }),
-        ("utimens", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                let f = pick(&f, i);
-                let t = Timespec {
-                    tv_sec: 1_000_000_000,
-                    tv_nsec: 0,
-                };
-                let times = Timestamps {
-                    last_access: t,
-                    last_modification: t,
-                };
-                rustix::fs::utimensat(rustix::fs::CWD, &f, &times, rustix::fs::AtFlags::empty())
-                    .is_ok()
-            })
+        picked("utimens", |f, _| {
+            let t = Timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 0,
+            };
+            let times = Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, f, &times, rustix::fs::AtFlags::empty()).is_ok()
         }),
-        ("truncate", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                let f = pick(&f, i);
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&f)
-                    .and_then(|h| h.set_len(1))
-                    .is_ok()
-            })
+        picked("truncate", |f, _| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .and_then(|h| h.set_len(1))
+                .is_ok()
         }),
-        ("write", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                let f = pick(&f, i);
-                use std::io::Write as _;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&f)
-                    .and_then(|mut h| h.write_all(b"pwned"))
-                    .is_ok()
-            })
+        picked("write", |f, _| {
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .and_then(|mut h| h.write_all(b"pwned"))
+                .is_ok()
         }),
-        ("setxattr", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                rustix::fs::setxattr(pick(&f, i), "user.pwn", b"1", XattrFlags::empty()).is_ok()
-            })
+        picked("setxattr", |f, _| {
+            rustix::fs::setxattr(f, "user.pwn", b"1", XattrFlags::empty()).is_ok()
         }),
-        ("removexattr", {
-            let (f, pick) = (f.clone(), pick.clone());
-            Box::new(move |i| {
-                // Give the file the name first, so that the removal has something to do.
-                let p = pick(&f, i);
-                let _ = rustix::fs::setxattr(&p, "user.keep", b"1", XattrFlags::empty());
-                rustix::fs::removexattr(&p, "user.keep").is_ok()
-            })
+        picked("removexattr", |f, _| {
+            // Give the file the name first, so that the removal has something to do.
+            let _ = rustix::fs::setxattr(f, "user.keep", b"1", XattrFlags::empty());
+            rustix::fs::removexattr(f, "user.keep").is_ok()
         }),
         ("open", {
             let o = o.clone();
@@ -402,40 +416,33 @@ fn unprivileged_symlink_racer() {
                 ok
             })
         }),
-        ("mknod", {
-            let d = d.clone();
-            Box::new(move |i| {
-                let p = d.join(format!("fifo{}", i % 4));
-                let ok = rustix::fs::mknodat(
+        made_in_d(
+            "mknod",
+            "fifo",
+            |p| {
+                rustix::fs::mknodat(
                     rustix::fs::CWD,
-                    &p,
+                    p,
                     rustix::fs::FileType::Fifo,
                     Mode::from_raw_mode(0o600),
                     0,
                 )
-                .is_ok();
-                let _ = std::fs::remove_file(&p);
-                ok
-            })
-        }),
-        ("mkdir", {
-            let d = d.clone();
-            Box::new(move |i| {
-                let p = d.join(format!("dir{}", i % 4));
-                let ok = std::fs::create_dir(&p).is_ok();
-                let _ = std::fs::remove_dir(&p);
-                ok
-            })
-        }),
-        ("symlink", {
-            let d = d.clone();
-            Box::new(move |i| {
-                let p = d.join(format!("sym{}", i % 4));
-                let ok = std::os::unix::fs::symlink("x", &p).is_ok();
-                let _ = std::fs::remove_file(&p);
-                ok
-            })
-        }),
+                .is_ok()
+            },
+            |p| std::fs::remove_file(p),
+        ),
+        made_in_d(
+            "mkdir",
+            "dir",
+            |p| std::fs::create_dir(p).is_ok(),
+            |p| std::fs::remove_dir(p),
+        ),
+        made_in_d(
+            "symlink",
+            "sym",
+            |p| std::os::unix::fs::symlink("x", p).is_ok(),
+            |p| std::fs::remove_file(p),
+        ),
     ];
     attacks.push(("killpriv_dio", {
         use reseedfs::reseed::engine::{CopyEngine as _, Extent};
@@ -582,18 +589,18 @@ fn snapshot(dir: &Path) -> Vec<FileState> {
 /// read the event log, nor reach the control socket.
 #[test]
 fn r14_state_files_are_private_and_nobody_can_edit_the_witness() {
-    if !require_mount_privileges("r14_state_files_are_private_and_nobody_can_edit_the_witness") {
+    let Some(bed) = privileged_bed("r14_state_files_are_private_and_nobody_can_edit_the_witness")
+    else {
         return;
-    }
-    let bed = Testbed::plain_dirs(2).expect("testbed");
+    };
     common::init(&bed, &["db001"], 2);
     let pool_id = pool_id_of(&bed);
     let witness_dir = bed.root.join("witness");
     let witness = witness_dir.join(format!("{pool_id}.json"));
     assert!(witness.is_file(), "init writes the witness");
     // What a reseedfs before issue 14 left behind, and what a local user planted in it.
-    std::fs::set_permissions(&witness_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    std::fs::set_permissions(&witness, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    chmod(&witness_dir, 0o777);
+    chmod(&witness, 0o666);
     let victim = bed.root.join("victim");
     std::fs::write(&victim, b"root's file\n").expect("victim");
     std::os::unix::fs::symlink(&victim, witness_dir.join(format!("{pool_id}.json.tmp")))
@@ -695,31 +702,18 @@ fn unprivileged_state_editor() {
 /// the limit are closed at once.
 #[test]
 fn r14_control_socket_is_for_root_and_the_control_group_only() {
-    if !require_mount_privileges("r14_control_socket_is_for_root_and_the_control_group_only") {
+    let Some(bed) = privileged_bed("r14_control_socket_is_for_root_and_the_control_group_only")
+    else {
         return;
-    }
-    let bed = Testbed::plain_dirs(2).expect("testbed");
+    };
     common::init(&bed, &["db001"], 2);
     set_config(&bed, |c| c.control_group = Some(CONTROL_GID.to_string()));
     let socket = bed.state_dir.join("control.sock");
     let stop = bed.root.join("stop-racer");
     // The racer needs the test binary where nobody can run it.
-    let exe = bed.root.join("security-helper");
-    std::fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy exe");
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let racer = Command::new(&exe)
-        .args([
-            "--exact",
-            "unprivileged_socket_racer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(JOB_ENV, "unprivileged_socket_racer")
+    let racer = unprivileged(&bed.root, "unprivileged_socket_racer")
         .env("SOCKET", &socket)
         .env("STOP", &stop)
-        .current_dir("/")
-        .uid(NOBODY)
-        .gid(NOBODY)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1041,10 +1035,9 @@ fn r14_a_foreign_volume_is_never_adopted() {
 /// the file and what to do; once the operator moves it aside, the mount goes on.
 #[test]
 fn r14_damaged_state_is_not_taken_as_absent() {
-    if !require_mount_privileges("r14_damaged_state_is_not_taken_as_absent") {
+    let Some(bed) = privileged_bed("r14_damaged_state_is_not_taken_as_absent") else {
         return;
-    }
-    let bed = Testbed::plain_dirs(2).expect("testbed");
+    };
     let m = Mounted::start(bed, &["db001"], 2);
     std::fs::write(m.db_files("db001").join("f"), b"data").expect("write");
     let bed = m.unmount();
@@ -1113,10 +1106,9 @@ fn r14_damaged_state_is_not_taken_as_absent() {
 /// on every copy.
 #[test]
 fn r14_truncate_and_write_by_a_user_clear_privileges() {
-    if !require_mount_privileges("r14_truncate_and_write_by_a_user_clear_privileges") {
+    let Some(bed) = privileged_bed("r14_truncate_and_write_by_a_user_clear_privileges") else {
         return;
-    }
-    let bed = Testbed::plain_dirs(2).expect("testbed");
+    };
     let m = Mounted::start(bed, &["db001"], 2);
     let f = m.db_files("db001").join("tool");
     let copies = [
@@ -1148,7 +1140,7 @@ fn r14_truncate_and_write_by_a_user_clear_privileges() {
         ("write", "printf x >> \"$1\""),
     ] {
         std::fs::write(&f, b"#!/bin/sh\n").expect("write");
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).expect("chmod");
+        chmod(&f, 0o6777);
         rustix::fs::setxattr(
             &f,
             "security.capability",
@@ -1178,7 +1170,7 @@ fn r14_truncate_and_write_by_a_user_clear_privileges() {
     }
     // Without group execute, setgid is not a privilege (mandatory locking): kept, as the
     // kernel keeps it.
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6766)).expect("chmod");
+    chmod(&f, 0o6766);
     as_nobody("truncate -s 1 \"$1\"");
     assert_eq!(mode_of(&f), 0o2766);
     drop(m);
@@ -1359,10 +1351,9 @@ fn r14_init_checks_paths_as_resolved_and_exits_3() {
 /// be reached.
 #[test]
 fn r14_exit_codes_match_the_readme() {
-    if !require_mount_privileges("r14_exit_codes_match_the_readme") {
+    let Some(bed) = privileged_bed("r14_exit_codes_match_the_readme") else {
         return;
-    }
-    let bed = Testbed::plain_dirs(2).expect("testbed");
+    };
     common::init(&bed, &["db001"], 1);
     let cfg = bed.config_path.clone();
     let code = |args: &[&str]| {

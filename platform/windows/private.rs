@@ -12,6 +12,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+// The platform-neutral part, the same file as the Unix module's.
+#[path = "../../src/private/write.rs"]
+mod write;
+pub use write::write_file;
+
 /// A directory for the daemon's own files (see the module documentation).
 #[derive(Debug)]
 pub struct PrivateDir {
@@ -131,23 +136,4 @@ impl PrivateDir {
             Err(e) => Err(at(&path, "remove", e)),
         }
     }
-}
-
-/// Replaces `path` (in a directory that must exist) with `data`.
-pub fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(OsStr::to_str)) else {
-        return Err(at(
-            path,
-            "write",
-            io::Error::from(io::ErrorKind::InvalidInput),
-        ));
-    };
-    let dir = PrivateDir::open(dir)?.ok_or_else(|| {
-        at(
-            dir,
-            "open directory",
-            io::Error::from(io::ErrorKind::NotFound),
-        )
-    })?;
-    dir.write_atomic(name, data, 0o600)
 }

@@ -244,7 +244,7 @@ impl Database {
     /// A job that just declared its copy in sync (its progress says done, 1110 is out)
     /// still holds the lock for its last steps; a request that follows at once (an
     /// operator's `reseed --wait` right after `status` showed Healthy) waits that long,
-    /// not more: [`SEED_LOCK_PATIENCE`].
+    /// not more (`SEED_LOCK_PATIENCE`).
     pub fn try_seed_lock(&self) -> Option<MutexGuard<'_, ()>> {
         self.seeding.try_lock_for(SEED_LOCK_PATIENCE)
     }

@@ -15,16 +15,27 @@
 //! under the file's stripe locks (a write to a chunk lands on both sides before or after
 //! its copy, never between), and then compared. When the last handle closes meanwhile,
 //! there is nothing left to keep and the copy of that file ends.
+//!
+//! Those descriptors are raw ones, outside the volumes' lanes, used with the file's locks
+//! held: every read, write, size and fsync of the copy runs on the copy's own threads
+//! under the volumes' deadline ([`Watched`], as the named files' copy does). A side that
+//! stops answering for `io_timeout` gets a [`crate::volume::Timeout`] naming its volume:
+//! a source's fails that copy and the chunk is taken from the next in-sync copy, the new
+//! copy's fails it (1109, `reason: "timeout"`) and ends the reseed, the locks released and
+//! the stuck call abandoned in the kernel.
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::engine::CopyError;
+use super::watch::{Side, Watched};
 use super::{Progress, SeedError, dest_failed};
 use crate::copyset::{BackingFile, CopyState, Database, OpenFiles};
 use crate::fs::Node;
 use crate::names::CopySlot;
 use crate::tap::reconcile::{self, SideError};
-use crate::volume::{is_media_error, read_full};
+use crate::volume::{Limits, is_media_error, is_timeout, read_full};
 
 /// Bytes copied, or compared, under one hold of the file's locks.
 const CHUNK: u64 = 1 << 20;
@@ -122,6 +133,76 @@ fn source_failed(db: &Database, i: usize, e: io::Error) -> Result<(), SeedError>
     )))
 }
 
+/// The copy of one file's data on threads of its own, under the volumes' deadline.
+struct Deadline {
+    watched: Watched,
+    /// `db001\Volume3`: the threads' name.
+    label: String,
+    io_timeout: Duration,
+}
+
+impl Deadline {
+    fn new(db: &Database, slot: CopySlot) -> Deadline {
+        let copy = &db.copies()[slot];
+        let io_timeout = copy
+            .placement()
+            .volume
+            .as_ref()
+            .map_or(Limits::default().io_timeout, |v| v.limits().io_timeout);
+        let label = format!("{}\\{}", db.name, copy.volume_name());
+        Deadline {
+            watched: Watched::new(&label, io_timeout),
+            label,
+            io_timeout,
+        }
+    }
+
+    /// Runs `work` from copy `from` to copy `slot` of `db` (see [`Watched::run`]). After a
+    /// missed deadline the watch keeps the abandoned request: the next work (from another
+    /// source) gets a new one.
+    fn run<T: Send + 'static>(
+        &mut self,
+        db: &Database,
+        from: CopySlot,
+        slot: CopySlot,
+        work: impl FnOnce(&super::watch::Watch) -> Result<T, CopyError> + Send + 'static,
+    ) -> Result<T, CopyError> {
+        let (source, dest) = (
+            db.copies()[from].volume_name(),
+            db.copies()[slot].volume_name(),
+        );
+        let r = self.watched.run(&source, &dest, work);
+        if let Err(CopyError::Source(e) | CopyError::Dest(e)) = &r {
+            if is_timeout(e) {
+                self.watched = Watched::new(&self.label, self.io_timeout);
+            }
+        }
+        r
+    }
+}
+
+/// The error of a side of the copy of an open file of `db` with no name left: the
+/// source's is `source_failed`'s to judge (`Ok`: go on from another copy), the new copy's
+/// fails it (`op`) and ends the copy.
+fn side_failed(
+    db: &Database,
+    slot: CopySlot,
+    from: CopySlot,
+    op: &str,
+    e: CopyError,
+) -> Result<(), SeedError> {
+    match e {
+        CopyError::Source(e) => source_failed(db, from.index(), e),
+        CopyError::Dest(e) => Err(match dest_failed(db, slot, op, e) {
+            SeedError::Dest(msg) => SeedError::Dest(format!(
+                "{msg} (copying an open file of {} with no name left)",
+                db.name
+            )),
+            other => other,
+        }),
+    }
+}
+
 /// Copies one file with no name left onto copy `slot`, then compares it. Returns the
 /// bytes of data copied.
 pub(crate) fn copy_orphan(
@@ -131,6 +212,7 @@ pub(crate) fn copy_orphan(
     progress: &Progress,
 ) -> Result<u64, SeedError> {
     let io = &node.io;
+    let mut deadline = Deadline::new(db, slot);
     let mut copied = 0;
     let mut offset = 0u64;
     loop {
@@ -140,10 +222,14 @@ pub(crate) fn copy_orphan(
         let Some(Sides { slot: i, src, dst }) = sides(db, slot, node)? else {
             return Ok(copied);
         };
-        let size = match src.file.metadata() {
+        let s = src.clone();
+        let size = match deadline.run(db, i, slot, move |w| {
+            w.on(Side::Source, || s.file.metadata())
+                .map_err(CopyError::Source)
+        }) {
             Ok(m) => m.len(),
             Err(e) => {
-                source_failed(db, i.index(), e)?;
+                side_failed(db, slot, i, "reseed read", e)?;
                 continue;
             }
         };
@@ -151,45 +237,60 @@ pub(crate) fn copy_orphan(
             // The end: under every stripe, no write can move it while the destination
             // takes the source's size (a truncate waits for the resize lock).
             let _all = io.lock_range(0, u64::MAX);
-            let size = match src.file.metadata() {
-                Ok(m) => m.len(),
+            let ended = deadline.run(db, i, slot, move |w| {
+                let size = w
+                    .on(Side::Source, || src.file.metadata())
+                    .map_err(CopyError::Source)?
+                    .len();
+                if offset < size {
+                    return Ok(false);
+                }
+                let len = w
+                    .on(Side::Dest, || dst.file.metadata())
+                    .map_err(CopyError::Dest)?
+                    .len();
+                if len != size {
+                    w.on(Side::Dest, || dst.file.set_len(size))
+                        .map_err(CopyError::Dest)?;
+                }
+                Ok(true)
+            });
+            match ended {
+                Ok(true) => break,
+                Ok(false) => continue,
                 Err(e) => {
-                    source_failed(db, i.index(), e)?;
+                    side_failed(db, slot, i, "reseed write", e)?;
                     continue;
                 }
-            };
-            if offset < size {
-                continue;
             }
-            let len = dst
-                .file
-                .metadata()
-                .map_err(|e| dest_failed(db, slot, "reseed write", e))?
-                .len();
-            if len != size {
-                dst.file
-                    .set_len(size)
-                    .map_err(|e| dest_failed(db, slot, "reseed write", e))?;
-            }
-            break;
         }
         let _stripes = io.lock_range(offset, CHUNK);
-        match reconcile::copy_extent(&src.file, &dst.file, offset, CHUNK) {
+        let n = deadline.run(db, i, slot, move |w| {
+            reconcile::copy_extent_watched(&src.file, &dst.file, offset, CHUNK, w).map_err(|e| {
+                match e {
+                    SideError::Source(e) => CopyError::Source(e),
+                    SideError::Dest(e) => CopyError::Dest(e),
+                }
+            })
+        });
+        match n {
             Ok(n) => {
                 copied += n;
                 progress.job.add_done(n);
                 offset += CHUNK;
             }
-            Err(SideError::Source(e)) => source_failed(db, i.index(), e)?,
-            Err(SideError::Dest(e)) => return Err(dest_failed(db, slot, "reseed write", e)),
+            Err(e) => side_failed(db, slot, i, "reseed write", e)?,
         }
     }
-    if let Some(Sides { dst, .. }) = sides(db, slot, node)? {
-        dst.file
-            .sync_all()
-            .map_err(|e| dest_failed(db, slot, "reseed fsync", e))?;
+    if let Some(Sides { slot: i, dst, .. }) = sides(db, slot, node)? {
+        deadline
+            .run(db, i, slot, move |w| {
+                w.on(Side::Dest, || dst.file.sync_all())
+                    .map_err(CopyError::Dest)
+            })
+            .or_else(|e| side_failed(db, slot, i, "reseed fsync", e))?;
     }
-    verify_orphan(db, slot, node, progress)?;
+    verify_orphan(db, slot, node, &mut deadline, progress)?;
     Ok(copied)
 }
 
@@ -199,11 +300,13 @@ fn verify_orphan(
     db: &Database,
     slot: CopySlot,
     node: &Node,
+    deadline: &mut Deadline,
     progress: &Progress,
 ) -> Result<(), SeedError> {
     let io = &node.io;
-    let mut a = vec![0u8; CHUNK as usize];
-    let mut b = vec![0u8; CHUNK as usize];
+    // The buffers go with the reads to the copy's threads and come back with them (one
+    // left with an abandoned read is replaced).
+    let mut bufs = (Vec::new(), Vec::new());
     let mut offset = 0u64;
     loop {
         still_seeding(db, slot, progress)?;
@@ -213,19 +316,31 @@ fn verify_orphan(
         let Some(Sides { slot: i, src, dst }) = sides(db, slot, node)? else {
             return Ok(());
         };
-        let read = |a: &mut [u8], b: &mut [u8]| -> Result<Option<(usize, usize)>, SeedError> {
-            let n = match read_full(&src.file, offset, a) {
-                Ok(n) => n,
-                Err(e) => {
-                    source_failed(db, i.index(), e)?;
-                    return Ok(None);
+        let read = |deadline: &mut Deadline,
+                    bufs: &mut (Vec<u8>, Vec<u8>)|
+         -> Result<Option<(usize, usize)>, SeedError> {
+            let (mut a, mut b) = std::mem::take(bufs);
+            a.resize(CHUNK as usize, 0);
+            b.resize(CHUNK as usize, 0);
+            let (s, d) = (src.clone(), dst.clone());
+            let r = deadline.run(db, i, slot, move |w| {
+                let n = w
+                    .on(Side::Source, || read_full(&s.file, offset, &mut a))
+                    .map_err(CopyError::Source)?;
+                let m = w
+                    .on(Side::Dest, || read_full(&d.file, offset, &mut b))
+                    .map_err(CopyError::Dest)?;
+                Ok((a, b, n, m))
+            });
+            match r {
+                Ok((a, b, n, m)) => {
+                    *bufs = (a, b);
+                    Ok(Some((n, m)))
                 }
-            };
-            let m = read_full(&dst.file, offset, b)
-                .map_err(|e| dest_failed(db, slot, "reseed verify", e))?;
-            Ok(Some((n, m)))
+                Err(e) => side_failed(db, slot, i, "reseed verify", e).map(|()| None),
+            }
         };
-        let Some((mut n, mut m)) = read(&mut a, &mut b)? else {
+        let Some((mut n, mut m)) = read(deadline, &mut bufs)? else {
             continue;
         };
         if n != m {
@@ -233,12 +348,13 @@ fn verify_orphan(
             // stripes) has reached one side only: again, with every stripe held.
             drop(stripes);
             stripes = io.lock_range(0, u64::MAX);
-            let Some(again) = read(&mut a, &mut b)? else {
+            let Some(again) = read(deadline, &mut bufs)? else {
                 continue;
             };
             (n, m) = again;
         }
         drop(stripes);
+        let (a, b) = &bufs;
         if n != m || a[..n] != b[..m] {
             return Err(SeedError::Verify(format!(
                 "an open file of {} with no name left differs at bytes {offset}..{} on {}",

@@ -16,7 +16,9 @@
 //! long as it hangs. A reader given the volumes' deadline ([`ChunkReader::with_deadline`])
 //! reads on threads of its own and waits at most `io_timeout`: a copy that did not answer
 //! gets a [`Timeout`] error naming its volume (the callers fail it as any timeout), its
-//! read is abandoned in the kernel, and the locks are released.
+//! read is abandoned in the kernel, and the locks are released. The repairs of
+//! `verify --repair` (writes, fsyncs, truncates and read-backs through the same
+//! descriptors, under the same locks) run there too ([`ChunkReader::within_deadline`]).
 
 use std::fs::File;
 use std::io;
@@ -27,7 +29,7 @@ use parking_lot::RwLockReadGuard;
 
 use crate::fs::Node;
 use crate::volume::lane::{Lane, Unanswered};
-use crate::volume::{Timeout, read_full};
+use crate::volume::{Panicked, Timeout, read_full};
 
 /// Granularity of a located difference.
 pub const BLOCK: usize = 4096;
@@ -224,6 +226,38 @@ impl ChunkReader {
         out
     }
 
+    /// Runs `call`, an I/O of copy `i` (the reference is 0) named `op`, on the reader's
+    /// threads and waits for it until the volumes' deadline: past it, a [`Timeout`] naming
+    /// the copy's volume, the call abandoned in the kernel; a panic is the volume's
+    /// [`Panicked`]. A reader without a deadline runs it here.
+    pub fn within_deadline<T: Send + 'static>(
+        &self,
+        i: usize,
+        op: &'static str,
+        call: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let Some(d) = &self.deadline else {
+            return call();
+        };
+        let volume = || d.volumes.get(i).cloned().unwrap_or_default();
+        match d.lane.run(d.io_timeout, call) {
+            Ok(r) => r,
+            Err(Unanswered::Elapsed) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                Timeout {
+                    volume: volume(),
+                    op,
+                    after: d.io_timeout,
+                },
+            )),
+            Err(Unanswered::Panicked(message)) => Err(io::Error::other(Panicked {
+                volume: volume(),
+                op,
+                message,
+            })),
+        }
+    }
+
     /// The first `n` bytes copy `i` read.
     pub fn bytes(&self, i: usize, n: usize) -> &[u8] {
         &self.bufs[i][..n]
@@ -254,12 +288,6 @@ impl ChunkReader {
             let (a, b) = self.bufs.split_at_mut(src);
             (&b[0][..n], &mut a[dst][..n])
         }
-    }
-
-    /// The reference's first `n` bytes, and copy `i`'s buffer (to read a repair back into).
-    pub fn reference_and(&mut self, i: usize, n: usize) -> (&[u8], &mut [u8]) {
-        let (first, rest) = self.bufs.split_at_mut(1);
-        (&first[0][..n], &mut rest[i - 1][..n])
     }
 }
 

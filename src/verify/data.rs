@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::chunk::{BLOCK, ChunkLocks, ChunkReader};
-use super::repair::{repair_extent, repair_size, size_of};
+use super::repair::size_of;
 use super::{CHUNK, ExtentMismatch, FileGroup, Run, TreeField, VerifyError, is_enoent, stat_opt};
 use crate::checksum::{self, SumFile};
 use crate::events::{EventId, NewEvent};
@@ -31,7 +31,7 @@ impl Run<'_> {
         self.report.files += 1;
         // Data appended after this is left to the next verification: a file growing as
         // fast as it is read would keep it here for ever.
-        let size = self.compare_sizes(&f)?;
+        let size = self.compare_sizes(&f, reader)?;
         let mut offset = 0u64;
         let mut confirmed = false;
         loop {
@@ -181,7 +181,7 @@ impl Run<'_> {
     /// The sizes on every copy, with every stripe of the file held; a copy whose size
     /// differs is reported (and truncated to the active copy's, under the resize lock,
     /// when repairing). Returns the active copy's.
-    fn compare_sizes(&mut self, f: &OpenGroup) -> Result<u64, VerifyError> {
+    fn compare_sizes(&mut self, f: &OpenGroup, reader: &ChunkReader) -> Result<u64, VerifyError> {
         let (active_size, sizes) = {
             let _locks = ChunkLocks::take(&f.nodes, 0, u64::MAX);
             let a = size_of(&f.active).map_err(|e| self.copy_error(None, "stat", &f.path, e))?;
@@ -195,8 +195,7 @@ impl Run<'_> {
             (a, sizes)
         };
         for (i, a, b) in sizes.into_iter().filter(|(_, a, b)| a != b) {
-            let repaired =
-                self.opts.repair && repair_size(&f.nodes, &f.active, f.others[i].as_deref());
+            let repaired = self.opts.repair && self.repair_size(reader, f, i + 1)?;
             self.mismatch(
                 &f.path,
                 i,
@@ -272,10 +271,8 @@ impl Run<'_> {
                     let at = offset + s as u64;
                     if a_ok == Some(false) && p_ok != Some(false) {
                         // The active copy is the one that is wrong.
-                        let repaired = repair && {
-                            let (src, dst) = reader.pair(i + 1, 0, n);
-                            repair_extent(&f.active, src, dst, offset, s, e)
-                        };
+                        let repaired =
+                            repair && self.repair_extent(reader, f, i + 1, 0, n, offset, (s, e))?;
                         chunk.tally.errors += 1;
                         chunk.tally.repaired += u64::from(repaired);
                         chunk.active_mismatches.push((at, (e - s) as u64, repaired));
@@ -288,13 +285,11 @@ impl Run<'_> {
                         chunk.tally.unrecoverable += 1;
                         chunk.mismatches[i].push((at, (e - s) as u64, false));
                     } else {
-                        let Some(o) = f.others[i].as_ref() else {
+                        if f.others[i].is_none() {
                             continue;
-                        };
-                        let repaired = repair && {
-                            let (a, b) = reader.reference_and(i + 1, n);
-                            repair_extent(o, a, b, offset, s, e)
-                        };
+                        }
+                        let repaired =
+                            repair && self.repair_extent(reader, f, 0, i + 1, n, offset, (s, e))?;
                         if p_ok == Some(false) {
                             chunk.tally.errors += 1;
                             chunk.tally.repaired += u64::from(repaired);
@@ -468,7 +463,7 @@ struct Tally {
 /// One file opened on every copy.
 pub(super) struct OpenGroup {
     /// The name it is reported under.
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// Its inode on the active copy.
     ino: (u64, u64),
     /// The nodes of its names (one, unless hard links were found on disk).
