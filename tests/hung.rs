@@ -641,15 +641,32 @@ fn verify_repair_within(m: &Mounted, within: Duration) -> (Option<std::process::
 
 #[test]
 fn a_copy_that_hangs_while_verify_repairs_it_ends_the_repair_and_the_database_serves() {
-    if !require_mount_privileges(
+    // Without block checksums, the repair's write is the verification's first write to
+    // the frozen copy.
+    verify_repair_on_a_frozen_copy(
         "a_copy_that_hangs_while_verify_repairs_it_ends_the_repair_and_the_database_serves",
-    ) {
+        false,
+    );
+}
+
+#[test]
+fn a_copy_that_hangs_while_verify_repairs_it_with_checksums_ends_the_repair_too() {
+    // With them, the opening of the copy's checksum store may come first: a store that
+    // misses its deadline fails the copy as the data would (it used to be taken for "no
+    // sums", and cost one deadline per chunk).
+    verify_repair_on_a_frozen_copy(
+        "a_copy_that_hangs_while_verify_repairs_it_with_checksums_ends_the_repair_too",
+        true,
+    );
+}
+
+/// `verify --repair` of a copy whose volume is frozen ends within the deadline, naming
+/// the volume and the file, while the database reads and writes on.
+fn verify_repair_on_a_frozen_copy(test: &str, checksums: bool) {
+    if !require_mount_privileges(test) {
         return;
     }
-    // Without block checksums, the repair's write is the verification's first write to
-    // the frozen copy (with them, the opening of its checksum store comes first, a
-    // volume operation with its own deadline).
-    let m = hung_pool(2, 256 << 20, |c| c.checksums.enabled = false);
+    let m = hung_pool(2, 256 << 20, |c| c.checksums.enabled = checksums);
     let path = m.db_files(DB).join("repaired.dat");
     let data = reseedfs::testbed::rng::pattern(17, 4 << 20);
     {

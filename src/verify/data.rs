@@ -15,7 +15,7 @@ use super::{CHUNK, ExtentMismatch, FileGroup, Run, TreeField, VerifyError, is_en
 use crate::checksum::{self, SumFile};
 use crate::events::{EventId, NewEvent};
 use crate::fs::Node;
-use crate::volume::{FileType, Mode, OFlags, VolFile};
+use crate::volume::{FileType, Mode, OFlags, VolFile, is_media_error};
 
 impl Run<'_> {
     /// Compares one file's size and data on every copy, chunk by chunk.
@@ -243,7 +243,7 @@ impl Run<'_> {
         }
         let sums: Vec<Option<CopySums>> = (0..=self.peers.len())
             .map(|c| self.chunk_sums(f, c, offset, n))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let first = offset / BLOCK as u64;
         let known = |c: usize, k: u64| -> Option<u32> {
             let (_, s) = sums[c].as_ref()?;
@@ -384,25 +384,40 @@ impl Run<'_> {
 
     /// The checksum store and sums of copy `c` (0: the active copy, `i + 1`: peer `i`)
     /// for the chunk at `offset` (`n` bytes); `None` when checksums are off or the store
-    /// cannot be read (its blocks are then not decided by it).
-    fn chunk_sums(&self, f: &OpenGroup, c: usize, offset: u64, n: usize) -> Option<CopySums> {
+    /// cannot be read (its blocks are then not decided by it). A store that fails as a
+    /// disk fails (a media error, a missed deadline) fails its copy and ends the run, as
+    /// a failed read of the data does: a hung copy must not cost one deadline per chunk.
+    fn chunk_sums(
+        &self,
+        f: &OpenGroup,
+        c: usize,
+        offset: u64,
+        n: usize,
+    ) -> Result<Option<CopySums>, VerifyError> {
         if !self.db.sums().enabled() || n == 0 {
-            return None;
+            return Ok(None);
         }
         let (peer, file) = if c == 0 {
             (&self.active, Some(&f.active))
         } else {
             (&self.peers[c - 1], f.others[c - 1].as_ref())
         };
-        let store = self
+        let Some(file) = file else { return Ok(None) };
+        let read = self
             .db
             .sums()
-            .file(peer.slot, peer.generation, &peer.volume, file?)
-            .ok()?;
-        let sums = store
-            .read(&peer.volume, &checksum::blocks(offset, n as u64))
-            .ok()?;
-        Some((store, sums))
+            .file(peer.slot, peer.generation, &peer.volume, file)
+            .and_then(|store| {
+                let sums = store.read(&peer.volume, &checksum::blocks(offset, n as u64))?;
+                Ok((store, sums))
+            });
+        match read {
+            Ok(sums) => Ok(Some(sums)),
+            Err(e) if is_media_error(&e) => {
+                Err(self.copy_error(c.checked_sub(1), "checksum store", &f.path, e))
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     /// Event 3070 for block `k` of `f`, bad on peer `bad` (`None`: the active copy),
