@@ -20,6 +20,7 @@
 //! | `reseedfs_1copy` | a reseedfs mount (1 copy) whose one volume is a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
 //! | `reseedfs_1copy_nosums`, `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false`, over `pool1_nosums`, `pool2_nosums` (only when `--targets` names them: the `cR` column and `ratio_to_nosums` give what block checksums cost, issue 17) |
+//! | `reseedfs_1copy_uring`, `reseedfs_2copies_uring` | the same as `reseedfs_1copy` and `reseedfs_2copies` with `fuse_transport = "uring"` (FUSE over io_uring in the product: `threads` ring entries on each per-CPU queue), over `pool1_uring`, `pool2_uring` (only when `--targets` names them; the bench sets `enable_uring` for the run and puts it back, and fails when a daemon serves over `/dev/fuse` instead) |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
 //!
 //! Both reseedfs mounts are the real binary (`reseedfs init` + `reseedfs mount`, default
@@ -78,7 +79,8 @@
 //! issue 18 checked one by one; and the same figures in `target/bench/throughput.json`: a
 //! list of `{"workload","target","value","unit","ratio","ratio_min","ratio_max",
 //! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","ratio_to_nosums",
-//! "ratio_to_nosums_min","ratio_to_nosums_max","daemon_cpu_us_per_request",
+//! "ratio_to_nosums_min","ratio_to_nosums_max","ratio_to_dev_fuse","ratio_to_dev_fuse_min",
+//! "ratio_to_dev_fuse_max","daemon_cpu_us_per_request",
 //! "daemon_cpu_us_per_mib","page_cache_mib","runs","error"}` (`value` is null and `error`
 //! says why when every round failed; the floor fields are null for `direct` and the
 //! floor, the CPU fields for `direct`). The `scrub` row has `"value"` (MiB/s per copy),
@@ -155,11 +157,15 @@ enum Target {
     Reseedfs1NoSums,
     /// `reseedfs_2copies` with `[checksums] enabled = false`.
     Reseedfs2NoSums,
+    /// `reseedfs_1copy` with `fuse_transport = "uring"` (issue 18, lever b in the product).
+    Reseedfs1Uring,
+    /// `reseedfs_2copies` with `fuse_transport = "uring"`.
+    Reseedfs2Uring,
     Mergerfs,
 }
 
 /// Every target, in table order.
-const TARGETS: [Target; 10] = [
+const TARGETS: [Target; 12] = [
     Target::Direct,
     Target::Floor,
     Target::FloorCached,
@@ -169,6 +175,8 @@ const TARGETS: [Target; 10] = [
     Target::Reseedfs2,
     Target::Reseedfs1NoSums,
     Target::Reseedfs2NoSums,
+    Target::Reseedfs1Uring,
+    Target::Reseedfs2Uring,
     Target::Mergerfs,
 ];
 
@@ -193,6 +201,8 @@ impl Target {
             Target::Reseedfs2 => "reseedfs_2copies",
             Target::Reseedfs1NoSums => "reseedfs_1copy_nosums",
             Target::Reseedfs2NoSums => "reseedfs_2copies_nosums",
+            Target::Reseedfs1Uring => "reseedfs_1copy_uring",
+            Target::Reseedfs2Uring => "reseedfs_2copies_uring",
             Target::Mergerfs => "mergerfs",
         }
     }
@@ -528,7 +538,12 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
 
     // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
     // run when the ring floor is measured, put back as it was at the end.
-    let uring = [Target::FloorUring, Target::FloorUringBounce];
+    let uring = [
+        Target::FloorUring,
+        Target::FloorUringBounce,
+        Target::Reseedfs1Uring,
+        Target::Reseedfs2Uring,
+    ];
     let _uring = if s.targets.iter().any(|t| uring.contains(t)) {
         let was = reseedfs::sys::fuse_uring::enabled();
         let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
@@ -622,7 +637,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                         format!("FAILED ({}): {}", short_error(e), &first[..cut])
                     }
                 };
-                println!("  {:<22} {:<17} {shown}", w.name, t.name());
+                println!("  {:<22} {:<23} {shown}", w.name, t.name());
                 let (value, cpu) = match result {
                     Ok((v, cpu)) => (Ok(v), cpu.map(|c| CpuCost::of(w, v, c))),
                     Err(e) => (Err(short_error(&e)), None),
@@ -845,11 +860,13 @@ impl Rig {
             rig.daemons.push(daemon);
         }
 
-        for (target, copies, pool_dir, sums) in [
-            (Target::Reseedfs1, 1u32, "pool1", true),
-            (Target::Reseedfs2, 2, "pool2", true),
-            (Target::Reseedfs1NoSums, 1, "pool1_nosums", false),
-            (Target::Reseedfs2NoSums, 2, "pool2_nosums", false),
+        for (target, copies, pool_dir, sums, ring) in [
+            (Target::Reseedfs1, 1u32, "pool1", true, false),
+            (Target::Reseedfs2, 2, "pool2", true, false),
+            (Target::Reseedfs1NoSums, 1, "pool1_nosums", false, false),
+            (Target::Reseedfs2NoSums, 2, "pool2_nosums", false, false),
+            (Target::Reseedfs1Uring, 1, "pool1_uring", true, true),
+            (Target::Reseedfs2Uring, 2, "pool2_uring", true, true),
         ] {
             if !s.targets.contains(&target) {
                 continue;
@@ -866,7 +883,19 @@ impl Rig {
             if !sums {
                 settings.push(Setting::parse("checksums.enabled=false").map_err(io::Error::other)?);
             }
+            if ring {
+                settings.push(Setting::parse("fuse_transport=uring").map_err(io::Error::other)?);
+            }
             let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
+            // A ring that fell back to /dev/fuse would measure the wrong thing: its entries
+            // are threads named fuse-ring-*.
+            if ring && ring_threads(daemon.pid()) == 0 {
+                return Err(io::Error::other(format!(
+                    "{}: reseedfs serves over /dev/fuse, not the ring (its log: {})",
+                    target.name(),
+                    pool.display()
+                )));
+            }
             let file = daemon
                 .mountpoint()
                 .join(DB)
@@ -928,6 +957,19 @@ impl Rig {
             .find(|d| d.label == t.name())?
             .cpu_seconds()
     }
+}
+
+/// The threads of process `pid` serving FUSE ring entries.
+fn ring_threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| {
+        tasks
+            .filter_map(Result::ok)
+            .filter(|t| {
+                fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|comm| comm.starts_with("fuse-ring-"))
+            })
+            .count()
+    })
 }
 
 /// The FUSE floor (`floor.rs`): this bench binary again, serving `backing` at
@@ -1333,6 +1375,10 @@ struct Row {
     ratio_to_nosums: Option<f64>,
     ratio_to_nosums_min: Option<f64>,
     ratio_to_nosums_max: Option<f64>,
+    /// A `_uring` target against the same reseedfs over `/dev/fuse`, same round.
+    ratio_to_dev_fuse: Option<f64>,
+    ratio_to_dev_fuse_min: Option<f64>,
+    ratio_to_dev_fuse_max: Option<f64>,
     /// Medians of the daemon's CPU cost.
     cpu_us_per_request: Option<f64>,
     cpu_us_per_mib: Option<f64>,
@@ -1392,6 +1438,11 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 Target::Reseedfs2 => ratios(&mine, &by_round(Target::Reseedfs2NoSums)),
                 _ => (None, None, None),
             };
+            let (ratio_to_dev_fuse, ratio_to_dev_fuse_min, ratio_to_dev_fuse_max) = match t {
+                Target::Reseedfs1Uring => ratios(&mine, &by_round(Target::Reseedfs1)),
+                Target::Reseedfs2Uring => ratios(&mine, &by_round(Target::Reseedfs2)),
+                _ => (None, None, None),
+            };
             let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
                 let mut v: Vec<f64> = mine.iter().filter_map(|x| f(x)).collect();
                 median(&mut v)
@@ -1411,6 +1462,9 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 ratio_to_nosums,
                 ratio_to_nosums_min,
                 ratio_to_nosums_max,
+                ratio_to_dev_fuse,
+                ratio_to_dev_fuse_min,
+                ratio_to_dev_fuse_max,
                 cpu_us_per_request: pick(&|x| x.cpu.map(|c| c.us_per_request)),
                 cpu_us_per_mib: pick(&|x| x.cpu.map(|c| c.us_per_mib)),
                 cache_mib: pick(&|x| x.value.is_ok().then_some(x.cache.mib)),
@@ -1488,6 +1542,9 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
                     if let Some(c) = r.ratio_to_nosums {
                         let _ = write!(cell, " c{c:.2}");
                     }
+                    if let Some(u) = r.ratio_to_dev_fuse {
+                        let _ = write!(cell, " u{u:.2}");
+                    }
                     cell
                 })
                 .unwrap_or_else(|| "-".to_owned());
@@ -1497,7 +1554,8 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     }
     out.push_str(
         "(value: median over the rounds; xR: ratio to direct in the same round, [range]; \
-         fR: ratio to fuse_floor in the same round; cR: checksums on / off, same round)\n",
+         fR: ratio to fuse_floor in the same round; cR: checksums on / off, same round; \
+         uR: the ring / /dev/fuse, same round)\n",
     );
 
     let _ = write!(
@@ -1664,6 +1722,9 @@ fn write_json(rows: &[Row], reseed: &[Value], scrub: Option<Value>) -> io::Resul
                 "ratio_to_nosums": r.ratio_to_nosums.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_nosums_min": r.ratio_to_nosums_min.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_nosums_max": r.ratio_to_nosums_max.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_dev_fuse": r.ratio_to_dev_fuse.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_dev_fuse_min": r.ratio_to_dev_fuse_min.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_dev_fuse_max": r.ratio_to_dev_fuse_max.map(|x| (x * 1000.0).round() / 1000.0),
                 "daemon_cpu_us_per_request": r.cpu_us_per_request.map(|x| (x * 10.0).round() / 10.0),
                 "daemon_cpu_us_per_mib": r.cpu_us_per_mib.map(|x| x.round()),
                 "page_cache_mib": r.cache_mib.map(|x| x.round()),

@@ -9,6 +9,7 @@
 //! state_dir = "/run/reseedfs"         # control socket and event log
 //! witness_dir = "/var/lib/reseedfs"   # a copy of the pool state on the system disk
 //! threads = 8                         # FUSE request threads
+//! fuse_transport = "dev_fuse"         # or "uring": FUSE over io_uring (Linux, root knob)
 //! metrics = "127.0.0.1:9477"          # Prometheus /metrics; default: none (off)
 //! metrics_allow_remote = false        # a metrics address off loopback needs true
 //! control_group = "dbadmin"           # may run status, events, explain; default: root only
@@ -90,6 +91,10 @@ pub struct Config {
     /// Threads serving FUSE requests. Default 8.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// How FUSE requests reach the daemon (Linux): `dev_fuse` (default) or `uring` (FUSE
+    /// over io_uring, when root allows it; else `/dev/fuse`, with a warning).
+    #[serde(default, skip_serializing_if = "FuseTransport::is_default")]
+    pub fuse_transport: FuseTransport,
     /// Where to serve Prometheus metrics (`GET /metrics`), as `127.0.0.1:9477`. Default:
     /// none, no metrics endpoint. `reseedfs mount --metrics ADDR` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +261,40 @@ fn default_witness_dir() -> PathBuf {
     #[cfg(not(windows))]
     PathBuf::from("/var/lib/reseedfs")
 }
+/// How FUSE requests reach the daemon (`fuse_transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FuseTransport {
+    /// `/dev/fuse`: a request thread reads each request and writes its reply (fuser).
+    #[default]
+    DevFuse,
+    /// FUSE over io_uring (Linux 6.14+): per-CPU queues of ring entries, `threads` per
+    /// queue, one system call per request. The kernel offers it only while root has set
+    /// `/sys/module/fuse/parameters/enable_uring`; without it the mount falls back to
+    /// `/dev/fuse` and says so (a warning, and event 3001's `fuse_transport_fallback`).
+    Uring,
+}
+
+impl FuseTransport {
+    /// The setting's value, as written in the config and shown by `status --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FuseTransport::DevFuse => "dev_fuse",
+            FuseTransport::Uring => "uring",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == FuseTransport::DevFuse
+    }
+}
+
+impl std::fmt::Display for FuseTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 fn default_threads() -> usize {
     8
 }
@@ -308,6 +347,7 @@ impl Config {
             state_dir: default_state_dir(),
             witness_dir: default_witness_dir(),
             threads: default_threads(),
+            fuse_transport: FuseTransport::default(),
             autoreseed: Default::default(),
             reseed: Default::default(),
             checksums: Default::default(),

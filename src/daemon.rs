@@ -27,7 +27,7 @@ use crate::verify::{Verifier, VerifyOptions};
 // The OS's filesystem adapter: FUSE on Linux, WinFsp on Windows. Both take the core and
 // answer `is_finished`, `try_unmount` and `unmount`.
 #[cfg(target_os = "linux")]
-use crate::sys::fuse::{FuseMount as Mount, mount as mount_adapter};
+use crate::sys::fuse::FuseMount as Mount;
 #[cfg(windows)]
 use crate::sys::winfsp::{WinFspMount as Mount, mount as mount_adapter};
 
@@ -101,6 +101,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     // The socket and the signal handlers come first: once the mount is visible, `status`
     // answers and SIGTERM unmounts cleanly.
     let socket = config.socket_path();
+    let transport = Arc::new(std::sync::OnceLock::new());
     let handler = Control {
         pool: pool.clone(),
         runner: runner.clone(),
@@ -109,6 +110,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         last_errors: sinks.last_errors.clone(),
         events_path: config.events_path(),
         stop_tx: stop_tx.clone(),
+        transport: Arc::clone(&transport),
     }
     .into_handler();
     let control = control::serve(
@@ -128,10 +130,32 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let fsname = crate::mountpoint::fsname(config_path);
     let timed = config.metrics.map(|_| sinks.metrics.clone());
-    let mount = mount_adapter(core, &config.databases_root, config.threads, &fsname, timed)
-        .with_context(|| format!("mount at {}", config.databases_root.display()))?;
+    #[cfg(target_os = "linux")]
+    let mount = crate::sys::fuse::mount_with(
+        core,
+        &config.databases_root,
+        config.threads,
+        config.fuse_transport,
+        &fsname,
+        timed,
+    );
+    // WinFsp has one transport: `fuse_transport` does not apply.
+    #[cfg(windows)]
+    let mount = mount_adapter(core, &config.databases_root, config.threads, &fsname, timed);
+    let mount = mount.with_context(|| format!("mount at {}", config.databases_root.display()))?;
+    #[cfg(target_os = "linux")]
+    let serving = Transport {
+        name: mount.transport().as_str(),
+        fallback: mount.fallback().map(str::to_owned),
+    };
+    #[cfg(windows)]
+    let serving = Transport {
+        name: "winfsp",
+        fallback: None,
+    };
+    let _ = transport.set(serving.name);
     let autoreseed = runner.start().context("start the AutoReseed runner")?;
-    announce(config, &pool, &sinks.events, &socket);
+    announce(config, &pool, &sinks.events, &socket, &serving);
 
     let why = serve_until_stopped(&mount, &stop_rx, &config.databases_root);
 
@@ -475,8 +499,24 @@ fn serve_metrics(
     Ok(())
 }
 
+/// How requests reach the mount, for event 3001 and `status`.
+struct Transport {
+    /// `dev_fuse`, `uring` (Linux) or `winfsp`.
+    name: &'static str,
+    /// Why the ring was asked for and not had.
+    fallback: Option<String>,
+}
+
 /// Event 3001 and, under systemd (Type=notify), READY=1: the databases are reachable now.
-fn announce(config: &Config, pool: &Pool, events: &Arc<dyn EventSink>, socket: &Path) {
+/// The event names the FUSE transport serving, and why not the ring when it was asked for
+/// (`fuse_transport_fallback`, severity unchanged: the mount serves, a little slower).
+fn announce(
+    config: &Config,
+    pool: &Pool,
+    events: &Arc<dyn EventSink>,
+    socket: &Path,
+    transport: &Transport,
+) {
     let serving: Vec<String> = pool
         .databases()
         .iter()
@@ -488,15 +528,26 @@ fn announce(config: &Config, pool: &Pool, events: &Arc<dyn EventSink>, socket: &
             )
         })
         .collect();
-    events.emit(NewEvent::new(
+    let fallback = transport
+        .fallback
+        .as_ref()
+        .map(|why| format!("; {why}"))
+        .unwrap_or_default();
+    let mut event = NewEvent::new(
         EventId::MountStarted,
         format!(
-            "mounted {} ({}); control socket {}",
+            "mounted {} ({}); control socket {}; FUSE transport {}{fallback}",
             config.databases_root.display(),
             serving.join(", "),
-            socket.display()
+            socket.display(),
+            transport.name,
         ),
-    ));
+    )
+    .field("fuse_transport", transport.name);
+    if let Some(why) = &transport.fallback {
+        event = event.field("fuse_transport_fallback", why.as_str());
+    }
+    events.emit(event);
     notify_ready();
 }
 
@@ -548,6 +599,8 @@ struct Control {
     last_errors: Arc<LastErrors>,
     events_path: PathBuf,
     stop_tx: Sender<Stop>,
+    /// The FUSE transport serving the mount, once mounted (`status --json`).
+    transport: Arc<std::sync::OnceLock<&'static str>>,
 }
 
 impl Control {
@@ -641,6 +694,7 @@ impl Control {
     /// The pool's status with the runner's progress, the throttle and the last errors.
     fn status(&self) -> crate::status::Status {
         let mut status = crate::status::of_pool(&self.pool);
+        status.fuse_transport = self.transport.get().map(|t| (*t).to_owned());
         self.runner.annotate(&mut status);
         self.verifier.annotate(&mut status);
         crate::status::complete(

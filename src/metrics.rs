@@ -970,6 +970,7 @@ mod tests {
                 ],
             }),
             foreign: Vec::new(),
+            fuse_transport: None,
         }
     }
 

@@ -143,6 +143,11 @@ pub struct Status {
     /// pool id and this pool's.
     #[serde(default)]
     pub foreign: Vec<crate::pool::Foreign>,
+    /// How FUSE requests reach the daemon serving the mount: `dev_fuse` or `uring` (the
+    /// `fuse_transport` setting, or `dev_fuse` when the ring was refused). Set by the
+    /// daemon; absent where no mount serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse_transport: Option<String>,
 }
 
 /// A volume's state in `status`.
@@ -263,6 +268,7 @@ pub fn of_pool(pool: &Pool) -> Status {
         volumes,
         throttle: None,
         foreign: pool.foreign().to_vec(),
+        fuse_transport: None,
     }
 }
 
@@ -444,6 +450,7 @@ mod tests {
             ],
             throttle: None,
             foreign: Vec::new(),
+            fuse_transport: None,
         };
         complete(&mut s, None, Some(&errors));
         let c = &s.databases[0].copies;

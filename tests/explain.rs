@@ -88,6 +88,7 @@ fn status(databases: Vec<DbStatus>, volumes: Vec<VolumeStatus>) -> Status {
         volumes,
         throttle: None,
         foreign: Vec::new(),
+        fuse_transport: None,
     }
 }
 

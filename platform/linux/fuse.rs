@@ -1,5 +1,10 @@
-//! The FUSE adapter: `impl fuser::Filesystem` over the core. It converts kernel types to
-//! core types and back, and nothing else; every decision is in the core.
+//! The FUSE adapter over the core. It converts kernel types to core types and back, and
+//! nothing else; every decision is in the core.
+//!
+//! Two transports, one semantics: `Ops` holds each request's core call, panic guard and
+//! metrics once; `/dev/fuse` (fuser's `Filesystem`, `Adapter`) and FUSE over io_uring
+//! (`fuse_ring`, chosen by the `fuse_transport` setting) decode requests and encode
+//! replies their own way around the same calls, so the two cannot drift apart.
 //!
 //! Locks: POSIX and flock locks are left to the kernel (getlk/setlk are not
 //! implemented, so the kernel keeps them locally), which is exact for one host where
@@ -17,6 +22,7 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -27,12 +33,15 @@ use fuser::{
     ReplyXattr, Request, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Caller, Core, HandleId, Kind, NodeId, SetAttr, SetTime};
+use crate::config::FuseTransport;
+use crate::fs::{Attr, Caller, Core, DirEntry, HandleId, Kind, NodeId, SetAttr, SetTime, StatFs};
 use crate::metrics::{Metrics, Op};
+
+use super::{fuse_ring, fuse_uring};
 
 /// How long the kernel may cache attributes and entries. Every change goes through
 /// this mount, so the cache is only invalidated by our own replies.
-const TTL: Duration = Duration::from_secs(1);
+pub(crate) const TTL: Duration = Duration::from_secs(1);
 
 /// The largest write the kernel sends (its cap is 1 MiB with max_pages 256). Larger
 /// requests (root may raise `fs.fuse.max_pages_limit`; fuser takes up to 16 MiB) were
@@ -86,13 +95,17 @@ pub fn session_config(fsname: &str, subtype: &str, threads: usize) -> fuser::Con
     config
 }
 
-struct Adapter {
+/// The adapter's semantics, once for both transports: each request's core call, its panic
+/// guard and its metrics. `/dev/fuse` (fuser's [`Adapter`] below) and the io_uring ring
+/// (`fuse_ring`) decode requests their own way, call these, and encode the answer their own
+/// way; neither adds a rule of its own.
+pub(crate) struct Ops {
     core: Arc<Core>,
     /// Request latencies, when the metrics endpoint is on.
     metrics: Option<Arc<Metrics>>,
 }
 
-impl Adapter {
+impl Ops {
     /// Runs `f` (one core call for request `op`), timing it when metrics are on. A panic
     /// in it answers EIO and is recorded by the core; the thread goes on serving.
     #[inline]
@@ -122,13 +135,257 @@ impl Adapter {
             }
         }
     }
+
+    pub(crate) fn lookup(&self, parent: NodeId, name: &OsStr) -> crate::fs::Result<Attr> {
+        self.call(Op::Lookup, || self.core.lookup(parent, name))
+    }
+
+    pub(crate) fn forget(&self, ino: NodeId, nlookup: u64) {
+        let _ = self.call(Op::Forget, || {
+            self.core.forget(ino, nlookup);
+            Ok(())
+        });
+    }
+
+    pub(crate) fn getattr(&self, ino: NodeId, fh: Option<HandleId>) -> crate::fs::Result<Attr> {
+        self.call(Op::Getattr, || self.core.getattr(ino, fh))
+    }
+
+    /// `caller_uid`: who asks. FUSE_HANDLE_KILLPRIV_V2 makes a truncate's setuid/setgid
+    /// ours to clear; neither transport passes FATTR_KILL_SUIDGID on (fuser does not), so
+    /// the VFS rule is applied here: a truncate by someone else than root clears them (as
+    /// a write does).
+    pub(crate) fn setattr(
+        &self,
+        caller_uid: u32,
+        ino: NodeId,
+        fh: Option<HandleId>,
+        set: SetAttr,
+    ) -> crate::fs::Result<Attr> {
+        let kill = set.size.is_some() && caller_uid != 0;
+        self.call(Op::Setattr, || {
+            if kill {
+                self.core.kill_suidgid(ino, fh)?;
+            }
+            self.core.setattr(ino, fh, set)
+        })
+    }
+
+    pub(crate) fn readlink(&self, ino: NodeId) -> crate::fs::Result<Vec<u8>> {
+        self.call(Op::Readlink, || self.core.readlink(ino))
+    }
+
+    pub(crate) fn mknod(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> crate::fs::Result<Attr> {
+        self.call(Op::Mknod, || {
+            self.core.mknod(parent, name, mode, u64::from(rdev), who)
+        })
+    }
+
+    pub(crate) fn mkdir(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> crate::fs::Result<Attr> {
+        self.call(Op::Mkdir, || self.core.mkdir(parent, name, mode, who))
+    }
+
+    pub(crate) fn unlink(&self, parent: NodeId, name: &OsStr) -> crate::fs::Result<()> {
+        self.call(Op::Unlink, || self.core.remove(parent, name, false))
+    }
+
+    pub(crate) fn rmdir(&self, parent: NodeId, name: &OsStr) -> crate::fs::Result<()> {
+        self.call(Op::Rmdir, || self.core.remove(parent, name, true))
+    }
+
+    pub(crate) fn symlink(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        target: &Path,
+        who: Caller,
+    ) -> crate::fs::Result<Attr> {
+        self.call(Op::Symlink, || self.core.symlink(parent, name, target, who))
+    }
+
+    pub(crate) fn rename(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        newparent: NodeId,
+        newname: &OsStr,
+        flags: u32,
+    ) -> crate::fs::Result<()> {
+        self.call(Op::Rename, || {
+            self.core.rename(parent, name, newparent, newname, flags)
+        })
+    }
+
+    pub(crate) fn link(
+        &self,
+        ino: NodeId,
+        newparent: NodeId,
+        newname: &OsStr,
+    ) -> crate::fs::Result<Attr> {
+        self.call(Op::Link, || self.core.link(ino, newparent, newname))
+    }
+
+    /// An open with O_TRUNC truncates: by someone else than root it clears setuid and
+    /// setgid (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
+    pub(crate) fn open(
+        &self,
+        caller_uid: u32,
+        ino: NodeId,
+        flags: i32,
+    ) -> crate::fs::Result<HandleId> {
+        let kill = flags & libc::O_TRUNC != 0 && caller_uid != 0;
+        self.call(Op::Open, || {
+            if kill {
+                self.core.kill_suidgid(ino, None)?;
+            }
+            self.core.open(ino, flags)
+        })
+    }
+
+    /// Reads into `buf`, which is page-aligned so that the core may read it with O_DIRECT.
+    pub(crate) fn read(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> crate::fs::Result<usize> {
+        self.call(Op::Read, || self.core.read(fh, offset, buf))
+    }
+
+    /// `kill_suidgid`: the kernel asked us to clear setuid/setgid (FUSE_WRITE_KILL_SUIDGID).
+    pub(crate) fn write(
+        &self,
+        ino: NodeId,
+        fh: HandleId,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> crate::fs::Result<usize> {
+        self.call(Op::Write, || {
+            if kill_suidgid {
+                self.core.kill_suidgid(ino, Some(fh))?;
+            }
+            self.core.write(fh, offset, data)
+        })
+    }
+
+    pub(crate) fn release(&self, fh: HandleId) {
+        let _ = self.call(Op::Release, || {
+            self.core.release(fh);
+            Ok(())
+        });
+    }
+
+    pub(crate) fn fsync(&self, fh: HandleId, datasync: bool) -> crate::fs::Result<()> {
+        self.call(Op::Fsync, || self.core.fsync(fh, datasync))
+    }
+
+    pub(crate) fn opendir(&self, ino: NodeId) -> crate::fs::Result<HandleId> {
+        self.call(Op::Opendir, || self.core.opendir(ino))
+    }
+
+    /// `add(entry, next)` returns true once the reply is full.
+    pub(crate) fn readdir(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> crate::fs::Result<()> {
+        self.call(Op::Readdir, || self.core.readdir(fh, offset, add))
+    }
+
+    pub(crate) fn releasedir(&self, fh: HandleId) {
+        let _ = self.call(Op::Releasedir, || {
+            self.core.release(fh);
+            Ok(())
+        });
+    }
+
+    pub(crate) fn fsyncdir(&self, ino: NodeId) -> crate::fs::Result<()> {
+        self.call(Op::Fsyncdir, || self.core.fsyncdir(ino))
+    }
+
+    pub(crate) fn statfs(&self, ino: NodeId) -> crate::fs::Result<StatFs> {
+        self.call(Op::Statfs, || self.core.statfs(ino))
+    }
+
+    pub(crate) fn setxattr(
+        &self,
+        ino: NodeId,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> crate::fs::Result<()> {
+        self.call(Op::Setxattr, || self.core.setxattr(ino, name, value, flags))
+    }
+
+    /// The value's length; with an empty `buf`, only its length (a size query).
+    pub(crate) fn getxattr(
+        &self,
+        ino: NodeId,
+        name: &OsStr,
+        buf: &mut [u8],
+    ) -> crate::fs::Result<usize> {
+        self.call(Op::Getxattr, || self.core.getxattr(ino, name, buf))
+    }
+
+    pub(crate) fn listxattr(&self, ino: NodeId, buf: &mut [u8]) -> crate::fs::Result<usize> {
+        self.call(Op::Listxattr, || self.core.listxattr(ino, buf))
+    }
+
+    pub(crate) fn removexattr(&self, ino: NodeId, name: &OsStr) -> crate::fs::Result<()> {
+        self.call(Op::Removexattr, || self.core.removexattr(ino, name))
+    }
+
+    pub(crate) fn create(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> crate::fs::Result<(Attr, HandleId)> {
+        self.call(Op::Create, || {
+            self.core.create(parent, name, mode, flags, who)
+        })
+    }
+
+    pub(crate) fn fallocate(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> crate::fs::Result<()> {
+        self.call(Op::Fallocate, || {
+            self.core.fallocate(fh, offset, length, mode)
+        })
+    }
+
+    pub(crate) fn lseek(&self, fh: HandleId, offset: i64, whence: i32) -> crate::fs::Result<i64> {
+        self.call(Op::Lseek, || self.core.lseek(fh, offset, whence))
+    }
 }
 
 fn errno(e: crate::fs::Errno) -> Errno {
     Errno::from_i32(e.0)
 }
 
-fn kind(k: Kind) -> FileType {
+/// fuser's file type of `k` (the ring encodes the same).
+pub(crate) fn kind(k: Kind) -> FileType {
     match k {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
@@ -140,7 +397,8 @@ fn kind(k: Kind) -> FileType {
     }
 }
 
-fn attr(a: &Attr) -> FileAttr {
+/// The attributes of a reply, for either transport.
+pub(crate) fn attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.node.0),
         size: a.size,
@@ -171,7 +429,8 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+/// The core's time to set of a decoded one (either transport).
+pub(crate) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(t) => SetTime::At(t),
@@ -196,29 +455,39 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The `/dev/fuse` transport: fuser's `Filesystem` over [`Ops`]. With the ring it still
+/// answers INIT (asking for FUSE_OVER_IO_URING) and serves what the kernel sends through
+/// `/dev/fuse` (FORGET, INTERRUPT).
+struct Adapter {
+    ops: Arc<Ops>,
+    /// Set when the ring is wanted: whether the kernel granted FUSE_OVER_IO_URING at INIT.
+    ring: Option<Arc<AtomicBool>>,
+}
+
 impl fuser::Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         configure_kernel(config);
+        if let Some(granted) = &self.ring {
+            // Refused when root has not set enable_uring (or the kernel has no ring): the
+            // mount then goes on over /dev/fuse (see `mount`).
+            let ok = config
+                .add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+            granted.store(ok, Ordering::Release);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(
-            self.call(Op::Lookup, || self.core.lookup(node(parent), name)),
-            reply,
-        );
+        reply_entry(self.ops.lookup(node(parent), name), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _ = self.call(Op::Forget, || {
-            self.core.forget(node(ino), nlookup);
-            Ok(())
-        });
+        self.ops.forget(node(ino), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let fh = fh.map(|h| HandleId(h.0));
-        match self.call(Op::Getattr, || self.core.getattr(node(ino), fh)) {
+        match self.ops.getattr(node(ino), fh.map(|h| HandleId(h.0))) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -250,25 +519,17 @@ impl fuser::Filesystem for Adapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        let fh = fh.map(|h| HandleId(h.0));
-        // FUSE_HANDLE_KILLPRIV_V2 makes a truncate's setuid/setgid ours to clear; fuser
-        // does not pass FATTR_KILL_SUIDGID on, so the VFS rule is applied here: a
-        // truncate by someone else than root clears them (as a write does).
-        let kill = size.is_some() && req.uid() != 0;
-        let r = self.call(Op::Setattr, || {
-            if kill {
-                self.core.kill_suidgid(node(ino), fh)?;
-            }
-            self.core.setattr(node(ino), fh, set)
-        });
-        match r {
+        match self
+            .ops
+            .setattr(req.uid(), node(ino), fh.map(|h| HandleId(h.0)), set)
+        {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.call(Op::Readlink, || self.core.readlink(node(ino))) {
+        match self.ops.readlink(node(ino)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -284,11 +545,10 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.call(Op::Mknod, || {
-            self.core
-                .mknod(node(parent), name, mode, u64::from(rdev), caller(req))
-        });
-        reply_entry(r, reply);
+        reply_entry(
+            self.ops.mknod(node(parent), name, mode, rdev, caller(req)),
+            reply,
+        );
     }
 
     fn mkdir(
@@ -300,20 +560,15 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.call(Op::Mkdir, || {
-            self.core.mkdir(node(parent), name, mode, caller(req))
-        });
-        reply_entry(r, reply);
+        reply_entry(self.ops.mkdir(node(parent), name, mode, caller(req)), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.call(Op::Unlink, || self.core.remove(node(parent), name, false));
-        reply_empty(r, reply);
+        reply_empty(self.ops.unlink(node(parent), name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.call(Op::Rmdir, || self.core.remove(node(parent), name, true));
-        reply_empty(r, reply);
+        reply_empty(self.ops.rmdir(node(parent), name), reply);
     }
 
     fn symlink(
@@ -324,11 +579,11 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.call(Op::Symlink, || {
-            self.core
-                .symlink(node(parent), link_name, target, caller(req))
-        });
-        reply_entry(r, reply);
+        reply_entry(
+            self.ops
+                .symlink(node(parent), link_name, target, caller(req)),
+            reply,
+        );
     }
 
     fn rename(
@@ -341,11 +596,11 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(Op::Rename, || {
-            self.core
-                .rename(node(parent), name, node(newparent), newname, flags.bits())
-        });
-        reply_empty(r, reply);
+        reply_empty(
+            self.ops
+                .rename(node(parent), name, node(newparent), newname, flags.bits()),
+            reply,
+        );
     }
 
     fn link(
@@ -356,23 +611,11 @@ impl fuser::Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.call(Op::Link, || {
-            self.core.link(node(ino), node(newparent), newname)
-        });
-        reply_entry(r, reply);
+        reply_entry(self.ops.link(node(ino), node(newparent), newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // An open with O_TRUNC truncates: by someone else than root it clears setuid and
-        // setgid (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
-        let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
-        let r = self.call(Op::Open, || {
-            if kill {
-                self.core.kill_suidgid(node(ino), None)?;
-            }
-            self.core.open(node(ino), flags.0)
-        });
-        match r {
+        match self.ops.open(req.uid(), node(ino), flags.0) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -398,10 +641,7 @@ impl fuser::Filesystem for Adapter {
             }
             let start = buf.as_ptr().align_offset(align);
             let buf = &mut buf[start..];
-            let r = self.call(Op::Read, || {
-                self.core.read(HandleId(fh.0), offset, &mut buf[..size])
-            });
-            match r {
+            match self.ops.read(HandleId(fh.0), offset, &mut buf[..size]) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno(e)),
             }
@@ -420,13 +660,11 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = self.call(Op::Write, || {
-            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.core.kill_suidgid(node(ino), Some(HandleId(fh.0)))?;
-            }
-            self.core.write(HandleId(fh.0), offset, data)
-        });
-        match r {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self
+            .ops
+            .write(node(ino), HandleId(fh.0), offset, data, kill)
+        {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(e)),
         }
@@ -453,10 +691,7 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _ = self.call(Op::Release, || {
-            self.core.release(HandleId(fh.0));
-            Ok(())
-        });
+        self.ops.release(HandleId(fh.0));
         reply.ok();
     }
 
@@ -468,12 +703,11 @@ impl fuser::Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(Op::Fsync, || self.core.fsync(HandleId(fh.0), datasync));
-        reply_empty(r, reply);
+        reply_empty(self.ops.fsync(HandleId(fh.0), datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.call(Op::Opendir, || self.core.opendir(node(ino))) {
+        match self.ops.opendir(node(ino)) {
             Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -487,10 +721,8 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.call(Op::Readdir, || {
-            self.core.readdir(HandleId(fh.0), offset, |e, next| {
-                reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
-            })
+        let r = self.ops.readdir(HandleId(fh.0), offset, |e, next| {
+            reply.add(INodeNo(e.node.0), next, kind(e.kind), &e.name)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -506,10 +738,7 @@ impl fuser::Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _ = self.call(Op::Releasedir, || {
-            self.core.release(HandleId(fh.0));
-            Ok(())
-        });
+        self.ops.releasedir(HandleId(fh.0));
         reply.ok();
     }
 
@@ -521,14 +750,11 @@ impl fuser::Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            self.call(Op::Fsyncdir, || self.core.fsyncdir(node(ino))),
-            reply,
-        );
+        reply_empty(self.ops.fsyncdir(node(ino)), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.call(Op::Statfs, || self.core.statfs(node(ino))) {
+        match self.ops.statfs(node(ino)) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -546,17 +772,12 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(Op::Setxattr, || {
-            self.core.setxattr(node(ino), name, value, flags)
-        });
-        reply_empty(r, reply);
+        reply_empty(self.ops.setxattr(node(ino), name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.call(Op::Getxattr, || {
-            self.core.getxattr(node(ino), name, &mut buf)
-        }) {
+        match self.ops.getxattr(node(ino), name, &mut buf) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
@@ -565,7 +786,7 @@ impl fuser::Filesystem for Adapter {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let mut buf = vec![0u8; size as usize];
-        match self.call(Op::Listxattr, || self.core.listxattr(node(ino), &mut buf)) {
+        match self.ops.listxattr(node(ino), &mut buf) {
             Ok(n) if size == 0 => reply.size(u32::try_from(n).unwrap_or(u32::MAX)),
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno(e)),
@@ -573,8 +794,7 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.call(Op::Removexattr, || self.core.removexattr(node(ino), name));
-        reply_empty(r, reply);
+        reply_empty(self.ops.removexattr(node(ino), name), reply);
     }
 
     fn create(
@@ -587,11 +807,10 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.call(Op::Create, || {
-            self.core
-                .create(node(parent), name, mode, flags, caller(req))
-        });
-        match r {
+        match self
+            .ops
+            .create(node(parent), name, mode, flags, caller(req))
+        {
             Ok((a, h)) => reply.created(
                 &TTL,
                 &attr(&a),
@@ -613,10 +832,10 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.call(Op::Fallocate, || {
-            self.core.fallocate(HandleId(fh.0), offset, length, mode)
-        });
-        reply_empty(r, reply);
+        reply_empty(
+            self.ops.fallocate(HandleId(fh.0), offset, length, mode),
+            reply,
+        );
     }
 
     fn lseek(
@@ -628,9 +847,7 @@ impl fuser::Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.call(Op::Lseek, || {
-            self.core.lseek(HandleId(fh.0), offset, whence)
-        }) {
+        match self.ops.lseek(HandleId(fh.0), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
         }
@@ -643,17 +860,24 @@ pub struct FuseMount {
     unmounted: std::sync::atomic::AtomicBool,
     unmounter: SessionUnmounter,
     session: JoinHandle<io::Result<()>>,
+    /// The ring's threads, when the ring serves.
+    ring: Option<fuse_uring::Ring>,
+    /// Why the ring was asked for and `/dev/fuse` serves instead.
+    fallback: Option<String>,
 }
 
 impl std::fmt::Debug for FuseMount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FuseMount").finish_non_exhaustive()
+        f.debug_struct("FuseMount")
+            .field("transport", &self.transport())
+            .finish_non_exhaustive()
     }
 }
 
 /// Mounts `core` at `mountpoint` (type `fuse.reseedfs`, `allow_other`,
 /// `default_permissions`, source `fsname`: the config file, as in an fstab line) served by
-/// `threads` request threads, timing every request into `metrics` when given.
+/// `threads` request threads over `/dev/fuse`, timing every request into `metrics` when
+/// given.
 pub fn mount(
     core: Arc<Core>,
     mountpoint: &Path,
@@ -661,8 +885,103 @@ pub fn mount(
     fsname: &str,
     metrics: Option<Arc<Metrics>>,
 ) -> io::Result<FuseMount> {
+    mount_with(
+        core,
+        mountpoint,
+        threads,
+        FuseTransport::DevFuse,
+        fsname,
+        metrics,
+    )
+}
+
+/// As [`mount`], over `transport`. With [`FuseTransport::Uring`], `threads` ring entries
+/// on each of the kernel's per-CPU queues (one thread each) serve the requests, and one
+/// `/dev/fuse` thread what the kernel still sends there (FORGET, INTERRUPT); when the ring
+/// cannot be had (root has not set `enable_uring`, an older kernel, io_uring refused), the
+/// mount is served over `/dev/fuse` and says why once ([`FuseMount::fallback`], a warning
+/// in the log). The daemon never sets the knob itself.
+pub fn mount_with(
+    core: Arc<Core>,
+    mountpoint: &Path,
+    threads: usize,
+    transport: FuseTransport,
+    fsname: &str,
+    metrics: Option<Arc<Metrics>>,
+) -> io::Result<FuseMount> {
+    let ops = Arc::new(Ops { core, metrics });
+    let fallback = match transport {
+        FuseTransport::DevFuse => None,
+        FuseTransport::Uring => match mount_ring(&ops, mountpoint, threads, fsname) {
+            Ok(m) => return Ok(m),
+            Err(why) => {
+                let why = format!(
+                    "fuse_transport = \"uring\" asked for FUSE over io_uring, but {why}; serving \
+                     over /dev/fuse instead. To allow the ring, root sets `echo 1 > {}` (or \
+                     loads fuse with `modprobe fuse enable_uring=1`) before the mount; \
+                     reseedfs never sets it itself",
+                    fuse_uring::ENABLE_URING
+                );
+                tracing::warn!("{why}");
+                Some(why)
+            }
+        },
+    };
     let config = session_config(fsname, "reseedfs", threads);
-    let mut session = fuser::Session::new(Adapter { core, metrics }, mountpoint, &config)?;
+    let session = fuser::Session::new(Adapter { ops, ring: None }, mountpoint, &config)?;
+    serve(session, mountpoint, None, fallback)
+}
+
+/// The ring, or why not (the mount is then undone, and `/dev/fuse` takes over).
+fn mount_ring(
+    ops: &Arc<Ops>,
+    mountpoint: &Path,
+    threads: usize,
+    fsname: &str,
+) -> Result<FuseMount, String> {
+    // The knob decides what the kernel offers at INIT: look first, so that the usual
+    // refusal costs no mount.
+    fuse_uring::available()?;
+    let granted = Arc::new(AtomicBool::new(false));
+    let adapter = Adapter {
+        ops: Arc::clone(ops),
+        ring: Some(Arc::clone(&granted)),
+    };
+    let config = session_config(fsname, "reseedfs", 1);
+    let session = fuser::Session::new(adapter, mountpoint, &config)
+        .map_err(|e| format!("the mount failed: {e}"))?;
+    if !granted.load(Ordering::Acquire) {
+        // Dropping the session unmounts it.
+        return Err(format!(
+            "the kernel did not offer FUSE_OVER_IO_URING at INIT (is {} still set?)",
+            fuse_uring::ENABLE_URING
+        ));
+    }
+    let ring_config = fuse_uring::RingConfig {
+        threads_per_queue: threads.max(1),
+        payload_bytes: fuse_ring::PAYLOAD_BYTES,
+        pin: false,
+    };
+    // INIT is answered: every request now waits until each queue has an entry, then goes
+    // to the ring. A ring that cannot start leaves the mount unusable: undo it.
+    let ring =
+        fuse_uring::Ring::start(&session, ring_config, Arc::new(fuse_ring::Served::new(ops)))
+            .map_err(|e| format!("the ring did not start: {e}"))?;
+    tracing::info!(
+        "FUSE over io_uring: {} queue(s) x {} entries",
+        fuse_uring::queue_count().unwrap_or(0),
+        ring_config.threads_per_queue
+    );
+    serve(session, mountpoint, Some(ring), None).map_err(|e| format!("serving failed: {e}"))
+}
+
+/// Starts `session`'s `/dev/fuse` thread(s) and raises the mount's readahead.
+fn serve(
+    mut session: fuser::Session<Adapter>,
+    mountpoint: &Path,
+    ring: Option<fuse_uring::Ring>,
+    fallback: Option<String>,
+) -> io::Result<FuseMount> {
     let unmounter = session.unmount_callable();
     let session = std::thread::Builder::new()
         .name("fuse-session".into())
@@ -673,6 +992,8 @@ pub fn mount(
         unmounted: std::sync::atomic::AtomicBool::new(false),
         unmounter,
         session,
+        ring,
+        fallback,
     })
 }
 
@@ -734,7 +1055,23 @@ impl FuseMount {
             .session
             .join()
             .map_err(|_| io::Error::other("the FUSE session thread panicked"))?;
-        unmounted.and(joined)
+        // The connection is gone: every ring entry's command ends with it.
+        let rang = self.ring.take().map_or(Ok(()), fuse_uring::Ring::join);
+        unmounted.and(joined).and(rang)
+    }
+
+    /// The transport serving the mount.
+    pub fn transport(&self) -> FuseTransport {
+        if self.ring.is_some() {
+            FuseTransport::Uring
+        } else {
+            FuseTransport::DevFuse
+        }
+    }
+
+    /// Why the ring was asked for and `/dev/fuse` serves instead (`None`: as configured).
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 }
 

@@ -3,9 +3,11 @@
 //! next request, in one `IORING_OP_URING_CMD` on `/dev/fuse`, instead of a `read` and a
 //! `writev` per request.
 //!
-//! Why it is its own module, and only the throughput bench's (feature `testbed`): it is
-//! lever (b) of issue 18, measured against `/dev/fuse` before the daemon takes it. The
-//! README's "FUSE over io_uring (lever b)" has the figures.
+//! Why it is its own module: it is the transport only (entries, threads, the commands),
+//! generic over a [`Handler`]; what a request means is `fuse_abi` (the kernel's structs)
+//! and the handler's (the daemon's `fuse_ring`, the throughput bench's floor). It is
+//! lever (b) of issue 18: the README's "FUSE over io_uring (lever b)" has the figures, and
+//! the `fuse_transport` setting chooses it.
 //!
 //! How the kernel does it (and what this module relies on):
 //! - The daemon asks for `FUSE_OVER_IO_URING` in its INIT reply; the kernel offers it only
@@ -37,6 +39,8 @@ use std::thread::JoinHandle;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+use super::fuse_abi::{IN_OUT_BYTES, InHeader};
+
 /// Where root turns FUSE over io_uring on (`Y`/`N`).
 pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -44,8 +48,6 @@ pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 const CMD_REGISTER: u32 = 1;
 /// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`.
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-/// `FUSE_URING_IN_OUT_HEADER_SZ` and `FUSE_URING_OP_IN_OUT_SZ`.
-const IN_OUT_BYTES: usize = 128;
 /// `sizeof(struct fuse_in_header)`.
 const IN_HEADER_BYTES: usize = 40;
 /// `sizeof(struct fuse_out_header)`.
@@ -71,28 +73,58 @@ struct ReqHeader {
 
 /// True when root has turned FUSE over io_uring on.
 pub fn enabled() -> bool {
-    std::fs::read_to_string(ENABLE_URING).is_ok_and(|v| v.trim() == "Y" || v.trim() == "1")
+    available().is_ok()
+}
+
+/// `Ok` when the kernel will offer FUSE over io_uring to a new mount (root has set
+/// `enable_uring`), else why not, naming the knob.
+pub fn available() -> Result<(), String> {
+    match std::fs::read_to_string(ENABLE_URING) {
+        Ok(v) if is_on(&v) => Ok(()),
+        Ok(v) => Err(format!(
+            "{ENABLE_URING} is {} (off: the kernel's default)",
+            v.trim()
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+            "this kernel has no FUSE over io_uring ({ENABLE_URING} does not exist: Linux 6.14 \
+             or later built with CONFIG_FUSE_IO_URING has it)"
+        )),
+        Err(e) => Err(format!("cannot read {ENABLE_URING}: {e}")),
+    }
+}
+
+fn is_on(v: &str) -> bool {
+    matches!(v.trim(), "Y" | "y" | "1")
 }
 
 /// Turns FUSE over io_uring on (root) and puts the knob back as it was when dropped. Only a
 /// mount made while it is on can use the ring; mounts made before or after are unaffected.
+/// For the tests and the bench only (feature `testbed`): the daemon never sets the knob.
+#[cfg(feature = "testbed")]
 #[derive(Debug)]
 pub struct Enabled {
     was: bool,
 }
 
+#[cfg(feature = "testbed")]
 impl Enabled {
     /// Sets `enable_uring` (`ENOENT`: this kernel has no FUSE over io_uring).
     pub fn set() -> io::Result<Enabled> {
+        Enabled::set_to(true)
+    }
+
+    /// Sets `enable_uring` to `on` (off: to show a mount's fallback to `/dev/fuse`).
+    pub fn set_to(on: bool) -> io::Result<Enabled> {
         let was = std::fs::read_to_string(ENABLE_URING)
             .map_err(|e| io::Error::new(e.kind(), format!("read {ENABLE_URING}: {e}")))?;
-        let was = was.trim() == "Y" || was.trim() == "1";
-        std::fs::write(ENABLE_URING, "1")
+        let was = is_on(&was);
+        std::fs::write(ENABLE_URING, if on { "1" } else { "0" })
             .map_err(|e| io::Error::new(e.kind(), format!("write {ENABLE_URING}: {e}")))?;
         Ok(Enabled { was })
     }
 }
 
+#[cfg(feature = "testbed")]
 impl Drop for Enabled {
     fn drop(&mut self) {
         let v = if self.was { "1" } else { "0" };
@@ -126,53 +158,6 @@ fn cpu_count(list: &str) -> Option<usize> {
         };
     }
     (n > 0).then_some(n)
-}
-
-/// `struct fuse_in_header`, decoded.
-#[derive(Debug, Clone, Copy)]
-pub struct InHeader {
-    /// The whole request's length as `/dev/fuse` would have delivered it.
-    pub len: u32,
-    /// `FUSE_LOOKUP`, ...
-    pub opcode: u32,
-    /// The request's id.
-    pub unique: u64,
-    /// The inode the request is about.
-    pub nodeid: u64,
-    /// The caller's credentials.
-    pub uid: u32,
-    /// The caller's group.
-    pub gid: u32,
-    /// The caller's process.
-    pub pid: u32,
-}
-
-impl InHeader {
-    fn decode(b: &[u8; IN_OUT_BYTES]) -> InHeader {
-        InHeader {
-            len: ne_u32(b, 0),
-            opcode: ne_u32(b, 4),
-            unique: ne_u64(b, 8),
-            nodeid: ne_u64(b, 16),
-            uid: ne_u32(b, 24),
-            gid: ne_u32(b, 28),
-            pid: ne_u32(b, 32),
-        }
-    }
-}
-
-/// The `u32` at `at` of `b` (native endian, as the kernel wrote it); 0 past the end.
-pub fn ne_u32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
-}
-
-/// The `u64` at `at` of `b`; 0 past the end.
-pub fn ne_u64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_ne_bytes)
 }
 
 /// Serves the requests the ring delivers.
@@ -401,9 +386,7 @@ fn serve_entry<H: Handler + ?Sized>(
                 std::slice::from_raw_parts_mut(payload.ptr, payload_bytes),
             )
         };
-        let mut hin = [0u8; IN_OUT_BYTES];
-        hin.copy_from_slice(&h.in_out);
-        let head = InHeader::decode(&hin);
+        let head = InHeader::decode(&h.in_out);
         let commit_id = h.ent_commit_id;
         let in_bytes = (h.ent_payload_bytes as usize).min(payload_bytes);
         let (error, out_bytes) = match handler.handle(&head, &h.op_in, body, in_bytes) {

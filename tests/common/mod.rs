@@ -81,6 +81,26 @@ pub fn init(bed: &Testbed, dbs: &[&str], copies: u32) {
         out.status,
         describe_output(&out)
     );
+    // Any mount suite can run over FUSE over io_uring: `RESEEDFS_TEST_FUSE_TRANSPORT=uring`
+    // (with root's `enable_uring` set by whoever runs it; tests/transport.rs checks that the
+    // ring then really serves).
+    if let Ok(transport) = std::env::var("RESEEDFS_TEST_FUSE_TRANSPORT") {
+        set_fuse_transport(&bed.config_path, &transport);
+    }
+}
+
+/// Puts `fuse_transport = "<transport>"` at the top of the config file (a top-level key:
+/// before any table).
+pub fn set_fuse_transport(config: &Path, transport: &str) {
+    let text =
+        fs::read_to_string(config).unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let rest: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("fuse_transport"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(config, format!("fuse_transport = \"{transport}\"\n{rest}"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 
 /// `root/mount.log`: stdout and stderr of every `reseedfs mount` run on the testbed.
@@ -178,7 +198,19 @@ impl Mounted {
         if let Err(why) = daemon.wait_mounted(MOUNT_TIMEOUT, &|| false) {
             panic!("{}", daemon.describe(&why));
         }
-        Mounted { bed, daemon }
+        let m = Mounted { bed, daemon };
+        // A suite run over another transport must really run over it, not a fallback.
+        if let Ok(transport) = std::env::var("RESEEDFS_TEST_FUSE_TRANSPORT") {
+            let status = m.status_json();
+            assert_eq!(
+                status["fuse_transport"].as_str(),
+                Some(transport.as_str()),
+                "RESEEDFS_TEST_FUSE_TRANSPORT={transport}, but the mount serves otherwise \
+                 (for uring root sets /sys/module/fuse/parameters/enable_uring); mount.log:\n{}",
+                m.mount_log()
+            );
+        }
+        m
     }
 
     /// The daemon's pid (panics when it already exited).
