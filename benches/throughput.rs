@@ -717,7 +717,7 @@ fn scrub_vs_read(s: &Settings, rig: &Rig, stop: &AtomicBool) -> io::Result<Value
         })?;
         let plain_s = t0.elapsed().as_secs_f64();
         drop_caches();
-        let out = Command::new(common::BIN)
+        let out = Command::new(common::bin())
             .args(["scrub", DB, "--wait", "--json", "--config"])
             .arg(&config)
             .output()?;

@@ -9,13 +9,46 @@ use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 
 use reseedfs::testbed::daemon::{MOUNT_TIMEOUT, MountDaemon, StopRequest};
 pub use reseedfs::testbed::with_path;
 
-/// The reseedfs binary built with the benches.
-pub const BIN: &str = env!("CARGO_BIN_EXE_reseedfs");
+/// The reseedfs daemon the benches measure: the product build (default features), built
+/// once into `target/product/` (or `$RESEEDFS_BENCH_BIN`). Not the binary `cargo bench`
+/// builds beside the benches: the dev-dependency on the package turns on its test
+/// features there (fail points, the fault-injecting volume wrapper), which the product
+/// does not carry.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("RESEEDFS_BENCH_BIN") {
+            return PathBuf::from(bin);
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| manifest.join("target"), PathBuf::from)
+            .join("product");
+        eprintln!(
+            "building the product daemon (default features) into {} ...",
+            target.display()
+        );
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--bin", "reseedfs", "--target-dir"])
+            .arg(&target)
+            .current_dir(manifest)
+            .status()
+            .unwrap_or_else(|e| panic!("run {} build: {e}", env!("CARGO")));
+        assert!(
+            status.success(),
+            "cargo build --release --bin reseedfs --target-dir {} failed ({status}); \
+             set RESEEDFS_BENCH_BIN to a reseedfs binary to bench that one",
+            target.display()
+        );
+        target.join("release").join("reseedfs")
+    })
+}
 
 /// A FUSE daemon the bench started, in its own process group (a Ctrl-C reaches only the
 /// bench, which then stops it in order), under the testbed's supervisor: dropping it asks
@@ -40,7 +73,7 @@ impl Daemon {
         let dbs = pool.join("dbs");
         fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
         let config = pool.join("reseedfs.toml");
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .arg("init")
             .arg("--volumes")
             .arg(pool.join("vols"))
@@ -71,7 +104,7 @@ impl Daemon {
             fs::write(&config, doc.to_string()).map_err(|e| with_path(e, "write", &config))?;
         }
         let log = pool.join("mount.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("mount").arg("--config").arg(&config);
         Daemon::start(cmd, label, dbs, Some(config), &log, "fuse.reseedfs")
     }
@@ -94,7 +127,7 @@ impl Daemon {
         let stop: StopRequest = Box::new(move || {
             let mut ask = match &config {
                 Some(config) => {
-                    let mut c = Command::new(BIN);
+                    let mut c = Command::new(bin());
                     c.arg("unmount").arg("--config").arg(config);
                     c
                 }
