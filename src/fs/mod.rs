@@ -874,7 +874,13 @@ impl Core {
             .write()
             .remove(&h.0);
         // The checksum store of a file unlinked while open goes with its last handle.
-        if let Some(Handle::File { db, files, .. }) = gone.as_deref() {
+        // Only a node without a name left is asked (an `fstat` on each copy's lane): a
+        // close of a named file costs nothing more.
+        if let Some(Handle::File {
+            node, db, files, ..
+        }) = gone.as_deref()
+            && node.path().is_none()
+        {
             db.sums_closed(files);
         }
     }
