@@ -98,6 +98,12 @@ fn assert_ring_serves(m: &Mounted) {
         "status --json:\n{status:#}\nmount.log:\n{}",
         m.mount_log()
     );
+    let text = m.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("FUSE transport: uring"),
+        "`status` names the ring:\n{text}"
+    );
     let started = mount_started(m);
     assert_eq!(started["fuse_transport"], "uring", "{started:#}");
     assert!(

@@ -542,6 +542,10 @@ pub fn render_status(s: &Status) -> String {
             );
         }
     }
+    // The default transport goes unsaid; the ring (`fuse_transport = "uring"`) is named.
+    if let Some(t) = s.fuse_transport.as_deref().filter(|t| *t != "dev_fuse") {
+        out += &format!("\nFUSE transport: {t}\n");
+    }
     if let Some(t) = &s.throttle {
         out += "\n";
         out += &render_throttle(t);
