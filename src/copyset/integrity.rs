@@ -403,6 +403,12 @@ impl Database {
         Ok(())
     }
 
+    /// The checksum store of `file` on copy `slot` (volume `v`), in its current placement.
+    fn store_of(&self, slot: usize, v: &Volume, file: &VolFile) -> io::Result<Arc<SumFile>> {
+        let generation = self.copies[slot].placement().generation;
+        self.sums.file(CopySlot::new(slot), generation, v, file)
+    }
+
     /// A handle was closed: where its file has no name left on a copy (unlinked while
     /// open, as databases do with their temporary files), the file's store there is
     /// removed now, while the handle still holds the file (its inode number cannot have
@@ -495,8 +501,7 @@ impl Database {
             return v.truncate(path, size);
         }
         let file = v.open_file(path, OFlags::RDWR, Mode::empty())?;
-        let generation = self.copies[i].placement().generation;
-        let store = self.sums.file(CopySlot::new(i), generation, v, &file)?;
+        let store = self.store_of(i, v, &file)?;
         let _g = store.lock_exclusive(&(0..u64::MAX));
         v.set_len(&file, size)?;
         resum_after_resize(v, &file, &store, size)
@@ -651,10 +656,8 @@ impl Database {
         }
         let (src, dst) = (src.index(), dst.index());
         let blocks = checksum::blocks(offset, data.len() as u64);
-        let src_gen = self.copies[src].placement().generation;
         let store = self
-            .sums
-            .file(CopySlot::new(src), src_gen, src_v, src_file)
+            .store_of(src, src_v, src_file)
             .map_err(SeedSums::Source)?;
         let bad = bad_blocks(src_v, &store, &blocks, data, true).map_err(SeedSums::Source)?;
         let mut fixed: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -722,9 +725,7 @@ impl Database {
             let k = ((block - blocks.start) * checksum::SUM_BYTES) as usize;
             sums[k..k + 4].copy_from_slice(&checksum::block_sum(good).to_le_bytes());
         }
-        let dst_gen = self.copies[dst].placement().generation;
-        self.sums
-            .file(CopySlot::new(dst), dst_gen, dst_v, dst_file)
+        self.store_of(dst, dst_v, dst_file)
             .and_then(|s| s.write(dst_v, blocks.start, &sums))
             .map_err(SeedSums::Dest)?;
         Ok(fixed.len() as u64)
@@ -794,24 +795,8 @@ impl Database {
         };
         let size = dst_v.fstat(&b).map_err(SeedSums::Dest)?.st_size as u64;
         let blocks = size.div_ceil(BLOCK_BYTES);
-        let from = self
-            .sums
-            .file(
-                CopySlot::new(src),
-                self.copies[src].placement().generation,
-                src_v,
-                &a,
-            )
-            .map_err(SeedSums::Source)?;
-        let to = self
-            .sums
-            .file(
-                CopySlot::new(dst),
-                self.copies[dst].placement().generation,
-                dst_v,
-                &b,
-            )
-            .map_err(SeedSums::Dest)?;
+        let from = self.store_of(src, src_v, &a).map_err(SeedSums::Source)?;
+        let to = self.store_of(dst, dst_v, &b).map_err(SeedSums::Dest)?;
         // 1 MiB of sums (1 GiB of data) per step.
         const STEP: u64 = 1 << 18;
         let mut at = 0;
