@@ -21,6 +21,7 @@
 //! | `reseedfs_2copies` | a reseedfs mount (2 copies) over bind mounts of `Volume1/pool2` and `Volume2/pool2` (two loop volumes sharing one host disk, as on this machine) |
 //! | `reseedfs_1copy_nosums`, `reseedfs_2copies_nosums` | the same with `[checksums] enabled = false`, over `pool1_nosums`, `pool2_nosums` (only when `--targets` names them: the `cR` column and `ratio_to_nosums` give what block checksums cost, issue 17) |
 //! | `reseedfs_1copy_uring`, `reseedfs_2copies_uring` | the same as `reseedfs_1copy` and `reseedfs_2copies` with `fuse_transport = "uring"` (FUSE over io_uring in the product: `threads` ring entries on each per-CPU queue), over `pool1_uring`, `pool2_uring` (only when `--targets` names them; the bench sets `enable_uring` for the run and puts it back, and fails when a daemon serves over `/dev/fuse` instead) |
+//! | `reseedfs_1copy_base`, `reseedfs_2copies_base` | the same as `reseedfs_1copy` and `reseedfs_2copies` served by the binary `RESEEDFS_BENCH_BASE_BIN` names (the code before a change, measured in the same rounds as the code after it: `ratio_to_base` and the `bR` column), over `pool1_base`, `pool2_base` (only when `--targets` names them) |
 //! | `mergerfs` | mergerfs over `Volume1/mergerfs`, with its manual's `cache.files=partial,dropcacheonclose=true` (only when `mergerfs` is installed) |
 //!
 //! Both reseedfs mounts are the real binary (`reseedfs init` + `reseedfs mount`, default
@@ -80,7 +81,8 @@
 //! list of `{"workload","target","value","unit","ratio","ratio_min","ratio_max",
 //! "ratio_to_floor","ratio_to_floor_min","ratio_to_floor_max","ratio_to_nosums",
 //! "ratio_to_nosums_min","ratio_to_nosums_max","ratio_to_dev_fuse","ratio_to_dev_fuse_min",
-//! "ratio_to_dev_fuse_max","daemon_cpu_us_per_request",
+//! "ratio_to_dev_fuse_max","ratio_to_base","ratio_to_base_min","ratio_to_base_max",
+//! "daemon_cpu_us_per_request",
 //! "daemon_cpu_us_per_mib","page_cache_mib","runs","error"}` (`value` is null and `error`
 //! says why when every round failed; the floor fields are null for `direct` and the
 //! floor, the CPU fields for `direct`). The `scrub` row has `"value"` (MiB/s per copy),
@@ -161,11 +163,16 @@ enum Target {
     Reseedfs1Uring,
     /// `reseedfs_2copies` with `fuse_transport = "uring"`.
     Reseedfs2Uring,
+    /// `reseedfs_1copy` served by the binary `RESEEDFS_BENCH_BASE_BIN` names (the code
+    /// before a change, in the same run as the code after it).
+    Reseedfs1Base,
+    /// `reseedfs_2copies` served by `RESEEDFS_BENCH_BASE_BIN`.
+    Reseedfs2Base,
     Mergerfs,
 }
 
 /// Every target, in table order.
-const TARGETS: [Target; 12] = [
+const TARGETS: [Target; 14] = [
     Target::Direct,
     Target::Floor,
     Target::FloorCached,
@@ -177,6 +184,8 @@ const TARGETS: [Target; 12] = [
     Target::Reseedfs2NoSums,
     Target::Reseedfs1Uring,
     Target::Reseedfs2Uring,
+    Target::Reseedfs1Base,
+    Target::Reseedfs2Base,
     Target::Mergerfs,
 ];
 
@@ -203,6 +212,8 @@ impl Target {
             Target::Reseedfs2NoSums => "reseedfs_2copies_nosums",
             Target::Reseedfs1Uring => "reseedfs_1copy_uring",
             Target::Reseedfs2Uring => "reseedfs_2copies_uring",
+            Target::Reseedfs1Base => "reseedfs_1copy_base",
+            Target::Reseedfs2Base => "reseedfs_2copies_base",
             Target::Mergerfs => "mergerfs",
         }
     }
@@ -867,6 +878,8 @@ impl Rig {
             (Target::Reseedfs2NoSums, 2, "pool2_nosums", false, false),
             (Target::Reseedfs1Uring, 1, "pool1_uring", true, true),
             (Target::Reseedfs2Uring, 2, "pool2_uring", true, true),
+            (Target::Reseedfs1Base, 1, "pool1_base", true, false),
+            (Target::Reseedfs2Base, 2, "pool2_base", true, false),
         ] {
             if !s.targets.contains(&target) {
                 continue;
@@ -886,7 +899,24 @@ impl Rig {
             if ring {
                 settings.push(Setting::parse("fuse_transport=uring").map_err(io::Error::other)?);
             }
-            let daemon = Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?;
+            let daemon = if matches!(target, Target::Reseedfs1Base | Target::Reseedfs2Base) {
+                let base = std::env::var_os("RESEEDFS_BENCH_BASE_BIN").ok_or_else(|| {
+                    io::Error::other(format!(
+                        "{}: set RESEEDFS_BENCH_BASE_BIN to the reseedfs binary to compare with",
+                        target.name()
+                    ))
+                })?;
+                Daemon::reseedfs_with(
+                    Path::new(&base),
+                    target.name(),
+                    &pool,
+                    DB,
+                    copies,
+                    &settings,
+                )?
+            } else {
+                Daemon::reseedfs(target.name(), &pool, DB, copies, &settings)?
+            };
             // A ring that fell back to /dev/fuse would measure the wrong thing: its entries
             // are threads named fuse-ring-*.
             if ring && ring_threads(daemon.pid()) == 0 {
@@ -1379,6 +1409,11 @@ struct Row {
     ratio_to_dev_fuse: Option<f64>,
     ratio_to_dev_fuse_min: Option<f64>,
     ratio_to_dev_fuse_max: Option<f64>,
+    /// Ratio of a reseedfs target to the same target served by the base binary
+    /// (`RESEEDFS_BENCH_BASE_BIN`) in the same round.
+    ratio_to_base: Option<f64>,
+    ratio_to_base_min: Option<f64>,
+    ratio_to_base_max: Option<f64>,
     /// Medians of the daemon's CPU cost.
     cpu_us_per_request: Option<f64>,
     cpu_us_per_mib: Option<f64>,
@@ -1443,6 +1478,11 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 Target::Reseedfs2Uring => ratios(&mine, &by_round(Target::Reseedfs2)),
                 _ => (None, None, None),
             };
+            let (ratio_to_base, ratio_to_base_min, ratio_to_base_max) = match t {
+                Target::Reseedfs1 => ratios(&mine, &by_round(Target::Reseedfs1Base)),
+                Target::Reseedfs2 => ratios(&mine, &by_round(Target::Reseedfs2Base)),
+                _ => (None, None, None),
+            };
             let pick = |f: &dyn Fn(&Sample) -> Option<f64>| {
                 let mut v: Vec<f64> = mine.iter().filter_map(|x| f(x)).collect();
                 median(&mut v)
@@ -1465,6 +1505,9 @@ fn summarize(workloads: &[Workload], targets: &[Target], samples: &[Sample]) -> 
                 ratio_to_dev_fuse,
                 ratio_to_dev_fuse_min,
                 ratio_to_dev_fuse_max,
+                ratio_to_base,
+                ratio_to_base_min,
+                ratio_to_base_max,
                 cpu_us_per_request: pick(&|x| x.cpu.map(|c| c.us_per_request)),
                 cpu_us_per_mib: pick(&|x| x.cpu.map(|c| c.us_per_mib)),
                 cache_mib: pick(&|x| x.value.is_ok().then_some(x.cache.mib)),
@@ -1545,6 +1588,9 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
                     if let Some(u) = r.ratio_to_dev_fuse {
                         let _ = write!(cell, " u{u:.2}");
                     }
+                    if let Some(b) = r.ratio_to_base {
+                        let _ = write!(cell, " b{b:.2}");
+                    }
                     cell
                 })
                 .unwrap_or_else(|| "-".to_owned());
@@ -1555,7 +1601,8 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     out.push_str(
         "(value: median over the rounds; xR: ratio to direct in the same round, [range]; \
          fR: ratio to fuse_floor in the same round; cR: checksums on / off, same round; \
-         uR: the ring / /dev/fuse, same round)\n",
+         uR: the ring / /dev/fuse, same round; bR: this build / RESEEDFS_BENCH_BASE_BIN, \
+         same round)\n",
     );
 
     let _ = write!(
@@ -1725,6 +1772,9 @@ fn write_json(rows: &[Row], reseed: &[Value], scrub: Option<Value>) -> io::Resul
                 "ratio_to_dev_fuse": r.ratio_to_dev_fuse.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_dev_fuse_min": r.ratio_to_dev_fuse_min.map(|x| (x * 1000.0).round() / 1000.0),
                 "ratio_to_dev_fuse_max": r.ratio_to_dev_fuse_max.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_base": r.ratio_to_base.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_base_min": r.ratio_to_base_min.map(|x| (x * 1000.0).round() / 1000.0),
+                "ratio_to_base_max": r.ratio_to_base_max.map(|x| (x * 1000.0).round() / 1000.0),
                 "daemon_cpu_us_per_request": r.cpu_us_per_request.map(|x| (x * 10.0).round() / 10.0),
                 "daemon_cpu_us_per_mib": r.cpu_us_per_mib.map(|x| x.round()),
                 "page_cache_mib": r.cache_mib.map(|x| x.round()),

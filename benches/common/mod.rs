@@ -70,10 +70,22 @@ impl Daemon {
         copies: u32,
         settings: &[Setting],
     ) -> io::Result<Daemon> {
+        Daemon::reseedfs_with(bin(), label, pool, db, copies, settings)
+    }
+
+    /// [`Daemon::reseedfs`] with the reseedfs binary `bin` (a build to compare with).
+    pub fn reseedfs_with(
+        bin: &Path,
+        label: &'static str,
+        pool: &Path,
+        db: &str,
+        copies: u32,
+        settings: &[Setting],
+    ) -> io::Result<Daemon> {
         let dbs = pool.join("dbs");
         fs::create_dir_all(&dbs).map_err(|e| with_path(e, "create", &dbs))?;
         let config = pool.join("reseedfs.toml");
-        let out = Command::new(bin())
+        let out = Command::new(bin)
             .arg("init")
             .arg("--volumes")
             .arg(pool.join("vols"))
@@ -104,7 +116,7 @@ impl Daemon {
             fs::write(&config, doc.to_string()).map_err(|e| with_path(e, "write", &config))?;
         }
         let log = pool.join("mount.log");
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("mount").arg("--config").arg(&config);
         Daemon::start(cmd, label, dbs, Some(config), &log, "fuse.reseedfs")
     }
