@@ -116,7 +116,17 @@ struct Written {
 /// read racing a write of the same range may see part of each, on any filesystem).
 type Versions = Arc<Vec<Vec<Mutex<u64>>>>;
 
-/// Writers (64 KiB block writes, each followed by `fdatasync`) and readers (random blocks
+/// `data` in a page-aligned buffer (what an `O_DIRECT` write needs): the buffer and the
+/// offset of the aligned start in it.
+fn aligned(data: &[u8]) -> (Vec<u8>, usize) {
+    let mut buf = vec![0u8; data.len() + 4096];
+    let start = buf.as_ptr().align_offset(4096);
+    buf[start..start + data.len()].copy_from_slice(data);
+    (buf, start)
+}
+
+/// Writers (64 KiB block writes, each followed by `fdatasync`; the odd ones `O_DIRECT`,
+/// which reseedfs writes from the request's own thread over io_uring) and readers (random blocks
 /// of the writers' files, each checked against the last version written), each request
 /// timed; `stop` ends them. Any error panics the thread that met it.
 struct Load {
@@ -156,8 +166,11 @@ impl Load {
                 let phase = phase.clone();
                 let w = w as u64;
                 thread::spawn(move || {
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    let direct = w % 2 == 1;
                     let f = fs::OpenOptions::new()
                         .write(true)
+                        .custom_flags(if direct { libc::O_DIRECT } else { 0 })
                         .open(&path)
                         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
                     let (mut rng, mut stalls, mut writes) =
@@ -171,8 +184,11 @@ impl Load {
                                 .unwrap_or_else(|e| e.into_inner());
                             let v = *version + 1;
                             let t = Instant::now();
-                            f.write_all_at(&block(w, b, v), b * BLOCK as u64)
-                                .unwrap_or_else(|e| panic!("writer {w} block {b} v{v}: {e}"));
+                            let (buf, at) = aligned(&block(w, b, v));
+                            f.write_all_at(&buf[at..at + BLOCK], b * BLOCK as u64)
+                                .unwrap_or_else(|e| {
+                                    panic!("writer {w} (O_DIRECT {direct}) block {b} v{v}: {e}")
+                                });
                             stalls.note(now, t.elapsed(), || {
                                 format!("write of writer {w} block {b}")
                             });

@@ -12,5 +12,6 @@ pub mod fuse;
 pub mod fuse_abi;
 mod fuse_ring;
 pub mod fuse_uring;
+pub mod rio;
 pub mod uring;
 pub mod writeback;

@@ -74,6 +74,19 @@ const STRIPE_BYTES_SHIFT: u32 = 20; // 1 MiB of data
 
 static ZEROS: [u8; BLOCK_BYTES as usize] = [0; BLOCK_BYTES as usize];
 
+/// True when a test armed a fail point: a write's data and sums then go through the lane,
+/// where the fail point between them is (`checksum::between_data_and_sums`).
+pub fn window_armed() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        !fail::list().is_empty()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        false
+    }
+}
+
 /// The directory of database `db`'s stores on a volume.
 pub fn dir(db: &str) -> PathBuf {
     PathBuf::from(".reseedfs").join("sums").join(db)
@@ -133,7 +146,9 @@ pub fn mismatches(first: u64, data: &[u8], sums: &[u32]) -> Vec<u64> {
 #[derive(Debug)]
 pub struct SumFile {
     file: VolFile,
-    stripes: [RwLock<()>; STRIPES],
+    /// Each its own allocation, so that a writer waiting on its own thread for the kernel
+    /// can hold one ([`SumFile::try_lock_exclusive_owned`]).
+    stripes: [Arc<RwLock<()>>; STRIPES],
     cache: Mutex<Cache>,
 }
 
@@ -186,6 +201,12 @@ pub struct Exclusive<'a> {
     _g: Vec<RwLockWriteGuard<'a, ()>>,
 }
 
+/// The stripe locks of a range of a [`SumFile`], exclusive, held by value (by a write
+/// whose data and sums the kernel writes while its thread waits).
+pub struct OwnedExclusive {
+    _g: Vec<parking_lot::ArcRwLockWriteGuard<parking_lot::RawRwLock, ()>>,
+}
+
 /// The stripe locks of a range of a [`SumFile`], shared.
 pub struct Shared<'a> {
     _g: Vec<RwLockReadGuard<'a, ()>>,
@@ -217,6 +238,17 @@ impl SumFile {
                 .map(|s| self.stripes[s].write())
                 .collect(),
         }
+    }
+
+    /// Like [`SumFile::lock_exclusive`], held by value, or `None` at once when another
+    /// holds a stripe (a caller that holds other stores' locks must not wait for one:
+    /// two writers taking the stores of two copies in opposite orders would deadlock).
+    pub fn try_lock_exclusive_owned(&self, blocks: &Range<u64>) -> Option<OwnedExclusive> {
+        let mut g = Vec::new();
+        for s in Self::stripes_of(blocks) {
+            g.push(self.stripes[s].try_write_arc()?);
+        }
+        Some(OwnedExclusive { _g: g })
     }
 
     /// Holds `blocks` against writers until `deadline`; `None` when a writer held them
@@ -297,7 +329,7 @@ impl SumFile {
 
     /// Keeps the memory of the store equal to the disk after a write of `sums` at `first`
     /// (forgotten when the write failed: the disk may hold a part of it).
-    fn written(&self, first: u64, sums: &[u8], ok: bool) {
+    pub fn written(&self, first: u64, sums: &[u8], ok: bool) {
         let mut cache = self.cache.lock();
         if ok {
             cache.update(first, &decode(sums));

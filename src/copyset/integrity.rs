@@ -19,7 +19,8 @@ use crate::checksum::{self, BLOCK_BYTES, SumFile, UNKNOWN};
 use crate::events::{EventId, NewEvent};
 use crate::names::CopySlot;
 use crate::volume::{
-    Backend, Call, FallocateFlags, FileType, Mode, OFlags, VolFile, Volume, is_media_error,
+    Backend, Call, ChainWrite, FallocateFlags, FileType, Mode, OFlags, VolFile, Volume,
+    is_media_error,
 };
 
 /// The sums a write brings: the blocks it touches and their store bytes.
@@ -128,6 +129,50 @@ impl Database {
             fail::fail_point!("checksum::between_data_and_sums");
             store.write_with(be, first, &bytes)
         })
+    }
+
+    /// Starts a write to copy `i` from the calling thread ([`Volume::start_writes`]): `data`
+    /// (its chain: the data), then its sums, the store's stripes held by this thread until
+    /// the answer (taken only if free at once, see [`SumFile::try_lock_exclusive_owned`]).
+    /// `redo(be)` writes the data through the lane when the kernel refused the chain in a
+    /// way the lane handles. `None`: the lane's path ([`Database::submit_summed_write`]).
+    pub(super) fn start_summed_write(
+        &self,
+        i: usize,
+        v: &Volume,
+        b: &BackingFile,
+        sums: &WriteSums,
+        data: ChainWrite,
+        redo: impl FnOnce(&dyn Backend) -> io::Result<()> + Send + 'static,
+    ) -> Option<Call<()>> {
+        if checksum::window_armed() {
+            return None;
+        }
+        let store = self.sum_file(i, v, b).ok()?;
+        let held = store.try_lock_exclusive_owned(&sums.blocks)?;
+        let first = sums.first;
+        let bytes = sums.bytes.clone();
+        let chain = vec![
+            data,
+            ChainWrite {
+                file: store.vol_file().clone(),
+                offset: first * checksum::SUM_BYTES,
+                data: Arc::new(bytes.to_vec()),
+            },
+        ];
+        let (redo_store, redo_bytes) = (store.clone(), bytes.clone());
+        v.start_writes(
+            "write",
+            chain,
+            move |be| {
+                redo(be)?;
+                redo_store.write_with(be, first, &redo_bytes)
+            },
+            move |ok| {
+                store.written(first, &bytes, ok);
+                drop(held);
+            },
+        )
     }
 
     /// Reads `buf.len()` bytes at `offset` (block aligned, or up to end of file) from the

@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::names::CopySlot;
 use crate::volume::{
-    AlignedBuf, Backend, Call, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned, is_media_error,
-    write_direct,
+    AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned,
+    is_media_error, lane::Latch, write_direct,
 };
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
@@ -278,12 +278,32 @@ impl Database {
             let shared = Arc::new(AlignedBuf::copy_of(data));
             return self
                 .fan_out(files, "write", len, to_seeding, |i, v, f| {
-                    let (file, direct, data) =
-                        (f.file.clone(), f.direct(v).cloned(), shared.clone());
-                    let write = move |be: &dyn Backend| match &direct {
-                        Some(d) => write_direct(be, &file, d, offset, data.as_slice()),
-                        None => be.write_all_at(&file, offset, data.as_slice()),
+                    let direct = f.direct(v).cloned();
+                    let write = {
+                        let (file, direct, data) = (f.file.clone(), direct.clone(), shared.clone());
+                        move |be: &dyn Backend| match &direct {
+                            Some(d) => write_direct(be, &file, d, offset, data.as_slice()),
+                            None => be.write_all_at(&file, offset, data.as_slice()),
+                        }
                     };
+                    // From this thread when the backend can (io_uring): no lane thread
+                    // in between, the same deadline.
+                    if let Some(d) = direct {
+                        let chain = ChainWrite {
+                            file: d,
+                            offset,
+                            data: shared.clone(),
+                        };
+                        let started = match &sums {
+                            Some(sums) => {
+                                self.start_summed_write(i, v, f, sums, chain, write.clone())
+                            }
+                            None => v.start_writes("write", vec![chain], write.clone(), |_| {}),
+                        };
+                        if let Some(call) = started {
+                            return call;
+                        }
+                    }
                     match &sums {
                         Some(sums) => self.submit_summed_write(i, v, f, sums, write),
                         None => v.submit("write", write),
@@ -474,6 +494,32 @@ impl Database {
                 }
             }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
+            // The calls this thread started first: they wait for the kernel alone, and
+            // may hold stripe locks a lane call below needs (see
+            // `Database::start_summed_write`).
+            for (slot, t) in targets[..n].iter().enumerate() {
+                if !matches!(calls[slot], Some((Call::Started(_), _))) {
+                    continue;
+                }
+                if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
+                    let r = v.finish(op, call, deadline);
+                    v.observe(started.elapsed());
+                    count_written(v, &r, len);
+                    results[slot] = Some(r);
+                }
+            }
+            if n > 1 {
+                // Woken once, when the last copy answers, instead of once per copy.
+                let latch = Latch::new();
+                let mut first_deadline = None::<Instant>;
+                for (call, deadline) in calls.iter().flatten() {
+                    call.join(&latch);
+                    first_deadline = Some(first_deadline.map_or(*deadline, |d| d.min(*deadline)));
+                }
+                if let Some(d) = first_deadline {
+                    latch.wait_until(d);
+                }
+            }
             for (slot, t) in targets[..n].iter().enumerate() {
                 if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
                     let r = v.finish(op, call, deadline);

@@ -240,4 +240,15 @@ impl Backend for Faulty {
         self.faults.check()?;
         self.inner.reopen_direct(f)
     }
+    fn start_writes(&self, chain: Vec<super::ChainWrite>) -> Option<Box<dyn super::Started>> {
+        // An armed fault is checked on the lane's path, where every write goes while one is.
+        let f = &self.faults;
+        let armed = f.all.load(Ordering::Acquire) != 0
+            || f.writes.load(Ordering::Acquire) != 0
+            || f.panic_write.load(Ordering::Acquire);
+        if armed {
+            return None;
+        }
+        self.inner.start_writes(chain)
+    }
 }

@@ -139,6 +139,37 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The file `f` is open on, opened again with `O_DIRECT` and `f`'s access mode
     /// (`Unsupported` where there is no way to do that).
     fn reopen_direct(&self, f: &File) -> io::Result<File>;
+    /// Hands `chain` (each write after the one before it succeeded) to the kernel from the
+    /// calling thread, without a lane thread in between, when the backend can (io_uring on
+    /// Linux); the caller waits for it on the same thread with [`Started::wait_until`].
+    /// `None`: not possible now; the caller uses the lane.
+    fn start_writes(&self, chain: Vec<ChainWrite>) -> Option<Box<dyn Started>> {
+        let _ = chain;
+        None
+    }
+}
+
+/// Bytes a write hands over, kept alive until the write is done (or forever, when the
+/// disk never answers).
+pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One write of a chain ([`Backend::start_writes`]).
+#[derive(Clone)]
+pub struct ChainWrite {
+    /// The file written.
+    pub file: VolFile,
+    /// Where.
+    pub offset: u64,
+    /// What.
+    pub data: Bytes,
+}
+
+/// Writes handed to the kernel by [`Backend::start_writes`].
+pub trait Started: std::fmt::Debug {
+    /// Waits until every write is done (`Ok`), one failed (the first error;
+    /// `Interrupted` for a short write), or `deadline` passed (`None`: the writes are
+    /// abandoned; the kernel may still make them).
+    fn wait_until(self: Box<Self>, deadline: Instant) -> Option<io::Result<()>>;
 }
 
 /// A file of a volume, open: shared by the callers and the volume's lane (a call that
@@ -434,11 +465,70 @@ impl Volume {
         }
     }
 
-    /// The answer of `call` (made by [`Volume::submit`]), or a [`Timeout`] error when it
-    /// did not come by `deadline`.
-    pub fn finish<T>(&self, op: &'static str, call: Call<T>, deadline: Instant) -> io::Result<T> {
+    /// Starts `chain` from the calling thread when the backend can
+    /// ([`Backend::start_writes`]): the call's answer is the chain's, `redo` makes the
+    /// writes again through the lane when the kernel refused them in a way it handles (a
+    /// short write, `O_DIRECT` refused: `EINVAL`), and `after(ok)` runs once the answer is
+    /// known (also when the deadline passed). `None` when the backend cannot now (the
+    /// caller submits to the lane) or the volume is failed.
+    pub fn start_writes(
+        &self,
+        op: &'static str,
+        chain: Vec<ChainWrite>,
+        redo: impl FnOnce(&dyn Backend) -> io::Result<()> + Send + 'static,
+        after: impl FnOnce(bool) + 'static,
+    ) -> Option<Call<()>> {
+        if self.is_failed() {
+            return None;
+        }
+        let writes = self.backend.start_writes(chain)?;
+        Some(Call::Started(Box::new(StartedCall {
+            op,
+            started: Instant::now(),
+            writes,
+            done: (),
+            redo: Box::new(redo),
+            after: Box::new(after),
+        })))
+    }
+
+    /// The answer of `call` (made by [`Volume::submit`] or [`Volume::start_writes`]), or
+    /// a [`Timeout`] error when it did not come by `deadline`.
+    pub fn finish<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        call: Call<T>,
+        deadline: Instant,
+    ) -> io::Result<T> {
         match call {
             Call::Refused(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Call::Started(c) => {
+                let StartedCall {
+                    started,
+                    writes,
+                    done,
+                    redo,
+                    after,
+                    ..
+                } = *c;
+                let r = match writes.wait_until(deadline) {
+                    None => Err(timeout(
+                        &self.name,
+                        op,
+                        deadline.saturating_duration_since(started),
+                    )),
+                    Some(Err(e))
+                        if e.kind() == io::ErrorKind::Interrupted
+                            || e.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        self.finish(op, self.submit(op, redo), deadline)
+                    }
+                    Some(r) => r.map(|()| done),
+                };
+                self.note_duration(started.elapsed());
+                after(r.is_ok());
+                r
+            }
             Call::Pending {
                 started, pending, ..
             } => {
@@ -1060,8 +1150,44 @@ pub enum Call<T> {
         /// The answer to come.
         pending: lane::Pending<io::Result<T>>,
     },
+    /// Handed to the kernel by the calling thread ([`Volume::start_writes`]).
+    Started(Box<StartedCall<T>>),
     /// Not made: the volume is failed.
     Refused(&'static str),
+}
+
+/// A chain of writes started by the calling thread: its wait, what makes the writes again
+/// through the lane when the kernel refused them in a way the lane handles (a short
+/// write, `O_DIRECT` refused), and what is done after either.
+pub struct StartedCall<T> {
+    op: &'static str,
+    started: Instant,
+    writes: Box<dyn Started>,
+    /// The call's answer when the writes succeed.
+    done: T,
+    redo: LaneCall<T>,
+    after: Box<dyn FnOnce(bool)>,
+}
+
+/// A call for a volume's lane, boxed.
+type LaneCall<T> = Box<dyn FnOnce(&dyn Backend) -> io::Result<T> + Send>;
+
+impl<T> std::fmt::Debug for StartedCall<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedCall")
+            .field("op", &self.op)
+            .field("writes", &self.writes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Call<T> {
+    /// Makes `latch` wait for this call's answer too (see [`lane::Latch`]).
+    pub fn join(&self, latch: &Arc<lane::Latch>) {
+        if let Call::Pending { pending, .. } = self {
+            pending.join(latch);
+        }
+    }
 }
 
 /// The error of an operation that missed its deadline.

@@ -444,6 +444,11 @@ impl Backend for UnixBackend {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    fn start_writes(&self, chain: Vec<super::ChainWrite>) -> Option<Box<dyn super::Started>> {
+        crate::sys::rio::start(chain).map(|c| Box::new(c) as Box<dyn super::Started>)
+    }
+
     fn reopen_direct(&self, f: &File) -> io::Result<File> {
         #[cfg(target_os = "linux")]
         {
