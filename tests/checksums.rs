@@ -322,18 +322,12 @@ fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
     // Every block of both copies has a known sum, and matches it.
     for k in [1, 2] {
         for (name, _) in TWO_COPY_WRITERS {
-            let rel = format!("{DB}.db/{name}");
-            let ino = std::os::unix::fs::MetadataExt::ino(
-                &fs::metadata(bed.volume_path(k).join(&rel)).expect("stat the copy"),
-            );
-            let store = bed
-                .volume_path(k)
-                .join(reseedfs::checksum::store_path(DB, ino));
+            let store = store_of(&bed, k, name);
             let sums = fs::read(&store).expect("the file's checksum store");
             assert_eq!(sums.len(), FILE_BYTES / 4096 * 4, "{}", store.display());
             assert!(
                 sums.chunks(4).all(|c| c != [0, 0, 0, 0]),
-                "every block of {rel} on Volume{k} has a known sum"
+                "every block of {name} on Volume{k} has a known sum"
             );
         }
         let volume = format!("Volume{k}");
@@ -723,20 +717,16 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
     m.unmount();
 }
 
-/// The store of `name` (a file of the database) on volume `k`, by the backing file's
-/// inode: (inode, store path).
-fn store_of(m: &Mounted, k: usize, name: &str) -> (u64, std::path::PathBuf) {
+/// The checksum store of `name` (a file of the database) on volume `k`, found by the
+/// backing file's inode.
+fn store_of(bed: &Testbed, k: usize, name: &str) -> std::path::PathBuf {
     use std::os::unix::fs::MetadataExt as _;
-    let backing = m.backing_files(k, DB).join(name);
+    let backing = bed.volume_path(k).join(format!("{DB}.db")).join(name);
     let ino = fs::metadata(&backing)
         .unwrap_or_else(|e| panic!("stat {}: {e}", backing.display()))
         .ino();
-    (
-        ino,
-        m.bed
-            .volume_path(k)
-            .join(reseedfs::checksum::store_path(DB, ino)),
-    )
+    bed.volume_path(k)
+        .join(reseedfs::checksum::store_path(DB, ino))
 }
 
 #[test]
@@ -765,7 +755,7 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
 
     // 1. Unlinked while open: the stores stay while the handle is open, and go with it.
     let f = write("temp.dat", 1);
-    let stores: Vec<_> = [1, 2].map(|k| store_of(&m, k, "temp.dat").1).into();
+    let stores: Vec<_> = [1, 2].map(|k| store_of(&m.bed, k, "temp.dat")).into();
     for s in &stores {
         assert!(s.exists(), "{} before the unlink", s.display());
     }
@@ -794,8 +784,8 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
 
     // 2. Unlinked while open when the daemon dies: swept at the next start.
     let f = write("temp2.dat", 2);
-    let stores: Vec<_> = [1, 2].map(|k| store_of(&m, k, "temp2.dat").1).into();
-    let kept: Vec<_> = [1, 2].map(|k| store_of(&m, k, "keep.dat").1).into();
+    let stores: Vec<_> = [1, 2].map(|k| store_of(&m.bed, k, "temp2.dat")).into();
+    let kept: Vec<_> = [1, 2].map(|k| store_of(&m.bed, k, "keep.dat")).into();
     fs::remove_file(dir.join("temp2.dat")).expect("unlink through the mount");
     m.kill();
     drop(f);
@@ -1189,17 +1179,8 @@ fn o_direct_writes_carry_their_sums() {
 /// The blocks of `backing` (a copy's file on volume `k`) whose sum in the copy's store is
 /// unknown, and those whose sum does not match: (unknown, wrong).
 fn sums_of_copy(m: &Mounted, k: usize, name: &str) -> (Vec<u64>, Vec<u64>) {
-    use std::os::unix::fs::MetadataExt as _;
-    let backing = m.backing_files(k, DB).join(name);
-    let data = fs::read(&backing).expect("read the copy's file");
-    let ino = fs::metadata(&backing).expect("stat").ino();
-    let store = m
-        .bed
-        .volume_path(k)
-        .join(".reseedfs/sums")
-        .join(DB)
-        .join(ino.to_string());
-    let sums = fs::read(&store).unwrap_or_default();
+    let data = fs::read(m.backing_files(k, DB).join(name)).expect("read the copy's file");
+    let sums = fs::read(store_of(&m.bed, k, name)).unwrap_or_default();
     let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
     for (b, block) in data.chunks(BLOCK as usize).enumerate() {
         let want = sums
