@@ -1605,29 +1605,30 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
          same round)\n",
     );
 
-    let _ = write!(
-        out,
-        "\ndaemon CPU per request (us) / per MiB moved (us), medians\n{:<22}",
-        "workload"
-    );
     let daemons: Vec<Target> = targets
         .iter()
         .copied()
         .filter(|&t| t != Target::Direct)
         .collect();
-    for t in &daemons {
-        let _ = write!(out, " {:>20}", t.name());
-    }
-    out.push('\n');
-    for w in workloads {
-        let _ = write!(out, "{:<22}", w.name);
-        for &t in &daemons {
-            let cell = row(w.name, t)
-                .and_then(|r| Some((r.cpu_us_per_request?, r.cpu_us_per_mib?)))
-                .map_or_else(|| "-".to_owned(), |(q, m)| format!("{q:.1} / {m:.0}"));
-            let _ = write!(out, " {cell:>20}");
+    out.push_str("\ndaemon CPU per request (us) / per MiB moved (us)");
+    if daemons.is_empty() {
+        out.push_str(": no daemon among the targets\n");
+    } else {
+        let _ = write!(out, ", medians\n{:<22}", "workload");
+        for t in &daemons {
+            let _ = write!(out, " {:>20}", t.name());
         }
         out.push('\n');
+        for w in workloads {
+            let _ = write!(out, "{:<22}", w.name);
+            for &t in &daemons {
+                let cell = row(w.name, t)
+                    .and_then(|r| Some((r.cpu_us_per_request?, r.cpu_us_per_mib?)))
+                    .map_or_else(|| "-".to_owned(), |(q, m)| format!("{q:.1} / {m:.0}"));
+                let _ = write!(out, " {cell:>20}");
+            }
+            out.push('\n');
+        }
     }
 
     let _ = write!(
@@ -1651,78 +1652,7 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
         out.push('\n');
     }
 
-    out.push_str("\ngoals of issue 18 (medians):\n");
-    for (name, t, least) in GOALS {
-        if let Some(m) = row(name, t).and_then(|r| r.ratio) {
-            let _ = writeln!(
-                out,
-                "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2} of direct",
-                if m >= least { "ok" } else { "MISS" },
-                name,
-                t.name()
-            );
-        }
-    }
-    for w in workloads {
-        for &t in targets {
-            let (Some(least), Some(m)) = (
-                floor_goal(w, t),
-                row(w.name, t).and_then(|r| r.ratio_to_floor),
-            ) else {
-                continue;
-            };
-            let _ = writeln!(
-                out,
-                "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2} of fuse_floor",
-                if m >= least { "ok" } else { "MISS" },
-                w.name,
-                t.name()
-            );
-        }
-    }
-    for w in workloads {
-        let Some(m) = row(w.name, Target::Mergerfs) else {
-            continue;
-        };
-        // Like for like: one copy against mergerfs's one branch. Two copies write twice.
-        let Some(r) = row(w.name, Target::Reseedfs1) else {
-            continue;
-        };
-        let Some(v) = r.ratio else {
-            continue;
-        };
-        let (ok, versus) = match (m.ratio, m.value) {
-            (Some(mv), _) => (v >= mv, format!("x{v:.2} vs x{mv:.2} of direct")),
-            // mergerfs ran but direct never did in the same round: nothing to compare.
-            (None, Some(_)) => continue,
-            (None, None) => (
-                true,
-                format!("mergerfs failed: {}", m.error.as_deref().unwrap_or("?")),
-            ),
-        };
-        let _ = writeln!(
-            out,
-            "  {:<4} {:<22} {:<17} ahead of mergerfs ({versus})",
-            if ok { "ok" } else { "MISS" },
-            w.name,
-            Target::Reseedfs1.name()
-        );
-    }
-
-    out.push_str("\ngoal of issue 17 (checksums cost within 10%; medians):\n");
-    for w in workloads {
-        for t in [Target::Reseedfs1, Target::Reseedfs2] {
-            let Some(r) = row(w.name, t) else { continue };
-            let Some(c) = r.ratio_to_nosums else { continue };
-            let _ = writeln!(
-                out,
-                "  {:<4} {:<22} {:<17} {c:.2} >= 0.90 of checksums off",
-                if c >= 0.9 { "ok" } else { "MISS" },
-                w.name,
-                t.name()
-            );
-        }
-    }
+    out.push_str(&goal_sections(workloads, targets, rows));
 
     out.push_str("\nreseed: ");
     if reseed.is_empty() {
@@ -1748,6 +1678,151 @@ fn print_table(workloads: &[Workload], targets: &[Target], rows: &[Row], reseed:
     }
     print!("{out}");
     let _ = io::stdout().flush();
+}
+
+/// Why a goal section is empty when the FILTERs kept no workload (a `scrub`-only run).
+const NO_WORKLOAD: &str = "no workload ran (the FILTER kept none)";
+
+/// The goals of issues 18 and 17, checked one by one. A section's header is printed only
+/// with lines under it; a section with none says in one line why (its targets or workloads
+/// were left out of the run, or every job it needs failed), so an empty header never reads
+/// as "nothing missed".
+fn goal_sections(workloads: &[Workload], targets: &[Target], rows: &[Row]) -> String {
+    let row = |w: &str, t: Target| rows.iter().find(|r| r.workload == w && r.target == t);
+    let ran = |t: Target| targets.contains(&t);
+    let mut out = String::new();
+
+    let mut lines = Vec::new();
+    for (name, t, least) in GOALS {
+        if let Some(m) = row(name, t).and_then(|r| r.ratio) {
+            lines.push(format!(
+                "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2} of direct",
+                if m >= least { "ok" } else { "MISS" },
+                name,
+                t.name()
+            ));
+        }
+    }
+    for w in workloads {
+        for &t in targets {
+            let (Some(least), Some(m)) = (
+                floor_goal(w, t),
+                row(w.name, t).and_then(|r| r.ratio_to_floor),
+            ) else {
+                continue;
+            };
+            lines.push(format!(
+                "  {:<4} {:<22} {:<17} {m:.2} >= {least:.2} of fuse_floor",
+                if m >= least { "ok" } else { "MISS" },
+                w.name,
+                t.name()
+            ));
+        }
+    }
+    for w in workloads {
+        let Some(m) = row(w.name, Target::Mergerfs) else {
+            continue;
+        };
+        // Like for like: one copy against mergerfs's one branch. Two copies write twice.
+        let Some(r) = row(w.name, Target::Reseedfs1) else {
+            continue;
+        };
+        let Some(v) = r.ratio else {
+            continue;
+        };
+        let (ok, versus) = match (m.ratio, m.value) {
+            (Some(mv), _) => (v >= mv, format!("x{v:.2} vs x{mv:.2} of direct")),
+            // mergerfs ran but direct never did in the same round: nothing to compare.
+            (None, Some(_)) => continue,
+            (None, None) => (
+                true,
+                format!("mergerfs failed: {}", m.error.as_deref().unwrap_or("?")),
+            ),
+        };
+        lines.push(format!(
+            "  {:<4} {:<22} {:<17} ahead of mergerfs ({versus})",
+            if ok { "ok" } else { "MISS" },
+            w.name,
+            Target::Reseedfs1.name()
+        ));
+    }
+    // What the goals need: a goal's target beside its baseline (and, against direct, its
+    // workload); with none of that in the run, saying so beats an empty header.
+    let against_direct = GOALS
+        .iter()
+        .any(|&(name, t, _)| ran(t) && workloads.iter().any(|w| w.name == name));
+    let against_floor = ran(Target::Floor) && (ran(Target::Reseedfs1) || ran(Target::Reseedfs2));
+    let against_mergerfs = ran(Target::Mergerfs) && ran(Target::Reseedfs1);
+    let why = if workloads.is_empty() {
+        NO_WORKLOAD.to_owned()
+    } else if !ran(Target::Reseedfs1) && !ran(Target::Reseedfs2) {
+        "none of their targets ran (reseedfs_1copy, reseedfs_2copies)".to_owned()
+    } else if !(against_direct || against_floor || against_mergerfs) {
+        let mut by_target: BTreeMap<Target, Vec<&str>> = BTreeMap::new();
+        for (name, t, _) in GOALS {
+            by_target.entry(t).or_default().push(name);
+        }
+        let direct_goals: Vec<String> = by_target
+            .iter()
+            .map(|(t, names)| format!("{} on {}", t.name(), names.join(" or ")))
+            .collect();
+        format!(
+            "none applies to this run (against direct they need {}; against fuse_floor, \
+             fuse_floor beside reseedfs_1copy or reseedfs_2copies; against mergerfs, \
+             mergerfs beside reseedfs_1copy)",
+            direct_goals.join("; ")
+        )
+    } else {
+        "every job they compare failed (see the table)".to_owned()
+    };
+    section(&mut out, "goals of issue 18", "medians", &lines, &why);
+
+    let mut lines = Vec::new();
+    for w in workloads {
+        for t in [Target::Reseedfs1, Target::Reseedfs2] {
+            let Some(r) = row(w.name, t) else { continue };
+            let Some(c) = r.ratio_to_nosums else { continue };
+            lines.push(format!(
+                "  {:<4} {:<22} {:<17} {c:.2} >= 0.90 of checksums off",
+                if c >= 0.9 { "ok" } else { "MISS" },
+                w.name,
+                t.name()
+            ));
+        }
+    }
+    let pairs = [
+        (Target::Reseedfs1, Target::Reseedfs1NoSums),
+        (Target::Reseedfs2, Target::Reseedfs2NoSums),
+    ];
+    let why = if workloads.is_empty() {
+        NO_WORKLOAD
+    } else if pairs.iter().any(|&(on, off)| ran(on) && ran(off)) {
+        "every job it compares failed (see the table)"
+    } else {
+        "not measured: it needs reseedfs_1copy_nosums or reseedfs_2copies_nosums in \
+         --targets beside reseedfs_1copy or reseedfs_2copies"
+    };
+    section(
+        &mut out,
+        "goal of issue 17",
+        "checksums cost within 10%; medians",
+        &lines,
+        why,
+    );
+    out
+}
+
+/// Appends `header (note):` and `lines` to `out`, or `header: why` alone when there are no
+/// lines.
+fn section(out: &mut String, header: &str, note: &str, lines: &[String], why: &str) {
+    if lines.is_empty() {
+        let _ = writeln!(out, "\n{header}: {why}");
+        return;
+    }
+    let _ = writeln!(out, "\n{header} ({note}):");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 fn write_json(rows: &[Row], reseed: &[Value], scrub: Option<Value>) -> io::Result<()> {

@@ -126,7 +126,7 @@ pub fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     teardown.socket = Some(socket.clone());
     teardown.signals = Some(install_signals(stop_tx)?);
     if let Some(addr) = config.metrics {
-        serve_metrics(addr, &pool, &runner, &sinks.metrics)?;
+        serve_metrics(addr, &pool, &runner, &sinks.metrics, &transport)?;
     }
     let fsname = crate::mountpoint::fsname(config_path);
     let timed = config.metrics.map(|_| sinks.metrics.clone());
@@ -473,17 +473,21 @@ fn install_signals(stop_tx: Sender<Stop>) -> anyhow::Result<SignalHandle> {
     .context("install the console and service stop handlers")
 }
 
-/// Prometheus `/metrics` at `addr`, rendered from the pool at each scrape.
+/// Prometheus `/metrics` at `addr`, rendered from the pool at each scrape (with the FUSE
+/// transport once the mount serves, as `status` has it).
 fn serve_metrics(
     addr: std::net::SocketAddr,
     pool: &Arc<Pool>,
     runner: &Arc<Runner>,
     metrics: &Arc<Metrics>,
+    transport: &Arc<std::sync::OnceLock<&'static str>>,
 ) -> anyhow::Result<()> {
     let render: crate::metrics::Render = {
         let (pool, runner, metrics) = (pool.clone(), runner.clone(), metrics.clone());
+        let transport = Arc::clone(transport);
         Arc::new(move || {
             let mut status = crate::status::of_pool(&pool);
+            status.fuse_transport = transport.get().map(|t| (*t).to_owned());
             runner.annotate(&mut status);
             // The throttle's section and the queue of in-sync copies, as `status` has them.
             crate::status::complete(&mut status, Some(runner.throttle()), None);

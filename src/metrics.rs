@@ -6,6 +6,7 @@
 //! | series | type | labels | what |
 //! |---|---|---|---|
 //! | `reseedfs_build_info` | gauge | `version`, `commit` | always 1 |
+//! | `reseedfs_mount_info` | gauge | `fuse_transport` | always 1: how requests reach the mount (`dev_fuse`, `uring` or `winfsp`, as `status --json` says); absent until the mount serves |
 //! | `reseedfs_pool_epoch` | gauge | | the persisted pool state's epoch |
 //! | `reseedfs_copy_state` | gauge | `database`, `volume`, `state` | 1 for the copy's status word, 0 for the others |
 //! | `reseedfs_copy_active` | gauge | `database`, `volume` | 1 for the copy that serves reads |
@@ -329,6 +330,21 @@ impl Metrics {
             ],
             1,
         );
+        // An info series, as build_info: the transport is a label, so that a query or an
+        // alert can select on it (`reseedfs_mount_info{fuse_transport="uring"}`).
+        if let Some(transport) = &status.fuse_transport {
+            out.family(
+                "reseedfs_mount_info",
+                "gauge",
+                "The mount being served; fuse_transport: how FUSE requests reach the daemon \
+                 (dev_fuse, uring, winfsp).",
+            );
+            out.sample(
+                "reseedfs_mount_info",
+                &[("fuse_transport", transport.as_str())],
+                1,
+            );
+        }
         out.family(
             "reseedfs_pool_epoch",
             "gauge",
@@ -1049,6 +1065,38 @@ mod tests {
                 .all(|l| l.starts_with("reseedfs_") || l.starts_with("# ")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_mount_info_names_the_fuse_transport_once_the_mount_serves() {
+        let m = Metrics::new();
+        let mut s = status();
+        let text = m.render(&s, &[]);
+        assert!(
+            !text.contains("reseedfs_mount_info"),
+            "a mount info before the mount serves: {text}"
+        );
+        for transport in ["dev_fuse", "uring"] {
+            s.fuse_transport = Some(transport.to_owned());
+            let text = m.render(&s, &[]);
+            let line = format!("reseedfs_mount_info{{fuse_transport=\"{transport}\"}} 1");
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+            assert!(
+                text.lines()
+                    .any(|l| l == "# TYPE reseedfs_mount_info gauge"),
+                "{text}"
+            );
+            assert_eq!(
+                text.lines()
+                    .filter(|l| l.starts_with("reseedfs_mount_info"))
+                    .count(),
+                1,
+                "one sample: {text}"
+            );
+        }
     }
 
     /// A sink that fails to persist every other event.

@@ -121,14 +121,85 @@ fn write_with_unaligned_changes(m: &Mounted, name: &str, size: usize) -> Vec<u8>
     want
 }
 
+/// `volumes` loop-mounted ext4 volumes (256 MiB each).
+fn loop_bed(volumes: usize) -> Testbed {
+    Testbed::loop_volumes(volumes, 256 << 20)
+        .unwrap_or_else(|e| panic!("{volumes} loop-mounted ext4 volume(s): {e}"))
+}
+
+/// A bed of `copies` volumes with [`DB`] in `copies` copies, mounted.
+fn start(copies: usize) -> Mounted {
+    Mounted::start(loop_bed(copies), &[DB], copies as u32)
+}
+
+/// A bed of `copies` volumes, `reseedfs init` with [`DB`] in `copies` copies, and `edit`
+/// applied to its config; not mounted.
+fn initialised_bed(copies: usize, edit: impl FnOnce(&mut reseedfs::config::Config)) -> Testbed {
+    let bed = loop_bed(copies);
+    common::init(&bed, &[DB], copies as u32);
+    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
+    edit(&mut c);
+    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    bed
+}
+
+/// Detaches the mount of a daemon that died (`kill -9`: its mount is left answering
+/// ENOTCONN) and returns the bed, ready to mount again.
+fn detach_dead_mount(mut m: Mounted) -> Testbed {
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&m.bed.databases_root)
+        .status();
+    m.bed.take()
+}
+
+/// How a crash test ends the daemon.
+#[derive(Clone, Copy, Debug)]
+enum Crash {
+    /// `kill -9`: the daemon dies, the disks keep what it wrote to them.
+    Kill9,
+    /// The power goes: the daemon dies, and the disks keep only what was written to them
+    /// (the ext4 shutdown ioctl without a log flush: the page cache and the journal's
+    /// uncommitted transactions are lost).
+    PowerLoss,
+}
+
+/// Lets `writers` run for `run_for`, crashes the mount as `how` says, stops the writers,
+/// asserts that they made more than `at_least` writes (else the crash hit an idle mount)
+/// and detaches the dead mount: returns the bed.
+fn crash_under_writers(
+    mut m: Mounted,
+    writers: Writers,
+    run_for: Duration,
+    at_least: u64,
+    how: Crash,
+) -> Testbed {
+    thread::sleep(run_for);
+    m.kill();
+    let what = match how {
+        Crash::Kill9 => "kill",
+        Crash::PowerLoss => {
+            for v in &m.bed.volumes {
+                v.shutdown().expect("shut the volume down");
+            }
+            "power loss"
+        }
+    };
+    let writes = writers.finish();
+    assert!(
+        writes > at_least,
+        "the writers made {writes} writes before the {what}"
+    );
+    detach_dead_mount(m)
+}
+
 #[test]
 fn a_flipped_block_is_served_from_the_good_copy_and_repaired() {
     const TEST: &str = "a_flipped_block_is_served_from_the_good_copy_and_repaired";
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let want = write_with_unaligned_changes(&m, "data.bin", 1 << 20);
     drop_caches();
     assert_eq!(
@@ -191,8 +262,7 @@ fn the_same_block_bad_on_both_copies_fails_with_eio() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let data = pattern(9, 256 << 10);
     let path = m.db_files(DB).join("both.bin");
     {
@@ -233,101 +303,43 @@ fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    const WRITERS: u64 = 4;
-    const FILE: usize = 4 << 20;
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let mut m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let dir = m.db_files(DB);
-    for w in 0..WRITERS {
-        fs::write(dir.join(format!("w{w}.dat")), pattern(w, FILE)).expect("seed a file");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (path, stop) = (dir.join(format!("w{w}.dat")), stop.clone());
-            thread::spawn(move || {
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .expect("open for writing");
-                let mut rng = Rng::new(1000 + w);
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    // Unaligned offsets and lengths: most writes cover blocks in part.
-                    let len = 1 + rng.below(20_000) as usize;
-                    let at = rng.below((FILE - len) as u64);
-                    if f.write_all_at(&pattern(n, len), at).is_err() {
-                        break; // the daemon is gone
-                    }
-                    n += 1;
-                    if n % 16 == 0 && f.sync_data().is_err() {
-                        break;
-                    }
-                }
-                n
-            })
-        })
-        .collect();
-    thread::sleep(Duration::from_secs(2));
-    m.kill();
-    stop.store(true, Ordering::Relaxed);
-    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
-    assert!(
-        writes > 100,
-        "the writers made {writes} writes before the kill"
-    );
-    let root = m.bed.databases_root.clone();
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&root)
-        .status();
-    let bed = m.bed.take();
-    drop(m);
+    seed_files(&dir, &TWO_COPY_WRITERS);
+    let writers = start_writers(&dir, &TWO_COPY_WRITERS, 0);
+    let bed = crash_under_writers(m, writers, Duration::from_secs(2), 100, Crash::Kill9);
 
     let m = Mounted::mount_only(bed);
     drop_caches();
-    for w in 0..WRITERS {
-        let path = m.db_files(DB).join(format!("w{w}.dat"));
+    for (name, _) in TWO_COPY_WRITERS {
+        let path = m.db_files(DB).join(name);
         let data = fs::read(&path)
             .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
-        assert_eq!(data.len(), FILE, "{}", path.display());
+        assert_eq!(data.len(), FILE_BYTES, "{}", path.display());
     }
-    for id in [3070, 3071] {
-        let found = checksum_events(&m, id);
-        assert!(found.is_empty(), "event {id} after a crash: {found:?}");
-    }
-    for v in ["Volume1", "Volume2"] {
-        assert_eq!(
-            checksum_errors(&m, v),
-            0,
-            "checksum errors on {v} after a crash"
-        );
-    }
+    assert_no_checksum_error_after_crash_on(&m, &["Volume1", "Volume2"]);
     let bed = m.unmount();
-    // Every block of both copies matches its sums.
+    // Every block of both copies has a known sum, and matches it.
     for k in [1, 2] {
-        let v = reseedfs::volume::Volume::open(&format!("Volume{k}"), &bed.volume_path(k))
-            .expect("open the volume");
-        for w in 0..WRITERS {
-            let rel = format!("{DB}.db/w{w}.dat");
-            let ino = std::os::unix::fs::MetadataExt::ino(
-                &fs::metadata(bed.volume_path(k).join(&rel)).expect("stat the copy"),
-            );
-            let store = bed
-                .volume_path(k)
-                .join(reseedfs::checksum::store_path(DB, ino));
+        for (name, _) in TWO_COPY_WRITERS {
+            let store = store_of(&bed, k, name);
             let sums = fs::read(&store).expect("the file's checksum store");
-            assert_eq!(sums.len(), FILE / 4096 * 4, "{}", store.display());
+            assert_eq!(sums.len(), FILE_BYTES / 4096 * 4, "{}", store.display());
             assert!(
                 sums.chunks(4).all(|c| c != [0, 0, 0, 0]),
-                "every block of {rel} on Volume{k} has a known sum"
-            );
-            let bad = reseedfs::checksum::check_file(&v, DB, Path::new(&rel)).expect("check");
-            assert!(
-                bad.is_empty(),
-                "Volume{k} {rel}: blocks {bad:?} do not match their sums"
+                "every block of {name} on Volume{k} has a known sum"
             );
         }
+        let volume = format!("Volume{k}");
+        let bad = disagreeing_blocks(
+            &volume,
+            &bed.volume_path(k),
+            &TWO_COPY_WRITERS.map(|(f, _)| f),
+        );
+        assert!(
+            bad.is_empty(),
+            "{volume}: blocks that do not match their sums: {bad:?}"
+        );
     }
 }
 
@@ -356,7 +368,7 @@ fn mount_with_failpoints(bed: Testbed, failpoints: &str) -> Mounted {
     Mounted { daemon, bed }
 }
 
-/// The files of the single-copy crash tests, and how each is written.
+/// The files of the crash tests, and how each is written.
 #[derive(Clone, Copy, Debug)]
 enum Writer {
     /// Buffered, random offsets and lengths: most writes cover blocks in part.
@@ -367,23 +379,56 @@ enum Writer {
     Direct,
 }
 
+/// The single-copy crash tests' files: every way of writing.
 const SINGLE_WRITERS: [(&str, Writer); 4] = [
     ("u0.dat", Writer::Unaligned),
     ("u1.dat", Writer::Unaligned),
     ("a0.dat", Writer::Aligned),
     ("d0.dat", Writer::Direct),
 ];
-const SINGLE_FILE: usize = 4 << 20;
+/// The two-copy crash test's files: unaligned writes, most of which cover blocks in part.
+const TWO_COPY_WRITERS: [(&str, Writer); 4] = [
+    ("w0.dat", Writer::Unaligned),
+    ("w1.dat", Writer::Unaligned),
+    ("w2.dat", Writer::Unaligned),
+    ("w3.dat", Writer::Unaligned),
+];
+/// The size of every file the writers write.
+const FILE_BYTES: usize = 4 << 20;
 
-/// Starts one thread per file of [`SINGLE_WRITERS`] under `dir`, writing until `stop` or
-/// until the mount is gone (fdatasync every 16 writes). Each returns its writes.
-fn start_single_copy_writers(
-    dir: &Path,
-    stop: &Arc<AtomicBool>,
-    round: u64,
-) -> Vec<thread::JoinHandle<u64>> {
+/// Writes every file of `files` under `dir` in full ([`FILE_BYTES`], the k-th with
+/// `pattern(k)`), through the mount.
+fn seed_files(dir: &Path, files: &[(&str, Writer)]) {
+    for (k, (name, _)) in files.iter().enumerate() {
+        fs::write(dir.join(name), pattern(k as u64, FILE_BYTES)).expect("seed a file");
+    }
+}
+
+/// Writer threads started by [`start_writers`].
+struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<u64>>,
+}
+
+impl Writers {
+    /// Stops the writers (each also stops on its own when the mount is gone); their
+    /// writes, all together.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|w| w.join().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Starts one thread per file of `files` under `dir` (`round` varies the random offsets
+/// and the data), writing until [`Writers::finish`] or until the mount is gone (fdatasync
+/// every 16 writes).
+fn start_writers(dir: &Path, files: &[(&'static str, Writer)], round: u64) -> Writers {
     use std::os::unix::fs::OpenOptionsExt as _;
-    SINGLE_WRITERS
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = files
         .iter()
         .enumerate()
         .map(|(k, &(name, how))| {
@@ -407,16 +452,16 @@ fn start_single_copy_writers(
                     let done = match how {
                         Writer::Unaligned => {
                             let len = 1 + rng.below(20_000) as usize;
-                            let at = rng.below((SINGLE_FILE - len) as u64);
+                            let at = rng.below((FILE_BYTES - len) as u64);
                             f.write_all_at(&pattern(seed, len), at)
                         }
                         Writer::Aligned => {
                             let blocks = 1 + rng.below(8);
-                            let at = rng.below(SINGLE_FILE as u64 / BLOCK - blocks) * BLOCK;
+                            let at = rng.below(FILE_BYTES as u64 / BLOCK - blocks) * BLOCK;
                             f.write_all_at(&pattern(seed, (blocks * BLOCK) as usize), at)
                         }
                         Writer::Direct => {
-                            let slots = (SINGLE_FILE / DIRECT_LEN) as u64;
+                            let slots = (FILE_BYTES / DIRECT_LEN) as u64;
                             let at = rng.below(slots) * DIRECT_LEN as u64;
                             let buf = &mut raw[align..align + DIRECT_LEN];
                             buf.copy_from_slice(&pattern(seed, DIRECT_LEN));
@@ -434,22 +479,32 @@ fn start_single_copy_writers(
                 n
             })
         })
-        .collect()
+        .collect();
+    Writers { stop, threads }
 }
 
-/// The blocks of every file of [`SINGLE_WRITERS`] on the volume at `root` (named `name`)
-/// whose data does not match their sum in the copy's store: (file, blocks).
-fn disagreeing_blocks(name: &str, root: &Path) -> Vec<(String, Vec<u64>)> {
+/// The blocks of every file of `files` on the volume at `root` (named `name`) whose data
+/// does not match their sum in the copy's store: (file, blocks).
+fn disagreeing_blocks(name: &str, root: &Path, files: &[&str]) -> Vec<(String, Vec<u64>)> {
     let v = reseedfs::volume::Volume::open(name, root).expect("open the volume");
-    SINGLE_WRITERS
+    files
         .iter()
-        .filter_map(|(file, _)| {
+        .filter_map(|file| {
             let rel = format!("{DB}.db/{file}");
             let bad = reseedfs::checksum::check_file(&v, DB, Path::new(&rel))
                 .unwrap_or_else(|e| panic!("check {rel} on {name}: {e}"));
             (!bad.is_empty()).then_some((rel, bad))
         })
         .collect()
+}
+
+/// [`disagreeing_blocks`] of the files of [`SINGLE_WRITERS`] on the single-copy bed.
+fn disagreeing_on_single_copy(bed: &Testbed) -> Vec<(String, Vec<u64>)> {
+    disagreeing_blocks(
+        "Volume1",
+        &bed.volume_path(1),
+        &SINGLE_WRITERS.map(|(f, _)| f),
+    )
 }
 
 /// Reads every byte of every file under the database's root through the mount (no
@@ -503,9 +558,7 @@ fn kill_9_of_a_single_copy_between_data_and_sums_leaves_no_checksum_error() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
-    common::init(&bed, &[DB], 1);
-    let mut bed = Some(bed);
+    let mut bed = Some(initialised_bed(1, |_| {}));
     // Every summed write sleeps between its data and its sums, so a kill -9 under writers
     // lands there: the files are left with blocks whose data and sums disagree, as a crash
     // in that window leaves them. (Tried again when a round missed it.)
@@ -517,29 +570,11 @@ fn kill_9_of_a_single_copy_between_data_and_sums_leaves_no_checksum_error() {
         );
         let dir = m.db_files(DB);
         if round == 0 {
-            for (k, (name, _)) in SINGLE_WRITERS.iter().enumerate() {
-                fs::write(dir.join(name), pattern(k as u64, SINGLE_FILE)).expect("seed a file");
-            }
+            seed_files(&dir, &SINGLE_WRITERS);
         }
-        let mut m = m;
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers = start_single_copy_writers(&dir, &stop, round);
-        thread::sleep(Duration::from_millis(1500));
-        m.kill();
-        stop.store(true, Ordering::Relaxed);
-        let writes: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
-        assert!(
-            writes > 20,
-            "the writers made {writes} writes before the kill"
-        );
-        let root = m.bed.databases_root.clone();
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&root)
-            .status();
-        let b = m.bed.take();
-        drop(m);
-        caught = disagreeing_blocks("Volume1", &b.volume_path(1));
+        let writers = start_writers(&dir, &SINGLE_WRITERS, round);
+        let b = crash_under_writers(m, writers, Duration::from_millis(1500), 20, Crash::Kill9);
+        caught = disagreeing_on_single_copy(&b);
         bed = Some(b);
         if !caught.is_empty() {
             break;
@@ -554,7 +589,7 @@ fn kill_9_of_a_single_copy_between_data_and_sums_leaves_no_checksum_error() {
     let m = Mounted::mount_only(bed.take().expect("the testbed"));
     let bytes = read_every_file(&m);
     assert!(
-        bytes >= (SINGLE_WRITERS.len() * SINGLE_FILE) as u64,
+        bytes >= (SINGLE_WRITERS.len() * FILE_BYTES) as u64,
         "{bytes} bytes read"
     );
     assert_no_checksum_error_after_crash(&m);
@@ -570,7 +605,7 @@ fn kill_9_of_a_single_copy_between_data_and_sums_leaves_no_checksum_error() {
         "crash repair summed nothing again (blocks left disagreeing by the kill: {caught:?}): {repaired:?}"
     );
     let bed = m.unmount();
-    let left = disagreeing_blocks("Volume1", &bed.volume_path(1));
+    let left = disagreeing_on_single_copy(&bed);
     assert!(
         left.is_empty(),
         "after crash repair, blocks still disagree with their sums: {left:?} (the kill left {caught:?})"
@@ -583,18 +618,14 @@ fn power_loss_of_a_single_copy_under_writers_leaves_no_checksum_error() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
-    common::init(&bed, &[DB], 1);
-    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
     // No checkpoint while the writers run: nothing syncs the sums behind their fsyncs, so
     // the disk keeps data whose sums it lost (the case crash repair must close).
-    c.tap.checkpoint_interval = Duration::from_secs(600);
-    fs::write(&bed.config_path, c.to_toml()).expect("write config");
-    let mut m = Mounted::mount_only(bed);
+    let bed = initialised_bed(1, |c| {
+        c.tap.checkpoint_interval = Duration::from_secs(600);
+    });
+    let m = Mounted::mount_only(bed);
     let dir = m.db_files(DB);
-    for (k, (name, _)) in SINGLE_WRITERS.iter().enumerate() {
-        fs::write(dir.join(name), pattern(k as u64, SINGLE_FILE)).expect("seed a file");
-    }
+    seed_files(&dir, &SINGLE_WRITERS);
     // The seeded files and their sums are on the disk.
     let synced = std::process::Command::new("sync")
         .arg("-f")
@@ -602,31 +633,12 @@ fn power_loss_of_a_single_copy_under_writers_leaves_no_checksum_error() {
         .status()
         .expect("run sync");
     assert!(synced.success(), "sync -f of the volume");
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_single_copy_writers(&dir, &stop, 0);
-    thread::sleep(Duration::from_secs(3));
-    // The power goes: the daemon dies, and the disk keeps only what was written to it
-    // (the ext4 shutdown ioctl without a log flush: the page cache and the journal's
-    // uncommitted transactions are lost).
-    m.kill();
-    m.bed.volumes[0].shutdown().expect("shut the volume down");
-    stop.store(true, Ordering::Relaxed);
-    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
-    assert!(
-        writes > 100,
-        "the writers made {writes} writes before the power loss"
-    );
-    let root = m.bed.databases_root.clone();
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&root)
-        .status();
-    let bed = m.bed.take();
-    drop(m);
+    let writers = start_writers(&dir, &SINGLE_WRITERS, 0);
+    let bed = crash_under_writers(m, writers, Duration::from_secs(3), 100, Crash::PowerLoss);
     bed.volumes[0]
         .revive()
         .expect("umount, e2fsck and mount the volume again");
-    let lost = disagreeing_blocks("Volume1", &bed.volume_path(1));
+    let lost = disagreeing_on_single_copy(&bed);
     assert!(
         !lost.is_empty(),
         "the power loss left every block matching its sum: the test does not reach the case it is about"
@@ -636,7 +648,7 @@ fn power_loss_of_a_single_copy_under_writers_leaves_no_checksum_error() {
     read_every_file(&m);
     assert_no_checksum_error_after_crash(&m);
     let bed = m.unmount();
-    let left = disagreeing_blocks("Volume1", &bed.volume_path(1));
+    let left = disagreeing_on_single_copy(&bed);
     assert!(
         left.is_empty(),
         "after a power loss and crash repair, blocks disagree with their sums: {left:?} (the power loss left {lost:?})"
@@ -650,11 +662,9 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
-    common::init(&bed, &[DB], 1);
-    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
-    c.tap.checkpoint_interval = Duration::from_millis(500);
-    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let bed = initialised_bed(1, |c| {
+        c.tap.checkpoint_interval = Duration::from_millis(500)
+    });
     // A truncate stops for 3 s between the file's new size and its sums.
     let mut m = mount_with_failpoints(bed, "checksum::between_resize_and_sums=sleep(3000)");
     let path = m.db_files(DB).join("cut.dat");
@@ -677,13 +687,7 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
     thread::sleep(Duration::from_secs(1));
     m.kill();
     let _ = cut.join();
-    let root = m.bed.databases_root.clone();
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&root)
-        .status();
-    let bed = m.bed.take();
-    drop(m);
+    let bed = detach_dead_mount(m);
     let v = reseedfs::volume::Volume::open("Volume1", &bed.volume_path(1)).expect("open");
     let rel = format!("{DB}.db/cut.dat");
     let caught = reseedfs::checksum::check_file(&v, DB, Path::new(&rel)).expect("check");
@@ -713,20 +717,16 @@ fn kill_9_of_a_single_copy_between_a_truncate_and_its_sums_leaves_no_checksum_er
     m.unmount();
 }
 
-/// The store of `name` (a file of the database) on volume `k`, by the backing file's
-/// inode: (inode, store path).
-fn store_of(m: &Mounted, k: usize, name: &str) -> (u64, std::path::PathBuf) {
+/// The checksum store of `name` (a file of the database) on volume `k`, found by the
+/// backing file's inode.
+fn store_of(bed: &Testbed, k: usize, name: &str) -> std::path::PathBuf {
     use std::os::unix::fs::MetadataExt as _;
-    let backing = m.backing_files(k, DB).join(name);
+    let backing = bed.volume_path(k).join(format!("{DB}.db")).join(name);
     let ino = fs::metadata(&backing)
         .unwrap_or_else(|e| panic!("stat {}: {e}", backing.display()))
         .ino();
-    (
-        ino,
-        m.bed
-            .volume_path(k)
-            .join(reseedfs::checksum::store_path(DB, ino)),
-    )
+    bed.volume_path(k)
+        .join(reseedfs::checksum::store_path(DB, ino))
 }
 
 #[test]
@@ -736,8 +736,7 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let mut m = Mounted::start(bed, &[DB], 2);
+    let mut m = start(2);
     let dir = m.db_files(DB);
     let write = |name: &str, seed: u64| {
         let f = fs::OpenOptions::new()
@@ -756,7 +755,7 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
 
     // 1. Unlinked while open: the stores stay while the handle is open, and go with it.
     let f = write("temp.dat", 1);
-    let stores: Vec<_> = [1, 2].map(|k| store_of(&m, k, "temp.dat").1).into();
+    let stores: Vec<_> = [1, 2].map(|k| store_of(&m.bed, k, "temp.dat")).into();
     for s in &stores {
         assert!(s.exists(), "{} before the unlink", s.display());
     }
@@ -785,16 +784,12 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
 
     // 2. Unlinked while open when the daemon dies: swept at the next start.
     let f = write("temp2.dat", 2);
-    let stores: Vec<_> = [1, 2].map(|k| store_of(&m, k, "temp2.dat").1).into();
-    let kept: Vec<_> = [1, 2].map(|k| store_of(&m, k, "keep.dat").1).into();
+    let stores: Vec<_> = [1, 2].map(|k| store_of(&m.bed, k, "temp2.dat")).into();
+    let kept: Vec<_> = [1, 2].map(|k| store_of(&m.bed, k, "keep.dat")).into();
     fs::remove_file(dir.join("temp2.dat")).expect("unlink through the mount");
     m.kill();
     drop(f);
-    let root = m.bed.databases_root.clone();
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&root)
-        .status();
+    let bed = detach_dead_mount(m);
     for s in &stores {
         assert!(
             s.exists(),
@@ -802,8 +797,6 @@ fn the_store_of_a_file_unlinked_while_open_goes_with_its_last_close_or_at_the_ne
             s.display()
         );
     }
-    let bed = m.bed.take();
-    drop(m);
     let m = Mounted::mount_only(bed);
     for s in &stores {
         assert!(
@@ -827,8 +820,7 @@ fn a_resyncs_sum_copy_holds_writes_through_every_hard_link_of_the_file() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let dir = m.db_files(DB);
     fs::write(dir.join("a.dat"), pattern(50, 1 << 20)).expect("write a.dat");
     fs::hard_link(dir.join("a.dat"), dir.join("b.dat")).expect("link b.dat");
@@ -902,10 +894,7 @@ fn a_resyncs_sum_copy_holds_writes_through_every_hard_link_of_the_file() {
     );
     let bed = m.unmount();
     for k in [1, 2] {
-        let v = reseedfs::volume::Volume::open(&format!("Volume{k}"), &bed.volume_path(k))
-            .expect("open the volume");
-        let bad = reseedfs::checksum::check_file(&v, DB, Path::new(&format!("{DB}.db/a.dat")))
-            .expect("check a.dat");
+        let bad = disagreeing_blocks(&format!("Volume{k}"), &bed.volume_path(k), &["a.dat"]);
         assert!(
             bad.is_empty(),
             "Volume{k}: blocks {bad:?} of a.dat do not match their sums after the resync \
@@ -921,8 +910,7 @@ fn scrub_finds_the_passive_copys_flip_and_verify_repairs_the_active_from_the_goo
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let data = pattern(11, 6 << 20);
     let path = m.db_files(DB).join("scrubbed.bin");
     {
@@ -1015,8 +1003,7 @@ fn corruption_drill_random_flips_on_both_copies_under_a_workload() {
     const FILES: u64 = 3;
     const FILE: usize = 2 << 20;
     const BLOCKS: u64 = FILE as u64 / BLOCK;
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let dir = m.db_files(DB);
     for w in 0..FILES {
         let mut f = fs::File::create(dir.join(format!("d{w}.dat"))).expect("create");
@@ -1143,8 +1130,7 @@ fn o_direct_writes_carry_their_sums() {
         return;
     }
     use std::os::unix::fs::OpenOptionsExt as _;
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let path = m.db_files(DB).join("direct.bin");
     let size = 1usize << 20;
     let mut raw = vec![0u8; size + BLOCK as usize];
@@ -1193,17 +1179,8 @@ fn o_direct_writes_carry_their_sums() {
 /// The blocks of `backing` (a copy's file on volume `k`) whose sum in the copy's store is
 /// unknown, and those whose sum does not match: (unknown, wrong).
 fn sums_of_copy(m: &Mounted, k: usize, name: &str) -> (Vec<u64>, Vec<u64>) {
-    use std::os::unix::fs::MetadataExt as _;
-    let backing = m.backing_files(k, DB).join(name);
-    let data = fs::read(&backing).expect("read the copy's file");
-    let ino = fs::metadata(&backing).expect("stat").ino();
-    let store = m
-        .bed
-        .volume_path(k)
-        .join(".reseedfs/sums")
-        .join(DB)
-        .join(ino.to_string());
-    let sums = fs::read(&store).unwrap_or_default();
+    let data = fs::read(m.backing_files(k, DB).join(name)).expect("read the copy's file");
+    let sums = fs::read(store_of(&m.bed, k, name)).unwrap_or_default();
     let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
     for (b, block) in data.chunks(BLOCK as usize).enumerate() {
         let want = sums
@@ -1235,8 +1212,7 @@ fn reseed_and_resync_give_the_new_copy_its_sums_and_refuse_a_bad_source_block() 
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 2);
+    let m = start(2);
     let path = m.db_files(DB).join("seeded.bin");
     let mut want = pattern(41, 3 << 20);
     fs::write(&path, &want).expect("write through the mount");
@@ -1308,8 +1284,7 @@ fn a_reseed_takes_a_bad_source_block_from_a_third_copy() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(3, 256 << 20).expect("three loop-mounted ext4 volumes");
-    let m = Mounted::start(bed, &[DB], 3);
+    let m = start(3);
     let path = m.db_files(DB).join("three.bin");
     let want = pattern(43, 2 << 20);
     fs::write(&path, &want).expect("write through the mount");
@@ -1376,11 +1351,7 @@ fn the_scrub_schedule_finds_a_flip_and_status_and_explain_show_the_last_scrub() 
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, 256 << 20).expect("two loop-mounted ext4 volumes");
-    common::init(&bed, &[DB], 2);
-    let mut c = reseedfs::config::Config::load(&bed.config_path).expect("load config");
-    c.scrub.interval = Some(Duration::from_secs(3));
-    fs::write(&bed.config_path, c.to_toml()).expect("write config");
+    let bed = initialised_bed(2, |c| c.scrub.interval = Some(Duration::from_secs(3)));
     let m = Mounted::mount_only(bed);
     let data = pattern(12, 2 << 20);
     let path = m.db_files(DB).join("scheduled.bin");
@@ -1447,8 +1418,7 @@ fn a_scrub_of_a_single_copy_finds_the_damage_it_cannot_repair() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(1, 256 << 20).expect("one loop-mounted ext4 volume");
-    let m = Mounted::start(bed, &[DB], 1);
+    let m = start(1);
     let data = pattern(13, 1 << 20);
     let path = m.db_files(DB).join("alone.bin");
     fs::write(&path, &data).expect("write through the mount");
