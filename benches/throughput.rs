@@ -424,7 +424,12 @@ with fio (or a built-in generator). Needs root. Writes target/bench/throughput.j
                          fuse_floor_uring (the floor over FUSE's io_uring transport:
                          sets /sys/module/fuse/parameters/enable_uring for the run and
                          puts it back), fuse_floor_uring_bounce (the same copying
-                         write data once, as through /dev/fuse)
+                         write data once, as through /dev/fuse),
+                         reseedfs_1copy_nosums, reseedfs_2copies_nosums (checksums
+                         off), reseedfs_1copy_uring, reseedfs_2copies_uring (FUSE over
+                         io_uring in the product), reseedfs_1copy_base,
+                         reseedfs_2copies_base (the binary RESEEDFS_BENCH_BASE_BIN
+                         names: before/after a change in the same rounds)
   --threads N            FUSE request threads of reseedfs and the floor (default: the
                          reseedfs default)
   --large                add 4 and 16 MiB O_DIRECT requests (seq_*_4m, seq_*_16m)
