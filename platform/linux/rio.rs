@@ -1,8 +1,11 @@
 //! Request writes over io_uring: a request thread hands its writes straight to the
 //! kernel and waits for them itself, until a deadline, with no lane thread in between.
 //!
-//! Each thread that starts writes has a ring of its own (thread-local, single issuer,
-//! task work deferred to the thread's own wait). [`start`] queues a chain of writes (each
+//! Each thread that starts writes has a ring of its own (thread-local, single issuer).
+//! Its task work is not deferred to the thread's next wait (`DEFER_TASKRUN`): a write
+//! abandoned on a hung disk must go on (its linked sums write after its data) as soon as
+//! the disk answers, as a lane thread stuck in the same call would, not whenever this
+//! thread next writes. [`start`] queues a chain of writes (each
 //! linked to the next: a write of a file's data, then of its sums) and submits it at
 //! once: an aligned `O_DIRECT` write is issued in that call and completes from the
 //! disk's interrupt; a buffered one goes to the kernel's io-wq worker. [`Chain::wait_until`]
@@ -62,7 +65,6 @@ impl Rio {
     fn new() -> io::Result<Rio> {
         let ring = IoUring::builder()
             .setup_single_issuer()
-            .setup_defer_taskrun()
             .setup_submit_all()
             .build(SLOTS)?;
         Ok(Rio {
@@ -325,6 +327,79 @@ mod tests {
         assert!(got[..4096].iter().all(|&x| x == 0));
         assert!(got[4096..].iter().all(|&x| x == 7));
         assert_eq!(std::fs::read(dir.join("b")).expect("read b"), b"sums");
+    }
+
+    /// A pipe whose buffer is full (and the bytes in it): a write to it blocks until its
+    /// reader drains it, as a write to a hung disk does.
+    fn full_pipe() -> (VolFile, std::io::PipeReader, usize) {
+        let (r, w) = std::io::pipe().expect("pipe");
+        let w = std::fs::File::from(std::os::fd::OwnedFd::from(w));
+        rustix::fs::fcntl_setfl(&w, rustix::fs::OFlags::NONBLOCK).expect("nonblock");
+        let chunk = [0u8; 4096];
+        let mut filled = 0;
+        while let Ok(n) = std::io::Write::write(&mut &w, &chunk) {
+            filled += n;
+        }
+        rustix::fs::fcntl_setfl(&w, rustix::fs::OFlags::empty()).expect("blocking");
+        (VolFile::new(w), r, filled)
+    }
+
+    #[test]
+    fn a_write_that_never_completes_is_abandoned_at_the_deadline_and_freed_when_it_does() {
+        let (w, mut r, filled) = full_pipe();
+        let write = |n: u8| ChainWrite {
+            file: w.clone(),
+            offset: 0,
+            data: Arc::new(vec![n; 100]),
+        };
+        let Some(c) = start(vec![write(1)]) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring must work under CI"
+            );
+            return;
+        };
+        let t = Instant::now();
+        let r1 = Box::new(c).wait_until(Instant::now() + Duration::from_millis(200));
+        assert!(
+            r1.is_none(),
+            "a blocked write must miss its deadline: {r1:?}"
+        );
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        // Every slot taken by abandoned writes: the ring says no, the caller uses a lane.
+        for _ in 1..SLOTS {
+            let c = start(vec![write(2)]).expect("a free slot");
+            assert!(Box::new(c).wait_until(Instant::now()).is_none());
+        }
+        assert!(start(vec![write(3)]).is_none(), "no free slot is left");
+        // The "disk" answers at last: the abandoned writes complete and free their slots.
+        // It reads what the pipe held and what the abandoned writes wrote, and keeps its end.
+        let expected = filled + SLOTS as usize * 100;
+        let drained = std::thread::spawn(move || {
+            let mut sink = vec![0u8; 1 << 16];
+            let mut total = 0;
+            while total < expected {
+                match std::io::Read::read(&mut r, &mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            (total, r)
+        });
+        let ok = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            start(vec![write(4)]).is_some_and(|c| {
+                matches!(
+                    Box::new(c).wait_until(Instant::now() + Duration::from_secs(5)),
+                    Some(Ok(()))
+                )
+            })
+        });
+        assert!(ok, "the slots of the completed writes were never freed");
+        // (The reader's end was open all along: a write to a pipe without one fails.)
+        assert_eq!(drained.join().expect("reader").0, expected);
     }
 
     #[test]
