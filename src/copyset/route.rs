@@ -10,7 +10,7 @@ use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::names::CopySlot;
 use crate::volume::{
     AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned,
-    is_media_error, lane::Latch, write_direct,
+    is_media_error, write_direct,
 };
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
@@ -494,38 +494,20 @@ impl Database {
                 }
             }
             let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
-            // The calls this thread started first: they wait for the kernel alone, and
-            // may hold stripe locks a lane call below needs (see
-            // `Database::start_summed_write`).
-            for (slot, t) in targets[..n].iter().enumerate() {
-                if !matches!(calls[slot], Some((Call::Started(_), _))) {
-                    continue;
-                }
-                if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
-                    let r = v.finish(op, call, deadline);
-                    v.observe(started.elapsed());
-                    count_written(v, &r, len);
-                    results[slot] = Some(r);
-                }
-            }
-            if n > 1 {
-                // Woken once, when the last copy answers, instead of once per copy.
-                let latch = Latch::new();
-                let mut first_deadline = None::<Instant>;
-                for (call, deadline) in calls.iter().flatten() {
-                    call.join(&latch);
-                    first_deadline = Some(first_deadline.map_or(*deadline, |d| d.min(*deadline)));
-                }
-                if let Some(d) = first_deadline {
-                    latch.wait_until(d);
-                }
-            }
-            for (slot, t) in targets[..n].iter().enumerate() {
-                if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
-                    let r = v.finish(op, call, deadline);
-                    v.observe(started.elapsed());
-                    count_written(v, &r, len);
-                    results[slot] = Some(r);
+            // The calls this thread started first (they wait for the kernel alone, and may
+            // hold stripe locks a lane call needs: `Database::start_summed_write`), then
+            // the lanes' answers, each within its volume's deadline.
+            for started_pass in [true, false] {
+                for (slot, t) in targets[..n].iter().enumerate() {
+                    if matches!(calls[slot], Some((Call::Started(_), _))) != started_pass {
+                        continue;
+                    }
+                    if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
+                        let r = v.finish(op, call, deadline);
+                        v.observe(started.elapsed());
+                        count_written(v, &r, len);
+                        results[slot] = Some(r);
+                    }
                 }
             }
             let seeding = |slot: usize| {

@@ -83,54 +83,6 @@ impl std::fmt::Debug for Shared {
 struct Slot<T> {
     state: Mutex<SlotState<T>>,
     ready: Condvar,
-    /// The [`Latch`] the call joined, if any: told when the call is answered or dropped.
-    latch: Mutex<Option<Arc<Latch>>>,
-}
-
-impl<T> Slot<T> {
-    /// Tells the latch the call joined, if any, that it is answered (or dropped).
-    fn arrive(&self) {
-        if let Some(latch) = self.latch.lock().take() {
-            latch.arrive();
-        }
-    }
-}
-
-/// Calls on several lanes waited for together: one wake-up when the last is answered,
-/// instead of one per answer (a write to two copies wakes its caller once, not twice).
-/// See [`Pending::join`].
-#[derive(Debug, Default)]
-pub struct Latch {
-    /// Joined calls not answered yet.
-    left: Mutex<usize>,
-    done: Condvar,
-}
-
-impl Latch {
-    /// A latch no call has joined.
-    pub fn new() -> Arc<Latch> {
-        Arc::default()
-    }
-
-    fn arrive(&self) {
-        let mut left = self.left.lock();
-        *left -= 1;
-        if *left == 0 {
-            drop(left);
-            self.done.notify_all();
-        }
-    }
-
-    /// Waits until every joined call is answered (`true`) or `deadline` passes (`false`).
-    pub fn wait_until(&self, deadline: Instant) -> bool {
-        let mut left = self.left.lock();
-        while *left > 0 {
-            if self.done.wait_until(&mut left, deadline).timed_out() {
-                return *left == 0;
-            }
-        }
-        true
-    }
 }
 
 enum SlotState<T> {
@@ -149,7 +101,6 @@ impl<T> Reply<T> {
         *state = SlotState::Answered(answer);
         drop(state);
         self.0.ready.notify_one();
-        self.0.arrive();
         // Drop finds the slot answered and does nothing more.
     }
 }
@@ -161,7 +112,6 @@ impl<T> Drop for Reply<T> {
             *state = SlotState::Dropped;
             drop(state);
             self.0.ready.notify_one();
-            self.0.arrive();
         }
     }
 }
@@ -220,18 +170,6 @@ impl<T> std::fmt::Debug for Pending<T> {
 }
 
 impl<T> Pending<T> {
-    /// Makes `latch` wait for this call too (nothing to wait for when it is answered
-    /// already). The call's own answer is still taken with [`Pending::wait_until`].
-    pub fn join(&self, latch: &Arc<Latch>) {
-        // Under the state's lock: an answer cannot come between the check and the join
-        // (the lane takes the state's lock to answer, then the latch's).
-        let state = self.slot.state.lock();
-        if matches!(*state, SlotState::Waiting) {
-            *latch.left.lock() += 1;
-            *self.slot.latch.lock() = Some(latch.clone());
-        }
-    }
-
     /// The answer, or [`Unanswered::Elapsed`] when it did not come by `deadline` (the
     /// call is then abandoned: not made if it is still queued, its answer dropped
     /// otherwise), or [`Unanswered::Panicked`].
@@ -297,7 +235,6 @@ impl Lane {
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState::Waiting),
             ready: Condvar::new(),
-            latch: Mutex::new(None),
         });
         let reply = Reply(slot.clone());
         let abandoned = Arc::new(AtomicBool::new(false));

@@ -1181,15 +1181,6 @@ impl<T> std::fmt::Debug for StartedCall<T> {
     }
 }
 
-impl<T> Call<T> {
-    /// Makes `latch` wait for this call's answer too (see [`lane::Latch`]).
-    pub fn join(&self, latch: &Arc<lane::Latch>) {
-        if let Call::Pending { pending, .. } = self {
-            pending.join(latch);
-        }
-    }
-}
-
 /// The error of an operation that missed its deadline.
 fn timeout(volume: &str, op: &'static str, after: Duration) -> io::Error {
     io::Error::new(
