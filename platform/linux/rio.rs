@@ -106,6 +106,20 @@ impl Rio {
         self.slots[i as usize] = Slot::Free;
         self.free.push(i);
     }
+
+    /// Gives up on `writes`: a slot whose completion came is freed, the others when theirs
+    /// comes.
+    fn abandon(&mut self, writes: &[(u32, usize)]) {
+        for &(i, _) in writes {
+            match &mut self.slots[i as usize] {
+                Slot::Busy {
+                    result: Some(_), ..
+                } => self.release(i),
+                Slot::Busy { abandoned, .. } => *abandoned = true,
+                Slot::Free => {}
+            }
+        }
+    }
 }
 
 impl Drop for Rio {
@@ -199,12 +213,31 @@ pub fn start(chain: Vec<ChainWrite>) -> Option<Chain> {
     })
 }
 
+impl Drop for Chain {
+    /// A chain dropped unwaited (its caller unwound) is abandoned: its slots are freed when
+    /// its completions come.
+    fn drop(&mut self) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let _ = RIO.try_with(|cell| {
+            if let Ok(mut cell) = cell.try_borrow_mut()
+                && let Some(Ok(rio)) = cell.as_mut()
+            {
+                rio.abandon(&writes);
+            }
+        });
+    }
+}
+
 impl Chain {
     /// Waits for every write of the chain until `deadline`: `Ok` when all were done in
     /// full, the first error, `Interrupted` for a short write (the caller writes the chain
     /// again another way), or `None` when the deadline came first (the chain is
     /// abandoned, see the module documentation).
-    fn wait(self, deadline: Instant) -> Option<io::Result<()>> {
+    fn wait(mut self, deadline: Instant) -> Option<io::Result<()>> {
+        let writes = std::mem::take(&mut self.writes);
         RIO.with(|cell| {
             let mut cell = cell.borrow_mut();
             let Some(Ok(rio)) = cell.as_mut() else {
@@ -212,9 +245,9 @@ impl Chain {
             };
             loop {
                 rio.reap();
-                if self.writes.iter().all(|&(i, _)| rio.result(i).is_some()) {
+                if writes.iter().all(|&(i, _)| rio.result(i).is_some()) {
                     let mut out = Ok(());
-                    for &(i, len) in &self.writes {
+                    for &(i, len) in &writes {
                         let r = rio.result(i).unwrap_or(-libc::EIO);
                         rio.release(i);
                         if out.is_ok() {
@@ -232,15 +265,7 @@ impl Chain {
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    for &(i, _) in &self.writes {
-                        match &mut rio.slots[i as usize] {
-                            Slot::Busy {
-                                result: Some(_), ..
-                            } => rio.release(i),
-                            Slot::Busy { abandoned, .. } => *abandoned = true,
-                            Slot::Free => {}
-                        }
-                    }
+                    rio.abandon(&writes);
                     return None;
                 }
                 let left = deadline - now;
@@ -400,6 +425,36 @@ mod tests {
         assert!(ok, "the slots of the completed writes were never freed");
         // (The reader's end was open all along: a write to a pipe without one fails.)
         assert_eq!(drained.join().expect("reader").0, expected);
+    }
+
+    #[test]
+    fn a_chain_dropped_unwaited_gives_its_slots_back() {
+        let dir = tempdir("dropped");
+        let a = file(&dir, "a");
+        let write = || ChainWrite {
+            file: a.clone(),
+            offset: 0,
+            data: Arc::new(vec![5u8; 512]),
+        };
+        let Some(c) = start(vec![write()]) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring must work under CI"
+            );
+            return;
+        };
+        drop(c);
+        // Every slot at once: only when the dropped chain's slot came back.
+        let ok = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            start((0..SLOTS).map(|_| write()).collect()).is_some_and(|c| {
+                matches!(
+                    Box::new(c).wait_until(Instant::now() + Duration::from_secs(5)),
+                    Some(Ok(()))
+                )
+            })
+        });
+        assert!(ok, "the dropped chain's slot never came back");
     }
 
     #[test]
