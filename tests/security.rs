@@ -453,13 +453,24 @@ fn unprivileged_symlink_racer() {
             let mut engine = engine.lock().expect("engine");
             let (engine, src, dst) = engine.get_or_insert_with(|| {
                 use std::os::unix::fs::OpenOptionsExt as _;
+                // `k` is swapped with the symlink `ks` all along: an open that meets the
+                // symlink (ELOOP) is tried again until it meets the file.
                 let open = |p: &Path, write: bool| {
-                    std::fs::OpenOptions::new()
-                        .read(!write)
-                        .write(write)
-                        .custom_flags(libc::O_DIRECT)
-                        .open(p)
-                        .expect("open O_DIRECT")
+                    let mut tries = 0;
+                    loop {
+                        let r = std::fs::OpenOptions::new()
+                            .read(!write)
+                            .write(write)
+                            .custom_flags(libc::O_DIRECT)
+                            .open(p);
+                        match r {
+                            Ok(f) => break f,
+                            Err(e) if e.raw_os_error() == Some(libc::ELOOP) && tries < 10_000 => {
+                                tries += 1;
+                            }
+                            Err(e) => panic!("open O_DIRECT {}: {e}", p.display()),
+                        }
+                    }
                 };
                 let engine =
                     reseedfs::sys::uring::UringEngine::with_geometry(4096, 8).expect("io_uring");
