@@ -16,6 +16,7 @@
 //! | `native` | `Volume1/native/pgdata`, `Volume1/native/pg_wal` |
 //! | `reseedfs_1copy` | `pg/pg.db/pgdata` and `pg/pg.log/pg_wal` on a reseedfs mount (1 copy) over a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | the same on a reseedfs mount (2 copies) over `Volume1/pool2` and `Volume2/pool2` |
+//! | `reseedfs_1copy_base`, `reseedfs_2copies_base` | the same, over `pool1_base` and `pool2_base`, served by the binary `RESEEDFS_BENCH_BASE_BIN` names: the code before a change, in the same rounds as the code after it (only when `--targets` names them; `ratio_1copy_to_base`, `ratio_2copies_to_base`) |
 //!
 //! Each target gets its own cluster (`initdb`, then `pgbench -i -s SCALE`), run by the
 //! `postgres` user with `fsync=on`, `synchronous_commit=on`, `full_page_writes=on` and
@@ -29,6 +30,16 @@
 //! with a log of every transaction's latency, stop the server (`-m fast`). Only one server
 //! runs at a time, so the targets never compete. The reseedfs daemons stay mounted
 //! throughout; their CPU time over the measured run is read from `/proc/<pid>/stat`.
+//!
+//! # Where a transaction's time goes
+//!
+//! Each run also reports the machine's CPU time per transaction and its idle share
+//! (`/proc/stat`), PostgreSQL's own timing of its WAL writes and `fdatasync`s
+//! (`pg_stat_wal` with `track_wal_io_timing = on`, reset before the run), and for a
+//! reseedfs target the daemon's requests per transaction by operation with their mean time
+//! (`reseedfs_request_duration_seconds` from the daemon's metrics endpoint, on a free
+//! loopback port, scraped before and after the run): the `breakdown` of each round in
+//! `pgbench.json`.
 //!
 //! # Output
 //!
@@ -79,9 +90,24 @@ enum Target {
     Native,
     Reseedfs1,
     Reseedfs2,
+    /// `reseedfs_1copy` and `reseedfs_2copies` served by the binary
+    /// `RESEEDFS_BENCH_BASE_BIN` names: the code before a change, in the same rounds as the
+    /// code after it (only when `--targets` names them).
+    Reseedfs1Base,
+    Reseedfs2Base,
 }
 
+/// The targets run by default.
 const TARGETS: [Target; 3] = [Target::Native, Target::Reseedfs1, Target::Reseedfs2];
+
+/// Every target, in the order of the tables.
+const ALL_TARGETS: [Target; 5] = [
+    Target::Native,
+    Target::Reseedfs1,
+    Target::Reseedfs1Base,
+    Target::Reseedfs2,
+    Target::Reseedfs2Base,
+];
 
 impl Target {
     fn name(self) -> &'static str {
@@ -89,6 +115,28 @@ impl Target {
             Target::Native => "native",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
+            Target::Reseedfs1Base => "reseedfs_1copy_base",
+            Target::Reseedfs2Base => "reseedfs_2copies_base",
+        }
+    }
+
+    /// The copies of a reseedfs target; `None` for `native`.
+    fn copies(self) -> Option<u32> {
+        match self {
+            Target::Native => None,
+            Target::Reseedfs1 | Target::Reseedfs1Base => Some(1),
+            Target::Reseedfs2 | Target::Reseedfs2Base => Some(2),
+        }
+    }
+
+    /// The key suffix of its ratios to native in `pgbench.json`.
+    fn suffix(self) -> Option<&'static str> {
+        match self {
+            Target::Native => None,
+            Target::Reseedfs1 => Some("1copy"),
+            Target::Reseedfs2 => Some("2copies"),
+            Target::Reseedfs1Base => Some("1copy_base"),
+            Target::Reseedfs2Base => Some("2copies_base"),
         }
     }
 }
@@ -140,7 +188,7 @@ impl Settings {
                     let list = it.next().ok_or("--targets needs a list")?;
                     let mut targets = vec![Target::Native];
                     for name in list.split(',') {
-                        let t = TARGETS
+                        let t = ALL_TARGETS
                             .into_iter()
                             .find(|t| t.name() == name)
                             .ok_or_else(|| format!("unknown target {name}"))?;
@@ -173,7 +221,8 @@ PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.js
   --scale N         pgbench -i -s N (default 10)
   --clients N       pgbench -c N (default 8)
   --jobs N          pgbench -j N (default 2)
-  --targets LIST    which targets run
+  --targets LIST    which targets run (also reseedfs_1copy_base and reseedfs_2copies_base:
+                    the binary RESEEDFS_BENCH_BASE_BIN names, in the same rounds)
   --set key=value   change both reseedfs configs (threads=4, tap.checkpoint_interval=30s)
   -h, --help        this text
 
@@ -315,6 +364,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
                     .map(|c| format!("  daemon CPU {c:.0} us/transaction"))
                     .unwrap_or_default()
             );
+            println!("    {}", sample.breakdown.line());
             samples.push(sample);
         }
     }
@@ -346,9 +396,9 @@ struct Rig {
 impl Rig {
     fn build(s: &Settings, bin: &Path) -> io::Result<Rig> {
         // Per cluster: the data (about 16 MB per unit of scale) and up to max_wal_size of
-        // WAL (1 GiB) plus headroom; Volume1 holds three clusters.
+        // WAL (1 GiB) plus headroom; Volume1 holds every target's cluster.
         let cluster_bytes = s.scale * (16 << 20) * 2 + (2 << 30);
-        let bed = Testbed::loop_volumes(2, cluster_bytes * 3 + (1 << 30))?;
+        let bed = Testbed::loop_volumes(2, cluster_bytes * s.targets.len() as u64 + (1 << 30))?;
         let mut rig = Rig {
             clusters: Vec::new(),
             daemons: Vec::new(),
@@ -388,20 +438,52 @@ impl Rig {
 
         let port_base = 54000 + std::process::id() % 900 * 10;
         for (n, &t) in s.targets.iter().enumerate() {
+            let mut metrics = None;
             let (data_parent, wal_parent) = match t {
                 Target::Native => (vol1.join("native"), vol1.join("native")),
-                Target::Reseedfs1 | Target::Reseedfs2 => {
-                    let copies: u32 = if t == Target::Reseedfs1 { 1 } else { 2 };
-                    let pool = root.join(format!("pool{copies}"));
+                Target::Reseedfs1
+                | Target::Reseedfs2
+                | Target::Reseedfs1Base
+                | Target::Reseedfs2Base => {
+                    let copies = t.copies().unwrap_or(1);
+                    let base = matches!(t, Target::Reseedfs1Base | Target::Reseedfs2Base);
+                    let pool_name = format!("pool{copies}{}", if base { "_base" } else { "" });
+                    let pool = root.join(&pool_name);
                     for k in 1..=copies {
-                        let source = rig
-                            .bed
-                            .volume_path(k as usize)
-                            .join(format!("pool{copies}"));
+                        let source = rig.bed.volume_path(k as usize).join(&pool_name);
+                        fs::create_dir_all(&source).map_err(|e| with_path(e, "create", &source))?;
                         let at = pool.join("vols").join(format!("Volume{k}"));
                         rig.binds.push(BindMount::new(&source, &at)?);
                     }
-                    let daemon = Daemon::reseedfs(t.name(), &pool, DB, copies, &s.settings)?;
+                    // Each daemon serves its request timings on a port of its own: the
+                    // breakdown of a transaction's time (see `Breakdown`).
+                    let port = free_port()?;
+                    let mut settings = s.settings.clone();
+                    settings.push(
+                        Setting::parse(&format!("metrics=127.0.0.1:{port}"))
+                            .map_err(io::Error::other)?,
+                    );
+                    metrics = Some(port);
+                    let daemon = if base {
+                        let bin = std::env::var_os("RESEEDFS_BENCH_BASE_BIN").ok_or_else(|| {
+                            io::Error::other(format!(
+                                "{}: set RESEEDFS_BENCH_BASE_BIN to the reseedfs binary to \
+                                 compare with",
+                                t.name()
+                            ))
+                        })?;
+                        Daemon::reseedfs_with(
+                            Path::new(&bin),
+                            t.name(),
+                            &pool,
+                            DB,
+                            copies,
+                            &settings,
+                        )
+                    } else {
+                        Daemon::reseedfs(t.name(), &pool, DB, copies, &settings)
+                    }
+                    .map_err(|e| io::Error::other(format!("{}: {e}", t.name())))?;
                     let db = daemon.mountpoint().join(DB);
                     rig.daemons.push(daemon);
                     (db.join(format!("{DB}.db")), db.join(format!("{DB}.log")))
@@ -417,6 +499,7 @@ impl Rig {
                 port: (port_base + n as u32).to_string(),
                 log: run_dir.join(format!("{}.log", t.name())),
                 logs: run_dir.join(format!("{}-txlog", t.name())),
+                metrics,
             };
             let started = Instant::now();
             cluster.init(s, &wal_parent.join("pg_wal"))?;
@@ -468,6 +551,8 @@ struct Cluster {
     log: PathBuf,
     /// Where pgbench writes its per-transaction logs.
     logs: PathBuf,
+    /// The port of the reseedfs daemon's metrics, for a reseedfs target.
+    metrics: Option<u16>,
 }
 
 impl Cluster {
@@ -535,7 +620,7 @@ impl Cluster {
     fn start(&self) -> io::Result<()> {
         let opts = format!(
             "-p {} -k {} -c listen_addresses='' -c fsync=on -c synchronous_commit=on \
-             -c full_page_writes=on",
+             -c full_page_writes=on -c track_wal_io_timing=on",
             self.port,
             self.socket_dir.display()
         );
@@ -558,6 +643,15 @@ impl Cluster {
             "pg_ctl stop",
         )
         .map(drop)
+    }
+
+    /// The answer of `psql -c query` (unaligned, tuples only), as the postgres user.
+    fn sql(&self, query: &str) -> io::Result<String> {
+        let mut args = self.conn();
+        args.extend(["-X", "-A", "-t", "-c", query, "postgres"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.check(self.as_postgres("psql", &args), query)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// The postmaster's pid, from `postmaster.pid`.
@@ -595,12 +689,20 @@ impl Cluster {
         self.start()?;
         let r = (|| -> io::Result<Sample> {
             self.pgbench(s, s.warmup_seconds, false)?;
+            self.sql("select pg_stat_reset_shared('wal')")?;
+            let ops_before = self.metrics.map(scrape_request_times).transpose()?;
             let cpu_before = daemon.and_then(Daemon::cpu_seconds);
+            let host_before = host_cpu();
             let report = self.pgbench(s, s.seconds, true)?;
+            let host = host_cpu().zip(host_before).map(|(b, a)| b.since(&a));
             let cpu = match (cpu_before, daemon.and_then(Daemon::cpu_seconds)) {
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
+            let ops_after = self.metrics.map(scrape_request_times).transpose()?;
+            let wal = self.sql(
+                "select wal_write, wal_sync, wal_write_time, wal_sync_time from pg_stat_wal",
+            )?;
             let tps = report_value(&report, "tps = ").ok_or_else(|| {
                 io::Error::other(format!("no tps in pgbench's report:\n{report}"))
             })?;
@@ -609,6 +711,8 @@ impl Cluster {
                 .unwrap_or(tps * s.seconds as f64);
             let mut latencies = self.latencies_us()?;
             let p99_ms = percentile(&mut latencies, 0.99).map_or(0.0, |us| us / 1000.0);
+            let breakdown = Breakdown::new(&wal, ops_before, ops_after, host, transactions)
+                .map_err(|e| io::Error::other(format!("{}: {e}", self.target.name())))?;
             Ok(Sample {
                 target: self.target,
                 round,
@@ -618,6 +722,7 @@ impl Cluster {
                 cpu_us_per_tx: cpu
                     .filter(|_| transactions > 0.0)
                     .map(|c| c / transactions * 1e6),
+                breakdown,
             })
         })();
         let stopped = self.stop();
@@ -678,6 +783,214 @@ struct Sample {
     latency_avg_ms: f64,
     p99_ms: f64,
     cpu_us_per_tx: Option<f64>,
+    breakdown: Breakdown,
+}
+
+/// Where a measured run's transactions spent their time: PostgreSQL's WAL writes and
+/// syncs (`pg_stat_wal` with `track_wal_io_timing`), and for a reseedfs target the
+/// daemon's requests by operation (`reseedfs_request_duration_seconds`, the difference
+/// of two scrapes around the run).
+struct Breakdown {
+    /// WAL `write` calls and `fdatasync` calls per transaction.
+    wal_writes_per_tx: f64,
+    wal_syncs_per_tx: f64,
+    /// Their mean time (ms).
+    wal_write_ms: f64,
+    wal_sync_ms: f64,
+    /// Per operation: requests per transaction, mean time per request (µs).
+    ops: BTreeMap<String, (f64, f64)>,
+    /// The whole machine's CPU time per transaction (µs, every process and the kernel),
+    /// and the share of the CPUs idle (or waiting for I/O) during the run.
+    host_cpu_us_per_tx: Option<f64>,
+    host_idle: Option<f64>,
+}
+
+/// The machine's CPU time, from `/proc/stat` (in USER_HZ ticks).
+#[derive(Clone, Copy)]
+struct HostCpu {
+    busy: f64,
+    idle: f64,
+}
+
+impl HostCpu {
+    fn since(&self, before: &HostCpu) -> HostCpu {
+        HostCpu {
+            busy: self.busy - before.busy,
+            idle: self.idle - before.idle,
+        }
+    }
+}
+
+/// The first line of `/proc/stat`: busy (user, nice, system, irq, softirq, steal) and idle
+/// (idle, iowait) ticks of all CPUs.
+fn host_cpu() -> Option<HostCpu> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    Some(HostCpu {
+        busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
+        idle: at(3) + at(4),
+    })
+}
+
+/// Requests and seconds spent per operation, as a daemon's metrics count them.
+type RequestTimes = BTreeMap<String, (f64, f64)>;
+
+impl Breakdown {
+    fn new(
+        wal: &str,
+        before: Option<RequestTimes>,
+        after: Option<RequestTimes>,
+        host: Option<HostCpu>,
+        transactions: f64,
+    ) -> Result<Breakdown, String> {
+        let f: Vec<f64> = wal
+            .split('|')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("pg_stat_wal answered {wal:?}: {e}"))?;
+        let [writes, syncs, write_ms, sync_ms] = f[..] else {
+            return Err(format!("pg_stat_wal answered {wal:?}, not four numbers"));
+        };
+        let per = |n: f64| {
+            if transactions > 0.0 {
+                n / transactions
+            } else {
+                0.0
+            }
+        };
+        let mean = |ms: f64, n: f64| if n > 0.0 { ms / n } else { 0.0 };
+        let mut ops = BTreeMap::new();
+        if let (Some(before), Some(after)) = (before, after) {
+            for (op, &(n1, s1)) in &after {
+                let (n0, s0) = before.get(op).copied().unwrap_or((0.0, 0.0));
+                let n = n1 - n0;
+                if n > 0.0 {
+                    ops.insert(op.clone(), (per(n), (s1 - s0) / n * 1e6));
+                }
+            }
+        }
+        Ok(Breakdown {
+            wal_writes_per_tx: per(writes),
+            wal_syncs_per_tx: per(syncs),
+            wal_write_ms: mean(write_ms, writes),
+            wal_sync_ms: mean(sync_ms, syncs),
+            ops,
+            host_cpu_us_per_tx: host
+                .filter(|_| transactions > 0.0)
+                .map(|h| h.busy / 100.0 / transactions * 1e6),
+            host_idle: host
+                .filter(|h| h.busy + h.idle > 0.0)
+                .map(|h| h.idle / (h.busy + h.idle)),
+        })
+    }
+
+    /// The daemon's time per transaction (µs) in operation `op`.
+    fn op_us_per_tx(&self, op: &str) -> f64 {
+        self.ops.get(op).map_or(0.0, |(n, us)| n * us)
+    }
+
+    /// One line: the WAL, then the daemon's operations that took most time per transaction.
+    fn line(&self) -> String {
+        let mut text = format!(
+            "WAL {:.2} writes/tx {:.3} ms, {:.2} syncs/tx {:.3} ms",
+            self.wal_writes_per_tx, self.wal_write_ms, self.wal_syncs_per_tx, self.wal_sync_ms
+        );
+        if let (Some(cpu), Some(idle)) = (self.host_cpu_us_per_tx, self.host_idle) {
+            let _ = write!(
+                text,
+                "; machine CPU {cpu:.0} us/tx, {:.0}% idle",
+                idle * 100.0
+            );
+        }
+        let mut ops: Vec<(&String, &(f64, f64))> = self.ops.iter().collect();
+        ops.sort_by(|a, b| (b.1.0 * b.1.1).total_cmp(&(a.1.0 * a.1.1)));
+        if !ops.is_empty() {
+            text.push_str("; daemon per tx:");
+            for (op, (n, us)) in ops.into_iter().take(6) {
+                let _ = write!(text, " {op} {n:.2}x{us:.0}us");
+            }
+        }
+        text
+    }
+
+    fn json(&self) -> Value {
+        let ops: serde_json::Map<String, Value> = self
+            .ops
+            .iter()
+            .map(|(op, (n, us))| {
+                (
+                    op.clone(),
+                    json!({"per_tx": round3(*n), "mean_us": round3(*us),
+                           "us_per_tx": round3(n * us)}),
+                )
+            })
+            .collect();
+        json!({
+            "wal_writes_per_tx": round3(self.wal_writes_per_tx),
+            "wal_write_ms": round3(self.wal_write_ms),
+            "wal_syncs_per_tx": round3(self.wal_syncs_per_tx),
+            "wal_sync_ms": round3(self.wal_sync_ms),
+            "daemon_ops": ops,
+            "host_cpu_us_per_tx": self.host_cpu_us_per_tx.map(round3),
+            "host_idle": self.host_idle.map(round3),
+        })
+    }
+}
+
+/// A free TCP port on the loopback (for a daemon's metrics; the port is free when asked).
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `reseedfs_request_duration_seconds`'s count and sum per operation, from the daemon's
+/// metrics at `127.0.0.1:port`.
+fn scrape_request_times(port: u16) -> io::Result<RequestTimes> {
+    use std::io::Read as _;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let mut times = RequestTimes::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("reseedfs_request_duration_seconds_") else {
+            continue;
+        };
+        let (which, rest) = match rest.split_once("{op=\"") {
+            Some(x) => x,
+            None => continue,
+        };
+        let Some((op, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let e = times.entry(op.to_owned()).or_default();
+        match which {
+            "count" => e.0 = value,
+            "sum" => e.1 = value,
+            _ => {}
+        }
+    }
+    if times.is_empty() {
+        return Err(io::Error::other(format!(
+            "127.0.0.1:{port}/metrics has no reseedfs_request_duration_seconds"
+        )));
+    }
+    Ok(times)
 }
 
 fn round3(x: f64) -> f64 {
@@ -705,7 +1018,7 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
     };
     let mut doc = serde_json::Map::new();
     doc.insert("rounds".into(), json!(s.repeat));
-    for t in TARGETS {
+    for t in ALL_TARGETS {
         let key = t.name();
         doc.insert(format!("{key}_tps"), json!(med(t, &|x| Some(x.tps))));
         doc.insert(format!("{key}_p99_ms"), json!(med(t, &|x| Some(x.p99_ms))));
@@ -713,20 +1026,59 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
             format!("{key}_latency_avg_ms"),
             json!(med(t, &|x| Some(x.latency_avg_ms))),
         );
+        doc.insert(
+            format!("{key}_wal_sync_ms"),
+            json!(med(t, &|x| Some(x.breakdown.wal_sync_ms))),
+        );
+        doc.insert(
+            format!("{key}_wal_write_ms"),
+            json!(med(t, &|x| Some(x.breakdown.wal_write_ms))),
+        );
+        doc.insert(
+            format!("{key}_host_cpu_us_per_tx"),
+            json!(med(t, &|x| x.breakdown.host_cpu_us_per_tx)),
+        );
+        doc.insert(
+            format!("{key}_host_idle"),
+            json!(med(t, &|x| x.breakdown.host_idle)),
+        );
         if t != Target::Native {
+            for op in ["write", "fsync", "read", "getattr"] {
+                doc.insert(
+                    format!("{key}_daemon_{op}_us_per_tx"),
+                    json!(med(t, &|x| Some(x.breakdown.op_us_per_tx(op)))),
+                );
+            }
             doc.insert(
                 format!("{key}_daemon_cpu_us_per_tx"),
                 json!(med(t, &|x| x.cpu_us_per_tx)),
             );
         }
     }
-    for (t, suffix) in [(Target::Reseedfs1, "1copy"), (Target::Reseedfs2, "2copies")] {
+    for t in ALL_TARGETS {
+        let Some(suffix) = t.suffix() else { continue };
         let (m, lo, hi) = ratio(t, &|x| x.tps);
         doc.insert(format!("ratio_{suffix}"), json!(m));
         doc.insert(format!("ratio_{suffix}_min"), json!(lo));
         doc.insert(format!("ratio_{suffix}_max"), json!(hi));
         let (p, _, _) = ratio(t, &|x| x.p99_ms);
         doc.insert(format!("p99_ratio_{suffix}"), json!(p));
+    }
+    // The build against the base build (`RESEEDFS_BENCH_BASE_BIN`) in the same rounds.
+    for (t, base, suffix) in [
+        (Target::Reseedfs1, Target::Reseedfs1Base, "1copy"),
+        (Target::Reseedfs2, Target::Reseedfs2Base, "2copies"),
+    ] {
+        let bases: BTreeMap<usize, f64> = of(base).map(|x| (x.round, x.tps)).collect();
+        let mut v: Vec<f64> = of(t)
+            .filter_map(|x| bases.get(&x.round).filter(|b| **b > 0.0).map(|b| x.tps / b))
+            .collect();
+        if !v.is_empty() {
+            doc.insert(
+                format!("ratio_{suffix}_to_base"),
+                json!(median(&mut v).map(round3)),
+            );
+        }
     }
     doc.insert(
         "settings".into(),
@@ -743,6 +1095,7 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
                 "round": x.round + 1, "target": x.target.name(), "tps": round3(x.tps),
                 "latency_avg_ms": round3(x.latency_avg_ms), "p99_ms": round3(x.p99_ms),
                 "daemon_cpu_us_per_tx": x.cpu_us_per_tx.map(round3),
+                "breakdown": x.breakdown.json(),
             })
         })
         .collect();
@@ -752,22 +1105,19 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
 
 fn print_summary(doc: &Value) {
     let mut out = String::new();
+    let targets: Vec<Target> = ALL_TARGETS
+        .into_iter()
+        .filter(|t| !doc[format!("{}_tps", t.name())].is_null())
+        .collect();
     let _ = writeln!(
         out,
-        "\n{:<17} {:>10} {:>12} {:>10} {:>22} {:>16}",
+        "\n{:<21} {:>10} {:>12} {:>10} {:>22} {:>16}",
         "target", "tps", "latency avg", "p99", "ratio to native", "daemon CPU/tx"
     );
-    for t in TARGETS {
+    for &t in &targets {
         let key = t.name();
         let tps = &doc[format!("{key}_tps")];
-        if tps.is_null() {
-            continue;
-        }
-        let suffix = match t {
-            Target::Native => None,
-            Target::Reseedfs1 => Some("1copy"),
-            Target::Reseedfs2 => Some("2copies"),
-        };
+        let suffix = t.suffix();
         let num = |k: String| doc[k].as_f64().unwrap_or(f64::NAN);
         let ratio = suffix.map_or_else(
             || "-".to_owned(),
@@ -786,13 +1136,51 @@ fn print_summary(doc: &Value) {
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.0} us"));
         let _ = writeln!(
             out,
-            "{key:<17} {:>10.1} {:>9.2} ms {:>7.2} ms {ratio:>22} {cpu:>16}",
+            "{key:<21} {:>10.1} {:>9.2} ms {:>7.2} ms {ratio:>22} {cpu:>16}",
             tps.as_f64().unwrap_or(f64::NAN),
             num(format!("{key}_latency_avg_ms")),
             num(format!("{key}_p99_ms")),
         );
     }
     out.push_str("(medians over the rounds; ratios taken within a round, [range])\n");
+    for suffix in ["1copy", "2copies"] {
+        if let Some(r) = doc
+            .get(format!("ratio_{suffix}_to_base"))
+            .and_then(Value::as_f64)
+        {
+            let _ = writeln!(
+                out,
+                "reseedfs_{suffix} / reseedfs_{suffix}_base, TPS in the same rounds: {r:.3}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nwhere the time goes (medians): the machine's CPU per transaction and idle share,\n\
+         PostgreSQL's WAL write and fdatasync (mean ms each), the daemon's time per\n\
+         transaction in its write, fsync, read and getattr requests (us)"
+    );
+    for &t in &targets {
+        let key = t.name();
+        let num = |k: String| doc[k].as_f64().unwrap_or(f64::NAN);
+        let mut line = format!(
+            "{key:<21} machine CPU {:.0} us/tx ({:.0}% idle), WAL write {:.3} ms, fdatasync {:.3} ms",
+            num(format!("{key}_host_cpu_us_per_tx")),
+            num(format!("{key}_host_idle")) * 100.0,
+            num(format!("{key}_wal_write_ms")),
+            num(format!("{key}_wal_sync_ms"))
+        );
+        if t != Target::Native {
+            for op in ["write", "fsync", "read", "getattr"] {
+                let _ = write!(
+                    line,
+                    ", {op} {:.0}",
+                    num(format!("{key}_daemon_{op}_us_per_tx"))
+                );
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
     out.push_str("\ngoals of issue 18:\n");
     for (suffix, least) in [("1copy", 0.9), ("2copies", 0.8)] {
         if let Some(r) = doc[format!("ratio_{suffix}")].as_f64() {
