@@ -152,7 +152,7 @@ impl RingFloor {
         let p = f.path(INodeNo(ino)).map_err(code)?;
         let file = f.open_backing(&p, flags, None).map_err(|e| io_code(&e))?;
         let fh = f.add_handle(file, flags);
-        Ok(fuse_abi::open_out(payload, fh.0))
+        Ok(fuse_abi::open_out(payload, fh.0, 0))
     }
 
     fn create(
@@ -171,7 +171,7 @@ impl RingFloor {
         let m = file.metadata().map_err(|e| io_code(&e))?;
         let ino = f.ino_of(&rel);
         let fh = f.add_handle(file, flags);
-        Ok(fuse_abi::create_out(payload, &attr(ino, &m), TTL, fh.0))
+        Ok(fuse_abi::create_out(payload, &attr(ino, &m), TTL, fh.0, 0))
     }
 
     fn read(&self, fh: u64, offset: u64, size: u32, payload: &mut [u8]) -> Result<usize, i32> {
@@ -312,7 +312,7 @@ impl fuse_uring::Handler for RingFloor {
             Request::Fsync { fh, datasync, .. } => self.fsync(fh, datasync),
             Request::Release { fh, .. } => self.release(fh),
             Request::Flush { .. } | Request::Releasedir { .. } | Request::Destroy => Ok(0),
-            Request::Opendir { .. } => Ok(fuse_abi::open_out(payload, 0)),
+            Request::Opendir { .. } => Ok(fuse_abi::open_out(payload, 0, 0)),
             Request::Readdir {
                 ino, offset, size, ..
             } => self.readdir(ino, offset, size, payload),

@@ -240,19 +240,34 @@ impl Ops {
 
     /// An open with O_TRUNC truncates: by someone else than root it clears setuid and
     /// setgid (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
+    ///
+    /// The open flags ask the kernel to keep the file's page cache (`FOPEN_KEEP_CACHE`)
+    /// where the core says it stays true ([`Fs::keeps_cache`]): without it every open
+    /// drops the file's cached pages, and a database that opens a table again (a new
+    /// session, a vacuum worker) reads all of it again through the daemon.
     pub(crate) fn open(
         &self,
         caller_uid: u32,
         ino: NodeId,
         flags: i32,
-    ) -> crate::fs::Result<HandleId> {
+    ) -> crate::fs::Result<(HandleId, FopenFlags)> {
         let kill = flags & libc::O_TRUNC != 0 && caller_uid != 0;
         self.call(Op::Open, || {
             if kill {
                 self.core.kill_suidgid(ino, None)?;
             }
-            self.core.open(ino, flags)
+            let h = self.core.open(ino, flags)?;
+            Ok((h, self.open_flags(h)))
         })
+    }
+
+    /// The open flags of file handle `h` (see [`Ops::open`]).
+    fn open_flags(&self, h: HandleId) -> FopenFlags {
+        if self.core.keeps_cache(h) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     /// Reads into `buf`, which is page-aligned so that the core may read it with O_DIRECT.
@@ -357,9 +372,10 @@ impl Ops {
         mode: u32,
         flags: i32,
         who: Caller,
-    ) -> crate::fs::Result<(Attr, HandleId)> {
+    ) -> crate::fs::Result<(Attr, HandleId, FopenFlags)> {
         self.call(Op::Create, || {
-            self.core.create(parent, name, mode, flags, who)
+            let (a, h) = self.core.create(parent, name, mode, flags, who)?;
+            Ok((a, h, self.open_flags(h)))
         })
     }
 
@@ -616,7 +632,7 @@ impl fuser::Filesystem for Adapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ops.open(req.uid(), node(ino), flags.0) {
-            Ok(h) => reply.opened(FileHandle(h.0), FopenFlags::empty()),
+            Ok((h, open_flags)) => reply.opened(FileHandle(h.0), open_flags),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -811,13 +827,9 @@ impl fuser::Filesystem for Adapter {
             .ops
             .create(node(parent), name, mode, flags, caller(req))
         {
-            Ok((a, h)) => reply.created(
-                &TTL,
-                &attr(&a),
-                Generation(0),
-                FileHandle(h.0),
-                FopenFlags::empty(),
-            ),
+            Ok((a, h, open_flags)) => {
+                reply.created(&TTL, &attr(&a), Generation(0), FileHandle(h.0), open_flags)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -614,17 +614,18 @@ pub fn attr_out(b: &mut [u8], a: &FileAttr, ttl: Duration) -> usize {
     ATTR_OUT_BYTES
 }
 
-/// `struct fuse_open_out` (no open flags); returns its length.
-pub fn open_out(b: &mut [u8], fh: u64) -> usize {
+/// `struct fuse_open_out` with `open_flags` (`FOPEN_*`); returns its length.
+pub fn open_out(b: &mut [u8], fh: u64, open_flags: u32) -> usize {
     b[..OPEN_OUT_BYTES].fill(0);
     put_u64(b, 0, fh);
+    put_u32(b, 8, open_flags);
     OPEN_OUT_BYTES
 }
 
 /// CREATE's reply: `struct fuse_entry_out` then `struct fuse_open_out`; returns its length.
-pub fn create_out(b: &mut [u8], a: &FileAttr, ttl: Duration, fh: u64) -> usize {
+pub fn create_out(b: &mut [u8], a: &FileAttr, ttl: Duration, fh: u64, open_flags: u32) -> usize {
     let n = entry_out(b, a, ttl);
-    n + open_out(&mut b[n..], fh)
+    n + open_out(&mut b[n..], fh, open_flags)
 }
 
 /// `struct fuse_write_out`; returns its length.
@@ -824,7 +825,7 @@ mod tests {
             flags: 0,
         };
         let mut b = [0xffu8; 256];
-        let n = create_out(&mut b, &a, Duration::from_secs(1), 77);
+        let n = create_out(&mut b, &a, Duration::from_secs(1), 77, 2);
         assert_eq!(n, ENTRY_OUT_BYTES + OPEN_OUT_BYTES);
         assert_eq!(ne_u64(&b, 0), 42);
         assert_eq!(ne_u64(&b, 16), 1);

@@ -149,8 +149,8 @@ impl Handler for Served {
                 Ok(fuse_abi::entry_out(payload, &attr(&a), ttl()))
             }
             Request::Open { ino, flags } => {
-                let fh = ops.open(h.uid, NodeId(ino), flags).map_err(code)?;
-                Ok(fuse_abi::open_out(payload, fh.0))
+                let (fh, open_flags) = ops.open(h.uid, NodeId(ino), flags).map_err(code)?;
+                Ok(fuse_abi::open_out(payload, fh.0, open_flags.bits()))
             }
             Request::Read {
                 fh, offset, size, ..
@@ -243,7 +243,7 @@ impl Handler for Served {
             Request::Flush { .. } | Request::Destroy => Ok(0),
             Request::Opendir { ino, .. } => {
                 let fh = ops.opendir(NodeId(ino)).map_err(code)?;
-                Ok(fuse_abi::open_out(payload, fh.0))
+                Ok(fuse_abi::open_out(payload, fh.0, 0))
             }
             Request::Readdir {
                 fh, offset, size, ..
@@ -263,10 +263,16 @@ impl Handler for Served {
                 flags,
                 ..
             } => {
-                let (a, fh) = ops
+                let (a, fh, open_flags) = ops
                     .create(NodeId(parent), name, mode, flags, who)
                     .map_err(code)?;
-                Ok(fuse_abi::create_out(payload, &attr(&a), ttl(), fh.0))
+                Ok(fuse_abi::create_out(
+                    payload,
+                    &attr(&a),
+                    ttl(),
+                    fh.0,
+                    open_flags.bits(),
+                ))
             }
             Request::Fallocate {
                 fh,

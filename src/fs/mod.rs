@@ -767,6 +767,23 @@ impl Core {
         }))
     }
 
+    /// Whether the OS may keep what it cached of `h`'s file across opens (FUSE's
+    /// `FOPEN_KEEP_CACHE`): when every name of the backing file is a name of this node,
+    /// every write to the file came through this node, and the OS saw it. The daemon never
+    /// changes what a file holds behind the mount (a reseed, resync or repair makes a copy
+    /// equal to what the mount serves). A file with more names than its node (hard links
+    /// made before the mount get nodes of their own, one per name) answers false: a
+    /// write through another node would leave this node's cache stale.
+    pub fn keeps_cache(&self, h: HandleId) -> bool {
+        self.with_file(h, |node, db, files| {
+            let st = db.fstat(files)?;
+            #[allow(clippy::unnecessary_cast)] // st_nlink is u32 on some targets
+            let links = st.st_nlink as u64;
+            Ok(links <= node.names() as u64)
+        })
+        .unwrap_or(false)
+    }
+
     /// Creates and opens a file.
     pub fn create(
         &self,

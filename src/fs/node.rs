@@ -62,6 +62,11 @@ impl Node {
         self.paths.lock().first().cloned()
     }
 
+    /// How many names (hard links) of its file the node has.
+    pub fn names(&self) -> usize {
+        self.paths.lock().len()
+    }
+
     /// Remembers the backing files of a handle opened on this node.
     pub fn add_open(&self, files: &Arc<OpenFiles>) {
         let mut open = self.open.lock();

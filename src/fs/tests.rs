@@ -908,3 +908,57 @@ fn r13_a_refused_huge_fallocate_leaves_a_lagging_copy_s_dirty_map_as_it_was() {
     assert_eq!(extents(db).0, want);
     core.release(h);
 }
+
+/// The OS may keep a file's cache across opens (FUSE's `FOPEN_KEEP_CACHE`) only where
+/// every name of the file is a name of its node: a hard link made before the mount has a
+/// node of its own, whose writes the other node's cache would not see.
+#[test]
+fn a_file_keeps_its_cache_across_opens_only_when_its_node_has_all_its_names() {
+    let bed = Bed::new("keep-cache", 2, 2);
+    let dir = {
+        let (core, _) = bed.open();
+        let dir = db_folder(&core);
+        let (a, h) = core
+            .create(dir, OsStr::new("a"), 0o600, libc::O_RDWR, ME)
+            .expect("create a");
+        assert!(core.keeps_cache(h), "a new file has one name, its node's");
+        core.release(h);
+        // A link made through the mount is a name of the same node.
+        core.link(a.node, dir, OsStr::new("a2")).expect("link");
+        let h = core.open(a.node, libc::O_RDONLY).expect("open a");
+        assert!(core.keeps_cache(h), "both names of a are its node's");
+        core.release(h);
+        let (_, h) = core
+            .create(dir, OsStr::new("b"), 0o600, libc::O_RDWR, ME)
+            .expect("create b");
+        core.release(h);
+        dir
+    };
+    // Behind the mount (or in a mount before this one): b gets a second name on every copy.
+    for k in [1, 2] {
+        std::fs::hard_link(bed.backing(k, "db001.db/b"), bed.backing(k, "db001.db/b2"))
+            .expect("hard link behind the mount");
+    }
+    let (core, _) = bed.open();
+    let dir2 = db_folder(&core);
+    assert_eq!(dir, dir2);
+    let b = core.lookup(dir2, OsStr::new("b")).expect("lookup b");
+    let b2 = core.lookup(dir2, OsStr::new("b2")).expect("lookup b2");
+    assert_ne!(
+        b.node, b2.node,
+        "names seen first by lookup get nodes of their own"
+    );
+    for node in [b.node, b2.node] {
+        let h = core.open(node, libc::O_RDWR).expect("open b");
+        assert!(
+            !core.keeps_cache(h),
+            "b has a name its node does not know: its cache must not outlive an open"
+        );
+        core.release(h);
+    }
+    // And a's two names, now seen by lookup in a new mount, are two nodes too.
+    let a = core.lookup(dir2, OsStr::new("a")).expect("lookup a");
+    let h = core.open(a.node, libc::O_RDONLY).expect("open a");
+    assert!(!core.keeps_cache(h), "a's other name is another node now");
+    core.release(h);
+}
