@@ -834,7 +834,9 @@ mod tests {
         assert_eq!(ne_u32(&b, 40 + 52), 5);
         assert_eq!(ne_u32(&b, 40 + 60), libc::S_IFREG | 0o640);
         assert_eq!(ne_u64(&b, ENTRY_OUT_BYTES), 77);
-        assert_eq!(ne_u32(&b, ENTRY_OUT_BYTES + 8), 0);
+        // open_flags (FOPEN_KEEP_CACHE = 2), then the padding cleared.
+        assert_eq!(ne_u32(&b, ENTRY_OUT_BYTES + 8), 2);
+        assert_eq!(ne_u32(&b, ENTRY_OUT_BYTES + 12), 0);
         let (s, ns) = secs_nsecs(UNIX_EPOCH - Duration::from_millis(1500));
         assert_eq!((s as i64, ns), (-2, 500_000_000));
 
