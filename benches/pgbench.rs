@@ -50,8 +50,11 @@
 //! "ratio_2copies","native_p99_ms","reseedfs_1copy_p99_ms","reseedfs_2copies_p99_ms",
 //! "p99_ratio_1copy","p99_ratio_2copies","..._latency_avg_ms","..._daemon_cpu_us_per_tx",
 //! "ratio_1copy_min","ratio_1copy_max","ratio_2copies_min","ratio_2copies_max",
-//! "settings","per_round"}`: TPS, p99 and CPU are medians over the rounds; a ratio is
-//! taken within each round, then the median (and its range).
+//! "..._wal_write_ms","..._wal_sync_ms","..._host_cpu_us_per_tx","..._host_idle",
+//! "..._daemon_{write,fsync,read,getattr}_us_per_tx","ratio_1copy_to_base",
+//! "ratio_2copies_to_base","settings","per_round"}` (each round's `breakdown` in
+//! `per_round`): TPS, p99, CPU and times are medians over the rounds; a ratio is taken
+//! within each round, then the median (and its range).
 //!
 //! # Options
 //!
