@@ -393,8 +393,12 @@ impl Core {
     }
 
     fn entry(&self, db: usize, path: PathBuf, st: &Stat) -> Attr {
-        let id = self.nodes.write().intern(db, path, true);
-        Attr::from_stat(id, st)
+        let mut nodes = self.nodes.write();
+        let id = nodes.intern(db, path, true);
+        match nodes.get(id) {
+            Some(node) => Core::backing_attr(&node, id, st),
+            None => Attr::from_stat(id, st),
+        }
     }
 
     /// A request reached a bug: the adapter caught its panic and answered EIO. Recorded
@@ -467,7 +471,7 @@ impl Core {
             Place::Root | Place::DbDir(_) => Ok(Attr::virtual_dir(id, self.started)),
             Place::Backing(_) => {
                 let t = self.target(id, fh)?;
-                Ok(Attr::from_stat(id, &self.stat_target(&t)?))
+                Ok(Core::backing_attr(&node, id, &self.stat_target(&t)?))
             }
         }
     }
@@ -734,7 +738,8 @@ impl Core {
         d.link(&from, &to)?;
         self.nodes.write().linked(id, db, to.clone());
         let st = self.stat_backing(d, &to)?;
-        Ok(Attr::from_stat(id, &st))
+        let node = self.node(id)?;
+        Ok(Core::backing_attr(&node, id, &st))
     }
 
     /// Opens a file on every in-sync copy. A file with no name left (opened again
@@ -774,14 +779,20 @@ impl Core {
     /// equal to what the mount serves). A file with more names than its node (hard links
     /// made before the mount get nodes of their own, one per name) answers false: a
     /// write through another node would leave this node's cache stale.
+    ///
+    /// It asks no disk: the node keeps the link count its last stat saw (the kernel looks a
+    /// name up, or stats it, before it opens it).
     pub fn keeps_cache(&self, h: HandleId) -> bool {
-        self.with_file(h, |node, db, files| {
-            let st = db.fstat(files)?;
-            #[allow(clippy::unnecessary_cast)] // st_nlink is u32 on some targets
-            let links = st.st_nlink as u64;
-            Ok(links <= node.names() as u64)
-        })
-        .unwrap_or(false)
+        self.with_file(h, |node, _, _| Ok(node.has_every_name()))
+            .unwrap_or(false)
+    }
+
+    /// The attributes of backing node `node` (`id`) from a stat of its file, which the
+    /// node notes (see [`Core::keeps_cache`]).
+    fn backing_attr(node: &Node, id: NodeId, st: &Stat) -> Attr {
+        #[allow(clippy::unnecessary_cast)] // st_nlink is u32 on some targets
+        node.saw_links(st.st_nlink as u64);
+        Attr::from_stat(id, st)
     }
 
     /// Creates and opens a file.

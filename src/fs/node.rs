@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -39,6 +40,8 @@ pub struct Node {
     /// Where it is.
     pub place: Place,
     paths: Mutex<Vec<PathBuf>>,
+    /// The file's link count when it was last stated (`u64::MAX`: never).
+    links: AtomicU64,
     /// The backing files of the node's open handles (weakly: a handle owns its files). A
     /// node whose last name is gone is reached through them only.
     open: Mutex<Vec<Weak<OpenFiles>>>,
@@ -62,9 +65,15 @@ impl Node {
         self.paths.lock().first().cloned()
     }
 
-    /// How many names (hard links) of its file the node has.
-    pub fn names(&self) -> usize {
-        self.paths.lock().len()
+    /// Whether every name (hard link) of its file is a name of this node, as far as the
+    /// last stat of the file says: hard links made before the mount get a node per name.
+    pub fn has_every_name(&self) -> bool {
+        self.links.load(Ordering::Relaxed) <= self.paths.lock().len() as u64
+    }
+
+    /// The file's link count, as a stat of it just said.
+    pub fn saw_links(&self, links: u64) {
+        self.links.store(links, Ordering::Relaxed);
     }
 
     /// Remembers the backing files of a handle opened on this node.
@@ -124,6 +133,7 @@ impl Table {
         let node = Node {
             place,
             paths: Mutex::new(paths),
+            links: AtomicU64::new(u64::MAX),
             open: Mutex::new(Vec::new()),
             io: FileIo::default(),
         };
