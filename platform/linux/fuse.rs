@@ -242,9 +242,10 @@ impl Ops {
     /// setgid (FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
     ///
     /// The open flags ask the kernel to keep the file's page cache (`FOPEN_KEEP_CACHE`)
-    /// where the core says it stays true ([`Fs::keeps_cache`]): without it every open
-    /// drops the file's cached pages, and a database that opens a table again (a new
-    /// session, a vacuum worker) reads all of it again through the daemon.
+    /// where the core says it stays true
+    /// ([`Core::keeps_cache`](crate::fs::Core::keeps_cache)): without it every open drops
+    /// the file's cached pages, and a database that opens a table again (a new session, a
+    /// vacuum worker) reads all of it again through the daemon.
     pub(crate) fn open(
         &self,
         caller_uid: u32,
