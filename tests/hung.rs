@@ -529,6 +529,219 @@ fn a_hung_disk_is_failed_within_the_deadline_and_no_request_waits_longer() {
     }
 }
 
+/// Both copies' disks hang at once (or the host is too busy for either to meet its
+/// deadline): failing every copy would fail the database, so the writes wait for the first
+/// disk to answer, and only the one still hanging then is failed.
+#[test]
+fn when_every_copy_hangs_at_once_the_first_to_answer_is_kept_and_no_request_fails() {
+    if !require_mount_privileges(
+        "when_every_copy_hangs_at_once_the_first_to_answer_is_kept_and_no_request_fails",
+    ) {
+        return;
+    }
+    // No checkpoint while the disks freeze one after the other: its syncfs would find one
+    // hung and the other answering, and rightly fail the first.
+    let m = hung_pool(2, 256 << 20, |c| {
+        c.tap.checkpoint_interval = Duration::from_secs(600);
+    });
+    let dir = m.db_files(DB);
+    // The writers' files, with their first version, open before the disks hang.
+    let files: Vec<Arc<fs::File>> = (0..4u64)
+        .map(|w| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let p = dir.join(format!("writer{w}.dat"));
+            let f = fs::File::create(&p).expect("create");
+            for b in 0..BLOCKS {
+                f.write_all_at(&block(w, b, 1), b * BLOCK as u64)
+                    .expect("first version");
+            }
+            f.sync_all().expect("fsync");
+            // The odd writers write O_DIRECT (over the request thread's io_uring).
+            let direct = if w % 2 == 1 { libc::O_DIRECT } else { 0 };
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(direct)
+                .open(&p)
+                .expect("open");
+            Arc::new(f)
+        })
+        .collect();
+    let active = active_volume(&m.status_json(), DB);
+    let (first, last) = if active == "Volume1" {
+        ("Volume2", "Volume1")
+    } else {
+        ("Volume1", "Volume2")
+    };
+    // The passive copy's disk answers first, the active one's stays hung: the active copy
+    // moves, as it would on a dead disk.
+    let frozen_at = Instant::now();
+    let hung_last = m.bed.volumes[volume_index(last) - 1]
+        .freeze()
+        .expect("fsfreeze -f");
+    let hung_first = m.bed.volumes[volume_index(first) - 1]
+        .freeze()
+        .expect("fsfreeze -f");
+    let writers: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(w, f)| {
+            let f = f.clone();
+            thread::spawn(move || {
+                let mut longest = Duration::ZERO;
+                for b in 0..BLOCKS / 4 {
+                    let t = Instant::now();
+                    let (buf, at) = aligned(&block(w as u64, b, 2));
+                    f.write_all_at(&buf[at..at + BLOCK], b * BLOCK as u64)
+                        .unwrap_or_else(|e| panic!("writer {w} block {b}: {e}"));
+                    f.sync_data()
+                        .unwrap_or_else(|e| panic!("writer {w} fdatasync: {e}"));
+                    longest = longest.max(t.elapsed());
+                }
+                longest
+            })
+        })
+        .collect();
+    // Longer than a deadline and its retries: a write, then the pool state's, each
+    // missing it in turn.
+    let hold = 3 * IO_TIMEOUT + Duration::from_millis(500);
+    thread::sleep(hold.saturating_sub(frozen_at.elapsed()));
+    hung_first.thaw().expect("fsfreeze -u");
+    let thawed_at = frozen_at.elapsed();
+    let longest = writers
+        .into_iter()
+        .map(|w| {
+            w.join().unwrap_or_else(|_| {
+                panic!(
+                    "a writer failed (see its panic above); events: {:#?}\nmount.log:\n{}",
+                    m.events_json(),
+                    m.mount_log()
+                )
+            })
+        })
+        .max()
+        .unwrap_or_default();
+    eprintln!("both disks hung, {first} thawed after {thawed_at:?}: longest write {longest:?}");
+    let failed = wait_for(Duration::from_secs(10), || {
+        copy_is(&m.status_json(), DB, last, "FailedAndSuspended", false).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "the copy on {last}, still hanging when {first} answered, was never failed: {:#}",
+        m.status_json()
+    );
+    let events = assert_timed_out(&m, last);
+    assert!(
+        !events
+            .iter()
+            .any(|e| event_id(e) == Some(1109) && e["volume"] == first),
+        "the copy on {first}, which answered first, was failed too: {events:#?}"
+    );
+    assert!(
+        copy_is(&m.status_json(), DB, first, "Mounted", true),
+        "the copy on {first} is not the active one: {:#}",
+        m.status_json()
+    );
+    // A write waited for the first disk to answer, and not much longer.
+    assert!(
+        longest <= thawed_at + IO_TIMEOUT,
+        "a write took {longest:?} though {first} answered after {thawed_at:?}"
+    );
+    thaw_and_wait_healthy(&m, hung_last, frozen_at, last);
+    let written: Vec<Written> = (0..4u64)
+        .map(|w| Written {
+            path: dir.join(format!("writer{w}.dat")),
+            versions: (0..BLOCKS)
+                .map(|b| if b < BLOCKS / 4 { 2 } else { 1 })
+                .collect(),
+            stalls: Stalls::default(),
+            writes: BLOCKS / 4,
+        })
+        .collect();
+    drop(files);
+    verify_written(&written, &dir);
+    let bed = m.unmount();
+    for k in 1..=2 {
+        verify_written(&written, &bed.volume_path(k).join(format!("{DB}.db")));
+    }
+}
+
+/// A database with one copy: failing it for a hung disk would leave the database nothing
+/// but EIO. Its requests wait for the disk, as they would on the disk itself, the copy is
+/// not failed, and `status` answers meanwhile.
+#[test]
+fn the_last_copy_of_a_database_that_hangs_is_waited_for_and_status_answers() {
+    if !require_mount_privileges(
+        "the_last_copy_of_a_database_that_hangs_is_waited_for_and_status_answers",
+    ) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(1, 256 << 20).expect("a loop volume");
+    common::init(&bed, &[DB], 1);
+    hung_disk_config(&bed);
+    let m = Mounted::mount_only(bed);
+    let path = m.db_files(DB).join("only.dat");
+    let f = Arc::new(fs::File::create(&path).expect("create"));
+    f.write_all_at(&block(0, 0, 1), 0).expect("first version");
+    f.sync_all().expect("fsync");
+    let hold = 2 * IO_TIMEOUT + Duration::from_millis(500);
+    let frozen_at = Instant::now();
+    let frozen = m.bed.volumes[0].freeze().expect("fsfreeze -f");
+    let writer = {
+        let f = f.clone();
+        thread::spawn(move || {
+            let t = Instant::now();
+            for v in 2..6 {
+                f.write_all_at(&block(0, 0, v), 0)
+                    .unwrap_or_else(|e| panic!("write v{v}: {e}"));
+                f.sync_data()
+                    .unwrap_or_else(|e| panic!("fdatasync v{v}: {e}"));
+            }
+            t.elapsed()
+        })
+    };
+    while frozen_at.elapsed() < hold {
+        let t = Instant::now();
+        let s = m.status_json();
+        assert!(
+            t.elapsed() < IO_TIMEOUT,
+            "status took {:?} while the only copy's disk hung",
+            t.elapsed()
+        );
+        assert!(
+            copy_is(&s, DB, "Volume1", "Mounted", true),
+            "the only copy left the in-sync set for a hung disk: {s:#}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    frozen.thaw().expect("fsfreeze -u");
+    let took = writer.join().unwrap_or_else(|_| {
+        panic!(
+            "the writer failed (see its panic above); events: {:#?}\nmount.log:\n{}",
+            m.events_json(),
+            m.mount_log()
+        )
+    });
+    eprintln!("the only copy's disk hung {hold:?}: the writes took {took:?}");
+    assert!(
+        took >= IO_TIMEOUT,
+        "the writes did not wait for the disk ({took:?})"
+    );
+    let events = m.events_json();
+    assert!(
+        !events.iter().any(|e| event_id(e) == Some(1109)),
+        "the only copy was failed: {events:#?}"
+    );
+    let mut buf = vec![0u8; BLOCK];
+    fs::File::open(&path)
+        .and_then(|r| r.read_exact_at(&mut buf, 0))
+        .expect("read back");
+    assert_eq!(
+        check_block(0, 0, &buf),
+        Ok(5),
+        "the last write is what reads back"
+    );
+}
+
 /// The copy of `db` on `volume`, as `status` shows it (`Value::Null` when there is none).
 fn copy_json(m: &Mounted, volume: &str) -> Value {
     copy_status(&m.status_json(), DB, volume)

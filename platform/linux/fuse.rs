@@ -110,6 +110,7 @@ impl Ops {
     /// in it answers EIO and is recorded by the core; the thread goes on serving.
     #[inline]
     fn call<T>(&self, op: Op, f: impl FnOnce() -> crate::fs::Result<T>) -> crate::fs::Result<T> {
+        crate::volume::serve_requests();
         let contained = || match std::panic::catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => r,
             Err(payload) => {

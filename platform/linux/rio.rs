@@ -9,8 +9,9 @@
 //! linked to the next: a write of a file's data, then of its sums) and submits it at
 //! once: an aligned `O_DIRECT` write is issued in that call and completes from the
 //! disk's interrupt; a buffered one goes to the kernel's io-wq worker. [`Chain::wait_until`]
-//! waits for the chain's completions until the deadline. Past it the chain is
-//! *abandoned*: the caller goes on (the volume is failed, see `copyset`) and its writes'
+//! waits for the chain's completions until a deadline; past it the caller may wait again
+//! (every copy of a write late at once, see `volume::finish_first`) or drop the chain,
+//! which is then *abandoned*: the caller goes on (the volume is failed, see `copyset`) and its writes'
 //! buffers and files stay with the ring until the kernel completes them, however late,
 //! so the kernel never reads memory that was freed. A ring whose every slot is held by
 //! abandoned writes (a hung disk) makes [`start`] answer `None`: the caller uses the
@@ -234,10 +235,9 @@ impl Drop for Chain {
 impl Chain {
     /// Waits for every write of the chain until `deadline`: `Ok` when all were done in
     /// full, the first error, `Interrupted` for a short write (the caller writes the chain
-    /// again another way), or `None` when the deadline came first (the chain is
-    /// abandoned, see the module documentation).
-    fn wait(mut self, deadline: Instant) -> Option<io::Result<()>> {
-        let writes = std::mem::take(&mut self.writes);
+    /// again another way), or `None` when the deadline came first (the chain is still in
+    /// flight: wait again, or drop it to abandon it, see the module documentation).
+    fn wait(&mut self, deadline: Instant) -> Option<io::Result<()>> {
         RIO.with(|cell| {
             let mut cell = cell.borrow_mut();
             let Some(Ok(rio)) = cell.as_mut() else {
@@ -245,7 +245,8 @@ impl Chain {
             };
             loop {
                 rio.reap();
-                if writes.iter().all(|&(i, _)| rio.result(i).is_some()) {
+                if self.writes.iter().all(|&(i, _)| rio.result(i).is_some()) {
+                    let writes = std::mem::take(&mut self.writes);
                     let mut out = Ok(());
                     for &(i, len) in &writes {
                         let r = rio.result(i).unwrap_or(-libc::EIO);
@@ -265,7 +266,6 @@ impl Chain {
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    rio.abandon(&writes);
                     return None;
                 }
                 let left = deadline - now;
@@ -291,8 +291,8 @@ impl Chain {
 }
 
 impl Started for Chain {
-    fn wait_until(self: Box<Self>, deadline: Instant) -> Option<io::Result<()>> {
-        (*self).wait(deadline)
+    fn wait_until(&mut self, deadline: Instant) -> Option<io::Result<()>> {
+        self.wait(deadline)
     }
 }
 
@@ -337,7 +337,7 @@ mod tests {
                 data: Arc::new(b"sums".to_vec()),
             },
         ];
-        let Some(c) = start(chain) else {
+        let Some(mut c) = start(chain) else {
             eprintln!("SKIPPED: io_uring refused on this machine");
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -345,7 +345,7 @@ mod tests {
             );
             return;
         };
-        let r = Box::new(c).wait_until(Instant::now() + Duration::from_secs(10));
+        let r = c.wait(Instant::now() + Duration::from_secs(10));
         assert!(matches!(r, Some(Ok(()))), "{r:?}");
         let got = std::fs::read(dir.join("a")).expect("read a");
         assert_eq!(got.len(), 12288);
@@ -377,7 +377,7 @@ mod tests {
             offset: 0,
             data: Arc::new(vec![n; 100]),
         };
-        let Some(c) = start(vec![write(1)]) else {
+        let Some(mut c) = start(vec![write(1)]) else {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "io_uring must work under CI"
@@ -385,18 +385,20 @@ mod tests {
             return;
         };
         let t = Instant::now();
-        let r1 = Box::new(c).wait_until(Instant::now() + Duration::from_millis(200));
+        let r1 = c.wait(Instant::now() + Duration::from_millis(200));
         assert!(
             r1.is_none(),
             "a blocked write must miss its deadline: {r1:?}"
         );
         let waited = t.elapsed();
+        // Not waited for again: abandoned.
+        drop(c);
         assert!(waited >= Duration::from_millis(200), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
         // Every slot taken by abandoned writes: the ring says no, the caller uses a lane.
         for _ in 1..SLOTS {
-            let c = start(vec![write(2)]).expect("a free slot");
-            assert!(Box::new(c).wait_until(Instant::now()).is_none());
+            let mut c = start(vec![write(2)]).expect("a free slot");
+            assert!(c.wait(Instant::now()).is_none());
         }
         assert!(start(vec![write(3)]).is_none(), "no free slot is left");
         // The "disk" answers at last: the abandoned writes complete and free their slots.
@@ -415,9 +417,9 @@ mod tests {
         });
         let ok = (0..200).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            start(vec![write(4)]).is_some_and(|c| {
+            start(vec![write(4)]).is_some_and(|mut c| {
                 matches!(
-                    Box::new(c).wait_until(Instant::now() + Duration::from_secs(5)),
+                    c.wait(Instant::now() + Duration::from_secs(5)),
                     Some(Ok(()))
                 )
             })
@@ -447,9 +449,9 @@ mod tests {
         // Every slot at once: only when the dropped chain's slot came back.
         let ok = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            start((0..SLOTS).map(|_| write()).collect()).is_some_and(|c| {
+            start((0..SLOTS).map(|_| write()).collect()).is_some_and(|mut c| {
                 matches!(
-                    Box::new(c).wait_until(Instant::now() + Duration::from_secs(5)),
+                    c.wait(Instant::now() + Duration::from_secs(5)),
                     Some(Ok(()))
                 )
             })
@@ -476,14 +478,14 @@ mod tests {
                 data: Arc::new(vec![2u8; 10]),
             },
         ];
-        let Some(c) = start(chain) else {
+        let Some(mut c) = start(chain) else {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "io_uring must work under CI"
             );
             return;
         };
-        let r = Box::new(c).wait_until(Instant::now() + Duration::from_secs(10));
+        let r = c.wait(Instant::now() + Duration::from_secs(10));
         let e = r.expect("answered").expect_err("a read-only file refuses");
         assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
         assert_eq!(std::fs::read(dir.join("b")).expect("read b"), b"");

@@ -168,6 +168,7 @@ impl Context {
     /// Runs `f` (one core call), timing it for `op` when metrics are on.
     #[inline]
     fn timed<T>(&self, op: Op, f: impl FnOnce() -> T) -> T {
+        crate::volume::serve_requests();
         match &self.metrics {
             None => f(),
             Some(m) => {

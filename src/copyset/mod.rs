@@ -68,8 +68,11 @@ pub const MAX_COPIES: usize = 8;
 /// mutation which skipped the copy may then be acknowledged.
 pub trait Store: Send + Sync {
     /// Volume `volume` failed during `op` with `err`: every copy on it, in every
-    /// database, leaves the in-sync set (`Database::fail_copies_on`).
-    fn volume_failed(&self, volume: &Volume, op: &str, err: &std::io::Error);
+    /// database, leaves the in-sync set (`Database::fail_copies_on`). Returns whether the
+    /// volume is failed: not when `err` is a missed deadline and the volume holds the last
+    /// copy in sync of a database (a slow copy is better than none; the caller gets the
+    /// error).
+    fn volume_failed(&self, volume: &Volume, op: &str, err: &std::io::Error) -> bool;
     /// Copy `slot` of `db` answered `op` with `err` while another copy took it: it
     /// leaves the in-sync set alone (`Database::fail_copy`).
     fn copy_diverged(&self, db: &Database, slot: CopySlot, op: &str, err: &std::io::Error);

@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::names::CopySlot;
 use crate::volume::{
-    AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, is_direct_aligned,
-    is_media_error, write_direct,
+    AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, finish_first,
+    is_direct_aligned, is_media_error, is_timeout, write_direct,
 };
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
@@ -28,11 +28,13 @@ impl Database {
         };
         let placement = self.copies[i].placement();
         if is_media_error(err) {
-            if let Some(v) = &placement.volume {
-                v.count_io_error();
-                store.volume_failed(v, op, err);
+            match &placement.volume {
+                Some(v) => {
+                    v.count_io_error();
+                    store.volume_failed(v, op, err)
+                }
+                None => true,
             }
-            true
         } else if another_succeeded {
             store.copy_diverged(self, CopySlot::new(i), op, err);
             true
@@ -485,29 +487,13 @@ impl Database {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             // Every copy at once, each on its volume's lane; then every answer, each
-            // within its volume's deadline.
+            // within its volume's deadline (see `finish_first`: when no in-sync copy
+            // answers in time, the first to answer at all).
             let started = Instant::now();
-            let mut calls: [Option<(Call<T>, Instant)>; MAX_COPIES] = Default::default();
+            let mut calls: [Option<(&Volume, Call<T>, Instant)>; MAX_COPIES] = Default::default();
             for (slot, t) in targets[..n].iter().enumerate() {
                 if let Some((i, v, f)) = t {
-                    calls[slot] = Some((submit(*i, v, f), v.deadline()));
-                }
-            }
-            let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
-            // The calls this thread started first (they wait for the kernel alone, and may
-            // hold stripe locks a lane call needs: `Database::start_summed_write`), then
-            // the lanes' answers, each within its volume's deadline.
-            for started_pass in [true, false] {
-                for (slot, t) in targets[..n].iter().enumerate() {
-                    if matches!(calls[slot], Some((Call::Started(_), _))) != started_pass {
-                        continue;
-                    }
-                    if let (Some((_, v, _)), Some((call, deadline))) = (t, calls[slot].take()) {
-                        let r = v.finish(op, call, deadline);
-                        v.observe(started.elapsed());
-                        count_written(v, &r, len);
-                        results[slot] = Some(r);
-                    }
+                    calls[slot] = Some((&**v, submit(*i, v, f), v.deadline()));
                 }
             }
             let seeding = |slot: usize| {
@@ -515,9 +501,24 @@ impl Database {
                     .as_ref()
                     .is_some_and(|(i, _, _)| !self.copies[*i].is(CopyState::InSync))
             };
+            let mut results: [Option<io::Result<T>>; MAX_COPIES] = Default::default();
+            finish_first(
+                &self.name,
+                op,
+                &mut calls[..n],
+                &mut results[..n],
+                |slot| !seeding(slot),
+                |slot, r| {
+                    if let Some((_, v, _)) = &targets[slot] {
+                        v.observe(started.elapsed());
+                        count_written(v, r, len);
+                    }
+                },
+            );
             let any_ok = (0..n).any(|slot| !seeding(slot) && matches!(results[slot], Some(Ok(_))));
             let mut first_ok = None;
             let mut caller_err = None;
+            let mut ask_again = false;
             let mut seeded_alone = Vec::new();
             for (slot, r) in results.into_iter().take(n).enumerate() {
                 let Some((i, _, _)) = &targets[slot] else {
@@ -530,7 +531,13 @@ impl Database {
                     Some(Err(e)) => {
                         // A seeding copy never decides: any error of its own fails it.
                         let failed = self.on_error(*i, op, &e, any_ok || seeding(slot));
-                        if !failed && caller_err.is_none() {
+                        if !failed && is_timeout(&e) && !seeding(slot) {
+                            // A late copy kept because it is the last in sync (see
+                            // `Store::volume_failed`): asked again, which waits for it.
+                            // Writes and syncs are made twice safely (same bytes, same
+                            // place, the range still locked).
+                            ask_again = true;
+                        } else if !failed && caller_err.is_none() {
                             caller_err = Some(e);
                         }
                     }
@@ -540,6 +547,9 @@ impl Database {
             if let Some(t) = first_ok {
                 self.settle()?;
                 return Ok(t);
+            }
+            if ask_again {
+                continue;
             }
             if let Some(e) = caller_err {
                 // The seeding copy took what every in-sync copy refused: it differs now.

@@ -19,9 +19,15 @@ use crate::volume::{Volume, errno_of};
 /// A volume found dead while the state was written: its name and error.
 pub(super) type Dead = Vec<(VolumeName, io::Error)>;
 
+impl crate::volume::Keeper for Pool {
+    fn holds_last_copy(&self, volume: &VolumeName) -> bool {
+        self.last_copy_on(volume).is_some()
+    }
+}
+
 impl Store for Pool {
-    fn volume_failed(&self, volume: &Volume, op: &str, err: &io::Error) {
-        self.fail_volume(volume.name(), op, err);
+    fn volume_failed(&self, volume: &Volume, op: &str, err: &io::Error) -> bool {
+        self.fail_volume(volume.name(), op, err)
     }
 
     fn copy_diverged(&self, db: &Database, slot: CopySlot, op: &str, err: &io::Error) {
@@ -63,8 +69,14 @@ struct Failed {
 impl Pool {
     /// Marks volume `name` failed after `err` during `op` (a media error, or a missed
     /// deadline): every copy on it becomes FailedAndSuspended, the state is persisted on
-    /// every healthy volume, events are emitted. Returns once persisted. Idempotent.
-    pub fn fail_volume(&self, name: &VolumeName, op: &str, err: &io::Error) {
+    /// every healthy volume, events are emitted. Returns once persisted, and whether the
+    /// volume is failed. Idempotent.
+    ///
+    /// A missed deadline does not fail a volume that holds the last copy in sync of a
+    /// database (see [`Pool::last_copy_on`]): the database would get EIO from then on, for
+    /// a disk that is slow (a loaded host) or may answer yet; the operation that was late
+    /// gets the error, the copy stays, and the slow-request counters say what happens.
+    pub fn fail_volume(&self, name: &VolumeName, op: &str, err: &io::Error) -> bool {
         if let Some(p) = crate::volume::panic_of(err) {
             self.lane_panicked(p, op);
         }
@@ -76,6 +88,15 @@ impl Pool {
         let mut moved = Vec::new();
         while let Some((vol, op, errno, timeout)) = pending.pop() {
             if state.failed_volumes.contains(&vol) {
+                continue;
+            }
+            if timeout.is_some()
+                && let Some(db) = self.last_copy_on(&vol)
+            {
+                tracing::warn!(
+                    "{vol} missed its deadline during {op} but holds the last copy of {db} in \
+                     sync: not failed (the {op} gets the error)"
+                );
                 continue;
             }
             state.failed_volumes.push(vol.clone());
@@ -130,6 +151,7 @@ impl Pool {
         }
         drop(unpersisted);
         let dead_volumes = state.failed_volumes.clone();
+        let is_failed = dead_volumes.contains(name);
         drop(state);
         self.let_go(&dead_volumes);
         for f in failed {
@@ -149,6 +171,26 @@ impl Pool {
                 .volume(after.as_deref().unwrap_or(&vol)),
             );
         }
+        is_failed
+    }
+
+    /// Makes the pool the keeper of volume `v` (see [`crate::volume::serve_requests`]).
+    pub(super) fn keep(&self, v: &Volume) {
+        let me: std::sync::Weak<dyn crate::volume::Keeper> = self.me.clone();
+        v.set_keeper(me);
+    }
+
+    /// A database whose every copy in sync is on volume `name`, if any: failing the
+    /// volume would leave it none.
+    fn last_copy_on(&self, name: &VolumeName) -> Option<&DbName> {
+        self.databases
+            .iter()
+            .find(|d| {
+                let mut in_sync = d.copies().iter().filter(|c| c.is(CopyState::InSync));
+                in_sync.clone().any(|c| c.volume_name() == *name)
+                    && in_sync.all(|c| c.volume_name() == *name)
+            })
+            .map(|d| &d.name)
     }
 
     /// An operation on a volume's lane panicked (a bug): it was answered as a failed I/O of
@@ -273,6 +315,11 @@ impl Pool {
     /// skipped a copy are refused ([`Store::barrier`]) until a later write of the state
     /// reaches somewhere.
     pub(super) fn persist_locked(&self, state: &mut PoolState) -> Dead {
+        // Under the state lock: never past a deadline, even on a request thread.
+        crate::volume::within_deadlines(|| self.persist_within_deadlines(state))
+    }
+
+    fn persist_within_deadlines(&self, state: &mut PoolState) -> Dead {
         state.epoch += 1;
         let mut written = 0;
         if let Err(err) = self.write_witness_within(state) {

@@ -142,6 +142,8 @@ pub struct Pool {
     was_clean: bool,
     /// Volumes (and a witness) of other pools found at mount: left alone.
     foreign: Vec<Foreign>,
+    /// Itself, for the volumes it opens ([`crate::volume::Keeper`]).
+    me: std::sync::Weak<Pool>,
 }
 
 impl std::fmt::Debug for Pool {

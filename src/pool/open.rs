@@ -384,7 +384,13 @@ impl Pool {
                 system: crate::volume::lane::Lane::new("system"),
                 was_clean,
                 foreign,
+                me: weak.clone(),
             };
+            for v in &pool.volumes {
+                if let Some(vol) = v.volume() {
+                    pool.keep(&vol);
+                }
+            }
             {
                 let mut state = pool.state.lock();
                 for v in &pool.volumes {

@@ -29,6 +29,7 @@ impl Pool {
         let pool_id = self.state.lock().pool_id.clone();
         let v = probe_volume(&pv.name, &pv.path, &pool_id, self.config.volume.limits())?;
         let v = Arc::new(v);
+        self.keep(&v);
         let returned = {
             let mut state = self.state.lock();
             pv.volume.store(Some(v.clone()));

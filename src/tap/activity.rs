@@ -46,7 +46,7 @@ use super::Replicas;
 use super::dirty::FileDirty;
 use crate::names::CopySlot;
 use crate::names::DbName;
-use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume};
+use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume, finish_first};
 
 /// log2 of the activity log's extent size (4 MiB).
 pub const EXTENT_SHIFT: u32 = 22;
@@ -546,21 +546,30 @@ impl ActivityLog {
             };
             let mut failed = self.open_files(db, &mut files, None);
             let data: Arc<[u8]> = pending.into();
-            let calls: Vec<_> = files
+            let mut calls: Vec<_> = files
                 .open
                 .iter()
-                .map(|(slot, _, v, f)| {
+                .map(|(_, _, v, f)| {
                     let (f, data) = (f.clone(), data.clone());
                     let call = v.submit("activity log", move |b| {
                         b.append(&f, &data)?;
                         b.sync(&f, true)
                     });
-                    (*slot, v.clone(), call, v.deadline())
+                    Some((&**v, call, v.deadline()))
                 })
                 .collect();
-            for (slot, v, call, deadline) in calls {
-                if let Err(e) = v.finish("activity log", call, deadline) {
-                    failed.push((slot, e));
+            let mut results: Vec<_> = calls.iter().map(|_| None).collect();
+            finish_first(
+                &self.db,
+                "activity log",
+                &mut calls,
+                &mut results,
+                |_| true,
+                |_, _| {},
+            );
+            for ((slot, ..), r) in files.open.iter().zip(results) {
+                if let Some(Err(e)) = r {
+                    failed.push((*slot, e));
                 }
             }
             files.durable_lsn = upto;
@@ -648,9 +657,24 @@ impl ActivityLog {
         while counter.load(Ordering::SeqCst) != 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
-        for (slot, _, v) in db.in_sync() {
-            if let Err(e) = v.syncfs() {
-                db.on_error(CopySlot::new(slot), "checkpoint syncfs", &e);
+        // Every copy's volume at once (see `finish_first`).
+        let in_sync = db.in_sync();
+        let mut calls: Vec<_> = in_sync
+            .iter()
+            .map(|(_, _, v)| Some((&**v, v.submit_syncfs(), v.deadline())))
+            .collect();
+        let mut results: Vec<_> = calls.iter().map(|_| None).collect();
+        finish_first(
+            &self.db,
+            "syncfs",
+            &mut calls,
+            &mut results,
+            |_| true,
+            |_, _| {},
+        );
+        for ((slot, ..), r) in in_sync.iter().zip(results) {
+            if let Some(Err(e)) = r {
+                db.on_error(CopySlot::new(*slot), "checkpoint syncfs", &e);
             }
         }
         persist();

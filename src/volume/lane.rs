@@ -174,13 +174,31 @@ impl<T> Pending<T> {
     /// call is then abandoned: not made if it is still queued, its answer dropped
     /// otherwise), or [`Unanswered::Panicked`].
     pub fn wait_until(self, deadline: Instant) -> Result<T, Unanswered> {
-        match self.slot.wait(Some(deadline)) {
-            Some(answer) => answer.map_err(Unanswered::Panicked),
+        match self.answer_by(deadline) {
+            Some(answer) => answer,
             None => {
-                self.abandoned.store(true, Ordering::Release);
+                self.abandon();
                 Err(Unanswered::Elapsed)
             }
         }
+    }
+
+    /// The answer if it comes by `deadline`; `None` leaves the call on its way (wait
+    /// again, or [`Pending::abandon`] it). A call its lane dropped unanswered is
+    /// [`Unanswered::Elapsed`].
+    pub fn answer_by(&self, deadline: Instant) -> Option<Result<T, Unanswered>> {
+        match self.slot.wait(Some(deadline)) {
+            Some(answer) => Some(answer.map_err(Unanswered::Panicked)),
+            None if matches!(*self.slot.state.lock(), SlotState::Dropped) => {
+                Some(Err(Unanswered::Elapsed))
+            }
+            None => None,
+        }
+    }
+
+    /// Gives the call up: not made if it is still queued, its answer dropped otherwise.
+    pub fn abandon(self) {
+        self.abandoned.store(true, Ordering::Release);
     }
 
     /// The answer, waiting as long as `stalled` (asked every `tick`) says the call is still

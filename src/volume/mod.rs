@@ -168,8 +168,9 @@ pub struct ChainWrite {
 pub trait Started: std::fmt::Debug {
     /// Waits until every write is done (`Ok`), one failed (the first error;
     /// `Interrupted` for a short write), or `deadline` passed (`None`: the writes are
-    /// abandoned; the kernel may still make them).
-    fn wait_until(self: Box<Self>, deadline: Instant) -> Option<io::Result<()>>;
+    /// still on their way; wait again, or drop them to abandon them: the kernel may still
+    /// make them).
+    fn wait_until(&mut self, deadline: Instant) -> Option<io::Result<()>>;
 }
 
 /// A file of a volume, open: shared by the callers and the volume's lane (a call that
@@ -260,6 +261,42 @@ pub struct Volume {
     latency: Latency,
     slow: Slow,
     written_bytes: AtomicU64,
+    /// Says whether this volume holds the last copy in sync of a database (the pool).
+    keeper: std::sync::OnceLock<std::sync::Weak<dyn Keeper>>,
+}
+
+/// Knows whether a volume holds the last copy in sync of a database: the pool.
+pub trait Keeper: Send + Sync {
+    /// Whether failing `volume` would leave a database with no copy in sync.
+    fn holds_last_copy(&self, volume: &VolumeName) -> bool;
+}
+
+thread_local! {
+    /// This thread serves the databases' requests ([`serve_requests`]).
+    static SERVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that serves the databases' requests (the platform
+/// adapters call it for each request). On such a thread, an operation on a volume that
+/// holds the last copy in sync of a database is waited for past its deadline, however
+/// long ([`Volume::finish`]): the database waits as it would on the disk itself, where
+/// failing the volume would give it EIO for a disk that is slow (a loaded host) or may
+/// answer yet. The daemon's own threads (checkpoints, reseeds, status) never wait past a
+/// deadline, nor does work under the pool's state lock ([`within_deadlines`]).
+pub fn serve_requests() {
+    SERVING.with(|s| s.set(true));
+}
+
+/// Runs `f` with every deadline kept, even on a request thread.
+pub fn within_deadlines<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERVING.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERVING.with(|s| s.replace(false)));
+    f()
 }
 
 /// Slow operations of a volume.
@@ -430,7 +467,25 @@ impl Volume {
                 since_ms: AtomicU64::new(0),
             },
             written_bytes: AtomicU64::new(0),
+            keeper: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells the volume who knows whether it holds a database's last copy in sync (the
+    /// pool; once).
+    pub fn set_keeper(&self, keeper: std::sync::Weak<dyn Keeper>) {
+        let _ = self.keeper.set(keeper);
+    }
+
+    /// Whether the calling thread serves requests and this volume holds the last copy in
+    /// sync of a database: a late call is then waited for on ([`serve_requests`]).
+    fn waits_on_late(&self) -> bool {
+        SERVING.with(std::cell::Cell::get)
+            && self
+                .keeper
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .is_some_and(|k| k.holds_last_copy(&self.name))
     }
 
     /// Runs `f` on the volume's lane, within the deadline. A volume already failed
@@ -500,53 +555,129 @@ impl Volume {
         call: Call<T>,
         deadline: Instant,
     ) -> io::Result<T> {
-        match call {
+        let mut call = match self.answer_by(op, call, deadline) {
+            Waited::Answered(r) => return r,
+            Waited::Late(call) => call,
+        };
+        if !self.waits_on_late() {
+            return Err(self.give_up(op, call, deadline));
+        }
+        let late = Instant::now();
+        tracing::warn!(
+            "{} did not answer {op} within {} and holds the last copy in sync of a database: \
+             waiting for it (as the database would on the disk itself)",
+            self.name,
+            humantime::format_duration(self.limits.io_timeout)
+        );
+        loop {
+            match self.answer_by(op, call, Instant::now() + LATE_RECHECK) {
+                Waited::Answered(r) => {
+                    tracing::warn!(
+                        "{} answered {op} {} after its deadline",
+                        self.name,
+                        humantime::format_duration(Duration::from_millis(
+                            late.elapsed().as_millis() as u64
+                        ))
+                    );
+                    return r;
+                }
+                // Another copy came in sync meanwhile: this one may be failed now.
+                Waited::Late(c) if !self.waits_on_late() => {
+                    return Err(self.give_up(op, c, deadline));
+                }
+                Waited::Late(c) => call = c,
+            }
+        }
+    }
+
+    /// Waits for `call` until `until`: its answer, or the call itself, still on its way
+    /// (wait again, or [`Volume::give_up`] on it).
+    fn answer_by<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        call: Call<T>,
+        until: Instant,
+    ) -> Waited<T> {
+        let r = match call {
             Call::Refused(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-            Call::Started(c) => {
+            Call::Started(mut c) => {
+                let Some(r) = c.writes.wait_until(until) else {
+                    return Waited::Late(Call::Started(c));
+                };
                 let StartedCall {
                     started,
-                    writes,
                     done,
                     redo,
                     after,
                     ..
                 } = *c;
-                let r = match writes.wait_until(deadline) {
-                    None => Err(timeout(
-                        &self.name,
-                        op,
-                        deadline.saturating_duration_since(started),
-                    )),
-                    Some(Err(e))
+                let r = match r {
+                    // Refused in a way the lane handles: made again there.
+                    Err(e)
                         if e.kind() == io::ErrorKind::Interrupted
                             || e.raw_os_error() == Some(libc::EINVAL) =>
                     {
-                        self.finish(op, self.submit(op, redo), deadline)
+                        self.finish(op, self.submit(op, redo), self.deadline())
                     }
-                    Some(r) => r.map(|()| done),
+                    r => r.map(|()| done),
                 };
                 self.note_duration(started.elapsed());
                 after(r.is_ok());
                 r
             }
             Call::Pending {
-                started, pending, ..
+                op: call_op,
+                started,
+                pending,
             } => {
-                let r = pending.wait_until(deadline);
+                let Some(r) = pending.answer_by(until) else {
+                    return Waited::Late(Call::Pending {
+                        op: call_op,
+                        started,
+                        pending,
+                    });
+                };
                 self.note_duration(started.elapsed());
                 match r {
                     Ok(r) => r,
-                    Err(lane::Unanswered::Elapsed) => Err(timeout(
-                        &self.name,
-                        op,
-                        deadline.saturating_duration_since(started),
-                    )),
+                    Err(lane::Unanswered::Elapsed) => {
+                        Err(timeout(&self.name, op, started.elapsed()))
+                    }
                     Err(lane::Unanswered::Panicked(message)) => Err(io::Error::other(Panicked {
                         volume: self.name.to_string(),
                         op,
                         message,
                     })),
                 }
+            }
+        };
+        Waited::Answered(r)
+    }
+
+    /// Gives up on `call`, whose `deadline` passed: it is abandoned (not made if it is
+    /// still queued; writes the kernel has keep their buffers until it completes them);
+    /// the [`Timeout`] error.
+    fn give_up<T>(&self, op: &'static str, call: Call<T>, deadline: Instant) -> io::Error {
+        match call {
+            Call::Refused(_) => io::Error::from_raw_os_error(libc::EIO),
+            Call::Started(c) => {
+                let StartedCall {
+                    started,
+                    writes,
+                    after,
+                    ..
+                } = *c;
+                drop(writes);
+                self.note_duration(started.elapsed());
+                after(false);
+                timeout(&self.name, op, deadline.saturating_duration_since(started))
+            }
+            Call::Pending {
+                started, pending, ..
+            } => {
+                pending.abandon();
+                self.note_duration(started.elapsed());
+                timeout(&self.name, op, deadline.saturating_duration_since(started))
             }
         }
     }
@@ -865,6 +996,11 @@ impl Volume {
         self.call("syncfs", |b| b.syncfs())
     }
 
+    /// Hands a `syncfs` to the lane (see [`Volume::submit`]).
+    pub fn submit_syncfs(&self) -> Call<()> {
+        self.submit("syncfs", |b| b.syncfs())
+    }
+
     /// Reads from `f` (a file of this volume) at `offset` until `buf` is full or end of
     /// file comes first; returns the bytes read. What the page cache holds is read here,
     /// at once; the rest on the lane, within the deadline.
@@ -1154,6 +1290,102 @@ pub enum Call<T> {
     Started(Box<StartedCall<T>>),
     /// Not made: the volume is failed.
     Refused(&'static str),
+}
+
+/// What waiting for a [`Call`] until some time brought.
+enum Waited<T> {
+    /// Its answer.
+    Answered(io::Result<T>),
+    /// Nothing yet: the call, still on its way.
+    Late(Call<T>),
+}
+
+/// How often calls that are all past their deadline are looked at again
+/// ([`finish_first`]).
+const LATE_POLL: Duration = Duration::from_millis(5);
+
+/// How often a late call on a volume holding a database's last copy asks again whether it
+/// still does ([`Volume::finish`]).
+const LATE_RECHECK: Duration = Duration::from_millis(500);
+
+/// Waits for calls made to several volumes at once (one per copy of a database: a write,
+/// an `fsync`, an activity log record), each until its own deadline (`calls[k]`: the
+/// volume, the call, its deadline), and puts each answer in `results[k]`, telling
+/// `answered(k, &result)` as it comes. Calls this thread started itself are waited for
+/// first: they may hold stripe locks a lane call needs.
+///
+/// A call past its deadline answers a [`Timeout`], and its volume is failed as a dead
+/// disk's would be, because another copy took the operation in time. But when no call
+/// that `decides(k)` (an in-sync copy, not one being seeded) has succeeded by its
+/// deadline, failing the late ones would fail the last copies of the database for being
+/// slow: a host too loaded to meet any deadline, or every disk hanging at once. Then the
+/// late calls are waited for on, however long, until one that decides succeeds (the
+/// calls still late then answer [`Timeout`]) or every call has answered. `what` names
+/// the database for the warning.
+pub fn finish_first<T: Send + 'static>(
+    what: &dyn std::fmt::Display,
+    op: &'static str,
+    calls: &mut [Option<(&Volume, Call<T>, Instant)>],
+    results: &mut [Option<io::Result<T>>],
+    decides: impl Fn(usize) -> bool,
+    mut answered: impl FnMut(usize, &io::Result<T>),
+) {
+    debug_assert_eq!(calls.len(), results.len());
+    // Call k, waited for until `until` (or its deadline): its answer to `results[k]`.
+    let mut wait = |calls: &mut [Option<(&Volume, Call<T>, Instant)>],
+                    results: &mut [Option<io::Result<T>>],
+                    k: usize,
+                    until: Option<Instant>| {
+        if let Some((v, call, deadline)) = calls[k].take() {
+            match v.answer_by(op, call, until.unwrap_or(deadline)) {
+                Waited::Answered(r) => {
+                    answered(k, &r);
+                    results[k] = Some(r);
+                }
+                Waited::Late(call) => calls[k] = Some((v, call, deadline)),
+            }
+        }
+    };
+    for started_pass in [true, false] {
+        for k in 0..calls.len() {
+            if matches!(calls[k], Some((_, Call::Started(_), _))) == started_pass {
+                wait(calls, results, k, None);
+            }
+        }
+    }
+    let succeeded = |results: &[Option<io::Result<T>>]| {
+        (0..results.len()).any(|k| decides(k) && matches!(results[k], Some(Ok(_))))
+    };
+    if !succeeded(results) && (0..calls.len()).any(|k| decides(k) && calls[k].is_some()) {
+        let late: Vec<String> = calls
+            .iter()
+            .flatten()
+            .map(|(v, ..)| v.name().to_string())
+            .collect();
+        let since = Instant::now();
+        tracing::warn!(
+            "{what}: {op} missed its deadline on {} and no copy took it in time: waiting for \
+             the first to answer rather than failing every copy (a host too busy to meet \
+             io_timeout, or every disk hanging)",
+            late.join(", ")
+        );
+        while !succeeded(results) && (0..calls.len()).any(|k| decides(k) && calls[k].is_some()) {
+            for k in 0..calls.len() {
+                wait(calls, results, k, Some(Instant::now() + LATE_POLL));
+            }
+        }
+        tracing::warn!(
+            "{what}: {op} answered {} after its deadline",
+            humantime::format_duration(Duration::from_millis(since.elapsed().as_millis() as u64))
+        );
+    }
+    for k in 0..calls.len() {
+        if let Some((v, call, deadline)) = calls[k].take() {
+            let r = Err(v.give_up(op, call, deadline));
+            answered(k, &r);
+            results[k] = Some(r);
+        }
+    }
 }
 
 /// A chain of writes started by the calling thread: its wait, what makes the writes again
