@@ -73,7 +73,7 @@ impl Pool {
     /// volume is failed. Idempotent.
     ///
     /// A missed deadline does not fail a volume that holds the last copy in sync of a
-    /// database (see [`Pool::last_copy_on`]): the database would get EIO from then on, for
+    /// database: the database would get EIO from then on, for
     /// a disk that is slow (a loaded host) or may answer yet; the operation that was late
     /// gets the error, the copy stays, and the slow-request counters say what happens.
     pub fn fail_volume(&self, name: &VolumeName, op: &str, err: &io::Error) -> bool {
