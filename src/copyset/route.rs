@@ -10,7 +10,8 @@ use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::names::CopySlot;
 use crate::volume::{
     AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, finish_first,
-    is_direct_aligned, is_media_error, is_timeout, write_direct,
+    is_direct_aligned, is_media_error, is_timeout, makes_here, on_this_thread, serving_requests,
+    write_direct,
 };
 
 /// The largest read that goes `O_DIRECT` to the backing file for an `O_DIRECT` caller.
@@ -289,8 +290,12 @@ impl Database {
                         }
                     };
                     // From this thread when the backend can (io_uring): no lane thread
-                    // in between, the same deadline.
-                    if let Some(d) = direct {
+                    // in between, the same deadline. (Made here at once instead, when
+                    // the call is: the sums' buffered write then needs no io_uring
+                    // worker either.)
+                    if let Some(d) = direct
+                        && !makes_here()
+                    {
                         let chain = ChainWrite {
                             file: d,
                             offset,
@@ -491,9 +496,18 @@ impl Database {
             // answers in time, the first to answer at all).
             let started = Instant::now();
             let mut calls: [Option<(&Volume, Call<T>, Instant)>; MAX_COPIES] = Default::default();
-            for (slot, t) in targets[..n].iter().enumerate() {
-                if let Some((i, v, f)) = t {
-                    calls[slot] = Some((&**v, submit(*i, v, f), v.deadline()));
+            if n == 1 && in_sync == 1 && serving_requests() {
+                // The database's only copy in sync, for a request: it would be waited
+                // for however long anyway (see `volume::serve_requests`), so the call is
+                // made here, without the lane's hand-off and wake-ups.
+                if let Some((i, v, f)) = &targets[0] {
+                    calls[0] = Some((&**v, on_this_thread(|| submit(*i, v, f)), v.deadline()));
+                }
+            } else {
+                for (slot, t) in targets[..n].iter().enumerate() {
+                    if let Some((i, v, f)) = t {
+                        calls[slot] = Some((&**v, submit(*i, v, f), v.deadline()));
+                    }
                 }
             }
             let seeding = |slot: usize| {
