@@ -46,7 +46,7 @@ use super::Replicas;
 use super::dirty::FileDirty;
 use crate::names::CopySlot;
 use crate::names::DbName;
-use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume, finish_first};
+use crate::volume::{Mode, OFlags, OsStrExt, VolFile, Volume, finish_all};
 
 /// log2 of the activity log's extent size (4 MiB).
 pub const EXTENT_SHIFT: u32 = 22;
@@ -546,29 +546,17 @@ impl ActivityLog {
             };
             let mut failed = self.open_files(db, &mut files, None);
             let data: Arc<[u8]> = pending.into();
-            let mut calls: Vec<_> = files
-                .open
-                .iter()
-                .map(|(_, _, v, f)| {
-                    let (f, data) = (f.clone(), data.clone());
-                    let call = v.submit("activity log", move |b| {
-                        b.append(&f, &data)?;
-                        b.sync(&f, true)
-                    });
-                    Some((&**v, call, v.deadline()))
-                })
-                .collect();
-            let mut results: Vec<_> = calls.iter().map(|_| None).collect();
-            finish_first(
-                &self.db,
-                "activity log",
-                &mut calls,
-                &mut results,
-                |_| true,
-                |_, _| {},
-            );
+            let calls = files.open.iter().map(|(_, _, v, f)| {
+                let (f, data) = (f.clone(), data.clone());
+                let call = v.submit("activity log", move |b| {
+                    b.append(&f, &data)?;
+                    b.sync(&f, true)
+                });
+                (&**v, call)
+            });
+            let results = finish_all(&self.db, "activity log", calls);
             for ((slot, ..), r) in files.open.iter().zip(results) {
-                if let Some(Err(e)) = r {
+                if let Err(e) = r {
                     failed.push((*slot, e));
                 }
             }
@@ -657,23 +645,12 @@ impl ActivityLog {
         while counter.load(Ordering::SeqCst) != 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
-        // Every copy's volume at once (see `finish_first`).
+        // Every copy's volume at once (see `volume::finish_first`).
         let in_sync = db.in_sync();
-        let mut calls: Vec<_> = in_sync
-            .iter()
-            .map(|(_, _, v)| Some((&**v, v.submit_syncfs(), v.deadline())))
-            .collect();
-        let mut results: Vec<_> = calls.iter().map(|_| None).collect();
-        finish_first(
-            &self.db,
-            "syncfs",
-            &mut calls,
-            &mut results,
-            |_| true,
-            |_, _| {},
-        );
+        let calls = in_sync.iter().map(|(_, _, v)| (&**v, v.submit_syncfs()));
+        let results = finish_all(&self.db, "syncfs", calls);
         for ((slot, ..), r) in in_sync.iter().zip(results) {
-            if let Some(Err(e)) = r {
+            if let Err(e) = r {
                 db.on_error(CopySlot::new(*slot), "checkpoint syncfs", &e);
             }
         }

@@ -511,7 +511,7 @@ impl Volume {
     /// Whether the calling thread serves requests and this volume holds the last copy in
     /// sync of a database: a late call is then waited for on ([`serve_requests`]).
     fn waits_on_late(&self) -> bool {
-        SERVING.with(std::cell::Cell::get)
+        serving_requests()
             && self
                 .keeper
                 .get()
@@ -1444,6 +1444,25 @@ pub fn finish_first<T: Send + 'static>(
             results[k] = Some(r);
         }
     }
+}
+
+/// [`finish_first`] for calls that all decide (one per copy in sync), each with its
+/// volume's deadline from now: their answers, in order.
+pub fn finish_all<'a, T: Send + 'static>(
+    what: &dyn std::fmt::Display,
+    op: &'static str,
+    calls: impl IntoIterator<Item = (&'a Volume, Call<T>)>,
+) -> Vec<io::Result<T>> {
+    let mut calls: Vec<_> = calls
+        .into_iter()
+        .map(|(v, call)| Some((v, call, v.deadline())))
+        .collect();
+    let mut results: Vec<_> = calls.iter().map(|_| None).collect();
+    finish_first(what, op, &mut calls, &mut results, |_| true, |_, _| {});
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::EIO))))
+        .collect()
 }
 
 /// A chain of writes started by the calling thread: its wait, what makes the writes again
