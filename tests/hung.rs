@@ -1,7 +1,9 @@
 //! Disks that hang, fill up or refuse the pool's state (issue 13), on real mounts over
 //! loop ext4: a volume frozen with `fsfreeze -f` under writers and readers (the longest
-//! stall any request sees is measured against `io_timeout` + 1 s), every volume full or one,
-//! the witness and every volume read-only, writes at the largest offsets a file can have.
+//! stall any request sees is measured against `io_timeout` + 1 s), every copy's volume
+//! frozen at once and a one-copy database's (its requests wait, no copy is lost to being
+//! late), every volume full or one, the witness and every volume read-only, writes at the
+//! largest offsets a file can have.
 //!
 //! Needs root, `/dev/fuse`, loop devices and `fsfreeze`; elsewhere prints `SKIPPED` (fails
 //! under `CI=true`).
