@@ -9,8 +9,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use super::SeedFile;
 use crate::tap::NodeMarks;
 
-const STRIPES: usize = 16;
-const STRIPE_BYTES_SHIFT: u32 = 20; // 1 MiB
+use crate::checksum::{STRIPE_BYTES_SHIFT, STRIPES};
 
 /// How much a sequential run writes between two writeback kicks.
 const KICK_BYTES: u64 = 4 << 20;
@@ -19,7 +18,7 @@ const KICK_BYTES: u64 = 4 << 20;
 /// so that overlapping writes land in the same order on every copy; truncate and
 /// fallocate hold `resize` exclusively; a reseed holds `resize` shared while it copies a
 /// window of the file, and a window's stripes while it copies dirty ranges again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FileIo {
     /// Shared by writes, exclusive for size changes.
     pub resize: RwLock<()>,
@@ -30,6 +29,18 @@ pub struct FileIo {
     pub marks: NodeMarks,
     /// A sequential writer's run not yet sent to the disks.
     pub run: WriteRun,
+}
+
+impl Default for FileIo {
+    fn default() -> FileIo {
+        FileIo {
+            resize: RwLock::default(),
+            stripes: std::array::from_fn(|_| Mutex::default()),
+            seed: Mutex::default(),
+            marks: NodeMarks::default(),
+            run: WriteRun::default(),
+        }
+    }
 }
 
 /// A file during a mutation, as the copy set needs it: its [`FileIo`] and its current
@@ -51,19 +62,20 @@ impl FileIo {
     pub fn lock_range(&self, offset: u64, len: u64) -> RangeGuard<'_> {
         let first = offset >> STRIPE_BYTES_SHIFT;
         let last = (offset.saturating_add(len.max(1)) - 1) >> STRIPE_BYTES_SHIFT;
-        let mut mask = 0u32;
+        const _: () = assert!(STRIPES <= u64::BITS as usize);
+        let mut mask = 0u64;
         if last - first >= STRIPES as u64 {
-            mask = (1 << STRIPES) - 1;
+            mask = u64::MAX >> (u64::BITS as usize - STRIPES);
         } else {
             for c in first..=last {
                 mask |= 1 << (c % STRIPES as u64);
             }
         }
-        let mut guards: [Option<MutexGuard<'_, ()>>; STRIPES] = Default::default();
-        for (i, g) in guards.iter_mut().enumerate() {
-            if mask & (1 << i) != 0 {
-                *g = Some(self.stripes[i].lock());
-            }
+        let mut guards: [Option<MutexGuard<'_, ()>>; STRIPES] = std::array::from_fn(|_| None);
+        while mask != 0 {
+            let i = mask.trailing_zeros() as usize;
+            guards[i] = Some(self.stripes[i].lock());
+            mask &= mask - 1;
         }
         RangeGuard { _guards: guards }
     }
