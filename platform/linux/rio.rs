@@ -11,9 +11,9 @@
 //! disk's interrupt; a buffered one goes to the kernel's io-wq worker. [`Chain::wait_until`]
 //! waits for the chain's completions until a deadline; past it the caller may wait again
 //! (every copy of a write late at once, see `volume::finish_first`) or drop the chain,
-//! which is then *abandoned*: the caller goes on (the volume is failed, see `copyset`) and its writes'
-//! buffers and files stay with the ring until the kernel completes them, however late,
-//! so the kernel never reads memory that was freed. A ring whose every slot is held by
+//! which is then *abandoned*: the caller goes on (the volume is failed, see `copyset`)
+//! and its writes' buffers and files stay with the ring until the kernel completes them,
+//! however late, so the kernel never reads memory that was freed. A ring whose every slot is held by
 //! abandoned writes (a hung disk) makes [`start`] answer `None`: the caller uses the
 //! volume's lane as before. A thread that ends with writes in flight leaks their buffers
 //! rather than free memory the kernel may still read.
