@@ -308,25 +308,28 @@ pub fn makes_here() -> bool {
 /// a database's only copy in sync, which waits for that copy however long anyway
 /// ([`serve_requests`]): the lane's hand-off and its two wake-ups per call are saved.
 pub fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            HERE.with(|s| s.set(self.0));
-        }
-    }
-    let _restore = Restore(HERE.with(|s| s.replace(true)));
-    f()
+    with_flag(&HERE, true, f)
 }
 
 /// Runs `f` with every deadline kept, even on a request thread.
 pub fn within_deadlines<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
+    with_flag(&SERVING, false, f)
+}
+
+/// Runs `f` with this thread's `flag` set to `value`, then puts it back (also when `f`
+/// panics).
+fn with_flag<R>(
+    flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    value: bool,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore(&'static std::thread::LocalKey<std::cell::Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            SERVING.with(|s| s.set(self.0));
+            self.0.with(|s| s.set(self.1));
         }
     }
-    let _restore = Restore(SERVING.with(|s| s.replace(false)));
+    let _restore = Restore(flag, flag.with(|s| s.replace(value)));
     f()
 }
 
@@ -1818,6 +1821,98 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("tempdir");
         d
+    }
+
+    /// A volume over a fresh directory with a 100 ms deadline.
+    fn quick_volume(tag: &str, name: &str) -> Volume {
+        let limits = Limits {
+            io_timeout: Duration::from_millis(100),
+            slow_request: Duration::from_millis(50),
+        };
+        Volume::open_with(name, &tempdir(tag), limits).expect("open volume")
+    }
+
+    /// A call that answers `Ok(tag)` after `after`.
+    fn late_call(v: &Volume, after: Duration, tag: u32) -> Call<u32> {
+        v.submit("test", move |_| {
+            std::thread::sleep(after);
+            Ok(tag)
+        })
+    }
+
+    #[test]
+    fn when_every_copy_is_late_the_first_to_answer_wins_and_only_the_rest_time_out() {
+        let (a, b) = (
+            quick_volume("ff-a", "Volume1"),
+            quick_volume("ff-b", "Volume2"),
+        );
+        let mut calls = [
+            Some((
+                &a,
+                late_call(&a, Duration::from_millis(1500), 1),
+                a.deadline(),
+            )),
+            Some((
+                &b,
+                late_call(&b, Duration::from_millis(300), 2),
+                b.deadline(),
+            )),
+        ];
+        let mut results: [Option<io::Result<u32>>; 2] = [None, None];
+        let t = Instant::now();
+        finish_first(&"db", "test", &mut calls, &mut results, |_| true, |_, _| {});
+        let took = t.elapsed();
+        // Both missed the 100 ms deadline; Volume2 answered first, at 300 ms.
+        assert!(matches!(results[1], Some(Ok(2))), "{:?}", results[1]);
+        let Some(Err(e)) = &results[0] else {
+            panic!("the copy still late must time out: {:?}", results[0]);
+        };
+        assert!(is_timeout(e), "{e}");
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+
+    #[test]
+    fn a_late_copy_is_not_waited_for_when_another_answered_in_time() {
+        let (a, b) = (
+            quick_volume("fi-a", "Volume1"),
+            quick_volume("fi-b", "Volume2"),
+        );
+        let mut calls = [
+            Some((
+                &a,
+                late_call(&a, Duration::from_millis(1500), 1),
+                a.deadline(),
+            )),
+            Some((&b, late_call(&b, Duration::ZERO, 2), b.deadline())),
+        ];
+        let mut results: [Option<io::Result<u32>>; 2] = [None, None];
+        let t = Instant::now();
+        finish_first(&"db", "test", &mut calls, &mut results, |_| true, |_, _| {});
+        assert!(matches!(results[1], Some(Ok(2))), "{:?}", results[1]);
+        assert!(
+            matches!(&results[0], Some(Err(e)) if is_timeout(e)),
+            "{:?}",
+            results[0]
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn thread_flags_come_back_after_their_scope_even_after_a_panic() {
+        serve_requests();
+        within_deadlines(|| assert!(!serving_requests()));
+        assert!(serving_requests());
+        let r = std::panic::catch_unwind(|| within_deadlines(|| panic!("inside")));
+        assert!(r.is_err());
+        assert!(serving_requests());
+        assert!(!makes_here());
+        on_this_thread(|| assert!(makes_here()));
+        assert!(!makes_here());
     }
 
     #[test]
