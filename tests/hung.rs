@@ -524,11 +524,7 @@ fn a_hung_disk_is_failed_within_the_deadline_and_no_request_waits_longer() {
     );
     assert!(writes > 0 && reads > 0, "the load did nothing");
     verify_written(&written, &m.db_files(DB));
-    let bed = m.unmount();
-    // Both copies hold every block's last version.
-    for k in 1..=2 {
-        verify_written(&written, &bed.volume_path(k).join(format!("{DB}.db")));
-    }
+    verify_on_both_copies(m, &written);
 }
 
 /// Both copies' disks hang at once (or the host is too busy for either to meet its
@@ -611,15 +607,7 @@ fn when_every_copy_hangs_at_once_the_first_to_answer_is_kept_and_no_request_fail
     let thawed_at = frozen_at.elapsed();
     let longest = writers
         .into_iter()
-        .map(|w| {
-            w.join().unwrap_or_else(|_| {
-                panic!(
-                    "a writer failed (see its panic above); events: {:#?}\nmount.log:\n{}",
-                    m.events_json(),
-                    m.mount_log()
-                )
-            })
-        })
+        .map(|w| joined(&m, w))
         .max()
         .unwrap_or_default();
     eprintln!("both disks hung, {first} thawed after {thawed_at:?}: longest write {longest:?}");
@@ -661,10 +649,7 @@ fn when_every_copy_hangs_at_once_the_first_to_answer_is_kept_and_no_request_fail
         .collect();
     drop(files);
     verify_written(&written, &dir);
-    let bed = m.unmount();
-    for k in 1..=2 {
-        verify_written(&written, &bed.volume_path(k).join(format!("{DB}.db")));
-    }
+    verify_on_both_copies(m, &written);
 }
 
 /// A database with one copy: failing it for a hung disk would leave the database nothing
@@ -716,13 +701,7 @@ fn the_last_copy_of_a_database_that_hangs_is_waited_for_and_status_answers() {
         thread::sleep(Duration::from_millis(300));
     }
     frozen.thaw().expect("fsfreeze -u");
-    let took = writer.join().unwrap_or_else(|_| {
-        panic!(
-            "the writer failed (see its panic above); events: {:#?}\nmount.log:\n{}",
-            m.events_json(),
-            m.mount_log()
-        )
-    });
+    let took = joined(&m, writer);
     eprintln!("the only copy's disk hung {hold:?}: the writes took {took:?}");
     assert!(
         took >= IO_TIMEOUT,
@@ -742,6 +721,25 @@ fn the_last_copy_of_a_database_that_hangs_is_waited_for_and_status_answers() {
         Ok(5),
         "the last write is what reads back"
     );
+}
+
+/// Unmounts `m`; both copies (Volume1 and Volume2) hold every block's last version.
+fn verify_on_both_copies(m: Mounted, written: &[Written]) {
+    let bed = m.unmount();
+    for k in 1..=2 {
+        verify_written(written, &bed.volume_path(k).join(format!("{DB}.db")));
+    }
+}
+
+/// What a writer thread returned; when it panicked, panics with the daemon's events and log.
+fn joined<T>(m: &Mounted, writer: thread::JoinHandle<T>) -> T {
+    writer.join().unwrap_or_else(|_| {
+        panic!(
+            "a writer failed (see its panic above); events: {:#?}\nmount.log:\n{}",
+            m.events_json(),
+            m.mount_log()
+        )
+    })
 }
 
 /// The copy of `db` on `volume`, as `status` shows it (`Value::Null` when there is none).
