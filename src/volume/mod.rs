@@ -1752,16 +1752,22 @@ impl AlignedBuf {
     /// Makes the buffer `data.len()` bytes long (growing it when needed) and copies
     /// `data` in.
     pub fn fill(&mut self, data: &[u8]) {
-        if self.raw.len() < data.len() + DIRECT_ALIGN {
-            self.raw = vec![0; data.len() + DIRECT_ALIGN];
+        if self.raw.capacity() < data.len() + DIRECT_ALIGN {
+            // Not `vec![0; n]`: zeroing a megabyte only to overwrite it cost as much as
+            // the copy itself (`memset`, 15% of the daemon's CPU under 1 MiB writes).
+            self.raw = Vec::with_capacity(data.len() + DIRECT_ALIGN);
         }
+        // Within its capacity the buffer does not move, so the offset found on the empty
+        // buffer holds once the data is in.
+        self.raw.clear();
         self.start = self
             .raw
             .as_ptr()
             .align_offset(DIRECT_ALIGN)
             .min(DIRECT_ALIGN);
         self.len = data.len();
-        self.raw[self.start..self.start + data.len()].copy_from_slice(data);
+        self.raw.resize(self.start, 0);
+        self.raw.extend_from_slice(data);
     }
 
     /// The bytes, starting on an aligned address.
