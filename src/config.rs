@@ -181,7 +181,8 @@ impl VolumeConfig {
 pub struct ChecksumConfig {
     /// A CRC32C per 4 KiB block of every database file, kept by each copy, written with
     /// the data and checked on every read (a bad block is served and repaired from a copy
-    /// whose block matches). Default true.
+    /// whose block matches). Default true. Off, the mount removes the stores (they would
+    /// go stale); on again, blocks are checked once written or scrubbed.
     pub enabled: bool,
 }
 

@@ -486,11 +486,17 @@ impl Database {
         }
     }
 
-    /// Removes the checksum stores of files gone from the in-sync copies (see
-    /// [`checksum::sweep_orphans`]); before the database serves. Returns the stores
-    /// removed.
+    /// Removes the checksum stores that describe nothing any more; before the database
+    /// serves. With checksums on, the stores of files gone from the in-sync copies (see
+    /// [`checksum::sweep_orphans`]); returns how many. With checksums off, every store of
+    /// the in-sync copies: the writes to come leave them behind, and a store left behind
+    /// would make the first reads after checksums are turned on again fail as damage
+    /// (`EIO` on every copy). Dropped, every block is unknown to them, not checked, until
+    /// written again or scrubbed. (A copy not in sync starts without stores when it is
+    /// seeded or resynced.)
     pub fn sweep_sums(&self) -> usize {
         if !self.sums.enabled() {
+            self.drop_sums();
             return 0;
         }
         let mut removed = 0;
@@ -514,6 +520,38 @@ impl Database {
             );
         }
         removed
+    }
+
+    /// Checksums are off: removes the stores of the in-sync copies (see
+    /// [`Database::sweep_sums`]).
+    fn drop_sums(&self) {
+        for c in &self.copies {
+            let Some(v) = c.in_sync_volume() else {
+                continue;
+            };
+            let dir = checksum::dir(&self.name);
+            if v.stat(&dir).is_err() {
+                continue;
+            }
+            match checksum::reset(&v, &self.name) {
+                Ok(()) => tracing::info!(
+                    "{}: checksums are off: the checksum stores on {} were removed (they \
+                     would go stale); once checksums are on again, blocks are checked after \
+                     they are written, or all of them after `reseedfs scrub {}`",
+                    self.name,
+                    v.name(),
+                    self.name
+                ),
+                Err(e) => tracing::warn!(
+                    "{}: checksums are off, but the checksum stores on {} ({}) could not be \
+                     removed: {e}; remove that folder before checksums are turned on again, \
+                     or the blocks written meanwhile will read as damaged",
+                    self.name,
+                    v.name(),
+                    v.root().join(&dir).display()
+                ),
+            }
+        }
     }
 
     /// `ftruncate` of copy `i`'s file `f` to `size`, with its sums: the entries past the

@@ -293,6 +293,60 @@ fn clean_stop_then_disk_death_mounts_on_the_survivor() {
 }
 
 #[test]
+fn checksums_turned_off_then_on_again_never_take_what_was_written_meanwhile_for_damage() {
+    let bed = Bed::new("sums-off-on", 2, 2);
+    let mut config = bed.config.clone();
+    let open = |config: &Config| {
+        let pool = Pool::open(config, Arc::new(VecSink::default())).expect("open pool");
+        // What the daemon does before the databases serve.
+        for db in pool.databases() {
+            db.sweep_sums();
+        }
+        Arc::new(Core::new(pool))
+    };
+    let write = |core: &Core, data: &[u8]| {
+        let dir = db_folder(core);
+        let h = match core.lookup(dir, OsStr::new("f")) {
+            Ok(a) => core.open(a.node, libc::O_RDWR).expect("open"),
+            Err(_) => {
+                core.create(dir, OsStr::new("f"), 0o644, libc::O_RDWR, ME)
+                    .expect("create")
+                    .1
+            }
+        };
+        assert_eq!(core.write(h, 0, data).expect("write"), data.len());
+        core.fsync(h, false).expect("fsync");
+        core.release(h);
+        core.pool().close();
+    };
+    let before = vec![1u8; 16 << 10];
+    let meanwhile = vec![2u8; 16 << 10];
+    write(&open(&config), &before);
+    let store = bed.backing(1, ".reseedfs/sums/db001");
+    assert!(store.is_dir(), "checksums on: the write was summed");
+    config.checksums.enabled = false;
+    write(&open(&config), &meanwhile);
+    assert!(
+        !store.exists(),
+        "checksums off: the stores that would go stale are gone"
+    );
+    config.checksums.enabled = true;
+    let core = open(&config);
+    let a = core
+        .lookup(db_folder(&core), OsStr::new("f"))
+        .expect("lookup");
+    let h = core.open(a.node, libc::O_RDONLY).expect("open");
+    let mut back = vec![0u8; meanwhile.len()];
+    assert_eq!(
+        core.read(h, 0, &mut back)
+            .expect("read: no stale sum taken for damage"),
+        back.len()
+    );
+    assert_eq!(back, meanwhile);
+    core.release(h);
+}
+
+#[test]
 fn caller_errors_fail_nothing() {
     let bed = Bed::new("caller", 2, 2);
     let (core, sink) = bed.open();
