@@ -22,9 +22,11 @@
 //!   run handed to the disk every 4 MiB (`sync_file_range`): what reseedfs did before its
 //!   `O_DIRECT` writes (target `fuse_floor_cached`, for the page cache it costs).
 //!
-//! It serves one backing directory, and only what the bench's jobs (fio, the built-in
-//! generator) need: lookup, getattr, setattr, create, open, read, write, flush, fsync,
-//! release, unlink, mkdir, readdir, statfs. It counts the requests and the largest read and
+//! It serves one backing directory, and only what the benches' jobs (fio, the built-in
+//! generator, a PostgreSQL cluster) need: lookup, getattr, setattr, create, open, read,
+//! write, flush, fsync, release, unlink, mkdir, rmdir, rename, symlink, readlink, readdir,
+//! statfs. What it creates belongs to the caller (PostgreSQL wants its data directory its
+//! own, and the mount checks permissions). It counts the requests and the largest read and
 //! write it received, and logs them when it is unmounted (to check what request size the
 //! kernel granted).
 //!
@@ -276,6 +278,46 @@ impl Floor {
         ino
     }
 
+    /// Gives what `req`'s caller created at `rel` to the caller.
+    fn own(&self, req: &Request, rel: &Path) -> Result<(), Errno> {
+        std::os::unix::fs::lchown(self.backing.join(rel), Some(req.uid()), Some(req.gid()))
+            .map_err(err)
+    }
+
+    /// Forgets `rel` and everything under it (removed), or moves it to `to` (renamed).
+    fn moved(&self, rel: &Path, to: Option<&Path>) {
+        let mut inodes = self.inodes.write();
+        if let Some(to) = to
+            && let Some(ino) = inodes.inos.remove(to)
+        {
+            inodes.paths.remove(&ino);
+        }
+        let under: Vec<(u64, PathBuf)> = inodes
+            .paths
+            .iter()
+            .filter(|(_, p)| p.starts_with(rel))
+            .map(|(&ino, p)| (ino, p.clone()))
+            .collect();
+        for (ino, old) in under {
+            inodes.inos.remove(&old);
+            match to {
+                Some(to) => {
+                    // Not `to.join("")` for `rel` itself: that adds a trailing slash,
+                    // which a file's path must not have.
+                    let new = match old.strip_prefix(rel) {
+                        Ok(under) if !under.as_os_str().is_empty() => to.join(under),
+                        _ => to.to_owned(),
+                    };
+                    inodes.paths.insert(ino, new.clone());
+                    inodes.inos.insert(new, ino);
+                }
+                None => {
+                    inodes.paths.remove(&ino);
+                }
+            }
+        }
+    }
+
     fn entry(&self, rel: &Path) -> Result<FileAttr, Errno> {
         let m = fs::symlink_metadata(self.backing.join(rel)).map_err(err)?;
         Ok(attr(self.ino_of(rel), &m))
@@ -422,8 +464,8 @@ impl fuser::Filesystem for Shared {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
@@ -435,8 +477,8 @@ impl fuser::Filesystem for Shared {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Size and mode: what fio and the generator may change. Times and owners are left
-        // as they are (the bench never sets them).
+        // Size, mode and owners: what fio, the generator and PostgreSQL change. Times are
+        // left as they are (the benches never set them).
         let r = (|| -> Result<fs::Metadata, Errno> {
             let path = self.path(ino)?;
             if let Some(size) = size {
@@ -453,6 +495,9 @@ impl fuser::Filesystem for Shared {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(err)?;
             }
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::lchown(&path, uid, gid).map_err(err)?;
+            }
             fs::symlink_metadata(&path).map_err(err)
         })();
         match r {
@@ -463,7 +508,7 @@ impl fuser::Filesystem for Shared {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -475,6 +520,7 @@ impl fuser::Filesystem for Shared {
                 .mode(mode & 0o7777)
                 .create(self.backing.join(&rel))
                 .map_err(err)?;
+            self.own(req, &rel)?;
             self.entry(&rel)
         });
         match r {
@@ -498,6 +544,69 @@ impl fuser::Filesystem for Shared {
         }
     }
 
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent, name).and_then(|rel| {
+            fs::remove_dir(self.backing.join(&rel)).map_err(err)?;
+            self.moved(&rel, None);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.bits() != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let r = self.child(parent, name).and_then(|from| {
+            let to = self.child(newparent, newname)?;
+            fs::rename(self.backing.join(&from), self.backing.join(&to)).map_err(err)?;
+            self.moved(&from, Some(&to));
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.child(parent, link_name).and_then(|rel| {
+            std::os::unix::fs::symlink(target, self.backing.join(&rel)).map_err(err)?;
+            self.own(req, &rel)?;
+            self.entry(&rel)
+        });
+        match r {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.path(ino).and_then(|p| fs::read_link(p).map_err(err)) {
+            Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = self.path(ino).and_then(|p| {
             let f = self.open_backing(&p, flags.0, None).map_err(err)?;
@@ -511,7 +620,7 @@ impl fuser::Filesystem for Shared {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -523,6 +632,7 @@ impl fuser::Filesystem for Shared {
             let f = self
                 .open_backing(&self.backing.join(&rel), flags, Some(mode & 0o7777))
                 .map_err(err)?;
+            std::os::unix::fs::fchown(&f, Some(req.uid()), Some(req.gid())).map_err(err)?;
             let m = f.metadata().map_err(err)?;
             let a = attr(self.ino_of(&rel), &m);
             Ok((a, self.add_handle(f, flags)))
