@@ -1,6 +1,7 @@
 //! `cargo bench --bench pgbench`: a database's own benchmark through reseedfs. PostgreSQL's
-//! pgbench (TPC-B-like, the default script) on a plain ext4 volume and through reseedfs with
-//! 1 and 2 copies, in one run, the targets alternating, ratios taken within each round.
+//! pgbench (TPC-B-like, the default script) on a plain ext4 volume, through the thinnest
+//! FUSE filesystem on reseedfs's stack (the throughput bench's floor) and through reseedfs
+//! with 1 and 2 copies, in one run, the targets alternating, ratios taken within each round.
 //!
 //! Needs root (loop devices, mounts, FUSE) and PostgreSQL's server binaries
 //! (`/usr/lib/postgresql/<version>/bin`, Debian's `postgresql` package: the newest there is
@@ -14,6 +15,7 @@
 //! | target | data directory and WAL |
 //! |---|---|
 //! | `native` | `Volume1/native/pgdata`, `Volume1/native/pg_wal` |
+//! | `fuse_floor` | `pg/pgdata`, `pg/pg_wal` on the FUSE floor (`floor/mod.rs`: each request one system call on one backing file, reseedfs's fuser settings and request threads, `/dev/fuse`) over `Volume1/floor`: what FUSE itself costs PostgreSQL here (`ratio_1copy_to_floor`, `ratio_2copies_to_floor`) |
 //! | `reseedfs_1copy` | `pg/pg.db/pgdata` and `pg/pg.log/pg_wal` on a reseedfs mount (1 copy) over a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | the same on a reseedfs mount (2 copies) over `Volume1/pool2` and `Volume2/pool2` |
 //! | `reseedfs_1copy_base`, `reseedfs_2copies_base` | the same, over `pool1_base` and `pool2_base`, served by the binary `RESEEDFS_BENCH_BASE_BIN` names: the code before a change, in the same rounds as the code after it (only when `--targets` names them; `ratio_1copy_to_base`, `ratio_2copies_to_base`) |
@@ -51,7 +53,8 @@
 //! "p99_ratio_1copy","p99_ratio_2copies","..._latency_avg_ms","..._daemon_cpu_us_per_tx",
 //! "ratio_1copy_min","ratio_1copy_max","ratio_2copies_min","ratio_2copies_max",
 //! "..._wal_write_ms","..._wal_sync_ms","..._host_cpu_us_per_tx","..._host_idle",
-//! "..._daemon_{write,fsync,read,getattr}_us_per_tx","ratio_1copy_to_base",
+//! "..._daemon_{write,fsync,read,getattr}_us_per_tx","fuse_floor_tps","ratio_floor",
+//! "ratio_1copy_to_floor","ratio_2copies_to_floor","ratio_1copy_to_base",
 //! "ratio_2copies_to_base","settings","per_round"}` (each round's `breakdown` in
 //! `per_round`): TPS, p99, CPU and times are medians over the rounds; a ratio is taken
 //! within each round, then the median (and its range).
@@ -59,7 +62,7 @@
 //! # Options
 //!
 //! `cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
-//! [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]
+//! [--clients N] [--jobs N] [--targets native,fuse_floor,reseedfs_1copy,reseedfs_2copies]
 //! [--set key=value]...` (defaults: 3 rounds, 30 s, 5 s, scale 10, 8 clients, 2 threads).
 //! `--set` changes both reseedfs configs, for experiments: `--set
 //! tap.checkpoint_interval=30s`, `--set threads=16`. `RESEEDFS_TESTBED_DIR`
@@ -82,6 +85,8 @@ use reseedfs::testbed::{self, BindMount, Testbed};
 use serde_json::{Value, json};
 
 mod common;
+#[path = "floor/mod.rs"]
+mod floor;
 
 /// The database of both reseedfs pools.
 const DB: &str = "pg";
@@ -91,6 +96,9 @@ const PG_USER: &str = "postgres";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
     Native,
+    /// The thinnest FUSE filesystem on reseedfs's stack (the throughput bench's floor):
+    /// what any filesystem served through fuser costs PostgreSQL here.
+    Floor,
     Reseedfs1,
     Reseedfs2,
     /// `reseedfs_1copy` and `reseedfs_2copies` served by the binary
@@ -101,11 +109,17 @@ enum Target {
 }
 
 /// The targets run by default.
-const TARGETS: [Target; 3] = [Target::Native, Target::Reseedfs1, Target::Reseedfs2];
+const TARGETS: [Target; 4] = [
+    Target::Native,
+    Target::Floor,
+    Target::Reseedfs1,
+    Target::Reseedfs2,
+];
 
 /// Every target, in the order of the tables.
-const ALL_TARGETS: [Target; 5] = [
+const ALL_TARGETS: [Target; 6] = [
     Target::Native,
+    Target::Floor,
     Target::Reseedfs1,
     Target::Reseedfs1Base,
     Target::Reseedfs2,
@@ -116,6 +130,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Native => "native",
+            Target::Floor => "fuse_floor",
             Target::Reseedfs1 => "reseedfs_1copy",
             Target::Reseedfs2 => "reseedfs_2copies",
             Target::Reseedfs1Base => "reseedfs_1copy_base",
@@ -123,10 +138,10 @@ impl Target {
         }
     }
 
-    /// The copies of a reseedfs target; `None` for `native`.
+    /// The copies of a reseedfs target; `None` for `native` and the floor.
     fn copies(self) -> Option<u32> {
         match self {
-            Target::Native => None,
+            Target::Native | Target::Floor => None,
             Target::Reseedfs1 | Target::Reseedfs1Base => Some(1),
             Target::Reseedfs2 | Target::Reseedfs2Base => Some(2),
         }
@@ -136,6 +151,7 @@ impl Target {
     fn suffix(self) -> Option<&'static str> {
         match self {
             Target::Native => None,
+            Target::Floor => Some("floor"),
             Target::Reseedfs1 => Some("1copy"),
             Target::Reseedfs2 => Some("2copies"),
             Target::Reseedfs1Base => Some("1copy_base"),
@@ -211,11 +227,11 @@ impl Settings {
 /// What `--help` prints.
 const USAGE: &str = "\
 cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
-    [--clients N] [--jobs N] [--targets native,reseedfs_1copy,reseedfs_2copies]
+    [--clients N] [--jobs N] [--targets native,fuse_floor,reseedfs_1copy,reseedfs_2copies]
     [--set key=value]...
 
-PostgreSQL's pgbench on a plain ext4 volume and through reseedfs with 1 and 2 copies,
-alternating, ratios of TPS and p99 latency taken within each round. Needs root and
+PostgreSQL's pgbench on a plain ext4 volume, through the thinnest FUSE filesystem on
+reseedfs's stack (fuse_floor) and through reseedfs with 1 and 2 copies, alternating, ratios of TPS and p99 latency taken within each round. Needs root and
 PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.json.
 
   --repeat N        rounds (default 3)
@@ -236,6 +252,9 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some(floor::SERVE) {
+        return floor::serve_main(&args[1..]);
     }
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --benches` runs bench targets without `--bench`: nothing to do.
@@ -426,6 +445,7 @@ impl Rig {
         let vol2 = rig.bed.volume_path(2);
         for d in [
             vol1.join("native"),
+            vol1.join("floor"),
             vol1.join("pool1"),
             vol1.join("pool2"),
             vol2.join("pool2"),
@@ -444,6 +464,26 @@ impl Rig {
             let mut metrics = None;
             let (data_parent, wal_parent) = match t {
                 Target::Native => (vol1.join("native"), vol1.join("native")),
+                Target::Floor => {
+                    // As many request threads as reseedfs's default, honest O_DIRECT
+                    // (PostgreSQL's WAL uses none here), over /dev/fuse.
+                    let threads =
+                        reseedfs::config::Config::new(PathBuf::new(), PathBuf::new(), Vec::new())
+                            .threads;
+                    let daemon = floor::daemon(
+                        t.name(),
+                        &vol1.join("floor"),
+                        &root.join("floor"),
+                        threads,
+                        floor::Direct::Honest,
+                        floor::Transport::DevFuse,
+                        false,
+                    )?;
+                    let pg = daemon.mountpoint().join("pg");
+                    fs::create_dir(&pg).map_err(|e| with_path(e, "create", &pg))?;
+                    rig.daemons.push(daemon);
+                    (pg.clone(), pg)
+                }
                 Target::Reseedfs1
                 | Target::Reseedfs2
                 | Target::Reseedfs1Base
@@ -1045,13 +1085,16 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
             format!("{key}_host_idle"),
             json!(med(t, &|x| x.breakdown.host_idle)),
         );
-        if t != Target::Native {
+        // The floor has no metrics endpoint: its CPU only.
+        if t.copies().is_some() {
             for op in ["write", "fsync", "read", "getattr"] {
                 doc.insert(
                     format!("{key}_daemon_{op}_us_per_tx"),
                     json!(med(t, &|x| Some(x.breakdown.op_us_per_tx(op)))),
                 );
             }
+        }
+        if t != Target::Native {
             doc.insert(
                 format!("{key}_daemon_cpu_us_per_tx"),
                 json!(med(t, &|x| x.cpu_us_per_tx)),
@@ -1067,20 +1110,28 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
         let (p, _, _) = ratio(t, &|x| x.p99_ms);
         doc.insert(format!("p99_ratio_{suffix}"), json!(p));
     }
-    // The build against the base build (`RESEEDFS_BENCH_BASE_BIN`) in the same rounds.
-    for (t, base, suffix) in [
-        (Target::Reseedfs1, Target::Reseedfs1Base, "1copy"),
-        (Target::Reseedfs2, Target::Reseedfs2Base, "2copies"),
+    // Against the floor (what FUSE itself costs), and the build against the base build
+    // (`RESEEDFS_BENCH_BASE_BIN`), in the same rounds.
+    for (t, reference, key) in [
+        (Target::Reseedfs1, Target::Floor, "ratio_1copy_to_floor"),
+        (Target::Reseedfs2, Target::Floor, "ratio_2copies_to_floor"),
+        (
+            Target::Reseedfs1,
+            Target::Reseedfs1Base,
+            "ratio_1copy_to_base",
+        ),
+        (
+            Target::Reseedfs2,
+            Target::Reseedfs2Base,
+            "ratio_2copies_to_base",
+        ),
     ] {
-        let bases: BTreeMap<usize, f64> = of(base).map(|x| (x.round, x.tps)).collect();
+        let refs: BTreeMap<usize, f64> = of(reference).map(|x| (x.round, x.tps)).collect();
         let mut v: Vec<f64> = of(t)
-            .filter_map(|x| bases.get(&x.round).filter(|b| **b > 0.0).map(|b| x.tps / b))
+            .filter_map(|x| refs.get(&x.round).filter(|b| **b > 0.0).map(|b| x.tps / b))
             .collect();
         if !v.is_empty() {
-            doc.insert(
-                format!("ratio_{suffix}_to_base"),
-                json!(median(&mut v).map(round3)),
-            );
+            doc.insert(key.into(), json!(median(&mut v).map(round3)));
         }
     }
     doc.insert(
@@ -1147,14 +1198,17 @@ fn print_summary(doc: &Value) {
     }
     out.push_str("(medians over the rounds; ratios taken within a round, [range])\n");
     for suffix in ["1copy", "2copies"] {
-        if let Some(r) = doc
-            .get(format!("ratio_{suffix}_to_base"))
-            .and_then(Value::as_f64)
-        {
-            let _ = writeln!(
-                out,
-                "reseedfs_{suffix} / reseedfs_{suffix}_base, TPS in the same rounds: {r:.3}"
-            );
+        for (to, what) in [("floor", "fuse_floor"), ("base", "reseedfs_{suffix}_base")] {
+            if let Some(r) = doc
+                .get(format!("ratio_{suffix}_to_{to}"))
+                .and_then(Value::as_f64)
+            {
+                let what = what.replace("{suffix}", suffix);
+                let _ = writeln!(
+                    out,
+                    "reseedfs_{suffix} / {what}, TPS in the same rounds: {r:.3}"
+                );
+            }
         }
     }
     let _ = writeln!(
@@ -1173,7 +1227,7 @@ fn print_summary(doc: &Value) {
             num(format!("{key}_wal_write_ms")),
             num(format!("{key}_wal_sync_ms"))
         );
-        if t != Target::Native {
+        if t.copies().is_some() {
             for op in ["write", "fsync", "read", "getattr"] {
                 let _ = write!(
                     line,

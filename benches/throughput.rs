@@ -447,8 +447,8 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    if args.first().map(String::as_str) == Some(SERVE_FLOOR) {
-        return serve_floor(&args[1..]);
+    if args.first().map(String::as_str) == Some(floor::SERVE) {
+        return floor::serve_main(&args[1..]);
     }
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --benches` runs bench targets without `--bench`: nothing to do.
@@ -481,39 +481,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("throughput: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The bench binary started again as the FUSE floor's daemon:
-/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest devfuse|uring`.
-const SERVE_FLOOR: &str = "--serve-fuse-floor";
-
-fn serve_floor(args: &[String]) -> ExitCode {
-    let (Some(backing), Some(mountpoint), Some(threads), Some(direct), Some(transport)) = (
-        args.first(),
-        args.get(1),
-        args.get(2).and_then(|t| t.parse::<usize>().ok()),
-        args.get(3).and_then(|d| floor::Direct::parse(d)),
-        args.get(4).and_then(|t| floor::Transport::parse(t)),
-    ) else {
-        eprintln!(
-            "fuse_floor: usage: {SERVE_FLOOR} BACKING MOUNTPOINT THREADS cached|honest \
-             devfuse|uring"
-        );
-        return ExitCode::FAILURE;
-    };
-    match floor::serve(
-        Path::new(backing),
-        Path::new(mountpoint),
-        threads,
-        direct,
-        transport,
-    ) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fuse_floor: serving {backing} at {mountpoint}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -1007,8 +974,7 @@ fn ring_threads(pid: u32) -> usize {
     })
 }
 
-/// The FUSE floor (`floor.rs`): this bench binary again, serving `backing` at
-/// `mountpoint` with `threads` request threads.
+/// The FUSE floor as `target` (see [`floor::daemon`]).
 fn floor_daemon(
     target: Target,
     backing: &Path,
@@ -1017,25 +983,15 @@ fn floor_daemon(
     direct: floor::Direct,
     transport: floor::Transport,
 ) -> io::Result<Daemon> {
-    fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg(SERVE_FLOOR)
-        .arg(backing)
-        .arg(mountpoint)
-        .arg(threads.to_string())
-        .arg(direct.name())
-        .arg(transport.name());
-    if target == Target::FloorUringBounce {
-        cmd.env("FUSE_FLOOR_URING_BOUNCE", "1");
-    }
-    let log = mountpoint.with_extension("log");
-    Daemon::start(
-        cmd,
+    let bounce = target == Target::FloorUringBounce;
+    floor::daemon(
         target.name(),
-        mountpoint.to_owned(),
-        None,
-        &log,
-        "fuse.fuse_floor",
+        backing,
+        mountpoint,
+        threads,
+        direct,
+        transport,
+        bounce,
     )
 }
 

@@ -50,6 +50,7 @@ use std::os::unix::fs::{
     DirBuilderExt as _, FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
 use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -61,6 +62,9 @@ use fuser::{
 };
 use parking_lot::RwLock;
 use reseedfs::sys::fuse_uring;
+use reseedfs::testbed::with_path;
+
+use crate::common::Daemon;
 
 mod ring;
 
@@ -837,4 +841,73 @@ pub fn serve(
         .map_err(|_| io::Error::other("the FUSE session thread panicked"))?;
     let rang = ring.map_or(Ok(()), fuse_uring::Ring::join);
     served.and(rang)
+}
+
+/// The bench binary started again as the FUSE floor's daemon:
+/// `--serve-fuse-floor BACKING MOUNTPOINT THREADS cached|honest devfuse|uring`.
+pub const SERVE: &str = "--serve-fuse-floor";
+
+/// The floor's daemon: serves what [`daemon`] asked for (the arguments after [`SERVE`])
+/// until it is unmounted.
+pub fn serve_main(args: &[String]) -> ExitCode {
+    let (Some(backing), Some(mountpoint), Some(threads), Some(direct), Some(transport)) = (
+        args.first(),
+        args.get(1),
+        args.get(2).and_then(|t| t.parse::<usize>().ok()),
+        args.get(3).and_then(|d| Direct::parse(d)),
+        args.get(4).and_then(|t| Transport::parse(t)),
+    ) else {
+        eprintln!(
+            "fuse_floor: usage: {SERVE} BACKING MOUNTPOINT THREADS cached|honest devfuse|uring"
+        );
+        return ExitCode::FAILURE;
+    };
+    match serve(
+        Path::new(backing),
+        Path::new(mountpoint),
+        threads,
+        direct,
+        transport,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fuse_floor: serving {backing} at {mountpoint}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the floor as bench target `label`: this bench binary again (its `main` hands
+/// [`SERVE`] to [`serve_main`]), serving `backing` at `mountpoint` with `threads` request
+/// threads, in a process of its own (its CPU time is its own); `bounce` copies write data
+/// once before writing it over the ring, as through `/dev/fuse`.
+pub fn daemon(
+    label: &'static str,
+    backing: &Path,
+    mountpoint: &Path,
+    threads: usize,
+    direct: Direct,
+    transport: Transport,
+    bounce: bool,
+) -> io::Result<Daemon> {
+    fs::create_dir_all(mountpoint).map_err(|e| with_path(e, "create", mountpoint))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(SERVE)
+        .arg(backing)
+        .arg(mountpoint)
+        .arg(threads.to_string())
+        .arg(direct.name())
+        .arg(transport.name());
+    if bounce {
+        cmd.env("FUSE_FLOOR_URING_BOUNCE", "1");
+    }
+    let log = mountpoint.with_extension("log");
+    Daemon::start(
+        cmd,
+        label,
+        mountpoint.to_owned(),
+        None,
+        &log,
+        "fuse.fuse_floor",
+    )
 }
