@@ -561,10 +561,13 @@ impl Core {
         }
         if let Some(mode) = set.mode {
             let mode = Mode::from_raw_mode(mode & 0o7777);
-            match by {
-                By::Name(path) => db.chmod(path, mode)?,
-                By::Files(f) => db.fchmod(f, mode)?,
-            }
+            let set = match by {
+                By::Name(path) => db.chmod(path, mode),
+                By::Files(f) => db.fchmod(f, mode),
+            };
+            // Also when it failed: part of the copies may have the new mode.
+            node.mode_changed();
+            set?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = |t: Option<SetTime>| match t {
@@ -600,9 +603,17 @@ impl Core {
     /// someone else than root (the kernel asks for it with FUSE_WRITE_KILL_SUIDGID): as the
     /// VFS does, setgid only when the group may execute (without it, setgid means
     /// mandatory locking, not privilege).
+    ///
+    /// Nearly every write of a caller other than root asks for it, so the node remembers
+    /// that its file has neither bit (until a chmod through the mount): a stat per write,
+    /// on the volume, cost a volume call per write.
     pub fn kill_suidgid(&self, id: NodeId, fh: Option<HandleId>) -> Result<()> {
         let t = self.target(id, fh)?;
+        let Some(token) = t.node.privs_unknown() else {
+            return Ok(());
+        };
         let st = self.stat_target(&t)?;
+        Core::backing_attr(&t.node, id, &st);
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Ok(());
         }
@@ -618,6 +629,9 @@ impl Core {
                 (None, Some(files)) => t.db.fchmod(files, cleared)?,
                 (None, None) => return Err(Errno(libc::ENOENT)),
             }
+        }
+        if cleared.bits() & (posix::S_ISUID | posix::S_ISGID) == 0 {
+            t.node.privs_cleared(token);
         }
         Ok(())
     }

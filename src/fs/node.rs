@@ -42,6 +42,9 @@ pub struct Node {
     paths: Mutex<Vec<PathBuf>>,
     /// The file's link count when it was last stated (`u64::MAX`: never).
     links: AtomicU64,
+    /// Whether the file is known to have neither setuid nor setgid (bit 0), and how often
+    /// its mode changed (the other bits): see [`Node::privs_unknown`].
+    privs: AtomicU64,
     /// The backing files of the node's open handles (weakly: a handle owns its files). A
     /// node whose last name is gone is reached through them only.
     open: Mutex<Vec<Weak<OpenFiles>>>,
@@ -74,6 +77,31 @@ impl Node {
     /// The file's link count, as a stat of it just said.
     pub fn saw_links(&self, links: u64) {
         self.links.store(links, Ordering::Relaxed);
+    }
+
+    /// `None` when the file is known to have neither setuid nor setgid, so that a write
+    /// has none to clear; else a token for [`Node::privs_cleared`]. Known only while
+    /// every name of the file is this node's: a chmod through another node (a hard link
+    /// made before the mount) would not reach this one.
+    pub fn privs_unknown(&self) -> Option<u64> {
+        let v = self.privs.load(Ordering::Acquire);
+        (v & 1 == 0 || !self.has_every_name()).then_some(v & !1)
+    }
+
+    /// A stat taken after `token` (from [`Node::privs_unknown`]) found neither setuid
+    /// nor setgid, or they were cleared: known from now on, unless the mode changed since
+    /// the token was taken.
+    pub fn privs_cleared(&self, token: u64) {
+        let _ = self
+            .privs
+            .compare_exchange(token, token | 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The file's mode was set: whether it has setuid or setgid is unknown again.
+    pub fn mode_changed(&self) {
+        let _ = self
+            .privs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some((v & !1) + 2));
     }
 
     /// Remembers the backing files of a handle opened on this node.
@@ -134,6 +162,7 @@ impl Table {
             place,
             paths: Mutex::new(paths),
             links: AtomicU64::new(u64::MAX),
+            privs: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
             io: FileIo::default(),
         };
