@@ -523,17 +523,20 @@ impl Volume {
     }
 
     /// Runs `f` on the volume's lane, within the deadline. A volume already failed
-    /// answers `EIO` at once: nothing more is queued behind a dead disk.
+    /// answers `EIO` at once: nothing more is queued behind a dead disk. A request on a
+    /// volume that holds the last copy in sync of a database waits for it however long
+    /// anyway ([`serve_requests`]): there `f` is made at once on the calling thread,
+    /// without the lane's hand-off and its two wake-ups (a stat, an xattr, an open).
     fn call<T: Send + 'static>(
         &self,
         op: &'static str,
         f: impl FnOnce(&dyn Backend) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
-        self.finish(
-            op,
-            self.submit(op, f),
-            Instant::now() + self.limits.io_timeout,
-        )
+        let deadline = Instant::now() + self.limits.io_timeout;
+        if !makes_here() && self.waits_on_late() {
+            return on_this_thread(|| self.finish(op, self.submit(op, f), deadline));
+        }
+        self.finish(op, self.submit(op, f), deadline)
     }
 
     /// Hands `f` to the lane without waiting: for calls that go to several volumes at
