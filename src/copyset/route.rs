@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{BackingFile, CopyState, Database, MAX_COPIES, OpenFiles};
 use crate::names::CopySlot;
 use crate::volume::{
-    AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, finish_first,
+    AlignedBuf, Backend, Call, ChainWrite, DIRECT_ALIGN, VolFile, Volume, finish_first, held_back,
     is_direct_aligned, is_media_error, is_timeout, makes_here, on_this_thread, serving_requests,
     write_direct,
 };
@@ -280,7 +280,7 @@ impl Database {
             // own pages is not cached again, once per copy.
             let shared = Arc::new(AlignedBuf::copy_of(data));
             return self
-                .fan_out(files, "write", len, to_seeding, |i, v, f| {
+                .fan_out(files, "write", len, to_seeding, false, |i, v, f| {
                     let direct = f.direct(v).cloned();
                     let write = {
                         let (file, direct, data) = (f.file.clone(), direct.clone(), shared.clone());
@@ -321,15 +321,23 @@ impl Database {
         // One copy of the data, shared by every copy's lane (a call that misses its
         // deadline keeps it until the disk answers).
         let shared: Arc<[u8]> = Arc::from(data);
-        self.fan_out(files, "write", len, to_seeding, |i, v, f| match &sums {
-            Some(sums) => {
-                let (file, data) = (f.file.clone(), shared.clone());
-                self.submit_summed_write(i, v, f, sums, move |be| {
-                    be.write_all_at(&file, offset, &data)
-                })
-            }
-            None => v.submit_write(&f.file, offset, shared.clone()),
-        })
+        let chained = len <= CHAINED_WRITE_MAX;
+        self.fan_out(
+            files,
+            "write",
+            len,
+            to_seeding,
+            chained,
+            |i, v, f| match &sums {
+                Some(sums) => {
+                    let (file, data) = (f.file.clone(), shared.clone());
+                    self.submit_summed_write(i, v, f, sums, move |be| {
+                        be.write_all_at(&file, offset, &data)
+                    })
+                }
+                None => v.submit_write(&f.file, offset, shared.clone()),
+            },
+        )
         .map(|()| len)
     }
 
@@ -410,7 +418,7 @@ impl Database {
         // The sums are not synced here: where they may lag the data after a crash, the
         // activity log says so (its checkpoint syncs whole volumes), and crash repair sums
         // those extents again.
-        self.fan_out(files, op, 0, true, |_, v, f| {
+        self.fan_out(files, op, 0, true, false, |_, v, f| {
             v.submit_sync(&f.file, datasync)
         })
     }
@@ -454,13 +462,15 @@ impl Database {
     /// Hands `submit(copy, volume, file)` to every in-sync copy's lane at once (and the seeding
     /// copy's when `to_seeding`) where the handle has a file, waits for every answer until
     /// the deadline, then reconciles the outcomes. `len`: the bytes of data written (for
-    /// the volumes' counters).
+    /// the volumes' counters). `chained`: the calls are cheap enough to be made one after
+    /// another by one lane thread (a small buffered write, see [`crate::volume::chain`]).
     fn fan_out<T: Send + 'static>(
         &self,
         files: &OpenFiles,
         op: &'static str,
         len: usize,
         to_seeding: bool,
+        chained: bool,
         submit: impl Fn(usize, &Volume, &BackingFile) -> Call<T>,
     ) -> io::Result<T> {
         loop {
@@ -503,6 +513,13 @@ impl Database {
                 if let Some((i, v, f)) = &targets[0] {
                     calls[0] = Some((&**v, on_this_thread(|| submit(*i, v, f)), v.deadline()));
                 }
+            } else if chained && n > 1 {
+                for (slot, t) in targets[..n].iter().enumerate() {
+                    if let Some((i, v, f)) = t {
+                        calls[slot] = Some((&**v, held_back(|| submit(*i, v, f)), v.deadline()));
+                    }
+                }
+                crate::volume::chain(&mut calls[..n]);
             } else {
                 for (slot, t) in targets[..n].iter().enumerate() {
                     if let Some((i, v, f)) = t {
@@ -576,6 +593,11 @@ impl Database {
         }
     }
 }
+
+/// The largest buffered write whose copies are made one after another by one lane thread
+/// ([`crate::volume::chain`]): below it, copying the data into a page cache costs less than a
+/// lane's hand-off and wake-up.
+const CHAINED_WRITE_MAX: usize = 128 << 10;
 
 /// Counts the data of a mutation that succeeded on `v` (metrics: bytes mirrored).
 #[inline]

@@ -14,6 +14,13 @@
 //! a thread idle for `IDLE` ends; so a healthy volume under load has as many threads as
 //! requests in flight, and an idle one keeps none.
 //!
+//! Calls cheap enough to make one after another (a small buffered write to each copy of
+//! a database) can go to one lane as a chain ([`Lane::submit_chain`]): one thread makes
+//! them in order, one hand-off and one wake-up for all. A call of the chain not started
+//! yet can be taken back by its caller ([`Pending::take_back`]) and handed to its own
+//! volume's lane, so that a chain stuck on a hung disk holds no other copy's call past
+//! its deadline.
+//!
 //! Long calls that use descriptors of their own (a reseed's copy of a window) have a
 //! deadline of another kind: no progress for `io_timeout`. They report each read and
 //! write to a [`Watch`], and the caller waits with [`Pending::wait_while_progressing`].
@@ -103,6 +110,32 @@ impl<T> Reply<T> {
         self.0.ready.notify_one();
         // Drop finds the slot answered and does nothing more.
     }
+
+    /// Makes `call` and sends its answer. A panic answers the call instead of ending the
+    /// thread (see the module header). The call owns everything it touches: nothing
+    /// shared is left half-changed for the next call on this thread.
+    fn make(self, call: impl FnOnce() -> T) {
+        let answer =
+            std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(|p| panic_message(&*p));
+        self.send(answer);
+    }
+}
+
+impl<T> Pending<T> {
+    /// A call's wait, and the lane's end of it.
+    fn new(link: Option<Link<T>>) -> (Pending<T>, Reply<T>) {
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting),
+            ready: Condvar::new(),
+        });
+        let reply = Reply(slot.clone());
+        let pending = Pending {
+            slot,
+            abandoned: Arc::new(AtomicBool::new(false)),
+            link,
+        };
+        (pending, reply)
+    }
 }
 
 impl<T> Drop for Reply<T> {
@@ -159,6 +192,33 @@ type Answer<T> = Result<T, String>;
 pub struct Pending<T> {
     slot: Arc<Slot<T>>,
     abandoned: Arc<AtomicBool>,
+    /// A call of a chain ([`Lane::submit_chain`]): here until the chain's thread takes it
+    /// to make it, or its caller takes it back ([`Pending::take_back`]).
+    link: Option<Link<T>>,
+}
+
+/// A chained call, made by whoever takes it first: the chain's thread or its caller.
+type Link<T> = Arc<Mutex<Option<Call<T>>>>;
+
+/// A call, as a lane thread makes it.
+pub struct Call<T>(Box<dyn FnOnce() -> T + Send>);
+
+impl<T> Call<T> {
+    /// `f`, for a lane thread.
+    pub fn new(f: impl FnOnce() -> T + Send + 'static) -> Call<T> {
+        Call(Box::new(f))
+    }
+
+    /// Makes the call.
+    pub fn make(self) -> T {
+        (self.0)()
+    }
+}
+
+impl<T> std::fmt::Debug for Call<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Call")
+    }
 }
 
 impl<T> std::fmt::Debug for Pending<T> {
@@ -196,9 +256,30 @@ impl<T> Pending<T> {
         }
     }
 
+    /// Whether the call answered (or was dropped) by `deadline`, its answer left in place.
+    pub fn answered_by(&self, deadline: Instant) -> bool {
+        let mut state = self.slot.state.lock();
+        while matches!(*state, SlotState::Waiting) {
+            if self.slot.ready.wait_until(&mut state, deadline).timed_out() {
+                return !matches!(*state, SlotState::Waiting);
+            }
+        }
+        true
+    }
+
     /// Gives the call up: not made if it is still queued, its answer dropped otherwise.
     pub fn abandon(self) {
         self.abandoned.store(true, Ordering::Release);
+        // A chained call not made yet never will be.
+        drop(self.take_back());
+    }
+
+    /// A chained call ([`Lane::submit_chain`]) that the chain's thread has not started
+    /// yet, taken back from it: the chain passes it by, and the caller makes it some
+    /// other way. `None` once the chain's thread has it (made or being made), and for a
+    /// call handed to a lane on its own.
+    pub fn take_back(&self) -> Option<Call<T>> {
+        self.link.as_ref().and_then(|l| l.lock().take())
     }
 
     /// The answer, waiting as long as `stalled` (asked every `tick`) says the call is still
@@ -250,23 +331,48 @@ impl Lane {
         &self,
         call: impl FnOnce() -> T + Send + 'static,
     ) -> Pending<T> {
-        let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState::Waiting),
-            ready: Condvar::new(),
-        });
-        let reply = Reply(slot.clone());
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let gave_up = abandoned.clone();
-        let job: Job = Box::new(move || {
+        let (pending, reply) = Pending::new(None);
+        let gave_up = pending.abandoned.clone();
+        self.queue(Box::new(move || {
             if !gave_up.load(Ordering::Acquire) {
-                // A panic answers the call instead of ending the thread (see the module
-                // header). The call owns everything it touches: nothing shared is left
-                // half-changed for the next call on this thread.
-                let answer = std::panic::catch_unwind(AssertUnwindSafe(call))
-                    .map_err(|payload| panic_message(&*payload));
-                reply.send(answer);
+                reply.make(call);
             }
-        });
+        }));
+        pending
+    }
+
+    /// Hands `calls` to the lane as one job: one of its threads makes them in order,
+    /// so that calls cheap enough to make one after another (a small buffered write to
+    /// each copy of a database) cost one hand-off and one wake-up instead of one per
+    /// call. Each answers through its own [`Pending`], in order. A call its caller took
+    /// back ([`Pending::take_back`]) or gave up before the thread came to it is passed by;
+    /// a call that hangs holds the ones after it until their callers take them back.
+    pub fn submit_chain<T: Send + 'static>(&self, calls: Vec<Call<T>>) -> Vec<Pending<T>> {
+        let mut links = Vec::with_capacity(calls.len());
+        let pendings = calls
+            .into_iter()
+            .map(|call| {
+                let link = Arc::new(Mutex::new(Some(call)));
+                let (pending, reply) = Pending::new(Some(link.clone()));
+                links.push((link, pending.abandoned.clone(), reply));
+                pending
+            })
+            .collect();
+        self.queue(Box::new(move || {
+            for (link, gave_up, reply) in links {
+                let call = link.lock().take();
+                if let Some(call) = call
+                    && !gave_up.load(Ordering::Acquire)
+                {
+                    reply.make(|| call.make());
+                }
+            }
+        }));
+        pendings
+    }
+
+    /// Queues `job`, and starts a thread when none is idle to take it.
+    fn queue(&self, job: Job) {
         let start_one = {
             let mut q = self.shared.queue.lock();
             q.jobs.push_back(job);
@@ -276,7 +382,6 @@ impl Lane {
         if start_one {
             self.start_thread();
         }
-        Pending { slot, abandoned }
     }
 
     /// Runs `call` on the lane and waits for its answer until `timeout` has passed.
@@ -476,6 +581,54 @@ mod tests {
         assert_eq!(lane.run(Duration::from_secs(5), || 2), Ok(2));
         assert_eq!(lane.threads().0, 2);
         drop(release);
+    }
+
+    #[test]
+    fn a_chain_is_made_in_order_by_one_thread_and_a_call_taken_back_is_passed_by() {
+        let lane = Lane::new("VolumeC");
+        let names = |tag: &'static str| Call::new(move || (tag, std::thread::current().id()));
+        let mut chain = lane.submit_chain(vec![names("a"), names("b"), names("c")]);
+        let c = chain.pop().expect("c");
+        let b = chain.pop().expect("b");
+        let a = chain.pop().expect("a");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (ta, tb) = (a.wait_until(deadline), b.wait_until(deadline));
+        let (ta, tb) = (ta.expect("a"), tb.expect("b"));
+        assert_eq!((ta.0, tb.0), ("a", "b"));
+        assert_eq!(ta.1, tb.1, "one thread makes the whole chain");
+        assert!(
+            c.take_back().is_none(),
+            "made already: nothing to take back"
+        );
+        assert_eq!(c.wait_until(deadline).map(|t| t.0), Ok("c"));
+
+        // The first call hangs: the second is taken back, made elsewhere, and the chain
+        // passes it by when the first returns.
+        let (release, stuck) = crossbeam_channel::bounded::<()>(0);
+        let made = Arc::new(AtomicU32::new(0));
+        let counted = |n: u32| {
+            let made = made.clone();
+            Call::new(move || made.fetch_add(n, Ordering::SeqCst))
+        };
+        let hang = Call::new(move || {
+            let _ = stuck.recv();
+            0
+        });
+        let mut chain = lane.submit_chain(vec![hang, counted(1), counted(10)]);
+        let last = chain.pop().expect("third");
+        let second = chain.pop().expect("second");
+        assert!(!last.answered_by(Instant::now() + Duration::from_millis(50)));
+        let taken = second.take_back().expect("not started: taken back");
+        assert_eq!(taken.make(), 0);
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        drop(release);
+        assert_eq!(last.wait_until(deadline), Ok(1));
+        assert_eq!(
+            second.wait_until(Instant::now() + Duration::from_millis(100)),
+            Err(Unanswered::Elapsed),
+            "taken back: the chain never made it"
+        );
+        assert_eq!(made.load(Ordering::SeqCst), 11);
     }
 
     #[test]

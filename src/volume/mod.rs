@@ -311,6 +311,18 @@ pub fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&HERE, true, f)
 }
 
+thread_local! {
+    /// Calls handed to a volume are held back, to be chained ([`held_back`]).
+    static HOLD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, in which every call handed to a volume's lane ([`Volume::submit`]) is held
+/// back instead ([`Call::Held`]), for [`chain`] to hand them all to one lane thread. A
+/// held call waited for on its own is handed to its lane then.
+pub fn held_back<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&HOLD, true, f)
+}
+
 /// Runs `f` with every deadline kept, even on a request thread.
 pub fn within_deadlines<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&SERVING, false, f)
@@ -556,6 +568,13 @@ impl Volume {
             return Call::Made { started, answer };
         }
         let backend = self.backend.clone();
+        if HOLD.with(std::cell::Cell::get) {
+            return Call::Held {
+                op,
+                started: Instant::now(),
+                call: lane::Call::new(move || f(&*backend)),
+            };
+        }
         Call::Pending {
             op,
             started: Instant::now(),
@@ -643,6 +662,18 @@ impl Volume {
     ) -> Waited<T> {
         let r = match call {
             Call::Refused(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Call::Held { op, started, call } => {
+                let pending = self.lane.submit(move || call.make());
+                return self.answer_by(
+                    op,
+                    Call::Pending {
+                        op,
+                        started,
+                        pending,
+                    },
+                    until,
+                );
+            }
             Call::Made { started, answer } => {
                 self.note_duration(started.elapsed());
                 answer
@@ -709,6 +740,11 @@ impl Volume {
         match call {
             Call::Refused(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
             Call::Made { answer, .. } => answer,
+            Call::Held { started, .. } => Err(timeout(
+                &self.name,
+                op,
+                deadline.saturating_duration_since(started),
+            )),
             Call::Started(c) => {
                 let StartedCall {
                     started,
@@ -1345,6 +1381,16 @@ pub enum Call<T> {
     },
     /// Handed to the kernel by the calling thread ([`Volume::start_writes`]).
     Started(Box<StartedCall<T>>),
+    /// Held back ([`held_back`]), not handed to the lane yet: [`chain`] hands it over
+    /// with others, or waiting for it hands it over on its own.
+    Held {
+        /// The operation.
+        op: &'static str,
+        /// When it was held back.
+        started: Instant,
+        /// The call, for a lane thread.
+        call: lane::Call<io::Result<T>>,
+    },
     /// Made on the calling thread ([`on_this_thread`]): its answer.
     Made {
         /// When it was made.
@@ -1449,6 +1495,49 @@ pub fn finish_first<T: Send + 'static>(
             answered(k, &r);
             results[k] = Some(r);
         }
+    }
+}
+
+/// Hands the calls held back among `calls` ([`held_back`]; `calls[k]`: the volume, the
+/// call, its deadline) to one thread of the first one's volume lane, as one chain
+/// ([`lane::Lane::submit_chain`]): a small buffered write to every copy of a database
+/// costs one hand-off and one wake-up instead of one per copy. Waits for the chain until
+/// an eighth of that volume's `io_timeout`; calls its thread has not started by then
+/// (it is stuck on a hung disk, or still queued) are taken back and handed each to its
+/// own volume's lane, so that a copy still answers within its deadline when another
+/// copy's disk hangs.
+pub fn chain<T: Send + 'static>(calls: &mut [Option<(&Volume, Call<T>, Instant)>]) {
+    let mut held = Vec::new();
+    let mut jobs = Vec::new();
+    for (k, slot) in calls.iter_mut().enumerate() {
+        match slot.take() {
+            Some((v, Call::Held { op, started, call }, deadline)) => {
+                held.push((k, v, op, started, deadline));
+                jobs.push(call);
+            }
+            other => *slot = other,
+        }
+    }
+    let Some(&(_, lead, ..)) = held.first() else {
+        return;
+    };
+    let pendings = lead.lane.submit_chain(jobs);
+    // Once the last call has answered, the chain's thread has taken every call and none
+    // is left to take back.
+    if let Some(last) = pendings.last() {
+        last.answered_by(Instant::now() + lead.limits.io_timeout / 8);
+    }
+    for ((k, v, op, started, deadline), pending) in held.into_iter().zip(pendings) {
+        let pending = match pending.take_back() {
+            Some(call) => v.lane.submit(move || call.make()),
+            None => pending,
+        };
+        let call = Call::Pending {
+            op,
+            started,
+            pending,
+        };
+        calls[k] = Some((v, call, deadline));
     }
 }
 
@@ -1909,6 +1998,84 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    /// A call that answers the name of the thread that made it, after `after`.
+    fn named_call(v: &Volume, after: Duration) -> Call<String> {
+        v.submit("test", move |_| {
+            std::thread::sleep(after);
+            Ok(std::thread::current().name().unwrap_or("").to_owned())
+        })
+    }
+
+    #[test]
+    fn chained_calls_are_made_by_one_lane_thread_and_a_hung_first_leaves_the_rest_in_time() {
+        let (a, b) = (
+            quick_volume("ch-a", "Volume1"),
+            quick_volume("ch-b", "Volume2"),
+        );
+        // Healthy: both made by Volume1's lane, one after the other.
+        let mut calls = [
+            Some((
+                &a,
+                held_back(|| named_call(&a, Duration::ZERO)),
+                a.deadline(),
+            )),
+            Some((
+                &b,
+                held_back(|| named_call(&b, Duration::ZERO)),
+                b.deadline(),
+            )),
+        ];
+        assert!(matches!(calls[1], Some((_, Call::Held { .. }, _))));
+        chain(&mut calls);
+        let mut results: [Option<io::Result<String>>; 2] = [None, None];
+        finish_first(&"db", "test", &mut calls, &mut results, |_| true, |_, _| {});
+        for r in &results {
+            assert!(
+                matches!(r, Some(Ok(name)) if name == "lane-Volume1"),
+                "{r:?}"
+            );
+        }
+
+        // Volume1 hangs (1.5 s against a 100 ms deadline): Volume2's call is taken back
+        // from the chain and made on its own lane, in time; only Volume1 times out.
+        let t = Instant::now();
+        let mut calls = [
+            Some((
+                &a,
+                held_back(|| named_call(&a, Duration::from_millis(1500))),
+                a.deadline(),
+            )),
+            Some((
+                &b,
+                held_back(|| named_call(&b, Duration::ZERO)),
+                b.deadline(),
+            )),
+        ];
+        chain(&mut calls);
+        let mut results: [Option<io::Result<String>>; 2] = [None, None];
+        finish_first(&"db", "test", &mut calls, &mut results, |_| true, |_, _| {});
+        assert!(
+            matches!(&results[1], Some(Ok(name)) if name == "lane-Volume2"),
+            "{:?}",
+            results[1]
+        );
+        assert!(
+            matches!(&results[0], Some(Err(e)) if is_timeout(e)),
+            "{:?}",
+            results[0]
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+
+        // A held call waited for on its own goes to its lane then.
+        let held = held_back(|| named_call(&b, Duration::ZERO));
+        let name = b.finish("test", held, b.deadline()).expect("answered");
+        assert_eq!(name, "lane-Volume2");
     }
 
     #[test]
