@@ -530,10 +530,14 @@ impl Database {
                 continue;
             };
             let dir = checksum::dir(&self.name);
-            if v.stat(&dir).is_err() {
-                continue;
-            }
-            match checksum::reset(&v, &self.name) {
+            let removed = match v.stat(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Not told whether there are stores (a disk failing at mount): said, with
+                // what to do, as when they cannot be removed.
+                Err(e) => Err(e),
+                Ok(_) => checksum::reset(&v, &self.name),
+            };
+            match removed {
                 Ok(()) => tracing::info!(
                     "{}: checksums are off: the checksum stores on {} were removed (they \
                      would go stale); once checksums are on again, blocks are checked after \
@@ -544,8 +548,8 @@ impl Database {
                 ),
                 Err(e) => tracing::warn!(
                     "{}: checksums are off, but the checksum stores on {} ({}) could not be \
-                     removed: {e}; remove that folder before checksums are turned on again, \
-                     or the blocks written meanwhile will read as damaged",
+                     looked at or removed: {e}; remove that folder before checksums are \
+                     turned on again, or the blocks written meanwhile will read as damaged",
                     self.name,
                     v.name(),
                     v.root().join(&dir).display()

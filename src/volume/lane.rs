@@ -596,6 +596,7 @@ mod tests {
         let (ta, tb) = (ta.expect("a"), tb.expect("b"));
         assert_eq!((ta.0, tb.0), ("a", "b"));
         assert_eq!(ta.1, tb.1, "one thread makes the whole chain");
+        assert!(c.answered_by(deadline));
         assert!(
             c.take_back().is_none(),
             "made already: nothing to take back"

@@ -2010,11 +2010,14 @@ mod tests {
 
     #[test]
     fn chained_calls_are_made_by_one_lane_thread_and_a_hung_first_leaves_the_rest_in_time() {
-        let (a, b) = (
-            quick_volume("ch-a", "Volume1"),
-            quick_volume("ch-b", "Volume2"),
-        );
-        // Healthy: both made by Volume1's lane, one after the other.
+        // Healthy: both made by Volume1's lane, one after the other (deadlines of 4 s:
+        // a busy host's scheduling delay must not pass for a hang here).
+        let patient = Limits {
+            io_timeout: Duration::from_secs(4),
+            slow_request: Duration::from_secs(2),
+        };
+        let a = Volume::open_with("Volume1", &tempdir("ch-pa"), patient).expect("open");
+        let b = Volume::open_with("Volume2", &tempdir("ch-pb"), patient).expect("open");
         let mut calls = [
             Some((
                 &a,
@@ -2040,6 +2043,10 @@ mod tests {
 
         // Volume1 hangs (1.5 s against a 100 ms deadline): Volume2's call is taken back
         // from the chain and made on its own lane, in time; only Volume1 times out.
+        let (a, b) = (
+            quick_volume("ch-a", "Volume1"),
+            quick_volume("ch-b", "Volume2"),
+        );
         let t = Instant::now();
         let mut calls = [
             Some((
