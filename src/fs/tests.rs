@@ -532,6 +532,25 @@ fn the_activity_log_carries_the_hot_extents_over_one_checkpoint() {
     // Nothing written for a whole epoch: the log is empty of the file.
     db.checkpoint(false);
     assert!(logged().is_empty());
+    // Idle now: a checkpoint leaves the log file as it is (no rewrite, which replaces
+    // the file), and a write after it is logged as ever and carried by the next.
+    let file = || {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(bed.backing(1, ".reseedfs/tap/db001/activity.log")).expect("log");
+        (m.ino(), m.len())
+    };
+    let idle = file();
+    db.checkpoint(false);
+    assert_eq!(file(), idle, "an idle checkpoint rewrote the log");
+    core.write(h, 5 * MIB4, b"w").expect("write");
+    assert_eq!(logged(), [5..6].into());
+    db.checkpoint(false);
+    assert_eq!(logged(), [5..6].into());
+    assert_ne!(
+        file().0,
+        idle.0,
+        "a checkpoint after a write rewrites the log"
+    );
     // A clean stop carries nothing.
     core.write(h, 0, b"z").expect("write");
     db.checkpoint(true);

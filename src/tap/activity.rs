@@ -627,12 +627,53 @@ impl ActivityLog {
         failed
     }
 
+    /// Nothing written since the log was last rewritten, and it lists nothing, on every
+    /// copy in sync now: a checkpoint would rewrite the same empty log.
+    fn quiet(&self, db: &dyn Replicas) -> bool {
+        let listed = {
+            let s = self.state.lock();
+            !(s.current.is_empty() && s.carried.is_empty() && s.pending.is_empty())
+        };
+        if listed {
+            return false;
+        }
+        let files = self.files.lock();
+        let in_sync = db.in_sync();
+        in_sync.len() == files.open.len()
+            && in_sync.iter().all(|(slot, generation, _)| {
+                files
+                    .open
+                    .iter()
+                    .any(|(s, g, ..)| s == slot && g == generation)
+            })
+    }
+
+    /// `syncfs` of every in-sync copy's volume, all at once (see `volume::finish_first`).
+    fn sync_volumes(&self, db: &dyn Replicas) {
+        let in_sync = db.in_sync();
+        let calls = in_sync.iter().map(|(_, _, v)| (&**v, v.submit_syncfs()));
+        let results = finish_all(&self.db, "syncfs", calls);
+        for ((slot, ..), r) in in_sync.iter().zip(results) {
+            if let Err(e) = r {
+                db.on_error(CopySlot::new(*slot), "checkpoint syncfs", &e);
+            }
+        }
+    }
+
     /// A checkpoint: new epoch, old epoch's writes drained, every in-sync copy's volume
     /// synced, `persist` run (the dirty maps), the log rewritten with the extents written
     /// in the old epoch (carried over) and the new one. `clean` appends the clean-stop
     /// mark (no write may run any more) and carries nothing: every write is durable.
     pub fn checkpoint(&self, db: &dyn Replicas, persist: impl FnOnce(), clean: bool) {
         let _one = self.checkpointing.lock();
+        if !clean && self.quiet(db) {
+            // A new epoch would rewrite the same empty log on every volume: an idle
+            // database leaves its disks alone, but for the sync (a dead disk under an
+            // idle database shows there) and the dirty maps.
+            self.sync_volumes(db);
+            persist();
+            return;
+        }
         let old = {
             let mut s = self.state.lock();
             let cur = std::mem::take(&mut s.current);
@@ -645,15 +686,7 @@ impl ActivityLog {
         while counter.load(Ordering::SeqCst) != 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
-        // Every copy's volume at once (see `volume::finish_first`).
-        let in_sync = db.in_sync();
-        let calls = in_sync.iter().map(|(_, _, v)| (&**v, v.submit_syncfs()));
-        let results = finish_all(&self.db, "syncfs", calls);
-        for ((slot, ..), r) in in_sync.iter().zip(results) {
-            if let Err(e) = r {
-                db.on_error(CopySlot::new(*slot), "checkpoint syncfs", &e);
-            }
-        }
+        self.sync_volumes(db);
         persist();
         let mut files = self.files.lock();
         let epoch = self.epoch.load(Ordering::SeqCst);
