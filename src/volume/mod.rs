@@ -817,11 +817,6 @@ impl Volume {
         }
     }
 
-    /// Threads of the volume's lane: alive, and of those busy (stuck, on a hung disk).
-    pub fn lane_threads(&self) -> (usize, usize) {
-        self.lane.threads()
-    }
-
     /// Records the latency of one database request served by this volume (a read, a
     /// write or an fsync through the mount). Two relaxed atomic adds, and the baseline's
     /// update while no rebuild touches the volume.
