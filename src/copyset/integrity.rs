@@ -24,6 +24,7 @@ use crate::volume::{
 };
 
 /// The sums a write brings: the blocks it touches and their store bytes.
+#[derive(Clone)]
 pub(super) struct WriteSums {
     pub(super) first: u64,
     pub(super) blocks: Range<u64>,
@@ -119,16 +120,24 @@ impl Database {
             Ok(s) => s,
             Err(e) => return v.submit("write", move |_| Err(e)),
         };
-        let bytes = sums.bytes.clone();
-        let (first, blocks) = (sums.first, sums.blocks.clone());
-        v.submit("write", move |be| {
-            let _g = store.lock_exclusive(&blocks);
-            write(be)?;
-            // Between a write's data and its sums: where a crash leaves them disagreeing
-            // (tests make the window certain with `sleep(ms)`; crash repair must close it).
-            fail::fail_point!("checksum::between_data_and_sums");
-            store.write_with(be, first, &bytes)
-        })
+        let sums = sums.clone();
+        v.submit("write", move |be| write_then_sums(be, &store, &sums, write))
+    }
+
+    /// [`Database::submit_summed_write`] made at once on the calling thread
+    /// ([`Volume::make_here`]), so `write` may borrow the request's own buffer.
+    pub(super) fn make_summed_write_here(
+        &self,
+        i: usize,
+        v: &Volume,
+        b: &BackingFile,
+        sums: &WriteSums,
+        write: impl FnOnce(&dyn Backend) -> io::Result<()>,
+    ) -> Call<()> {
+        match self.sum_file(i, v, b) {
+            Ok(store) => v.make_here("write", |be| write_then_sums(be, &store, sums, write)),
+            Err(e) => v.make_here("write", |_| Err(e)),
+        }
     }
 
     /// Starts a write to copy `i` from the calling thread ([`Volume::start_writes`]): `data`
@@ -901,4 +910,20 @@ impl Database {
         to.cut(dst_v, blocks).map_err(SeedSums::Dest)?;
         Ok(blocks)
     }
+}
+
+/// A write's data (`write`), then its sums, under the store's lock, in one call (so a
+/// reader confirming a mismatch never sees one without the other).
+fn write_then_sums(
+    be: &dyn Backend,
+    store: &SumFile,
+    sums: &WriteSums,
+    write: impl FnOnce(&dyn Backend) -> io::Result<()>,
+) -> io::Result<()> {
+    let _g = store.lock_exclusive(&sums.blocks);
+    write(be)?;
+    // Between a write's data and its sums: where a crash leaves them disagreeing (tests
+    // make the window certain with `sleep(ms)`; crash repair must close it).
+    fail::fail_point!("checksum::between_data_and_sums");
+    store.write_with(be, sums.first, &sums.bytes)
 }

@@ -319,25 +319,30 @@ impl Database {
                 .map(|()| len);
         }
         // One copy of the data, shared by every copy's lane (a call that misses its
-        // deadline keeps it until the disk answers).
-        let shared: Arc<[u8]> = Arc::from(data);
+        // deadline keeps it until the disk answers), made when a lane is first handed
+        // the write: a call made here at once (a database's only copy in sync, see
+        // `fan_out`) writes from the request's own buffer.
+        let shared = std::cell::OnceCell::new();
+        let shared = || shared.get_or_init(|| Arc::<[u8]>::from(data)).clone();
         let chained = len <= CHAINED_WRITE_MAX;
-        self.fan_out(
-            files,
-            "write",
-            len,
-            to_seeding,
-            chained,
-            |i, v, f| match &sums {
+        self.fan_out(files, "write", len, to_seeding, chained, |i, v, f| {
+            if makes_here() {
+                let write = |be: &dyn Backend| be.write_all_at(&f.file, offset, data);
+                return match &sums {
+                    Some(sums) => self.make_summed_write_here(i, v, f, sums, write),
+                    None => v.make_here("write", write),
+                };
+            }
+            match &sums {
                 Some(sums) => {
-                    let (file, data) = (f.file.clone(), shared.clone());
+                    let (file, data) = (f.file.clone(), shared());
                     self.submit_summed_write(i, v, f, sums, move |be| {
                         be.write_all_at(&file, offset, &data)
                     })
                 }
-                None => v.submit_write(&f.file, offset, shared.clone()),
-            },
-        )
+                None => v.submit_write(&f.file, offset, shared()),
+            }
+        })
         .map(|()| len)
     }
 

@@ -559,13 +559,11 @@ impl Volume {
         op: &'static str,
         f: impl FnOnce(&dyn Backend) -> io::Result<T> + Send + 'static,
     ) -> Call<T> {
+        if makes_here() {
+            return self.make_here(op, f);
+        }
         if self.is_failed() {
             return Call::Refused(op);
-        }
-        if makes_here() {
-            let started = Instant::now();
-            let answer = f(&*self.backend);
-            return Call::Made { started, answer };
         }
         let backend = self.backend.clone();
         if HOLD.with(std::cell::Cell::get) {
@@ -580,6 +578,21 @@ impl Volume {
             started: Instant::now(),
             pending: self.lane.submit(move || f(&*backend)),
         }
+    }
+
+    /// Makes `f` at once on the calling thread, as [`Volume::submit`] does inside
+    /// [`on_this_thread`]; `f` may borrow (a write from the request's own buffer).
+    pub fn make_here<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&dyn Backend) -> io::Result<T>,
+    ) -> Call<T> {
+        if self.is_failed() {
+            return Call::Refused(op);
+        }
+        let started = Instant::now();
+        let answer = f(&*self.backend);
+        Call::Made { started, answer }
     }
 
     /// Starts `chain` from the calling thread when the backend can
