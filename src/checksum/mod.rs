@@ -151,6 +151,14 @@ pub fn mismatches(first: u64, data: &[u8], sums: &[u32]) -> Vec<u64> {
 #[derive(Debug)]
 pub struct SumFile {
     file: VolFile,
+    /// The copy (slot, placement generation) whose store this is.
+    slot: usize,
+    generation: u64,
+    /// In [`Sums`]'s list of stores with deferred sums ([`SumFile::defer`]).
+    queued: AtomicBool,
+    /// Its file was removed (a file with no name left closed, a copy's stores reset): no
+    /// longer handed out, and its deferred sums are dropped.
+    retired: AtomicBool,
     /// Each its own allocation, so that a writer waiting on its own thread for the kernel
     /// can hold one ([`SumFile::try_lock_exclusive_owned`]).
     stripes: [Arc<RwLock<()>>; STRIPES],
@@ -163,41 +171,184 @@ const CHUNK_SUMS: u64 = 1024;
 /// starts again empty.
 const CACHE_CHUNKS_MAX: usize = 4096;
 
+/// Chunks of a store with deferred sums (written to memory, not yet to the disk) past
+/// which a write's sums go to the disk with it again (4 MiB of memory per store).
+const DIRTY_CHUNKS_MAX: usize = 1024;
+
 /// The sums of a store in memory, by chunk, so that a checked read costs no read of the
 /// store. Writers of the store update it; `epoch` moves with every update, so a chunk read
 /// from the disk while a writer changed it is not kept (it could be older than the write).
-/// A mismatch is always confirmed from the disk, never from here, so a stale entry can
-/// cost a slower read and never a false alarm.
+/// A mismatch is always confirmed from the disk (with the deferred sums over it), never
+/// from here alone, so a stale entry can cost a slower read and never a false alarm.
+///
+/// Deferred sums ([`SumFile::defer`]) are the newest of their blocks: kept here, marked
+/// dirty, until [`SumFile::flush_with`] writes them; never dropped by `forget` or by the
+/// cache starting afresh, only by a cut (a truncate) or when the store is retired.
 #[derive(Debug, Default)]
 struct Cache {
     epoch: u64,
-    chunks: HashMap<u64, Box<[u32]>>,
+    chunks: HashMap<u64, Chunk>,
+    /// The chunks holding deferred sums.
+    dirty: std::collections::BTreeSet<u64>,
+}
+
+/// One chunk of a store in memory.
+#[derive(Debug)]
+struct Chunk {
+    sums: Box<[u32]>,
+    /// The entries deferred (one bit each).
+    dirty: [u64; (CHUNK_SUMS / 64) as usize],
+    /// Whether the entries not deferred were read from the disk (a chunk a deferred write
+    /// made holds its deferred entries only).
+    loaded: bool,
+}
+
+impl Chunk {
+    fn new(sums: Box<[u32]>, loaded: bool) -> Chunk {
+        Chunk {
+            sums,
+            dirty: [0; (CHUNK_SUMS / 64) as usize],
+            loaded,
+        }
+    }
+
+    fn is_dirty(&self, k: usize) -> bool {
+        self.dirty[k / 64] & (1 << (k % 64)) != 0
+    }
+
+    fn mark(&mut self, k: usize, dirty: bool) {
+        if dirty {
+            self.dirty[k / 64] |= 1 << (k % 64);
+        } else {
+            self.dirty[k / 64] &= !(1 << (k % 64));
+        }
+    }
+
+    fn any_dirty(&self) -> bool {
+        self.dirty.iter().any(|&w| w != 0)
+    }
 }
 
 impl Cache {
+    /// The store on the disk now holds `sums` from block `first` (written through).
     fn update(&mut self, first: u64, sums: &[u32]) {
         self.epoch += 1;
         for (k, &sum) in sums.iter().enumerate() {
             let b = first + k as u64;
-            if let Some(c) = self.chunks.get_mut(&(b / CHUNK_SUMS)) {
-                c[(b % CHUNK_SUMS) as usize] = sum;
+            let c = b / CHUNK_SUMS;
+            if let Some(chunk) = self.chunks.get_mut(&c) {
+                chunk.sums[(b % CHUNK_SUMS) as usize] = sum;
+                chunk.mark((b % CHUNK_SUMS) as usize, false);
+                if !chunk.any_dirty() {
+                    self.dirty.remove(&c);
+                }
             }
         }
     }
 
+    /// `sums` from block `first` are the newest, in memory only.
+    fn defer(&mut self, first: u64, sums: &[u32]) {
+        self.epoch += 1;
+        for (k, &sum) in sums.iter().enumerate() {
+            let b = first + k as u64;
+            let c = b / CHUNK_SUMS;
+            let chunk = self
+                .chunks
+                .entry(c)
+                .or_insert_with(|| Chunk::new(vec![UNKNOWN; CHUNK_SUMS as usize].into(), false));
+            chunk.sums[(b % CHUNK_SUMS) as usize] = sum;
+            chunk.mark((b % CHUNK_SUMS) as usize, true);
+            self.dirty.insert(c);
+        }
+    }
+
+    /// The deferred entries of `blocks` become unknown (a write there failed: the data on
+    /// the disk may be any part of it).
+    fn unknown(&mut self, blocks: &Range<u64>) {
+        for b in blocks.clone() {
+            if let Some(chunk) = self.chunks.get_mut(&(b / CHUNK_SUMS)) {
+                let k = (b % CHUNK_SUMS) as usize;
+                if chunk.is_dirty(k) {
+                    chunk.sums[k] = UNKNOWN;
+                }
+            }
+        }
+    }
+
+    /// Drops the chunks of `blocks` that hold no deferred sums.
     fn forget(&mut self, blocks: &Range<u64>) {
         self.epoch += 1;
         if blocks.is_empty() {
             return;
         }
         let (first, last) = (blocks.start / CHUNK_SUMS, (blocks.end - 1) / CHUNK_SUMS);
+        let dirty = &self.dirty;
         if last - first > self.chunks.len() as u64 {
-            self.chunks.retain(|&c, _| c < first || c > last);
+            self.chunks
+                .retain(|c, _| *c < first || *c > last || dirty.contains(c));
         } else {
             for c in first..=last {
-                self.chunks.remove(&c);
+                if !dirty.contains(&c) {
+                    self.chunks.remove(&c);
+                }
             }
         }
+    }
+
+    /// Drops every entry from block `first` on, deferred or not (a truncate).
+    fn cut(&mut self, first: u64) {
+        self.epoch += 1;
+        let head = first / CHUNK_SUMS;
+        self.chunks.retain(|&c, _| c <= head);
+        let gone: Vec<u64> = self.dirty.range(head + 1..).copied().collect();
+        for c in gone {
+            self.dirty.remove(&c);
+        }
+        if let Some(chunk) = self.chunks.get_mut(&head) {
+            for k in (first % CHUNK_SUMS) as usize..CHUNK_SUMS as usize {
+                chunk.sums[k] = UNKNOWN;
+                chunk.mark(k, false);
+            }
+            if !chunk.any_dirty() {
+                self.dirty.remove(&head);
+                self.chunks.remove(&head);
+            }
+        }
+    }
+
+    /// Puts the deferred entries of the blocks from `first` over `sums` (read from the
+    /// disk).
+    fn overlay(&self, first: u64, sums: &mut [u32]) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        for (k, sum) in sums.iter_mut().enumerate() {
+            let b = first + k as u64;
+            if let Some(chunk) = self.chunks.get(&(b / CHUNK_SUMS))
+                && chunk.is_dirty((b % CHUNK_SUMS) as usize)
+            {
+                *sum = chunk.sums[(b % CHUNK_SUMS) as usize];
+            }
+        }
+    }
+
+    /// The deferred entries of chunk `c`, as runs: (first block, sums).
+    fn dirty_runs(&self, c: u64) -> Vec<(u64, Vec<u32>)> {
+        let Some(chunk) = self.chunks.get(&c) else {
+            return Vec::new();
+        };
+        let mut runs: Vec<(u64, Vec<u32>)> = Vec::new();
+        for k in 0..CHUNK_SUMS as usize {
+            if !chunk.is_dirty(k) {
+                continue;
+            }
+            let b = c * CHUNK_SUMS + k as u64;
+            match runs.last_mut() {
+                Some((start, v)) if *start + v.len() as u64 == b => v.push(chunk.sums[k]),
+                _ => runs.push((b, vec![chunk.sums[k]])),
+            }
+        }
+        runs
     }
 }
 
@@ -281,21 +432,41 @@ impl SumFile {
             );
             let epoch = {
                 let cache = self.cache.lock();
-                if let Some(c) = cache.chunks.get(&chunk) {
-                    out.extend_from_slice(&c[from..to]);
+                if let Some(c) = cache.chunks.get(&chunk)
+                    && c.loaded
+                {
+                    out.extend_from_slice(&c.sums[from..to]);
                     b = upto;
                     continue;
                 }
                 cache.epoch
             };
+            // From the disk, with the deferred sums over it (`read`).
             let loaded = self.read(v, &(chunk * CHUNK_SUMS..(chunk + 1) * CHUNK_SUMS))?;
             out.extend_from_slice(&loaded[from..to]);
             let mut cache = self.cache.lock();
             if cache.epoch == epoch {
                 if cache.chunks.len() >= CACHE_CHUNKS_MAX {
-                    cache.chunks.clear();
+                    let dirty = std::mem::take(&mut cache.dirty);
+                    cache.chunks.retain(|c, _| dirty.contains(c));
+                    cache.dirty = dirty;
                 }
-                cache.chunks.insert(chunk, loaded.into_boxed_slice());
+                match cache.chunks.get_mut(&chunk) {
+                    // Deferred entries only: the others from the disk now.
+                    Some(c) => {
+                        for (k, sum) in loaded.into_iter().enumerate() {
+                            if !c.is_dirty(k) {
+                                c.sums[k] = sum;
+                            }
+                        }
+                        c.loaded = true;
+                    }
+                    None => {
+                        cache
+                            .chunks
+                            .insert(chunk, Chunk::new(loaded.into_boxed_slice(), true));
+                    }
+                }
             }
             b = upto;
         }
@@ -308,13 +479,16 @@ impl SumFile {
         self.cache.lock().forget(blocks);
     }
 
-    /// The sums of `blocks` on the disk (unknown past the end of the store).
+    /// The sums of `blocks` on the disk (unknown past the end of the store), with the
+    /// deferred ones over them ([`SumFile::defer`]: newer than the disk's).
     pub fn read(&self, v: &Volume, blocks: &Range<u64>) -> io::Result<Vec<u32>> {
         let n = (blocks.end - blocks.start) as usize;
         let mut bytes = vec![0u8; n * SUM_BYTES as usize];
         let got = v.read_at(&self.file, blocks.start * SUM_BYTES, &mut bytes)?;
         bytes[got..].fill(0);
-        Ok(decode(&bytes))
+        let mut sums = decode(&bytes);
+        self.cache.lock().overlay(blocks.start, &mut sums);
+        Ok(sums)
     }
 
     /// Writes store bytes `sums` (from [`sums_of`]) for the blocks from `first`, through
@@ -339,14 +513,71 @@ impl SumFile {
         if ok {
             cache.update(first, &decode(sums));
         } else {
-            cache.forget(&(first..first + sums.len() as u64 / SUM_BYTES));
+            let blocks = first..first + sums.len() as u64 / SUM_BYTES;
+            cache.unknown(&blocks);
+            cache.forget(&blocks);
         }
+    }
+
+    /// Whether a write's sums may be deferred now ([`SumFile::defer`]): not when the
+    /// store holds [`DIRTY_CHUNKS_MAX`] chunks of them already, nor once it is retired.
+    pub fn may_defer(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed) && self.cache.lock().dirty.len() < DIRTY_CHUNKS_MAX
+    }
+
+    /// A write's `sums` for the blocks from `first` (store bytes), its data written: kept
+    /// in memory only, the newest sums of those blocks, until [`SumFile::flush_with`]
+    /// writes them (every checkpoint, before its `syncfs`; see [`Sums::take_deferred`]).
+    /// Call with the blocks' stripes held. A crash before that is repaired like a crash
+    /// between a write's data and its sums: the write's extent is in the activity log
+    /// until the checkpoint after the one that flushed it (crash repair sums it again).
+    pub fn defer(&self, first: u64, sums: &[u8]) {
+        self.cache.lock().defer(first, &decode(sums));
+    }
+
+    /// Writes the deferred sums through `b` (a lane call of the store's volume), each
+    /// chunk under its stripes, so that no writer changes them meanwhile.
+    pub fn flush_with(&self, b: &dyn Backend) -> io::Result<()> {
+        let chunks: Vec<u64> = self.cache.lock().dirty.iter().copied().collect();
+        for c in chunks {
+            let _g = self.lock_exclusive(&(c * CHUNK_SUMS..(c + 1) * CHUNK_SUMS));
+            let runs = self.cache.lock().dirty_runs(c);
+            for (first, sums) in &runs {
+                let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+                b.write_all_at(&self.file, first * SUM_BYTES, &bytes)?;
+            }
+            let mut cache = self.cache.lock();
+            if let Some(chunk) = cache.chunks.get_mut(&c) {
+                for (first, sums) in &runs {
+                    for k in 0..sums.len() {
+                        chunk.mark(((first + k as u64) % CHUNK_SUMS) as usize, false);
+                    }
+                }
+                if !chunk.any_dirty() {
+                    cache.dirty.remove(&c);
+                    if !cache.chunks[&c].loaded {
+                        cache.chunks.remove(&c);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether sums are deferred here.
+    pub fn has_deferred(&self) -> bool {
+        !self.cache.lock().dirty.is_empty()
+    }
+
+    /// The copy slot and placement generation the store belongs to.
+    pub fn copy(&self) -> (usize, u64) {
+        (self.slot, self.generation)
     }
 
     /// Drops the entries of the blocks from `first` on (they become unknown).
     pub fn cut(&self, v: &Volume, first: u64) -> io::Result<()> {
         let len = v.fstat(&self.file)?.st_size as u64;
-        self.cache.lock().forget(&(first..u64::MAX));
+        self.cache.lock().cut(first);
         if len > first * SUM_BYTES {
             v.set_len(&self.file, first * SUM_BYTES)?;
         }
@@ -376,6 +607,21 @@ pub struct Sums {
     db: String,
     enabled: AtomicBool,
     open: Mutex<HashMap<Key, Weak<SumFile>>>,
+    deferred: Deferred,
+}
+
+/// The stores holding deferred sums ([`SumFile::defer`]), for the next checkpoint to
+/// write ([`Sums::take_deferred`]); each store once, held until then.
+#[derive(Debug, Clone, Default)]
+pub struct Deferred(Arc<Mutex<Vec<Arc<SumFile>>>>);
+
+impl Deferred {
+    /// `store` holds deferred sums now.
+    pub fn note(&self, store: &Arc<SumFile>) {
+        if !store.queued.swap(true, Ordering::AcqRel) {
+            self.0.lock().push(store.clone());
+        }
+    }
 }
 
 impl Sums {
@@ -385,7 +631,46 @@ impl Sums {
             db: db.to_owned(),
             enabled: AtomicBool::new(true),
             open: Mutex::new(HashMap::new()),
+            deferred: Deferred::default(),
         }
+    }
+
+    /// Where a write notes a store whose sums it deferred.
+    pub fn deferred(&self) -> &Deferred {
+        &self.deferred
+    }
+
+    /// The stores with deferred sums, taken from the list: the caller writes them
+    /// ([`SumFile::flush_with`]); a store that defers sums again is noted again.
+    pub fn take_deferred(&self) -> Vec<Arc<SumFile>> {
+        let stores = std::mem::take(&mut *self.deferred.0.lock());
+        for s in &stores {
+            s.queued.store(false, Ordering::Release);
+        }
+        stores
+    }
+
+    /// Store `store`'s file was removed (its file has no name left and was closed): it is
+    /// no longer handed out and its deferred sums go.
+    pub fn retire(&self, store: &SumFile) {
+        store.retired.store(true, Ordering::Release);
+        self.deferred
+            .0
+            .lock()
+            .retain(|s| !std::ptr::eq(&**s, store));
+    }
+
+    /// Every store of copy `slot` was removed ([`reset`]: the copy is seeded or resynced
+    /// anew): none is handed out again, and their deferred sums go.
+    pub fn retire_copy(&self, slot: CopySlot) {
+        for w in self.open.lock().values() {
+            if let Some(f) = w.upgrade()
+                && f.slot == slot.index()
+            {
+                f.retired.store(true, Ordering::Release);
+            }
+        }
+        self.deferred.0.lock().retain(|s| s.slot != slot.index());
     }
 
     /// True when blocks are summed and checked.
@@ -410,12 +695,13 @@ impl Sums {
     ) -> io::Result<Arc<SumFile>> {
         let ino = v.fstat(data)?.st_ino;
         let key = (slot.index(), generation, ino);
-        if let Some(f) = self.open.lock().get(&key).and_then(Weak::upgrade) {
+        let live = |w: &Weak<SumFile>| w.upgrade().filter(|f| !f.retired.load(Ordering::Acquire));
+        if let Some(f) = self.open.lock().get(&key).and_then(live) {
             return Ok(f);
         }
         let file = open_store(v, &self.db, ino)?;
         let mut open = self.open.lock();
-        if let Some(f) = open.get(&key).and_then(Weak::upgrade) {
+        if let Some(f) = open.get(&key).and_then(live) {
             return Ok(f);
         }
         if open.len() >= 64 && open.len().is_power_of_two() {
@@ -423,6 +709,10 @@ impl Sums {
         }
         let f = Arc::new(SumFile {
             file,
+            slot: slot.index(),
+            generation,
+            queued: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             stripes: std::array::from_fn(|_| Arc::default()),
             cache: Mutex::default(),
         });
@@ -594,6 +884,42 @@ pub fn check_file(v: &Volume, db: &str, path: &std::path::Path) -> io::Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_sums_stay_over_the_disk_until_written_and_go_only_with_a_cut() {
+        let mut c = Cache::default();
+        // A chunk read from the disk, then a write deferred in it and one in a chunk
+        // never read.
+        c.chunks
+            .insert(0, Chunk::new(vec![7; CHUNK_SUMS as usize].into(), true));
+        c.defer(10, &[1, 2]);
+        c.defer(CHUNK_SUMS * 3 + 5, &[9]);
+        assert_eq!(c.dirty.iter().copied().collect::<Vec<_>>(), [0, 3]);
+        // Reads of the disk see them over what the disk holds.
+        let mut disk = vec![5u32; 4];
+        c.overlay(9, &mut disk);
+        assert_eq!(disk, [5, 1, 2, 5]);
+        // Forgetting (a confirmed mismatch, a repair) keeps them; a chunk without any goes.
+        c.chunks
+            .insert(1, Chunk::new(vec![7; CHUNK_SUMS as usize].into(), true));
+        c.forget(&(0..CHUNK_SUMS * 4));
+        assert!(c.chunks.contains_key(&0) && c.chunks.contains_key(&3));
+        assert!(!c.chunks.contains_key(&1));
+        assert_eq!(c.dirty_runs(0), [(10, vec![1, 2])]);
+        assert_eq!(c.dirty_runs(3), [(CHUNK_SUMS * 3 + 5, vec![9])]);
+        // A write through to the disk makes an entry clean; a failed one makes a deferred
+        // entry unknown (the data may be any part of it), still to be written.
+        c.update(11, &[4]);
+        assert_eq!(c.dirty_runs(0), [(10, vec![1])]);
+        c.unknown(&(10..12));
+        assert_eq!(c.dirty_runs(0), [(10, vec![UNKNOWN])]);
+        // A cut (truncate) drops them from its block on.
+        c.cut(CHUNK_SUMS * 3);
+        assert_eq!(c.dirty.iter().copied().collect::<Vec<_>>(), [0]);
+        assert!(!c.chunks.contains_key(&3));
+        c.cut(5);
+        assert!(c.dirty.is_empty() && c.chunks.is_empty());
+    }
 
     #[test]
     fn short_blocks_sum_as_if_padded_with_zeros() {

@@ -161,15 +161,20 @@ impl Database {
         let held = store.try_lock_exclusive_owned(&sums.blocks)?;
         let first = sums.first;
         let bytes = sums.bytes.clone();
-        let chain = vec![
-            data,
-            ChainWrite {
+        // A copy in sync defers its sums (`SumFile::defer`): the data alone goes to the
+        // kernel, which then needs no worker thread for a buffered write of the store; the
+        // next checkpoint writes the sums, before its `syncfs`.
+        let defer = self.copies[i].is(CopyState::InSync) && store.may_defer();
+        let mut chain = vec![data];
+        if !defer {
+            chain.push(ChainWrite {
                 file: store.vol_file().clone(),
                 offset: first * checksum::SUM_BYTES,
                 data: Arc::new(bytes.to_vec()),
-            },
-        ];
+            });
+        }
         let (redo_store, redo_bytes) = (store.clone(), bytes.clone());
+        let deferred = self.sums.deferred().clone();
         v.start_writes(
             "write",
             chain,
@@ -178,7 +183,12 @@ impl Database {
                 redo_store.write_with(be, first, &redo_bytes)
             },
             move |ok| {
-                store.written(first, &bytes, ok);
+                if defer && ok {
+                    store.defer(first, &bytes);
+                    deferred.note(&store);
+                } else {
+                    store.written(first, &bytes, ok);
+                }
                 drop(held);
             },
         )
@@ -463,6 +473,51 @@ impl Database {
         self.sums.file(CopySlot::new(slot), generation, v, file)
     }
 
+    /// Writes the sums the writes deferred ([`SumFile::defer`]) to every in-sync copy's
+    /// stores, each volume's in one lane call, all at once; a copy that fails it is
+    /// failed (its deadline too). Each checkpoint runs it before its `syncfs`: a deferred
+    /// sum is then on the disk before the activity log lets go of its write's extent.
+    /// The stores of a copy no longer in sync are left (its stores start afresh when it is
+    /// seeded or resynced).
+    pub fn flush_sums(&self) {
+        let stores = self.sums.take_deferred();
+        if stores.is_empty() {
+            return;
+        }
+        let in_sync = crate::tap::Replicas::in_sync(self);
+        let (mut slots, mut calls) = (Vec::new(), Vec::new());
+        for (slot, generation, v) in &in_sync {
+            let mine: Vec<Arc<SumFile>> = stores
+                .iter()
+                .filter(|s| s.copy() == (*slot, *generation))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let deferred = self.sums.deferred().clone();
+            let call = v.submit("sums flush", move |be| {
+                let mut out = Ok(());
+                for s in &mine {
+                    if let Err(e) = s.flush_with(be) {
+                        // Still deferred: noted again, for the next checkpoint.
+                        deferred.note(s);
+                        out = out.and(Err(e));
+                    }
+                }
+                out
+            });
+            slots.push(*slot);
+            calls.push((&**v, call));
+        }
+        let results = crate::volume::finish_all(&self.name, "sums flush", calls);
+        for (slot, r) in slots.into_iter().zip(results) {
+            if let Err(e) = r {
+                self.on_error(slot, "checkpoint (writing deferred checksums)", &e, true);
+            }
+        }
+    }
+
     /// A handle was closed: where its file has no name left on a copy (unlinked while
     /// open, as databases do with their temporary files), the file's store there is
     /// removed now, while the handle still holds the file (its inode number cannot have
@@ -480,6 +535,9 @@ impl Database {
             let r = v.fstat(&b.file).and_then(|st| {
                 if st.st_nlink == 0 && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                 {
+                    if let Some(store) = b.sums.get() {
+                        self.sums.retire(store);
+                    }
                     checksum::remove_store(v, &self.name, st.st_ino)?;
                 }
                 Ok(())

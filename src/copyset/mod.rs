@@ -381,4 +381,8 @@ impl Replicas for Database {
     fn on_error(&self, slot: CopySlot, op: &str, err: &std::io::Error) {
         Database::on_error(self, slot.index(), op, err, true);
     }
+
+    fn flush(&self) {
+        self.flush_sums();
+    }
 }

@@ -658,6 +658,78 @@ fn direct_callers_writes_bypass_the_backing_page_cache() {
 }
 
 #[test]
+fn direct_writes_to_two_copies_defer_their_sums_to_the_checkpoint() {
+    let mut bed = Bed::new("defer-sums", 2, 2);
+    bed.config.tap.checkpoint_interval = std::time::Duration::from_secs(3600);
+    let (core, _) = bed.open();
+    let db = core.pool().databases()[0].clone();
+    let dir = db_folder(&core);
+    let rel = std::path::Path::new("db001.db/f");
+    let (_, h) = core
+        .create(
+            dir,
+            OsStr::new("f"),
+            0o644,
+            libc::O_RDWR | libc::O_DIRECT,
+            ME,
+        )
+        .expect("create O_DIRECT");
+    // Data 80 bytes into a page-aligned buffer, as FUSE hands a write over.
+    let mut raw = vec![0u8; (256 << 10) + 8192];
+    let at = raw.as_ptr().align_offset(4096) + 80;
+    let mut fill = |seed: u8| {
+        for (i, b) in raw[at..at + (256 << 10)].iter_mut().enumerate() {
+            *b = (i % 251) as u8 ^ seed;
+        }
+        raw[at..at + (256 << 10)].to_vec()
+    };
+    let (a, b) = (fill(1), fill(2));
+    let bad_on_disk = |k: usize| {
+        crate::checksum::check_file(&volume(&core, k), "db001", rel).expect("check the copy")
+    };
+    core.write(h, 0, &a).expect("write a");
+    db.checkpoint(false);
+    // The first write's sums are on both copies' disks after the checkpoint.
+    for k in 1..=2 {
+        assert_eq!(
+            bad_on_disk(k),
+            Vec::<u64>::new(),
+            "copy {k} after the checkpoint"
+        );
+    }
+    // Overwritten: the new sums are in memory only, where reads find them (the disk's
+    // stores still hold the first write's sums)...
+    core.write(h, 0, &b).expect("write b");
+    let mut back = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; (256 << 10) + 4096];
+    let off = buf.as_ptr().align_offset(4096);
+    assert_eq!(
+        core.read(h, 0, &mut buf[off..off + (256 << 10)])
+            .expect("read b"),
+        256 << 10
+    );
+    back.copy_from_slice(&buf[off..off + (256 << 10)]);
+    assert!(back == b, "read back what was written");
+    let stale: Vec<usize> = (1..=2).filter(|&k| !bad_on_disk(k).is_empty()).collect();
+    if stale.is_empty() {
+        let why = "no copy deferred its sums (no io_uring here?)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    assert_eq!(stale, [1, 2], "both copies defer");
+    // ...and the checkpoint writes them before its syncfs.
+    db.checkpoint(false);
+    for k in 1..=2 {
+        assert_eq!(
+            bad_on_disk(k),
+            Vec::<u64>::new(),
+            "copy {k} after the second checkpoint"
+        );
+    }
+}
+
+#[test]
 fn direct_callers_read_what_was_just_written_aligned_or_not() {
     let bed = Bed::new("direct-read", 2, 2);
     let (core, _) = bed.open();

@@ -145,6 +145,7 @@ impl<'a> Recreate<'a> {
         let replaced = self.set_aside()?;
         // The new copy's blocks are unknown to its checksums until written through the
         // mount or scrubbed: no sum of an earlier copy may describe its new files.
+        self.db.sums().retire_copy(self.slot);
         crate::checksum::reset(self.dst, &self.db.name)
             .map_err(|e| self.dst_err(&crate::checksum::dir(&self.db.name), e))?;
         let mut todo: Vec<PathBuf> = names::db_folders(&self.db.name)

@@ -449,6 +449,7 @@ fn run(
         // What the copy missed changes its data behind its sums, and files it gets anew
         // may reuse inode numbers: its sums start afresh, and are the source's once the
         // copy is equal to it (`copy_sums`).
+        db.sums().retire_copy(slot);
         crate::checksum::reset(&target, &db.name)
             .map_err(|e| SeedError::Dest(format!("checksums of {label}: {e}")))?;
         pool.begin_resync(db, slot, target.clone())

@@ -648,8 +648,10 @@ impl ActivityLog {
             })
     }
 
-    /// `syncfs` of every in-sync copy's volume, all at once (see `volume::finish_first`).
+    /// `syncfs` of every in-sync copy's volume, all at once (see `volume::finish_first`),
+    /// after what the copies keep in memory only is written ([`Replicas::flush`]).
     fn sync_volumes(&self, db: &dyn Replicas) {
+        db.flush();
         let in_sync = db.in_sync();
         let calls = in_sync.iter().map(|(_, _, v)| (&**v, v.submit_syncfs()));
         let results = finish_all(&self.db, "syncfs", calls);

@@ -243,6 +243,9 @@ pub trait Replicas {
     /// Copy `slot` failed `op` of the tap with `err` while the others took it: the copy
     /// set decides what that means for the copy.
     fn on_error(&self, slot: CopySlot, op: &str, err: &std::io::Error);
+    /// Writes what the copies keep in memory only and a checkpoint must find on their
+    /// disks before its `syncfs` (the deferred checksums).
+    fn flush(&self) {}
 }
 
 /// One database's tap.
