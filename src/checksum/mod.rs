@@ -24,6 +24,12 @@
 //! - a write: the sums of its blocks are computed before the copies see it (a block the
 //!   write covers in part takes its other bytes from a verified read), and each copy's
 //!   lane writes the data and then the sums in one call, under the store's stripe lock;
+//!   an `O_DIRECT` write whose copies' data the request thread hands to the kernel (two
+//!   copies or more) *defers* its sums instead ([`SumFile::defer`]): kept in memory as
+//!   newer than the disk's, written by the next checkpoint before its `syncfs`
+//!   ([`Sums::take_deferred`], [`SumFile::flush_with`]). Until then the write's extent is
+//!   in the activity log, so a crash meanwhile is repaired as one between a write's data
+//!   and its sums;
 //! - `truncate` and `fallocate` (punch, zero): the sums of the blocks whose bytes changed
 //!   are recomputed from the copy, under the same lock; entries past the end are dropped;
 //! - a file created empty: its store is emptied (an inode number can be reused);
@@ -44,7 +50,7 @@
 //!
 //! Readers check against sums kept in memory ([`SumFile::cached`]: chunks of the store
 //! read at their first use, updated by every writer), so a checked read costs no read of
-//! the store; a mismatch is confirmed from the disk. Why not a mapped file (`memmap2`): a
+//! the store; a mismatch is confirmed from the disk, with the deferred sums over it. Why not a mapped file (`memmap2`): a
 //! store lives on the disk that may die; through the volume's lane every access has the
 //! volume's deadline and a dead disk answers an error, where a mapping would fault the
 //! process (SIGBUS) and needs `unsafe` outside `platform/`.
