@@ -526,7 +526,7 @@ impl SumFile {
     }
 
     /// Whether a write's sums may be deferred now ([`SumFile::defer`]): not when the
-    /// store holds [`DIRTY_CHUNKS_MAX`] chunks of them already, nor once it is retired.
+    /// store holds 1024 chunks of them already (`DIRTY_CHUNKS_MAX`), nor once it is retired.
     pub fn may_defer(&self) -> bool {
         !self.retired.load(Ordering::Relaxed) && self.cache.lock().dirty.len() < DIRTY_CHUNKS_MAX
     }
