@@ -50,8 +50,8 @@
 //!
 //! Readers check against sums kept in memory ([`SumFile::cached`]: chunks of the store
 //! read at their first use, updated by every writer), so a checked read costs no read of
-//! the store; a mismatch is confirmed from the disk, with the deferred sums over it. Why not a mapped file (`memmap2`): a
-//! store lives on the disk that may die; through the volume's lane every access has the
+//! the store; a mismatch is confirmed from the disk, with the deferred sums over it. Why
+//! not a mapped file (`memmap2`): a store lives on the disk that may die; through the volume's lane every access has the
 //! volume's deadline and a dead disk answers an error, where a mapping would fault the
 //! process (SIGBUS) and needs `unsafe` outside `platform/`.
 
@@ -281,7 +281,8 @@ impl Cache {
         }
     }
 
-    /// Drops the chunks of `blocks` that hold no deferred sums.
+    /// Drops the chunks of `blocks` from memory: the next read takes them from the disk
+    /// again. A chunk holding deferred sums keeps those (and only those).
     fn forget(&mut self, blocks: &Range<u64>) {
         self.epoch += 1;
         if blocks.is_empty() {
@@ -289,12 +290,20 @@ impl Cache {
         }
         let (first, last) = (blocks.start / CHUNK_SUMS, (blocks.end - 1) / CHUNK_SUMS);
         let dirty = &self.dirty;
+        let keep = |c: u64, chunk: &mut Chunk| {
+            let ours = first <= c && c <= last;
+            if ours && dirty.contains(&c) {
+                chunk.loaded = false;
+            }
+            !ours || dirty.contains(&c)
+        };
         if last - first > self.chunks.len() as u64 {
-            self.chunks
-                .retain(|c, _| *c < first || *c > last || dirty.contains(c));
+            self.chunks.retain(|&c, chunk| keep(c, chunk));
         } else {
             for c in first..=last {
-                if !dirty.contains(&c) {
+                if let Some(chunk) = self.chunks.get_mut(&c)
+                    && !keep(c, chunk)
+                {
                     self.chunks.remove(&c);
                 }
             }
@@ -911,6 +920,8 @@ mod tests {
         c.forget(&(0..CHUNK_SUMS * 4));
         assert!(c.chunks.contains_key(&0) && c.chunks.contains_key(&3));
         assert!(!c.chunks.contains_key(&1));
+        // The others of chunk 0 are read from the disk again at the next read.
+        assert!(!c.chunks[&0].loaded);
         assert_eq!(c.dirty_runs(0), [(10, vec![1, 2])]);
         assert_eq!(c.dirty_runs(3), [(CHUNK_SUMS * 3 + 5, vec![9])]);
         // A write through to the disk makes an entry clean; a failed one makes a deferred
