@@ -310,14 +310,7 @@ fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
     let bed = crash_under_writers(m, writers, Duration::from_secs(2), 100, Crash::Kill9);
 
     let m = Mounted::mount_only(bed);
-    drop_caches();
-    for (name, _) in TWO_COPY_WRITERS {
-        let path = m.db_files(DB).join(name);
-        let data = fs::read(&path)
-            .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
-        assert_eq!(data.len(), FILE_BYTES, "{}", path.display());
-    }
-    assert_no_checksum_error_after_crash_on(&m, &["Volume1", "Volume2"]);
+    assert_two_copies_read_back_after_crash(&m, &TWO_COPY_WRITERS.map(|(f, _)| f));
     let bed = m.unmount();
     // Every block of both copies has a known sum, and matches it.
     for k in [1, 2] {
@@ -341,6 +334,19 @@ fn kill_9_under_unaligned_writers_leaves_no_checksum_error() {
             "{volume}: blocks that do not match their sums: {bad:?}"
         );
     }
+}
+
+/// Every one of `files` reads back whole through the remounted 2-copy mount `m` (no
+/// caches), and no checksum error was seen on either volume.
+fn assert_two_copies_read_back_after_crash(m: &Mounted, files: &[&str]) {
+    drop_caches();
+    for name in files {
+        let path = m.db_files(DB).join(name);
+        let data = fs::read(&path)
+            .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
+        assert_eq!(data.len(), FILE_BYTES, "{}", path.display());
+    }
+    assert_no_checksum_error_after_crash_on(m, &["Volume1", "Volume2"]);
 }
 
 /// Two copies under `O_DIRECT` writers defer their sums to the next checkpoint (the data
@@ -375,14 +381,7 @@ fn kill_9_of_two_copies_under_o_direct_writers_leaves_no_checksum_error() {
     );
 
     let m = Mounted::mount_only(bed);
-    drop_caches();
-    for (name, _) in FILES {
-        let path = m.db_files(DB).join(name);
-        let data = fs::read(&path)
-            .unwrap_or_else(|e| panic!("read {} after the crash: {e}", path.display()));
-        assert_eq!(data.len(), FILE_BYTES, "{}", path.display());
-    }
-    assert_no_checksum_error_after_crash_on(&m, &["Volume1", "Volume2"]);
+    assert_two_copies_read_back_after_crash(&m, &FILES.map(|(f, _)| f));
     let bed = m.unmount();
     for k in [1, 2] {
         let volume = format!("Volume{k}");

@@ -580,6 +580,14 @@ fn cached_bytes(path: &std::path::Path) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// A buffer for `len` bytes of write data starting 80 bytes into a page (returned: the
+/// buffer and where the data starts), as FUSE hands a write over: never aligned.
+fn fuse_write_buffer(len: usize) -> (Vec<u8>, usize) {
+    let raw = vec![0u8; len + 8192];
+    let at = raw.as_ptr().align_offset(4096) + 80;
+    (raw, at)
+}
+
 #[test]
 fn direct_callers_writes_bypass_the_backing_page_cache() {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -596,9 +604,7 @@ fn direct_callers_writes_bypass_the_backing_page_cache() {
             ME,
         )
         .expect("create O_DIRECT");
-    // Data 80 bytes into a page-aligned buffer, as FUSE hands a write over.
-    let mut raw = vec![0u8; (2 << 20) + 8192];
-    let at = raw.as_ptr().align_offset(4096) + 80;
+    let (mut raw, at) = fuse_write_buffer(2 << 20);
     for (i, b) in raw[at..at + (2 << 20)].iter_mut().enumerate() {
         *b = (i % 253) as u8;
     }
@@ -674,9 +680,7 @@ fn direct_writes_to_two_copies_defer_their_sums_to_the_checkpoint() {
             ME,
         )
         .expect("create O_DIRECT");
-    // Data 80 bytes into a page-aligned buffer, as FUSE hands a write over.
-    let mut raw = vec![0u8; (256 << 10) + 8192];
-    let at = raw.as_ptr().align_offset(4096) + 80;
+    let (mut raw, at) = fuse_write_buffer(256 << 10);
     let mut fill = |seed: u8| {
         for (i, b) in raw[at..at + (256 << 10)].iter_mut().enumerate() {
             *b = (i % 251) as u8 ^ seed;
