@@ -106,6 +106,9 @@
 //! - `RESEEDFS_TESTBED_DIR` picks where the images go (default: the system temporary
 //!   directory; it needs about one file size per target, and one more, free).
 //!
+//! In a VM whose balloon reports free memory to the host (`page_reporting`), the bench holds
+//! the reporting off for its run and puts it back at the end (see `common::PageReportingOff`).
+//!
 //! The daemons' pids are printed, for `perf record -p` or `strace -fc -p` during a job.
 
 use std::collections::BTreeMap;
@@ -518,6 +521,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         "throughput: FUSE requests up to {} pages (fs.fuse.max_pages_limit)",
         MaxPagesLimit::get().map_or_else(|| "256 (no such sysctl)".to_owned(), |p| p.to_string())
     );
+    let _reporting = common::page_reporting_off("throughput");
 
     // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
     // run when the ring floor is measured, put back as it was at the end.

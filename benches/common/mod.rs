@@ -340,3 +340,70 @@ pub fn machine_load() -> String {
     };
     format!("load {} on {cores} cores{busy}", load.join(" "))
 }
+
+/// The VM's free page reporting (virtio-balloon, `page_reporting`), held off while a bench
+/// runs and put back as it was when dropped. With it on, memory freed (a dropped cache)
+/// is handed back to the host after a few seconds, and the first touch of each such page
+/// faults in the hypervisor: a job that fills the page cache after it (2 copies write
+/// twice the data) copies at a third of its speed, whichever target it is, depending only
+/// on how long ago the memory was freed (README: "The buffered 2-copy slow mode").
+pub struct PageReportingOff {
+    old: String,
+}
+
+impl PageReportingOff {
+    const KNOB: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+    /// An order above every free block's: nothing is reported.
+    const NEVER: &str = "11";
+
+    /// Holds reporting off: `Ok(None)` where the kernel has none (no balloon), `Err` when
+    /// it could not be turned off (said by the caller).
+    pub fn hold() -> io::Result<Option<PageReportingOff>> {
+        let old = match fs::read_to_string(Self::KNOB) {
+            Ok(s) => s.trim().to_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(with_path(e, "read", Path::new(Self::KNOB))),
+        };
+        fs::write(Self::KNOB, Self::NEVER)
+            .map_err(|e| with_path(e, "write", Path::new(Self::KNOB)))?;
+        Ok(Some(PageReportingOff { old }))
+    }
+
+    /// What the knob was before.
+    pub fn was(&self) -> &str {
+        &self.old
+    }
+}
+
+impl Drop for PageReportingOff {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(Self::KNOB, &self.old) {
+            eprintln!("cannot restore {} to {}: {e}", Self::KNOB, self.old);
+        }
+    }
+}
+
+/// [`PageReportingOff::hold`], said on the bench's output (`bench`: its name).
+pub fn page_reporting_off(bench: &str) -> Option<PageReportingOff> {
+    match PageReportingOff::hold() {
+        Ok(Some(g)) => {
+            println!(
+                "{bench}: the VM's free page reporting held off for the run (page_reporting_order \
+                 {} -> {}, put back at the end): memory handed back to the host would make the \
+                 first touch of fresh page cache several times slower",
+                g.was(),
+                PageReportingOff::NEVER
+            );
+            Some(g)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            println!(
+                "{bench}: WARNING: the VM's free page reporting could not be held off ({e}): jobs \
+                 that fill the page cache may run in a slow mode that depends on how long ago \
+                 memory was freed"
+            );
+            None
+        }
+    }
+}
