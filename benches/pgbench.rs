@@ -331,7 +331,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         println!("pgbench: reseedfs config changed: {}", set.join(", "));
     }
     println!("pgbench: machine: {}", machine_load());
-    let _reporting = common::page_reporting_off("pgbench");
+    let _reporting = common::page_reporting_off("pgbench", 4 << 30);
 
     let started = Instant::now();
     let rig = Rig::build(s, &bin)?;

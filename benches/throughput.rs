@@ -521,7 +521,11 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         "throughput: FUSE requests up to {} pages (fs.fuse.max_pages_limit)",
         MaxPagesLimit::get().map_or_else(|| "256 (no such sysctl)".to_owned(), |p| p.to_string())
     );
-    let _reporting = common::page_reporting_off("throughput");
+    // Every target's file in the page cache, twice for two copies, and as much again.
+    let _reporting = common::page_reporting_off(
+        "throughput",
+        (s.targets.len() as u64 + 2) * s.file_bytes * 2,
+    );
 
     // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
     // run when the ring floor is measured, put back as it was at the end.
