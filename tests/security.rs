@@ -454,7 +454,8 @@ fn unprivileged_symlink_racer() {
             let (engine, src, dst) = engine.get_or_insert_with(|| {
                 use std::os::unix::fs::OpenOptionsExt as _;
                 // `k` is swapped with the symlink `ks` all along: an open that meets the
-                // symlink (ELOOP) is tried again until it meets the file.
+                // symlink (ELOOP, or EACCES where following it is refused: the target is
+                // root's, and `fs.protected_symlinks`) is tried again until it meets the file.
                 let open = |p: &Path, write: bool| {
                     let mut tries = 0;
                     loop {
@@ -465,7 +466,10 @@ fn unprivileged_symlink_racer() {
                             .open(p);
                         match r {
                             Ok(f) => break f,
-                            Err(e) if e.raw_os_error() == Some(libc::ELOOP) && tries < 10_000 => {
+                            Err(e)
+                                if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EACCES))
+                                    && tries < 10_000 =>
+                            {
                                 tries += 1;
                             }
                             Err(e) => panic!("open O_DIRECT {}: {e}", p.display()),
