@@ -454,8 +454,8 @@ fn unprivileged_symlink_racer() {
             let (engine, src, dst) = engine.get_or_insert_with(|| {
                 use std::os::unix::fs::OpenOptionsExt as _;
                 // `k` is swapped with the symlink `ks` all along: an open that meets the
-                // symlink (ELOOP, or EACCES where following it is refused: the target is
-                // root's, and `fs.protected_symlinks`) is tried again until it meets the file.
+                // symlink (ELOOP, or EACCES: followed, it reaches root's target, which the
+                // user may not open) is tried again until it meets the file.
                 let open = |p: &Path, write: bool| {
                     let mut tries = 0;
                     loop {
