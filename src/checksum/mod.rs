@@ -558,8 +558,7 @@ impl SumFile {
             let _g = self.lock_exclusive(&(c * CHUNK_SUMS..(c + 1) * CHUNK_SUMS));
             let runs = self.cache.lock().dirty_runs(c);
             for (first, sums) in &runs {
-                let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
-                b.write_all_at(&self.file, first * SUM_BYTES, &bytes)?;
+                b.write_all_at(&self.file, first * SUM_BYTES, &encode(sums))?;
             }
             let mut cache = self.cache.lock();
             if let Some(chunk) = cache.chunks.get_mut(&c) {
@@ -577,11 +576,6 @@ impl SumFile {
             }
         }
         Ok(())
-    }
-
-    /// Whether sums are deferred here.
-    pub fn has_deferred(&self) -> bool {
-        !self.cache.lock().dirty.is_empty()
     }
 
     /// The copy slot and placement generation the store belongs to.
@@ -603,6 +597,11 @@ impl SumFile {
     pub fn vol_file(&self) -> &VolFile {
         &self.file
     }
+}
+
+/// Sums as store bytes.
+pub fn encode(sums: &[u32]) -> Vec<u8> {
+    sums.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
 fn decode(bytes: &[u8]) -> Vec<u32> {
@@ -631,9 +630,9 @@ pub struct Sums {
 pub struct Deferred(Arc<Mutex<Vec<Arc<SumFile>>>>);
 
 impl Deferred {
-    /// `store` holds deferred sums now.
+    /// `store` holds deferred sums now (a retired store's go with it: not noted).
     pub fn note(&self, store: &Arc<SumFile>) {
-        if !store.queued.swap(true, Ordering::AcqRel) {
+        if !store.retired.load(Ordering::Acquire) && !store.queued.swap(true, Ordering::AcqRel) {
             self.0.lock().push(store.clone());
         }
     }

@@ -960,8 +960,7 @@ impl Database {
             // Between reading the source's sums and writing them (tests race a write
             // through another name of the file against it).
             fail::fail_point!("checksum::copy_sums");
-            let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
-            to.write(dst_v, range.start, &bytes)
+            to.write(dst_v, range.start, &checksum::encode(&sums))
                 .map_err(SeedSums::Dest)?;
             at = range.end;
         }
