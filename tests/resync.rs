@@ -44,9 +44,7 @@ fn page(w: u64, index: u64, version: u64) -> Vec<u8> {
 }
 
 fn crc32(data: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(data);
-    h.finalize()
+    crc_fast::crc32_iso_hdlc(data)
 }
 
 /// Checks every page of writer `w`'s file: a valid page of that writer and index.

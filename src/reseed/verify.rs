@@ -105,7 +105,7 @@ fn compare_files(
         bytes: 0,
         checksum: 0,
     };
-    let mut all = crc32fast::Hasher::new();
+    let mut all = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
     let source_err = |path: &Path, e: io::Error| {
         // A hung source is failed like any timeout (a read error leaves it to the reads
         // of the database, which fail over).
@@ -185,8 +185,8 @@ fn compare_files(
                 .map_err(|e| source_err(&path, e))?;
             let m = reads.next().unwrap_or(Ok(0)).map_err(dest_err)?;
             let (ca, cb) = (
-                crc32fast::hash(reader.bytes(0, n)),
-                crc32fast::hash(reader.bytes(1, m)),
+                crc_fast::crc32_iso_hdlc(reader.bytes(0, n)),
+                crc_fast::crc32_iso_hdlc(reader.bytes(1, m)),
             );
             if reader.differs(1, n, m) {
                 return Err(SeedError::Verify(format!(
@@ -224,7 +224,7 @@ fn compare_files(
         }
         verified.files += 1;
     }
-    verified.checksum = all.finalize();
+    verified.checksum = all.finalize() as u32;
     Ok(verified)
 }
 

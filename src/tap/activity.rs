@@ -166,7 +166,7 @@ fn record(kind: u8, epoch: u64, body: &[u8]) -> Vec<u8> {
     payload.extend_from_slice(body);
     let mut out = Vec::with_capacity(8 + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&crc_fast::crc32_iso_hdlc(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
 }
@@ -270,7 +270,7 @@ pub fn parse(bytes: &[u8]) -> Recovered {
         let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
             break;
         };
-        if len < 9 || crc32fast::hash(payload) != crc {
+        if len < 9 || crc_fast::crc32_iso_hdlc(payload) != crc {
             break;
         }
         pos += 8 + len;

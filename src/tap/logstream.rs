@@ -180,7 +180,7 @@ fn checksum(v: &Volume, rel: &Path) -> io::Result<(u32, u64)> {
         .open_file(rel, OFlags::RDONLY, Mode::empty())
         .map_err(err)?;
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut hasher = crc32fast::Hasher::new();
+    let mut hasher = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
     let mut total = 0u64;
     loop {
         let n = v.read_at(&f, total, &mut buf).map_err(err)?;
@@ -190,7 +190,7 @@ fn checksum(v: &Volume, rel: &Path) -> io::Result<(u32, u64)> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hasher.finalize(), total))
+    Ok((hasher.finalize() as u32, total))
 }
 
 #[cfg(test)]
