@@ -68,6 +68,18 @@ pub(crate) fn db_folder(core: &Core) -> NodeId {
         .node
 }
 
+/// Creates `db001.db/f`, opened `O_RDWR | O_DIRECT` as a database managing its own cache.
+fn create_direct(core: &Core) -> (Attr, HandleId) {
+    core.create(
+        db_folder(core),
+        OsStr::new("f"),
+        0o644,
+        libc::O_RDWR | libc::O_DIRECT,
+        ME,
+    )
+    .expect("create O_DIRECT")
+}
+
 pub(crate) fn volume(core: &Core, k: usize) -> Arc<crate::volume::Volume> {
     core.pool().volumes()[k - 1].volume().expect("volume open")
 }
@@ -593,17 +605,8 @@ fn direct_callers_writes_bypass_the_backing_page_cache() {
     use std::os::unix::fs::OpenOptionsExt as _;
     let bed = Bed::new("direct-write", 2, 2);
     let (core, _) = bed.open();
-    let dir = db_folder(&core);
     let rel = "db001.db/f";
-    let (attr, h) = core
-        .create(
-            dir,
-            OsStr::new("f"),
-            0o644,
-            libc::O_RDWR | libc::O_DIRECT,
-            ME,
-        )
-        .expect("create O_DIRECT");
+    let (attr, h) = create_direct(&core);
     let (mut raw, at) = fuse_write_buffer(2 << 20);
     for (i, b) in raw[at..at + (2 << 20)].iter_mut().enumerate() {
         *b = (i % 253) as u8;
@@ -669,17 +672,8 @@ fn direct_writes_to_two_copies_defer_their_sums_to_the_checkpoint() {
     bed.config.tap.checkpoint_interval = std::time::Duration::from_secs(3600);
     let (core, _) = bed.open();
     let db = core.pool().databases()[0].clone();
-    let dir = db_folder(&core);
     let rel = std::path::Path::new("db001.db/f");
-    let (_, h) = core
-        .create(
-            dir,
-            OsStr::new("f"),
-            0o644,
-            libc::O_RDWR | libc::O_DIRECT,
-            ME,
-        )
-        .expect("create O_DIRECT");
+    let (_, h) = create_direct(&core);
     let (mut raw, at) = fuse_write_buffer(256 << 10);
     let mut fill = |seed: u8| {
         for (i, b) in raw[at..at + (256 << 10)].iter_mut().enumerate() {
