@@ -948,6 +948,57 @@ mod tests {
         assert_ne!(block_sum(&block), block_sum(&ZEROS));
     }
 
+    /// The CRC of `data` bit by bit (reflected, init and final xor all ones): the
+    /// definition both CRCs of the project follow, for `crc-fast` to be checked against.
+    fn crc_bitwise(poly: u32, data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ poly
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn both_crcs_match_their_definition_at_every_length_and_alignment() {
+        // CRC32C (block sums) and CRC-32 (activity log and log stream records, reseed
+        // verify): what earlier builds wrote with the crc32c and crc32fast crates.
+        const CASTAGNOLI: u32 = 0x82f6_3b78;
+        const IEEE: u32 = 0xedb8_8320;
+        let data: Vec<u8> = (0..9000u32).map(|i| (i * 131 + i / 5) as u8).collect();
+        let lens = (0..=70).chain([255, 256, 1000, 4095, 4096, 4097, 8191]);
+        for len in lens {
+            for start in [0, 1, 3, 8] {
+                let d = &data[start..start + len];
+                assert_eq!(
+                    crc_fast::crc32_iscsi(d),
+                    crc_bitwise(CASTAGNOLI, d),
+                    "CRC32C, {len} bytes at {start}"
+                );
+                assert_eq!(
+                    crc_fast::crc32_iso_hdlc(d),
+                    crc_bitwise(IEEE, d),
+                    "CRC-32, {len} bytes at {start}"
+                );
+            }
+        }
+        let mut whole = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
+        for part in data.chunks(777) {
+            whole.update(part);
+        }
+        assert_eq!(
+            whole.finalize() as u32,
+            crc_bitwise(IEEE, &data),
+            "CRC-32 in parts"
+        );
+    }
+
     #[test]
     fn block_sums_are_crc32c_as_stores_already_hold_them() {
         // Values from the crc32c crate, which wrote the stores before crc-fast: a store
