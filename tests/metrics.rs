@@ -594,3 +594,54 @@ fn metrics_move_when_a_copy_fails_and_events_follow_it() {
     assert!(future.status.success() && future.stdout.is_empty());
     m.unmount();
 }
+
+/// The kernel follows every write of an `O_DSYNC` or `O_SYNC` handle with an `FSYNC`
+/// request before the write returns: the adapter counts on it to make such a write durable
+/// on every copy (`without_sync` in `platform/linux/fuse.rs`: the backing files are not
+/// opened `O_DSYNC`). Counted here through the daemon's request metrics.
+#[test]
+fn every_write_of_a_sync_handle_is_followed_by_an_fsync_request() {
+    const TEST: &str = "every_write_of_a_sync_handle_is_followed_by_an_fsync_request";
+    if !require_mount_privileges(TEST) {
+        return;
+    }
+    let bed = Testbed::loop_volumes(2, VOLUME_BYTES).expect("build two loop volumes");
+    common::init(&bed, &[DB], 2);
+    let addr = free_local_addr();
+    let mut config = Config::load(&bed.config_path).expect("load the config init wrote");
+    config.metrics = Some(addr);
+    std::fs::write(&bed.config_path, config.to_toml()).expect("write the metrics key");
+    let m = Mounted::mount_only(bed);
+    const WRITES: usize = 20;
+    for (name, flag) in [("dsync.dat", libc::O_DSYNC), ("sync.dat", libc::O_SYNC)] {
+        let path = m.db_files(DB).join(name);
+        let mut f = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().create(true).write(true),
+            flag,
+        )
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {} with {flag:#o}: {e}", path.display()));
+        let before = scrape(addr);
+        for k in 0..WRITES {
+            f.write_all(&[k as u8; 8192])
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        let after = scrape(addr);
+        let writes = requests(&after, "write") - requests(&before, "write");
+        let fsyncs = requests(&after, "fsync") - requests(&before, "fsync");
+        assert!(
+            writes >= WRITES as f64 && fsyncs >= writes,
+            "{name}: {writes} write and {fsyncs} fsync requests for {WRITES} writes: the \
+             kernel no longer syncs each write of a sync handle, which the adapter counts on"
+        );
+        drop(f);
+        let back = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        assert_eq!(back.len(), WRITES * 8192, "{name}: size");
+        assert!(
+            back.chunks(8192)
+                .enumerate()
+                .all(|(k, c)| c.iter().all(|&b| b == k as u8))
+        );
+    }
+    m.unmount();
+}

@@ -258,7 +258,7 @@ impl Ops {
             if kill {
                 self.core.kill_suidgid(ino, None)?;
             }
-            let h = self.core.open(ino, flags)?;
+            let h = self.core.open(ino, without_sync(flags))?;
             Ok((h, self.open_flags(h)))
         })
     }
@@ -376,7 +376,9 @@ impl Ops {
         who: Caller,
     ) -> crate::fs::Result<(Attr, HandleId, FopenFlags)> {
         self.call(Op::Create, || {
-            let (a, h) = self.core.create(parent, name, mode, flags, who)?;
+            let (a, h) = self
+                .core
+                .create(parent, name, mode, without_sync(flags), who)?;
             Ok((a, h, self.open_flags(h)))
         })
     }
@@ -1087,6 +1089,17 @@ impl FuseMount {
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()
     }
+}
+
+/// The open flags the core is given: `O_SYNC` and `O_DSYNC` taken off. The kernel follows
+/// every write of such a handle with an `FSYNC` request of its own (`generic_write_sync`,
+/// before the write returns to its caller; `O_SYNC` asks for the full `fsync`), and that
+/// request makes the write durable on every copy in sync. Backing files opened `O_DSYNC`
+/// too would flush each disk twice per write (the write's, then the `fsync`'s), and each
+/// copy's write would wait for its disk in turn. `tests/metrics.rs` checks that the
+/// `FSYNC` comes.
+fn without_sync(flags: i32) -> i32 {
+    flags & !(libc::O_SYNC | libc::O_DSYNC)
 }
 
 // The failpoint `fs::lookup` panics a lookup: `cargo test` has the feature without a flag.
