@@ -595,8 +595,8 @@ fn metrics_move_when_a_copy_fails_and_events_follow_it() {
     m.unmount();
 }
 
-/// The kernel follows every write of an `O_DSYNC` or `O_SYNC` handle with an `FSYNC`
-/// request before the write returns: the adapter counts on it to make such a write durable
+/// The kernel follows every write of an `O_DSYNC` or `O_SYNC` handle (`O_DIRECT` or not)
+/// with an `FSYNC` request before the write returns: the adapter counts on it to make such a write durable
 /// on every copy (`without_sync` in `platform/linux/fuse.rs`: the backing files are not
 /// opened `O_DSYNC`). Counted here through the daemon's request metrics.
 #[test]
@@ -613,7 +613,14 @@ fn every_write_of_a_sync_handle_is_followed_by_an_fsync_request() {
     std::fs::write(&bed.config_path, config.to_toml()).expect("write the metrics key");
     let m = Mounted::mount_only(bed);
     const WRITES: usize = 20;
-    for (name, flag) in [("dsync.dat", libc::O_DSYNC), ("sync.dat", libc::O_SYNC)] {
+    // An O_DIRECT write needs an aligned buffer: a page-aligned 8 KiB inside this one.
+    let mut raw = vec![0u8; 8192 + 4096];
+    let at = raw.as_ptr().align_offset(4096);
+    for (name, flag) in [
+        ("dsync.dat", libc::O_DSYNC),
+        ("sync.dat", libc::O_SYNC),
+        ("direct_dsync.dat", libc::O_DIRECT | libc::O_DSYNC),
+    ] {
         let path = m.db_files(DB).join(name);
         let mut f = std::os::unix::fs::OpenOptionsExt::custom_flags(
             std::fs::OpenOptions::new().create(true).write(true),
@@ -623,7 +630,9 @@ fn every_write_of_a_sync_handle_is_followed_by_an_fsync_request() {
         .unwrap_or_else(|e| panic!("open {} with {flag:#o}: {e}", path.display()));
         let before = scrape(addr);
         for k in 0..WRITES {
-            f.write_all(&[k as u8; 8192])
+            let buf = &mut raw[at..at + 8192];
+            buf.fill(k as u8);
+            f.write_all(buf)
                 .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         }
         let after = scrape(addr);
