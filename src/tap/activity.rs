@@ -362,7 +362,7 @@ impl ActivityLog {
         len: u64,
     ) {
         let want = extents_of(offset, len);
-        let (carried, fresh) = {
+        let (mut carried, missing, mut fresh) = {
             let mut m = marks.inner.lock();
             m.advance(guard.epoch);
             m.inflight.push(want.clone());
@@ -402,7 +402,7 @@ impl ActivityLog {
                 }
                 _ => None,
             };
-            (carried, fresh)
+            (carried, missing, fresh)
         };
         if carried.is_empty() && fresh.is_none() {
             return;
@@ -410,18 +410,46 @@ impl ActivityLog {
         let Some(path) = path() else { return };
         let lsn = {
             let mut s = self.state.lock();
+            // A new file at a name another file had (a journal deleted and made again
+            // for each transaction): what the log lists and what an fsync made durable
+            // are kept by name. Made durable by the other file's fsync: not this one's
+            // bytes, which a copy failing now may miss.
+            if let Some(d) = s.durable.get_mut(&path) {
+                d.remove(want.clone());
+            }
+            // In the log file already under this name (written by another file there in
+            // this epoch or the last): carried, as this file's own would be, and no
+            // record, once the records before are durable.
+            let mut logged_by_name = false;
+            if fresh.is_some() {
+                let mut logged = RangeSet::new();
+                for m in [&s.current, &s.previous, &s.carried] {
+                    if let Some(set) = m.get(&path) {
+                        logged.extend(set.iter().cloned());
+                    }
+                }
+                if missing.iter().all(|r| logged.gaps(r).next().is_none()) {
+                    carried.extend(missing.iter().cloned());
+                    fresh = None;
+                    logged_by_name = true;
+                }
+            }
             let set = s.current.entry(path.clone()).or_default();
             // Written again in this epoch: carried over at the next rewrite too.
             set.extend(carried.iter().cloned());
             if let Some(r) = &fresh {
                 set.insert(r.clone());
             }
-            fresh.as_ref().map(|r| {
-                let rec = extents_record(guard.epoch, &path, r.start, r.end - r.start);
-                s.pending.extend_from_slice(&rec);
-                s.next_lsn += 1;
-                s.next_lsn
-            })
+            match &fresh {
+                Some(r) => {
+                    let rec = extents_record(guard.epoch, &path, r.start, r.end - r.start);
+                    s.pending.extend_from_slice(&rec);
+                    s.next_lsn += 1;
+                    Some(s.next_lsn)
+                }
+                None if logged_by_name => Some(s.next_lsn),
+                None => None,
+            }
         };
         if let Some(lsn) = lsn {
             self.flush(db, lsn);
@@ -887,6 +915,48 @@ mod tests {
         let began = al.sync_begins(&marks);
         al.synced(&marks, name, began);
         assert_eq!(listed(&al, "db.db/a"), vec![(64 << 20, 8 << 20)]);
+    }
+
+    #[test]
+    fn a_file_made_again_under_a_logged_name_costs_no_record_nor_keeps_the_last_ones_fsync() {
+        let db = OneCopy::new("again");
+        let al = ActivityLog::new(&crate::names::DbName::from_static("db"));
+        let name = || Some(PathBuf::from("db.db/j"));
+        let records = || al.state.lock().next_lsn;
+        // A journal (SQLite's, deleted and made again for each transaction): written,
+        // fsynced, then deleted.
+        let first = NodeMarks::default();
+        write(&al, &db, &first, "db.db/j", 0, 512);
+        let began = al.sync_begins(&first);
+        al.synced(&first, name, began);
+        assert_eq!(listed(&al, "db.db/j"), vec![], "durable after its fsync");
+        // The next one under the same name: its extent is in the log already...
+        let logged = records();
+        let second = NodeMarks::default();
+        write(&al, &db, &second, "db.db/j", 0, 512);
+        assert_eq!(
+            records(),
+            logged,
+            "a record for an extent the log lists by name"
+        );
+        // ...and the first one's fsync did not make the second one's bytes durable.
+        assert_eq!(listed(&al, "db.db/j"), vec![(0, 4 << 20)]);
+        let began = al.sync_begins(&second);
+        al.synced(&second, name, began);
+        assert_eq!(listed(&al, "db.db/j"), vec![]);
+        // After a checkpoint (the name carried into the rewritten log), a third: no record
+        // either, and listed until its own fsync.
+        al.checkpoint(&db, || {}, false);
+        let logged = records();
+        let third = NodeMarks::default();
+        write(&al, &db, &third, "db.db/j", 100, 512);
+        assert_eq!(records(), logged);
+        assert_eq!(listed(&al, "db.db/j"), vec![(0, 4 << 20)]);
+        // An extent or a name the log does not list costs a record.
+        write(&al, &db, &third, "db.db/j", 5 << 20, 512);
+        assert_eq!(records(), logged + 1);
+        write(&al, &db, &NodeMarks::default(), "db.db/k", 0, 512);
+        assert_eq!(records(), logged + 2);
     }
 
     #[test]
