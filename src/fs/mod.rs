@@ -298,7 +298,11 @@ enum Handle {
         direct: bool,
     },
     Dir {
-        entries: Vec<DirEntry>,
+        /// The directory.
+        node: NodeId,
+        /// Its entries, read at the first `readdir` (an open only to `fsync` the
+        /// directory, as databases do after a create or rename, reads none).
+        entries: std::sync::OnceLock<Vec<DirEntry>>,
     },
 }
 
@@ -929,8 +933,20 @@ impl Core {
         }
     }
 
-    /// Opens a directory: its entries are read once, here.
+    /// Opens a directory; its entries are read once, at the first [`Core::readdir`].
     pub fn opendir(&self, id: NodeId) -> Result<HandleId> {
+        let node = self.node(id)?;
+        if let Place::Backing(_) = node.place {
+            node.path().ok_or(Errno(libc::ENOENT))?;
+        }
+        Ok(self.insert_handle(Handle::Dir {
+            node: id,
+            entries: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The entries of directory `id`, `.` and `..` first.
+    fn dir_entries(&self, id: NodeId) -> Result<Vec<DirEntry>> {
         let node = self.node(id)?;
         let mut entries = vec![
             DirEntry {
@@ -978,7 +994,7 @@ impl Core {
                 }
             }
         }
-        Ok(self.insert_handle(Handle::Dir { entries }))
+        Ok(entries)
     }
 
     /// Entries of an open directory from position `offset`, passed to `add` with the
@@ -990,8 +1006,16 @@ impl Core {
         mut add: impl FnMut(&DirEntry, u64) -> bool,
     ) -> Result<()> {
         let handle = self.handle(h)?;
-        let Handle::Dir { entries } = &*handle else {
+        let Handle::Dir { node, entries } = &*handle else {
             return Err(Errno(libc::ENOTDIR));
+        };
+        let entries = match entries.get() {
+            Some(e) => e,
+            // Two readers of one handle at once both read; the first to finish is kept.
+            None => {
+                let read = self.dir_entries(*node)?;
+                entries.get_or_init(|| read)
+            }
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
