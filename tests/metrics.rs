@@ -438,6 +438,18 @@ fn requests(s: &Scrape, op: &str) -> f64 {
     s.value("reseedfs_request_duration_seconds_count", &[("op", op)])
 }
 
+/// `db001` with two copies on `volumes` loop volumes (the third a spare), the config key
+/// `metrics` set to a free local port, mounted: the mount and the endpoint's address.
+fn mount_with_metrics(volumes: usize) -> (Mounted, SocketAddr) {
+    let bed = Testbed::loop_volumes(volumes, VOLUME_BYTES).expect("build the loop volumes");
+    common::init(&bed, &[DB], 2);
+    let addr = free_local_addr();
+    let mut config = Config::load(&bed.config_path).expect("load the config init wrote");
+    config.metrics = Some(addr);
+    std::fs::write(&bed.config_path, config.to_toml()).expect("write the metrics key");
+    (Mounted::mount_only(bed), addr)
+}
+
 /// `reseedfs events --follow --json --database db001`, its lines sent to the receiver.
 fn follow_events(m: &Mounted) -> (std::process::Child, mpsc::Receiver<Value>) {
     let mut child = Command::new(BIN)
@@ -467,13 +479,7 @@ fn metrics_move_when_a_copy_fails_and_events_follow_it() {
     if !require_mount_privileges("metrics_move_when_a_copy_fails_and_events_follow_it") {
         return;
     }
-    let bed = Testbed::loop_volumes(3, VOLUME_BYTES).expect("build three loop volumes");
-    common::init(&bed, &[DB], 2);
-    let addr = free_local_addr();
-    let mut config = Config::load(&bed.config_path).expect("load the config init wrote");
-    config.metrics = Some(addr);
-    std::fs::write(&bed.config_path, config.to_toml()).expect("write the metrics key");
-    let m = Mounted::mount_only(bed);
+    let (m, addr) = mount_with_metrics(3);
 
     let events_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(m.bed.state_dir.join("events.jsonl"))
@@ -605,13 +611,7 @@ fn every_write_of_a_sync_handle_is_followed_by_an_fsync_request() {
     if !require_mount_privileges(TEST) {
         return;
     }
-    let bed = Testbed::loop_volumes(2, VOLUME_BYTES).expect("build two loop volumes");
-    common::init(&bed, &[DB], 2);
-    let addr = free_local_addr();
-    let mut config = Config::load(&bed.config_path).expect("load the config init wrote");
-    config.metrics = Some(addr);
-    std::fs::write(&bed.config_path, config.to_toml()).expect("write the metrics key");
-    let m = Mounted::mount_only(bed);
+    let (m, addr) = mount_with_metrics(2);
     const WRITES: usize = 20;
     // An O_DIRECT write needs an aligned buffer: a page-aligned 8 KiB inside this one.
     let mut raw = vec![0u8; 8192 + 4096];
