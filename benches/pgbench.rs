@@ -2,6 +2,9 @@
 //! pgbench (TPC-B-like, the default script) on a plain ext4 volume, through the thinnest
 //! FUSE filesystem on reseedfs's stack (the throughput bench's floor) and through reseedfs
 //! with 1 and 2 copies, in one run, the targets alternating, ratios taken within each round.
+//! Then SQLite on each target (`sqlite/mod.rs`): one insert per durable transaction, with
+//! the rollback journal and with the WAL, a database that makes and unlinks a file per
+//! commit beside one that appends.
 //!
 //! Needs root (loop devices, mounts, FUSE) and PostgreSQL's server binaries
 //! (`/usr/lib/postgresql/<version>/bin`, Debian's `postgresql` package: the newest there is
@@ -29,8 +32,9 @@
 //!
 //! For each target in turn (the order rotates from round to round): start its server,
 //! warm up (`pgbench -T WARMUP`, not counted), run `pgbench -c CLIENTS -j JOBS -T SECONDS`
-//! with a log of every transaction's latency, stop the server (`-m fast`). Only one server
-//! runs at a time, so the targets never compete. The reseedfs daemons stay mounted
+//! with a log of every transaction's latency, stop the server (`-m fast`), then run SQLite
+//! for `--sqlite-seconds` in each journal mode in a folder beside the data directory
+//! (`sqlite`). Only one database runs at a time, so the targets never compete. The reseedfs daemons stay mounted
 //! throughout; their CPU time over the measured run is read from `/proc/<pid>/stat`.
 //!
 //! # Where a transaction's time goes
@@ -55,15 +59,19 @@
 //! "..._wal_write_ms","..._wal_sync_ms","..._host_cpu_us_per_tx","..._host_idle",
 //! "..._daemon_{write,fsync,read,getattr}_us_per_tx","fuse_floor_tps","ratio_floor",
 //! "ratio_1copy_to_floor","ratio_2copies_to_floor","ratio_1copy_to_base",
-//! "ratio_2copies_to_base","settings","per_round"}` (each round's `breakdown` in
+//! "ratio_2copies_to_base","settings","per_round","sqlite"}` (each round's `breakdown` in
 //! `per_round`): TPS, p99, CPU and times are medians over the rounds; a ratio is taken
-//! within each round, then the median (and its range).
+//! within each round, then the median (and its range). `sqlite` holds `seconds`, then per
+//! journal mode (`delete`, `wal`) the same keys for SQLite (`<target>_tps`,
+//! `<target>_p99_ms`, `<target>_daemon_cpu_us_per_tx`, `ratio_<suffix>` with `_min`,
+//! `_max`, `p99_ratio_<suffix>`, `ratio_1copy_to_floor`, ...), and its `per_round`.
 //!
 //! # Options
 //!
 //! `cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
 //! [--clients N] [--jobs N] [--targets native,fuse_floor,reseedfs_1copy,reseedfs_2copies]
-//! [--set key=value]...` (defaults: 3 rounds, 30 s, 5 s, scale 10, 8 clients, 2 threads).
+//! [--sqlite-seconds S] [--set key=value]...` (defaults: 3 rounds, 30 s, 5 s, scale 10, 8
+//! clients, 2 threads, 10 s of SQLite per journal mode; 0 runs none).
 //! `--set` changes both reseedfs configs, for experiments: `--set
 //! tap.checkpoint_interval=30s`, `--set threads=16`. `RESEEDFS_TESTBED_DIR`
 //! picks where the volume images go. The daemons' and servers' pids are printed, for
@@ -87,6 +95,8 @@ use serde_json::{Value, json};
 mod common;
 #[path = "floor/mod.rs"]
 mod floor;
+#[path = "sqlite/mod.rs"]
+mod sqlite;
 
 /// The database of both reseedfs pools.
 const DB: &str = "pg";
@@ -171,6 +181,8 @@ struct Settings {
     targets: Vec<Target>,
     /// Changes to both reseedfs configs (`--set key=value`).
     settings: Vec<Setting>,
+    /// Seconds of SQLite per journal mode, target and round after pgbench (0: none).
+    sqlite_seconds: u64,
 }
 
 impl Settings {
@@ -184,6 +196,7 @@ impl Settings {
             jobs: 2,
             targets: TARGETS.to_vec(),
             settings: Vec::new(),
+            sqlite_seconds: 10,
         };
         let mut it = args.iter();
         let number = |flag: &str, v: Option<&String>| -> Result<u64, String> {
@@ -200,6 +213,12 @@ impl Settings {
                 "--scale" => s.scale = number(arg, it.next())?,
                 "--clients" => s.clients = number(arg, it.next())?,
                 "--jobs" => s.jobs = number(arg, it.next())?,
+                "--sqlite-seconds" => {
+                    s.sqlite_seconds = it
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--sqlite-seconds needs a number (0: no SQLite)")?
+                }
                 "--set" => s
                     .settings
                     .push(Setting::parse(it.next().ok_or("--set needs key=value")?)?),
@@ -228,10 +247,12 @@ impl Settings {
 const USAGE: &str = "\
 cargo bench --bench pgbench -- [--repeat N] [--seconds S] [--warmup S] [--scale N]
     [--clients N] [--jobs N] [--targets native,fuse_floor,reseedfs_1copy,reseedfs_2copies]
-    [--set key=value]...
+    [--sqlite-seconds S] [--set key=value]...
 
 PostgreSQL's pgbench on a plain ext4 volume, through the thinnest FUSE filesystem on
-reseedfs's stack (fuse_floor) and through reseedfs with 1 and 2 copies, alternating, ratios of TPS and p99 latency taken within each round. Needs root and
+reseedfs's stack (fuse_floor) and through reseedfs with 1 and 2 copies, alternating,
+ratios of TPS and p99 latency taken within each round; then SQLite (one insert per
+durable transaction, rollback journal and WAL) in the same place. Needs root and
 PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.json.
 
   --repeat N        rounds (default 3)
@@ -240,6 +261,8 @@ PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.js
   --scale N         pgbench -i -s N (default 10)
   --clients N       pgbench -c N (default 8)
   --jobs N          pgbench -j N (default 2)
+  --sqlite-seconds S  SQLite's seconds per journal mode, target and round (default 10;
+                    0: no SQLite)
   --targets LIST    which targets run (also reseedfs_1copy_base and reseedfs_2copies_base:
                     the binary RESEEDFS_BENCH_BASE_BIN names, in the same rounds)
   --set key=value   change both reseedfs configs (threads=4, tap.checkpoint_interval=30s)
@@ -351,6 +374,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     }
 
     let mut samples: Vec<Sample> = Vec::new();
+    let mut lite_samples: Vec<LiteSample> = Vec::new();
     for round in 0..s.repeat {
         println!(
             "pgbench: round {}/{}; machine: {}",
@@ -389,10 +413,31 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
             );
             println!("    {}", sample.breakdown.line());
             samples.push(sample);
+            if s.sqlite_seconds > 0 {
+                for journal in sqlite::JOURNALS {
+                    let lite = LiteSample::measure(cluster, daemon, journal, s, round)?;
+                    println!(
+                        "    SQLite {:<6} {:>8.1} tps  p99 {:>6.2} ms{}",
+                        journal.name(),
+                        lite.tps,
+                        lite.p99_ms,
+                        lite.cpu_us_per_tx
+                            .map(|c| format!("  daemon CPU {c:.0} us/transaction"))
+                            .unwrap_or_default()
+                    );
+                    lite_samples.push(lite);
+                }
+                if let Some(d) = daemon {
+                    d.check()?;
+                }
+            }
         }
     }
     println!("pgbench: machine after: {}", machine_load());
-    let summary = summarize(s, &samples);
+    let mut summary = summarize(s, &samples);
+    if s.sqlite_seconds > 0 {
+        summary["sqlite"] = summarize_sqlite(s, &lite_samples);
+    }
     print_summary(&summary);
     let dir = bench_dir();
     fs::create_dir_all(&dir).map_err(|e| with_path(e, "create", &dir))?;
@@ -543,8 +588,11 @@ impl Rig {
                 port: (port_base + n as u32).to_string(),
                 log: run_dir.join(format!("{}.log", t.name())),
                 logs: run_dir.join(format!("{}-txlog", t.name())),
+                sqlite_dir: data_parent.join("sqlite"),
                 metrics,
             };
+            fs::create_dir(&cluster.sqlite_dir)
+                .map_err(|e| with_path(e, "create", &cluster.sqlite_dir))?;
             let started = Instant::now();
             cluster.init(s, &wal_parent.join("pg_wal"))?;
             println!(
@@ -595,6 +643,8 @@ struct Cluster {
     log: PathBuf,
     /// Where pgbench writes its per-transaction logs.
     logs: PathBuf,
+    /// Where SQLite's databases go, beside the data directory.
+    sqlite_dir: PathBuf,
     /// The port of the reseedfs daemon's metrics, for a reseedfs target.
     metrics: Option<u16>,
 }
@@ -828,6 +878,44 @@ struct Sample {
     p99_ms: f64,
     cpu_us_per_tx: Option<f64>,
     breakdown: Breakdown,
+}
+
+/// One SQLite run (see `sqlite/mod.rs`) of a target in a round.
+struct LiteSample {
+    target: Target,
+    journal: sqlite::Journal,
+    round: usize,
+    tps: f64,
+    p99_ms: f64,
+    cpu_us_per_tx: Option<f64>,
+}
+
+impl LiteSample {
+    /// SQLite beside the target's cluster, its server stopped.
+    fn measure(
+        cluster: &Cluster,
+        daemon: Option<&Daemon>,
+        journal: sqlite::Journal,
+        s: &Settings,
+        round: usize,
+    ) -> io::Result<LiteSample> {
+        let cpu_before = daemon.and_then(Daemon::cpu_seconds);
+        let mut run = sqlite::run(&cluster.sqlite_dir, journal, s.sqlite_seconds)
+            .map_err(|e| io::Error::other(format!("{}: {e}", cluster.target.name())))?;
+        let cpu = cpu_before
+            .zip(daemon.and_then(Daemon::cpu_seconds))
+            .map(|(a, b)| b - a);
+        Ok(LiteSample {
+            target: cluster.target,
+            journal,
+            round,
+            tps: run.tps,
+            p99_ms: percentile(&mut run.latencies_us, 0.99).map_or(0.0, |us| us / 1000.0),
+            cpu_us_per_tx: cpu
+                .filter(|_| run.transactions > 0)
+                .map(|c| c / run.transactions as f64 * 1e6),
+        })
+    }
 }
 
 /// Where a measured run's transactions spent their time: PostgreSQL's WAL writes and
@@ -1158,6 +1246,80 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
     Value::Object(doc)
 }
 
+/// SQLite's figures, per journal mode as `summarize`'s: medians over the rounds, ratios
+/// within a round (to native, to the floor, to the base build), then their median.
+fn summarize_sqlite(s: &Settings, samples: &[LiteSample]) -> Value {
+    let mut doc = serde_json::Map::new();
+    doc.insert("seconds".into(), json!(s.sqlite_seconds));
+    for journal in sqlite::JOURNALS {
+        let of = |t: Target| {
+            samples
+                .iter()
+                .filter(move |x| x.target == t && x.journal == journal)
+        };
+        let within = |t: Target, reference: Target, f: &dyn Fn(&LiteSample) -> f64| {
+            let refs: BTreeMap<usize, f64> = of(reference).map(|x| (x.round, f(x))).collect();
+            let mut v: Vec<f64> = of(t)
+                .filter_map(|x| refs.get(&x.round).filter(|b| **b > 0.0).map(|b| f(x) / b))
+                .collect();
+            let lo = v.iter().copied().reduce(f64::min).map(round3);
+            let hi = v.iter().copied().reduce(f64::max).map(round3);
+            (median(&mut v).map(round3), lo, hi)
+        };
+        let mut mode = serde_json::Map::new();
+        for t in ALL_TARGETS {
+            let key = t.name();
+            let med = |f: &dyn Fn(&LiteSample) -> Option<f64>| {
+                let mut v: Vec<f64> = of(t).filter_map(f).collect();
+                median(&mut v).map(round3)
+            };
+            if of(t).next().is_none() {
+                continue;
+            }
+            mode.insert(format!("{key}_tps"), json!(med(&|x| Some(x.tps))));
+            mode.insert(format!("{key}_p99_ms"), json!(med(&|x| Some(x.p99_ms))));
+            if t != Target::Native {
+                mode.insert(
+                    format!("{key}_daemon_cpu_us_per_tx"),
+                    json!(med(&|x| x.cpu_us_per_tx)),
+                );
+            }
+            let Some(suffix) = t.suffix() else { continue };
+            let (m, lo, hi) = within(t, Target::Native, &|x| x.tps);
+            mode.insert(format!("ratio_{suffix}"), json!(m));
+            mode.insert(format!("ratio_{suffix}_min"), json!(lo));
+            mode.insert(format!("ratio_{suffix}_max"), json!(hi));
+            let (p, _, _) = within(t, Target::Native, &|x| x.p99_ms);
+            mode.insert(format!("p99_ratio_{suffix}"), json!(p));
+            let reference = match t {
+                Target::Reseedfs1 => Some((Target::Floor, Target::Reseedfs1Base)),
+                Target::Reseedfs2 => Some((Target::Floor, Target::Reseedfs2Base)),
+                _ => None,
+            };
+            if let Some((floor, base)) = reference {
+                for (r, to) in [(floor, "floor"), (base, "base")] {
+                    if let (Some(m), _, _) = within(t, r, &|x| x.tps) {
+                        mode.insert(format!("ratio_{suffix}_to_{to}"), json!(m));
+                    }
+                }
+            }
+        }
+        doc.insert(journal.name().into(), Value::Object(mode));
+    }
+    let per_round: Vec<Value> = samples
+        .iter()
+        .map(|x| {
+            json!({
+                "round": x.round + 1, "target": x.target.name(), "journal": x.journal.name(),
+                "tps": round3(x.tps), "p99_ms": round3(x.p99_ms),
+                "daemon_cpu_us_per_tx": x.cpu_us_per_tx.map(round3),
+            })
+        })
+        .collect();
+    doc.insert("per_round".into(), Value::Array(per_round));
+    Value::Object(doc)
+}
+
 fn print_summary(doc: &Value) {
     let mut out = String::new();
     let targets: Vec<Target> = ALL_TARGETS
@@ -1238,6 +1400,45 @@ fn print_summary(doc: &Value) {
             }
         }
         let _ = writeln!(out, "{line}");
+    }
+    for journal in sqlite::JOURNALS {
+        let Some(mode) = doc.get("sqlite").and_then(|l| l.get(journal.name())) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "\nSQLite, {} journal, one insert per transaction (synchronous=FULL):",
+            journal.name()
+        );
+        for t in ALL_TARGETS {
+            let key = t.name();
+            let Some(tps) = mode.get(format!("{key}_tps")).and_then(Value::as_f64) else {
+                continue;
+            };
+            let num = |k: String| mode.get(k).and_then(Value::as_f64);
+            let mut line = format!(
+                "{key:<21} {tps:>10.1} tps  p99 {:>6.2} ms",
+                num(format!("{key}_p99_ms")).unwrap_or(f64::NAN)
+            );
+            if let Some(x) = t.suffix() {
+                let _ = write!(
+                    line,
+                    "  {:.3} [{:.3}-{:.3}] of native",
+                    num(format!("ratio_{x}")).unwrap_or(f64::NAN),
+                    num(format!("ratio_{x}_min")).unwrap_or(f64::NAN),
+                    num(format!("ratio_{x}_max")).unwrap_or(f64::NAN)
+                );
+                for to in ["floor", "base"] {
+                    if let Some(r) = num(format!("ratio_{x}_to_{to}")) {
+                        let _ = write!(line, ", {r:.3} of {to}");
+                    }
+                }
+            }
+            if let Some(c) = num(format!("{key}_daemon_cpu_us_per_tx")) {
+                let _ = write!(line, "  daemon CPU {c:.0} us/tx");
+            }
+            let _ = writeln!(out, "{line}");
+        }
     }
     out.push_str("\ngoals of issue 18:\n");
     for (suffix, least) in [("1copy", 0.9), ("2copies", 0.8)] {
