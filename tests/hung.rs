@@ -128,8 +128,9 @@ fn aligned(data: &[u8]) -> (Vec<u8>, usize) {
 }
 
 /// Writers (64 KiB block writes, each followed by `fdatasync`; the odd ones `O_DIRECT`,
-/// which reseedfs writes from the request's own thread over io_uring) and readers (random blocks
-/// of the writers' files, each checked against the last version written), each request
+/// which reseedfs writes from the request's own thread over io_uring), readers (random blocks
+/// of the writers' files, each checked against the last version written) and one namer
+/// (changes by name, as a database's journal makes them: see [`namer`]), each request
 /// timed; `stop` ends them. Any error panics the thread that met it.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -137,6 +138,55 @@ struct Load {
     phase: Arc<AtomicUsize>,
     writers: Vec<thread::JoinHandle<Written>>,
     readers: Vec<thread::JoinHandle<(Stalls, u64)>>,
+    namer: thread::JoinHandle<(Stalls, u64)>,
+}
+
+/// Until `stop`: creates `namer.tmp`, writes its round number, `fsync`s it, renames it over
+/// `namer.dat`, `fsync`s the folder, checks `namer.dat` holds that round, then creates and
+/// unlinks `namer-gone.tmp`; each request timed. Returns its stalls and rounds.
+fn namer(dir: &Path, stop: &AtomicBool, phase: &AtomicUsize) -> (Stalls, u64) {
+    let (tmp, dat, gone) = (
+        dir.join("namer.tmp"),
+        dir.join("namer.dat"),
+        dir.join("namer-gone.tmp"),
+    );
+    let (mut stalls, mut rounds) = (Stalls::default(), 0u64);
+    let mut timed = |what: &str, f: &mut dyn FnMut() -> std::io::Result<()>| {
+        let now = phase.load(Ordering::Relaxed);
+        let t = Instant::now();
+        f().unwrap_or_else(|e| panic!("namer: {what}: {e}"));
+        stalls.note(now, t.elapsed(), || format!("namer's {what}"));
+    };
+    while !stop.load(Ordering::Relaxed) {
+        rounds += 1;
+        let mut file = None;
+        timed("create", &mut || {
+            file = Some(fs::File::create(&tmp)?);
+            Ok(())
+        });
+        let file = file.expect("created");
+        timed("write and fsync", &mut || {
+            file.write_all_at(&rounds.to_le_bytes(), 0)?;
+            file.sync_all()
+        });
+        drop(file);
+        timed("rename", &mut || fs::rename(&tmp, &dat));
+        timed("fsync of the folder", &mut || {
+            fs::File::open(dir)?.sync_all()
+        });
+        let got = fs::read(&dat).unwrap_or_else(|e| panic!("namer: read {}: {e}", dat.display()));
+        assert_eq!(
+            got,
+            rounds.to_le_bytes(),
+            "namer: {} holds another round than the last renamed over it ({rounds})",
+            dat.display()
+        );
+        timed("create and unlink", &mut || {
+            drop(fs::File::create(&gone)?);
+            fs::remove_file(&gone)
+        });
+    }
+    (stalls, rounds)
 }
 
 impl Load {
@@ -254,11 +304,16 @@ impl Load {
                 })
             })
             .collect();
+        let namer = {
+            let (dir, stop, phase) = (dir.to_owned(), stop.clone(), phase.clone());
+            thread::spawn(move || namer(&dir, &stop, &phase))
+        };
         Load {
             stop,
             phase,
             writers,
             readers,
+            namer,
         }
     }
 
@@ -287,6 +342,12 @@ impl Load {
         for w in &written {
             stalls.merge(&w.stalls);
         }
+        let (named, rounds) = self
+            .namer
+            .join()
+            .expect("the namer failed (see its panic above)");
+        assert!(rounds > 0, "the namer made no change by name");
+        stalls.merge(&named);
         (written, stalls, reads)
     }
 }
