@@ -25,9 +25,8 @@ impl Database {
         // No reseed lays out a new copy between the open and the handle's registration.
         let _namespace = self.namespace_shared();
         let changes = flags.contains(OFlags::TRUNC);
-        let rel = path.to_owned();
-        let files = self.open_on_copies("open", path, changes, move |v| {
-            v.open_file(&rel, flags, Mode::empty())
+        let files = self.open_on_copies("open", path, changes, |v| {
+            v.open_file(path, flags, Mode::empty())
         })?;
         self.sums_opened(&files)?;
         Ok(files)
@@ -42,9 +41,8 @@ impl Database {
         owner: (u32, u32),
     ) -> io::Result<Arc<OpenFiles>> {
         let _namespace = self.namespace_shared();
-        let rel = path.to_owned();
-        let files = self.open_on_copies("create", path, true, move |v| {
-            let f = v.open_file(&rel, flags | OFlags::CREATE, perm)?;
+        let files = self.open_on_copies("create", path, true, |v| {
+            let f = v.open_file(path, flags | OFlags::CREATE, perm)?;
             v.fchown(&f, Some(owner.0), Some(owner.1))?;
             Ok(f)
         })?;
@@ -96,20 +94,17 @@ impl Database {
         self.mutate_files("futimens", files, |v, f| v.set_file_times(f, times))
     }
 
-    /// Opens a file on every copy, one lane call per copy ([`Database::mutate_calls`]).
     fn open_on_copies(
         &self,
-        op: &'static str,
+        op: &str,
         path: &Path,
         changes: bool,
-        open: impl Fn(&Volume) -> io::Result<VolFile> + Send + Sync + 'static,
+        open: impl Fn(&Volume) -> io::Result<VolFile>,
     ) -> io::Result<Arc<OpenFiles>> {
         let files = Arc::new(OpenFiles::new(self.copies.len()));
         files.set_name(path);
-        let open = Arc::new(open);
         self.open_where(op, changes, |i, v| {
-            let open = open.clone();
-            let f = v.calls(op, move |v| open(v))?;
+            let f = open(v)?;
             files.set(i, self.copies[i].placement().generation, f);
             Ok(())
         })?;
@@ -121,31 +116,28 @@ impl Database {
     /// that takes mutations, owned by `uid:gid`.
     pub fn make(
         &self,
-        op: &'static str,
+        op: &str,
         path: &Path,
         owner: (u32, u32),
-        make: impl Fn(&Volume, &Path) -> io::Result<()> + Send + Sync + 'static,
+        make: impl Fn(&Volume, &Path) -> io::Result<()>,
     ) -> io::Result<()> {
-        let rel = path.to_owned();
-        self.mutate_calls(op, true, move |_, v| {
-            make(v, &rel)?;
-            v.chown(&rel, Some(owner.0), Some(owner.1))
+        self.mutate(op, |_, v| {
+            make(v, path)?;
+            v.chown(path, Some(owner.0), Some(owner.1))
         })
     }
 
     /// Removes a file or an empty directory.
     pub fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
         let op = if dir { "rmdir" } else { "unlink" };
-        let rel = path.to_owned();
-        self.mutate_calls(op, true, move |_, v| v.remove(&rel, dir))?;
+        self.mutate(op, |_, v| v.remove(path, dir))?;
         self.tap.meta(|m| m.removed(path));
         Ok(())
     }
 
     /// Renames with `renameat2` flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
     pub fn rename(&self, from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
-        let (f, t) = (from.to_owned(), to.to_owned());
-        self.mutate_calls("rename", true, move |_, v| v.rename(&f, &t, flags))?;
+        self.mutate("rename", |_, v| v.rename(from, to, flags))?;
         self.tap
             .renamed(self, from, to, flags.contains(RenameFlags::EXCHANGE));
         Ok(())
@@ -153,8 +145,7 @@ impl Database {
 
     /// Makes `to` a hard link of `from`.
     pub fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (f, t) = (from.to_owned(), to.to_owned());
-        self.mutate_calls("link", true, move |_, v| v.link(&f, &t))?;
+        self.mutate("link", |_, v| v.link(from, to))?;
         self.tap.meta(|m| m.linked(from, to));
         Ok(())
     }
@@ -240,9 +231,8 @@ impl Database {
 
     /// Makes the directory `path`'s entries durable on every copy that takes mutations.
     pub fn fsyncdir(&self, path: &Path) -> io::Result<()> {
-        let rel = path.to_owned();
-        self.mutate_calls("fsyncdir", true, move |_, v| {
-            let d = v.open_file(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        self.mutate("fsyncdir", |_, v| {
+            let d = v.open_file(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
             v.sync_file(&d, false)
         })
     }

@@ -94,7 +94,7 @@ impl Database {
     pub fn mutate<T>(
         &self,
         op: &str,
-        f: impl Fn(usize, &Arc<Volume>) -> io::Result<T>,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
         self.mutate_where(op, |_| true, f)
     }
@@ -104,33 +104,9 @@ impl Database {
         &self,
         op: &str,
         has: impl Fn(usize) -> bool,
-        f: impl Fn(usize, &Arc<Volume>) -> io::Result<T>,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
         self.on_every_copy(op, has, f, true)
-    }
-
-    /// [`Database::mutate`] where each copy's part is one lane call: every call `f` makes
-    /// on the copy's volume is made at once on the lane's thread
-    /// ([`Volume::submit_calls`]), so a mutation of several calls (an open and its
-    /// `fchown`, a directory's open and `fsync`) costs one hand-off per copy, not one per
-    /// call, within one deadline. `f` takes no lock. `changes`: as for
-    /// [`Database::open_where`].
-    pub(super) fn mutate_calls<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        changes: bool,
-        f: impl Fn(usize, &Volume) -> io::Result<T> + Send + Sync + 'static,
-    ) -> io::Result<T> {
-        let f = Arc::new(f);
-        self.on_every_copy(
-            op,
-            |_| true,
-            |i, v| {
-                let f = f.clone();
-                v.calls(op, move |v| f(i, v))
-            },
-            changes,
-        )
     }
 
     /// Opens a file on every copy that takes mutations (see [`Database::mutate`]). An open
@@ -140,7 +116,7 @@ impl Database {
         &self,
         op: &str,
         changes: bool,
-        f: impl Fn(usize, &Arc<Volume>) -> io::Result<T>,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
     ) -> io::Result<T> {
         self.on_every_copy(op, |_| true, f, changes)
     }
@@ -149,7 +125,7 @@ impl Database {
         &self,
         op: &str,
         has: impl Fn(usize) -> bool,
-        f: impl Fn(usize, &Arc<Volume>) -> io::Result<T>,
+        f: impl Fn(usize, &Volume) -> io::Result<T>,
         changes: bool,
     ) -> io::Result<T> {
         let _namespace = self.namespace_shared();

@@ -662,9 +662,9 @@ impl Core {
         parent: NodeId,
         name: &OsStr,
         who: Caller,
-        op: &'static str,
+        op: &str,
         perm: Option<Mode>,
-        f: impl Fn(&crate::volume::Volume, &Path) -> io::Result<()> + Send + Sync + 'static,
+        f: impl Fn(&crate::volume::Volume, &Path) -> io::Result<()>,
     ) -> Result<Attr> {
         let (db, path) = self.child(parent, name)?;
         let d = self.db(db);
@@ -693,7 +693,7 @@ impl Core {
     ) -> Result<Attr> {
         let kind = FileType::from_raw_mode(mode);
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mknod", Some(perm), move |v, p| {
+        self.make(parent, name, who, "mknod", Some(perm), |v, p| {
             v.mknod(p, kind, perm, rdev)
         })
     }
@@ -701,9 +701,7 @@ impl Core {
     /// Creates a directory.
     pub fn mkdir(&self, parent: NodeId, name: &OsStr, mode: u32, who: Caller) -> Result<Attr> {
         let perm = Mode::from_raw_mode(mode & 0o7777);
-        self.make(parent, name, who, "mkdir", None, move |v, p| {
-            v.mkdir(p, perm)
-        })
+        self.make(parent, name, who, "mkdir", None, |v, p| v.mkdir(p, perm))
     }
 
     /// Creates a symlink.
@@ -714,9 +712,8 @@ impl Core {
         target: &Path,
         who: Caller,
     ) -> Result<Attr> {
-        let target = target.to_owned();
-        self.make(parent, name, who, "symlink", None, move |v, p| {
-            v.symlink(&target, p)
+        self.make(parent, name, who, "symlink", None, |v, p| {
+            v.symlink(target, p)
         })
     }
 
