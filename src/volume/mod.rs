@@ -2166,6 +2166,19 @@ mod tests {
             let e = errno(v.open_file(Path::new("db.db/link"), flags, Mode::from_raw_mode(0o600)));
             assert_eq!(e, Some(libc::ELOOP), "{flags:?}");
         }
+        // A readlink of a name that is no longer a symlink (renamed over since the kernel
+        // looked it up) is stale, so that the kernel walks the path again; not EINVAL,
+        // which would fail the open that followed the symlink.
+        assert_eq!(
+            v.readlink(Path::new("db.db/link")).expect("readlink"),
+            outside.as_os_str().as_encoded_bytes()
+        );
+        for name in ["db.db/fifo", "db.db"] {
+            let e = v
+                .readlink(Path::new(name))
+                .expect_err("readlink of no symlink");
+            assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{name}");
+        }
         let e = v
             .chmod(Path::new("db.db/link"), Mode::from_raw_mode(0o666))
             .expect_err("chmod of a symlink");

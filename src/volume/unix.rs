@@ -12,7 +12,8 @@
 //! - `open`: the pinned inode must be a regular file or a directory before it is opened
 //!   (through `/proc/self/fd`): a FIFO would block the opener forever, a socket would
 //!   answer `ENXIO`, which is a dying disk's errno; such a name answers `ESTALE` (it no
-//!   longer names what the kernel asked for);
+//!   longer names what the kernel asked for), as does a `readlink` of a name that is no
+//!   longer a symlink;
 //! - `chown`, `set_times`: `AT_SYMLINK_NOFOLLOW`; xattrs and `link`: the pinned inode;
 //!   `mkdir`, `mknod`, `symlink`, `remove`, `rename`, `readlink`, `stat`: never follow the
 //!   last component by definition.
@@ -187,7 +188,19 @@ impl Backend for UnixBackend {
 
     fn readlink(&self, rel: &Path) -> io::Result<Vec<u8>> {
         self.with_parent(rel, |dir, name| {
-            rustix::fs::readlinkat(dir, name, Vec::new()).map(|c| c.into_bytes())
+            rustix::fs::readlinkat(dir, name, Vec::new())
+                .map(|c| c.into_bytes())
+                // Not a symlink (any more): the name was renamed over since the kernel
+                // looked it up, so it no longer names what the kernel asked for. ESTALE
+                // makes the kernel walk the path again (`LOOKUP_REVAL`), where EINVAL
+                // would fail the caller's open.
+                .map_err(|e| {
+                    if e == rustix::io::Errno::INVAL {
+                        rustix::io::Errno::STALE
+                    } else {
+                        e
+                    }
+                })
         })
     }
 
