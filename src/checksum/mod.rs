@@ -710,6 +710,17 @@ impl Sums {
         data: &VolFile,
     ) -> io::Result<Arc<SumFile>> {
         let ino = v.fstat(data)?.st_ino;
+        self.file_of(slot, generation, v, ino)
+    }
+
+    /// [`Sums::file`] for the file whose inode number is `ino`.
+    pub fn file_of(
+        &self,
+        slot: CopySlot,
+        generation: u64,
+        v: &Volume,
+        ino: u64,
+    ) -> io::Result<Arc<SumFile>> {
         let key = (slot.index(), generation, ino);
         let live = |w: &Weak<SumFile>| w.upgrade().filter(|f| !f.retired.load(Ordering::Acquire));
         if let Some(f) = self.open.lock().get(&key).and_then(live) {

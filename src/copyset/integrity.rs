@@ -454,9 +454,20 @@ impl Database {
                 continue;
             };
             let Some(v) = &p.volume else { continue };
-            let r = v.fstat(&b.file).and_then(|st| {
+            // One lane call for the whole of it (a new file's store opened and emptied).
+            let sums = self.sums.clone();
+            let r = v.calls("open checksums", move |v| {
+                let st = v.fstat(&b.file)?;
                 if st.st_size == 0 {
-                    self.sum_file(i, v, &b)?.cut(v, 0)?;
+                    let store = match b.sums.get() {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = sums.file_of(CopySlot::new(i), b.generation, v, st.st_ino)?;
+                            let _ = b.sums.set(s.clone());
+                            s
+                        }
+                    };
+                    store.cut(v, 0)?;
                 }
                 Ok(())
             });

@@ -109,7 +109,7 @@ pub struct Database {
     /// The open handles' files, for closing those on a dead volume.
     open_files: files::Registry,
     /// Block checksums: on or off, and the stores open now.
-    sums: crate::checksum::Sums,
+    sums: Arc<crate::checksum::Sums>,
 }
 
 impl std::fmt::Debug for Database {
@@ -137,7 +137,7 @@ impl Database {
             seeding: Mutex::new(()),
             tap: Tap::new(&name, copies.len(), true),
             open_files: files::Registry::default(),
-            sums: crate::checksum::Sums::new(&name),
+            sums: Arc::new(crate::checksum::Sums::new(&name)),
             name,
             index,
             copies,

@@ -580,6 +580,20 @@ impl Volume {
         }
     }
 
+    /// Runs `f` as one call (one hand-off to the lane, one deadline), in which every
+    /// call `f` makes on this volume is made at once on the thread that runs it
+    /// ([`on_this_thread`]): work of several calls (a checksum store's open, `fstat` and
+    /// truncation) for one lane hand-off. `f` must take no lock a caller waiting for a
+    /// lane could hold.
+    pub fn calls<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: &'static str,
+        f: impl FnOnce(&Volume) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let v = self.clone();
+        self.call(op, move |_| on_this_thread(|| f(&v)))
+    }
+
     /// Makes `f` at once on the calling thread, as [`Volume::submit`] does inside
     /// [`on_this_thread`]; `f` may borrow (a write from the request's own buffer).
     pub fn make_here<T>(
