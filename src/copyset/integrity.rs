@@ -39,15 +39,31 @@ struct Bad {
     want: u32,
 }
 
+/// The store of the handle's file `b` on copy `i`, opened at the first use and kept on
+/// `b`; `ino`: the file's inode number when the caller has it.
+fn store_of(
+    sums: &checksum::Sums,
+    i: usize,
+    v: &Volume,
+    b: &BackingFile,
+    ino: Option<u64>,
+) -> io::Result<Arc<SumFile>> {
+    if let Some(s) = b.sums.get() {
+        return Ok(s.clone());
+    }
+    let slot = CopySlot::new(i);
+    let s = match ino {
+        Some(ino) => sums.file_of(slot, b.generation, v, ino)?,
+        None => sums.file(slot, b.generation, v, &b.file)?,
+    };
+    let _ = b.sums.set(s.clone());
+    Ok(s)
+}
+
 impl Database {
     /// The store of the handle's file on copy `i`, opened at the first use.
     fn sum_file(&self, i: usize, v: &Volume, b: &BackingFile) -> io::Result<Arc<SumFile>> {
-        if let Some(s) = b.sums.get() {
-            return Ok(s.clone());
-        }
-        let s = self.sums.file(CopySlot::new(i), b.generation, v, &b.file)?;
-        let _ = b.sums.set(s.clone());
-        Ok(s)
+        store_of(&self.sums, i, v, b, None)
     }
 
     /// The sums of a write of `data` at `offset`: a block the write covers in part gets
@@ -459,15 +475,7 @@ impl Database {
             let r = v.calls("open checksums", move |v| {
                 let st = v.fstat(&b.file)?;
                 if st.st_size == 0 {
-                    let store = match b.sums.get() {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s = sums.file_of(CopySlot::new(i), b.generation, v, st.st_ino)?;
-                            let _ = b.sums.set(s.clone());
-                            s
-                        }
-                    };
-                    store.cut(v, 0)?;
+                    store_of(&sums, i, v, &b, Some(st.st_ino))?.cut(v, 0)?;
                 }
                 Ok(())
             });
