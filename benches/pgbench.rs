@@ -22,6 +22,7 @@
 //! | `reseedfs_1copy` | `pg/pg.db/pgdata` and `pg/pg.log/pg_wal` on a reseedfs mount (1 copy) over a bind mount of `Volume1/pool1` |
 //! | `reseedfs_2copies` | the same on a reseedfs mount (2 copies) over `Volume1/pool2` and `Volume2/pool2` |
 //! | `reseedfs_1copy_base`, `reseedfs_2copies_base` | the same, over `pool1_base` and `pool2_base`, served by the binary `RESEEDFS_BENCH_BASE_BIN` names: the code before a change, in the same rounds as the code after it (only when `--targets` names them; `ratio_1copy_to_base`, `ratio_2copies_to_base`) |
+//! | `reseedfs_1copy_uring`, `reseedfs_2copies_uring` | the same, over `pool1_uring` and `pool2_uring`, with `fuse_transport = "uring"` (FUSE over io_uring; only when `--targets` names them: the bench sets `enable_uring` for the run and puts it back, and fails when a daemon serves over `/dev/fuse` instead; `ratio_1copy_uring_to_dev_fuse`, `ratio_2copies_uring_to_dev_fuse`) |
 //!
 //! Each target gets its own cluster (`initdb`, then `pgbench -i -s SCALE`), run by the
 //! `postgres` user with `fsync=on`, `synchronous_commit=on`, `full_page_writes=on` and
@@ -116,6 +117,11 @@ enum Target {
     /// code after it (only when `--targets` names them).
     Reseedfs1Base,
     Reseedfs2Base,
+    /// `reseedfs_1copy` and `reseedfs_2copies` with `fuse_transport = "uring"` (FUSE over
+    /// io_uring, issue 18 lever b; only when `--targets` names them: the bench sets
+    /// `enable_uring` for the run and puts it back).
+    Reseedfs1Uring,
+    Reseedfs2Uring,
 }
 
 /// The targets run by default.
@@ -127,13 +133,15 @@ const TARGETS: [Target; 4] = [
 ];
 
 /// Every target, in the order of the tables.
-const ALL_TARGETS: [Target; 6] = [
+const ALL_TARGETS: [Target; 8] = [
     Target::Native,
     Target::Floor,
     Target::Reseedfs1,
     Target::Reseedfs1Base,
+    Target::Reseedfs1Uring,
     Target::Reseedfs2,
     Target::Reseedfs2Base,
+    Target::Reseedfs2Uring,
 ];
 
 impl Target {
@@ -145,6 +153,8 @@ impl Target {
             Target::Reseedfs2 => "reseedfs_2copies",
             Target::Reseedfs1Base => "reseedfs_1copy_base",
             Target::Reseedfs2Base => "reseedfs_2copies_base",
+            Target::Reseedfs1Uring => "reseedfs_1copy_uring",
+            Target::Reseedfs2Uring => "reseedfs_2copies_uring",
         }
     }
 
@@ -152,8 +162,8 @@ impl Target {
     fn copies(self) -> Option<u32> {
         match self {
             Target::Native | Target::Floor => None,
-            Target::Reseedfs1 | Target::Reseedfs1Base => Some(1),
-            Target::Reseedfs2 | Target::Reseedfs2Base => Some(2),
+            Target::Reseedfs1 | Target::Reseedfs1Base | Target::Reseedfs1Uring => Some(1),
+            Target::Reseedfs2 | Target::Reseedfs2Base | Target::Reseedfs2Uring => Some(2),
         }
     }
 
@@ -166,6 +176,49 @@ impl Target {
             Target::Reseedfs2 => Some("2copies"),
             Target::Reseedfs1Base => Some("1copy_base"),
             Target::Reseedfs2Base => Some("2copies_base"),
+            Target::Reseedfs1Uring => Some("1copy_uring"),
+            Target::Reseedfs2Uring => Some("2copies_uring"),
+        }
+    }
+
+    /// Served over FUSE's io_uring transport.
+    fn ring(self) -> bool {
+        matches!(self, Target::Reseedfs1Uring | Target::Reseedfs2Uring)
+    }
+
+    /// The target it is compared with in the same rounds beside native, and the key of
+    /// that ratio: the floor for reseedfs; for a `_base` or `_uring` target, the same
+    /// reseedfs (so `ratio_1copy_to_base` is reseedfs_1copy / reseedfs_1copy_base, and
+    /// `ratio_1copy_uring_to_dev_fuse` reseedfs_1copy_uring / reseedfs_1copy).
+    fn references(self) -> &'static [(Target, Target, &'static str)] {
+        match self {
+            Target::Reseedfs1 => &[
+                (Target::Reseedfs1, Target::Floor, "ratio_1copy_to_floor"),
+                (
+                    Target::Reseedfs1,
+                    Target::Reseedfs1Base,
+                    "ratio_1copy_to_base",
+                ),
+            ],
+            Target::Reseedfs2 => &[
+                (Target::Reseedfs2, Target::Floor, "ratio_2copies_to_floor"),
+                (
+                    Target::Reseedfs2,
+                    Target::Reseedfs2Base,
+                    "ratio_2copies_to_base",
+                ),
+            ],
+            Target::Reseedfs1Uring => &[(
+                Target::Reseedfs1Uring,
+                Target::Reseedfs1,
+                "ratio_1copy_uring_to_dev_fuse",
+            )],
+            Target::Reseedfs2Uring => &[(
+                Target::Reseedfs2Uring,
+                Target::Reseedfs2,
+                "ratio_2copies_uring_to_dev_fuse",
+            )],
+            _ => &[],
         }
     }
 }
@@ -264,7 +317,9 @@ PostgreSQL's server (apt-get install postgresql). Writes target/bench/pgbench.js
   --sqlite-seconds S  SQLite's seconds per journal mode, target and round (default 10;
                     0: no SQLite)
   --targets LIST    which targets run (also reseedfs_1copy_base and reseedfs_2copies_base:
-                    the binary RESEEDFS_BENCH_BASE_BIN names, in the same rounds)
+                    the binary RESEEDFS_BENCH_BASE_BIN names, in the same rounds;
+                    reseedfs_1copy_uring and reseedfs_2copies_uring: FUSE over
+                    io_uring, enable_uring set for the run and put back)
   --set key=value   change both reseedfs configs (threads=4, tap.checkpoint_interval=30s)
   -h, --help        this text
 
@@ -355,6 +410,20 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     }
     println!("pgbench: machine: {}", machine_load());
     let _reporting = common::page_reporting_off("pgbench", 4 << 30);
+    // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
+    // run when a `_uring` target is measured, put back as it was at the end.
+    let _uring = if s.targets.iter().any(|t| t.ring()) {
+        let was = reseedfs::sys::fuse_uring::enabled();
+        let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
+        println!(
+            "pgbench: {} set for the run (was {})",
+            reseedfs::sys::fuse_uring::ENABLE_URING,
+            if was { "on" } else { "off" }
+        );
+        Some(guard)
+    } else {
+        None
+    };
 
     let started = Instant::now();
     let rig = Rig::build(s, &bin)?;
@@ -533,10 +602,21 @@ impl Rig {
                 Target::Reseedfs1
                 | Target::Reseedfs2
                 | Target::Reseedfs1Base
-                | Target::Reseedfs2Base => {
+                | Target::Reseedfs2Base
+                | Target::Reseedfs1Uring
+                | Target::Reseedfs2Uring => {
                     let copies = t.copies().unwrap_or(1);
                     let base = matches!(t, Target::Reseedfs1Base | Target::Reseedfs2Base);
-                    let pool_name = format!("pool{copies}{}", if base { "_base" } else { "" });
+                    let pool_name = format!(
+                        "pool{copies}{}",
+                        if base {
+                            "_base"
+                        } else if t.ring() {
+                            "_uring"
+                        } else {
+                            ""
+                        }
+                    );
                     let pool = root.join(&pool_name);
                     for k in 1..=copies {
                         let source = rig.bed.volume_path(k as usize).join(&pool_name);
@@ -553,6 +633,11 @@ impl Rig {
                             .map_err(io::Error::other)?,
                     );
                     metrics = Some(port);
+                    if t.ring() {
+                        settings.push(
+                            Setting::parse("fuse_transport=uring").map_err(io::Error::other)?,
+                        );
+                    }
                     let daemon = if base {
                         let bin = std::env::var_os("RESEEDFS_BENCH_BASE_BIN").ok_or_else(|| {
                             io::Error::other(format!(
@@ -573,6 +658,14 @@ impl Rig {
                         Daemon::reseedfs(t.name(), &pool, DB, copies, &settings)
                     }
                     .map_err(|e| io::Error::other(format!("{}: {e}", t.name())))?;
+                    // A ring that fell back to /dev/fuse would measure the wrong thing.
+                    if t.ring() && common::ring_threads(daemon.pid()) == 0 {
+                        return Err(io::Error::other(format!(
+                            "{}: reseedfs serves over /dev/fuse, not the ring (its log: {})",
+                            t.name(),
+                            pool.display()
+                        )));
+                    }
                     let db = daemon.mountpoint().join(DB);
                     rig.daemons.push(daemon);
                     (db.join(format!("{DB}.db")), db.join(format!("{DB}.log")))
@@ -1199,22 +1292,9 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
         let (p, _, _) = ratio(t, &|x| x.p99_ms);
         doc.insert(format!("p99_ratio_{suffix}"), json!(p));
     }
-    // Against the floor (what FUSE itself costs), and the build against the base build
-    // (`RESEEDFS_BENCH_BASE_BIN`), in the same rounds.
-    for (t, reference, key) in [
-        (Target::Reseedfs1, Target::Floor, "ratio_1copy_to_floor"),
-        (Target::Reseedfs2, Target::Floor, "ratio_2copies_to_floor"),
-        (
-            Target::Reseedfs1,
-            Target::Reseedfs1Base,
-            "ratio_1copy_to_base",
-        ),
-        (
-            Target::Reseedfs2,
-            Target::Reseedfs2Base,
-            "ratio_2copies_to_base",
-        ),
-    ] {
+    // Against the floor (what FUSE itself costs), the build against the base build
+    // (`RESEEDFS_BENCH_BASE_BIN`), the ring against `/dev/fuse`, in the same rounds.
+    for &(t, reference, key) in ALL_TARGETS.iter().flat_map(|t| t.references()) {
         let refs: BTreeMap<usize, f64> = of(reference).map(|x| (x.round, x.tps)).collect();
         let mut v: Vec<f64> = of(t)
             .filter_map(|x| refs.get(&x.round).filter(|b| **b > 0.0).map(|b| x.tps / b))
@@ -1291,16 +1371,9 @@ fn summarize_sqlite(s: &Settings, samples: &[LiteSample]) -> Value {
             mode.insert(format!("ratio_{suffix}_max"), json!(hi));
             let (p, _, _) = within(t, Target::Native, &|x| x.p99_ms);
             mode.insert(format!("p99_ratio_{suffix}"), json!(p));
-            let reference = match t {
-                Target::Reseedfs1 => Some((Target::Floor, Target::Reseedfs1Base)),
-                Target::Reseedfs2 => Some((Target::Floor, Target::Reseedfs2Base)),
-                _ => None,
-            };
-            if let Some((floor, base)) = reference {
-                for (r, to) in [(floor, "floor"), (base, "base")] {
-                    if let (Some(m), _, _) = within(t, r, &|x| x.tps) {
-                        mode.insert(format!("ratio_{suffix}_to_{to}"), json!(m));
-                    }
+            for &(_, r, key) in t.references() {
+                if let (Some(m), _, _) = within(t, r, &|x| x.tps) {
+                    mode.insert(key.into(), json!(m));
                 }
             }
         }
@@ -1360,18 +1433,14 @@ fn print_summary(doc: &Value) {
         );
     }
     out.push_str("(medians over the rounds; ratios taken within a round, [range])\n");
-    for suffix in ["1copy", "2copies"] {
-        for (to, what) in [("floor", "fuse_floor"), ("base", "reseedfs_{suffix}_base")] {
-            if let Some(r) = doc
-                .get(format!("ratio_{suffix}_to_{to}"))
-                .and_then(Value::as_f64)
-            {
-                let what = what.replace("{suffix}", suffix);
-                let _ = writeln!(
-                    out,
-                    "reseedfs_{suffix} / {what}, TPS in the same rounds: {r:.3}"
-                );
-            }
+    for &(t, reference, key) in ALL_TARGETS.iter().flat_map(|t| t.references()) {
+        if let Some(r) = doc.get(key).and_then(Value::as_f64) {
+            let _ = writeln!(
+                out,
+                "{} / {}, TPS in the same rounds: {r:.3}",
+                t.name(),
+                reference.name()
+            );
         }
     }
     let _ = writeln!(
@@ -1428,9 +1497,9 @@ fn print_summary(doc: &Value) {
                     num(format!("ratio_{x}_min")).unwrap_or(f64::NAN),
                     num(format!("ratio_{x}_max")).unwrap_or(f64::NAN)
                 );
-                for to in ["floor", "base"] {
-                    if let Some(r) = num(format!("ratio_{x}_to_{to}")) {
-                        let _ = write!(line, ", {r:.3} of {to}");
+                for &(_, reference, key) in t.references() {
+                    if let Some(r) = num(key.to_owned()) {
+                        let _ = write!(line, ", {r:.3} of {}", reference.name());
                     }
                 }
             }

@@ -899,7 +899,7 @@ impl Rig {
             };
             // A ring that fell back to /dev/fuse would measure the wrong thing: its entries
             // are threads named fuse-ring-*.
-            if ring && ring_threads(daemon.pid()) == 0 {
+            if ring && common::ring_threads(daemon.pid()) == 0 {
                 return Err(io::Error::other(format!(
                     "{}: reseedfs serves over /dev/fuse, not the ring (its log: {})",
                     target.name(),
@@ -967,19 +967,6 @@ impl Rig {
             .find(|d| d.label == t.name())?
             .cpu_seconds()
     }
-}
-
-/// The threads of process `pid` serving FUSE ring entries.
-fn ring_threads(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| {
-        tasks
-            .filter_map(Result::ok)
-            .filter(|t| {
-                fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|comm| comm.starts_with("fuse-ring-"))
-            })
-            .count()
-    })
 }
 
 /// The FUSE floor as `target` (see [`floor::daemon`]).

@@ -428,3 +428,17 @@ pub fn page_reporting_off(bench: &str, warm: u64) -> Option<PageReportingOff> {
         }
     }
 }
+
+/// The threads of process `pid` serving FUSE ring entries (`fuse-ring-*`): 0 when it
+/// serves over `/dev/fuse`.
+pub fn ring_threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| {
+        tasks
+            .filter_map(Result::ok)
+            .filter(|t| {
+                fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|comm| comm.starts_with("fuse-ring-"))
+            })
+            .count()
+    })
+}
