@@ -63,6 +63,7 @@ use fuser::{
 use parking_lot::RwLock;
 use reseedfs::sys::fuse_uring;
 use reseedfs::testbed::with_path;
+use reseedfs::volume::read_full;
 
 use crate::common::Daemon;
 
@@ -395,19 +396,6 @@ impl Floor {
         }
         Ok(data.len())
     }
-}
-
-fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 fn max(counter: &AtomicU64, v: u64) {
