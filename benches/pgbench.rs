@@ -186,38 +186,22 @@ impl Target {
         matches!(self, Target::Reseedfs1Uring | Target::Reseedfs2Uring)
     }
 
-    /// The target it is compared with in the same rounds beside native, and the key of
-    /// that ratio: the floor for reseedfs; for a `_base` or `_uring` target, the same
-    /// reseedfs (so `ratio_1copy_to_base` is reseedfs_1copy / reseedfs_1copy_base, and
-    /// `ratio_1copy_uring_to_dev_fuse` reseedfs_1copy_uring / reseedfs_1copy).
-    fn references(self) -> &'static [(Target, Target, &'static str)] {
+    /// The targets this one is compared with in the same rounds beside native (this /
+    /// that), each with the key of its ratio: reseedfs against the floor and against the
+    /// base build (`ratio_1copy_to_base` is reseedfs_1copy / reseedfs_1copy_base), a
+    /// `_uring` target against the same reseedfs over `/dev/fuse`.
+    fn references(self) -> &'static [(Target, &'static str)] {
         match self {
             Target::Reseedfs1 => &[
-                (Target::Reseedfs1, Target::Floor, "ratio_1copy_to_floor"),
-                (
-                    Target::Reseedfs1,
-                    Target::Reseedfs1Base,
-                    "ratio_1copy_to_base",
-                ),
+                (Target::Floor, "ratio_1copy_to_floor"),
+                (Target::Reseedfs1Base, "ratio_1copy_to_base"),
             ],
             Target::Reseedfs2 => &[
-                (Target::Reseedfs2, Target::Floor, "ratio_2copies_to_floor"),
-                (
-                    Target::Reseedfs2,
-                    Target::Reseedfs2Base,
-                    "ratio_2copies_to_base",
-                ),
+                (Target::Floor, "ratio_2copies_to_floor"),
+                (Target::Reseedfs2Base, "ratio_2copies_to_base"),
             ],
-            Target::Reseedfs1Uring => &[(
-                Target::Reseedfs1Uring,
-                Target::Reseedfs1,
-                "ratio_1copy_uring_to_dev_fuse",
-            )],
-            Target::Reseedfs2Uring => &[(
-                Target::Reseedfs2Uring,
-                Target::Reseedfs2,
-                "ratio_2copies_uring_to_dev_fuse",
-            )],
+            Target::Reseedfs1Uring => &[(Target::Reseedfs1, "ratio_1copy_uring_to_dev_fuse")],
+            Target::Reseedfs2Uring => &[(Target::Reseedfs2, "ratio_2copies_uring_to_dev_fuse")],
             _ => &[],
         }
     }
@@ -1294,13 +1278,15 @@ fn summarize(s: &Settings, samples: &[Sample]) -> Value {
     }
     // Against the floor (what FUSE itself costs), the build against the base build
     // (`RESEEDFS_BENCH_BASE_BIN`), the ring against `/dev/fuse`, in the same rounds.
-    for &(t, reference, key) in ALL_TARGETS.iter().flat_map(|t| t.references()) {
-        let refs: BTreeMap<usize, f64> = of(reference).map(|x| (x.round, x.tps)).collect();
-        let mut v: Vec<f64> = of(t)
-            .filter_map(|x| refs.get(&x.round).filter(|b| **b > 0.0).map(|b| x.tps / b))
-            .collect();
-        if !v.is_empty() {
-            doc.insert(key.into(), json!(median(&mut v).map(round3)));
+    for t in ALL_TARGETS {
+        for &(reference, key) in t.references() {
+            let refs: BTreeMap<usize, f64> = of(reference).map(|x| (x.round, x.tps)).collect();
+            let mut v: Vec<f64> = of(t)
+                .filter_map(|x| refs.get(&x.round).filter(|b| **b > 0.0).map(|b| x.tps / b))
+                .collect();
+            if !v.is_empty() {
+                doc.insert(key.into(), json!(median(&mut v).map(round3)));
+            }
         }
     }
     doc.insert(
@@ -1371,7 +1357,7 @@ fn summarize_sqlite(s: &Settings, samples: &[LiteSample]) -> Value {
             mode.insert(format!("ratio_{suffix}_max"), json!(hi));
             let (p, _, _) = within(t, Target::Native, &|x| x.p99_ms);
             mode.insert(format!("p99_ratio_{suffix}"), json!(p));
-            for &(_, r, key) in t.references() {
+            for &(r, key) in t.references() {
                 if let (Some(m), _, _) = within(t, r, &|x| x.tps) {
                     mode.insert(key.into(), json!(m));
                 }
@@ -1433,14 +1419,16 @@ fn print_summary(doc: &Value) {
         );
     }
     out.push_str("(medians over the rounds; ratios taken within a round, [range])\n");
-    for &(t, reference, key) in ALL_TARGETS.iter().flat_map(|t| t.references()) {
-        if let Some(r) = doc.get(key).and_then(Value::as_f64) {
-            let _ = writeln!(
-                out,
-                "{} / {}, TPS in the same rounds: {r:.3}",
-                t.name(),
-                reference.name()
-            );
+    for t in ALL_TARGETS {
+        for &(reference, key) in t.references() {
+            if let Some(r) = doc.get(key).and_then(Value::as_f64) {
+                let _ = writeln!(
+                    out,
+                    "{} / {}, TPS in the same rounds: {r:.3}",
+                    t.name(),
+                    reference.name()
+                );
+            }
         }
     }
     let _ = writeln!(
@@ -1497,7 +1485,7 @@ fn print_summary(doc: &Value) {
                     num(format!("ratio_{x}_min")).unwrap_or(f64::NAN),
                     num(format!("ratio_{x}_max")).unwrap_or(f64::NAN)
                 );
-                for &(_, reference, key) in t.references() {
+                for &(reference, key) in t.references() {
                     if let Some(r) = num(key.to_owned()) {
                         let _ = write!(line, ", {r:.3} of {}", reference.name());
                     }
