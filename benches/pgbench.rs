@@ -396,18 +396,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
     let _reporting = common::page_reporting_off("pgbench", 4 << 30);
     // FUSE over io_uring is offered at INIT only while `enable_uring` is set: on for the
     // run when a `_uring` target is measured, put back as it was at the end.
-    let _uring = if s.targets.iter().any(|t| t.ring()) {
-        let was = reseedfs::sys::fuse_uring::enabled();
-        let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
-        println!(
-            "pgbench: {} set for the run (was {})",
-            reseedfs::sys::fuse_uring::ENABLE_URING,
-            if was { "on" } else { "off" }
-        );
-        Some(guard)
-    } else {
-        None
-    };
+    let _uring = common::uring_for_run("pgbench", s.targets.iter().any(|t| t.ring()))?;
 
     let started = Instant::now();
     let rig = Rig::build(s, &bin)?;

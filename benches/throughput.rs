@@ -535,18 +535,7 @@ fn run(s: &Settings, stop: &AtomicBool) -> io::Result<()> {
         Target::Reseedfs1Uring,
         Target::Reseedfs2Uring,
     ];
-    let _uring = if s.targets.iter().any(|t| uring.contains(t)) {
-        let was = reseedfs::sys::fuse_uring::enabled();
-        let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
-        println!(
-            "throughput: {} set for the run (was {})",
-            reseedfs::sys::fuse_uring::ENABLE_URING,
-            if was { "on" } else { "off" }
-        );
-        Some(guard)
-    } else {
-        None
-    };
+    let _uring = common::uring_for_run("throughput", s.targets.iter().any(|t| uring.contains(t)))?;
     let started = Instant::now();
     let rig = Rig::build(s, mergerfs)?;
     println!(

@@ -442,3 +442,24 @@ pub fn ring_threads(pid: u32) -> usize {
             .count()
     })
 }
+
+/// When `wanted` (a target served over FUSE's io_uring transport is measured): sets
+/// `enable_uring` for the run, says so on the bench's output (`bench`: its name), and
+/// returns the guard that puts it back as it was. The kernel offers the ring at INIT only
+/// while the knob is set.
+pub fn uring_for_run(
+    bench: &str,
+    wanted: bool,
+) -> io::Result<Option<reseedfs::sys::fuse_uring::Enabled>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let was = reseedfs::sys::fuse_uring::enabled();
+    let guard = reseedfs::sys::fuse_uring::Enabled::set()?;
+    println!(
+        "{bench}: {} set for the run (was {})",
+        reseedfs::sys::fuse_uring::ENABLE_URING,
+        if was { "on" } else { "off" }
+    );
+    Ok(Some(guard))
+}
